@@ -1,0 +1,590 @@
+"""ConvNN layers: thin ``nn.Module`` wrappers over :mod:`convnn.ops` that own parameters.
+
+- :class:`ConvNN2d` - a drop-in for ``nn.Conv2d`` at stride 1 (``[B, C, H, W]``).
+- :class:`ConvNNAttention` - a drop-in for multi-head self-attention (``[B, T, D]``).
+- :class:`BranchingConv2d` - the paper's VGG hybrid: Conv2d branch + ConvNN branch, 1×1 mix.
+- :class:`HybridTokenMixer` - ConvNN attention beside attention or a 1-D conv over tokens.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import ops
+from ._checks import check_choice, check_divisible, check_fraction, check_int, check_rank
+
+EVAL_SAMPLINGS = ("fixed", "resample")
+
+
+def _init_aggregation(weight: Tensor, bias: Tensor | None, fan_in: int) -> None:
+    """Conv1d's default initialisation for a ``[O, C, k]`` weight."""
+    nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+    if bias is not None:
+        bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+        nn.init.uniform_(bias, -bound, bound)
+
+
+class _SampledCandidates(nn.Module):
+    """Shared logic for drawing candidate sets.
+
+    In training, random candidates are drawn afresh on every forward pass from the global
+    RNG (seed it with ``torch.manual_seed`` before building the model). In evaluation,
+    ``eval_sampling="fixed"`` draws them from a private generator reset to ``seed`` on every
+    call, so test accuracy is reproducible; ``"resample"`` keeps drawing at random, as the
+    paper's code does.
+    """
+
+    sampling: str
+    candidates: int | None
+    eval_sampling: str
+    seed: int
+
+    def _random_draw(self, num_positions: int, count: int, device) -> Tensor:
+        generator = None
+        if not self.training and self.eval_sampling == "fixed":
+            generator = torch.Generator().manual_seed(self.seed)
+        return ops.random_candidates(num_positions, count, generator=generator, device=device)
+
+
+def _check_sampling(sampling: str, candidates, eval_sampling: str) -> None:
+    check_choice("sampling", sampling, ops.SAMPLINGS)
+    check_choice("eval_sampling", eval_sampling, EVAL_SAMPLINGS)
+    if sampling == "all":
+        if candidates is not None:
+            raise ValueError(f"candidates must be None when sampling='all', got {candidates!r}")
+    else:
+        if candidates is None:
+            raise ValueError(f"sampling={sampling!r} needs candidates (an integer r >= 1)")
+        check_int("candidates", candidates, minimum=1)
+
+
+def _resolve_similarity(selection: str, similarity: str | None, default: str) -> str:
+    if similarity is None:
+        return "euclidean" if selection == "coords" else default
+    check_choice("similarity", similarity, ops.SIMILARITIES)
+    if selection == "coords" and similarity != "euclidean":
+        raise ValueError("selection='coords' ranks neighbours by distance and needs "
+                         f"similarity='euclidean', got {similarity!r}")
+    return similarity
+
+
+class ConvNN2d(_SampledCandidates):
+    """Convolutional Nearest Neighbours on images: a drop-in for ``nn.Conv2d`` (stride 1).
+
+    For every pixel, select ``k`` neighbours among the (zero-padded) image's positions, then
+    aggregate them with one weight matrix per neighbour rank. The defaults are the paper's
+    CNN layer ("paper mode"): cosine similarity on raw features, the zero-padded border
+    counts as candidates (a zero vector has cosine 0 with everything), each pixel is its own
+    first neighbour, ρ = ones, standard aggregation with bias, ``k = 9``, padding 1.
+
+    Args:
+        in_channels: ``C`` of the input ``[B, C, H, W]``.
+        out_channels: ``O`` of the output ``[B, O, H, W]``.
+        k: neighbours per pixel.
+        padding: rings of zero positions added around the image as candidates.
+        selection: ``"features"``, ``"coords"`` (x, y of each pixel) or ``"mixed"`` (both,
+            features scaled by ``mix / std``, coordinates by ``1 - mix``).
+        mix: λ of ``"mixed"`` selection.
+        similarity: ``"cosine"``, ``"dot"`` or ``"euclidean"`` (default: cosine, or Euclidean
+            for coordinate selection, the only one that ranks by distance).
+        sampling: ``"all"``, ``"random"`` or ``"spatial"`` candidates.
+        candidates: ``r``: the candidate set has ``r × r`` positions: an evenly spaced
+            ``r × r`` grid of the unpadded image (``"spatial"``) or ``r²`` random pixels
+            (``"random"``). With sampled candidates each pixel is its own first neighbour.
+        weighting: ρ, ``"ones"``, ``"softmax"`` or ``"similarity"``.
+        aggregation: ``"standard"`` (``W_j`` is O×C), ``"depthwise"`` (one weight per
+            channel and rank; needs ``out_channels == in_channels``) or ``"separable"``
+            (depthwise then 1×1).
+        bias: add a learned bias.
+        self_first: force each pixel to be its own first neighbour with all candidates
+            (default: True for feature/mixed selection, False for coordinate selection).
+        sort_neighbours: order the k neighbours by raster position rather than by rank
+            (default: True for coordinate selection, which makes the layer a convolution).
+        eval_sampling: ``"fixed"`` (reproducible random candidates in eval) or
+            ``"resample"`` (the paper's behaviour).
+        seed: seed of the fixed evaluation draw.
+        path: ``"fast"`` or ``"reference"`` implementation of the operator.
+
+    Example:
+        >>> layer = ConvNN2d(16, 32, k=9)            # paper mode
+        >>> layer(torch.randn(2, 16, 8, 8)).shape
+        torch.Size([2, 32, 8, 8])
+
+    Special case: ``ConvNN2d.from_conv2d(conv)`` (coordinate selection, Euclidean, ``k`` =
+    kernel area, ρ = ones, neighbours in raster order) equals ``conv`` exactly for 3×3 and 5×5
+    kernels with ``padding = kernel // 2``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        k: int = 9,
+        padding: int = 1,
+        *,
+        selection: str = "features",
+        mix: float = 0.5,
+        similarity: str | None = None,
+        sampling: str = "all",
+        candidates: int | None = None,
+        weighting: str = "ones",
+        aggregation: str = "standard",
+        bias: bool = True,
+        self_first: bool | None = None,
+        sort_neighbours: bool | None = None,
+        eval_sampling: str = "fixed",
+        seed: int = 0,
+        path: str = "fast",
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        check_int("in_channels", in_channels, minimum=1)
+        check_int("out_channels", out_channels, minimum=1)
+        check_int("k", k, minimum=1)
+        check_int("padding", padding, minimum=0)
+        check_choice("selection", selection, ops.SELECTIONS)
+        check_fraction("mix", mix)
+        similarity = _resolve_similarity(selection, similarity, "cosine")
+        check_choice("weighting", weighting, ops.WEIGHTINGS)
+        check_choice("aggregation", aggregation, ops.AGGREGATIONS)
+        check_choice("path", path, ops.PATHS)
+        _check_sampling(sampling, candidates, eval_sampling)
+        if aggregation == "depthwise" and out_channels != in_channels:
+            raise ValueError("aggregation='depthwise' needs out_channels == in_channels, got "
+                             f"in_channels={in_channels}, out_channels={out_channels}")
+        if sampling != "all" and k > candidates * candidates:
+            raise ValueError(f"k={k} must be <= the number of candidates "
+                             f"candidates**2={candidates * candidates}")
+        if sampling != "all" and self_first is False:
+            raise ValueError("sampled candidates always put each pixel first; "
+                             "self_first=False needs sampling='all'")
+        self.in_channels, self.out_channels, self.k, self.padding = (
+            in_channels, out_channels, k, padding)
+        self.selection, self.mix, self.similarity = selection, mix, similarity
+        self.sampling, self.candidates = sampling, candidates
+        self.weighting, self.aggregation = weighting, aggregation
+        self.self_first = (selection != "coords") if self_first is None else self_first
+        if sampling != "all":
+            self.self_first = True
+        self.sort_neighbours = (selection == "coords") if sort_neighbours is None \
+            else sort_neighbours
+        self.eval_sampling, self.seed, self.path = eval_sampling, seed, path
+
+        factory = {"device": device, "dtype": dtype}
+        if aggregation == "standard":
+            self.weight = nn.Parameter(torch.empty(out_channels, in_channels, k, **factory))
+            fan_in = in_channels * k
+        else:
+            self.weight = nn.Parameter(torch.empty(in_channels, 1, k, **factory))
+            fan_in = k
+        if aggregation == "separable":
+            self.pointwise = nn.Parameter(torch.empty(out_channels, in_channels, 1, **factory))
+            nn.init.kaiming_uniform_(self.pointwise, a=math.sqrt(5))
+        else:
+            self.register_parameter("pointwise", None)
+        self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
+        _init_aggregation(self.weight, self.bias, fan_in)
+        self._static_cache: dict = {}
+
+    @classmethod
+    def from_conv2d(cls, conv: nn.Conv2d, path: str = "fast") -> ConvNN2d:
+        """The convolution limit: a ConvNN2d that computes exactly what ``conv`` computes.
+
+        Supports square odd kernels 3 and 5 (where the k nearest pixels in Euclidean distance
+        are exactly the kernel window), stride 1, dilation 1, ``padding = kernel // 2`` and
+        ``groups`` 1 (standard aggregation) or ``groups = in_channels = out_channels``
+        (depthwise aggregation).
+        """
+        kh, kw = conv.kernel_size
+        if kh != kw or kh not in (1, 3, 5):
+            raise ValueError(f"from_conv2d supports square kernels 1, 3 or 5, got {(kh, kw)}")
+        if conv.stride != (1, 1) or conv.dilation != (1, 1):
+            raise ValueError(f"from_conv2d needs stride 1 and dilation 1, got stride "
+                             f"{conv.stride}, dilation {conv.dilation}")
+        if conv.padding != (kh // 2, kw // 2):
+            raise ValueError(f"from_conv2d needs padding={kh // 2}, got {conv.padding}")
+        if conv.groups == 1:
+            aggregation = "standard"
+        elif conv.groups == conv.in_channels == conv.out_channels:
+            aggregation = "depthwise"
+        else:
+            raise ValueError(f"from_conv2d supports groups=1 or depthwise, got {conv.groups}")
+        layer = cls(conv.in_channels, conv.out_channels, k=kh * kw, padding=kh // 2,
+                    selection="coords", aggregation=aggregation,
+                    bias=conv.bias is not None, path=path, device=conv.weight.device,
+                    dtype=conv.weight.dtype)
+        with torch.no_grad():
+            layer.weight.copy_(conv.weight.reshape(layer.weight.shape))
+            if conv.bias is not None:
+                layer.bias.copy_(conv.bias)
+        return layer
+
+    def extra_repr(self) -> str:
+        s = (f"{self.in_channels}, {self.out_channels}, k={self.k}, padding={self.padding}, "
+             f"selection={self.selection!r}, similarity={self.similarity!r}, "
+             f"sampling={self.sampling!r}")
+        if self.candidates is not None:
+            s += f", candidates={self.candidates}, eval_sampling={self.eval_sampling!r}"
+        if self.selection == "mixed":
+            s += f", mix={self.mix}"
+        s += (f", weighting={self.weighting!r}, aggregation={self.aggregation!r}, "
+              f"self_first={self.self_first}, bias={self.bias is not None}")
+        if self.path != "fast":
+            s += f", path={self.path!r}"
+        return s
+
+    def num_positions(self, height: int, width: int) -> int:
+        """Positions the layer selects among on an ``H × W`` input (the padded map)."""
+        return (height + 2 * self.padding) * (width + 2 * self.padding)
+
+    def _geometry(self, height: int, width: int, device, dtype):
+        key = (height, width, str(device), dtype)
+        if key not in self._static_cache:
+            qpos = ops.interior_positions(height, width, self.padding, device=device)
+            coords = ops.grid_coordinates(height, width, self.padding, device=device, dtype=dtype)
+            self._static_cache[key] = {"query_positions": qpos, "coords": coords}
+        return self._static_cache[key]
+
+    def _candidates(self, height: int, width: int, qpos: Tensor, device) -> Tensor | None:
+        if self.sampling == "all":
+            return None
+        count = self.candidates * self.candidates
+        if self.sampling == "spatial":
+            return ops.spatial_candidates_2d(height, width, self.candidates, self.padding,
+                                             device=device)
+        if count > height * width:
+            raise ValueError(f"candidates={self.candidates} ({count} random pixels) must be "
+                             f"<= H*W={height * width} for input {height}x{width}")
+        return qpos[self._random_draw(height * width, count, device)]
+
+    def neighbours(self, x: Tensor) -> Tensor:
+        """Indices of the selected neighbours, ``[B, H·W, k]``, into the padded raster map."""
+        with torch.no_grad():
+            static, sel, _values, qpos, candidates = self._select(x)
+            if static is not None:
+                return static.unsqueeze(0).expand(x.shape[0], -1, -1)
+            select = (ops.select_neighbours if self.path == "fast"
+                      else ops.select_neighbours_reference)
+            return select(sel[:, qpos], sel, self.k, self.similarity, query_positions=qpos,
+                          candidates=candidates, self_first=self.self_first,
+                          sort_by_position=self.sort_neighbours, with_scores=False,
+                          stable=self.selection == "coords")[0]
+
+    def _select(self, x: Tensor):
+        self._check_input(x)
+        _batch, _, height, width = x.shape
+        p = self.padding
+        geo = self._geometry(height, width, x.device, x.dtype)
+        qpos = geo["query_positions"]
+        if self.k > self.num_positions(height, width) and self.sampling == "all":
+            raise ValueError(f"k={self.k} must be <= the number of positions "
+                             f"{self.num_positions(height, width)} of a {height}x{width} input "
+                             f"with padding={p}")
+        values = F.pad(x, (p, p, p, p)).flatten(2).transpose(1, 2)  # (B, N, C)
+        static = self.selection == "coords" and self.sampling == "all"
+        if static and self.weighting == "ones":
+            key = ("neighbours", height, width, str(x.device), self.path)
+            if key not in self._static_cache:
+                coords = geo["coords"].unsqueeze(0)  # (1, N, 2)
+                select = (ops.select_neighbours if self.path == "fast"
+                          else ops.select_neighbours_reference)
+                idx, _ = select(coords[:, qpos], coords, self.k, self.similarity,
+                                query_positions=qpos, self_first=self.self_first,
+                                sort_by_position=self.sort_neighbours, with_scores=False,
+                                stable=True)
+                self._static_cache[key] = idx[0]  # (n, k), shared by the batch
+            return self._static_cache[key], None, values, None, None
+        sel = ops.selection_features(values, geo["coords"], self.selection, self.mix)
+        return None, sel, values, qpos, self._candidates(height, width, qpos, x.device)
+
+    def _check_input(self, x: Tensor) -> None:
+        check_rank("input", x, 4, "[B, C, H, W]")
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"input must have {self.in_channels} channels ([B, C, H, W]), "
+                             f"got shape {tuple(x.shape)}")
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``[B, C, H, W] -> [B, O, H, W]``."""
+        batch, _, height, width = x.shape if x.dim() == 4 else (0, 0, 0, 0)
+        static, sel, values, qpos, candidates = self._select(x)
+        if static is not None:
+            out = ops.convnn(values, values, values, self.k, self.weight, self.bias,
+                             aggregation=self.aggregation, pointwise=self.pointwise,
+                             neighbours=static, path=self.path)
+        else:
+            out = ops.convnn(
+                values, sel[:, qpos], sel, self.k, self.weight, self.bias,
+                similarity=self.similarity, weighting=self.weighting,
+                aggregation=self.aggregation, pointwise=self.pointwise,
+                query_positions=qpos, candidates=candidates, self_first=self.self_first,
+                sort_by_position=self.sort_neighbours, stable=self.selection == "coords",
+                path=self.path)
+        return out.transpose(1, 2).reshape(batch, self.out_channels, height, width)
+
+
+class ConvNNAttention(_SampledCandidates):
+    """ConvNN attention: a drop-in for multi-head self-attention on ``[B, T, D]``.
+
+    Learned bias-free projections ``q_proj``, ``k_proj``, ``v_proj``, ``out_proj`` (the names
+    of :class:`convnn.attention.MultiHeadSelfAttention`, so weights copy across). Per head,
+    each token selects its ``k`` most similar tokens (scaled dot product by default), weights
+    them with a softmax over the k scores and aggregates them with one weight per channel and
+    rank. The aggregation weights are shared by the heads and initialised so that the layer
+    *is* top-k (KVT) attention at initialisation; with ``k = T`` it is softmax attention.
+
+    Args:
+        dim: model width ``D``.
+        num_heads: heads; must divide ``dim``.
+        k: neighbours per token.
+        sampling: ``"all"``, ``"random"`` or ``"spatial"`` candidates.
+        candidates: ``r`` candidate tokens (random, or evenly spaced for ``"spatial"``);
+            each token is then its own first neighbour and picks ``k - 1`` others.
+        similarity: ``"dot"`` (scaled by ``1/√d``), ``"cosine"`` or ``"euclidean"`` (default:
+            dot, or Euclidean for coordinate selection).
+        weighting: ρ, ``"softmax"``, ``"ones"`` or ``"similarity"``.
+        aggregation: ``"depthwise"``, ``"standard"`` or ``"separable"``.
+        selection: ``"features"`` (queries and keys), ``"coords"`` (token index only: each
+            token takes its k nearest tokens, a 1-D convolution window), or ``"mixed"`` (the
+            paper's coordinate encoding: the token index in ``[-1, 1]`` times
+            ``coord_scale`` is appended to queries and keys).
+        coord_scale: weight of the coordinate channel in ``"mixed"`` selection.
+        self_first: force each token to be its own first neighbour with all candidates.
+        attn_dropout: dropout on ρ during training.
+        bias: bias in the four projections.
+        eval_sampling, seed: see :class:`ConvNN2d`.
+        path: ``"fast"`` or ``"reference"``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 1,
+        k: int = 9,
+        *,
+        sampling: str = "all",
+        candidates: int | None = None,
+        similarity: str | None = None,
+        weighting: str = "softmax",
+        aggregation: str = "depthwise",
+        selection: str = "features",
+        coord_scale: float = 1.0,
+        self_first: bool = False,
+        attn_dropout: float = 0.0,
+        bias: bool = False,
+        eval_sampling: str = "fixed",
+        seed: int = 0,
+        path: str = "fast",
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        check_int("dim", dim, minimum=1)
+        check_int("num_heads", num_heads, minimum=1)
+        check_divisible("dim", dim, "num_heads", num_heads)
+        check_int("k", k, minimum=1)
+        check_choice("selection", selection, ops.SELECTIONS)
+        similarity = _resolve_similarity(selection, similarity, "dot")
+        check_choice("weighting", weighting, ops.WEIGHTINGS)
+        check_choice("aggregation", aggregation, ops.AGGREGATIONS)
+        check_choice("path", path, ops.PATHS)
+        check_fraction("attn_dropout", attn_dropout)
+        _check_sampling(sampling, candidates, eval_sampling)
+        if sampling != "all" and candidates is not None and k > candidates:
+            raise ValueError(f"k={k} must be <= candidates={candidates}")
+        self.dim, self.num_heads, self.head_dim, self.k = dim, num_heads, dim // num_heads, k
+        self.sampling, self.candidates = sampling, candidates
+        self.similarity, self.weighting, self.aggregation = similarity, weighting, aggregation
+        self.selection, self.coord_scale = selection, float(coord_scale)
+        self.self_first = True if sampling != "all" else bool(self_first)
+        self.attn_dropout, self.eval_sampling, self.seed, self.path = (
+            attn_dropout, eval_sampling, seed, path)
+        factory = {"device": device, "dtype": dtype}
+        self.q_proj = nn.Linear(dim, dim, bias=bias, **factory)
+        self.k_proj = nn.Linear(dim, dim, bias=bias, **factory)
+        self.v_proj = nn.Linear(dim, dim, bias=bias, **factory)
+        self.out_proj = nn.Linear(dim, dim, bias=bias, **factory)
+        d = self.head_dim
+        if aggregation == "standard":
+            # W_j = identity for every rank: top-k attention at initialisation.
+            eye = torch.eye(d, **factory).unsqueeze(-1).expand(d, d, k).clone()
+            self.weight = nn.Parameter(eye)
+        else:
+            self.weight = nn.Parameter(torch.ones(d, 1, k, **factory))
+        if aggregation == "separable":
+            self.pointwise = nn.Parameter(torch.eye(d, **factory).unsqueeze(-1).clone())
+        else:
+            self.register_parameter("pointwise", None)
+
+    def extra_repr(self) -> str:
+        s = (f"dim={self.dim}, num_heads={self.num_heads}, k={self.k}, "
+             f"sampling={self.sampling!r}")
+        if self.candidates is not None:
+            s += f", candidates={self.candidates}, eval_sampling={self.eval_sampling!r}"
+        s += (f", similarity={self.similarity!r}, weighting={self.weighting!r}, "
+              f"aggregation={self.aggregation!r}, selection={self.selection!r}, "
+              f"self_first={self.self_first}")
+        if self.path != "fast":
+            s += f", path={self.path!r}"
+        return s
+
+    def _split(self, x: Tensor) -> Tensor:
+        batch, tokens, _ = x.shape
+        x = x.view(batch, tokens, self.num_heads, self.head_dim).transpose(1, 2)  # (B, h, T, d)
+        return x.reshape(batch * self.num_heads, tokens, self.head_dim)  # (B·h, T, d)
+
+    def _candidates(self, tokens: int, device) -> Tensor | None:
+        if self.sampling == "all":
+            return None
+        if self.candidates > tokens:
+            raise ValueError(f"candidates={self.candidates} must be <= the number of tokens "
+                             f"T={tokens}")
+        if self.sampling == "spatial":
+            return ops.spatial_candidates_1d(tokens, self.candidates, device=device)
+        return self._random_draw(tokens, self.candidates, device)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``[B, T, D] -> [B, T, D]``."""
+        check_rank("input", x, 3, "[B, T, D]")
+        batch, tokens, width = x.shape
+        if width != self.dim:
+            raise ValueError(f"input must have D={self.dim} ([B, T, D]), got shape "
+                             f"{tuple(x.shape)}")
+        if self.sampling == "all" and self.k > tokens:
+            raise ValueError(f"k={self.k} must be <= the number of tokens T={tokens}")
+        q, key, v = self._split(self.q_proj(x)), self._split(self.k_proj(x)), \
+            self._split(self.v_proj(x))
+        if self.selection != "features":
+            pos = ops.sequence_coordinates(tokens, device=x.device, dtype=q.dtype)
+            pos = (self.coord_scale * pos).unsqueeze(0).expand(q.shape[0], -1, -1)  # (B·h, T, 1)
+            if self.selection == "coords":
+                q, key = pos, pos
+            else:
+                q, key = torch.cat((q, pos), dim=-1), torch.cat((key, pos), dim=-1)
+        out = ops.convnn(
+            v, q, key, self.k, self.weight, None, similarity=self.similarity,
+            weighting=self.weighting, aggregation=self.aggregation, pointwise=self.pointwise,
+            candidates=self._candidates(tokens, x.device), self_first=self.self_first,
+            scale=1.0 / math.sqrt(self.head_dim), stable=self.selection == "coords",
+            weight_dropout=self.attn_dropout if self.training else 0.0, path=self.path)
+        out = out.view(batch, self.num_heads, tokens, self.head_dim).transpose(1, 2)  # (B,T,h,d)
+        return self.out_proj(out.reshape(batch, tokens, self.dim))
+
+
+class BranchingConv2d(nn.Module):
+    """The paper's VGG hybrid: a Conv2d branch and a ConvNN branch, concatenated, 1×1 mix.
+
+    The ConvNN branch produces ``⌊ratio · out_channels⌋`` channels and the Conv2d branch the
+    rest; both see all input channels. ``ratio = 0`` is the convolution baseline (conv + 1×1),
+    ``ratio = 1`` pure ConvNN (+ 1×1).
+
+    Args:
+        in_channels, out_channels: as ``nn.Conv2d``.
+        ratio: λ, the share of output channels from the ConvNN branch.
+        kernel_size: kernel of the Conv2d branch (``padding="same"``).
+        **convnn_kwargs: passed to :class:`ConvNN2d` (``k``, ``similarity``, ``sampling``...).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, ratio: float = 0.5,
+                 kernel_size: int = 3, *, device=None, dtype=None, **convnn_kwargs) -> None:
+        super().__init__()
+        check_int("in_channels", in_channels, minimum=1)
+        check_int("out_channels", out_channels, minimum=1)
+        self.ratio = check_fraction("ratio", ratio)
+        check_int("kernel_size", kernel_size, minimum=1)
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.convnn_channels = math.floor(ratio * out_channels)
+        self.conv_channels = out_channels - self.convnn_channels
+        factory = {"device": device, "dtype": dtype}
+        self.conv = (nn.Conv2d(in_channels, self.conv_channels, kernel_size, padding="same",
+                               **factory) if self.conv_channels else None)
+        self.convnn = (ConvNN2d(in_channels, self.convnn_channels, **convnn_kwargs, **factory)
+                       if self.convnn_channels else None)
+        if not self.convnn_channels:  # still validate the ConvNN options
+            ConvNN2d(in_channels, 1, **convnn_kwargs)
+        self.mix = nn.Conv2d(out_channels, out_channels, 1, **factory)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, ratio={self.ratio}, "
+                f"conv_channels={self.conv_channels}, convnn_channels={self.convnn_channels}")
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``[B, C, H, W] -> [B, O, H, W]``."""
+        check_rank("input", x, 4, "[B, C, H, W]")
+        parts = [branch(x) for branch in (self.conv, self.convnn) if branch is not None]
+        return self.mix(torch.cat(parts, dim=1) if len(parts) > 1 else parts[0])
+
+
+class HybridTokenMixer(nn.Module):
+    """ConvNN attention on some channels, attention or a 1-D conv on the rest, linear mix.
+
+    The input's first ``⌊ratio · D⌋`` channels go to :class:`ConvNNAttention`, the others to
+    the partner (``"attention"``: multi-head self-attention; ``"conv1d"``: a 1-D convolution
+    over tokens, grouped per head); outputs are concatenated and mixed by a linear layer.
+
+    Args:
+        dim: model width ``D``.
+        num_heads: heads of both branches; must divide both branch widths.
+        ratio: share of channels for ConvNN attention (0 < ratio < 1).
+        partner: ``"attention"`` or ``"conv1d"``.
+        kernel_size: kernel of the ``"conv1d"`` partner.
+        attn_dropout: attention dropout of both branches.
+        **convnn_kwargs: passed to :class:`ConvNNAttention`.
+    """
+
+    PARTNERS = ("attention", "conv1d")
+
+    def __init__(self, dim: int, num_heads: int = 1, ratio: float = 0.5,
+                 partner: str = "attention", kernel_size: int = 3, attn_dropout: float = 0.0,
+                 *, device=None, dtype=None, **convnn_kwargs) -> None:
+        super().__init__()
+        from .attention import MultiHeadSelfAttention, TokenConv1d
+
+        check_int("dim", dim, minimum=2)
+        check_choice("partner", partner, self.PARTNERS)
+        self.ratio = check_fraction("ratio", ratio)
+        self.convnn_dim = math.floor(ratio * dim)
+        self.partner_dim = dim - self.convnn_dim
+        if self.convnn_dim == 0 or self.partner_dim == 0:
+            raise ValueError(f"ratio={ratio} leaves an empty branch for dim={dim}; "
+                             "use ConvNNAttention or the partner alone")
+        check_divisible("ConvNN branch width", self.convnn_dim, "num_heads", num_heads)
+        check_divisible("partner branch width", self.partner_dim, "num_heads", num_heads)
+        factory = {"device": device, "dtype": dtype}
+        self.dim, self.partner_name = dim, partner
+        self.convnn = ConvNNAttention(self.convnn_dim, num_heads, attn_dropout=attn_dropout,
+                                      **convnn_kwargs, **factory)
+        if partner == "attention":
+            self.partner = MultiHeadSelfAttention(self.partner_dim, num_heads,
+                                                  attn_dropout=attn_dropout, **factory)
+        else:
+            self.partner = TokenConv1d(self.partner_dim, num_heads, kernel_size=kernel_size,
+                                       **factory)
+        self.mix = nn.Linear(dim, dim, **factory)
+
+    def extra_repr(self) -> str:
+        return (f"dim={self.dim}, ratio={self.ratio}, partner={self.partner_name!r}, "
+                f"convnn_dim={self.convnn_dim}, partner_dim={self.partner_dim}")
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``[B, T, D] -> [B, T, D]``."""
+        check_rank("input", x, 3, "[B, T, D]")
+        if x.shape[-1] != self.dim:
+            raise ValueError(f"input must have D={self.dim} ([B, T, D]), got shape "
+                             f"{tuple(x.shape)}")
+        a = self.convnn(x[..., :self.convnn_dim])
+        b = self.partner(x[..., self.convnn_dim:])
+        return self.mix(torch.cat((a, b), dim=-1))
+
+
+__all__ = [
+    "EVAL_SAMPLINGS",
+    "BranchingConv2d",
+    "ConvNN2d",
+    "ConvNNAttention",
+    "HybridTokenMixer",
+]

@@ -1,0 +1,607 @@
+"""The ConvNN operator as pure tensor functions: select k neighbours, then aggregate.
+
+Every step of the operator (method.md §2) is one function here:
+
+1. selection features: :func:`grid_coordinates`, :func:`sequence_coordinates`,
+   :func:`selection_features` (features, coordinates, or both mixed by λ);
+2. candidates: :func:`random_candidates`, :func:`spatial_candidates_2d`,
+   :func:`spatial_candidates_1d` (``None`` means all positions);
+3. similarity: :func:`pairwise_scores` (scaled dot product, cosine, Euclidean);
+4. selection: :func:`select_neighbours` (fast, blocked) and
+   :func:`select_neighbours_reference` (plain, full matrix);
+5. weighting ρ: :func:`neighbour_weights` (ones, softmax, similarity);
+6. + 7. gather and aggregate: :func:`gather_neighbours` + :func:`aggregate` (fast) and
+   :func:`aggregate_reference` (the authors' algorithm: expand the values k times, gather,
+   then a Conv1d with kernel k and stride k).
+
+:func:`convnn` composes them. Layouts: positions are rows, ``[B, N, C]``. ``N`` counts every
+position the layer may select (a zero-padded image counts its border), and the layer produces
+one output per *query* position (``query_positions``, all ``N`` by default).
+
+Scores are always "larger is more similar": the Euclidean ranking score is ``-d²`` (no square
+root needed to rank), and the score handed to the weighting is ``-d``, computed with a clamped
+square root so that outputs and gradients stay finite at zero distance.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ._checks import check_choice, check_int
+
+SIMILARITIES = ("dot", "cosine", "euclidean")
+WEIGHTINGS = ("ones", "softmax", "similarity")
+AGGREGATIONS = ("standard", "depthwise", "separable")
+SAMPLINGS = ("all", "random", "spatial")
+SELECTIONS = ("features", "coords", "mixed")
+PATHS = ("fast", "reference")
+
+# Squared distances below this are treated as this when taking the square root, so that
+# d(-d)/d(d²) stays finite at zero distance.
+_MIN_SQUARED_DISTANCE = 1e-12
+# Elements of the score matrix held at once by the blocked fast path (per call, all batches).
+DEFAULT_BLOCK_ELEMENTS = 1 << 24
+
+
+def _upcast(x: Tensor) -> Tensor:
+    """16-bit floats are computed in float32; float32 and float64 stay as they are."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+# --------------------------------------------------------------------------- coordinates
+def grid_coordinates(
+    height: int, width: int, padding: int = 0, *, device=None, dtype=None
+) -> Tensor:
+    """Coordinates of every position of a (zero-padded) ``height × width`` image.
+
+    The grid is isotropic: both axes share one spacing and the longer side of the unpadded
+    image spans ``[-1, 1]`` (so Euclidean distance in these coordinates ranks neighbours
+    exactly like pixel distance). Padded border positions extend the grid outwards.
+
+    Returns:
+        ``[(H + 2p) · (W + 2p), 2]``, columns ``(x, y)``, rows in raster order.
+    """
+    step = 2.0 / max(max(height, width) - 1, 1)
+    ys = (torch.arange(-padding, height + padding, device=device, dtype=torch.float64)
+          - (height - 1) / 2) * step
+    xs = (torch.arange(-padding, width + padding, device=device, dtype=torch.float64)
+          - (width - 1) / 2) * step
+    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+    coords = torch.stack((grid_x.reshape(-1), grid_y.reshape(-1)), dim=-1)  # (N, 2)
+    return coords.to(dtype or torch.get_default_dtype())
+
+
+def sequence_coordinates(length: int, *, device=None, dtype=None) -> Tensor:
+    """Token-index coordinate in ``[-1, 1]`` for a sequence: ``[T, 1]``."""
+    return torch.linspace(-1.0, 1.0, length, device=device,
+                          dtype=dtype or torch.get_default_dtype()).unsqueeze(-1)
+
+
+def selection_features(
+    features: Tensor, coords: Tensor | None, selection: str, mix: float = 0.5
+) -> Tensor:
+    """What drives neighbour selection: features, coordinates, or both mixed by λ.
+
+    Args:
+        features: ``[B, N, C]``.
+        coords: ``[N, P]`` coordinates (needed for ``"coords"`` and ``"mixed"``).
+        selection: ``"features"``, ``"coords"`` or ``"mixed"``.
+        mix: λ for ``"mixed"``: features scaled by ``λ / std(features)`` (std over all
+            positions and channels of each batch element), coordinates by ``1 - λ``.
+
+    Returns:
+        ``[B, N, C]``, ``[B, N, P]`` or ``[B, N, C + P]``.
+    """
+    check_choice("selection", selection, SELECTIONS)
+    if selection == "features":
+        return features
+    if coords is None:
+        raise ValueError(f"selection={selection!r} needs coords, got None")
+    batch = features.shape[0]
+    coords = coords.to(features.dtype).unsqueeze(0).expand(batch, -1, -1)  # (B, N, P)
+    if selection == "coords":
+        return coords
+    std = _upcast(features).std(dim=(1, 2), keepdim=True).to(features.dtype) + 1e-6
+    return torch.cat((mix * features / std, (1.0 - mix) * coords), dim=-1)
+
+
+def interior_positions(height: int, width: int, padding: int, *, device=None) -> Tensor:
+    """Raster indices, in the padded ``(H+2p) × (W+2p)`` map, of the ``H × W`` image pixels."""
+    rows = torch.arange(height, device=device) + padding
+    cols = torch.arange(width, device=device) + padding
+    return (rows[:, None] * (width + 2 * padding) + cols[None, :]).reshape(-1)
+
+
+# --------------------------------------------------------------------------- candidates
+def random_candidates(
+    num_positions: int, count: int, *, generator: torch.Generator | None = None, device=None
+) -> Tensor:
+    """``count`` distinct positions drawn uniformly from ``num_positions``, ascending: ``[count]``."""
+    check_int("candidates", count, minimum=1)
+    if count > num_positions:
+        raise ValueError(
+            f"candidates={count} must be <= the number of positions ({num_positions})")
+    if generator is not None and device is not None and torch.device(device).type != "cpu":
+        # A CPU generator keeps the draw identical on every device.
+        return torch.randperm(num_positions, generator=generator)[:count].sort().values.to(device)
+    return torch.randperm(num_positions, generator=generator, device=device)[:count].sort().values
+
+
+def _evenly_spaced(size: int, count: int, device=None) -> Tensor:
+    return torch.linspace(0, size - 1, count, device=device, dtype=torch.float64).round().long()
+
+
+def spatial_candidates_2d(
+    height: int, width: int, per_side: int, padding: int = 0, *, device=None
+) -> Tensor:
+    """An evenly spaced ``per_side × per_side`` grid on the *unpadded* image.
+
+    Rows and columns are ``round(linspace(0, size - 1, per_side))`` of the image; the returned
+    raster indices address the padded ``(H+2p) × (W+2p)`` map, so candidates never land on
+    padding (the reference code's defect, method.md §6.3).
+
+    Returns:
+        ``[per_side²]`` indices.
+    """
+    check_int("candidates", per_side, minimum=1)
+    if per_side > min(height, width):
+        raise ValueError(
+            f"candidates={per_side} (a {per_side}x{per_side} grid) must be <= the image side "
+            f"min(H, W)={min(height, width)}")
+    rows = _evenly_spaced(height, per_side, device) + padding
+    cols = _evenly_spaced(width, per_side, device) + padding
+    return (rows[:, None] * (width + 2 * padding) + cols[None, :]).reshape(-1)
+
+
+def spatial_candidates_1d(length: int, count: int, *, device=None) -> Tensor:
+    """``count`` evenly spaced token indices ``round(linspace(0, T - 1, count))``: ``[count]``."""
+    check_int("candidates", count, minimum=1)
+    if count > length:
+        raise ValueError(f"candidates={count} must be <= the sequence length T={length}")
+    return _evenly_spaced(length, count, device)
+
+
+# --------------------------------------------------------------------------- similarity
+def pairwise_scores(
+    query: Tensor, keys: Tensor, similarity: str, scale: float | None = None
+) -> Tensor:
+    """Ranking scores between queries and keys; larger means more similar.
+
+    Args:
+        query: ``[B, n, D]``.
+        keys: ``[B, m, D]``.
+        similarity: ``"dot"`` (``q·k · scale``, scale defaults to ``1/√D``), ``"cosine"`` or
+            ``"euclidean"`` (returns ``-‖q - k‖²``; computed in float32 for 16-bit inputs).
+
+    Returns:
+        ``[B, n, m]``.
+    """
+    check_choice("similarity", similarity, SIMILARITIES)
+    if similarity == "dot":
+        scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
+        return torch.matmul(query, keys.transpose(-1, -2)) * scale
+    if similarity == "cosine":
+        q = F.normalize(_upcast(query), dim=-1).to(query.dtype)
+        kk = F.normalize(_upcast(keys), dim=-1).to(keys.dtype)
+        return torch.matmul(q, kk.transpose(-1, -2))
+    q, kk = _upcast(query), _upcast(keys)
+    sq = (q * q).sum(-1, keepdim=True) + (kk * kk).sum(-1).unsqueeze(-2) \
+        - 2.0 * torch.matmul(q, kk.transpose(-1, -2))  # (B, n, m)
+    return (-sq.clamp_min(0.0)).to(query.dtype)
+
+
+def _row_scores(query: Tensor, keys: Tensor, similarity: str, scale: float | None) -> Tensor:
+    """Scores of matching rows: ``query[b, i]`` against ``keys[b, i]``: ``[B, n]``."""
+    if similarity == "dot":
+        scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
+        return (query * keys).sum(-1) * scale
+    if similarity == "cosine":
+        return F.cosine_similarity(_upcast(query), _upcast(keys), dim=-1,
+                                   eps=1e-12).to(query.dtype)
+    diff = _upcast(query) - _upcast(keys)
+    return (-(diff * diff).sum(-1)).to(query.dtype)
+
+
+def weighting_scores(scores: Tensor, similarity: str) -> Tensor:
+    """Turn ranking scores into the scores ρ sees: Euclidean ``-d²`` becomes ``-d``."""
+    if similarity != "euclidean":
+        return scores
+    return -torch.sqrt((-_upcast(scores)).clamp_min(_MIN_SQUARED_DISTANCE)).to(scores.dtype)
+
+
+# --------------------------------------------------------------------------- selection
+def _check_selection_args(k, num_positions, num_queries, candidates, self_first, query_positions):
+    check_int("k", k, minimum=1)
+    if query_positions is not None and query_positions.shape[0] != num_queries:
+        raise ValueError(
+            f"query_positions must have one index per query ({num_queries}), "
+            f"got shape {tuple(query_positions.shape)}")
+    if candidates is not None and not self_first:
+        raise ValueError("sampled candidates always put the position itself first; "
+                         "self_first must be True when candidates are given")
+    available = num_positions if candidates is None else candidates.shape[0]
+    if k > available:
+        what = "positions" if candidates is None else "candidates"
+        raise ValueError(f"k={k} must be <= the number of {what} ({available})")
+
+
+def _top(scores: Tensor, k: int, stable: bool) -> tuple[Tensor, Tensor]:
+    """Largest k along the last dim; ``stable`` breaks ties by the lower column."""
+    if not stable:
+        return torch.topk(scores, k, dim=-1)
+    values, order = torch.sort(scores, dim=-1, descending=True, stable=True)
+    return values[..., :k], order[..., :k]
+
+
+def _self_mask(query_positions: Tensor, candidates: Tensor) -> Tensor:
+    """``[n, m]`` True where candidate j is query i itself."""
+    return candidates[None, :] == query_positions[:, None]
+
+
+def _finish_selection(
+    values: Tensor | None, indices: Tensor, self_index: Tensor | None,
+    self_score: Tensor | None, sort_by_position: bool,
+) -> tuple[Tensor, Tensor | None]:
+    """Prepend the position itself (self-first) and optionally sort by raster index."""
+    if self_index is not None:
+        indices = torch.cat((self_index, indices), dim=-1)
+        if values is not None:
+            values = torch.cat((self_score, values), dim=-1)
+    if sort_by_position:
+        indices, order = indices.sort(dim=-1)
+        if values is not None:
+            values = values.gather(-1, order)
+    return indices, values
+
+
+def select_neighbours(
+    query: Tensor,
+    keys: Tensor,
+    k: int,
+    similarity: str,
+    *,
+    query_positions: Tensor | None = None,
+    candidates: Tensor | None = None,
+    self_first: bool = False,
+    sort_by_position: bool = False,
+    scale: float | None = None,
+    with_scores: bool = True,
+    stable: bool = False,
+    block_elements: int = DEFAULT_BLOCK_ELEMENTS,
+) -> tuple[Tensor, Tensor | None]:
+    """Top-k neighbours of every query (fast path).
+
+    The score matrix is built in blocks of query rows so that at most ``block_elements``
+    scores exist at once (a 32×32 map has ``n = 1024`` and ``n² = 1M`` scores per image), and
+    only against the ``m`` candidates when candidates are sampled. The scores of the selected
+    neighbours are differentiable (top-k values), so softmax weighting trains the projections.
+
+    Args:
+        query: ``[B, n, D]`` selection features of the query positions.
+        keys: ``[B, N, D]`` selection features of all positions.
+        k: neighbours per query, including the position itself when ``self_first``.
+        similarity: ``"dot"``, ``"cosine"`` or ``"euclidean"``.
+        query_positions: ``[n]`` index in ``0..N-1`` of each query (default ``arange(N)``).
+        candidates: ``[m]`` positions to search (default: all ``N``). Sampled candidates
+            always put the position itself first and exclude it from the other ``k - 1``.
+        self_first: make each position its own first neighbour (the paper's CNN layer).
+        sort_by_position: order the k neighbours by raster index (the convolution limit).
+        scale: dot-product scale (default ``1/√D``).
+        with_scores: also return the ``[B, n, k]`` weighting scores (with autograd).
+        stable: break ties by the lower position (a stable sort instead of top-k; used for
+            coordinate selection, where equal distances are the rule).
+
+    Returns:
+        ``(indices [B, n, k] into 0..N-1, scores [B, n, k] or None)``.
+    """
+    batch, n, _ = query.shape
+    num_positions = keys.shape[1]
+    _check_selection_args(k, num_positions, n, candidates, self_first, query_positions)
+    device = query.device
+    if query_positions is None:
+        if n != num_positions:
+            raise ValueError(f"query has {n} positions but keys have {num_positions}; "
+                             "pass query_positions")
+        query_positions = torch.arange(n, device=device)
+    cand_keys = keys if candidates is None else keys[:, candidates]  # (B, m, D)
+    cand_index = torch.arange(num_positions, device=device) if candidates is None else candidates
+    exclude_self = self_first
+    k_search = k - 1 if self_first else k
+
+    grad = with_scores and torch.is_grad_enabled()
+    rows_per_block = max(1, block_elements // max(1, batch * cand_keys.shape[1]))
+    block_indices, block_scores = [], []
+    with torch.set_grad_enabled(grad):
+        for start in range(0, n, rows_per_block):
+            stop = min(n, start + rows_per_block)
+            scores = pairwise_scores(query[:, start:stop], cand_keys, similarity, scale)
+            if exclude_self:
+                mask = _self_mask(query_positions[start:stop], cand_index)  # (nb, m)
+                scores = scores.masked_fill(mask, float("-inf"))
+            if k_search > 0:
+                top_scores, top = _top(scores, k_search, stable)  # (B, nb, k')
+            else:
+                top_scores = scores[..., :0]
+                top = torch.zeros(batch, stop - start, 0, dtype=torch.long, device=device)
+            block_indices.append(cand_index[top])
+            block_scores.append(top_scores if with_scores else None)
+    indices = torch.cat(block_indices, dim=1) if len(block_indices) > 1 else block_indices[0]
+    scores = None
+    if with_scores:
+        scores = torch.cat(block_scores, dim=1) if len(block_scores) > 1 else block_scores[0]
+    self_index = self_score = None
+    if self_first:
+        self_index = query_positions.view(1, n, 1).expand(batch, n, 1)
+        if with_scores:
+            own = keys[:, query_positions]  # (B, n, D)
+            self_score = _row_scores(query, own, similarity, scale).unsqueeze(-1)
+    indices, scores = _finish_selection(scores, indices, self_index, self_score, sort_by_position)
+    if scores is not None:
+        scores = weighting_scores(scores, similarity)
+    return indices, scores
+
+
+def select_neighbours_reference(
+    query: Tensor,
+    keys: Tensor,
+    k: int,
+    similarity: str,
+    *,
+    query_positions: Tensor | None = None,
+    candidates: Tensor | None = None,
+    self_first: bool = False,
+    sort_by_position: bool = False,
+    scale: float | None = None,
+    with_scores: bool = True,
+    stable: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """Top-k neighbours, written to be read: the full ``[B, n, N]`` matrix, then top-k.
+
+    Same arguments and results as :func:`select_neighbours`. Candidates outside the sampled
+    set and the position itself (when it comes first) are masked with ``-inf``.
+    """
+    batch, n, _ = query.shape
+    num_positions = keys.shape[1]
+    _check_selection_args(k, num_positions, n, candidates, self_first, query_positions)
+    if query_positions is None:
+        if n != num_positions:
+            raise ValueError(f"query has {n} positions but keys have {num_positions}; "
+                             "pass query_positions")
+        query_positions = torch.arange(n, device=query.device)
+    scores = pairwise_scores(query, keys, similarity, scale)  # (B, n, N)
+    allowed = torch.ones(n, num_positions, dtype=torch.bool, device=query.device)
+    if candidates is not None:
+        allowed = torch.zeros_like(allowed)
+        allowed[:, candidates] = True
+    self_scores = scores.gather(-1, query_positions.view(1, n, 1).expand(batch, n, 1))
+    if self_first:
+        allowed[torch.arange(n, device=query.device), query_positions] = False
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    top_scores, indices = _top(scores, k - 1 if self_first else k, stable)
+    self_index = query_positions.view(1, n, 1).expand(batch, n, 1) if self_first else None
+    indices, top_scores = _finish_selection(
+        top_scores, indices, self_index, self_scores if self_first else None, sort_by_position)
+    return indices, (weighting_scores(top_scores, similarity) if with_scores else None)
+
+
+# --------------------------------------------------------------------------- weighting ρ
+def neighbour_weights(scores: Tensor | None, weighting: str) -> Tensor | None:
+    """ρ for the k selected neighbours: ``[B, n, k] -> [B, n, k]``.
+
+    ``"ones"`` returns ``None`` (hard selection, nothing to multiply); ``"softmax"`` is a
+    softmax over the k scores (computed in float32, infinities clamped so nothing is NaN);
+    ``"similarity"`` uses the scores themselves (``-d`` for Euclidean).
+    """
+    check_choice("weighting", weighting, WEIGHTINGS)
+    if weighting == "ones":
+        return None
+    if scores is None:
+        raise ValueError(f"weighting={weighting!r} needs the neighbour scores, got None")
+    if weighting == "similarity":
+        return scores
+    work = _upcast(scores)
+    finfo = torch.finfo(work.dtype)
+    work = torch.nan_to_num(work, nan=0.0, posinf=finfo.max, neginf=finfo.min)
+    return torch.softmax(work, dim=-1).to(scores.dtype)
+
+
+# --------------------------------------------------------------------------- aggregation
+def gather_neighbours(values: Tensor, indices: Tensor) -> Tensor:
+    """Rows of ``values`` for every selected neighbour, with no k-fold copy of ``values``.
+
+    Args:
+        values: ``[B, N, C]``.
+        indices: ``[B, n, k]`` (per batch element) or ``[n, k]`` (shared by the batch).
+
+    Returns:
+        ``[B, n, k, C]``.
+    """
+    batch, num_positions, channels = values.shape
+    if indices.dim() == 2:
+        return values[:, indices]  # (B, n, k, C)
+    _, n, k = indices.shape
+    offsets = torch.arange(batch, device=values.device).view(batch, 1, 1) * num_positions
+    flat = (indices + offsets).reshape(-1)  # (B·n·k,)
+    return values.reshape(batch * num_positions, channels).index_select(0, flat).view(
+        batch, n, k, channels)
+
+
+def _check_aggregation(aggregation, weight, pointwise, channels, k):
+    check_choice("aggregation", aggregation, AGGREGATIONS)
+    if aggregation == "standard":
+        if weight.dim() != 3 or weight.shape[1:] != (channels, k):
+            raise ValueError(f"standard aggregation needs weight [out, {channels}, {k}], "
+                             f"got {tuple(weight.shape)}")
+    else:
+        if weight.shape != (channels, 1, k):
+            raise ValueError(f"{aggregation} aggregation needs weight [{channels}, 1, {k}], "
+                             f"got {tuple(weight.shape)}")
+        if aggregation == "separable" and (pointwise is None or pointwise.dim() != 3
+                                           or pointwise.shape[1:] != (channels, 1)):
+            raise ValueError("separable aggregation needs pointwise weight "
+                             f"[out, {channels}, 1], got "
+                             f"{None if pointwise is None else tuple(pointwise.shape)}")
+
+
+def aggregate(
+    neighbours: Tensor,
+    rho: Tensor | None,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    aggregation: str = "standard",
+    pointwise: Tensor | None = None,
+) -> Tensor:
+    """``out_i = Σ_j W_j · ρ_ij · v_{I_ij} (+ b)`` with one weight per neighbour rank j.
+
+    Args:
+        neighbours: ``[B, n, k, C]`` from :func:`gather_neighbours`.
+        rho: ``[B, n, k]`` or ``None`` (all ones).
+        weight: Conv1d layout: ``[O, C, k]`` (standard) or ``[C, 1, k]`` (depthwise and the
+            depthwise half of separable).
+        bias: ``[O]`` or ``None``.
+        pointwise: ``[O, C, 1]``, the 1×1 half of ``"separable"``.
+
+    Returns:
+        ``[B, n, O]``.
+    """
+    batch, n, k, channels = neighbours.shape
+    _check_aggregation(aggregation, weight, pointwise, channels, k)
+    if rho is not None:
+        neighbours = neighbours * rho.unsqueeze(-1).to(neighbours.dtype)
+    if aggregation == "standard":
+        # One matmul: (B·n, k·C) @ (k·C, O), rank-major like the gathered rows.
+        w = weight.permute(0, 2, 1).reshape(weight.shape[0], k * channels)  # (O, k·C)
+        out = torch.matmul(neighbours.reshape(batch, n, k * channels), w.t())
+    else:
+        out = torch.einsum("bnkc,ck->bnc", neighbours, weight[:, 0, :])  # (B, n, C)
+        if aggregation == "separable":
+            out = torch.matmul(out, pointwise[:, :, 0].t())  # (B, n, O)
+    if bias is not None:
+        out = out + bias
+    return out
+
+
+def aggregate_reference(
+    values: Tensor,
+    indices: Tensor,
+    rho: Tensor | None,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    aggregation: str = "standard",
+    pointwise: Tensor | None = None,
+) -> Tensor:
+    """The authors' gather-aggregate: expand the values k times, gather, Conv1d(k, stride k).
+
+    Same result as ``aggregate(gather_neighbours(values, indices), ...)``; it is the
+    faithful re-implementation the benchmark measures against (method.md §6.7).
+
+    Args:
+        values: ``[B, N, C]``.
+        indices: ``[B, n, k]`` or ``[n, k]``.
+
+    Returns:
+        ``[B, n, O]``.
+    """
+    batch, num_positions, channels = values.shape
+    if indices.dim() == 2:
+        indices = indices.unsqueeze(0).expand(batch, -1, -1)
+    _, n, k = indices.shape
+    _check_aggregation(aggregation, weight, pointwise, channels, k)
+    v = values.transpose(1, 2)  # (B, C, N)
+    expanded = v.unsqueeze(-1).expand(batch, channels, num_positions, k).contiguous()
+    index = indices.unsqueeze(1).expand(batch, channels, n, k)  # (B, C, n, k)
+    prime = torch.gather(expanded, 2, index)  # (B, C, n, k)
+    if rho is not None:
+        prime = prime * rho.unsqueeze(1).to(prime.dtype)
+    prime = prime.reshape(batch, channels, n * k)  # neighbour matrices side by side
+    if aggregation == "standard":
+        out = F.conv1d(prime, weight, bias, stride=k)  # (B, O, n)
+    else:
+        out = F.conv1d(prime, weight, None if aggregation == "separable" else bias,
+                       stride=k, groups=channels)
+        if aggregation == "separable":
+            out = F.conv1d(out, pointwise, bias)
+    return out.transpose(1, 2)
+
+
+# --------------------------------------------------------------------------- the operator
+def convnn(
+    values: Tensor,
+    query: Tensor,
+    keys: Tensor,
+    k: int,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    *,
+    similarity: str = "cosine",
+    weighting: str = "ones",
+    aggregation: str = "standard",
+    pointwise: Tensor | None = None,
+    query_positions: Tensor | None = None,
+    candidates: Tensor | None = None,
+    self_first: bool = False,
+    sort_by_position: bool = False,
+    scale: float | None = None,
+    stable: bool = False,
+    neighbours: Tensor | None = None,
+    weight_dropout: float = 0.0,
+    path: str = "fast",
+) -> Tensor:
+    """The whole operator: select k neighbours per query, weight them, aggregate.
+
+    Args:
+        values: ``[B, N, C]``, what is aggregated.
+        query: ``[B, n, D]``, selection features of the query positions.
+        keys: ``[B, N, D]``, selection features of every position.
+        k: neighbours per query.
+        weight, bias, pointwise: aggregation parameters, see :func:`aggregate`.
+        similarity, weighting, aggregation: see :data:`SIMILARITIES`, :data:`WEIGHTINGS`,
+            :data:`AGGREGATIONS`.
+        query_positions, candidates, self_first, sort_by_position, scale, stable: see
+            :func:`select_neighbours`.
+        neighbours: precomputed ``[n, k]`` or ``[B, n, k]`` indices (skips the search; used
+            for static coordinate selection). Requires ``weighting="ones"``.
+        weight_dropout: dropout probability on ρ (attention dropout), applied when > 0.
+        path: ``"fast"`` or ``"reference"``; both give the same result.
+
+    Returns:
+        ``[B, n, O]``.
+
+    Special cases (method.md §3): coordinate selection with ``k = 9``, one padded ring,
+    ``sort_by_position=True``, ρ = ones and standard aggregation is a 3×3 convolution;
+    ``k = N``, dot similarity, softmax and depthwise weights of one is softmax attention.
+    """
+    check_choice("path", path, PATHS)
+    check_choice("weighting", weighting, WEIGHTINGS)
+    if neighbours is not None:
+        if weighting != "ones":
+            raise ValueError("precomputed neighbours carry no scores; weighting must be 'ones', "
+                             f"got {weighting!r}")
+        indices, scores = neighbours, None
+    else:
+        select = select_neighbours if path == "fast" else select_neighbours_reference
+        indices, scores = select(
+            query, keys, k, similarity, query_positions=query_positions,
+            candidates=candidates, self_first=self_first, sort_by_position=sort_by_position,
+            scale=scale, with_scores=weighting != "ones", stable=stable)
+    rho = neighbour_weights(scores, weighting)
+    if rho is not None and weight_dropout > 0.0:
+        rho = F.dropout(rho, weight_dropout, training=True)
+    if path == "reference":
+        return aggregate_reference(values, indices, rho, weight, bias, aggregation, pointwise)
+    return aggregate(gather_neighbours(values, indices), rho, weight, bias, aggregation,
+                     pointwise)
+
+
+__all__ = [
+    "AGGREGATIONS", "PATHS", "SAMPLINGS", "SELECTIONS", "SIMILARITIES", "WEIGHTINGS",
+    "aggregate", "aggregate_reference", "convnn", "gather_neighbours", "grid_coordinates",
+    "interior_positions", "neighbour_weights", "pairwise_scores", "random_candidates",
+    "select_neighbours", "select_neighbours_reference", "selection_features",
+    "sequence_coordinates", "spatial_candidates_1d", "spatial_candidates_2d",
+    "weighting_scores",
+]
