@@ -1,0 +1,175 @@
+"""The book builds strictly, offline, with launch buttons and install cells that agree.
+
+The build runs with execution off (about 3 s), so these tests are part of the default suite.
+Fixtures (``built_book``, ``probe_book``) and helpers live in tests/conftest_book.py.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+pytest.register_assert_rewrite("conftest_book")  # before the import below
+from conftest_book import (
+    PROBE_NOTEBOOK,
+    ROOT,
+    BookBuild,
+    book_config,
+    install_cell_source,
+    install_urls,
+    resolve_source,
+    toc_files,
+)
+
+pytest_plugins = ["conftest_book"]
+
+# What the vendored JavaScript replaces: none of these may appear in a built page.
+CDN_HOSTS = ("cdn.jsdelivr.net/npm/mathjax", "cdnjs.cloudflare.com", "/html-manager@")
+
+
+def toc_notebooks() -> list[Path]:
+    return [p for p in map(resolve_source, toc_files()) if p is not None and p.suffix == ".ipynb"]
+
+
+def colab_link(cfg: dict, notebook: str) -> str:
+    """The launch link sphinx-book-theme must render for ``notebook`` (path from the repo root)."""
+    repo = cfg["repository"]
+    org_repo = repo["url"].removeprefix("https://github.com/").strip("/")
+    colab = cfg["launch_buttons"]["colab_url"].rstrip("/")
+    return f"{colab}/github/{org_repo}/blob/{repo['branch']}/{notebook}"
+
+
+def test_config_names_repository_once() -> None:
+    cfg = book_config()
+    assert cfg["repository"]["url"] == "https://github.com/convnn/convnn"
+    assert cfg["repository"]["branch"] == "main"  # JB1's default 'master' breaks Colab links
+    assert cfg["repository"].get("path_to_book", "") == ""
+    assert cfg["execute"]["execute_notebooks"] == "off"  # the build never trains or executes
+    text = (ROOT / "_config.yml").read_text(encoding="utf-8")
+    assert text.count(cfg["repository"]["url"]) == 1
+
+
+def test_toc_lists_only_existing_files() -> None:
+    missing = [name for name in toc_files() if resolve_source(name) is None]
+    assert not missing, f"_toc.yml names files that do not exist: {missing}"
+
+
+def test_no_root_static_folder() -> None:
+    # JB1 injects every .js/.css under a root _static/ into every page (toolchain.md §7).
+    assert not (ROOT / "_static").exists(), "vendored JS belongs in book/_vendor, not _static/"
+
+
+def test_book_builds_strictly(built_book: BookBuild) -> None:
+    html = built_book.require_success()
+    assert "build succeeded" in built_book.log
+    assert "WARNING" not in built_book.log
+    assert (html / "index.html").is_file()
+    intro = html / "book" / "intro.html"
+    assert intro.is_file()
+    # index.html redirects to the root page.
+    assert "book/intro.html" in (html / "index.html").read_text(encoding="utf-8")
+    print(f"book build: {built_book.seconds:.1f} s")
+
+
+def test_every_toc_page_is_built(built_book: BookBuild) -> None:
+    html = built_book.require_success()
+    for name in toc_files():
+        page = html / Path(name).with_suffix(".html")
+        assert page.is_file(), f"{name} in _toc.yml was not built ({page})"
+
+
+def test_math_and_widgets_use_vendored_js(built_book: BookBuild) -> None:
+    html = built_book.require_success()
+    for rel in (
+        "mathjax/tex-chtml.js",
+        "mathjax/output/chtml/fonts/woff-v2/MathJax_Main-Regular.woff",
+        "requirejs/require.js",
+        "html-manager/embed-amd.js",
+    ):
+        assert (html / "_static" / rel).is_file(), f"_static/{rel} missing from the build"
+    intro = (html / "book" / "intro.html").read_text(encoding="utf-8")
+    assert re.search(r'<script[^>]+src="\.\./_static/mathjax/tex-chtml\.js', intro)
+    assert intro.count("mathjax/tex-chtml.js") == 1
+    for host in CDN_HOSTS:
+        assert host not in intro
+
+
+def test_intro_figure_is_in_the_page(built_book: BookBuild) -> None:
+    html = built_book.require_success()
+    intro = (html / "book" / "intro.html").read_text(encoding="utf-8")
+    assert re.search(r'<img[^>]+src="\.\./_images/select_then_aggregate\.png"', intro)
+    assert (html / "_images" / "select_then_aggregate.png").is_file()
+
+
+def test_repository_button_points_at_repository(built_book: BookBuild) -> None:
+    html = built_book.require_success()
+    intro = (html / "book" / "intro.html").read_text(encoding="utf-8")
+    assert f'href="{book_config()["repository"]["url"]}"' in intro
+
+
+def test_colab_links_of_toc_notebooks(built_book: BookBuild) -> None:
+    notebooks = toc_notebooks()
+    if not notebooks:
+        pytest.skip("no notebook chapter in _toc.yml yet (test_probe_colab_link covers the setup)")
+    html = built_book.require_success()
+    cfg = book_config()
+    for nb in notebooks:
+        rel = nb.relative_to(ROOT).as_posix()
+        page = (html / Path(rel).with_suffix(".html")).read_text(encoding="utf-8")
+        assert colab_link(cfg, rel) in page, f"{rel}: no Colab link to {colab_link(cfg, rel)}"
+
+
+def test_probe_colab_link(probe_book: BookBuild) -> None:
+    """A notebook page gets a Colab launch button for the configured repository and branch."""
+    html = probe_book.require_success()
+    page = (html / Path(PROBE_NOTEBOOK).with_suffix(".html")).read_text(encoding="utf-8")
+    expected = colab_link(book_config(), PROBE_NOTEBOOK)
+    assert expected.startswith(
+        "https://colab.research.google.com/github/convnn/convnn/blob/main/book/"
+    )
+    assert f'href="{expected}"' in page
+    assert "/blob/master/" not in page
+    # A page with a widget loads the vendored require.js and html-manager, not the CDN ones.
+    assert re.search(r'<script[^>]+src="\.\./_static/requirejs/require\.js', page)
+    assert re.search(r'<script[^>]+src="\.\./_static/html-manager/embed-amd\.js', page)
+    assert "application/vnd.jupyter.widget-state+json" in page
+    for host in CDN_HOSTS:
+        assert host not in page
+
+
+def test_install_cell_template_parses() -> None:
+    cfg = book_config()["repository"]
+    source = install_cell_source(cfg["url"], cfg["branch"])
+    assert install_urls(source) == [(cfg["url"], cfg["branch"])]
+    assert "torch" not in source.split("%pip", 1)[1].splitlines()[0]
+
+
+def test_install_cells_use_configured_repository() -> None:
+    """Every notebook chapter opens with an install cell for ``_config.yml``'s repository."""
+    notebooks = toc_notebooks()
+    if not notebooks:
+        pytest.skip("no notebook chapter in _toc.yml yet")
+    cfg = book_config()["repository"]
+    problems = []
+    for nb_path in notebooks:
+        nb = json.loads(nb_path.read_text(encoding="utf-8"))
+        code = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
+        name = nb_path.relative_to(ROOT).as_posix()
+        if not code or "google.colab" not in code[0] or "%pip install" not in code[0]:
+            problems.append(f"{name}: the first code cell is not the install cell")
+            continue
+        for url, ref in install_urls(code[0]):
+            if url != cfg["url"] or ref not in (None, cfg["branch"]):
+                problems.append(f"{name}: installs {url}@{ref}, _config.yml has {cfg['url']}")
+        pip_lines = [line for line in code[0].splitlines() if "%pip" in line]
+        if any("torch" in line for line in pip_lines):
+            problems.append(f"{name}: the install cell must not install torch (Colab has it)")
+        # Any other git+ URL in the notebook must name the same repository.
+        for cell in code[1:]:
+            for url, _ in install_urls(cell):
+                if url != cfg["url"]:
+                    problems.append(f"{name}: another cell installs from {url}")
+    assert not problems, "\n".join(problems)
