@@ -10,9 +10,10 @@ Every step of the operator (method.md §2) is one function here:
 4. selection: :func:`select_neighbours` (fast, blocked) and
    :func:`select_neighbours_reference` (plain, full matrix);
 5. weighting ρ: :func:`neighbour_weights` (ones, softmax, similarity);
-6. + 7. gather and aggregate: :func:`gather_neighbours` + :func:`aggregate` (fast) and
-   :func:`aggregate_reference` (the authors' algorithm: expand the values k times, gather,
-   then a Conv1d with kernel k and stride k).
+6. + 7. gather and aggregate: :func:`gather_neighbours` + :func:`aggregate` (plain),
+   :func:`gather_aggregate` (fast: one autograd node that keeps no gathered copy for
+   backward) and :func:`aggregate_reference` (the authors' algorithm: expand the values k
+   times, gather, then a Conv1d with kernel k and stride k).
 
 :func:`convnn` composes them. Layouts: positions are rows, ``[B, N, C]``. ``N`` counts every
 position the layer may select (a zero-padded image counts its border), and the layer produces
@@ -43,8 +44,10 @@ PATHS = ("fast", "reference")
 # Squared distances below this are treated as this when taking the square root, so that
 # d(-d)/d(d²) stays finite at zero distance.
 _MIN_SQUARED_DISTANCE = 1e-12
-# Elements of the score matrix held at once by the blocked fast path (per call, all batches).
-DEFAULT_BLOCK_ELEMENTS = 1 << 24
+# Elements of the score matrix held at once by the blocked fast path (per call, all batches):
+# 4 MiB of float32 scores on a CPU, 64 MiB on a GPU.
+CPU_BLOCK_ELEMENTS = 1 << 20
+GPU_BLOCK_ELEMENTS = 1 << 24
 
 
 def _upcast(x: Tensor) -> Tensor:
@@ -271,7 +274,7 @@ def select_neighbours(
     scale: float | None = None,
     with_scores: bool = True,
     stable: bool = False,
-    block_elements: int = DEFAULT_BLOCK_ELEMENTS,
+    block_elements: int | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Top-k neighbours of every query (fast path).
 
@@ -294,11 +297,14 @@ def select_neighbours(
         with_scores: also return the ``[B, n, k]`` weighting scores (with autograd).
         stable: break ties by the lower position (a stable sort instead of top-k; used for
             coordinate selection, where equal distances are the rule).
+        block_elements: most scores held at once (default: 2^20 on a CPU, 2^24 on a GPU).
 
     Returns:
         ``(indices [B, n, k] into 0..N-1, scores [B, n, k] or None)``.
     """
     batch, n, _ = query.shape
+    if block_elements is None:
+        block_elements = CPU_BLOCK_ELEMENTS if query.device.type == "cpu" else GPU_BLOCK_ELEMENTS
     num_positions = keys.shape[1]
     _check_selection_args(k, num_positions, n, candidates, self_first, query_positions)
     device = query.device
@@ -471,17 +477,110 @@ def aggregate(
     batch, n, k, channels = neighbours.shape
     _check_aggregation(aggregation, weight, pointwise, channels, k)
     if rho is not None:
-        neighbours = neighbours * rho.unsqueeze(-1).to(neighbours.dtype)
+        neighbours = neighbours * rho.unsqueeze(-1).to(neighbours.dtype)  # (B, n, k, C)
     if aggregation == "standard":
         # One matmul: (B·n, k·C) @ (k·C, O), rank-major like the gathered rows.
         w = weight.permute(0, 2, 1).reshape(weight.shape[0], k * channels)  # (O, k·C)
         out = torch.matmul(neighbours.reshape(batch, n, k * channels), w.t())
     else:
-        out = torch.einsum("bnkc,ck->bnc", neighbours, weight[:, 0, :])  # (B, n, C)
+        # Elementwise, not einsum: einsum turns this into B·n tiny matmuls.
+        out = (neighbours * weight[:, 0, :].t()).sum(dim=2)  # (B, n, C)
         if aggregation == "separable":
             out = torch.matmul(out, pointwise[:, :, 0].t())  # (B, n, O)
     if bias is not None:
         out = out + bias
+    return out
+
+
+class _GatherAggregate(torch.autograd.Function):
+    """Gather + weight + aggregate in one autograd node that saves no ``[B, n, k, C]`` tensor.
+
+    Forward gathers the neighbour rows once (a transient), backward gathers them again, so
+    the memory kept for backward is the values (already alive), the indices and ρ: O(B·n·k)
+    instead of the O(B·n·k·C) copies the reference keeps.
+    """
+
+    @staticmethod
+    def forward(ctx, values, flat_index, rho, weight, k, standard):
+        # values (B·N, C); flat_index (M·k,) with M = B·n; rho (M, k) or None
+        channels = values.shape[1]
+        rows = values.index_select(0, flat_index).view(-1, k, channels)  # (M, k, C)
+        if rho is not None:
+            rows = rows * rho.unsqueeze(-1)
+        if standard:  # weight (O, C, k) -> (O, k·C), rank-major like the rows
+            w = weight.permute(0, 2, 1).reshape(weight.shape[0], k * channels).to(values.dtype)
+            out = torch.matmul(rows.view(-1, k * channels), w.t())  # (M, O)
+        else:  # weight (C, 1, k) -> (k, C)
+            out = (rows * weight[:, 0, :].t().to(values.dtype)).sum(dim=1)  # (M, C)
+        ctx.save_for_backward(values, flat_index, rho, weight)
+        ctx.k, ctx.standard = k, standard
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        values, flat_index, rho, weight = ctx.saved_tensors
+        k, standard = ctx.k, ctx.standard
+        channels = values.shape[1]
+        grad_out = grad_out.to(values.dtype)
+        raw = values.index_select(0, flat_index).view(-1, k, channels)  # (M, k, C)
+        weighted = raw if rho is None else raw * rho.unsqueeze(-1)
+        grad_weight = grad_rho = grad_values = None
+        if standard:
+            w = weight.permute(0, 2, 1).reshape(weight.shape[0], k * channels).to(values.dtype)
+            grad_rows = torch.matmul(grad_out, w).view(-1, k, channels)  # (M, k, C)
+            if ctx.needs_input_grad[3]:
+                gw = torch.matmul(grad_out.t(), weighted.view(-1, k * channels))  # (O, k·C)
+                grad_weight = gw.view(-1, k, channels).permute(0, 2, 1).to(weight.dtype)
+        else:
+            grad_rows = grad_out.unsqueeze(1) * weight[:, 0, :].t().to(values.dtype)
+            if ctx.needs_input_grad[3]:
+                gw = (weighted * grad_out.unsqueeze(1)).sum(dim=0)  # (k, C)
+                grad_weight = gw.t().unsqueeze(1).to(weight.dtype)
+        if rho is not None and ctx.needs_input_grad[2]:
+            grad_rho = (grad_rows * raw).sum(dim=-1).to(rho.dtype)  # (M, k)
+        if ctx.needs_input_grad[0]:
+            if rho is not None:
+                grad_rows = grad_rows * rho.unsqueeze(-1)
+            grad_values = torch.zeros_like(values).index_add_(
+                0, flat_index, grad_rows.reshape(-1, channels))
+        return grad_values, None, grad_rho, grad_weight, None, None
+
+
+def gather_aggregate(
+    values: Tensor,
+    indices: Tensor,
+    rho: Tensor | None,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    aggregation: str = "standard",
+    pointwise: Tensor | None = None,
+) -> Tensor:
+    """Fast ``aggregate(gather_neighbours(values, indices), rho, ...)``: same result, and no
+    ``[B, n, k, C]`` tensor is kept for backward.
+
+    Args:
+        values: ``[B, N, C]``.
+        indices: ``[B, n, k]`` or ``[n, k]`` (shared by the batch).
+        rho, weight, bias, aggregation, pointwise: see :func:`aggregate`.
+
+    Returns:
+        ``[B, n, O]``.
+    """
+    batch, num_positions, channels = values.shape
+    if indices.dim() == 2:
+        indices = indices.unsqueeze(0).expand(batch, -1, -1)
+    _, n, k = indices.shape
+    _check_aggregation(aggregation, weight, pointwise, channels, k)
+    offsets = torch.arange(batch, device=values.device).view(batch, 1, 1) * num_positions
+    flat_index = (indices + offsets).reshape(-1)  # (B·n·k,)
+    flat_rho = None if rho is None else rho.reshape(batch * n, k).to(values.dtype)
+    out = _GatherAggregate.apply(values.reshape(batch * num_positions, channels), flat_index,
+                                 flat_rho, weight, k, aggregation == "standard")
+    out = out.view(batch, n, -1)
+    if aggregation == "separable":
+        out = torch.matmul(out, pointwise[:, :, 0].t().to(out.dtype))  # (B, n, O)
+    if bias is not None:
+        out = out + bias.to(out.dtype)
     return out
 
 
@@ -593,13 +692,13 @@ def convnn(
         rho = F.dropout(rho, weight_dropout, training=True)
     if path == "reference":
         return aggregate_reference(values, indices, rho, weight, bias, aggregation, pointwise)
-    return aggregate(gather_neighbours(values, indices), rho, weight, bias, aggregation,
-                     pointwise)
+    return gather_aggregate(values, indices, rho, weight, bias, aggregation, pointwise)
 
 
 __all__ = [
     "AGGREGATIONS", "PATHS", "SAMPLINGS", "SELECTIONS", "SIMILARITIES", "WEIGHTINGS",
-    "aggregate", "aggregate_reference", "convnn", "gather_neighbours", "grid_coordinates",
+    "aggregate", "aggregate_reference", "convnn", "gather_aggregate", "gather_neighbours",
+    "grid_coordinates",
     "interior_positions", "neighbour_weights", "pairwise_scores", "random_candidates",
     "select_neighbours", "select_neighbours_reference", "selection_features",
     "sequence_coordinates", "spatial_candidates_1d", "spatial_candidates_2d",

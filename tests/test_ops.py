@@ -323,3 +323,32 @@ def test_extra_repr_names_the_options():
     text = repr(ConvNN2d(3, 4, sampling="random", candidates=4))
     assert "sampling='random'" in text and "candidates=4" in text
     assert "k=9" in repr(ConvNNAttention(8, 2))
+
+
+@pytest.mark.parametrize("aggregation", ["standard", "depthwise", "separable"])
+@pytest.mark.parametrize("with_rho", [False, True])
+@pytest.mark.parametrize("shared_indices", [False, True])
+def test_fused_gather_aggregate_matches_plain_gather_then_aggregate(aggregation, with_rho,
+                                                                     shared_indices):
+    torch.manual_seed(10)
+    opts = {"dtype": torch.float64, "requires_grad": True}
+    values = torch.randn(3, 10, 4, **opts)
+    indices = torch.randint(0, 10, (6, 5) if shared_indices else (3, 6, 5))
+    rho = torch.randn(3, 6, 5, **opts) if with_rho else None
+    weight = torch.randn(7, 4, 5, **opts) if aggregation == "standard" else \
+        torch.randn(4, 1, 5, **opts)
+    pointwise = torch.randn(7, 4, 1, **opts) if aggregation == "separable" else None
+    bias = torch.randn(7 if aggregation != "depthwise" else 4, **opts)
+    inputs = [t for t in (values, rho, weight, pointwise, bias) if t is not None]
+    fused = ops.gather_aggregate(values, indices, rho, weight, bias, aggregation, pointwise)
+    plain = ops.aggregate(ops.gather_neighbours(values, indices), rho, weight, bias,
+                          aggregation, pointwise)
+    torch.testing.assert_close(fused, plain)
+    upstream = torch.randn_like(fused)
+    g_fused = torch.autograd.grad((fused * upstream).sum(), inputs)
+    g_plain = torch.autograd.grad((plain * upstream).sum(), inputs)
+    for a, b in zip(g_fused, g_plain):
+        torch.testing.assert_close(a, b)
+    assert torch.autograd.gradcheck(
+        lambda v, w: ops.gather_aggregate(v, indices, rho, w, None, aggregation, pointwise),
+        (values, weight))
