@@ -2,6 +2,7 @@
 
 Commands:
     demo     print the special cases of ConvNN holding numerically
+    book     build the Jupyter Book (offline, warnings as errors) and print index.html's path
     bench    speed and memory ratios of the layers (``--train`` adds training throughput)
 """
 
@@ -15,6 +16,26 @@ def _demo(args: argparse.Namespace) -> int:
     from .demo import main
 
     return main()
+
+
+def _book(args: argparse.Namespace) -> int:
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "_config.yml").exists():
+        print(f"error: no _config.yml in {root}; 'book' needs a checkout of the repository",
+              file=sys.stderr)
+        return 2
+    exe = Path(sys.executable).with_name("jupyter-book")
+    command = [str(exe) if exe.exists() else (shutil.which("jupyter-book") or "jupyter-book"),
+               "build", "-W", "-n", "--keep-going", str(root)]
+    rc = subprocess.call(command, cwd=root)
+    index = root / "_build" / "html" / "index.html"
+    if rc == 0 and index.exists():
+        print(f"\nThe book is built: {index}")
+    return rc
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -32,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="print the special cases holding numerically")
     demo.set_defaults(func=_demo)
+
+    book = sub.add_parser("book", help="build the book and print the path of index.html")
+    book.set_defaults(func=_book)
 
     bench = sub.add_parser("bench", help="speed/memory ratios of the layers")
     bench.add_argument("--quick", action="store_true",
