@@ -1,0 +1,251 @@
+"""The paper's models: VGG with a pluggable conv layer and ViT with a pluggable token mixer.
+
+One dataclass, :class:`ModelConfig`, names a model and its options; :func:`build_model` turns it
+into an ``nn.Module``. The config round-trips through JSON (:meth:`ModelConfig.to_dict`,
+:meth:`ModelConfig.from_dict`) so that it can be saved next to every run.
+
+Example:
+    >>> cfg = ModelConfig(name="vgg11", num_classes=10, layer="branching", ratio=0.5,
+    ...                   layer_options={"k": 9, "sampling": "random", "candidates": 8})
+    >>> model = build_model(cfg, device="meta")       # no memory: for counting parameters
+    >>> count_parameters(model)
+    130015690
+    >>> [p["sampling"] for p in model.layer_plan][-2:]   # 2x2 maps cannot hold 8x8 candidates
+    ['all', 'all']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from .._checks import check_choice
+from .vgg import (
+    LAYER_OPTIONS,
+    VGG,
+    VGG_CONFIGS,
+    VGG_HEADS,
+    VGG_LAYERS,
+    CoordAggregationConvNN2d,
+    paper_layer_options,
+    sampling_for_map,
+    vgg11,
+    vgg13,
+    vgg16,
+    vgg19,
+)
+from .vit import (
+    MIXERS,
+    PatchEmbedding,
+    TransformerBlock,
+    ViT,
+    mixer_option_names,
+    sinusoidal_positions,
+    vit_base_paper,
+    vit_tiny_cifar,
+    vit_tiny_paper,
+)
+
+VGG_NAMES = {"vgg11": 11, "vgg13": 13, "vgg16": 16, "vgg19": 19}
+VIT_PRESETS = {
+    # name: image_size, patch_size, dim, depth, mlp_dim, heads
+    "vit_tiny": (224, 16, 192, 12, 768, 1),
+    "vit_tiny_cifar": (32, 4, 192, 12, 768, 1),
+    "vit_base": (224, 16, 768, 12, 3072, 12),
+}
+MODEL_NAMES = (*VGG_NAMES, *VIT_PRESETS)
+
+_VGG_ONLY = ("layer", "head", "width_multiplier")
+_VIT_ONLY = ("mixer", "heads", "attn_dropout", "depth", "patch_size", "dim", "mlp_dim")
+
+
+@dataclass
+class ModelConfig:
+    """Which model to build and how; ``None`` means "the preset's default".
+
+    Attributes:
+        name: one of :data:`MODEL_NAMES`: ``"vgg11"``, ``"vgg13"``, ``"vgg16"``, ``"vgg19"``,
+            ``"vit_tiny"`` (the paper's: 224 input, patch 16), ``"vit_tiny_cifar"`` (32 input,
+            patch 4) or ``"vit_base"``.
+        num_classes: classes of the classifier.
+        image_size: input side (default 32 for VGG and ``vit_tiny_cifar``, 224 otherwise).
+        in_channels: image channels.
+        layer: VGG only: ``"conv2d"`` (default), ``"branching"`` or ``"convnn"``.
+        mixer: ViT only: a key of :data:`MIXERS` (default ``"attention"``).
+        ratio: λ: ConvNN share of the VGG branching layer (default 0.5) or of a hybrid ViT
+            mixer (the mixer's default, 0.5).
+        kernel_size: VGG: kernel of the Conv2d branch (default 3). ViT: kernel of the
+            ``"convnn_conv1d_hybrid"``, ``"conv1d"`` or ``"neighborhood"`` mixer.
+        head: VGG only: ``"paper"`` (default, ≈130M parameters) or ``"lean"``.
+        layer_options: options of the ConvNN layers: :class:`~convnn.layers.ConvNN2d`
+            keywords plus ``aggregate_coords`` for VGG (see :func:`paper_layer_options`), the
+            mixer's keywords for ViT (see :func:`mixer_option_names`).
+        heads: ViT only: attention heads (default 1; 12 for ``vit_base``).
+        dropout: VGG head dropout (default 0.5) or ViT dropout (default 0.1).
+        attn_dropout: ViT only: the mixer's attention dropout (default 0.1).
+        width_multiplier: VGG only: scales every channel count (default 1.0).
+        depth, patch_size, dim, mlp_dim: ViT only: override the preset's architecture.
+    """
+
+    name: str = "vgg11"
+    num_classes: int = 10
+    image_size: int | None = None
+    in_channels: int = 3
+    layer: str | None = None
+    mixer: str | None = None
+    ratio: float | None = None
+    kernel_size: int | None = None
+    head: str | None = None
+    layer_options: dict = field(default_factory=dict)
+    heads: int | None = None
+    dropout: float | None = None
+    attn_dropout: float | None = None
+    width_multiplier: float | None = None
+    depth: int | None = None
+    patch_size: int | None = None
+    dim: int | None = None
+    mlp_dim: int | None = None
+
+    @property
+    def family(self) -> str:
+        """``"vgg"`` or ``"vit"``."""
+        check_choice("name", self.name, MODEL_NAMES)
+        return "vgg" if self.name in VGG_NAMES else "vit"
+
+    def to_dict(self) -> dict:
+        """A JSON-serialisable dict (``from_dict(to_dict())`` gives an equal config)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelConfig:
+        """The inverse of :meth:`to_dict`; unknown keys raise ``ValueError``."""
+        if not isinstance(data, dict):
+            raise ValueError(f"ModelConfig.from_dict needs a dict, got {type(data).__name__}")
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(data) - set(names))
+        if unknown:
+            raise ValueError(f"unknown ModelConfig field(s) {unknown}; allowed: {names}")
+        data = dict(data)
+        if data.get("layer_options") is None:
+            data["layer_options"] = {}
+        else:
+            data["layer_options"] = dict(data["layer_options"])
+        return cls(**data)
+
+
+def _check_family_fields(config: ModelConfig, family: str) -> None:
+    foreign = _VIT_ONLY if family == "vgg" else _VGG_ONLY
+    for name in foreign:
+        value = getattr(config, name)
+        if value is not None:
+            raise ValueError(f"{name}={value!r} does not apply to {config.name!r} "
+                             f"({'ViT' if family == 'vgg' else 'VGG'} option)")
+
+
+def _build_vgg(config: ModelConfig, factory: dict) -> VGG:
+    layer = "conv2d" if config.layer is None else config.layer
+    check_choice("layer", layer, VGG_LAYERS)
+    head = "paper" if config.head is None else config.head
+    check_choice("head", head, VGG_HEADS)
+    kwargs = {}
+    for name, value in (("dropout", config.dropout),
+                        ("width_multiplier", config.width_multiplier),
+                        ("kernel_size", config.kernel_size)):
+        if value is not None:
+            kwargs[name] = value
+    return VGG(VGG_NAMES[config.name], config.num_classes, layer=layer, ratio=config.ratio,
+               layer_options=dict(config.layer_options),
+               image_size=32 if config.image_size is None else config.image_size,
+               in_channels=config.in_channels, head=head, **kwargs, **factory)
+
+
+def _build_vit(config: ModelConfig, factory: dict) -> ViT:
+    image, patch, dim, depth, mlp_dim, heads = VIT_PRESETS[config.name]
+    mixer = "attention" if config.mixer is None else config.mixer
+    check_choice("mixer", mixer, MIXERS)
+    options = dict(config.layer_options)
+    allowed = mixer_option_names(mixer)
+    for name in ("ratio", "kernel_size"):
+        value = getattr(config, name)
+        if value is None:
+            continue
+        if name not in allowed:
+            raise ValueError(f"{name}={value!r} does not apply to mixer={mixer!r}")
+        if name in options and options[name] != value:
+            raise ValueError(f"{name} given twice: {name}={value!r} and "
+                             f"layer_options[{name!r}]={options[name]!r}")
+        options[name] = value
+    kwargs = {}
+    for name, value in (("dropout", config.dropout), ("attn_dropout", config.attn_dropout)):
+        if value is not None:
+            kwargs[name] = value
+
+    def pick(value, default):
+        return default if value is None else value
+
+    return ViT(config.num_classes, image_size=pick(config.image_size, image),
+               patch_size=pick(config.patch_size, patch), in_channels=config.in_channels,
+               dim=pick(config.dim, dim), depth=pick(config.depth, depth),
+               mlp_dim=pick(config.mlp_dim, mlp_dim), num_heads=pick(config.heads, heads),
+               mixer=mixer, mixer_options=options, **kwargs, **factory)
+
+
+def build_model(config: ModelConfig | dict, *, device=None, dtype=None) -> nn.Module:
+    """Build the model a :class:`ModelConfig` (or its dict) describes.
+
+    Args:
+        config: a :class:`ModelConfig` or a dict accepted by :meth:`ModelConfig.from_dict`.
+        device, dtype: factory kwargs; ``device="meta"`` allocates nothing (parameter counts).
+
+    Returns:
+        A :class:`VGG` or :class:`ViT`.
+
+    Raises:
+        ValueError: unknown name, layer, mixer or option, or an option of the other family.
+    """
+    if isinstance(config, dict):
+        config = ModelConfig.from_dict(config)
+    if not isinstance(config, ModelConfig):
+        raise ValueError(f"config must be a ModelConfig or a dict, got {type(config).__name__}")
+    family = config.family
+    _check_family_fields(config, family)
+    factory = {"device": device, "dtype": dtype}
+    if family == "vgg":
+        return _build_vgg(config, factory)
+    return _build_vit(config, factory)
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
+    """Number of (trainable) parameters; works on ``meta``-device models."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+__all__ = [
+    "LAYER_OPTIONS",
+    "MIXERS",
+    "MODEL_NAMES",
+    "VGG",
+    "VGG_CONFIGS",
+    "VGG_HEADS",
+    "VGG_LAYERS",
+    "CoordAggregationConvNN2d",
+    "ModelConfig",
+    "PatchEmbedding",
+    "TransformerBlock",
+    "ViT",
+    "build_model",
+    "count_parameters",
+    "mixer_option_names",
+    "paper_layer_options",
+    "sampling_for_map",
+    "sinusoidal_positions",
+    "vgg11",
+    "vgg13",
+    "vgg16",
+    "vgg19",
+    "vit_base_paper",
+    "vit_tiny_cifar",
+    "vit_tiny_paper",
+]

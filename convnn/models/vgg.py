@@ -1,0 +1,408 @@
+"""VGG-11/13/16/19 with a pluggable convolution layer: Conv2d, ConvNN or the branching hybrid.
+
+Every convolution of the VGG configuration is replaced by the chosen layer, followed by
+BatchNorm and ReLU; max-pool positions are those of the configuration (method.md §5):
+
+==============  =================================================================================
+``layer``       what each "conv" of the configuration becomes
+==============  =================================================================================
+``"conv2d"``    :class:`~convnn.layers.BranchingConv2d` with ``ratio=0``: a ``KS × KS`` Conv2d and
+                a 1×1 mix (the paper's "Conv2d (KS×KS + 1×1)" baseline)
+``"branching"`` ``BranchingConv2d(ratio=λ)``: ``⌊λ·C_out⌋`` ConvNN channels, the rest Conv2d, 1×1 mix
+``"convnn"``    ``BranchingConv2d(ratio=1)``: ConvNN and a 1×1 mix
+==============  =================================================================================
+
+A ConvNN layer with ``k = 9`` and standard aggregation has exactly the parameters of a 3×3 Conv2d
+(``O·C·9 + O``), so all three layers give VGG-11 the same count: 130,015,690 with the paper head
+on CIFAR-10 and 130,384,420 on CIFAR-100 (tables 6.1/6.2 of paper_results.json).
+
+Sampled candidates on small maps. VGG-11 on 32×32 images runs its last two layers on 2×2 maps,
+where a set of ``r × r`` candidates does not fit. The model knows every layer's map size, so it
+decides *when it is built*: a layer whose map cannot hold the sampled set (``r² > H·W`` for
+``"random"``, ``r > min(H, W)`` for ``"spatial"``: exactly the maps on which
+:class:`~convnn.layers.ConvNN2d` would reject it) uses ``sampling="all"`` instead. The decision
+is recorded per layer in :attr:`VGG.layer_plan`; the layers themselves never clamp.
+
+The paper's "similarity" and "aggregation" settings (reference code: ``similarity_type`` and
+``aggregation_type``, each ``"Col"`` or ``"Loc_Col"``) map onto layer options with
+:func:`paper_layer_options`: similarity ``"Col"`` is ``selection="features"``, ``"Loc_Col"`` is
+``selection="mixed"`` with ``mix=λ``; aggregation ``"Loc_Col"`` (the two coordinate channels are
+aggregated with the features, adding ``2·k`` weights per output channel) is
+``aggregate_coords=True``, implemented by :class:`CoordAggregationConvNN2d`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+
+import torch
+from torch import Tensor, nn
+
+from .. import ops
+from .._checks import check_choice, check_fraction, check_int
+from ..layers import BranchingConv2d, ConvNN2d
+
+VGG_CONFIGS: dict[str, list] = {
+    "A": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "B": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "D": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
+          512, 512, 512, "M"],
+    "E": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
+          512, 512, 512, 512, "M"],
+}
+"""Channel lists of the VGG configurations (``"M"`` = 2×2 max-pool, stride 2)."""
+
+VGG_DEPTHS = {11: "A", 13: "B", 16: "D", 19: "E"}
+VGG_LAYERS = ("conv2d", "branching", "convnn")
+VGG_HEADS = ("paper", "lean")
+DEFAULT_BRANCH_RATIO = 0.5
+
+_CONVNN2D_OPTIONS = tuple(
+    name for name in inspect.signature(ConvNN2d.__init__).parameters
+    if name not in ("self", "in_channels", "out_channels", "device", "dtype"))
+LAYER_OPTIONS = (*_CONVNN2D_OPTIONS, "aggregate_coords")
+"""Keys accepted in ``layer_options``: the keyword arguments of :class:`ConvNN2d` plus
+``aggregate_coords`` (the paper's aggregation ``"Loc_Col"``)."""
+
+PAPER_SIMILARITY = {"Col": "features", "Loc_Col": "mixed", "Loc": "coords"}
+PAPER_AGGREGATION = {"Col": False, "Loc_Col": True}
+
+
+def paper_layer_options(similarity: str = "Col", aggregation: str = "Col",
+                        lambda_param: float = 0.5) -> dict:
+    """ConvNN layer options for the paper's ``similarity_type`` / ``aggregation_type``.
+
+    Args:
+        similarity: ``"Col"`` (features), ``"Loc_Col"`` (features scaled by ``λ/std`` beside
+            coordinates scaled by ``1 - λ``) or ``"Loc"`` (coordinates only; here ranked by
+            Euclidean distance, the convolution limit).
+        aggregation: ``"Col"`` (aggregate features) or ``"Loc_Col"`` (features and the two
+            coordinate channels).
+        lambda_param: λ of ``"Loc_Col"`` similarity (the reference's default is 0.5).
+
+    Returns:
+        A dict for ``VGG(layer_options=...)`` / ``ModelConfig.layer_options``.
+
+    Example:
+        >>> paper_layer_options("Loc_Col", "Loc_Col")
+        {'selection': 'mixed', 'mix': 0.5, 'aggregate_coords': True}
+    """
+    check_choice("similarity", similarity, PAPER_SIMILARITY)
+    check_choice("aggregation", aggregation, PAPER_AGGREGATION)
+    options: dict = {"selection": PAPER_SIMILARITY[similarity]}
+    if similarity == "Loc_Col":
+        options["mix"] = check_fraction("lambda_param", lambda_param)
+    if PAPER_AGGREGATION[aggregation]:
+        options["aggregate_coords"] = True
+    return options
+
+
+class CoordAggregationConvNN2d(ConvNN2d):
+    """ConvNN2d whose aggregated values carry the two coordinate channels (aggregation "Loc_Col").
+
+    Selection is that of :class:`ConvNN2d` (on features, coordinates or both, per
+    ``selection``); the gathered neighbour vectors are ``[features, x, y]`` of the zero-padded
+    map (coordinates from :func:`convnn.ops.grid_coordinates`, so padded positions keep their
+    coordinates while their features are zero), aggregated by a weight ``[O, C + 2, k]``. The
+    layer has ``2·k·O`` more parameters than ``ConvNN2d``: the paper's aggregation ``"Loc_Col"``.
+
+    Only hard selection (``weighting="ones"``, the paper's CNN layer) and standard aggregation
+    are supported. The reference scales coordinates to ``[-1, 1]`` over the *padded* map; ours
+    span ``[-1, 1]`` over the image (an isotropic grid), which changes no parameter count.
+
+    Args:
+        in_channels, out_channels, k, padding, **kwargs: as :class:`ConvNN2d`.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, k: int = 9, padding: int = 1,
+                 *, device=None, dtype=None, **kwargs) -> None:
+        super().__init__(in_channels, out_channels, k, padding, device=device, dtype=dtype,
+                         **kwargs)
+        if self.weighting != "ones":
+            raise ValueError("aggregate_coords=True supports weighting='ones' only, got "
+                             f"weighting={self.weighting!r}")
+        if self.aggregation != "standard":
+            raise ValueError("aggregate_coords=True supports aggregation='standard' only, got "
+                             f"aggregation={self.aggregation!r}")
+        factory = {"device": self.weight.device, "dtype": self.weight.dtype}
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels + 2, k, **factory))
+        # Conv1d's default initialisation for the wider [O, C + 2, k] weight.
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            bound = 1.0 / math.sqrt((in_channels + 2) * k)
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, aggregate_coords=True"
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``[B, C, H, W] -> [B, O, H, W]``."""
+        indices = self.neighbours(x)  # (B, H·W, k) into the padded map
+        batch, _, height, width = x.shape
+        p = self.padding
+        values = nn.functional.pad(x, (p, p, p, p)).flatten(2).transpose(1, 2)  # (B, N, C)
+        coords = ops.grid_coordinates(height, width, p, device=x.device, dtype=x.dtype)  # (N, 2)
+        values = torch.cat((values, coords.unsqueeze(0).expand(batch, -1, -1)), dim=-1)
+        out = ops.aggregate(ops.gather_neighbours(values, indices), None, self.weight,
+                            self.bias)  # (B, H·W, O)
+        return out.transpose(1, 2).reshape(batch, self.out_channels, height, width)
+
+
+def _check_layer_options(options: dict) -> dict:
+    if not isinstance(options, dict):
+        raise ValueError(f"layer_options must be a dict, got {type(options).__name__}")
+    unknown = sorted(set(options) - set(LAYER_OPTIONS))
+    if unknown:
+        raise ValueError(f"layer_options has unknown option(s) {unknown}; allowed: "
+                         f"{sorted(LAYER_OPTIONS)}")
+    return dict(options)
+
+
+def sampling_for_map(sampling: str, candidates: int | None, height: int, width: int
+                     ) -> tuple[str, int | None, str | None]:
+    """The candidate set a ConvNN layer on an ``H × W`` map uses: the fallback rule.
+
+    Returns ``(sampling, candidates, reason)``: the requested set when it fits the map, else
+    ``("all", None, reason)``. ``"random"`` needs ``r² <= H·W`` pixels, ``"spatial"`` needs its
+    ``r × r`` grid to fit, ``r <= min(H, W)``.
+    """
+    if sampling == "random" and candidates * candidates > height * width:
+        return "all", None, (f"random: r²={candidates * candidates} > H·W={height * width}")
+    if sampling == "spatial" and candidates > min(height, width):
+        return "all", None, f"spatial: r={candidates} > min(H, W)={min(height, width)}"
+    return sampling, candidates, None
+
+
+class VGG(nn.Module):
+    """VGG with every convolution replaced by Conv2d, ConvNN or the branching hybrid.
+
+    Args:
+        depth: 11, 13, 16 or 19 (configurations A, B, D, E).
+        num_classes: classes of the linear classifier.
+        layer: ``"conv2d"``, ``"branching"`` or ``"convnn"`` (see the module docstring).
+        ratio: λ of ``"branching"`` (default 0.5; must be in (0, 1)); ``None`` for the others.
+        kernel_size: kernel of the Conv2d branch (``padding="same"``; the paper uses 1, 2, 3).
+        layer_options: keyword arguments of :class:`~convnn.layers.ConvNN2d` (``k``,
+            ``similarity``, ``selection``, ``mix``, ``sampling``, ``candidates``,
+            ``eval_sampling``, ``seed``...) plus ``aggregate_coords``. ``seed`` is the fixed
+            evaluation seed of the first ConvNN layer; layer ``i`` uses ``seed + i``.
+        image_size: side of the (square) input images; fixes every layer's map size.
+        in_channels: image channels.
+        head: ``"paper"`` (AdaptiveAvgPool 7×7 → 4096 → 4096 → classes, ReLU and dropout,
+            ≈120M parameters) or ``"lean"`` (global average pool → linear).
+        dropout: dropout of the paper head.
+        width_multiplier: scales every channel count (``max(1, round(c · m))``), for small
+            models in tests and notebooks.
+        device, dtype: factory kwargs (``device="meta"`` builds without memory, for counting).
+
+    Attributes:
+        layer_plan: one dict per convolution: ``index``, ``module`` (its name in
+            ``features``), ``in_channels``, ``out_channels``, ``map_size`` (H, W),
+            ``conv_channels``, ``convnn_channels``, ``sampling`` and ``candidates`` actually
+            used, the ``requested_sampling`` / ``requested_candidates``, ``fallback`` (why
+            the layer uses all candidates, or ``None``) and ``seed``.
+
+    Shape:
+        ``[B, in_channels, image_size, image_size] -> [B, num_classes]``; other sizes raise
+        ``ValueError`` (the layer plan was made for ``image_size``).
+
+    Example:
+        >>> model = VGG(11, layer="branching", head="lean", width_multiplier=0.125)
+        >>> model(torch.randn(2, 3, 32, 32)).shape
+        torch.Size([2, 10])
+    """
+
+    def __init__(
+        self,
+        depth: int = 11,
+        num_classes: int = 10,
+        *,
+        layer: str = "conv2d",
+        ratio: float | None = None,
+        kernel_size: int = 3,
+        layer_options: dict | None = None,
+        image_size: int = 32,
+        in_channels: int = 3,
+        head: str = "paper",
+        dropout: float = 0.5,
+        width_multiplier: float = 1.0,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        check_choice("depth", depth, VGG_DEPTHS)
+        check_int("num_classes", num_classes, minimum=1)
+        check_choice("layer", layer, VGG_LAYERS)
+        check_int("kernel_size", kernel_size, minimum=1)
+        check_int("image_size", image_size, minimum=1)
+        check_int("in_channels", in_channels, minimum=1)
+        check_choice("head", head, VGG_HEADS)
+        dropout = check_fraction("dropout", dropout)
+        if isinstance(width_multiplier, bool) or not isinstance(width_multiplier, (int, float)) \
+                or not width_multiplier > 0:
+            raise ValueError(f"width_multiplier must be a number > 0, got {width_multiplier!r}")
+        ratio = self._resolve_ratio(layer, ratio)
+        options = _check_layer_options(layer_options or {})
+        aggregate_coords = bool(options.pop("aggregate_coords", False))
+        base_seed = options.pop("seed", 0)
+        check_int("seed", base_seed)
+        config = VGG_CONFIGS[VGG_DEPTHS[depth]]
+        num_pools = config.count("M")
+        if image_size < 2 ** num_pools:
+            raise ValueError(f"image_size={image_size} is too small for {num_pools} 2x2 "
+                             f"max-pools; need image_size >= {2 ** num_pools}")
+        self.depth, self.num_classes, self.layer, self.ratio = depth, num_classes, layer, ratio
+        self.kernel_size, self.image_size, self.head_type = kernel_size, image_size, head
+        self.width_multiplier = float(width_multiplier)
+        self.layer_options = {**options, "seed": base_seed,
+                              **({"aggregate_coords": True} if aggregate_coords else {})}
+        self.layer_plan: list[dict] = []
+        factory = {"device": device, "dtype": dtype}
+
+        layers: list[nn.Module] = []
+        channels, size = in_channels, image_size
+        for item in config:
+            if item == "M":
+                layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+                size //= 2
+                continue
+            out = max(1, round(item * self.width_multiplier))
+            index = len(self.layer_plan)
+            plan = {"index": index, "module": f"features.{len(layers)}",
+                    "in_channels": channels, "out_channels": out, "map_size": (size, size)}
+            layers.append(self._make_layer(channels, out, size, index, base_seed, options,
+                                           aggregate_coords, plan, factory))
+            self.layer_plan.append(plan)
+            layers.append(nn.BatchNorm2d(out, **factory))
+            layers.append(nn.ReLU(inplace=True))
+            channels = out
+        self.features = nn.Sequential(*layers)
+        self.out_channels = channels
+        if head == "paper":
+            self.pool = nn.AdaptiveAvgPool2d((7, 7))
+            self.classifier = nn.Sequential(
+                nn.Linear(channels * 7 * 7, 4096, **factory),
+                nn.ReLU(inplace=True),
+                nn.Dropout(dropout),
+                nn.Linear(4096, 4096, **factory),
+                nn.ReLU(inplace=True),
+                nn.Dropout(dropout),
+                nn.Linear(4096, num_classes, **factory),
+            )
+        else:
+            self.pool = nn.AdaptiveAvgPool2d((1, 1))
+            self.classifier = nn.Linear(channels, num_classes, **factory)
+
+    @staticmethod
+    def _resolve_ratio(layer: str, ratio: float | None) -> float:
+        fixed = {"conv2d": 0.0, "convnn": 1.0}
+        if layer in fixed:
+            if ratio is not None and float(ratio) != fixed[layer]:
+                raise ValueError(f"ratio={ratio!r} conflicts with layer={layer!r} (which is "
+                                 f"ratio {fixed[layer]}); use layer='branching' for 0 < ratio < 1")
+            return fixed[layer]
+        ratio = DEFAULT_BRANCH_RATIO if ratio is None else check_fraction("ratio", ratio)
+        if not 0.0 < ratio < 1.0:
+            raise ValueError(f"ratio must be in (0, 1) for layer='branching', got {ratio}; "
+                             "use layer='conv2d' (0) or layer='convnn' (1)")
+        return ratio
+
+    def _make_layer(self, c_in, c_out, size, index, base_seed, options, aggregate_coords,
+                    plan, factory) -> nn.Module:
+        requested = (options.get("sampling", "all"), options.get("candidates"))
+        convnn_channels = math.floor(self.ratio * c_out)
+        layer_opts = dict(options, seed=base_seed + index)
+        sampling, candidates, reason = requested[0], requested[1], None
+        if convnn_channels:
+            sampling, candidates, reason = sampling_for_map(*requested, size, size)
+            if reason is not None:
+                layer_opts["sampling"], layer_opts["candidates"] = "all", None
+            k, padding = layer_opts.get("k", 9), layer_opts.get("padding", 1)
+            positions = (size + 2 * padding) ** 2
+            if sampling == "all" and isinstance(k, int) and k > positions:
+                raise ValueError(
+                    f"k={k} must be <= the {positions} positions of layer {index}'s "
+                    f"{size}x{size} map with padding={padding} (image_size={self.image_size})")
+        module = BranchingConv2d(c_in, c_out, ratio=self.ratio, kernel_size=self.kernel_size,
+                                 **factory, **layer_opts)
+        if aggregate_coords and module.convnn is not None:
+            module.convnn = CoordAggregationConvNN2d(c_in, convnn_channels, **factory,
+                                                     **layer_opts)
+        plan.update({
+            "conv_channels": module.conv_channels, "convnn_channels": module.convnn_channels,
+            "sampling": sampling if convnn_channels else None,
+            "candidates": candidates if convnn_channels else None,
+            "requested_sampling": requested[0], "requested_candidates": requested[1],
+            "fallback": reason, "seed": base_seed + index if convnn_channels else None,
+        })
+        return module
+
+    def extra_repr(self) -> str:
+        return (f"depth={self.depth}, layer={self.layer!r}, ratio={self.ratio}, "
+                f"kernel_size={self.kernel_size}, image_size={self.image_size}, "
+                f"head={self.head_type!r}, width_multiplier={self.width_multiplier}")
+
+    def format_plan(self) -> str:
+        """:attr:`layer_plan` as a small text table."""
+        rows = ["idx  in->out    map    conv/convnn  sampling (requested)  fallback"]
+        for p in self.layer_plan:
+            used = p["sampling"] if p["candidates"] is None else \
+                f"{p['sampling']} r={p['candidates']}"
+            req = p["requested_sampling"] if p["requested_candidates"] is None else \
+                f"{p['requested_sampling']} r={p['requested_candidates']}"
+            rows.append(f"{p['index']:>3}  {p['in_channels']:>4}->{p['out_channels']:<4} "
+                        f"{p['map_size'][0]:>3}x{p['map_size'][1]:<3} "
+                        f"{p['conv_channels']:>4}/{p['convnn_channels']:<4}  "
+                        f"{used or '-'} ({req})  {p['fallback'] or '-'}")
+        return "\n".join(rows)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``[B, C, H, W] -> [B, num_classes]`` logits (``H = W = image_size``)."""
+        if x.dim() != 4 or x.shape[-2:] != (self.image_size, self.image_size):
+            raise ValueError(f"input must be [B, C, {self.image_size}, {self.image_size}] (the "
+                             f"image_size the layer plan was made for), got shape "
+                             f"{tuple(x.shape)}")
+        x = self.features(x)  # (B, C', H / 32, W / 32)
+        x = torch.flatten(self.pool(x), 1)  # (B, C'·7·7) or (B, C')
+        return self.classifier(x)
+
+
+def _vgg(depth: int, num_classes: int, layer: str, kwargs: dict) -> VGG:
+    return VGG(depth, num_classes, layer=layer, **kwargs)
+
+
+def vgg11(num_classes: int = 10, layer: str = "conv2d", **kwargs) -> VGG:
+    """VGG-11 (configuration A); ``kwargs`` as :class:`VGG` (paper head by default)."""
+    return _vgg(11, num_classes, layer, kwargs)
+
+
+def vgg13(num_classes: int = 10, layer: str = "conv2d", **kwargs) -> VGG:
+    """VGG-13 (configuration B); ``kwargs`` as :class:`VGG`."""
+    return _vgg(13, num_classes, layer, kwargs)
+
+
+def vgg16(num_classes: int = 10, layer: str = "conv2d", **kwargs) -> VGG:
+    """VGG-16 (configuration D); ``kwargs`` as :class:`VGG`."""
+    return _vgg(16, num_classes, layer, kwargs)
+
+
+def vgg19(num_classes: int = 10, layer: str = "conv2d", **kwargs) -> VGG:
+    """VGG-19 (configuration E); ``kwargs`` as :class:`VGG`."""
+    return _vgg(19, num_classes, layer, kwargs)
+
+
+__all__ = [
+    "LAYER_OPTIONS",
+    "VGG",
+    "VGG_CONFIGS",
+    "VGG_HEADS",
+    "VGG_LAYERS",
+    "CoordAggregationConvNN2d",
+    "paper_layer_options",
+    "sampling_for_map",
+    "vgg11",
+    "vgg13",
+    "vgg16",
+    "vgg19",
+]

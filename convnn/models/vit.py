@@ -1,0 +1,354 @@
+"""Vision Transformer with a pluggable token mixer (the paper's ViT-Tiny, method.md §5).
+
+Patch embedding (a ``patch × patch`` Conv2d with stride ``patch``, then LayerNorm), a learnable
+CLS token, *fixed* sinusoidal positions (a buffer, not a parameter) added to CLS + patches, then
+``depth`` pre-norm blocks::
+
+    x = x + Dropout(Mixer(LayerNorm(x)))
+    x = x + Dropout(Linear(Dropout(GELU(Linear(LayerNorm(x))))))
+
+and a linear classifier on the CLS token. There is no final LayerNorm (the paper's model has
+none; with it the parameter counts of tables 6.6/6.9/6.10 would be 384 too high).
+
+==============================  ==================================================================
+``mixer``                       module (``num_heads`` and ``attn_dropout`` come from the model)
+==============================  ==================================================================
+``"attention"``                 :class:`~convnn.attention.MultiHeadSelfAttention`
+``"convnn_attention"``          :class:`~convnn.layers.ConvNNAttention` (``k=9``, all candidates)
+``"kvt"``                       :class:`~convnn.attention.KVTAttention` (top-``k`` keys, ``k=9``)
+``"local"``                     :class:`~convnn.attention.LocalAttention` (window 128, heads of 64)
+``"sparse_local"``              :class:`~convnn.attention.SparseAttention` ``'local'``, context 49
+``"sparse_strided"``            :class:`~convnn.attention.SparseAttention` ``'strided'``, stride 14
+``"convnn_attention_hybrid"``   :class:`~convnn.layers.HybridTokenMixer`, partner attention
+``"convnn_conv1d_hybrid"``      :class:`~convnn.layers.HybridTokenMixer`, partner 1-D conv
+``"neighborhood"``              :class:`~convnn.attention.NeighborhoodAttention1d`
+``"conv1d"``                    :class:`~convnn.attention.TokenConv1d`
+==============================  ==================================================================
+
+Mixer options (``mixer_options``) are passed to the mixer's constructor; unknown ones raise
+``ValueError``. For the ConvNN mixers the model applies the same explicit rule as
+:class:`~convnn.models.VGG`: a sampled candidate set larger than the sequence
+(``candidates > T``) is replaced by all candidates when the model is built, and recorded in
+:attr:`ViT.layer_plan`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+
+import torch
+from torch import Tensor, nn
+
+from .._checks import check_choice, check_fraction, check_int
+from ..attention import (
+    KVTAttention,
+    LocalAttention,
+    MultiHeadSelfAttention,
+    NeighborhoodAttention1d,
+    SparseAttention,
+    TokenConv1d,
+)
+from ..layers import ConvNNAttention, HybridTokenMixer
+
+MIXERS: dict[str, tuple[type[nn.Module], dict]] = {
+    "attention": (MultiHeadSelfAttention, {}),
+    "convnn_attention": (ConvNNAttention, {}),
+    "kvt": (KVTAttention, {}),
+    "local": (LocalAttention, {}),
+    "sparse_local": (SparseAttention, {"mode": "local"}),
+    "sparse_strided": (SparseAttention, {"mode": "strided"}),
+    "convnn_attention_hybrid": (HybridTokenMixer, {"partner": "attention"}),
+    "convnn_conv1d_hybrid": (HybridTokenMixer, {"partner": "conv1d"}),
+    "neighborhood": (NeighborhoodAttention1d, {}),
+    "conv1d": (TokenConv1d, {}),
+}
+"""Mixer name -> (class, fixed keyword arguments)."""
+
+_CONVNN_MIXERS = ("convnn_attention", "convnn_attention_hybrid", "convnn_conv1d_hybrid")
+_MODEL_ARGS = ("self", "dim", "num_heads", "attn_dropout", "device", "dtype")
+
+
+def _signature_options(cls: type) -> set[str]:
+    return {name for name, p in inspect.signature(cls.__init__).parameters.items()
+            if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+
+
+def mixer_option_names(mixer: str) -> list[str]:
+    """Options a mixer accepts in ``mixer_options`` (its constructor's keyword arguments)."""
+    check_choice("mixer", mixer, MIXERS)
+    cls, fixed = MIXERS[mixer]
+    names = _signature_options(cls)
+    if cls is HybridTokenMixer:
+        names |= _signature_options(ConvNNAttention)
+    return sorted(names - set(_MODEL_ARGS) - set(fixed))
+
+
+def sinusoidal_positions(length: int, dim: int) -> Tensor:
+    """Fixed sine/cosine position table ``[length, dim]`` (Vaswani et al., 2017).
+
+    Row ``t``: ``sin(t · ω_i)`` in even columns and ``cos(t · ω_i)`` in odd columns, with
+    ``ω_i = 10000^(-2i / dim)``.
+    """
+    check_int("length", length, minimum=1)
+    check_int("dim", dim, minimum=2)
+    if dim % 2:
+        raise ValueError(f"dim must be even for sinusoidal positions, got {dim}")
+    position = torch.arange(length, dtype=torch.float64).unsqueeze(1)  # (T, 1)
+    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float64) * (-math.log(10000.0) / dim))
+    table = torch.zeros(length, dim, dtype=torch.float64)
+    table[:, 0::2] = torch.sin(position * freq)  # (T, dim/2)
+    table[:, 1::2] = torch.cos(position * freq)
+    return table.float()
+
+
+class PatchEmbedding(nn.Module):
+    """``[B, C, H, W] -> [B, N, D]``: a stride-``patch`` Conv2d, flattened, then LayerNorm."""
+
+    def __init__(self, in_channels: int, dim: int, patch_size: int, *, device=None,
+                 dtype=None) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.proj = nn.Conv2d(in_channels, dim, patch_size, stride=patch_size, **factory)
+        self.norm = nn.LayerNorm(dim, **factory)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.proj(x)  # (B, D, H/p, W/p)
+        return self.norm(x.flatten(2).transpose(1, 2))  # (B, N, D)
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm block: ``x + drop(mixer(LN(x)))``, then ``x + drop(MLP(LN(x)))``."""
+
+    def __init__(self, dim: int, mlp_dim: int, mixer: nn.Module, dropout: float, *,
+                 device=None, dtype=None) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.norm1 = nn.LayerNorm(dim, **factory)
+        self.mixer = mixer
+        self.drop1 = nn.Dropout(dropout)
+        self.norm2 = nn.LayerNorm(dim, **factory)
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, mlp_dim, **factory),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(mlp_dim, dim, **factory),
+        )
+        self.drop2 = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.drop1(self.mixer(self.norm1(x)))  # (B, T, D)
+        return x + self.drop2(self.mlp(self.norm2(x)))
+
+
+class ViT(nn.Module):
+    """Vision Transformer with a pluggable token mixer.
+
+    Args:
+        num_classes: classes of the linear head on the CLS token.
+        image_size: side of the square input images.
+        patch_size: side of the square patches; must divide ``image_size``.
+        in_channels: image channels.
+        dim: token width ``D`` (even: sinusoidal positions).
+        depth: number of blocks.
+        mlp_dim: hidden width of the MLP.
+        num_heads: heads of the mixer.
+        mixer: a key of :data:`MIXERS`.
+        mixer_options: keyword arguments of the mixer (``k``, ``sampling``, ``candidates``,
+            ``similarity``, ``aggregation``, ``ratio``, ``kernel_size``, ``window``,
+            ``context``...); see :func:`mixer_option_names`.
+        dropout: dropout after the mixer, inside and after the MLP.
+        attn_dropout: the mixer's attention dropout (not used by ``"conv1d"``).
+        device, dtype: factory kwargs (``device="meta"`` builds without memory).
+
+    The CLS token is initialised from a standard normal, as in the paper's code.
+
+    Attributes:
+        num_tokens: ``(image_size / patch_size)² + 1``.
+        layer_plan: one dict per block: ``index``, ``tokens``, ``mixer``, ``sampling`` and
+            ``candidates`` actually used, ``requested_sampling`` / ``requested_candidates``,
+            ``fallback`` (why all candidates are used, or ``None``) and, for the ConvNN
+            mixers, ``seed`` (the fixed evaluation seed: ``mixer_options["seed"]`` (default 0)
+            plus the block index). Sampling entries are ``None`` for mixers without
+            candidate sets.
+
+    Shape:
+        ``[B, in_channels, image_size, image_size] -> [B, num_classes]``.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        *,
+        image_size: int = 224,
+        patch_size: int = 16,
+        in_channels: int = 3,
+        dim: int = 192,
+        depth: int = 12,
+        mlp_dim: int = 768,
+        num_heads: int = 1,
+        mixer: str = "attention",
+        mixer_options: dict | None = None,
+        dropout: float = 0.1,
+        attn_dropout: float = 0.1,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        check_int("num_classes", num_classes, minimum=1)
+        check_int("image_size", image_size, minimum=1)
+        check_int("patch_size", patch_size, minimum=1)
+        if image_size % patch_size:
+            raise ValueError(f"patch_size={patch_size} must divide image_size={image_size}")
+        check_int("in_channels", in_channels, minimum=1)
+        check_int("dim", dim, minimum=2)
+        if dim % 2:
+            raise ValueError(f"dim must be even (sinusoidal positions), got {dim}")
+        check_int("depth", depth, minimum=1)
+        check_int("mlp_dim", mlp_dim, minimum=1)
+        check_int("num_heads", num_heads, minimum=1)
+        check_choice("mixer", mixer, MIXERS)
+        dropout = check_fraction("dropout", dropout)
+        attn_dropout = check_fraction("attn_dropout", attn_dropout)
+        if not isinstance(mixer_options, (dict, type(None))):
+            raise ValueError(f"mixer_options must be a dict, got {type(mixer_options).__name__}")
+        options = dict(mixer_options or {})
+        allowed = mixer_option_names(mixer)
+        unknown = sorted(set(options) - set(allowed))
+        if unknown:
+            raise ValueError(f"mixer_options has unknown option(s) {unknown} for "
+                             f"mixer={mixer!r}; allowed: {allowed}")
+
+        self.num_classes, self.image_size, self.patch_size = num_classes, image_size, patch_size
+        self.dim, self.depth, self.mlp_dim, self.num_heads = dim, depth, mlp_dim, num_heads
+        self.mixer_name, self.mixer_options = mixer, dict(options)
+        self.num_tokens = (image_size // patch_size) ** 2 + 1
+        factory = {"device": device, "dtype": dtype}
+
+        self.patch_embed = PatchEmbedding(in_channels, dim, patch_size, **factory)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, dim, **factory))
+        pos = sinusoidal_positions(self.num_tokens, dim).to(
+            device=device, dtype=dtype or torch.get_default_dtype())
+        self.register_buffer("pos_embed", pos.unsqueeze(0), persistent=False)  # (1, T, D)
+        self.layer_plan: list[dict] = []
+        blocks = []
+        for index in range(depth):
+            block_options, plan = self._plan_block(index, options)
+            mixer_module = self._make_mixer(block_options, attn_dropout, factory)
+            blocks.append(TransformerBlock(dim, mlp_dim, mixer_module, dropout, **factory))
+            self.layer_plan.append(plan)
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Linear(dim, num_classes, **factory)
+
+    def _plan_block(self, index: int, options: dict) -> tuple[dict, dict]:
+        tokens, name = self.num_tokens, self.mixer_name
+        plan = {"index": index, "tokens": tokens, "mixer": name, "sampling": None,
+                "candidates": None, "requested_sampling": None, "requested_candidates": None,
+                "fallback": None, "seed": None}
+        options = dict(options)
+        if name in _CONVNN_MIXERS:
+            sampling, candidates = options.get("sampling", "all"), options.get("candidates")
+            plan.update(requested_sampling=sampling, requested_candidates=candidates,
+                        sampling=sampling, candidates=candidates)
+            base_seed = check_int("seed", options.get("seed", 0))
+            options["seed"] = base_seed + index  # distinct fixed evaluation draws per block
+            plan["seed"] = options["seed"]
+            if sampling != "all" and isinstance(candidates, int) and candidates > tokens:
+                options["sampling"], options["candidates"] = "all", None
+                plan.update(sampling="all", candidates=None,
+                            fallback=f"{sampling}: candidates={candidates} > T={tokens}")
+            k = options.get("k", 9)
+            if plan["sampling"] == "all" and isinstance(k, int) and k > tokens:
+                raise ValueError(f"k={k} must be <= the number of tokens T={tokens} "
+                                 f"(image_size={self.image_size}, patch_size={self.patch_size})")
+        elif name == "kvt":
+            k = options.get("k", 9)
+            if isinstance(k, int) and k > tokens:
+                raise ValueError(f"k={k} must be <= the number of tokens T={tokens} "
+                                 f"(image_size={self.image_size}, patch_size={self.patch_size})")
+        elif name == "neighborhood":
+            size = options.get("kernel_size", 7)
+            if isinstance(size, int) and size > tokens:
+                raise ValueError(f"kernel_size={size} must be <= the number of tokens T={tokens}")
+        return options, plan
+
+    def _make_mixer(self, options: dict, attn_dropout: float, factory: dict) -> nn.Module:
+        cls, fixed = MIXERS[self.mixer_name]
+        kwargs = {**fixed, **options, **factory}
+        if cls is not TokenConv1d:
+            kwargs["attn_dropout"] = attn_dropout
+        return cls(self.dim, num_heads=self.num_heads, **kwargs)
+
+    def extra_repr(self) -> str:
+        return (f"image_size={self.image_size}, patch_size={self.patch_size}, "
+                f"tokens={self.num_tokens}, dim={self.dim}, depth={self.depth}, "
+                f"mlp_dim={self.mlp_dim}, num_heads={self.num_heads}, mixer={self.mixer_name!r}")
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``[B, C, H, W] -> [B, num_classes]`` logits."""
+        x = self.patch_embed(x)  # (B, N, D)
+        if x.shape[1] + 1 != self.num_tokens:
+            raise ValueError(f"input must be {self.image_size}x{self.image_size} "
+                             f"({self.num_tokens - 1} patches), got {x.shape[1]} patches")
+        cls = self.cls_token.expand(x.shape[0], -1, -1)  # (B, 1, D)
+        x = torch.cat((cls, x), dim=1) + self.pos_embed  # (B, T, D)
+        x = self.blocks(x)
+        return self.head(x[:, 0])  # (B, num_classes)
+
+
+def _vit_preset(num_classes, mixer, mixer_kwargs, image_size, patch_size) -> ViT:
+    model_args = {}
+    for name in ("dropout", "attn_dropout", "device", "dtype", "depth", "dim", "mlp_dim",
+                 "in_channels"):
+        if name in mixer_kwargs:
+            model_args[name] = mixer_kwargs.pop(name)
+    if "heads" in mixer_kwargs and "num_heads" in mixer_kwargs:
+        raise ValueError("give heads or num_heads, not both")
+    heads = mixer_kwargs.pop("heads", mixer_kwargs.pop("num_heads", 1))
+    return ViT(num_classes, image_size=image_size, patch_size=patch_size, num_heads=heads,
+               mixer=mixer, mixer_options=mixer_kwargs, **model_args)
+
+
+def vit_tiny_paper(num_classes: int = 10, mixer: str = "attention", **mixer_kwargs) -> ViT:
+    """The paper's ViT-Tiny: 224×224 input, patch 16 (197 tokens), width 192, 12 blocks, MLP 768.
+
+    ``mixer_kwargs`` go to the mixer (``k``, ``sampling``, ``candidates``, ``similarity``,
+    ``aggregation``, ``ratio``...), except ``heads`` (default 1, the paper's final runs),
+    ``dropout``, ``attn_dropout``, ``depth``, ``dim``, ``mlp_dim``, ``in_channels``,
+    ``device`` and ``dtype``, which go to :class:`ViT`.
+
+    Example:
+        >>> model = vit_tiny_paper(10, "convnn_attention", k=9, sampling="random",
+        ...                        candidates=32, device="meta")
+        >>> model.num_tokens
+        197
+    """
+    return _vit_preset(num_classes, mixer, dict(mixer_kwargs), 224, 16)
+
+
+def vit_tiny_cifar(num_classes: int = 10, mixer: str = "attention", **mixer_kwargs) -> ViT:
+    """A fast CIFAR-native ViT-Tiny: 32×32 input, patch 4 (64 patches + CLS = 65 tokens).
+
+    Same width, depth and MLP as :func:`vit_tiny_paper`; ``mixer_kwargs`` as there.
+    """
+    return _vit_preset(num_classes, mixer, dict(mixer_kwargs), 32, 4)
+
+
+def vit_base_paper(num_classes: int = 1000, mixer: str = "attention", **mixer_kwargs) -> ViT:
+    """ViT-Base/16 (224 input, width 768, 12 blocks, MLP 3072, 12 heads) as in the ImageNet
+    rows (table "10") of paper_results.json; ``mixer_kwargs`` as :func:`vit_tiny_paper`."""
+    kwargs = {"dim": 768, "mlp_dim": 3072, "heads": 12, **mixer_kwargs}
+    return _vit_preset(num_classes, mixer, kwargs, 224, 16)
+
+
+__all__ = [
+    "MIXERS",
+    "PatchEmbedding",
+    "TransformerBlock",
+    "ViT",
+    "mixer_option_names",
+    "sinusoidal_positions",
+    "vit_base_paper",
+    "vit_tiny_cifar",
+    "vit_tiny_paper",
+]
