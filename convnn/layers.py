@@ -33,9 +33,9 @@ class _SampledCandidates(nn.Module):
 
     In training, random candidates are drawn afresh on every forward pass from the global
     RNG (seed it with ``torch.manual_seed`` before building the model). In evaluation,
-    ``eval_sampling="fixed"`` draws them from a private generator reset to ``seed`` on every
-    call, so test accuracy is reproducible; ``"resample"`` keeps drawing at random, as the
-    paper's code does.
+    ``eval_sampling="fixed"`` uses the same deterministic draw on every call
+    (:func:`convnn.ops.fixed_candidates` with ``seed``), so test accuracy is reproducible;
+    ``"resample"`` keeps drawing at random, as the paper's code does.
     """
 
     sampling: str
@@ -44,10 +44,9 @@ class _SampledCandidates(nn.Module):
     seed: int
 
     def _random_draw(self, num_positions: int, count: int, device) -> Tensor:
-        generator = None
         if not self.training and self.eval_sampling == "fixed":
-            generator = torch.Generator().manual_seed(self.seed)
-        return ops.random_candidates(num_positions, count, generator=generator, device=device)
+            return ops.fixed_candidates(num_positions, count, self.seed, device=device)
+        return ops.random_candidates(num_positions, count, device=device)
 
 
 def _check_sampling(sampling: str, candidates, eval_sampling: str) -> None:

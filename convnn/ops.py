@@ -134,6 +134,24 @@ def random_candidates(
     return torch.randperm(num_positions, generator=generator, device=device)[:count].sort().values
 
 
+def fixed_candidates(num_positions: int, count: int, seed: int = 0, *, device=None) -> Tensor:
+    """A deterministic "random" draw: ``count`` distinct positions, ascending: ``[count]``.
+
+    Positions are ranked by an integer hash of ``(position, seed)`` (splitmix64 mixing), so the
+    draw is the same on every device and inside ``torch.compile`` (no generator object).
+    """
+    check_int("candidates", count, minimum=1)
+    if count > num_positions:
+        raise ValueError(
+            f"candidates={count} must be <= the number of positions ({num_positions})")
+    x = torch.arange(num_positions, device=device, dtype=torch.int64)
+    x = x * -7046029254386353131 + (seed * 0x632BE59BD9B4E019 + 0x9E3779B97F4A7C15 & (2**63 - 1))
+    x = (x ^ ((x >> 30) & 0x3FFFFFFFF)) * -4658895280553007687
+    x = (x ^ ((x >> 27) & 0x1FFFFFFFFF)) * -7723592293110705685
+    x = x ^ ((x >> 31) & 0x1FFFFFFFF)
+    return torch.argsort(x)[:count].sort().values
+
+
 def _evenly_spaced(size: int, count: int, device=None) -> Tensor:
     return torch.linspace(0, size - 1, count, device=device, dtype=torch.float64).round().long()
 
@@ -696,11 +714,28 @@ def convnn(
 
 
 __all__ = [
-    "AGGREGATIONS", "PATHS", "SAMPLINGS", "SELECTIONS", "SIMILARITIES", "WEIGHTINGS",
-    "aggregate", "aggregate_reference", "convnn", "gather_aggregate", "gather_neighbours",
+    "AGGREGATIONS",
+    "PATHS",
+    "SAMPLINGS",
+    "SELECTIONS",
+    "SIMILARITIES",
+    "WEIGHTINGS",
+    "aggregate",
+    "aggregate_reference",
+    "convnn",
+    "fixed_candidates",
+    "gather_aggregate",
+    "gather_neighbours",
     "grid_coordinates",
-    "interior_positions", "neighbour_weights", "pairwise_scores", "random_candidates",
-    "select_neighbours", "select_neighbours_reference", "selection_features",
-    "sequence_coordinates", "spatial_candidates_1d", "spatial_candidates_2d",
+    "interior_positions",
+    "neighbour_weights",
+    "pairwise_scores",
+    "random_candidates",
+    "select_neighbours",
+    "select_neighbours_reference",
+    "selection_features",
+    "sequence_coordinates",
+    "spatial_candidates_1d",
+    "spatial_candidates_2d",
     "weighting_scores",
 ]

@@ -352,3 +352,34 @@ def test_fused_gather_aggregate_matches_plain_gather_then_aggregate(aggregation,
     assert torch.autograd.gradcheck(
         lambda v, w: ops.gather_aggregate(v, indices, rho, w, None, aggregation, pointwise),
         (values, weight))
+
+
+def test_fixed_candidates_are_deterministic_distinct_and_seeded():
+    a = ops.fixed_candidates(197, 32, seed=3)
+    assert torch.equal(a, ops.fixed_candidates(197, 32, seed=3))
+    assert not torch.equal(a, ops.fixed_candidates(197, 32, seed=4))
+    assert len(set(a.tolist())) == 32 and bool((a.diff() > 0).all())
+    with pytest.raises(ValueError, match="candidates=10 must be <="):
+        ops.fixed_candidates(5, 10)
+
+
+def test_compiles_without_graph_breaks_and_matches_eager():
+    import torch._dynamo as dynamo
+
+    torch.manual_seed(12)
+    x = torch.randn(2, 21, 16)
+    for layer in (ConvNNAttention(16, 2, k=5), ConvNNAttention(16, 2, k=5, sampling="random",
+                                                                candidates=8).eval()):
+        explanation = dynamo.explain(layer)(x)
+        assert explanation.graph_break_count == 0, explanation.break_reasons
+    img = torch.randn(2, 4, 6, 6)
+    for layer in (ConvNN2d(4, 4), ConvNN2d(4, 4, sampling="spatial", candidates=3)):
+        assert dynamo.explain(layer)(img).graph_break_count == 0
+    layer = ConvNNAttention(16, 2, k=5)
+    compiled = torch.compile(layer)
+    xs = [x.clone().requires_grad_(True) for _ in range(2)]
+    out_c, out_e = compiled(xs[0]), layer(xs[1])
+    torch.testing.assert_close(out_c, out_e, rtol=1e-5, atol=1e-5)
+    out_c.sum().backward()
+    out_e.sum().backward()
+    torch.testing.assert_close(xs[0].grad, xs[1].grad, rtol=1e-5, atol=1e-5)
