@@ -33,7 +33,7 @@ from convnn.models import (
 )
 
 META = torch.device("meta")
-PAPER_RESULTS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "paper_results.json"
+PAPER_RESULTS = Path(__file__).resolve().parents[1] / "data" / "paper_results.json"
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
 
 # ------------------------------------------------------------------ paper parameter counts
