@@ -1,0 +1,1011 @@
+"""A small plain-PyTorch trainer for image classification, with crash-safe run folders.
+
+One call of :func:`train` runs the paper's protocol (method.md §5: AdamW, lr 1e-4, weight
+decay 0.01 on all parameters, no schedule, batch 256, 150 epochs, cross-entropy, gradient
+clipping at norm 1.0, no augmentation, seed 42) or any variation of it set in a
+:class:`TrainConfig`, and leaves a run folder::
+
+    out_dir/
+        config.json     TrainConfig + dataset + model description + caller's ``extra``
+        metrics.jsonl   one JSON line per finished epoch
+        checkpoint.pt   model, optimizer, scaler, epoch, RNG states (after every epoch)
+        summary.json    best and last-5-mean test top-1, final metrics, time, parameters
+
+Two defects of the paper's public code are avoided on purpose (method.md §6.6, §6.8): the
+seed is set *before* the model is built (so :func:`train` takes a model *factory*), and
+every epoch ends with an atomic checkpoint, so a killed run continues with
+``resume=True`` exactly where it stopped: same weights, same optimizer state, same random
+streams, same batches (the loader's order is a function of ``(seed, epoch)``).
+
+Under ``torchrun --nproc_per_node N`` the same call trains with DistributedDataParallel:
+``batch_size`` is the global batch (``batch_size / N`` per process), every process sees its
+own shard of the data, metrics are summed over all processes (every test image counts
+exactly once), and only rank 0 writes files.
+
+Example:
+    >>> from convnn.data import synthetic_dataset
+    >>> ds = synthetic_dataset(n_train=256, n_test=64, num_classes=4, image_size=16)
+    >>> def factory():
+    ...     return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+    ...                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+    >>> cfg = TrainConfig(lr=3e-3, epochs=2, batch_size=64)
+    >>> summary = train(factory, ds, cfg, "runs/demo", progress=False)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import json
+import math
+import os
+import random
+import sys
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ._checks import check_choice, check_int
+from ._io import (
+    append_jsonl_atomic,
+    atomic_torch_save,
+    atomic_write_json,
+    atomic_write_text,
+    git_commit,
+    read_jsonl,
+)
+from .data import ImageDataset, make_loader
+
+__all__ = [
+    "AMP_MODES",
+    "OPTIMIZERS",
+    "RUN_FILES",
+    "SCHEDULES",
+    "VOLATILE_FIELDS",
+    "TrainConfig",
+    "evaluate",
+    "evaluate_run",
+    "load_run",
+    "lr_at",
+    "set_eval_sampling",
+    "summarize",
+    "train",
+]
+
+OPTIMIZERS = ("adamw", "sgd", "adam")
+SCHEDULES = ("none", "cosine", "step")
+AMP_MODES = ("bf16", "fp16", "off")
+EVAL_SAMPLINGS = ("fixed", "resample")
+#: The files of a run folder.
+RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt", "summary.json")
+#: Fields of a metrics record that differ between two runs of the same computation.
+VOLATILE_FIELDS = (
+    "epoch_seconds",
+    "train_seconds",
+    "images_per_second",
+    "peak_memory_bytes",
+    "time",
+)
+#: TrainConfig fields that may change when a run is resumed.
+RESUMABLE_CHANGES = ("epochs", "log_every", "compile", "eval_batch_size", "deterministic")
+_CHECKPOINT_FORMAT = 1
+
+
+# --------------------------------------------------------------------------- config
+
+
+def _check_number(name: str, value, low: float, high: float = math.inf, open_low=False) -> float:
+    """Raise unless ``value`` is a real number in ``[low, high]`` (``(low, high]`` if open)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    bad = value <= low if open_low else value < low
+    if bad or value > high:
+        interval = f"{'(' if open_low else '['}{low}, {high}]"
+        raise ValueError(f"{name} must be in {interval}, got {value!r}")
+    return float(value)
+
+
+def _check_bool(name: str, value) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (the defaults are the paper's protocol).
+
+    Attributes:
+        optimizer: ``"adamw"`` (paper), ``"adam"`` or ``"sgd"``.
+        lr: peak learning rate (paper: 1e-4).
+        weight_decay: applied to *all* parameters, biases and norms included (paper: 0.01).
+        betas: Adam(W) betas.
+        momentum: SGD momentum.
+        schedule: ``"none"`` (paper), ``"cosine"`` (to 0 at the end) or ``"step"`` (multiply
+            by ``gamma`` every ``step_size`` epochs). The learning rate changes per epoch; see
+            :func:`lr_at`.
+        warmup_epochs: linear warm-up epochs before the schedule starts.
+        step_size: epochs per step of ``schedule="step"``.
+        gamma: factor per step of ``schedule="step"``.
+        epochs: number of epochs (paper: 150).
+        batch_size: global batch size, split evenly over DDP processes (paper: 256).
+        eval_batch_size: per-process evaluation batch (default: the per-process train batch).
+        grad_clip: clip the global gradient norm to this value (paper: 1.0); ``None`` or 0
+            turns clipping off.
+        label_smoothing: of the training loss (paper: 0). Test loss is plain cross-entropy.
+        amp: ``"bf16"``, ``"fp16"`` (with a gradient scaler) or ``"off"`` (paper, default).
+            Mixed precision is used on CUDA only; elsewhere it is switched off and the run's
+            ``config.json`` records ``amp_active: "off"``.
+        compile: ``torch.compile`` the model.
+        seed: seeds Python, NumPy and torch *before* the model is built, and the loader's
+            per-epoch order and augmentation (paper: 42).
+        eval_sampling: set on every module that has an ``eval_sampling`` attribute
+            (:class:`~convnn.ConvNN2d`, :class:`~convnn.ConvNNAttention`): ``"fixed"``
+            (reproducible random candidates at test time) or ``"resample"`` (the paper's code).
+        augment: random crop (padding 4) + horizontal flip (paper: off).
+        resize: resize images to ``resize × resize`` on the device (224 for the paper's ViT).
+        log_every: update the progress bar's loss/accuracy every this many steps (each update
+            waits for the device); 0 updates it only at the end of the epoch.
+        deterministic: ``torch.use_deterministic_algorithms(True, warn_only=True)`` and
+            deterministic cuDNN for the duration of the run (slower; for tests).
+    """
+
+    optimizer: str = "adamw"
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    momentum: float = 0.9
+    schedule: str = "none"
+    warmup_epochs: int = 0
+    step_size: int = 30
+    gamma: float = 0.1
+    epochs: int = 150
+    batch_size: int = 256
+    eval_batch_size: int | None = None
+    grad_clip: float | None = 1.0
+    label_smoothing: float = 0.0
+    amp: str = "off"
+    compile: bool = False
+    seed: int = 42
+    eval_sampling: str = "fixed"
+    augment: bool = False
+    resize: int | None = None
+    log_every: int = 10
+    deterministic: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.betas, list):
+            self.betas = tuple(self.betas)
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad field."""
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_number("lr", self.lr, 0.0, open_low=True)
+        _check_number("weight_decay", self.weight_decay, 0.0)
+        if not isinstance(self.betas, tuple) or len(self.betas) != 2:
+            raise ValueError(f"betas must be a pair (beta1, beta2), got {self.betas!r}")
+        for i, b in enumerate(self.betas):
+            _check_number(f"betas[{i}]", b, 0.0, 1.0)
+        _check_number("momentum", self.momentum, 0.0, 1.0)
+        check_choice("schedule", self.schedule, SCHEDULES)
+        check_int("warmup_epochs", self.warmup_epochs, minimum=0)
+        check_int("step_size", self.step_size, minimum=1)
+        _check_number("gamma", self.gamma, 0.0, 1.0, open_low=True)
+        check_int("epochs", self.epochs, minimum=1)
+        check_int("batch_size", self.batch_size, minimum=1)
+        if self.eval_batch_size is not None:
+            check_int("eval_batch_size", self.eval_batch_size, minimum=1)
+        if self.grad_clip is not None:
+            _check_number("grad_clip", self.grad_clip, 0.0)
+        _check_number("label_smoothing", self.label_smoothing, 0.0, 1.0)
+        check_choice("amp", self.amp, AMP_MODES)
+        _check_bool("compile", self.compile)
+        check_int("seed", self.seed, minimum=0)
+        check_choice("eval_sampling", self.eval_sampling, EVAL_SAMPLINGS)
+        _check_bool("augment", self.augment)
+        if self.resize is not None:
+            check_int("resize", self.resize, minimum=1)
+        check_int("log_every", self.log_every, minimum=0)
+        _check_bool("deterministic", self.deterministic)
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict of all fields (``betas`` as a list)."""
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> TrainConfig:
+        """Build from :meth:`to_dict`'s output; missing keys take their defaults.
+
+        Raises:
+            ValueError: for keys that are not fields (a typo must not pass silently), and
+                for bad values.
+        """
+        if not isinstance(d, Mapping):
+            raise ValueError(f"d must be a mapping, got {type(d).__name__}")
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(d) - set(names))
+        if unknown:
+            raise ValueError(f"unknown TrainConfig keys {unknown}; the fields are {names}")
+        return cls(**d)
+
+
+def lr_at(config: TrainConfig, epoch: int) -> float:
+    """The learning rate of 0-based ``epoch``: a pure function, so resuming needs no state.
+
+    Warm-up epochs ``e < w`` use ``lr * (e + 1) / (w + 1)``. After them, with ``t = e - w``
+    and ``T = epochs - w``: ``"none"`` keeps ``lr``; ``"cosine"`` uses
+    ``lr * (1 + cos(pi * t / T)) / 2``; ``"step"`` uses ``lr * gamma ** (t // step_size)``.
+    """
+    check_int("epoch", epoch, minimum=0)
+    w = config.warmup_epochs
+    if epoch < w:
+        return config.lr * (epoch + 1) / (w + 1)
+    t, total = epoch - w, max(1, config.epochs - w)
+    if config.schedule == "cosine":
+        return config.lr * 0.5 * (1.0 + math.cos(math.pi * min(t, total) / total))
+    if config.schedule == "step":
+        return config.lr * config.gamma ** (t // config.step_size)
+    return config.lr
+
+
+def set_eval_sampling(model: nn.Module, mode: str) -> int:
+    """Set ``eval_sampling = mode`` on every submodule that has that attribute.
+
+    Returns:
+        How many modules were set.
+    """
+    check_choice("eval_sampling", mode, EVAL_SAMPLINGS)
+    n = 0
+    for m in model.modules():
+        if hasattr(m, "eval_sampling"):
+            m.eval_sampling = mode
+            n += 1
+    return n
+
+
+# --------------------------------------------------------------------------- devices, DDP
+
+
+@dataclass
+class _Dist:
+    rank: int = 0
+    world_size: int = 1
+    created: bool = False  # we initialised the process group, so we destroy it
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def _resolve_device(device) -> torch.device:
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def _init_distributed(device) -> tuple[_Dist, torch.device]:
+    """Join (or start, from torchrun's environment) a process group; pick this rank's device."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        ctx = _Dist(dist.get_rank(), dist.get_world_size(), created=False)
+    elif int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if not dist.is_available():
+            raise RuntimeError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
+        local_rank = int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")))
+        want_cuda = torch.cuda.is_available() and (
+            device is None or torch.device(device).type == "cuda"
+        )
+        if want_cuda:
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend="nccl" if want_cuda else "gloo")
+        ctx = _Dist(dist.get_rank(), dist.get_world_size(), created=True)
+    else:
+        return _Dist(), _resolve_device(device)
+    if device is None and torch.cuda.is_available():
+        local_rank = int(os.environ.get("LOCAL_RANK", ctx.rank))
+        device = torch.device("cuda", local_rank)
+    return ctx, _resolve_device(device)
+
+
+def _all_reduce(t: torch.Tensor, ctx: _Dist) -> torch.Tensor:
+    if ctx.enabled:
+        import torch.distributed as dist
+
+        dist.all_reduce(t)
+    return t
+
+
+def _barrier(ctx: _Dist) -> None:
+    if ctx.enabled:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return device.type
+
+
+def _peak_memory(device: torch.device) -> tuple[int | None, str]:
+    """``(bytes, kind)``: CUDA's peak allocated memory of the epoch, or the process's peak RSS."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device)), "cuda_max_memory_allocated"
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None, "unavailable"
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return int(rss if sys.platform == "darwin" else rss * 1024), "cpu_max_rss_process"
+
+
+def _autocast(device: torch.device, amp: str):
+    if amp == "off" or device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def _sum_dtype(device: torch.device) -> torch.dtype:
+    return torch.float64 if device.type in ("cpu", "cuda") else torch.float32
+
+
+@contextlib.contextmanager
+def _deterministic(enabled: bool):
+    """Deterministic algorithms for the duration of a run; the previous settings come back."""
+    if not enabled:
+        yield
+        return
+    old = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.deterministic,
+    )
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(old[0], warn_only=old[1])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = old[2], old[3]
+
+
+# --------------------------------------------------------------------------- RNG state
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # CPU and every CUDA device
+
+
+def _rng_state(device: torch.device) -> dict:
+    """This process's RNG states, as tensors and plain containers (``weights_only``-loadable)."""
+    version, mt, gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state = {
+        "torch_cpu": torch.get_rng_state(),
+        "python": [version, torch.tensor(mt, dtype=torch.int64), gauss],
+        "numpy": [np_name, torch.from_numpy(np_keys.astype(np.int64)), np_pos, np_has_gauss,
+                  np_gauss],
+    }
+    if device.type == "cuda":
+        state["torch_cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _restore_rng(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch_cpu"])
+    version, mt, gauss = state["python"]
+    random.setstate((version, tuple(mt.tolist()), gauss))
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = state["numpy"]
+    np.random.set_state((np_name, np_keys.numpy().astype(np.uint32), np_pos, np_has_gauss,
+                         np_gauss))
+    if device.type == "cuda" and "torch_cuda" in state:
+        torch.cuda.set_rng_state(state["torch_cuda"], device)
+
+
+def _gather_rng(ctx: _Dist, device: torch.device) -> list[dict]:
+    """Every rank's RNG state, indexed by rank (a collective call under DDP)."""
+    mine = _rng_state(device)
+    if not ctx.enabled:
+        return [mine]
+    import torch.distributed as dist
+
+    states: list = [None] * ctx.world_size
+    dist.all_gather_object(states, mine)
+    return states
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def _batch_sums(logits: torch.Tensor, y: torch.Tensor, loss_sum: torch.Tensor, dtype):
+    """``[loss_sum, top1_hits, top5_hits, count]`` of one batch (top-5 means top-min(5, C))."""
+    k = min(5, logits.shape[-1])
+    hits = logits.topk(k, dim=-1).indices.eq(y[:, None])  # (B, k)
+    return torch.stack(
+        (
+            loss_sum.to(dtype),
+            hits[:, 0].sum().to(dtype),
+            hits.any(dim=-1).sum().to(dtype),
+            torch.tensor(float(y.numel()), dtype=dtype, device=y.device),
+        )
+    )
+
+
+def _finish(sums: torch.Tensor) -> dict:
+    loss, top1, top5, count = sums.tolist()
+    if count == 0:
+        raise ValueError("the loader yielded no samples")
+    return {
+        "loss": loss / count,
+        "top1": 100.0 * top1 / count,
+        "top5": 100.0 * top5 / count,
+        "count": int(count),
+    }
+
+
+@torch.no_grad()
+def _eval_sums(model: nn.Module, loader, device: torch.device, amp: str) -> torch.Tensor:
+    dtype = _sum_dtype(device)
+    sums = torch.zeros(4, dtype=dtype, device=device)
+    for x, y in loader:
+        with _autocast(device, amp):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y, reduction="sum")
+        sums += _batch_sums(logits, y, loss, dtype)
+    return sums
+
+
+def evaluate(model: nn.Module, loader, device=None, amp: str = "off") -> dict:
+    """Test loss and accuracy of ``model`` over one pass of ``loader``, in eval mode.
+
+    Args:
+        model: a classifier returning logits ``[B, classes]``; its training mode is restored.
+        loader: yields ``(x, y)`` batches on ``device``, e.g. ``dataset.test_loader(...)``.
+        device: where the batches live (default: ``loader.device``, else the model's).
+        amp: ``"bf16"``, ``"fp16"`` or ``"off"`` (mixed precision is used on CUDA only).
+
+    Returns:
+        ``{"loss": mean cross-entropy, "top1": %, "top5": %, "count": samples}``. With fewer
+        than 5 classes, ``top5`` is top-``classes`` accuracy (100%).
+    """
+    check_choice("amp", amp, AMP_MODES)
+    if device is None:
+        device = getattr(loader, "device", None) or next(model.parameters()).device
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    try:
+        return _finish(_eval_sums(model, loader, device, amp))
+    finally:
+        model.train(was_training)
+
+
+def summarize(
+    records: list[dict], parameters: int | None = None, epochs: int | None = None
+) -> dict:
+    """The run summary from its metrics records.
+
+    ``best_test_top1`` is the paper's metric (the maximum over epochs, i.e. model selection
+    on the test set); ``last5_mean_test_top1``, the mean over the last ``min(5, epochs)``
+    epochs, is the honest one.
+    """
+    if not records:
+        raise ValueError("records is empty: no epoch has finished")
+    best = max(records, key=lambda r: r["test_top1"])  # the first of equal maxima
+    last = records[-min(5, len(records)) :]
+    final_keys = ("train_loss", "train_top1", "train_top5", "test_loss", "test_top1", "test_top5")
+    return {
+        "best_test_top1": best["test_top1"],
+        "best_epoch": best["epoch"],
+        "last5_mean_test_top1": sum(r["test_top1"] for r in last) / len(last),
+        "last5_epochs": [r["epoch"] for r in last],
+        "final": {k: records[-1][k] for k in final_keys},
+        "total_seconds": sum(r["epoch_seconds"] for r in records),
+        "epochs_completed": records[-1]["epoch"],
+        "epochs": epochs,
+        "finished": epochs is not None and records[-1]["epoch"] >= epochs,
+        "parameters": parameters,
+    }
+
+
+# --------------------------------------------------------------------------- progress
+
+
+def _progress_enabled(progress: bool | None) -> bool:
+    if progress is not None:
+        return bool(progress)
+    if os.environ.get("CI"):
+        return False
+    return sys.stdout.isatty() or "ipykernel" in sys.modules  # a terminal or a notebook
+
+
+def _summary_line(r: dict, epochs: int) -> str:
+    return (
+        f"epoch {r['epoch']}/{epochs}  train loss {r['train_loss']:.4f} top1 "
+        f"{r['train_top1']:.2f}%  test loss {r['test_loss']:.4f} top1 {r['test_top1']:.2f}% "
+        f"top5 {r['test_top5']:.2f}%  lr {r['lr']:.2e}  {r['epoch_seconds']:.1f}s  "
+        f"{r['images_per_second']:.0f} img/s"
+    )
+
+
+# --------------------------------------------------------------------------- run folders
+
+
+def load_run(run_dir: str | os.PathLike) -> tuple[dict, dict]:
+    """Read a run folder's ``config.json`` and ``checkpoint.pt``.
+
+    The checkpoint is loaded on the CPU with ``torch.load(..., weights_only=True)``.
+
+    Returns:
+        ``(config, checkpoint)``: ``config["train"]`` is a :meth:`TrainConfig.to_dict`;
+        ``checkpoint`` has ``"model"`` (a state dict), ``"optimizer"``, ``"scaler"``,
+        ``"epoch"`` (finished epochs), ``"rng"`` and ``"config"``.
+    """
+    run_dir = Path(run_dir)
+    for name in ("config.json", "checkpoint.pt"):
+        if not (run_dir / name).is_file():
+            raise FileNotFoundError(f"{run_dir / name} does not exist: not a (started) run folder")
+    with open(run_dir / "config.json", encoding="utf-8") as f:
+        config = json.load(f)
+    checkpoint = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
+    return config, checkpoint
+
+
+def _build(model_factory) -> tuple[nn.Module, bool]:
+    """``(model, seeded)``: call the factory, or take a ready module (not seeded by us)."""
+    if isinstance(model_factory, nn.Module):
+        return model_factory, False
+    if not callable(model_factory):
+        raise ValueError(
+            f"model_factory must be a callable returning an nn.Module, or an nn.Module, got "
+            f"{type(model_factory).__name__}"
+        )
+    model = model_factory()
+    if not isinstance(model, nn.Module):
+        raise ValueError(
+            f"model_factory() must return an nn.Module, got {type(model).__name__}"
+        )
+    return model, True
+
+
+def evaluate_run(
+    run_dir: str | os.PathLike,
+    model_factory: Callable[[], nn.Module] | nn.Module,
+    dataset: ImageDataset,
+    device=None,
+    batch_size: int | None = None,
+) -> dict:
+    """Evaluate a run's last checkpoint on ``dataset``'s test split.
+
+    Args:
+        run_dir: a folder written by :func:`train`.
+        model_factory: builds the run's architecture (its weights are replaced).
+        dataset: the dataset to test on (normally the run's own).
+        device: default CUDA when available, else CPU.
+        batch_size: evaluation batch (default: the run's evaluation batch).
+
+    Returns:
+        :func:`evaluate`'s dict plus ``"epoch"``, the checkpoint's finished epochs.
+    """
+    config, checkpoint = load_run(run_dir)
+    tc = TrainConfig.from_dict(config["train"])
+    device = _resolve_device(device)
+    model, _ = _build(model_factory)
+    model.load_state_dict(checkpoint["model"])
+    model.to(device)
+    set_eval_sampling(model, tc.eval_sampling)
+    loader = dataset.test_loader(
+        batch_size or tc.eval_batch_size or tc.batch_size, device, resize=tc.resize
+    )
+    result = evaluate(model, loader, device, amp=tc.amp)
+    result["epoch"] = int(checkpoint["epoch"])
+    return result
+
+
+def _dataset_info(ds: ImageDataset) -> dict:
+    return {
+        "name": ds.name,
+        "source": ds.source,
+        "classes": ds.num_classes,
+        "image_size": list(ds.image_size),
+        "train_images": len(ds.train_labels),
+        "test_images": len(ds.test_labels),
+        "mean": list(ds.mean),
+        "std": list(ds.std),
+    }
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
+def _check_resumable(saved: dict, config: TrainConfig, path: Path) -> None:
+    now = config.to_dict()
+    changed = {
+        k: (saved.get(k), now[k])
+        for k in now
+        if saved.get(k) != now[k] and k not in RESUMABLE_CHANGES
+    }
+    if changed:
+        detail = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+        raise ValueError(
+            f"config differs from the run being resumed ({path}) in {detail}; only "
+            f"{list(RESUMABLE_CHANGES)} may change on resume"
+        )
+
+
+# --------------------------------------------------------------------------- training
+
+
+def train(
+    model_factory: Callable[[], nn.Module] | nn.Module,
+    dataset: ImageDataset,
+    config: TrainConfig | None,
+    out_dir: str | os.PathLike,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    device=None,
+    progress: bool | None = None,
+    extra: dict | None = None,
+    callback: Callable[[dict], None] | None = None,
+    log: Callable[[str], None] | None = print,
+) -> dict:
+    """Train a classifier on ``dataset`` and write a run folder (see the module docstring).
+
+    Args:
+        model_factory: a no-argument callable returning the model. It is called after
+            seeding, so ``config.seed`` fixes the initial weights. A ready ``nn.Module`` is
+            accepted too, but then the seed did not control its initialisation (a warning
+            says so, except when resuming, where the checkpoint's weights replace it).
+        dataset: the data; both splits are moved to the device once.
+        config: the protocol; ``None`` means ``TrainConfig()``, the paper's.
+        out_dir: the run folder; created if needed.
+        resume: continue the run in ``out_dir`` from its last checkpoint (``metrics.jsonl``
+            is kept and appended to; lines past the checkpoint's epoch, left by a crash
+            between the two writes, are dropped). Without a checkpoint, start afresh. The
+            config must match the run's, except for :data:`RESUMABLE_CHANGES` (e.g. more
+            ``epochs``).
+        overwrite: delete an existing run's files in ``out_dir`` and start afresh. Without
+            ``resume`` or ``overwrite``, an existing run raises ``FileExistsError``.
+        device: default ``cuda`` (this process's GPU under torchrun) when available, else CPU.
+        progress: show a tqdm bar per epoch; default: on in a terminal or notebook, off when
+            the ``CI`` environment variable is set. Only rank 0 shows it.
+        extra: JSON-serialisable description stored in ``config.json`` under ``"extra"``
+            (e.g. the model config and a preset name).
+        callback: called as ``callback(record)`` on every process after each epoch's
+            metrics and checkpoint are saved; an exception from it ends the run there (the
+            run folder stays resumable).
+        log: where the one-line epoch summaries and notes go (rank 0 only); ``None`` is
+            silent.
+
+    Returns:
+        The summary (also written to ``summary.json``): ``best_test_top1``, ``best_epoch``,
+        ``last5_mean_test_top1``, ``final`` metrics, ``total_seconds``, ``epochs_completed``,
+        ``parameters``. Accuracies are in percent.
+
+    Raises:
+        ValueError: a bad argument, or a resumed run whose config differs.
+        FileExistsError: ``out_dir`` holds a run and neither ``resume`` nor ``overwrite``.
+    """
+    config = TrainConfig() if config is None else config
+    if not isinstance(config, TrainConfig):
+        raise ValueError(f"config must be a TrainConfig, got {type(config).__name__}")
+    config.validate()
+    if not isinstance(dataset, ImageDataset):
+        raise ValueError(
+            f"dataset must be a convnn.data.ImageDataset, got {type(dataset).__name__}"
+        )
+    _check_bool("resume", resume)
+    _check_bool("overwrite", overwrite)
+    if resume and overwrite:
+        raise ValueError("resume and overwrite cannot both be True")
+    if extra is not None:
+        try:
+            json.dumps(extra)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"extra must be JSON-serialisable: {err}") from None
+    if callback is not None and not callable(callback):
+        raise ValueError(f"callback must be callable, got {callback!r}")
+
+    ctx, device = _init_distributed(device)
+    try:
+        with _deterministic(config.deterministic):
+            return _fit(model_factory, dataset, config, Path(out_dir), resume, overwrite,
+                        device, ctx, _progress_enabled(progress) and ctx.rank == 0, extra or {},
+                        callback, (log or (lambda _: None)) if ctx.rank == 0 else (lambda _: None))
+    finally:
+        if ctx.created:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _fit(model_factory, ds, config, out, resume, overwrite, device, ctx, show, extra, callback,
+         log) -> dict:
+    t_call = time.perf_counter()
+    ws = ctx.world_size
+    main = ctx.rank == 0
+    paths = {name: out / name for name in RUN_FILES}
+    if config.batch_size % ws:
+        raise ValueError(
+            f"batch_size={config.batch_size} must be divisible by the number of processes "
+            f"(world size {ws})"
+        )
+
+    # ---- the run folder: fresh, resumed or refused (every rank decides the same way)
+    checkpoint, records = None, []
+    if resume and paths["checkpoint.pt"].is_file():
+        checkpoint = torch.load(paths["checkpoint.pt"], map_location="cpu", weights_only=True)
+        _check_resumable(checkpoint["config"], config, paths["checkpoint.pt"])
+        records = read_jsonl(paths["metrics.jsonl"])
+        if len(records) < checkpoint["epoch"]:
+            raise RuntimeError(
+                f"{paths['metrics.jsonl']} has {len(records)} lines but the checkpoint is at "
+                f"epoch {checkpoint['epoch']}; the run folder was edited or is damaged"
+            )
+    existing = [n for n, p in paths.items() if p.exists()]
+    if existing and checkpoint is None and not resume and not overwrite:
+        raise FileExistsError(
+            f"{out} already holds a run ({', '.join(existing)}); pass resume=True to continue "
+            "it, overwrite=True to replace it, or choose another out_dir"
+        )
+    _barrier(ctx)  # nobody writes before every rank has looked
+    start_epoch = 0 if checkpoint is None else int(checkpoint["epoch"])
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        if checkpoint is None:
+            for n in existing:  # overwrite, or resume of a run that never reached a checkpoint
+                paths[n].unlink()
+        elif len(records) > start_epoch:  # crash between the log line and the checkpoint
+            log(f"note: dropping {len(records) - start_epoch} metrics line(s) written after the "
+                f"last checkpoint (epoch {start_epoch})")
+            atomic_write_text(
+                paths["metrics.jsonl"], "".join(json.dumps(r) + "\n" for r in records[:start_epoch])
+            )
+    records = records[:start_epoch]
+
+    # ---- seed, then build (method.md §6.6: the seed must control the initial weights)
+    _seed_everything(config.seed)
+    net, seeded = _build(model_factory)
+    if not seeded and checkpoint is None:
+        warnings.warn(
+            "train() got a ready nn.Module, so config.seed did not control its initial "
+            "weights; pass a factory (e.g. lambda: build_model(cfg)) for a reproducible run",
+            stacklevel=3,
+        )
+    net.to(device)
+    set_eval_sampling(net, config.eval_sampling)
+    if ctx.enabled:  # each rank its own dropout / random-candidate stream
+        _seed_everything(config.seed + ctx.rank)
+    parameters = sum(p.numel() for p in net.parameters())
+    amp = config.amp if device.type == "cuda" else "off"
+    if amp != config.amp:
+        log(f"note: amp={config.amp!r} is used on CUDA only; training in float32 on {device}")
+
+    params = list(net.parameters())
+    if config.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(
+            params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
+        )
+    elif config.optimizer == "adam":
+        optimizer = torch.optim.Adam(
+            params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
+        )
+    else:
+        optimizer = torch.optim.SGD(
+            params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
+    scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
+
+    if checkpoint is not None:
+        net.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        if scaler is not None and checkpoint.get("scaler"):
+            scaler.load_state_dict(checkpoint["scaler"])
+
+    compiled = torch.compile(net) if config.compile else net
+    model = compiled
+    if ctx.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(
+            compiled, device_ids=[device.index] if device.type == "cuda" else None
+        )
+
+    # ---- data on the device: train sharded; test sharded + the remainder on rank 0
+    per_rank = config.batch_size // ws
+    eval_bs = config.eval_batch_size or per_rank
+    common = {"device": device, "mean": ds.mean, "std": ds.std, "resize": config.resize}
+    train_loader = make_loader(
+        ds.train_images, ds.train_labels, per_rank, shuffle=True, augment=config.augment,
+        seed=config.seed, rank=ctx.rank, world_size=ws, **common,
+    )  # fmt: skip
+    n_test = len(ds.test_labels)
+    covered = n_test // ws * ws
+    test_loaders = [make_loader(ds.test_images, ds.test_labels, eval_bs, shuffle=False,
+                                rank=ctx.rank, world_size=ws, **common)]
+    if main and covered < n_test:
+        test_loaders.append(make_loader(ds.test_images[covered:], ds.test_labels[covered:],
+                                        eval_bs, shuffle=False, **common))
+
+    # ---- config.json
+    run_info = {
+        "device": _device_name(device),
+        "world_size": ws,
+        "amp_active": amp,
+        "git_commit": git_commit(),
+        "torch": torch.__version__,
+        "python": sys.version.split()[0],
+    }
+    if main:
+        if checkpoint is None:
+            from . import __version__
+
+            run_info.update(convnn=__version__, started=_now())
+            cfg_json = {
+                "train": config.to_dict(),
+                "extra": extra,
+                "dataset": _dataset_info(ds),
+                "model": {
+                    "class": f"{type(net).__module__}.{type(net).__qualname__}",
+                    "parameters": parameters,
+                    "seeded": seeded,
+                },
+                "run": run_info,
+                "resumed": [],
+            }
+        else:
+            with open(paths["config.json"], encoding="utf-8") as f:
+                cfg_json = json.load(f)
+            cfg_json["train"] = config.to_dict()
+            cfg_json.setdefault("resumed", []).append(
+                {"from_epoch": start_epoch, "time": _now(), **run_info}
+            )
+        atomic_write_json(paths["config.json"], cfg_json)
+
+    # restore the random streams last: nothing above may consume them after this
+    if checkpoint is not None:
+        states = checkpoint["rng"]
+        if len(states) == ws:
+            _restore_rng(states[ctx.rank], device)
+        else:
+            log(f"note: the checkpoint has RNG states of {len(states)} processes, this run "
+                f"has {ws}; reseeding, so the resumed run is not bit-identical")
+            _seed_everything(config.seed + 1_000_003 * start_epoch + ctx.rank)
+        log(f"resuming {out} after epoch {start_epoch}/{config.epochs}")
+
+    sum_dtype = _sum_dtype(device)
+    for epoch in range(start_epoch, config.epochs):
+        lr = lr_at(config, epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        t0 = time.perf_counter()
+
+        # ---- train
+        model.train()
+        train_loader.set_epoch(epoch)
+        sums = torch.zeros(4, dtype=sum_dtype, device=device)
+        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch",
+                   disable=not show, leave=False, dynamic_ncols=True)
+        last_step = len(train_loader) - 1
+        for step, (x, y) in enumerate(bar):
+            with _autocast(device, amp):
+                logits = model(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+            else:
+                loss.backward()
+            if config.grad_clip:
+                if scaler is not None:
+                    scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            with torch.no_grad():
+                sums += _batch_sums(logits.detach(), y, loss.detach() * len(y), sum_dtype)
+            if show and (step == last_step or (config.log_every and step % config.log_every == 0)):
+                s = sums.tolist()
+                bar.set_postfix(loss=f"{s[0] / s[3]:.4f}", top1=f"{100 * s[1] / s[3]:.1f}%")
+        bar.close()
+        _sync(device)
+        train_seconds = time.perf_counter() - t0
+        tr = _finish(_all_reduce(sums, ctx))
+
+        # ---- test (the plain module: no DDP collectives, rank 0 has an extra loader)
+        compiled.eval()
+        with torch.no_grad():
+            sums = sum(_eval_sums(compiled, ld, device, amp) for ld in test_loaders)
+        te = _finish(_all_reduce(sums, ctx))
+        _sync(device)
+        epoch_seconds = time.perf_counter() - t0
+
+        peak, peak_kind = _peak_memory(device)
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": tr["loss"],
+            "train_top1": tr["top1"],
+            "train_top5": tr["top5"],
+            "test_loss": te["loss"],
+            "test_top1": te["top1"],
+            "test_top5": te["top5"],
+            "lr": lr,
+            "train_images": tr["count"],
+            "test_images": te["count"],
+            "epoch_seconds": epoch_seconds,
+            "train_seconds": train_seconds,
+            "images_per_second": tr["count"] / train_seconds,
+            "peak_memory_bytes": peak,
+            "peak_memory_kind": peak_kind,
+            "device": run_info["device"],
+            "world_size": ws,
+            "git_commit": run_info["git_commit"],
+            "time": _now(),
+        }
+        records.append(record)
+        rng = _gather_rng(ctx, device)  # collective: every rank takes part
+        if main:
+            append_jsonl_atomic(paths["metrics.jsonl"], record)
+            atomic_torch_save(
+                {
+                    "format": _CHECKPOINT_FORMAT,
+                    "epoch": epoch + 1,
+                    "model": net.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scaler": scaler.state_dict() if scaler is not None else {},
+                    "schedule": {"name": config.schedule, "next_lr": lr_at(config, epoch + 1)},
+                    "rng": rng,
+                    "world_size": ws,
+                    "config": config.to_dict(),
+                },
+                paths["checkpoint.pt"],
+            )
+            summary = summarize(records, parameters, config.epochs)
+            atomic_write_json(paths["summary.json"], summary)
+        log(_summary_line(record, config.epochs))
+        if callback is not None:
+            callback(record)
+
+    summary = summarize(records, parameters, config.epochs)
+    if main:
+        atomic_write_json(paths["summary.json"], summary)
+        log(
+            f"done: best test top1 {summary['best_test_top1']:.2f}% (epoch "
+            f"{summary['best_epoch']}), mean of last {len(summary['last5_epochs'])} epochs "
+            f"{summary['last5_mean_test_top1']:.2f}%, {time.perf_counter() - t_call:.0f}s "
+            f"this call -> {out}"
+        )
+    return summary
