@@ -2,8 +2,13 @@
 
 Commands:
     demo     print the special cases of ConvNN holding numerically
+    presets  list the named presets (one per experiment of the paper's tables)
+    train    train a preset (``--smoke`` for a short real run; ``--resume`` after a crash)
+    eval     evaluate a finished or partial run folder
     book     build the Jupyter Book (offline, warnings as errors) and print index.html's path
     bench    speed and memory ratios of the layers (``--train`` adds training throughput)
+
+Multi-GPU: ``torchrun --nproc_per_node 4 -m convnn train --preset NAME``.
 """
 
 from __future__ import annotations
@@ -16,6 +21,55 @@ def _demo(args: argparse.Namespace) -> int:
     from .demo import main
 
     return main()
+
+
+def _presets(args: argparse.Namespace) -> int:
+    import json
+
+    from .experiments import list_presets
+
+    presets = list_presets(" ".join(args.filter))
+    if args.table:
+        presets = [p for p in presets if any(r["table"] == args.table for r in p.paper_rows())]
+    if args.json:
+        print(json.dumps([p.to_dict() for p in presets], indent=1))
+        return 0
+    for p in presets:
+        rows = p.paper_rows()
+        best = ", ".join(f"{r['table']}: {r['best']}" for r in rows if r.get("best") is not None)
+        print(f"{p.name:<48} {p.description}")
+        if args.verbose:
+            print(f"{'':<48} paper best top-1 (table: %): {best}")
+    print(f"{len(presets)} preset(s)", file=sys.stderr)
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .runner import run_preset
+
+    overrides = {}
+    if args.amp is not None:
+        overrides["amp"] = args.amp
+    if args.compile:
+        overrides["compile"] = True
+    if args.batch_size is not None:
+        overrides["batch_size"] = args.batch_size
+    summary = run_preset(args.preset, epochs=args.epochs, smoke=args.smoke or None,
+                         out_dir=args.out, data_dir=args.data_dir, device=args.device,
+                         resume=args.resume, overwrite=args.overwrite,
+                         download=not args.no_download, **overrides)
+    print(f"best test top-1 {summary['best_test_top1']:.2f}% (epoch {summary['best_epoch']}), "
+          f"mean of the last epochs {summary['last5_mean_test_top1']:.2f}%")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from .runner import evaluate_run_dir
+
+    metrics = evaluate_run_dir(args.run, data_dir=args.data_dir, device=args.device)
+    print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                   for k, v in metrics.items()))
+    return 0
 
 
 def _book(args: argparse.Namespace) -> int:
@@ -54,6 +108,37 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="print the special cases holding numerically")
     demo.set_defaults(func=_demo)
 
+    presets = sub.add_parser("presets", help="list the presets")
+    presets.add_argument("filter", nargs="*", help="words the name must contain, e.g. vit c100")
+    presets.add_argument("--table", help="only presets reproducing a row of this table, e.g. 6.8")
+    presets.add_argument("-v", "--verbose", action="store_true", help="show the paper's numbers")
+    presets.add_argument("--json", action="store_true", help="print the full presets as JSON")
+    presets.set_defaults(func=_presets)
+
+    tr = sub.add_parser("train", help="train a preset")
+    tr.add_argument("--preset", required=True, help="a name from `python -m convnn presets`")
+    tr.add_argument("--epochs", type=int, help="override the number of epochs")
+    tr.add_argument("--smoke", action="store_true",
+                    help="a short real run: reduced model, a few hundred images, 2 epochs")
+    tr.add_argument("--out", help="run folder (default runs/<preset>)")
+    tr.add_argument("--data-dir", help="where CIFAR is (default: $CONVNN_DATA_DIR, then the "
+                                       "data cache)")
+    tr.add_argument("--no-download", action="store_true", help="never download CIFAR")
+    tr.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    tr.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    tr.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    tr.add_argument("--amp", choices=["off", "bf16", "fp16"],
+                    help="mixed precision (default: bf16 on CUDA, off on CPU)")
+    tr.add_argument("--compile", action="store_true", help="torch.compile the model")
+    tr.add_argument("--batch-size", type=int, help="override the batch size")
+    tr.set_defaults(func=_train)
+
+    ev = sub.add_parser("eval", help="evaluate a run folder")
+    ev.add_argument("--run", required=True, help="a run folder written by `train`")
+    ev.add_argument("--data-dir", help="where CIFAR is")
+    ev.add_argument("--device", help="cpu or cuda")
+    ev.set_defaults(func=_eval)
+
     book = sub.add_parser("book", help="build the book and print the path of index.html")
     book.set_defaults(func=_book)
 
@@ -71,7 +156,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, FileExistsError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except RuntimeError as err:
+        if type(err).__name__ != "DatasetNotFoundError":
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

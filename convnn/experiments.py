@@ -1,0 +1,352 @@
+"""Every CIFAR experiment of the paper as one named preset.
+
+A preset is a model configuration, a dataset and a training configuration, plus the paper
+rows it reproduces. Names read as the experiment: ``vgg11-c10-branching-r0.5`` (VGG-11 on
+CIFAR-10 with branching layers, λ = 0.5), ``vit-tiny-c100-convnn-random-r32-k9`` (ViT-Tiny on
+CIFAR-100 with ConvNN attention over r = 32 random candidates, k = 9).
+
+Presets are built from the paper's sweeps (tables 6.1-6.10 of the authors' logs, see
+``data/paper_results.json``); a run of the same configuration that appears in several tables
+(e.g. the VGG baselines of 6.2 again in the learning-rate table 6.5) is one preset that lists
+every row. :func:`paper_key` maps a row of ``paper_results.json`` to the configuration it
+describes, and :func:`preset_for_record` finds its preset.
+
+Conventions (from the paper's protocol, method.md §5): AdamW, lr 1e-4, weight decay 0.01,
+batch 256, 150 epochs, gradient clipping 1.0, no augmentation, seed 42; the VGG k × kernel
+sweep (6.4) ran 100 epochs with seed 0. VGG similarity "Col" is selection on features and
+"Loc_Col" mixes features and coordinates (λ = 0.5); aggregation "Loc_Col" also aggregates the
+two coordinate channels. For the pure Conv2d model these options do not apply, so its rows
+of table 6.1 are one preset. On images, ``candidates = r`` means an r × r candidate set. The
+ImageNet rows (table "10", ResNet-50 and ViT-Base, v3 of the paper) have no preset: this
+package has no ImageNet pipeline and no ResNet.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from .models import ModelConfig
+from .models.vgg import paper_layer_options
+from .train import TrainConfig
+
+PAPER_RESULTS = Path(__file__).resolve().parents[1] / "data" / "paper_results.json"
+DATASET_SHORT = {"cifar10": "c10", "cifar100": "c100"}
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
+UNSUPPORTED_TABLES = {"10": "ImageNet-1K with ResNet-50 / ViT-Base (paper v3): no ImageNet "
+                            "pipeline or ResNet in this package"}
+
+VGG_DEFAULTS = {"layer": "conv2d", "ratio": 0.0, "similarity": "Col", "aggregation": "Col",
+                "k": 9, "kernel_size": 3, "sampling": "all", "candidates": None,
+                "lr": 1e-4, "epochs": 150, "seed": 42}
+VIT_DEFAULTS = {"mixer": "attention", "k": None, "sampling": None, "candidates": None,
+                "aggregation": None, "heads": 1, "lr": 1e-4, "epochs": 150, "seed": 42}
+VIT_MIXERS = {"attention": "attention", "local_attention": "local",
+              "sparse_local": "sparse_local", "sparse_strided": "sparse_strided",
+              "kvt": "kvt", "convnn_attention": "convnn_attention"}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One experiment: what to build, what to train it on, how, and which paper rows it is."""
+
+    name: str
+    family: str  # "vgg" or "vit"
+    dataset: str  # "cifar10" or "cifar100"
+    spec: tuple  # the canonical configuration, see paper_key()
+    description: str = ""
+    train_overrides: dict = field(default_factory=dict)
+
+    @property
+    def settings(self) -> dict:
+        return dict(self.spec)
+
+    def model_config(self) -> ModelConfig:
+        """The model, as the paper trained it."""
+        s = self.settings
+        if self.family == "vgg":
+            options: dict = {}
+            if s["layer"] != "conv2d":
+                options = {"k": s["k"], "similarity": "cosine",
+                           **paper_layer_options(s["similarity"], s["aggregation"])}
+                if s["sampling"] != "all":
+                    options.update(sampling=s["sampling"], candidates=s["candidates"])
+            return ModelConfig(name="vgg11", num_classes=NUM_CLASSES[self.dataset],
+                               layer=s["layer"],
+                               ratio=s["ratio"] if s["layer"] == "branching" else None,
+                               kernel_size=s["kernel_size"], head="paper",
+                               layer_options=options)
+        options = {}
+        if s["mixer"] in ("kvt", "convnn_attention"):
+            options["k"] = s["k"]
+        if s["mixer"] == "convnn_attention":
+            options["aggregation"] = s["aggregation"]
+            if s["sampling"] != "all":
+                options.update(sampling=s["sampling"], candidates=s["candidates"])
+        return ModelConfig(name="vit_tiny", num_classes=NUM_CLASSES[self.dataset],
+                           mixer=s["mixer"], heads=s["heads"], layer_options=options)
+
+    def train_config(self, **overrides) -> TrainConfig:
+        """The paper's protocol for this preset; keyword arguments override fields."""
+        s = self.settings
+        values = {"optimizer": "adamw", "lr": s["lr"], "weight_decay": 0.01, "epochs": s["epochs"],
+                  "batch_size": 256, "grad_clip": 1.0, "schedule": "none", "augment": False,
+                  "seed": s["seed"], "resize": 224 if self.family == "vit" else None}
+        values.update(self.train_overrides)
+        values.update(overrides)
+        return TrainConfig(**values)
+
+    def paper_rows(self) -> list[dict]:
+        """Every row of ``paper_results.json`` this preset reproduces."""
+        return [r for r in paper_records() if paper_key(r) == self.spec]
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "family": self.family, "dataset": self.dataset,
+                "description": self.description, "settings": self.settings,
+                "model": self.model_config().to_dict(),
+                "train": self.train_config().to_dict(),
+                "paper_tables": sorted({r["table"] for r in self.paper_rows()})}
+
+
+def _canonical(family: str, dataset: str, **settings) -> tuple:
+    base = dict(VGG_DEFAULTS if family == "vgg" else VIT_DEFAULTS)
+    unknown = set(settings) - set(base)
+    if unknown:
+        raise ValueError(f"unknown preset settings {sorted(unknown)}; allowed: {sorted(base)}")
+    base.update({k: v for k, v in settings.items() if v is not None})
+    if family == "vgg":
+        if base["layer"] == "conv2d":  # selection options do not exist without ConvNN
+            base.update(ratio=0.0, similarity="Col", aggregation="Col", k=9, sampling="all",
+                        candidates=None)
+        elif base["layer"] == "convnn":
+            base["ratio"] = 1.0
+        if base["sampling"] == "all":
+            base["candidates"] = None
+        base["ratio"] = float(base["ratio"])
+    else:
+        if base["mixer"] not in ("kvt", "convnn_attention"):
+            base["k"] = None
+        if base["mixer"] != "convnn_attention":
+            base.update(sampling=None, candidates=None, aggregation=None)
+        else:
+            base["sampling"] = base["sampling"] or "all"
+            base["aggregation"] = base["aggregation"] or "depthwise"
+            if base["sampling"] == "all":
+                base["candidates"] = None
+    base["lr"] = float(base["lr"])
+    return (("family", family), ("dataset", dataset), *sorted(base.items()))
+
+
+def paper_key(record: dict) -> tuple | None:
+    """The canonical configuration of a ``paper_results.json`` row (None if unsupported)."""
+    if record["table"] in UNSUPPORTED_TABLES:
+        return None
+    common = {"lr": record.get("lr"), "epochs": record.get("epochs")}
+    if record["table"] == "6.4":
+        common["seed"] = 0
+    if record["model"] == "vgg11":
+        return _canonical(
+            "vgg", record["dataset"], layer=record["layer"], ratio=record.get("branch_ratio"),
+            similarity=record.get("similarity"), aggregation=record.get("aggregation"),
+            k=record.get("k"), kernel_size=record.get("kernel_size"),
+            sampling=record.get("sampling"), candidates=record.get("candidates"), **common)
+    if record["model"] == "vit_tiny":
+        aggregation = record.get("conv_type")
+        aggregation = "separable" if aggregation == "depthwise-separable" else aggregation
+        return _canonical(
+            "vit", record["dataset"], mixer=VIT_MIXERS[record["layer"]], k=record.get("k"),
+            sampling=record.get("sampling"), candidates=record.get("candidates"),
+            aggregation=aggregation, heads=record.get("heads"), **common)
+    return None
+
+
+def _name(family: str, dataset: str, s: dict) -> str:
+    ds = DATASET_SHORT[dataset]
+    if family == "vgg":
+        parts = ["vgg11", ds, s["layer"]]
+        if s["layer"] == "branching":
+            parts.append(f"r{s['ratio']:g}")
+        if s["similarity"] != "Col":
+            parts.append("sim-loccol")
+        if s["aggregation"] != "Col":
+            parts.append("agg-loccol")
+        if s["sampling"] != "all":
+            parts.append(f"{s['sampling']}-r{s['candidates']}")
+        if s["layer"] == "conv2d":
+            if s["kernel_size"] != 3 or s["epochs"] != 150:
+                parts.append(f"ks{s['kernel_size']}")
+        elif (s["k"], s["kernel_size"]) != (9, 3) or s["epochs"] != 150:
+            parts.append(f"k{s['k']}-ks{s['kernel_size']}")
+    else:
+        mixer = {"sparse_local": "sparse-local", "sparse_strided": "sparse-strided",
+                 "convnn_attention": "convnn"}.get(s["mixer"], s["mixer"])
+        parts = ["vit-tiny", ds, mixer]
+        if s["mixer"] == "convnn_attention":
+            parts.append(s["sampling"] + (f"-r{s['candidates']}" if s["candidates"] else ""))
+        if s["k"] is not None:
+            parts.append(f"k{s['k']}")
+        if s["aggregation"] not in (None, "depthwise"):
+            parts.append(f"agg-{s['aggregation']}")
+        if s["heads"] != 1:
+            parts.append(f"h{s['heads']}")
+    if s["lr"] != 1e-4:
+        parts.append(f"lr{s['lr']:g}")
+    if s["epochs"] != 150:
+        parts.append(f"e{s['epochs']}")
+    if s["seed"] != 42:
+        parts.append(f"seed{s['seed']}")
+    return "-".join(parts)
+
+
+def _describe(family: str, dataset: str, s: dict) -> str:
+    data = "CIFAR-10" if dataset == "cifar10" else "CIFAR-100"
+    if family == "vgg":
+        what = {"conv2d": "Conv2d (3x3 + 1x1)", "convnn": "pure ConvNN (λ = 1)",
+                "branching": f"branching λ = {s['ratio']:g}"}[s["layer"]]
+        if s["layer"] != "conv2d":
+            what += f", k = {s['k']}, similarity {s['similarity']}, aggregation " \
+                    f"{s['aggregation']}"
+            if s["sampling"] != "all":
+                what += f", {s['sampling']} candidates r = {s['candidates']} (r x r)"
+        if s["kernel_size"] != 3:
+            what += f", conv kernel {s['kernel_size']}"
+        model = f"VGG-11 with {what}"
+    else:
+        what = s["mixer"]
+        if s["mixer"] == "convnn_attention":
+            what = f"ConvNN attention, k = {s['k']}, {s['sampling']} candidates" + \
+                (f" r = {s['candidates']}" if s["candidates"] else "") + \
+                f", {s['aggregation']} aggregation"
+        elif s["mixer"] == "kvt":
+            what = f"KVT top-{s['k']} attention"
+        model = f"ViT-Tiny ({s['heads']} head{'s' if s['heads'] > 1 else ''}) with {what}"
+    return f"{model} on {data}; AdamW lr {s['lr']:g}, {s['epochs']} epochs, seed {s['seed']}"
+
+
+def _sweeps() -> list[tuple[str, str, dict]]:
+    """The paper's experiment grid, table by table."""
+    out = []
+    ratios = [0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875]
+    for ds in ("cifar10", "cifar100"):
+        # 6.1 branching ratio x similarity/aggregation (and 6.2 baselines, 6.5 at lr 1e-4)
+        for sim, agg in (("Col", "Col"), ("Loc_Col", "Col"), ("Loc_Col", "Loc_Col")):
+            out.append(("vgg", ds, {"layer": "conv2d"}))
+            out += [("vgg", ds, {"layer": "branching", "ratio": r, "similarity": sim,
+                                 "aggregation": agg}) for r in ratios]
+            out.append(("vgg", ds, {"layer": "convnn", "similarity": sim, "aggregation": agg}))
+        # 6.3 candidates
+        for r in range(4, 31, 2):
+            for sampling in ("random", "spatial"):
+                out.append(("vgg", ds, {"layer": "branching", "ratio": 0.5,
+                                        "sampling": sampling, "candidates": r}))
+                out.append(("vgg", ds, {"layer": "convnn", "sampling": sampling,
+                                        "candidates": r}))
+        # 6.4 k x kernel size (100 epochs, seed 0)
+        for ks in (1, 2, 3):
+            out.append(("vgg", ds, {"layer": "conv2d", "kernel_size": ks, "epochs": 100,
+                                    "seed": 0}))
+            for k in range(1, 13):
+                out.append(("vgg", ds, {"layer": "branching", "ratio": 0.5, "k": k,
+                                        "kernel_size": ks, "epochs": 100, "seed": 0}))
+        # 6.5 learning rates
+        for lr in (1e-3, 5e-4, 1e-4, 5e-5, 1e-5):
+            out.append(("vgg", ds, {"layer": "conv2d", "lr": lr}))
+            out.append(("vgg", ds, {"layer": "branching", "ratio": 0.5, "lr": lr}))
+            out.append(("vgg", ds, {"layer": "convnn", "lr": lr}))
+        # 6.6 ViT baselines, 6.10 heads
+        for heads in (1, 3):
+            for mixer in ("attention", "local"):
+                out.append(("vit", ds, {"mixer": mixer, "heads": heads}))
+        for mixer in ("sparse_local", "sparse_strided"):
+            out.append(("vit", ds, {"mixer": mixer}))
+        # 6.7 k sweep (and 6.6's ConvNN-attention rows at k = 9)
+        for k in (*range(1, 13), 16, 25, 36, 100):
+            out.append(("vit", ds, {"mixer": "kvt", "k": k}))
+            if k != 100:
+                out.append(("vit", ds, {"mixer": "convnn_attention", "k": k}))
+            if k <= 12:
+                out.append(("vit", ds, {"mixer": "convnn_attention", "k": k,
+                                        "sampling": "random", "candidates": 32}))
+        # 6.8 candidates
+        for r in range(16, 193, 16):
+            for sampling in ("random", "spatial"):
+                out.append(("vit", ds, {"mixer": "convnn_attention", "k": 9,
+                                        "sampling": sampling, "candidates": r}))
+        # 6.9 aggregation
+        for k in (9, 16):
+            for aggregation in ("standard", "depthwise", "separable"):
+                out.append(("vit", ds, {"mixer": "convnn_attention", "k": k,
+                                        "aggregation": aggregation}))
+    return out
+
+
+@lru_cache(maxsize=1)
+def _registry() -> dict[str, Preset]:
+    presets: dict[str, Preset] = {}
+    for family, ds, settings in _sweeps():
+        spec = _canonical(family, ds, **settings)
+        s = dict(spec)
+        name = _name(family, ds, s)
+        if name in presets:
+            if presets[name].spec != spec:
+                raise RuntimeError(f"two configurations named {name!r}")
+            continue
+        presets[name] = Preset(name, family, ds, spec, _describe(family, ds, s))
+    return presets
+
+
+PRESETS = _registry()
+
+
+@lru_cache(maxsize=1)
+def paper_records() -> tuple[dict, ...]:
+    """Every record of ``data/paper_results.json`` (the paper's numbers)."""
+    with open(PAPER_RESULTS) as f:
+        return tuple(json.load(f)["records"])
+
+
+def list_presets(pattern: str | None = None) -> list[Preset]:
+    """Presets whose name contains every ``-``-free word of ``pattern`` (all if None)."""
+    words = (pattern or "").split()
+    return [p for name, p in PRESETS.items() if all(w in name for w in words)]
+
+
+def get_preset(name: str) -> Preset:
+    """The preset called ``name``; a ValueError with close matches otherwise."""
+    if name in PRESETS:
+        return PRESETS[name]
+    import difflib
+
+    close = difflib.get_close_matches(name, PRESETS, n=5, cutoff=0.6)
+    hint = f"; did you mean {close}?" if close else "; list them with `python -m convnn presets`"
+    raise ValueError(f"unknown preset {name!r}{hint}")
+
+
+def preset_for_record(record: dict) -> Preset | None:
+    """The preset reproducing a ``paper_results.json`` row (None for unsupported tables)."""
+    key = paper_key(record)
+    if key is None:
+        return None
+    for preset in PRESETS.values():
+        if preset.spec == key:
+            return preset
+    return None
+
+
+def reduced(preset: Preset) -> tuple[ModelConfig, TrainConfig]:
+    """A small, fast version of a preset for smoke runs and tests: same layer types and
+    options, narrow VGG with the lean head, or a 2-block ViT on 32×32 images (patch 8)."""
+    model = preset.model_config()
+    if preset.family == "vgg":
+        model = dataclasses.replace(model, head="lean", width_multiplier=0.125)
+    else:
+        model = dataclasses.replace(model, image_size=32, patch_size=8, depth=2, dim=48,
+                                    mlp_dim=96)
+    return model, preset.train_config(resize=None)
+
+
+__all__ = ["PRESETS", "Preset", "get_preset", "list_presets", "paper_key", "paper_records",
+           "preset_for_record", "reduced"]

@@ -1,0 +1,139 @@
+"""Run a preset end to end: data, model, training, run folder. Used by the CLI and the book.
+
+``run_preset("vgg11-c10-branching-r0.5")`` trains the paper's experiment (its protocol, all
+epochs); ``smoke=True`` trains a reduced model for 2 epochs on a few hundred images (real
+CIFAR when a copy is available; otherwise clearly labelled synthetic data), which takes about a
+minute on a CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from .data import DatasetNotFoundError, ImageDataset, load_dataset, synthetic_dataset
+from .experiments import Preset, get_preset, reduced
+from .models import ModelConfig, build_model, count_parameters
+from .train import TrainConfig, evaluate_run, load_run, train
+
+SMOKE_TRAIN_PER_CLASS = {"cifar10": 50, "cifar100": 5}
+SMOKE_TEST_PER_CLASS = {"cifar10": 20, "cifar100": 2}
+SMOKE_EPOCHS = 2
+
+
+def smoke_mode() -> bool:
+    """True when ``CONVNN_SMOKE=1`` (the test suite and CI set it)."""
+    return os.environ.get("CONVNN_SMOKE", "0") == "1"
+
+
+def default_run_dir(name: str, smoke: bool) -> Path:
+    return Path("runs") / (f"{name}-smoke" if smoke else name)
+
+
+def load_preset_data(preset: Preset, *, smoke: bool, data_dir=None,
+                     download: bool = True, log=print) -> ImageDataset:
+    """The preset's dataset. A smoke run uses a few hundred images; when no CIFAR copy is
+    available (and nothing can be downloaded) it says so and uses synthetic data instead.
+    A full run never falls back: it raises :class:`DatasetNotFoundError`."""
+    if not smoke:
+        return load_dataset(preset.dataset, data_dir=data_dir, download=download)
+    try:
+        return load_dataset(preset.dataset, data_dir=data_dir, download=download,
+                            train_per_class=SMOKE_TRAIN_PER_CLASS[preset.dataset],
+                            test_per_class=SMOKE_TEST_PER_CLASS[preset.dataset])
+    except DatasetNotFoundError as err:
+        first = str(err).splitlines()[0]
+        log(f"NOTE: {preset.dataset} is not available ({first}); this smoke run uses "
+            "SYNTHETIC data, not CIFAR. Set CONVNN_DATA_DIR to use real images.")
+        classes = 10 if preset.dataset == "cifar10" else 100
+        return synthetic_dataset(n_train=500, n_test=200, num_classes=classes, image_size=32)
+
+
+def preset_configs(preset: Preset, *, smoke: bool, epochs: int | None = None,
+                   device: torch.device | None = None, **train_overrides
+                   ) -> tuple[ModelConfig, TrainConfig]:
+    """The model and training configs of a run of ``preset`` (reduced for smoke runs)."""
+    if smoke:
+        model_cfg, train_cfg = reduced(preset)
+        train_cfg = dataclasses.replace(train_cfg, epochs=SMOKE_EPOCHS, batch_size=64)
+    else:
+        model_cfg, train_cfg = preset.model_config(), preset.train_config()
+        if device is not None and device.type == "cuda" and "amp" not in train_overrides:
+            train_cfg = dataclasses.replace(train_cfg, amp="bf16")
+    if epochs is not None:
+        train_cfg = dataclasses.replace(train_cfg, epochs=epochs)
+    if train_overrides:
+        train_cfg = dataclasses.replace(train_cfg, **train_overrides)
+    return model_cfg, train_cfg
+
+
+def run_preset(name: str, *, epochs: int | None = None, smoke: bool | None = None,
+               out_dir=None, data_dir=None, device=None, resume: bool = False,
+               overwrite: bool = False, progress: bool | None = None, download: bool = True,
+               log=print, **train_overrides) -> dict:
+    """Train preset ``name``; returns the run's summary (also in ``<out_dir>/summary.json``).
+
+    Args:
+        name: a preset name (``python -m convnn presets`` lists them).
+        epochs: override the number of epochs.
+        smoke: a short real run (default: ``CONVNN_SMOKE=1``).
+        out_dir: the run folder (default ``runs/<name>`` or ``runs/<name>-smoke``).
+        data_dir: where CIFAR is (default: ``CONVNN_DATA_DIR``, then the data cache).
+        device: default CUDA when available.
+        resume: continue a killed run from its last checkpoint.
+        overwrite: replace an existing run folder.
+        **train_overrides: :class:`TrainConfig` fields (``amp``, ``compile``, ``batch_size``...).
+    """
+    preset = get_preset(name)
+    smoke = smoke_mode() if smoke is None else smoke
+    dev = torch.device(device) if device is not None else (
+        torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        if torch.cuda.is_available() else torch.device("cpu"))
+    model_cfg, train_cfg = preset_configs(preset, smoke=smoke, epochs=epochs, device=dev,
+                                          **train_overrides)
+    dataset = load_preset_data(preset, smoke=smoke, data_dir=data_dir, download=download,
+                               log=log)
+    out = Path(out_dir) if out_dir is not None else default_run_dir(name, smoke)
+    extra = {"preset": name, "smoke": smoke, "model": model_cfg.to_dict(),
+             "dataset": {"name": dataset.name, "source": dataset.source,
+                         "train_images": int(dataset.train_images.shape[0]),
+                         "test_images": int(dataset.test_images.shape[0]),
+                         "train_per_class": SMOKE_TRAIN_PER_CLASS.get(dataset.name)
+                         if smoke and dataset.name != "synthetic" else None,
+                         "test_per_class": SMOKE_TEST_PER_CLASS.get(dataset.name)
+                         if smoke and dataset.name != "synthetic" else None},
+             "command": " ".join(sys.argv), "paper_rows": [
+                 {k: r.get(k) for k in ("table", "best", "avg5")} for r in preset.paper_rows()]}
+    log(f"{name}: {preset.description}")
+    log(f"data: {dataset.source}; run folder: {out}")
+    return train(lambda: build_model(model_cfg), dataset, train_cfg, out, resume=resume,
+                 overwrite=overwrite, device=dev, progress=progress, extra=extra, log=log)
+
+
+def evaluate_run_dir(run_dir, *, data_dir=None, device=None) -> dict:
+    """Evaluate a finished or partial run folder on its test split."""
+    config, _ = load_run(run_dir)
+    extra = config.get("extra", {})
+    if "model" not in extra:
+        raise ValueError(f"{run_dir} was not written by run_preset (no model config in "
+                         "config.json)")
+    model_cfg = ModelConfig.from_dict(extra["model"])
+    info = extra.get("dataset", {})
+    if info.get("name") == "synthetic":
+        raise ValueError(f"{run_dir} trained on synthetic data; there is no test set to "
+                         "reload")
+    dataset = load_dataset(info["name"], data_dir=data_dir, download=False,
+                           train_per_class=info.get("train_per_class"),
+                           test_per_class=info.get("test_per_class"))
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    metrics = evaluate_run(run_dir, lambda: build_model(model_cfg), dataset, device=dev)
+    metrics["parameters"] = count_parameters(build_model(model_cfg, device="meta"))
+    return metrics
+
+
+__all__ = ["default_run_dir", "evaluate_run_dir", "load_preset_data", "preset_configs",
+           "run_preset", "smoke_mode"]
