@@ -18,7 +18,7 @@ def check_choice(name: str, value, allowed: Iterable) -> None:
 def check_int(name: str, value, minimum: int | None = None, maximum: int | None = None) -> int:
     """Raise unless ``value`` is an int (not bool) within ``[minimum, maximum]``."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an integer, got {value!r}")  # noqa: TRY004
+        raise ValueError(f"{name} must be an integer, got {value!r}")
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     if maximum is not None and value > maximum:
@@ -40,7 +40,7 @@ def check_fraction(name: str, value, low: float = 0.0, high: float = 1.0) -> flo
 def check_rank(name: str, x: torch.Tensor, rank: int, layout: str) -> None:
     """Raise unless tensor ``x`` has ``rank`` dimensions (``layout`` like '[B, C, H, W]')."""
     if not isinstance(x, torch.Tensor):
-        raise ValueError(  # noqa: TRY004
+        raise ValueError(
             f"{name} must be a torch.Tensor {layout}, got {type(x).__name__}")
     if x.dim() != rank:
         raise ValueError(f"{name} must have shape {layout} ({rank} dims), got shape {tuple(x.shape)}")

@@ -572,7 +572,7 @@ def load_dataset(
     check_choice("name", name, DATASET_NAMES)
     if not isinstance(download, bool):
         # the project's rule: every bad argument raises ValueError
-        raise ValueError(f"download must be True or False, got {download!r}")  # noqa: TRY004
+        raise ValueError(f"download must be True or False, got {download!r}")
     for arg, value in (("train_per_class", train_per_class), ("test_per_class", test_per_class)):
         if value is not None:
             check_int(arg, value, minimum=1)

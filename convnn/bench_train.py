@@ -1,0 +1,114 @@
+"""Training throughput of the paper's models with each layer, as ratios in one run.
+
+One training step = forward, backward and an AdamW step on a batch of random images
+(bf16 autocast on CUDA, float32 elsewhere). For ViT-Tiny (224 input, 197 tokens) the baseline
+is SDPA attention; for VGG-11 it is the Conv2d model. "reference" rows use the reference
+algorithm for the ConvNN layers (``path="reference"``), the authors' way of computing the
+same thing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+
+from .bench import measure_steps
+from .models import ModelConfig, build_model, count_parameters
+
+VIT_CASES = [
+    ("attention (SDPA)", {"mixer": "attention"}),
+    ("ConvNN attention, all, k=9", {"mixer": "convnn_attention", "layer_options": {"k": 9}}),
+    ("ConvNN attention, random r=32, k=9",
+     {"mixer": "convnn_attention",
+      "layer_options": {"k": 9, "sampling": "random", "candidates": 32}}),
+    ("KVT, k=9", {"mixer": "kvt", "layer_options": {"k": 9}}),
+]
+VGG_CASES = [
+    ("Conv2d", {"layer": "conv2d"}),
+    ("branching λ=0.5", {"layer": "branching", "ratio": 0.5, "layer_options": {"k": 9}}),
+    ("ConvNN (λ=1)", {"layer": "convnn", "layer_options": {"k": 9}}),
+]
+
+
+def _with_reference(options: dict) -> dict:
+    out = dict(options)
+    out["layer_options"] = {**options.get("layer_options", {}), "path": "reference"}
+    return out
+
+
+def _train_step(model, images, labels, optimizer, device):
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+                else contextlib.nullcontext())
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast:
+            loss = F.cross_entropy(model(images), labels)
+        loss.backward()
+        optimizer.step()
+    return step
+
+
+def training_benchmarks(device: torch.device | str | None = None, quick: bool = True,
+                        families: tuple[str, ...] = ("vit", "vgg"),
+                        repeats: int | None = None) -> list[dict]:
+    """Images per second and peak memory of a training step, per model, with ratios."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    on_cpu = device.type == "cpu"
+    repeats = repeats or (2 if on_cpu else 10)
+    rows: list[dict] = []
+    plans = []
+    if "vit" in families:
+        plans.append(("ViT-Tiny", "vit_tiny", 2 if on_cpu or quick and on_cpu else 256, 224,
+                      VIT_CASES))
+    if "vgg" in families:
+        plans.append(("VGG-11", "vgg11", 4 if on_cpu else 128, 32, VGG_CASES))
+    for model_name, config_name, batch, size, cases in plans:
+        torch.manual_seed(0)
+        images = torch.randn(batch, 3, size, size, device=device)
+        labels = torch.randint(0, 10, (batch,), device=device)
+        steps, params = {}, {}
+        for label, options in cases:
+            variants = [(label, options)]
+            if options.get("mixer", "").startswith("convnn") or \
+                    options.get("layer") in ("branching", "convnn"):
+                variants.append((f"{label} [reference]", _with_reference(options)))
+            for name, opts in variants:
+                model = build_model(ModelConfig(name=config_name, **opts), device=device)
+                optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+                steps[name] = _train_step(model, images, labels, optimizer, device)
+                params[name] = count_parameters(model)
+        measured = measure_steps(steps, device, repeats, warmup=2)
+        baseline = measured[cases[0][0]]
+        for name, m in measured.items():
+            ours = name.replace(" [reference]", "")
+            rows.append({
+                "model": model_name, "case": name, "batch": batch, "parameters": params[name],
+                "images_per_second": batch / m.seconds, "peak_bytes": m.peak_bytes,
+                "throughput_vs_baseline": baseline.seconds / m.seconds,
+                "memory_vs_baseline": m.peak_bytes / baseline.peak_bytes
+                if baseline.peak_bytes else None,
+                "throughput_vs_reference": (measured[f"{ours} [reference]"].seconds / m.seconds
+                                            if not name.endswith("[reference]")
+                                            and f"{ours} [reference]" in measured else None),
+            })
+        del steps
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
+def format_train_rows(rows: list[dict]) -> str:
+    """A plain-text table: throughput and memory against the baseline model."""
+    header = (f"{'model':<9} {'case':<44} {'batch':>5} {'thru vs base':>12} "
+              f"{'mem vs base':>11} {'ours vs ref':>11}")
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        def fmt(v):
+            return "n/a" if v is None else f"{v:.2f}x"
+        lines.append(f"{r['model']:<9} {r['case']:<44} {r['batch']:>5} "
+                     f"{fmt(r['throughput_vs_baseline']):>12} {fmt(r['memory_vs_baseline']):>11} "
+                     f"{fmt(r['throughput_vs_reference']):>11}")
+    return "\n".join(lines)

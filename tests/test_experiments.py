@@ -1,0 +1,150 @@
+"""Presets, the runner and the CLI: every paper row is one command away."""
+
+import dataclasses
+import json
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from convnn import experiments as E
+from convnn.__main__ import main as cli
+from convnn.models import ModelConfig, build_model, count_parameters
+
+
+def test_every_paper_row_has_a_preset():
+    unsupported = []
+    for record in E.paper_records():
+        preset = E.preset_for_record(record)
+        if record["table"] in E.UNSUPPORTED_TABLES:
+            assert preset is None
+            unsupported.append(record)
+            continue
+        assert preset is not None, record
+        assert record in preset.paper_rows()
+    assert {r["table"] for r in unsupported} == {"10"}
+    covered = {E.preset_for_record(r).name for r in E.paper_records() if r["table"] != "10"}
+    assert covered == set(E.PRESETS), "every preset reproduces at least one paper row"
+
+
+def test_example_names_and_their_rows():
+    p = E.get_preset("vgg11-c10-branching-r0.5")
+    assert {r["table"] for r in p.paper_rows()} >= {"6.2"}
+    cfg = p.model_config()
+    assert (cfg.name, cfg.layer, cfg.ratio, cfg.head) == ("vgg11", "branching", 0.5, "paper")
+    vit = E.get_preset("vit-tiny-c100-convnn-random-r32-k9")
+    assert vit.model_config().layer_options == {"k": 9, "aggregation": "depthwise",
+                                                "sampling": "random", "candidates": 32}
+    t = vit.train_config()
+    assert (t.lr, t.weight_decay, t.epochs, t.batch_size, t.grad_clip, t.seed, t.resize) == \
+        (1e-4, 0.01, 150, 256, 1.0, 42, 224)
+    assert E.get_preset("vgg11-c10-branching-r0.5-k9-ks3-e100-seed0").train_config().seed == 0
+
+
+def test_unknown_preset_suggests_close_names():
+    with pytest.raises(ValueError, match="did you mean"):
+        E.get_preset("vgg11-c10-branching-r0.55")
+
+
+def test_full_size_parameter_counts_match_the_paper_where_printed():
+    checked = 0
+    for preset in E.PRESETS.values():
+        counts = {r["params"] for r in preset.paper_rows() if "params" in r}
+        if len(counts) != 1 or preset.family != "vit":
+            continue  # VGG counts: tests/test_models.py (one build per distinct model)
+        model = build_model(preset.model_config(), device="meta")
+        assert count_parameters(model) == counts.pop(), preset.name
+        checked += 1
+    assert checked >= 4
+
+
+def test_every_preset_builds_and_trains_one_step_at_reduced_size():
+    seen = {}
+    for preset in E.PRESETS.values():
+        model_cfg, train_cfg = E.reduced(preset)
+        key = json.dumps(model_cfg.to_dict(), sort_keys=True)
+        seen.setdefault(key, (preset.name, model_cfg, train_cfg))
+    assert len(seen) > 50
+    for name, model_cfg, _ in seen.values():
+        torch.manual_seed(0)
+        model = build_model(model_cfg)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        x = torch.randn(2, 3, 32, 32)
+        loss = F.cross_entropy(model(x), torch.tensor([0, 1]))
+        loss.backward()
+        optimizer.step()
+        assert torch.isfinite(loss), name
+
+
+def test_cli_lists_and_filters_presets(capsys):
+    assert cli(["presets", "vit", "c100", "random-r32"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out and all("vit-tiny-c100" in line and "random-r32" in line for line in out)
+    assert cli(["presets", "--table", "6.9", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 12 and all("6.9" in r["paper_tables"] for r in rows)
+
+
+def test_cli_unknown_preset_is_a_clear_error(capsys):
+    assert cli(["train", "--preset", "no-such-preset", "--smoke"]) == 2
+    assert "unknown preset 'no-such-preset'" in capsys.readouterr().err
+
+
+def test_cli_smoke_train_resume_and_eval(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CONVNN_CACHE_DIR", str(tmp_path / "cache"))
+    data = os.environ.get("CONVNN_DATA_DIR")
+    out = tmp_path / "run"
+    args = ["train", "--preset", "vit-tiny-c10-convnn-random-r32-k9", "--smoke", "--out",
+            str(out), "--no-download", "--epochs", "1"]
+    if data is None:
+        monkeypatch.delenv("CONVNN_DATA_DIR", raising=False)
+    assert cli(args) == 0
+    first = capsys.readouterr().out
+    assert "best test top-1" in first
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 1
+    config = json.loads((out / "config.json").read_text())
+    assert config["extra"]["preset"] == "vit-tiny-c10-convnn-random-r32-k9"
+    if data is None:
+        assert "SYNTHETIC" in first and config["extra"]["dataset"]["name"] == "synthetic"
+    else:
+        assert config["extra"]["dataset"]["name"] == "cifar10"
+    assert cli(args) == 2  # the folder holds a run: refuse to overwrite it
+    assert "resume" in capsys.readouterr().err
+    assert cli([*args[:-1], "2", "--resume"]) == 0  # continue to 2 epochs
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["epochs_completed"] == 2
+    capsys.readouterr()
+    if data is not None:
+        assert cli(["eval", "--run", str(out)]) == 0
+        evaluated = capsys.readouterr().out
+        last = json.loads(
+            (out / "metrics.jsonl").read_text().splitlines()[-1])
+        assert f"top1={last['test_top1']:.4g}" in evaluated
+
+
+def test_vgg11_learns_cifar10_on_cpu(tmp_path):
+    """One epoch of VGG-11 (lean head) on 5,000 CIFAR-10 images: clearly above chance."""
+    from convnn.data import DatasetNotFoundError, load_dataset
+    from convnn.train import TrainConfig, train
+
+    try:
+        ds = load_dataset("cifar10", download=False, train_per_class=500, test_per_class=100)
+    except DatasetNotFoundError as err:
+        print(f"skipping: no CIFAR-10 copy ({str(err).splitlines()[0]})")
+        pytest.skip("no CIFAR-10 copy: set CONVNN_DATA_DIR to run the learning test")
+    config = TrainConfig(epochs=1, batch_size=64, lr=1e-4, seed=0)  # the paper's lr
+    summary = train(lambda: build_model(ModelConfig(name="vgg11", layer="conv2d", head="lean")),
+                    ds, config, tmp_path / "run", progress=False, log=None)
+    assert ds.test_images.shape[0] == 1000
+    assert summary["final"]["test_top1"] >= 30.0, summary
+
+
+def test_reduced_presets_keep_the_layer_options():
+    preset = E.get_preset("vgg11-c10-branching-r0.5-spatial-r8")
+    model_cfg, train_cfg = E.reduced(preset)
+    assert model_cfg.layer_options["sampling"] == "spatial"
+    assert model_cfg.head == "lean" and train_cfg.resize is None
+    assert dataclasses.asdict(train_cfg)["lr"] == 1e-4
