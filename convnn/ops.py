@@ -215,6 +215,29 @@ def pairwise_scores(
     return (-sq.clamp_min(0.0)).to(query.dtype)
 
 
+def _prepare(query: Tensor, keys: Tensor, similarity: str):
+    """What the blocked search reuses for every block of queries."""
+    if similarity == "cosine":
+        return (F.normalize(_upcast(query), dim=-1).to(query.dtype),
+                F.normalize(_upcast(keys), dim=-1).to(keys.dtype), None)
+    if similarity == "euclidean":
+        q, kk = _upcast(query), _upcast(keys)
+        return q, kk, (kk * kk).sum(-1).unsqueeze(-2)  # (B, 1, m)
+    return query, keys, None
+
+
+def _block_scores(query, keys, key_norms, similarity, scale, dtype) -> Tensor:
+    """:func:`pairwise_scores` of one block of queries, from :func:`_prepare`'s output."""
+    if similarity == "cosine":
+        return torch.matmul(query, keys.transpose(-1, -2))
+    if similarity == "euclidean":
+        sq = (query * query).sum(-1, keepdim=True) + key_norms \
+            - 2.0 * torch.matmul(query, keys.transpose(-1, -2))
+        return (-sq.clamp_min(0.0)).to(dtype)
+    scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
+    return torch.matmul(query, keys.transpose(-1, -2)) * scale
+
+
 def _row_scores(query: Tensor, keys: Tensor, similarity: str, scale: float | None) -> Tensor:
     """Scores of matching rows: ``query[b, i]`` against ``keys[b, i]``: ``[B, n]``."""
     if similarity == "dot":
@@ -332,26 +355,30 @@ def select_neighbours(
                              "pass query_positions")
         query_positions = torch.arange(n, device=device)
     cand_keys = keys if candidates is None else keys[:, candidates]  # (B, m, D)
-    cand_index = torch.arange(num_positions, device=device) if candidates is None else candidates
-    exclude_self = self_first
     k_search = k - 1 if self_first else k
 
     grad = with_scores and torch.is_grad_enabled()
     rows_per_block = max(1, block_elements // max(1, batch * cand_keys.shape[1]))
     block_indices, block_scores = [], []
     with torch.set_grad_enabled(grad):
+        # Per-key work once, not per block: normalise for cosine, squared norms for Euclidean.
+        prepared_query, prepared_keys, key_norms = _prepare(query, cand_keys, similarity)
         for start in range(0, n, rows_per_block):
             stop = min(n, start + rows_per_block)
-            scores = pairwise_scores(query[:, start:stop], cand_keys, similarity, scale)
-            if exclude_self:
-                mask = _self_mask(query_positions[start:stop], cand_index)  # (nb, m)
+            scores = _block_scores(prepared_query[:, start:stop], prepared_keys, key_norms,
+                                   similarity, scale, query.dtype)  # (B, nb, m)
+            if self_first and candidates is None:  # the position's own column
+                own = query_positions[start:stop].view(1, -1, 1).expand(batch, -1, 1)
+                scores = scores.scatter(-1, own, float("-inf"))
+            elif self_first:
+                mask = _self_mask(query_positions[start:stop], candidates)  # (nb, m)
                 scores = scores.masked_fill(mask, float("-inf"))
             if k_search > 0:
                 top_scores, top = _top(scores, k_search, stable)  # (B, nb, k')
             else:
                 top_scores = scores[..., :0]
                 top = torch.zeros(batch, stop - start, 0, dtype=torch.long, device=device)
-            block_indices.append(cand_index[top])
+            block_indices.append(top if candidates is None else candidates[top])
             block_scores.append(top_scores if with_scores else None)
     indices = torch.cat(block_indices, dim=1) if len(block_indices) > 1 else block_indices[0]
     scores = None

@@ -80,13 +80,13 @@ def test_fast_selection_in_blocks_matches_one_block():
 
 def test_sampled_selection_only_scores_the_candidates(monkeypatch):
     seen = []
-    original = ops.pairwise_scores
+    original = ops._block_scores
 
     def spy(query, keys, *args, **kwargs):
         seen.append(tuple(keys.shape))
         return original(query, keys, *args, **kwargs)
 
-    monkeypatch.setattr(ops, "pairwise_scores", spy)
+    monkeypatch.setattr(ops, "_block_scores", spy)
     q = torch.randn(2, 50, 4)
     ops.select_neighbours(q, q, 3, "dot", candidates=torch.arange(0, 50, 5), self_first=True)
     assert seen and all(shape[1] == 10 for shape in seen)

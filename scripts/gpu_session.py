@@ -1,0 +1,110 @@
+"""One GPU session: CUDA tests, the benchmarks, and a short VGG-11 comparison on CIFAR-10.
+
+Run from the repository root on a CUDA machine:
+
+    CONVNN_DATA_DIR=<folder with cifar10-jpeg.tar.gz> python scripts/gpu_session.py OUT_DIR
+
+It writes into OUT_DIR: ``session.log`` (everything printed), ``bench.json`` (layer and
+training benchmarks, ``python -m convnn bench --train --json``) and ``runs.tar.gz`` (the run
+logs of the comparison: config.json, metrics.jsonl, summary.json per run; no checkpoints).
+The comparison trains ``vgg11-c10-conv2d`` and ``vgg11-c10-branching-r0.5`` with the paper's
+protocol for the same number of epochs, chosen so that both fit in ``--train-seconds``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPARISON = ("vgg11-c10-conv2d", "vgg11-c10-branching-r0.5")
+
+
+def sh(command: str, log) -> int:
+    log(f"$ {command}")
+    proc = subprocess.run(command, shell=True, cwd=ROOT, text=True, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    log(proc.stdout)
+    log(f"[exit {proc.returncode}]")
+    return proc.returncode
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--train-seconds", type=float, default=200.0,
+                        help="wall-clock budget for the two training runs together")
+    parser.add_argument("--max-epochs", type=int, default=30)
+    parser.add_argument("--skip-tests", action="store_true")
+    parser.add_argument("--skip-bench", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="tiny settings (CPU dry run)")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    log_file = open(args.out / "session.log", "a", encoding="utf-8")
+
+    def log(text: str) -> None:
+        print(text, flush=True)
+        log_file.write(text + "\n")
+        log_file.flush()
+
+    start = time.time()
+    log(f"gpu_session at {time.strftime('%Y-%m-%dT%H:%M:%S%z')}, commit "
+        f"{subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=ROOT, capture_output=True, text=True).stdout.strip() or 'unknown'}")
+    sh("nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true", log)
+    sh(f"{sys.executable} -c 'import torch, torchvision; print(torch.__version__, "
+       "torchvision.__version__, torch.cuda.is_available())'", log)
+    if not args.skip_tests:
+        sh(f"{sys.executable} -m pytest -q -o addopts='' -p no:cacheprovider tests/test_gpu.py "
+           "tests/test_attention.py tests/test_train.py -k 'cuda or gpu'", log)
+    bench_path = args.out / "bench.json"
+    if not args.skip_bench:
+        sh(f"{sys.executable} -m convnn bench --train --json {bench_path}"
+           + (" --quick" if args.quick else ""), log)
+
+    # Choose epochs so both runs fit the budget, from the measured training throughput.
+    import torch
+
+    from convnn.runner import run_preset
+
+    epoch_seconds = {}
+    if bench_path.exists():
+        rows = json.loads(bench_path.read_text()).get("training", [])
+        for name, case in zip(COMPARISON, ("Conv2d", "branching λ=0.5")):
+            row = next((r for r in rows if r["model"] == "VGG-11" and r["case"] == case), None)
+            if row:  # train + a test pass (a third of the cost per image)
+                epoch_seconds[name] = (50000 + 10000 / 3) / row["images_per_second"]
+    per_epoch = sum(epoch_seconds.values()) if len(epoch_seconds) == 2 else None
+    epochs = 1 if per_epoch is None else max(1, min(args.max_epochs,
+                                                    int(args.train_seconds / (1.3 * per_epoch))))
+    log(f"estimated seconds per epoch {epoch_seconds}; training {epochs} epoch(s) each")
+    runs = args.out / "runs"
+    for name in COMPARISON:
+        t0 = time.time()
+        try:
+            kwargs = {"smoke": True, "epochs": 1} if args.quick else {"smoke": False,
+                                                                       "epochs": epochs}
+            summary = run_preset(name, out_dir=runs / name, overwrite=True, progress=False,
+                                 download=False, log=log, **kwargs)
+            log(f"{name}: {json.dumps(summary)} ({time.time() - t0:.0f} s)")
+        except Exception as err:  # keep going: the other run and the logs still matter
+            log(f"{name}: FAILED {type(err).__name__}: {err}")
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    with tarfile.open(args.out / "runs.tar.gz", "w:gz") as tar:
+        for path in sorted(runs.rglob("*")):
+            if path.is_file() and path.suffix in (".json", ".jsonl"):
+                tar.add(path, arcname=str(path.relative_to(args.out)))
+    for path in runs.rglob("checkpoint.pt"):
+        path.unlink()
+    log(f"gpu_session done in {time.time() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
