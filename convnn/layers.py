@@ -315,6 +315,16 @@ class ConvNN2d(_SampledCandidates):
             out = ops.convnn(values, values, values, self.k, self.weight, self.bias,
                              aggregation=self.aggregation, pointwise=self.pointwise,
                              neighbours=static, path=self.path)
+        elif self.path == "reference":
+            # The authors' algorithm: every position of the padded map is a query (the full
+            # N x N similarity), outputs are cropped to the image afterwards.
+            out = ops.convnn(
+                values, sel, sel, self.k, self.weight, self.bias,
+                similarity=self.similarity, weighting=self.weighting,
+                aggregation=self.aggregation, pointwise=self.pointwise,
+                candidates=candidates, self_first=self.self_first,
+                sort_by_position=self.sort_neighbours, stable=self.selection == "coords",
+                path="reference")[:, qpos]
         else:
             out = ops.convnn(
                 values, sel[:, qpos], sel, self.k, self.weight, self.bias,
