@@ -76,6 +76,11 @@ class Page:
 #   Page("book/spectrum.html", title="...", widget=True),
 PAGES = [
     Page("book/intro.html", title="Convolutional Nearest Neighbors"),
+    Page("book/knn_aggregation.html", title="k-NN aggregation from scratch"),
+    Page("book/convolution_as_knn.html", title="Convolution is spatial k-NN"),
+    Page("book/attention_as_knn.html", title="Attention is feature k-NN"),
+    Page("book/spectrum.html", title="The spectrum between them", widget=True),
+    Page("book/using_the_package.html", title="Using the package", figure=False),
 ]
 
 

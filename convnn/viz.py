@@ -1,0 +1,888 @@
+"""Figures and widgets for the book: which neighbours does a layer select, with what weights?
+
+Everything here draws; nothing here computes what the layers compute. Neighbour indices come
+from the layers themselves (:meth:`convnn.layers.ConvNN2d.neighbours`) or from
+:mod:`convnn.ops`, so a figure shows what the package really does.
+
+- :func:`sample_image`: a real image that exists offline (a CIFAR-10 test image when the data
+  is available, else a photograph shipped with matplotlib), with a caption naming its source.
+- :func:`make_layer`, :func:`selected_pixels`, :func:`candidate_pixels`: a small
+  :class:`~convnn.layers.ConvNN2d` for pictures, and the pixels it selects and searches.
+- :func:`neighbour_map`, :func:`neighbour_panels`, :func:`neighbour_grid`: the selected
+  neighbours of one pixel on an image (one panel, several, or a grid over ``k`` and λ).
+- :func:`explorer`: an ipywidgets explorer with sliders for ``k``, λ, the candidate sampling and
+  the inspected pixel.
+- :func:`knn_points_figure`, :func:`scatter_panels`: k-NN on 2-D points (chapter 2).
+- :func:`window_distances_figure`, :func:`image_panels`: the convolution limit (chapter 3).
+- :func:`patchify`, :func:`token_panels`: tokens of an image and their weights (chapter 4).
+
+Figures are :class:`BookFigure` objects (a :class:`matplotlib.figure.Figure` that renders itself
+as PNG in Jupyter) made without pyplot, so a notebook shows each one exactly once, as the value of
+its cell, with any matplotlib backend, and nothing piles up in pyplot's registry.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+from torch import Tensor
+
+from . import ops
+from ._checks import check_choice, check_int
+from .layers import ConvNN2d
+
+__all__ = [
+    "NEIGHBOUR_COLOUR",
+    "QUERY_COLOUR",
+    "BookFigure",
+    "SampleImage",
+    "candidate_pixels",
+    "explorer",
+    "image_panels",
+    "knn_points_figure",
+    "make_layer",
+    "neighbour_grid",
+    "neighbour_map",
+    "neighbour_panels",
+    "patchify",
+    "sample_image",
+    "scatter_panels",
+    "selected_pixels",
+    "standardise",
+    "token_panels",
+    "window_distances_figure",
+]
+
+#: Outline colour of selected neighbours (the intro figure's orange).
+NEIGHBOUR_COLOUR = "#ff7f0e"
+#: Colour of the query position's star.
+QUERY_COLOUR = "#d62728"
+_DIM = 0.68  # how much unselected positions are darkened
+_MAX_OUTLINES = 64  # outline each selected pixel up to this many; above, the shading says it
+_IMAGE_SOURCES = ("auto", "cifar10", "matplotlib")
+_PAGE_WIDTH = 8.2  # inches: wider figures are scaled down on a book page (small text)
+
+
+class BookFigure(Figure):
+    """A matplotlib figure that Jupyter displays as a PNG without pyplot (``_repr_png_``)."""
+
+    def _repr_png_(self) -> bytes:
+        return _figure_png(self, dpi=self.dpi)
+
+
+def _figure_png(fig: Figure, dpi: float = 80) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", facecolor="white")
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------- sample images
+class SampleImage(NamedTuple):
+    """A real image for the figures.
+
+    Attributes:
+        image: ``[3, H, W]`` float32 in ``[0, 1]``.
+        source: a caption naming where it came from, e.g. ``"CIFAR-10 test image 7000
+            (horse)"``.
+        kind: ``"cifar10"`` or ``"matplotlib"``.
+    """
+
+    image: Tensor
+    source: str
+    kind: str
+
+
+@functools.lru_cache(maxsize=2)
+def _cifar10_test(data_dir: str | None, env: tuple) -> tuple[Tensor, Tensor, tuple]:
+    """The CIFAR-10 test split (uint8 ``[N, 32, 32, 3]``, labels, classes), read once.
+
+    ``env`` (the data and cache environment variables) is only part of the cache key.
+    """
+    from .data import load_dataset
+
+    ds = load_dataset("cifar10", data_dir=data_dir, download=False, progress=False)
+    return ds.test_images, ds.test_labels, ds.classes
+
+
+def _resize(image: Tensor, size: int) -> Tensor:
+    """``[3, h, w]`` in [0, 1] -> ``[3, size, size]`` (antialiased bilinear)."""
+    if image.shape[-2:] == (size, size):
+        return image
+    out = torch.nn.functional.interpolate(image[None], size=(size, size), mode="bilinear",
+                                          antialias=True, align_corners=False)[0]
+    return out.clamp(0.0, 1.0)
+
+
+def _matplotlib_image(size: int) -> SampleImage:
+    from matplotlib import cbook
+    from PIL import Image
+
+    with cbook.get_sample_data("grace_hopper.jpg") as f:
+        img = Image.open(f).convert("RGB")
+        w, h = img.size
+        side = min(w, h)
+        left, top = (w - side) // 2, (h - side) // 2
+        img = img.crop((left, top, left + side, top + side)).resize(
+            (size, size), Image.Resampling.LANCZOS)
+        array = np.asarray(img, dtype=np.float32) / 255.0
+    image = torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()  # (3, H, W)
+    return SampleImage(image, f"grace_hopper.jpg (matplotlib sample data), {size}×{size}",
+                       "matplotlib")
+
+
+def sample_image(
+    index: int = 7000, size: int = 32, *, source: str = "auto",
+    data_dir: str | os.PathLike | None = None,
+) -> SampleImage:
+    """A real image that is available offline, and where it came from.
+
+    With ``source="auto"`` the image is CIFAR-10 test image ``index`` when CIFAR-10 can be read
+    without a download (``data_dir``, ``$CONVNN_DATA_DIR`` or the data cache, see
+    :func:`convnn.data.load_dataset`; the first read decodes the JPEG copy once, about 8 s),
+    else matplotlib's sample photograph ``grace_hopper.jpg``, centre-cropped and resized.
+    Nothing is ever downloaded.
+
+    Args:
+        index: position in the CIFAR-10 test split (the offline JPEG copy stores it class by
+            class, 1000 images each: 0-999 airplanes, ..., 7000-7999 horses).
+        size: side of the returned square image (CIFAR-10 is resized when not 32).
+        source: ``"auto"``, ``"cifar10"`` (raise if unavailable) or ``"matplotlib"``.
+        data_dir: where to look for CIFAR-10 first.
+
+    Returns:
+        A :class:`SampleImage` ``(image [3, size, size] in [0, 1], source caption, kind)``.
+
+    Example:
+        >>> img = sample_image(size=32)
+        >>> img.image.shape
+        torch.Size([3, 32, 32])
+    """
+    check_choice("source", source, _IMAGE_SOURCES)
+    check_int("size", size, minimum=2)
+    check_int("index", index, minimum=0)
+    if source != "matplotlib":
+        from .data import DatasetNotFoundError
+
+        try:
+            env = tuple(os.environ.get(v) for v in ("CONVNN_DATA_DIR", "CONVNN_CACHE_DIR"))
+            images, labels, classes = _cifar10_test(
+                None if data_dir is None else str(data_dir), env)
+        except DatasetNotFoundError:
+            if source == "cifar10":
+                raise
+        else:
+            if index >= len(labels):
+                raise ValueError(f"index must be < {len(labels)} (CIFAR-10 test images), "
+                                 f"got {index}")
+            image = images[index].permute(2, 0, 1).float() / 255.0  # (3, 32, 32)
+            caption = f"CIFAR-10 test image {index} ({classes[int(labels[index])]})"
+            if size != image.shape[-1]:
+                caption += f", resized to {size}×{size}"
+            return SampleImage(_resize(image, size).contiguous(), caption, "cifar10")
+    return _matplotlib_image(size)
+
+
+def _as_image(image: SampleImage | Tensor) -> tuple[Tensor, str | None]:
+    if isinstance(image, SampleImage):
+        return image.image, image.source
+    if not isinstance(image, Tensor) or image.dim() != 3 or image.shape[0] != 3:
+        shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
+        raise ValueError(f"image must be a SampleImage or a tensor [3, H, W], got {shape}")
+    return image, None
+
+
+def standardise(image: SampleImage | Tensor) -> Tensor:
+    """``[3, H, W]`` -> ``[1, 3, H, W]`` float32 with zero mean and unit std per channel.
+
+    What the figures feed to a layer: a network's first layer sees normalised images, and
+    feature similarity on raw ``[0, 1]`` colours is dominated by brightness.
+    """
+    x, _ = _as_image(image)
+    x = x.float()
+    mean = x.mean(dim=(1, 2), keepdim=True)
+    std = x.std(dim=(1, 2), keepdim=True).clamp_min(1e-6)
+    return ((x - mean) / std).unsqueeze(0)
+
+
+def _to_rgb(image: Tensor) -> np.ndarray:
+    return image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+
+
+# --------------------------------------------------------------------------- layers for pictures
+def make_layer(
+    k: int = 9,
+    mix: float = 1.0,
+    sampling: str = "all",
+    candidates: int | None = None,
+    *,
+    selection: str | None = None,
+    similarity: str | None = "euclidean",
+    padding: int = 0,
+    seed: int = 0,
+) -> ConvNN2d:
+    """A ConvNN2d on RGB images (3 -> 1 channels) whose *selection* the figures draw.
+
+    Args:
+        k: neighbours per pixel.
+        mix: λ of mixed selection: ``0`` selects by position only (``selection="coords"``),
+            ``1`` by colour only, in between by both (features scaled by ``λ / std``,
+            coordinates by ``1 - λ``).
+        sampling: ``"all"``, ``"random"`` or ``"spatial"`` candidates.
+        candidates: ``r`` of a sampled candidate set (``r × r`` pixels; default 8).
+        selection: override the selection that ``mix`` implies.
+        similarity: ``"euclidean"`` by default (distance in colour, position or both);
+            ``None`` uses the layer's default.
+        padding: rings of zero positions around the image (0: only real pixels).
+        seed: seed of the fixed candidate draw in evaluation mode.
+
+    Returns:
+        A :class:`~convnn.layers.ConvNN2d` in evaluation mode.
+    """
+    if selection is None:
+        selection = "coords" if mix == 0 else "mixed"
+    if selection == "coords":
+        similarity = "euclidean"
+    if sampling != "all" and candidates is None:
+        candidates = 8
+    return ConvNN2d(3, 1, k=k, padding=padding, selection=selection, mix=mix,
+                    similarity=similarity, sampling=sampling,
+                    candidates=candidates if sampling != "all" else None, seed=seed).eval()
+
+
+def _check_pixel(pixel: Sequence[int] | None, height: int, width: int) -> tuple[int, int]:
+    if pixel is None:  # the centre
+        return height // 2, width // 2
+    if len(pixel) != 2:
+        raise ValueError(f"pixel must be (row, col), got {pixel!r}")
+    row, col = int(pixel[0]), int(pixel[1])
+    if not (0 <= row < height and 0 <= col < width):
+        raise ValueError(f"pixel must lie in the {height}x{width} image, got {pixel!r}")
+    return row, col
+
+
+def _padded_to_pixel(index: int, width: int, padding: int) -> tuple[int, int]:
+    row, col = divmod(int(index), width + 2 * padding)
+    return row - padding, col - padding
+
+
+def selected_pixels(
+    layer: ConvNN2d, image: SampleImage | Tensor, pixel: Sequence[int], *, normalise: bool = True,
+) -> list[tuple[int, int]]:
+    """The neighbours that ``layer`` selects for ``pixel`` on ``image``, in the layer's order.
+
+    Args:
+        layer: a ConvNN2d with 3 input channels (it is run in evaluation mode).
+        image: ``[3, H, W]`` or a :class:`SampleImage`.
+        pixel: ``(row, col)`` of the query.
+        normalise: feed :func:`standardise` (image) rather than the raw ``[0, 1]`` image.
+
+    Returns:
+        ``k`` ``(row, col)`` pairs in image coordinates; padded positions lie outside
+        ``0..H-1`` / ``0..W-1`` (row ``-1`` is the padding ring above the image).
+    """
+    x, _ = _as_image(image)
+    height, width = x.shape[-2:]
+    row, col = _check_pixel(pixel, height, width)
+    inp = standardise(x) if normalise else x.float().unsqueeze(0)
+    was_training = layer.training
+    layer.eval()
+    try:
+        idx = layer.neighbours(inp.to(layer.weight.dtype))[0, row * width + col]  # (k,)
+    finally:
+        layer.train(was_training)
+    return [_padded_to_pixel(i, width, layer.padding) for i in idx.tolist()]
+
+
+def candidate_pixels(layer: ConvNN2d, height: int, width: int) -> list[tuple[int, int]] | None:
+    """The candidate pixels ``layer`` searches in evaluation mode, or ``None`` for all.
+
+    Spatial candidates are an evenly spaced ``r × r`` grid; random candidates are the layer's
+    fixed evaluation draw (``eval_sampling="fixed"``). With ``eval_sampling="resample"`` every
+    call draws new ones and ``None`` is returned. The draw is the layer's own (the same code
+    its forward pass runs), so the picture cannot drift from the layer.
+    """
+    if layer.sampling == "all":
+        return None
+    if layer.sampling == "random" and layer.eval_sampling != "fixed":
+        return None
+    qpos = ops.interior_positions(height, width, layer.padding)
+    was_training = layer.training
+    layer.eval()
+    try:
+        idx = layer._candidates(height, width, qpos, qpos.device)  # [r²] padded raster indices
+    finally:
+        layer.train(was_training)
+    return [_padded_to_pixel(i, width, layer.padding) for i in idx.tolist()]
+
+
+def _describe(layer: ConvNN2d) -> str:
+    if layer.selection == "coords":
+        how = "by position"
+    elif layer.selection == "features":
+        how = "by colour"
+    else:
+        how = f"λ = {layer.mix:g}"
+    where = "all pixels" if layer.sampling == "all" else (
+        f"{layer.sampling} {layer.candidates}×{layer.candidates}")
+    return f"k = {layer.k}, {how}, {where}"
+
+
+# --------------------------------------------------------------------------- neighbour maps
+def neighbour_map(
+    image: SampleImage | Tensor,
+    layer: ConvNN2d | Mapping | None = None,
+    pixel: Sequence[int] | None = None,
+    *,
+    ax: Axes | None = None,
+    title: str | None = None,
+    normalise: bool = True,
+    show_candidates: bool = True,
+    caption: bool = True,
+) -> Figure:
+    """Draw the neighbours one ConvNN2d selects for one pixel of a real image.
+
+    Unselected positions are darkened, selected ones keep their colour (outlined in orange
+    when there are at most 64), the query pixel carries a red star and sampled candidates
+    are white dots. A zero-padding ring, when the layer has one, is drawn in grey around the
+    image: those positions can be selected too.
+
+    Args:
+        image: ``[3, H, W]`` in ``[0, 1]`` or a :class:`SampleImage`.
+        layer: a ConvNN2d with 3 input channels, or a dict of :func:`make_layer` options
+            (``None``: ``make_layer()``, the 9 nearest pixels in colour).
+        pixel: ``(row, col)`` of the query (default: the centre).
+        ax: draw into this axes instead of a new figure.
+        title: panel title (default: a description of the layer).
+        normalise: select on :func:`standardise` (image) (default) or on raw ``[0, 1]`` colours.
+        show_candidates: mark sampled candidates.
+        caption: with a new figure, write the image's source under it.
+
+    Returns:
+        The figure. The axes holds the darkening mask as an image with gid ``"selection"``
+        (transparent exactly at the selected positions) and one ``Rectangle`` with gid
+        ``"neighbour"`` per outlined neighbour.
+    """
+    x, source = _as_image(image)
+    if layer is None:
+        layer = make_layer()
+    elif isinstance(layer, Mapping):
+        layer = make_layer(**layer)
+    elif not isinstance(layer, ConvNN2d):
+        raise ValueError(f"layer must be a ConvNN2d or a dict of make_layer options, "
+                         f"got {type(layer).__name__}")
+    height, width = x.shape[-2:]
+    row, col = _check_pixel(pixel, height, width)
+    chosen = selected_pixels(layer, x, (row, col), normalise=normalise)
+    p = layer.padding
+
+    fig = None
+    if ax is None:
+        fig = BookFigure(figsize=(4.0, 4.3 if caption and source else 4.0), dpi=90,
+                     layout="constrained")
+        ax = fig.add_subplot()
+    # The padded map: a grey ring, then the image over it.
+    lo_x, hi_x, lo_y, hi_y = -p - 0.5, width + p - 0.5, height + p - 0.5, -p - 0.5
+    if p:
+        ax.add_patch(Rectangle((lo_x, hi_y), width + 2 * p, height + 2 * p, facecolor="0.82",
+                               edgecolor="0.5", hatch="//", linewidth=0.6, zorder=0))
+    ax.imshow(_to_rgb(x), extent=(-0.5, width - 0.5, height - 0.5, -0.5),
+              interpolation="nearest", zorder=1)
+    mask = np.zeros((height + 2 * p, width + 2 * p, 4), dtype=np.float32)
+    mask[..., 3] = _DIM
+    for r, c in chosen:
+        mask[r + p, c + p, 3] = 0.0
+    ax.imshow(mask, extent=(lo_x, hi_x, lo_y, hi_y), interpolation="nearest", zorder=2,
+              gid="selection")
+    if len(chosen) <= _MAX_OUTLINES:
+        for r, c in chosen:
+            ax.add_patch(Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False,
+                                   edgecolor=NEIGHBOUR_COLOUR, linewidth=1.3, zorder=3,
+                                   gid="neighbour"))
+    cands = candidate_pixels(layer, height, width) if show_candidates else None
+    if cands:
+        cr, cc = zip(*cands)
+        ax.scatter(cc, cr, s=9, c="white", edgecolors="black", linewidths=0.5, zorder=4,
+                   gid="candidates")
+    ax.plot([col], [row], marker="*", markersize=13, color=QUERY_COLOUR,
+            markeredgecolor="white", markeredgewidth=0.8, zorder=5)
+    ax.set_xlim(lo_x, hi_x)
+    ax.set_ylim(lo_y, hi_y)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title if title is not None else _describe(layer), fontsize=9)
+    if fig is not None and caption and source:
+        fig.supxlabel(f"Image: {source}", fontsize=7.5)
+    return fig if fig is not None else ax.figure
+
+
+def neighbour_panels(
+    image: SampleImage | Tensor,
+    panels: Mapping[str, ConvNN2d | Mapping | tuple],
+    pixel: Sequence[int] | None = None,
+    *,
+    ncols: int | None = None,
+    suptitle: str | None = None,
+    panel_size: float = 2.6,
+    normalise: bool = True,
+) -> Figure:
+    """One :func:`neighbour_map` panel per entry of ``panels``.
+
+    Args:
+        image: ``[3, H, W]`` in ``[0, 1]`` or a :class:`SampleImage`.
+        panels: title -> a ConvNN2d, a dict of :func:`make_layer` options, or a
+            ``(layer or options, pixel)`` pair to inspect another pixel in that panel.
+        pixel: ``(row, col)`` inspected in the panels that name no pixel (default: the
+            centre).
+        ncols: panels per row (default: all in one row).
+        suptitle: a title over all panels.
+        panel_size: inches per panel.
+        normalise: see :func:`neighbour_map`.
+
+    Returns:
+        A figure with ``len(panels)`` panels, captioned with the image's source.
+    """
+    if not panels:
+        raise ValueError("panels must hold at least one (title -> layer) entry")
+    _, source = _as_image(image)
+    n = len(panels)
+    ncols = n if ncols is None else max(1, min(ncols, n))
+    nrows = math.ceil(n / ncols)
+    panel_size = min(panel_size, _PAGE_WIDTH / ncols)
+    fig = BookFigure(figsize=(panel_size * ncols, panel_size * nrows + 0.45), dpi=90,
+                     layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    x, _ = _as_image(image)
+    pixel = _check_pixel(pixel, *x.shape[-2:])
+    pixels = []
+    for ax, (name, entry) in zip(axes.flat, panels.items()):
+        layer, where = entry if isinstance(entry, tuple) else (entry, pixel)
+        pixels.append(tuple(where))
+        neighbour_map(image, layer, where, ax=ax, title=name, normalise=normalise)
+    for ax in list(axes.flat)[n:]:
+        ax.set_visible(False)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10.5)
+    if source:
+        where = f"pixel {pixels[0]}" if len(set(pixels)) == 1 else "pixel"
+        fig.supxlabel(f"★ = inspected {where}; orange/undimmed = selected. "
+                      f"Image: {source}", fontsize=8)
+    return fig
+
+
+def neighbour_grid(
+    image: SampleImage | Tensor,
+    pixel: Sequence[int] | None = None,
+    ks: Sequence[int] = (4, 16, 64),
+    mixes: Sequence[float] = (0.0, 0.5, 0.9, 1.0),
+    *,
+    panel_size: float = 2.2,
+    **options,
+) -> Figure:
+    """A grid of :func:`neighbour_map` panels: one row per λ (``mixes``), one column per k.
+
+    ``options`` go to :func:`make_layer` (e.g. ``sampling``, ``candidates``, ``padding``).
+    """
+    if not ks or not mixes:
+        raise ValueError("ks and mixes must be non-empty")
+    _, source = _as_image(image)
+    panel_size = min(panel_size, (_PAGE_WIDTH - 0.5) / len(ks))
+    fig = BookFigure(figsize=(panel_size * len(ks) + 0.5, panel_size * len(mixes) + 0.7),
+                     dpi=90, layout="constrained")
+    axes = fig.subplots(len(mixes), len(ks), squeeze=False)
+    for i, mix in enumerate(mixes):
+        for j, k in enumerate(ks):
+            ax = axes[i, j]
+            neighbour_map(image, make_layer(k=k, mix=mix, **options), pixel, ax=ax,
+                          title=f"k = {k}" if i == 0 else "")
+            if j == 0:
+                label = {0.0: "λ = 0\n(position)", 1.0: "λ = 1\n(colour)"}.get(
+                    float(mix), f"λ = {mix:g}")
+                ax.set_ylabel(label, fontsize=9)
+    fig.suptitle("Neighbours of ★: k grows to the right, λ moves selection\n"
+                 "from position (top) to colour (bottom)", fontsize=10)
+    if source:
+        fig.supxlabel(f"Image: {source}", fontsize=8)
+    return fig
+
+
+def explorer(
+    image: SampleImage | Tensor,
+    pixel: Sequence[int] | None = None,
+    k: int = 9,
+    mix: float = 1.0,
+    sampling: str = "all",
+    candidates: int = 8,
+    *,
+    max_k: int = 256,
+):
+    """An ipywidgets explorer of the spectrum on a real image.
+
+    Sliders for ``k``, λ (``mix``, 0 = position, 1 = colour), ``r`` (sampled candidates are
+    ``r × r`` pixels) and the inspected pixel, and a dropdown for the candidate sampling; every
+    change redraws :func:`neighbour_map` into an ``ipywidgets.Image``. Built with
+    ``ipywidgets.interactive``, so it constructs and draws without a display; the PNG lives in
+    the widget state, so a saved notebook shows the last drawing even without a kernel.
+
+    Returns:
+        The ``ipywidgets.interactive`` box. Extra attributes: ``image`` (the Image widget),
+        ``controls`` (name -> widget) and ``state`` (``state["selection"]``: the neighbours
+        of the last drawing, as :func:`selected_pixels` returns them).
+    """
+    import ipywidgets as widgets
+
+    x, source = _as_image(image)
+    height, width = x.shape[-2:]
+    row, col = _check_pixel(pixel, height, width)
+    max_k = min(max_k, height * width)
+    check_int("k", k, minimum=1, maximum=max_k)
+    check_choice("sampling", sampling, ops.SAMPLINGS)
+    check_int("candidates", candidates, minimum=1, maximum=min(height, width))
+    slider = {"continuous_update": False, "style": {"description_width": "80px"},
+              "layout": widgets.Layout(width="300px")}
+    controls = {
+        "k": widgets.IntSlider(value=k, min=1, max=max_k, description="k", **slider),
+        "mix": widgets.FloatSlider(value=mix, min=0.0, max=1.0, step=0.05,
+                                   description="λ (colour)", **slider),
+        "sampling": widgets.Dropdown(options=list(ops.SAMPLINGS), value=sampling,
+                                     description="sampling",
+                                     style={"description_width": "80px"},
+                                     layout=widgets.Layout(width="300px")),
+        "candidates": widgets.IntSlider(value=candidates, min=1, max=min(height, width),
+                                        description="r (r×r)", **slider),
+        "row": widgets.IntSlider(value=row, min=0, max=height - 1, description="pixel row",
+                                 **slider),
+        "col": widgets.IntSlider(value=col, min=0, max=width - 1, description="pixel col",
+                                 **slider),
+    }
+    picture = widgets.Image(format="png", layout=widgets.Layout(width="380px"))
+    state: dict = {}
+
+    def draw(k, mix, sampling, candidates, row, col):
+        note = ""
+        if sampling != "all" and k > candidates * candidates:
+            k, note = candidates * candidates, " (k capped at r²)"
+        layer = make_layer(k=k, mix=mix, sampling=sampling, candidates=candidates)
+        fig = neighbour_map(x if source is None else image, layer, (row, col),
+                            title=_describe(layer) + note)
+        picture.value = _figure_png(fig)
+        state["selection"] = selected_pixels(layer, x, (row, col))
+
+    ui = widgets.interactive(draw, **controls)
+    if "selection" not in state:  # interactive logs and swallows errors: raise them here
+        draw(**{name: w.value for name, w in controls.items()})
+    ui.image, ui.controls, ui.state = picture, controls, state
+    *inputs, out = ui.children
+    ui.children = (widgets.HBox([widgets.VBox([*inputs, out]), picture]),)
+    return ui
+
+
+# --------------------------------------------------------------------------- chapter 2: points
+def knn_points_figure(
+    points: Tensor,
+    values: Tensor,
+    query: int,
+    indices: Sequence[int] | Tensor,
+    rho: Mapping[str, Tensor | Sequence[float] | None] | None = None,
+    *,
+    candidates: Sequence[int] | Tensor | None = None,
+    title: str | None = None,
+) -> Figure:
+    """k-NN on 2-D points: the query, its selected neighbours and (optionally) their weights ρ.
+
+    Args:
+        points: ``[n, 2]`` positions.
+        values: ``[n]`` the value carried by each point (colour).
+        query: index of the query point.
+        indices: the ``k`` selected neighbours, rank order.
+        rho: optional ``name -> [k] weights`` (``None`` meaning all ones); drawn as bars per
+            rank in a second panel, and the first entry sets the line widths.
+        candidates: optional indices of a sampled candidate set (drawn as black rings).
+        title: title of the left panel.
+
+    Returns:
+        The figure.
+    """
+    pts = torch.as_tensor(points).detach().cpu().double()
+    val = torch.as_tensor(values).detach().cpu().double().reshape(-1)
+    idx = [int(i) for i in torch.as_tensor(indices).reshape(-1).tolist()]
+    k = len(idx)
+    weights = {}
+    for name, w in (rho or {}).items():
+        weights[name] = (np.ones(k) if w is None
+                         else torch.as_tensor(w).detach().cpu().double().reshape(-1).numpy())
+        if len(weights[name]) != k:
+            raise ValueError(f"rho[{name!r}] must have k={k} weights, got {len(weights[name])}")
+    fig = BookFigure(figsize=(8.0 if weights else 4.6, 3.7), dpi=90, layout="constrained")
+    axes = fig.subplots(1, 2 if weights else 1, squeeze=False)[0]
+    ax = axes[0]
+    line_w = list(weights.values())[-1] if weights else np.ones(k)
+    line_w = 0.8 + 4.0 * line_w / max(float(np.max(line_w)), 1e-12)
+    q = pts[query]
+    for j, i in enumerate(idx):
+        ax.plot([q[0], pts[i, 0]], [q[1], pts[i, 1]], color=NEIGHBOUR_COLOUR,
+                linewidth=line_w[j], alpha=0.8, zorder=1)
+    sc = ax.scatter(pts[:, 0], pts[:, 1], c=val, cmap="viridis", s=46, edgecolors="0.3",
+                    linewidths=0.5, zorder=2)
+    if candidates is not None:
+        cand = [int(i) for i in torch.as_tensor(candidates).reshape(-1).tolist()]
+        ax.scatter(pts[cand, 0], pts[cand, 1], s=150, facecolors="none", edgecolors="black",
+                   linewidths=1.0, zorder=2.5, label="candidates")
+    ax.scatter(pts[idx, 0], pts[idx, 1], s=120, facecolors="none",
+               edgecolors=NEIGHBOUR_COLOUR, linewidths=2.2, zorder=3,
+               label=f"selected (k = {k})")
+    for j, i in enumerate(idx):  # rank labels, pushed away from the query
+        away = (pts[i] - q).numpy()
+        norm = float(np.hypot(*away))
+        dx, dy = (away / norm * 11) if norm > 0 else (-8.0, 8.0)
+        ax.annotate(str(j + 1), (pts[i, 0], pts[i, 1]), xytext=(dx, dy),
+                    textcoords="offset points", fontsize=8, fontweight="bold", zorder=4,
+                    ha="center", va="center")
+    ax.plot([q[0]], [q[1]], marker="*", markersize=16, color=QUERY_COLOUR,
+            markeredgecolor="white", zorder=5, linestyle="none", label="query i")
+    ax.set_aspect("equal")
+    ax.set_xlabel("x")
+    ax.set_ylabel("y")
+    ax.legend(loc="upper left", fontsize=7.5, framealpha=0.85)
+    fig.colorbar(sc, ax=ax, shrink=0.8, label="value v")
+    ax.set_title(title or f"k = {k} nearest neighbours of ★ (numbers: rank j)", fontsize=9.5)
+    if weights:
+        bx = axes[1]
+        width = 0.8 / len(weights)
+        ranks = np.arange(1, k + 1)
+        colours = iter([NEIGHBOUR_COLOUR, "tab:blue", "tab:green", "tab:purple"] * 4)
+        for m, (name, w) in enumerate(weights.items()):
+            colour = "0.65" if (rho or {}).get(name) is None else next(colours)
+            bx.bar(ranks + (m - (len(weights) - 1) / 2) * width, w, width=width, label=name,
+                   color=colour)
+        bx.set_xticks(ranks)
+        bx.set_xlabel("neighbour rank j")
+        bx.set_ylabel("weight ρ_ij")
+        bx.set_title("weights ρ of the selected neighbours", fontsize=9.5)
+        bx.set_ylim(0, 1.3 * max(float(np.max(w)) for w in weights.values()))
+        bx.legend(fontsize=8, loc="upper center", ncol=min(len(weights), 2))
+    return fig
+
+
+def scatter_panels(
+    points: Tensor,
+    panels: Mapping[str, Tensor],
+    *,
+    query: int | None = None,
+    suptitle: str | None = None,
+    shared_scale: bool = False,
+) -> Figure:
+    """One scatter panel of ``points`` per entry of ``panels`` (title -> ``[n]`` values)."""
+    if not panels:
+        raise ValueError("panels must hold at least one (title -> values) entry")
+    pts = torch.as_tensor(points).detach().cpu().double()
+    n = len(panels)
+    width = min(3.2, _PAGE_WIDTH / n)
+    fig = BookFigure(figsize=(width * n, width + 0.3), dpi=90, layout="constrained")
+    axes = fig.subplots(1, n, squeeze=False)[0]
+    vals = {t: torch.as_tensor(v).detach().cpu().double().reshape(-1) for t, v in panels.items()}
+    lo = min(float(v.min()) for v in vals.values())
+    hi = max(float(v.max()) for v in vals.values())
+    for ax, (name, v) in zip(axes, vals.items()):
+        kw = {"vmin": lo, "vmax": hi} if shared_scale else {}
+        sc = ax.scatter(pts[:, 0], pts[:, 1], c=v, cmap="viridis", s=34, edgecolors="0.3",
+                        linewidths=0.4, **kw)
+        if query is not None:
+            ax.plot([pts[query, 0]], [pts[query, 1]], marker="*", markersize=13,
+                    color=QUERY_COLOUR, markeredgecolor="white", linestyle="none")
+        ax.set_aspect("equal")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(name, fontsize=9)
+        fig.colorbar(sc, ax=ax, shrink=0.75)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    return fig
+
+
+# --------------------------------------------------------------------------- chapter 3: windows
+def window_distances_figure(kernels: Sequence[int] = (3, 5, 7)) -> Figure:
+    """Why the k nearest pixels are a square window for 3×3 and 5×5 but not for 7×7.
+
+    Each panel writes the squared distance ``d²`` of every offset from the centre pixel,
+    shades the ``k = s²`` nearest (ties broken by raster order, as ConvNN2d's coordinate
+    selection does) and outlines the ``s × s`` window. Selected cells outside the window are
+    red, window cells left out are crossed.
+    """
+    width = min(3.3, _PAGE_WIDTH / len(kernels))
+    fig = BookFigure(figsize=(width * len(kernels), width + 0.5), dpi=90, layout="constrained")
+    axes = fig.subplots(1, len(kernels), squeeze=False)[0]
+    for ax, s in zip(axes, kernels):
+        check_int("kernel", s, minimum=1)
+        half = s // 2
+        radius = half + 2
+        offs = torch.arange(-radius, radius + 1)
+        dy, dx = torch.meshgrid(offs, offs, indexing="ij")
+        d2 = (dx * dx + dy * dy).reshape(-1)
+        order = torch.sort(d2, stable=True).indices[: s * s]
+        chosen = torch.zeros_like(d2, dtype=torch.bool)
+        chosen[order] = True
+        side = 2 * radius + 1
+        inside = ((dx.abs() <= half) & (dy.abs() <= half)).reshape(-1)
+        shade = np.where(chosen.numpy(), 1.0, 0.0).reshape(side, side)
+        ax.imshow(shade, cmap="Oranges", vmin=-0.2, vmax=2.2, extent=(
+            -radius - 0.5, radius + 0.5, radius + 0.5, -radius - 0.5))
+        for i in range(side * side):
+            r, c = divmod(i, side)
+            y, xx = r - radius, c - radius
+            wrong = bool(chosen[i]) != bool(inside[i])
+            ax.text(xx, y, str(int(d2[i])), ha="center", va="center", fontsize=7,
+                    color="#b00000" if wrong else "black",
+                    fontweight="bold" if wrong else "normal")
+            if chosen[i] and not inside[i]:
+                ax.add_patch(Rectangle((xx - 0.5, y - 0.5), 1, 1, fill=False,
+                                       edgecolor="#d00000", linewidth=1.8))
+            if inside[i] and not chosen[i]:
+                ax.plot([xx - 0.4, xx + 0.4], [y - 0.4, y + 0.4], color="#d00000", lw=1)
+                ax.plot([xx - 0.4, xx + 0.4], [y + 0.4, y - 0.4], color="#d00000", lw=1)
+        ax.add_patch(Rectangle((-half - 0.5, -half - 0.5), s, s, fill=False,
+                               edgecolor="black", linewidth=2.0))
+        ok = bool((chosen == inside).all())
+        max_in = int(d2[inside].max())
+        min_out = int(d2[~inside].min())
+        ax.set_title(f"{s}×{s}: k = {s * s} nearest {'=' if ok else '≠'} window\n"
+                     f"window d² ≤ {max_in}, outside d² ≥ {min_out}", fontsize=9,
+                     color="black" if ok else "#b00000")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle("d² from the centre pixel · shaded: the k nearest · black: the kernel window",
+                 fontsize=9)
+    return fig
+
+
+def image_panels(
+    images: Mapping[str, Tensor],
+    *,
+    suptitle: str | None = None,
+    caption: str | None = None,
+    cmap: str = "gray",
+    panel_size: float = 2.6,
+) -> Figure:
+    """Images side by side: ``[3, H, W]`` in [0, 1] as RGB, ``[H, W]`` with ``cmap``."""
+    if not images:
+        raise ValueError("images must hold at least one (title -> image) entry")
+    n = len(images)
+    panel_size = min(panel_size, _PAGE_WIDTH / n)
+    fig = BookFigure(figsize=(panel_size * n, panel_size + 0.6), dpi=90, layout="constrained")
+    axes = fig.subplots(1, n, squeeze=False)[0]
+    for ax, (name, img) in zip(axes, images.items()):
+        img = img.detach().cpu()
+        if img.dim() == 3:
+            ax.imshow(_to_rgb(img), interpolation="nearest")
+        else:
+            ax.imshow(img.float().numpy(), cmap=cmap, interpolation="nearest")
+        ax.set_title(name, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    if caption:
+        fig.supxlabel(caption, fontsize=8)
+    return fig
+
+
+# --------------------------------------------------------------------------- chapter 4: tokens
+def patchify(image: SampleImage | Tensor, patch: int) -> Tensor:
+    """Cut ``[3, H, W]`` into non-overlapping ``patch × patch`` tokens, raster order.
+
+    Returns:
+        ``[T, 3·patch²]`` with ``T = (H / patch) · (W / patch)``; token ``t`` is the patch in
+        row ``t // (W / patch)``, column ``t % (W / patch)``.
+    """
+    x, _ = _as_image(image)
+    check_int("patch", patch, minimum=1)
+    c, h, w = x.shape
+    if h % patch or w % patch:
+        raise ValueError(f"patch={patch} must divide the image size {h}x{w}")
+    t = x.reshape(c, h // patch, patch, w // patch, patch)  # (C, h', p, w', p)
+    t = t.permute(1, 3, 0, 2, 4)  # (h', w', C, p, p)
+    return t.reshape((h // patch) * (w // patch), c * patch * patch)
+
+
+def token_panels(
+    image: SampleImage | Tensor,
+    patch: int,
+    query: int,
+    panels: Mapping[str, Tensor],
+    *,
+    suptitle: str | None = None,
+    panel_size: float = 2.9,
+) -> Figure:
+    """Token weights on the image: one panel per ``title -> [T] weights`` entry.
+
+    A panel whose weights are non-zero on every token (dense attention) is drawn as a heat
+    map of the weights over the token grid (logarithmic colour scale). A panel with some
+    zero weights (top-k selection) shows the image with the unselected tokens darkened and
+    the selected ones outlined in orange (gid ``"neighbour"``), labelled with their rank.
+    The query token is outlined in red (dashed) in every panel.
+    """
+    from matplotlib.colors import LogNorm
+
+    x, source = _as_image(image)
+    _, h, w = x.shape
+    rows, cols = h // patch, w // patch
+    tokens = rows * cols
+    check_int("query", query, minimum=0, maximum=tokens - 1)
+    fig = BookFigure(figsize=(panel_size * len(panels) + 0.6, panel_size + 0.8), dpi=90,
+                 layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    extent = (-0.5, w - 0.5, h - 0.5, -0.5)
+    for ax, (name, weights) in zip(axes, panels.items()):
+        wts = torch.as_tensor(weights).detach().cpu().double().reshape(-1)
+        if wts.numel() != tokens:
+            raise ValueError(f"panels[{name!r}] must hold T={tokens} weights, got {wts.numel()}")
+        if bool((wts > 0).all()):
+            grid = wts.reshape(rows, cols).numpy()
+            ax.imshow(_to_rgb(x).mean(axis=-1), extent=extent, cmap="gray",
+                      interpolation="nearest")
+            im = ax.imshow(grid, extent=extent, cmap="magma", interpolation="nearest", alpha=0.8,
+                           norm=LogNorm(vmin=max(grid.min(), grid.max() * 1e-12),
+                                        vmax=grid.max()))
+            fig.colorbar(im, ax=ax, shrink=0.8, label="weight (log scale)")
+        else:
+            ax.imshow(_to_rgb(x), extent=extent, interpolation="nearest")
+            mask = np.zeros((rows, cols, 4), dtype=np.float32)
+            mask[..., 3] = np.where(wts.reshape(rows, cols).numpy() > 0, 0.0, _DIM)
+            ax.imshow(mask, extent=extent, interpolation="nearest")
+            chosen = torch.nonzero(wts > 0).reshape(-1)
+            chosen = chosen[wts[chosen].argsort(descending=True, stable=True)].tolist()
+            if len(chosen) <= 16:
+                for rank, t in enumerate(chosen, start=1):
+                    r, c = divmod(t, cols)
+                    ax.add_patch(Rectangle((c * patch - 0.5, r * patch - 0.5), patch, patch,
+                                           fill=False, edgecolor=NEIGHBOUR_COLOUR,
+                                           linewidth=1.6, gid="neighbour"))
+                    ax.text(c * patch + 0.1, r * patch + 0.1, str(rank), color="black",
+                            fontsize=6.5, fontweight="bold", va="top", ha="left",
+                            bbox={"boxstyle": "square,pad=0.1", "facecolor": "white",
+                                  "edgecolor": "none", "alpha": 0.85})
+        r, c = divmod(query, cols)
+        ax.add_patch(Rectangle((c * patch - 0.5, r * patch - 0.5), patch, patch, fill=False,
+                               edgecolor=QUERY_COLOUR, linewidth=2.2, linestyle="--"))
+        for g in range(1, cols):
+            ax.axvline(g * patch - 0.5, color="white", linewidth=0.3, alpha=0.5)
+        for g in range(1, rows):
+            ax.axhline(g * patch - 0.5, color="white", linewidth=0.3, alpha=0.5)
+        ax.set_title(name, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    if source:
+        fig.supxlabel(f"{rows}×{cols} tokens of {patch}×{patch} pixels; red dashed = query "
+                      f"token. Image: {source}", fontsize=8)
+    return fig

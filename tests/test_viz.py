@@ -1,0 +1,261 @@
+"""convnn.viz: the book's figures and widgets build, and draw what the layers select.
+
+Figures are checked by what they contain (the darkening mask is transparent exactly at the
+selected positions, one outline per neighbour), not by pixels. Nothing here needs a display,
+the network or, except where marked, the CIFAR data.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from matplotlib.patches import Rectangle
+from torch import nn
+
+from convnn import ConvNN2d, viz
+from convnn.data import DatasetNotFoundError
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def image() -> torch.Tensor:
+    """A random 16x16 RGB image in [0, 1] (no data needed)."""
+    return torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture()
+def no_cifar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Empty data and cache folders: CIFAR-10 cannot be found (and is never downloaded)."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "cache").mkdir()
+    monkeypatch.setenv("CONVNN_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("CONVNN_CACHE_DIR", str(tmp_path / "cache"))
+    viz._cifar10_test.cache_clear()
+    yield
+    viz._cifar10_test.cache_clear()
+
+
+def mask_of(ax) -> np.ndarray:
+    (mask,) = [im for im in ax.get_images() if im.get_gid() == "selection"]
+    return np.asarray(mask.get_array())
+
+
+def outlines(ax) -> list[Rectangle]:
+    return [p for p in ax.patches if p.get_gid() == "neighbour"]
+
+
+# --------------------------------------------------------------------------- sample images
+def test_sample_image_from_matplotlib() -> None:
+    sample = viz.sample_image(size=24, source="matplotlib")
+    assert sample.kind == "matplotlib"
+    assert "grace_hopper.jpg" in sample.source and "24×24" in sample.source
+    assert sample.image.shape == (3, 24, 24) and sample.image.dtype == torch.float32
+    assert 0.0 <= sample.image.min() and sample.image.max() <= 1.0
+    assert sample.image.std() > 0.05  # a real photograph, not a blank
+
+
+def test_sample_image_falls_back_without_cifar(no_cifar) -> None:
+    sample = viz.sample_image(size=32)
+    assert sample.kind == "matplotlib"
+    assert sample.image.shape == (3, 32, 32)
+
+
+def test_sample_image_cifar_only_raises_without_cifar(no_cifar) -> None:
+    with pytest.raises(DatasetNotFoundError):
+        viz.sample_image(source="cifar10")
+
+
+@pytest.mark.dataset
+@pytest.mark.skipif(not os.environ.get("CONVNN_DATA_DIR"), reason="needs CONVNN_DATA_DIR")
+def test_sample_image_from_cifar() -> None:
+    sample = viz.sample_image(7000)
+    if sample.kind != "cifar10":
+        pytest.skip(f"CIFAR-10 is not readable here ({sample.source})")
+    assert sample.source == "CIFAR-10 test image 7000 (horse)"
+    assert sample.image.shape == (3, 32, 32)
+    small = viz.sample_image(7000, size=16)
+    assert small.image.shape == (3, 16, 16) and "resized to 16×16" in small.source
+
+
+@pytest.mark.parametrize("kwargs", [{"source": "web"}, {"size": 1}, {"index": -1}])
+def test_sample_image_bad_arguments(kwargs: dict) -> None:
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        viz.sample_image(**kwargs)
+
+
+# --------------------------------------------------------------------------- neighbour maps
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"k": 1},
+        {"k": 9},
+        {"k": 9, "mix": 0.0},
+        {"k": 30, "mix": 0.5},
+        {"k": 100},
+        {"k": 9, "sampling": "random", "candidates": 6},
+        {"k": 12, "sampling": "spatial", "candidates": 4},
+    ],
+    ids=str,
+)
+def test_neighbour_map_highlights_k_pixels(image: torch.Tensor, options: dict) -> None:
+    layer = viz.make_layer(**options)
+    fig = viz.neighbour_map(image, layer, pixel=(5, 7))
+    (ax,) = fig.axes
+    chosen = viz.selected_pixels(layer, image, (5, 7))
+    k = options["k"]
+    assert len(chosen) == len(set(chosen)) == k
+    mask = mask_of(ax)
+    assert mask.shape == (16, 16, 4)  # make_layer has no padding
+    selected = np.argwhere(mask[..., 3] == 0)
+    assert len(selected) == k
+    assert {tuple(rc) for rc in selected} == set(chosen)
+    assert len(outlines(ax)) == (k if k <= 64 else 0)
+    assert chosen[0] == (5, 7) or options.get("mix", 1.0) == 0.0  # each pixel comes first
+    assert fig._repr_png_().startswith(PNG)
+
+
+def test_neighbour_map_accepts_options_and_default(image: torch.Tensor) -> None:
+    fig = viz.neighbour_map(image, {"k": 5, "mix": 0.3}, pixel=(0, 0))
+    assert (mask_of(fig.axes[0])[..., 3] == 0).sum() == 5
+    fig = viz.neighbour_map(image)  # make_layer(): 9 neighbours by colour
+    assert (mask_of(fig.axes[0])[..., 3] == 0).sum() == 9
+
+
+def test_convolution_limit_selects_the_window_and_padding(image: torch.Tensor) -> None:
+    layer = ConvNN2d.from_conv2d(nn.Conv2d(3, 1, 3, padding=1))
+    window = {(r, c) for r in (-1, 0, 1) for c in (-1, 0, 1)}
+    assert set(viz.selected_pixels(layer, image, (0, 0))) == window
+    fig = viz.neighbour_map(image, layer, pixel=(0, 0))
+    mask = mask_of(fig.axes[0])
+    assert mask.shape == (18, 18, 4)  # the padded map is drawn
+    assert {(r - 1, c - 1) for r, c in np.argwhere(mask[..., 3] == 0)} == window
+    layer5 = ConvNN2d.from_conv2d(nn.Conv2d(3, 1, 5, padding=2))
+    chosen = viz.selected_pixels(layer5, image, (8, 8))
+    assert set(chosen) == {(r, c) for r in range(6, 11) for c in range(6, 11)}
+
+
+@pytest.mark.parametrize("sampling", ["random", "spatial"])
+def test_candidates_are_what_the_layer_searches(image: torch.Tensor, sampling: str) -> None:
+    layer = viz.make_layer(k=6, sampling=sampling, candidates=5)
+    cands = viz.candidate_pixels(layer, 16, 16)
+    assert len(cands) == len(set(cands)) == 25
+    assert all(0 <= r < 16 and 0 <= c < 16 for r, c in cands)
+    for pixel in [(0, 0), (5, 7), (15, 15)]:
+        chosen = viz.selected_pixels(layer, image, pixel)
+        assert chosen[0] == pixel
+        assert set(chosen[1:]) <= set(cands)
+    fig = viz.neighbour_map(image, layer, pixel=(5, 7))
+    dots = [c for c in fig.axes[0].collections if c.get_gid() == "candidates"]
+    assert len(dots) == 1 and len(dots[0].get_offsets()) == 25
+
+
+def test_no_candidates_with_all_or_resampling() -> None:
+    assert viz.candidate_pixels(viz.make_layer(k=4), 8, 8) is None
+    layer = ConvNN2d(3, 1, k=4, sampling="random", candidates=3, eval_sampling="resample")
+    assert viz.candidate_pixels(layer, 8, 8) is None
+
+
+def test_selected_pixels_restores_training_mode(image: torch.Tensor) -> None:
+    layer = viz.make_layer(k=4).train()
+    viz.selected_pixels(layer, image, (1, 1))
+    assert layer.training
+
+
+def test_neighbour_panels_and_grid(image: torch.Tensor) -> None:
+    fig = viz.neighbour_panels(image, {"a": {"k": 3}, "b": ({"k": 4}, (0, 0)), "c": {"k": 5}},
+                               pixel=(8, 8), ncols=2)
+    visible = [ax for ax in fig.axes if ax.get_visible()]
+    assert [int((mask_of(ax)[..., 3] == 0).sum()) for ax in visible] == [3, 4, 5]
+    fig = viz.neighbour_grid(image, (8, 8), ks=(2, 7), mixes=(0.0, 0.5, 1.0))
+    counts = [int((mask_of(ax)[..., 3] == 0).sum()) for ax in fig.axes]
+    assert counts == [2, 7] * 3
+    assert fig._repr_png_().startswith(PNG)
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda img: viz.neighbour_map(img, {"k": 3}, pixel=(16, 0)), "pixel"),
+        (lambda img: viz.neighbour_map(img[:2], {"k": 3}), "image"),
+        (lambda img: viz.neighbour_map(img, nn.Conv2d(3, 1, 3)), "layer"),
+        (lambda img: viz.neighbour_panels(img, {}), "panels"),
+        (lambda img: viz.patchify(img, 5), "patch"),
+    ],
+)
+def test_bad_arguments_raise(image: torch.Tensor, call, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        call(image)
+
+
+# --------------------------------------------------------------------------- explorer
+def test_explorer_builds_and_redraws_without_a_display(image: torch.Tensor) -> None:
+    import ipywidgets as widgets
+
+    ui = viz.explorer(image, pixel=(3, 4), k=9, mix=0.5)
+    assert isinstance(ui, widgets.interactive)
+    assert set(ui.controls) == {"k", "mix", "sampling", "candidates", "row", "col"}
+    assert bytes(ui.image.value).startswith(PNG)
+    assert len(ui.state["selection"]) == 9 and ui.state["selection"][0] == (3, 4)
+    first = bytes(ui.image.value)
+    ui.controls["k"].value = 20
+    assert len(ui.state["selection"]) == 20 and bytes(ui.image.value) != first
+    ui.controls["row"].value = 10
+    assert ui.state["selection"][0] == (10, 4)
+    ui.controls["candidates"].value = 3
+    ui.controls["sampling"].value = "spatial"  # k = 20 > 3² is capped at 9
+    assert len(ui.state["selection"]) == 9
+    sliders = [w for w in ui.controls.values() if isinstance(w, widgets.IntSlider)]
+    assert all(not s.continuous_update for s in sliders)
+
+
+def test_explorer_rejects_bad_settings(image: torch.Tensor) -> None:
+    with pytest.raises(ValueError, match="sampling"):
+        viz.explorer(image, sampling="grid")
+    with pytest.raises(ValueError, match="pixel"):
+        viz.explorer(image, pixel=(20, 0))
+
+
+# --------------------------------------------------------------------------- other figures
+def test_patchify_is_raster_order(image: torch.Tensor) -> None:
+    tokens = viz.patchify(image, 4)
+    assert tokens.shape == (16, 48)
+    assert torch.equal(tokens[0], image[:, :4, :4].reshape(-1))
+    assert torch.equal(tokens[1], image[:, :4, 4:8].reshape(-1))
+    assert torch.equal(tokens[4], image[:, 4:8, :4].reshape(-1))
+
+
+def test_token_panels(image: torch.Tensor) -> None:
+    dense = torch.softmax(torch.randn(16), dim=0)
+    top = torch.zeros(16)
+    top[[1, 5, 6]] = torch.tensor([0.5, 0.3, 0.2])
+    fig = viz.token_panels(image, 4, 5, {"dense": dense, "top-3": top})
+    by_title = {ax.get_title(): ax for ax in fig.axes}  # the colour bar has no title
+    dense_ax, top_ax = by_title["dense"], by_title["top-3"]
+    assert not outlines(dense_ax)
+    assert len(outlines(top_ax)) == 3
+    assert fig._repr_png_().startswith(PNG)
+    with pytest.raises(ValueError, match="T=16"):
+        viz.token_panels(image, 4, 0, {"bad": torch.ones(15)})
+
+
+def test_point_and_image_figures(image: torch.Tensor) -> None:
+    points = torch.rand(20, 2, generator=torch.Generator().manual_seed(1))
+    values = points.sum(dim=1)
+    fig = viz.knn_points_figure(points, values, 0, [0, 3, 4], {"ones": None,
+                                                                 "softmax": [0.5, 0.3, 0.2]},
+                                candidates=[3, 4, 7, 9])
+    assert len(fig.axes) == 3  # scatter, colour bar, bars
+    with pytest.raises(ValueError, match="k=3"):
+        viz.knn_points_figure(points, values, 0, [0, 3, 4], {"bad": [1.0, 2.0]})
+    fig = viz.scatter_panels(points, {"a": values, "b": -values}, query=0, shared_scale=True)
+    assert fig._repr_png_().startswith(PNG)
+    fig = viz.window_distances_figure((3, 5, 7))
+    titles = [ax.get_title() for ax in fig.axes]
+    assert "= window" in titles[0] and "= window" in titles[1] and "≠ window" in titles[2]
+    fig = viz.image_panels({"rgb": image, "gray": image[0]}, caption="test")
+    assert fig._repr_png_().startswith(PNG)
