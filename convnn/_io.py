@@ -114,7 +114,12 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> None:
 
 def git_commit(cwd: str | os.PathLike | None = None) -> str:
     """The short hash of ``HEAD`` of the repository holding ``cwd`` (default: this package's
-    checkout), or ``"unknown"`` when there is no repository or no ``git``. Never raises."""
+    checkout), or ``"unknown"`` when there is no repository or no ``git``. Never raises.
+
+    ``CONVNN_GIT_COMMIT`` overrides it, for copies of a checkout without ``.git`` (e.g. a
+    working tree sent to a GPU machine)."""
+    if os.environ.get("CONVNN_GIT_COMMIT"):
+        return os.environ["CONVNN_GIT_COMMIT"]
     try:
         out = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],

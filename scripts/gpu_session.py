@@ -28,11 +28,58 @@ COMPARISON = ("vgg11-c10-conv2d", "vgg11-c10-branching-r0.5")
 
 def sh(command: str, log) -> int:
     log(f"$ {command}")
-    proc = subprocess.run(command, shell=True, cwd=ROOT, text=True, stdout=subprocess.PIPE,
+    proc = subprocess.run(command, check=False, shell=True, cwd=ROOT, text=True,
+                          stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     log(proc.stdout)
     log(f"[exit {proc.returncode}]")
     return proc.returncode
+
+
+def profile_step(path: Path, log) -> None:
+    """Top CUDA kernels of one bf16 training step of ViT-Tiny, SDPA vs ConvNN attention."""
+    import torch
+
+    from convnn.models import ModelConfig, build_model
+
+    if not torch.cuda.is_available():
+        return
+    x = torch.randn(256, 3, 224, 224, device="cuda")
+    y = torch.randint(0, 10, (256,), device="cuda")
+    with open(path, "w", encoding="utf-8") as out:
+        for label, options in (("attention (SDPA)", {"mixer": "attention"}),
+                               ("ConvNN attention all k=9", {"mixer": "convnn_attention",
+                                                             "layer_options": {"k": 9}})):
+            table = _profile_model(build_model(ModelConfig(name="vit_tiny", **options),
+                                               device="cuda"), x, y)
+            out.write(f"== {label}: 3 training steps, batch 256, bf16 autocast\n{table}\n")
+            log(f"profiled {label}")
+            torch.cuda.empty_cache()
+
+
+def _profile_model(model, x, y) -> str:
+    import torch
+    import torch.nn.functional as F
+    from torch.profiler import ProfilerActivity, profile
+
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(3):
+            step()
+        torch.cuda.synchronize()
+    return prof.key_averages().table(sort_by="cuda_time_total", row_limit=25,
+                                     max_name_column_width=60)
 
 
 def main() -> int:
@@ -41,12 +88,17 @@ def main() -> int:
     parser.add_argument("--train-seconds", type=float, default=200.0,
                         help="wall-clock budget for the two training runs together")
     parser.add_argument("--max-epochs", type=int, default=30)
+    parser.add_argument("--compare", nargs="+", default=list(COMPARISON),
+                        help="presets to train for the same number of epochs")
+    parser.add_argument("--epochs", type=int, help="epochs per run (default: from the budget)")
+    parser.add_argument("--profile", action="store_true",
+                        help="write profile.txt: top CUDA ops of a ViT-Tiny training step")
     parser.add_argument("--skip-tests", action="store_true")
     parser.add_argument("--skip-bench", action="store_true")
     parser.add_argument("--quick", action="store_true", help="tiny settings (CPU dry run)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    log_file = open(args.out / "session.log", "a", encoding="utf-8")
+    log_file = open(args.out / "session.log", "a", encoding="utf-8")  # noqa: SIM115
 
     def log(text: str) -> None:
         print(text, flush=True)
@@ -54,8 +106,9 @@ def main() -> int:
         log_file.flush()
 
     start = time.time()
-    log(f"gpu_session at {time.strftime('%Y-%m-%dT%H:%M:%S%z')}, commit "
-        f"{subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=ROOT, capture_output=True, text=True).stdout.strip() or 'unknown'}")
+    from convnn._io import git_commit
+
+    log(f"gpu_session at {time.strftime('%Y-%m-%dT%H:%M:%S%z')}, commit {git_commit()}")
     sh("nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true", log)
     sh(f"{sys.executable} -c 'import torch, torchvision; print(torch.__version__, "
        "torchvision.__version__, torch.cuda.is_available())'", log)
@@ -82,9 +135,13 @@ def main() -> int:
     per_epoch = sum(epoch_seconds.values()) if len(epoch_seconds) == 2 else None
     epochs = 1 if per_epoch is None else max(1, min(args.max_epochs,
                                                     int(args.train_seconds / (1.3 * per_epoch))))
+    if args.epochs:
+        epochs = args.epochs
     log(f"estimated seconds per epoch {epoch_seconds}; training {epochs} epoch(s) each")
+    if args.profile:
+        profile_step(args.out / "profile.txt", log)
     runs = args.out / "runs"
-    for name in COMPARISON:
+    for name in args.compare:
         t0 = time.time()
         try:
             kwargs = {"smoke": True, "epochs": 1} if args.quick else {"smoke": False,
@@ -92,7 +149,7 @@ def main() -> int:
             summary = run_preset(name, out_dir=runs / name, overwrite=True, progress=False,
                                  download=False, log=log, **kwargs)
             log(f"{name}: {json.dumps(summary)} ({time.time() - t0:.0f} s)")
-        except Exception as err:  # keep going: the other run and the logs still matter
+        except Exception as err:  # noqa: BLE001 - keep going: the other run and the logs still matter
             log(f"{name}: FAILED {type(err).__name__}: {err}")
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
