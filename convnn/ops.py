@@ -550,13 +550,15 @@ class _GatherAggregate(torch.autograd.Function):
         # values (B·N, C); flat_index (M·k,) with M = B·n; rho (M, k) or None
         channels = values.shape[1]
         rows = values.index_select(0, flat_index).view(-1, k, channels)  # (M, k, C)
-        if rho is not None:
-            rows = rows * rho.unsqueeze(-1)
         if standard:  # weight (O, C, k) -> (O, k·C), rank-major like the rows
+            if rho is not None:
+                rows = rows * rho.unsqueeze(-1)
             w = weight.permute(0, 2, 1).reshape(weight.shape[0], k * channels).to(values.dtype)
             out = torch.matmul(rows.view(-1, k * channels), w.t())  # (M, O)
-        else:  # weight (C, 1, k) -> (k, C)
-            out = (rows * weight[:, 0, :].t().to(values.dtype)).sum(dim=1)  # (M, C)
+        else:  # weight (C, 1, k) -> (k, C); the sum over ranks is a batched (1×k)(k×C) product
+            rows = rows * weight[:, 0, :].t().to(values.dtype)
+            out = rows.sum(dim=1) if rho is None else \
+                torch.bmm(rho.unsqueeze(1), rows).squeeze(1)  # (M, C)
         ctx.save_for_backward(values, flat_index, rho, weight)
         ctx.k, ctx.standard = k, standard
         return out
@@ -568,26 +570,39 @@ class _GatherAggregate(torch.autograd.Function):
         channels = values.shape[1]
         grad_out = grad_out.to(values.dtype)
         raw = values.index_select(0, flat_index).view(-1, k, channels)  # (M, k, C)
-        weighted = raw if rho is None else raw * rho.unsqueeze(-1)
         grad_weight = grad_rho = grad_values = None
         if standard:
             w = weight.permute(0, 2, 1).reshape(weight.shape[0], k * channels).to(values.dtype)
             grad_rows = torch.matmul(grad_out, w).view(-1, k, channels)  # (M, k, C)
             if ctx.needs_input_grad[3]:
+                weighted = raw if rho is None else raw * rho.unsqueeze(-1)
                 gw = torch.matmul(grad_out.t(), weighted.view(-1, k * channels))  # (O, k·C)
                 grad_weight = gw.view(-1, k, channels).permute(0, 2, 1).to(weight.dtype)
-        else:
-            grad_rows = grad_out.unsqueeze(1) * weight[:, 0, :].t().to(values.dtype)
-            if ctx.needs_input_grad[3]:
-                gw = (weighted * grad_out.unsqueeze(1)).sum(dim=0)  # (k, C)
-                grad_weight = gw.t().unsqueeze(1).to(weight.dtype)
-        if rho is not None and ctx.needs_input_grad[2]:
-            grad_rho = (grad_rows * raw).sum(dim=-1).to(rho.dtype)  # (M, k)
-        if ctx.needs_input_grad[0]:
+            if rho is not None and ctx.needs_input_grad[2]:
+                grad_rho = (grad_rows * raw).sum(dim=-1).to(rho.dtype)  # (M, k)
             if rho is not None:
                 grad_rows = grad_rows * rho.unsqueeze(-1)
-            grad_values = torch.zeros_like(values).index_add_(
-                0, flat_index, grad_rows.reshape(-1, channels))
+        else:
+            w_t = weight[:, 0, :].t().to(values.dtype)  # (k, C)
+            if ctx.needs_input_grad[3]:
+                prod = raw * grad_out.unsqueeze(1)  # (M, k, C)
+                gw = prod.sum(dim=0) if rho is None else \
+                    torch.einsum("mk,mkc->kc", rho, prod)
+                grad_weight = gw.t().unsqueeze(1).to(weight.dtype)
+            if rho is not None and ctx.needs_input_grad[2]:
+                grad_rho = torch.bmm(raw * w_t, grad_out.unsqueeze(-1)).squeeze(-1)  # (M, k)
+                grad_rho = grad_rho.to(rho.dtype)
+            if rho is None:
+                grad_rows = grad_out.unsqueeze(1) * w_t
+            else:  # ρ_mj · w_jc · g_mc as an outer product per row, then the rank weights
+                grad_rows = torch.bmm(rho.unsqueeze(-1), grad_out.unsqueeze(1)) * w_t
+        if ctx.needs_input_grad[0]:
+            # Accumulate in float32: 16-bit atomic adds are slow on GPUs and lose precision.
+            accumulate = torch.float32 if values.dtype in (torch.float16, torch.bfloat16) \
+                else values.dtype
+            grad_values = torch.zeros(values.shape, dtype=accumulate, device=values.device)
+            grad_values.index_add_(0, flat_index, grad_rows.reshape(-1, channels).to(accumulate))
+            grad_values = grad_values.to(values.dtype)
         return grad_values, None, grad_rho, grad_weight, None, None
 
 
