@@ -27,9 +27,22 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from . import kernels, ops
 from ._io import atomic_write_json, git_commit
 from .attention import MultiHeadSelfAttention
 from .layers import ConvNN2d, ConvNNAttention
+
+
+class WithKernel(nn.Module):
+    """Run ``inner`` with a given gather-aggregate kernel (:func:`convnn.ops.use_kernel`)."""
+
+    def __init__(self, inner: nn.Module, kernel: str) -> None:
+        super().__init__()
+        self.inner, self.kernel = inner, kernel
+
+    def forward(self, *args, **kwargs):
+        with ops.use_kernel(self.kernel):
+            return self.inner(*args, **kwargs)
 
 
 @dataclass
@@ -173,13 +186,22 @@ def layer_benchmarks(device: torch.device | str | None = None, quick: bool = Tru
     for label, kwargs in (("ConvNN attention, all candidates", {}),
                           ("ConvNN attention, random r=32",
                            {"sampling": "random", "candidates": 32})):
-        m = measure_layers({
+        layers = {
             "fast path": ConvNNAttention(192, 1, k=9, **kwargs, **factory),
             "reference algorithm": ConvNNAttention(192, 1, k=9, path="reference", **kwargs,
                                                    **factory),
-            "SDPA attention": MultiHeadSelfAttention(192, 1, **factory)}, tokens, repeats)
+            "SDPA attention": MultiHeadSelfAttention(192, 1, **factory)}
+        triton_row = device.type == "cuda" and kernels.available(device)
+        if triton_row:
+            layers["fast path, Triton kernel"] = WithKernel(
+                ConvNNAttention(192, 1, k=9, **kwargs, **factory), "triton")
+        m = measure_layers(layers, tokens, repeats)
         rows.append(BenchRow(label, f"B={batch_attn}, T=197, D=192, k=9", m["fast path"],
                              m["reference algorithm"], m["SDPA attention"]))
+        if triton_row:
+            rows.append(BenchRow(f"{label} [Triton]", f"B={batch_attn}, T=197, D=192, k=9",
+                                 m["fast path, Triton kernel"], m["reference algorithm"],
+                                 m["SDPA attention"]))
         if verbose:
             print(format_rows(rows[-1:]))
     image = torch.randn(batch_conv, 64, 32, 32, **factory)

@@ -14,7 +14,8 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from .bench import measure_steps
+from . import kernels
+from .bench import WithKernel, measure_steps
 from .models import ModelConfig, build_model, count_parameters
 
 VIT_CASES = [
@@ -75,15 +76,22 @@ def training_benchmarks(device: torch.device | str | None = None, quick: bool = 
             if options.get("mixer", "").startswith("convnn") or \
                     options.get("layer") in ("branching", "convnn"):
                 variants.append((f"{label} [reference]", _with_reference(options)))
+            if options.get("mixer") == "convnn_attention" and device.type == "cuda" \
+                    and kernels.available(device):
+                variants.append((f"{label} [Triton]", dict(options, kernel="triton")))
             for name, opts in variants:
+                opts = dict(opts)
+                kernel = opts.pop("kernel", None)
                 model = build_model(ModelConfig(name=config_name, **opts), device=device)
+                if kernel:
+                    model = WithKernel(model, kernel)
                 optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
                 steps[name] = _train_step(model, images, labels, optimizer, device)
                 params[name] = count_parameters(model)
         measured = measure_steps(steps, device, repeats, warmup=2)
         baseline = measured[cases[0][0]]
         for name, m in measured.items():
-            ours = name.replace(" [reference]", "")
+            ours = name.replace(" [reference]", "").replace(" [Triton]", "")
             rows.append({
                 "model": model_name, "case": name, "batch": batch, "parameters": params[name],
                 "images_per_second": batch / m.seconds, "peak_bytes": m.peak_bytes,

@@ -26,7 +26,9 @@ square root so that outputs and gradients stay finite at zero distance.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +42,50 @@ AGGREGATIONS = ("standard", "depthwise", "separable")
 SAMPLINGS = ("all", "random", "spatial")
 SELECTIONS = ("features", "coords", "mixed")
 PATHS = ("fast", "reference")
+KERNELS = ("torch", "triton", "auto")
+
+_kernel = os.environ.get("CONVNN_KERNEL", "torch")
+
+
+def set_kernel(name: str) -> None:
+    """Choose how the fast path runs depthwise gather-aggregate: ``"torch"`` (default),
+    ``"triton"`` (the fused kernels of :mod:`convnn.kernels`; CUDA only, an error elsewhere)
+    or ``"auto"`` (Triton on CUDA when installed, PyTorch otherwise). The environment
+    variable ``CONVNN_KERNEL`` sets the initial choice."""
+    global _kernel
+    check_choice("kernel", name, KERNELS)
+    _kernel = name
+
+
+def get_kernel() -> str:
+    """The current kernel choice (see :func:`set_kernel`)."""
+    return _kernel
+
+
+@contextlib.contextmanager
+def use_kernel(name: str):
+    """Temporarily :func:`set_kernel` inside a ``with`` block."""
+    previous = _kernel
+    set_kernel(name)
+    try:
+        yield
+    finally:
+        set_kernel(previous)
+
+
+def _use_triton(values: Tensor) -> bool:
+    check_choice("CONVNN_KERNEL / kernel", _kernel, KERNELS)
+    if _kernel == "torch":
+        return False
+    from . import kernels
+
+    if _kernel == "triton":
+        if not kernels.available(values.device):
+            raise RuntimeError("kernel='triton' needs CUDA tensors (or TRITON_INTERPRET=1) and "
+                               f"triton; got a {values.device.type} tensor. Use "
+                               "convnn.ops.set_kernel('torch') or 'auto'.")
+        return True
+    return values.device.type == "cuda" and kernels.available(values.device)
 
 # Squared distances below this are treated as this when taking the square root, so that
 # d(-d)/d(d²) stays finite at zero distance.
@@ -634,8 +680,15 @@ def gather_aggregate(
     offsets = torch.arange(batch, device=values.device).view(batch, 1, 1) * num_positions
     flat_index = (indices + offsets).reshape(-1)  # (B·n·k,)
     flat_rho = None if rho is None else rho.reshape(batch * n, k).to(values.dtype)
-    out = _GatherAggregate.apply(values.reshape(batch * num_positions, channels), flat_index,
-                                 flat_rho, weight, k, aggregation == "standard")
+    flat_values = values.reshape(batch * num_positions, channels)
+    if aggregation != "standard" and _use_triton(values):
+        from .kernels import depthwise_gather_aggregate
+
+        out = depthwise_gather_aggregate(flat_values, flat_index.view(batch * n, k), flat_rho,
+                                         weight[:, 0, :].t().to(values.dtype))
+    else:
+        out = _GatherAggregate.apply(flat_values, flat_index, flat_rho, weight, k,
+                                     aggregation == "standard")
     out = out.view(batch, n, -1)
     if aggregation == "separable":
         out = torch.matmul(out, pointwise[:, :, 0].t().to(out.dtype))  # (B, n, O)
@@ -757,6 +810,7 @@ def convnn(
 
 __all__ = [
     "AGGREGATIONS",
+    "KERNELS",
     "PATHS",
     "SAMPLINGS",
     "SELECTIONS",
@@ -768,6 +822,7 @@ __all__ = [
     "fixed_candidates",
     "gather_aggregate",
     "gather_neighbours",
+    "get_kernel",
     "grid_coordinates",
     "interior_positions",
     "neighbour_weights",
@@ -777,7 +832,9 @@ __all__ = [
     "select_neighbours_reference",
     "selection_features",
     "sequence_coordinates",
+    "set_kernel",
     "spatial_candidates_1d",
     "spatial_candidates_2d",
+    "use_kernel",
     "weighting_scores",
 ]
