@@ -80,6 +80,10 @@ PAGES = [
     Page("book/convolution_as_knn.html", title="Convolution is spatial k-NN"),
     Page("book/attention_as_knn.html", title="Attention is feature k-NN"),
     Page("book/spectrum.html", title="The spectrum between them", widget=True),
+    Page("book/vgg_cifar.html", title="ConvNN in VGG-11 on CIFAR"),
+    Page("book/vit_cifar.html", title="ConvNN attention in ViT-Tiny on CIFAR"),
+    Page("book/results.html", title="Results"),
+    Page("book/performance.html", title="Performance"),
     Page("book/using_the_package.html", title="Using the package", figure=False),
 ]
 

@@ -1,0 +1,927 @@
+"""Our run logs and the paper's numbers, side by side: loading, tables and plots for the book.
+
+Two sources, never mixed up:
+
+* **ours**: run folders written by :func:`convnn.train.train` (``config.json`` and
+  ``metrics.jsonl``, usually also ``summary.json``) and committed under ``data/results/``.
+  :func:`find_runs` collects them, :func:`load_run` reads one (an unfinished run, or a
+  ``metrics.jsonl`` whose last line was cut off, is read as far as it goes). Every number is
+  recomputed from the per-epoch records, so it is exactly what the log says.
+* **the paper's**: ``data/paper_results.json``, the authors' logs (tables 6.1-6.10).
+  :func:`paper_table` returns its rows with every number under a ``paper_`` key and a
+  ``source`` of :data:`PAPER_LABEL`.
+
+:func:`comparison_rows` puts them next to each other, one row per paper row, with "no run
+yet" where no committed run matches the row's preset. :func:`markdown_table` formats rows
+for a page; :func:`plot_curves`, :func:`plot_paper_sweep` and :func:`plot_paper_bars` draw
+them. Figures are :class:`ResultsFigure` objects: plain matplotlib figures (no pyplot) that
+Jupyter shows once, as a PNG, when a cell returns one.
+
+Example:
+    >>> from convnn import results
+    >>> rows = results.comparison_rows("6.2", runs=[])
+    >>> rows[0]["paper_best"], rows[0]["ours"]
+    (80.97, 'no run yet')
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import re
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from .experiments import PAPER_RESULTS, get_preset, paper_records, preset_for_record
+
+__all__ = [
+    "HEADLINE_CLAIMS",
+    "NO_RUN",
+    "PAPER_LABEL",
+    "RESULTS_ROOT",
+    "SWEEPS",
+    "TABLES",
+    "ResultsFigure",
+    "Run",
+    "comparison_markdown",
+    "comparison_rows",
+    "dataset_label",
+    "find_record",
+    "find_runs",
+    "headline_rows",
+    "load_bench",
+    "load_run",
+    "markdown_table",
+    "paper_repeats",
+    "paper_table",
+    "plot_curves",
+    "plot_paper_bars",
+    "plot_paper_sweep",
+    "row_label",
+]
+
+#: Where committed run logs live (``data/results/`` of the checkout).
+RESULTS_ROOT = PAPER_RESULTS.parent / "results"
+#: How every number from ``paper_results.json`` is labelled.
+PAPER_LABEL = "paper (authors' logs)"
+#: What a comparison says where no committed run matches a paper row.
+NO_RUN = "no run yet"
+#: The paper's CIFAR tables (``"10"``, ImageNet, has no preset in this package).
+TABLES = ("6.1", "6.2", "6.3", "6.4", "6.5", "6.6", "6.7", "6.8", "6.9", "6.10")
+DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet": "ImageNet-1K"}
+
+#: Settings of a paper row (everything else in a record is a number the paper reports).
+SETTING_KEYS = ("table", "experiment", "dataset", "model", "layer", "branch_ratio",
+                "similarity", "aggregation", "k", "kernel_size", "sampling", "candidates",
+                "r_prime", "conv_type", "heads", "lr", "epochs")
+
+#: Default axes of :func:`plot_paper_sweep`: table -> (x key, grouping keys, x label, log x).
+SWEEPS: dict[str, tuple[str, tuple[str, ...], str, bool]] = {
+    "6.1": ("branch_ratio", ("similarity", "aggregation"),
+            "branching ratio λ (0 = Conv2d, 1 = ConvNN)", False),
+    "6.3": ("candidates", ("layer", "sampling"), "candidates r (an r × r set)", False),
+    "6.4": ("k", ("kernel_size",), "k (neighbours of the ConvNN branch)", False),
+    "6.5": ("lr", ("layer",), "learning rate (AdamW)", True),
+    "6.7": ("k", ("layer", "sampling"), "k (neighbours)", True),
+    "6.8": ("candidates", ("sampling",), "candidates r (tokens searched per query)", False),
+}
+
+#: The headline comparisons of method.md §5, as (claim, table, ConvNN row, baseline row).
+HEADLINE_CLAIMS: tuple[tuple[str, str, dict, dict], ...] = (
+    ("VGG-11: branching λ=0.5 vs Conv2d", "6.1",
+     {"dataset": "cifar10", "layer": "branching", "branch_ratio": 0.5, "similarity": "Col",
+      "aggregation": "Col"},
+     {"dataset": "cifar10", "layer": "conv2d", "similarity": "Col", "aggregation": "Col"}),
+    ("VGG-11: branching λ=0.625 vs Conv2d", "6.1",
+     {"dataset": "cifar100", "layer": "branching", "branch_ratio": 0.625, "similarity": "Col",
+      "aggregation": "Col"},
+     {"dataset": "cifar100", "layer": "conv2d", "similarity": "Col", "aggregation": "Col"}),
+    ("ViT-Tiny: ConvNN-Attn random r=32 vs attention", "6.6",
+     {"dataset": "cifar10", "layer": "convnn_attention", "sampling": "random"},
+     {"dataset": "cifar10", "layer": "attention"}),
+    ("ViT-Tiny: ConvNN-Attn random r=32 vs attention", "6.6",
+     {"dataset": "cifar100", "layer": "convnn_attention", "sampling": "random"},
+     {"dataset": "cifar100", "layer": "attention"}),
+    ("ViT-Tiny: ConvNN-Attn all (dense) vs attention", "6.6",
+     {"dataset": "cifar10", "layer": "convnn_attention", "sampling": "all"},
+     {"dataset": "cifar10", "layer": "attention"}),
+    ("ViT-Tiny: ConvNN-Attn all (dense) vs attention", "6.6",
+     {"dataset": "cifar100", "layer": "convnn_attention", "sampling": "all"},
+     {"dataset": "cifar100", "layer": "attention"}),
+    ("VGG-11: pure ConvNN vs Conv2d", "6.1",
+     {"dataset": "cifar10", "layer": "convnn", "similarity": "Col", "aggregation": "Col"},
+     {"dataset": "cifar10", "layer": "conv2d", "similarity": "Col", "aggregation": "Col"}),
+    ("VGG-11: pure ConvNN vs Conv2d", "6.1",
+     {"dataset": "cifar100", "layer": "convnn", "similarity": "Col", "aggregation": "Col"},
+     {"dataset": "cifar100", "layer": "conv2d", "similarity": "Col", "aggregation": "Col"}),
+)
+
+_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2",
+           "#17becf", "#7f7f7f", "#bcbd22")
+_DPI = 80
+
+
+# --------------------------------------------------------------------------- runs
+def dataset_label(source: str | None) -> str:
+    """A short, honest name for a run's data from its ``source`` string.
+
+    ``"cifar10 (JPEG copy at /x/cifar10-jpeg.tar.gz)"`` -> ``"CIFAR-10 (JPEG copy)"``;
+    ``"cifar10 (torchvision files at ...)"`` -> ``"CIFAR-10"``; a subset adds its size
+    (``"CIFAR-10 (JPEG copy), 50/20 train/test images per class"``); synthetic data says so.
+    """
+    if not source:
+        return "unknown data"
+    if source.startswith("synthetic"):
+        return "synthetic data (not CIFAR)"
+    name = source.split(" ", 1)[0]
+    label = DATASET_NAMES.get(name, name)
+    if "JPEG copy" in source:
+        label += " (JPEG copy)"
+    subset = re.search(r"first (\d+) train and first (\d+) test images per class", source)
+    if subset:
+        label += f", {subset[1]}/{subset[2]} train/test images per class"
+    return label
+
+
+def _device_label(device: str) -> str:
+    return "CPU" if device == "cpu" else device
+
+
+@dataclass
+class Run:
+    """One run folder: its config, its per-epoch records and what it was.
+
+    Attributes:
+        path: the run folder.
+        config: ``config.json``.
+        records: the readable lines of ``metrics.jsonl``, one dict per finished epoch.
+        summary: ``summary.json`` as written, or ``None`` (a run that never finished an epoch).
+        provenance: the provenance line of the nearest ``README.md`` (the run folder or a
+            folder above it, up to the search root), or ``None``.
+        skipped_lines: lines of ``metrics.jsonl`` that were not valid JSON (a cut-off line).
+    """
+
+    path: Path
+    config: dict
+    records: list[dict] = field(default_factory=list)
+    summary: dict | None = None
+    provenance: str | None = None
+    skipped_lines: int = 0
+
+    @property
+    def extra(self) -> dict:
+        return self.config.get("extra") or {}
+
+    @property
+    def preset(self) -> str | None:
+        """The preset name (``config["extra"]["preset"]``), or ``None`` if not a preset run."""
+        return self.extra.get("preset")
+
+    @property
+    def smoke(self) -> bool:
+        """A short CPU smoke run (reduced model, few images), not an experiment."""
+        return bool(self.extra.get("smoke", False))
+
+    @property
+    def dataset_source(self) -> str:
+        """Where the images came from, e.g. ``"cifar10 (JPEG copy at ...)"``."""
+        source = (self.extra.get("dataset") or {}).get("source") \
+            or (self.config.get("dataset") or {}).get("source")
+        return source or "unknown"
+
+    @property
+    def dataset(self) -> str:
+        """:func:`dataset_label` of :attr:`dataset_source`."""
+        return dataset_label(self.dataset_source)
+
+    @property
+    def device(self) -> str:
+        """The device(s) the epochs ran on, from the records (``"CPU"``, a GPU's name...)."""
+        names = list(dict.fromkeys(r["device"] for r in self.records if r.get("device")))
+        if not names:
+            names = [(self.config.get("run") or {}).get("device") or "unknown"]
+        return " + ".join(_device_label(n) for n in names)
+
+    @property
+    def epochs_done(self) -> int:
+        return int(self.records[-1]["epoch"]) if self.records else 0
+
+    @property
+    def epochs_planned(self) -> int | None:
+        """The epochs this run was asked for (``config["train"]["epochs"]``)."""
+        epochs = (self.config.get("train") or {}).get("epochs")
+        return int(epochs) if epochs is not None else None
+
+    @property
+    def protocol_epochs(self) -> int | None:
+        """The epochs of the paper's protocol for this run's preset (e.g. 150)."""
+        try:
+            return int(get_preset(self.preset).settings["epochs"]) if self.preset else None
+        except ValueError:
+            return None
+
+    @property
+    def finished(self) -> bool:
+        return self.epochs_planned is not None and self.epochs_done >= self.epochs_planned
+
+    @property
+    def best_test_top1(self) -> float | None:
+        """Best test top-1 over the epochs (the paper's metric), in percent."""
+        return max((r["test_top1"] for r in self.records), default=None)
+
+    @property
+    def best_epoch(self) -> int | None:
+        if not self.records:
+            return None
+        return max(self.records, key=lambda r: r["test_top1"])["epoch"]
+
+    @property
+    def last5_mean_test_top1(self) -> float | None:
+        """Mean test top-1 of the last ``min(5, epochs)`` epochs (the honest metric)."""
+        last = self.records[-5:]
+        return sum(r["test_top1"] for r in last) / len(last) if last else None
+
+    @property
+    def epochs_text(self) -> str:
+        """``"30/150 epochs"`` (done / the paper's protocol), noting a run that stopped."""
+        total = self.protocol_epochs if not self.smoke and self.protocol_epochs \
+            else self.epochs_planned
+        text = f"{self.epochs_done}/{total if total is not None else '?'} epochs"
+        if self.epochs_planned is not None and self.epochs_done < self.epochs_planned:
+            text += f" (unfinished: {self.epochs_planned} planned)"
+        return text
+
+    @property
+    def label(self) -> str:
+        """``"<preset>: <device>, 30/150 epochs, CIFAR-10 (JPEG copy)"`` (+ ``", smoke run"``)."""
+        text = f"{self.preset or self.path.name}: {self.device}, {self.epochs_text}, " \
+               f"{self.dataset}"
+        return text + (", smoke run" if self.smoke else "")
+
+    def series(self, key: str) -> list:
+        """One metric over the epochs, e.g. ``run.series("test_top1")``."""
+        return [r.get(key) for r in self.records]
+
+    def __repr__(self) -> str:
+        return f"Run({self.label!r}, path={str(self.path)!r})"
+
+
+def _table_cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def _provenance_line(lines: list[str], index: int) -> str:
+    """Line ``index`` of a README; a Markdown table row becomes ``"header: cell; ..."``."""
+    line = lines[index].strip()
+    if not line.startswith("|"):
+        return line.lstrip("-* ").strip()
+    start = index
+    while start > 0 and lines[start - 1].strip().startswith("|"):
+        start -= 1
+    header = _table_cells(lines[start])
+    separator = start + 1 < len(lines) and set(lines[start + 1].replace("|", "").strip()) \
+        <= set("-: ")
+    cells = _table_cells(line)
+    if index <= start + 1 or not separator or len(header) != len(cells):
+        return " ".join(cells)
+    return "; ".join(f"{h}: {c}" for h, c in zip(header, cells) if c)
+
+
+def _provenance(folder: Path, stop: Path | None) -> str | None:
+    """Where a run came from, from the nearest ``README.md`` at or above ``folder`` (up to
+    ``stop``): the first line that names one of the folders between that README and the run
+    (a table row is returned as ``"header: cell; ..."``); in the run folder's own README, a
+    line mentioning "provenance", else its first line of text."""
+    folder = folder.resolve()
+    stop = stop.resolve() if stop is not None else None
+    for current in (folder, *folder.parents):
+        readme = current / "README.md"
+        if readme.is_file():
+            lines = readme.read_text(encoding="utf-8").splitlines()
+            below = folder.relative_to(current).parts
+            for part in below:
+                name = re.compile(rf"(?<![\w.-]){re.escape(part)}(?![\w.-])")
+                for i, line in enumerate(lines):
+                    if name.search(line):
+                        return _provenance_line(lines, i)
+            if not below:
+                text = [i for i, ln in enumerate(lines) if ln.strip()
+                        and not ln.lstrip().startswith("#")]
+                tagged = [i for i in text if "provenance" in lines[i].lower()]
+                if tagged or text:
+                    return _provenance_line(lines, (tagged or text)[0])
+        if stop is None or current == stop or current == current.parent:
+            break
+    return None
+
+
+def load_run(run_dir: str | os.PathLike, *, root: str | os.PathLike | None = None) -> Run:
+    """Read a run folder: ``config.json`` (required), ``metrics.jsonl`` and ``summary.json``.
+
+    Unfinished runs are fine: a missing ``metrics.jsonl`` or ``summary.json`` gives no records
+    or no summary, and lines of ``metrics.jsonl`` that are not valid JSON (a line cut off by
+    a crash) are skipped and counted in :attr:`Run.skipped_lines`. Unlike
+    :func:`convnn.train.load_run` this never loads a checkpoint (committed logs have none).
+
+    Args:
+        run_dir: the folder.
+        root: where the search for a provenance ``README.md`` stops (default: the folder
+            itself).
+
+    Raises:
+        FileNotFoundError: no ``config.json`` in ``run_dir``.
+    """
+    path = Path(run_dir)
+    config_path = path / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path} does not exist: not a run folder (a run "
+                                "folder has config.json and metrics.jsonl)")
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    records, skipped = [], 0
+    metrics = path / "metrics.jsonl"
+    if metrics.is_file():
+        for line in metrics.read_text(encoding="utf-8").splitlines():
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                skipped += 1
+                continue
+            if isinstance(record, dict) and "epoch" in record and "test_top1" in record:
+                records.append(record)
+            else:
+                skipped += 1
+    summary = None
+    summary_path = path / "summary.json"
+    if summary_path.is_file():
+        try:
+            summary = json.loads(summary_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            summary = None
+    return Run(path, config, records, summary,
+               _provenance(path, Path(root) if root is not None else path), skipped)
+
+
+def find_runs(root: str | os.PathLike = RESULTS_ROOT) -> list[Run]:
+    """Every run folder under ``root`` (any depth): a folder with ``metrics.jsonl`` and
+    ``config.json``. Returns ``[]`` when ``root`` does not exist; folders that cannot be
+    read are skipped with a warning. Sorted by path."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    runs = []
+    for metrics in sorted(root.rglob("metrics.jsonl")):
+        folder = metrics.parent
+        if not (folder / "config.json").is_file():
+            continue
+        try:
+            runs.append(load_run(folder, root=root))
+        except (OSError, ValueError) as err:
+            warnings.warn(f"skipping unreadable run folder {folder}: {err}", stacklevel=2)
+    return runs
+
+
+def load_bench(root: str | os.PathLike = RESULTS_ROOT / "bench") -> list[tuple[Path, dict]]:
+    """The benchmark reports (``python -m convnn bench --json FILE``) under ``root``, as
+    ``(path, report)`` pairs sorted by path; ``[]`` when there are none."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    out = []
+    for path in sorted(root.rglob("*.json")):
+        try:
+            report = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as err:
+            warnings.warn(f"skipping unreadable benchmark file {path}: {err}", stacklevel=2)
+            continue
+        if isinstance(report, dict) and ("layers" in report or "training" in report):
+            out.append((path, report))
+    return out
+
+
+# --------------------------------------------------------------------------- paper rows
+def _check_table(table: str) -> str:
+    known = sorted({r["table"] for r in paper_records()}, key=lambda t: [int(p) for p in
+                                                                           t.split(".")])
+    if not isinstance(table, str) or table not in known:
+        raise ValueError(f"table must be one of {known}, got {table!r}")
+    return table
+
+
+def _fmt_number(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def row_label(record: dict) -> str:
+    """A short description of a paper row's setting, e.g. ``"Branching λ=0.5, random r=8"``
+    or ``"ConvNN-Attn random r=32, k=9"`` (the dataset is not part of it)."""
+    table, layer = record["table"], record["layer"]
+    extras = []
+    if record["model"] in ("vgg11", "resnet50"):
+        base = {"conv2d": "Conv2d", "convnn": "ConvNN", "branching": "Branching"}[layer]
+        if layer == "branching" and record.get("branch_ratio") is not None:
+            base += f" λ={_fmt_number(record['branch_ratio'])}"
+        for key, short in (("similarity", "sim"), ("aggregation", "agg")):
+            if record.get(key, "Col") != "Col":
+                extras.append(f"{short} {record[key]}")
+        if record.get("sampling") in ("random", "spatial"):
+            extras.append(f"{record['sampling']} r={record['candidates']}")
+        if layer != "conv2d" and (table == "6.4" or record.get("k", 9) != 9):
+            extras.append(f"k={record['k']}")
+        if record.get("kernel_size") is not None and (table == "6.4"
+                                                      or record["kernel_size"] != 3):
+            extras.append(f"KS={record['kernel_size']}")
+    else:
+        names = {"attention": "Attention", "local_attention": "Local attention",
+                 "sparse_local": "Sparse attention (local)",
+                 "sparse_strided": "Sparse attention (strided)", "kvt": "KVT",
+                 "convnn_attention": "ConvNN-Attn"}
+        base = names.get(layer, layer)
+        if layer == "convnn_attention":
+            sampling = record.get("sampling") or "all"
+            base += f" {sampling}"
+            if sampling != "all" and record.get("candidates") is not None:
+                base += f" r={record['candidates']}"
+        if record.get("k") is not None:
+            extras.append(f"k={record['k']}")
+        if record.get("conv_type"):
+            extras.append(f"{record['conv_type']} aggregation")
+        if record.get("heads") is not None and (table == "6.10" or record["heads"] != 1):
+            extras.append(f"{record['heads']} head{'s' if record['heads'] != 1 else ''}")
+    if table == "6.5" and record.get("lr") is not None:
+        extras.append(f"lr={_fmt_number(record['lr'])}")
+    return ", ".join([base, *extras])
+
+
+def paper_table(table: str) -> list[dict]:
+    """The rows of one of the paper's tables, from ``data/paper_results.json``.
+
+    Each row has the setting (``dataset``, ``layer``, ``k``...), a readable ``setting``
+    (:func:`row_label`), ``source`` = :data:`PAPER_LABEL`, and every number the paper reports
+    under a ``paper_`` key: ``paper_best`` (max test top-1 over epochs), ``paper_avg5``
+    (mean of the last 5 epochs), ``paper_train_avg5``, ``paper_params``, ``paper_gflops``...
+
+    Raises:
+        ValueError: an unknown table (e.g. ``"6.11"``).
+    """
+    _check_table(table)
+    rows = []
+    for record in paper_records():
+        if record["table"] != table:
+            continue
+        row = {key: record[key] for key in SETTING_KEYS if key in record}
+        row["dataset_name"] = DATASET_NAMES.get(record["dataset"], record["dataset"])
+        row["setting"] = row_label(record)
+        row["source"] = PAPER_LABEL
+        row.update({f"paper_{key}": value for key, value in record.items()
+                    if key not in SETTING_KEYS})
+        rows.append(row)
+    return rows
+
+
+def find_record(table: str, **fields) -> dict:
+    """The one record of ``table`` whose fields equal ``fields``; ``ValueError`` unless
+    exactly one matches."""
+    _check_table(table)
+    found = [r for r in paper_records() if r["table"] == table
+             and all(r.get(k) == v for k, v in fields.items())]
+    if len(found) != 1:
+        raise ValueError(f"{len(found)} records of table {table} match {fields}; need exactly "
+                         "one")
+    return found[0]
+
+
+def headline_rows() -> list[dict]:
+    """The headline claims of the paper (method.md §5), from its own numbers: for each, the
+    ConvNN model and its baseline with best and last-5 mean, and the two differences."""
+    rows = []
+    for claim, table, ours, base in HEADLINE_CLAIMS:
+        a, b = find_record(table, **ours), find_record(table, **base)
+        rows.append({
+            "claim": claim, "table": table,
+            "dataset": DATASET_NAMES[a["dataset"]],
+            "convnn": row_label(a), "baseline": row_label(b),
+            "paper_best": a["best"], "paper_baseline_best": b["best"],
+            "paper_best_gain": round(a["best"] - b["best"], 2),
+            "paper_avg5": a["avg5"], "paper_baseline_avg5": b["avg5"],
+            "paper_avg5_gain": round(a["avg5"] - b["avg5"], 2),
+            "source": PAPER_LABEL,
+        })
+    return rows
+
+
+def paper_repeats() -> list[dict]:
+    """Configurations the paper's logs contain as *different* runs (same preset, different
+    numbers, e.g. Conv2d in tables 6.1 and 6.2): the spread of their best and last-5 mean is
+    the run-to-run noise the paper's comparisons live with."""
+    groups: dict[str, list[dict]] = {}
+    for record in paper_records():
+        preset = preset_for_record(record)
+        if preset is not None:
+            groups.setdefault(preset.name, []).append(record)
+    rows = []
+    for name, records in groups.items():
+        distinct = {(r["best"], r["avg5"]): r for r in records}
+        if len(distinct) < 2:
+            continue
+        bests = [b for b, _ in distinct]
+        avgs = [a for _, a in distinct]
+        rows.append({
+            "preset": name, "dataset": DATASET_NAMES[records[0]["dataset"]],
+            "runs": len(distinct),
+            "tables": ", ".join(sorted({r["table"] for r in records})),
+            "paper_best_min": min(bests), "paper_best_max": max(bests),
+            "paper_best_spread": round(max(bests) - min(bests), 2),
+            "paper_avg5_spread": round(max(avgs) - min(avgs), 2),
+            "source": PAPER_LABEL,
+        })
+    return rows
+
+
+# --------------------------------------------------------------------------- comparisons
+def _runs_by_preset(runs: Iterable[Run], include_smoke: bool) -> dict[str, list[Run]]:
+    out: dict[str, list[Run]] = {}
+    for run in runs:
+        if run.preset and run.records and (include_smoke or not run.smoke):
+            out.setdefault(run.preset, []).append(run)
+    for matches in out.values():  # the most epochs first, then the latest folder
+        matches.sort(key=lambda r: (r.epochs_done, str(r.path)), reverse=True)
+    return out
+
+
+def comparison_rows(table: str, runs: Sequence[Run] | None = None, *,
+                    include_smoke: bool = False) -> list[dict]:
+    """Each row of a paper table next to our committed run of the same preset.
+
+    Args:
+        table: ``"6.1"`` ... ``"6.10"``.
+        runs: our runs (default: :func:`find_runs` of ``data/results/``).
+        include_smoke: also match smoke runs (off: a smoke run is not an experiment).
+
+    Returns:
+        One dict per paper row: the :func:`paper_table` fields, ``preset`` (its name, or
+        ``None`` for rows without a preset), and ours: ``ours_best`` (best test top-1),
+        ``ours_last5`` (mean of the last 5 epochs), ``ours_epochs`` (done),
+        ``ours_protocol_epochs`` (the paper's), ``ours_device``, ``ours_dataset``,
+        ``ours_path`` and ``ours`` (a one-line description, or :data:`NO_RUN`). Where
+        several runs match, the one with the most epochs is used (``ours_runs`` counts them).
+    """
+    by_preset = _runs_by_preset(find_runs() if runs is None else runs, include_smoke)
+    rows = []
+    for row, record in zip(paper_table(table),
+                           [r for r in paper_records() if r["table"] == table]):
+        preset = preset_for_record(record)
+        matches = by_preset.get(preset.name, []) if preset is not None else []
+        row["preset"] = preset.name if preset is not None else None
+        row.update(ours_best=None, ours_last5=None, ours_epochs=None,
+                   ours_protocol_epochs=None, ours_device=None, ours_dataset=None,
+                   ours_path=None, ours_runs=len(matches), ours=NO_RUN)
+        if matches:
+            run = matches[0]
+            row.update(ours_best=run.best_test_top1, ours_last5=run.last5_mean_test_top1,
+                       ours_epochs=run.epochs_done, ours_protocol_epochs=run.protocol_epochs,
+                       ours_device=run.device, ours_dataset=run.dataset,
+                       ours_path=str(run.path),
+                       ours=f"{run.device}, {run.epochs_text}, {run.dataset}"
+                            + (", smoke run" if run.smoke else ""))
+        rows.append(row)
+    return rows
+
+
+# --------------------------------------------------------------------------- tables
+def _cell(value, floatfmt: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return format(value, floatfmt)
+    if isinstance(value, int):
+        return f"{value:,}" if abs(value) >= 10_000 else str(value)
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(rows: Sequence[dict], columns: Sequence[str] | None = None,
+                   headers: Sequence[str] | dict | None = None, floatfmt: str = ".2f") -> str:
+    """Rows as a Markdown (GFM) table.
+
+    Args:
+        rows: dicts; a missing key or ``None`` shows as "–".
+        columns: the keys to show, in order (default: the first row's keys with plain values).
+        headers: column titles, as a list parallel to ``columns`` or a dict
+            ``{key: title}`` (default: the keys).
+        floatfmt: format of floats (accuracies: ``".2f"``).
+
+    Returns:
+        The table as a string (``"(no rows)"`` for no rows).
+    """
+    if not rows:
+        return "(no rows)"
+    if columns is None:
+        columns = [k for k, v in rows[0].items() if not isinstance(v, (dict, list, tuple))]
+    if headers is None:
+        titles = list(columns)
+    elif isinstance(headers, dict):
+        titles = [headers.get(c, c) for c in columns]
+    else:
+        titles = list(headers)
+        if len(titles) != len(columns):
+            raise ValueError(f"headers has {len(titles)} titles but there are {len(columns)} "
+                             "columns")
+    lines = ["| " + " | ".join(_cell(t, floatfmt) for t in titles) + " |",
+             "|" + "|".join("---" for _ in titles) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(row.get(c), floatfmt) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+#: Column titles of :func:`comparison_markdown`.
+COMPARISON_COLUMNS = {"dataset_name": "data", "setting": "setting (paper row)",
+                      "paper_best": "paper best", "paper_avg5": "paper last-5 mean",
+                      "ours_best": "ours best", "ours_last5": "ours last-5 mean",
+                      "ours": "our run (device, epochs, data)"}
+
+
+def comparison_markdown(table: str, runs: Sequence[Run] | None = None, *,
+                        collapse_over: int = 8) -> str:
+    """:func:`comparison_rows` of ``table`` as Markdown for a book page.
+
+    A table of at most ``collapse_over`` rows is shown whole. A longer one shows the rows
+    that have a committed run of ours (or says there are none) and puts all rows in a
+    collapsed ``<details>`` block. Accuracies are test top-1 in percent.
+    """
+    rows = comparison_rows(table, runs)
+    legend = (f"*paper* = {PAPER_LABEL}, `data/paper_results.json`; *ours* = committed logs "
+              "in `data/results/`; best = best epoch, last-5 mean = mean of the last 5 epochs.")
+    short = sorted({f"{r['ours_epochs']}/{r['ours_protocol_epochs']}" for r in rows
+                    if r["ours_runs"] and r["ours_protocol_epochs"]
+                    and r["ours_epochs"] < r["ours_protocol_epochs"]})
+    if short:
+        legend += (f" Our runs of {', '.join(short)} epochs stopped before the paper's "
+                   "protocol ended: their numbers are not comparable with the paper's.")
+    full = markdown_table(rows, list(COMPARISON_COLUMNS), COMPARISON_COLUMNS)
+    if len(rows) <= collapse_over:
+        return f"{full}\n\n{legend}"
+    with_runs = [r for r in rows if r["ours_runs"]]
+    if with_runs:
+        head = (f"Rows of table {table} with a committed run of ours ({len(with_runs)} of "
+                f"{len(rows)}):\n\n"
+                + markdown_table(with_runs, list(COMPARISON_COLUMNS), COMPARISON_COLUMNS))
+    else:
+        head = f"No committed run of ours for any of the {len(rows)} rows of table {table} yet."
+    return (f"{head}\n\n<details><summary>All {len(rows)} rows of table {table}</summary>"
+            f"\n\n{full}\n\n</details>\n\n{legend}")
+
+
+# --------------------------------------------------------------------------- figures
+class ResultsFigure(Figure):
+    """A matplotlib figure that Jupyter shows as a PNG without pyplot (``_repr_png_``)."""
+
+    def _repr_png_(self) -> bytes:
+        buf = io.BytesIO()
+        self.savefig(buf, format="png", dpi=self.dpi, bbox_inches="tight", facecolor="white")
+        return buf.getvalue()
+
+
+def _as_runs(runs) -> list[Run]:
+    if isinstance(runs, Run):
+        return [runs]
+    return list(runs)
+
+
+def plot_curves(runs: Run | Sequence[Run], *, title: str | None = None) -> ResultsFigure:
+    """Test and train top-1 (left) and loss (right) against the epoch, one colour per run.
+
+    Test curves are solid, train curves dashed; the legend names each run with its device,
+    epochs and data (:attr:`Run.label`).
+
+    Raises:
+        ValueError: no run, or a run with no finished epoch.
+    """
+    runs = _as_runs(runs)
+    if not runs:
+        raise ValueError("runs is empty: nothing to plot")
+    empty = [str(r.path) for r in runs if not r.records]
+    if empty:
+        raise ValueError(f"these runs have no finished epoch to plot: {empty}")
+    fig = ResultsFigure(figsize=(9.0, 3.4 + 0.25 * len(runs)), dpi=_DPI, layout="constrained")
+    ax_acc, ax_loss = fig.subplots(1, 2)
+    for i, run in enumerate(runs):
+        color = _COLORS[i % len(_COLORS)]
+        epochs = run.series("epoch")
+        ax_acc.plot(epochs, run.series("test_top1"), "-o", color=color, ms=3, label=run.label)
+        ax_acc.plot(epochs, run.series("train_top1"), "--", color=color, alpha=0.7)
+        ax_loss.plot(epochs, run.series("test_loss"), "-o", color=color, ms=3)
+        ax_loss.plot(epochs, run.series("train_loss"), "--", color=color, alpha=0.7)
+    ax_acc.set(xlabel="epoch", ylabel="top-1 accuracy (%)", title="top-1: test —, train --")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss: test —, train --")
+    for ax in (ax_acc, ax_loss):
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.legend(*ax_acc.get_legend_handles_labels(), loc="outside lower center", fontsize=8,
+               frameon=False)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def _title(table: str, shown: Sequence[Run]) -> str:
+    """``"Table 6.1, paper (authors' logs)"``, plus what the black markers are, if any."""
+    title = f"Table {table}, {PAPER_LABEL}"
+    if shown:
+        what = ", ".join(dict.fromkeys(f"{r.device}, {r.epochs_text}, {r.dataset}"
+                                       for r in shown))
+        title += f"\nblack ★/×: ours ({what})"
+    return title
+
+
+def _x_value(record: dict, x: str):
+    if x == "branch_ratio":
+        return {"conv2d": 0.0, "convnn": 1.0}.get(record["layer"], record.get("branch_ratio"))
+    return record.get(x)
+
+
+def _our_points(table: str, dataset: str, runs: Sequence[Run], x: str | None):
+    """(x, best, last5, run) of our runs that reproduce a row of ``table`` on ``dataset``."""
+    by_preset = _runs_by_preset(runs, include_smoke=False)
+    points = []
+    for record in paper_records():
+        if record["table"] != table or record["dataset"] != dataset:
+            continue
+        preset = preset_for_record(record)
+        for run in by_preset.get(preset.name if preset else "", [])[:1]:
+            points.append((record if x is None else _x_value(record, x), run))
+    return points
+
+
+def plot_paper_sweep(table: str, x: str | None = None, group: Sequence[str] | None = None, *,
+                     runs: Sequence[Run] = (), datasets: Sequence[str] | None = None,
+                     show_avg5: bool = True, xlabel: str | None = None,
+                     logx: bool | None = None) -> ResultsFigure:
+    """A sweep of one of the paper's tables: best test top-1 against a setting.
+
+    One panel per dataset and one line per group of rows (e.g. per similarity/aggregation for
+    table 6.1); the dashed line of the same colour is the mean of the last 5 epochs. Rows
+    without a value of ``x`` (e.g. the attention baseline of table 6.7) are drawn as
+    horizontal dotted lines. Everything is the paper's number, labelled
+    :data:`PAPER_LABEL`; committed runs of ours that reproduce a row are added as black
+    stars (best) and crosses (last-5 mean).
+
+    Args:
+        table: a key of :data:`SWEEPS` unless ``x`` is given.
+        x: the setting on the x axis (``"branch_ratio"``, ``"k"``, ``"candidates"``, ``"lr"``);
+            for ``"branch_ratio"``, Conv2d is 0 and pure ConvNN is 1.
+        group: the settings that make one line.
+        runs: our runs to overlay (smoke runs are ignored).
+        datasets: the panels (default: every dataset of the table).
+        show_avg5: draw the last-5 mean as dashed lines.
+        xlabel, logx: axis label and log scale (default: from :data:`SWEEPS`).
+
+    Raises:
+        ValueError: an unknown table, or a table without a default sweep and no ``x``.
+    """
+    _check_table(table)
+    default = SWEEPS.get(table)
+    if x is None and default is None:
+        raise ValueError(f"table {table} has no default sweep (tables with one: "
+                         f"{sorted(SWEEPS)}); pass x=..., or use plot_paper_bars")
+    x = x or default[0]
+    group = tuple(group) if group is not None else (default[1] if default and
+                                                    x == default[0] else ())
+    xlabel = xlabel or (default[2] if default and x == default[0] else x)
+    logx = logx if logx is not None else bool(default and x == default[0] and default[3])
+    records = [r for r in paper_records() if r["table"] == table and "best" in r]
+    datasets = list(datasets) if datasets is not None else \
+        list(dict.fromkeys(r["dataset"] for r in records))
+    fig = ResultsFigure(figsize=(4.6 * len(datasets), 3.9), dpi=_DPI, layout="constrained")
+    axes = fig.subplots(1, len(datasets), squeeze=False)[0]
+    handles: dict[str, object] = {}
+    shown: list[Run] = []
+    for ax, dataset in zip(axes, datasets):
+        rows = [r for r in records if r["dataset"] == dataset]
+        lines: dict[tuple, list[dict]] = {}
+        baselines: list[dict] = []
+        for r in rows:
+            (baselines if _x_value(r, x) is None else
+             lines.setdefault(tuple(_group_value(r, g) for g in group), [])).append(r)
+        colors = {key: _COLORS[i % len(_COLORS)] for i, key in enumerate(lines)}
+        for key, members in lines.items():
+            color = colors[key]
+            members.sort(key=lambda r: _x_value(r, x))
+            xs = [_x_value(r, x) for r in members]
+            name = _group_name(group, key, members[0])
+            (h,) = ax.plot(xs, [r["best"] for r in members], "-o", ms=3.5, color=color,
+                           label=f"{name}: best")
+            handles.setdefault(h.get_label(), h)
+            if show_avg5:
+                (h,) = ax.plot(xs, [r["avg5"] for r in members], "--", lw=1, color=color,
+                               alpha=0.8, label=f"{name}: last-5 mean")
+                handles.setdefault(h.get_label(), h)
+        for j, r in enumerate(baselines):  # same colour as its group's line, if it has one
+            color = colors.get(tuple(_group_value(r, g) for g in group),
+                               _COLORS[(len(lines) + j) % len(_COLORS)])
+            h = ax.axhline(r["best"], ls=":", lw=1.5, color=color,
+                           label=f"{row_label(r)}: best")
+            handles.setdefault(h.get_label(), h)
+        for xv, run in _our_points(table, dataset, runs, x):
+            if xv is None:
+                continue
+            shown.append(run)
+            h = ax.plot([xv], [run.best_test_top1], "*", ms=12, color="black",
+                        label="ours: best")[0]
+            handles.setdefault("ours: best", h)
+            h = ax.plot([xv], [run.last5_mean_test_top1], "x", ms=8, color="black",
+                        label="ours: last-5 mean")[0]
+            handles.setdefault("ours: last-5 mean", h)
+        if logx:
+            ax.set_xscale("log")
+        ax.set(xlabel=xlabel, ylabel="test top-1 (%)",
+               title=f"{DATASET_NAMES.get(dataset, dataset)}")
+        ax.grid(alpha=0.3)
+    fig.suptitle(_title(table, shown), fontsize=11)
+    fig.legend(list(handles.values()), list(handles.keys()), loc="outside lower center",
+               ncols=min(3, max(1, len(handles))), fontsize=8, frameon=False)
+    return fig
+
+
+def _group_value(record: dict, key: str):
+    if key == "sampling" and record["layer"] in ("convnn_attention", "branching", "convnn"):
+        return record.get("sampling") or "all"  # rows that do not say it use all candidates
+    return record.get(key)
+
+
+def _group_name(group: Sequence[str], key: tuple, example: dict) -> str:
+    if not group:
+        return "paper"
+    if group == ("layer", "sampling") or group == ("layer",) or "layer" in group:
+        parts = []
+        layer = example["layer"]
+        names = {"conv2d": "Conv2d", "branching": "Branching", "convnn": "ConvNN",
+                 "kvt": "KVT", "convnn_attention": "ConvNN-Attn", "attention": "Attention"}
+        parts.append(names.get(layer, layer))
+        if layer == "branching" and example.get("branch_ratio") is not None:
+            parts[-1] += f" λ={_fmt_number(example['branch_ratio'])}"
+        for g, v in zip(group, key):
+            if g != "layer" and v is not None:
+                parts.append(f"{v}" if g == "sampling" else f"{g} {v}")
+        if layer == "convnn_attention" and example.get("sampling") == "random" \
+                and "candidates" not in group and example.get("candidates"):
+            parts[-1] += f" r={example['candidates']}"
+        return " ".join(parts)
+    short = {"similarity": "sim", "aggregation": "agg", "kernel_size": "KS",
+             "sampling": "", "heads": "heads"}
+    return ", ".join(f"{short.get(g, g)} {v}".strip() for g, v in zip(group, key))
+
+
+def plot_paper_bars(table: str, *, runs: Sequence[Run] = ()) -> ResultsFigure:
+    """A table without a sweep (6.2, 6.6, 6.9, 6.10) as a dot plot, one panel per dataset and
+    one line per row: the dot is the paper's best test top-1, the tick the paper's last-5 mean;
+    our committed runs of the same presets are black stars (best) and crosses (last-5 mean).
+    """
+    _check_table(table)
+    records = [r for r in paper_records() if r["table"] == table and "best" in r]
+    datasets = list(dict.fromkeys(r["dataset"] for r in records))
+    labels = list(dict.fromkeys(row_label(r) for r in records))
+    height = 1.2 + 0.32 * len(labels)
+    fig = ResultsFigure(figsize=(4.6 * len(datasets) + 1.6, height), dpi=_DPI,
+                        layout="constrained")
+    axes = fig.subplots(1, len(datasets), squeeze=False, sharey=True)[0]
+    shown: list[Run] = []
+    for ax, dataset in zip(axes, datasets):
+        rows = {row_label(r): r for r in records if r["dataset"] == dataset}
+        ys = range(len(labels))
+        best = [rows[lb]["best"] if lb in rows else 0.0 for lb in labels]
+        for y in ys:
+            ax.axhline(y, color="#dddddd", lw=0.8, zorder=0)
+        ax.plot([b if b > 0 else math.nan for b in best], list(ys), "o", ms=7,
+                color="#3182bd", label="paper: best")
+        ax.plot([rows[lb]["avg5"] if lb in rows else math.nan for lb in labels], list(ys),
+                "|", ms=14, mew=2, color="#08519c", label="paper: last-5 mean")
+        for value, y in zip(best, ys):
+            if value > 0:
+                ax.text(value + 1.2, y, f"{value:.2f}", va="center", fontsize=7)
+        for record, run in _our_points(table, dataset, runs, None):
+            shown.append(run)
+            y = labels.index(row_label(record))
+            ax.plot([run.best_test_top1], [y], "*", ms=12, color="black", label="ours: best")
+            ax.plot([run.last5_mean_test_top1], [y], "x", ms=8, color="black",
+                    label="ours: last-5 mean")
+        low = min(b for b in best if b > 0)
+        ax.set_xlim(max(0.0, math.floor(low / 5) * 5 - 5), min(100.0, max(best) + 6))
+        ax.set(xlabel="test top-1 (%)", title=DATASET_NAMES.get(dataset, dataset))
+        ax.set_yticks(list(ys), labels, fontsize=8)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].invert_yaxis()  # the table's first row on top (the axes share y: invert once)
+    handles, names = axes[0].get_legend_handles_labels()
+    unique = dict(zip(names, handles))
+    fig.suptitle(_title(table, shown), fontsize=11)
+    fig.legend(list(unique.values()), list(unique.keys()), loc="outside lower center",
+               ncols=4, fontsize=8, frameon=False)
+    return fig
