@@ -71,16 +71,18 @@ def resolve_source(name: str, root: Path = ROOT) -> Path | None:
 def install_cell_source(repo_url: str, branch: str) -> str:
     """The canonical first code cell of every notebook chapter.
 
-    On Colab it installs convnn from the repository without touching the preinstalled torch
-    (the package asks only for ``torch>=2.4``); anywhere else it does nothing. The URL is
-    written literally; test_book_build.py checks that it equals ``_config.yml``'s
-    ``repository.url`` and ``repository.branch``.
+    It installs convnn from the repository only when it is missing (on Google Colab, say),
+    without touching the preinstalled torch (the package asks only for ``torch>=2.4``);
+    where convnn is installed it does nothing. The URL is written literally;
+    test_book_build.py checks that it equals ``_config.yml``'s ``repository.url`` and
+    ``repository.branch``.
     """
     return (
-        "# On Google Colab, install convnn from its repository; Colab's own torch is kept.\n"
-        "import sys\n"
+        "# Install convnn from its repository only when it is missing (e.g. on Google Colab);\n"
+        "# the preinstalled torch is kept.\n"
+        "import importlib.util\n"
         "\n"
-        'if "google.colab" in sys.modules:\n'
+        'if importlib.util.find_spec("convnn") is None:\n'
         f'    %pip install -q "convnn @ git+{repo_url}@{branch}"\n'
     )
 
@@ -174,7 +176,10 @@ def probe_book(tmp_path_factory: pytest.TempPathFactory) -> BookBuild:
     shutil.copytree(
         ROOT / "book", src / "book", ignore=shutil.ignore_patterns(".ipynb_checkpoints")
     )
-    toc = {"format": "jb-book", "root": "book/intro", "chapters": [{"file": PROBE_NOTEBOOK}]}
+    shutil.copytree(ROOT / "convnn", src / "convnn",  # chapters include its source
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text(encoding="utf-8"))  # the real chapters
+    toc["chapters"] = [*toc.get("chapters", []), {"file": PROBE_NOTEBOOK}]
     (src / "_toc.yml").write_text(yaml.safe_dump(toc, sort_keys=False), encoding="utf-8")
     _write_probe_notebook(
         src / PROBE_NOTEBOOK, cfg["repository"]["url"], cfg["repository"]["branch"]

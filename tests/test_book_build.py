@@ -158,7 +158,8 @@ def test_install_cells_use_configured_repository() -> None:
         nb = json.loads(nb_path.read_text(encoding="utf-8"))
         code = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
         name = nb_path.relative_to(ROOT).as_posix()
-        if not code or "google.colab" not in code[0] or "%pip install" not in code[0]:
+        if not code or code[0].rstrip() != install_cell_source(cfg["url"],
+                                                                 cfg["branch"]).rstrip():
             problems.append(f"{name}: the first code cell is not the install cell")
             continue
         for url, ref in install_urls(code[0]):
