@@ -327,6 +327,18 @@ def _top(scores: Tensor, k: int, stable: bool) -> tuple[Tensor, Tensor]:
     return values[..., :k], order[..., :k]
 
 
+def _selection_setup(query, keys, k, candidates, self_first, query_positions) -> Tensor:
+    """Validate a selection's arguments; return the query positions (default ``arange(N)``)."""
+    n, num_positions = query.shape[1], keys.shape[1]
+    _check_selection_args(k, num_positions, n, candidates, self_first, query_positions)
+    if query_positions is not None:
+        return query_positions
+    if n != num_positions:
+        raise ValueError(f"query has {n} positions but keys have {num_positions}; "
+                         "pass query_positions")
+    return torch.arange(n, device=query.device)
+
+
 def _self_mask(query_positions: Tensor, candidates: Tensor) -> Tensor:
     """``[n, m]`` True where candidate j is query i itself."""
     return candidates[None, :] == query_positions[:, None]
@@ -392,14 +404,8 @@ def select_neighbours(
     batch, n, _ = query.shape
     if block_elements is None:
         block_elements = CPU_BLOCK_ELEMENTS if query.device.type == "cpu" else GPU_BLOCK_ELEMENTS
-    num_positions = keys.shape[1]
-    _check_selection_args(k, num_positions, n, candidates, self_first, query_positions)
     device = query.device
-    if query_positions is None:
-        if n != num_positions:
-            raise ValueError(f"query has {n} positions but keys have {num_positions}; "
-                             "pass query_positions")
-        query_positions = torch.arange(n, device=device)
+    query_positions = _selection_setup(query, keys, k, candidates, self_first, query_positions)
     cand_keys = keys if candidates is None else keys[:, candidates]  # (B, m, D)
     k_search = k - 1 if self_first else k
 
@@ -463,12 +469,7 @@ def select_neighbours_reference(
     """
     batch, n, _ = query.shape
     num_positions = keys.shape[1]
-    _check_selection_args(k, num_positions, n, candidates, self_first, query_positions)
-    if query_positions is None:
-        if n != num_positions:
-            raise ValueError(f"query has {n} positions but keys have {num_positions}; "
-                             "pass query_positions")
-        query_positions = torch.arange(n, device=query.device)
+    query_positions = _selection_setup(query, keys, k, candidates, self_first, query_positions)
     scores = pairwise_scores(query, keys, similarity, scale)  # (B, n, N)
     allowed = torch.ones(n, num_positions, dtype=torch.bool, device=query.device)
     if candidates is not None:
