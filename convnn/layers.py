@@ -49,6 +49,16 @@ class _SampledCandidates(nn.Module):
         return ops.random_candidates(num_positions, count, device=device)
 
 
+CANDIDATE_LAYOUTS = ("square", "count")
+
+
+def candidate_count(candidates: int, layout: str = "square") -> int:
+    """Positions in an image candidate set: ``r²`` for layout ``"square"``, ``r`` for
+    ``"count"`` (see :class:`ConvNN2d`)."""
+    check_choice("candidate_layout", layout, CANDIDATE_LAYOUTS)
+    return candidates * candidates if layout == "square" else candidates
+
+
 def _check_sampling(sampling: str, candidates, eval_sampling: str) -> None:
     check_choice("sampling", sampling, ops.SAMPLINGS)
     check_choice("eval_sampling", eval_sampling, EVAL_SAMPLINGS)
@@ -94,6 +104,10 @@ class ConvNN2d(_SampledCandidates):
         candidates: ``r``: the candidate set has ``r × r`` positions: an evenly spaced
             ``r × r`` grid of the unpadded image (``"spatial"``) or ``r²`` random pixels
             (``"random"``). With sampled candidates each pixel is its own first neighbour.
+        candidate_layout: how ``candidates`` counts: ``"square"`` (default, ``r × r``
+            positions, the paper's CIFAR convention) or ``"count"`` (``r`` positions: ``r``
+            random pixels, or a ``√r × √r`` grid, so ``r`` must be a square; the paper's
+            ImageNet ResNet-50 convention, e.g. random r = 32, spatial r = 25 = 5 × 5).
         weighting: ρ, ``"ones"``, ``"softmax"`` or ``"similarity"``.
         aggregation: ``"standard"`` (``W_j`` is O×C), ``"depthwise"`` (one weight per
             channel and rank; needs ``out_channels == in_channels``) or ``"separable"``
@@ -130,6 +144,7 @@ class ConvNN2d(_SampledCandidates):
         similarity: str | None = None,
         sampling: str = "all",
         candidates: int | None = None,
+        candidate_layout: str = "square",
         weighting: str = "ones",
         aggregation: str = "standard",
         bias: bool = True,
@@ -156,9 +171,16 @@ class ConvNN2d(_SampledCandidates):
         if aggregation == "depthwise" and out_channels != in_channels:
             raise ValueError("aggregation='depthwise' needs out_channels == in_channels, got "
                              f"in_channels={in_channels}, out_channels={out_channels}")
-        if sampling != "all" and k > candidates * candidates:
-            raise ValueError(f"k={k} must be <= the number of candidates "
-                             f"candidates**2={candidates * candidates}")
+        check_choice("candidate_layout", candidate_layout, CANDIDATE_LAYOUTS)
+        if sampling != "all":
+            total = candidate_count(candidates, candidate_layout)
+            if sampling == "spatial" and candidate_layout == "count" \
+                    and math.isqrt(candidates) ** 2 != candidates:
+                raise ValueError(f"sampling='spatial' with candidate_layout='count' needs a "
+                                 f"square number of candidates (a grid), got {candidates}")
+            if k > total:
+                what = "candidates" if candidate_layout == "count" else "candidates**2"
+                raise ValueError(f"k={k} must be <= the number of candidates {what}={total}")
         if sampling != "all" and self_first is False:
             raise ValueError("sampled candidates always put each pixel first; "
                              "self_first=False needs sampling='all'")
@@ -166,6 +188,7 @@ class ConvNN2d(_SampledCandidates):
             in_channels, out_channels, k, padding)
         self.selection, self.mix, self.similarity = selection, mix, similarity
         self.sampling, self.candidates = sampling, candidates
+        self.candidate_layout = candidate_layout
         self.weighting, self.aggregation = weighting, aggregation
         self.self_first = (selection != "coords") if self_first is None else self_first
         if sampling != "all":
@@ -229,6 +252,8 @@ class ConvNN2d(_SampledCandidates):
              f"sampling={self.sampling!r}")
         if self.candidates is not None:
             s += f", candidates={self.candidates}, eval_sampling={self.eval_sampling!r}"
+            if self.candidate_layout != "square":
+                s += f", candidate_layout={self.candidate_layout!r}"
         if self.selection == "mixed":
             s += f", mix={self.mix}"
         s += (f", weighting={self.weighting!r}, aggregation={self.aggregation!r}, "
@@ -252,9 +277,9 @@ class ConvNN2d(_SampledCandidates):
     def _candidates(self, height: int, width: int, qpos: Tensor, device) -> Tensor | None:
         if self.sampling == "all":
             return None
-        count = self.candidates * self.candidates
+        count = candidate_count(self.candidates, self.candidate_layout)
         if self.sampling == "spatial":
-            return ops.spatial_candidates_2d(height, width, self.candidates, self.padding,
+            return ops.spatial_candidates_2d(height, width, math.isqrt(count), self.padding,
                                              device=device)
         if count > height * width:
             raise ValueError(f"candidates={self.candidates} ({count} random pixels) must be "
@@ -495,11 +520,14 @@ class BranchingConv2d(nn.Module):
         in_channels, out_channels: as ``nn.Conv2d``.
         ratio: λ, the share of output channels from the ConvNN branch.
         kernel_size: kernel of the Conv2d branch (``padding="same"``).
+        conv_bias: give the Conv2d branch a bias (the ConvNN branch's is ``bias``, the 1×1
+            mix always has one).
         **convnn_kwargs: passed to :class:`ConvNN2d` (``k``, ``similarity``, ``sampling``...).
     """
 
     def __init__(self, in_channels: int, out_channels: int, ratio: float = 0.5,
-                 kernel_size: int = 3, *, device=None, dtype=None, **convnn_kwargs) -> None:
+                 kernel_size: int = 3, *, conv_bias: bool = True, device=None, dtype=None,
+                 **convnn_kwargs) -> None:
         super().__init__()
         check_int("in_channels", in_channels, minimum=1)
         check_int("out_channels", out_channels, minimum=1)
@@ -509,8 +537,10 @@ class BranchingConv2d(nn.Module):
         self.convnn_channels = math.floor(ratio * out_channels)
         self.conv_channels = out_channels - self.convnn_channels
         factory = {"device": device, "dtype": dtype}
+        if not isinstance(conv_bias, bool):
+            raise ValueError(f"conv_bias must be True or False, got {conv_bias!r}")
         self.conv = (nn.Conv2d(in_channels, self.conv_channels, kernel_size, padding="same",
-                               **factory) if self.conv_channels else None)
+                               bias=conv_bias, **factory) if self.conv_channels else None)
         self.convnn = (ConvNN2d(in_channels, self.convnn_channels, **convnn_kwargs, **factory)
                        if self.convnn_channels else None)
         if not self.convnn_channels:  # still validate the ConvNN options
@@ -591,9 +621,11 @@ class HybridTokenMixer(nn.Module):
 
 
 __all__ = [
+    "CANDIDATE_LAYOUTS",
     "EVAL_SAMPLINGS",
     "BranchingConv2d",
     "ConvNN2d",
     "ConvNNAttention",
     "HybridTokenMixer",
+    "candidate_count",
 ]

@@ -1,4 +1,4 @@
-"""The paper's models: VGG with a pluggable conv layer and ViT with a pluggable token mixer.
+"""The paper's models: VGG and ResNet with a pluggable conv layer, ViT with a pluggable mixer.
 
 One dataclass, :class:`ModelConfig`, names a model and its options; :func:`build_model` turns it
 into an ``nn.Module``. The config round-trips through JSON (:meth:`ModelConfig.to_dict`,
@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from .._checks import check_choice
+from .resnet import PAPER_RESNET50, RESNET_DEPTHS, RESNET_LAYERS, ResNet, resnet50
 from .vgg import (
     LAYER_OPTIONS,
     VGG,
@@ -55,10 +56,17 @@ VIT_PRESETS = {
     "vit_tiny_cifar": (32, 4, 192, 12, 768, 1),
     "vit_base": (224, 16, 768, 12, 3072, 12),
 }
-MODEL_NAMES = (*VGG_NAMES, *VIT_PRESETS)
+RESNET_NAMES = {f"resnet{d}": d for d in RESNET_DEPTHS}
+MODEL_NAMES = (*VGG_NAMES, *RESNET_NAMES, *VIT_PRESETS)
 
-_VGG_ONLY = ("layer", "head", "width_multiplier")
-_VIT_ONLY = ("mixer", "heads", "attn_dropout", "depth", "patch_size", "dim", "mlp_dim")
+# the optional fields each family understands (the others must stay None)
+_FAMILY_FIELDS = {
+    "vgg": ("layer", "ratio", "kernel_size", "head", "dropout", "width_multiplier"),
+    "resnet": ("layer", "ratio", "width_multiplier", "conv_bias"),
+    "vit": ("mixer", "ratio", "kernel_size", "heads", "dropout", "attn_dropout", "depth",
+            "patch_size", "dim", "mlp_dim"),
+}
+_FAMILY_NAMES = {"vgg": "VGG", "resnet": "ResNet", "vit": "ViT"}
 
 
 @dataclass
@@ -67,25 +75,28 @@ class ModelConfig:
 
     Attributes:
         name: one of :data:`MODEL_NAMES`: ``"vgg11"``, ``"vgg13"``, ``"vgg16"``, ``"vgg19"``,
+            ``"resnet18"``, ``"resnet34"``, ``"resnet50"``, ``"resnet101"``, ``"resnet152"``,
             ``"vit_tiny"`` (the paper's: 224 input, patch 16), ``"vit_tiny_cifar"`` (32 input,
             patch 4) or ``"vit_base"``.
         num_classes: classes of the classifier.
         image_size: input side (default 32 for VGG and ``vit_tiny_cifar``, 224 otherwise).
         in_channels: image channels.
-        layer: VGG only: ``"conv2d"`` (default), ``"branching"`` or ``"convnn"``.
+        layer: VGG and ResNet: ``"conv2d"`` (default), ``"branching"`` or ``"convnn"``.
         mixer: ViT only: a key of :data:`MIXERS` (default ``"attention"``).
-        ratio: λ: ConvNN share of the VGG branching layer (default 0.5) or of a hybrid ViT
-            mixer (the mixer's default, 0.5).
+        ratio: λ: ConvNN share of the VGG / ResNet branching layer (default 0.5) or of a
+            hybrid ViT mixer (the mixer's default, 0.5).
         kernel_size: VGG: kernel of the Conv2d branch (default 3). ViT: kernel of the
             ``"convnn_conv1d_hybrid"``, ``"conv1d"`` or ``"neighborhood"`` mixer.
         head: VGG only: ``"paper"`` (default, ≈130M parameters) or ``"lean"``.
         layer_options: options of the ConvNN layers: :class:`~convnn.layers.ConvNN2d`
-            keywords plus ``aggregate_coords`` for VGG (see :func:`paper_layer_options`), the
+            keywords (plus ``aggregate_coords`` for VGG, see :func:`paper_layer_options`), the
             mixer's keywords for ViT (see :func:`mixer_option_names`).
         heads: ViT only: attention heads (default 1; 12 for ``vit_base``).
         dropout: VGG head dropout (default 0.5) or ViT dropout (default 0.1).
         attn_dropout: ViT only: the mixer's attention dropout (default 0.1).
-        width_multiplier: VGG only: scales every channel count (default 1.0).
+        width_multiplier: VGG and ResNet: scales every channel count (default 1.0).
+        conv_bias: ResNet only: biases in its ``nn.Conv2d`` layers (default False; see
+            :data:`PAPER_RESNET50`).
         depth, patch_size, dim, mlp_dim: ViT only: override the preset's architecture.
     """
 
@@ -107,12 +118,15 @@ class ModelConfig:
     patch_size: int | None = None
     dim: int | None = None
     mlp_dim: int | None = None
+    conv_bias: bool | None = None
 
     @property
     def family(self) -> str:
-        """``"vgg"`` or ``"vit"``."""
+        """``"vgg"``, ``"resnet"`` or ``"vit"``."""
         check_choice("name", self.name, MODEL_NAMES)
-        return "vgg" if self.name in VGG_NAMES else "vit"
+        if self.name in VGG_NAMES:
+            return "vgg"
+        return "resnet" if self.name in RESNET_NAMES else "vit"
 
     def to_dict(self) -> dict:
         """A JSON-serialisable dict (``from_dict(to_dict())`` gives an equal config)."""
@@ -136,12 +150,26 @@ class ModelConfig:
 
 
 def _check_family_fields(config: ModelConfig, family: str) -> None:
-    foreign = _VIT_ONLY if family == "vgg" else _VGG_ONLY
-    for name in foreign:
+    optional = {n for fields in _FAMILY_FIELDS.values() for n in fields}
+    for name in sorted(optional - set(_FAMILY_FIELDS[family])):
         value = getattr(config, name)
         if value is not None:
-            raise ValueError(f"{name}={value!r} does not apply to {config.name!r} "
-                             f"({'ViT' if family == 'vgg' else 'VGG'} option)")
+            owners = [_FAMILY_NAMES[f] for f, fields in _FAMILY_FIELDS.items() if name in fields]
+            raise ValueError(f"{name}={value!r} does not apply to {config.name!r} (an option "
+                             f"of {' and '.join(owners)} models)")
+
+
+def _build_resnet(config: ModelConfig, factory: dict) -> ResNet:
+    kwargs = {}
+    for name in ("width_multiplier", "conv_bias"):
+        value = getattr(config, name)
+        if value is not None:
+            kwargs[name] = value
+    return ResNet(RESNET_NAMES[config.name], config.num_classes,
+                  layer="conv2d" if config.layer is None else config.layer, ratio=config.ratio,
+                  layer_options=dict(config.layer_options),
+                  image_size=224 if config.image_size is None else config.image_size,
+                  in_channels=config.in_channels, **kwargs, **factory)
 
 
 def _build_vgg(config: ModelConfig, factory: dict) -> VGG:
@@ -200,7 +228,7 @@ def build_model(config: ModelConfig | dict, *, device=None, dtype=None) -> nn.Mo
         device, dtype: factory kwargs; ``device="meta"`` allocates nothing (parameter counts).
 
     Returns:
-        A :class:`VGG` or :class:`ViT`.
+        A :class:`VGG`, :class:`ResNet` or :class:`ViT`.
 
     Raises:
         ValueError: unknown name, layer, mixer or option, or an option of the other family.
@@ -214,6 +242,8 @@ def build_model(config: ModelConfig | dict, *, device=None, dtype=None) -> nn.Mo
     factory = {"device": device, "dtype": dtype}
     if family == "vgg":
         return _build_vgg(config, factory)
+    if family == "resnet":
+        return _build_resnet(config, factory)
     return _build_vit(config, factory)
 
 
@@ -226,6 +256,9 @@ __all__ = [
     "LAYER_OPTIONS",
     "MIXERS",
     "MODEL_NAMES",
+    "PAPER_RESNET50",
+    "RESNET_DEPTHS",
+    "RESNET_LAYERS",
     "VGG",
     "VGG_CONFIGS",
     "VGG_HEADS",
@@ -233,12 +266,14 @@ __all__ = [
     "CoordAggregationConvNN2d",
     "ModelConfig",
     "PatchEmbedding",
+    "ResNet",
     "TransformerBlock",
     "ViT",
     "build_model",
     "count_parameters",
     "mixer_option_names",
     "paper_layer_options",
+    "resnet50",
     "sampling_for_map",
     "sinusoidal_positions",
     "vgg11",

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from .._checks import check_choice, check_fraction, check_int
-from ..layers import BranchingConv2d, ConvNN2d
+from ..layers import BranchingConv2d, ConvNN2d, candidate_count
 
 VGG_CONFIGS: dict[str, list] = {
     "A": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
@@ -159,18 +159,26 @@ def _check_layer_options(options: dict) -> dict:
     return dict(options)
 
 
-def sampling_for_map(sampling: str, candidates: int | None, height: int, width: int
-                     ) -> tuple[str, int | None, str | None]:
+def sampling_for_map(sampling: str, candidates: int | None, height: int, width: int,
+                     layout: str = "square") -> tuple[str, int | None, str | None]:
     """The candidate set a ConvNN layer on an ``H × W`` map uses: the fallback rule.
 
     Returns ``(sampling, candidates, reason)``: the requested set when it fits the map, else
     ``("all", None, reason)``. ``"random"`` needs ``r² <= H·W`` pixels, ``"spatial"`` needs its
-    ``r × r`` grid to fit, ``r <= min(H, W)``.
+    ``r × r`` grid to fit, ``r <= min(H, W)``. With ``layout="count"`` (see
+    :class:`~convnn.layers.ConvNN2d`'s ``candidate_layout``) the set has ``r`` positions: ``r``
+    random pixels or a ``√r × √r`` grid.
     """
-    if sampling == "random" and candidates * candidates > height * width:
-        return "all", None, (f"random: r²={candidates * candidates} > H·W={height * width}")
-    if sampling == "spatial" and candidates > min(height, width):
-        return "all", None, f"spatial: r={candidates} > min(H, W)={min(height, width)}"
+    if sampling == "all":
+        return sampling, candidates, None
+    total = candidate_count(candidates, layout)
+    side = math.isqrt(total)
+    shown = "r" if layout == "count" else "r²"
+    if sampling == "random" and total > height * width:
+        return "all", None, f"random: {shown}={total} > H·W={height * width}"
+    if sampling == "spatial" and side > min(height, width):
+        grid = f"r={side}" if layout == "square" else f"grid side √r={side}"
+        return "all", None, f"spatial: {grid} > min(H, W)={min(height, width)}"
     return sampling, candidates, None
 
 
@@ -315,7 +323,8 @@ class VGG(nn.Module):
         layer_opts = dict(options, seed=base_seed + index)
         sampling, candidates, reason = requested[0], requested[1], None
         if convnn_channels:
-            sampling, candidates, reason = sampling_for_map(*requested, size, size)
+            sampling, candidates, reason = sampling_for_map(
+                *requested, size, size, layer_opts.get("candidate_layout", "square"))
             if reason is not None:
                 layer_opts["sampling"], layer_opts["candidates"] = "all", None
             k, padding = layer_opts.get("k", 9), layer_opts.get("padding", 1)
