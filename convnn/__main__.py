@@ -121,8 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--smoke", action="store_true",
                     help="a short real run: reduced model, a few hundred images, 2 epochs")
     tr.add_argument("--out", help="run folder (default runs/<preset>)")
-    tr.add_argument("--data-dir", help="where CIFAR is (default: $CONVNN_DATA_DIR, then the "
-                                       "data cache)")
+    tr.add_argument("--data-dir", help="where the dataset is (CIFAR default: $CONVNN_DATA_DIR, "
+                                       "then the data cache; ImageNet default: "
+                                       "$CONVNN_IMAGENET_DIR, $CONVNN_DATA_DIR/imagenet, then "
+                                       "the data cache)")
     tr.add_argument("--no-download", action="store_true", help="never download CIFAR")
     tr.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     tr.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
@@ -135,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="evaluate a run folder")
     ev.add_argument("--run", required=True, help="a run folder written by `train`")
-    ev.add_argument("--data-dir", help="where CIFAR is")
+    ev.add_argument("--data-dir", help="where the dataset is (as for train)")
     ev.add_argument("--device", help="cpu or cuda")
     ev.set_defaults(func=_eval)
 

@@ -127,6 +127,16 @@ class ImageDataset:
         """``(H, W)`` of the stored images."""
         return tuple(self.train_images.shape[1:3])
 
+    @property
+    def num_train(self) -> int:
+        """Training images."""
+        return len(self.train_labels)
+
+    @property
+    def num_test(self) -> int:
+        """Test images."""
+        return len(self.test_labels)
+
     def train_loader(self, batch_size: int, device=None, **kwargs) -> DeviceLoader:
         """A shuffling :class:`DeviceLoader` over the training split (see :func:`make_loader`)."""
         kwargs.setdefault("shuffle", True)
@@ -134,12 +144,14 @@ class ImageDataset:
             self.train_images, self.train_labels, batch_size, device, self.mean, self.std, **kwargs
         )
 
-    def test_loader(self, batch_size: int, device=None, **kwargs) -> DeviceLoader:
-        """A non-shuffling, non-augmenting :class:`DeviceLoader` over the test split."""
+    def test_loader(self, batch_size: int, device=None, *, start: int = 0,
+                    **kwargs) -> DeviceLoader:
+        """A non-shuffling, non-augmenting :class:`DeviceLoader` over the test split (its
+        samples ``[start:]``)."""
+        check_int("start", start, minimum=0, maximum=max(self.num_test - 1, 0))
         kwargs.setdefault("shuffle", False)
-        return make_loader(
-            self.test_images, self.test_labels, batch_size, device, self.mean, self.std, **kwargs
-        )
+        return make_loader(self.test_images[start:], self.test_labels[start:], batch_size,
+                           device, self.mean, self.std, **kwargs)
 
     def __repr__(self) -> str:
         h, w = self.image_size

@@ -1,4 +1,4 @@
-"""Every CIFAR experiment of the paper as one named preset.
+"""Every experiment of the paper as one named preset.
 
 A preset is a model configuration, a dataset and a training configuration, plus the paper
 rows it reproduces. Names read as the experiment: ``vgg11-c10-branching-r0.5`` (VGG-11 on
@@ -16,9 +16,15 @@ batch 256, 150 epochs, gradient clipping 1.0, no augmentation, seed 42; the VGG 
 sweep (6.4) ran 100 epochs with seed 0. VGG similarity "Col" is selection on features and
 "Loc_Col" mixes features and coordinates (λ = 0.5); aggregation "Loc_Col" also aggregates the
 two coordinate channels. For the pure Conv2d model these options do not apply, so its rows
-of table 6.1 are one preset. On images, ``candidates = r`` means an r × r candidate set. The
-ImageNet rows (table "10", ResNet-50 and ViT-Base, v3 of the paper) have no preset: this
-package has no ImageNet pipeline and no ResNet.
+of table 6.1 are one preset. On CIFAR images, ``candidates = r`` means an r × r candidate set.
+
+The ImageNet-1K rows (table "10", ResNet-50 and ViT-Base, from v3 of the paper) are presets too
+(``resnet50-in1k-...``, ``vit-base-in1k-...``), but the paper states neither their training
+protocol nor their code. The models reproduce the paper's parameter counts (see
+:mod:`convnn.models.resnet`); the ResNet-50 branching layers use λ = 0.5, and their candidate
+counts are literal (random r = 32 is 32 pixels, spatial r = 25 is the 5 × 5 grid written
+r' = 5), which is what the paper's GFLOPs imply. The training protocol is ours, a standard
+recipe named in :data:`IMAGENET_PROTOCOLS`; results under it are not the paper's protocol.
 """
 
 from __future__ import annotations
@@ -29,21 +35,39 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from .models import ModelConfig
+from .models import PAPER_RESNET50, ModelConfig
 from .models.vgg import paper_layer_options
 from .train import TrainConfig
 
 PAPER_RESULTS = Path(__file__).resolve().parents[1] / "data" / "paper_results.json"
-DATASET_SHORT = {"cifar10": "c10", "cifar100": "c100"}
-NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
-UNSUPPORTED_TABLES = {"10": "ImageNet-1K with ResNet-50 / ViT-Base (paper v3): no ImageNet "
-                            "pipeline or ResNet in this package"}
+DATASET_SHORT = {"cifar10": "c10", "cifar100": "c100", "imagenet": "in1k"}
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000}
+UNSUPPORTED_TABLES: dict[str, str] = {}
+"""Tables of ``paper_results.json`` without presets, and why (none at present)."""
+
+IMAGENET_PROTOCOLS = {
+    # ResNet: the common SGD recipe (torchvision's, with cosine decay and label smoothing)
+    "resnet": {"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4,
+               "schedule": "cosine", "warmup_epochs": 5, "epochs": 90, "batch_size": 256,
+               "grad_clip": None, "label_smoothing": 0.1, "augment": True},
+    # ViT-Base: DeiT's optimiser settings (lr 5e-4 per 512 images), without its RandAugment,
+    # mixup, cutmix, random erasing and stochastic depth
+    "vit": {"optimizer": "adamw", "lr": 2.5e-4, "weight_decay": 0.05, "schedule": "cosine",
+            "warmup_epochs": 5, "epochs": 300, "batch_size": 256, "grad_clip": 1.0,
+            "label_smoothing": 0.1, "augment": True},
+}
+"""Our training protocol for the ImageNet presets (the paper does not state one): random-resized
+crop + flip at 224, center crop for testing (see :mod:`convnn.imagenet`)."""
 
 VGG_DEFAULTS = {"layer": "conv2d", "ratio": 0.0, "similarity": "Col", "aggregation": "Col",
                 "k": 9, "kernel_size": 3, "sampling": "all", "candidates": None,
                 "lr": 1e-4, "epochs": 150, "seed": 42}
-VIT_DEFAULTS = {"mixer": "attention", "k": None, "sampling": None, "candidates": None,
-                "aggregation": None, "heads": 1, "lr": 1e-4, "epochs": 150, "seed": 42}
+VIT_DEFAULTS = {"model": "vit_tiny", "mixer": "attention", "k": None, "sampling": None,
+                "candidates": None, "aggregation": None, "heads": 1, "lr": 1e-4, "epochs": 150,
+                "seed": 42}
+RESNET_DEFAULTS = {"layer": "conv2d", "ratio": 0.0, "k": 9, "sampling": "all",
+                   "candidates": None, "lr": None, "epochs": None, "seed": 42}
+_DEFAULTS = {"vgg": VGG_DEFAULTS, "vit": VIT_DEFAULTS, "resnet": RESNET_DEFAULTS}
 VIT_MIXERS = {"attention": "attention", "local_attention": "local",
               "sparse_local": "sparse_local", "sparse_strided": "sparse_strided",
               "kvt": "kvt", "convnn_attention": "convnn_attention"}
@@ -54,8 +78,8 @@ class Preset:
     """One experiment: what to build, what to train it on, how, and which paper rows it is."""
 
     name: str
-    family: str  # "vgg" or "vit"
-    dataset: str  # "cifar10" or "cifar100"
+    family: str  # "vgg", "resnet" or "vit"
+    dataset: str  # "cifar10", "cifar100" or "imagenet"
     spec: tuple  # the canonical configuration, see paper_key()
     description: str = ""
     train_overrides: dict = field(default_factory=dict)
@@ -79,6 +103,18 @@ class Preset:
                                ratio=s["ratio"] if s["layer"] == "branching" else None,
                                kernel_size=s["kernel_size"], head="paper",
                                layer_options=options)
+        if self.family == "resnet":
+            bias = PAPER_RESNET50[s["layer"]]
+            options = dict(bias["layer_options"])
+            if s["layer"] != "conv2d":
+                options["k"] = s["k"]
+                if s["sampling"] != "all":
+                    options.update(sampling=s["sampling"], candidates=s["candidates"],
+                                   candidate_layout="count")
+            return ModelConfig(name="resnet50", num_classes=NUM_CLASSES[self.dataset],
+                               layer=s["layer"],
+                               ratio=s["ratio"] if s["layer"] == "branching" else None,
+                               conv_bias=bias["conv_bias"], layer_options=options)
         options = {}
         if s["mixer"] in ("kvt", "convnn_attention"):
             options["k"] = s["k"]
@@ -86,15 +122,20 @@ class Preset:
             options["aggregation"] = s["aggregation"]
             if s["sampling"] != "all":
                 options.update(sampling=s["sampling"], candidates=s["candidates"])
-        return ModelConfig(name="vit_tiny", num_classes=NUM_CLASSES[self.dataset],
+        return ModelConfig(name=s["model"], num_classes=NUM_CLASSES[self.dataset],
                            mixer=s["mixer"], heads=s["heads"], layer_options=options)
 
     def train_config(self, **overrides) -> TrainConfig:
-        """The paper's protocol for this preset; keyword arguments override fields."""
+        """The paper's protocol for this preset (ours, :data:`IMAGENET_PROTOCOLS`, for
+        ImageNet); keyword arguments override fields."""
         s = self.settings
-        values = {"optimizer": "adamw", "lr": s["lr"], "weight_decay": 0.01, "epochs": s["epochs"],
-                  "batch_size": 256, "grad_clip": 1.0, "schedule": "none", "augment": False,
-                  "seed": s["seed"], "resize": 224 if self.family == "vit" else None}
+        if self.dataset == "imagenet":
+            values = {**IMAGENET_PROTOCOLS[self.family], "seed": s["seed"]}
+        else:
+            values = {"optimizer": "adamw", "lr": s["lr"], "weight_decay": 0.01,
+                      "epochs": s["epochs"], "batch_size": 256, "grad_clip": 1.0,
+                      "schedule": "none", "augment": False, "seed": s["seed"],
+                      "resize": 224 if self.family == "vit" else None}
         values.update(self.train_overrides)
         values.update(overrides)
         return TrainConfig(**values)
@@ -112,7 +153,7 @@ class Preset:
 
 
 def _canonical(family: str, dataset: str, **settings) -> tuple:
-    base = dict(VGG_DEFAULTS if family == "vgg" else VIT_DEFAULTS)
+    base = dict(_DEFAULTS[family])
     unknown = set(settings) - set(base)
     if unknown:
         raise ValueError(f"unknown preset settings {sorted(unknown)}; allowed: {sorted(base)}")
@@ -121,6 +162,14 @@ def _canonical(family: str, dataset: str, **settings) -> tuple:
         if base["layer"] == "conv2d":  # selection options do not exist without ConvNN
             base.update(ratio=0.0, similarity="Col", aggregation="Col", k=9, sampling="all",
                         candidates=None)
+        elif base["layer"] == "convnn":
+            base["ratio"] = 1.0
+        if base["sampling"] == "all":
+            base["candidates"] = None
+        base["ratio"] = float(base["ratio"])
+    elif family == "resnet":
+        if base["layer"] == "conv2d":
+            base.update(ratio=0.0, k=None, sampling="all", candidates=None)
         elif base["layer"] == "convnn":
             base["ratio"] = 1.0
         if base["sampling"] == "all":
@@ -136,7 +185,8 @@ def _canonical(family: str, dataset: str, **settings) -> tuple:
             base["aggregation"] = base["aggregation"] or "depthwise"
             if base["sampling"] == "all":
                 base["candidates"] = None
-    base["lr"] = float(base["lr"])
+    if base["lr"] is not None:
+        base["lr"] = float(base["lr"])
     return (("family", family), ("dataset", dataset), *sorted(base.items()))
 
 
@@ -153,6 +203,16 @@ def paper_key(record: dict) -> tuple | None:
             similarity=record.get("similarity"), aggregation=record.get("aggregation"),
             k=record.get("k"), kernel_size=record.get("kernel_size"),
             sampling=record.get("sampling"), candidates=record.get("candidates"), **common)
+    if record["model"] == "resnet50":
+        return _canonical(
+            "resnet", record["dataset"], layer=record["layer"],
+            ratio=0.5 if record["layer"] == "branching" else None, k=record.get("k"),
+            sampling=record.get("sampling"), candidates=record.get("candidates"), **common)
+    if record["model"] == "vit_base":
+        return _canonical(
+            "vit", record["dataset"], model="vit_base", mixer=VIT_MIXERS[record["layer"]],
+            k=record.get("k"), sampling=record.get("sampling"),
+            candidates=record.get("candidates"), heads=12, **common)
     if record["model"] == "vit_tiny":
         aggregation = record.get("conv_type")
         aggregation = "separable" if aggregation == "depthwise-separable" else aggregation
@@ -180,21 +240,28 @@ def _name(family: str, dataset: str, s: dict) -> str:
                 parts.append(f"ks{s['kernel_size']}")
         elif (s["k"], s["kernel_size"]) != (9, 3) or s["epochs"] != 150:
             parts.append(f"k{s['k']}-ks{s['kernel_size']}")
+    elif family == "resnet":
+        parts = ["resnet50", ds, s["layer"]]
+        if s["layer"] == "branching":
+            parts.append(f"r{s['ratio']:g}")
+        if s["layer"] != "conv2d":
+            parts.append(s["sampling"] + (f"-r{s['candidates']}" if s["candidates"] else ""))
+            parts.append(f"k{s['k']}")
     else:
         mixer = {"sparse_local": "sparse-local", "sparse_strided": "sparse-strided",
                  "convnn_attention": "convnn"}.get(s["mixer"], s["mixer"])
-        parts = ["vit-tiny", ds, mixer]
+        parts = [s["model"].replace("_", "-"), ds, mixer]
         if s["mixer"] == "convnn_attention":
             parts.append(s["sampling"] + (f"-r{s['candidates']}" if s["candidates"] else ""))
         if s["k"] is not None:
             parts.append(f"k{s['k']}")
         if s["aggregation"] not in (None, "depthwise"):
             parts.append(f"agg-{s['aggregation']}")
-        if s["heads"] != 1:
+        if s["heads"] != (12 if s["model"] == "vit_base" else 1):
             parts.append(f"h{s['heads']}")
-    if s["lr"] != 1e-4:
+    if s["lr"] not in (1e-4, None):
         parts.append(f"lr{s['lr']:g}")
-    if s["epochs"] != 150:
+    if s["epochs"] not in (150, None):
         parts.append(f"e{s['epochs']}")
     if s["seed"] != 42:
         parts.append(f"seed{s['seed']}")
@@ -202,7 +269,7 @@ def _name(family: str, dataset: str, s: dict) -> str:
 
 
 def _describe(family: str, dataset: str, s: dict) -> str:
-    data = "CIFAR-10" if dataset == "cifar10" else "CIFAR-100"
+    data = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet": "ImageNet-1K"}[dataset]
     if family == "vgg":
         what = {"conv2d": "Conv2d (3x3 + 1x1)", "convnn": "pure ConvNN (λ = 1)",
                 "branching": f"branching λ = {s['ratio']:g}"}[s["layer"]]
@@ -214,6 +281,14 @@ def _describe(family: str, dataset: str, s: dict) -> str:
         if s["kernel_size"] != 3:
             what += f", conv kernel {s['kernel_size']}"
         model = f"VGG-11 with {what}"
+    elif family == "resnet":
+        what = {"conv2d": "Conv2d", "convnn": "ConvNN",
+                "branching": f"branching λ = {s['ratio']:g}"}[s["layer"]]
+        if s["layer"] != "conv2d":
+            what += f" layers, k = {s['k']}, {s['sampling']} candidates"
+            if s["candidates"]:
+                what += f" r = {s['candidates']}"
+        model = f"ResNet-50 with {what}"
     else:
         what = s["mixer"]
         if s["mixer"] == "convnn_attention":
@@ -222,7 +297,13 @@ def _describe(family: str, dataset: str, s: dict) -> str:
                 f", {s['aggregation']} aggregation"
         elif s["mixer"] == "kvt":
             what = f"KVT top-{s['k']} attention"
-        model = f"ViT-Tiny ({s['heads']} head{'s' if s['heads'] > 1 else ''}) with {what}"
+        size = {"vit_tiny": "ViT-Tiny", "vit_base": "ViT-Base"}[s["model"]]
+        model = f"{size} ({s['heads']} head{'s' if s['heads'] > 1 else ''}) with {what}"
+    if dataset == "imagenet":
+        p = IMAGENET_PROTOCOLS[family]
+        return (f"{model} on {data}; our protocol (the paper states none): "
+                f"{p['optimizer'].upper() if p['optimizer'] == 'sgd' else 'AdamW'} "
+                f"lr {p['lr']:g}, cosine, {p['epochs']} epochs, seed {s['seed']}")
     return f"{model} on {data}; AdamW lr {s['lr']:g}, {s['epochs']} epochs, seed {s['seed']}"
 
 
@@ -280,6 +361,18 @@ def _sweeps() -> list[tuple[str, str, dict]]:
             for aggregation in ("standard", "depthwise", "separable"):
                 out.append(("vit", ds, {"mixer": "convnn_attention", "k": k,
                                         "aggregation": aggregation}))
+    # "10": ImageNet-1K, ResNet-50 and ViT-Base (paper v3)
+    out.append(("resnet", "imagenet", {"layer": "conv2d"}))
+    out.append(("resnet", "imagenet", {"layer": "convnn"}))
+    for sampling, r in (("all", None), ("random", 32), ("spatial", 25)):
+        out.append(("resnet", "imagenet", {"layer": "branching", "ratio": 0.5,
+                                           "sampling": sampling, "candidates": r}))
+    out.append(("vit", "imagenet", {"model": "vit_base", "heads": 12}))
+    for k, sampling, r in ((9, "all", None), (9, "random", 32), (9, "spatial", 128),
+                           (16, "all", None)):
+        out.append(("vit", "imagenet", {"model": "vit_base", "heads": 12,
+                                        "mixer": "convnn_attention", "k": k,
+                                        "sampling": sampling, "candidates": r}))
     return out
 
 
@@ -338,16 +431,19 @@ def preset_for_record(record: dict) -> Preset | None:
 
 def reduced(preset: Preset) -> tuple[ModelConfig, TrainConfig]:
     """A small, fast version of a preset for smoke runs and tests: same layer types and
-    options, narrow VGG with the lean head, or a narrow 2-block ViT on 32×32 images with
-    patch 2 (257 tokens, enough for every k and candidate count of the paper's sweeps)."""
+    options, narrow VGG with the lean head, a narrow ResNet on 64×64 images, or a narrow
+    2-block ViT on 32×32 images with patch 2 (257 tokens, enough for every k and candidate
+    count of the paper's sweeps)."""
     model = preset.model_config()
     if preset.family == "vgg":
         model = dataclasses.replace(model, head="lean", width_multiplier=0.125)
+    elif preset.family == "resnet":
+        model = dataclasses.replace(model, width_multiplier=0.125, image_size=64)
     else:
         model = dataclasses.replace(model, image_size=32, patch_size=2, depth=2, dim=48,
                                     mlp_dim=96)
     return model, preset.train_config(resize=None)
 
 
-__all__ = ["PRESETS", "Preset", "get_preset", "list_presets", "paper_key", "paper_records",
+__all__ = ["IMAGENET_PROTOCOLS", "PRESETS", "Preset", "get_preset", "list_presets", "paper_key", "paper_records",
            "preset_for_record", "reduced"]

@@ -42,6 +42,7 @@ from .experiments import PAPER_RESULTS, get_preset, paper_records, preset_for_re
 
 __all__ = [
     "HEADLINE_CLAIMS",
+    "IMAGENET_TABLE",
     "NO_RUN",
     "PAPER_LABEL",
     "RESULTS_ROOT",
@@ -72,8 +73,10 @@ RESULTS_ROOT = PAPER_RESULTS.parent / "results"
 PAPER_LABEL = "paper (authors' logs)"
 #: What a comparison says where no committed run matches a paper row.
 NO_RUN = "no run yet"
-#: The paper's CIFAR tables (``"10"``, ImageNet, has no preset in this package).
+#: The paper's CIFAR tables.
 TABLES = ("6.1", "6.2", "6.3", "6.4", "6.5", "6.6", "6.7", "6.8", "6.9", "6.10")
+#: The ImageNet-1K table (ResNet-50 and ViT-Base, v3 of the paper): top-1 and test loss only.
+IMAGENET_TABLE = "10"
 DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet": "ImageNet-1K"}
 
 #: Settings of a paper row (everything else in a record is a number the paper reports).
@@ -524,7 +527,7 @@ def paper_repeats() -> list[dict]:
     groups: dict[str, list[dict]] = {}
     for record in paper_records():
         preset = preset_for_record(record)
-        if preset is not None:
+        if preset is not None and "best" in record:  # CIFAR rows (ImageNet's have top1)
             groups.setdefault(preset.name, []).append(record)
     rows = []
     for name, records in groups.items():
@@ -647,6 +650,12 @@ COMPARISON_COLUMNS = {"dataset_name": "data", "setting": "setting (paper row)",
                       "paper_best": "paper best", "paper_avg5": "paper last-5 mean",
                       "ours_best": "ours best", "ours_last5": "ours last-5 mean",
                       "ours": "our run (device, epochs, data)"}
+#: Column titles of :func:`comparison_markdown` for the ImageNet table, which prints one
+#: top-1 per row (best or final epoch: not stated) and the parameter count.
+IMAGENET_COLUMNS = {"model": "model", "setting": "setting (paper row)",
+                    "paper_top1": "paper top-1", "paper_params_m": "paper params (M)",
+                    "ours_best": "ours best", "ours_last5": "ours last-5 mean",
+                    "ours": "our run (device, epochs, data)"}
 
 
 def comparison_markdown(table: str, runs: Sequence[Run] | None = None, *,
@@ -658,22 +667,29 @@ def comparison_markdown(table: str, runs: Sequence[Run] | None = None, *,
     collapsed ``<details>`` block. Accuracies are test top-1 in percent.
     """
     rows = comparison_rows(table, runs)
+    columns = IMAGENET_COLUMNS if table == IMAGENET_TABLE else COMPARISON_COLUMNS
     legend = (f"*paper* = {PAPER_LABEL}, `data/paper_results.json`; *ours* = committed logs "
               "in `data/results/`; best = best epoch, last-5 mean = mean of the last 5 epochs.")
+    if table == IMAGENET_TABLE:
+        legend += (" The paper's ImageNet top-1 may be a best or a final epoch (not stated), "
+                   "and our ImageNet presets use our own training protocol.")
+        names = {"resnet50": "ResNet-50", "vit_base": "ViT-Base"}
+        rows = [dict(r, model=names.get(r["model"], r["model"]),
+                     paper_params_m=f"{r['paper_params_m']:.3f}") for r in rows]
     short = sorted({f"{r['ours_epochs']}/{r['ours_protocol_epochs']}" for r in rows
                     if r["ours_runs"] and r["ours_protocol_epochs"]
                     and r["ours_epochs"] < r["ours_protocol_epochs"]})
     if short:
         legend += (f" Our runs of {', '.join(short)} epochs stopped before the paper's "
                    "protocol ended: their numbers are not comparable with the paper's.")
-    full = markdown_table(rows, list(COMPARISON_COLUMNS), COMPARISON_COLUMNS)
+    full = markdown_table(rows, list(columns), columns)
     if len(rows) <= collapse_over:
         return f"{full}\n\n{legend}"
     with_runs = [r for r in rows if r["ours_runs"]]
     if with_runs:
         head = (f"Rows of table {table} with a committed run of ours ({len(with_runs)} of "
                 f"{len(rows)}):\n\n"
-                + markdown_table(with_runs, list(COMPARISON_COLUMNS), COMPARISON_COLUMNS))
+                + markdown_table(with_runs, list(columns), columns))
     else:
         head = f"No committed run of ours for any of the {len(rows)} rows of table {table} yet."
     return (f"{head}\n\n<details><summary>All {len(rows)} rows of table {table}</summary>"

@@ -2,8 +2,9 @@
 
 ``run_preset("vgg11-c10-branching-r0.5")`` trains the paper's experiment (its protocol, all
 epochs); ``smoke=True`` trains a reduced model for 2 epochs on a few hundred images (real
-CIFAR when a copy is available; otherwise clearly labelled synthetic data), which takes about a
-minute on a CPU.
+CIFAR or ImageNet when a copy is available; otherwise clearly labelled synthetic data), which
+takes about a minute on a CPU. ImageNet presets stream their images from disk
+(:mod:`convnn.imagenet`); CIFAR presets hold the dataset in memory (:mod:`convnn.data`).
 """
 
 from __future__ import annotations
@@ -15,14 +16,24 @@ from pathlib import Path
 
 import torch
 
-from .data import DatasetNotFoundError, ImageDataset, load_dataset, synthetic_dataset
+from .data import (
+    DatasetNotFoundError,
+    ImageDataset,
+    default_cache_dir,
+    load_dataset,
+    synthetic_dataset,
+)
 from .experiments import Preset, get_preset, reduced
+from .imagenet import ImageNetDataset, load_imagenet, write_synthetic_imagenet
 from .models import ModelConfig, build_model, count_parameters
 from .train import TrainConfig, evaluate_run, load_run, train
 
-SMOKE_TRAIN_PER_CLASS = {"cifar10": 50, "cifar100": 5}
-SMOKE_TEST_PER_CLASS = {"cifar10": 20, "cifar100": 2}
+SMOKE_TRAIN_PER_CLASS = {"cifar10": 50, "cifar100": 5, "imagenet": 2}
+SMOKE_TEST_PER_CLASS = {"cifar10": 20, "cifar100": 2, "imagenet": 1}
 SMOKE_EPOCHS = 2
+#: The synthetic stand-in a smoke run of an ImageNet preset uses when ImageNet is absent.
+SMOKE_SYNTHETIC_IMAGENET = {"num_classes": 10, "train_per_class": 50, "test_per_class": 20,
+                            "image_size": 72}
 
 
 def smoke_mode() -> bool:
@@ -34,11 +45,36 @@ def default_run_dir(name: str, smoke: bool) -> Path:
     return Path("runs") / (f"{name}-smoke" if smoke else name)
 
 
+def _synthetic_imagenet_root() -> Path:
+    root = default_cache_dir() / "synthetic-imagenet"
+    if not (root / "SYNTHETIC.txt").is_file():
+        write_synthetic_imagenet(root, **SMOKE_SYNTHETIC_IMAGENET)
+    return root
+
+
+def _load_imagenet_data(*, smoke: bool, data_dir, image_size: int, log) -> ImageNetDataset:
+    if not smoke:
+        return load_imagenet(data_dir, image_size=image_size)
+    try:
+        return load_imagenet(data_dir, train_per_class=SMOKE_TRAIN_PER_CLASS["imagenet"],
+                             test_per_class=SMOKE_TEST_PER_CLASS["imagenet"],
+                             image_size=image_size)
+    except DatasetNotFoundError:
+        log("NOTE: ImageNet is not available (set CONVNN_IMAGENET_DIR or pass --data-dir); "
+            "this smoke run uses a SYNTHETIC image tree, not ImageNet.")
+        return load_imagenet(_synthetic_imagenet_root(), image_size=image_size)
+
+
 def load_preset_data(preset: Preset, *, smoke: bool, data_dir=None,
-                     download: bool = True, log=print) -> ImageDataset:
-    """The preset's dataset. A smoke run uses a few hundred images; when no CIFAR copy is
-    available (and nothing can be downloaded) it says so and uses synthetic data instead.
-    A full run never falls back: it raises :class:`DatasetNotFoundError`."""
+                     download: bool = True, log=print, image_size: int | None = None
+                     ) -> ImageDataset | ImageNetDataset:
+    """The preset's dataset. A smoke run uses a few hundred images; when no CIFAR (or
+    ImageNet) copy is available (and nothing can be downloaded) it says so and uses synthetic
+    data instead. A full run never falls back: it raises :class:`DatasetNotFoundError`.
+    ``image_size`` is the crop size of a streamed ImageNet (default 224)."""
+    if preset.dataset == "imagenet":
+        return _load_imagenet_data(smoke=smoke, data_dir=data_dir,
+                                   image_size=image_size or 224, log=log)
     if not smoke:
         return load_dataset(preset.dataset, data_dir=data_dir, download=download)
     try:
@@ -59,7 +95,8 @@ def preset_configs(preset: Preset, *, smoke: bool, epochs: int | None = None,
     """The model and training configs of a run of ``preset`` (reduced for smoke runs)."""
     if smoke:
         model_cfg, train_cfg = reduced(preset)
-        train_cfg = dataclasses.replace(train_cfg, epochs=SMOKE_EPOCHS, batch_size=64)
+        train_cfg = dataclasses.replace(train_cfg, epochs=SMOKE_EPOCHS, batch_size=64,
+                                        warmup_epochs=0)
     else:
         model_cfg, train_cfg = preset.model_config(), preset.train_config()
         if device is not None and device.type == "cuda" and "amp" not in train_overrides:
@@ -96,16 +133,22 @@ def run_preset(name: str, *, epochs: int | None = None, smoke: bool | None = Non
     model_cfg, train_cfg = preset_configs(preset, smoke=smoke, epochs=epochs, device=dev,
                                           **train_overrides)
     dataset = load_preset_data(preset, smoke=smoke, data_dir=data_dir, download=download,
-                               log=log)
+                               log=log, image_size=model_cfg.image_size)
     out = Path(out_dir) if out_dir is not None else default_run_dir(name, smoke)
+    synthetic = dataset.name == "synthetic" or getattr(dataset, "synthetic", False)
+    if smoke and synthetic and dataset.num_classes != model_cfg.num_classes:
+        model_cfg = dataclasses.replace(model_cfg, num_classes=dataset.num_classes)
+    subset = smoke and not synthetic
     extra = {"preset": name, "smoke": smoke, "model": model_cfg.to_dict(),
              "dataset": {"name": dataset.name, "source": dataset.source,
-                         "train_images": int(dataset.train_images.shape[0]),
-                         "test_images": int(dataset.test_images.shape[0]),
+                         "synthetic": synthetic,
+                         "root": str(dataset.root) if isinstance(dataset, ImageNetDataset)
+                         else None,
+                         "train_images": dataset.num_train, "test_images": dataset.num_test,
                          "train_per_class": SMOKE_TRAIN_PER_CLASS.get(dataset.name)
-                         if smoke and dataset.name != "synthetic" else None,
+                         if subset else None,
                          "test_per_class": SMOKE_TEST_PER_CLASS.get(dataset.name)
-                         if smoke and dataset.name != "synthetic" else None},
+                         if subset else None},
              "command": " ".join(sys.argv), "paper_rows": [
                  {k: r.get(k) for k in ("table", "best", "avg5")} for r in preset.paper_rows()]}
     log(f"{name}: {preset.description}")
@@ -126,9 +169,16 @@ def evaluate_run_dir(run_dir, *, data_dir=None, device=None) -> dict:
     if info.get("name") == "synthetic":
         raise ValueError(f"{run_dir} trained on synthetic data; there is no test set to "
                          "reload")
-    dataset = load_dataset(info["name"], data_dir=data_dir, download=False,
-                           train_per_class=info.get("train_per_class"),
-                           test_per_class=info.get("test_per_class"))
+    if info.get("name") == "imagenet":
+        if info.get("synthetic") and data_dir is None:
+            data_dir = info.get("root")  # the synthetic tree the run trained on
+        dataset = load_imagenet(data_dir, train_per_class=info.get("train_per_class"),
+                                test_per_class=info.get("test_per_class"),
+                                image_size=model_cfg.image_size or 224)
+    else:
+        dataset = load_dataset(info["name"], data_dir=data_dir, download=False,
+                               train_per_class=info.get("train_per_class"),
+                               test_per_class=info.get("test_per_class"))
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     metrics = evaluate_run(run_dir, lambda: build_model(model_cfg), dataset, device=dev)
     metrics["parameters"] = count_parameters(build_model(model_cfg, device="meta"))

@@ -63,7 +63,7 @@ from ._io import (
     git_commit,
     read_jsonl,
 )
-from .data import ImageDataset, make_loader
+from .data import ImageDataset
 
 __all__ = [
     "AMP_MODES",
@@ -150,7 +150,8 @@ class TrainConfig:
         eval_sampling: set on every module that has an ``eval_sampling`` attribute
             (:class:`~convnn.ConvNN2d`, :class:`~convnn.ConvNNAttention`): ``"fixed"``
             (reproducible random candidates at test time) or ``"resample"`` (the paper's code).
-        augment: random crop (padding 4) + horizontal flip (paper: off).
+        augment: random crop (padding 4) + horizontal flip (paper: off); on a streamed
+            ImageNet dataset, a random-resized crop + horizontal flip.
         resize: resize images to ``resize × resize`` on the device (224 for the paper's ViT).
         log_every: update the progress bar's loss/accuracy every this many steps (each update
             waits for the device); 0 updates it only at the end of the epoch.
@@ -597,7 +598,7 @@ def _build(model_factory) -> tuple[nn.Module, bool]:
 def evaluate_run(
     run_dir: str | os.PathLike,
     model_factory: Callable[[], nn.Module] | nn.Module,
-    dataset: ImageDataset,
+    dataset,
     device=None,
     batch_size: int | None = None,
 ) -> dict:
@@ -620,22 +621,36 @@ def evaluate_run(
     model.load_state_dict(checkpoint["model"])
     model.to(device)
     set_eval_sampling(model, tc.eval_sampling)
-    loader = dataset.test_loader(
-        batch_size or tc.eval_batch_size or tc.batch_size, device, resize=tc.resize
-    )
+    _check_dataset(dataset, tc)
+    loader = dataset.test_loader(batch_size or tc.eval_batch_size or tc.batch_size, device,
+                                 **({} if tc.resize is None else {"resize": tc.resize}))
     result = evaluate(model, loader, device, amp=tc.amp)
     result["epoch"] = int(checkpoint["epoch"])
     return result
 
 
-def _dataset_info(ds: ImageDataset) -> dict:
+def _check_dataset(dataset, config: TrainConfig) -> None:
+    from .imagenet import ImageNetDataset
+
+    if isinstance(dataset, ImageDataset):
+        return
+    if not isinstance(dataset, ImageNetDataset):
+        raise ValueError("dataset must be a convnn.data.ImageDataset or a "
+                         f"convnn.imagenet.ImageNetDataset, got {type(dataset).__name__}")
+    if config.resize is not None:
+        raise ValueError(f"resize={config.resize} applies to in-memory datasets only; a streamed "
+                         "ImageNet dataset crops to its own image_size (load_imagenet("
+                         "image_size=...))")
+
+
+def _dataset_info(ds) -> dict:
     return {
         "name": ds.name,
         "source": ds.source,
         "classes": ds.num_classes,
         "image_size": list(ds.image_size),
-        "train_images": len(ds.train_labels),
-        "test_images": len(ds.test_labels),
+        "train_images": ds.num_train,
+        "test_images": ds.num_test,
         "mean": list(ds.mean),
         "std": list(ds.std),
     }
@@ -665,7 +680,7 @@ def _check_resumable(saved: dict, config: TrainConfig, path: Path) -> None:
 
 def train(
     model_factory: Callable[[], nn.Module] | nn.Module,
-    dataset: ImageDataset,
+    dataset,
     config: TrainConfig | None,
     out_dir: str | os.PathLike,
     *,
@@ -684,7 +699,8 @@ def train(
             seeding, so ``config.seed`` fixes the initial weights. A ready ``nn.Module`` is
             accepted too, but then the seed did not control its initialisation (a warning
             says so, except when resuming, where the checkpoint's weights replace it).
-        dataset: the data; both splits are moved to the device once.
+        dataset: the data: an :class:`~convnn.data.ImageDataset` (both splits are moved to
+            the device once) or a streamed :class:`~convnn.imagenet.ImageNetDataset`.
         config: the protocol; ``None`` means ``TrainConfig()``, the paper's.
         out_dir: the run folder; created if needed.
         resume: continue the run in ``out_dir`` from its last checkpoint (``metrics.jsonl``
@@ -718,10 +734,7 @@ def train(
     if not isinstance(config, TrainConfig):
         raise ValueError(f"config must be a TrainConfig, got {type(config).__name__}")
     config.validate()
-    if not isinstance(dataset, ImageDataset):
-        raise ValueError(
-            f"dataset must be a convnn.data.ImageDataset, got {type(dataset).__name__}"
-        )
+    _check_dataset(dataset, config)
     _check_bool("resume", resume)
     _check_bool("overwrite", overwrite)
     if resume and overwrite:
@@ -842,18 +855,14 @@ def _fit(model_factory, ds, config, out, resume, overwrite, device, ctx, show, e
     # ---- data on the device: train sharded; test sharded + the remainder on rank 0
     per_rank = config.batch_size // ws
     eval_bs = config.eval_batch_size or per_rank
-    common = {"device": device, "mean": ds.mean, "std": ds.std, "resize": config.resize}
-    train_loader = make_loader(
-        ds.train_images, ds.train_labels, per_rank, shuffle=True, augment=config.augment,
-        seed=config.seed, rank=ctx.rank, world_size=ws, **common,
-    )  # fmt: skip
-    n_test = len(ds.test_labels)
+    common = {} if config.resize is None else {"resize": config.resize}
+    train_loader = ds.train_loader(per_rank, device, shuffle=True, augment=config.augment,
+                                   seed=config.seed, rank=ctx.rank, world_size=ws, **common)
+    n_test = ds.num_test
     covered = n_test // ws * ws
-    test_loaders = [make_loader(ds.test_images, ds.test_labels, eval_bs, shuffle=False,
-                                rank=ctx.rank, world_size=ws, **common)]
+    test_loaders = [ds.test_loader(eval_bs, device, rank=ctx.rank, world_size=ws, **common)]
     if main and covered < n_test:
-        test_loaders.append(make_loader(ds.test_images[covered:], ds.test_labels[covered:],
-                                        eval_bs, shuffle=False, **common))
+        test_loaders.append(ds.test_loader(eval_bs, device, start=covered, **common))
 
     # ---- config.json
     run_info = {

@@ -274,10 +274,19 @@ def test_comparison_uses_matching_run_and_ignores_smoke(tmp_path):
 
 
 def test_comparison_of_every_table_runs():
-    for table in R.TABLES:
+    for table in (*R.TABLES, R.IMAGENET_TABLE):
         rows = R.comparison_rows(table, runs=[])
         assert len(rows) == len(R.paper_table(table))
         assert all(r["preset"] for r in rows)
+
+
+def test_imagenet_comparison_shows_top1_and_exact_parameter_counts():
+    text = R.comparison_markdown(R.IMAGENET_TABLE, [])
+    assert "| ResNet-50 | Branching, random r=32 | 78.98 | 26.474 |" in text
+    assert "| ViT-Base | Attention | 80.94 | 86.379 |" in text
+    assert "our own training protocol" in text
+    assert all(r["source"] == R.PAPER_LABEL for r in R.paper_table("10"))
+    assert all("best" not in r for r in R.paper_repeats() if "10" in r["tables"])
 
 
 # --------------------------------------------------------------------------- tables
