@@ -27,6 +27,7 @@ from convnn._io import (
     read_jsonl,
 )
 from convnn.data import synthetic_dataset
+from convnn.imagenet import load_imagenet, write_synthetic_imagenet
 from convnn.train import (
     VOLATILE_FIELDS,
     TrainConfig,
@@ -319,6 +320,36 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path, ds):
     assert json.loads((broken / "config.json").read_text())["resumed"][0]["from_epoch"] == 2
 
 
+@pytest.fixture(scope="module")
+def stream(tmp_path_factory):
+    """A synthetic ImageNet-layout tree, streamed from JPEG files like ImageNet."""
+    root = tmp_path_factory.mktemp("stream")
+    write_synthetic_imagenet(root / "tree", num_classes=4, train_per_class=32,
+                             test_per_class=8, image_size=24)
+    return load_imagenet(root / "tree", image_size=16, cache_dir=root / "cache")
+
+
+def test_killed_and_resumed_streamed_run_equals_uninterrupted_run(tmp_path, stream):
+    # random-resized crops + flips: every sample's augmentation must be the same after resume
+    cfg = small_config(eval_sampling="resample", augment=True)
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    s1 = quiet(straight, stream, config=cfg)
+    with pytest.raises(Killed):
+        quiet(broken, stream, config=cfg, callback=kill_after(2))
+    s2 = quiet(broken, stream, config=cfg, resume=True)
+    assert stable(read_jsonl(straight / "metrics.jsonl")) == stable(
+        read_jsonl(broken / "metrics.jsonl"))
+    a, b = load_run(straight)[1], load_run(broken)[1]
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert s1["final"] == s2["final"]
+    info = json.loads((straight / "config.json").read_text())["dataset"]
+    assert info["name"] == "imagenet" and info["image_size"] == [16, 16]
+    assert info["source"].startswith("SYNTHETIC")
+    with pytest.raises(ValueError, match="resize=32 applies to in-memory datasets only"):
+        quiet(tmp_path / "resized", stream, config=small_config(resize=32))
+
+
 def test_resume_without_rng_state_differs(tmp_path, ds, monkeypatch):
     """Control for the test above: the RNG state matters for this model."""
     cfg = small_config(epochs=2)
@@ -376,6 +407,7 @@ DDP_SCRIPT = """
 import os, sys, torch
 from torch import nn
 from convnn.data import synthetic_dataset
+from convnn.imagenet import load_imagenet, write_synthetic_imagenet
 from convnn.train import TrainConfig, train
 
 built = []
@@ -387,7 +419,11 @@ def factory():
     return m
 
 out = sys.argv[1]
-ds = synthetic_dataset(n_train=128, n_test=33, num_classes=4, image_size=8)
+if len(sys.argv) > 2:  # streamed from an image tree (the ImageNet loader)
+    from convnn.imagenet import load_imagenet
+    ds = load_imagenet(sys.argv[2], image_size=8, cache_dir=out + "/cache")
+else:
+    ds = synthetic_dataset(n_train=128, n_test=33, num_classes=4, image_size=8)
 cfg = TrainConfig(lr=1e-2, epochs=2, batch_size=32, seed=0, log_every=0)
 summary = train(factory, ds, cfg, out + "/run", progress=False, device="cpu")  # gloo
 import torch.distributed as dist
@@ -404,13 +440,18 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_ddp_two_cpu_processes(tmp_path):
+@pytest.mark.parametrize("data", ["memory", "stream"])
+def test_ddp_two_cpu_processes(tmp_path, data):
     script = tmp_path / "ddp_train.py"
     script.write_text(textwrap.dedent(DDP_SCRIPT))
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(script),
            str(tmp_path)]  # fmt: skip
+    if data == "stream":  # 3 classes: 129 training images (one left out), 33 test images
+        tree = write_synthetic_imagenet(tmp_path / "tree", num_classes=3, train_per_class=43,
+                                        test_per_class=11, image_size=16)
+        cmd.append(str(tree))
     proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
