@@ -37,9 +37,12 @@ def _presets(args: argparse.Namespace) -> int:
     for p in presets:
         rows = p.paper_rows()
         best = ", ".join(f"{r['table']}: {r['best']}" for r in rows if r.get("best") is not None)
+        top1 = ", ".join(f"{r['table']}: {r['top1']}" for r in rows if r.get("top1") is not None)
         print(f"{p.name:<48} {p.description}")
-        if args.verbose:
+        if args.verbose and best:
             print(f"{'':<48} paper best top-1 (table: %): {best}")
+        if args.verbose and top1:
+            print(f"{'':<48} paper top-1, best or final epoch not stated (table: %): {top1}")
     print(f"{len(presets)} preset(s)", file=sys.stderr)
     return 0
 

@@ -104,6 +104,14 @@ def test_cli_lists_and_filters_presets(capsys):
     assert len(rows) == 12 and all("6.9" in r["paper_tables"] for r in rows)
 
 
+def test_cli_verbose_listing_shows_the_papers_numbers(capsys):
+    assert cli(["presets", "--table", "10", "-v"]) == 0
+    out = capsys.readouterr().out
+    assert "resnet50-in1k-branching-r0.5-all-k9" in out and "10: 79.42" in out
+    assert cli(["presets", "vgg11-c10-conv2d", "-v"]) == 0
+    assert "6.2: 80.97" in capsys.readouterr().out
+
+
 def test_cli_unknown_preset_is_a_clear_error(capsys):
     assert cli(["train", "--preset", "no-such-preset", "--smoke"]) == 2
     assert "unknown preset 'no-such-preset'" in capsys.readouterr().err
