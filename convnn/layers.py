@@ -286,6 +286,16 @@ class ConvNN2d(_SampledCandidates):
                              f"<= H*W={height * width} for input {height}x{width}")
         return qpos[self._random_draw(height * width, count, device)]
 
+    def candidate_positions(self, height: int, width: int) -> Tensor | None:
+        """The candidates this layer searches on an ``H × W`` input, as indices into the padded
+        raster map (``[r²]``, or ``[r]`` with ``candidate_layout="count"``), or ``None`` when
+        every position is a candidate. In evaluation mode with ``eval_sampling="fixed"`` this
+        is the draw every forward pass uses; otherwise random candidates are a new draw."""
+        check_int("height", height, minimum=1)
+        check_int("width", width, minimum=1)
+        qpos = ops.interior_positions(height, width, self.padding, device=self.weight.device)
+        return self._candidates(height, width, qpos, self.weight.device)
+
     def neighbours(self, x: Tensor) -> Tensor:
         """Indices of the selected neighbours, ``[B, H·W, k]``, into the padded raster map."""
         with torch.no_grad():

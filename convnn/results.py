@@ -26,7 +26,6 @@ Example:
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -36,9 +35,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from matplotlib.figure import Figure
-
 from .experiments import PAPER_RESULTS, get_preset, paper_records, preset_for_record
+from .viz import BookFigure
 
 __all__ = [
     "HEADLINE_CLAIMS",
@@ -697,13 +695,8 @@ def comparison_markdown(table: str, runs: Sequence[Run] | None = None, *,
 
 
 # --------------------------------------------------------------------------- figures
-class ResultsFigure(Figure):
-    """A matplotlib figure that Jupyter shows as a PNG without pyplot (``_repr_png_``)."""
-
-    def _repr_png_(self) -> bytes:
-        buf = io.BytesIO()
-        self.savefig(buf, format="png", dpi=self.dpi, bbox_inches="tight", facecolor="white")
-        return buf.getvalue()
+#: The figures of this module: :class:`convnn.viz.BookFigure` (shown as a PNG by Jupyter).
+ResultsFigure = BookFigure
 
 
 def _as_runs(runs) -> list[Run]:

@@ -315,11 +315,10 @@ def candidate_pixels(layer: ConvNN2d, height: int, width: int) -> list[tuple[int
         return None
     if layer.sampling == "random" and layer.eval_sampling != "fixed":
         return None
-    qpos = ops.interior_positions(height, width, layer.padding)
     was_training = layer.training
     layer.eval()
     try:
-        idx = layer._candidates(height, width, qpos, qpos.device)  # [r²] padded raster indices
+        idx = layer.candidate_positions(height, width)  # [r²] padded raster indices
     finally:
         layer.train(was_training)
     return [_padded_to_pixel(i, width, layer.padding) for i in idx.tolist()]

@@ -110,12 +110,11 @@ def test_resnet_bad_arguments_name_the_problem():
 def test_count_layout_draws_r_candidates():
     x = torch.randn(2, 4, 8, 8)
     layer = ConvNN2d(4, 4, k=5, sampling="random", candidates=7, candidate_layout="count")
-    assert layer._candidates(8, 8, torch.arange(64), "cpu").numel() == 7
+    assert layer.candidate_positions(8, 8).numel() == 7
     assert layer(x).shape == (2, 4, 8, 8)
     grid = ConvNN2d(4, 4, k=9, sampling="spatial", candidates=25, candidate_layout="count")
     square = ConvNN2d(4, 4, k=9, sampling="spatial", candidates=5)
-    qpos = torch.arange(100)
-    assert torch.equal(grid._candidates(8, 8, qpos, "cpu"), square._candidates(8, 8, qpos, "cpu"))
+    assert torch.equal(grid.candidate_positions(8, 8), square.candidate_positions(8, 8))
     with pytest.raises(ValueError, match="square number"):
         ConvNN2d(4, 4, sampling="spatial", candidates=24, candidate_layout="count")
     with pytest.raises(ValueError, match="k=9 must be <= the number of candidates"):
