@@ -2,9 +2,9 @@
 
 One training step = forward, backward and an AdamW step on a batch of random images
 (bf16 autocast on CUDA, float32 elsewhere). For ViT-Tiny (224 input, 197 tokens) the baseline
-is SDPA attention; for VGG-11 it is the Conv2d model. "reference" rows use the reference
-algorithm for the ConvNN layers (``path="reference"``), the authors' way of computing the
-same thing.
+is SDPA attention; for VGG-11 and ResNet-50 (224 input on CUDA, 64 on a CPU) it is the Conv2d
+model. "reference" rows use the reference algorithm for the ConvNN layers
+(``path="reference"``), the authors' way of computing the same thing.
 """
 
 from __future__ import annotations
@@ -31,6 +31,16 @@ VGG_CASES = [
     ("branching λ=0.5", {"layer": "branching", "ratio": 0.5, "layer_options": {"k": 9}}),
     ("ConvNN (λ=1)", {"layer": "convnn", "layer_options": {"k": 9}}),
 ]
+RESNET_CASES = [
+    ("Conv2d", {"layer": "conv2d"}),
+    ("branching λ=0.5, all, k=9", {"layer": "branching", "ratio": 0.5,
+                                   "layer_options": {"k": 9}}),
+    ("branching λ=0.5, random r=32, k=9",
+     {"layer": "branching", "ratio": 0.5,
+      "layer_options": {"k": 9, "sampling": "random", "candidates": 32,
+                        "candidate_layout": "count"}}),
+]
+FAMILIES = ("vit", "vgg", "resnet")
 
 
 def _with_reference(options: dict) -> dict:
@@ -53,9 +63,15 @@ def _train_step(model, images, labels, optimizer, device):
 
 
 def training_benchmarks(device: torch.device | str | None = None, quick: bool = True,
-                        families: tuple[str, ...] = ("vit", "vgg"),
+                        families: tuple[str, ...] = FAMILIES,
                         repeats: int | None = None) -> list[dict]:
-    """Images per second and peak memory of a training step, per model, with ratios."""
+    """Images per second and peak memory of a training step, per model, with ratios.
+
+    ``families`` picks the models: ``"vit"`` (ViT-Tiny), ``"vgg"`` (VGG-11), ``"resnet"``
+    (ResNet-50)."""
+    unknown = sorted(set(families) - set(FAMILIES))
+    if unknown:
+        raise ValueError(f"unknown families {unknown}; allowed: {list(FAMILIES)}")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     on_cpu = device.type == "cpu"
     repeats = repeats or (2 if on_cpu else 10)
@@ -66,10 +82,14 @@ def training_benchmarks(device: torch.device | str | None = None, quick: bool = 
                       VIT_CASES))
     if "vgg" in families:
         plans.append(("VGG-11", "vgg11", 4 if on_cpu else 128, 32, VGG_CASES))
+    if "resnet" in families:
+        plans.append(("ResNet-50", "resnet50", 2 if on_cpu else 64, 64 if on_cpu else 224,
+                      RESNET_CASES))
     for model_name, config_name, batch, size, cases in plans:
         torch.manual_seed(0)
         images = torch.randn(batch, 3, size, size, device=device)
         labels = torch.randint(0, 10, (batch,), device=device)
+        size_option = {"image_size": size} if config_name == "resnet50" else {}
         steps, params = {}, {}
         for label, options in cases:
             variants = [(label, options)]
@@ -82,7 +102,8 @@ def training_benchmarks(device: torch.device | str | None = None, quick: bool = 
             for name, opts in variants:
                 opts = dict(opts)
                 kernel = opts.pop("kernel", None)
-                model = build_model(ModelConfig(name=config_name, **opts), device=device)
+                model = build_model(ModelConfig(name=config_name, **size_option, **opts),
+                                    device=device)
                 if kernel:
                     model = WithKernel(model, kernel)
                 optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
