@@ -60,7 +60,7 @@ def _train(args: argparse.Namespace) -> int:
     summary = run_preset(args.preset, epochs=args.epochs, smoke=args.smoke or None,
                          out_dir=args.out, data_dir=args.data_dir, device=args.device,
                          resume=args.resume, overwrite=args.overwrite,
-                         download=not args.no_download, **overrides)
+                         download=not args.no_download, workers=args.workers, **overrides)
     print(f"best test top-1 {summary['best_test_top1']:.2f}% (epoch {summary['best_epoch']}), "
           f"mean of the last epochs {summary['last5_mean_test_top1']:.2f}%")
     return 0
@@ -69,7 +69,8 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from .runner import evaluate_run_dir
 
-    metrics = evaluate_run_dir(args.run, data_dir=args.data_dir, device=args.device)
+    metrics = evaluate_run_dir(args.run, data_dir=args.data_dir, device=args.device,
+                               workers=args.workers)
     print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                    for k, v in metrics.items()))
     return 0
@@ -136,12 +137,16 @@ def build_parser() -> argparse.ArgumentParser:
                     help="mixed precision (default: bf16 on CUDA, off on CPU)")
     tr.add_argument("--compile", action="store_true", help="torch.compile the model")
     tr.add_argument("--batch-size", type=int, help="override the batch size")
+    tr.add_argument("--workers", type=int, help="image-decoding processes of an ImageNet "
+                                                "preset (default: $CONVNN_WORKERS, else up to "
+                                                "8 per GPU process)")
     tr.set_defaults(func=_train)
 
     ev = sub.add_parser("eval", help="evaluate a run folder")
     ev.add_argument("--run", required=True, help="a run folder written by `train`")
     ev.add_argument("--data-dir", help="where the dataset is (as for train)")
     ev.add_argument("--device", help="cpu or cuda")
+    ev.add_argument("--workers", type=int, help="image-decoding processes (ImageNet runs)")
     ev.set_defaults(func=_eval)
 
     book = sub.add_parser("book", help="build the book and print the path of index.html")

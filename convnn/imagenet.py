@@ -63,6 +63,7 @@ __all__ = [
     "SPLITS",
     "ImageNetDataset",
     "ImageNetLoader",
+    "default_num_workers",
     "load_imagenet",
     "random_resized_crop_params",
     "write_synthetic_imagenet",
@@ -102,6 +103,8 @@ class ImageNetDataset:
         crop_size: side ``S`` of the square crops the loaders return.
         source: where the data came from; starts with ``"SYNTHETIC"`` for a synthetic tree.
         synthetic: the root holds the marker that :func:`write_synthetic_imagenet` writes.
+        num_workers: decoding processes of the loaders made from this dataset (``None``: see
+            :class:`ImageNetLoader`); a loader's own ``num_workers`` argument wins.
         name: always ``"imagenet"``.
         mean: per-channel mean in [0, 1] units, used for normalisation.
         std: per-channel std in [0, 1] units.
@@ -116,6 +119,7 @@ class ImageNetDataset:
     crop_size: int
     source: str
     synthetic: bool = False
+    num_workers: int | None = None
     name: str = "imagenet"
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
@@ -158,7 +162,8 @@ class ImageNetDataset:
         return ImageNetLoader(
             self, "train", batch_size, device, shuffle=shuffle, augment=augment, seed=seed,
             drop_last=drop_last, rank=rank, world_size=world_size, start=start,
-            num_workers=num_workers, image_size=image_size,
+            num_workers=self.num_workers if num_workers is None else num_workers,
+            image_size=image_size,
         )  # fmt: skip
 
     def test_loader(
@@ -179,7 +184,8 @@ class ImageNetDataset:
         return ImageNetLoader(
             self, "test", batch_size, device, shuffle=shuffle, augment=False, seed=seed,
             drop_last=drop_last, rank=rank, world_size=world_size, start=start,
-            num_workers=num_workers, image_size=image_size,
+            num_workers=self.num_workers if num_workers is None else num_workers,
+            image_size=image_size,
         )  # fmt: skip
 
     def __repr__(self) -> str:
@@ -309,6 +315,18 @@ class _FolderImages(torch.utils.data.Dataset):
         return out, int(self.labels[index])
 
 
+def default_num_workers() -> int:
+    """``$CONVNN_WORKERS``, else ``min(8, cpus // $LOCAL_WORLD_SIZE)`` (at least 1)."""
+    env = os.environ.get("CONVNN_WORKERS")
+    if env is not None:
+        try:
+            return check_int("CONVNN_WORKERS", int(env), minimum=0)
+        except ValueError:
+            raise ValueError(f"CONVNN_WORKERS must be an integer >= 0, got {env!r}") from None
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, min(8, (os.cpu_count() or 1) // local))
+
+
 def _collate(batch: list[tuple[np.ndarray, int]]) -> tuple[torch.Tensor, torch.Tensor]:
     images = torch.from_numpy(np.stack([x for x, _ in batch]))  # (B, S, S, 3) uint8
     return images, torch.tensor([y for _, y in batch], dtype=torch.int64)
@@ -350,7 +368,9 @@ class ImageNetLoader:
         rank: this process's rank, in ``[0, world_size)``.
         world_size: number of processes sharing the data.
         start: use only the split's samples ``[start:]``.
-        num_workers: decoding processes; default ``min(8, os.cpu_count())``; 0 decodes in
+        num_workers: decoding processes; default ``$CONVNN_WORKERS``, else
+            ``min(8, os.cpu_count() // LOCAL_WORLD_SIZE)`` (the CPUs shared by the processes
+            ``torchrun`` started on this machine), at least 1; 0 decodes in
             this process.
         image_size: crop side ``S``; default the dataset's ``crop_size``.
     """
@@ -379,7 +399,7 @@ class ImageNetLoader:
         check_int("rank", rank, minimum=0, maximum=world_size - 1)
         check_int("seed", seed, minimum=0)
         if num_workers is None:
-            num_workers = min(8, os.cpu_count() or 1)
+            num_workers = default_num_workers()
         check_int("num_workers", num_workers, minimum=0)
         image_size = dataset.crop_size if image_size is None else image_size
         check_int("image_size", image_size, minimum=1)

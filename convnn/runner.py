@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ._checks import check_int
 from .data import (
     DatasetNotFoundError,
     ImageDataset,
@@ -111,7 +112,7 @@ def preset_configs(preset: Preset, *, smoke: bool, epochs: int | None = None,
 def run_preset(name: str, *, epochs: int | None = None, smoke: bool | None = None,
                out_dir=None, data_dir=None, device=None, resume: bool = False,
                overwrite: bool = False, progress: bool | None = None, download: bool = True,
-               log=print, **train_overrides) -> dict:
+               log=print, workers: int | None = None, **train_overrides) -> dict:
     """Train preset ``name``; returns the run's summary (also in ``<out_dir>/summary.json``).
 
     Args:
@@ -123,9 +124,12 @@ def run_preset(name: str, *, epochs: int | None = None, smoke: bool | None = Non
         device: default CUDA when available.
         resume: continue a killed run from its last checkpoint.
         overwrite: replace an existing run folder.
+        workers: image-decoding processes of an ImageNet preset (default:
+            :func:`convnn.imagenet.default_num_workers`); an error for CIFAR presets.
         **train_overrides: :class:`TrainConfig` fields (``amp``, ``compile``, ``batch_size``...).
     """
     preset = get_preset(name)
+    _check_workers(workers, preset.dataset)
     smoke = smoke_mode() if smoke is None else smoke
     dev = torch.device(device) if device is not None else (
         torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
@@ -134,6 +138,8 @@ def run_preset(name: str, *, epochs: int | None = None, smoke: bool | None = Non
                                           **train_overrides)
     dataset = load_preset_data(preset, smoke=smoke, data_dir=data_dir, download=download,
                                log=log, image_size=model_cfg.image_size)
+    if workers is not None:
+        dataset.num_workers = workers
     out = Path(out_dir) if out_dir is not None else default_run_dir(name, smoke)
     synthetic = dataset.name == "synthetic" or getattr(dataset, "synthetic", False)
     if smoke and synthetic and dataset.num_classes != model_cfg.num_classes:
@@ -157,8 +163,19 @@ def run_preset(name: str, *, epochs: int | None = None, smoke: bool | None = Non
                  overwrite=overwrite, device=dev, progress=progress, extra=extra, log=log)
 
 
-def evaluate_run_dir(run_dir, *, data_dir=None, device=None) -> dict:
-    """Evaluate a finished or partial run folder on its test split."""
+def _check_workers(workers, dataset: str) -> None:
+    if workers is None:
+        return
+    if dataset != "imagenet":
+        raise ValueError(f"workers={workers} applies to ImageNet presets only ({dataset} is "
+                         "held in memory and batched on the device, with no decoding workers)")
+    check_int("workers", workers, minimum=0)
+
+
+def evaluate_run_dir(run_dir, *, data_dir=None, device=None, workers: int | None = None
+                     ) -> dict:
+    """Evaluate a finished or partial run folder on its test split (``workers``: as
+    :func:`run_preset`)."""
     config, _ = load_run(run_dir)
     extra = config.get("extra", {})
     if "model" not in extra:
@@ -166,6 +183,7 @@ def evaluate_run_dir(run_dir, *, data_dir=None, device=None) -> dict:
                          "config.json)")
     model_cfg = ModelConfig.from_dict(extra["model"])
     info = extra.get("dataset", {})
+    _check_workers(workers, info.get("name"))
     if info.get("name") == "synthetic":
         raise ValueError(f"{run_dir} trained on synthetic data; there is no test set to "
                          "reload")
@@ -175,6 +193,7 @@ def evaluate_run_dir(run_dir, *, data_dir=None, device=None) -> dict:
         dataset = load_imagenet(data_dir, train_per_class=info.get("train_per_class"),
                                 test_per_class=info.get("test_per_class"),
                                 image_size=model_cfg.image_size or 224)
+        dataset.num_workers = workers
     else:
         dataset = load_dataset(info["name"], data_dir=data_dir, download=False,
                                train_per_class=info.get("train_per_class"),

@@ -184,7 +184,7 @@ def test_cli_imagenet_preset_smoke_train_resume_and_eval(tmp_path, capsys, monke
     monkeypatch.setenv("CONVNN_DATA_DIR", str(tmp_path / "nothing"))
     out = tmp_path / "run"
     args = ["train", "--preset", "resnet50-in1k-branching-r0.5-random-r32-k9", "--smoke",
-            "--out", str(out), "--epochs", "1"]
+            "--out", str(out), "--workers", "0", "--epochs", "1"]
     assert cli(args) == 0
     first = capsys.readouterr().out
     assert "SYNTHETIC" in first
@@ -196,9 +196,11 @@ def test_cli_imagenet_preset_smoke_train_resume_and_eval(tmp_path, capsys, monke
     assert cli([*args[:-1], "2", "--resume"]) == 0
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
     capsys.readouterr()
-    assert cli(["eval", "--run", str(out)]) == 0
+    assert cli(["eval", "--run", str(out), "--workers", "1"]) == 0
     last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert f"top1={last['test_top1']:.4g}" in capsys.readouterr().out
+    assert cli(["train", "--preset", "vgg11-c10-conv2d", "--smoke", "--workers", "2"]) == 2
+    assert "applies to ImageNet presets only" in capsys.readouterr().err
 
 
 def test_full_imagenet_run_without_imagenet_says_where_to_put_it(tmp_path, monkeypatch):

@@ -479,3 +479,25 @@ def test_set_epoch_and_default_workers(ds):
     with pytest.raises(ValueError, match="epoch must be >= 0"):
         loader.set_epoch(-1)
     assert math.isclose(loader._scale[0, 0, 0, 0].item(), 1 / (255 * IMAGENET_STD[0]), rel_tol=1e-6)
+
+
+def test_default_num_workers_reads_the_environment(monkeypatch):
+    from convnn.imagenet import default_num_workers
+
+    monkeypatch.setenv("CONVNN_WORKERS", "3")
+    assert default_num_workers() == 3
+    monkeypatch.setenv("CONVNN_WORKERS", "many")
+    with pytest.raises(ValueError, match="CONVNN_WORKERS must be an integer"):
+        default_num_workers()
+    monkeypatch.delenv("CONVNN_WORKERS")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "10000")  # more processes than CPUs: still one
+    assert default_num_workers() == 1
+
+
+def test_dataset_num_workers_is_the_loaders_default(tmp_path):
+    root = write_synthetic_imagenet(tmp_path / "tree", num_classes=2, train_per_class=2,
+                                    test_per_class=1)
+    ds = load_imagenet(root, image_size=16, cache_dir=tmp_path / "cache")
+    ds.num_workers = 0
+    assert ds.train_loader(2).num_workers == 0 and ds.test_loader(2).num_workers == 0
+    assert ds.train_loader(2, num_workers=1).num_workers == 1
