@@ -32,6 +32,7 @@ from .train import TrainConfig, evaluate_run, load_run, train
 SMOKE_TRAIN_PER_CLASS = {"cifar10": 50, "cifar100": 5, "imagenet": 2}
 SMOKE_TEST_PER_CLASS = {"cifar10": 20, "cifar100": 2, "imagenet": 1}
 SMOKE_EPOCHS = 2
+SMOKE_BATCH = 64
 #: The synthetic stand-in a smoke run of an ImageNet preset uses when ImageNet is absent.
 SMOKE_SYNTHETIC_IMAGENET = {"num_classes": 10, "train_per_class": 50, "test_per_class": 20,
                             "image_size": 72}
@@ -96,8 +97,11 @@ def preset_configs(preset: Preset, *, smoke: bool, epochs: int | None = None,
     """The model and training configs of a run of ``preset`` (reduced for smoke runs)."""
     if smoke:
         model_cfg, train_cfg = reduced(preset)
-        train_cfg = dataclasses.replace(train_cfg, epochs=SMOKE_EPOCHS, batch_size=64,
-                                        warmup_epochs=0)
+        smoke_lr = train_cfg.lr
+        if preset.dataset == "imagenet":  # linear scaling rule: its recipe is for batch 256
+            smoke_lr = train_cfg.lr * SMOKE_BATCH / train_cfg.batch_size
+        train_cfg = dataclasses.replace(train_cfg, epochs=SMOKE_EPOCHS, batch_size=SMOKE_BATCH,
+                                        warmup_epochs=0, lr=smoke_lr)
     else:
         model_cfg, train_cfg = preset.model_config(), preset.train_config()
         if device is not None and device.type == "cuda" and "amp" not in train_overrides:

@@ -192,6 +192,7 @@ def test_cli_imagenet_preset_smoke_train_resume_and_eval(tmp_path, capsys, monke
     info = config["extra"]["dataset"]
     assert info["synthetic"] and info["source"].startswith("SYNTHETIC")
     assert config["train"]["optimizer"] == "sgd" and config["train"]["augment"]
+    assert config["train"]["lr"] == 0.1 * 64 / 256  # the recipe's lr, scaled to batch 64
     assert config["extra"]["model"]["name"] == "resnet50"
     assert cli([*args[:-1], "2", "--resume"]) == 0
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
