@@ -745,7 +745,7 @@ def load_imagenet(
     if synthetic:
         source = f"SYNTHETIC stand-in for ImageNet, not ImageNet ({len(classes)} classes at {root})"
     else:
-        source = f"imagenet (ILSVRC-2012 tree at {root}, via {origin})"
+        source = f"imagenet (image tree train/ + val/ at {root}, via {origin})"
     notes = []
     if train_per_class is not None:
         notes.append(f"first {train_per_class} train")

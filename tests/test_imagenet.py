@@ -27,6 +27,9 @@ from convnn.imagenet import (
 S = 32  # crop side used throughout: small and fast
 
 
+CALLER_DATA_DIR = os.environ.get("CONVNN_DATA_DIR")  # before the fixture below removes it
+
+
 @pytest.fixture(autouse=True)
 def _isolated_env(tmp_path, monkeypatch):
     """No location from the caller's environment; the data cache lives in tmp_path."""
@@ -87,7 +90,7 @@ def test_real_tree_is_not_labelled_synthetic(tmp_path):
                                     test_per_class=1, image_size=16)  # fmt: skip
     (root / "SYNTHETIC.txt").unlink()
     ds = load_imagenet(root, image_size=S)
-    assert not ds.synthetic and ds.source.startswith("imagenet (ILSVRC-2012 tree at")
+    assert not ds.synthetic and ds.source.startswith("imagenet (image tree train/ + val/ at")
     with pytest.raises(ValueError, match="not synthetic"):  # never writes into a real tree
         write_synthetic_imagenet(root)
 
@@ -501,3 +504,42 @@ def test_dataset_num_workers_is_the_loaders_default(tmp_path):
     ds.num_workers = 0
     assert ds.train_loader(2).num_workers == 0 and ds.test_loader(2).num_workers == 0
     assert ds.train_loader(2, num_workers=1).num_workers == 1
+
+
+def test_streamed_real_images_learn(tmp_path):
+    """Real photographs through the streaming path: 3,000 CIFAR-10 JPEGs laid out as an
+    ImageNet tree (train/, val/), two epochs of a small CNN, clearly above chance (10 %)."""
+    import re
+    import tarfile
+
+    from torch import nn
+
+    from convnn.train import TrainConfig, train
+
+    tarball = Path(CALLER_DATA_DIR or "/nonexistent") / "cifar10-jpeg.tar.gz"
+    if not tarball.is_file():
+        pytest.skip(f"no CIFAR-10 JPEG copy at {tarball}: set CONVNN_DATA_DIR")
+    root = tmp_path / "tree"
+    with tarfile.open(tarball) as tar:
+        for member in tar:
+            m = re.match(r"(?:.*/)?(train|test)/([^/]+)/(\d+)\.jpg$", member.name)
+            if m is None or int(m.group(3)) >= (300 if m.group(1) == "train" else 50):
+                continue
+            out = root / ("train" if m.group(1) == "train" else "val") / m.group(2) / \
+                f"{m.group(3)}.jpg"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(tar.extractfile(member).read())
+    ds = load_imagenet(root, image_size=32, cache_dir=tmp_path / "cache")
+    assert (ds.num_train, ds.num_test, ds.num_classes) == (3000, 500, 10)
+    ds.num_workers = 0
+
+    def net():
+        def block(c_in, c_out):
+            return [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU()]
+        return nn.Sequential(*block(3, 32), nn.MaxPool2d(2), *block(32, 64), nn.MaxPool2d(2),
+                             *block(64, 64), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                             nn.Linear(64, 10))
+
+    config = TrainConfig(lr=3e-3, epochs=2, batch_size=64, seed=0, log_every=0)
+    summary = train(net, ds, config, tmp_path / "run", progress=False, log=None, device="cpu")
+    assert summary["final"]["test_top1"] >= 25.0, summary
