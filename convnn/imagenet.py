@@ -580,8 +580,9 @@ def _not_found_message(notes: list[str]) -> str:
         "torchvision.datasets.ImageNet leaves);\n"
         f"  - or put the three official archives there: {', '.join(ARCHIVES)}; the first load "
         "extracts them into that tree (hours, once; about 150 GB).\n"
-        f"Then pass load_imagenet(data_dir=<root>) or set {ENV_VAR}=<root> (or put it at "
-        "$CONVNN_DATA_DIR/imagenet or <data cache>/imagenet)."
+        "Then pass load_imagenet(data_dir=<root>) (`--data-dir <root>` on the command line) "
+        f"or set {ENV_VAR}=<root> (or put it at $CONVNN_DATA_DIR/imagenet or "
+        "<data cache>/imagenet)."
     )
 
 
