@@ -55,6 +55,7 @@ __all__ = [
     "NUM_CLASSES",
     "DatasetNotFoundError",
     "DeviceLoader",
+    "EpochLoader",
     "ImageDataset",
     "augment_batch",
     "default_cache_dir",
@@ -707,23 +708,99 @@ def augment_batch(
     return padded[batch, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
 
 
-class DeviceLoader:
+class EpochLoader:
+    """What :class:`DeviceLoader` and :class:`convnn.imagenet.ImageNetLoader` share: the
+    per-epoch order, the DistributedDataParallel slice and normalisation on the device.
+
+    Every epoch's permutation comes from a CPU ``torch.Generator`` seeded by
+    ``(seed, epoch)``, so a resumed run sees exactly the batches it would have seen, on any
+    device. Call :meth:`set_epoch` before iterating to choose the epoch; without it,
+    successive iterations use epochs 0, 1, 2, ... With ``world_size > 1`` every rank draws the
+    same permutation and takes its own contiguous slice of ``N // world_size`` samples. A
+    loader over samples ``[start:]`` of its source (``start > 0``) permutes those only.
+    """
+
+    def _setup(self, num_samples: int, batch_size: int, device: torch.device,
+               mean: Sequence[float] | None, std: Sequence[float] | None, shuffle: bool,
+               seed: int, drop_last: bool, rank: int, world_size: int, start: int = 0) -> None:
+        check_int("batch_size", batch_size, minimum=1)
+        check_int("world_size", world_size, minimum=1)
+        check_int("rank", rank, minimum=0, maximum=world_size - 1)
+        check_int("seed", seed, minimum=0)
+        if (mean is None) != (std is None):
+            raise ValueError(f"mean and std must be given together, got mean={mean}, std={std}")
+        for arg, value in (("mean", mean), ("std", std)):
+            if value is not None and len(value) != 3:
+                raise ValueError(f"{arg} must have 3 values (R, G, B), got {value!r}")
+        if std is not None and min(std) <= 0:
+            raise ValueError(f"std must be positive, got {std!r}")
+        self.device = device
+        self.batch_size = batch_size
+        self.shuffle = bool(shuffle)
+        self.seed = seed
+        self.drop_last = bool(drop_last)
+        self.rank = rank
+        self.world_size = world_size
+        self.mean = tuple(mean) if mean is not None else None
+        self.std = tuple(std) if std is not None else None
+        # x_normalised = x_uint8 * scale + shift, per channel
+        m = torch.tensor(mean if mean is not None else (0.0, 0.0, 0.0), dtype=torch.float32)
+        s = torch.tensor(std if std is not None else (1.0, 1.0, 1.0), dtype=torch.float32)
+        self._scale = (1.0 / (255.0 * s)).view(1, 3, 1, 1).to(device)
+        self._shift = (-m / s).view(1, 3, 1, 1).to(device)
+        self.start = start
+        self.num_samples = num_samples  # samples [start : start + num_samples] are in play
+        self.samples_per_rank = num_samples // world_size
+        self._next_epoch = 0
+        if len(self) == 0:
+            raise ValueError(
+                f"batch_size={batch_size} with drop_last={self.drop_last} leaves no batch: each "
+                f"rank has {self.samples_per_rank} samples ({num_samples} over "
+                f"world_size={world_size})"
+            )
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose order (and augmentation) the next iteration uses."""
+        self._next_epoch = check_int("epoch", epoch, minimum=0)
+
+    def _take_epoch(self) -> int:
+        epoch = self._next_epoch
+        self._next_epoch += 1
+        return epoch
+
+    def __len__(self) -> int:
+        """Batches per epoch (on this rank)."""
+        if self.drop_last:
+            return self.samples_per_rank // self.batch_size
+        return math.ceil(self.samples_per_rank / self.batch_size)
+
+    def epoch_indices(self, epoch: int) -> torch.Tensor:
+        """The sample indices this rank visits in ``epoch``, in order (on the CPU)."""
+        if self.shuffle:
+            g = torch.Generator().manual_seed(_epoch_seed(self.seed, epoch))
+            order = self.start + torch.randperm(self.num_samples, generator=g)
+        else:
+            order = torch.arange(self.start, self.start + self.num_samples)
+        first = self.rank * self.samples_per_rank
+        return order[first : first + self.samples_per_rank]
+
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 ``[B, H, W, 3]`` on the device -> normalised float32 ``[B, 3, H, W]``."""
+        x = x.permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format)
+        return x.mul_(self._scale).add_(self._shift)
+
+
+class DeviceLoader(EpochLoader):
     """Batches a uint8 image tensor on the training device.
 
-    The images are moved to ``device`` once. Every epoch draws a permutation (and the
-    augmentation parameters) from a CPU ``torch.Generator`` seeded by ``(seed, epoch)``, so a
-    resumed run sees exactly the batches it would have seen, on any device. Call
-    :meth:`set_epoch` before iterating to choose the epoch; without it, successive iterations
-    use epochs 0, 1, 2, ...
+    The images are moved to ``device`` once. Order, epochs and DistributedDataParallel
+    sharding are those of :class:`EpochLoader`; the augmentation parameters are drawn from
+    ``(seed, epoch)`` too. Up to ``world_size - 1`` samples are left out each epoch (a
+    different few each epoch when shuffling). Evaluate on one rank if every test image must
+    count.
 
     Each batch is ``(x, y)``: ``x`` float32 ``[B, 3, H', W']`` normalised with ``mean``/``std``
     (``H' = W' = resize`` when given, else the stored size) and ``y`` int64 ``[B]``.
-
-    With ``world_size > 1`` (DistributedDataParallel), every rank draws the same permutation
-    and takes its own contiguous slice of ``N // world_size`` samples, so the ranks' samples are
-    disjoint and equally many; up to ``world_size - 1`` samples are left out each epoch (a
-    different few each epoch when shuffling). Evaluate on one rank if every test image must
-    count.
 
     Args:
         images: ``[N, H, W, 3]`` uint8.
@@ -767,70 +844,18 @@ class DeviceLoader:
             raise ValueError(
                 f"labels must have one entry per image ({len(images)}), got {len(labels)}"
             )
-        check_int("batch_size", batch_size, minimum=1)
-        check_int("world_size", world_size, minimum=1)
-        check_int("rank", rank, minimum=0, maximum=world_size - 1)
-        check_int("seed", seed, minimum=0)
         if resize is not None:
             check_int("resize", resize, minimum=1)
-        if (mean is None) != (std is None):
-            raise ValueError(f"mean and std must be given together, got mean={mean}, std={std}")
-        for arg, value in (("mean", mean), ("std", std)):
-            if value is not None and len(value) != 3:
-                raise ValueError(f"{arg} must have 3 values (R, G, B), got {value!r}")
-        if std is not None and min(std) <= 0:
-            raise ValueError(f"std must be positive, got {std!r}")
-
-        self.device = torch.device(device) if device is not None else images.device
+        device = torch.device(device) if device is not None else images.device
+        self._setup(len(images), batch_size, device, mean, std, shuffle, seed, drop_last, rank,
+                    world_size)
         self.images = images.to(self.device)  # (N, H, W, 3) uint8, moved once
         self.labels = labels.to(self.device, torch.long)
-        self.batch_size = batch_size
-        self.shuffle = bool(shuffle)
         self.augment = bool(augment)
         self.resize = resize
-        self.seed = seed
-        self.drop_last = bool(drop_last)
-        self.rank = rank
-        self.world_size = world_size
-        self.mean = tuple(mean) if mean is not None else None
-        self.std = tuple(std) if std is not None else None
-        # x_normalised = x_uint8 * scale + shift, per channel
-        m = torch.tensor(mean if mean is not None else (0.0, 0.0, 0.0), dtype=torch.float32)
-        s = torch.tensor(std if std is not None else (1.0, 1.0, 1.0), dtype=torch.float32)
-        self._scale = (1.0 / (255.0 * s)).view(1, 3, 1, 1).to(self.device)
-        self._shift = (-m / s).view(1, 3, 1, 1).to(self.device)
-        self.samples_per_rank = len(images) // world_size
-        self._next_epoch = 0
-        if len(self) == 0:
-            raise ValueError(
-                f"batch_size={batch_size} with drop_last=True leaves no batch: each rank has "
-                f"{self.samples_per_rank} samples ({len(images)} over world_size={world_size})"
-            )
-
-    def set_epoch(self, epoch: int) -> None:
-        """Choose the epoch whose order (and augmentation) the next iteration uses."""
-        self._next_epoch = check_int("epoch", epoch, minimum=0)
-
-    def __len__(self) -> int:
-        """Batches per epoch (on this rank)."""
-        if self.drop_last:
-            return self.samples_per_rank // self.batch_size
-        return math.ceil(self.samples_per_rank / self.batch_size)
-
-    def epoch_indices(self, epoch: int) -> torch.Tensor:
-        """The sample indices this rank visits in ``epoch``, in order (on the CPU)."""
-        n = len(self.images)
-        if self.shuffle:
-            g = torch.Generator().manual_seed(_epoch_seed(self.seed, epoch))
-            order = torch.randperm(n, generator=g)
-        else:
-            order = torch.arange(n)
-        start = self.rank * self.samples_per_rank
-        return order[start : start + self.samples_per_rank]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        epoch = self._next_epoch
-        self._next_epoch += 1
+        epoch = self._take_epoch()
         order = self.epoch_indices(epoch)
         if self.augment:
             # drawn after the permutation from their own stream, independent of rank and device
@@ -844,8 +869,7 @@ class DeviceLoader:
             x = self.images[idx]  # (B, H, W, 3) uint8
             if self.augment:
                 x = augment_batch(x, offsets[idx], flips[idx], padding=4)
-            x = x.permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format)
-            x = x.mul_(self._scale).add_(self._shift)  # (B, 3, H, W)
+            x = self._normalise(x)  # (B, 3, H, W)
             if self.resize is not None and tuple(x.shape[-2:]) != (self.resize, self.resize):
                 x = F.interpolate(
                     x,
@@ -865,22 +889,10 @@ class DeviceLoader:
         )
 
 
-def make_loader(
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    batch_size: int,
-    device: str | torch.device | None = None,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-    shuffle: bool = True,
-    augment: bool = False,
-    resize: int | None = None,
-    seed: int = 0,
-    drop_last: bool = False,
-    rank: int = 0,
-    world_size: int = 1,
-) -> DeviceLoader:
-    """Build a :class:`DeviceLoader` (same arguments).
+def make_loader(images: torch.Tensor, labels: torch.Tensor, batch_size: int,
+                device: str | torch.device | None = None, mean: Sequence[float] | None = None,
+                std: Sequence[float] | None = None, **kwargs) -> DeviceLoader:
+    """Build a :class:`DeviceLoader` (same arguments; the rest by keyword).
 
     Example:
         >>> ds = load_dataset("cifar10")  # doctest: +SKIP
@@ -890,18 +902,4 @@ def make_loader(
         ...     train.set_epoch(epoch)
         ...     for x, y in train: ...
     """
-    return DeviceLoader(
-        images,
-        labels,
-        batch_size,
-        device,
-        mean,
-        std,
-        shuffle,
-        augment,
-        resize,
-        seed,
-        drop_last,
-        rank,
-        world_size,
-    )
+    return DeviceLoader(images, labels, batch_size, device, mean, std, **kwargs)

@@ -53,7 +53,13 @@ import torch
 
 from ._checks import check_choice, check_int
 from ._io import _atomic_target
-from .data import _IMAGE_SUFFIXES, DatasetNotFoundError, _epoch_seed, default_cache_dir
+from .data import (
+    _IMAGE_SUFFIXES,
+    DatasetNotFoundError,
+    EpochLoader,
+    _epoch_seed,
+    default_cache_dir,
+)
 
 __all__ = [
     "ARCHIVES",
@@ -144,49 +150,24 @@ class ImageNetDataset:
         """``(H, W)`` of the batches' images, ``(S, S)``."""
         return (self.crop_size, self.crop_size)
 
-    def train_loader(
-        self,
-        batch_size: int,
-        device: str | torch.device | None = None,
-        shuffle: bool = True,
-        augment: bool = True,
-        seed: int = 0,
-        drop_last: bool = False,
-        rank: int = 0,
-        world_size: int = 1,
-        start: int = 0,
-        num_workers: int | None = None,
-        image_size: int | None = None,
-    ) -> ImageNetLoader:
-        """An :class:`ImageNetLoader` over the training split (same arguments)."""
-        return ImageNetLoader(
-            self, "train", batch_size, device, shuffle=shuffle, augment=augment, seed=seed,
-            drop_last=drop_last, rank=rank, world_size=world_size, start=start,
-            num_workers=self.num_workers if num_workers is None else num_workers,
-            image_size=image_size,
-        )  # fmt: skip
+    def train_loader(self, batch_size: int, device=None, **kwargs) -> ImageNetLoader:
+        """An :class:`ImageNetLoader` over the training split (keyword arguments as the
+        loader's; ``shuffle`` and ``augment`` default to True)."""
+        kwargs.setdefault("shuffle", True)
+        kwargs.setdefault("augment", True)
+        return self._loader("train", batch_size, device, kwargs)
 
-    def test_loader(
-        self,
-        batch_size: int,
-        device: str | torch.device | None = None,
-        shuffle: bool = False,
-        seed: int = 0,
-        drop_last: bool = False,
-        rank: int = 0,
-        world_size: int = 1,
-        start: int = 0,
-        num_workers: int | None = None,
-        image_size: int | None = None,
-    ) -> ImageNetLoader:
-        """A non-augmenting :class:`ImageNetLoader` over the validation images (``val/``),
-        its samples ``[start:]``."""
-        return ImageNetLoader(
-            self, "test", batch_size, device, shuffle=shuffle, augment=False, seed=seed,
-            drop_last=drop_last, rank=rank, world_size=world_size, start=start,
-            num_workers=self.num_workers if num_workers is None else num_workers,
-            image_size=image_size,
-        )  # fmt: skip
+    def test_loader(self, batch_size: int, device=None, **kwargs) -> ImageNetLoader:
+        """A non-shuffling, never augmenting :class:`ImageNetLoader` over the validation
+        images (``val/``), its samples ``[start:]``."""
+        if kwargs.get("augment"):
+            raise ValueError("test_loader never augments; use train_loader for augment=True")
+        kwargs.setdefault("shuffle", False)
+        return self._loader("test", batch_size, device, dict(kwargs, augment=False))
+
+    def _loader(self, split: str, batch_size: int, device, kwargs: dict) -> ImageNetLoader:
+        kwargs.setdefault("num_workers", self.num_workers)
+        return ImageNetLoader(self, split, batch_size, device, **kwargs)
 
     def __repr__(self) -> str:
         s = self.crop_size
@@ -339,18 +320,15 @@ def _worker_init(_worker_id: int) -> None:
 # --------------------------------------------------------------------------- loader
 
 
-class ImageNetLoader:
+class ImageNetLoader(EpochLoader):
     """Streams one split of an :class:`ImageNetDataset` as normalised batches on ``device``.
 
-    Like :class:`convnn.data.DeviceLoader`: every epoch's order comes from a CPU generator
-    seeded by ``(seed, epoch)``; call :meth:`set_epoch` before iterating (without it,
-    successive iterations use epochs 0, 1, 2, ...). Each sample's augmentation is drawn from a
-    generator seeded by ``(seed, epoch, sample index)``, so batches are identical for any
-    ``num_workers``, rank layout and after a resume.
-
-    ``start`` restricts the loader to the split's samples ``[start:]`` (e.g. the remainder
-    that rank 0 evaluates alone). With ``world_size > 1`` every rank draws the same
-    permutation of those samples and takes its contiguous slice of ``N // world_size``.
+    Order, epochs and DistributedDataParallel sharding are those of
+    :class:`convnn.data.EpochLoader` (as for :class:`convnn.data.DeviceLoader`). Each sample's
+    augmentation is drawn from a generator seeded by ``(seed, epoch, sample index)``, so
+    batches are identical for any ``num_workers``, rank layout and after a resume. ``start``
+    restricts the loader to the split's samples ``[start:]`` (e.g. the remainder that rank 0
+    evaluates alone).
 
     Each batch is ``(x, y)``: ``x`` float32 ``[B, 3, S, S]`` normalised with the dataset's
     mean/std, ``y`` int64 ``[B]``, both on ``device``.
@@ -394,10 +372,6 @@ class ImageNetLoader:
         if not isinstance(dataset, ImageNetDataset):
             raise ValueError(f"dataset must be an ImageNetDataset, got {type(dataset).__name__}")
         check_choice("split", split, SPLITS)
-        check_int("batch_size", batch_size, minimum=1)
-        check_int("world_size", world_size, minimum=1)
-        check_int("rank", rank, minimum=0, maximum=world_size - 1)
-        check_int("seed", seed, minimum=0)
         if num_workers is None:
             num_workers = default_num_workers()
         check_int("num_workers", num_workers, minimum=0)
@@ -407,61 +381,20 @@ class ImageNetLoader:
         labels = dataset.train_labels if split == "train" else dataset.test_labels
         n = len(files)
         check_int("start", start, minimum=0, maximum=n - 1)
-
+        device = torch.device(device) if device is not None else torch.device("cpu")
+        self._setup(n - start, batch_size, device, dataset.mean, dataset.std, shuffle, seed,
+                    drop_last, rank, world_size, start)
         self.split = split
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
-        self.batch_size = batch_size
-        self.shuffle = bool(shuffle)
         self.augment = bool(augment)
-        self.seed = seed
-        self.drop_last = bool(drop_last)
-        self.rank = rank
-        self.world_size = world_size
-        self.start = start
         self.num_workers = num_workers
         self.image_size = image_size
-        self.mean, self.std = tuple(dataset.mean), tuple(dataset.std)
-        self.num_samples = n - start  # the samples [start:] in play
-        self.samples_per_rank = self.num_samples // world_size
         self._source = _FolderImages(
             dataset.root / _FOLDER[split], files, labels.numpy(), image_size
         )
         self._pin = self.device.type == "cuda"
-        # x_normalised = x_uint8 * scale + shift, per channel
-        m = torch.tensor(self.mean, dtype=torch.float32)
-        s = torch.tensor(self.std, dtype=torch.float32)
-        self._scale = (1.0 / (255.0 * s)).view(1, 3, 1, 1).to(self.device)
-        self._shift = (-m / s).view(1, 3, 1, 1).to(self.device)
-        self._next_epoch = 0
-        if len(self) == 0:
-            raise ValueError(
-                f"batch_size={batch_size} leaves no batch: each rank has {self.samples_per_rank} "
-                f"samples ({n} over world_size={world_size}, drop_last={self.drop_last})"
-            )
-
-    def set_epoch(self, epoch: int) -> None:
-        """Choose the epoch whose order (and augmentation) the next iteration uses."""
-        self._next_epoch = check_int("epoch", epoch, minimum=0)
-
-    def __len__(self) -> int:
-        """Batches per epoch (on this rank)."""
-        if self.drop_last:
-            return self.samples_per_rank // self.batch_size
-        return math.ceil(self.samples_per_rank / self.batch_size)
-
-    def epoch_indices(self, epoch: int) -> torch.Tensor:
-        """The sample indices this loader visits in ``epoch``, in order."""
-        if self.shuffle:
-            g = torch.Generator().manual_seed(_epoch_seed(self.seed, epoch))
-            order = self.start + torch.randperm(self.num_samples, generator=g)
-        else:
-            order = torch.arange(self.start, self.start + self.num_samples)
-        first = self.rank * self.samples_per_rank
-        return order[first : first + self.samples_per_rank]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        epoch = self._next_epoch
-        self._next_epoch += 1
+        epoch = self._take_epoch()
         order = self.epoch_indices(epoch).tolist()
         aug_seed = _epoch_seed(self.seed, epoch) ^ _AUG_SALT if self.augment else None
         bs = self.batch_size
@@ -477,8 +410,7 @@ class ImageNetLoader:
         )
         for x, y in loader:
             x = x.to(self.device, non_blocking=self._pin)  # (B, S, S, 3) uint8
-            x = x.permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format)
-            yield x.mul_(self._scale).add_(self._shift), y.to(self.device, non_blocking=self._pin)
+            yield self._normalise(x), y.to(self.device, non_blocking=self._pin)
 
     def __repr__(self) -> str:
         return (
