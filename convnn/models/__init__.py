@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from .._checks import check_choice
+from .plan import sampling_for_map
 from .resnet import PAPER_RESNET50, RESNET_DEPTHS, RESNET_LAYERS, ResNet, resnet50
 from .vgg import (
     LAYER_OPTIONS,
@@ -31,7 +32,6 @@ from .vgg import (
     VGG_LAYERS,
     CoordAggregationConvNN2d,
     paper_layer_options,
-    sampling_for_map,
     vgg11,
     vgg13,
     vgg16,

@@ -36,9 +36,15 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_choice, check_fraction, check_int
+from .._checks import check_choice, check_int
 from ..layers import BranchingConv2d, ConvNN2d
-from .vgg import LAYER_OPTIONS, sampling_for_map
+from .plan import (
+    check_input_size,
+    check_width_multiplier,
+    plan_convnn_layer,
+    resolve_branch_ratio,
+)
+from .vgg import LAYER_OPTIONS
 
 RESNET_LAYERS = ("conv2d", "branching", "convnn")
 RESNET_DEPTHS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
@@ -119,7 +125,8 @@ class ResNet(nn.Module):
         depth: 18, 34, 50, 101 or 152.
         num_classes: classes of the linear classifier.
         layer: ``"conv2d"``, ``"convnn"`` or ``"branching"`` (see the module docstring).
-        ratio: λ of ``"branching"`` (default 0.5, in (0, 1)); ``None`` for the others.
+        ratio: λ of ``"branching"`` (default 0.5, in (0, 1)); ``"conv2d"`` is 0 and
+            ``"convnn"`` 1.
         layer_options: keyword arguments of :class:`~convnn.layers.ConvNN2d` (``k``,
             ``similarity``, ``sampling``, ``candidates``, ``candidate_layout``, ``bias``,
             ``seed``...). ``seed`` is the fixed evaluation seed of the first ConvNN layer;
@@ -171,20 +178,11 @@ class ResNet(nn.Module):
         for name, value in (("conv_bias", conv_bias), ("zero_init_residual", zero_init_residual)):
             if not isinstance(value, bool):
                 raise ValueError(f"{name} must be True or False, got {value!r}")
-        if isinstance(width_multiplier, bool) or not isinstance(width_multiplier, (int, float)) \
-                or not width_multiplier > 0:
-            raise ValueError(f"width_multiplier must be a number > 0, got {width_multiplier!r}")
+        width_multiplier = check_width_multiplier(width_multiplier)
         if image_size < 32:
             raise ValueError(f"image_size={image_size} is too small: ResNet downsamples by 32; "
                              "need image_size >= 32")
-        if layer == "branching":
-            ratio = 0.5 if ratio is None else check_fraction("ratio", ratio)
-            if not 0.0 < ratio < 1.0:
-                raise ValueError(f"ratio must be in (0, 1) for layer='branching', got {ratio}; "
-                                 "use layer='conv2d' (0) or layer='convnn' (1)")
-        elif ratio is not None:
-            raise ValueError(f"ratio={ratio!r} applies to layer='branching' only, not "
-                             f"layer={layer!r}")
+        ratio = resolve_branch_ratio(layer, ratio)
         options = _check_layer_options(layer_options or {})
         base_seed = options.pop("seed", 0)
         check_int("seed", base_seed)
@@ -194,7 +192,7 @@ class ResNet(nn.Module):
         kind, blocks = RESNET_DEPTHS[depth]
         self.depth, self.num_classes, self.layer, self.ratio = depth, num_classes, layer, ratio
         self.conv_bias, self.image_size = conv_bias, image_size
-        self.width_multiplier = float(width_multiplier)
+        self.width_multiplier = width_multiplier
         self.layer_options = {**options, "seed": base_seed}
         self.layer_plan: list[dict] = []
         factory = {"device": device, "dtype": dtype}
@@ -239,28 +237,15 @@ class ResNet(nn.Module):
         plan = {"index": index, "module": module, "in_channels": c_in,
                 "out_channels": c_out, "map_size": (size, size), "stride": stride}
         self.layer_plan.append(plan)
-        requested = (options.get("sampling", "all"), options.get("candidates"))
         kind = self.layer if stride == 1 else "conv2d"
-        plan.update(kind=kind, requested_sampling=requested[0] if kind != "conv2d" else None,
-                    requested_candidates=requested[1] if kind != "conv2d" else None,
+        plan.update(kind=kind, requested_sampling=None, requested_candidates=None,
                     sampling=None, candidates=None, fallback=None, seed=None)
         if kind == "conv2d":
             return nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=self.conv_bias,
                              **factory)
-        layer_opts = dict(options, seed=base_seed + index)
-        sampling, candidates, reason = sampling_for_map(
-            *requested, size, size, layer_opts.get("candidate_layout", "square"))
-        if reason is not None:
-            layer_opts["sampling"], layer_opts["candidates"] = "all", None
-            layer_opts.pop("candidate_layout", None)
-        k, padding = layer_opts.get("k", 9), layer_opts.get("padding", 1)
-        positions = (size + 2 * padding) ** 2
-        if sampling == "all" and isinstance(k, int) and k > positions:
-            raise ValueError(f"k={k} must be <= the {positions} positions of 3x3 layer {index}'s "
-                             f"{size}x{size} map with padding={padding} "
-                             f"(image_size={self.image_size})")
-        plan.update(sampling=sampling, candidates=candidates, fallback=reason,
-                    seed=base_seed + index)
+        layer_opts, layer_plan = plan_convnn_layer(options, size, index, base_seed,
+                                                   self.image_size)
+        plan.update(layer_plan)
         if kind == "convnn":
             return ConvNN2d(c_in, c_out, **layer_opts, **factory)
         return BranchingConv2d(c_in, c_out, ratio=self.ratio, kernel_size=3,
@@ -299,10 +284,7 @@ class ResNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``[B, C, H, W] -> [B, num_classes]`` logits (``H = W = image_size``)."""
-        if x.dim() != 4 or x.shape[-2:] != (self.image_size, self.image_size):
-            raise ValueError(f"input must be [B, C, {self.image_size}, {self.image_size}] (the "
-                             f"image_size the layer plan was made for), got shape "
-                             f"{tuple(x.shape)}")
+        check_input_size(x, self.image_size)
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (B, 64, H/4, W/4)
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))  # (B, C', H/32, W/32)
         return self.fc(torch.flatten(self.avgpool(x), 1))

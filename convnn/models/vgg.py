@@ -41,7 +41,13 @@ from torch import Tensor, nn
 
 from .. import ops
 from .._checks import check_choice, check_fraction, check_int
-from ..layers import BranchingConv2d, ConvNN2d, candidate_count
+from ..layers import BranchingConv2d, ConvNN2d
+from .plan import (
+    check_input_size,
+    check_width_multiplier,
+    plan_convnn_layer,
+    resolve_branch_ratio,
+)
 
 VGG_CONFIGS: dict[str, list] = {
     "A": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
@@ -56,7 +62,6 @@ VGG_CONFIGS: dict[str, list] = {
 VGG_DEPTHS = {11: "A", 13: "B", 16: "D", 19: "E"}
 VGG_LAYERS = ("conv2d", "branching", "convnn")
 VGG_HEADS = ("paper", "lean")
-DEFAULT_BRANCH_RATIO = 0.5
 
 _CONVNN2D_OPTIONS = tuple(
     name for name in inspect.signature(ConvNN2d.__init__).parameters
@@ -159,29 +164,6 @@ def _check_layer_options(options: dict) -> dict:
     return dict(options)
 
 
-def sampling_for_map(sampling: str, candidates: int | None, height: int, width: int,
-                     layout: str = "square") -> tuple[str, int | None, str | None]:
-    """The candidate set a ConvNN layer on an ``H × W`` map uses: the fallback rule.
-
-    Returns ``(sampling, candidates, reason)``: the requested set when it fits the map, else
-    ``("all", None, reason)``. ``"random"`` needs ``r² <= H·W`` pixels, ``"spatial"`` needs its
-    ``r × r`` grid to fit, ``r <= min(H, W)``. With ``layout="count"`` (see
-    :class:`~convnn.layers.ConvNN2d`'s ``candidate_layout``) the set has ``r`` positions: ``r``
-    random pixels or a ``√r × √r`` grid.
-    """
-    if sampling == "all":
-        return sampling, candidates, None
-    total = candidate_count(candidates, layout)
-    side = math.isqrt(total)
-    shown = "r" if layout == "count" else "r²"
-    if sampling == "random" and total > height * width:
-        return "all", None, f"random: {shown}={total} > H·W={height * width}"
-    if sampling == "spatial" and side > min(height, width):
-        grid = f"r={side}" if layout == "square" else f"grid side √r={side}"
-        return "all", None, f"spatial: {grid} > min(H, W)={min(height, width)}"
-    return sampling, candidates, None
-
-
 class VGG(nn.Module):
     """VGG with every convolution replaced by Conv2d, ConvNN or the branching hybrid.
 
@@ -247,10 +229,8 @@ class VGG(nn.Module):
         check_int("in_channels", in_channels, minimum=1)
         check_choice("head", head, VGG_HEADS)
         dropout = check_fraction("dropout", dropout)
-        if isinstance(width_multiplier, bool) or not isinstance(width_multiplier, (int, float)) \
-                or not width_multiplier > 0:
-            raise ValueError(f"width_multiplier must be a number > 0, got {width_multiplier!r}")
-        ratio = self._resolve_ratio(layer, ratio)
+        width_multiplier = check_width_multiplier(width_multiplier)
+        ratio = resolve_branch_ratio(layer, ratio)
         options = _check_layer_options(layer_options or {})
         aggregate_coords = bool(options.pop("aggregate_coords", False))
         base_seed = options.pop("seed", 0)
@@ -262,7 +242,7 @@ class VGG(nn.Module):
                              f"max-pools; need image_size >= {2 ** num_pools}")
         self.depth, self.num_classes, self.layer, self.ratio = depth, num_classes, layer, ratio
         self.kernel_size, self.image_size, self.head_type = kernel_size, image_size, head
-        self.width_multiplier = float(width_multiplier)
+        self.width_multiplier = width_multiplier
         self.layer_options = {**options, "seed": base_seed,
                               **({"aggregate_coords": True} if aggregate_coords else {})}
         self.layer_plan: list[dict] = []
@@ -302,49 +282,25 @@ class VGG(nn.Module):
             self.pool = nn.AdaptiveAvgPool2d((1, 1))
             self.classifier = nn.Linear(channels, num_classes, **factory)
 
-    @staticmethod
-    def _resolve_ratio(layer: str, ratio: float | None) -> float:
-        fixed = {"conv2d": 0.0, "convnn": 1.0}
-        if layer in fixed:
-            if ratio is not None and float(ratio) != fixed[layer]:
-                raise ValueError(f"ratio={ratio!r} conflicts with layer={layer!r} (which is "
-                                 f"ratio {fixed[layer]}); use layer='branching' for 0 < ratio < 1")
-            return fixed[layer]
-        ratio = DEFAULT_BRANCH_RATIO if ratio is None else check_fraction("ratio", ratio)
-        if not 0.0 < ratio < 1.0:
-            raise ValueError(f"ratio must be in (0, 1) for layer='branching', got {ratio}; "
-                             "use layer='conv2d' (0) or layer='convnn' (1)")
-        return ratio
-
     def _make_layer(self, c_in, c_out, size, index, base_seed, options, aggregate_coords,
                     plan, factory) -> nn.Module:
-        requested = (options.get("sampling", "all"), options.get("candidates"))
         convnn_channels = math.floor(self.ratio * c_out)
-        layer_opts = dict(options, seed=base_seed + index)
-        sampling, candidates, reason = requested[0], requested[1], None
         if convnn_channels:
-            sampling, candidates, reason = sampling_for_map(
-                *requested, size, size, layer_opts.get("candidate_layout", "square"))
-            if reason is not None:
-                layer_opts["sampling"], layer_opts["candidates"] = "all", None
-            k, padding = layer_opts.get("k", 9), layer_opts.get("padding", 1)
-            positions = (size + 2 * padding) ** 2
-            if sampling == "all" and isinstance(k, int) and k > positions:
-                raise ValueError(
-                    f"k={k} must be <= the {positions} positions of layer {index}'s "
-                    f"{size}x{size} map with padding={padding} (image_size={self.image_size})")
+            layer_opts, layer_plan = plan_convnn_layer(options, size, index, base_seed,
+                                                       self.image_size)
+        else:  # the options are still validated by BranchingConv2d
+            layer_opts = dict(options, seed=base_seed + index)
+            layer_plan = {"sampling": None, "candidates": None,
+                          "requested_sampling": options.get("sampling", "all"),
+                          "requested_candidates": options.get("candidates"), "fallback": None,
+                          "seed": None}
         module = BranchingConv2d(c_in, c_out, ratio=self.ratio, kernel_size=self.kernel_size,
                                  **factory, **layer_opts)
         if aggregate_coords and module.convnn is not None:
             module.convnn = CoordAggregationConvNN2d(c_in, convnn_channels, **factory,
                                                      **layer_opts)
-        plan.update({
-            "conv_channels": module.conv_channels, "convnn_channels": module.convnn_channels,
-            "sampling": sampling if convnn_channels else None,
-            "candidates": candidates if convnn_channels else None,
-            "requested_sampling": requested[0], "requested_candidates": requested[1],
-            "fallback": reason, "seed": base_seed + index if convnn_channels else None,
-        })
+        plan.update(conv_channels=module.conv_channels, convnn_channels=module.convnn_channels,
+                    **layer_plan)
         return module
 
     def extra_repr(self) -> str:
@@ -368,10 +324,7 @@ class VGG(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``[B, C, H, W] -> [B, num_classes]`` logits (``H = W = image_size``)."""
-        if x.dim() != 4 or x.shape[-2:] != (self.image_size, self.image_size):
-            raise ValueError(f"input must be [B, C, {self.image_size}, {self.image_size}] (the "
-                             f"image_size the layer plan was made for), got shape "
-                             f"{tuple(x.shape)}")
+        check_input_size(x, self.image_size)
         x = self.features(x)  # (B, C', H / 32, W / 32)
         x = torch.flatten(self.pool(x), 1)  # (B, C'·7·7) or (B, C')
         return self.classifier(x)
@@ -409,7 +362,6 @@ __all__ = [
     "VGG_LAYERS",
     "CoordAggregationConvNN2d",
     "paper_layer_options",
-    "sampling_for_map",
     "vgg11",
     "vgg13",
     "vgg16",
