@@ -15,6 +15,15 @@ def check_choice(name: str, value, allowed: Iterable) -> None:
         raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
 
 
+def check_known(what: str, names: Iterable, allowed: Iterable, context: str = "") -> None:
+    """Raise unless every one of ``names`` is in ``allowed`` (options, fields, keys: a typo
+    must not pass silently)."""
+    allowed = list(allowed)
+    unknown = sorted(set(names) - set(allowed))
+    if unknown:
+        raise ValueError(f"unknown {what} {unknown}{context}; allowed: {allowed}")
+
+
 def check_int(name: str, value, minimum: int | None = None, maximum: int | None = None) -> int:
     """Raise unless ``value`` is an int (not bool) within ``[minimum, maximum]``."""
     if isinstance(value, bool) or not isinstance(value, int):

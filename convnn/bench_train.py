@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from . import kernels
+from ._checks import check_known
 from .bench import WithKernel, measure_steps
 from .models import ModelConfig, build_model, count_parameters
 
@@ -69,9 +70,7 @@ def training_benchmarks(device: torch.device | str | None = None, quick: bool = 
 
     ``families`` picks the models: ``"vit"`` (ViT-Tiny), ``"vgg"`` (VGG-11), ``"resnet"``
     (ResNet-50)."""
-    unknown = sorted(set(families) - set(FAMILIES))
-    if unknown:
-        raise ValueError(f"unknown families {unknown}; allowed: {list(FAMILIES)}")
+    check_known("families", families, FAMILIES)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     on_cpu = device.type == "cpu"
     repeats = repeats or (2 if on_cpu else 10)

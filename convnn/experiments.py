@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from ._checks import check_known
 from .models import PAPER_RESNET50, ModelConfig
 from .models.vgg import paper_layer_options
 from .train import TrainConfig
@@ -154,9 +155,7 @@ class Preset:
 
 def _canonical(family: str, dataset: str, **settings) -> tuple:
     base = dict(_DEFAULTS[family])
-    unknown = set(settings) - set(base)
-    if unknown:
-        raise ValueError(f"unknown preset settings {sorted(unknown)}; allowed: {sorted(base)}")
+    check_known("preset settings", settings, sorted(base))
     base.update({k: v for k, v in settings.items() if v is not None})
     if family == "vgg":
         if base["layer"] == "conv2d":  # selection options do not exist without ConvNN

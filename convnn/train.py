@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._checks import check_choice, check_int
+from ._checks import check_choice, check_int, check_known
 from ._io import (
     append_jsonl_atomic,
     atomic_torch_save,
@@ -234,10 +234,7 @@ class TrainConfig:
         """
         if not isinstance(d, Mapping):
             raise ValueError(f"d must be a mapping, got {type(d).__name__}")
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(d) - set(names))
-        if unknown:
-            raise ValueError(f"unknown TrainConfig keys {unknown}; the fields are {names}")
+        check_known("TrainConfig keys", d, [f.name for f in dataclasses.fields(cls)])
         return cls(**d)
 
 

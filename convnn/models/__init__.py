@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from .._checks import check_choice
+from .._checks import check_choice, check_known
 from .plan import sampling_for_map
 from .resnet import PAPER_RESNET50, RESNET_DEPTHS, RESNET_LAYERS, ResNet, resnet50
 from .vgg import (
@@ -137,10 +137,7 @@ class ModelConfig:
         """The inverse of :meth:`to_dict`; unknown keys raise ``ValueError``."""
         if not isinstance(data, dict):
             raise ValueError(f"ModelConfig.from_dict needs a dict, got {type(data).__name__}")
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(data) - set(names))
-        if unknown:
-            raise ValueError(f"unknown ModelConfig field(s) {unknown}; allowed: {names}")
+        check_known("ModelConfig field(s)", data, [f.name for f in dataclasses.fields(cls)])
         data = dict(data)
         if data.get("layer_options") is None:
             data["layer_options"] = {}

@@ -13,7 +13,7 @@ import math
 
 from torch import Tensor
 
-from .._checks import check_fraction
+from .._checks import check_fraction, check_known
 from ..layers import candidate_count
 
 DEFAULT_BRANCH_RATIO = 0.5
@@ -90,6 +90,14 @@ def resolve_branch_ratio(layer: str, ratio: float | None) -> float:
     return ratio
 
 
+def check_layer_options(options, allowed) -> dict:
+    """A copy of the ``layer_options`` dict; unknown keys raise ``ValueError``."""
+    if not isinstance(options, dict):
+        raise ValueError(f"layer_options must be a dict, got {type(options).__name__}")
+    check_known("option(s) in layer_options", options, sorted(allowed))
+    return dict(options)
+
+
 def check_width_multiplier(value) -> float:
     """A channel multiplier: a number > 0."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
@@ -104,5 +112,6 @@ def check_input_size(x: Tensor, image_size: int) -> None:
                          f"layer plan was made for), got shape {tuple(x.shape)}")
 
 
-__all__ = ["DEFAULT_BRANCH_RATIO", "check_input_size", "check_width_multiplier",
+__all__ = ["DEFAULT_BRANCH_RATIO", "check_input_size", "check_layer_options",
+           "check_width_multiplier",
            "plan_convnn_layer", "resolve_branch_ratio", "sampling_for_map"]

@@ -40,6 +40,7 @@ from .._checks import check_choice, check_int
 from ..layers import BranchingConv2d, ConvNN2d
 from .plan import (
     check_input_size,
+    check_layer_options,
     check_width_multiplier,
     plan_convnn_layer,
     resolve_branch_ratio,
@@ -64,17 +65,7 @@ PAPER_RESNET50 = {
 """Bias settings that give the paper's ResNet-50 parameter counts (table "10")."""
 
 _STAGE_WIDTHS = (64, 128, 256, 512)
-
-
-def _check_layer_options(options) -> dict:
-    if not isinstance(options, dict):
-        raise ValueError(f"layer_options must be a dict, got {type(options).__name__}")
-    allowed = [o for o in LAYER_OPTIONS if o != "aggregate_coords"]
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise ValueError(f"layer_options has unknown option(s) {unknown}; allowed: "
-                         f"{sorted(allowed)}")
-    return dict(options)
+_CONVNN_OPTIONS = [o for o in LAYER_OPTIONS if o != "aggregate_coords"]
 
 
 class _Block(nn.Module):
@@ -183,7 +174,7 @@ class ResNet(nn.Module):
             raise ValueError(f"image_size={image_size} is too small: ResNet downsamples by 32; "
                              "need image_size >= 32")
         ratio = resolve_branch_ratio(layer, ratio)
-        options = _check_layer_options(layer_options or {})
+        options = check_layer_options(layer_options or {}, _CONVNN_OPTIONS)
         base_seed = options.pop("seed", 0)
         check_int("seed", base_seed)
         if layer == "conv2d" and options:

@@ -44,6 +44,7 @@ from .._checks import check_choice, check_fraction, check_int
 from ..layers import BranchingConv2d, ConvNN2d
 from .plan import (
     check_input_size,
+    check_layer_options,
     check_width_multiplier,
     plan_convnn_layer,
     resolve_branch_ratio,
@@ -154,16 +155,6 @@ class CoordAggregationConvNN2d(ConvNN2d):
         return out.transpose(1, 2).reshape(batch, self.out_channels, height, width)
 
 
-def _check_layer_options(options: dict) -> dict:
-    if not isinstance(options, dict):
-        raise ValueError(f"layer_options must be a dict, got {type(options).__name__}")
-    unknown = sorted(set(options) - set(LAYER_OPTIONS))
-    if unknown:
-        raise ValueError(f"layer_options has unknown option(s) {unknown}; allowed: "
-                         f"{sorted(LAYER_OPTIONS)}")
-    return dict(options)
-
-
 class VGG(nn.Module):
     """VGG with every convolution replaced by Conv2d, ConvNN or the branching hybrid.
 
@@ -231,7 +222,7 @@ class VGG(nn.Module):
         dropout = check_fraction("dropout", dropout)
         width_multiplier = check_width_multiplier(width_multiplier)
         ratio = resolve_branch_ratio(layer, ratio)
-        options = _check_layer_options(layer_options or {})
+        options = check_layer_options(layer_options or {}, LAYER_OPTIONS)
         aggregate_coords = bool(options.pop("aggregate_coords", False))
         base_seed = options.pop("seed", 0)
         check_int("seed", base_seed)

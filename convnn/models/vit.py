@@ -40,7 +40,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_choice, check_fraction, check_int
+from .._checks import check_choice, check_fraction, check_int, check_known
 from ..attention import (
     KVTAttention,
     LocalAttention,
@@ -213,11 +213,8 @@ class ViT(nn.Module):
         if not isinstance(mixer_options, (dict, type(None))):
             raise ValueError(f"mixer_options must be a dict, got {type(mixer_options).__name__}")
         options = dict(mixer_options or {})
-        allowed = mixer_option_names(mixer)
-        unknown = sorted(set(options) - set(allowed))
-        if unknown:
-            raise ValueError(f"mixer_options has unknown option(s) {unknown} for "
-                             f"mixer={mixer!r}; allowed: {allowed}")
+        check_known("option(s) in mixer_options", options, mixer_option_names(mixer),
+                    f" for mixer={mixer!r}")
 
         self.num_classes, self.image_size, self.patch_size = num_classes, image_size, patch_size
         self.dim, self.depth, self.mlp_dim, self.num_heads = dim, depth, mlp_dim, num_heads
