@@ -129,6 +129,11 @@ class ImageDataset:
         return tuple(self.train_images.shape[1:3])
 
     @property
+    def synthetic(self) -> bool:
+        """True for :func:`synthetic_dataset`'s data (as ``ImageNetDataset.synthetic``)."""
+        return self.name == "synthetic"
+
+    @property
     def num_train(self) -> int:
         """Training images."""
         return len(self.train_labels)

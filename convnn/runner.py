@@ -25,7 +25,12 @@ from .data import (
     synthetic_dataset,
 )
 from .experiments import Preset, get_preset, reduced
-from .imagenet import ImageNetDataset, load_imagenet, write_synthetic_imagenet
+from .imagenet import (
+    SYNTHETIC_MARKER,
+    ImageNetDataset,
+    load_imagenet,
+    write_synthetic_imagenet,
+)
 from .models import ModelConfig, build_model, count_parameters
 from .train import TrainConfig, evaluate_run, load_run, train
 
@@ -49,7 +54,7 @@ def default_run_dir(name: str, smoke: bool) -> Path:
 
 def _synthetic_imagenet_root() -> Path:
     root = default_cache_dir() / "synthetic-imagenet"
-    if not (root / "SYNTHETIC.txt").is_file():
+    if not (root / SYNTHETIC_MARKER).is_file():
         write_synthetic_imagenet(root, **SMOKE_SYNTHETIC_IMAGENET)
     return root
 
@@ -145,7 +150,7 @@ def run_preset(name: str, *, epochs: int | None = None, smoke: bool | None = Non
     if workers is not None:
         dataset.num_workers = workers
     out = Path(out_dir) if out_dir is not None else default_run_dir(name, smoke)
-    synthetic = dataset.name == "synthetic" or getattr(dataset, "synthetic", False)
+    synthetic = dataset.synthetic
     if smoke and synthetic and dataset.num_classes != model_cfg.num_classes:
         model_cfg = dataclasses.replace(model_cfg, num_classes=dataset.num_classes)
     subset = smoke and not synthetic
