@@ -92,8 +92,28 @@ class DatasetNotFoundError(RuntimeError):
     """The requested dataset is in none of the places searched and could not be downloaded."""
 
 
+class _Splits:
+    """Sizes shared by :class:`ImageDataset` and :class:`convnn.imagenet.ImageNetDataset`
+    (both have ``classes``, ``train_labels`` and ``test_labels``)."""
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes."""
+        return len(self.classes)
+
+    @property
+    def num_train(self) -> int:
+        """Training images."""
+        return len(self.train_labels)
+
+    @property
+    def num_test(self) -> int:
+        """Test images."""
+        return len(self.test_labels)
+
+
 @dataclass(repr=False)
-class ImageDataset:
+class ImageDataset(_Splits):
     """A whole image-classification dataset held in memory.
 
     Attributes:
@@ -119,11 +139,6 @@ class ImageDataset:
     source: str
 
     @property
-    def num_classes(self) -> int:
-        """Number of classes."""
-        return len(self.classes)
-
-    @property
     def image_size(self) -> tuple[int, int]:
         """``(H, W)`` of the stored images."""
         return tuple(self.train_images.shape[1:3])
@@ -132,16 +147,6 @@ class ImageDataset:
     def synthetic(self) -> bool:
         """True for :func:`synthetic_dataset`'s data (as ``ImageNetDataset.synthetic``)."""
         return self.name == "synthetic"
-
-    @property
-    def num_train(self) -> int:
-        """Training images."""
-        return len(self.train_labels)
-
-    @property
-    def num_test(self) -> int:
-        """Test images."""
-        return len(self.test_labels)
 
     def train_loader(self, batch_size: int, device=None, **kwargs) -> DeviceLoader:
         """A shuffling :class:`DeviceLoader` over the training split (see :func:`make_loader`)."""

@@ -58,6 +58,7 @@ from .data import (
     DatasetNotFoundError,
     EpochLoader,
     _epoch_seed,
+    _Splits,
     default_cache_dir,
 )
 
@@ -95,7 +96,7 @@ _AUG_SALT = 0x5DEECE66D
 
 
 @dataclass(repr=False)
-class ImageNetDataset:
+class ImageNetDataset(_Splits):
     """The file lists of an ImageNet tree; images are decoded only while loading batches.
 
     Attributes:
@@ -129,21 +130,6 @@ class ImageNetDataset:
     name: str = "imagenet"
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
-
-    @property
-    def num_classes(self) -> int:
-        """Number of classes."""
-        return len(self.classes)
-
-    @property
-    def num_train(self) -> int:
-        """Number of training images."""
-        return len(self.train_labels)
-
-    @property
-    def num_test(self) -> int:
-        """Number of test (validation) images."""
-        return len(self.test_labels)
 
     @property
     def image_size(self) -> tuple[int, int]:
