@@ -133,8 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     tr.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     tr.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
-    tr.add_argument("--amp", choices=["off", "bf16", "fp16"],
-                    help="mixed precision (default: bf16 on CUDA, off on CPU)")
+    tr.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"], default="auto",
+                    help="mixed precision (default auto: bf16 on GPUs of compute capability "
+                         ">= 8.0, fp16 with a gradient scaler on older GPUs, float32 on a CPU)")
     tr.add_argument("--compile", action="store_true", help="torch.compile the model")
     tr.add_argument("--batch-size", type=int, help="override the batch size")
     tr.add_argument("--workers", type=int, help="image-decoding processes of an ImageNet "

@@ -33,14 +33,13 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from functools import lru_cache
-from pathlib import Path
 
 from ._checks import check_known
 from .models import PAPER_RESNET50, ModelConfig
 from .models.vgg import paper_layer_options
+from .package_data import data_file
 from .train import TrainConfig
 
-PAPER_RESULTS = Path(__file__).resolve().parents[1] / "data" / "paper_results.json"
 DATASET_SHORT = {"cifar10": "c10", "cifar100": "c100", "imagenet": "in1k"}
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000}
 UNSUPPORTED_TABLES: dict[str, str] = {}
@@ -395,8 +394,8 @@ PRESETS = _registry()
 
 @lru_cache(maxsize=1)
 def paper_records() -> tuple[dict, ...]:
-    """Every record of ``data/paper_results.json`` (the paper's numbers)."""
-    with open(PAPER_RESULTS) as f:
+    """Every record of ``paper_results.json`` (the paper's numbers, shipped with the package)."""
+    with open(data_file("paper_results.json"), encoding="utf-8") as f:
         return tuple(json.load(f)["records"])
 
 

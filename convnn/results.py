@@ -35,7 +35,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .experiments import PAPER_RESULTS, get_preset, paper_records, preset_for_record
+from .experiments import get_preset, paper_records, preset_for_record
+from .package_data import results_root
 from .viz import BookFigure
 
 __all__ = [
@@ -65,8 +66,9 @@ __all__ = [
     "row_label",
 ]
 
-#: Where committed run logs live (``data/results/`` of the checkout).
-RESULTS_ROOT = PAPER_RESULTS.parent / "results"
+#: Where committed run logs live: ``data/results/`` of the repository, shipped in the package
+#: (see :func:`convnn.package_data.results_root`).
+RESULTS_ROOT = results_root()
 #: How every number from ``paper_results.json`` is labelled.
 PAPER_LABEL = "paper (authors' logs)"
 #: What a comparison says where no committed run matches a paper row.
@@ -370,11 +372,12 @@ def load_run(run_dir: str | os.PathLike, *, root: str | os.PathLike | None = Non
                _provenance(path, Path(root) if root is not None else path), skipped)
 
 
-def find_runs(root: str | os.PathLike = RESULTS_ROOT) -> list[Run]:
+def find_runs(root: str | os.PathLike | None = None) -> list[Run]:
     """Every run folder under ``root`` (any depth): a folder with ``metrics.jsonl`` and
-    ``config.json``. Returns ``[]`` when ``root`` does not exist; folders that cannot be
-    read are skipped with a warning. Sorted by path."""
-    root = Path(root)
+    ``config.json``. ``root`` defaults to the committed logs (:data:`RESULTS_ROOT`). Returns
+    ``[]`` when ``root`` does not exist; folders that cannot be read are skipped with a
+    warning. Sorted by path."""
+    root = Path(root) if root is not None else RESULTS_ROOT
     if not root.is_dir():
         return []
     runs = []
@@ -389,10 +392,11 @@ def find_runs(root: str | os.PathLike = RESULTS_ROOT) -> list[Run]:
     return runs
 
 
-def load_bench(root: str | os.PathLike = RESULTS_ROOT / "bench") -> list[tuple[Path, dict]]:
-    """The benchmark reports (``python -m convnn bench --json FILE``) under ``root``, as
-    ``(path, report)`` pairs sorted by path; ``[]`` when there are none."""
-    root = Path(root)
+def load_bench(root: str | os.PathLike | None = None) -> list[tuple[Path, dict]]:
+    """The benchmark reports (``python -m convnn bench --json FILE``) under ``root`` (default:
+    the committed ``bench/`` logs), as ``(path, report)`` pairs sorted by path; ``[]`` when
+    there are none."""
+    root = Path(root) if root is not None else RESULTS_ROOT / "bench"
     if not root.is_dir():
         return []
     out = []

@@ -109,8 +109,6 @@ def preset_configs(preset: Preset, *, smoke: bool, epochs: int | None = None,
                                         warmup_epochs=0, lr=smoke_lr)
     else:
         model_cfg, train_cfg = preset.model_config(), preset.train_config()
-        if device is not None and device.type == "cuda" and "amp" not in train_overrides:
-            train_cfg = dataclasses.replace(train_cfg, amp="bf16")
     if epochs is not None:
         train_cfg = dataclasses.replace(train_cfg, epochs=epochs)
     if train_overrides:

@@ -76,6 +76,7 @@ __all__ = [
     "evaluate_run",
     "load_run",
     "lr_at",
+    "resolve_amp",
     "set_eval_sampling",
     "summarize",
     "train",
@@ -83,7 +84,7 @@ __all__ = [
 
 OPTIMIZERS = ("adamw", "sgd", "adam")
 SCHEDULES = ("none", "cosine", "step")
-AMP_MODES = ("bf16", "fp16", "off")
+AMP_MODES = ("auto", "bf16", "fp16", "off")
 EVAL_SAMPLINGS = ("fixed", "resample")
 #: The files of a run folder.
 RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt", "summary.json")
@@ -141,9 +142,11 @@ class TrainConfig:
         grad_clip: clip the global gradient norm to this value (paper: 1.0); ``None`` or 0
             turns clipping off.
         label_smoothing: of the training loss (paper: 0). Test loss is plain cross-entropy.
-        amp: ``"bf16"``, ``"fp16"`` (with a gradient scaler) or ``"off"`` (paper, default).
-            Mixed precision is used on CUDA only; elsewhere it is switched off and the run's
-            ``config.json`` records ``amp_active: "off"``.
+        amp: ``"auto"`` (default: chosen by the device, see :func:`resolve_amp`), ``"bf16"``,
+            ``"fp16"`` (with a gradient scaler) or ``"off"`` (float32, as the paper ran).
+            Mixed precision is used on CUDA only; elsewhere it is switched off. The run's
+            ``config.json`` records the precision used as ``amp_active``. Neighbour
+            selection ranks in float32 under every setting.
         compile: ``torch.compile`` the model.
         seed: seeds Python, NumPy and torch *before* the model is built, and the loader's
             per-epoch order and augmentation (paper: 42).
@@ -173,7 +176,7 @@ class TrainConfig:
     eval_batch_size: int | None = None
     grad_clip: float | None = 1.0
     label_smoothing: float = 0.0
-    amp: str = "off"
+    amp: str = "auto"
     compile: bool = False
     seed: int = 42
     eval_sampling: str = "fixed"
@@ -358,6 +361,29 @@ def _peak_memory(device: torch.device) -> tuple[int | None, str]:
     return int(rss if sys.platform == "darwin" else rss * 1024), "cpu_max_rss_process"
 
 
+def resolve_amp(amp: str, device: torch.device | str) -> str:
+    """The precision a run on ``device`` uses for the setting ``amp``.
+
+    ``"auto"`` gives ``"bf16"`` on a GPU that computes in bfloat16 natively (compute
+    capability 8.0 or newer: A100, L4, H100...), ``"fp16"`` with a gradient scaler on older
+    GPUs (T4, V100: bfloat16 is emulated there, or unsupported by cuDNN), and ``"off"``
+    (float32) on a CPU or any other device. An explicit ``"bf16"``/``"fp16"`` is kept on CUDA
+    and becomes ``"off"`` elsewhere.
+
+    Example:
+        >>> resolve_amp("auto", "cpu")
+        'off'
+    """
+    check_choice("amp", amp, AMP_MODES)
+    device = torch.device(device)
+    if device.type != "cuda" or amp == "off":
+        return "off"
+    if amp != "auto":
+        return amp
+    major, _ = torch.cuda.get_device_capability(device)
+    return "bf16" if major >= 8 else "fp16"
+
+
 def _autocast(device: torch.device, amp: str):
     if amp == "off" or device.type != "cuda":
         return contextlib.nullcontext()
@@ -486,7 +512,7 @@ def evaluate(model: nn.Module, loader, device=None, amp: str = "off") -> dict:
         model: a classifier returning logits ``[B, classes]``; its training mode is restored.
         loader: yields ``(x, y)`` batches on ``device``, e.g. ``dataset.test_loader(...)``.
         device: where the batches live (default: ``loader.device``, else the model's).
-        amp: ``"bf16"``, ``"fp16"`` or ``"off"`` (mixed precision is used on CUDA only).
+        amp: ``"auto"``, ``"bf16"``, ``"fp16"`` or ``"off"`` (see :func:`resolve_amp`).
 
     Returns:
         ``{"loss": mean cross-entropy, "top1": %, "top5": %, "count": samples}``. With fewer
@@ -499,7 +525,7 @@ def evaluate(model: nn.Module, loader, device=None, amp: str = "off") -> dict:
     was_training = model.training
     model.eval()
     try:
-        return _finish(_eval_sums(model, loader, device, amp))
+        return _finish(_eval_sums(model, loader, device, resolve_amp(amp, device)))
     finally:
         model.train(was_training)
 
@@ -815,8 +841,8 @@ def _fit(model_factory, ds, config, out, resume, overwrite, device, ctx, show, e
     if ctx.enabled:  # each rank its own dropout / random-candidate stream
         _seed_everything(config.seed + ctx.rank)
     parameters = sum(p.numel() for p in net.parameters())
-    amp = config.amp if device.type == "cuda" else "off"
-    if amp != config.amp:
+    amp = resolve_amp(config.amp, device)
+    if amp == "off" and config.amp in ("bf16", "fp16"):
         log(f"note: amp={config.amp!r} is used on CUDA only; training in float32 on {device}")
 
     params = list(net.parameters())

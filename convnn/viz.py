@@ -103,15 +103,21 @@ class SampleImage(NamedTuple):
 
 
 @functools.lru_cache(maxsize=2)
-def _cifar10_test(data_dir: str | None, env: tuple) -> tuple[Tensor, Tensor, tuple]:
+def _cifar10_test(data_dir: str | None, env: tuple, download: bool = False
+                  ) -> tuple[Tensor, Tensor, tuple]:
     """The CIFAR-10 test split (uint8 ``[N, 32, 32, 3]``, labels, classes), read once.
 
     ``env`` (the data and cache environment variables) is only part of the cache key.
     """
     from .data import load_dataset
 
-    ds = load_dataset("cifar10", data_dir=data_dir, download=False, progress=False)
+    ds = load_dataset("cifar10", data_dir=data_dir, download=download, progress=False)
     return ds.test_images, ds.test_labels, ds.classes
+
+
+def downloads_allowed() -> bool:
+    """False when ``CONVNN_OFFLINE=1`` (tests and offline machines): never try the network."""
+    return os.environ.get("CONVNN_OFFLINE", "") not in ("1", "true", "yes")
 
 
 def _resize(image: Tensor, size: int) -> Tensor:
@@ -141,23 +147,26 @@ def _matplotlib_image(size: int) -> SampleImage:
 
 
 def sample_image(
-    index: int = 7000, size: int = 32, *, source: str = "auto",
-    data_dir: str | os.PathLike | None = None,
+    index: int = 0, size: int = 32, *, label: str | None = "horse", source: str = "auto",
+    data_dir: str | os.PathLike | None = None, download: bool | None = None,
 ) -> SampleImage:
-    """A real image that is available offline, and where it came from.
+    """A real image for the figures, and where it came from.
 
-    With ``source="auto"`` the image is CIFAR-10 test image ``index`` when CIFAR-10 can be read
-    without a download (``data_dir``, ``$CONVNN_DATA_DIR`` or the data cache, see
-    :func:`convnn.data.load_dataset`; the first read decodes the JPEG copy once, about 8 s),
-    else matplotlib's sample photograph ``grace_hopper.jpg``, centre-cropped and resized.
-    Nothing is ever downloaded.
+    With ``source="auto"`` the image comes from CIFAR-10's test split: from a local copy
+    (``data_dir``, ``$CONVNN_DATA_DIR`` or the data cache, see
+    :func:`convnn.data.load_dataset`), else downloaded by torchvision into the data cache
+    (about 170 MB, once). Only when neither works (offline) does it fall back to matplotlib's
+    sample photograph ``grace_hopper.jpg``, and the caption says so. Text about the image
+    should therefore not describe it beyond what the caption states.
 
     Args:
-        index: position in the CIFAR-10 test split (the offline JPEG copy stores it class by
-            class, 1000 images each: 0-999 airplanes, ..., 7000-7999 horses).
+        index: which image: the ``index``-th test image of class ``label`` (0 = the first),
+            or the ``index``-th of the whole split when ``label`` is None.
         size: side of the returned square image (CIFAR-10 is resized when not 32).
+        label: a CIFAR-10 class name (``"horse"``, ``"cat"``...) or None.
         source: ``"auto"``, ``"cifar10"`` (raise if unavailable) or ``"matplotlib"``.
         data_dir: where to look for CIFAR-10 first.
+        download: allow the torchvision download; default: yes, unless ``CONVNN_OFFLINE=1``.
 
     Returns:
         A :class:`SampleImage` ``(image [3, size, size] in [0, 1], source caption, kind)``.
@@ -167,29 +176,46 @@ def sample_image(
         >>> img.image.shape
         torch.Size([3, 32, 32])
     """
+    from .data import CIFAR10_CLASSES, DatasetNotFoundError
+
     check_choice("source", source, _IMAGE_SOURCES)
     check_int("size", size, minimum=2)
     check_int("index", index, minimum=0)
-    if source != "matplotlib":
-        from .data import DatasetNotFoundError
-
+    if label is not None:
+        check_choice("label", label, CIFAR10_CLASSES)
+    download = downloads_allowed() if download is None else download
+    if not isinstance(download, bool):
+        raise ValueError(f"download must be True, False or None, got {download!r}")
+    if source == "matplotlib":
+        return _matplotlib_image(size)
+    env = tuple(os.environ.get(v) for v in ("CONVNN_DATA_DIR", "CONVNN_CACHE_DIR"))
+    folder = None if data_dir is None else str(data_dir)
+    try:
         try:
-            env = tuple(os.environ.get(v) for v in ("CONVNN_DATA_DIR", "CONVNN_CACHE_DIR"))
-            images, labels, classes = _cifar10_test(
-                None if data_dir is None else str(data_dir), env)
+            images, labels, _ = _cifar10_test(folder, env)
         except DatasetNotFoundError:
-            if source == "cifar10":
+            if not download:
                 raise
-        else:
-            if index >= len(labels):
-                raise ValueError(f"index must be < {len(labels)} (CIFAR-10 test images), "
-                                 f"got {index}")
-            image = images[index].permute(2, 0, 1).float() / 255.0  # (3, 32, 32)
-            caption = f"CIFAR-10 test image {index} ({classes[int(labels[index])]})"
-            if size != image.shape[-1]:
-                caption += f", resized to {size}×{size}"
-            return SampleImage(_resize(image, size).contiguous(), caption, "cifar10")
-    return _matplotlib_image(size)
+            images, labels, _ = _cifar10_test(folder, env, True)
+    except DatasetNotFoundError:
+        if source == "cifar10":
+            raise
+        fallback = _matplotlib_image(size)
+        why = "not found locally" + (", and the download failed (offline?)" if download
+                                     else ", and downloads are off")
+        return fallback._replace(source=f"{fallback.source}: CIFAR-10 {why}, so this "
+                                        "stand-in photograph is shown")
+    positions = (torch.arange(len(labels)) if label is None
+                 else torch.nonzero(labels == CIFAR10_CLASSES.index(label)).flatten())
+    if index >= len(positions):
+        what = "CIFAR-10 test images" if label is None else f"{label} images in the test split"
+        raise ValueError(f"index must be < {len(positions)} ({what}), got {index}")
+    position = int(positions[index])
+    image = images[position].permute(2, 0, 1).float() / 255.0  # (3, 32, 32)
+    caption = f"CIFAR-10 test image {position} ({CIFAR10_CLASSES[int(labels[position])]})"
+    if size != image.shape[-1]:
+        caption += f", resized to {size}×{size}"
+    return SampleImage(_resize(image, size).contiguous(), caption, "cifar10")
 
 
 def _as_image(image: SampleImage | Tensor) -> tuple[Tensor, str | None]:

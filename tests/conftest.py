@@ -1,6 +1,7 @@
 """Test-session setup shared by the unit tests and the notebooks (nbval kernels inherit the env).
 
 - ``CONVNN_SMOKE=1`` makes every notebook run its short version (few steps, small subsets).
+- ``CONVNN_OFFLINE=1`` keeps the sample images from trying a download.
 - ``CONVNN_DATA_DIR`` points at the offline CIFAR-10 copy in ``<repo>/../shared/datasets`` when
   it exists and the variable is unset, so tests and notebooks never download anything.
 """
@@ -16,6 +17,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = REPO_ROOT.parent / "shared" / "datasets"
 
 os.environ.setdefault("CONVNN_SMOKE", "1")
+os.environ.setdefault("CONVNN_OFFLINE", "1")  # tests never touch the network
 
 if os.environ.get("CONVNN_DATA_DIR"):
     DATA_DIR_REASON = f"CONVNN_DATA_DIR={os.environ['CONVNN_DATA_DIR']} (set by the caller)"

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from convnn.layers import ConvNN2d
+from convnn.package_data import data_file
 from convnn.models import (
     MIXERS,
     VGG,
@@ -33,7 +34,7 @@ from convnn.models import (
 )
 
 META = torch.device("meta")
-PAPER_RESULTS = Path(__file__).resolve().parents[1] / "data" / "paper_results.json"
+PAPER_RESULTS = data_file("paper_results.json")
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
 
 # ------------------------------------------------------------------ paper parameter counts

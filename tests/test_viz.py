@@ -60,9 +60,51 @@ def test_sample_image_from_matplotlib() -> None:
 
 
 def test_sample_image_falls_back_without_cifar(no_cifar) -> None:
-    sample = viz.sample_image(size=32)
+    sample = viz.sample_image(size=32)  # CONVNN_OFFLINE=1 (conftest): no download is tried
     assert sample.kind == "matplotlib"
     assert sample.image.shape == (3, 32, 32)
+    assert "CIFAR-10 not found locally, and downloads are off" in sample.source
+    assert "stand-in photograph" in sample.source
+
+
+def test_sample_image_downloads_cifar_when_missing(no_cifar, monkeypatch) -> None:
+    """Online (e.g. on Colab) a missing CIFAR-10 is downloaded, never replaced silently."""
+    import convnn.data
+
+    calls = []
+    fake = convnn.data.synthetic_dataset(n_train=20, n_test=30, num_classes=10, image_size=32)
+
+    def fake_load(name, *, download=False, **kwargs):
+        calls.append(download)
+        if not download:
+            raise DatasetNotFoundError("not here")
+        return fake
+
+    monkeypatch.setattr(convnn.data, "load_dataset", fake_load)
+    sample = viz.sample_image(label="cat", download=True)
+    assert calls == [False, True]
+    assert sample.kind == "cifar10" and sample.source.endswith("(cat)")
+    position = int(sample.source.split()[3])
+    assert fake.test_labels[position] == convnn.data.CIFAR10_CLASSES.index("cat")
+
+
+def test_sample_image_says_when_the_download_failed(no_cifar, monkeypatch) -> None:
+    import convnn.data
+
+    def offline(name, **kwargs):
+        raise DatasetNotFoundError("Downloading it with torchvision failed: URLError")
+
+    monkeypatch.setattr(convnn.data, "load_dataset", offline)
+    sample = viz.sample_image(download=True)
+    assert sample.kind == "matplotlib"
+    assert "the download failed (offline?)" in sample.source
+
+
+def test_sample_image_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="label must be one of"):
+        viz.sample_image(label="zebra", source="matplotlib")
+    with pytest.raises(ValueError, match="download must be True, False or None"):
+        viz.sample_image(download="yes", source="matplotlib")
 
 
 def test_sample_image_cifar_only_raises_without_cifar(no_cifar) -> None:
@@ -73,12 +115,13 @@ def test_sample_image_cifar_only_raises_without_cifar(no_cifar) -> None:
 @pytest.mark.dataset
 @pytest.mark.skipif(not os.environ.get("CONVNN_DATA_DIR"), reason="needs CONVNN_DATA_DIR")
 def test_sample_image_from_cifar() -> None:
-    sample = viz.sample_image(7000)
+    sample = viz.sample_image()  # the first horse of the test split
     if sample.kind != "cifar10":
         pytest.skip(f"CIFAR-10 is not readable here ({sample.source})")
-    assert sample.source == "CIFAR-10 test image 7000 (horse)"
+    assert sample.source.endswith("(horse)")
+    assert viz.sample_image(7000, label=None).source == "CIFAR-10 test image 7000 (horse)"
     assert sample.image.shape == (3, 32, 32)
-    small = viz.sample_image(7000, size=16)
+    small = viz.sample_image(size=16)
     assert small.image.shape == (3, 16, 16) and "resized to 16×16" in small.source
 
 

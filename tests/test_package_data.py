@@ -1,0 +1,78 @@
+"""The files the package reads at run time ship inside it (``convnn._data``), and the
+precision of a run is chosen by its device (``amp="auto"``)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from convnn import package_data, results
+from convnn.experiments import paper_records
+from convnn.train import AMP_MODES, TrainConfig, resolve_amp
+
+
+# --------------------------------------------------------------------------- package data
+def test_package_data_is_read_through_the_package() -> None:
+    root = package_data.data_root()
+    assert (root / "__init__.py").is_file()  # the convnn._data package, not a loose folder
+    paper = package_data.data_file("paper_results.json")
+    assert len(json.loads(paper.read_text())["records"]) == len(paper_records()) > 400
+    assert results.RESULTS_ROOT == package_data.results_root()
+
+
+def test_a_missing_shipped_file_names_itself(monkeypatch, tmp_path) -> None:
+    monkeypatch.setattr(package_data, "data_root", lambda: tmp_path)
+    with pytest.raises(package_data.PackageDataError,
+                       match=r"paper_results.json is missing from convnn's data files"):
+        package_data.data_file("paper_results.json")
+    assert issubclass(package_data.PackageDataError, FileNotFoundError)
+
+
+def test_missing_run_logs_are_no_runs_not_an_error(tmp_path) -> None:
+    """The committed logs are optional: without them the book says there is no run yet."""
+    assert results.find_runs(tmp_path / "absent") == []
+    assert results.load_bench(tmp_path / "absent") == []
+
+
+def test_committed_runs_ship_with_the_package() -> None:
+    runs = results.find_runs()
+    assert runs, "data/results/ holds committed runs; they must be found through the package"
+    assert all(r.path.is_relative_to(package_data.results_root()) for r in runs)
+
+
+# --------------------------------------------------------------------------- amp="auto"
+@pytest.mark.parametrize("capability, expected", [
+    ((7, 5), "fp16"),  # T4: bfloat16 is emulated, fp16 runs on the tensor cores
+    ((7, 0), "fp16"),  # V100
+    ((8, 0), "bf16"),  # A100
+    ((8, 9), "bf16"),  # L4
+    ((9, 0), "bf16"),  # H100
+])
+def test_auto_precision_follows_the_gpu(monkeypatch, capability, expected) -> None:
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert resolve_amp("auto", "cuda") == expected
+    assert resolve_amp("off", "cuda") == "off"
+    assert resolve_amp("bf16", "cuda") == "bf16"  # an explicit choice is kept
+
+
+def test_auto_precision_is_float32_off_cuda() -> None:
+    for amp in AMP_MODES:
+        assert resolve_amp(amp, "cpu") == "off"
+    assert TrainConfig().amp == "auto"
+    with pytest.raises(ValueError, match="amp must be one of"):
+        resolve_amp("fp8", "cpu")
+
+
+def test_the_run_records_the_precision_it_used(tmp_path) -> None:
+    from convnn.data import synthetic_dataset
+    from convnn.train import train
+
+    ds = synthetic_dataset(n_train=32, n_test=16, num_classes=4, image_size=8)
+    cfg = TrainConfig(epochs=1, batch_size=16, amp="auto")
+    train(lambda: torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 64, 4)), ds, cfg,
+          tmp_path / "run", device="cpu", progress=False, log=None)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["train"]["amp"] == "auto"
+    assert config["run"]["amp_active"] == "off"  # float32 on a CPU
