@@ -41,6 +41,8 @@ from .viz import BookFigure
 
 __all__ = [
     "HEADLINE_CLAIMS",
+    "COLAB_GPUS",
+    "GPU_SPECS",
     "IMAGENET_TABLE",
     "NO_RUN",
     "PAPER_LABEL",
@@ -64,6 +66,9 @@ __all__ = [
     "plot_paper_bars",
     "plot_paper_sweep",
     "row_label",
+    "run_time_estimates",
+    "run_time_table",
+    "steady_epoch_seconds",
 ]
 
 #: Where committed run logs live: ``data/results/`` of the repository, shipped in the package
@@ -409,6 +414,86 @@ def load_bench(root: str | os.PathLike | None = None) -> list[tuple[Path, dict]]
         if isinstance(report, dict) and ("layers" in report or "training" in report):
             out.append((path, report))
     return out
+
+
+# --------------------------------------------------------------------------- run times
+#: Published peak figures of GPUs, used only to *estimate* how long a measured run would take
+#: elsewhere: (dense tensor-core TFLOPS in bf16, or fp16 on the T4, which has no bf16;
+#: memory bandwidth in GB/s), from the vendors' data sheets.
+GPU_SPECS: dict[str, tuple[float, float]] = {
+    "NVIDIA H200": (989.0, 4800.0),
+    "NVIDIA H100 80GB HBM3": (989.0, 3350.0),
+    "NVIDIA A100-SXM4-40GB": (312.0, 1555.0),
+    "NVIDIA L4": (121.0, 300.0),
+    "Tesla T4": (65.0, 320.0),
+}
+#: The GPUs a Colab notebook can get, by the names ``torch.cuda.get_device_name`` gives.
+COLAB_GPUS = ("Tesla T4", "NVIDIA L4", "NVIDIA A100-SXM4-40GB")
+
+
+def steady_epoch_seconds(run: Run) -> float:
+    """The median epoch time of a run after its first epoch (which includes warm-up)."""
+    times = sorted(r["epoch_seconds"] for r in run.records[1:] or run.records)
+    if not times:
+        raise ValueError(f"{run.path} has no finished epoch")
+    mid = len(times) // 2
+    return times[mid] if len(times) % 2 else 0.5 * (times[mid - 1] + times[mid])
+
+
+def run_time_estimates(runs: Iterable[Run], gpus: Sequence[str] = COLAB_GPUS,
+                       epochs: int | None = None) -> list[dict]:
+    """How long a full run of each measured run's preset takes: measured on its GPU
+    (epoch time × epochs), and *estimated* on ``gpus``.
+
+    An estimate scales the measured epoch time by the ratio of the two GPUs' peak compute and
+    of their memory bandwidth, and reports both ends, ``low``-``high`` (a step bound by
+    arithmetic moves with the first, one bound by memory traffic with the second). It ignores
+    everything else (the data pipeline, kernel launch overheads, the smaller GPUs' memory),
+    so read it as an order of magnitude.
+
+    Returns:
+        One dict per run: ``preset``, ``measured_on``, ``epoch_seconds`` (measured),
+        ``epochs``, ``measured_minutes`` (the measured pace × ``epochs``) and, per GPU,
+        ``(low, high)`` estimated minutes under the GPU's name.
+    """
+    rows = []
+    for run in runs:
+        device = run.records[0].get("device") if run.records else None
+        if device not in GPU_SPECS:
+            raise ValueError(f"{run.path} ran on {device!r}; estimates need one of "
+                             f"{sorted(GPU_SPECS)}")
+        n = epochs or run.protocol_epochs or run.epochs_planned
+        seconds = steady_epoch_seconds(run)
+        flops, bandwidth = GPU_SPECS[device]
+        row = {"preset": run.preset, "measured_on": device, "epoch_seconds": seconds,
+               "epochs": n, "measured_minutes": seconds * n / 60}
+        for gpu in gpus:
+            ratios = (flops / GPU_SPECS[gpu][0], bandwidth / GPU_SPECS[gpu][1])
+            row[gpu] = (seconds * n * min(ratios) / 60, seconds * n * max(ratios) / 60)
+        rows.append(row)
+    return rows
+
+
+def _hours(minutes: float) -> str:
+    return f"{minutes:.0f} min" if minutes < 90 else f"{minutes / 60:.1f} h"
+
+
+def run_time_table(runs: Iterable[Run], gpus: Sequence[str] = COLAB_GPUS) -> str:
+    """:func:`run_time_estimates` as a Markdown table that marks measured and estimated
+    columns."""
+    rows = []
+    for r in run_time_estimates(runs, gpus):
+        row = {"preset": f"`{r['preset']}`",
+               "measured": f"{r['epoch_seconds']:.1f} s/epoch on {_device_label(r['measured_on'])}",
+               "full": f"{_hours(r['measured_minutes'])} ({r['epochs']} epochs at that pace)"}
+        for gpu in gpus:
+            low, high = r[gpu]
+            row[gpu] = (_hours(low) if _hours(low) == _hours(high)
+                        else f"{_hours(low)} to {_hours(high)}")
+        rows.append(row)
+    headers = {"measured": "measured epoch", "full": "full run, measured pace",
+               **{gpu: f"estimated on {_device_label(gpu)}" for gpu in gpus}}
+    return markdown_table(rows, headers=headers)
 
 
 # --------------------------------------------------------------------------- paper rows

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
+import textwrap
 from pathlib import Path
 
 import torch
@@ -43,13 +45,49 @@ SMOKE_SYNTHETIC_IMAGENET = {"num_classes": 10, "train_per_class": 50, "test_per_
                             "image_size": 72}
 
 
-def smoke_mode() -> bool:
-    """True when ``CONVNN_SMOKE=1`` (the test suite and CI set it)."""
-    return os.environ.get("CONVNN_SMOKE", "0") == "1"
+def smoke_mode(default: bool = False) -> bool:
+    """Whether to run the short version: ``CONVNN_SMOKE=1``/``0`` when set (the test suite
+    and CI set it), else ``default`` (a notebook's settings cell)."""
+    value = os.environ.get("CONVNN_SMOKE", "")
+    if value in ("0", "1"):
+        return value == "1"
+    if value:
+        raise ValueError(f"CONVNN_SMOKE must be 0 or 1, got {value!r}")
+    if not isinstance(default, bool):
+        raise ValueError(f"default must be True or False, got {default!r}")
+    return default
 
 
-def default_run_dir(name: str, smoke: bool) -> Path:
-    return Path("runs") / (f"{name}-smoke" if smoke else name)
+def default_run_dir(name: str, smoke: bool, root: str | os.PathLike = "runs") -> Path:
+    """``<root>/<preset>`` (``<root>/<preset>-smoke`` for smoke runs)."""
+    return Path(root) / (f"{name}-smoke" if smoke else name)
+
+
+#: Where :func:`runs_root` keeps run folders on Google Drive.
+DRIVE_RUNS = "/content/drive/MyDrive/convnn-runs"
+
+
+def runs_root(local: str | os.PathLike = "runs", *, keep_on_drive: bool = False,
+              log=print) -> Path:
+    """The folder for run folders: ``local``, or on Colab with ``keep_on_drive`` a folder on
+    Google Drive (:data:`DRIVE_RUNS`), so that a disconnected runtime loses no checkpoint.
+
+    Mounting asks for permission in the notebook. Outside Colab ``keep_on_drive`` is ignored,
+    with a note.
+    """
+    if not isinstance(keep_on_drive, bool):
+        raise ValueError(f"keep_on_drive must be True or False, got {keep_on_drive!r}")
+    if not keep_on_drive:
+        return Path(local)
+    try:
+        from google.colab import drive  # type: ignore[import-not-found]
+    except ImportError:
+        log(f"note: keep_on_drive applies on Google Colab only; run folders go to {local}/")
+        return Path(local)
+    drive.mount("/content/drive")
+    root = Path(DRIVE_RUNS)
+    root.mkdir(parents=True, exist_ok=True)
+    return root
 
 
 def _synthetic_imagenet_root() -> Path:
@@ -129,7 +167,9 @@ def run_preset(name: str, *, epochs: int | None = None, smoke: bool | None = Non
         out_dir: the run folder (default ``runs/<name>`` or ``runs/<name>-smoke``).
         data_dir: where CIFAR is (default: ``CONVNN_DATA_DIR``, then the data cache).
         device: default CUDA when available.
-        resume: continue a killed run from its last checkpoint.
+        resume: continue a killed run from its last checkpoint; a run that has already
+            finished (same preset and protocol) is loaded, not trained again; a folder
+            without a run starts one.
         overwrite: replace an existing run folder.
         workers: image-decoding processes of an ImageNet preset (default:
             :func:`convnn.imagenet.default_num_workers`); an error for CIFAR presets.
@@ -143,11 +183,17 @@ def run_preset(name: str, *, epochs: int | None = None, smoke: bool | None = Non
         if torch.cuda.is_available() else torch.device("cpu"))
     model_cfg, train_cfg = preset_configs(preset, smoke=smoke, epochs=epochs, device=dev,
                                           **train_overrides)
+    out = Path(out_dir) if out_dir is not None else default_run_dir(name, smoke)
+    if resume:
+        finished = _finished_summary(out, name, smoke, train_cfg)
+        if finished is not None:
+            log(f"{name}: the run in {out} has finished all {train_cfg.epochs} epochs; "
+                "loaded its summary instead of training again")
+            return finished
     dataset = load_preset_data(preset, smoke=smoke, data_dir=data_dir, download=download,
                                log=log, image_size=model_cfg.image_size)
     if workers is not None:
         dataset.num_workers = workers
-    out = Path(out_dir) if out_dir is not None else default_run_dir(name, smoke)
     synthetic = dataset.synthetic
     if smoke and synthetic and dataset.num_classes != model_cfg.num_classes:
         model_cfg = dataclasses.replace(model_cfg, num_classes=dataset.num_classes)
@@ -164,10 +210,35 @@ def run_preset(name: str, *, epochs: int | None = None, smoke: bool | None = Non
                          if subset else None},
              "command": " ".join(sys.argv), "paper_rows": [
                  {k: r.get(k) for k in ("table", "best", "avg5")} for r in preset.paper_rows()]}
-    log(f"{name}: {preset.description}")
-    log(f"data: {dataset.source}; run folder: {out}")
+    log(textwrap.fill(f"{name}: {preset.description}", 96, subsequent_indent="    "))
+    log(f"data: {_short_source(dataset.source)}")
+    log(f"run folder: {out}")
     return train(lambda: build_model(model_cfg), dataset, train_cfg, out, resume=resume,
                  overwrite=overwrite, device=dev, progress=progress, extra=extra, log=log)
+
+
+def _short_source(source: str) -> str:
+    """A dataset source without the folders of its path (they differ per machine)."""
+    return re.sub(r" (at|into) /\S*/([^/)]+)\)", r" \1 …/\2)", source)
+
+
+def _finished_summary(out: Path, name: str, smoke: bool, train_cfg: TrainConfig) -> dict | None:
+    """The summary of a finished run of exactly this preset and protocol in ``out``, else
+    None (then ``train(resume=True)`` continues or refuses the run)."""
+    import json
+
+    try:
+        config = json.loads((out / "config.json").read_text(encoding="utf-8"))
+        summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict) or not isinstance(summary, dict):
+        return None
+    extra = config.get("extra") or {}
+    same = (extra.get("preset") == name and extra.get("smoke") == smoke
+            and config.get("train") == train_cfg.to_dict())
+    done = summary.get("epochs_completed") == train_cfg.epochs
+    return summary if same and done else None
 
 
 def _check_workers(workers, dataset: str) -> None:
@@ -211,5 +282,5 @@ def evaluate_run_dir(run_dir, *, data_dir=None, device=None, workers: int | None
     return metrics
 
 
-__all__ = ["default_run_dir", "evaluate_run_dir", "load_preset_data", "preset_configs",
-           "run_preset", "smoke_mode"]
+__all__ = ["DRIVE_RUNS", "default_run_dir", "evaluate_run_dir", "load_preset_data",
+           "preset_configs", "run_preset", "runs_root", "smoke_mode"]

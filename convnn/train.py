@@ -570,12 +570,22 @@ def _progress_enabled(progress: bool | None) -> bool:
 
 
 def _summary_line(r: dict, epochs: int) -> str:
+    """Two short lines per epoch (they fit a book page and a narrow terminal)."""
     return (
         f"epoch {r['epoch']}/{epochs}  train loss {r['train_loss']:.4f} top1 "
-        f"{r['train_top1']:.2f}%  test loss {r['test_loss']:.4f} top1 {r['test_top1']:.2f}% "
-        f"top5 {r['test_top5']:.2f}%  lr {r['lr']:.2e}  {r['epoch_seconds']:.1f}s  "
+        f"{r['train_top1']:.2f}%  test loss {r['test_loss']:.4f} top1 {r['test_top1']:.2f}%\n"
+        f"    test top5 {r['test_top5']:.2f}%  lr {r['lr']:.2e}  {r['epoch_seconds']:.1f}s  "
         f"{r['images_per_second']:.0f} img/s"
     )
+
+
+def _duration(seconds: float) -> str:
+    """``42s``, ``7.5 min`` or ``2.3 h``."""
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 # --------------------------------------------------------------------------- run folders
@@ -1028,6 +1038,11 @@ def _fit(model_factory, ds, config, out, resume, overwrite, device, ctx, show, e
             summary = summarize(records, parameters, config.epochs)
             atomic_write_json(paths["summary.json"], summary)
         log(_summary_line(record, config.epochs))
+        remaining = config.epochs - epoch - 1
+        if epoch == start_epoch and remaining > 0:
+            log(f"    expected time of the remaining {remaining} epochs: about "
+                f"{_duration(remaining * epoch_seconds)} at this epoch's pace (an upper "
+                "estimate: the first epoch includes warm-up)")
         if callback is not None:
             callback(record)
 
@@ -1037,7 +1052,7 @@ def _fit(model_factory, ds, config, out, resume, overwrite, device, ctx, show, e
         log(
             f"done: best test top1 {summary['best_test_top1']:.2f}% (epoch "
             f"{summary['best_epoch']}), mean of last {len(summary['last5_epochs'])} epochs "
-            f"{summary['last5_mean_test_top1']:.2f}%, {time.perf_counter() - t_call:.0f}s "
-            f"this call -> {out}"
+            f"{summary['last5_mean_test_top1']:.2f}%\n"
+            f"    {_duration(time.perf_counter() - t_call)} this call -> {out}"
         )
     return summary

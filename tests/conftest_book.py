@@ -71,19 +71,26 @@ def resolve_source(name: str, root: Path = ROOT) -> Path | None:
 def install_cell_source(repo_url: str, branch: str) -> str:
     """The canonical first code cell of every notebook chapter.
 
-    It installs convnn from the repository only when it is missing (on Google Colab, say),
-    without touching the preinstalled torch (the package asks only for ``torch>=2.4``);
-    where convnn is installed it does nothing. The URL is written literally;
+    Where convnn is importable it does nothing. Otherwise it installs it (not editable, so the
+    running kernel can import it at once): from the clone the notebook sits in when there is
+    one, else from the repository (on Google Colab, say), without touching the preinstalled
+    torch (the package asks only for ``torch>=2.4``). The URL is written literally;
     test_book_build.py checks that it equals ``_config.yml``'s ``repository.url`` and
     ``repository.branch``.
     """
     return (
-        "# Install convnn from its repository only when it is missing (e.g. on Google Colab);\n"
-        "# the preinstalled torch is kept.\n"
+        "# Install convnn only when it is missing: from the clone this notebook sits in, else\n"
+        "# (e.g. on Google Colab) from its repository. The preinstalled torch is kept.\n"
+        "import importlib\n"
         "import importlib.util\n"
+        "from pathlib import Path\n"
         "\n"
         'if importlib.util.find_spec("convnn") is None:\n'
-        f'    %pip install -q "convnn @ git+{repo_url}@{branch}"\n'
+        "    clone = next((p for p in (Path.cwd(), *Path.cwd().parents)\n"
+        '                  if (p / "pyproject.toml").is_file() and (p / "convnn").is_dir()), None)\n'
+        f'    source = str(clone) if clone else "convnn @ git+{repo_url}@{branch}"\n'
+        '    %pip install -q "{source}"\n'
+        "    importlib.invalidate_caches()\n"
     )
 
 

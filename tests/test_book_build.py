@@ -174,3 +174,52 @@ def test_install_cells_use_configured_repository() -> None:
                 if url != cfg["url"]:
                     problems.append(f"{name}: another cell installs from {url}")
     assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("inside_clone", [True, False])
+def test_install_cell_installs_the_clone_it_sits_in(tmp_path, monkeypatch, inside_clone) -> None:
+    """Without convnn importable, the cell pip-installs the enclosing clone (a local checkout)
+    or, elsewhere (Colab), the configured repository; never torch."""
+    import importlib.util
+
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    cfg = book_config()["repository"]
+    code = TransformerManager().transform_cell(install_cell_source(cfg["url"], cfg["branch"]))
+    calls = []
+
+    class FakeShell:
+        def run_line_magic(self, magic, line, _stack_depth=1):
+            calls.append((magic, line.replace("{source}", namespace["source"])))
+
+    namespace = {"get_ipython": FakeShell}
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    monkeypatch.chdir(ROOT / "book" if inside_clone else tmp_path)
+    exec(compile(code, "install-cell", "exec"), namespace)
+    expected = str(ROOT) if inside_clone else f"convnn @ git+{cfg['url']}@{cfg['branch']}"
+    assert calls == [("pip", f'install -q "{expected}"')]
+
+
+def test_a_fork_sets_its_repository_in_one_command(tmp_path) -> None:
+    """scripts/set_repository.py rewrites _config.yml and every install line together."""
+    import shutil
+    import subprocess
+    import sys
+
+    for name in ("_config.yml", "book/vgg_cifar.ipynb", "book/using_the_package.md"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, tmp_path / name)
+    script = (ROOT / "scripts" / "set_repository.py").read_text()
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / "set_repository.py").write_text(script)
+    url = "https://github.com/someone/convnn-fork"
+    done = subprocess.run([sys.executable, "scripts/set_repository.py", url, "--branch", "dev"],
+                          cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert f"url: {url}\n" in (tmp_path / "_config.yml").read_text()
+    notebook = (tmp_path / "book" / "vgg_cifar.ipynb").read_text()
+    assert f"git+{url}@dev" in notebook and "github.com/convnn/convnn" not in notebook
+    assert f"git+{url}@dev" in (tmp_path / "book" / "using_the_package.md").read_text()
+    bad = subprocess.run([sys.executable, "scripts/set_repository.py", "not a url"],
+                         cwd=tmp_path, capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: url must look like")
