@@ -107,7 +107,7 @@ def _upcast(x: Tensor) -> Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
-def _ranking_precision(device: torch.device):
+def ranking_precision(device: torch.device):
     """A context in which neighbours are ranked in float32 or better: autocast is switched off
     (ranking by bf16-rounded scores changes about a quarter of a 2-D layer's neighbour lists)."""
     if device.type in ("cpu", "cuda"):
@@ -487,7 +487,7 @@ def select_neighbours(
 
     grad = with_scores and torch.is_grad_enabled()
     block_indices, block_scores = [], []
-    with torch.set_grad_enabled(grad), _ranking_precision(device):
+    with torch.set_grad_enabled(grad), ranking_precision(device):
         query, keys = _upcast(query), _upcast(keys)
         cand_keys = keys if candidates is None else keys[:, candidates]  # (B, m, D)
         rows_per_block = max(1, block_elements // max(1, batch * cand_keys.shape[1]))
@@ -551,7 +551,7 @@ def select_neighbours_reference(
     batch, n, _ = query.shape
     num_positions = keys.shape[1]
     query_positions = _selection_setup(query, keys, k, candidates, self_first, query_positions)
-    with _ranking_precision(query.device):
+    with ranking_precision(query.device):
         query, keys = _upcast(query), _upcast(keys)
         if stable and similarity == "euclidean":
             scores = -_exact_squared_distances(query, keys)  # (B, n, N), float64
@@ -926,6 +926,7 @@ __all__ = [
     "neighbour_weights",
     "pairwise_scores",
     "random_candidates",
+    "ranking_precision",
     "select_neighbours",
     "select_neighbours_reference",
     "selection_features",
