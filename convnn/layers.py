@@ -626,7 +626,8 @@ class ConvNNAttention(_SampledCandidates):
             weight_dropout=dropout if self.attn_dropout_on == "weights" else 0.0,
             self_score=self.self_score, path=self.path)
         out = out.view(batch, self.num_heads, tokens, self.head_dim).transpose(1, 2)  # (B,T,h,d)
-        out = out.reshape(batch, tokens, self.dim)
+        # contiguous: the dropout mask follows memory order, which differs between the paths
+        out = out.reshape(batch, tokens, self.dim).contiguous()
         if self.attn_dropout_on == "output":
             out = F.dropout(out, dropout, training=dropout > 0.0)
         return self.out_proj(out)
