@@ -16,7 +16,21 @@ batch 256, 150 epochs, gradient clipping 1.0, no augmentation, seed 42; the VGG 
 sweep (6.4) ran 100 epochs with seed 0. VGG similarity "Col" is selection on features and
 "Loc_Col" mixes features and coordinates (λ = 0.5); aggregation "Loc_Col" also aggregates the
 two coordinate channels. For the pure Conv2d model these options do not apply, so its rows
-of table 6.1 are one preset. On CIFAR images, ``candidates = r`` means an r × r candidate set.
+of table 6.1 are one preset.
+
+Paper mode. Every preset with a ConvNN layer builds it in paper mode: the options of
+:data:`~convnn.layers.PAPER_CONVNN2D_OPTIONS` (VGG, ResNet) or
+:data:`~convnn.layers.PAPER_ATTENTION_OPTIONS` (ViT), the authors' behaviours of method.md §7
+(Loc_Col coordinates over the padded map, random candidates drawn from the padded map,
+truncated spatial indices; in ConvNN attention, the constant self logit and dropout on the
+aggregated output). The defect fixes of method.md §6 stay.
+
+How a table's "r" becomes a candidate set. VGG on CIFAR: ``candidates = r`` means r² positions
+(``candidate_layout="square"``): an r × r grid of the unpadded image (``"spatial"``, indices
+truncated), or r² positions drawn without replacement from the padded (H+2)(W+2) map
+(``"random"``). A layer whose map cannot hold them uses all candidates: r > min(H, W) for
+spatial, r² > (H+2)(W+2) for random (see :attr:`convnn.models.VGG.layer_plan`). ViT: r tokens
+of the 197 (CLS included). ResNet-50 on ImageNet: r positions (see below).
 
 The ImageNet-1K rows (table "10", ResNet-50 and ViT-Base, from v3 of the paper) are presets too
 (``resnet50-in1k-...``, ``vit-base-in1k-...``), but the paper states neither their training
@@ -35,6 +49,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from ._checks import check_known
+from .layers import PAPER_ATTENTION_OPTIONS, PAPER_CONVNN2D_OPTIONS
 from .models import PAPER_RESNET50, ModelConfig
 from .models.vgg import paper_layer_options
 from .package_data import data_file
@@ -95,7 +110,8 @@ class Preset:
             options: dict = {}
             if s["layer"] != "conv2d":
                 options = {"k": s["k"], "similarity": "cosine",
-                           **paper_layer_options(s["similarity"], s["aggregation"])}
+                           **paper_layer_options(s["similarity"], s["aggregation"]),
+                           **PAPER_CONVNN2D_OPTIONS}
                 if s["sampling"] != "all":
                     options.update(sampling=s["sampling"], candidates=s["candidates"])
             return ModelConfig(name="vgg11", num_classes=NUM_CLASSES[self.dataset],
@@ -107,7 +123,7 @@ class Preset:
             bias = PAPER_RESNET50[s["layer"]]
             options = dict(bias["layer_options"])
             if s["layer"] != "conv2d":
-                options["k"] = s["k"]
+                options.update(k=s["k"], **PAPER_CONVNN2D_OPTIONS)
                 if s["sampling"] != "all":
                     options.update(sampling=s["sampling"], candidates=s["candidates"],
                                    candidate_layout="count")
@@ -119,7 +135,7 @@ class Preset:
         if s["mixer"] in ("kvt", "convnn_attention"):
             options["k"] = s["k"]
         if s["mixer"] == "convnn_attention":
-            options["aggregation"] = s["aggregation"]
+            options.update(aggregation=s["aggregation"], **PAPER_ATTENTION_OPTIONS)
             if s["sampling"] != "all":
                 options.update(sampling=s["sampling"], candidates=s["candidates"])
         return ModelConfig(name=s["model"], num_classes=NUM_CLASSES[self.dataset],

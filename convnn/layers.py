@@ -18,6 +18,17 @@ from . import ops
 from ._checks import check_choice, check_divisible, check_fraction, check_int, check_rank
 
 EVAL_SAMPLINGS = ("fixed", "resample")
+RANDOM_REGIONS = ("image", "padded")
+DROPOUT_TARGETS = ("weights", "output")
+
+PAPER_CONVNN2D_OPTIONS = {"coord_grid": "padded", "random_region": "padded",
+                          "spatial_rounding": "truncate"}
+"""Paper mode of :class:`ConvNN2d`: the options that reproduce the authors' 2-D layer
+(method.md §7.3-§7.5) where our defaults differ. The defect fixes of §6 stay."""
+
+PAPER_ATTENTION_OPTIONS = {"self_score": "constant", "attn_dropout_on": "output",
+                           "spatial_rounding": "truncate"}
+"""Paper mode of :class:`ConvNNAttention` (method.md §7.1, §7.2, §7.5); masks stay ``-inf``."""
 
 
 def _init_aggregation(weight: Tensor, bias: Tensor | None, fan_in: int) -> None:
@@ -86,9 +97,12 @@ class ConvNN2d(_SampledCandidates):
 
     For every pixel, select ``k`` neighbours among the (zero-padded) image's positions, then
     aggregate them with one weight matrix per neighbour rank. The defaults are the paper's
-    CNN layer ("paper mode"): cosine similarity on raw features, the zero-padded border
-    counts as candidates (a zero vector has cosine 0 with everything), each pixel is its own
-    first neighbour, ρ = ones, standard aggregation with bias, ``k = 9``, padding 1.
+    CNN layer: cosine similarity on raw features, the zero-padded border counts as candidates
+    (a zero vector has cosine 0 with everything), each pixel is its own first neighbour,
+    ρ = ones, standard aggregation with bias, ``k = 9``, padding 1. Paper mode for sampled
+    candidates and mixed selection adds :data:`PAPER_CONVNN2D_OPTIONS` (``coord_grid``,
+    ``random_region``, ``spatial_rounding`` below); our defaults for those are kept because
+    each is better where it differs.
 
     Args:
         in_channels: ``C`` of the input ``[B, C, H, W]``.
@@ -98,6 +112,11 @@ class ConvNN2d(_SampledCandidates):
         selection: ``"features"``, ``"coords"`` (x, y of each pixel) or ``"mixed"`` (both,
             features scaled by ``mix / std``, coordinates by ``1 - mix``).
         mix: λ of ``"mixed"`` selection.
+        coord_grid: the coordinate channels of ``"coords"``/``"mixed"`` selection (and of
+            aggregated coordinates): ``"image"`` (default: an isotropic grid, the image's
+            longer side spans ``[-1, 1]``, the border extends it outwards, so coordinate
+            distance is pixel distance on any image shape) or ``"padded"`` (the authors':
+            ``linspace(-1, 1)`` over the padded map, one spacing per axis).
         similarity: ``"cosine"``, ``"dot"`` or ``"euclidean"`` (default: cosine, or Euclidean
             for coordinate selection, the only one that ranks by distance).
         sampling: ``"all"``, ``"random"`` or ``"spatial"`` candidates.
@@ -108,6 +127,14 @@ class ConvNN2d(_SampledCandidates):
             positions, the paper's CIFAR convention) or ``"count"`` (``r`` positions: ``r``
             random pixels, or a ``√r × √r`` grid, so ``r`` must be a square; the paper's
             ImageNet ResNet-50 convention, e.g. random r = 32, spatial r = 25 = 5 × 5).
+        random_region: where ``"random"`` candidates are drawn: ``"image"`` (default, the
+            ``H × W`` pixels: no draw is spent on the zero border, whose features are all
+            zero) or ``"padded"`` (the authors': all ``(H+2p)(W+2p)`` positions of the padded
+            map, as with all candidates).
+        spatial_rounding: how the ``"spatial"`` grid's ``linspace`` indices become pixels:
+            ``"round"`` (default, a grid symmetric about the image centre) or ``"truncate"``
+            (the authors': r = 4 on 32 gives [0, 10, 20, 31]). The grid always lies on the
+            unpadded image.
         weighting: ρ, ``"ones"``, ``"softmax"`` or ``"similarity"``.
         aggregation: ``"standard"`` (``W_j`` is O×C), ``"depthwise"`` (one weight per
             channel and rank; needs ``out_channels == in_channels``) or ``"separable"``
@@ -141,10 +168,13 @@ class ConvNN2d(_SampledCandidates):
         *,
         selection: str = "features",
         mix: float = 0.5,
+        coord_grid: str = "image",
         similarity: str | None = None,
         sampling: str = "all",
         candidates: int | None = None,
         candidate_layout: str = "square",
+        random_region: str = "image",
+        spatial_rounding: str = "round",
         weighting: str = "ones",
         aggregation: str = "standard",
         bias: bool = True,
@@ -163,6 +193,9 @@ class ConvNN2d(_SampledCandidates):
         check_int("padding", padding, minimum=0)
         check_choice("selection", selection, ops.SELECTIONS)
         check_fraction("mix", mix)
+        check_choice("coord_grid", coord_grid, ops.COORD_GRIDS)
+        check_choice("random_region", random_region, RANDOM_REGIONS)
+        check_choice("spatial_rounding", spatial_rounding, ops.SPATIAL_ROUNDINGS)
         similarity = _resolve_similarity(selection, similarity, "cosine")
         check_choice("weighting", weighting, ops.WEIGHTINGS)
         check_choice("aggregation", aggregation, ops.AGGREGATIONS)
@@ -189,6 +222,8 @@ class ConvNN2d(_SampledCandidates):
         self.selection, self.mix, self.similarity = selection, mix, similarity
         self.sampling, self.candidates = sampling, candidates
         self.candidate_layout = candidate_layout
+        self.coord_grid, self.random_region = coord_grid, random_region
+        self.spatial_rounding = spatial_rounding
         self.weighting, self.aggregation = weighting, aggregation
         self.self_first = (selection != "coords") if self_first is None else self_first
         if sampling != "all":
@@ -254,8 +289,14 @@ class ConvNN2d(_SampledCandidates):
             s += f", candidates={self.candidates}, eval_sampling={self.eval_sampling!r}"
             if self.candidate_layout != "square":
                 s += f", candidate_layout={self.candidate_layout!r}"
+            if self.sampling == "random" and self.random_region != "image":
+                s += f", random_region={self.random_region!r}"
+            if self.sampling == "spatial" and self.spatial_rounding != "round":
+                s += f", spatial_rounding={self.spatial_rounding!r}"
         if self.selection == "mixed":
             s += f", mix={self.mix}"
+        if self.selection != "features" and self.coord_grid != "image":
+            s += f", coord_grid={self.coord_grid!r}"
         s += (f", weighting={self.weighting!r}, aggregation={self.aggregation!r}, "
               f"self_first={self.self_first}, bias={self.bias is not None}")
         if self.path != "fast":
@@ -266,11 +307,16 @@ class ConvNN2d(_SampledCandidates):
         """Positions the layer selects among on an ``H × W`` input (the padded map)."""
         return (height + 2 * self.padding) * (width + 2 * self.padding)
 
+    def coordinates(self, height: int, width: int, *, device=None, dtype=None) -> Tensor:
+        """The ``(x, y)`` coordinates of every position of the padded map: ``[N, 2]``."""
+        return ops.grid_coordinates(height, width, self.padding, grid=self.coord_grid,
+                                    device=device, dtype=dtype)
+
     def _geometry(self, height: int, width: int, device, dtype):
         key = (height, width, str(device), dtype)
         if key not in self._static_cache:
             qpos = ops.interior_positions(height, width, self.padding, device=device)
-            coords = ops.grid_coordinates(height, width, self.padding, device=device, dtype=dtype)
+            coords = self.coordinates(height, width, device=device, dtype=dtype)
             self._static_cache[key] = {"query_positions": qpos, "coords": coords}
         return self._static_cache[key]
 
@@ -280,7 +326,14 @@ class ConvNN2d(_SampledCandidates):
         count = candidate_count(self.candidates, self.candidate_layout)
         if self.sampling == "spatial":
             return ops.spatial_candidates_2d(height, width, math.isqrt(count), self.padding,
-                                             device=device)
+                                             rounding=self.spatial_rounding, device=device)
+        if self.random_region == "padded":
+            positions = self.num_positions(height, width)
+            if count > positions:
+                raise ValueError(
+                    f"candidates={self.candidates} ({count} random positions) must be <= the "
+                    f"{positions} positions of the padded {height}x{width} input")
+            return self._random_draw(positions, count, device)
         if count > height * width:
             raise ValueError(f"candidates={self.candidates} ({count} random pixels) must be "
                              f"<= H*W={height * width} for input {height}x{width}")
@@ -398,7 +451,17 @@ class ConvNNAttention(_SampledCandidates):
             ``coord_scale`` is appended to queries and keys).
         coord_scale: weight of the coordinate channel in ``"mixed"`` selection.
         self_first: force each token to be its own first neighbour with all candidates.
-        attn_dropout: dropout on ρ during training.
+        self_score: the softmax logit of the token itself where it is put first (sampled
+            candidates, or ``self_first``): ``"similarity"`` (default, its real score
+            ``q·k/√d``, so the layer weighs itself like any other neighbour and stays top-k
+            attention over the candidates and itself) or ``"constant"`` (the authors':
+            :data:`convnn.ops.PAPER_SELF_LOGIT` = 1.0 whatever the scores' scale).
+        attn_dropout: attention dropout probability during training.
+        attn_dropout_on: what ``attn_dropout`` drops: ``"weights"`` (default, ρ, as standard
+            attention dropout does, so the dense layer stays softmax attention with dropout)
+            or ``"output"`` (the authors': the aggregated output, before ``out_proj``).
+        spatial_rounding: ``"round"`` (default) or ``"truncate"`` (the authors') for the
+            ``"spatial"`` token indices ``linspace(0, T - 1, r)``, CLS at index 0.
         bias: bias in the four projections.
         eval_sampling, seed: see :class:`ConvNN2d`.
         path: ``"fast"`` or ``"reference"``.
@@ -418,7 +481,10 @@ class ConvNNAttention(_SampledCandidates):
         selection: str = "features",
         coord_scale: float = 1.0,
         self_first: bool = False,
+        self_score: str = "similarity",
         attn_dropout: float = 0.0,
+        attn_dropout_on: str = "weights",
+        spatial_rounding: str = "round",
         bias: bool = False,
         eval_sampling: str = "fixed",
         seed: int = 0,
@@ -437,6 +503,9 @@ class ConvNNAttention(_SampledCandidates):
         check_choice("aggregation", aggregation, ops.AGGREGATIONS)
         check_choice("path", path, ops.PATHS)
         check_fraction("attn_dropout", attn_dropout)
+        check_choice("self_score", self_score, ops.SELF_SCORES)
+        check_choice("attn_dropout_on", attn_dropout_on, DROPOUT_TARGETS)
+        check_choice("spatial_rounding", spatial_rounding, ops.SPATIAL_ROUNDINGS)
         _check_sampling(sampling, candidates, eval_sampling)
         if sampling != "all" and candidates is not None and k > candidates:
             raise ValueError(f"k={k} must be <= candidates={candidates}")
@@ -445,6 +514,8 @@ class ConvNNAttention(_SampledCandidates):
         self.similarity, self.weighting, self.aggregation = similarity, weighting, aggregation
         self.selection, self.coord_scale = selection, float(coord_scale)
         self.self_first = True if sampling != "all" else bool(self_first)
+        self.self_score, self.attn_dropout_on = self_score, attn_dropout_on
+        self.spatial_rounding = spatial_rounding
         self.attn_dropout, self.eval_sampling, self.seed, self.path = (
             attn_dropout, eval_sampling, seed, path)
         factory = {"device": device, "dtype": dtype}
@@ -472,6 +543,12 @@ class ConvNNAttention(_SampledCandidates):
         s += (f", similarity={self.similarity!r}, weighting={self.weighting!r}, "
               f"aggregation={self.aggregation!r}, selection={self.selection!r}, "
               f"self_first={self.self_first}")
+        if self.self_score != "similarity":
+            s += f", self_score={self.self_score!r}"
+        if self.attn_dropout:
+            s += f", attn_dropout={self.attn_dropout}, attn_dropout_on={self.attn_dropout_on!r}"
+        if self.sampling == "spatial" and self.spatial_rounding != "round":
+            s += f", spatial_rounding={self.spatial_rounding!r}"
         if self.path != "fast":
             s += f", path={self.path!r}"
         return s
@@ -488,35 +565,72 @@ class ConvNNAttention(_SampledCandidates):
             raise ValueError(f"candidates={self.candidates} must be <= the number of tokens "
                              f"T={tokens}")
         if self.sampling == "spatial":
-            return ops.spatial_candidates_1d(tokens, self.candidates, device=device)
+            return ops.spatial_candidates_1d(tokens, self.candidates,
+                                             rounding=self.spatial_rounding, device=device)
         return self._random_draw(tokens, self.candidates, device)
+
+    def _selection_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Queries and keys per head, ``[B·h, T, d(+1)]``. They are projected in float32 or
+        better even under autocast: they decide the ranking, which bf16 rounding changes."""
+        with ops.ranking_precision(x.device):
+            work = ops._upcast(x)
+
+            def project(linear: nn.Linear) -> Tensor:
+                bias = None if linear.bias is None else linear.bias.to(work.dtype)
+                return self._split(F.linear(work, linear.weight.to(work.dtype), bias))
+
+            q, key = project(self.q_proj), project(self.k_proj)
+            if self.selection != "features":
+                tokens = x.shape[1]
+                pos = ops.sequence_coordinates(tokens, device=x.device, dtype=q.dtype)
+                pos = (self.coord_scale * pos).unsqueeze(0).expand(q.shape[0], -1, -1)  # (B·h, T, 1)
+                if self.selection == "coords":
+                    return pos, pos
+                q, key = torch.cat((q, pos), dim=-1), torch.cat((key, pos), dim=-1)
+        return q, key
+
+    def _check_input(self, x: Tensor) -> None:
+        check_rank("input", x, 3, "[B, T, D]")
+        if x.shape[-1] != self.dim:
+            raise ValueError(f"input must have D={self.dim} ([B, T, D]), got shape "
+                             f"{tuple(x.shape)}")
+        if self.sampling == "all" and self.k > x.shape[1]:
+            raise ValueError(f"k={self.k} must be <= the number of tokens T={x.shape[1]}")
+
+    def neighbours(self, x: Tensor) -> Tensor:
+        """Indices of the tokens each token selects, ``[B, h, T, k]``."""
+        self._check_input(x)
+        batch, tokens, _ = x.shape
+        with torch.no_grad():
+            q, key = self._selection_features(x)
+            select = (ops.select_neighbours if self.path == "fast"
+                      else ops.select_neighbours_reference)
+            idx, _ = select(q, key, self.k, self.similarity,
+                            candidates=self._candidates(tokens, x.device),
+                            self_first=self.self_first, scale=1.0 / math.sqrt(self.head_dim),
+                            with_scores=False, stable=self.selection == "coords")
+        return idx.view(batch, self.num_heads, tokens, self.k)
 
     def forward(self, x: Tensor) -> Tensor:
         """``[B, T, D] -> [B, T, D]``."""
-        check_rank("input", x, 3, "[B, T, D]")
-        batch, tokens, width = x.shape
-        if width != self.dim:
-            raise ValueError(f"input must have D={self.dim} ([B, T, D]), got shape "
-                             f"{tuple(x.shape)}")
-        if self.sampling == "all" and self.k > tokens:
-            raise ValueError(f"k={self.k} must be <= the number of tokens T={tokens}")
-        q, key, v = self._split(self.q_proj(x)), self._split(self.k_proj(x)), \
-            self._split(self.v_proj(x))
-        if self.selection != "features":
-            pos = ops.sequence_coordinates(tokens, device=x.device, dtype=q.dtype)
-            pos = (self.coord_scale * pos).unsqueeze(0).expand(q.shape[0], -1, -1)  # (B·h, T, 1)
-            if self.selection == "coords":
-                q, key = pos, pos
-            else:
-                q, key = torch.cat((q, pos), dim=-1), torch.cat((key, pos), dim=-1)
+        self._check_input(x)
+        batch, tokens, _ = x.shape
+        q, key = self._selection_features(x)
+        v = self._split(self.v_proj(x))
+        dropout = self.attn_dropout if self.training else 0.0
         out = ops.convnn(
             v, q, key, self.k, self.weight, None, similarity=self.similarity,
             weighting=self.weighting, aggregation=self.aggregation, pointwise=self.pointwise,
             candidates=self._candidates(tokens, x.device), self_first=self.self_first,
             scale=1.0 / math.sqrt(self.head_dim), stable=self.selection == "coords",
-            weight_dropout=self.attn_dropout if self.training else 0.0, path=self.path)
+            weight_dropout=dropout if self.attn_dropout_on == "weights" else 0.0,
+            self_score=self.self_score, path=self.path)
         out = out.view(batch, self.num_heads, tokens, self.head_dim).transpose(1, 2)  # (B,T,h,d)
-        return self.out_proj(out.reshape(batch, tokens, self.dim))
+        # contiguous: the dropout mask follows memory order, which differs between the paths
+        out = out.reshape(batch, tokens, self.dim).contiguous()
+        if self.attn_dropout_on == "output":
+            out = F.dropout(out, dropout, training=dropout > 0.0)
+        return self.out_proj(out)
 
 
 class BranchingConv2d(nn.Module):
@@ -632,7 +746,11 @@ class HybridTokenMixer(nn.Module):
 
 __all__ = [
     "CANDIDATE_LAYOUTS",
+    "DROPOUT_TARGETS",
     "EVAL_SAMPLINGS",
+    "PAPER_ATTENTION_OPTIONS",
+    "PAPER_CONVNN2D_OPTIONS",
+    "RANDOM_REGIONS",
     "BranchingConv2d",
     "ConvNN2d",
     "ConvNNAttention",

@@ -41,6 +41,12 @@ WEIGHTINGS = ("ones", "softmax", "similarity")
 AGGREGATIONS = ("standard", "depthwise", "separable")
 SAMPLINGS = ("all", "random", "spatial")
 SELECTIONS = ("features", "coords", "mixed")
+COORD_GRIDS = ("image", "padded")
+SPATIAL_ROUNDINGS = ("round", "truncate")
+SELF_SCORES = ("similarity", "constant")
+PAPER_SELF_LOGIT = 1.0
+"""The logit of the query itself with ``self_score="constant"`` (the authors' sampled
+ConvNN attention)."""
 PATHS = ("fast", "reference")
 KERNELS = ("torch", "triton", "auto")
 
@@ -101,19 +107,55 @@ def _upcast(x: Tensor) -> Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
+def ranking_precision(device: torch.device):
+    """A context in which neighbours are ranked in float32 or better: autocast is switched off
+    (ranking by bf16-rounded scores changes about a quarter of a 2-D layer's neighbour lists)."""
+    if device.type in ("cpu", "cuda"):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _exact_squared_distances(query: Tensor, keys: Tensor) -> Tensor:
+    """``‖q - k‖²`` of every query/key pair, one coordinate at a time in float64: ``[B, n, m]``.
+
+    Each pair's value depends only on that pair (no matrix product whose rounding depends on
+    the block or candidate subset it is computed in), so equal distances are equal bit for bit
+    in every path and on every machine, and ties break the same way everywhere.
+    """
+    q, kk = query.double(), keys.double()
+    total = None
+    for d in range(q.shape[-1]):
+        diff = q[:, :, None, d] - kk[:, None, :, d]  # (B, n, m)
+        total = diff * diff if total is None else total + diff * diff
+    if total is None:
+        return q.new_zeros(q.shape[0], q.shape[1], kk.shape[1])
+    return total
+
+
 # --------------------------------------------------------------------------- coordinates
 def grid_coordinates(
-    height: int, width: int, padding: int = 0, *, device=None, dtype=None
+    height: int, width: int, padding: int = 0, *, grid: str = "image", device=None, dtype=None
 ) -> Tensor:
     """Coordinates of every position of a (zero-padded) ``height × width`` image.
 
-    The grid is isotropic: both axes share one spacing and the longer side of the unpadded
-    image spans ``[-1, 1]`` (so Euclidean distance in these coordinates ranks neighbours
-    exactly like pixel distance). Padded border positions extend the grid outwards.
+    Args:
+        grid: ``"image"`` (default): an isotropic grid, both axes share one spacing and the
+            longer side of the unpadded image spans ``[-1, 1]``, so Euclidean distance in
+            these coordinates ranks neighbours exactly like pixel distance; padded border
+            positions extend the grid outwards. ``"padded"`` (the authors' Loc_Col
+            convention): ``x = linspace(-1, 1, W + 2p)`` and ``y = linspace(-1, 1, H + 2p)``
+            over the padded map, one spacing per axis (anisotropic unless ``H = W``).
 
     Returns:
         ``[(H + 2p) · (W + 2p), 2]``, columns ``(x, y)``, rows in raster order.
     """
+    check_choice("grid", grid, COORD_GRIDS)
+    if grid == "padded":
+        dtype = dtype or torch.get_default_dtype()
+        xs = torch.linspace(-1.0, 1.0, width + 2 * padding, device=device, dtype=dtype)
+        ys = torch.linspace(-1.0, 1.0, height + 2 * padding, device=device, dtype=dtype)
+        grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+        return torch.stack((grid_x.reshape(-1), grid_y.reshape(-1)), dim=-1)  # (N, 2)
     step = 2.0 / max(max(height, width) - 1, 1)
     ys = (torch.arange(-padding, height + padding, device=device, dtype=torch.float64)
           - (height - 1) / 2) * step
@@ -198,16 +240,24 @@ def fixed_candidates(num_positions: int, count: int, seed: int = 0, *, device=No
     return torch.argsort(x)[:count].sort().values
 
 
-def _evenly_spaced(size: int, count: int, device=None) -> Tensor:
+def _evenly_spaced(size: int, count: int, rounding: str = "round", device=None) -> Tensor:
+    """``count`` indices of ``linspace(0, size - 1, count)``, rounded to the nearest index or
+    truncated toward zero (the authors' ``.long()`` on a float32 linspace)."""
+    check_choice("spatial_rounding", rounding, SPATIAL_ROUNDINGS)
+    if rounding == "truncate":
+        return torch.linspace(0, size - 1, count, device=device, dtype=torch.float32).long()
     return torch.linspace(0, size - 1, count, device=device, dtype=torch.float64).round().long()
 
 
 def spatial_candidates_2d(
-    height: int, width: int, per_side: int, padding: int = 0, *, device=None
+    height: int, width: int, per_side: int, padding: int = 0, *, rounding: str = "round",
+    device=None,
 ) -> Tensor:
     """An evenly spaced ``per_side × per_side`` grid on the *unpadded* image.
 
-    Rows and columns are ``round(linspace(0, size - 1, per_side))`` of the image; the returned
+    Rows and columns are ``linspace(0, size - 1, per_side)`` of the image, rounded to the
+    nearest pixel (``rounding="round"``, a grid symmetric about the centre) or truncated
+    (``"truncate"``, the authors' convention: r = 4 on 32 gives [0, 10, 20, 31]). The returned
     raster indices address the padded ``(H+2p) × (W+2p)`` map, so candidates never land on
     padding (the reference code's defect, method.md §6.3).
 
@@ -219,17 +269,20 @@ def spatial_candidates_2d(
         raise ValueError(
             f"candidates={per_side} (a {per_side}x{per_side} grid) must be <= the image side "
             f"min(H, W)={min(height, width)}")
-    rows = _evenly_spaced(height, per_side, device) + padding
-    cols = _evenly_spaced(width, per_side, device) + padding
+    rows = _evenly_spaced(height, per_side, rounding, device) + padding
+    cols = _evenly_spaced(width, per_side, rounding, device) + padding
     return (rows[:, None] * (width + 2 * padding) + cols[None, :]).reshape(-1)
 
 
-def spatial_candidates_1d(length: int, count: int, *, device=None) -> Tensor:
-    """``count`` evenly spaced token indices ``round(linspace(0, T - 1, count))``: ``[count]``."""
+def spatial_candidates_1d(
+    length: int, count: int, *, rounding: str = "round", device=None
+) -> Tensor:
+    """``count`` evenly spaced token indices of ``linspace(0, T - 1, count)`` (the CLS token,
+    if any, is index 0), rounded or truncated (see :func:`spatial_candidates_2d`): ``[count]``."""
     check_int("candidates", count, minimum=1)
     if count > length:
         raise ValueError(f"candidates={count} must be <= the sequence length T={length}")
-    return _evenly_spaced(length, count, device)
+    return _evenly_spaced(length, count, rounding, device)
 
 
 # --------------------------------------------------------------------------- similarity
@@ -272,8 +325,11 @@ def _prepare(query: Tensor, keys: Tensor, similarity: str):
     return query, keys, None
 
 
-def _block_scores(query, keys, key_norms, similarity, scale, dtype) -> Tensor:
-    """:func:`pairwise_scores` of one block of queries, from :func:`_prepare`'s output."""
+def _block_scores(query, keys, key_norms, similarity, scale, dtype, exact=False) -> Tensor:
+    """:func:`pairwise_scores` of one block of queries, from :func:`_prepare`'s output
+    (``exact``: Euclidean from :func:`_exact_squared_distances`, kept in float64)."""
+    if exact:
+        return -_exact_squared_distances(query, keys)
     if similarity == "cosine":
         return torch.matmul(query, keys.transpose(-1, -2))
     if similarity == "euclidean":
@@ -346,18 +402,27 @@ def _self_mask(query_positions: Tensor, candidates: Tensor) -> Tensor:
 
 def _finish_selection(
     values: Tensor | None, indices: Tensor, self_index: Tensor | None,
-    self_score: Tensor | None, sort_by_position: bool,
+    self_value: Tensor | None, sort_by_position: bool,
 ) -> tuple[Tensor, Tensor | None]:
     """Prepend the position itself (self-first) and optionally sort by raster index."""
     if self_index is not None:
         indices = torch.cat((self_index, indices), dim=-1)
         if values is not None:
-            values = torch.cat((self_score, values), dim=-1)
+            values = torch.cat((self_value.to(values.dtype), values), dim=-1)
     if sort_by_position:
         indices, order = indices.sort(dim=-1)
         if values is not None:
             values = values.gather(-1, order)
     return indices, values
+
+
+def _self_weighting_score(real: Tensor | None, like: Tensor, self_score: str,
+                          similarity: str) -> Tensor:
+    """The weighting score of the position itself, ``[B, n, 1]``: its real score, or the
+    constant logit of the authors' sampled ConvNN attention."""
+    if self_score == "constant":
+        return like.new_full((*like.shape[:2], 1), PAPER_SELF_LOGIT)
+    return weighting_scores(real, similarity)
 
 
 def select_neighbours(
@@ -373,6 +438,7 @@ def select_neighbours(
     scale: float | None = None,
     with_scores: bool = True,
     stable: bool = False,
+    self_score: str = "similarity",
     block_elements: int | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Top-k neighbours of every query (fast path).
@@ -381,6 +447,7 @@ def select_neighbours(
     scores exist at once (a 32×32 map has ``n = 1024`` and ``n² = 1M`` scores per image), and
     only against the ``m`` candidates when candidates are sampled. The scores of the selected
     neighbours are differentiable (top-k values), so softmax weighting trains the projections.
+    Ranking runs in float32 or better, also under autocast: 16-bit inputs are upcast.
 
     Args:
         query: ``[B, n, D]`` selection features of the query positions.
@@ -395,30 +462,41 @@ def select_neighbours(
         scale: dot-product scale (default ``1/√D``).
         with_scores: also return the ``[B, n, k]`` weighting scores (with autograd).
         stable: break ties by the lower position (a stable sort instead of top-k; used for
-            coordinate selection, where equal distances are the rule).
+            coordinate selection, where equal distances are the rule). Euclidean distances
+            are then computed pair by pair in float64, so that ties are the same in every
+            path, block size and candidate order.
+        self_score: weighting score of the position itself when it comes first:
+            ``"similarity"`` (its real score) or ``"constant"`` (the logit
+            :data:`PAPER_SELF_LOGIT`, the authors' sampled ConvNN attention).
         block_elements: most scores held at once (default: 2^20 on a CPU, 2^24 on a GPU).
 
     Returns:
-        ``(indices [B, n, k] into 0..N-1, scores [B, n, k] or None)``.
+        ``(indices [B, n, k] into 0..N-1, scores [B, n, k] or None)``; scores are float32
+        for 16-bit inputs.
     """
+    check_choice("self_score", self_score, SELF_SCORES)
     batch, n, _ = query.shape
     if block_elements is None:
         block_elements = CPU_BLOCK_ELEMENTS if query.device.type == "cpu" else GPU_BLOCK_ELEMENTS
     device = query.device
     query_positions = _selection_setup(query, keys, k, candidates, self_first, query_positions)
-    cand_keys = keys if candidates is None else keys[:, candidates]  # (B, m, D)
+    exact = stable and similarity == "euclidean"
+    if stable and candidates is not None:  # ties go to the lower position, not column
+        candidates = candidates.sort().values
     k_search = k - 1 if self_first else k
 
     grad = with_scores and torch.is_grad_enabled()
-    rows_per_block = max(1, block_elements // max(1, batch * cand_keys.shape[1]))
     block_indices, block_scores = [], []
-    with torch.set_grad_enabled(grad):
+    with torch.set_grad_enabled(grad), ranking_precision(device):
+        query, keys = _upcast(query), _upcast(keys)
+        cand_keys = keys if candidates is None else keys[:, candidates]  # (B, m, D)
+        rows_per_block = max(1, block_elements // max(1, batch * cand_keys.shape[1]))
         # Per-key work once, not per block: normalise for cosine, squared norms for Euclidean.
         prepared_query, prepared_keys, key_norms = _prepare(query, cand_keys, similarity)
         for start in range(0, n, rows_per_block):
             stop = min(n, start + rows_per_block)
             scores = _block_scores(prepared_query[:, start:stop], prepared_keys, key_norms,
-                                   similarity, scale, query.dtype)  # (B, nb, m)
+                                   similarity, scale, query.dtype, exact)  # (B, nb, m)
             if self_first and candidates is None:  # the position's own column
                 own = query_positions[start:stop].view(1, -1, 1).expand(batch, -1, 1)
                 scores = scores.scatter(-1, own, float("-inf"))
@@ -431,21 +509,22 @@ def select_neighbours(
                 top_scores = scores[..., :0]
                 top = torch.zeros(batch, stop - start, 0, dtype=torch.long, device=device)
             block_indices.append(top if candidates is None else candidates[top])
-            block_scores.append(top_scores if with_scores else None)
-    indices = torch.cat(block_indices, dim=1) if len(block_indices) > 1 else block_indices[0]
-    scores = None
-    if with_scores:
-        scores = torch.cat(block_scores, dim=1) if len(block_scores) > 1 else block_scores[0]
-    self_index = self_score = None
-    if self_first:
-        self_index = query_positions.view(1, n, 1).expand(batch, n, 1)
+            block_scores.append(top_scores.to(query.dtype) if with_scores else None)
+        indices = torch.cat(block_indices, dim=1) if len(block_indices) > 1 else block_indices[0]
+        scores = None
         if with_scores:
-            own = keys[:, query_positions]  # (B, n, D)
-            self_score = _row_scores(query, own, similarity, scale).unsqueeze(-1)
-    indices, scores = _finish_selection(scores, indices, self_index, self_score, sort_by_position)
-    if scores is not None:
-        scores = weighting_scores(scores, similarity)
-    return indices, scores
+            scores = torch.cat(block_scores, dim=1) if len(block_scores) > 1 else block_scores[0]
+            scores = weighting_scores(scores, similarity)
+        self_index = self_value = None
+        if self_first:
+            self_index = query_positions.view(1, n, 1).expand(batch, n, 1)
+            if with_scores:
+                real = None
+                if self_score == "similarity":
+                    own = keys[:, query_positions]  # (B, n, D)
+                    real = _row_scores(query, own, similarity, scale).unsqueeze(-1)
+                self_value = _self_weighting_score(real, scores, self_score, similarity)
+        return _finish_selection(scores, indices, self_index, self_value, sort_by_position)
 
 
 def select_neighbours_reference(
@@ -461,29 +540,41 @@ def select_neighbours_reference(
     scale: float | None = None,
     with_scores: bool = True,
     stable: bool = False,
+    self_score: str = "similarity",
 ) -> tuple[Tensor, Tensor | None]:
     """Top-k neighbours, written to be read: the full ``[B, n, N]`` matrix, then top-k.
 
     Same arguments and results as :func:`select_neighbours`. Candidates outside the sampled
     set and the position itself (when it comes first) are masked with ``-inf``.
     """
+    check_choice("self_score", self_score, SELF_SCORES)
     batch, n, _ = query.shape
     num_positions = keys.shape[1]
     query_positions = _selection_setup(query, keys, k, candidates, self_first, query_positions)
-    scores = pairwise_scores(query, keys, similarity, scale)  # (B, n, N)
-    allowed = torch.ones(n, num_positions, dtype=torch.bool, device=query.device)
-    if candidates is not None:
-        allowed = torch.zeros_like(allowed)
-        allowed[:, candidates] = True
-    self_scores = scores.gather(-1, query_positions.view(1, n, 1).expand(batch, n, 1))
-    if self_first:
-        allowed[torch.arange(n, device=query.device), query_positions] = False
-    scores = scores.masked_fill(~allowed, float("-inf"))
-    top_scores, indices = _top(scores, k - 1 if self_first else k, stable)
-    self_index = query_positions.view(1, n, 1).expand(batch, n, 1) if self_first else None
-    indices, top_scores = _finish_selection(
-        top_scores, indices, self_index, self_scores if self_first else None, sort_by_position)
-    return indices, (weighting_scores(top_scores, similarity) if with_scores else None)
+    with ranking_precision(query.device):
+        query, keys = _upcast(query), _upcast(keys)
+        if stable and similarity == "euclidean":
+            scores = -_exact_squared_distances(query, keys)  # (B, n, N), float64
+        else:
+            scores = pairwise_scores(query, keys, similarity, scale)  # (B, n, N)
+        allowed = torch.ones(n, num_positions, dtype=torch.bool, device=query.device)
+        if candidates is not None:
+            allowed = torch.zeros_like(allowed)
+            allowed[:, candidates] = True
+        self_scores = scores.gather(-1, query_positions.view(1, n, 1).expand(batch, n, 1))
+        if self_first:
+            allowed[torch.arange(n, device=query.device), query_positions] = False
+        scores = scores.masked_fill(~allowed, float("-inf"))
+        top_scores, indices = _top(scores, k - 1 if self_first else k, stable)
+        top_scores = weighting_scores(top_scores.to(query.dtype), similarity)
+        self_index = self_value = None
+        if self_first:
+            self_index = query_positions.view(1, n, 1).expand(batch, n, 1)
+            self_value = _self_weighting_score(self_scores.to(query.dtype), top_scores,
+                                               self_score, similarity)
+        indices, top_scores = _finish_selection(top_scores, indices, self_index, self_value,
+                                                sort_by_position)
+    return indices, (top_scores if with_scores else None)
 
 
 # --------------------------------------------------------------------------- weighting ρ
@@ -762,6 +853,7 @@ def convnn(
     stable: bool = False,
     neighbours: Tensor | None = None,
     weight_dropout: float = 0.0,
+    self_score: str = "similarity",
     path: str = "fast",
 ) -> Tensor:
     """The whole operator: select k neighbours per query, weight them, aggregate.
@@ -779,6 +871,7 @@ def convnn(
         neighbours: precomputed ``[n, k]`` or ``[B, n, k]`` indices (skips the search; used
             for static coordinate selection). Requires ``weighting="ones"``.
         weight_dropout: dropout probability on ρ (attention dropout), applied when > 0.
+        self_score: see :func:`select_neighbours`.
         path: ``"fast"`` or ``"reference"``; both give the same result.
 
     Returns:
@@ -800,7 +893,7 @@ def convnn(
         indices, scores = select(
             query, keys, k, similarity, query_positions=query_positions,
             candidates=candidates, self_first=self_first, sort_by_position=sort_by_position,
-            scale=scale, with_scores=weighting != "ones", stable=stable)
+            scale=scale, with_scores=weighting != "ones", stable=stable, self_score=self_score)
     rho = neighbour_weights(scores, weighting)
     if rho is not None and weight_dropout > 0.0:
         rho = F.dropout(rho, weight_dropout, training=True)
@@ -811,11 +904,15 @@ def convnn(
 
 __all__ = [
     "AGGREGATIONS",
+    "COORD_GRIDS",
     "KERNELS",
+    "PAPER_SELF_LOGIT",
     "PATHS",
     "SAMPLINGS",
     "SELECTIONS",
+    "SELF_SCORES",
     "SIMILARITIES",
+    "SPATIAL_ROUNDINGS",
     "WEIGHTINGS",
     "aggregate",
     "aggregate_reference",
@@ -829,6 +926,7 @@ __all__ = [
     "neighbour_weights",
     "pairwise_scores",
     "random_candidates",
+    "ranking_precision",
     "select_neighbours",
     "select_neighbours_reference",
     "selection_features",

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from convnn import experiments as E
 from convnn.__main__ import main as cli
+from convnn.layers import PAPER_ATTENTION_OPTIONS
 from convnn.models import ModelConfig, build_model, count_parameters
 
 
@@ -52,7 +53,8 @@ def test_example_names_and_their_rows():
     assert (cfg.name, cfg.layer, cfg.ratio, cfg.head) == ("vgg11", "branching", 0.5, "paper")
     vit = E.get_preset("vit-tiny-c100-convnn-random-r32-k9")
     assert vit.model_config().layer_options == {"k": 9, "aggregation": "depthwise",
-                                                "sampling": "random", "candidates": 32}
+                                                "sampling": "random", "candidates": 32,
+                                                **PAPER_ATTENTION_OPTIONS}
     t = vit.train_config()
     assert (t.lr, t.weight_decay, t.epochs, t.batch_size, t.grad_clip, t.seed, t.resize) == \
         (1e-4, 0.01, 150, 256, 1.0, 42, 224)

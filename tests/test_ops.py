@@ -383,3 +383,34 @@ def test_compiles_without_graph_breaks_and_matches_eager():
     out_c.sum().backward()
     out_e.sum().backward()
     torch.testing.assert_close(xs[0].grad, xs[1].grad, rtol=1e-5, atol=1e-5)
+
+
+def test_coordinate_ties_go_to_the_lowest_position_in_both_paths():
+    # Tokens on a line: 4 and 6 are both at distance 1 from 5. The candidates are given in
+    # descending order, so a tie broken by column would pick 6.
+    coords = torch.arange(10, dtype=torch.float32).view(1, 10, 1)
+    candidates = torch.tensor([9, 6, 4, 2])
+    for select in (ops.select_neighbours, ops.select_neighbours_reference):
+        idx, _ = select(coords, coords, 2, "euclidean", candidates=candidates, self_first=True,
+                        with_scores=False, stable=True)
+        assert idx[0, 5].tolist() == [5, 4]
+        assert idx[0, 0].tolist() == [0, 2]
+
+
+@pytest.mark.parametrize("grid", ["image", "padded"])
+def test_coordinate_selection_is_identical_in_every_block_size_and_path(grid):
+    # Distances on a grid in [-1, 1] tie exactly only if each pair's distance does not depend
+    # on the matrix product (block, candidate subset) it is computed in.
+    coords = ops.grid_coordinates(5, 6, 1, grid=grid).unsqueeze(0)  # (1, 56, 2)
+    qpos = ops.interior_positions(5, 6, 1)
+    candidates = ops.spatial_candidates_2d(5, 6, 3, 1).flip(0)
+    for cand, first in ((None, False), (candidates, True)):
+        kwargs = {"query_positions": qpos, "candidates": cand, "self_first": first,
+                  "stable": True}
+        ref_idx, ref_s = ops.select_neighbours_reference(coords[:, qpos], coords, 5,
+                                                         "euclidean", **kwargs)
+        for block in (None, 7, 56):
+            idx, s = ops.select_neighbours(coords[:, qpos], coords, 5, "euclidean",
+                                           block_elements=block, **kwargs)
+            assert torch.equal(idx, ref_idx)
+            assert torch.equal(s, ref_s)

@@ -20,21 +20,27 @@ DEFAULT_BRANCH_RATIO = 0.5
 
 
 def sampling_for_map(sampling: str, candidates: int | None, height: int, width: int,
-                     layout: str = "square") -> tuple[str, int | None, str | None]:
+                     layout: str = "square", random_region: str = "image",
+                     padding: int = 1) -> tuple[str, int | None, str | None]:
     """The candidate set a ConvNN layer on an ``H × W`` map uses: the fallback rule.
 
     Returns ``(sampling, candidates, reason)``: the requested set when it fits the map, else
-    ``("all", None, reason)``. ``"random"`` needs ``r² <= H·W`` pixels, ``"spatial"`` needs its
-    ``r × r`` grid to fit, ``r <= min(H, W)``. With ``layout="count"`` (see
-    :class:`~convnn.layers.ConvNN2d`'s ``candidate_layout``) the set has ``r`` positions: ``r``
-    random pixels or a ``√r × √r`` grid.
+    ``("all", None, reason)``. ``"random"`` needs ``r² <= H·W`` pixels (with
+    ``random_region="padded"``, the authors' rule: ``r² <= (H+2p)(W+2p)`` positions of the
+    padded map), ``"spatial"`` needs its ``r × r`` grid to fit, ``r <= min(H, W)``. With
+    ``layout="count"`` (see :class:`~convnn.layers.ConvNN2d`'s ``candidate_layout``) the set
+    has ``r`` positions: ``r`` random pixels or a ``√r × √r`` grid.
     """
     if sampling == "all":
         return sampling, candidates, None
     total = candidate_count(candidates, layout)
     side = math.isqrt(total)
     shown = "r" if layout == "count" else "r²"
-    if sampling == "random" and total > height * width:
+    if sampling == "random" and random_region == "padded":
+        positions = (height + 2 * padding) * (width + 2 * padding)
+        if total > positions:
+            return "all", None, f"random: {shown}={total} > (H+2p)(W+2p)={positions}"
+    elif sampling == "random" and total > height * width:
         return "all", None, f"random: {shown}={total} > H·W={height * width}"
     if sampling == "spatial" and side > min(height, width):
         grid = f"r={side}" if layout == "square" else f"grid side √r={side}"
@@ -60,7 +66,8 @@ def plan_convnn_layer(options: dict, size: int, index: int, base_seed: int,
     requested = (options.get("sampling", "all"), options.get("candidates"))
     layer_options = dict(options, seed=base_seed + index)
     sampling, candidates, reason = sampling_for_map(
-        *requested, size, size, options.get("candidate_layout", "square"))
+        *requested, size, size, options.get("candidate_layout", "square"),
+        options.get("random_region", "image"), options.get("padding", 1))
     if reason is not None:
         layer_options.update(sampling="all", candidates=None)
         layer_options.pop("candidate_layout", None)

@@ -109,13 +109,13 @@ class CoordAggregationConvNN2d(ConvNN2d):
 
     Selection is that of :class:`ConvNN2d` (on features, coordinates or both, per
     ``selection``); the gathered neighbour vectors are ``[features, x, y]`` of the zero-padded
-    map (coordinates from :func:`convnn.ops.grid_coordinates`, so padded positions keep their
-    coordinates while their features are zero), aggregated by a weight ``[O, C + 2, k]``. The
-    layer has ``2·k·O`` more parameters than ``ConvNN2d``: the paper's aggregation ``"Loc_Col"``.
+    map (coordinates from :meth:`ConvNN2d.coordinates`, the layer's ``coord_grid``, so padded
+    positions keep their coordinates while their features are zero), aggregated by a weight
+    ``[O, C + 2, k]``. The layer has ``2·k·O`` more parameters than ``ConvNN2d``: the paper's
+    aggregation ``"Loc_Col"``; with ``coord_grid="padded"`` its coordinates are the authors'.
 
     Only hard selection (``weighting="ones"``, the paper's CNN layer) and standard aggregation
-    are supported. The reference scales coordinates to ``[-1, 1]`` over the *padded* map; ours
-    span ``[-1, 1]`` over the image (an isotropic grid), which changes no parameter count.
+    are supported.
 
     Args:
         in_channels, out_channels, k, padding, **kwargs: as :class:`ConvNN2d`.
@@ -148,7 +148,7 @@ class CoordAggregationConvNN2d(ConvNN2d):
         batch, _, height, width = x.shape
         p = self.padding
         values = nn.functional.pad(x, (p, p, p, p)).flatten(2).transpose(1, 2)  # (B, N, C)
-        coords = ops.grid_coordinates(height, width, p, device=x.device, dtype=x.dtype)  # (N, 2)
+        coords = self.coordinates(height, width, device=x.device, dtype=x.dtype)  # (N, 2)
         values = torch.cat((values, coords.unsqueeze(0).expand(batch, -1, -1)), dim=-1)
         out = ops.aggregate(ops.gather_neighbours(values, indices), None, self.weight,
                             self.bias)  # (B, H·W, O)
