@@ -39,6 +39,19 @@ def _init_aggregation(weight: Tensor, bias: Tensor | None, fan_in: int) -> None:
         nn.init.uniform_(bias, -bound, bound)
 
 
+
+def _wrap_repr(text: str, width: int = 72) -> str:
+    """Break an ``extra_repr`` after commas, so printed layers and models fit a page."""
+    lines, line = [], ""
+    for part in text.split(", "):
+        joined = f"{line}, {part}" if line else part
+        if line and len(joined) > width:
+            lines.append(line + ",")
+            line = part
+        else:
+            line = joined
+    return "\n".join([*lines, line])
+
 class _SampledCandidates(nn.Module):
     """Shared logic for drawing candidate sets.
 
@@ -301,7 +314,7 @@ class ConvNN2d(_SampledCandidates):
               f"self_first={self.self_first}, bias={self.bias is not None}")
         if self.path != "fast":
             s += f", path={self.path!r}"
-        return s
+        return _wrap_repr(s)
 
     def num_positions(self, height: int, width: int) -> int:
         """Positions the layer selects among on an ``H × W`` input (the padded map)."""
@@ -551,7 +564,7 @@ class ConvNNAttention(_SampledCandidates):
             s += f", spatial_rounding={self.spatial_rounding!r}"
         if self.path != "fast":
             s += f", path={self.path!r}"
-        return s
+        return _wrap_repr(s)
 
     def _split(self, x: Tensor) -> Tensor:
         batch, tokens, _ = x.shape
@@ -672,8 +685,9 @@ class BranchingConv2d(nn.Module):
         self.mix = nn.Conv2d(out_channels, out_channels, 1, **factory)
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, ratio={self.ratio}, "
-                f"conv_channels={self.conv_channels}, convnn_channels={self.convnn_channels}")
+        return _wrap_repr(f"{self.in_channels}, {self.out_channels}, ratio={self.ratio}, "
+                          f"conv_channels={self.conv_channels}, "
+                          f"convnn_channels={self.convnn_channels}")
 
     def forward(self, x: Tensor) -> Tensor:
         """``[B, C, H, W] -> [B, O, H, W]``."""

@@ -223,3 +223,46 @@ def test_a_fork_sets_its_repository_in_one_command(tmp_path) -> None:
     bad = subprocess.run([sys.executable, "scripts/set_repository.py", "not a url"],
                          cwd=tmp_path, capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("error: url must look like")
+
+
+# What readers must never see: details of the machines the book is built and measured on.
+BUILD_MACHINE_DETAILS = {
+    "a lent GPU": re.compile(r"\blent\b", re.I),
+    "the GPU runs' data folder": re.compile(r"CONVNN_DATA_DIR=\.device|\.device/"),
+    "the GPU runs' output variable": re.compile(r"\$OUT\b"),
+    "an absolute path of a build machine": re.compile(
+        r"(?<![\w.])/(?:work|root|home|tmp|opt|mnt)/[\w.-]+"),
+    "the offline dataset copy's folder": re.compile(r"shared/datasets"),
+}
+
+
+def _machine_details(text: str) -> list[str]:
+    found = []
+    for what, pattern in BUILD_MACHINE_DETAILS.items():
+        for m in pattern.finditer(text):
+            found.append(f"{what}: ...{text[max(0, m.start() - 40):m.end() + 40]!r}...")
+    return found
+
+
+def test_reader_facing_sources_name_no_build_machine() -> None:
+    sources = [ROOT / "README.md", *sorted((ROOT / "book").glob("*.md")),
+               *sorted((ROOT / "book").glob("*.ipynb")), ROOT / "data" / "results" / "README.md"]
+    problems = [f"{p.relative_to(ROOT)}: {d}" for p in sources
+                for d in _machine_details(p.read_text(encoding="utf-8"))]
+    assert not problems, "\n".join(problems)
+
+
+def test_built_pages_name_no_build_machine(built_book: BookBuild) -> None:
+    html = built_book.require_success()
+    problems = []
+    for page in sorted(html.rglob("*.html")):
+        text = re.sub(r"<[^>]+>", " ", page.read_text(encoding="utf-8"))  # the visible text
+        problems += [f"{page.relative_to(html)}: {d}" for d in _machine_details(text)]
+    assert not problems, "\n".join(problems[:20])
+
+
+def test_the_machine_detail_patterns_catch_what_they_should() -> None:
+    assert _machine_details("data: cifar10 (JPEG copy at /work/shared/datasets/x.tar.gz)")
+    assert _machine_details("NVIDIA H200 (lent GPU machine)")
+    assert _machine_details("CONVNN_DATA_DIR=.device python3 run.py $OUT")
+    assert not _machine_details("cifar10 (JPEG copy at …/cifar10-jpeg.tar.gz); runs/vgg11")
