@@ -70,9 +70,12 @@ def test_the_run_records_the_precision_it_used(tmp_path) -> None:
     from convnn.train import train
 
     ds = synthetic_dataset(n_train=32, n_test=16, num_classes=4, image_size=8)
-    cfg = TrainConfig(epochs=1, batch_size=16, amp="auto")
+    cfg = TrainConfig(epochs=3, batch_size=16, amp="auto")
+    logs: list[str] = []
     train(lambda: torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 64, 4)), ds, cfg,
-          tmp_path / "run", device="cpu", progress=False, log=None)
+          tmp_path / "run", device="cpu", progress=False, log=logs.append)
+    # the first epoch tells how long the rest will take, once
+    assert sum("expected time of the remaining 2 epochs: about" in line for line in logs) == 1
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["train"]["amp"] == "auto"
     assert config["run"]["amp_active"] == "off"  # float32 on a CPU
