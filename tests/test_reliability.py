@@ -1,0 +1,320 @@
+"""Reliability: run folders that refuse what they should, one writer per run, divergence
+stops, strict JSON, clear errors for bad arguments and inputs, and a command line whose user
+errors are one line with exit 2. Everything runs on the CPU with tiny models."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from convnn import ConvNN2d
+from convnn._io import (
+    CheckpointError,
+    atomic_write_json,
+    folder_lock,
+    load_checkpoint,
+    read_json,
+    read_jsonl,
+    save_checkpoint,
+)
+from convnn.data import synthetic_dataset
+from convnn.train import (
+    DivergedError,
+    RunFolderError,
+    TrainConfig,
+    load_run,
+    train,
+)
+
+# --------------------------------------------------------------------------- helpers
+
+
+def tiny() -> nn.Module:
+    return nn.Sequential(ConvNN2d(3, 4, k=3, sampling="random", candidates=3), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 4))
+
+
+@pytest.fixture(scope="module")
+def ds():
+    return synthetic_dataset(n_train=64, n_test=32, num_classes=4, image_size=8)
+
+
+def cfg(**kw) -> TrainConfig:
+    base = {"lr": 3e-3, "epochs": 2, "batch_size": 32, "log_every": 0}
+    return TrainConfig(**(base | kw))
+
+
+def run(out, ds, config=None, factory=tiny, **kw):
+    kw.setdefault("device", "cpu")
+    return train(factory, ds, config or cfg(), out, progress=False, log=None, **kw)
+
+
+class Killed(Exception):
+    pass
+
+
+def kill_after(epoch):
+    def callback(record):
+        if record["epoch"] == epoch:
+            raise Killed
+    return callback
+
+
+def snapshot(folder) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+@pytest.fixture
+def one_epoch(tmp_path, ds):
+    """A run of 2 epochs killed after the first: resumable."""
+    out = tmp_path / "run"
+    with pytest.raises(Killed):
+        run(out, ds, extra={"preset": "a"}, callback=kill_after(1))
+    return out
+
+
+# --------------------------------------------------------------------------- 1. fingerprint
+
+
+def test_resume_refuses_another_run_and_names_the_fields(one_epoch, ds):
+    before = snapshot(one_epoch)
+    with pytest.raises(RunFolderError, match=r"extra\.preset: 'a' -> 'b'"):
+        run(one_epoch, ds, extra={"preset": "b"}, resume=True)
+    other = synthetic_dataset(n_train=96, n_test=32, num_classes=4, image_size=8)
+    with pytest.raises(RunFolderError, match=r"dataset\.train_images: 64 -> 96"):
+        run(one_epoch, other, extra={"preset": "a"}, resume=True)
+    with pytest.raises(RunFolderError, match=r"train\.lr: 0\.003 -> 0\.1"):
+        run(one_epoch, ds, config=cfg(lr=0.1), extra={"preset": "a"}, resume=True)
+    with pytest.raises(RunFolderError, match=r"model\.class"):  # same shapes, another class
+        run(one_epoch, ds, extra={"preset": "a"}, resume=True,
+            factory=lambda: type("Other", (nn.Sequential,), {})(*tiny()))
+    assert snapshot(one_epoch) == before  # refused without touching anything
+    s = run(one_epoch, ds, config=cfg(epochs=3), extra={"preset": "a", "command": "x"},
+            resume=True)  # more epochs and another command line are fine
+    assert s["epochs_completed"] == 3
+
+
+def test_cli_resume_with_another_preset_is_refused(tmp_path, capsys, monkeypatch):
+    from convnn.__main__ import main as cli
+
+    monkeypatch.setenv("CONVNN_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("CONVNN_DATA_DIR", raising=False)
+    out = str(tmp_path / "R")
+    common = ["--smoke", "--out", out, "--no-download", "--device", "cpu"]
+    assert cli(["train", "--preset", "vgg11-c10-branching-r0.5", "--epochs", "1", *common]) == 0
+    config = (tmp_path / "R" / "config.json").read_text()
+    capsys.readouterr()
+    assert cli(["train", "--preset", "vgg11-c10-branching-r0.5-random-r4", "--epochs", "2",
+                "--resume", *common]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "extra.preset: 'vgg11-c10-branching-r0.5' -> 'vgg11-c10-branching-r0.5-random-r4'" \
+        in err and "extra.model.layer_options.sampling" in err
+    assert (tmp_path / "R" / "config.json").read_text() == config
+
+
+# --------------------------------------------------------------------------- 2. missing ckpt
+
+
+def test_resume_without_checkpoint_never_deletes_the_records(one_epoch, ds):
+    (one_epoch / "checkpoint.pt").unlink()
+    before = snapshot(one_epoch)
+    with pytest.raises(RunFolderError, match="checkpoint.pt is missing.*metrics.jsonl"):
+        run(one_epoch, ds, extra={"preset": "a"}, resume=True)
+    assert snapshot(one_epoch) == before
+
+
+def test_resume_of_a_run_stopped_before_its_first_epoch_restarts_it(tmp_path, ds):
+    out = tmp_path / "r"
+    with pytest.raises(Killed):
+        run(out, ds, callback=kill_after(1))
+    for name in ("metrics.jsonl", "checkpoint.pt", "checkpoint.pt.sha256", "summary.json"):
+        (out / name).unlink()  # as if killed during epoch 1: only config.json
+    with pytest.raises(RunFolderError, match=r"train\.seed"):
+        run(out, ds, config=cfg(seed=1), resume=True)
+    assert run(out, ds, resume=True)["epochs_completed"] == 2
+
+
+# --------------------------------------------------------------------------- 3. lock
+
+
+def test_a_second_writer_fails_at_once(tmp_path, ds):
+    out = tmp_path / "r"
+    with folder_lock(out) as lock:  # a live process (this one) trains in the folder
+        assert lock.read_text().split()[0] == str(os.getpid())
+        with pytest.raises(RunFolderError, match=f"in use by another process \\(PID {os.getpid()}"):
+            run(out, ds)
+        with pytest.raises(RunFolderError, match="in use"):
+            run(out, ds, resume=True)
+    assert not (out / ".lock").exists()  # released
+    run(out, ds)
+    assert [r["epoch"] for r in read_jsonl(out / "metrics.jsonl")] == [1, 2]
+    assert not (out / ".lock").exists()
+
+
+def test_a_stale_lock_is_taken_over(tmp_path, ds):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    out = tmp_path / "r"
+    out.mkdir()
+    import socket
+
+    (out / ".lock").write_text(f"{dead.pid} {socket.gethostname()}\n")
+    assert run(out, ds)["epochs_completed"] == 2
+    assert not (out / ".lock").exists()
+
+
+# --------------------------------------------------------------------------- 4. the log
+
+
+def test_resume_refuses_a_log_out_of_epoch_order(one_epoch, ds):
+    log = one_epoch / "metrics.jsonl"
+    line = log.read_text()
+    log.write_text(line + line)  # a duplicated line
+    with pytest.raises(RunFolderError, match="not in epoch order.*line 2 has epoch 1"):
+        run(one_epoch, ds, extra={"preset": "a"}, resume=True)
+    assert log.read_text() == line + line
+
+
+def test_resume_refuses_an_edited_log(one_epoch, ds):
+    log = one_epoch / "metrics.jsonl"
+    record = json.loads(log.read_text())
+    log.write_text(json.dumps(record | {"test_top1": 99.9}) + "\n")
+    with pytest.raises(RunFolderError, match="does not match checkpoint.pt.*99.9 at epoch 1"):
+        run(one_epoch, ds, extra={"preset": "a"}, resume=True)
+    _, ckpt = load_run(one_epoch)
+    assert ckpt["log"]["best_test_top1"] == record["test_top1"] and ckpt["log"]["epochs"] == 1
+
+
+def test_resume_refuses_a_missing_log(one_epoch, ds):
+    (one_epoch / "metrics.jsonl").unlink()
+    with pytest.raises(RunFolderError, match="metrics.jsonl is missing.*epoch 1"):
+        run(one_epoch, ds, extra={"preset": "a"}, resume=True)
+
+
+# --------------------------------------------------------------------------- 5. checksums
+
+
+def test_checkpoint_sidecar_holds_its_sha256(one_epoch):
+    digest = hashlib.sha256((one_epoch / "checkpoint.pt").read_bytes()).hexdigest()
+    assert (one_epoch / "checkpoint.pt.sha256").read_text() == f"{digest}  checkpoint.pt\n"
+
+
+def test_flipped_bytes_in_a_checkpoint_are_refused(one_epoch, ds):
+    path = one_epoch / "checkpoint.pt"
+    good = path.read_bytes()
+    for offset in (len(good) // 3, len(good) // 2, len(good) - 100):
+        bad = bytearray(good)
+        bad[offset] ^= 0x01
+        path.write_bytes(bytes(bad))
+        with pytest.raises(CheckpointError, match="does not match its SHA-256"):
+            load_run(one_epoch)
+        with pytest.raises(CheckpointError, match="does not match its SHA-256"):
+            run(one_epoch, ds, extra={"preset": "a"}, resume=True)
+    path.write_bytes(good)
+    assert load_run(one_epoch)[1]["epoch"] == 1
+
+
+def test_checksum_survives_a_crash_between_the_writes(tmp_path, monkeypatch):
+    path = tmp_path / "c.pt"
+    save_checkpoint({"v": 1}, path)
+    import convnn._io as io
+
+    real = io.os.replace
+    monkeypatch.setattr(io.os, "replace", lambda a, b: (_ for _ in ()).throw(OSError("kill"))
+                        if str(b) == str(path) else real(a, b))
+    with pytest.raises(OSError, match="kill"):
+        save_checkpoint({"v": 2}, path)  # the sidecar already lists both hashes
+    monkeypatch.setattr(io.os, "replace", real)
+    assert load_checkpoint(path) == {"v": 1}
+    save_checkpoint({"v": 2}, path)
+    assert load_checkpoint(path) == {"v": 2}
+    assert len((tmp_path / "c.pt.sha256").read_text().splitlines()) == 1
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 truncated", os.urandom(256)])
+def test_unreadable_checkpoints_are_a_clear_error(tmp_path, content):
+    (tmp_path / "c.pt").write_bytes(content)
+    with pytest.raises(CheckpointError, match="c.pt"):
+        load_checkpoint(tmp_path / "c.pt")
+
+
+# --------------------------------------------------------------------------- 6. leftovers
+
+
+def test_resume_removes_leftover_temporary_files(one_epoch, ds):
+    tmp = one_epoch / ".checkpoint.pt.abc123.tmp"
+    tmp.write_bytes(b"half a checkpoint")
+    run(one_epoch, ds, extra={"preset": "a"}, resume=True)
+    assert not tmp.exists()
+    assert not [p for p in one_epoch.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("out", ["", "  "])
+def test_empty_out_dir_is_rejected(ds, out, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="out_dir must be a folder path"):
+        run(out, ds)
+    assert os.listdir(tmp_path) == []
+
+
+# --------------------------------------------------------------------------- 7. divergence
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("lr", math.inf), ("weight_decay", math.inf), ("grad_clip", math.inf), ("lr", math.nan),
+    ("momentum", math.nan), ("gamma", -math.inf), ("lr", 10**400), ("label_smoothing", "0.1"),
+])
+def test_config_numbers_must_be_finite(field, value):
+    with pytest.raises(ValueError, match=f"{field} must be"):
+        TrainConfig(**{field: value})
+
+
+def test_a_diverging_run_stops_and_keeps_its_last_good_checkpoint(tmp_path, ds):
+    poison = {"on": False}
+
+    class Poisonable(nn.Module):
+        def forward(self, x):
+            return x * math.nan if poison["on"] else x
+
+    def factory():
+        return nn.Sequential(tiny(), Poisonable())
+
+    def callback(record):
+        poison["on"] = True  # epoch 2 diverges
+
+    out = tmp_path / "r"
+    with pytest.raises(DivergedError, match="diverged in epoch 2.*still holds epoch 1"):
+        run(out, ds, factory=factory, callback=callback)
+    assert load_run(out)[1]["epoch"] == 1
+    assert [r["epoch"] for r in read_jsonl(out / "metrics.jsonl")] == [1]
+    summary = read_json(out / "summary.json")  # strict JSON
+    assert summary["epochs_completed"] == 1 and not (out / ".lock").exists()
+
+
+def test_a_huge_learning_rate_is_stopped_not_reported_as_a_result(tmp_path, ds):
+    with pytest.raises(DivergedError, match="diverged in epoch 1.*no checkpoint"):
+        run(tmp_path / "r", ds, config=cfg(lr=1e30, grad_clip=None))
+    assert not (tmp_path / "r" / "summary.json").exists()
+
+
+def test_json_is_strict(tmp_path):
+    with pytest.raises(ValueError):
+        atomic_write_json(tmp_path / "a.json", {"x": math.nan})
+    (tmp_path / "b.json").write_text('{"x": NaN}')
+    with pytest.raises(ValueError, match="b.json is not valid JSON"):
+        read_json(tmp_path / "b.json")
+    (tmp_path / "c.jsonl").write_text('{"x": 1}\n{"x": Infinity}\n')
+    with pytest.raises(ValueError, match="c.jsonl line 2 is not valid JSON"):
+        read_jsonl(tmp_path / "c.jsonl")
+    (tmp_path / "d.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="d.json must hold a JSON object"):
+        read_json(tmp_path / "d.json")
