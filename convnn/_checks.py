@@ -1,8 +1,10 @@
-"""Argument validation shared by the package: every bad argument raises a ValueError
-that names the argument, the value it got and what is allowed."""
+"""Argument validation shared by the package: every bad argument raises a ValueError (a
+TypeError for a value of the wrong type) that names the argument, the value it got and what
+is allowed."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -71,3 +73,93 @@ def check_divisible(name: str, value: int, by_name: str, by: int) -> None:
 
 def ensure_sequence(value, n: int) -> Sequence:
     return tuple(value) if isinstance(value, (list, tuple)) else (value,) * n
+
+
+def check_bool(name: str, value) -> bool:
+    """Raise unless ``value`` is exactly True or False (a string like 'no' is not)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def check_float(name: str, value, minimum: float | None = None, maximum: float | None = None,
+                allow_none: bool = False) -> float | None:
+    """Raise unless ``value`` is a finite real number (not bool) in ``[minimum, maximum]``."""
+    if value is None and allow_none:
+        return None
+    try:
+        ok = not isinstance(value, bool) and math.isfinite(value)
+    except (TypeError, OverflowError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{name} must be a finite number{' or None' if allow_none else ''}, "
+                         f"got {value!r}")
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        raise ValueError(f"{name} must be in [{minimum}, {maximum}], got {value!r}")
+    return float(value)
+
+
+def check_tensor(name: str, x, floating: bool = True) -> None:
+    """Raise ``TypeError`` unless ``x`` is a ``torch.Tensor`` (a floating one if
+    ``floating``)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__module__}."
+                        f"{type(x).__qualname__}; convert it with torch.as_tensor(...)")
+    if floating and not (x.is_floating_point() or x.is_complex()):
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}; "
+                        "convert it with .float()")
+
+
+def check_dtype(name: str, x: torch.Tensor, weight: torch.Tensor) -> None:
+    """Raise like ``nn.Conv2d`` when ``x`` and the layer's ``weight`` differ in dtype, except
+    under autocast (which, as for ``nn.Conv2d``, decides the compute dtype)."""
+    if x.dtype == weight.dtype:
+        return
+    device_type = x.device.type
+    try:
+        autocast = torch.is_autocast_enabled(device_type)
+    except (TypeError, RuntimeError):  # device types without autocast
+        autocast = False
+    if not autocast:
+        raise TypeError(f"{name} has dtype {x.dtype} but the layer's weights are "
+                        f"{weight.dtype}; convert one of them (x.to({weight.dtype}) or "
+                        f"layer.to({x.dtype})), or run under torch.autocast")
+
+
+def check_index(name: str, index, size: int, dim_name: str) -> None:
+    """Raise unless ``index`` is an integer tensor with values in ``[0, size)`` (the range is
+    checked on CPU tensors; on a GPU it would wait for the device)."""
+    if not isinstance(index, torch.Tensor):
+        raise TypeError(f"{name} must be an integer torch.Tensor, got {type(index).__name__}")
+    if index.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+        raise TypeError(f"{name} must be an integer tensor (torch.long), got {index.dtype}")
+    if index.device.type == "cpu" and index.numel():
+        lo, hi = int(index.min()), int(index.max())
+        if lo < 0 or hi >= size:
+            raise ValueError(f"{name} must hold indices in [0, {size}) ({dim_name}={size}), "
+                             f"got values in [{lo}, {hi}]")
+
+
+def check_device(name: str, device) -> torch.device | None:
+    """``device`` as a ``torch.device`` (``None`` stays None), or a ValueError saying what is
+    allowed: 'cpu', 'cuda', 'cuda:N' (with such a GPU present) or 'mps' (where available)."""
+    if device is None:
+        return None
+    if not isinstance(device, (str, int, torch.device)) or isinstance(device, bool):
+        raise ValueError(f"{name} must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"{name} must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{name}={device!r} but no CUDA GPU is available here; use 'cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"{name}={device!r} but this machine has "
+                             f"{torch.cuda.device_count()} CUDA GPU(s)")
+    elif dev.type == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise ValueError(f"{name}={device!r} but MPS is not available here; use 'cpu'")
+    elif dev.type != "cpu":
+        raise ValueError(f"{name} must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    return dev

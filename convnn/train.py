@@ -57,7 +57,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._checks import check_choice, check_int, check_known
+from ._checks import check_choice, check_device, check_int, check_known
 from ._io import (
     CHECKSUM_SUFFIX,
     CheckpointError,
@@ -317,6 +317,7 @@ class _Dist:
 
 
 def _resolve_device(device) -> torch.device:
+    device = check_device("device", device)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
@@ -927,6 +928,7 @@ def train(
     if not isinstance(out_dir, (str, os.PathLike)) or not str(os.fspath(out_dir)).strip():
         raise ValueError(f"out_dir must be a folder path, got {out_dir!r}")
     out = Path(out_dir)
+    check_device("device", device)
 
     ctx, device = _init_distributed(device)
     try:
