@@ -5,6 +5,7 @@ is allowed."""
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -163,3 +164,9 @@ def check_device(name: str, device) -> torch.device | None:
     elif dev.type != "cpu":
         raise ValueError(f"{name} must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
     return dev
+
+
+def check_path(name: str, value) -> None:
+    """Raise unless ``value`` is a non-empty path (``""`` would mean the current folder)."""
+    if not isinstance(value, (str, os.PathLike)) or not str(os.fspath(value)).strip():
+        raise ValueError(f"{name} must be a folder path, got {value!r}")

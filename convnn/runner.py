@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ._checks import check_device, check_int
+from ._checks import check_device, check_int, check_path
 from .data import (
     DatasetNotFoundError,
     ImageDataset,
@@ -139,6 +139,8 @@ def run_preset(name: str, *, epochs: int | None = None, smoke: bool | None = Non
     """
     preset = get_preset(name)
     _check_workers(workers, preset.dataset)
+    if out_dir is not None:
+        check_path("out_dir", out_dir)
     smoke = smoke_mode() if smoke is None else smoke
     dev = check_device("device", device) if device is not None else (
         torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))

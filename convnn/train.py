@@ -57,7 +57,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._checks import check_choice, check_device, check_int, check_known
+from ._checks import check_choice, check_device, check_int, check_known, check_path
 from ._io import (
     CHECKSUM_SUFFIX,
     CheckpointError,
@@ -925,8 +925,7 @@ def train(
             raise ValueError(f"extra must be JSON-serialisable: {err}") from None
     if callback is not None and not callable(callback):
         raise ValueError(f"callback must be callable, got {callback!r}")
-    if not isinstance(out_dir, (str, os.PathLike)) or not str(os.fspath(out_dir)).strip():
-        raise ValueError(f"out_dir must be a folder path, got {out_dir!r}")
+    check_path("out_dir", out_dir)
     out = Path(out_dir)
     check_device("device", device)
 

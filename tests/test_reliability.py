@@ -318,3 +318,212 @@ def test_json_is_strict(tmp_path):
     (tmp_path / "d.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match="d.json must hold a JSON object"):
         read_json(tmp_path / "d.json")
+
+
+# --------------------------------------------------------------------------- 13. the CLI
+
+PRESET = "vgg11-c10-conv2d"
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    """A finished 1-epoch smoke run of PRESET (synthetic data), written by the CLI."""
+    from convnn.__main__ import main as cli
+
+    root = tmp_path_factory.mktemp("cli")
+    env = {"CONVNN_CACHE_DIR": str(root / "cache")}
+    old = {k: os.environ.get(k) for k in (*env, "CONVNN_DATA_DIR")}
+    os.environ.update(env)
+    os.environ.pop("CONVNN_DATA_DIR", None)
+    try:
+        assert cli(["train", "--preset", PRESET, "--smoke", "--epochs", "1", "--out",
+                    str(root / "base"), "--no-download", "--device", "cpu"]) == 0
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return root / "base"
+
+
+def _damage(kind):
+    """Functions that damage a copy of the run folder; each returns the extra CLI args."""
+    def checkpoint_bytes(content, sidecar=True):
+        def f(run):
+            (run / "checkpoint.pt").write_bytes(content(run))
+            if not sidecar:
+                (run / "checkpoint.pt.sha256").unlink()
+        return f
+    return {
+        "empty checkpoint": checkpoint_bytes(lambda run: b""),
+        "truncated checkpoint": checkpoint_bytes(
+            lambda run: (run / "checkpoint.pt").read_bytes()[:5000]),
+        "truncated checkpoint, no checksum": checkpoint_bytes(
+            lambda run: (run / "checkpoint.pt").read_bytes()[:5000], sidecar=False),
+        "random checkpoint, no checksum": checkpoint_bytes(
+            lambda run: os.urandom(4096), sidecar=False),
+        "config.json a list": lambda run: (run / "config.json").write_text("[1, 2]"),
+        "config.json not JSON": lambda run: (run / "config.json").write_text("{oops"),
+        "config.json empty": lambda run: (run / "config.json").write_text(""),
+        "metrics.jsonl deleted": lambda run: (run / "metrics.jsonl").unlink(),
+        "checkpoint.pt deleted": lambda run: (run / "checkpoint.pt").unlink(),
+        "run folder missing": lambda run: __import__("shutil").rmtree(run),
+    }[kind]
+
+
+CLI_SCENARIOS = [
+    # (name, damage or None, command (RUN = the damaged copy), fragment of the error)
+    ("empty checkpoint", "empty checkpoint", ["eval", "--run", "RUN"], "checkpoint.pt is empty"),
+    ("truncated checkpoint", "truncated checkpoint", ["eval", "--run", "RUN"],
+     "does not match its SHA-256"),
+    ("truncated checkpoint, resume", "truncated checkpoint, no checksum", ["RESUME"],
+     "checkpoint.pt is not a readable checkpoint"),
+    ("random checkpoint", "random checkpoint, no checksum", ["eval", "--run", "RUN"],
+     "checkpoint.pt is not a readable checkpoint"),
+    ("config.json a list", "config.json a list", ["eval", "--run", "RUN"],
+     "config.json must hold a JSON object, got list"),
+    ("config.json a list, resume", "config.json a list", ["RESUME"],
+     "config.json must hold a JSON object"),
+    ("config.json not JSON", "config.json not JSON", ["eval", "--run", "RUN"],
+     "config.json is not valid JSON"),
+    ("config.json empty, resume", "config.json empty", ["RESUME"],
+     "config.json is not valid JSON"),
+    ("metrics.jsonl deleted, resume", "metrics.jsonl deleted", ["RESUME"],
+     "metrics.jsonl is missing"),
+    ("checkpoint.pt deleted, resume", "checkpoint.pt deleted", ["RESUME"],
+     "checkpoint.pt is missing"),
+    ("checkpoint.pt deleted, eval", "checkpoint.pt deleted", ["eval", "--run", "RUN"],
+     "checkpoint.pt does not exist"),
+    ("no run folder, eval", "run folder missing", ["eval", "--run", "RUN"], "does not exist"),
+    ("run exists, no --resume", None, ["TRAIN"], "already holds a run"),
+    ("--device tpu", None, ["TRAIN", "--device", "tpu"], "device must be 'cpu', 'cuda'"),
+    ("--device tpu, eval", None, ["eval", "--run", "RUN", "--device", "tpu"],
+     "device must be"),
+    ("--out under a file", None, ["TRAIN", "--out", "RUN/config.json/sub"],
+     "cannot use"),
+    ("--out a file", None, ["TRAIN", "--out", "RUN/config.json"], "cannot use"),
+    ("--out empty", None, ["TRAIN", "--out", ""], "out_dir must be a folder path"),
+    ("--epochs 0", None, ["TRAIN", "--out", "RUN/new", "--epochs", "0"], "epochs must be >= 1"),
+    ("--batch-size -1", None, ["TRAIN", "--out", "RUN/new", "--batch-size", "-1"],
+     "batch_size must be >= 1"),
+    ("--workers on CIFAR", None, ["TRAIN", "--out", "RUN/new", "--workers", "2"],
+     "applies to ImageNet presets only"),
+    ("unknown preset", None, ["train", "--preset", "VGG11-C10-CONV", "--smoke"],
+     "'vgg11-c10-conv2d'"),
+    ("synthetic run, eval", None, ["eval", "--run", "RUN"], "trained on synthetic data"),
+    ("presets --table 99", None, ["presets", "--table", "99"], "the tables are 6.1, 6.2"),
+    ("presets no match", None, ["presets", "vgg11-c10-conv2"], "did you mean vgg11-c10-conv2d"),
+]
+if not torch.cuda.is_available():
+    CLI_SCENARIOS.append(("--device cuda without a GPU", None, ["TRAIN", "--device", "cuda"],
+                          "no CUDA GPU is available"))
+
+
+@pytest.mark.parametrize(("damage", "command", "fragment"),
+                         [s[1:] for s in CLI_SCENARIOS], ids=[s[0] for s in CLI_SCENARIOS])
+def test_cli_user_errors_are_one_line_with_exit_2(cli_run, tmp_path, capsys, monkeypatch,
+                                                  damage, command, fragment):
+    import shutil
+
+    from convnn.__main__ import main as cli
+
+    monkeypatch.setenv("CONVNN_CACHE_DIR", str(cli_run.parent / "cache"))
+    monkeypatch.delenv("CONVNN_DATA_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)  # where an empty --out would write
+    run_dir = tmp_path / "run"
+    shutil.copytree(cli_run, run_dir)
+    if damage:
+        _damage(damage)(run_dir)
+    before = snapshot(run_dir) if run_dir.exists() else None
+    train_args = ["train", "--preset", PRESET, "--smoke", "--no-download", "--device", "cpu"]
+    args = []
+    for a in command:
+        if a == "TRAIN":
+            args += [*train_args, "--epochs", "2", "--out", str(run_dir)]
+        elif a == "RESUME":
+            args += [*train_args, "--epochs", "2", "--out", str(run_dir), "--resume"]
+        else:
+            args.append(a.replace("RUN", str(run_dir)))
+    capsys.readouterr()
+    assert cli(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert fragment in err, err
+    if before is not None:
+        assert snapshot(run_dir) == before  # nothing changed, nothing lost
+
+
+def test_cli_state_dict_mismatch_is_a_clear_error(tmp_path, ds):
+    from convnn.train import evaluate_run
+
+    run(tmp_path / "r", ds)
+    def wide():
+        return nn.Sequential(ConvNN2d(3, 8, k=3, sampling="random", candidates=3), nn.ReLU(),
+                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+
+    with pytest.raises(RunFolderError, match="checkpoint.pt do not fit the model.*size mism"):
+        evaluate_run(tmp_path / "r", wide, ds, device="cpu")
+
+
+def test_cli_prints_a_traceback_only_with_debug(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text('{"train": {}}')
+    (tmp_path / "run" / "checkpoint.pt").write_bytes(b"")
+    command = [sys.executable, "-m", "convnn", "eval", "--run", str(tmp_path / "run")]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    plain = subprocess.run(command, capture_output=True, text=True, cwd=root)
+    assert plain.returncode == 2 and "Traceback" not in plain.stderr
+    assert plain.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'run' / 'checkpoint.pt'} is empty; restore it or start the run "
+        "again"]
+    debug = subprocess.run([*command, "--debug"], capture_output=True, text=True, cwd=root)
+    assert debug.returncode == 1 and "Traceback" in debug.stderr
+
+
+def test_cli_rejects_abbreviated_flags(capsys):
+    from convnn.__main__ import main as cli
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli(["train", "--preset", PRESET, "--smo"])
+    assert exit_info.value.code == 2
+    assert "unrecognized arguments: --smo" in capsys.readouterr().err
+
+
+def test_damaged_decoded_cache_is_rebuilt_with_a_note(tmp_path, monkeypatch, capsys):
+    import numpy as np
+
+    from convnn import data
+
+    calls = []
+    monkeypatch.setattr(data, "_read_tree", lambda path: [])
+    monkeypatch.setattr(data, "_decode_items",
+                        lambda items, path, name, progress: calls.append(1) or
+                        {"train_x": np.arange(6, dtype=np.uint8)})
+    (tmp_path / "tree").mkdir()
+    first = data._load_decoded("cifar10", "tree", tmp_path / "tree", tmp_path / "cache", False)
+    (cache,) = (tmp_path / "cache" / "decoded").iterdir()
+    cache.write_bytes(cache.read_bytes()[:40])  # truncated: a BadZipFile
+    again = data._load_decoded("cifar10", "tree", tmp_path / "tree", tmp_path / "cache", False)
+    assert np.array_equal(first["train_x"], again["train_x"]) and len(calls) == 2
+    assert "is damaged" in capsys.readouterr().err
+    data._load_decoded("cifar10", "tree", tmp_path / "tree", tmp_path / "cache", False)
+    assert len(calls) == 2  # repaired: read from the cache again
+
+
+# --------------------------------------------------------------------------- 14. presets
+
+
+def test_preset_search_matches_whole_words_case_insensitively(capsys):
+    from convnn.__main__ import main as cli
+    from convnn.experiments import get_preset, list_presets
+
+    c10 = [p.name for p in list_presets("c10")]
+    assert c10 and all("-c10-" in n for n in c10) and not any("c100" in n for n in c10)
+    assert [p.name for p in list_presets("vgg11 c10 branching")] == [
+        p.name for p in list_presets("VGG11 C10 Branching")]
+    assert "vgg11-c10-conv2d" in [p.name for p in list_presets("VGG11-C10-CONV2D")]
+    assert get_preset("VGG11-C10-CONV2D").name == "vgg11-c10-conv2d"
+    assert cli(["presets", "c10", "--table", "6.2"]) == 0
+    out = capsys.readouterr().out
+    assert out and "c100" not in out
