@@ -41,8 +41,10 @@ def check_int(name: str, value, minimum: int | None = None, maximum: int | None 
 def check_fraction(name: str, value, low: float = 0.0, high: float = 1.0) -> float:
     """Raise unless ``low <= value <= high``."""
     try:
+        if isinstance(value, (bool, str, bytes)):
+            raise TypeError
         value = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ValueError(f"{name} must be a number in [{low}, {high}], got {value!r}") from None
     if not low <= value <= high:
         raise ValueError(f"{name} must be in [{low}, {high}], got {value}")
@@ -52,7 +54,7 @@ def check_fraction(name: str, value, low: float = 0.0, high: float = 1.0) -> flo
 def check_rank(name: str, x: torch.Tensor, rank: int, layout: str) -> None:
     """Raise unless tensor ``x`` has ``rank`` dimensions (``layout`` like '[B, C, H, W]')."""
     if not isinstance(x, torch.Tensor):
-        raise ValueError(
+        raise TypeError(
             f"{name} must be a torch.Tensor {layout}, got {type(x).__name__}")
     if x.dim() != rank:
         raise ValueError(f"{name} must have shape {layout} ({rank} dims), got shape {tuple(x.shape)}")
@@ -170,3 +172,25 @@ def check_path(name: str, value) -> None:
     """Raise unless ``value`` is a non-empty path (``""`` would mean the current folder)."""
     if not isinstance(value, (str, os.PathLike)) or not str(os.fspath(value)).strip():
         raise ValueError(f"{name} must be a folder path, got {value!r}")
+
+
+def check_layer_input(name: str, x, rank: int, layout: str, weight: torch.Tensor) -> None:
+    """A layer's input: a floating ``torch.Tensor`` of ``rank`` dims with the dtype of the
+    layer's ``weight`` (or under autocast)."""
+    check_tensor(name, x)
+    check_rank(name, x, rank, layout)
+    check_dtype(name, x, weight)
+
+
+def check_layer_options(*, seed=0, bools: dict | None = None, optional_bools: dict | None = None,
+                        floats: dict | None = None) -> None:
+    """Construction-time checks of a layer's flags (``True``/``False``; ``None`` allowed for
+    ``optional_bools``), finite floats and integer ``seed``."""
+    check_int("seed", seed, minimum=0)
+    for name, value in (bools or {}).items():
+        check_bool(name, value)
+    for name, value in (optional_bools or {}).items():
+        if value is not None:
+            check_bool(name, value)
+    for name, value in (floats or {}).items():
+        check_float(name, value)

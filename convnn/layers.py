@@ -15,9 +15,24 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import ops
-from ._checks import check_choice, check_divisible, check_fraction, check_int, check_rank
+from ._checks import (
+    check_choice,
+    check_divisible,
+    check_fraction,
+    check_int,
+    check_layer_input,
+    check_layer_options,
+    check_rank,
+)
 
 EVAL_SAMPLINGS = ("fixed", "resample")
+
+
+def _empty_output(x: Tensor, shape: tuple, layer: nn.Module) -> Tensor:
+    """The output of an empty batch, as ``nn.Conv2d`` gives it: empty, in the graph."""
+    out = x.new_zeros(shape)
+    return out + sum(p.sum() * 0 for p in layer.parameters()) if torch.is_grad_enabled() \
+        else out
 
 
 def _init_aggregation(weight: Tensor, bias: Tensor | None, fan_in: int) -> None:
@@ -167,6 +182,8 @@ class ConvNN2d(_SampledCandidates):
         check_choice("weighting", weighting, ops.WEIGHTINGS)
         check_choice("aggregation", aggregation, ops.AGGREGATIONS)
         check_choice("path", path, ops.PATHS)
+        check_layer_options(seed=seed, bools={"bias": bias}, optional_bools={
+            "self_first": self_first, "sort_neighbours": sort_neighbours})
         _check_sampling(sampling, candidates, eval_sampling)
         if aggregation == "depthwise" and out_channels != in_channels:
             raise ValueError("aggregation='depthwise' needs out_channels == in_channels, got "
@@ -337,14 +354,18 @@ class ConvNN2d(_SampledCandidates):
         return None, sel, values, qpos, self._candidates(height, width, qpos, x.device)
 
     def _check_input(self, x: Tensor) -> None:
-        check_rank("input", x, 4, "[B, C, H, W]")
+        check_layer_input("input", x, 4, "[B, C, H, W]", self.weight)
         if x.shape[1] != self.in_channels:
             raise ValueError(f"input must have {self.in_channels} channels ([B, C, H, W]), "
                              f"got shape {tuple(x.shape)}")
 
     def forward(self, x: Tensor) -> Tensor:
         """``[B, C, H, W] -> [B, O, H, W]``."""
-        batch, _, height, width = x.shape if x.dim() == 4 else (0, 0, 0, 0)
+        self._check_input(x)
+        batch, _, height, width = x.shape
+        if batch == 0:  # as nn.Conv2d: an empty batch gives an empty output
+            self._select(x)  # the same checks of k and the candidates as a full batch
+            return _empty_output(x, (0, self.out_channels, height, width), self)
         static, sel, values, qpos, candidates = self._select(x)
         if static is not None:
             out = ops.convnn(values, values, values, self.k, self.weight, self.bias,
@@ -437,6 +458,8 @@ class ConvNNAttention(_SampledCandidates):
         check_choice("aggregation", aggregation, ops.AGGREGATIONS)
         check_choice("path", path, ops.PATHS)
         check_fraction("attn_dropout", attn_dropout)
+        check_layer_options(seed=seed, bools={"self_first": self_first, "bias": bias},
+                            floats={"coord_scale": coord_scale})
         _check_sampling(sampling, candidates, eval_sampling)
         if sampling != "all" and candidates is not None and k > candidates:
             raise ValueError(f"k={k} must be <= candidates={candidates}")
@@ -493,13 +516,15 @@ class ConvNNAttention(_SampledCandidates):
 
     def forward(self, x: Tensor) -> Tensor:
         """``[B, T, D] -> [B, T, D]``."""
-        check_rank("input", x, 3, "[B, T, D]")
+        check_layer_input("input", x, 3, "[B, T, D]", self.weight)
         batch, tokens, width = x.shape
         if width != self.dim:
             raise ValueError(f"input must have D={self.dim} ([B, T, D]), got shape "
                              f"{tuple(x.shape)}")
         if self.sampling == "all" and self.k > tokens:
             raise ValueError(f"k={self.k} must be <= the number of tokens T={tokens}")
+        if batch == 0:  # as attention: an empty batch gives an empty output
+            return _empty_output(x, (0, tokens, self.dim), self)
         q, key, v = self._split(self.q_proj(x)), self._split(self.k_proj(x)), \
             self._split(self.v_proj(x))
         if self.selection != "features":
