@@ -129,14 +129,18 @@ def check_dtype(name: str, x: torch.Tensor, weight: torch.Tensor) -> None:
                         f"layer.to({x.dtype})), or run under torch.autocast")
 
 
-def check_index(name: str, index, size: int, dim_name: str) -> None:
-    """Raise unless ``index`` is an integer tensor with values in ``[0, size)`` (the range is
-    checked on CPU tensors; on a GPU it would wait for the device)."""
+def check_index(name: str, index, size: int, dim_name: str, dims: tuple[int, ...] = (1,),
+                layout: str = "[m]") -> None:
+    """Raise unless ``index`` is an integer tensor of one of ``dims`` dimensions with values
+    in ``[0, size)`` (the range is checked on CPU tensors outside torch.compile; on a GPU it
+    would wait for the device)."""
     if not isinstance(index, torch.Tensor):
         raise TypeError(f"{name} must be an integer torch.Tensor, got {type(index).__name__}")
     if index.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
         raise TypeError(f"{name} must be an integer tensor (torch.long), got {index.dtype}")
-    if index.device.type == "cpu" and index.numel():
+    if index.dim() not in dims:
+        raise ValueError(f"{name} must have shape {layout}, got shape {tuple(index.shape)}")
+    if index.device.type == "cpu" and index.numel() and not torch.compiler.is_compiling():
         lo, hi = int(index.min()), int(index.max())
         if lo < 0 or hi >= size:
             raise ValueError(f"{name} must hold indices in [0, {size}) ({dim_name}={size}), "
