@@ -22,7 +22,6 @@ from ._checks import (
     check_int,
     check_layer_input,
     check_layer_options,
-    check_rank,
 )
 
 EVAL_SAMPLINGS = ("fixed", "resample")
@@ -588,7 +587,10 @@ class BranchingConv2d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``[B, C, H, W] -> [B, O, H, W]``."""
-        check_rank("input", x, 4, "[B, C, H, W]")
+        check_layer_input("input", x, 4, "[B, C, H, W]", self.mix.weight)
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"input must have {self.in_channels} channels ([B, C, H, W]), "
+                             f"got shape {tuple(x.shape)}")
         parts = [branch(x) for branch in (self.conv, self.convnn) if branch is not None]
         return self.mix(torch.cat(parts, dim=1) if len(parts) > 1 else parts[0])
 
@@ -646,7 +648,7 @@ class HybridTokenMixer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``[B, T, D] -> [B, T, D]``."""
-        check_rank("input", x, 3, "[B, T, D]")
+        check_layer_input("input", x, 3, "[B, T, D]", self.mix.weight)
         if x.shape[-1] != self.dim:
             raise ValueError(f"input must have D={self.dim} ([B, T, D]), got shape "
                              f"{tuple(x.shape)}")

@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from convnn import ConvNN2d
+from convnn import BranchingConv2d, ConvNN2d, ConvNNAttention, HybridTokenMixer, ops
 from convnn._io import (
     CheckpointError,
     atomic_write_json,
@@ -472,12 +472,13 @@ def test_cli_prints_a_traceback_only_with_debug(tmp_path):
     (tmp_path / "run" / "checkpoint.pt").write_bytes(b"")
     command = [sys.executable, "-m", "convnn", "eval", "--run", str(tmp_path / "run")]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    plain = subprocess.run(command, capture_output=True, text=True, cwd=root)
+    plain = subprocess.run(command, capture_output=True, text=True, cwd=root, check=False)
     assert plain.returncode == 2 and "Traceback" not in plain.stderr
+    empty = tmp_path / "run" / "checkpoint.pt"
     assert plain.stderr.strip().splitlines() == [
-        f"error: {tmp_path / 'run' / 'checkpoint.pt'} is empty; restore it or start the run "
-        "again"]
-    debug = subprocess.run([*command, "--debug"], capture_output=True, text=True, cwd=root)
+        f"error: {empty} is empty; restore it or start the run again"]
+    debug = subprocess.run([*command, "--debug"], capture_output=True, text=True, cwd=root,
+                           check=False)
     assert debug.returncode == 1 and "Traceback" in debug.stderr
 
 
@@ -527,3 +528,158 @@ def test_preset_search_matches_whole_words_case_insensitively(capsys):
     assert cli(["presets", "c10", "--table", "6.2"]) == 0
     out = capsys.readouterr().out
     assert out and "c100" not in out
+
+
+# --------------------------------------------------------------------------- 8-11. layers
+
+LAYERS = {
+    "ConvNN2d": (ConvNN2d, {"in_channels": 3, "out_channels": 4, "k": 3}, (2, 3, 6, 6)),
+    "ConvNN2d-random": (ConvNN2d, {"in_channels": 3, "out_channels": 4, "k": 3,
+                                   "sampling": "random", "candidates": 3}, (2, 3, 6, 6)),
+    "ConvNNAttention": (ConvNNAttention, {"dim": 8, "num_heads": 2, "k": 3}, (2, 5, 8)),
+    "BranchingConv2d": (BranchingConv2d, {"in_channels": 3, "out_channels": 4, "k": 3},
+                        (2, 3, 6, 6)),
+    "HybridTokenMixer": (HybridTokenMixer, {"dim": 8, "num_heads": 2, "k": 3}, (2, 5, 8)),
+}
+
+INT_BAD = [0, -1, 2.5, "3", None, True, math.nan, math.inf]
+BOOL_BAD = ["no", "False", 1, 0, 0.0, None]
+OPT_BOOL_BAD = ["no", "yes", 1, 0, 1.0]
+FLOAT_BAD = [math.nan, math.inf, -math.inf, "0.5", True, None]
+FRACTION_BAD = [*FLOAT_BAD, -0.1, 1.5]
+CHOICE_BAD = ["bogus", 1, None, True]
+ARGS = {
+    "ConvNN2d": {"in_channels": INT_BAD, "out_channels": INT_BAD, "k": INT_BAD,
+                 "padding": [-1, 1.5, "1", None, True], "seed": [-1, 1.5, "abc", None, True],
+                 "bias": BOOL_BAD, "self_first": OPT_BOOL_BAD, "sort_neighbours": OPT_BOOL_BAD,
+                 "mix": FRACTION_BAD, "selection": CHOICE_BAD, "similarity": ["bogus", 1, True],
+                 "sampling": CHOICE_BAD, "weighting": CHOICE_BAD, "aggregation": CHOICE_BAD,
+                 "path": CHOICE_BAD, "eval_sampling": CHOICE_BAD,
+                 "candidate_layout": CHOICE_BAD},
+    "ConvNN2d-random": {"candidates": [0, -1, 2.5, "3", None, True]},
+    "ConvNNAttention": {"dim": INT_BAD, "num_heads": [*INT_BAD, 3], "k": INT_BAD,
+                        "seed": [-1, 1.5, "abc", None, True], "bias": BOOL_BAD,
+                        "self_first": BOOL_BAD, "coord_scale": FLOAT_BAD,
+                        "attn_dropout": FRACTION_BAD, "selection": CHOICE_BAD,
+                        "weighting": CHOICE_BAD, "aggregation": CHOICE_BAD, "path": CHOICE_BAD},
+    "BranchingConv2d": {"in_channels": INT_BAD, "out_channels": INT_BAD, "ratio": FRACTION_BAD,
+                        "kernel_size": INT_BAD, "conv_bias": BOOL_BAD, "bias": BOOL_BAD,
+                        "seed": ["abc", -1], "mix": FRACTION_BAD},
+    "HybridTokenMixer": {"dim": INT_BAD, "ratio": [*FRACTION_BAD, 0.0, 1.0],
+                         "partner": CHOICE_BAD, "attn_dropout": FRACTION_BAD,
+                         "coord_scale": FLOAT_BAD, "self_first": BOOL_BAD},
+}
+CONSTRUCTOR_CASES = [(layer, arg, value) for layer, args in ARGS.items()
+                     for arg, values in args.items() for value in values]
+
+
+def _names_it(err: BaseException, arg: str) -> bool:
+    return arg in str(err)
+
+
+@pytest.mark.parametrize(("layer", "arg", "value"), CONSTRUCTOR_CASES,
+                         ids=[f"{lay}-{a}-{v!r}" for lay, a, v in CONSTRUCTOR_CASES])
+def test_fuzz_constructors_reject_bad_values_naming_the_argument(layer, arg, value):
+    cls, kwargs, _ = LAYERS[layer]
+    with pytest.raises((ValueError, TypeError)) as info:
+        cls(**(kwargs | {arg: value}))
+    assert _names_it(info.value, arg), str(info.value)
+
+
+def _bad_inputs(shape):
+    good = torch.randn(*shape)
+    return {
+        "numpy array": good.numpy(),
+        "list": good.tolist(),
+        "None": None,
+        "int tensor": torch.ones(*shape, dtype=torch.long),
+        "bool tensor": torch.ones(*shape, dtype=torch.bool),
+        "float64 tensor": good.double(),
+        "float16 tensor": good.half(),
+        "one dim fewer": good[0],
+        "one dim more": good[None],
+        "wrong width": torch.randn(*shape[:-1], shape[-1] + 1) if len(shape) == 3
+        else torch.randn(shape[0], shape[1] + 1, *shape[2:]),
+    }
+
+
+FORWARD_CASES = [(layer, bad) for layer in LAYERS for bad in _bad_inputs((2, 3, 6, 6))]
+
+
+@pytest.mark.parametrize(("layer", "bad"), FORWARD_CASES,
+                         ids=[f"{lay}-{b}" for lay, b in FORWARD_CASES])
+def test_fuzz_forward_rejects_bad_inputs_naming_the_input(layer, bad):
+    cls, kwargs, shape = LAYERS[layer]
+    x = _bad_inputs(shape)[bad]
+    with pytest.raises((ValueError, TypeError)) as info:
+        cls(**kwargs)(x)
+    assert "input" in str(info.value) or "x " in str(info.value), str(info.value)
+    if bad in ("numpy array", "list"):
+        assert isinstance(info.value, TypeError) and "torch.Tensor" in str(info.value)
+    if bad in ("int tensor", "bool tensor"):
+        assert "floating" in str(info.value)
+    if bad.startswith("float"):
+        assert "dtype" in str(info.value)
+
+
+@pytest.mark.parametrize("layer", list(LAYERS))
+def test_empty_batch_gives_an_empty_output(layer):
+    cls, kwargs, shape = LAYERS[layer]
+    module = cls(**kwargs)
+    full = module(torch.randn(*shape))
+    out = module(torch.randn(0, *shape[1:]))
+    assert out.shape == (0, *full.shape[1:])
+    out.sum().backward()  # in the graph, as nn.Conv2d's empty output
+
+
+def test_empty_batch_through_a_model():
+    from convnn.experiments import get_preset, reduced
+    from convnn.models import build_model
+
+    for name in ("vgg11-c10-branching-r0.5", "vit-tiny-c10-convnn-random-r32-k9"):
+        net = build_model(reduced(get_preset(name))[0]).eval()
+        assert net(torch.randn(0, 3, 32, 32)).shape == (0, 10)
+
+
+def test_string_flags_and_nan_scale_are_not_taken_as_values():
+    for kwargs in ({"self_first": "no"}, {"bias": "no"}, {"sort_neighbours": "no"}):
+        with pytest.raises(TypeError, match=f"{next(iter(kwargs))} must be True or False"):
+            ConvNN2d(3, 4, k=3, **kwargs)
+    with pytest.raises(ValueError, match="coord_scale must be a finite number"):
+        ConvNNAttention(8, 2, k=3, selection="mixed", coord_scale=math.nan)
+    with pytest.raises(ValueError, match="seed must be an integer"):
+        ConvNN2d(3, 4, k=3, sampling="random", candidates=3, seed="abc")
+
+
+def test_autocast_keeps_running_mixed_dtypes():
+    layer = ConvNN2d(3, 4, k=3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer(torch.randn(2, 3, 6, 6).bfloat16()).shape == (2, 4, 6, 6)
+
+
+@pytest.mark.parametrize(("call", "arg"), [
+    (lambda v, i: ops.gather_neighbours(v, i), "indices"),
+    (lambda v, i: ops.gather_aggregate(v, i, None, torch.ones(4, 4, 2)), "indices"),
+    (lambda v, i: ops.aggregate_reference(v, i, None, torch.ones(4, 4, 2)), "indices"),
+])
+@pytest.mark.parametrize("bad", ["out of range", "negative", "float", "wrong rank",
+                                 "wrong batch", "list"])
+def test_ops_check_index_arguments(call, arg, bad):
+    values = torch.randn(2, 5, 4)
+    index = {"out of range": torch.tensor([[0, 5], [1, 2]]),
+             "negative": torch.tensor([[0, -1], [1, 2]]),
+             "float": torch.zeros(3, 2),
+             "wrong rank": torch.zeros(2, dtype=torch.long),
+             "wrong batch": torch.zeros(3, 3, 2, dtype=torch.long),
+             "list": [[0, 1]]}[bad]
+    with pytest.raises((ValueError, TypeError), match=arg):
+        call(values, index)
+
+
+@pytest.mark.parametrize("name", ["query_positions", "candidates"])
+def test_ops_select_checks_positions(name):
+    q = torch.randn(1, 4, 3)
+    bad = {"query_positions": torch.tensor([0, 1, 2, 9]), "candidates": torch.tensor([0, 7])}
+    kwargs = {name: bad[name]} | ({"self_first": True} if name == "candidates" else {})
+    with pytest.raises(ValueError, match=f"{name} must hold indices in \\[0, 4\\)"):
+        ops.select_neighbours(q, q, 2, "dot", **kwargs)
