@@ -9,6 +9,10 @@ Commands:
     bench    speed and memory ratios of the layers (``--train`` adds training throughput)
 
 Multi-GPU: ``torchrun --nproc_per_node 4 -m convnn train --preset NAME``.
+
+A user error (a bad argument, a missing or damaged file, a locked or mismatched run folder)
+prints one line, ``error: ...``, and exits with 2; a diverged training run exits with 1.
+``--debug`` shows the traceback of any error.
 """
 
 from __future__ import annotations
@@ -26,10 +30,21 @@ def _demo(args: argparse.Namespace) -> int:
 def _presets(args: argparse.Namespace) -> int:
     import json
 
-    from .experiments import list_presets
+    from .experiments import PRESETS, close_preset_names, list_presets
 
-    presets = list_presets(" ".join(args.filter))
+    pattern = " ".join(args.filter)
+    presets = list_presets(pattern)
+    if args.filter and not presets:
+        close = close_preset_names(pattern)
+        hint = f"; did you mean {', '.join(close)}?" if close else (
+            "; words match whole parts of a name, e.g. vgg11 c10 branching")
+        raise ValueError(f"no preset matches {pattern!r}{hint}")
     if args.table:
+        tables = sorted({r["table"] for p in PRESETS.values() for r in p.paper_rows()},
+                        key=lambda t: [int(x) for x in t.split(".")])
+        if args.table not in tables:
+            raise ValueError(f"--table {args.table}: no such table; the tables are "
+                             f"{', '.join(tables)}")
         presets = [p for p in presets if any(r["table"] == args.table for r in p.paper_rows())]
     if args.json:
         print(json.dumps([p.to_dict() for p in presets], indent=1))
@@ -106,20 +121,25 @@ def _bench(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m convnn", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
+    common = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    common.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+    shared = {"parents": [common], "allow_abbrev": False}
 
-    demo = sub.add_parser("demo", help="print the special cases holding numerically")
+    demo = sub.add_parser("demo", **shared, help="print the special cases holding numerically")
     demo.set_defaults(func=_demo)
 
-    presets = sub.add_parser("presets", help="list the presets")
+    presets = sub.add_parser("presets", **shared, help="list the presets")
     presets.add_argument("filter", nargs="*", help="words the name must contain, e.g. vit c100")
     presets.add_argument("--table", help="only presets reproducing a row of this table, e.g. 6.8")
     presets.add_argument("-v", "--verbose", action="store_true", help="show the paper's numbers")
     presets.add_argument("--json", action="store_true", help="print the full presets as JSON")
     presets.set_defaults(func=_presets)
 
-    tr = sub.add_parser("train", help="train a preset")
+    tr = sub.add_parser("train", **shared, help="train a preset")
     tr.add_argument("--preset", required=True, help="a name from `python -m convnn presets`")
     tr.add_argument("--epochs", type=int, help="override the number of epochs")
     tr.add_argument("--smoke", action="store_true",
@@ -143,17 +163,17 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "8 per GPU process)")
     tr.set_defaults(func=_train)
 
-    ev = sub.add_parser("eval", help="evaluate a run folder")
+    ev = sub.add_parser("eval", **shared, help="evaluate a run folder")
     ev.add_argument("--run", required=True, help="a run folder written by `train`")
     ev.add_argument("--data-dir", help="where the dataset is (as for train)")
     ev.add_argument("--device", help="cpu or cuda")
     ev.add_argument("--workers", type=int, help="image-decoding processes (ImageNet runs)")
     ev.set_defaults(func=_eval)
 
-    book = sub.add_parser("book", help="build the book and print the path of index.html")
+    book = sub.add_parser("book", **shared, help="build the book and print the path of index.html")
     book.set_defaults(func=_book)
 
-    bench = sub.add_parser("bench", help="speed/memory ratios of the layers")
+    bench = sub.add_parser("bench", **shared, help="speed/memory ratios of the layers")
     bench.add_argument("--quick", action="store_true",
                        help="small batches (always the case on CPU)")
     bench.add_argument("--train", action="store_true",
@@ -165,20 +185,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text or type(err).__name__
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that are the user's to fix (bad arguments, files, folders, data)."""
+    from ._io import FolderLockedError
+    from .data import DatasetNotFoundError
+
+    return (ValueError, OSError, DatasetNotFoundError, FolderLockedError)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "debug", False):
+        return args.func(args)
+    from .train import DivergedError
+
     try:
         return args.func(args)
     except BrokenPipeError:  # e.g. `python -m convnn presets | head`
         sys.stderr.close()
         return 0
-    except (ValueError, FileExistsError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except RuntimeError as err:
-        if type(err).__name__ != "DatasetNotFoundError":
-            raise
-        print(f"error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except DivergedError as err:
+        print(f"error: {_one_line(err)}", file=sys.stderr)
+        return 1
+    except _user_errors() as err:
+        print(f"error: {_one_line(err)}", file=sys.stderr)
         return 2
 
 

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from . import kernels, ops
+from ._checks import check_device
 from ._io import atomic_write_json, git_commit
 from .attention import MultiHeadSelfAttention
 from .layers import ConvNN2d, ConvNNAttention
@@ -173,7 +174,7 @@ def layer_benchmarks(device: torch.device | str | None = None, quick: bool = Tru
     against SDPA attention; ConvNN2d on a 32×32 map with 64 channels, k = 9, against a 3×3
     ``nn.Conv2d``. ``quick`` (or a CPU) uses small batches.
     """
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = check_device("device", device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = dtype or torch.float32
     on_cpu = device.type == "cpu"
     batch_attn = 8 if (quick or on_cpu) else 128
@@ -244,7 +245,7 @@ def environment(device: torch.device) -> dict:
 def run(quick: bool = True, train: bool = False, json_path: str | None = None,
         device: str | None = None, dtype: str = "float32") -> dict:
     """Run the benchmarks, print the tables, optionally write JSON. Returns the report."""
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = check_device("device", device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16,
                    "float16": torch.float16}[dtype]
     report: dict = {"environment": environment(dev), "dtype": dtype, "quick": quick}

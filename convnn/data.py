@@ -29,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
@@ -38,6 +39,7 @@ import re
 import sys
 import tarfile
 import warnings
+import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -397,8 +399,14 @@ def _load_decoded(
     """Decode an image-folder tree or tarball, through the uint8 ``.npz`` cache."""
     cache_file = cache_dir / "decoded" / f"{name}-{kind}-{path.name}-{_cache_key(kind, path)}.npz"
     if cache_file.is_file():
-        with np.load(cache_file, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+        try:
+            with np.load(cache_file, allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
+            print(f"convnn.data: note: the decoded cache {cache_file} is damaged "
+                  f"({type(err).__name__}: {err}); decoding {path} again", file=sys.stderr)
+            with contextlib.suppress(OSError):
+                cache_file.unlink()
     items = _read_tree(path) if kind == "tree" else _read_tarball(path, name)
     arrays = _decode_items(items, path, name, progress)
     try:

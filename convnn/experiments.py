@@ -415,19 +415,36 @@ def paper_records() -> tuple[dict, ...]:
         return tuple(json.load(f)["records"])
 
 
+def _has_words(name: str, word: str) -> bool:
+    """Whether the ``-``-separated parts of ``word`` are whole consecutive parts of ``name``
+    (case-insensitive): ``c10`` matches ``vgg11-c10-...`` but not ``vgg11-c100-...``."""
+    parts, want = name.lower().split("-"), word.lower().strip("-").split("-")
+    return any(parts[i:i + len(want)] == want for i in range(len(parts) - len(want) + 1))
+
+
 def list_presets(pattern: str | None = None) -> list[Preset]:
-    """Presets whose name contains every ``-``-free word of ``pattern`` (all if None)."""
+    """Presets whose name has every word of ``pattern`` as whole ``-``-separated parts,
+    case-insensitively (all if None): ``"vgg11 c10"`` lists the VGG-11 CIFAR-10 presets."""
     words = (pattern or "").split()
-    return [p for name, p in PRESETS.items() if all(w in name for w in words)]
+    return [p for name, p in PRESETS.items() if all(_has_words(name, w) for w in words)]
+
+
+def close_preset_names(pattern: str, n: int = 5) -> list[str]:
+    """Preset names close to ``pattern`` (for a search that found nothing)."""
+    import difflib
+
+    query = "-".join(pattern.lower().split())
+    return difflib.get_close_matches(query, PRESETS, n=n, cutoff=0.6)
 
 
 def get_preset(name: str) -> Preset:
-    """The preset called ``name``; a ValueError with close matches otherwise."""
-    if name in PRESETS:
-        return PRESETS[name]
-    import difflib
-
-    close = difflib.get_close_matches(name, PRESETS, n=5, cutoff=0.6)
+    """The preset called ``name`` (case-insensitive); a ValueError with close matches
+    otherwise."""
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a preset name (str), got {type(name).__name__}")
+    if name.lower() in PRESETS:
+        return PRESETS[name.lower()]
+    close = close_preset_names(name)
     hint = f"; did you mean {close}?" if close else "; list them with `python -m convnn presets`"
     raise ValueError(f"unknown preset {name!r}{hint}")
 

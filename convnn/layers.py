@@ -15,7 +15,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import ops
-from ._checks import check_choice, check_divisible, check_fraction, check_int, check_rank
+from ._checks import (
+    check_choice,
+    check_divisible,
+    check_fraction,
+    check_int,
+    check_layer_input,
+    check_layer_options,
+)
 
 EVAL_SAMPLINGS = ("fixed", "resample")
 RANDOM_REGIONS = ("image", "padded")
@@ -29,6 +36,13 @@ PAPER_CONVNN2D_OPTIONS = {"coord_grid": "padded", "random_region": "padded",
 PAPER_ATTENTION_OPTIONS = {"self_score": "constant", "attn_dropout_on": "output",
                            "spatial_rounding": "truncate"}
 """Paper mode of :class:`ConvNNAttention` (method.md §7.1, §7.2, §7.5); masks stay ``-inf``."""
+
+
+def _empty_output(x: Tensor, shape: tuple, layer: nn.Module) -> Tensor:
+    """The output of an empty batch, as ``nn.Conv2d`` gives it: empty, in the graph."""
+    out = x.new_zeros(shape)
+    return out + sum(p.sum() * 0 for p in layer.parameters()) if torch.is_grad_enabled() \
+        else out
 
 
 def _init_aggregation(weight: Tensor, bias: Tensor | None, fan_in: int) -> None:
@@ -213,6 +227,8 @@ class ConvNN2d(_SampledCandidates):
         check_choice("weighting", weighting, ops.WEIGHTINGS)
         check_choice("aggregation", aggregation, ops.AGGREGATIONS)
         check_choice("path", path, ops.PATHS)
+        check_layer_options(seed=seed, bools={"bias": bias}, optional_bools={
+            "self_first": self_first, "sort_neighbours": sort_neighbours})
         _check_sampling(sampling, candidates, eval_sampling)
         if aggregation == "depthwise" and out_channels != in_channels:
             raise ValueError("aggregation='depthwise' needs out_channels == in_channels, got "
@@ -403,14 +419,18 @@ class ConvNN2d(_SampledCandidates):
         return None, sel, values, qpos, self._candidates(height, width, qpos, x.device)
 
     def _check_input(self, x: Tensor) -> None:
-        check_rank("input", x, 4, "[B, C, H, W]")
+        check_layer_input("input", x, 4, "[B, C, H, W]", self.weight)
         if x.shape[1] != self.in_channels:
             raise ValueError(f"input must have {self.in_channels} channels ([B, C, H, W]), "
                              f"got shape {tuple(x.shape)}")
 
     def forward(self, x: Tensor) -> Tensor:
         """``[B, C, H, W] -> [B, O, H, W]``."""
-        batch, _, height, width = x.shape if x.dim() == 4 else (0, 0, 0, 0)
+        self._check_input(x)
+        batch, _, height, width = x.shape
+        if batch == 0:  # as nn.Conv2d: an empty batch gives an empty output
+            self._select(x)  # the same checks of k and the candidates as a full batch
+            return _empty_output(x, (0, self.out_channels, height, width), self)
         static, sel, values, qpos, candidates = self._select(x)
         if static is not None:
             out = ops.convnn(values, values, values, self.k, self.weight, self.bias,
@@ -519,6 +539,8 @@ class ConvNNAttention(_SampledCandidates):
         check_choice("self_score", self_score, ops.SELF_SCORES)
         check_choice("attn_dropout_on", attn_dropout_on, DROPOUT_TARGETS)
         check_choice("spatial_rounding", spatial_rounding, ops.SPATIAL_ROUNDINGS)
+        check_layer_options(seed=seed, bools={"self_first": self_first, "bias": bias},
+                            floats={"coord_scale": coord_scale})
         _check_sampling(sampling, candidates, eval_sampling)
         if sampling != "all" and candidates is not None and k > candidates:
             raise ValueError(f"k={k} must be <= candidates={candidates}")
@@ -603,7 +625,7 @@ class ConvNNAttention(_SampledCandidates):
         return q, key
 
     def _check_input(self, x: Tensor) -> None:
-        check_rank("input", x, 3, "[B, T, D]")
+        check_layer_input("input", x, 3, "[B, T, D]", self.weight)
         if x.shape[-1] != self.dim:
             raise ValueError(f"input must have D={self.dim} ([B, T, D]), got shape "
                              f"{tuple(x.shape)}")
@@ -628,6 +650,8 @@ class ConvNNAttention(_SampledCandidates):
         """``[B, T, D] -> [B, T, D]``."""
         self._check_input(x)
         batch, tokens, _ = x.shape
+        if batch == 0:  # as attention: an empty batch gives an empty output
+            return _empty_output(x, (0, tokens, self.dim), self)
         q, key = self._selection_features(x)
         v = self._split(self.v_proj(x))
         dropout = self.attn_dropout if self.training else 0.0
@@ -691,7 +715,10 @@ class BranchingConv2d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``[B, C, H, W] -> [B, O, H, W]``."""
-        check_rank("input", x, 4, "[B, C, H, W]")
+        check_layer_input("input", x, 4, "[B, C, H, W]", self.mix.weight)
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"input must have {self.in_channels} channels ([B, C, H, W]), "
+                             f"got shape {tuple(x.shape)}")
         parts = [branch(x) for branch in (self.conv, self.convnn) if branch is not None]
         return self.mix(torch.cat(parts, dim=1) if len(parts) > 1 else parts[0])
 
@@ -749,7 +776,7 @@ class HybridTokenMixer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``[B, T, D] -> [B, T, D]``."""
-        check_rank("input", x, 3, "[B, T, D]")
+        check_layer_input("input", x, 3, "[B, T, D]", self.mix.weight)
         if x.shape[-1] != self.dim:
             raise ValueError(f"input must have D={self.dim} ([B, T, D]), got shape "
                              f"{tuple(x.shape)}")

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._checks import check_choice, check_int
+from ._checks import check_choice, check_index, check_int
 
 SIMILARITIES = ("dot", "cosine", "euclidean")
 WEIGHTINGS = ("ones", "softmax", "similarity")
@@ -362,6 +362,9 @@ def weighting_scores(scores: Tensor, similarity: str) -> Tensor:
 # --------------------------------------------------------------------------- selection
 def _check_selection_args(k, num_positions, num_queries, candidates, self_first, query_positions):
     check_int("k", k, minimum=1)
+    for name, index in (("query_positions", query_positions), ("candidates", candidates)):
+        if index is not None:
+            check_index(name, index, num_positions, "N, the number of keys")
     if query_positions is not None and query_positions.shape[0] != num_queries:
         raise ValueError(
             f"query_positions must have one index per query ({num_queries}), "
@@ -599,6 +602,17 @@ def neighbour_weights(scores: Tensor | None, weighting: str) -> Tensor | None:
 
 
 # --------------------------------------------------------------------------- aggregation
+def _check_indices(indices, values) -> None:
+    """Neighbour indices into ``values [B, N, C]``: ``[n, k]`` or ``[B, n, k]`` in ``[0, N)``."""
+    if not isinstance(values, Tensor) or values.dim() != 3:
+        raise ValueError(f"values must be a tensor [B, N, C], got "
+                         f"{tuple(values.shape) if isinstance(values, Tensor) else values!r}")
+    check_index("indices", indices, values.shape[1], "N", dims=(2, 3), layout="[n, k] or [B, n, k]")
+    if indices.dim() == 3 and indices.shape[0] != values.shape[0]:
+        raise ValueError(f"indices [B, n, k] must have B={values.shape[0]} like values, got "
+                         f"shape {tuple(indices.shape)}")
+
+
 def gather_neighbours(values: Tensor, indices: Tensor) -> Tensor:
     """Rows of ``values`` for every selected neighbour, with no k-fold copy of ``values``.
 
@@ -610,6 +624,7 @@ def gather_neighbours(values: Tensor, indices: Tensor) -> Tensor:
         ``[B, n, k, C]``.
     """
     batch, num_positions, channels = values.shape
+    _check_indices(indices, values)
     if indices.dim() == 2:
         return values[:, indices]  # (B, n, k, C)
     _, n, k = indices.shape
@@ -765,6 +780,7 @@ def gather_aggregate(
         ``[B, n, O]``.
     """
     batch, num_positions, channels = values.shape
+    _check_indices(indices, values)
     if indices.dim() == 2:
         indices = indices.unsqueeze(0).expand(batch, -1, -1)
     _, n, k = indices.shape
@@ -811,6 +827,7 @@ def aggregate_reference(
         ``[B, n, O]``.
     """
     batch, num_positions, channels = values.shape
+    _check_indices(indices, values)
     if indices.dim() == 2:
         indices = indices.unsqueeze(0).expand(batch, -1, -1)
     _, n, k = indices.shape

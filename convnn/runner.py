@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ._checks import check_int
+from ._checks import check_device, check_int, check_path
 from .data import (
     DatasetNotFoundError,
     ImageDataset,
@@ -177,17 +177,19 @@ def run_preset(name: str, *, epochs: int | None = None, smoke: bool | None = Non
     """
     preset = get_preset(name)
     _check_workers(workers, preset.dataset)
+    if out_dir is not None:
+        check_path("out_dir", out_dir)
     smoke = smoke_mode() if smoke is None else smoke
-    dev = torch.device(device) if device is not None else (
+    dev = check_device("device", device) if device is not None else (
         torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         if torch.cuda.is_available() else torch.device("cpu"))
     model_cfg, train_cfg = preset_configs(preset, smoke=smoke, epochs=epochs, device=dev,
                                           **train_overrides)
-    out = Path(out_dir) if out_dir is not None else default_run_dir(name, smoke)
+    out = Path(out_dir) if out_dir is not None else default_run_dir(preset.name, smoke)
     if resume:
-        finished = _finished_summary(out, name, smoke, train_cfg)
+        finished = _finished_summary(out, preset.name, smoke, train_cfg)
         if finished is not None:
-            log(f"{name}: the run in {out} has finished all {train_cfg.epochs} epochs; "
+            log(f"{preset.name}: the run in {out} has finished all {train_cfg.epochs} epochs; "
                 "loaded its summary instead of training again")
             return finished
     dataset = load_preset_data(preset, smoke=smoke, data_dir=data_dir, download=download,
@@ -198,7 +200,7 @@ def run_preset(name: str, *, epochs: int | None = None, smoke: bool | None = Non
     if smoke and synthetic and dataset.num_classes != model_cfg.num_classes:
         model_cfg = dataclasses.replace(model_cfg, num_classes=dataset.num_classes)
     subset = smoke and not synthetic
-    extra = {"preset": name, "smoke": smoke, "model": model_cfg.to_dict(),
+    extra = {"preset": preset.name, "smoke": smoke, "model": model_cfg.to_dict(),
              "dataset": {"name": dataset.name, "source": dataset.source,
                          "synthetic": synthetic,
                          "root": str(dataset.root) if isinstance(dataset, ImageNetDataset)
@@ -210,7 +212,7 @@ def run_preset(name: str, *, epochs: int | None = None, smoke: bool | None = Non
                          if subset else None},
              "command": " ".join(sys.argv), "paper_rows": [
                  {k: r.get(k) for k in ("table", "best", "avg5")} for r in preset.paper_rows()]}
-    log(textwrap.fill(f"{name}: {preset.description}", 96, subsequent_indent="    "))
+    log(textwrap.fill(f"{preset.name}: {preset.description}", 96, subsequent_indent="    "))
     log(f"data: {_short_source(dataset.source)}")
     log(f"run folder: {out}")
     return train(lambda: build_model(model_cfg), dataset, train_cfg, out, resume=resume,
@@ -254,13 +256,17 @@ def evaluate_run_dir(run_dir, *, data_dir=None, device=None, workers: int | None
                      ) -> dict:
     """Evaluate a finished or partial run folder on its test split (``workers``: as
     :func:`run_preset`)."""
+    dev = check_device("device", device or ("cuda" if torch.cuda.is_available() else "cpu"))
     config, _ = load_run(run_dir)
     extra = config.get("extra", {})
-    if "model" not in extra:
+    if not isinstance(extra, dict) or not isinstance(extra.get("model"), dict):
         raise ValueError(f"{run_dir} was not written by run_preset (no model config in "
                          "config.json)")
     model_cfg = ModelConfig.from_dict(extra["model"])
     info = extra.get("dataset", {})
+    if not isinstance(info, dict) or not isinstance(info.get("name"), str):
+        raise ValueError(f"{run_dir}/config.json has no dataset name under extra.dataset; "
+                         "it was edited or not written by run_preset")
     _check_workers(workers, info.get("name"))
     if info.get("name") == "synthetic":
         raise ValueError(f"{run_dir} trained on synthetic data; there is no test set to "
@@ -276,7 +282,6 @@ def evaluate_run_dir(run_dir, *, data_dir=None, device=None, workers: int | None
         dataset = load_dataset(info["name"], data_dir=data_dir, download=False,
                                train_per_class=info.get("train_per_class"),
                                test_per_class=info.get("test_per_class"))
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     metrics = evaluate_run(run_dir, lambda: build_model(model_cfg), dataset, device=dev)
     metrics["parameters"] = count_parameters(build_model(model_cfg, device="meta"))
     return metrics

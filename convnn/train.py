@@ -9,7 +9,9 @@ clipping at norm 1.0, no augmentation, seed 42) or any variation of it set in a
         config.json     TrainConfig + dataset + model description + caller's ``extra``
         metrics.jsonl   one JSON line per finished epoch
         checkpoint.pt   model, optimizer, scaler, epoch, RNG states (after every epoch)
+        checkpoint.pt.sha256   the checkpoint's SHA-256, checked when it is loaded
         summary.json    best and last-5-mean test top-1, final metrics, time, parameters
+        .lock           the PID of the process training in the folder, while it runs
 
 Two defects of the paper's public code are avoided on purpose (method.md §6.6, §6.8): the
 seed is set *before* the model is built (so :func:`train` takes a model *factory*), and
@@ -37,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import hashlib
 import json
 import math
 import os
@@ -54,23 +57,33 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._checks import check_choice, check_int, check_known
+from ._checks import check_choice, check_device, check_int, check_known, check_path
 from ._io import (
+    CHECKSUM_SUFFIX,
+    CheckpointError,
+    FolderLockedError,
     append_jsonl_atomic,
-    atomic_torch_save,
     atomic_write_json,
     atomic_write_text,
+    folder_lock,
     git_commit,
+    load_checkpoint,
+    read_json,
     read_jsonl,
+    remove_leftovers,
+    save_checkpoint,
 )
 from .data import ImageDataset
 
 __all__ = [
     "AMP_MODES",
     "OPTIMIZERS",
+    "RESUMABLE_CHANGES",
     "RUN_FILES",
     "SCHEDULES",
     "VOLATILE_FIELDS",
+    "DivergedError",
+    "RunFolderError",
     "TrainConfig",
     "evaluate",
     "evaluate_run",
@@ -87,7 +100,8 @@ SCHEDULES = ("none", "cosine", "step")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 EVAL_SAMPLINGS = ("fixed", "resample")
 #: The files of a run folder.
-RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt", "summary.json")
+RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt", "checkpoint.pt" + CHECKSUM_SUFFIX,
+             "summary.json")
 #: Fields of a metrics record that differ between two runs of the same computation.
 VOLATILE_FIELDS = (
     "epoch_seconds",
@@ -98,7 +112,19 @@ VOLATILE_FIELDS = (
 )
 #: TrainConfig fields that may change when a run is resumed.
 RESUMABLE_CHANGES = ("epochs", "log_every", "compile", "eval_batch_size", "deterministic")
-_CHECKPOINT_FORMAT = 1
+#: Keys of ``extra`` that may change on resume (the command line, the data's location).
+RESUMABLE_EXTRA = ("command", "dataset.root")
+#: 2: adds the run's fingerprint and a digest of the metrics log (format 1 is still read).
+_CHECKPOINT_FORMAT = 2
+
+
+class RunFolderError(ValueError):
+    """A run folder that cannot be used as asked: locked, damaged, or holding another run.
+    Nothing in the folder was changed."""
+
+
+class DivergedError(RuntimeError):
+    """The loss became non-finite; the run stopped and kept its last good checkpoint."""
 
 
 # --------------------------------------------------------------------------- config
@@ -106,8 +132,12 @@ _CHECKPOINT_FORMAT = 1
 
 def _check_number(name: str, value, low: float, high: float = math.inf, open_low=False) -> float:
     """Raise unless ``value`` is a real number in ``[low, high]`` (``(low, high]`` if open)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        raise ValueError(f"{name} must be a number, got {value!r}")
+    try:
+        finite = not isinstance(value, bool) and math.isfinite(value)
+    except (TypeError, OverflowError):
+        finite = False
+    if not finite:
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
     bad = value <= low if open_low else value < low
     if bad or value > high:
         interval = f"{'(' if open_low else '['}{low}, {high}]"
@@ -290,6 +320,7 @@ class _Dist:
 
 
 def _resolve_device(device) -> torch.device:
+    device = check_device("device", device)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
@@ -605,10 +636,41 @@ def load_run(run_dir: str | os.PathLike) -> tuple[dict, dict]:
     for name in ("config.json", "checkpoint.pt"):
         if not (run_dir / name).is_file():
             raise FileNotFoundError(f"{run_dir / name} does not exist: not a (started) run folder")
-    with open(run_dir / "config.json", encoding="utf-8") as f:
-        config = json.load(f)
-    checkpoint = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
-    return config, checkpoint
+    config = read_json(run_dir / "config.json")
+    if not isinstance(config.get("train"), dict):
+        raise RunFolderError(f"{run_dir / 'config.json'} has no \"train\" settings; it was not "
+                             "written by convnn.train")
+    return config, _load_training_checkpoint(run_dir / "checkpoint.pt")
+
+
+_CHECKPOINT_KEYS = {"epoch": int, "model": dict, "optimizer": dict, "rng": list, "config": dict}
+
+
+def _load_training_checkpoint(path: Path) -> dict:
+    """Load and verify a checkpoint written by :func:`train` (checksum, keys, types)."""
+    checkpoint = load_checkpoint(path)
+    for key, kind in _CHECKPOINT_KEYS.items():
+        if not isinstance(checkpoint.get(key), kind) or isinstance(checkpoint.get(key), bool):
+            raise CheckpointError(f"{path} is not a convnn training checkpoint ({key!r} is "
+                                  "missing or has the wrong type)")
+    if checkpoint["epoch"] < 1:
+        raise CheckpointError(f"{path} has epoch {checkpoint['epoch']}; it must be >= 1")
+    sidecar = path.with_name(path.name + CHECKSUM_SUFFIX)
+    if checkpoint.get("format", 1) >= 2 and not sidecar.is_file():
+        raise CheckpointError(f"{sidecar} is missing, so {path} cannot be verified; restore "
+                              "it or start the run again")
+    return checkpoint
+
+
+def _load_weights(model: nn.Module, state: dict, path: Path) -> None:
+    """``model.load_state_dict(state)``, with a one-line error naming the checkpoint."""
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, KeyError, TypeError) as err:
+        detail = [ln.strip() for ln in str(err).splitlines()[1:] if ln.strip()]
+        raise RunFolderError(
+            f"the weights in {path} do not fit the model ({detail[0] if detail else err}); "
+            "the run folder belongs to another model configuration") from None
 
 
 def _build(model_factory) -> tuple[nn.Module, bool]:
@@ -651,7 +713,7 @@ def evaluate_run(
     tc = TrainConfig.from_dict(config["train"])
     device = _resolve_device(device)
     model, _ = _build(model_factory)
-    model.load_state_dict(checkpoint["model"])
+    _load_weights(model, checkpoint["model"], Path(run_dir) / "checkpoint.pt")
     model.to(device)
     set_eval_sampling(model, tc.eval_sampling)
     _check_dataset(dataset, tc)
@@ -693,19 +755,139 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).astimezone().isoformat(timespec="seconds")
 
 
-def _check_resumable(saved: dict, config: TrainConfig, path: Path) -> None:
-    now = config.to_dict()
-    changed = {
-        k: (saved.get(k), now[k])
-        for k in now
-        if saved.get(k) != now[k] and k not in RESUMABLE_CHANGES
-    }
+def _without(d: dict, dotted: tuple[str, ...]) -> dict:
+    """A copy of nested dict ``d`` without the ``a.b`` keys in ``dotted``."""
+    out = {}
+    for k, v in d.items():
+        if k in dotted:
+            continue
+        inner = tuple(x[len(k) + 1:] for x in dotted if x.startswith(f"{k}."))
+        out[k] = _without(v, inner) if isinstance(v, dict) and inner else v
+    return out
+
+
+def _fingerprint(config: TrainConfig, ds, extra: dict, net: nn.Module) -> dict:
+    """Everything that defines a run, except what may change on resume: the training
+    settings, the data (not its location), the caller's ``extra`` and the model class."""
+    train_cfg = {k: v for k, v in config.to_dict().items() if k not in RESUMABLE_CHANGES}
+    data = {k: v for k, v in _dataset_info(ds).items() if k != "source"}
+    model = {"class": f"{type(net).__module__}.{type(net).__qualname__}",
+             "parameters": sum(p.numel() for p in net.parameters())}
+    fp = {"train": train_cfg, "dataset": data, "extra": _without(extra, RESUMABLE_EXTRA),
+          "model": model}
+    return json.loads(json.dumps(fp))  # tuples as lists, as they come back from disk
+
+
+def _fingerprint_of(cfg_json: dict, train_cfg: dict | None) -> dict:
+    """The fingerprint recorded by a run folder whose checkpoint has none (format 1)."""
+    fp: dict = {}
+    if isinstance(train_cfg, dict):
+        fp["train"] = {k: v for k, v in train_cfg.items() if k not in RESUMABLE_CHANGES}
+    if isinstance(cfg_json.get("dataset"), dict):
+        fp["dataset"] = {k: v for k, v in cfg_json["dataset"].items() if k != "source"}
+    if isinstance(cfg_json.get("extra"), dict):
+        fp["extra"] = _without(cfg_json["extra"], RESUMABLE_EXTRA)
+    if isinstance(cfg_json.get("model"), dict):
+        fp["model"] = {k: cfg_json["model"].get(k) for k in ("class", "parameters")}
+    return fp
+
+
+_MISSING = "<absent>"
+
+
+def _differences(saved, now, prefix: str = ""):
+    if isinstance(saved, dict) and isinstance(now, dict):
+        for k in sorted(set(saved) | set(now), key=str):
+            yield from _differences(saved.get(k, _MISSING), now.get(k, _MISSING),
+                                    f"{prefix}{k}.")
+    elif saved != now:
+        yield prefix[:-1], saved, now
+
+
+def _check_resumable(saved: dict, now: dict, path: Path) -> None:
+    """Raise unless fingerprint ``now`` equals ``saved`` (sections absent from ``saved``,
+    as in older run folders, are not compared)."""
+    changed = list(_differences(saved, {k: v for k, v in now.items() if k in saved}))
     if changed:
-        detail = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
-        raise ValueError(
-            f"config differs from the run being resumed ({path}) in {detail}; only "
-            f"{list(RESUMABLE_CHANGES)} may change on resume"
-        )
+        shown = changed if len(changed) <= 6 else [*changed[:6], ("...", "", "")]
+        detail = ", ".join(f"{k}: {a!r} -> {b!r}" if k != "..." else "..."
+                           for k, a, b in shown)
+        raise RunFolderError(
+            f"cannot resume {path.parent}: this is not the run it holds ({path.name} differs "
+            f"in {detail}); only {list(RESUMABLE_CHANGES)} may change on resume. Choose "
+            "another out_dir for a new run, or overwrite=True (--overwrite) to replace it")
+
+
+def _log_digest(records: list[dict]) -> str:
+    text = json.dumps(records, sort_keys=True, allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _log_summary(records: list[dict]) -> dict:
+    """What a checkpoint records of the metrics log, to check the log against on resume."""
+    best = max(records, key=lambda r: r["test_top1"])
+    return {"epochs": len(records), "best_epoch": best["epoch"],
+            "best_test_top1": best["test_top1"], "sha256": _log_digest(records)}
+
+
+def _read_log(path: Path, checkpoint: dict) -> list[dict]:
+    """The metrics records of epochs ``1..checkpoint["epoch"]``, checked against the
+    checkpoint; lines past it (a crash between the two writes) are dropped."""
+    epoch = checkpoint["epoch"]
+    if not path.is_file():
+        raise RunFolderError(f"cannot resume {path.parent}: {path.name} is missing but "
+                             f"checkpoint.pt is at epoch {epoch}; restore {path}, or start "
+                             "again with overwrite=True (--overwrite)")
+    records = read_jsonl(path)
+    for i, r in enumerate(records, 1):
+        if r.get("epoch") != i or isinstance(r.get("epoch"), bool):
+            raise RunFolderError(
+                f"cannot resume: {path} is not in epoch order (line {i} has epoch "
+                f"{r.get('epoch')!r}, expected {i}); it was edited or damaged. Restore it, or "
+                "start again with overwrite=True (--overwrite)")
+        if not isinstance(r.get("test_top1"), (int, float)):
+            raise RunFolderError(f"cannot resume: {path} epoch {i} has no numeric test_top1")
+    if len(records) < epoch:
+        raise RunFolderError(
+            f"cannot resume: {path} has {len(records)} epoch(s) but checkpoint.pt is at epoch "
+            f"{epoch}; the log was edited or damaged. Restore it, or start again with "
+            "overwrite=True (--overwrite)")
+    kept, saved = records[:epoch], checkpoint.get("log")
+    if isinstance(saved, dict) and _log_digest(kept) != saved.get("sha256"):
+        now = _log_summary(kept)
+        raise RunFolderError(
+            f"cannot resume: {path} does not match checkpoint.pt (the log's best test_top1 is "
+            f"{now['best_test_top1']} at epoch {now['best_epoch']}, the checkpoint recorded "
+            f"{saved.get('best_test_top1')} at epoch {saved.get('best_epoch')}; "
+            "the log was edited or damaged). Restore it, or start again with "
+            "overwrite=True (--overwrite)")
+    return records
+
+
+@contextlib.contextmanager
+def _run_lock(out: Path, ctx: _Dist):
+    """Rank 0 holds the run folder's lock for the whole run; every rank fails if it cannot."""
+    error, stack = None, contextlib.ExitStack()
+    if ctx.rank == 0:
+        try:
+            stack.enter_context(folder_lock(out))
+        except FolderLockedError as err:
+            error = str(err)
+        except OSError as err:
+            where = err.filename or out
+            error = (f"cannot use {out} as a run folder: {err.strerror or err} ({where}); "
+                     "choose another out_dir")
+    if ctx.enabled:
+        import torch.distributed as dist
+
+        box = [error]
+        dist.broadcast_object_list(box, src=0)
+        error = box[0]
+    if error:
+        stack.close()
+        raise RunFolderError(error)
+    with stack:
+        yield
 
 
 # --------------------------------------------------------------------------- training
@@ -774,16 +956,19 @@ def train(
         raise ValueError("resume and overwrite cannot both be True")
     if extra is not None:
         try:
-            json.dumps(extra)
+            json.dumps(extra, allow_nan=False)
         except (TypeError, ValueError) as err:
             raise ValueError(f"extra must be JSON-serialisable: {err}") from None
     if callback is not None and not callable(callback):
         raise ValueError(f"callback must be callable, got {callback!r}")
+    check_path("out_dir", out_dir)
+    out = Path(out_dir)
+    check_device("device", device)
 
     ctx, device = _init_distributed(device)
     try:
-        with _deterministic(config.deterministic):
-            return _fit(model_factory, dataset, config, Path(out_dir), resume, overwrite,
+        with _deterministic(config.deterministic), _run_lock(out, ctx):
+            return _fit(model_factory, dataset, config, out, resume, overwrite,
                         device, ctx, _progress_enabled(progress) and ctx.rank == 0, extra or {},
                         callback, (log or (lambda _: None)) if ctx.rank == 0 else (lambda _: None))
     finally:
@@ -805,37 +990,34 @@ def _fit(model_factory, ds, config, out, resume, overwrite, device, ctx, show, e
             f"(world size {ws})"
         )
 
-    # ---- the run folder: fresh, resumed or refused (every rank decides the same way)
-    checkpoint, records = None, []
-    if resume and paths["checkpoint.pt"].is_file():
-        checkpoint = torch.load(paths["checkpoint.pt"], map_location="cpu", weights_only=True)
-        _check_resumable(checkpoint["config"], config, paths["checkpoint.pt"])
-        records = read_jsonl(paths["metrics.jsonl"])
-        if len(records) < checkpoint["epoch"]:
-            raise RuntimeError(
-                f"{paths['metrics.jsonl']} has {len(records)} lines but the checkpoint is at "
-                f"epoch {checkpoint['epoch']}; the run folder was edited or is damaged"
-            )
+    # ---- the run folder: fresh, resumed or refused (every rank decides the same way);
+    # nothing in it changes until every check has passed
+    checkpoint, records, saved_fp = None, [], None
     existing = [n for n, p in paths.items() if p.exists()]
-    if existing and checkpoint is None and not resume and not overwrite:
+    if existing and not resume and not overwrite:
         raise FileExistsError(
             f"{out} already holds a run ({', '.join(existing)}); pass resume=True to continue "
             "it, overwrite=True to replace it, or choose another out_dir"
         )
-    _barrier(ctx)  # nobody writes before every rank has looked
+    if resume and paths["checkpoint.pt"].is_file():
+        checkpoint = _load_training_checkpoint(paths["checkpoint.pt"])
+        if not paths["config.json"].is_file():
+            raise RunFolderError(f"cannot resume {out}: config.json is missing; restore it, or "
+                                 "start again with overwrite=True (--overwrite)")
+        cfg_json = read_json(paths["config.json"])
+        saved_fp = checkpoint.get("fingerprint") or _fingerprint_of(cfg_json, checkpoint["config"])
+        records = _read_log(paths["metrics.jsonl"], checkpoint)
+    elif resume and existing:
+        recorded = [n for n in existing if n != "config.json"]
+        if recorded:  # never wipe finished epochs because their checkpoint is gone
+            raise RunFolderError(
+                f"cannot resume {out}: checkpoint.pt is missing but {', '.join(recorded)} "
+                "record(s) finished epochs; nothing was changed. Restore checkpoint.pt, or "
+                "start again with overwrite=True (--overwrite) or another out_dir")
+        # only config.json: the run stopped before its first epoch ended; restart it
+        cfg_json = read_json(paths["config.json"])
+        saved_fp = _fingerprint_of(cfg_json, cfg_json.get("train"))
     start_epoch = 0 if checkpoint is None else int(checkpoint["epoch"])
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        if checkpoint is None:
-            for n in existing:  # overwrite, or resume of a run that never reached a checkpoint
-                paths[n].unlink()
-        elif len(records) > start_epoch:  # crash between the log line and the checkpoint
-            log(f"note: dropping {len(records) - start_epoch} metrics line(s) written after the "
-                f"last checkpoint (epoch {start_epoch})")
-            atomic_write_text(
-                paths["metrics.jsonl"], "".join(json.dumps(r) + "\n" for r in records[:start_epoch])
-            )
-    records = records[:start_epoch]
 
     # ---- seed, then build (method.md §6.6: the seed must control the initial weights)
     _seed_everything(config.seed)
@@ -846,6 +1028,27 @@ def _fit(model_factory, ds, config, out, resume, overwrite, device, ctx, show, e
             "weights; pass a factory (e.g. lambda: build_model(cfg)) for a reproducible run",
             stacklevel=3,
         )
+    fingerprint = _fingerprint(config, ds, extra, net)
+    if saved_fp is not None:
+        _check_resumable(saved_fp, fingerprint, paths["checkpoint.pt" if checkpoint else
+                                                       "config.json"])
+    if checkpoint is not None:
+        _load_weights(net, checkpoint["model"], paths["checkpoint.pt"])
+    _barrier(ctx)  # nobody writes before every rank has looked
+
+    if main:
+        for tmp in remove_leftovers(out, RUN_FILES):
+            log(f"note: removed {tmp.name}, left by an interrupted write")
+        if checkpoint is None:
+            for n in existing:  # overwrite, or resume of a run that never reached a checkpoint
+                paths[n].unlink()
+        elif len(records) > start_epoch:  # crash between the log line and the checkpoint
+            log(f"note: dropping {len(records) - start_epoch} metrics line(s) written after the "
+                f"last checkpoint (epoch {start_epoch})")
+            atomic_write_text(paths["metrics.jsonl"], "".join(
+                json.dumps(r, allow_nan=False) + "\n" for r in records[:start_epoch]))
+    records = records[:start_epoch]
+
     net.to(device)
     set_eval_sampling(net, config.eval_sampling)
     if ctx.enabled:  # each rank its own dropout / random-candidate stream
@@ -871,7 +1074,6 @@ def _fit(model_factory, ds, config, out, resume, overwrite, device, ctx, show, e
     scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
 
     if checkpoint is not None:
-        net.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         if scaler is not None and checkpoint.get("scaler"):
             scaler.load_state_dict(checkpoint["scaler"])
@@ -924,8 +1126,6 @@ def _fit(model_factory, ds, config, out, resume, overwrite, device, ctx, show, e
                 "resumed": [],
             }
         else:
-            with open(paths["config.json"], encoding="utf-8") as f:
-                cfg_json = json.load(f)
             cfg_json["train"] = config.to_dict()
             cfg_json.setdefault("resumed", []).append(
                 {"from_epoch": start_epoch, "time": _now(), **run_info}
@@ -978,7 +1178,10 @@ def _fit(model_factory, ds, config, out, resume, overwrite, device, ctx, show, e
             else:
                 optimizer.step()
             with torch.no_grad():
-                sums += _batch_sums(logits.detach(), y, loss.detach() * len(y), sum_dtype)
+                step_loss = loss.detach()
+                if scaler is not None:  # fp16 overflow: the scaler skipped this step
+                    step_loss = torch.where(step_loss.isfinite(), step_loss, 0.0)
+                sums += _batch_sums(logits.detach(), y, step_loss * len(y), sum_dtype)
             if show and (step == last_step or (config.log_every and step % config.log_every == 0)):
                 s = sums.tolist()
                 bar.set_postfix(loss=f"{s[0] / s[3]:.4f}", top1=f"{100 * s[1] / s[3]:.1f}%")
@@ -994,6 +1197,13 @@ def _fit(model_factory, ds, config, out, resume, overwrite, device, ctx, show, e
         te = _finish(_all_reduce(sums, ctx))
         _sync(device)
         epoch_seconds = time.perf_counter() - t0
+        if not (math.isfinite(tr["loss"]) and math.isfinite(te["loss"])):
+            kept = (f"{paths['checkpoint.pt']} still holds epoch {epoch}" if epoch else
+                    "no epoch had finished, so there is no checkpoint")
+            raise DivergedError(
+                f"training diverged in epoch {epoch + 1}: train loss {tr['loss']}, test loss "
+                f"{te['loss']} (lr {lr:g}); stopped without saving this epoch ({kept}). Lower "
+                "lr, keep grad_clip on, or check the data")
 
         peak, peak_kind = _peak_memory(device)
         record = {
@@ -1021,7 +1231,7 @@ def _fit(model_factory, ds, config, out, resume, overwrite, device, ctx, show, e
         rng = _gather_rng(ctx, device)  # collective: every rank takes part
         if main:
             append_jsonl_atomic(paths["metrics.jsonl"], record)
-            atomic_torch_save(
+            save_checkpoint(
                 {
                     "format": _CHECKPOINT_FORMAT,
                     "epoch": epoch + 1,
@@ -1032,6 +1242,8 @@ def _fit(model_factory, ds, config, out, resume, overwrite, device, ctx, show, e
                     "rng": rng,
                     "world_size": ws,
                     "config": config.to_dict(),
+                    "fingerprint": fingerprint,
+                    "log": _log_summary(records),
                 },
                 paths["checkpoint.pt"],
             )
