@@ -40,9 +40,9 @@ from .package_data import results_root
 from .viz import BookFigure
 
 __all__ = [
-    "HEADLINE_CLAIMS",
     "COLAB_GPUS",
     "GPU_SPECS",
+    "HEADLINE_CLAIMS",
     "IMAGENET_TABLE",
     "NO_RUN",
     "PAPER_LABEL",
@@ -429,6 +429,8 @@ GPU_SPECS: dict[str, tuple[float, float]] = {
 }
 #: The GPUs a Colab notebook can get, by the names ``torch.cuda.get_device_name`` gives.
 COLAB_GPUS = ("Tesla T4", "NVIDIA L4", "NVIDIA A100-SXM4-40GB")
+GPU_LABELS = {"Tesla T4": "T4", "NVIDIA L4": "L4", "NVIDIA A100-SXM4-40GB": "A100 40 GB",
+              "NVIDIA H100 80GB HBM3": "H100", "NVIDIA H200": "H200"}
 
 
 def steady_epoch_seconds(run: Run) -> float:
@@ -483,8 +485,9 @@ def run_time_table(runs: Iterable[Run], gpus: Sequence[str] = COLAB_GPUS) -> str
     columns."""
     rows = []
     for r in run_time_estimates(runs, gpus):
+        device = GPU_LABELS.get(r["measured_on"], r["measured_on"])
         row = {"preset": f"`{r['preset']}`",
-               "measured": f"{r['epoch_seconds']:.1f} s/epoch on {_device_label(r['measured_on'])}",
+               "measured": f"{r['epoch_seconds']:.1f} s/epoch on {device}",
                "full": f"{_hours(r['measured_minutes'])} ({r['epochs']} epochs at that pace)"}
         for gpu in gpus:
             low, high = r[gpu]
@@ -492,7 +495,7 @@ def run_time_table(runs: Iterable[Run], gpus: Sequence[str] = COLAB_GPUS) -> str
                         else f"{_hours(low)} to {_hours(high)}")
         rows.append(row)
     headers = {"measured": "measured epoch", "full": "full run, measured pace",
-               **{gpu: f"estimated on {_device_label(gpu)}" for gpu in gpus}}
+               **{gpu: f"estimated on {GPU_LABELS.get(gpu, gpu)}" for gpu in gpus}}
     return markdown_table(rows, headers=headers)
 
 

@@ -1253,8 +1253,8 @@ def _fit(model_factory, ds, config, out, resume, overwrite, device, ctx, show, e
         remaining = config.epochs - epoch - 1
         if epoch == start_epoch and remaining > 0:
             log(f"    expected time of the remaining {remaining} epoch{'s' * (remaining > 1)}: about "
-                f"{_duration(remaining * epoch_seconds)} at this epoch's pace (an upper "
-                "estimate: the first epoch includes warm-up)")
+                f"{_duration(remaining * epoch_seconds)}\n    (at this epoch's pace; an upper "
+                "estimate, as the first epoch includes warm-up)")
         if callback is not None:
             callback(record)
 

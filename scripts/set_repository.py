@@ -21,8 +21,8 @@ URL = re.compile(r"^https://[\w.-]+/[\w.-]+/[\w.-]+$")
 
 
 def _set_config(text: str, url: str, branch: str) -> tuple[str, str, str]:
-    old_url = re.search(r"^  url: (\S+)$", text, re.M)
-    old_branch = re.search(r"^  branch: (\S+)$", text, re.M)
+    old_url = re.search(r"^  url: (\S+)$", text, re.MULTILINE)
+    old_branch = re.search(r"^  branch: (\S+)$", text, re.MULTILINE)
     if not old_url or not old_branch:
         raise SystemExit("error: _config.yml has no repository.url / repository.branch lines")
     text = text.replace(old_url.group(0), f"  url: {url}")

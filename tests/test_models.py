@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
 from convnn.layers import ConvNN2d
-from convnn.package_data import data_file
 from convnn.models import (
     MIXERS,
     VGG,
@@ -32,6 +30,7 @@ from convnn.models import (
     vit_tiny_cifar,
     vit_tiny_paper,
 )
+from convnn.package_data import data_file
 
 META = torch.device("meta")
 PAPER_RESULTS = data_file("paper_results.json")

@@ -24,8 +24,8 @@ def _epochs(run_dir: Path) -> list[int]:
 def test_a_rerun_training_cell_continues_then_loads(tmp_path, monkeypatch) -> None:
     out = tmp_path / "runs" / PRESET
     logs: list[str] = []
-    cell = dict(smoke=True, out_dir=out, resume=True, device="cpu", progress=False,
-                download=False, log=logs.append)
+    cell = {"smoke": True, "out_dir": out, "resume": True, "device": "cpu", "progress": False,
+            "download": False, "log": logs.append}
 
     run_preset(PRESET, epochs=1, **cell)  # the first run: one epoch, then "a disconnect"
     assert _epochs(out) == [1]
@@ -70,7 +70,7 @@ def test_notebook_training_cells_resume_and_never_overwrite() -> None:
                 continue
             calls += 1
             assert "overwrite=True" not in source, f"{path.name}: a training cell overwrites"
-            assert re.search(r"run_preset\([^)]*resume=True", source, re.S), path.name
+            assert re.search(r"run_preset\([^)]*resume=True", source, re.DOTALL), path.name
     assert calls >= 2  # the VGG and ViT chapters
 
 
