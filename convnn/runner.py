@@ -213,6 +213,9 @@ def run_preset(name: str, *, epochs: int | None = None, smoke: bool | None = Non
              "command": " ".join(sys.argv), "paper_rows": [
                  {k: r.get(k) for k in ("table", "best", "avg5")} for r in preset.paper_rows()]}
     log(textwrap.fill(f"{preset.name}: {preset.description}", 96, subsequent_indent="    "))
+    if smoke:
+        log(f"smoke run: a reduced model trained briefly ({train_cfg.epochs} epochs on a small "
+            "subset), to check the pipeline, not the paper's accuracy")
     log(textwrap.fill(f"data: {_short_source(dataset.source)}", 96, subsequent_indent="    "))
     log(f"run folder: {out}")
     return train(lambda: build_model(model_cfg), dataset, train_cfg, out, resume=resume,
