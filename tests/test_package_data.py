@@ -79,3 +79,19 @@ def test_the_run_records_the_precision_it_used(tmp_path) -> None:
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["train"]["amp"] == "auto"
     assert config["run"]["amp_active"] == "off"  # float32 on a CPU
+
+
+def test_main_entry_points_at_the_top_level() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, convnn; heavy = 'convnn.runner' in sys.modules; "
+            "from convnn import ModelConfig, TrainConfig, build_model, get_preset, run_preset; "
+            "print(heavy, get_preset('vgg11-c10-conv2d').name, callable(run_preset))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["False", "vgg11-c10-conv2d", "True"]  # light import, lazy entry points
+    import convnn
+
+    with pytest.raises(AttributeError, match="no attribute 'nonsense'"):
+        _ = convnn.nonsense
