@@ -6,7 +6,9 @@ Commands:
     train    train a preset (``--smoke`` for a short real run; ``--resume`` after a crash)
     eval     evaluate a finished or partial run folder
     book     build the Jupyter Book (offline, warnings as errors) and print index.html's path
-    bench    speed and memory ratios of the layers (``--train`` adds training throughput)
+    bench    speed and memory ratios of the layers (``--train`` adds training throughput and
+             our trainer against a plain loop; ``--proxy`` estimates GPU ratios without a
+             GPU; ``--suite DIR`` runs everything on one card)
 
 Multi-GPU: ``torchrun --nproc_per_node 4 -m convnn train --preset NAME``.
 
@@ -112,6 +114,24 @@ def _book(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.suite:
+        from .bench_suite import run_suite
+
+        run_suite(args.suite, tiny=args.quick, device=args.device)
+        return 0
+    if args.proxy:
+        from ._io import atomic_write_json
+        from .proxy import format_proxy_rows, proxy_benchmarks
+
+        rows = proxy_benchmarks(gpu=args.gpu)
+        print(f"convnn bench --proxy: estimated training-step throughput on {args.gpu} (bf16), "
+              "against the family's baseline; 'est, as runs' uses the committed runs' "
+              "convolution speed (NCHW, no autotuning), to compare with their measurements")
+        print(format_proxy_rows(rows))
+        if args.json:
+            atomic_write_json(args.json, {"proxy": rows})
+            print(f"wrote {args.json}")
+        return 0
     from .bench import run
 
     run(quick=args.quick, train=args.train, json_path=args.json, device=args.device,
@@ -181,6 +201,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", metavar="FILE", help="write the numbers as JSON")
     bench.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     bench.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    bench.add_argument("--proxy", action="store_true",
+                       help="estimate GPU training throughput without a GPU (meta tensors)")
+    bench.add_argument("--gpu", default="h200", choices=["h200", "h100", "a100"],
+                       help="the GPU --proxy estimates for")
+    bench.add_argument("--suite", metavar="DIR",
+                       help="every measurement on this device, JSON into DIR (<= 8 min on a "
+                            "GPU; with --quick, toy sizes)")
     bench.set_defaults(func=_bench)
     return parser
 

@@ -10,8 +10,9 @@ method.md §6.7), and against the standard layer at the same shapes (``nn.Conv2d
 attention). Absolute times depend on the machine and its load; ratios measured side by side
 in one process are what the book and the issues quote.
 
-Peak memory is the most memory allocated by tensors during the step above what was allocated
-before it (CUDA: the caching allocator's peak; CPU: the profiler's allocation timeline).
+Peak memory is the most memory allocated during the step above what was allocated before it
+(CUDA: the caching allocator's peak; CPU: the profiler's allocation timeline of tensors, with
+the profiler's own log lines silenced).
 """
 
 from __future__ import annotations
@@ -113,11 +114,29 @@ def peak_memory(step: Callable[[], None], device: torch.device) -> int:
         step()
         _sync(device)
         return max(0, torch.cuda.max_memory_allocated(device) - base)
+    return _profiler_peak(step)
+
+
+def _profiler_peak(step: Callable[[], None]) -> int:
+    """CPU: peak tensor bytes from the profiler's allocation timeline (tensor memory, as CUDA's
+    allocator counts it; the process's resident size would add the allocator's slack). The
+    profiler's log lines, written by C++ to file descriptor 2, go to /dev/null."""
+    import os
+    import sys
+
     from torch.profiler import ProfilerActivity, profile
 
-    with contextlib.redirect_stderr(io.StringIO()), \
-            profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        step()
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            with contextlib.redirect_stderr(io.StringIO()), \
+                    profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+                step()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
     changes = sorted((e.time_range.start, e.self_cpu_memory_usage) for e in prof.events()
                      if e.self_cpu_memory_usage)
     current = peak = 0
@@ -256,12 +275,19 @@ def run(quick: bool = True, train: bool = False, json_path: str | None = None,
     print(format_rows(rows))
     report["layers"] = [r.to_dict() for r in rows]
     if train:
+        from .bench_loop import format_loop_rows, loop_benchmarks
         from .bench_train import format_train_rows, training_benchmarks
 
         train_rows = training_benchmarks(dev, quick=quick)
         print()
         print(format_train_rows(train_rows))
         report["training"] = train_rows
+        loop_rows = (loop_benchmarks(dev, "small") if dev.type == "cpu"
+                     else loop_benchmarks(dev, "vgg11") + loop_benchmarks(dev, "vit_tiny",
+                                                                          n_train=5120))
+        print()
+        print(format_loop_rows(loop_rows))
+        report["trainer_vs_plain_loop"] = loop_rows
     if json_path:
         atomic_write_json(json_path, report)
         print(f"wrote {json_path}")

@@ -189,7 +189,9 @@ class TrainConfig:
         log_every: update the progress bar's loss/accuracy every this many steps (each update
             waits for the device); 0 updates it only at the end of the epoch.
         deterministic: ``torch.use_deterministic_algorithms(True, warn_only=True)`` and
-            deterministic cuDNN for the duration of the run (slower; for tests).
+            deterministic cuDNN for the duration of the run (slower; for tests). Otherwise
+            cuDNN autotunes its convolution algorithms (``cudnn.benchmark``), so two CUDA
+            runs agree to rounding, not bit for bit.
     """
 
     optimizer: str = "adamw"
@@ -421,6 +423,29 @@ def _autocast(device: torch.device, amp: str):
     return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
+def _fused_ok(params: list[torch.Tensor], device: torch.device) -> dict:
+    """``{"fused": True}`` for Adam(W) on CUDA (one kernel for the whole update instead of
+    several per parameter list; same update to rounding), else ``{}`` (the default)."""
+    if device.type == "cuda" and all(p.is_cuda and p.is_floating_point() for p in params):
+        return {"fused": True}
+    return {}
+
+
+def _to_fast_layout(net: nn.Module, device: torch.device) -> bool:
+    """Channels-last weights for a pure ``nn.Conv2d`` network on CUDA (cuDNN's fast layout;
+    the first convolution's output follows its weights, so the loader is unchanged). Models
+    with ConvNN layers keep NCHW: their gather path flattens ``H × W`` and is not measured
+    in channels-last yet. Returns whether the model was converted."""
+    if device.type != "cuda":
+        return False
+    mods = list(net.modules())
+    if not any(isinstance(m, nn.Conv2d) for m in mods) or \
+            any(hasattr(m, "eval_sampling") for m in mods):
+        return False
+    net.to(memory_format=torch.channels_last)
+    return True
+
+
 def _sum_dtype(device: torch.device) -> torch.dtype:
     return torch.float64 if device.type in ("cpu", "cuda") else torch.float32
 
@@ -428,8 +453,13 @@ def _sum_dtype(device: torch.device) -> torch.dtype:
 @contextlib.contextmanager
 def _deterministic(enabled: bool):
     """Deterministic algorithms for the duration of a run; the previous settings come back."""
-    if not enabled:
-        yield
+    if not enabled:  # cuDNN may autotune: same results to rounding, faster convolutions
+        old_benchmark = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = True
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.benchmark = old_benchmark
         return
     old = (
         torch.are_deterministic_algorithms_enabled(),
@@ -507,7 +537,7 @@ def _batch_sums(logits: torch.Tensor, y: torch.Tensor, loss_sum: torch.Tensor, d
             loss_sum.to(dtype),
             hits[:, 0].sum().to(dtype),
             hits.any(dim=-1).sum().to(dtype),
-            torch.tensor(float(y.numel()), dtype=dtype, device=y.device),
+            loss_sum.new_full((), y.numel(), dtype=dtype),  # a fill, not a host-to-device copy
         )
     )
 
@@ -1058,14 +1088,16 @@ def _fit(model_factory, ds, config, out, resume, overwrite, device, ctx, show, e
     if amp == "off" and config.amp in ("bf16", "fp16"):
         log(f"note: amp={config.amp!r} is used on CUDA only; training in float32 on {device}")
 
+    _to_fast_layout(net, device)
     params = list(net.parameters())
+    fused = _fused_ok(params, device)
     if config.optimizer == "adamw":
         optimizer = torch.optim.AdamW(
-            params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
+            params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay, **fused
         )
     elif config.optimizer == "adam":
         optimizer = torch.optim.Adam(
-            params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
+            params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay, **fused
         )
     else:
         optimizer = torch.optim.SGD(

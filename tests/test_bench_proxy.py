@@ -1,0 +1,108 @@
+"""The speed proxy, the trainer-vs-plain-loop rows and the one-card suite, on the CPU.
+Timing numbers are not asserted here (they belong to `python -m convnn bench`); the proxy's
+estimates are deterministic, so their order is."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from convnn import proxy
+from convnn.__main__ import main
+from convnn.bench import peak_memory
+from convnn.bench_loop import format_loop_rows, loop_benchmarks
+from convnn.layers import ConvNN2d
+from convnn.models import ModelConfig
+
+
+@pytest.fixture(scope="module")
+def vit_rows():
+    return {r["case"]: r for r in proxy.proxy_benchmarks(families=("vit",))}
+
+
+def test_proxy_orders_convnn_kvt_sdpa_as_measured(vit_rows):
+    sdpa = vit_rows["attention (SDPA)"]
+    kvt = vit_rows["KVT, k=9"]
+    convnn = vit_rows["ConvNN attention, all, k=9"]
+    for key in ("est_throughput_vs_baseline",
+                "est_throughput_vs_baseline_committed_calibration"):
+        assert sdpa[key] == 1.0
+        assert convnn[key] < kvt[key] < sdpa[key]
+    assert convnn["kernels"] > kvt["kernels"] > sdpa["kernels"] > 100
+    assert convnn["gbytes"] > sdpa["gbytes"]
+    # the committed H200 files order them the same way
+    measured = proxy.measured_ratios()
+    assert measured[("ViT-Tiny", "ConvNN attention, all, k=9")] < \
+        measured[("ViT-Tiny", "KVT, k=9")] < 1.0
+
+
+def test_proxy_tracks_the_committed_measurements(vit_rows):
+    measured = proxy.measured_ratios()
+    for case, row in vit_rows.items():
+        est = row["est_throughput_vs_baseline_committed_calibration"]
+        assert est == pytest.approx(measured[("ViT-Tiny", case)], abs=0.15), case
+
+
+def test_trace_counts_flops_of_a_known_model():
+    # VGG-11 at batch 1: the forward FLOPs of the convolutions are fixed by the shapes
+    one = proxy.trace_step(ModelConfig(name="vgg11"), 1, 32, amp="off")
+    two = proxy.trace_step(ModelConfig(name="vgg11"), 2, 32, amp="off")
+    assert two.flops == pytest.approx(2 * one.flops, rel=0.01)  # linear in the batch
+    assert one.parameters > 100_000_000 and abs(one.kernels - two.kernels) <= 5
+    est = proxy.estimate_seconds(two)
+    assert est["seconds"] == pytest.approx(sum(est["by_class"].values()))
+
+
+def test_proxy_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="gpu"):
+        proxy.proxy_benchmarks(gpu="tpu")
+    with pytest.raises(ValueError, match="families"):
+        proxy.proxy_benchmarks(families=("mlp",))
+
+
+def test_cli_proxy_writes_json(tmp_path, capsys, monkeypatch):
+    row = {"model": "VGG-11", "case": "Conv2d", "kernels": 1, "gflop": 1.0, "gbytes": 1.0,
+           "est_throughput_vs_baseline": 1.0,
+           "est_throughput_vs_baseline_committed_calibration": 1.0}
+    monkeypatch.setattr(proxy, "proxy_benchmarks", lambda gpu: [dict(row, gpu=gpu)])
+    assert main(["bench", "--proxy", "--gpu", "h100", "--json", str(tmp_path / "p.json")]) == 0
+    assert json.loads((tmp_path / "p.json").read_text())["proxy"][0]["case"] == "Conv2d"
+    assert "h100" in capsys.readouterr().out
+
+
+def test_loop_rows_and_bad_model():
+    rows = loop_benchmarks("cpu", "small", epochs=2, rounds=1, n_train=64, batch_size=32)
+    assert [r["runner"] for r in rows] == ["plain", "trainer"]
+    assert rows[0]["throughput_vs_plain_fp32"] == 1.0
+    assert rows[1]["throughput_vs_plain_fp32"] > 0 and rows[1]["call_seconds_per_epoch"] > 0
+    assert len(format_loop_rows(rows).splitlines()) == 4
+    with pytest.raises(ValueError, match="model"):
+        loop_benchmarks("cpu", "mlp")
+
+
+def test_cpu_peak_memory_is_silent_and_sees_the_reference_cost(capfd):
+    torch.manual_seed(0)
+    x = torch.randn(2, 16, 16, 16, requires_grad=True)
+    peaks = {}
+    for path in ("fast", "reference"):
+        layer = ConvNN2d(16, 16, k=9, path=path)
+        peaks[path] = peak_memory(lambda layer=layer: layer(x).sum().backward(),
+                                  torch.device("cpu"))
+    out, err = capfd.readouterr()
+    assert err == "" and out == ""
+    assert 0 < peaks["fast"] < peaks["reference"]
+
+
+def test_suite_dry_run_on_cpu(tmp_path, capfd):
+    from convnn.bench_suite import run_suite
+
+    suite = run_suite(tmp_path / "s", tiny=True, device="cpu")
+    names = {p.name for p in (tmp_path / "s").iterdir()}
+    assert {"loop.json", "layers.json", "proxy.json", "profile.txt", "suite.json"} <= names
+    assert set(suite["stages"]) == {"loop", "layers", "proxy", "profile"}
+    assert "3 training steps" in (tmp_path / "s" / "profile.txt").read_text()
+    assert capfd.readouterr().err == ""
+    with pytest.raises(ValueError, match="budget_s"):
+        run_suite(tmp_path / "t", budget_s=0)
