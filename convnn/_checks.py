@@ -129,6 +129,13 @@ def check_dtype(name: str, x: torch.Tensor, weight: torch.Tensor) -> None:
                         f"layer.to({x.dtype})), or run under torch.autocast")
 
 
+def _is_fake(x: torch.Tensor) -> bool:
+    """A tensor without data (a shape-only trace, as ``convnn.proxy`` makes)."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    return isinstance(x, FakeTensor)
+
+
 def check_index(name: str, index, size: int, dim_name: str, dims: tuple[int, ...] = (1,),
                 layout: str = "[m]") -> None:
     """Raise unless ``index`` is an integer tensor of one of ``dims`` dimensions with values
@@ -140,7 +147,8 @@ def check_index(name: str, index, size: int, dim_name: str, dims: tuple[int, ...
         raise TypeError(f"{name} must be an integer tensor (torch.long), got {index.dtype}")
     if index.dim() not in dims:
         raise ValueError(f"{name} must have shape {layout}, got shape {tuple(index.shape)}")
-    if index.device.type == "cpu" and index.numel() and not torch.compiler.is_compiling():
+    if (index.device.type == "cpu" and index.numel() and not torch.compiler.is_compiling()
+            and not _is_fake(index)):
         lo, hi = int(index.min()), int(index.max())
         if lo < 0 or hi >= size:
             raise ValueError(f"{name} must hold indices in [0, {size}) ({dim_name}={size}), "
