@@ -612,6 +612,28 @@ def explorer(
 
 
 # --------------------------------------------------------------------------- chapter 2: points
+def _rank_labels(ax, pts: Tensor, q: Tensor, idx: list[int]) -> None:
+    """Number the selected points by rank, each label pushed away from the query and turned
+    until it keeps clear of the labels already placed (close neighbours would overlap)."""
+    span = float((pts.max(0).values - pts.min(0).values).max())
+    offset, clearance = 0.055 * span, 0.06 * span
+    placed: list[np.ndarray] = []
+    for j, i in enumerate(idx):
+        p = pts[i].numpy()
+        away = p - q.numpy()
+        angle = math.atan2(away[1], away[0]) if np.hypot(*away) > 0 else 0.75 * math.pi
+        for turn in (0, 1, -1, 2, -2, 3, -3, 4):
+            a = angle + turn * math.pi / 4
+            spot = p + offset * np.array([math.cos(a), math.sin(a)])
+            if all(np.hypot(*(spot - other)) >= clearance for other in placed):
+                break
+        placed.append(spot)
+        ax.annotate(str(j + 1), tuple(p), xytext=tuple(spot), textcoords="data", fontsize=8,
+                    fontweight="bold", zorder=4, ha="center", va="center",
+                    bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none",
+                          "alpha": 0.75})
+
+
 def knn_points_figure(
     points: Tensor,
     values: Tensor,
@@ -647,7 +669,7 @@ def knn_points_figure(
                          else torch.as_tensor(w).detach().cpu().double().reshape(-1).numpy())
         if len(weights[name]) != k:
             raise ValueError(f"rho[{name!r}] must have k={k} weights, got {len(weights[name])}")
-    fig = BookFigure(figsize=(8.0 if weights else 4.6, 3.7), dpi=90, layout="constrained")
+    fig = BookFigure(figsize=(8.6 if weights else 4.6, 4.3), dpi=90, layout="constrained")
     axes = fig.subplots(1, 2 if weights else 1, squeeze=False)[0]
     ax = axes[0]
     line_w = list(weights.values())[-1] if weights else np.ones(k)
@@ -665,20 +687,15 @@ def knn_points_figure(
     ax.scatter(pts[idx, 0], pts[idx, 1], s=120, facecolors="none",
                edgecolors=NEIGHBOUR_COLOUR, linewidths=2.2, zorder=3,
                label=f"selected (k = {k})")
-    for j, i in enumerate(idx):  # rank labels, pushed away from the query
-        away = (pts[i] - q).numpy()
-        norm = float(np.hypot(*away))
-        dx, dy = (away / norm * 11) if norm > 0 else (-8.0, 8.0)
-        ax.annotate(str(j + 1), (pts[i, 0], pts[i, 1]), xytext=(dx, dy),
-                    textcoords="offset points", fontsize=8, fontweight="bold", zorder=4,
-                    ha="center", va="center")
+    _rank_labels(ax, pts, q, idx)
     ax.plot([q[0]], [q[1]], marker="*", markersize=16, color=QUERY_COLOUR,
             markeredgecolor="white", zorder=5, linestyle="none", label="query i")
     ax.set_aspect("equal")
     ax.set_xlabel("x")
     ax.set_ylabel("y")
     ax.legend(loc="upper left", fontsize=7.5, framealpha=0.85)
-    fig.colorbar(sc, ax=ax, shrink=0.8, label="value v")
+    # below the map, so that its label never meets the weight panel's axis label
+    fig.colorbar(sc, ax=ax, location="bottom", shrink=0.7, aspect=30, label="value v")
     ax.set_title(title or f"k = {k} nearest neighbours of ★ (numbers: rank j)", fontsize=9.5)
     if weights:
         bx = axes[1]
