@@ -9,8 +9,9 @@ from the layers themselves (:meth:`convnn.layers.ConvNN2d.neighbours`) or from
 - :func:`make_layer`, :func:`selected_pixels`, :func:`candidate_pixels`: a small
   :class:`~convnn.layers.ConvNN2d` for pictures, and the pixels it selects and searches.
 - :func:`neighbour_map`, :func:`neighbour_panels`, :func:`neighbour_grid`: the selected
-  neighbours of one pixel on an image (one panel, several, or a grid over ``k`` and λ).
-- :func:`explorer`: an ipywidgets explorer with sliders for ``k``, λ, the candidate sampling and
+  neighbours of one pixel on an image (one panel, several, or a grid over ``k`` and α).
+  α is the feature/coordinate mix of ``selection="mixed"``; λ is kept for the branching ratio.
+- :func:`explorer`: an ipywidgets explorer with sliders for ``k``, α, the candidate sampling and
   the inspected pixel.
 - :func:`knn_points_figure`, :func:`scatter_panels`: k-NN on 2-D points (chapter 2).
 - :func:`window_distances_figure`, :func:`image_panels`: the convolution limit (chapter 3).
@@ -260,9 +261,9 @@ def make_layer(
 
     Args:
         k: neighbours per pixel.
-        mix: λ of mixed selection: ``0`` selects by position only (``selection="coords"``),
-            ``1`` by colour only, in between by both (features scaled by ``λ / std``,
-            coordinates by ``1 - λ``).
+        mix: α of mixed selection: ``0`` selects by position only (``selection="coords"``),
+            ``1`` by colour only, in between by both (features scaled by ``α / std``,
+            coordinates by ``1 - α``).
         sampling: ``"all"``, ``"random"`` or ``"spatial"`` candidates.
         candidates: ``r`` of a sampled candidate set (``r × r`` pixels; default 8).
         selection: override the selection that ``mix`` implies.
@@ -356,7 +357,7 @@ def _describe(layer: ConvNN2d) -> str:
     elif layer.selection == "features":
         how = "by colour"
     else:
-        how = f"λ = {layer.mix:g}"
+        how = f"α = {layer.mix:g}"
     where = "all pixels" if layer.sampling == "all" else (
         f"{layer.sampling} {layer.candidates}×{layer.candidates}")
     return f"k = {layer.k}, {how}, {where}"
@@ -513,7 +514,7 @@ def neighbour_grid(
     panel_size: float = 2.2,
     **options,
 ) -> Figure:
-    """A grid of :func:`neighbour_map` panels: one row per λ (``mixes``), one column per k.
+    """A grid of :func:`neighbour_map` panels: one row per α (``mixes``), one column per k.
 
     ``options`` go to :func:`make_layer` (e.g. ``sampling``, ``candidates``, ``padding``).
     """
@@ -530,10 +531,10 @@ def neighbour_grid(
             neighbour_map(image, make_layer(k=k, mix=mix, **options), pixel, ax=ax,
                           title=f"k = {k}" if i == 0 else "")
             if j == 0:
-                label = {0.0: "λ = 0\n(position)", 1.0: "λ = 1\n(colour)"}.get(
-                    float(mix), f"λ = {mix:g}")
+                label = {0.0: "α = 0\n(position)", 1.0: "α = 1\n(colour)"}.get(
+                    float(mix), f"α = {mix:g}")
                 ax.set_ylabel(label, fontsize=9)
-    fig.suptitle("Neighbours of ★: k grows to the right, λ moves selection\n"
+    fig.suptitle("Neighbours of ★: k grows to the right, α moves selection\n"
                  "from position (top) to colour (bottom)", fontsize=10)
     if source:
         fig.supxlabel(f"Image: {source}", fontsize=8)
@@ -552,7 +553,7 @@ def explorer(
 ):
     """An ipywidgets explorer of the spectrum on a real image.
 
-    Sliders for ``k``, λ (``mix``, 0 = position, 1 = colour), ``r`` (sampled candidates are
+    Sliders for ``k``, α (``mix``, 0 = position, 1 = colour), ``r`` (sampled candidates are
     ``r × r`` pixels) and the inspected pixel, and a dropdown for the candidate sampling; every
     change redraws :func:`neighbour_map` into an ``ipywidgets.Image``. Built with
     ``ipywidgets.interactive``, so it constructs and draws without a display; the PNG lives in
@@ -577,7 +578,7 @@ def explorer(
     controls = {
         "k": widgets.IntSlider(value=k, min=1, max=max_k, description="k", **slider),
         "mix": widgets.FloatSlider(value=mix, min=0.0, max=1.0, step=0.05,
-                                   description="λ (colour)", **slider),
+                                   description="α (colour)", **slider),
         "sampling": widgets.Dropdown(options=list(ops.SAMPLINGS), value=sampling,
                                      description="sampling",
                                      style={"description_width": "80px"},
