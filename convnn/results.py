@@ -990,7 +990,9 @@ def plot_paper_bars(table: str, *, runs: Sequence[Run] = ()) -> ResultsFigure:
     records = [r for r in paper_records() if r["table"] == table and "best" in r]
     datasets = list(dict.fromkeys(r["dataset"] for r in records))
     labels = list(dict.fromkeys(row_label(r) for r in records))
-    height = 1.2 + 0.32 * len(labels)
+    # Title, axis label and legend take about 1.9 in whatever the row count; a table of 2 or 3
+    # rows still gets a readable plot area (at least 3.4 in tall), and the dots a larger scale.
+    height = max(3.4, 1.9 + 0.45 * len(labels))
     fig = ResultsFigure(figsize=(4.6 * len(datasets) + 1.6, height), dpi=_DPI,
                         layout="constrained")
     axes = fig.subplots(1, len(datasets), squeeze=False, sharey=True)[0]
@@ -1007,7 +1009,7 @@ def plot_paper_bars(table: str, *, runs: Sequence[Run] = ()) -> ResultsFigure:
                 "|", ms=14, mew=2, color="#08519c", label="paper: last-5 mean")
         for value, y in zip(best, ys):
             if value > 0:
-                ax.text(value + 1.2, y, f"{value:.2f}", va="center", fontsize=7)
+                ax.text(value + 1.2, y, f"{value:.2f}", va="center", fontsize=8)
         for record, run in _our_points(table, dataset, runs, None):
             shown.append(run)
             y = labels.index(row_label(record))
@@ -1017,9 +1019,10 @@ def plot_paper_bars(table: str, *, runs: Sequence[Run] = ()) -> ResultsFigure:
         low = min(b for b in best if b > 0)
         ax.set_xlim(max(0.0, math.floor(low / 5) * 5 - 5), min(100.0, max(best) + 6))
         ax.set(xlabel="test top-1 (%)", title=DATASET_NAMES.get(dataset, dataset))
-        ax.set_yticks(list(ys), labels, fontsize=8)
+        ax.set_yticks(list(ys), labels, fontsize=9)
         ax.grid(axis="x", alpha=0.3)
-    axes[0].invert_yaxis()  # the table's first row on top (the axes share y: invert once)
+    # the table's first row on top, half a row of margin (the axes share y: set it once)
+    axes[0].set_ylim(len(labels) - 0.5, -0.5)
     handles, names = axes[0].get_legend_handles_labels()
     unique = dict(zip(names, handles))
     fig.suptitle(_title(table, shown), fontsize=11)
