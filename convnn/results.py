@@ -661,7 +661,7 @@ def comparison_rows(table: str, runs: Sequence[Run] | None = None, *,
     Returns:
         One dict per paper row: the :func:`paper_table` fields, ``preset`` (its name, or
         ``None`` for rows without a preset), and ours: ``ours_best`` (best test top-1),
-        ``ours_last5`` (mean of the last 5 epochs), ``ours_epochs`` (done),
+        ``ours_last5`` (mean of the last ``min(5, epochs)`` epochs), ``ours_epochs`` (done),
         ``ours_protocol_epochs`` (the paper's), ``ours_device``, ``ours_dataset``,
         ``ours_path`` and ``ours`` (a one-line description, or :data:`NO_RUN`). Where
         several runs match, the one with the most epochs is used (``ours_runs`` counts them).
@@ -772,6 +772,11 @@ def comparison_markdown(table: str, runs: Sequence[Run] | None = None, *,
     if short:
         legend += (f" Our runs of {', '.join(short)} epochs stopped before the paper's "
                    "protocol ended: their numbers are not comparable with the paper's.")
+    few = sorted({r["ours_epochs"] for r in rows if r["ours_runs"] and r["ours_epochs"]
+                  and r["ours_epochs"] <= 5})
+    if few:
+        legend += (f" A run of {' or '.join(map(str, few))} epochs has no more than 5 epochs: its "
+                   "*ours last-5 mean* is the mean over all the epochs it ran.")
     full = markdown_table(rows, list(columns), columns)
     if len(rows) <= collapse_over:
         return f"{full}\n\n{legend}"
