@@ -14,7 +14,7 @@ describes, and :func:`preset_for_record` finds its preset.
 Conventions (from the paper's protocol, method.md §5): AdamW, lr 1e-4, weight decay 0.01,
 batch 256, 150 epochs, gradient clipping 1.0, no augmentation, seed 42; the VGG k × kernel
 sweep (6.4) ran 100 epochs with seed 0. VGG similarity "Col" is selection on features and
-"Loc_Col" mixes features and coordinates (λ = 0.5); aggregation "Loc_Col" also aggregates the
+"Loc_Col" mixes features and coordinates (α = 0.5; λ is the branching ratio); aggregation "Loc_Col" also aggregates the
 two coordinate channels. For the pure Conv2d model these options do not apply, so its rows
 of table 6.1 are one preset.
 

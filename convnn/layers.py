@@ -138,7 +138,7 @@ class ConvNN2d(_SampledCandidates):
         padding: rings of zero positions added around the image as candidates.
         selection: ``"features"``, ``"coords"`` (x, y of each pixel) or ``"mixed"`` (both,
             features scaled by ``mix / std``, coordinates by ``1 - mix``).
-        mix: λ of ``"mixed"`` selection.
+        mix: α of ``"mixed"`` selection (not the branching ratio λ).
         coord_grid: the coordinate channels of ``"coords"``/``"mixed"`` selection (and of
             aggregated coordinates): ``"image"`` (default: an isotropic grid, the image's
             longer side spans ``[-1, 1]``, the border extends it outwards, so coordinate

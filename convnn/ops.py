@@ -3,7 +3,7 @@
 Every step of the operator (method.md §2) is one function here:
 
 1. selection features: :func:`grid_coordinates`, :func:`sequence_coordinates`,
-   :func:`selection_features` (features, coordinates, or both mixed by λ);
+   :func:`selection_features` (features, coordinates, or both mixed by α);
 2. candidates: :func:`random_candidates`, :func:`spatial_candidates_2d`,
    :func:`spatial_candidates_1d` (``None`` means all positions);
 3. similarity: :func:`pairwise_scores` (scaled dot product, cosine, Euclidean);
@@ -175,14 +175,15 @@ def sequence_coordinates(length: int, *, device=None, dtype=None) -> Tensor:
 def selection_features(
     features: Tensor, coords: Tensor | None, selection: str, mix: float = 0.5
 ) -> Tensor:
-    """What drives neighbour selection: features, coordinates, or both mixed by λ.
+    """What drives neighbour selection: features, coordinates, or both mixed by α.
 
     Args:
         features: ``[B, N, C]``.
         coords: ``[N, P]`` coordinates (needed for ``"coords"`` and ``"mixed"``).
         selection: ``"features"``, ``"coords"`` or ``"mixed"``.
-        mix: λ for ``"mixed"``: features scaled by ``λ / std(features)`` (std over all
-            positions and channels of each batch element), coordinates by ``1 - λ``.
+        mix: α for ``"mixed"``: features scaled by ``α / std(features)`` (std over all
+            positions and channels of each batch element), coordinates by ``1 - α``. (α is
+            not the branching ratio λ of :class:`~convnn.layers.BranchingConv2d`.)
 
     Returns:
         ``[B, N, C]``, ``[B, N, P]`` or ``[B, N, C + P]``.

@@ -661,7 +661,7 @@ def comparison_rows(table: str, runs: Sequence[Run] | None = None, *,
     Returns:
         One dict per paper row: the :func:`paper_table` fields, ``preset`` (its name, or
         ``None`` for rows without a preset), and ours: ``ours_best`` (best test top-1),
-        ``ours_last5`` (mean of the last 5 epochs), ``ours_epochs`` (done),
+        ``ours_last5`` (mean of the last ``min(5, epochs)`` epochs), ``ours_epochs`` (done),
         ``ours_protocol_epochs`` (the paper's), ``ours_device``, ``ours_dataset``,
         ``ours_path`` and ``ours`` (a one-line description, or :data:`NO_RUN`). Where
         several runs match, the one with the most epochs is used (``ours_runs`` counts them).
@@ -772,6 +772,11 @@ def comparison_markdown(table: str, runs: Sequence[Run] | None = None, *,
     if short:
         legend += (f" Our runs of {', '.join(short)} epochs stopped before the paper's "
                    "protocol ended: their numbers are not comparable with the paper's.")
+    few = sorted({r["ours_epochs"] for r in rows if r["ours_runs"] and r["ours_epochs"]
+                  and r["ours_epochs"] <= 5})
+    if few:
+        legend += (f" A run of {' or '.join(map(str, few))} epochs has no more than 5 epochs: its "
+                   "*ours last-5 mean* is the mean over all the epochs it ran.")
     full = markdown_table(rows, list(columns), columns)
     if len(rows) <= collapse_over:
         return f"{full}\n\n{legend}"
@@ -990,7 +995,9 @@ def plot_paper_bars(table: str, *, runs: Sequence[Run] = ()) -> ResultsFigure:
     records = [r for r in paper_records() if r["table"] == table and "best" in r]
     datasets = list(dict.fromkeys(r["dataset"] for r in records))
     labels = list(dict.fromkeys(row_label(r) for r in records))
-    height = 1.2 + 0.32 * len(labels)
+    # Title, axis label and legend take about 1.9 in whatever the row count; a table of 2 or 3
+    # rows still gets a readable plot area (at least 3.4 in tall), and the dots a larger scale.
+    height = max(3.4, 1.9 + 0.45 * len(labels))
     fig = ResultsFigure(figsize=(4.6 * len(datasets) + 1.6, height), dpi=_DPI,
                         layout="constrained")
     axes = fig.subplots(1, len(datasets), squeeze=False, sharey=True)[0]
@@ -1007,7 +1014,7 @@ def plot_paper_bars(table: str, *, runs: Sequence[Run] = ()) -> ResultsFigure:
                 "|", ms=14, mew=2, color="#08519c", label="paper: last-5 mean")
         for value, y in zip(best, ys):
             if value > 0:
-                ax.text(value + 1.2, y, f"{value:.2f}", va="center", fontsize=7)
+                ax.text(value + 1.2, y, f"{value:.2f}", va="center", fontsize=8)
         for record, run in _our_points(table, dataset, runs, None):
             shown.append(run)
             y = labels.index(row_label(record))
@@ -1017,9 +1024,10 @@ def plot_paper_bars(table: str, *, runs: Sequence[Run] = ()) -> ResultsFigure:
         low = min(b for b in best if b > 0)
         ax.set_xlim(max(0.0, math.floor(low / 5) * 5 - 5), min(100.0, max(best) + 6))
         ax.set(xlabel="test top-1 (%)", title=DATASET_NAMES.get(dataset, dataset))
-        ax.set_yticks(list(ys), labels, fontsize=8)
+        ax.set_yticks(list(ys), labels, fontsize=9)
         ax.grid(axis="x", alpha=0.3)
-    axes[0].invert_yaxis()  # the table's first row on top (the axes share y: invert once)
+    # the table's first row on top, half a row of margin (the axes share y: set it once)
+    axes[0].set_ylim(len(labels) - 0.5, -0.5)
     handles, names = axes[0].get_legend_handles_labels()
     unique = dict(zip(names, handles))
     fig.suptitle(_title(table, shown), fontsize=11)

@@ -9,8 +9,9 @@ from the layers themselves (:meth:`convnn.layers.ConvNN2d.neighbours`) or from
 - :func:`make_layer`, :func:`selected_pixels`, :func:`candidate_pixels`: a small
   :class:`~convnn.layers.ConvNN2d` for pictures, and the pixels it selects and searches.
 - :func:`neighbour_map`, :func:`neighbour_panels`, :func:`neighbour_grid`: the selected
-  neighbours of one pixel on an image (one panel, several, or a grid over ``k`` and λ).
-- :func:`explorer`: an ipywidgets explorer with sliders for ``k``, λ, the candidate sampling and
+  neighbours of one pixel on an image (one panel, several, or a grid over ``k`` and α).
+  α is the feature/coordinate mix of ``selection="mixed"``; λ is kept for the branching ratio.
+- :func:`explorer`: an ipywidgets explorer with sliders for ``k``, α, the candidate sampling and
   the inspected pixel.
 - :func:`knn_points_figure`, :func:`scatter_panels`: k-NN on 2-D points (chapter 2).
 - :func:`window_distances_figure`, :func:`image_panels`: the convolution limit (chapter 3).
@@ -260,9 +261,9 @@ def make_layer(
 
     Args:
         k: neighbours per pixel.
-        mix: λ of mixed selection: ``0`` selects by position only (``selection="coords"``),
-            ``1`` by colour only, in between by both (features scaled by ``λ / std``,
-            coordinates by ``1 - λ``).
+        mix: α of mixed selection: ``0`` selects by position only (``selection="coords"``),
+            ``1`` by colour only, in between by both (features scaled by ``α / std``,
+            coordinates by ``1 - α``).
         sampling: ``"all"``, ``"random"`` or ``"spatial"`` candidates.
         candidates: ``r`` of a sampled candidate set (``r × r`` pixels; default 8).
         selection: override the selection that ``mix`` implies.
@@ -356,7 +357,7 @@ def _describe(layer: ConvNN2d) -> str:
     elif layer.selection == "features":
         how = "by colour"
     else:
-        how = f"λ = {layer.mix:g}"
+        how = f"α = {layer.mix:g}"
     where = "all pixels" if layer.sampling == "all" else (
         f"{layer.sampling} {layer.candidates}×{layer.candidates}")
     return f"k = {layer.k}, {how}, {where}"
@@ -513,7 +514,7 @@ def neighbour_grid(
     panel_size: float = 2.2,
     **options,
 ) -> Figure:
-    """A grid of :func:`neighbour_map` panels: one row per λ (``mixes``), one column per k.
+    """A grid of :func:`neighbour_map` panels: one row per α (``mixes``), one column per k.
 
     ``options`` go to :func:`make_layer` (e.g. ``sampling``, ``candidates``, ``padding``).
     """
@@ -530,10 +531,10 @@ def neighbour_grid(
             neighbour_map(image, make_layer(k=k, mix=mix, **options), pixel, ax=ax,
                           title=f"k = {k}" if i == 0 else "")
             if j == 0:
-                label = {0.0: "λ = 0\n(position)", 1.0: "λ = 1\n(colour)"}.get(
-                    float(mix), f"λ = {mix:g}")
+                label = {0.0: "α = 0\n(position)", 1.0: "α = 1\n(colour)"}.get(
+                    float(mix), f"α = {mix:g}")
                 ax.set_ylabel(label, fontsize=9)
-    fig.suptitle("Neighbours of ★: k grows to the right, λ moves selection\n"
+    fig.suptitle("Neighbours of ★: k grows to the right, α moves selection\n"
                  "from position (top) to colour (bottom)", fontsize=10)
     if source:
         fig.supxlabel(f"Image: {source}", fontsize=8)
@@ -552,7 +553,7 @@ def explorer(
 ):
     """An ipywidgets explorer of the spectrum on a real image.
 
-    Sliders for ``k``, λ (``mix``, 0 = position, 1 = colour), ``r`` (sampled candidates are
+    Sliders for ``k``, α (``mix``, 0 = position, 1 = colour), ``r`` (sampled candidates are
     ``r × r`` pixels) and the inspected pixel, and a dropdown for the candidate sampling; every
     change redraws :func:`neighbour_map` into an ``ipywidgets.Image``. Built with
     ``ipywidgets.interactive``, so it constructs and draws without a display; the PNG lives in
@@ -577,7 +578,7 @@ def explorer(
     controls = {
         "k": widgets.IntSlider(value=k, min=1, max=max_k, description="k", **slider),
         "mix": widgets.FloatSlider(value=mix, min=0.0, max=1.0, step=0.05,
-                                   description="λ (colour)", **slider),
+                                   description="α (colour)", **slider),
         "sampling": widgets.Dropdown(options=list(ops.SAMPLINGS), value=sampling,
                                      description="sampling",
                                      style={"description_width": "80px"},
@@ -612,6 +613,28 @@ def explorer(
 
 
 # --------------------------------------------------------------------------- chapter 2: points
+def _rank_labels(ax, pts: Tensor, q: Tensor, idx: list[int]) -> None:
+    """Number the selected points by rank, each label pushed away from the query and turned
+    until it keeps clear of the labels already placed (close neighbours would overlap)."""
+    span = float((pts.max(0).values - pts.min(0).values).max())
+    offset, clearance = 0.055 * span, 0.06 * span
+    placed: list[np.ndarray] = []
+    for j, i in enumerate(idx):
+        p = pts[i].numpy()
+        away = p - q.numpy()
+        angle = math.atan2(away[1], away[0]) if np.hypot(*away) > 0 else 0.75 * math.pi
+        for turn in (0, 1, -1, 2, -2, 3, -3, 4):
+            a = angle + turn * math.pi / 4
+            spot = p + offset * np.array([math.cos(a), math.sin(a)])
+            if all(np.hypot(*(spot - other)) >= clearance for other in placed):
+                break
+        placed.append(spot)
+        ax.annotate(str(j + 1), tuple(p), xytext=tuple(spot), textcoords="data", fontsize=8,
+                    fontweight="bold", zorder=4, ha="center", va="center",
+                    bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none",
+                          "alpha": 0.75})
+
+
 def knn_points_figure(
     points: Tensor,
     values: Tensor,
@@ -647,7 +670,7 @@ def knn_points_figure(
                          else torch.as_tensor(w).detach().cpu().double().reshape(-1).numpy())
         if len(weights[name]) != k:
             raise ValueError(f"rho[{name!r}] must have k={k} weights, got {len(weights[name])}")
-    fig = BookFigure(figsize=(8.0 if weights else 4.6, 3.7), dpi=90, layout="constrained")
+    fig = BookFigure(figsize=(8.6 if weights else 4.6, 4.3), dpi=90, layout="constrained")
     axes = fig.subplots(1, 2 if weights else 1, squeeze=False)[0]
     ax = axes[0]
     line_w = list(weights.values())[-1] if weights else np.ones(k)
@@ -665,20 +688,15 @@ def knn_points_figure(
     ax.scatter(pts[idx, 0], pts[idx, 1], s=120, facecolors="none",
                edgecolors=NEIGHBOUR_COLOUR, linewidths=2.2, zorder=3,
                label=f"selected (k = {k})")
-    for j, i in enumerate(idx):  # rank labels, pushed away from the query
-        away = (pts[i] - q).numpy()
-        norm = float(np.hypot(*away))
-        dx, dy = (away / norm * 11) if norm > 0 else (-8.0, 8.0)
-        ax.annotate(str(j + 1), (pts[i, 0], pts[i, 1]), xytext=(dx, dy),
-                    textcoords="offset points", fontsize=8, fontweight="bold", zorder=4,
-                    ha="center", va="center")
+    _rank_labels(ax, pts, q, idx)
     ax.plot([q[0]], [q[1]], marker="*", markersize=16, color=QUERY_COLOUR,
             markeredgecolor="white", zorder=5, linestyle="none", label="query i")
     ax.set_aspect("equal")
     ax.set_xlabel("x")
     ax.set_ylabel("y")
     ax.legend(loc="upper left", fontsize=7.5, framealpha=0.85)
-    fig.colorbar(sc, ax=ax, shrink=0.8, label="value v")
+    # below the map, so that its label never meets the weight panel's axis label
+    fig.colorbar(sc, ax=ax, location="bottom", shrink=0.7, aspect=30, label="value v")
     ax.set_title(title or f"k = {k} nearest neighbours of ★ (numbers: rank j)", fontsize=9.5)
     if weights:
         bx = axes[1]

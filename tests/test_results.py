@@ -372,5 +372,8 @@ def test_comparison_markdown(tmp_path):
     assert "NVIDIA H100, 5/150 epochs, CIFAR-10 (JPEG copy)" in long
     assert "Our runs of 5/150 epochs stopped before the paper's protocol ended" in long
     assert "stopped before" not in short
+    assert "A run of 5 epochs has no more than 5 epochs: its *ours last-5 mean* is the mean " \
+        "over all the epochs it ran." in long
+    assert "all the epochs it ran" not in short
     assert "No committed run of ours for any of the 112 rows" in R.comparison_markdown(
         "6.3", runs=[run])

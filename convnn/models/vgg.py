@@ -26,7 +26,7 @@ is recorded per layer in :attr:`VGG.layer_plan`; the layers themselves never cla
 The paper's "similarity" and "aggregation" settings (reference code: ``similarity_type`` and
 ``aggregation_type``, each ``"Col"`` or ``"Loc_Col"``) map onto layer options with
 :func:`paper_layer_options`: similarity ``"Col"`` is ``selection="features"``, ``"Loc_Col"`` is
-``selection="mixed"`` with ``mix=λ``; aggregation ``"Loc_Col"`` (the two coordinate channels are
+``selection="mixed"`` with ``mix=α``; aggregation ``"Loc_Col"`` (the two coordinate channels are
 aggregated with the features, adding ``2·k`` weights per output channel) is
 ``aggregate_coords=True``, implemented by :class:`CoordAggregationConvNN2d`.
 """
@@ -80,12 +80,13 @@ def paper_layer_options(similarity: str = "Col", aggregation: str = "Col",
     """ConvNN layer options for the paper's ``similarity_type`` / ``aggregation_type``.
 
     Args:
-        similarity: ``"Col"`` (features), ``"Loc_Col"`` (features scaled by ``λ/std`` beside
-            coordinates scaled by ``1 - λ``) or ``"Loc"`` (coordinates only; here ranked by
+        similarity: ``"Col"`` (features), ``"Loc_Col"`` (features scaled by ``α/std`` beside
+            coordinates scaled by ``1 - α``) or ``"Loc"`` (coordinates only; here ranked by
             Euclidean distance, the convolution limit).
         aggregation: ``"Col"`` (aggregate features) or ``"Loc_Col"`` (features and the two
             coordinate channels).
-        lambda_param: λ of ``"Loc_Col"`` similarity (the reference's default is 0.5).
+        lambda_param: α of ``"Loc_Col"`` similarity (the reference code's name and default,
+            0.5; the book writes α because λ is the branching ratio).
 
     Returns:
         A dict for ``VGG(layer_options=...)`` / ``ModelConfig.layer_options``.

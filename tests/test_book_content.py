@@ -1,0 +1,172 @@
+"""What the book's pages say: citations resolve, source includes point at real code, and every
+exercise comes with a hint and a solution.
+
+Everything here reads the sources (fast); one test reads the strict build's log.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+pytest.register_assert_rewrite("conftest_book")  # before the import below
+from conftest_book import ROOT, BookBuild, book_config, resolve_source, toc_files
+
+pytest_plugins = ["conftest_book"]
+
+CITE = re.compile(r"\{cite(?::[a-z]+)?\}`([^`]+)`")
+BIB_KEY = re.compile(r"^@\w+\{\s*([^,\s]+)\s*,", re.MULTILINE)
+INCLUDE = re.compile(r"```\{literalinclude\}\s+(\S+)\n((?::[\w-]+:.*\n)*)")
+EXERCISE = re.compile(r"\*\*Exercise (\d+)\.\*\*")
+DROPDOWN = re.compile(r":::\{admonition\} (Hint|Solution)\n:class: dropdown\n(.*?)\n:::", re.DOTALL)
+
+
+def toc_sources() -> list[Path]:
+    return [p for p in map(resolve_source, toc_files()) if p is not None]
+
+
+def markdown_blocks(path: Path) -> list[str]:
+    """The page's markdown: the whole file, or each markdown cell of a notebook."""
+    if path.suffix != ".ipynb":
+        return [path.read_text(encoding="utf-8")]
+    cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+    return ["".join(c["source"]) for c in cells if c["cell_type"] == "markdown"]
+
+
+def bib_keys() -> set[str]:
+    files = book_config()["bibtex_bibfiles"]
+    return {key for f in files for key in BIB_KEY.findall((ROOT / f).read_text(encoding="utf-8"))}
+
+
+def test_the_bibliography_is_configured_and_listed() -> None:
+    assert book_config()["bibtex_bibfiles"], "no bibtex_bibfiles in _config.yml"
+    pages = [p for p in toc_sources() if "```{bibliography}" in p.read_text(encoding="utf-8")]
+    assert pages, "no page of the toc holds the {bibliography} directive"
+
+
+def test_every_citation_key_is_in_the_bibliography() -> None:
+    keys = bib_keys()
+    cited: dict[str, set[str]] = {}
+    for path in toc_sources():
+        for block in markdown_blocks(path):
+            for group in CITE.findall(block):
+                for key in group.split(","):
+                    cited.setdefault(key.strip(), set()).add(path.name)
+    assert cited, "the book cites nothing"
+    missing = {key: sorted(pages) for key, pages in cited.items() if key not in keys}
+    assert not missing, f"cited but not in the .bib: {missing}"
+
+
+def test_the_core_references_are_cited() -> None:
+    cited = {key.strip() for path in toc_sources() for block in markdown_blocks(path)
+             for group in CITE.findall(block) for key in group.split(",")}
+    for key in ("kang2025convnn", "dosovitskiy2021vit", "simonyan2015vgg", "wang2022kvt",
+                "child2019sparse", "parmar2018image", "hassani2023natten",
+                "dao2022flashattention"):
+        assert key in cited, f"{key} is in the bibliography but no chapter cites it"
+
+
+def test_the_build_resolves_every_citation(built_book: BookBuild) -> None:
+    built_book.require_success()
+    log = built_book.log.lower()
+    for symptom in ("could not find bibtex key", "citation not found", "bibtex"):
+        lines = [line for line in log.splitlines() if symptom in line and "warning" in line]
+        assert not lines, "\n".join(lines)
+
+
+def _python_object_exists(source: str, dotted: str) -> bool:
+    body = ast.parse(source).body
+    for part in dotted.split("."):
+        found = [n for n in body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef,
+                                                   ast.ClassDef)) and n.name == part]
+        if not found:
+            return False
+        body = found[0].body
+    return True
+
+
+def test_every_literalinclude_points_at_real_code() -> None:
+    seen = 0
+    for path in toc_sources():
+        for block in markdown_blocks(path):
+            for target, options in INCLUDE.findall(block):
+                seen += 1
+                file = (path.parent / target).resolve()
+                assert file.is_file(), f"{path.name}: {target} does not exist"
+                text = file.read_text(encoding="utf-8")
+                opts = dict(re.findall(r":([\w-]+):\s*(.*)", options))
+                if "pyobject" in opts:
+                    assert _python_object_exists(text, opts["pyobject"].strip()), \
+                        f"{path.name}: no {opts['pyobject']} in {target}"
+                for key in ("start-at", "start-after", "end-before", "end-at"):
+                    if key in opts:
+                        assert opts[key].strip() in text, \
+                            f"{path.name}: {key} {opts[key]!r} not found in {target}"
+    assert seen >= 3, "expected the chapters to include package source"
+
+
+def exercises_of(path: Path) -> list[tuple[int, str, str]]:
+    """(number, markdown of the exercise, code of the next cell) for each exercise of a page."""
+    if path.suffix != ".ipynb":
+        return []
+    cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+    found = []
+    for i, cell in enumerate(cells):
+        if cell["cell_type"] != "markdown":
+            continue
+        text = "".join(cell["source"])
+        starts = [(m.start(), int(m.group(1))) for m in EXERCISE.finditer(text)]
+        for n, (pos, number) in enumerate(starts):
+            part = text[pos: starts[n + 1][0] if n + 1 < len(starts) else len(text)]
+            after = cells[i + 1] if i + 1 < len(cells) and n + 1 == len(starts) else None
+            code = "".join(after["source"]) if after and after["cell_type"] == "code" else ""
+            found.append((number, part, code))
+    return found
+
+
+def test_every_chapter_with_exercises_numbers_them() -> None:
+    for path in toc_sources():
+        blocks = markdown_blocks(path)
+        if not any("## Exercises" in b for b in blocks):
+            continue
+        numbers = [n for n, _, _ in exercises_of(path)]
+        assert numbers, f"{path.name}: an Exercises section without **Exercise N.** items"
+        assert numbers == list(range(1, len(numbers) + 1)), f"{path.name}: {numbers}"
+
+
+def test_every_exercise_has_a_folded_hint_and_a_runnable_solution() -> None:
+    problems = []
+    for path in toc_sources():
+        for number, text, code in exercises_of(path):
+            kinds = [kind for kind, _ in DROPDOWN.findall(text)]
+            where = f"{path.name} exercise {number}"
+            if "Hint" not in kinds:
+                problems.append(f"{where}: no folded Hint")
+            if "Solution" not in kinds:
+                problems.append(f"{where}: no folded Solution")
+            solution = "\n".join(body for kind, body in DROPDOWN.findall(text) if kind == "Solution")
+            runs_here = code.startswith(f"# Solution to exercise {number}")
+            if not runs_here and "```python" not in solution:
+                problems.append(f"{where}: the solution has no code (a following "
+                                f"'# Solution to exercise {number}' cell or a python block)")
+    assert not problems, "\n".join(problems)
+
+
+def test_solution_cells_are_folded_and_assertion_cells_hidden() -> None:
+    for path in toc_sources():
+        if path.suffix != ".ipynb":
+            continue
+        for cell in json.loads(path.read_text(encoding="utf-8"))["cells"]:
+            if cell["cell_type"] != "code":
+                continue
+            source = "".join(cell["source"])
+            tags = cell.get("metadata", {}).get("tags", [])
+            if source.startswith("# Solution to exercise"):
+                assert "hide-cell" in tags, f"{path.name}: solution cell not folded"
+            lines = [ln for ln in source.splitlines() if ln.strip() and not ln.startswith("#")]
+            if lines and all(ln.startswith(("assert ", " ")) for ln in lines):
+                assert "remove-cell" in tags, f"{path.name}: assertion cell shown: {source!r}"
