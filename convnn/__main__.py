@@ -7,6 +7,8 @@ Commands:
     eval     evaluate a finished or partial run folder
     book     build the Jupyter Book (offline, warnings as errors) and print index.html's path
     bench    speed and memory ratios of the layers (``--train`` adds training throughput)
+    campaign train the queue of runs that matter most within a time budget (resumable)
+    import-runs  file returned campaign logs into data/results/ with their provenance
 
 Multi-GPU: ``torchrun --nproc_per_node 4 -m convnn train --preset NAME``.
 """
@@ -162,6 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     bench.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     bench.set_defaults(func=_bench)
+
+    from .campaign import add_cli as add_campaign_commands
+
+    add_campaign_commands(sub)  # campaign, import-runs
     return parser
 
 

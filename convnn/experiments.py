@@ -393,7 +393,7 @@ def _sweeps() -> list[tuple[str, str, dict]]:
 #: Presets that reproduce no row of the paper, each an honestly labelled variant of the
 #: paper's setting: ``(family, dataset, settings, train overrides, description)``. The
 #: CIFAR-native ViT-Tiny (``vit_tiny_cifar``: 32 px input, patch 4, 65 tokens) is a lean
-#: variant of the paper's ViT-Tiny on 224-px upscaled images (197 tokens): about 10× cheaper
+#: variant of the paper's ViT-Tiny on 224-px upscaled images (197 tokens): several times cheaper
 #: per image, but not the paper's model, so its numbers are never compared with the paper's.
 NON_PAPER_PRESETS: tuple[tuple[str, str, dict, dict, str], ...] = tuple(
     ("vit", "cifar10", {"model": "vit_tiny_cifar", **settings}, {"resize": None},
