@@ -735,10 +735,10 @@ def _write_provenance(dest: Path, folder: Path, runs, state, commit, command, de
     datasets = sorted({dataset_label(r.dataset_source) for r in runs})
     notes = ["", f"Notes on `{folder.name}/` (filed by `python -m convnn import-runs`):",
              f"- Data: {', '.join(datasets)}.",
-             "- Protocol: the paper's for each preset (AdamW lr 1e-4, weight decay 0.01, batch "
+             ("- Protocol: the paper's for each preset (AdamW lr 1e-4, weight decay 0.01, batch "
              "256, clipping 1.0, no augmentation, seed 42; ViT at 224 px) except as stated "
              "per run; random-candidate runs also log the redrawn evaluation "
-             "(`test_top1_resampled`, the paper's way).",
+             "(`test_top1_resampled`, the paper's way)."),
              "- Epochs run:"]
     notes += [f"  - `{r.path.name}`: {_protocol_text(r, state)}" for r in runs]
     readme.write_text("\n".join(lines + notes) + "\n", encoding="utf-8")
