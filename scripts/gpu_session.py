@@ -146,8 +146,12 @@ def main() -> int:
         if minutes <= 0.5:
             log("campaign: no time left; nothing trained")
             return 0
+        flags = "".join(f" --{f.replace('_', '-')}" for f in ("skip_tests", "skip_bench",
+                                                              "quick") if getattr(args, f))
         result = run_campaign(minutes, args.campaign_dir, logs_dir=args.out, log=log,
-                              smoke=args.quick, device="cpu" if args.quick else None)
+                              smoke=args.quick, device="cpu" if args.quick else None,
+                              command=f"python scripts/gpu_session.py OUT_DIR --campaign "
+                                      f"{args.campaign:g}{flags}")
         log(f"campaign: {json.dumps(result)}")
         log(f"gpu_session done in {time.time() - start:.0f} s")
         return 0
