@@ -9,6 +9,8 @@ Commands:
     bench    speed and memory ratios of the layers (``--train`` adds training throughput and
              our trainer against a plain loop; ``--proxy`` estimates GPU ratios without a
              GPU; ``--suite DIR`` runs everything on one card)
+    campaign train the queue of runs that matter most within a time budget (resumable)
+    import-runs  file returned campaign logs into data/results/ with their provenance
 
 Multi-GPU: ``torchrun --nproc_per_node 4 -m convnn train --preset NAME``.
 
@@ -209,6 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="every measurement on this device, JSON into DIR (<= 8 min on a "
                             "GPU; with --quick, toy sizes)")
     bench.set_defaults(func=_bench)
+
+    from .campaign import add_cli as add_campaign_commands
+
+    add_campaign_commands(sub, **shared)  # campaign, import-runs
     return parser
 
 

@@ -26,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import os
@@ -33,10 +34,11 @@ import re
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
-from .experiments import get_preset, paper_records, preset_for_record
-from .package_data import results_root
+from .experiments import get_preset, paper_key, paper_records, preset_for_record
+from .package_data import PackageDataError, data_file, results_root
 from .viz import BookFigure
 
 __all__ = [
@@ -45,12 +47,20 @@ __all__ = [
     "HEADLINE_CLAIMS",
     "IMAGENET_TABLE",
     "NO_RUN",
+    "PAPER_CURVE_LABEL",
     "PAPER_LABEL",
     "RESULTS_ROOT",
     "SWEEPS",
     "TABLES",
+    "PaperCurve",
     "ResultsFigure",
     "Run",
+    "comparable_count",
+    "comparable_markdown",
+    "comparable_metric",
+    "comparable_reason",
+    "comparable_rows",
+    "comparable_runs",
     "comparison_markdown",
     "comparison_rows",
     "dataset_label",
@@ -60,11 +70,17 @@ __all__ = [
     "load_bench",
     "load_run",
     "markdown_table",
+    "model_differences",
+    "paper_curve",
+    "paper_curves",
     "paper_repeats",
     "paper_table",
     "plot_curves",
+    "plot_gap",
     "plot_paper_bars",
+    "plot_paper_overlay",
     "plot_paper_sweep",
+    "protocol_differences",
     "row_label",
     "run_time_estimates",
     "run_time_table",
@@ -1033,4 +1049,445 @@ def plot_paper_bars(table: str, *, runs: Sequence[Run] = ()) -> ResultsFigure:
     fig.suptitle(_title(table, shown), fontsize=11)
     fig.legend(list(unique.values()), list(unique.keys()), loc="outside lower center",
                ncols=4, fontsize=8, frameon=False)
+    return fig
+
+
+# --------------------------------------------------------------------------- paper curves
+#: The authors' per-epoch logs behind ``paper_results.json``, abridged and gzipped
+#: (``scripts/make_paper_curves.py`` writes it).
+PAPER_CURVES_FILE = "paper_curves.json.gz"
+#: How every per-epoch number from the authors' logs is labelled.
+PAPER_CURVE_LABEL = "paper (authors' per-epoch logs)"
+#: The data the authors trained on (their logs say so): the original CIFAR binaries.
+PAPER_DATA = "original CIFAR binaries"
+
+
+@dataclass(frozen=True)
+class PaperCurve:
+    """One of the authors' training runs, epoch by epoch (from their own logs).
+
+    Attributes:
+        path: the log's path in the authors' repository (``repo``: ``"cnn"`` for VGG-11,
+            ``"vit"`` for ViT-Tiny).
+        records: indices of the ``paper_results.json`` records (table rows) this run backs.
+        best, avg5: the run's best and last-5 mean test top-1 over all its epochs, as in
+            ``paper_results.json``.
+        epoch, seconds, train_loss, train_top1, test_loss, test_top1: per epoch (top-1 in %,
+            losses as mean cross-entropy, seconds of wall clock).
+    """
+
+    path: str
+    repo: str
+    records: tuple[int, ...]
+    best: float
+    avg5: float
+    epoch: tuple[int, ...]
+    seconds: tuple[float, ...]
+    train_loss: tuple[float, ...]
+    train_top1: tuple[float, ...]
+    test_loss: tuple[float, ...]
+    test_top1: tuple[float, ...]
+
+    @property
+    def epochs(self) -> int:
+        return len(self.epoch)
+
+    @property
+    def tables(self) -> tuple[str, ...]:
+        """The tables of the rows this run backs, e.g. ``("6.6", "6.8")``."""
+        records = paper_records()
+        return tuple(dict.fromkeys(records[i]["table"] for i in self.records))
+
+    @property
+    def label(self) -> str:
+        """``"paper (authors' per-epoch logs), table 6.1, 150 epochs"``."""
+        return f"{PAPER_CURVE_LABEL}, table {'/'.join(self.tables)}, {self.epochs} epochs"
+
+    def _check_epoch(self, epoch: int) -> int:
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or not \
+                1 <= epoch <= self.epochs:
+            raise ValueError(f"epoch must be an integer in 1..{self.epochs} (this run's "
+                             f"epochs), got {epoch!r}")
+        return epoch
+
+    def best_at(self, epoch: int) -> float:
+        """The best test top-1 of epochs ``1..epoch`` (the paper's metric, cut at ``epoch``)."""
+        return max(self.test_top1[:self._check_epoch(epoch)])
+
+    def last5_at(self, epoch: int) -> float:
+        """The mean test top-1 of the last ``min(5, epoch)`` epochs up to ``epoch``."""
+        last = self.test_top1[max(0, self._check_epoch(epoch) - 5):epoch]
+        return sum(last) / len(last)
+
+
+@lru_cache(maxsize=1)
+def _paper_curves() -> tuple[PaperCurve, ...]:
+    try:
+        path = data_file(PAPER_CURVES_FILE)
+    except PackageDataError as err:
+        raise PackageDataError(
+            f"the paper's per-epoch curves are not installed: {err}. From a checkout, "
+            "`python scripts/make_paper_curves.py PATH/paper_curves.json` writes "
+            f"data/{PAPER_CURVES_FILE} from the full extraction of the authors' logs") from None
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        data = json.load(f)
+    return tuple(PaperCurve(
+        path=run["path"], repo=run["repo"], records=tuple(run["records"]), best=run["best"],
+        avg5=run["avg5"], epoch=tuple(range(1, run["epochs"] + 1)),
+        **{c: tuple(run[c]) for c in ("seconds", "train_loss", "train_top1", "test_loss",
+                                      "test_top1")}) for run in data["runs"])
+
+
+@lru_cache(maxsize=1)
+def _curve_by_record() -> dict[int, PaperCurve]:
+    return {i: curve for curve in _paper_curves() for i in curve.records}
+
+
+def _record_indices(preset_or_row) -> list[int]:
+    """The ``paper_results.json`` record indices of a preset (its name or object), a record
+    index, a record, or a row of :func:`paper_table` / :func:`comparison_rows`."""
+    from .experiments import Preset
+
+    records = paper_records()
+    if isinstance(preset_or_row, str):
+        preset_or_row = get_preset(preset_or_row)
+    if isinstance(preset_or_row, Preset):
+        return [i for i, r in enumerate(records) if paper_key(r) == preset_or_row.spec]
+    if isinstance(preset_or_row, int) and not isinstance(preset_or_row, bool):
+        if not 0 <= preset_or_row < len(records):
+            raise ValueError(f"preset_or_row: record index {preset_or_row} is not in "
+                             f"0..{len(records) - 1}")
+        return [preset_or_row]
+    if isinstance(preset_or_row, dict):
+        same = [i for i, r in enumerate(records) if r == preset_or_row]
+        if not same and "table" in preset_or_row:  # a row of paper_table / comparison_rows
+            row = preset_or_row
+            same = [i for i, r in enumerate(records) if r["table"] == row["table"]
+                    and all(r.get(k) == row[k] for k in SETTING_KEYS if k in row)
+                    and all(r.get(k[6:]) == v for k, v in row.items()
+                            if k.startswith("paper_") and k[6:] in r)]
+        if len(same) == 1 or (same and all(records[i] == records[same[0]] for i in same)):
+            return same[:1]
+        raise ValueError(f"preset_or_row matches {len(same)} records of paper_results.json; "
+                         "pass a record, a row of paper_table(), a preset or its name")
+    raise ValueError("preset_or_row must be a preset name, a Preset, a record index, or a "
+                     f"paper row (dict), got {type(preset_or_row).__name__}")
+
+
+def paper_curves(preset_or_row) -> list[PaperCurve]:
+    """Every run of the authors behind a preset or a paper row, in table order (a preset in
+    several tables can have several distinct runs, e.g. the VGG-11 Conv2d baseline).
+
+    Args:
+        preset_or_row: a preset name, a :class:`~convnn.experiments.Preset`, an index into
+            ``paper_results.json``'s records, a record, or a row of :func:`paper_table`.
+
+    Returns:
+        ``[]`` when the authors' logs have no run for it (the ImageNet rows, presets that
+        reproduce no row).
+
+    Raises:
+        ValueError: an unknown preset, or a row that matches no record.
+        PackageDataError: ``paper_curves.json.gz`` is not installed.
+    """
+    by_record = _curve_by_record()
+    curves = [by_record[i] for i in _record_indices(preset_or_row) if i in by_record]
+    return list(dict.fromkeys(curves))
+
+
+def paper_curve(preset_or_row) -> PaperCurve:
+    """The authors' run behind a paper row, or behind a preset's first row (see
+    :func:`paper_curves` for every run of a preset).
+
+    Example:
+        >>> curve = paper_curve("vgg11-c10-conv2d")
+        >>> curve.epochs, curve.test_top1[0], curve.best == max(curve.test_top1)
+        (150, 51.0938, True)
+
+    Raises:
+        ValueError: no run of the authors backs it (with the reason).
+    """
+    curves = paper_curves(preset_or_row)
+    if not curves:
+        raise ValueError(f"the authors' logs have no per-epoch curve for {preset_or_row!r} "
+                         "(ImageNet rows and presets that reproduce no paper row have none)")
+    return curves[0]
+
+
+# --------------------------------------------------------------------------- comparable runs
+#: Training settings that make two runs the same protocol (``epochs`` may differ: runs are
+#: compared at the same epoch; precision, compilation and evaluation batching are not part
+#: of the protocol and are stated in the run's label instead).
+PROTOCOL_KEYS = ("optimizer", "lr", "weight_decay", "betas", "momentum", "schedule",
+                 "warmup_epochs", "step_size", "gamma", "batch_size", "grad_clip",
+                 "label_smoothing", "seed", "augment", "resize")
+#: The metric key of the paper's way of evaluating random candidates (redrawn at every
+#: evaluation, method.md §6.6), logged beside the fixed-draw ``test_top1``.
+RESAMPLED_KEY = "test_top1_resampled"
+
+
+def protocol_differences(run: Run) -> dict:
+    """``{key: (ours, preset's)}`` for the :data:`PROTOCOL_KEYS` where the run's training
+    config differs from its preset's protocol (``{}``: same protocol)."""
+    if not run.preset:
+        raise ValueError(f"{run.path} is not a preset run: it has no protocol to compare")
+    want = get_preset(run.preset).train_config().to_dict()
+    have = run.config.get("train") or {}
+    return {k: (have.get(k), want[k]) for k in PROTOCOL_KEYS if have.get(k) != want[k]}
+
+
+def model_differences(run: Run) -> list[str]:
+    """Model settings of the run that differ from today's preset (e.g. layer options the
+    preset gained later), as ``"name: ours -> preset's"`` strings; ``[]`` if none."""
+    want = get_preset(run.preset).model_config().to_dict()
+    have = run.extra.get("model") or {}
+    out = []
+    for key, value in want.items():
+        if key == "layer_options":
+            old = have.get(key) or {}
+            out += [f"{k}: {old.get(k)!r} -> {value.get(k)!r}" for k in
+                    sorted(set(old) | set(value)) if old.get(k) != value.get(k)]
+        elif have.get(key) != value:
+            out.append(f"{key}: {have.get(key)!r} -> {value!r}")
+    return out
+
+
+def comparable_metric(run: Run) -> str:
+    """The test top-1 key to compare with the paper: :data:`RESAMPLED_KEY` when the run
+    logged it (random candidates, redrawn as the paper evaluated), else ``"test_top1"``."""
+    if run.records and all(RESAMPLED_KEY in r for r in run.records):
+        return RESAMPLED_KEY
+    return "test_top1"
+
+
+def comparable_reason(run: Run) -> str | None:
+    """Why a run cannot be compared with the paper's curve, or ``None`` if it can: a smoke run,
+    no preset, a preset without a paper curve, a subset, synthetic data, or another
+    protocol."""
+    if not run.preset:
+        return "not a preset run"
+    if run.smoke:
+        return "a smoke run"
+    if not run.records:
+        return "no finished epoch"
+    dataset = run.extra.get("dataset") or {}
+    if dataset.get("synthetic") or run.dataset_source.startswith("synthetic"):
+        return "synthetic data"
+    if dataset.get("train_per_class") or dataset.get("test_per_class"):
+        return "a subset of the dataset"
+    try:
+        curves = paper_curves(run.preset)
+    except ValueError:
+        return f"unknown preset {run.preset}"
+    if not curves:
+        return "the authors' logs have no run of this preset"
+    diff = protocol_differences(run)
+    if diff:
+        return "another protocol (" + ", ".join(f"{k}: {a!r} vs {b!r}"
+                                                for k, (a, b) in diff.items()) + ")"
+    return None
+
+
+def comparable_runs(runs: Sequence[Run] | None = None) -> list[Run]:
+    """The runs that can be compared with the paper epoch by epoch (see
+    :func:`comparable_reason`), the most epochs first per preset."""
+    runs = find_runs() if runs is None else list(runs)
+    return sorted((r for r in runs if comparable_reason(r) is None),
+                  key=lambda r: (r.preset, -r.epochs_done, str(r.path)))
+
+
+def _our_at(run: Run, key: str, epoch: int) -> tuple[float, float]:
+    values = [r[key] for r in run.records if r["epoch"] <= epoch]
+    last = values[-5:]
+    return max(values), sum(last) / len(last)
+
+
+def comparable_rows(runs: Sequence[Run] | None = None) -> list[dict]:
+    """Every paper row (CIFAR tables) that has a comparable run of ours, compared at the same
+    epoch E: the epochs our run finished, capped at the paper's run length.
+
+    Returns:
+        One dict per row: ``table``, ``setting``, ``dataset_name``, ``preset``, ``epoch``
+        (E), ``paper_best_at``, ``paper_last5_at`` (of the authors' run behind the row, over
+        its epochs 1..E), ``paper_best``/``paper_avg5`` (its full length), ``paper_epochs``,
+        ``ours_best_at``, ``ours_last5_at`` (same window, of ``ours_metric``),
+        ``ours_metric`` (``"test_top1"`` or :data:`RESAMPLED_KEY`), ``gap_best``,
+        ``gap_last5`` (ours minus paper), ``ours`` (device, epochs, data), ``ours_dataset``,
+        ``ours_path``, ``model_notes`` (differences from today's preset) and ``source``.
+    """
+    by_preset: dict[str, Run] = {}
+    for run in comparable_runs(runs):
+        by_preset.setdefault(run.preset, run)
+    by_record = _curve_by_record()
+    rows = []
+    for index, record in enumerate(paper_records()):
+        preset = preset_for_record(record)
+        run = by_preset.get(preset.name) if preset is not None else None
+        if run is None or index not in by_record:
+            continue
+        curve = by_record[index]
+        epoch = min(run.epochs_done, curve.epochs)
+        key = comparable_metric(run)
+        ours_best, ours_last5 = _our_at(run, key, epoch)
+        rows.append({
+            "table": record["table"], "setting": row_label(record),
+            "dataset_name": DATASET_NAMES.get(record["dataset"], record["dataset"]),
+            "preset": preset.name, "epoch": epoch,
+            "paper_best_at": curve.best_at(epoch), "paper_last5_at": curve.last5_at(epoch),
+            "paper_best": record["best"], "paper_avg5": record["avg5"],
+            "paper_epochs": curve.epochs,
+            "ours_best_at": ours_best, "ours_last5_at": ours_last5, "ours_metric": key,
+            "gap_best": ours_best - curve.best_at(epoch),
+            "gap_last5": ours_last5 - curve.last5_at(epoch),
+            "ours": f"{run.device}, {run.epochs_text}, {run.dataset}",
+            "ours_dataset": run.dataset, "ours_path": str(run.path),
+            "model_notes": "; ".join(model_differences(run)) or None,
+            "source": f"{PAPER_CURVE_LABEL} vs ours",
+        })
+    return rows
+
+
+def comparable_count(runs: Sequence[Run] | None = None) -> dict:
+    """How many paper rows have a comparable run of ours: ``rows`` (with one), ``total``
+    (CIFAR rows with an authors' curve), ``presets`` and ``runs`` (distinct), and
+    ``epochs`` (the comparison epochs, sorted)."""
+    rows = comparable_rows(runs)
+    total = sum(1 for i in range(len(paper_records())) if i in _curve_by_record())
+    return {"rows": len(rows), "total": total,
+            "presets": len({r["preset"] for r in rows}),
+            "runs": len({r["ours_path"] for r in rows}),
+            "epochs": sorted({r["epoch"] for r in rows})}
+
+
+def comparable_markdown(runs: Sequence[Run] | None = None) -> str:
+    """The count and the table of :func:`comparable_rows` for a book page."""
+    count = comparable_count(runs)
+    rows = comparable_rows(runs)
+    head = (f"**{count['rows']} of the paper's {count['total']} CIFAR rows** have a comparable "
+            f"run of ours ({count['runs']} run(s) of {count['presets']} preset(s): same preset "
+            "and protocol, compared with the authors' run at the same epoch).")
+    if not rows:
+        return head
+    shown = [dict(r, setting=f"{r['setting']} ({r['table']})",
+                  ours_metric="redrawn" if r["ours_metric"] == RESAMPLED_KEY else "fixed"
+                  if r["preset"] and "random" in r["preset"] else "–") for r in rows]
+    columns = {"dataset_name": "data", "setting": "paper row (table)", "epoch": "epoch E",
+               "paper_best_at": "paper best ≤E", "ours_best_at": "ours best ≤E",
+               "paper_last5_at": "paper last-5 at E", "ours_last5_at": "ours last-5 at E",
+               "gap_last5": "gap (last-5)", "ours_metric": "random candidates at test",
+               "ours": "our run (device, epochs, data)"}
+    legend = (f"*paper* = {PAPER_CURVE_LABEL} ({PAPER_DATA}), cut at epoch E; *ours* = "
+              "committed logs in `data/results/`; gap = ours minus paper. Runs with random "
+              "candidates are compared on their redrawn evaluation (the paper's way) where "
+              "they logged one.")
+    notes = {r["preset"]: r["model_notes"] for r in rows if r["model_notes"]}
+    if notes:
+        legend += " Built before today's preset options: " + "; ".join(
+            f"`{p}` ({n})" for p, n in notes.items()) + "."
+    return f"{head}\n\n{markdown_table(shown, list(columns), columns)}\n\n{legend}"
+
+
+def plot_paper_overlay(runs: Run | Sequence[Run] | None = None, *,
+                       ncols: int = 2) -> ResultsFigure:
+    """Our test top-1 over the authors' curve, one panel per comparable run.
+
+    Each panel: our test top-1 (solid; for a run that logged the redrawn evaluation, solid is
+    the redrawn one and dotted the fixed draw), our train top-1 (dashed), every authors' run
+    of the preset (thin, full length) and a vertical line at the comparison epoch E. The
+    text box gives best ≤E and last-5 mean at E of both.
+
+    Raises:
+        ValueError: no comparable run (with the reason for each run given).
+    """
+    runs = find_runs() if runs is None else _as_runs(runs)
+    chosen = comparable_runs(runs)
+    if not chosen:
+        reasons = "; ".join(f"{r.path.name}: {comparable_reason(r)}" for r in runs)
+        raise ValueError(f"no run is comparable with the paper's curves ({reasons or 'none given'})")
+    ncols = max(1, min(ncols, len(chosen)))
+    nrows = math.ceil(len(chosen) / ncols)
+    fig = ResultsFigure(figsize=(5.2 * ncols, 3.6 * nrows + 0.6), dpi=_DPI,
+                        layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax, run in zip(axes, chosen):
+        curves = paper_curves(run.preset)
+        key = comparable_metric(run)
+        epoch = min(run.epochs_done, curves[0].epochs)
+        for j, curve in enumerate(curves):
+            ax.plot(curve.epoch, curve.test_top1, "-", lw=1, color="#7f7f7f",
+                    alpha=0.9 if j == 0 else 0.45,
+                    label=f"paper test (table {'/'.join(curve.tables)})")
+        ax.plot(curves[0].epoch, curves[0].train_top1, "--", lw=0.8, color="#7f7f7f",
+                alpha=0.6, label="paper train")
+        epochs = run.series("epoch")
+        ax.plot(epochs, run.series(key), "-o", ms=3, color="#d62728",
+                label="ours test" + (" (redrawn)" if key == RESAMPLED_KEY else ""))
+        if key == RESAMPLED_KEY:
+            ax.plot(epochs, run.series("test_top1"), ":", color="#d62728",
+                    label="ours test (fixed draw)")
+        ax.plot(epochs, run.series("train_top1"), "--", color="#d62728", alpha=0.7,
+                label="ours train")
+        ax.axvline(epoch, color="black", lw=0.8, ls=":")
+        ours_best, ours_last5 = _our_at(run, key, epoch)
+        ax.text(0.98, 0.04, f"at epoch {epoch}: best / last-5 mean\n"
+                f"paper {curves[0].best_at(epoch):.2f} / {curves[0].last5_at(epoch):.2f}\n"
+                f"ours  {ours_best:.2f} / {ours_last5:.2f}",
+                transform=ax.transAxes, ha="right", va="bottom", fontsize=8,
+                family="monospace", bbox={"facecolor": "white", "alpha": 0.85, "lw": 0})
+        shown = max(epoch * 4, 10)
+        ax.set_xlim(0.5, min(curves[0].epochs, shown) + 0.5)
+        ax.set(xlabel="epoch", ylabel="top-1 (%)",
+               title=f"{run.preset}\nours: {run.device}, {run.epochs_text}, {run.dataset}")
+        ax.title.set_fontsize(8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left", frameon=False)
+    for ax in axes[len(chosen):]:
+        ax.set_visible(False)
+    fig.suptitle(f"Ours over {PAPER_CURVE_LABEL} ({PAPER_DATA}); x axis cut at 4× our epochs",
+                 fontsize=10)
+    return fig
+
+
+def plot_gap(runs: Run | Sequence[Run] | None = None) -> ResultsFigure:
+    """Ours minus the authors' test top-1 against the epoch, one line per comparable run
+    (against the authors' run of its preset's first row; random-candidate runs on their
+    redrawn evaluation where logged). A grey band shows the spread between the authors' own
+    runs of the same preset, where they ran it more than once.
+
+    Raises:
+        ValueError: no comparable run.
+    """
+    runs = find_runs() if runs is None else _as_runs(runs)
+    chosen = comparable_runs(runs)
+    if not chosen:
+        raise ValueError("no run is comparable with the paper's curves")
+    fig = ResultsFigure(figsize=(7.5, 3.6 + 0.22 * len(chosen)), dpi=_DPI,
+                        layout="constrained")
+    ax = fig.subplots()
+    for i, run in enumerate(chosen):
+        curves = paper_curves(run.preset)
+        key = comparable_metric(run)
+        points = [(r["epoch"], r[key] - curves[0].test_top1[r["epoch"] - 1])
+                  for r in run.records if r["epoch"] <= curves[0].epochs]
+        color = _COLORS[i % len(_COLORS)]
+        ax.plot([e for e, _ in points], [g for _, g in points], "-o", ms=3, color=color,
+                label=f"{run.preset} ({run.device}, {run.dataset}"
+                      + (", redrawn" if key == RESAMPLED_KEY else "") + ")")
+        if len(curves) > 1:
+            n = min(c.epochs for c in curves)
+            n = min(n, max(e for e, _ in points))
+            spread = [(min(c.test_top1[e] for c in curves) - curves[0].test_top1[e],
+                       max(c.test_top1[e] for c in curves) - curves[0].test_top1[e])
+                      for e in range(n)]
+            ax.fill_between(range(1, n + 1), [a for a, _ in spread], [b for _, b in spread],
+                            color=color, alpha=0.12, lw=0)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set(xlabel="epoch", ylabel="ours − paper, test top-1 (points)",
+           title=f"Gap to {PAPER_CURVE_LABEL} ({PAPER_DATA}), epoch by epoch\n"
+                 "shaded: spread of the authors' own runs of the same preset")
+    ax.title.set_fontsize(9)
+    ax.grid(alpha=0.3)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", fontsize=7,
+               frameon=False)
     return fig

@@ -157,7 +157,8 @@ def preset_configs(preset: Preset, *, smoke: bool, epochs: int | None = None,
 def run_preset(name: str, *, epochs: int | None = None, smoke: bool | None = None,
                out_dir=None, data_dir=None, device=None, resume: bool = False,
                overwrite: bool = False, progress: bool | None = None, download: bool = True,
-               log=print, workers: int | None = None, **train_overrides) -> dict:
+               log=print, workers: int | None = None, callback=None,
+               **train_overrides) -> dict:
     """Train preset ``name``; returns the run's summary (also in ``<out_dir>/summary.json``).
 
     Args:
@@ -173,6 +174,8 @@ def run_preset(name: str, *, epochs: int | None = None, smoke: bool | None = Non
         overwrite: replace an existing run folder.
         workers: image-decoding processes of an ImageNet preset (default:
             :func:`convnn.imagenet.default_num_workers`); an error for CIFAR presets.
+        callback: called after every epoch with its metrics record (see
+            :func:`convnn.train.train`); an exception from it stops the run, resumably.
         **train_overrides: :class:`TrainConfig` fields (``amp``, ``compile``, ``batch_size``...).
     """
     preset = get_preset(name)
@@ -219,7 +222,8 @@ def run_preset(name: str, *, epochs: int | None = None, smoke: bool | None = Non
     log(textwrap.fill(f"data: {_short_source(dataset.source)}", 96, subsequent_indent="    "))
     log(f"run folder: {out}")
     return train(lambda: build_model(model_cfg), dataset, train_cfg, out, resume=resume,
-                 overwrite=overwrite, device=dev, progress=progress, extra=extra, log=log)
+                 overwrite=overwrite, device=dev, progress=progress, extra=extra, log=log,
+                 callback=callback)
 
 
 def _short_source(source: str) -> str:

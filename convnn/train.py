@@ -87,6 +87,7 @@ __all__ = [
     "TrainConfig",
     "evaluate",
     "evaluate_run",
+    "has_random_candidates",
     "load_run",
     "lr_at",
     "resolve_amp",
@@ -564,6 +565,31 @@ def _eval_sums(model: nn.Module, loader, device: torch.device, amp: str) -> torc
         loss = F.cross_entropy(logits.float(), y, reduction="sum")
         sums += _batch_sums(logits, y, loss, dtype)
     return sums
+
+
+def has_random_candidates(model: nn.Module) -> bool:
+    """Whether a module of ``model`` draws random candidates (``sampling == "random"``)."""
+    return any(getattr(m, "sampling", None) == "random" and hasattr(m, "eval_sampling")
+               for m in model.modules())
+
+
+def _resampled_test(model: nn.Module, loaders, device, amp: str, ctx, config, epoch: int
+                    ) -> dict | None:
+    """A second test pass with random candidates redrawn on every call, as the paper's code
+    evaluated (method.md §6.6), for a model with random candidates evaluated on a fixed draw;
+    ``None`` otherwise. It draws from its own seeded stream (``seed``, epoch, rank), so the
+    training's random streams and the fixed-draw numbers are the same as without it."""
+    if config.eval_sampling != "fixed" or not has_random_candidates(model):
+        return None
+    devices = [device.index or 0] if device.type == "cuda" else []
+    set_eval_sampling(model, "resample")
+    try:
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            torch.manual_seed(config.seed * 1_000_003 + 1_009 * (epoch + 1) + ctx.rank)
+            sums = sum(_eval_sums(model, ld, device, amp) for ld in loaders)
+    finally:
+        set_eval_sampling(model, "fixed")
+    return _finish(_all_reduce(sums, ctx))
 
 
 def evaluate(model: nn.Module, loader, device=None, amp: str = "off") -> dict:
@@ -1227,6 +1253,7 @@ def _fit(model_factory, ds, config, out, resume, overwrite, device, ctx, show, e
         with torch.no_grad():
             sums = sum(_eval_sums(compiled, ld, device, amp) for ld in test_loaders)
         te = _finish(_all_reduce(sums, ctx))
+        redrawn = _resampled_test(compiled, test_loaders, device, amp, ctx, config, epoch)
         _sync(device)
         epoch_seconds = time.perf_counter() - t0
         if not (math.isfinite(tr["loss"]) and math.isfinite(te["loss"])):
@@ -1259,6 +1286,9 @@ def _fit(model_factory, ds, config, out, resume, overwrite, device, ctx, show, e
             "git_commit": run_info["git_commit"],
             "time": _now(),
         }
+        if redrawn is not None:  # the paper's way: random candidates redrawn at evaluation
+            record.update(test_loss_resampled=redrawn["loss"], test_top1_resampled=redrawn["top1"],
+                          test_top5_resampled=redrawn["top5"])
         records.append(record)
         rng = _gather_rng(ctx, device)  # collective: every rank takes part
         if main:

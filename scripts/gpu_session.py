@@ -9,6 +9,16 @@ training benchmarks, ``python -m convnn bench --train --json``) and ``runs.tar.g
 logs of the comparison: config.json, metrics.jsonl, summary.json per run; no checkpoints).
 The comparison trains ``vgg11-c10-conv2d`` and ``vgg11-c10-branching-r0.5`` with the paper's
 protocol for the same number of epochs, chosen so that both fit in ``--train-seconds``.
+
+With ``--campaign MINUTES`` the session instead spends what is left of MINUTES (counted from
+its start, after the tests and the benchmark) on the run queue of :mod:`convnn.campaign`:
+
+    CONVNN_DATA_DIR=<folder> python scripts/gpu_session.py OUT_DIR --campaign 9
+
+Run folders and checkpoints stay in ``--campaign-dir`` (default ``runs/campaign``, kept on the
+machine), so the same command again continues the campaign; the log packs
+(``campaign-logs-N.tar.gz``, at most 16 MB each) go to OUT_DIR. File them into
+``data/results/`` with ``python -m convnn import-runs OUT_DIR --commit <commit>``.
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's convnn, whatever else is installed
 COMPARISON = ("vgg11-c10-conv2d", "vgg11-c10-branching-r0.5")
 
 
@@ -96,6 +107,13 @@ def main() -> int:
     parser.add_argument("--skip-tests", action="store_true")
     parser.add_argument("--skip-bench", action="store_true")
     parser.add_argument("--quick", action="store_true", help="tiny settings (CPU dry run)")
+    parser.add_argument("--campaign", type=float, metavar="MINUTES",
+                        help="the session's total minutes: after the tests and the benchmark, "
+                             "train the campaign queue in what is left (instead of the "
+                             "comparison)")
+    parser.add_argument("--campaign-dir", type=Path, default=ROOT / "runs" / "campaign",
+                        help="run folders and checkpoints of the campaign (kept between "
+                             "commands on the same machine)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     log_file = open(args.out / "session.log", "a", encoding="utf-8")  # noqa: SIM115
@@ -119,6 +137,24 @@ def main() -> int:
     if not args.skip_bench:
         sh(f"{sys.executable} -m convnn bench --train --json {bench_path}"
            + (" --quick" if args.quick else ""), log)
+
+    if args.campaign is not None:
+        from convnn.campaign import run_campaign
+
+        minutes = args.campaign - (time.time() - start) / 60
+        log(f"campaign: {minutes:.1f} of {args.campaign:g} minutes left after the checks")
+        if minutes <= 0.5:
+            log("campaign: no time left; nothing trained")
+            return 0
+        flags = "".join(f" --{f.replace('_', '-')}" for f in ("skip_tests", "skip_bench",
+                                                              "quick") if getattr(args, f))
+        result = run_campaign(minutes, args.campaign_dir, logs_dir=args.out, log=log,
+                              smoke=args.quick, device="cpu" if args.quick else None,
+                              command=f"python scripts/gpu_session.py OUT_DIR --campaign "
+                                      f"{args.campaign:g}{flags}")
+        log(f"campaign: {json.dumps(result)}")
+        log(f"gpu_session done in {time.time() - start:.0f} s")
+        return 0
 
     # Choose epochs so both runs fit the budget, from the measured training throughput.
     import torch

@@ -22,7 +22,24 @@ def test_every_paper_row_has_a_preset():
         assert record in preset.paper_rows()
     assert {r["table"] for r in E.paper_records()} >= {"6.1", "6.10", "10"}
     covered = {E.preset_for_record(r).name for r in E.paper_records()}
-    assert covered == set(E.PRESETS), "every preset reproduces at least one paper row"
+    lean = {name for name, p in E.PRESETS.items() if p.description.startswith("LEAN VARIANT")}
+    assert len(lean) == len(E.NON_PAPER_PRESETS) == 2
+    assert covered == set(E.PRESETS) - lean, \
+        "every preset but the labelled lean variants reproduces at least one paper row"
+
+
+def test_lean_vit_presets_are_cifar_native_labelled_and_rowless():
+    for name in ("vit-tiny-cifar-c10-attention", "vit-tiny-cifar-c10-convnn-random-r32-k9"):
+        preset = E.get_preset(name)
+        assert preset.paper_rows() == []
+        assert "not in the paper" in preset.description
+        model = preset.model_config()
+        assert model.name == "vit_tiny_cifar"
+        assert preset.train_config().resize is None  # 32 px, not upscaled to 224
+        assert preset.train_config().epochs == 150
+    random = E.get_preset("vit-tiny-cifar-c10-convnn-random-r32-k9").model_config()
+    paper = E.get_preset("vit-tiny-c10-convnn-random-r32-k9").model_config()
+    assert random.layer_options == paper.layer_options  # same layer, smaller input
 
 
 def test_imagenet_presets_match_the_papers_parameter_counts():

@@ -1,0 +1,808 @@
+"""A training campaign: the runs that matter most, in order, fitted into a time budget.
+
+GPU time comes in short sessions. :func:`run_campaign` spends one session's minutes on
+:data:`QUEUE`, the ordered list of what to train, and leaves everything needed to go on in a
+campaign folder, so the next command on the same machine continues where this one stopped:
+
+1. For each group of the queue (runs compared with each other, e.g. VGG-11 Conv2d and
+   branching λ = 0.5) it trains the **first epoch** of every run. That measures the device's
+   speed on this run: seconds per epoch (the epoch's own time, ``epoch_seconds`` of its
+   log) and the setup cost of a call (loading data, building the model).
+2. It then **plans** the group's epoch count ``E``, the same for every run of the group: the
+   paper's full 150 epochs where they fit in the time left, otherwise the most epochs that
+   fit, stated as a reduced count (never fewer than ``min_epochs``; a group that fits fewer
+   waits for the next command, which plans it with fresh time).
+3. It **continues** each run to ``E`` epochs from its checkpoint. After every epoch it checks
+   that the next one still fits; if not, it stops there (the run stays resumable) and the
+   next command continues it.
+
+The campaign folder holds ``campaign.json`` (measurements, plans, commands), ``campaign.log``
+and ``runs/<preset>/`` (run folders with checkpoints). After every run segment the logs
+(``config.json``, ``metrics.jsonl``, ``summary.json`` of every run, plus ``campaign.json``
+and ``campaign.log``; no checkpoints) are packed into ``campaign-logs-N.tar.gz`` files of at
+most 16 MB each, in ``logs_dir`` (default: the campaign folder). :func:`import_runs` files
+returned logs into ``data/results/`` with their provenance.
+
+Example (a CPU dry run of the mechanics with reduced models and a few hundred images):
+
+    python -m convnn campaign --minutes 5 --out runs/campaign --smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import io
+import json
+import math
+import os
+import re
+import shutil
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ._checks import check_int
+from ._io import atomic_write_json, read_jsonl
+from .experiments import PRESETS, get_preset, paper_records, preset_for_record
+
+__all__ = [
+    "LOG_PACK_BYTES",
+    "QUEUE",
+    "CampaignError",
+    "OutOfTime",
+    "QueueItem",
+    "default_queue",
+    "import_runs",
+    "pack_logs",
+    "queue_markdown",
+    "run_campaign",
+]
+
+#: The largest log pack (bytes): each ``campaign-logs-N.tar.gz`` stays under it.
+LOG_PACK_BYTES = 16 * 1024 * 1024
+STATE_FILE = "campaign.json"
+LOG_FILE = "campaign.log"
+#: Epochs of a smoke campaign's "full" run (reduced models on a few hundred images).
+SMOKE_FULL_EPOCHS = 3
+#: Seconds of a first epoch plus setup assumed for a run of a family not measured yet, on a
+#: current data-centre GPU (the committed H200 logs: VGG-11 8-12 s per epoch, ViT-Tiny at
+#: 224 px 10-19 s, plus 15-30 s of setup per call). Only used to decide whether a first
+#: epoch can still start.
+PRIOR_FIRST_EPOCH_SECONDS = {"vgg": 45.0, "vit": 60.0, "resnet": 600.0}
+
+
+class CampaignError(ValueError):
+    """A campaign folder that cannot be continued (another queue, a damaged state file)."""
+
+
+class OutOfTime(Exception):
+    """Raised by the epoch callback when the next epoch would not end before the deadline."""
+
+
+@dataclass(frozen=True)
+class QueueItem:
+    """One group of the queue: runs trained for the same number of epochs and compared.
+
+    Attributes:
+        group: a short name (``"vgg11-c10-conv2d-vs-branching"``).
+        presets: the runs, in training order.
+        why: one line on why the group is where it is in the queue.
+    """
+
+    group: str
+    presets: tuple[str, ...]
+    why: str
+
+
+#: The head of the queue: the headline comparisons first, then the lean ViT variant.
+HEAD_QUEUE: tuple[QueueItem, ...] = (
+    QueueItem("vgg11-c10-conv2d-vs-branching",
+              ("vgg11-c10-conv2d", "vgg11-c10-branching-r0.5"),
+              "VGG-11 on CIFAR-10: the paper's Conv2d baseline against branching λ = 0.5 "
+              "(table 6.1, the first headline claim)"),
+    QueueItem("vit-tiny-c10-attention-vs-convnn-random",
+              ("vit-tiny-c10-attention", "vit-tiny-c10-convnn-random-r32-k9"),
+              "ViT-Tiny on CIFAR-10 at 224 px: attention against ConvNN attention with random "
+              "r = 32 (table 6.6, the second headline claim)"),
+    QueueItem("vit-tiny-cifar-c10-lean",
+              ("vit-tiny-cifar-c10-attention", "vit-tiny-cifar-c10-convnn-random-r32-k9"),
+              "LEAN VARIANT, not in the paper: the same ViT comparison on the CIFAR-native "
+              "ViT-Tiny (32 px, patch 4, 65 tokens instead of 197), several times cheaper per "
+              "epoch; never compared "
+              "with the paper's numbers"),
+)
+
+
+def default_queue() -> tuple[QueueItem, ...]:
+    """:data:`HEAD_QUEUE`, then every other preset of a CIFAR-10 row of the paper's tables,
+    one per group, in table order (a preset in several tables comes once, at its first)."""
+    queue = list(HEAD_QUEUE)
+    seen = {p for item in queue for p in item.presets}
+    for record in paper_records():
+        if record["dataset"] != "cifar10":
+            continue
+        preset = preset_for_record(record)
+        if preset is None or preset.name in seen:
+            continue
+        seen.add(preset.name)
+        queue.append(QueueItem(preset.name, (preset.name,),
+                               f"table {record['table']} row (CIFAR-10)"))
+    return tuple(queue)
+
+
+#: The committed campaign queue (see :func:`default_queue`).
+QUEUE = default_queue()
+
+
+def queue_markdown(queue: Sequence[QueueItem] = QUEUE, limit: int | None = None) -> str:
+    """The queue as a Markdown table (the first ``limit`` groups)."""
+    lines = ["| # | group | runs | why |", "|---|---|---|---|"]
+    for i, item in enumerate(queue[:limit], 1):
+        lines.append(f"| {i} | {item.group} | {', '.join(f'`{p}`' for p in item.presets)} "
+                     f"| {item.why} |")
+    if limit is not None and len(queue) > limit:
+        lines.append(f"| … | {len(queue) - limit} more groups | | |")
+    return "\n".join(lines)
+
+
+def _check_queue(queue: Sequence[QueueItem]) -> tuple[QueueItem, ...]:
+    queue = tuple(queue)
+    if not queue:
+        raise ValueError("queue is empty: nothing to train")
+    seen: set[str] = set()
+    for item in queue:
+        if not isinstance(item, QueueItem) or not item.presets:
+            raise ValueError(f"queue items must be QueueItem with presets, got {item!r}")
+        for name in item.presets:
+            get_preset(name)  # ValueError naming an unknown preset
+            if name in seen:
+                raise ValueError(f"queue lists preset {name!r} twice")
+            seen.add(name)
+    return queue
+
+
+# --------------------------------------------------------------------------- the trainer
+#: ``trainer(preset, run_dir, epochs, callback, log)`` trains ``preset`` in ``run_dir`` up
+#: to ``epochs`` epochs, resuming from the folder's checkpoint; ``callback(record)`` is called
+#: after every epoch and may raise :class:`OutOfTime`.
+Trainer = Callable[[str, Path, int, Callable[[dict], None], Callable[[str], None]], None]
+
+
+def preset_trainer(*, smoke: bool, data_dir=None, device=None, amp: str | None = None
+                   ) -> Trainer:
+    """The real trainer: :func:`convnn.runner.run_preset` with ``resume=True``."""
+
+    def trainer(preset: str, run_dir: Path, epochs: int, callback, log) -> None:
+        from .runner import run_preset
+
+        overrides = {"amp": amp} if amp is not None else {}
+        run_preset(preset, epochs=epochs, smoke=smoke, out_dir=run_dir, data_dir=data_dir,
+                   device=device, resume=True, progress=False, download=False, log=log,
+                   callback=callback, **overrides)
+        if device is None or str(device).startswith("cuda"):
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+    return trainer
+
+
+# --------------------------------------------------------------------------- state
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).astimezone().isoformat(
+        timespec="seconds")
+
+
+def _load_state(out: Path, smoke: bool, queue: Sequence[QueueItem]) -> dict:
+    path = out / STATE_FILE
+    if not path.is_file():
+        return {"format": 1, "smoke": smoke, "created": _now(), "runs": {}, "groups": {},
+                "commands": []}
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise CampaignError(f"{path} is not readable JSON ({err}); move the folder away or "
+                            "choose another --out") from None
+    if state.get("smoke") != smoke:
+        raise CampaignError(f"{out} holds a {'smoke' if state.get('smoke') else 'full'} "
+                            f"campaign; this one is {'smoke' if smoke else 'full'}: choose "
+                            "another --out")
+    groups = {item.group: list(item.presets) for item in queue}
+    for name, plan in state.get("groups", {}).items():
+        if name in groups and plan.get("presets") != groups[name]:
+            raise CampaignError(f"group {name} of {path} has runs {plan.get('presets')}, the "
+                                f"queue has {groups[name]}: choose another --out")
+    return state
+
+
+def _records(run_dir: Path) -> list[dict]:
+    """Finished epochs on disk (the checkpoint's, never more: lines past it are dropped when
+    the run resumes)."""
+    return [r for r in read_jsonl(run_dir / "metrics.jsonl")
+            if isinstance(r, dict) and "epoch" in r]
+
+
+def _epochs_done(run_dir: Path) -> int:
+    if not (run_dir / "checkpoint.pt").is_file():
+        return 0
+    records = _records(run_dir)
+    return int(records[-1]["epoch"]) if records else 0
+
+
+# --------------------------------------------------------------------------- the campaign
+@dataclass
+class _Campaign:
+    out: Path
+    logs_dir: Path
+    queue: tuple[QueueItem, ...]
+    trainer: Trainer
+    clock: Callable[[], float]
+    deadline: float
+    full_epochs: int | None
+    min_epochs: int
+    safety: float
+    log: Callable[[str], None]
+    state: dict
+    smoke: bool
+    pack: bool
+    did_work: bool = False
+
+    def run_dir(self, preset: str) -> Path:
+        return self.out / "runs" / preset
+
+    def save(self) -> None:
+        atomic_write_json(self.out / STATE_FILE, self.state)
+
+    def full(self, preset: str) -> int:
+        if self.full_epochs is not None:
+            return self.full_epochs
+        return SMOKE_FULL_EPOCHS if self.smoke else get_preset(preset).train_config().epochs
+
+    def left(self) -> float:
+        return self.deadline - self.clock()
+
+    # ---- estimates
+    def first_epoch_estimate(self, preset: str) -> float:
+        """Setup + first epoch of a run not measured yet: the slowest measured run of the
+        same family in this campaign, else :data:`PRIOR_FIRST_EPOCH_SECONDS` (0 in a smoke
+        campaign: always try)."""
+        family = get_preset(preset).family
+        known = [m["setup_seconds"] + m["first_epoch_seconds"]
+                 for name, m in self.state["runs"].items()
+                 if "first_epoch_seconds" in m and name in PRESETS
+                 and get_preset(name).family == family]
+        if known:
+            return max(known) * self.safety
+        return 0.0 if self.smoke else PRIOR_FIRST_EPOCH_SECONDS[family]
+
+    def epoch_seconds(self, preset: str) -> float:
+        m = self.state["runs"][preset]
+        return m.get("epoch_seconds", m["first_epoch_seconds"])
+
+    # ---- steps
+    def train(self, preset: str, epochs: int) -> bool:
+        """Train ``preset`` up to ``epochs``; False when the deadline stopped it."""
+        run_dir = self.run_dir(preset)
+        before = _epochs_done(run_dir)
+        last = [self.clock()]
+        start = last[0]
+        estimate = self.state["runs"].get(preset, {}).get("epoch_seconds") or \
+            self.state["runs"].get(preset, {}).get("first_epoch_seconds")
+
+        def callback(record: dict) -> None:
+            now = self.clock()
+            took = now - last[0]
+            last[0] = now
+            if record["epoch"] >= epochs:
+                return
+            per_epoch = max(estimate or record["epoch_seconds"], record["epoch_seconds"])
+            if record["epoch"] > before + 1:  # a steady epoch: the clock saw all of it
+                per_epoch = max(per_epoch, took)
+            if now + per_epoch * self.safety > self.deadline:
+                raise OutOfTime(f"{preset}: after epoch {record['epoch']}/{epochs} the next "
+                                f"epoch (about {per_epoch:.0f} s) would end after the "
+                                "deadline")
+
+        self.log(f"== {preset}: epochs {before + 1}..{epochs} "
+                 f"({self.left():.0f} s left in this command)")
+        self.did_work = True
+        stopped = False
+        try:
+            self.trainer(preset, run_dir, epochs, callback, self.log)
+        except OutOfTime as err:
+            self.log(f"stopped: {err}; the next command continues it from its checkpoint")
+            stopped = True
+        finally:
+            self.note_times(preset, before, self.clock() - start)
+            self.save()
+            if self.pack:
+                pack_logs(self.out, self.logs_dir)
+        return not stopped
+
+    def note_times(self, preset: str, before: int, call_seconds: float) -> None:
+        records = [r for r in _records(self.run_dir(preset)) if r["epoch"] > before]
+        if not records:
+            return
+        m = self.state["runs"].setdefault(preset, {})
+        m.setdefault("device", records[0].get("device"))
+        m["epochs_done"] = int(records[-1]["epoch"])
+        seconds = sum(r["epoch_seconds"] for r in records)
+        if before == 0:
+            m["first_epoch_seconds"] = records[0]["epoch_seconds"]
+            m["setup_seconds"] = max(0.0, call_seconds - seconds)
+        steady = sorted(r["epoch_seconds"] for r in _records(self.run_dir(preset))[1:])
+        if steady:
+            m["epoch_seconds"] = steady[len(steady) // 2]
+
+    def measure(self, preset: str) -> bool:
+        """Train the first epoch of ``preset``; False when there is no time for it."""
+        need = self.first_epoch_estimate(preset)
+        if self.left() < need:
+            self.log(f"no time to measure {preset} (about {need:.0f} s needed, "
+                     f"{self.left():.0f} s left)")
+            return False
+        self.log(f"measuring {preset} on its first epoch")
+        self.train(preset, 1)
+        m = self.state["runs"].get(preset, {})
+        if "first_epoch_seconds" in m:
+            self.log(f"    {preset}: first epoch {m['first_epoch_seconds']:.1f} s, setup "
+                     f"{m['setup_seconds']:.1f} s")
+        return "first_epoch_seconds" in m
+
+    def plan(self, item: QueueItem) -> dict | None:
+        """The group's epoch count from the time left; None when fewer than ``min_epochs``
+        fit (and this command has done other work: the next command plans it)."""
+        full = max(self.full(p) for p in item.presets)
+        done = {p: _epochs_done(self.run_dir(p)) for p in item.presets}
+        per_epoch = sum(self.epoch_seconds(p) * self.safety for p in item.presets)
+        setups = sum(self.state["runs"][p]["setup_seconds"] for p in item.presets)
+        budget = self.left() - setups + sum(done[p] * self.epoch_seconds(p) * self.safety
+                                            for p in item.presets)
+        fit = math.floor(budget / per_epoch) if per_epoch > 0 else full
+        low = min(self.min_epochs, full)
+        if fit < low and self.state_command()["trained_before_plan"]:
+            self.log(f"{item.group}: only {max(fit, 0)} epoch(s) fit in the {self.left():.0f} s "
+                     f"left (fewer than {low}); the next command plans it with fresh time")
+            return None
+        epochs = min(full, max(fit, low if fit >= low else max(done.values())))
+        plan = {"presets": list(item.presets), "epochs": epochs, "full_epochs": full,
+                "reduced": epochs < full, "planned": _now(),
+                "seconds_per_epoch": {p: round(self.epoch_seconds(p), 3)
+                                      for p in item.presets},
+                "why": (f"the full {full} epochs fit" if epochs >= full else
+                        f"reduced: {epochs} of {full} epochs fit in the {self.left():.0f} s "
+                        "left at the measured pace")}
+        self.state["groups"][item.group] = plan
+        self.save()
+        self.log(f"{item.group}: {plan['why']} -> {epochs} epochs for "
+                 f"{', '.join(item.presets)}")
+        return plan
+
+    def state_command(self) -> dict:
+        return self.state["commands"][-1]
+
+    def run(self) -> str:
+        """Work through the queue; returns why it stopped."""
+        for item in self.queue:
+            plan = self.state["groups"].get(item.group)
+            failed = [p for p in item.presets if self.state["runs"].get(p, {}).get("failed")]
+            live = [p for p in item.presets if p not in failed]
+            if plan is not None and all(_epochs_done(self.run_dir(p)) >= plan["epochs"]
+                                        for p in live):
+                continue
+            if not live:
+                continue
+            for preset in live:
+                if "first_epoch_seconds" in self.state["runs"].get(preset, {}):
+                    continue
+                if _epochs_done(self.run_dir(preset)) >= 1:  # measured, state not saved
+                    self.note_times(preset, 0, 0.0)
+                    continue
+                try:
+                    if not self.measure(preset):
+                        return f"out of time: could not measure {preset}"
+                except OutOfTime:
+                    raise
+                except Exception as err:  # noqa: BLE001 - a failed run must not end the queue
+                    self.fail(preset, err)
+            live = [p for p in live if not self.state["runs"].get(p, {}).get("failed")]
+            if not live:
+                continue
+            if plan is None:
+                sub = dataclasses.replace(item, presets=tuple(live))
+                plan = self.plan(sub)
+                if plan is None:
+                    return f"out of time: {item.group} waits for the next command"
+                self.state_command()["trained_before_plan"] = True
+            for preset in live:
+                if _epochs_done(self.run_dir(preset)) >= plan["epochs"]:
+                    continue
+                m = self.state["runs"][preset]
+                need = (m["setup_seconds"] + self.epoch_seconds(preset)) * self.safety
+                if self.left() < need:
+                    return (f"out of time: {preset} needs about {need:.0f} s for its next "
+                            f"epoch, {self.left():.0f} s left")
+                try:
+                    if not self.train(preset, plan["epochs"]):
+                        return f"out of time: {preset} stopped after an epoch"
+                except Exception as err:  # noqa: BLE001
+                    self.fail(preset, err)
+            self.state_command()["trained_before_plan"] = True
+        return "queue done"
+
+    def fail(self, preset: str, err: Exception) -> None:
+        self.log(f"{preset}: FAILED {type(err).__name__}: {err}")
+        self.state["runs"].setdefault(preset, {})["failed"] = f"{type(err).__name__}: {err}"
+        self.save()
+
+
+def run_campaign(minutes: float, out: str | os.PathLike, *,
+                 queue: Sequence[QueueItem] | None = None, logs_dir=None,
+                 smoke: bool = False, full_epochs: int | None = None, min_epochs: int = 5,
+                 safety: float = 1.05, reserve_seconds: float | None = None,
+                 data_dir=None, device=None, amp: str | None = None,
+                 trainer: Trainer | None = None, clock: Callable[[], float] = time.monotonic,
+                 log: Callable[[str], None] = print, pack: bool = True,
+                 command: str | None = None) -> dict:
+    """Spend ``minutes`` on the queue; see the module docstring.
+
+    Args:
+        minutes: this command's budget (wall clock, from the call).
+        out: the campaign folder (created; a second command with the same folder continues).
+        queue: the groups to train (default :data:`QUEUE`).
+        logs_dir: where the log packs go (default ``out``).
+        smoke: reduced models on a few hundred images (a CPU dry run of the mechanics);
+            "full" is then :data:`SMOKE_FULL_EPOCHS` epochs.
+        full_epochs: override the full epoch count (default: each preset's protocol, 150).
+        min_epochs: a group is planned for at least this many epochs (or the full count if
+            smaller); fewer wait for the next command.
+        safety: epoch-time estimates are multiplied by this.
+        reserve_seconds: kept free at the end for packing logs (default 20, 0 for smoke).
+        data_dir, device, amp: as for :func:`convnn.runner.run_preset`.
+        trainer, clock: for tests (default: the real trainer, :func:`time.monotonic`).
+        log: where progress lines go (they are also appended to ``campaign.log``).
+        pack: write the log packs.
+        command: the command line, stored in ``campaign.json`` (default ``sys.argv``).
+
+    Returns:
+        ``{"stopped": why, "runs": {preset: epochs done}, "groups": plans, "packs": paths}``.
+
+    Raises:
+        ValueError: a bad argument (naming it), or a folder of another campaign.
+    """
+    if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or \
+            not math.isfinite(minutes) or minutes <= 0:
+        raise ValueError(f"minutes must be a positive number, got {minutes!r}")
+    check_int("min_epochs", min_epochs, minimum=1)
+    if full_epochs is not None:
+        check_int("full_epochs", full_epochs, minimum=1)
+    if isinstance(safety, bool) or not isinstance(safety, (int, float)) or safety < 1:
+        raise ValueError(f"safety must be a number >= 1, got {safety!r}")
+    queue = _check_queue(QUEUE if queue is None else queue)
+    start = clock()
+    reserve = (0.0 if smoke else 20.0) if reserve_seconds is None else float(reserve_seconds)
+    if reserve < 0:
+        raise ValueError(f"reserve_seconds must be >= 0, got {reserve_seconds!r}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    logs_dir = Path(logs_dir) if logs_dir is not None else out
+    state = _load_state(out, smoke, queue)
+    log_file = open(out / LOG_FILE, "a", encoding="utf-8")  # noqa: SIM115
+
+    def say(text: str) -> None:
+        log(text)
+        log_file.write(text + "\n")
+        log_file.flush()
+
+    state["commands"].append({"started": _now(), "minutes": minutes,
+                              "command": command if command is not None else " ".join(sys.argv),
+                              "device": _device_name(device), "trained_before_plan": False})
+    say(f"campaign in {out}: {minutes:g} min, {len(queue)} groups in the queue"
+        + (" (smoke: reduced models, few images)" if smoke else ""))
+    campaign = _Campaign(out, logs_dir, queue, trainer or preset_trainer(
+        smoke=smoke, data_dir=data_dir, device=device, amp=amp), clock,
+        start + 60.0 * minutes - reserve, full_epochs, min_epochs, float(safety), say, state,
+        smoke, pack)
+    campaign.save()
+    stopped = "interrupted"
+    try:
+        stopped = campaign.run()
+    finally:
+        command_state = state["commands"][-1]
+        command_state.pop("trained_before_plan", None)
+        command_state.update(ended=_now(), stopped=stopped,
+                             seconds=round(clock() - start, 1))
+        campaign.save()
+        say(f"campaign stopped: {stopped} ({clock() - start:.0f} s)")
+        log_file.close()
+        packs = pack_logs(out, logs_dir) if pack else []
+    runs = {p: _epochs_done(campaign.run_dir(p)) for item in queue for p in item.presets
+            if campaign.run_dir(p).is_dir()}
+    return {"stopped": stopped, "runs": runs, "groups": state["groups"],
+            "packs": [str(p) for p in packs]}
+
+
+def _device_name(device) -> str:
+    try:
+        import torch
+
+        if (device is None or str(device).startswith("cuda")) and torch.cuda.is_available():
+            return torch.cuda.get_device_name()
+    except (ImportError, RuntimeError):
+        pass
+    return "cpu" if device is None else str(device)
+
+
+# --------------------------------------------------------------------------- log packs
+_RUN_LOGS = ("config.json", "metrics.jsonl", "summary.json")
+
+
+def pack_logs(out: str | os.PathLike, logs_dir: str | os.PathLike | None = None, *,
+              limit: int = LOG_PACK_BYTES) -> list[Path]:
+    """Pack a campaign's logs into ``campaign-logs-N.tar.gz`` files of at most ``limit``
+    bytes each (older packs in ``logs_dir`` are replaced). Checkpoints are left out.
+
+    Raises:
+        ValueError: one log file is larger than ``limit``.
+    """
+    out = Path(out)
+    logs_dir = Path(logs_dir) if logs_dir is not None else out
+    logs_dir.mkdir(parents=True, exist_ok=True)
+    files = [p for p in (out / STATE_FILE, out / LOG_FILE) if p.is_file()]
+    files += sorted(p for p in (out / "runs").glob("*/*") if p.name in _RUN_LOGS)
+    for old in logs_dir.glob("campaign-logs-*.tar.gz"):
+        old.unlink()
+    packs: list[Path] = []
+    batch: list[tuple[str, bytes]] = []
+    size = 0
+    budget = limit - 64 * 1024  # tar headers and gzip framing
+
+    def flush() -> None:
+        path = logs_dir / f"campaign-logs-{len(packs) + 1}.tar.gz"
+        with tarfile.open(path, "w:gz") as tar:
+            for name, data in batch:
+                info = tarfile.TarInfo(name)
+                info.size, info.mtime = len(data), int(time.time())
+                tar.addfile(info, io.BytesIO(data))
+        if path.stat().st_size > limit:  # cannot happen: gzip never grows text by much
+            raise RuntimeError(f"{path} is larger than {limit} bytes")
+        packs.append(path)
+
+    for path in files:
+        data = path.read_bytes()
+        if len(data) > budget:
+            raise ValueError(f"{path} is {len(data)} bytes, more than one pack may hold "
+                             f"({limit} bytes)")
+        if batch and size + len(data) > budget:
+            flush()
+            batch, size = [], 0
+        batch.append((path.relative_to(out).as_posix(), data))
+        size += len(data)
+    if batch:
+        flush()
+    return packs
+
+
+# --------------------------------------------------------------------------- importing
+def _device_slug(device: str) -> str:
+    """``"NVIDIA H200"`` -> ``"h200"``, ``"NVIDIA H100 80GB HBM3"`` -> ``"h100"``,
+    ``"cpu"`` -> ``"cpu"``."""
+    name = re.sub(r"^(NVIDIA|Tesla)\s+", "", device.strip(), flags=re.IGNORECASE)
+    first = name.split()[0] if name.split() else "unknown"
+    return re.sub(r"[^a-z0-9]+", "-", first.lower()).strip("-") or "unknown"
+
+
+def _collect(source: Path, tmp: Path) -> tuple[list[Path], dict | None]:
+    """Run folders (with ``config.json`` and ``metrics.jsonl``) under ``source`` (a folder,
+    or a ``.tar.gz`` pack, or a folder of packs), and the campaign state if any."""
+    roots = []
+    packs = [source] if source.is_file() else sorted(source.glob("campaign-logs-*.tar.gz"))
+    for i, pack in enumerate(packs):
+        target = tmp / f"pack{i}"
+        with tarfile.open(pack, "r:gz") as tar:
+            tar.extractall(target, filter="data")
+        roots.append(target)
+    if source.is_dir():
+        roots.append(source)
+    runs: dict[str, Path] = {}
+    state = None
+    for root in roots:
+        for metrics in sorted(root.rglob("metrics.jsonl")):
+            if (metrics.parent / "config.json").is_file():
+                runs.setdefault(metrics.parent.name, metrics.parent)
+        for path in sorted(root.rglob(STATE_FILE)):
+            state = state or json.loads(path.read_text(encoding="utf-8"))
+    return list(runs.values()), state
+
+
+def import_runs(source: str | os.PathLike, *, dest: str | os.PathLike | None = None,
+                name: str | None = None, commit: str | None = None,
+                command: str | None = None, allow_smoke: bool = False,
+                readme: bool = True) -> Path:
+    """File returned logs into ``data/results/<date>-<device>-<name>/`` with their provenance.
+
+    Args:
+        source: a campaign folder, a folder of log packs, one pack, or a folder of run folders.
+        dest: the results folder (default: the package's ``data/results/``).
+        name: the folder's last part (default ``"campaign"``).
+        commit: the commit the runs used (default: the one their logs name; required when
+            they say ``"unknown"``).
+        command: the command that produced them (default: the campaign's own, else required).
+        allow_smoke: also import smoke runs (reduced models; never for ``data/results/``).
+        readme: add a row and a notes paragraph to ``dest/README.md``.
+
+    Returns:
+        The new folder.
+
+    Raises:
+        ValueError: no runs, smoke runs without ``allow_smoke``, an unknown commit or command,
+            or a folder that already exists.
+    """
+    from .package_data import results_root
+    from .results import dataset_label, load_run
+
+    source = Path(source)
+    if not source.exists():
+        raise ValueError(f"source {source} does not exist")
+    if dest is None:
+        dest = results_root()
+        if not (dest.parents[1] / "pyproject.toml").is_file():  # an installed package
+            raise ValueError("import-runs files logs into a checkout's data/results/; this "
+                             f"convnn is installed at {dest.parent.parent}, so pass --dest")
+    dest = Path(dest)
+    with tempfile.TemporaryDirectory() as tmp:
+        folders, state = _collect(source, Path(tmp))
+        if not folders:
+            raise ValueError(f"source {source} holds no run folder (config.json + "
+                             "metrics.jsonl) and no campaign-logs-*.tar.gz pack")
+        runs = [load_run(f) for f in folders]
+        runs = [r for r in runs if r.records]
+        if not runs:
+            raise ValueError(f"source {source}: no run has a finished epoch")
+        smoke = [r.path.name for r in runs if r.smoke]
+        if smoke and not allow_smoke:
+            raise ValueError(f"source {source} holds smoke runs ({', '.join(smoke)}); they "
+                             "are not experiments (pass allow_smoke=True / --allow-smoke to "
+                             "file them anyway, never into the committed results)")
+        commits = {r.records[-1].get("git_commit") or "unknown" for r in runs}
+        commits.discard("unknown")
+        if commit is None:
+            if len(commits) != 1:
+                raise ValueError(f"commit: the logs name {sorted(commits) or 'no commit'}; "
+                                 "pass the commit the runs were trained on")
+            commit = commits.pop()
+        if command is None:
+            cmds = [c.get("command") for c in (state or {}).get("commands", [])]
+            cmds = list(dict.fromkeys(c for c in cmds if c))
+            if not cmds:
+                raise ValueError("command: the logs do not say which command produced them; "
+                                 "pass it")
+            command = " ; then ".join(cmds)
+        devices = sorted({r.device for r in runs})
+        dates = sorted({r.records[-1]["time"][:10] for r in runs if r.records[-1].get("time")})
+        date = dates[-1] if dates else datetime.date.today().isoformat()
+        folder = dest / f"{date}-{_device_slug(devices[0])}-{name or 'campaign'}"
+        if folder.exists():
+            raise ValueError(f"{folder} already exists; pass another name")
+        folder.mkdir(parents=True)
+        for run in runs:
+            target = folder / run.path.name
+            target.mkdir()
+            for file in _RUN_LOGS:
+                if (run.path / file).is_file():
+                    shutil.copy2(run.path / file, target / file)
+        if state is not None:
+            atomic_write_json(folder / STATE_FILE, state)
+    if readme:
+        _write_provenance(dest, folder, runs, state, commit, command, devices, date,
+                          dataset_label)
+    return folder
+
+
+def _protocol_text(run, state: dict | None) -> str:
+    train = run.config.get("train") or {}
+    full = run.protocol_epochs
+    done = run.epochs_done
+    plan = None
+    for group in (state or {}).get("groups", {}).values():
+        if run.preset in group.get("presets", []):
+            plan = group
+    text = f"{done}" + (f" of {full}" if full else "") + " epochs"
+    if plan is not None and plan["reduced"]:
+        text += f" (reduced: {plan['epochs']} planned to fit the session)"
+    if plan is not None and done < plan["epochs"]:
+        text += f" (unfinished: {plan['epochs']} planned)"
+    amp = (run.config.get("run") or {}).get("amp_active") or train.get("amp")
+    if run.smoke:
+        text += ", SMOKE RUN (reduced model, few images)"
+    return f"{text}, precision {amp}"
+
+
+def _write_provenance(dest: Path, folder: Path, runs, state, commit, command, devices,
+                      date, dataset_label) -> None:
+    readme = dest / "README.md"
+    lines = readme.read_text(encoding="utf-8").splitlines() if readme.is_file() else [
+        "# Committed run logs", "",
+        "| folder / file | device | commit | command | date |", "|---|---|---|---|---|"]
+    torch_versions = sorted({(r.config.get("run") or {}).get("torch") or "?" for r in runs})
+    row = (f"| `{folder.name}/` ({', '.join(f'`{r.path.name}`' for r in runs)}) | "
+           f"{' + '.join(devices)} (torch {', '.join(torch_versions)}) | `{commit}` | "
+           f"`{command}` | {date} |")
+    last = max((i for i, ln in enumerate(lines) if ln.startswith("|")), default=len(lines) - 1)
+    lines.insert(last + 1, row)
+    datasets = sorted({dataset_label(r.dataset_source) for r in runs})
+    notes = ["", f"Notes on `{folder.name}/` (filed by `python -m convnn import-runs`):",
+             f"- Data: {', '.join(datasets)}.",
+             ("- Protocol: the paper's for each preset (AdamW lr 1e-4, weight decay 0.01, batch "
+             "256, clipping 1.0, no augmentation, seed 42; ViT at 224 px) except as stated "
+             "per run; random-candidate runs also log the redrawn evaluation "
+             "(`test_top1_resampled`, the paper's way)."),
+             "- Epochs run:"]
+    notes += [f"  - `{r.path.name}`: {_protocol_text(r, state)}" for r in runs]
+    readme.write_text("\n".join(lines + notes) + "\n", encoding="utf-8")
+
+
+# --------------------------------------------------------------------------- CLI
+def add_cli(sub, **shared) -> None:
+    """Register the ``campaign`` and ``import-runs`` commands on an argparse sub-parser
+    (``shared``: the keyword arguments every sub-command gets, e.g. the ``--debug`` parent)."""
+    camp = sub.add_parser("campaign", **shared, help="train the queue of runs within a time budget",
+                          description=__doc__.split("\n\n")[0])
+    camp.add_argument("--minutes", type=float, help="this command's time budget")
+    camp.add_argument("--out", help="the campaign folder (the next command continues it)")
+    camp.add_argument("--logs", help="where the log packs go (default: --out)")
+    camp.add_argument("--smoke", action="store_true",
+                      help="reduced models, a few hundred images, 3-epoch runs (CPU dry run)")
+    camp.add_argument("--only", nargs="+", metavar="GROUP",
+                      help="train only these groups of the queue")
+    camp.add_argument("--list", action="store_true", help="print the queue and exit")
+    camp.add_argument("--data-dir", help="where CIFAR is (default: $CONVNN_DATA_DIR)")
+    camp.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    camp.set_defaults(func=_campaign_cli)
+
+    imp = sub.add_parser("import-runs", **shared, help="file returned logs into data/results/")
+    imp.add_argument("source", help="a campaign folder, log packs, or run folders")
+    imp.add_argument("--dest", help="the results folder (default: data/results/)")
+    imp.add_argument("--name", help="the new folder's last part (default: campaign)")
+    imp.add_argument("--commit", help="the commit the runs used (default: from the logs)")
+    imp.add_argument("--command", help="the command that produced them (default: from "
+                                       "campaign.json)")
+    imp.add_argument("--allow-smoke", action="store_true", help="also file smoke runs")
+    imp.set_defaults(func=_import_cli)
+
+
+def _campaign_cli(args: argparse.Namespace) -> int:
+    if args.list:
+        print(queue_markdown())
+        return 0
+    if args.minutes is None or args.out is None:
+        raise ValueError("campaign needs --minutes and --out (or --list)")
+    queue = QUEUE
+    if args.only:
+        known = {item.group: item for item in QUEUE}
+        unknown = [g for g in args.only if g not in known]
+        if unknown:
+            raise ValueError(f"--only: unknown group(s) {unknown}; see `python -m convnn "
+                             "campaign --list`")
+        queue = tuple(known[g] for g in args.only)
+    result = run_campaign(args.minutes, args.out, queue=queue, logs_dir=args.logs,
+                          smoke=args.smoke, data_dir=args.data_dir, device=args.device)
+    print(f"stopped: {result['stopped']}")
+    for preset, done in result["runs"].items():
+        print(f"  {preset}: {done} epoch(s)")
+    print("logs: " + ", ".join(result["packs"]))
+    return 0
+
+
+def _import_cli(args: argparse.Namespace) -> int:
+    folder = import_runs(args.source, dest=args.dest, name=args.name, commit=args.commit,
+                         command=args.command, allow_smoke=args.allow_smoke)
+    print(f"filed into {folder}; provenance added to {folder.parent / 'README.md'}")
+    return 0
