@@ -15,6 +15,15 @@ backward pass uses no atomics, so its gradients are bitwise reproducible:
 - dV: the indices are sorted into an inverse index (CSR: for every value row, the flat
   positions ``m·k + j`` that selected it) and one program per value row sums its entries.
 
+Bytes moved per ConvNN attention layer, forward + backward, ViT-Tiny shapes (B = 256, T = 197,
+D = 192, k = 9, bf16 values; an estimate from tensor sizes, to be checked on a GPU): the
+PyTorch fast path writes and reads the gathered ``[B·T, k, D]`` tensor (87 M elements, 174 MB)
+about ten times and issues 87 M float32 atomics, about 4 GB in all; these kernels read the
+values (19 MB, each batch element's rows stay in L2), the gradient (19 MB), the indices and ρ
+(~16 MB, twice), write the output, dρ, dw partials and dV (~80 MB), and sort the indices
+(~0.1 GB): about 0.35 GB. The row top-k reads the ``[B·h, T, T]`` float32 scores once
+(119 MB at 3 heads) where ``torch.topk``'s radix select makes several passes.
+
 The kernels run on CUDA tensors, or anywhere under ``TRITON_INTERPRET=1`` (how the tests check
 them on a CPU). They are chosen by :func:`convnn.ops.set_kernel` (or ``CONVNN_KERNEL``); the
 default stays the PyTorch fast path until a GPU measurement says otherwise.
