@@ -1,16 +1,32 @@
-"""Fused Triton kernels for the gather-aggregate step (depthwise aggregation).
+"""Triton kernels: row top-k for neighbour selection, and depthwise gather-aggregate.
 
-``out[m, c] = Σ_j ρ[m, j] · w[j, c] · V[I[m, j], c]`` is computed tile by tile in registers:
-the k neighbour rows are read once and never written out as a ``[M, k, C]`` tensor, in the
-forward or the backward pass. The backward kernel produces the three gradients in one pass,
-accumulating in float32 with atomic adds (values: scattered rows; ρ: a sum over channel tiles;
-w: a sum over row tiles).
+**Row top-k** (:func:`row_topk`): each row of a score matrix (up to :data:`MAX_TOPK_WIDTH`
+wide) stays in registers and k passes of max/argmax pick the neighbours, the lowest column
+winning ties, so the result is the first k columns of a stable descending sort. It replaces
+``torch.topk`` in the fast selection path for ``k <= MAX_TOPK_K``.
 
-The kernels are selected with :func:`convnn.ops.set_kernel` (or ``CONVNN_KERNEL=triton``) and
-only run on CUDA tensors, or anywhere under ``TRITON_INTERPRET=1`` (how the tests check them on
-a CPU). They match the PyTorch fast path in tests; which one is faster on a given GPU is what
-``python -m convnn bench`` measures (``kernel`` rows), so the default stays the PyTorch path
-until a measurement says otherwise.
+**Gather-aggregate** (:func:`depthwise_gather_aggregate`):
+``out[m, c] = Σ_j ρ[m, j] · w[j, c] · V[I[m, j], c]``, tile by tile in registers; the
+``[M, k, C]`` gathered tensor is never written, in the forward or the backward pass. The
+backward pass uses no atomics, so its gradients are bitwise reproducible:
+
+- dρ and dw: one program per row tile loops over the ranks and channel tiles; dρ is summed
+  in registers, dw is written as one partial sum per row tile and reduced by ``sum(0)``;
+- dV: the indices are sorted into an inverse index (CSR: for every value row, the flat
+  positions ``m·k + j`` that selected it) and one program per value row sums its entries.
+
+Bytes moved per ConvNN attention layer, forward + backward, ViT-Tiny shapes (B = 256, T = 197,
+D = 192, k = 9, bf16 values; an estimate from tensor sizes, to be checked on a GPU): the
+PyTorch fast path writes and reads the gathered ``[B·T, k, D]`` tensor (87 M elements, 174 MB)
+about ten times and issues 87 M float32 atomics, about 4 GB in all; these kernels read the
+values (19 MB, each batch element's rows stay in L2), the gradient (19 MB), the indices and ρ
+(~16 MB, twice), write the output, dρ, dw partials and dV (~80 MB), and sort the indices
+(~0.1 GB): about 0.35 GB. The row top-k reads the ``[B·h, T, T]`` float32 scores once
+(119 MB at 3 heads) where ``torch.topk``'s radix select makes several passes.
+
+The kernels run on CUDA tensors, or anywhere under ``TRITON_INTERPRET=1`` (how the tests check
+them on a CPU). They are chosen by :func:`convnn.ops.set_kernel` (or ``CONVNN_KERNEL``); the
+default stays the PyTorch fast path until a GPU measurement says otherwise.
 """
 
 from __future__ import annotations
@@ -27,6 +43,11 @@ except ImportError:  # pragma: no cover - depends on the installation
     triton = None
     tl = None
 
+MAX_TOPK_WIDTH = 2048
+"""Widest score row :func:`row_topk` takes (a 34×34 padded CIFAR map has 1156 positions)."""
+MAX_TOPK_K = 32
+"""Largest k :func:`row_topk` takes (it makes k passes over the row)."""
+
 
 def available(device: torch.device | str | None = None) -> bool:
     """True when the Triton kernels can run on ``device`` (CUDA, or the interpreter)."""
@@ -37,7 +58,32 @@ def available(device: torch.device | str | None = None) -> bool:
     return device is not None and torch.device(device).type == "cuda"
 
 
+def _require(device: torch.device) -> None:
+    if not available(device):
+        raise RuntimeError("the Triton kernels need a CUDA tensor (or TRITON_INTERPRET=1) "
+                           f"and an installed triton; got a {device.type} tensor, "
+                           f"triton {'missing' if triton is None else 'installed'}")
+
+
 if triton is not None:
+
+    @triton.jit
+    def _row_topk_kernel(s_ptr, idx_ptr, R, N, stride_r, K,
+                         BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr):
+        rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+        cols = tl.arange(0, BLOCK_N)
+        row_ok = rows < R
+        ok = row_ok[:, None] & (cols[None, :] < N)
+        s = tl.load(s_ptr + rows.to(tl.int64)[:, None] * stride_r + cols[None, :], mask=ok,
+                    other=float("-inf"))
+        free = ok  # columns not taken yet
+        for j in range(K):
+            live = tl.where(free, s, float("-inf"))
+            best = tl.max(live, axis=1)
+            hit = free & (live == best[:, None])  # -inf == -inf: masked columns still count
+            pos = tl.min(tl.where(hit, cols[None, :], BLOCK_N), axis=1)  # lowest column wins
+            tl.store(idx_ptr + rows.to(tl.int64) * K + j, pos.to(tl.int64), mask=row_ok)
+            free = free & (cols[None, :] != pos[:, None])
 
     @triton.jit
     def _forward_kernel(v_ptr, idx_ptr, rho_ptr, w_ptr, out_ptr, M, C, K,
@@ -48,50 +94,81 @@ if triton is not None:
         row_ok = rows < M
         col_ok = cols < C
         tile_ok = row_ok[:, None] & col_ok[None, :]
+        rows64 = rows.to(tl.int64)
         acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=ACC)
         for j in range(K):
-            src = tl.load(idx_ptr + rows * K + j, mask=row_ok, other=0)
+            src = tl.load(idx_ptr + rows64 * K + j, mask=row_ok, other=0)
             v = tl.load(v_ptr + src[:, None] * C + cols[None, :], mask=tile_ok, other=0.0)
             w = tl.load(w_ptr + j * C + cols, mask=col_ok, other=0.0)
             term = v.to(ACC) * w.to(ACC)[None, :]
             if HAS_RHO:
-                r = tl.load(rho_ptr + rows * K + j, mask=row_ok, other=0.0)
+                r = tl.load(rho_ptr + rows64 * K + j, mask=row_ok, other=0.0)
                 term = term * r.to(ACC)[:, None]
             acc += term
-        tl.store(out_ptr + rows[:, None] * C + cols[None, :],
+        tl.store(out_ptr + rows64[:, None] * C + cols[None, :],
                  acc.to(out_ptr.dtype.element_ty), mask=tile_ok)
 
     @triton.jit
-    def _backward_kernel(v_ptr, idx_ptr, rho_ptr, w_ptr, g_ptr, gv_ptr, grho_ptr, gw_ptr,
-                         M, C, K, HAS_RHO: tl.constexpr, NEED_V: tl.constexpr,
-                         NEED_RHO: tl.constexpr, NEED_W: tl.constexpr, ACC: tl.constexpr,
-                         BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
-        rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-        cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    def _backward_rows_kernel(v_ptr, idx_ptr, rho_ptr, w_ptr, g_ptr, grho_ptr, gw_part_ptr,
+                              M, C, K, HAS_RHO: tl.constexpr, NEED_RHO: tl.constexpr,
+                              NEED_W: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr,
+                              BLOCK_C: tl.constexpr):
+        # dρ[m, j] = Σ_c g[m, c] w[j, c] V[I[m, j], c]   (a full sum, in registers)
+        # dw[j, c] = Σ_m ρ[m, j] g[m, c] V[I[m, j], c]   (this row tile's partial sum)
+        tile = tl.program_id(0)
+        rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
         row_ok = rows < M
-        col_ok = cols < C
-        tile_ok = row_ok[:, None] & col_ok[None, :]
-        g = tl.load(g_ptr + rows[:, None] * C + cols[None, :], mask=tile_ok,
-                    other=0.0).to(ACC)
+        rows64 = rows.to(tl.int64)
         for j in range(K):
-            src = tl.load(idx_ptr + rows * K + j, mask=row_ok, other=0)
-            w = tl.load(w_ptr + j * C + cols, mask=col_ok, other=0.0).to(ACC)
-            gw = g * w[None, :]  # d out / d (ρ v) for this rank
+            src = tl.load(idx_ptr + rows64 * K + j, mask=row_ok, other=0)
             r = tl.full((BLOCK_M,), 1.0, ACC)
             if HAS_RHO:
-                r = tl.load(rho_ptr + rows * K + j, mask=row_ok, other=0.0).to(ACC)
-            if NEED_V:
-                tl.atomic_add(gv_ptr + src[:, None] * C + cols[None, :], gw * r[:, None],
-                              mask=tile_ok)
-            if NEED_RHO or NEED_W:
+                r = tl.load(rho_ptr + rows64 * K + j, mask=row_ok, other=0.0).to(ACC)
+            acc_rho = tl.zeros((BLOCK_M,), dtype=ACC)
+            for c0 in range(0, C, BLOCK_C):
+                cols = c0 + tl.arange(0, BLOCK_C)
+                col_ok = cols < C
+                tile_ok = row_ok[:, None] & col_ok[None, :]
+                g = tl.load(g_ptr + rows64[:, None] * C + cols[None, :], mask=tile_ok,
+                            other=0.0).to(ACC)
                 v = tl.load(v_ptr + src[:, None] * C + cols[None, :], mask=tile_ok,
                             other=0.0).to(ACC)
+                gv = g * v
                 if NEED_RHO:
-                    tl.atomic_add(grho_ptr + rows * K + j, tl.sum(gw * v, axis=1),
-                                  mask=row_ok)
+                    w = tl.load(w_ptr + j * C + cols, mask=col_ok, other=0.0).to(ACC)
+                    acc_rho += tl.sum(gv * w[None, :], axis=1)
                 if NEED_W:
-                    tl.atomic_add(gw_ptr + j * C + cols, tl.sum(v * g * r[:, None], axis=0),
-                                  mask=col_ok)
+                    tl.store(gw_part_ptr + (tile.to(tl.int64) * K + j) * C + cols,
+                             tl.sum(gv * r[:, None], axis=0), mask=col_ok)
+            if NEED_RHO:
+                tl.store(grho_ptr + rows64 * K + j, acc_rho, mask=row_ok)
+
+    @triton.jit
+    def _backward_values_kernel(order_ptr, rowptr_ptr, rho_ptr, w_ptr, g_ptr, gv_ptr, C, K,
+                                HAS_RHO: tl.constexpr, ACC: tl.constexpr,
+                                BLOCK_E: tl.constexpr, BLOCK_C: tl.constexpr):
+        # dV[s, c] = Σ over entries (m, j) with I[m, j] = s of ρ[m, j] w[j, c] g[m, c]
+        key = tl.program_id(0).to(tl.int64)
+        cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+        col_ok = cols < C
+        start = tl.load(rowptr_ptr + key)
+        stop = tl.load(rowptr_ptr + key + 1)
+        acc = tl.zeros((BLOCK_E, BLOCK_C), dtype=ACC)
+        for e0 in range(start, stop, BLOCK_E):
+            e = e0 + tl.arange(0, BLOCK_E)
+            e_ok = e < stop
+            flat = tl.load(order_ptr + e, mask=e_ok, other=0)  # m·K + j
+            m = flat // K
+            j = flat - m * K
+            ok = e_ok[:, None] & col_ok[None, :]
+            g = tl.load(g_ptr + m[:, None] * C + cols[None, :], mask=ok, other=0.0).to(ACC)
+            w = tl.load(w_ptr + j[:, None] * C + cols[None, :], mask=ok, other=0.0).to(ACC)
+            term = g * w
+            if HAS_RHO:
+                r = tl.load(rho_ptr + flat, mask=e_ok, other=0.0).to(ACC)
+                term = term * r[:, None]
+            acc += term
+        tl.store(gv_ptr + key * C + cols, tl.sum(acc, axis=0), mask=col_ok)
 
 
 def _accumulator(dtype: torch.dtype):
@@ -99,9 +176,28 @@ def _accumulator(dtype: torch.dtype):
     return (tl.float64, torch.float64) if dtype == torch.float64 else (tl.float32, torch.float32)
 
 
-def _blocks(channels: int) -> tuple[int, int]:
-    block_c = min(128, triton.next_power_of_2(channels))
-    return 32, block_c
+def channel_block(channels: int) -> int:
+    """Channels per program: the largest of 128, 64, 32, 16 that divides ``channels`` (D = 192
+    takes three blocks of 64, no padding to 256), else the next power of two up to 128."""
+    for block in (128, 64, 32, 16):
+        if channels % block == 0:
+            return block
+    return min(128, triton.next_power_of_2(channels))
+
+
+BLOCK_M = 32  # rows per forward / dρ-dw program
+BLOCK_E = 16  # inverse-index entries per step of the dV program
+
+
+def inverse_index(index: Tensor, num_rows: int) -> tuple[Tensor, Tensor]:
+    """CSR form of ``index [M, k]``: ``order`` lists the flat positions ``m·k + j`` sorted by
+    ``index`` (stable, so ascending within a row) and ``rowptr [num_rows + 1]`` delimits the
+    entries of each value row. Deterministic (a stable sort and a binary search)."""
+    flat = index.reshape(-1)
+    sorted_index, order = torch.sort(flat, stable=True)
+    rowptr = torch.searchsorted(sorted_index,
+                                torch.arange(num_rows + 1, device=flat.device, dtype=flat.dtype))
+    return order, rowptr
 
 
 class DepthwiseGatherAggregate(torch.autograd.Function):
@@ -116,12 +212,12 @@ class DepthwiseGatherAggregate(torch.autograd.Function):
         rows, k = index.shape
         channels = values.shape[1]
         out = torch.empty(rows, channels, dtype=values.dtype, device=values.device)
-        block_m, block_c = _blocks(channels)
-        grid = (triton.cdiv(rows, block_m), triton.cdiv(channels, block_c))
+        block_c = channel_block(channels)
+        grid = (triton.cdiv(rows, BLOCK_M), triton.cdiv(channels, block_c))
         _forward_kernel[grid](values, index, values if rho is None else rho, w, out,
                               rows, channels, k, HAS_RHO=rho is not None,
                               ACC=_accumulator(values.dtype)[0],
-                              BLOCK_M=block_m, BLOCK_C=block_c)
+                              BLOCK_M=BLOCK_M, BLOCK_C=block_c)
         ctx.save_for_backward(values, index, rho, w)
         return out
 
@@ -131,23 +227,30 @@ class DepthwiseGatherAggregate(torch.autograd.Function):
         need_v, _, need_rho, need_w = ctx.needs_input_grad
         need_rho = need_rho and rho is not None
         rows, k = index.shape
-        channels = values.shape[1]
+        num_values, channels = values.shape
         acc_tl, acc_torch = _accumulator(values.dtype)
-        f32 = {"dtype": acc_torch, "device": values.device}
-        grad_v = torch.zeros(values.shape, **f32) if need_v else None
-        grad_rho = torch.zeros(rows, k, **f32) if need_rho else None
-        grad_w = torch.zeros(k, channels, **f32) if need_w else None
-        block_m, block_c = _blocks(channels)
-        grid = (triton.cdiv(rows, block_m), triton.cdiv(channels, block_c))
-        dummy = values
-        _backward_kernel[grid](values, index, dummy if rho is None else rho, w,
-                               grad_out.contiguous(),
-                               dummy if grad_v is None else grad_v,
-                               dummy if grad_rho is None else grad_rho,
-                               dummy if grad_w is None else grad_w,
-                               rows, channels, k, HAS_RHO=rho is not None, NEED_V=need_v,
-                               NEED_RHO=need_rho, NEED_W=need_w, ACC=acc_tl,
-                               BLOCK_M=block_m, BLOCK_C=block_c)
+        opts = {"dtype": acc_torch, "device": values.device}
+        grad_out = grad_out.contiguous()
+        block_c = channel_block(channels)
+        rho_arg = values if rho is None else rho  # any pointer when HAS_RHO is False
+        grad_v = grad_rho = grad_w = None
+        if need_rho or need_w:
+            tiles = triton.cdiv(rows, BLOCK_M)
+            grad_rho = torch.empty(rows, k, **opts) if need_rho else None
+            partial_w = torch.empty(tiles, k, channels, **opts) if need_w else None
+            _backward_rows_kernel[(tiles,)](
+                values, index, rho_arg, w, grad_out,
+                values if grad_rho is None else grad_rho,
+                values if partial_w is None else partial_w,
+                rows, channels, k, HAS_RHO=rho is not None, NEED_RHO=need_rho,
+                NEED_W=need_w, ACC=acc_tl, BLOCK_M=BLOCK_M, BLOCK_C=block_c)
+            grad_w = partial_w.sum(0) if need_w else None
+        if need_v:
+            order, rowptr = inverse_index(index, num_values)
+            grad_v = torch.empty(num_values, channels, **opts)
+            _backward_values_kernel[(num_values, triton.cdiv(channels, block_c))](
+                order, rowptr, rho_arg, w, grad_out, grad_v, channels, k,
+                HAS_RHO=rho is not None, ACC=acc_tl, BLOCK_E=BLOCK_E, BLOCK_C=block_c)
         return (None if grad_v is None else grad_v.to(values.dtype), None,
                 None if grad_rho is None else grad_rho.to(rho.dtype),
                 None if grad_w is None else grad_w.to(w.dtype))
@@ -156,8 +259,33 @@ class DepthwiseGatherAggregate(torch.autograd.Function):
 def depthwise_gather_aggregate(values: Tensor, index: Tensor, rho: Tensor | None,
                                w: Tensor) -> Tensor:
     """Fused ``Σ_j ρ[m, j] w[j, :] ⊙ values[index[m, j]]``: ``[R, C], [M, k] -> [M, C]``."""
-    if not available(values.device):
-        raise RuntimeError("the Triton kernels need a CUDA tensor (or TRITON_INTERPRET=1) "
-                           f"and an installed triton; got a {values.device.type} tensor, "
-                           f"triton {'missing' if triton is None else 'installed'}")
+    _require(values.device)
     return DepthwiseGatherAggregate.apply(values, index, rho, w)
+
+
+def row_topk(scores: Tensor, k: int) -> Tensor:
+    """Column indices of the k largest entries of every row, ``[..., N] -> [..., k]`` (int64),
+    best first, ties to the lower column: exactly ``sort(stable=True, descending=True)[..., :k]``
+    for scores without NaN. Needs ``1 <= k <= min(N, MAX_TOPK_K)`` and ``N <= MAX_TOPK_WIDTH``.
+    No autograd: gather the scores with the returned indices."""
+    width = scores.shape[-1]
+    if not isinstance(k, int) or not 1 <= k <= min(width, MAX_TOPK_K):
+        raise ValueError(f"k must be an int in [1, min(N={width}, {MAX_TOPK_K})], got {k!r}")
+    if width > MAX_TOPK_WIDTH:
+        raise ValueError(f"scores rows must be at most {MAX_TOPK_WIDTH} wide, got N={width}")
+    _require(scores.device)
+    if scores.dtype not in (torch.float32, torch.float64):
+        scores = scores.float()  # rank in float32 or better
+    lead = scores.shape[:-1]
+    flat = scores.reshape(-1, width)
+    if flat.stride(-1) != 1:
+        flat = flat.contiguous()
+    rows = flat.shape[0]
+    out = torch.empty(rows, k, dtype=torch.long, device=scores.device)
+    if rows:
+        block_n = triton.next_power_of_2(width)
+        block_r = max(1, min(64, 4096 // block_n))
+        _row_topk_kernel[(triton.cdiv(rows, block_r),)](
+            flat, out, rows, width, flat.stride(0), k, BLOCK_R=block_r, BLOCK_N=block_n,
+            num_warps=8 if block_n >= 1024 else 4)
+    return out.view(*lead, k)

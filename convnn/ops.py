@@ -54,10 +54,13 @@ _kernel = os.environ.get("CONVNN_KERNEL", "torch")
 
 
 def set_kernel(name: str) -> None:
-    """Choose how the fast path runs depthwise gather-aggregate: ``"torch"`` (default),
-    ``"triton"`` (the fused kernels of :mod:`convnn.kernels`; CUDA only, an error elsewhere)
-    or ``"auto"`` (Triton on CUDA when installed, PyTorch otherwise). The environment
-    variable ``CONVNN_KERNEL`` sets the initial choice."""
+    """Choose how the fast path runs its Triton-capable steps (row top-k in
+    :func:`select_neighbours`, depthwise/separable gather-aggregate): ``"torch"`` (default,
+    the PyTorch fast path), ``"triton"`` (the kernels of :mod:`convnn.kernels` wherever they
+    support the options; an error on a CPU unless ``TRITON_INTERPRET=1``) or ``"auto"``
+    (Triton on CUDA when it is installed and supports the options, PyTorch otherwise).
+    Unsupported options always fall back to PyTorch (see :func:`kernel_decision`). The
+    environment variable ``CONVNN_KERNEL`` sets the initial choice."""
     global _kernel
     check_choice("kernel", name, KERNELS)
     _kernel = name
@@ -79,19 +82,67 @@ def use_kernel(name: str):
         set_kernel(previous)
 
 
-def _use_triton(values: Tensor) -> bool:
-    check_choice("CONVNN_KERNEL / kernel", _kernel, KERNELS)
-    if _kernel == "torch":
-        return False
+KERNEL_STEPS = ("topk", "gather_aggregate")
+
+
+def _kernel_unsupported(step: str, k, width, aggregation) -> str | None:
+    """Why the Triton kernel of ``step`` cannot take these options (``None``: it can)."""
     from . import kernels
 
-    if _kernel == "triton":
-        if not kernels.available(values.device):
+    if step == "topk":
+        check_int("k", k, minimum=1)
+        check_int("width", width, minimum=1)
+        if k > kernels.MAX_TOPK_K:
+            return f"k={k} > {kernels.MAX_TOPK_K} (the row top-k makes k passes)"
+        if width > kernels.MAX_TOPK_WIDTH:
+            return f"{width} candidates > {kernels.MAX_TOPK_WIDTH} (a row must fit registers)"
+        return None
+    check_choice("aggregation", aggregation, AGGREGATIONS)
+    if aggregation == "standard":
+        return "standard aggregation (a dense matmul; only depthwise/separable are fused)"
+    return None
+
+
+def kernel_decision(step: str, device, *, k: int | None = None, width: int | None = None,
+                    aggregation: str | None = None) -> tuple[str, str]:
+    """Which implementation runs ``step`` under the current :func:`set_kernel` choice, and why:
+    ``("triton" | "torch", reason)``.
+
+    Args:
+        step: ``"topk"`` (needs ``k`` and ``width``: neighbours and candidates per row) or
+            ``"gather_aggregate"`` (needs ``aggregation``).
+        device: where the tensors live.
+
+    Unsupported options fall back to PyTorch whatever the choice; ``"auto"`` also falls back
+    off CUDA.
+
+    Raises:
+        RuntimeError: the kernel is forced to ``"triton"`` for supported options on a device
+            where Triton cannot run.
+    """
+    check_choice("step", step, KERNEL_STEPS)
+    check_choice("CONVNN_KERNEL / kernel", _kernel, KERNELS)
+    if _kernel == "torch":
+        return "torch", "kernel='torch'"
+    reason = _kernel_unsupported(step, k, width, aggregation)
+    if reason is not None:
+        return "torch", f"unsupported by the Triton kernel: {reason}"
+    from . import kernels
+
+    device = torch.device(device)
+    if not kernels.available(device):
+        if _kernel == "triton":
             raise RuntimeError("kernel='triton' needs CUDA tensors (or TRITON_INTERPRET=1) and "
-                               f"triton; got a {values.device.type} tensor. Use "
+                               f"triton; got a {device.type} tensor. Use "
                                "convnn.ops.set_kernel('torch') or 'auto'.")
-        return True
-    return values.device.type == "cuda" and kernels.available(values.device)
+        return "torch", f"Triton cannot run on {device.type}"
+    if _kernel == "auto" and device.type != "cuda":
+        return "torch", f"kernel='auto' uses Triton on CUDA only, not {device.type}"
+    return "triton", f"kernel={_kernel!r}"
+
+
+def _use_triton(step: str, device, **options) -> bool:
+    return kernel_decision(step, device, **options)[0] == "triton"
 
 # Squared distances below this are treated as this when taking the square root, so that
 # d(-d)/d(d²) stays finite at zero distance.
@@ -379,8 +430,14 @@ def _check_selection_args(k, num_positions, num_queries, candidates, self_first,
         raise ValueError(f"k={k} must be <= the number of {what} ({available})")
 
 
-def _top(scores: Tensor, k: int, stable: bool) -> tuple[Tensor, Tensor]:
-    """Largest k along the last dim; ``stable`` breaks ties by the lower column."""
+def _top(scores: Tensor, k: int, stable: bool, fused: bool = False) -> tuple[Tensor, Tensor]:
+    """Largest k along the last dim; ``stable`` breaks ties by the lower column. ``fused``: may
+    use the Triton row top-k (always stable) when :func:`kernel_decision` picks it."""
+    if fused and _use_triton("topk", scores.device, k=k, width=scores.shape[-1]):
+        from .kernels import row_topk
+
+        order = row_topk(scores, k)
+        return scores.gather(-1, order), order
     if not stable:
         return torch.topk(scores, k, dim=-1)
     values, order = torch.sort(scores, dim=-1, descending=True, stable=True)
@@ -508,7 +565,7 @@ def select_neighbours(
                 mask = _self_mask(query_positions[start:stop], candidates)  # (nb, m)
                 scores = scores.masked_fill(mask, float("-inf"))
             if k_search > 0:
-                top_scores, top = _top(scores, k_search, stable)  # (B, nb, k')
+                top_scores, top = _top(scores, k_search, stable, fused=True)  # (B, nb, k')
             else:
                 top_scores = scores[..., :0]
                 top = torch.zeros(batch, stop - start, 0, dtype=torch.long, device=device)
@@ -790,7 +847,7 @@ def gather_aggregate(
     flat_index = (indices + offsets).reshape(-1)  # (B·n·k,)
     flat_rho = None if rho is None else rho.reshape(batch * n, k).to(values.dtype)
     flat_values = values.reshape(batch * num_positions, channels)
-    if aggregation != "standard" and _use_triton(values):
+    if _use_triton("gather_aggregate", values.device, aggregation=aggregation):
         from .kernels import depthwise_gather_aggregate
 
         out = depthwise_gather_aggregate(flat_values, flat_index.view(batch * n, k), flat_rho,
@@ -924,6 +981,7 @@ __all__ = [
     "AGGREGATIONS",
     "COORD_GRIDS",
     "KERNELS",
+    "KERNEL_STEPS",
     "PAPER_SELF_LOGIT",
     "PATHS",
     "SAMPLINGS",
@@ -941,6 +999,7 @@ __all__ = [
     "get_kernel",
     "grid_coordinates",
     "interior_positions",
+    "kernel_decision",
     "neighbour_weights",
     "pairwise_scores",
     "random_candidates",

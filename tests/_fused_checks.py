@@ -1,0 +1,208 @@
+"""Checks of the Triton kernels, run by ``test_fused_kernels.py`` in a subprocess with
+``TRITON_INTERPRET=1`` (the variable must be set before Triton loads)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from convnn import ConvNN2d, ConvNNAttention, kernels, ops
+
+
+def _stable_top(scores, k):
+    return torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., :k]
+
+
+def _assert_selected_dominate(scores, idx):
+    """Every selected score >= every unselected score of the same row."""
+    chosen = scores.gather(-1, idx)
+    rest = scores.scatter(-1, idx, float("-inf"))
+    assert bool((chosen.min(-1).values >= rest.max(-1).values).all())
+
+
+def topk_matches_stable_sort():
+    assert kernels.available(torch.device("cpu"))
+    gen = torch.Generator().manual_seed(0)
+    for width in (13, 197):
+        for k in range(1, 17):
+            if k > width:
+                continue
+            scores = torch.randn(2, 5, width, generator=gen)
+            scores[0, :, ::3] = 0.0  # many exact ties
+            scores[1, 1, :] = 0.5  # a row of equal scores
+            scores[1, 2, : width // 2] = float("-inf")  # -inf masks
+            scores[1, 3, :] = float("-inf")  # all masked: columns 0..k-1
+            scores[1, 4, 1:] = float("-inf")  # fewer finite scores than k
+            idx = kernels.row_topk(scores, k)
+            assert idx.dtype == torch.long and idx.shape == (2, 5, k)
+            assert torch.equal(idx, _stable_top(scores, k)), (width, k)
+            _assert_selected_dominate(scores, idx)
+    # float64 rows, a non-contiguous view, a row wider than a power of two block
+    scores = torch.randn(7, 1100, dtype=torch.float64, generator=gen).round(decimals=1)
+    assert torch.equal(kernels.row_topk(scores, 9), _stable_top(scores, 9))
+    view = scores[:, ::2]
+    assert torch.equal(kernels.row_topk(view, 5), _stable_top(view, 5))
+    print("TOPK OK")
+
+
+def selection_with_ties_matches_stable_reference():
+    """Zero-padded maps (cosine 0 ties) through ``select_neighbours``: the Triton top-k gives the
+    stable reference's indices and scores, with all, random and spatial candidates."""
+    torch.manual_seed(0)
+    x = F.pad(torch.randn(2, 4, 5, 5), (2, 2, 2, 2)).flatten(2).transpose(1, 2)  # (2, 81, 4)
+    x[:, 40] = x[:, 41]  # duplicate features: equal non-zero scores too
+    n = x.shape[1]
+    qpos = torch.arange(n)
+    cases = [{}, {"self_first": True},
+             {"self_first": True, "candidates": torch.tensor([0, 3, 9, 20, 40, 41, 60, 80])},
+             {"self_first": True, "candidates": ops.spatial_candidates_2d(5, 5, 3, 2)}]
+    for similarity in ("cosine", "dot", "euclidean"):
+        for case in cases:
+            for k in (1, 4, 7):
+                with ops.use_kernel("triton"):
+                    got_i, got_s = ops.select_neighbours(x, x, k, similarity,
+                                                         query_positions=qpos, **case)
+                with ops.use_kernel("torch"):
+                    ref_i, ref_s = ops.select_neighbours_reference(
+                        x, x, k, similarity, query_positions=qpos, stable=True, **case)
+                assert torch.equal(got_i, ref_i), (similarity, case, k)
+                # -d at d ~ 0 is a square root of rounding noise in either path
+                tol = 2e-3 if similarity == "euclidean" else 1e-5
+                torch.testing.assert_close(got_s, ref_s, rtol=tol, atol=tol)
+    # The 2-D layer, cosine on a padded map: identical to the PyTorch path with a stable sort.
+    layer = ConvNN2d(3, 3, k=9, padding=1, weighting="softmax", aggregation="depthwise")
+    img = torch.randn(2, 3, 6, 6)
+    img[:, :, :2] = 0.0
+    with ops.use_kernel("triton"):
+        got = layer.neighbours(img)
+    sel = F.pad(img, (1, 1, 1, 1)).flatten(2).transpose(1, 2)
+    q = ops.interior_positions(6, 6, 1)
+    ref = ops.select_neighbours_reference(sel[:, q], sel, 9, "cosine", query_positions=q,
+                                          self_first=layer.self_first, stable=True)[0]
+    assert torch.equal(got, ref)
+    print("SELECTION OK")
+
+
+def _stable_torch_top(scores, k, stable, fused=False):
+    return _torch_top(scores, k, True)
+
+
+_torch_top = ops._top
+
+
+def _layer_grads(layer, x, kernel, seed):
+    # The reference ranks with a stable sort, as the Triton top-k does: float32 scores of
+    # random data tie now and then, and torch.topk orders ties arbitrarily.
+    ops._top = _stable_torch_top if kernel == "torch" else _torch_top
+    try:
+        with ops.use_kernel(kernel):
+            torch.manual_seed(seed)
+            out = layer(x)
+    finally:
+        ops._top = _torch_top
+    upstream = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)
+    params = [p for p in layer.parameters() if p.requires_grad]
+    grads = torch.autograd.grad((out * upstream).sum(), [x, *params], allow_unused=True)
+    return out.detach(), grads
+
+
+SAMPLINGS = (("all", False), ("all", True), ("random", True), ("spatial", True))
+
+
+def _attention_cases(tokens):
+    """Every k of ``ks`` once per head count, cycling through the candidate sets."""
+    ks = range(1, 12) if tokens == 13 else (3, 9, 12, 16)
+    cases = []
+    for heads in (1, 3):
+        for i, k in enumerate(ks):
+            sampling, self_first = SAMPLINGS[(i + heads) % len(SAMPLINGS)]
+            cases.append((tokens, heads, k, sampling, self_first, ("ones", "softmax")[i % 2]))
+    return cases
+
+
+def _close(a, b, case):
+    """float32 sums in another order: relative to the tensor's scale."""
+    scale = float(b.abs().max()) + 1e-6
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=2e-6 * scale, msg=str(case))
+
+
+def attention_matches_fast_path(tokens=13, every=1):
+    """ConvNN attention forward and backward, Triton kernels vs the PyTorch fast path, float32:
+    1 and 3 heads, k from 1 to 11 (T = 13) or up to 16 (T = 197), all / random / spatial
+    candidates, self-first on and off, ones and softmax weighting; ``every``: every n-th case."""
+    torch.manual_seed(0)
+    cases = _attention_cases(int(tokens))[::int(every)]
+    for i, case in enumerate(cases):
+        tokens, heads, k, sampling, self_first, weighting = case
+        kw = {} if sampling == "all" else {"candidates": 11 if tokens == 13 else 32}
+        layer = ConvNNAttention(6 * heads, heads, k=k, sampling=sampling, self_first=self_first,
+                                weighting=weighting, aggregation="depthwise", **kw)
+        x = torch.randn(2, tokens, 6 * heads, requires_grad=True)
+        ref_out, ref_grads = _layer_grads(layer, x, "torch", i)
+        out, grads = _layer_grads(layer, x, "triton", i)
+        _close(out, ref_out, case)
+        for a, b in zip(grads, ref_grads):
+            assert (a is None) == (b is None), case
+            if a is not None:
+                _close(a, b, case)
+    print("ATTENTION OK", len(cases))
+
+
+def _random_problem(dtype, rows=9, values=7, channels=5, k=4, seed=0, with_rho=True):
+    gen = torch.Generator().manual_seed(seed)
+    opts = {"dtype": dtype, "requires_grad": True}
+    v = torch.randn(values, channels, generator=gen, dtype=dtype).requires_grad_()
+    index = torch.randint(0, values, (rows, k), generator=gen)
+    index[0] = 2  # one row selecting the same value k times
+    rho = torch.rand(rows, k, generator=gen, dtype=dtype).requires_grad_() if with_rho else None
+    w = torch.randn(k, channels, generator=gen, **opts)
+    return v, index, rho, w
+
+
+def gradcheck_float64():
+    for with_rho, channels in ((True, 5), (False, 3)):
+        v, index, rho, w = _random_problem(torch.float64, rows=6, values=5, channels=channels,
+                                           k=3, with_rho=with_rho)
+        assert torch.autograd.gradcheck(kernels.depthwise_gather_aggregate, (v, index, rho, w))
+    print("GRADCHECK OK")
+
+
+def gradients_are_bitwise_deterministic():
+    """Many rows selecting a few values (the case atomics make non-deterministic): two runs
+    give bitwise equal gradients; they also match a float64 computation."""
+    v, index, rho, w = _random_problem(torch.float32, rows=300, values=6, channels=192, k=9)
+    upstream = torch.randn(300, 192, generator=torch.Generator().manual_seed(1))
+    runs = []
+    for _ in range(2):
+        out = kernels.depthwise_gather_aggregate(v, index, rho, w)
+        runs.append(torch.autograd.grad((out * upstream).sum(), (v, rho, w)))
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+    d = [t.detach().double().requires_grad_() for t in (v, rho, w)]
+    ref = (d[0][index] * d[2] * d[1][..., None]).sum(1)
+    ref_grads = torch.autograd.grad((ref * upstream.double()).sum(), d)
+    for a, b in zip(runs[0], ref_grads):
+        torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-4)
+    # the CSR inverse index lists every flat position once, grouped by value row
+    order, rowptr = kernels.inverse_index(index, 6)
+    assert torch.equal(order.sort().values, torch.arange(index.numel()))
+    assert rowptr[0] == 0 and rowptr[-1] == index.numel()
+    flat = index.reshape(-1)
+    for row in range(6):
+        assert bool((flat[order[rowptr[row]:rowptr[row + 1]]] == row).all())
+    print("DETERMINISTIC OK")
+
+
+def bfloat16_inputs_accumulate_in_float32():
+    v, index, rho, w = _random_problem(torch.float32, rows=40, values=11, channels=24, k=5)
+    low = [t.detach().bfloat16().requires_grad_() for t in (v, rho, w)]
+    out = kernels.depthwise_gather_aggregate(low[0], index, low[1], low[2])
+    assert out.dtype == torch.bfloat16
+    grads = torch.autograd.grad(out.float().sum(), low)
+    assert [g.dtype for g in grads] == [torch.bfloat16] * 3
+    hi = [t.float().detach().requires_grad_() for t in low]
+    ref = (hi[0][index] * hi[2] * hi[1][..., None]).sum(1)
+    torch.testing.assert_close(out.float(), ref, rtol=2e-2, atol=2e-2)
+    for a, b in zip(grads, torch.autograd.grad(ref.sum(), hi)):
+        torch.testing.assert_close(a.float(), b, rtol=2e-2, atol=5e-2)
+    print("BF16 OK")

@@ -1,0 +1,140 @@
+"""Triton row top-k and atomics-free gather-aggregate (issue 12), checked on a CPU with the
+Triton interpreter, plus the kernel dispatch decisions. The kernel checks live in
+``_fused_checks.py`` and run in a subprocess so that ``TRITON_INTERPRET=1`` is set before
+Triton loads."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from convnn import ConvNNAttention, kernels, ops
+
+triton = pytest.importorskip("triton", reason="Triton is not installed (CPU-only torch build)")
+
+TESTS = Path(__file__).resolve().parent
+
+
+def _run(call: str, marker: str) -> None:
+    env = {**os.environ, "TRITON_INTERPRET": "1", "CONVNN_KERNEL": "torch"}
+    code = f"import sys; sys.path.insert(0, {str(TESTS)!r}); import _fused_checks as c; c.{call}"
+    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=TESTS.parent,
+                          capture_output=True, text=True, timeout=900, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert marker in proc.stdout
+
+
+def test_row_topk_equals_a_stable_sort_with_ties_and_masks():
+    _run("topk_matches_stable_sort()", "TOPK OK")
+
+
+def test_selection_with_zero_padding_ties_matches_the_stable_reference():
+    _run("selection_with_ties_matches_stable_reference()", "SELECTION OK")
+
+
+def test_attention_matches_the_fast_path_forward_and_backward():
+    _run("attention_matches_fast_path(13, every=5)", "ATTENTION OK 5")
+
+
+@pytest.mark.slow
+def test_attention_matches_the_fast_path_every_case_t13():
+    _run("attention_matches_fast_path(13)", "ATTENTION OK 22")
+
+
+@pytest.mark.slow
+def test_attention_matches_the_fast_path_t197():
+    _run("attention_matches_fast_path(197)", "ATTENTION OK 8")
+
+
+def test_gather_aggregate_gradcheck_float64():
+    _run("gradcheck_float64()", "GRADCHECK OK")
+
+
+def test_gather_aggregate_gradients_are_bitwise_deterministic():
+    _run("gradients_are_bitwise_deterministic()", "DETERMINISTIC OK")
+
+
+def test_gather_aggregate_bfloat16_accumulates_in_float32():
+    _run("bfloat16_inputs_accumulate_in_float32()", "BF16 OK")
+
+
+# ------------------------------------------------------------------ dispatch, no kernel launch
+def test_channel_block_fits_head_and_model_widths_without_padding():
+    assert kernels.channel_block(192) == 64  # three blocks, not one padded to 256
+    assert kernels.channel_block(64) == 64
+    assert kernels.channel_block(256) == 128
+    assert kernels.channel_block(48) == 16
+    assert kernels.channel_block(12) == 16  # small: one padded block
+    assert kernels.channel_block(1000) == 128
+
+
+def test_torch_choice_never_uses_triton(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    with ops.use_kernel("torch"):
+        assert ops.kernel_decision("topk", "cuda", k=9, width=197)[0] == "torch"
+        assert ops.kernel_decision("gather_aggregate", "cuda",
+                                   aggregation="depthwise")[0] == "torch"
+
+
+def test_auto_uses_triton_on_cuda_only(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with ops.use_kernel("auto"):
+        assert ops.kernel_decision("topk", "cuda", k=9, width=197)[0] == "triton"
+        assert ops.kernel_decision("gather_aggregate", "cuda",
+                                   aggregation="separable")[0] == "triton"
+        backend, reason = ops.kernel_decision("topk", "cpu", k=9, width=197)
+        assert backend == "torch" and "cpu" in reason
+        monkeypatch.setenv("TRITON_INTERPRET", "1")  # the interpreter is for tests, not auto
+        assert ops.kernel_decision("topk", "cpu", k=9, width=197)[0] == "torch"
+        monkeypatch.setattr(kernels, "triton", None)  # no Triton installed
+        assert ops.kernel_decision("topk", "cuda", k=9, width=197)[0] == "torch"
+
+
+@pytest.mark.parametrize("kernel", ["triton", "auto"])
+def test_unsupported_options_fall_back_cleanly(kernel, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    unsupported = [
+        ("topk", {"k": kernels.MAX_TOPK_K + 1, "width": 197}, "k=33"),
+        ("topk", {"k": 9, "width": kernels.MAX_TOPK_WIDTH + 1}, "2049 candidates"),
+        ("gather_aggregate", {"aggregation": "standard"}, "standard aggregation"),
+    ]
+    with ops.use_kernel(kernel):
+        for step, options, why in unsupported:
+            for device in ("cuda", "cpu"):  # no error on a CPU even when forced
+                backend, reason = ops.kernel_decision(step, device, **options)
+                assert backend == "torch" and why in reason, (step, options, reason)
+        assert ops.kernel_decision("topk", "cuda", k=kernels.MAX_TOPK_K,
+                                   width=kernels.MAX_TOPK_WIDTH)[0] == "triton"
+
+
+def test_forced_triton_on_cpu_without_interpreter_raises(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with ops.use_kernel("triton"), pytest.raises(RuntimeError, match="needs CUDA tensors"):
+        ops.kernel_decision("topk", "cpu", k=9, width=197)
+    # standard aggregation in attention is unsupported: the PyTorch path runs, no error
+    layer = ConvNNAttention(8, 2, k=3, aggregation="standard", similarity="cosine")
+    with ops.use_kernel("triton"), pytest.raises(RuntimeError, match="needs CUDA tensors"):
+        layer(torch.randn(1, 5, 8))  # the top-k step is supported, so it is forced
+    with ops.use_kernel("triton"):
+        out = ops.convnn(torch.randn(1, 5, 4), torch.randn(1, 5, 4), torch.randn(1, 5, 4), 3,
+                         torch.randn(4, 4, 3), neighbours=torch.randint(0, 5, (5, 3)))
+    assert out.shape == (1, 5, 4)
+
+
+def test_bad_dispatch_arguments_name_themselves():
+    with pytest.raises(ValueError, match="step"):
+        ops.kernel_decision("softmax", "cuda")
+    with ops.use_kernel("auto"):
+        with pytest.raises(ValueError, match="width"):
+            ops.kernel_decision("topk", "cuda", k=9)
+        with pytest.raises(ValueError, match="aggregation"):
+            ops.kernel_decision("gather_aggregate", "cuda", aggregation="dense")
+    with pytest.raises(ValueError, match="k must be"):
+        kernels.row_topk(torch.zeros(2, 5), 6)
+    with pytest.raises(ValueError, match="N=3000"):
+        kernels.row_topk(torch.zeros(2, 3000), 4)
