@@ -192,8 +192,9 @@ def run_preset(name: str, *, epochs: int | None = None, smoke: bool | None = Non
     if resume:
         finished = _finished_summary(out, preset.name, smoke, train_cfg)
         if finished is not None:
-            log(f"{preset.name}: the run in {out} has finished all {train_cfg.epochs} epochs; "
-                "loaded its summary instead of training again")
+            log(textwrap.fill(f"{preset.name}: the run in {out} has finished all "
+                              f"{train_cfg.epochs} epochs; loaded its summary instead of "
+                              "training again", 96, subsequent_indent="    "))
             return finished
     dataset = load_preset_data(preset, smoke=smoke, data_dir=data_dir, download=download,
                                log=log, image_size=model_cfg.image_size)
@@ -217,8 +218,9 @@ def run_preset(name: str, *, epochs: int | None = None, smoke: bool | None = Non
                  {k: r.get(k) for k in ("table", "best", "avg5")} for r in preset.paper_rows()]}
     log(textwrap.fill(f"{preset.name}: {preset.description}", 96, subsequent_indent="    "))
     if smoke:
-        log(f"smoke run: a reduced model trained briefly ({train_cfg.epochs} epochs on a small "
-            "subset), to check the pipeline, not the paper's accuracy")
+        log(textwrap.fill(f"smoke run: a reduced model trained briefly ({train_cfg.epochs} "
+                          "epochs on a small subset), to check the pipeline, not the paper's "
+                          "accuracy", 96, subsequent_indent="    "))
     log(textwrap.fill(f"data: {_short_source(dataset.source)}", 96, subsequent_indent="    "))
     log(f"run folder: {out}")
     return train(lambda: build_model(model_cfg), dataset, train_cfg, out, resume=resume,
