@@ -424,7 +424,7 @@ def _autocast(device: torch.device, amp: str):
     return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
-def _fused_ok(params: list[torch.Tensor], device: torch.device) -> dict:
+def fused_options(params: list[torch.Tensor], device: torch.device) -> dict:
     """``{"fused": True}`` for Adam(W) on CUDA (one kernel for the whole update instead of
     several per parameter list; same update to rounding), else ``{}`` (the default)."""
     if device.type == "cuda" and all(p.is_cuda and p.is_floating_point() for p in params):
@@ -432,7 +432,7 @@ def _fused_ok(params: list[torch.Tensor], device: torch.device) -> dict:
     return {}
 
 
-def _to_fast_layout(net: nn.Module, device: torch.device) -> bool:
+def to_fast_layout(net: nn.Module, device: torch.device) -> bool:
     """Channels-last weights for a pure ``nn.Conv2d`` network on CUDA (cuDNN's fast layout;
     the first convolution's output follows its weights, so the loader is unchanged). Models
     with ConvNN layers keep NCHW: their gather path flattens ``H × W`` and is not measured
@@ -1114,9 +1114,9 @@ def _fit(model_factory, ds, config, out, resume, overwrite, device, ctx, show, e
     if amp == "off" and config.amp in ("bf16", "fp16"):
         log(f"note: amp={config.amp!r} is used on CUDA only; training in float32 on {device}")
 
-    _to_fast_layout(net, device)
+    to_fast_layout(net, device)
     params = list(net.parameters())
-    fused = _fused_ok(params, device)
+    fused = fused_options(params, device)
     if config.optimizer == "adamw":
         optimizer = torch.optim.AdamW(
             params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay, **fused
