@@ -117,7 +117,7 @@ def _book(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     if args.suite:
-        from .bench_suite import run_suite
+        from .bench.suite import run_suite
 
         run_suite(args.suite, tiny=args.quick, device=args.device)
         return 0

@@ -64,7 +64,7 @@ def _fsync_dir(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def _atomic_target(path: str | os.PathLike):
+def atomic_target(path: str | os.PathLike):
     """Yield a temporary path next to ``path``; on success, move it over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -89,7 +89,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         path: the target file; its folder is created if needed.
         text: the whole new content.
     """
-    with _atomic_target(path) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as f:
+    with atomic_target(path) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
@@ -166,7 +166,7 @@ def append_jsonl_atomic(path: str | os.PathLike, record: dict) -> None:
 
 def atomic_torch_save(obj, path: str | os.PathLike) -> None:
     """``torch.save(obj, path)``, atomically (temporary file, fsync, ``os.replace``)."""
-    with _atomic_target(path) as tmp, open(tmp, "wb") as f:
+    with atomic_target(path) as tmp, open(tmp, "wb") as f:
         torch.save(obj, f)
         f.flush()
         os.fsync(f.fileno())
@@ -202,7 +202,7 @@ def save_checkpoint(obj, path: str | os.PathLike) -> None:
     """
     path = Path(path)
     sidecar = path.with_name(path.name + CHECKSUM_SUFFIX)
-    with _atomic_target(path) as tmp:
+    with atomic_target(path) as tmp:
         with open(tmp, "wb") as f:
             torch.save(obj, f)
             f.flush()

@@ -84,7 +84,7 @@ CIFAR10_CLASSES = (
 _TORCHVISION_FOLDER = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
 _TORCHVISION_ARCHIVE = {"cifar10": "cifar-10-python.tar.gz", "cifar100": "cifar-100-python.tar.gz"}
 _PRETTY = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
-_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff")
 _TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".tar.xz", ".tar.bz2")
 _CACHE_VERSION = 1
 _REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -94,7 +94,7 @@ class DatasetNotFoundError(RuntimeError):
     """The requested dataset is in none of the places searched and could not be downloaded."""
 
 
-class _Splits:
+class Splits:
     """Sizes shared by :class:`ImageDataset` and :class:`convnn.imagenet.ImageNetDataset`
     (both have ``classes``, ``train_labels`` and ``test_labels``)."""
 
@@ -115,7 +115,7 @@ class _Splits:
 
 
 @dataclass(repr=False)
-class ImageDataset(_Splits):
+class ImageDataset(Splits):
     """A whole image-classification dataset held in memory.
 
     Attributes:
@@ -293,7 +293,7 @@ def _split_class_file(parts: Sequence[str]) -> tuple[str, str, str, str] | None:
     if len(parts) < 3 or parts[-3] not in ("train", "test"):
         return None
     if any(p.startswith(".") for p in parts[-2:]) or not parts[-1].lower().endswith(
-        _IMAGE_SUFFIXES
+        IMAGE_SUFFIXES
     ):
         return None
     return "/".join(parts[:-3]), parts[-3], parts[-2], parts[-1]
@@ -690,7 +690,7 @@ def _make_cifar(name: str, arrays: dict[str, np.ndarray], source: str) -> ImageD
 # --------------------------------------------------------------------------- batching
 
 
-def _epoch_seed(seed: int, epoch: int) -> int:
+def epoch_seed(seed: int, epoch: int) -> int:
     """One 63-bit generator seed from ``(seed, epoch)``, well mixed."""
     words = np.random.SeedSequence([seed & 0xFFFFFFFF, seed >> 32 & 0xFFFFFFFF, epoch])
     state = words.generate_state(2, dtype=np.uint32)
@@ -795,7 +795,7 @@ class EpochLoader:
     def epoch_indices(self, epoch: int) -> torch.Tensor:
         """The sample indices this rank visits in ``epoch``, in order (on the CPU)."""
         if self.shuffle:
-            g = torch.Generator().manual_seed(_epoch_seed(self.seed, epoch))
+            g = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
             order = self.start + torch.randperm(self.num_samples, generator=g)
         else:
             order = torch.arange(self.start, self.start + self.num_samples)
@@ -877,7 +877,7 @@ class DeviceLoader(EpochLoader):
         order = self.epoch_indices(epoch)
         if self.augment:
             # drawn after the permutation from their own stream, independent of rank and device
-            g = torch.Generator().manual_seed(_epoch_seed(self.seed, epoch) ^ 0x5DEECE66D)
+            g = torch.Generator().manual_seed(epoch_seed(self.seed, epoch) ^ 0x5DEECE66D)
             n = len(self.images)
             offsets = torch.randint(0, 9, (n, 2), generator=g).to(self.device)
             flips = (torch.rand(n, generator=g) < 0.5).to(self.device)

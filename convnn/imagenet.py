@@ -52,14 +52,14 @@ import numpy as np
 import torch
 
 from ._checks import check_choice, check_int
-from ._io import _atomic_target
+from ._io import atomic_target
 from .data import (
-    _IMAGE_SUFFIXES,
+    IMAGE_SUFFIXES,
     DatasetNotFoundError,
     EpochLoader,
-    _epoch_seed,
-    _Splits,
+    Splits,
     default_cache_dir,
+    epoch_seed,
 )
 
 __all__ = [
@@ -96,7 +96,7 @@ _AUG_SALT = 0x5DEECE66D
 
 
 @dataclass(repr=False)
-class ImageNetDataset(_Splits):
+class ImageNetDataset(Splits):
     """The file lists of an ImageNet tree; images are decoded only while loading batches.
 
     Attributes:
@@ -275,7 +275,7 @@ class _FolderImages(torch.utils.data.Dataset):
                 if aug_seed is None:
                     out = np.array(_resize_center_crop(img, self.size))
                 else:
-                    g = torch.Generator().manual_seed(_epoch_seed(aug_seed, index))
+                    g = torch.Generator().manual_seed(epoch_seed(aug_seed, index))
                     out = _random_resized_crop(img, self.size, g)
         except OSError as err:
             raise OSError(f"could not decode {path}: {err}") from err
@@ -382,7 +382,7 @@ class ImageNetLoader(EpochLoader):
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         epoch = self._take_epoch()
         order = self.epoch_indices(epoch).tolist()
-        aug_seed = _epoch_seed(self.seed, epoch) ^ _AUG_SALT if self.augment else None
+        aug_seed = epoch_seed(self.seed, epoch) ^ _AUG_SALT if self.augment else None
         bs = self.batch_size
         batches = [[(i, aug_seed) for i in order[b * bs : (b + 1) * bs]] for b in range(len(self))]
         loader = torch.utils.data.DataLoader(
@@ -540,7 +540,7 @@ def _scan_class(folder: str) -> list[str]:
             e.name
             for e in it
             if not e.name.startswith(".")
-            and e.name.lower().endswith(_IMAGE_SUFFIXES)
+            and e.name.lower().endswith(IMAGE_SUFFIXES)
             and e.is_file()
         ]
     return sorted(names)
@@ -582,7 +582,7 @@ def _load_index(root: Path, cache: Path) -> tuple[list[str], dict[str, list[list
     files = {s: [_scan_class(os.path.join(root, _FOLDER[s], c)) for c in classes] for s in SPLITS}
     record = {"version": _INDEX_VERSION, "root": str(root), "key": key, "classes": classes, **files}
     try:
-        with _atomic_target(index_file) as tmp, open(tmp, "wb") as raw:
+        with atomic_target(index_file) as tmp, open(tmp, "wb") as raw:
             with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz:
                 gz.write(json.dumps(record, separators=(",", ":")).encode())
             raw.flush()

@@ -307,7 +307,7 @@ def estimate_seconds(trace: StepTrace, gpu: str = "h200",
 
 def proxy_cases() -> list[tuple[str, str, int, int, list]]:
     """``(model, config name, batch, image size, cases)`` of the training benchmark."""
-    from .bench_train import RESNET_CASES, VGG_CASES, VIT_CASES
+    from .bench.train import RESNET_CASES, VGG_CASES, VIT_CASES
 
     return [("ViT-Tiny", "vit_tiny", 256, 224, VIT_CASES),
             ("VGG-11", "vgg11", 128, 32, VGG_CASES),
@@ -317,7 +317,7 @@ def proxy_cases() -> list[tuple[str, str, int, int, list]]:
 def proxy_benchmarks(gpu: str = "h200", amp: str = "bf16",
                      families: tuple[str, ...] = ("vit", "vgg", "resnet")) -> list[dict]:
     """Estimated throughput of every benchmark model against its family's baseline."""
-    from .bench_train import FAMILIES, _with_reference
+    from .bench.train import FAMILIES, with_reference
     from .models import ModelConfig
 
     check_known("families", families, FAMILIES)
@@ -331,7 +331,7 @@ def proxy_benchmarks(gpu: str = "h200", amp: str = "bf16",
             variants = [(label, options)]
             if options.get("mixer", "").startswith("convnn") or \
                     options.get("layer") in ("branching", "convnn"):
-                variants.append((f"{label} [reference]", _with_reference(options)))
+                variants.append((f"{label} [reference]", with_reference(options)))
             for case, opts in variants:
                 extra = {"image_size": size} if name == "resnet50" else {}
                 trace = trace_step(ModelConfig(name=name, **extra, **opts), batch, size, amp)

@@ -351,7 +351,7 @@ def load_run(run_dir: str | os.PathLike, *, root: str | os.PathLike | None = Non
     Unfinished runs are fine: a missing ``metrics.jsonl`` or ``summary.json`` gives no records
     or no summary, and lines of ``metrics.jsonl`` that are not valid JSON (a line cut off by
     a crash) are skipped and counted in :attr:`Run.skipped_lines`. Unlike
-    :func:`convnn.train.load_run` this never loads a checkpoint (committed logs have none).
+    :func:`convnn.train.load_run_checkpoint` this never loads a checkpoint (committed logs have none).
 
     Args:
         run_dir: the folder.

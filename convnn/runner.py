@@ -34,7 +34,7 @@ from .imagenet import (
     write_synthetic_imagenet,
 )
 from .models import ModelConfig, build_model, count_parameters
-from .train import TrainConfig, evaluate_run, load_run, train
+from .train import TrainConfig, evaluate_run, load_run_checkpoint, train
 
 SMOKE_TRAIN_PER_CLASS = {"cifar10": 50, "cifar100": 5, "imagenet": 2}
 SMOKE_TEST_PER_CLASS = {"cifar10": 20, "cifar100": 2, "imagenet": 1}
@@ -266,7 +266,7 @@ def evaluate_run_dir(run_dir, *, data_dir=None, device=None, workers: int | None
     """Evaluate a finished or partial run folder on its test split (``workers``: as
     :func:`run_preset`)."""
     dev = check_device("device", device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    config, _ = load_run(run_dir)
+    config, _ = load_run_checkpoint(run_dir)
     extra = config.get("extra", {})
     if not isinstance(extra, dict) or not isinstance(extra.get("model"), dict):
         raise ValueError(f"{run_dir} was not written by run_preset (no model config in "

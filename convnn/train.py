@@ -38,8 +38,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime
-import hashlib
 import json
 import math
 import os
@@ -58,22 +56,19 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ._checks import check_choice, check_device, check_int, check_known, check_path
-from ._io import (
-    CHECKSUM_SUFFIX,
-    CheckpointError,
-    FolderLockedError,
-    append_jsonl_atomic,
-    atomic_write_json,
-    atomic_write_text,
-    folder_lock,
-    git_commit,
-    load_checkpoint,
-    read_json,
-    read_jsonl,
-    remove_leftovers,
-    save_checkpoint,
-)
+from ._io import atomic_write_json, git_commit
 from .data import ImageDataset
+from .run_folder import (
+    RESUMABLE_CHANGES,
+    RUN_FILES,
+    RunFolder,
+    RunFolderError,
+    load_run_checkpoint,
+    load_weights,
+    local_time,
+    run_fingerprint,
+    run_lock,
+)
 
 __all__ = [
     "AMP_MODES",
@@ -88,7 +83,7 @@ __all__ = [
     "evaluate",
     "evaluate_run",
     "has_random_candidates",
-    "load_run",
+    "load_run_checkpoint",
     "lr_at",
     "resolve_amp",
     "set_eval_sampling",
@@ -96,13 +91,19 @@ __all__ = [
     "train",
 ]
 
-OPTIMIZERS = ("adamw", "sgd", "adam")
+#: The optimizers, each built from ``(params, config, fused options)``.
+OPTIMIZER_FACTORIES: dict[str, Callable] = {
+    "adamw": lambda params, c, fused: torch.optim.AdamW(
+        params, lr=c.lr, betas=c.betas, weight_decay=c.weight_decay, **fused),
+    "sgd": lambda params, c, fused: torch.optim.SGD(
+        params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay),
+    "adam": lambda params, c, fused: torch.optim.Adam(
+        params, lr=c.lr, betas=c.betas, weight_decay=c.weight_decay, **fused),
+}
+OPTIMIZERS = tuple(OPTIMIZER_FACTORIES)
 SCHEDULES = ("none", "cosine", "step")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 EVAL_SAMPLINGS = ("fixed", "resample")
-#: The files of a run folder.
-RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt", "checkpoint.pt" + CHECKSUM_SUFFIX,
-             "summary.json")
 #: Fields of a metrics record that differ between two runs of the same computation.
 VOLATILE_FIELDS = (
     "epoch_seconds",
@@ -111,19 +112,6 @@ VOLATILE_FIELDS = (
     "peak_memory_bytes",
     "time",
 )
-#: TrainConfig fields that may change when a run is resumed.
-RESUMABLE_CHANGES = ("epochs", "log_every", "compile", "eval_batch_size", "deterministic")
-#: Keys of ``extra`` that may change on resume (the command line, the data's location).
-RESUMABLE_EXTRA = ("command", "dataset.root")
-#: 2: adds the run's fingerprint and a digest of the metrics log (format 1 is still read).
-_CHECKPOINT_FORMAT = 2
-
-
-class RunFolderError(ValueError):
-    """A run folder that cannot be used as asked: locked, damaged, or holding another run.
-    Nothing in the folder was changed."""
-
-
 class DivergedError(RuntimeError):
     """The loss became non-finite; the run stopped and kept its last good checkpoint."""
 
@@ -424,7 +412,7 @@ def _autocast(device: torch.device, amp: str):
     return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
-def _fused_ok(params: list[torch.Tensor], device: torch.device) -> dict:
+def fused_options(params: list[torch.Tensor], device: torch.device) -> dict:
     """``{"fused": True}`` for Adam(W) on CUDA (one kernel for the whole update instead of
     several per parameter list; same update to rounding), else ``{}`` (the default)."""
     if device.type == "cuda" and all(p.is_cuda and p.is_floating_point() for p in params):
@@ -432,7 +420,7 @@ def _fused_ok(params: list[torch.Tensor], device: torch.device) -> dict:
     return {}
 
 
-def _to_fast_layout(net: nn.Module, device: torch.device) -> bool:
+def to_fast_layout(net: nn.Module, device: torch.device) -> bool:
     """Channels-last weights for a pure ``nn.Conv2d`` network on CUDA (cuDNN's fast layout;
     the first convolution's output follows its weights, so the loader is unchanged). Models
     with ConvNN layers keep NCHW: their gather path flattens ``H × W`` and is not measured
@@ -678,57 +666,6 @@ def _duration(seconds: float) -> str:
 # --------------------------------------------------------------------------- run folders
 
 
-def load_run(run_dir: str | os.PathLike) -> tuple[dict, dict]:
-    """Read a run folder's ``config.json`` and ``checkpoint.pt``.
-
-    The checkpoint is loaded on the CPU with ``torch.load(..., weights_only=True)``.
-
-    Returns:
-        ``(config, checkpoint)``: ``config["train"]`` is a :meth:`TrainConfig.to_dict`;
-        ``checkpoint`` has ``"model"`` (a state dict), ``"optimizer"``, ``"scaler"``,
-        ``"epoch"`` (finished epochs), ``"rng"`` and ``"config"``.
-    """
-    run_dir = Path(run_dir)
-    for name in ("config.json", "checkpoint.pt"):
-        if not (run_dir / name).is_file():
-            raise FileNotFoundError(f"{run_dir / name} does not exist: not a (started) run folder")
-    config = read_json(run_dir / "config.json")
-    if not isinstance(config.get("train"), dict):
-        raise RunFolderError(f"{run_dir / 'config.json'} has no \"train\" settings; it was not "
-                             "written by convnn.train")
-    return config, _load_training_checkpoint(run_dir / "checkpoint.pt")
-
-
-_CHECKPOINT_KEYS = {"epoch": int, "model": dict, "optimizer": dict, "rng": list, "config": dict}
-
-
-def _load_training_checkpoint(path: Path) -> dict:
-    """Load and verify a checkpoint written by :func:`train` (checksum, keys, types)."""
-    checkpoint = load_checkpoint(path)
-    for key, kind in _CHECKPOINT_KEYS.items():
-        if not isinstance(checkpoint.get(key), kind) or isinstance(checkpoint.get(key), bool):
-            raise CheckpointError(f"{path} is not a convnn training checkpoint ({key!r} is "
-                                  "missing or has the wrong type)")
-    if checkpoint["epoch"] < 1:
-        raise CheckpointError(f"{path} has epoch {checkpoint['epoch']}; it must be >= 1")
-    sidecar = path.with_name(path.name + CHECKSUM_SUFFIX)
-    if checkpoint.get("format", 1) >= 2 and not sidecar.is_file():
-        raise CheckpointError(f"{sidecar} is missing, so {path} cannot be verified; restore "
-                              "it or start the run again")
-    return checkpoint
-
-
-def _load_weights(model: nn.Module, state: dict, path: Path) -> None:
-    """``model.load_state_dict(state)``, with a one-line error naming the checkpoint."""
-    try:
-        model.load_state_dict(state)
-    except (RuntimeError, KeyError, TypeError) as err:
-        detail = [ln.strip() for ln in str(err).splitlines()[1:] if ln.strip()]
-        raise RunFolderError(
-            f"the weights in {path} do not fit the model ({detail[0] if detail else err}); "
-            "the run folder belongs to another model configuration") from None
-
-
 def _build(model_factory) -> tuple[nn.Module, bool]:
     """``(model, seeded)``: call the factory, or take a ready module (not seeded by us)."""
     if isinstance(model_factory, nn.Module):
@@ -765,11 +702,11 @@ def evaluate_run(
     Returns:
         :func:`evaluate`'s dict plus ``"epoch"``, the checkpoint's finished epochs.
     """
-    config, checkpoint = load_run(run_dir)
+    config, checkpoint = load_run_checkpoint(run_dir)
     tc = TrainConfig.from_dict(config["train"])
     device = _resolve_device(device)
     model, _ = _build(model_factory)
-    _load_weights(model, checkpoint["model"], Path(run_dir) / "checkpoint.pt")
+    load_weights(model, checkpoint["model"], Path(run_dir) / "checkpoint.pt")
     model.to(device)
     set_eval_sampling(model, tc.eval_sampling)
     _check_dataset(dataset, tc)
@@ -792,158 +729,6 @@ def _check_dataset(dataset, config: TrainConfig) -> None:
         raise ValueError(f"resize={config.resize} applies to in-memory datasets only; a streamed "
                          "ImageNet dataset crops to its own image_size (load_imagenet("
                          "image_size=...))")
-
-
-def _dataset_info(ds) -> dict:
-    return {
-        "name": ds.name,
-        "source": ds.source,
-        "classes": ds.num_classes,
-        "image_size": list(ds.image_size),
-        "train_images": ds.num_train,
-        "test_images": ds.num_test,
-        "mean": list(ds.mean),
-        "std": list(ds.std),
-    }
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).astimezone().isoformat(timespec="seconds")
-
-
-def _without(d: dict, dotted: tuple[str, ...]) -> dict:
-    """A copy of nested dict ``d`` without the ``a.b`` keys in ``dotted``."""
-    out = {}
-    for k, v in d.items():
-        if k in dotted:
-            continue
-        inner = tuple(x[len(k) + 1:] for x in dotted if x.startswith(f"{k}."))
-        out[k] = _without(v, inner) if isinstance(v, dict) and inner else v
-    return out
-
-
-def _fingerprint(config: TrainConfig, ds, extra: dict, net: nn.Module) -> dict:
-    """Everything that defines a run, except what may change on resume: the training
-    settings, the data (not its location), the caller's ``extra`` and the model class."""
-    train_cfg = {k: v for k, v in config.to_dict().items() if k not in RESUMABLE_CHANGES}
-    data = {k: v for k, v in _dataset_info(ds).items() if k != "source"}
-    model = {"class": f"{type(net).__module__}.{type(net).__qualname__}",
-             "parameters": sum(p.numel() for p in net.parameters())}
-    fp = {"train": train_cfg, "dataset": data, "extra": _without(extra, RESUMABLE_EXTRA),
-          "model": model}
-    return json.loads(json.dumps(fp))  # tuples as lists, as they come back from disk
-
-
-def _fingerprint_of(cfg_json: dict, train_cfg: dict | None) -> dict:
-    """The fingerprint recorded by a run folder whose checkpoint has none (format 1)."""
-    fp: dict = {}
-    if isinstance(train_cfg, dict):
-        fp["train"] = {k: v for k, v in train_cfg.items() if k not in RESUMABLE_CHANGES}
-    if isinstance(cfg_json.get("dataset"), dict):
-        fp["dataset"] = {k: v for k, v in cfg_json["dataset"].items() if k != "source"}
-    if isinstance(cfg_json.get("extra"), dict):
-        fp["extra"] = _without(cfg_json["extra"], RESUMABLE_EXTRA)
-    if isinstance(cfg_json.get("model"), dict):
-        fp["model"] = {k: cfg_json["model"].get(k) for k in ("class", "parameters")}
-    return fp
-
-
-_MISSING = "<absent>"
-
-
-def _differences(saved, now, prefix: str = ""):
-    if isinstance(saved, dict) and isinstance(now, dict):
-        for k in sorted(set(saved) | set(now), key=str):
-            yield from _differences(saved.get(k, _MISSING), now.get(k, _MISSING),
-                                    f"{prefix}{k}.")
-    elif saved != now:
-        yield prefix[:-1], saved, now
-
-
-def _check_resumable(saved: dict, now: dict, path: Path) -> None:
-    """Raise unless fingerprint ``now`` equals ``saved`` (sections absent from ``saved``,
-    as in older run folders, are not compared)."""
-    changed = list(_differences(saved, {k: v for k, v in now.items() if k in saved}))
-    if changed:
-        shown = changed if len(changed) <= 6 else [*changed[:6], ("...", "", "")]
-        detail = ", ".join(f"{k}: {a!r} -> {b!r}" if k != "..." else "..."
-                           for k, a, b in shown)
-        raise RunFolderError(
-            f"cannot resume {path.parent}: this is not the run it holds ({path.name} differs "
-            f"in {detail}); only {list(RESUMABLE_CHANGES)} may change on resume. Choose "
-            "another out_dir for a new run, or overwrite=True (--overwrite) to replace it")
-
-
-def _log_digest(records: list[dict]) -> str:
-    text = json.dumps(records, sort_keys=True, allow_nan=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def _log_summary(records: list[dict]) -> dict:
-    """What a checkpoint records of the metrics log, to check the log against on resume."""
-    best = max(records, key=lambda r: r["test_top1"])
-    return {"epochs": len(records), "best_epoch": best["epoch"],
-            "best_test_top1": best["test_top1"], "sha256": _log_digest(records)}
-
-
-def _read_log(path: Path, checkpoint: dict) -> list[dict]:
-    """The metrics records of epochs ``1..checkpoint["epoch"]``, checked against the
-    checkpoint; lines past it (a crash between the two writes) are dropped."""
-    epoch = checkpoint["epoch"]
-    if not path.is_file():
-        raise RunFolderError(f"cannot resume {path.parent}: {path.name} is missing but "
-                             f"checkpoint.pt is at epoch {epoch}; restore {path}, or start "
-                             "again with overwrite=True (--overwrite)")
-    records = read_jsonl(path)
-    for i, r in enumerate(records, 1):
-        if r.get("epoch") != i or isinstance(r.get("epoch"), bool):
-            raise RunFolderError(
-                f"cannot resume: {path} is not in epoch order (line {i} has epoch "
-                f"{r.get('epoch')!r}, expected {i}); it was edited or damaged. Restore it, or "
-                "start again with overwrite=True (--overwrite)")
-        if not isinstance(r.get("test_top1"), (int, float)):
-            raise RunFolderError(f"cannot resume: {path} epoch {i} has no numeric test_top1")
-    if len(records) < epoch:
-        raise RunFolderError(
-            f"cannot resume: {path} has {len(records)} epoch(s) but checkpoint.pt is at epoch "
-            f"{epoch}; the log was edited or damaged. Restore it, or start again with "
-            "overwrite=True (--overwrite)")
-    kept, saved = records[:epoch], checkpoint.get("log")
-    if isinstance(saved, dict) and _log_digest(kept) != saved.get("sha256"):
-        now = _log_summary(kept)
-        raise RunFolderError(
-            f"cannot resume: {path} does not match checkpoint.pt (the log's best test_top1 is "
-            f"{now['best_test_top1']} at epoch {now['best_epoch']}, the checkpoint recorded "
-            f"{saved.get('best_test_top1')} at epoch {saved.get('best_epoch')}; "
-            "the log was edited or damaged). Restore it, or start again with "
-            "overwrite=True (--overwrite)")
-    return records
-
-
-@contextlib.contextmanager
-def _run_lock(out: Path, ctx: _Dist):
-    """Rank 0 holds the run folder's lock for the whole run; every rank fails if it cannot."""
-    error, stack = None, contextlib.ExitStack()
-    if ctx.rank == 0:
-        try:
-            stack.enter_context(folder_lock(out))
-        except FolderLockedError as err:
-            error = str(err)
-        except OSError as err:
-            where = err.filename or out
-            error = (f"cannot use {out} as a run folder: {err.strerror or err} ({where}); "
-                     "choose another out_dir")
-    if ctx.enabled:
-        import torch.distributed as dist
-
-        box = [error]
-        dist.broadcast_object_list(box, src=0)
-        error = box[0]
-    if error:
-        stack.close()
-        raise RunFolderError(error)
-    with stack:
-        yield
 
 
 # --------------------------------------------------------------------------- training
@@ -1023,7 +808,7 @@ def train(
 
     ctx, device = _init_distributed(device)
     try:
-        with _deterministic(config.deterministic), _run_lock(out, ctx):
+        with _deterministic(config.deterministic), run_lock(out, ctx):
             return _fit(model_factory, dataset, config, out, resume, overwrite,
                         device, ctx, _progress_enabled(progress) and ctx.rank == 0, extra or {},
                         callback, (log or (lambda _: None)) if ctx.rank == 0 else (lambda _: None))
@@ -1034,106 +819,61 @@ def train(
             dist.destroy_process_group()
 
 
-def _fit(model_factory, ds, config, out, resume, overwrite, device, ctx, show, extra, callback,
-         log) -> dict:
-    t_call = time.perf_counter()
-    ws = ctx.world_size
-    main = ctx.rank == 0
-    paths = {name: out / name for name in RUN_FILES}
-    if config.batch_size % ws:
-        raise ValueError(
-            f"batch_size={config.batch_size} must be divisible by the number of processes "
-            f"(world size {ws})"
-        )
+@dataclass
+class _Session:
+    """What one call of :func:`train` trains with, once the run folder has been opened."""
 
-    # ---- the run folder: fresh, resumed or refused (every rank decides the same way);
-    # nothing in it changes until every check has passed
-    checkpoint, records, saved_fp = None, [], None
-    existing = [n for n, p in paths.items() if p.exists()]
-    if existing and not resume and not overwrite:
-        raise FileExistsError(
-            f"{out} already holds a run ({', '.join(existing)}); pass resume=True to continue "
-            "it, overwrite=True to replace it, or choose another out_dir"
-        )
-    if resume and paths["checkpoint.pt"].is_file():
-        checkpoint = _load_training_checkpoint(paths["checkpoint.pt"])
-        if not paths["config.json"].is_file():
-            raise RunFolderError(f"cannot resume {out}: config.json is missing; restore it, or "
-                                 "start again with overwrite=True (--overwrite)")
-        cfg_json = read_json(paths["config.json"])
-        saved_fp = checkpoint.get("fingerprint") or _fingerprint_of(cfg_json, checkpoint["config"])
-        records = _read_log(paths["metrics.jsonl"], checkpoint)
-    elif resume and existing:
-        recorded = [n for n in existing if n != "config.json"]
-        if recorded:  # never wipe finished epochs because their checkpoint is gone
-            raise RunFolderError(
-                f"cannot resume {out}: checkpoint.pt is missing but {', '.join(recorded)} "
-                "record(s) finished epochs; nothing was changed. Restore checkpoint.pt, or "
-                "start again with overwrite=True (--overwrite) or another out_dir")
-        # only config.json: the run stopped before its first epoch ended; restart it
-        cfg_json = read_json(paths["config.json"])
-        saved_fp = _fingerprint_of(cfg_json, cfg_json.get("train"))
-    start_epoch = 0 if checkpoint is None else int(checkpoint["epoch"])
+    config: TrainConfig
+    device: torch.device
+    ctx: _Dist
+    amp: str
+    net: nn.Module  # the plain module: its state is what the checkpoint saves
+    compiled: nn.Module  # ``net``, compiled when asked: evaluated without DDP collectives
+    model: nn.Module  # ``compiled``, wrapped in DDP under torchrun: trained
+    params: list[torch.Tensor]
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler  # enabled for fp16 only
+    train_loader: object
+    test_loaders: list
+    show: bool
 
-    # ---- seed, then build (method.md §6.6: the seed must control the initial weights)
+
+def _open_session(model_factory, ds, config, folder: RunFolder, device, ctx, show, extra,
+                  log) -> tuple[_Session, dict, dict]:
+    """Seed, build and check the model against the folder; then the optimizer, the data and
+    ``config.json``. Returns the session, the run's fingerprint and its ``run_info``."""
+    ws, main, checkpoint = ctx.world_size, ctx.rank == 0, folder.checkpoint
+    # seed, then build (method.md §6.6: the seed must control the initial weights)
     _seed_everything(config.seed)
     net, seeded = _build(model_factory)
     if not seeded and checkpoint is None:
         warnings.warn(
             "train() got a ready nn.Module, so config.seed did not control its initial "
             "weights; pass a factory (e.g. lambda: build_model(cfg)) for a reproducible run",
-            stacklevel=3,
+            stacklevel=4,
         )
-    fingerprint = _fingerprint(config, ds, extra, net)
-    if saved_fp is not None:
-        _check_resumable(saved_fp, fingerprint, paths["checkpoint.pt" if checkpoint else
-                                                       "config.json"])
-    if checkpoint is not None:
-        _load_weights(net, checkpoint["model"], paths["checkpoint.pt"])
+    fingerprint = run_fingerprint(config, ds, extra, net)
+    folder.check(fingerprint, net)
     _barrier(ctx)  # nobody writes before every rank has looked
-
     if main:
-        for tmp in remove_leftovers(out, RUN_FILES):
-            log(f"note: removed {tmp.name}, left by an interrupted write")
-        if checkpoint is None:
-            for n in existing:  # overwrite, or resume of a run that never reached a checkpoint
-                paths[n].unlink()
-        elif len(records) > start_epoch:  # crash between the log line and the checkpoint
-            log(f"note: dropping {len(records) - start_epoch} metrics line(s) written after the "
-                f"last checkpoint (epoch {start_epoch})")
-            atomic_write_text(paths["metrics.jsonl"], "".join(
-                json.dumps(r, allow_nan=False) + "\n" for r in records[:start_epoch]))
-    records = records[:start_epoch]
+        folder.prepare(log)
 
     net.to(device)
     set_eval_sampling(net, config.eval_sampling)
     if ctx.enabled:  # each rank its own dropout / random-candidate stream
         _seed_everything(config.seed + ctx.rank)
-    parameters = sum(p.numel() for p in net.parameters())
     amp = resolve_amp(config.amp, device)
     if amp == "off" and config.amp in ("bf16", "fp16"):
         log(f"note: amp={config.amp!r} is used on CUDA only; training in float32 on {device}")
 
-    _to_fast_layout(net, device)
+    to_fast_layout(net, device)
     params = list(net.parameters())
-    fused = _fused_ok(params, device)
-    if config.optimizer == "adamw":
-        optimizer = torch.optim.AdamW(
-            params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay, **fused
-        )
-    elif config.optimizer == "adam":
-        optimizer = torch.optim.Adam(
-            params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay, **fused
-        )
-    else:
-        optimizer = torch.optim.SGD(
-            params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
-        )
-    scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
-
+    optimizer = OPTIMIZER_FACTORIES[config.optimizer](params, config,
+                                                      fused_options(params, device))
+    scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
     if checkpoint is not None:
         optimizer.load_state_dict(checkpoint["optimizer"])
-        if scaler is not None and checkpoint.get("scaler"):
+        if checkpoint.get("scaler"):
             scaler.load_state_dict(checkpoint["scaler"])
 
     compiled = torch.compile(net) if config.compile else net
@@ -1145,19 +885,17 @@ def _fit(model_factory, ds, config, out, resume, overwrite, device, ctx, show, e
             compiled, device_ids=[device.index] if device.type == "cuda" else None
         )
 
-    # ---- data on the device: train sharded; test sharded + the remainder on rank 0
+    # data on the device: train sharded; test sharded + the remainder on rank 0
     per_rank = config.batch_size // ws
     eval_bs = config.eval_batch_size or per_rank
     common = {} if config.resize is None else {"resize": config.resize}
     train_loader = ds.train_loader(per_rank, device, shuffle=True, augment=config.augment,
                                    seed=config.seed, rank=ctx.rank, world_size=ws, **common)
-    n_test = ds.num_test
-    covered = n_test // ws * ws
+    covered = ds.num_test // ws * ws
     test_loaders = [ds.test_loader(eval_bs, device, rank=ctx.rank, world_size=ws, **common)]
-    if main and covered < n_test:
+    if main and covered < ds.num_test:
         test_loaders.append(ds.test_loader(eval_bs, device, start=covered, **common))
 
-    # ---- config.json
     run_info = {
         "device": _device_name(device),
         "world_size": ws,
@@ -1167,150 +905,155 @@ def _fit(model_factory, ds, config, out, resume, overwrite, device, ctx, show, e
         "python": sys.version.split()[0],
     }
     if main:
-        if checkpoint is None:
-            from . import __version__
-
-            run_info.update(convnn=__version__, started=_now())
-            cfg_json = {
-                "train": config.to_dict(),
-                "extra": extra,
-                "dataset": _dataset_info(ds),
-                "model": {
-                    "class": f"{type(net).__module__}.{type(net).__qualname__}",
-                    "parameters": parameters,
-                    "seeded": seeded,
-                },
-                "run": run_info,
-                "resumed": [],
-            }
-        else:
-            cfg_json["train"] = config.to_dict()
-            cfg_json.setdefault("resumed", []).append(
-                {"from_epoch": start_epoch, "time": _now(), **run_info}
-            )
-        atomic_write_json(paths["config.json"], cfg_json)
+        folder.write_config(config, ds, extra, net, seeded, run_info)
 
     # restore the random streams last: nothing above may consume them after this
     if checkpoint is not None:
-        states = checkpoint["rng"]
+        states, start = checkpoint["rng"], folder.start_epoch
         if len(states) == ws:
             _restore_rng(states[ctx.rank], device)
         else:
             log(f"note: the checkpoint has RNG states of {len(states)} processes, this run "
                 f"has {ws}; reseeding, so the resumed run is not bit-identical")
-            _seed_everything(config.seed + 1_000_003 * start_epoch + ctx.rank)
-        log(f"resuming {out} after epoch {start_epoch}/{config.epochs}")
+            _seed_everything(config.seed + 1_000_003 * start + ctx.rank)
+        log(f"resuming {folder.out} after epoch {start}/{config.epochs}")
+    session = _Session(config, device, ctx, amp, net, compiled, model, params, optimizer,
+                       scaler, train_loader, test_loaders, show)
+    return session, fingerprint, run_info
 
+
+def _train_epoch(s: _Session, epoch: int) -> dict:
+    """One pass over the training data; the epoch's loss and accuracy over all ranks."""
+    config, device, scaler = s.config, s.device, s.scaler
+    s.model.train()
+    s.train_loader.set_epoch(epoch)
     sum_dtype = _sum_dtype(device)
+    sums = torch.zeros(4, dtype=sum_dtype, device=device)
+    bar = tqdm(s.train_loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch",
+               disable=not s.show, leave=False, dynamic_ncols=True)
+    last_step = len(s.train_loader) - 1
+    for step, (x, y) in enumerate(bar):
+        with _autocast(device, s.amp):
+            logits = s.model(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
+        s.optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if config.grad_clip:
+            scaler.unscale_(s.optimizer)
+            torch.nn.utils.clip_grad_norm_(s.params, config.grad_clip)
+        scaler.step(s.optimizer)
+        scaler.update()
+        with torch.no_grad():
+            step_loss = loss.detach()
+            if scaler.is_enabled():  # fp16 overflow: the scaler skipped this step
+                step_loss = torch.where(step_loss.isfinite(), step_loss, 0.0)
+            sums += _batch_sums(logits.detach(), y, step_loss * len(y), sum_dtype)
+        if s.show and (step == last_step or (config.log_every and step % config.log_every == 0)):
+            t = sums.tolist()
+            bar.set_postfix(loss=f"{t[0] / t[3]:.4f}", top1=f"{100 * t[1] / t[3]:.1f}%")
+    bar.close()
+    _sync(device)
+    return _finish(_all_reduce(sums, s.ctx))
+
+
+def _test_epoch(s: _Session, epoch: int) -> tuple[dict, dict | None]:
+    """The test metrics (the plain module: no DDP collectives, rank 0 has an extra loader),
+    and those with random candidates redrawn, where that applies."""
+    s.compiled.eval()
+    with torch.no_grad():
+        sums = sum(_eval_sums(s.compiled, ld, s.device, s.amp) for ld in s.test_loaders)
+    test = _finish(_all_reduce(sums, s.ctx))
+    redrawn = _resampled_test(s.compiled, s.test_loaders, s.device, s.amp, s.ctx, s.config,
+                              epoch)
+    _sync(s.device)
+    return test, redrawn
+
+
+def _epoch_record(epoch: int, lr: float, tr: dict, te: dict, redrawn: dict | None,
+                  train_seconds: float, epoch_seconds: float, device: torch.device,
+                  run_info: dict) -> dict:
+    """One line of ``metrics.jsonl``."""
+    peak, peak_kind = _peak_memory(device)
+    record = {
+        "epoch": epoch + 1,
+        "train_loss": tr["loss"],
+        "train_top1": tr["top1"],
+        "train_top5": tr["top5"],
+        "test_loss": te["loss"],
+        "test_top1": te["top1"],
+        "test_top5": te["top5"],
+        "lr": lr,
+        "train_images": tr["count"],
+        "test_images": te["count"],
+        "epoch_seconds": epoch_seconds,
+        "train_seconds": train_seconds,
+        "images_per_second": tr["count"] / train_seconds,
+        "peak_memory_bytes": peak,
+        "peak_memory_kind": peak_kind,
+        "device": run_info["device"],
+        "world_size": run_info["world_size"],
+        "git_commit": run_info["git_commit"],
+        "time": local_time(),
+    }
+    if redrawn is not None:  # the paper's way: random candidates redrawn at evaluation
+        record.update(test_loss_resampled=redrawn["loss"], test_top1_resampled=redrawn["top1"],
+                      test_top5_resampled=redrawn["top5"])
+    return record
+
+
+def _check_finite(tr: dict, te: dict, epoch: int, lr: float, folder: RunFolder) -> None:
+    if not (math.isfinite(tr["loss"]) and math.isfinite(te["loss"])):
+        kept = (f"{folder.paths['checkpoint.pt']} still holds epoch {epoch}" if epoch else
+                "no epoch had finished, so there is no checkpoint")
+        raise DivergedError(
+            f"training diverged in epoch {epoch + 1}: train loss {tr['loss']}, test loss "
+            f"{te['loss']} (lr {lr:g}); stopped without saving this epoch ({kept}). Lower "
+            "lr, keep grad_clip on, or check the data")
+
+
+def _fit(model_factory, ds, config, out, resume, overwrite, device, ctx, show, extra, callback,
+         log) -> dict:
+    t_call = time.perf_counter()
+    if config.batch_size % ctx.world_size:
+        raise ValueError(
+            f"batch_size={config.batch_size} must be divisible by the number of processes "
+            f"(world size {ctx.world_size})"
+        )
+    folder = RunFolder.open(out, resume, overwrite)  # nothing changes until every check passed
+    s, fingerprint, run_info = _open_session(model_factory, ds, config, folder, device, ctx,
+                                             show, extra, log)
+    main, start_epoch = ctx.rank == 0, folder.start_epoch
+    records = folder.records[:start_epoch]
+    parameters = sum(p.numel() for p in s.net.parameters())
+
     for epoch in range(start_epoch, config.epochs):
         lr = lr_at(config, epoch)
-        for group in optimizer.param_groups:
+        for group in s.optimizer.param_groups:
             group["lr"] = lr
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         t0 = time.perf_counter()
-
-        # ---- train
-        model.train()
-        train_loader.set_epoch(epoch)
-        sums = torch.zeros(4, dtype=sum_dtype, device=device)
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch",
-                   disable=not show, leave=False, dynamic_ncols=True)
-        last_step = len(train_loader) - 1
-        for step, (x, y) in enumerate(bar):
-            with _autocast(device, amp):
-                logits = model(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-            else:
-                loss.backward()
-            if config.grad_clip:
-                if scaler is not None:
-                    scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            with torch.no_grad():
-                step_loss = loss.detach()
-                if scaler is not None:  # fp16 overflow: the scaler skipped this step
-                    step_loss = torch.where(step_loss.isfinite(), step_loss, 0.0)
-                sums += _batch_sums(logits.detach(), y, step_loss * len(y), sum_dtype)
-            if show and (step == last_step or (config.log_every and step % config.log_every == 0)):
-                s = sums.tolist()
-                bar.set_postfix(loss=f"{s[0] / s[3]:.4f}", top1=f"{100 * s[1] / s[3]:.1f}%")
-        bar.close()
-        _sync(device)
+        tr = _train_epoch(s, epoch)
         train_seconds = time.perf_counter() - t0
-        tr = _finish(_all_reduce(sums, ctx))
-
-        # ---- test (the plain module: no DDP collectives, rank 0 has an extra loader)
-        compiled.eval()
-        with torch.no_grad():
-            sums = sum(_eval_sums(compiled, ld, device, amp) for ld in test_loaders)
-        te = _finish(_all_reduce(sums, ctx))
-        redrawn = _resampled_test(compiled, test_loaders, device, amp, ctx, config, epoch)
-        _sync(device)
+        te, redrawn = _test_epoch(s, epoch)
         epoch_seconds = time.perf_counter() - t0
-        if not (math.isfinite(tr["loss"]) and math.isfinite(te["loss"])):
-            kept = (f"{paths['checkpoint.pt']} still holds epoch {epoch}" if epoch else
-                    "no epoch had finished, so there is no checkpoint")
-            raise DivergedError(
-                f"training diverged in epoch {epoch + 1}: train loss {tr['loss']}, test loss "
-                f"{te['loss']} (lr {lr:g}); stopped without saving this epoch ({kept}). Lower "
-                "lr, keep grad_clip on, or check the data")
+        _check_finite(tr, te, epoch, lr, folder)
 
-        peak, peak_kind = _peak_memory(device)
-        record = {
-            "epoch": epoch + 1,
-            "train_loss": tr["loss"],
-            "train_top1": tr["top1"],
-            "train_top5": tr["top5"],
-            "test_loss": te["loss"],
-            "test_top1": te["top1"],
-            "test_top5": te["top5"],
-            "lr": lr,
-            "train_images": tr["count"],
-            "test_images": te["count"],
-            "epoch_seconds": epoch_seconds,
-            "train_seconds": train_seconds,
-            "images_per_second": tr["count"] / train_seconds,
-            "peak_memory_bytes": peak,
-            "peak_memory_kind": peak_kind,
-            "device": run_info["device"],
-            "world_size": ws,
-            "git_commit": run_info["git_commit"],
-            "time": _now(),
-        }
-        if redrawn is not None:  # the paper's way: random candidates redrawn at evaluation
-            record.update(test_loss_resampled=redrawn["loss"], test_top1_resampled=redrawn["top1"],
-                          test_top5_resampled=redrawn["top5"])
+        record = _epoch_record(epoch, lr, tr, te, redrawn, train_seconds, epoch_seconds,
+                               device, run_info)
         records.append(record)
         rng = _gather_rng(ctx, device)  # collective: every rank takes part
         if main:
-            append_jsonl_atomic(paths["metrics.jsonl"], record)
-            save_checkpoint(
-                {
-                    "format": _CHECKPOINT_FORMAT,
-                    "epoch": epoch + 1,
-                    "model": net.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scaler": scaler.state_dict() if scaler is not None else {},
-                    "schedule": {"name": config.schedule, "next_lr": lr_at(config, epoch + 1)},
-                    "rng": rng,
-                    "world_size": ws,
-                    "config": config.to_dict(),
-                    "fingerprint": fingerprint,
-                    "log": _log_summary(records),
-                },
-                paths["checkpoint.pt"],
-            )
-            summary = summarize(records, parameters, config.epochs)
-            atomic_write_json(paths["summary.json"], summary)
+            folder.save_epoch(records, {
+                "model": s.net.state_dict(),
+                "optimizer": s.optimizer.state_dict(),
+                "scaler": s.scaler.state_dict(),  # {} when disabled
+                "schedule": {"name": config.schedule, "next_lr": lr_at(config, epoch + 1)},
+                "rng": rng,
+                "world_size": ctx.world_size,
+                "config": config.to_dict(),
+                "fingerprint": fingerprint,
+            }, summarize(records, parameters, config.epochs))
         log(_summary_line(record, config.epochs))
         remaining = config.epochs - epoch - 1
         if epoch == start_epoch and remaining > 0:
@@ -1322,7 +1065,7 @@ def _fit(model_factory, ds, config, out, resume, overwrite, device, ctx, show, e
 
     summary = summarize(records, parameters, config.epochs)
     if main:
-        atomic_write_json(paths["summary.json"], summary)
+        atomic_write_json(out / "summary.json", summary)
         log(
             f"done: best test top1 {summary['best_test_top1']:.2f}% (epoch "
             f"{summary['best_epoch']}), mean of last {len(summary['last5_epochs'])} epochs "

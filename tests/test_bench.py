@@ -3,7 +3,7 @@ belongs to `python -m convnn bench`, not to tests)."""
 
 import pytest
 
-from convnn.bench_train import format_train_rows, training_benchmarks
+from convnn.bench import format_train_rows, training_benchmarks
 
 
 def test_resnet_training_benchmark_rows():

@@ -11,8 +11,7 @@ import torch
 
 from convnn import proxy
 from convnn.__main__ import main
-from convnn.bench import peak_memory
-from convnn.bench_loop import format_loop_rows, loop_benchmarks
+from convnn.bench import format_loop_rows, loop_benchmarks, peak_memory
 from convnn.layers import ConvNN2d
 from convnn.models import ModelConfig
 
@@ -96,7 +95,7 @@ def test_cpu_peak_memory_is_silent_and_sees_the_reference_cost(capfd):
 
 
 def test_suite_dry_run_on_cpu(tmp_path, capfd):
-    from convnn.bench_suite import run_suite
+    from convnn.bench.suite import run_suite
 
     suite = run_suite(tmp_path / "s", tiny=True, device="cpu")
     names = {p.name for p in (tmp_path / "s").iterdir()}

@@ -31,7 +31,7 @@ from convnn.train import (
     DivergedError,
     RunFolderError,
     TrainConfig,
-    load_run,
+    load_run_checkpoint,
     train,
 )
 
@@ -191,7 +191,7 @@ def test_resume_refuses_an_edited_log(one_epoch, ds):
     log.write_text(json.dumps(record | {"test_top1": 99.9}) + "\n")
     with pytest.raises(RunFolderError, match="does not match checkpoint.pt.*99.9 at epoch 1"):
         run(one_epoch, ds, extra={"preset": "a"}, resume=True)
-    _, ckpt = load_run(one_epoch)
+    _, ckpt = load_run_checkpoint(one_epoch)
     assert ckpt["log"]["best_test_top1"] == record["test_top1"] and ckpt["log"]["epochs"] == 1
 
 
@@ -217,11 +217,11 @@ def test_flipped_bytes_in_a_checkpoint_are_refused(one_epoch, ds):
         bad[offset] ^= 0x01
         path.write_bytes(bytes(bad))
         with pytest.raises(CheckpointError, match="does not match its SHA-256"):
-            load_run(one_epoch)
+            load_run_checkpoint(one_epoch)
         with pytest.raises(CheckpointError, match="does not match its SHA-256"):
             run(one_epoch, ds, extra={"preset": "a"}, resume=True)
     path.write_bytes(good)
-    assert load_run(one_epoch)[1]["epoch"] == 1
+    assert load_run_checkpoint(one_epoch)[1]["epoch"] == 1
 
 
 def test_checksum_survives_a_crash_between_the_writes(tmp_path, monkeypatch):
@@ -295,7 +295,7 @@ def test_a_diverging_run_stops_and_keeps_its_last_good_checkpoint(tmp_path, ds):
     out = tmp_path / "r"
     with pytest.raises(DivergedError, match="diverged in epoch 2.*still holds epoch 1"):
         run(out, ds, factory=factory, callback=callback)
-    assert load_run(out)[1]["epoch"] == 1
+    assert load_run_checkpoint(out)[1]["epoch"] == 1
     assert [r["epoch"] for r in read_jsonl(out / "metrics.jsonl")] == [1]
     summary = read_json(out / "summary.json")  # strict JSON
     assert summary["epochs_completed"] == 1 and not (out / ".lock").exists()

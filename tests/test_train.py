@@ -33,7 +33,7 @@ from convnn.train import (
     TrainConfig,
     evaluate,
     evaluate_run,
-    load_run,
+    load_run_checkpoint,
     lr_at,
     set_eval_sampling,
     summarize,
@@ -266,7 +266,7 @@ def test_run_folder_contents(tmp_path, ds):
     assert summary["parameters"] == sum(p.numel() for p in convnn_model().parameters())
     assert summary["final"]["test_top1"] == records[-1]["test_top1"]
 
-    config, ckpt = load_run(out)  # weights_only=True inside
+    config, ckpt = load_run_checkpoint(out)  # weights_only=True inside
     assert ckpt["epoch"] == 2 and config["train"]["epochs"] == 2
     res = evaluate_run(out, convnn_model, ds, device="cpu")
     assert res["epoch"] == 2 and res["top1"] == pytest.approx(records[-1]["test_top1"])
@@ -276,7 +276,7 @@ def test_run_folder_contents(tmp_path, ds):
     quiet(out, ds, config=small_config(epochs=1), overwrite=True)
     assert len(read_jsonl(out / "metrics.jsonl")) == 1
     with pytest.raises(FileNotFoundError):
-        load_run(tmp_path / "nothing")
+        load_run_checkpoint(tmp_path / "nothing")
 
 
 def test_progress_bar_and_log_lines(tmp_path, ds, monkeypatch, capsys):
@@ -311,7 +311,7 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path, ds):
     assert stable(read_jsonl(straight / "metrics.jsonl")) == stable(
         read_jsonl(broken / "metrics.jsonl")
     )
-    a, b = load_run(straight)[1], load_run(broken)[1]
+    a, b = load_run_checkpoint(straight)[1], load_run_checkpoint(broken)[1]
     assert a["epoch"] == b["epoch"] == 3
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
@@ -339,7 +339,7 @@ def test_killed_and_resumed_streamed_run_equals_uninterrupted_run(tmp_path, stre
     s2 = quiet(broken, stream, config=cfg, resume=True)
     assert stable(read_jsonl(straight / "metrics.jsonl")) == stable(
         read_jsonl(broken / "metrics.jsonl"))
-    a, b = load_run(straight)[1], load_run(broken)[1]
+    a, b = load_run_checkpoint(straight)[1], load_run_checkpoint(broken)[1]
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
     assert s1["final"] == s2["final"]
@@ -358,7 +358,7 @@ def test_resume_without_rng_state_differs(tmp_path, ds, monkeypatch):
         quiet(tmp_path / "broken", ds, config=cfg, callback=kill_after(1))
     monkeypatch.setattr(train_mod, "_restore_rng", lambda state, device: None)
     quiet(tmp_path / "broken", ds, config=cfg, resume=True)
-    a, b = load_run(tmp_path / "straight")[1], load_run(tmp_path / "broken")[1]
+    a, b = load_run_checkpoint(tmp_path / "straight")[1], load_run_checkpoint(tmp_path / "broken")[1]
     assert not all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
 
 
@@ -462,7 +462,7 @@ def test_ddp_two_cpu_processes(tmp_path, data):
     for s in (r0["summary"], r1["summary"]):
         s.pop("total_seconds")  # each rank's own clock
     assert r0["summary"] == r1["summary"]
-    ckpt = load_run(tmp_path / "run")[1]
+    ckpt = load_run_checkpoint(tmp_path / "run")[1]
     for k in r0["params"]:
         assert torch.equal(ckpt["model"][k], r0["params"][k])
     assert len(ckpt["rng"]) == 2 and not torch.equal(
@@ -505,13 +505,13 @@ def test_cuda_killed_and_resumed_run_equals_uninterrupted_run(tmp_path, ds, amp)
     quiet(tmp_path / "a", ds, config=cfg, device="cuda")
     with pytest.raises(Killed):
         quiet(tmp_path / "b", ds, config=cfg, device="cuda", callback=kill_after(2))
-    ckpt = load_run(tmp_path / "b")[1]
+    ckpt = load_run_checkpoint(tmp_path / "b")[1]
     assert "torch_cuda" in ckpt["rng"][0] and (amp != "fp16" or ckpt["scaler"])
     quiet(tmp_path / "b", ds, config=cfg, device="cuda", resume=True)
     assert stable(read_jsonl(tmp_path / "a" / "metrics.jsonl")) == stable(
         read_jsonl(tmp_path / "b" / "metrics.jsonl")
     )
-    a, b = load_run(tmp_path / "a")[1], load_run(tmp_path / "b")[1]
+    a, b = load_run_checkpoint(tmp_path / "a")[1], load_run_checkpoint(tmp_path / "b")[1]
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
 
@@ -522,5 +522,5 @@ def test_cuda_compile(tmp_path, ds):
     cfg = small_config(epochs=2, compile=True, amp="bf16", deterministic=False)
     s = quiet(tmp_path / "r", ds, factory=convnet, config=cfg, device="cuda")
     assert s["epochs_completed"] == 2
-    ckpt = load_run(tmp_path / "r")[1]
+    ckpt = load_run_checkpoint(tmp_path / "r")[1]
     assert not any(k.startswith("_orig_mod") for k in ckpt["model"])  # the plain module's keys

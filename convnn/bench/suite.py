@@ -4,8 +4,8 @@ Stages, each written to ``DIR`` as JSON as soon as it finishes (a stage that wou
 budget is skipped and says so in ``suite.json``):
 
 1. ``loop.json``: our trainer against the plain loop (fp32/TF32 and bf16) for VGG-11 Conv2d
-   and ViT-Tiny SDPA (:mod:`convnn.bench_loop`);
-2. ``training.json``: the training benchmark, strong baselines first (:mod:`convnn.bench_train`);
+   and ViT-Tiny SDPA (:mod:`convnn.bench.loop`);
+2. ``training.json``: the training benchmark, strong baselines first (:mod:`convnn.bench.train`);
 3. ``layers.json``: the layer benchmark (:mod:`convnn.bench`);
 4. ``proxy.json``: the GPU-free proxy's estimates on the same commit (:mod:`convnn.proxy`),
    to check how well it tracks stage 2;
@@ -26,7 +26,11 @@ from pathlib import Path
 
 import torch
 
-from ._io import atomic_write_json, atomic_write_text
+from .._io import atomic_write_json, atomic_write_text
+from .layers import layer_benchmarks
+from .loop import format_loop_rows, loop_benchmarks
+from .timing import environment
+from .train import VGG_CASES, VIT_CASES, format_train_rows, training_benchmarks
 
 #: Seconds each stage is expected to take on an H100/H200 (used to skip what cannot finish).
 STAGE_SECONDS = {"loop": 150, "training": 120, "layers": 30, "proxy": 30, "profile": 30}
@@ -35,10 +39,7 @@ STAGE_SECONDS = {"loop": 150, "training": 120, "layers": 30, "proxy": 30, "profi
 def run_suite(out_dir: str | os.PathLike, tiny: bool = False, budget_s: float = 480.0,
               device: str | None = None) -> dict:
     """Run the stages into ``out_dir``; returns the contents of ``suite.json``."""
-    from .bench import environment, layer_benchmarks
-    from .bench_loop import format_loop_rows, loop_benchmarks
-    from .bench_train import format_train_rows, training_benchmarks
-    from .proxy import format_proxy_rows, proxy_benchmarks
+    from ..proxy import format_proxy_rows, proxy_benchmarks
 
     if not isinstance(budget_s, (int, float)) or budget_s <= 0:
         raise ValueError(f"budget_s must be a positive number, got {budget_s!r}")
@@ -101,8 +102,7 @@ def profile_slowest(training_rows: list[dict] | None, device: torch.device, tiny
     λ=1 in a tiny run)."""
     import torch.nn.functional as F
 
-    from .bench_train import VGG_CASES, VIT_CASES
-    from .models import ModelConfig, build_model
+    from ..models import ModelConfig, build_model
 
     cases = {("ViT-Tiny", label): ("vit_tiny", opts, 224) for label, opts in VIT_CASES}
     cases.update({("VGG-11", label): ("vgg11", opts, 32) for label, opts in VGG_CASES})

@@ -16,12 +16,11 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from . import kernels
-from ._checks import check_known
-from .bench import WithKernel, measure_steps
-from .bench_loop import _fast_backends
-from .models import ModelConfig, build_model, count_parameters
-from .train import _fused_ok, _to_fast_layout
+from .. import kernels
+from .._checks import check_known
+from ..models import ModelConfig, build_model, count_parameters
+from ..train import fused_options, to_fast_layout
+from .timing import FastBackends, WithKernel, measure_steps
 
 VIT_CASES = [
     ("attention (SDPA)", {"mixer": "attention"}),
@@ -48,7 +47,7 @@ RESNET_CASES = [
 FAMILIES = ("vit", "vgg", "resnet")
 
 
-def _with_reference(options: dict) -> dict:
+def with_reference(options: dict) -> dict:
     out = dict(options)
     out["layer_options"] = {**options.get("layer_options", {}), "path": "reference"}
     return out
@@ -98,7 +97,7 @@ def training_benchmarks(device: torch.device | str | None = None, quick: bool = 
             variants = [(label, options)]
             if options.get("mixer", "").startswith("convnn") or \
                     options.get("layer") in ("branching", "convnn"):
-                variants.append((f"{label} [reference]", _with_reference(options)))
+                variants.append((f"{label} [reference]", with_reference(options)))
             if options.get("mixer") == "convnn_attention" and device.type == "cuda" \
                     and kernels.available(device):
                 variants.append((f"{label} [Triton]", dict(options, kernel="triton")))
@@ -107,10 +106,10 @@ def training_benchmarks(device: torch.device | str | None = None, quick: bool = 
                 kernel = opts.pop("kernel", None)
                 model = build_model(ModelConfig(name=config_name, **size_option, **opts),
                                     device=device)
-                layout = _to_fast_layout(model, device)  # pure Conv2d networks on CUDA
+                layout = to_fast_layout(model, device)  # pure Conv2d networks on CUDA
                 if kernel:
                     model = WithKernel(model, kernel)
-                fused = _fused_ok(list(model.parameters()), device)
+                fused = fused_options(list(model.parameters()), device)
                 optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, **fused)
                 configs[name] = ", ".join(
                     (["bf16 autocast"] if device.type == "cuda" else ["fp32"])
@@ -118,7 +117,7 @@ def training_benchmarks(device: torch.device | str | None = None, quick: bool = 
                     + (["fused AdamW", "cudnn.benchmark", "TF32"] if fused else []))
                 steps[name] = _train_step(model, images, labels, optimizer, device)
                 params[name] = count_parameters(model)
-        with _fast_backends(device):
+        with FastBackends(device):
             measured = measure_steps(steps, device, repeats, warmup=2)
         baseline = measured[cases[0][0]]
         for name, m in measured.items():

@@ -24,14 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._checks import check_int
-from .data import ImageDataset, synthetic_dataset
-from .models import ModelConfig, build_model
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from .._checks import check_int
+from ..data import ImageDataset, synthetic_dataset
+from ..models import ModelConfig, build_model
+from .timing import FastBackends, sync
 
 
 def plain_loop(model: nn.Module, ds: ImageDataset, device: torch.device, batch_size: int,
@@ -55,7 +51,7 @@ def plain_loop(model: nn.Module, ds: ImageDataset, device: torch.device, batch_s
     g = torch.Generator(device=device).manual_seed(seed)
     out = []
     for _ in range(epochs):
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         model.train()
         total_loss, correct_train, seen = 0.0, 0, 0
@@ -73,7 +69,7 @@ def plain_loop(model: nn.Module, ds: ImageDataset, device: torch.device, batch_s
             total_loss += loss.item() * len(y)
             correct_train += int((logits.argmax(1) == y).sum().item())
             seen += len(y)
-        _sync(device)
+        sync(device)
         t1 = time.perf_counter()
         model.eval()
         correct = 0
@@ -81,7 +77,7 @@ def plain_loop(model: nn.Module, ds: ImageDataset, device: torch.device, batch_s
             for i in range(0, len(xte), batch_size):
                 correct += int((model(xte[i:i + batch_size]).argmax(1)
                                 == yte[i:i + batch_size]).sum().item())
-        _sync(device)
+        sync(device)
         t2 = time.perf_counter()
         out.append({"train_seconds": t1 - t0, "epoch_seconds": t2 - t0, "train_images": seen,
                     "train_loss": total_loss / seen, "test_top1": 100.0 * correct / len(xte)})
@@ -93,14 +89,14 @@ def trainer_epochs(factory: Callable[[], nn.Module], ds: ImageDataset, device: t
     """Train with :func:`convnn.train.train` into a temporary folder; its metrics records,
     each with ``call_seconds`` (the call's wall time divided by the epochs: checkpoints and
     set-up included)."""
-    from .train import TrainConfig, train
+    from ..train import TrainConfig, train
 
     config = TrainConfig(epochs=epochs, batch_size=batch_size, amp=amp, log_every=0)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         train(factory, ds, config, tmp, device=device, progress=False, log=None)
         wall = time.perf_counter() - t0
-        from ._io import read_jsonl
+        from .._io import read_jsonl
 
         records = read_jsonl(f"{tmp}/metrics.jsonl")
     for r in records:
@@ -182,7 +178,7 @@ def loop_benchmarks(device: torch.device | str | None = None, model: str = "smal
 
 
 def _alternate(variants, rounds, runs, factory, ds, device, batch_size, epochs) -> None:
-    with _fast_backends(device):
+    with FastBackends(device):
         for _ in range(rounds):
             for name, kind, amp in variants:
                 if kind == "plain":
@@ -202,26 +198,6 @@ def _resized(ds: ImageDataset, size: int) -> ImageDataset:
 
     return dataclasses.replace(ds, train_images=up(ds.train_images),
                                test_images=up(ds.test_images))
-
-
-class _fast_backends:
-    """cuDNN autotuning and TF32 matmuls/convolutions for the duration (CUDA only)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.cuda = device.type == "cuda"
-
-    def __enter__(self):
-        if self.cuda:
-            self.old = (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32,
-                        torch.backends.cudnn.allow_tf32)
-            torch.backends.cudnn.benchmark = True
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.cuda:
-            (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32,
-             torch.backends.cudnn.allow_tf32) = self.old
 
 
 def format_loop_rows(rows: list[dict]) -> str:
