@@ -95,3 +95,17 @@ def test_main_entry_points_at_the_top_level() -> None:
 
     with pytest.raises(AttributeError, match="no attribute 'nonsense'"):
         _ = convnn.nonsense
+
+
+def test_the_wheel_lists_every_subpackage() -> None:
+    """pyproject.toml names the packages explicitly (for the data mapping): a new sub-package
+    missing from the list would be left out of the wheel."""
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+                 ["packages"])
+    found = {".".join(p.parent.relative_to(root).parts)
+             for p in (root / "convnn").rglob("__init__.py") if "__pycache__" not in p.parts}
+    assert listed == found | {"convnn._data"}
