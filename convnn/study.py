@@ -1,0 +1,182 @@
+"""The laptop-scale study: six small models, three seeds each, trained on a CPU.
+
+A reader who has no GPU can still see trained ConvNN models. The study trains the six
+``laptop-*`` presets of :mod:`convnn.experiments` (a small VGG with Conv2d, branching λ = 0.5
+and pure ConvNN layers; a small CIFAR-native ViT with attention, ConvNN attention over all
+tokens and over r = 32 random tokens) on a class-balanced subset of CIFAR-10, three seeds
+each. It is **not the paper's protocol**: smaller models, a training subset, 10 epochs instead
+of 150, a cosine schedule at lr 1e-3 with flip + crop augmentation (what makes short runs
+learn), and a test subset.
+
+The committed runs live in ``data/results/<date>-cpu-laptop-study/`` (see :data:`STUDY_DIR`),
+one run folder per preset and seed (``<preset>-seed<seed>``), plus ``weights/<preset>.pt``:
+the final ``state_dict`` of seed :data:`WEIGHTS_SEED` of every preset, in float16.
+
+Run it with::
+
+    python -m convnn.study <output folder> [--jobs 2] [--presets ...] [--seeds 0 1 2]
+
+Example:
+    >>> from convnn import study
+    >>> [p.split("-")[1] for p in study.PRESETS]
+    ['vgg', 'vgg', 'vgg', 'vit', 'vit', 'vit']
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .experiments import LAPTOP_PRESETS, get_preset
+from .models import build_model
+from .package_data import results_root
+
+__all__ = ["PRESETS", "SEEDS", "STUDY_DIR", "TEST_PER_CLASS", "TRAIN_PER_CLASS",
+           "WEIGHTS_SEED", "load_data", "load_weights", "run_one", "study_dir", "study_runs"]
+
+PRESETS: tuple[str, ...] = tuple(p[0] for p in LAPTOP_PRESETS)
+SEEDS: tuple[int, ...] = (0, 1, 2)
+WEIGHTS_SEED = 0
+TRAIN_PER_CLASS = 200
+"""Training images per class (2,000 of CIFAR-10's 50,000)."""
+TEST_PER_CLASS = 100
+"""Test images per class (1,000 of 10,000; the same images for every run)."""
+STUDY_DIR = "2026-11-28-cpu-laptop-study"
+"""The committed study's folder under :func:`convnn.package_data.results_root`."""
+
+
+# the slowest runs first, so that two parallel workers end together
+_COST_ORDER = ("laptop-vit-c10-convnn-all-k9", "laptop-vit-c10-convnn-random-r32-k9",
+               "laptop-vgg-c10-convnn", "laptop-vgg-c10-branching-r0.5",
+               "laptop-vit-c10-attention", "laptop-vgg-c10-conv2d")
+
+
+def study_dir() -> Path:
+    """The committed study (shipped with the package)."""
+    return results_root() / STUDY_DIR
+
+
+def study_runs(root: str | os.PathLike | None = None) -> dict[str, list[Path]]:
+    """Run folders of the study by preset: ``{preset: [run folder of each seed]}``."""
+    root = Path(root) if root is not None else study_dir()
+    out: dict[str, list[Path]] = {}
+    for name in PRESETS:
+        out[name] = sorted(p for p in root.glob(f"{name}-seed*")
+                           if (p / "metrics.jsonl").is_file())
+    return out
+
+
+def load_data(data_dir=None, *, train_per_class: int = TRAIN_PER_CLASS,
+              test_per_class: int = TEST_PER_CLASS, download: bool = True):
+    """The study's CIFAR-10 subset (the first n images of each class)."""
+    from .data import load_dataset
+
+    return load_dataset("cifar10", data_dir=data_dir, download=download,
+                        train_per_class=train_per_class, test_per_class=test_per_class)
+
+
+def build(name: str) -> torch.nn.Module:
+    """A freshly initialised model of a study preset."""
+    return build_model(get_preset(name).model_config())
+
+
+def load_weights(name: str, root: str | os.PathLike | None = None) -> torch.nn.Module:
+    """The trained model of preset ``name`` (seed :data:`WEIGHTS_SEED`), in float32 and in
+    evaluation mode."""
+    root = Path(root) if root is not None else study_dir()
+    model = build(name)
+    state = torch.load(root / "weights" / f"{name}.pt", map_location="cpu", weights_only=True)
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v
+                           for k, v in state.items()})
+    return model.eval()
+
+
+def save_weights(run_dir: Path, dest: Path) -> int:
+    """Write the run's final model weights (float16 ``state_dict``) to ``dest``; its size."""
+    ckpt = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
+    state = ckpt.get("model", ckpt)
+    state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, dest)
+    return dest.stat().st_size
+
+
+def run_one(name: str, seed: int, out_root: str | os.PathLike, *, data=None, data_dir=None,
+            epochs: int | None = None, threads: int = 1, log=print) -> dict:
+    """Train one preset with one seed into ``<out_root>/<name>-seed<seed>``."""
+    from .train import train
+
+    torch.set_num_threads(threads)
+    preset = get_preset(name)
+    model_cfg = preset.model_config()
+    overrides = {"seed": seed, **({"epochs": epochs} if epochs else {})}
+    train_cfg = preset.train_config(**overrides)
+    data = data if data is not None else load_data(data_dir)
+    out = Path(out_root) / f"{name}-seed{seed}"
+    extra = {"preset": name, "study": STUDY_DIR, "smoke": False,
+             "model": model_cfg.to_dict(),
+             "dataset": {"name": data.name, "source": _short(data.source),
+                         "synthetic": data.synthetic, "train_images": data.num_train,
+                         "test_images": data.num_test, "train_per_class": TRAIN_PER_CLASS,
+                         "test_per_class": TEST_PER_CLASS},
+             "threads": threads, "command": " ".join(sys.argv)}
+    return train(lambda: build_model(model_cfg), data, train_cfg, out, device="cpu",
+                 progress=False, extra=extra, log=log, overwrite=True)
+
+
+def _short(source: str) -> str:
+    return source.replace(os.environ.get("CONVNN_DATA_DIR", "\0"), "<CONVNN_DATA_DIR>")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m convnn.study", description=__doc__.split(
+        "\n\n")[0])
+    parser.add_argument("out", help="output folder (one run folder per preset and seed)")
+    parser.add_argument("--presets", nargs="+", default=list(PRESETS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (1 thread each)")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cost = {name: i for i, name in enumerate(_COST_ORDER)}
+    jobs = [(n, s) for s in args.seeds
+            for n in sorted(args.presets, key=lambda n: cost.get(n, -1))]
+    if args.worker or args.jobs <= 1:
+        data = load_data(args.data_dir)
+        for name, seed in jobs:
+            t0 = time.time()
+            summary = run_one(name, seed, out, data=data, epochs=args.epochs)
+            print(f"DONE {name} seed {seed}: best {summary['best_test_top1']:.2f} "
+                  f"in {time.time() - t0:.0f} s", flush=True)
+        return 0
+    # a queue of single runs, at most --jobs at a time, one thread each, seed by seed
+    pending, running, failed = list(jobs), [], 0
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            name, seed = pending.pop(0)
+            cmd = [sys.executable, "-m", "convnn.study", str(out), "--worker", "--presets",
+                   name, "--seeds", str(seed)]
+            cmd += ["--epochs", str(args.epochs)] if args.epochs else []
+            cmd += ["--data-dir", args.data_dir] if args.data_dir else []
+            env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+            with open(out / f"{name}-seed{seed}.log", "w") as log:
+                running.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                                env=env))
+            print(f"started {name} seed {seed}", flush=True)
+        time.sleep(2)
+        for p in [p for p in running if p.poll() is not None]:
+            running.remove(p)
+            failed += p.returncode != 0
+    return 1 if failed else 0
+
+if __name__ == "__main__":
+    sys.exit(main())
