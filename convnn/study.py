@@ -25,6 +25,8 @@ Example:
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
 import subprocess
 import sys
@@ -38,7 +40,9 @@ from .models import build_model
 from .package_data import results_root
 
 __all__ = ["PRESETS", "SEEDS", "STUDY_DIR", "TEST_PER_CLASS", "TRAIN_PER_CLASS",
-           "WEIGHTS_SEED", "load_data", "load_weights", "run_one", "study_dir", "study_runs"]
+           "WEIGHTS_SEED", "build", "collect", "convnn_layers", "dense_agreement", "layer_inputs",
+           "load_data", "load_weights", "rank_weights", "run_one", "save_weights",
+           "selected_offsets", "spatial_fraction", "study_dir", "study_runs", "summary_rows"]
 
 PRESETS: tuple[str, ...] = tuple(p[0] for p in LAPTOP_PRESETS)
 SEEDS: tuple[int, ...] = (0, 1, 2)
@@ -130,8 +134,174 @@ def run_one(name: str, seed: int, out_root: str | os.PathLike, *, data=None, dat
                  progress=False, extra=extra, log=log, overwrite=True)
 
 
-def _short(source: str) -> str:
-    return source.replace(os.environ.get("CONVNN_DATA_DIR", "\0"), "<CONVNN_DATA_DIR>")
+def collect(runs: str | os.PathLike, dest: str | os.PathLike) -> list[Path]:
+    """Copy finished runs into a folder to commit: ``config.json`` (with the command written
+    as ``python -m convnn.study ...``, without this machine's paths), ``metrics.jsonl``,
+    ``summary.json`` and the run's log, plus ``weights/<preset>.pt`` of seed
+    :data:`WEIGHTS_SEED`. Checkpoints are not copied. Returns the copied run folders."""
+    import shutil
+
+    runs, dest = Path(runs), Path(dest)
+    copied = []
+    for name, folders in study_runs(runs).items():
+        for folder in folders:
+            if not (folder / "summary.json").is_file():
+                continue  # unfinished
+            out = dest / folder.name
+            out.mkdir(parents=True, exist_ok=True)
+            config = json.loads((folder / "config.json").read_text())
+            argv = config.get("extra", {}).get("command", "").split()
+            config["extra"]["command"] = " ".join(["python -m convnn.study", *argv[1:]])
+            (out / "config.json").write_text(_short(json.dumps(config, indent=2)) + "\n")
+            for f in ("metrics.jsonl", "summary.json"):
+                shutil.copy(folder / f, out / f)
+            log = runs / f"{folder.name}.log"
+            if log.is_file():
+                (out / "train.log").write_text(_short(log.read_text()))
+            if folder.name == f"{name}-seed{WEIGHTS_SEED}":
+                save_weights(folder, dest / "weights" / f"{name}.pt")
+            copied.append(out)
+    return copied
+
+
+# ---------------------------------------------------------------- reading the committed study
+
+def _stats(values: list[float]) -> tuple[float, float]:
+    t = torch.tensor(values, dtype=torch.float64)
+    return float(t.mean()), float(t.std()) if len(values) > 1 else 0.0
+
+
+def summary_rows(root: str | os.PathLike | None = None) -> list[dict]:
+    """One row per preset: mean and sample std over its seeds of the best and last-5-mean
+    test top-1 and of the train-test gap (last 5 epochs' mean train top-1 minus their mean
+    test top-1; train accuracy is the running accuracy of the training epoch, with
+    augmentation and dropout on). Accuracies in percent."""
+    from .results import load_run
+
+    rows = []
+    for name, folders in study_runs(root).items():
+        best, last5, gap, seeds, secs = [], [], [], [], []
+        for folder in folders:
+            run = load_run(folder)
+            tail = run.records[-5:]
+            best.append(max(m["test_top1"] for m in run.records))
+            last5.append(sum(m["test_top1"] for m in tail) / len(tail))
+            gap.append(sum(m["train_top1"] - m["test_top1"] for m in tail) / len(tail))
+            seeds.append(run.config["train"]["seed"])
+            secs.append(sum(m["epoch_seconds"] for m in run.records))
+        if not folders:
+            continue
+        rows.append({"preset": name, "seeds": seeds, "epochs": len(run.records),
+                     "best": _stats(best), "last5": _stats(last5), "gap": _stats(gap),
+                     "minutes": _stats([s / 60 for s in secs])})
+    return rows
+
+
+def convnn_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """The ConvNN layers of a model by name (``ConvNN2d`` or ``ConvNNAttention``)."""
+    from .layers import ConvNN2d, ConvNNAttention
+
+    return {n: m for n, m in model.named_modules() if isinstance(m, ConvNN2d | ConvNNAttention)}
+
+
+def layer_inputs(model: torch.nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """What every ConvNN layer receives when ``model`` (in evaluation mode) sees ``x``."""
+    seen: dict[str, torch.Tensor] = {}
+    hooks = [m.register_forward_pre_hook(lambda _m, args, n=n: seen.__setitem__(n, args[0]))
+             for n, m in convnn_layers(model).items()]
+    try:
+        with torch.no_grad():
+            model.eval()(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def rank_weights(layer: torch.nn.Module) -> torch.Tensor:
+    """Root-mean-square aggregation weight of each rank ``1..k`` (``[k]``; rank 1 is the
+    first selected neighbour, the query itself when the layer puts itself first)."""
+    w = layer.weight.detach().float()
+    return w.pow(2).flatten(0, -2).mean(0).sqrt()
+
+
+def selected_offsets(layer: torch.nn.Module, inp: torch.Tensor) -> torch.Tensor:
+    """Chebyshev distance from each query to each neighbour it selects, ``[B, Q, k]``, in the
+    layer's own grid (pixels of its feature map, or patches for a ViT; a ViT's class token is
+    neither a query nor a spatial neighbour: its distance is ``-1``)."""
+    from .layers import ConvNN2d
+
+    idx = layer.neighbours(inp)
+    if isinstance(layer, ConvNN2d):
+        h, w = inp.shape[-2:]
+        p = layer.padding
+        rows, cols = idx // (w + 2 * p) - p, idx % (w + 2 * p) - p
+        q = torch.arange(h * w)
+        qr, qc = (q // w).view(1, -1, 1), (q % w).view(1, -1, 1)
+        return torch.maximum((rows - qr).abs(), (cols - qc).abs())
+    idx = idx[:, 0, 1:]  # first head; queries without the class token
+    side = math.isqrt(inp.shape[1] - 1)
+    patch = idx - 1
+    q = torch.arange(side * side).view(1, -1, 1)
+    dist = torch.maximum((patch // side - q // side).abs(), (patch % side - q % side).abs())
+    return torch.where(idx == 0, torch.full_like(dist, -1), dist)
+
+
+def spatial_fraction(layer: torch.nn.Module, inp: torch.Tensor) -> tuple[float, float]:
+    """The share of selected neighbours that are spatial neighbours (Chebyshev distance
+    <= 1: inside the 3×3 window, or the same or an adjacent patch), and the share a selection
+    uniform over the candidates would give (the chance level)."""
+    from .layers import ConvNN2d
+
+    d = selected_offsets(layer, inp)
+    share = float(((d >= 0) & (d <= 1)).float().mean())
+    # chance: every position of the searched map equally likely
+    if isinstance(layer, ConvNN2d):
+        h, w = inp.shape[-2:]
+        p = layer.padding
+        rows = torch.arange(-p, h + p).view(-1, 1).expand(-1, w + 2 * p).flatten()
+        cols = torch.arange(-p, w + p).view(1, -1).expand(h + 2 * p, -1).flatten()
+        q = torch.arange(h * w)
+        near = torch.maximum((rows.view(1, -1) - (q // w).view(-1, 1)).abs(),
+                             (cols.view(1, -1) - (q % w).view(-1, 1)).abs()) <= 1
+        chance = float(near.float().mean())
+    else:
+        side = math.isqrt(inp.shape[1] - 1)
+        g = torch.arange(side * side)
+        near = torch.maximum((g.view(1, -1) // side - g.view(-1, 1) // side).abs(),
+                             (g.view(1, -1) % side - g.view(-1, 1) % side).abs()) <= 1
+        chance = float(near.float().sum(1).mean()) / inp.shape[1]
+    return share, chance
+
+
+def dense_agreement(layer: torch.nn.Module, inp: torch.Tensor) -> tuple[float, float]:
+    """For a ConvNN attention layer with random candidates: the share of its k selections that
+    are also in the dense top-k (the same layer searching every token), and the most it could
+    be (the share of the dense top-k that lies among its candidates, or is the token itself
+    when the layer puts each token first). The dense search is the same layer with
+    ``sampling="all"``, everything else (``self_first`` included) unchanged."""
+    import copy
+
+    dense = copy.deepcopy(layer)
+    dense.sampling = "all"
+    sparse_idx = layer.neighbours(inp)
+    dense_idx = dense.neighbours(inp)
+    k = sparse_idx.shape[-1]
+    same = (sparse_idx.unsqueeze(-1) == dense_idx.unsqueeze(-2)).any(-1).float().sum(-1) / k
+    cand = layer._candidates(inp.shape[1], inp.device)
+    query = torch.arange(inp.shape[1], device=inp.device).view(1, 1, -1, 1)
+    # a token that puts itself first always "finds" itself, candidate or not
+    reachable = torch.isin(dense_idx, cand) | ((dense_idx == query) & layer.self_first)
+    covered = reachable.float().sum(-1) / k
+    return float(same.mean()), float(covered.mean())
+
+
+def _short(text: str) -> str:
+    """``text`` without this machine's folders (the data folder and the working folder)."""
+    data = os.environ.get("CONVNN_DATA_DIR")
+    if data:
+        text = text.replace(str(Path(data)), "<CONVNN_DATA_DIR>")
+    return text.replace(str(Path.cwd()) + os.sep, "")
 
 
 def main(argv=None) -> int:
