@@ -145,7 +145,11 @@ def collect(runs: str | os.PathLike, dest: str | os.PathLike) -> list[Path]:
     copied = []
     for name, folders in study_runs(runs).items():
         for folder in folders:
-            if not (folder / "summary.json").is_file():
+            summary = folder / "summary.json"
+            if not summary.is_file():
+                continue
+            done = json.loads(summary.read_text())
+            if done.get("epochs_completed") != done.get("epochs"):
                 continue  # unfinished
             out = dest / folder.name
             out.mkdir(parents=True, exist_ok=True)
