@@ -98,13 +98,20 @@ class Preset:
     spec: tuple  # the canonical configuration, see paper_key()
     description: str = ""
     train_overrides: dict = field(default_factory=dict)
+    model_overrides: dict = field(default_factory=dict)
 
     @property
     def settings(self) -> dict:
         return dict(self.spec)
 
     def model_config(self) -> ModelConfig:
-        """The model, as the paper trained it."""
+        """The model, as the paper trained it (with :attr:`model_overrides`, for the
+        non-paper presets that change the architecture)."""
+        config = self._paper_model_config()
+        return dataclasses.replace(config, **self.model_overrides) if self.model_overrides \
+            else config
+
+    def _paper_model_config(self) -> ModelConfig:
         s = self.settings
         if self.family == "vgg":
             options: dict = {}
@@ -407,6 +414,32 @@ NON_PAPER_PRESETS: tuple[tuple[str, str, dict, dict, str], ...] = tuple(
     ))
 
 
+#: The laptop-scale study (see :mod:`convnn.study`): a small VGG (VGG-11's layers at a quarter
+#: of the width, lean head) and a small CIFAR-native ViT (width 128, depth 4), trained briefly
+#: on a CIFAR-10 subset on a CPU. Not the paper's protocol or models: ``(name, family,
+#: settings, model overrides, description)``; every one uses :data:`LAPTOP_PROTOCOL`.
+LAPTOP_PROTOCOL = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05, "epochs": 10,
+                   "batch_size": 64, "grad_clip": 1.0, "schedule": "cosine",
+                   "warmup_epochs": 1, "augment": True, "resize": None, "amp": "off"}
+_LAPTOP_VGG = {"head": "lean", "width_multiplier": 0.25}
+_LAPTOP_VIT = {"dim": 128, "depth": 4, "mlp_dim": 256}
+LAPTOP_PRESETS: tuple[tuple[str, str, dict, dict, str], ...] = (
+    ("laptop-vgg-c10-conv2d", "vgg", {"layer": "conv2d"}, _LAPTOP_VGG, "Conv2d (3x3)"),
+    ("laptop-vgg-c10-branching-r0.5", "vgg", {"layer": "branching", "ratio": 0.5},
+     _LAPTOP_VGG, "branching λ = 0.5, k = 9"),
+    ("laptop-vgg-c10-convnn", "vgg", {"layer": "convnn"}, _LAPTOP_VGG,
+     "pure ConvNN (λ = 1), k = 9"),
+    ("laptop-vit-c10-attention", "vit", {"model": "vit_tiny_cifar", "mixer": "attention"},
+     _LAPTOP_VIT, "attention"),
+    ("laptop-vit-c10-convnn-all-k9", "vit",
+     {"model": "vit_tiny_cifar", "mixer": "convnn_attention", "k": 9}, _LAPTOP_VIT,
+     "ConvNN attention, k = 9 over all tokens"),
+    ("laptop-vit-c10-convnn-random-r32-k9", "vit",
+     {"model": "vit_tiny_cifar", "mixer": "convnn_attention", "k": 9, "sampling": "random",
+      "candidates": 32}, _LAPTOP_VIT, "ConvNN attention, k = 9 over r = 32 random tokens"),
+)
+
+
 @lru_cache(maxsize=1)
 def _registry() -> dict[str, Preset]:
     presets: dict[str, Preset] = {}
@@ -425,6 +458,17 @@ def _registry() -> dict[str, Preset]:
         if name in presets:
             raise RuntimeError(f"two configurations named {name!r}")
         presets[name] = Preset(name, family, ds, spec, description, dict(overrides))
+    for name, family, settings, model, what in LAPTOP_PRESETS:
+        # the "protocol" entry keeps the spec apart from every paper row
+        spec = (*_canonical(family, "cifar10", **settings), ("protocol", "laptop"))
+        size = ("VGG-11 layers at 1/4 width, lean head" if family == "vgg" else
+                "CIFAR-native ViT, 32 px, patch 4, width 128, depth 4, 1 head")
+        p = LAPTOP_PROTOCOL
+        description = (f"LAPTOP STUDY, not the paper's protocol: {size}, with {what}, on a "
+                       f"CIFAR-10 subset; AdamW lr {p['lr']:g}, cosine, {p['epochs']} epochs, "
+                       f"batch {p['batch_size']}, flip+crop augmentation")
+        presets[name] = Preset(name, family, "cifar10", spec, description,
+                               dict(LAPTOP_PROTOCOL), dict(model))
     return presets
 
 
@@ -499,5 +543,5 @@ def reduced(preset: Preset) -> tuple[ModelConfig, TrainConfig]:
     return model, preset.train_config(resize=None)
 
 
-__all__ = ["IMAGENET_PROTOCOLS", "NON_PAPER_PRESETS", "PRESETS", "Preset", "get_preset", "list_presets", "paper_key", "paper_records",
+__all__ = ["IMAGENET_PROTOCOLS", "LAPTOP_PRESETS", "LAPTOP_PROTOCOL", "NON_PAPER_PRESETS", "PRESETS", "Preset", "get_preset", "list_presets", "paper_key", "paper_records",
            "preset_for_record", "reduced"]

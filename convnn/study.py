@@ -1,0 +1,356 @@
+"""The laptop-scale study: six small models, three seeds each, trained on a CPU.
+
+A reader who has no GPU can still see trained ConvNN models. The study trains the six
+``laptop-*`` presets of :mod:`convnn.experiments` (a small VGG with Conv2d, branching λ = 0.5
+and pure ConvNN layers; a small CIFAR-native ViT with attention, ConvNN attention over all
+tokens and over r = 32 random tokens) on a class-balanced subset of CIFAR-10, three seeds
+each. It is **not the paper's protocol**: smaller models, a training subset, 10 epochs instead
+of 150, a cosine schedule at lr 1e-3 with flip + crop augmentation (what makes short runs
+learn), and a test subset.
+
+The committed runs live in ``data/results/<date>-cpu-laptop-study/`` (see :data:`STUDY_DIR`),
+one run folder per preset and seed (``<preset>-seed<seed>``), plus ``weights/<preset>.pt``:
+the final ``state_dict`` of seed :data:`WEIGHTS_SEED` of every preset, in float16.
+
+Run it with::
+
+    python -m convnn.study <output folder> [--jobs 2] [--presets ...] [--seeds 0 1 2]
+
+Example:
+    >>> from convnn import study
+    >>> [p.split("-")[1] for p in study.PRESETS]
+    ['vgg', 'vgg', 'vgg', 'vit', 'vit', 'vit']
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .experiments import LAPTOP_PRESETS, get_preset
+from .models import build_model
+from .package_data import results_root
+
+__all__ = ["PRESETS", "SEEDS", "STUDY_DIR", "TEST_PER_CLASS", "TRAIN_PER_CLASS",
+           "WEIGHTS_SEED", "build", "collect", "convnn_layers", "dense_agreement", "layer_inputs",
+           "load_data", "load_weights", "rank_weights", "run_one", "save_weights",
+           "selected_offsets", "spatial_fraction", "study_dir", "study_runs", "summary_rows"]
+
+PRESETS: tuple[str, ...] = tuple(p[0] for p in LAPTOP_PRESETS)
+SEEDS: tuple[int, ...] = (0, 1, 2)
+WEIGHTS_SEED = 0
+TRAIN_PER_CLASS = 200
+"""Training images per class (2,000 of CIFAR-10's 50,000)."""
+TEST_PER_CLASS = 100
+"""Test images per class (1,000 of 10,000; the same images for every run)."""
+STUDY_DIR = "2026-11-28-cpu-laptop-study"
+"""The committed study's folder under :func:`convnn.package_data.results_root`."""
+
+
+# the slowest runs first, so that two parallel workers end together
+_COST_ORDER = ("laptop-vit-c10-convnn-all-k9", "laptop-vit-c10-convnn-random-r32-k9",
+               "laptop-vgg-c10-convnn", "laptop-vgg-c10-branching-r0.5",
+               "laptop-vit-c10-attention", "laptop-vgg-c10-conv2d")
+
+
+def study_dir() -> Path:
+    """The committed study (shipped with the package)."""
+    return results_root() / STUDY_DIR
+
+
+def study_runs(root: str | os.PathLike | None = None) -> dict[str, list[Path]]:
+    """Run folders of the study by preset: ``{preset: [run folder of each seed]}``."""
+    root = Path(root) if root is not None else study_dir()
+    out: dict[str, list[Path]] = {}
+    for name in PRESETS:
+        out[name] = sorted(p for p in root.glob(f"{name}-seed*")
+                           if (p / "metrics.jsonl").is_file())
+    return out
+
+
+def load_data(data_dir=None, *, train_per_class: int = TRAIN_PER_CLASS,
+              test_per_class: int = TEST_PER_CLASS, download: bool = True):
+    """The study's CIFAR-10 subset (the first n images of each class)."""
+    from .data import load_dataset
+
+    return load_dataset("cifar10", data_dir=data_dir, download=download,
+                        train_per_class=train_per_class, test_per_class=test_per_class)
+
+
+def build(name: str) -> torch.nn.Module:
+    """A freshly initialised model of a study preset."""
+    return build_model(get_preset(name).model_config())
+
+
+def load_weights(name: str, root: str | os.PathLike | None = None) -> torch.nn.Module:
+    """The trained model of preset ``name`` (seed :data:`WEIGHTS_SEED`), in float32 and in
+    evaluation mode."""
+    root = Path(root) if root is not None else study_dir()
+    model = build(name)
+    state = torch.load(root / "weights" / f"{name}.pt", map_location="cpu", weights_only=True)
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v
+                           for k, v in state.items()})
+    return model.eval()
+
+
+def save_weights(run_dir: Path, dest: Path) -> int:
+    """Write the run's final model weights (float16 ``state_dict``) to ``dest``; its size."""
+    ckpt = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
+    state = ckpt.get("model", ckpt)
+    state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, dest)
+    return dest.stat().st_size
+
+
+def run_one(name: str, seed: int, out_root: str | os.PathLike, *, data=None, data_dir=None,
+            epochs: int | None = None, threads: int = 1, log=print) -> dict:
+    """Train one preset with one seed into ``<out_root>/<name>-seed<seed>``."""
+    from .train import train
+
+    torch.set_num_threads(threads)
+    preset = get_preset(name)
+    model_cfg = preset.model_config()
+    overrides = {"seed": seed, **({"epochs": epochs} if epochs else {})}
+    train_cfg = preset.train_config(**overrides)
+    data = data if data is not None else load_data(data_dir)
+    out = Path(out_root) / f"{name}-seed{seed}"
+    extra = {"preset": name, "study": STUDY_DIR, "smoke": False,
+             "model": model_cfg.to_dict(),
+             "dataset": {"name": data.name, "source": _short(data.source),
+                         "synthetic": data.synthetic, "train_images": data.num_train,
+                         "test_images": data.num_test, "train_per_class": TRAIN_PER_CLASS,
+                         "test_per_class": TEST_PER_CLASS},
+             "threads": threads, "command": " ".join(sys.argv)}
+    return train(lambda: build_model(model_cfg), data, train_cfg, out, device="cpu",
+                 progress=False, extra=extra, log=log, overwrite=True)
+
+
+def collect(runs: str | os.PathLike, dest: str | os.PathLike) -> list[Path]:
+    """Copy finished runs into a folder to commit: ``config.json`` (with the command written
+    as ``python -m convnn.study ...``, without this machine's paths), ``metrics.jsonl``,
+    ``summary.json`` and the run's log, plus ``weights/<preset>.pt`` of seed
+    :data:`WEIGHTS_SEED`. Checkpoints are not copied. Returns the copied run folders."""
+    import shutil
+
+    runs, dest = Path(runs), Path(dest)
+    copied = []
+    for name, folders in study_runs(runs).items():
+        for folder in folders:
+            summary = folder / "summary.json"
+            if not summary.is_file():
+                continue
+            done = json.loads(summary.read_text())
+            if done.get("epochs_completed") != done.get("epochs"):
+                continue  # unfinished
+            out = dest / folder.name
+            out.mkdir(parents=True, exist_ok=True)
+            config = json.loads((folder / "config.json").read_text())
+            argv = config.get("extra", {}).get("command", "").split()
+            config["extra"]["command"] = " ".join(["python -m convnn.study", *argv[1:]])
+            (out / "config.json").write_text(_short(json.dumps(config, indent=2)) + "\n")
+            for f in ("metrics.jsonl", "summary.json"):
+                shutil.copy(folder / f, out / f)
+            log = runs / f"{folder.name}.log"
+            if log.is_file():
+                (out / "train.log").write_text(_short(log.read_text()))
+            if folder.name == f"{name}-seed{WEIGHTS_SEED}":
+                save_weights(folder, dest / "weights" / f"{name}.pt")
+            copied.append(out)
+    return copied
+
+
+# ---------------------------------------------------------------- reading the committed study
+
+def _stats(values: list[float]) -> tuple[float, float]:
+    t = torch.tensor(values, dtype=torch.float64)
+    return float(t.mean()), float(t.std()) if len(values) > 1 else 0.0
+
+
+def summary_rows(root: str | os.PathLike | None = None) -> list[dict]:
+    """One row per preset: mean and sample std over its seeds of the best and last-5-mean
+    test top-1 and of the train-test gap (last 5 epochs' mean train top-1 minus their mean
+    test top-1; train accuracy is the running accuracy of the training epoch, with
+    augmentation and dropout on). Accuracies in percent."""
+    from .results import load_run
+
+    rows = []
+    for name, folders in study_runs(root).items():
+        best, last5, gap, seeds, secs = [], [], [], [], []
+        for folder in folders:
+            run = load_run(folder)
+            tail = run.records[-5:]
+            best.append(max(m["test_top1"] for m in run.records))
+            last5.append(sum(m["test_top1"] for m in tail) / len(tail))
+            gap.append(sum(m["train_top1"] - m["test_top1"] for m in tail) / len(tail))
+            seeds.append(run.config["train"]["seed"])
+            secs.append(sum(m["epoch_seconds"] for m in run.records))
+        if not folders:
+            continue
+        rows.append({"preset": name, "seeds": seeds, "epochs": len(run.records),
+                     "best": _stats(best), "last5": _stats(last5), "gap": _stats(gap),
+                     "minutes": _stats([s / 60 for s in secs])})
+    return rows
+
+
+def convnn_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """The ConvNN layers of a model by name (``ConvNN2d`` or ``ConvNNAttention``)."""
+    from .layers import ConvNN2d, ConvNNAttention
+
+    return {n: m for n, m in model.named_modules() if isinstance(m, ConvNN2d | ConvNNAttention)}
+
+
+def layer_inputs(model: torch.nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """What every ConvNN layer receives when ``model`` (in evaluation mode) sees ``x``."""
+    seen: dict[str, torch.Tensor] = {}
+    hooks = [m.register_forward_pre_hook(lambda _m, args, n=n: seen.__setitem__(n, args[0]))
+             for n, m in convnn_layers(model).items()]
+    try:
+        with torch.no_grad():
+            model.eval()(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def rank_weights(layer: torch.nn.Module) -> torch.Tensor:
+    """Root-mean-square aggregation weight of each rank ``1..k`` (``[k]``; rank 1 is the
+    first selected neighbour, the query itself when the layer puts itself first)."""
+    w = layer.weight.detach().float()
+    return w.pow(2).flatten(0, -2).mean(0).sqrt()
+
+
+def selected_offsets(layer: torch.nn.Module, inp: torch.Tensor) -> torch.Tensor:
+    """Chebyshev distance from each query to each neighbour it selects, ``[B, Q, k]``, in the
+    layer's own grid (pixels of its feature map, or patches for a ViT; a ViT's class token is
+    neither a query nor a spatial neighbour: its distance is ``-1``)."""
+    from .layers import ConvNN2d
+
+    idx = layer.neighbours(inp)
+    if isinstance(layer, ConvNN2d):
+        h, w = inp.shape[-2:]
+        p = layer.padding
+        rows, cols = idx // (w + 2 * p) - p, idx % (w + 2 * p) - p
+        q = torch.arange(h * w)
+        qr, qc = (q // w).view(1, -1, 1), (q % w).view(1, -1, 1)
+        return torch.maximum((rows - qr).abs(), (cols - qc).abs())
+    idx = idx[:, 0, 1:]  # first head; queries without the class token
+    side = math.isqrt(inp.shape[1] - 1)
+    patch = idx - 1
+    q = torch.arange(side * side).view(1, -1, 1)
+    dist = torch.maximum((patch // side - q // side).abs(), (patch % side - q % side).abs())
+    return torch.where(idx == 0, torch.full_like(dist, -1), dist)
+
+
+def spatial_fraction(layer: torch.nn.Module, inp: torch.Tensor) -> tuple[float, float]:
+    """The share of selected neighbours that are spatial neighbours (Chebyshev distance
+    <= 1: inside the 3×3 window, or the same or an adjacent patch), and the share a selection
+    uniform over the candidates would give (the chance level)."""
+    from .layers import ConvNN2d
+
+    d = selected_offsets(layer, inp)
+    share = float(((d >= 0) & (d <= 1)).float().mean())
+    # chance: every position of the searched map equally likely
+    if isinstance(layer, ConvNN2d):
+        h, w = inp.shape[-2:]
+        p = layer.padding
+        rows = torch.arange(-p, h + p).view(-1, 1).expand(-1, w + 2 * p).flatten()
+        cols = torch.arange(-p, w + p).view(1, -1).expand(h + 2 * p, -1).flatten()
+        q = torch.arange(h * w)
+        near = torch.maximum((rows.view(1, -1) - (q // w).view(-1, 1)).abs(),
+                             (cols.view(1, -1) - (q % w).view(-1, 1)).abs()) <= 1
+        chance = float(near.float().mean())
+    else:
+        side = math.isqrt(inp.shape[1] - 1)
+        g = torch.arange(side * side)
+        near = torch.maximum((g.view(1, -1) // side - g.view(-1, 1) // side).abs(),
+                             (g.view(1, -1) % side - g.view(-1, 1) % side).abs()) <= 1
+        chance = float(near.float().sum(1).mean()) / inp.shape[1]
+    return share, chance
+
+
+def dense_agreement(layer: torch.nn.Module, inp: torch.Tensor) -> tuple[float, float]:
+    """For a ConvNN attention layer with random candidates: the share of its k selections that
+    are also in the dense top-k (the same layer searching every token), and the most it could
+    be (the share of the dense top-k that lies among its candidates, or is the token itself
+    when the layer puts each token first). The dense search is the same layer with
+    ``sampling="all"``, everything else (``self_first`` included) unchanged."""
+    import copy
+
+    dense = copy.deepcopy(layer)
+    dense.sampling = "all"
+    sparse_idx = layer.neighbours(inp)
+    dense_idx = dense.neighbours(inp)
+    k = sparse_idx.shape[-1]
+    same = (sparse_idx.unsqueeze(-1) == dense_idx.unsqueeze(-2)).any(-1).float().sum(-1) / k
+    cand = layer._candidates(inp.shape[1], inp.device)
+    query = torch.arange(inp.shape[1], device=inp.device).view(1, 1, -1, 1)
+    # a token that puts itself first always "finds" itself, candidate or not
+    reachable = torch.isin(dense_idx, cand) | ((dense_idx == query) & layer.self_first)
+    covered = reachable.float().sum(-1) / k
+    return float(same.mean()), float(covered.mean())
+
+
+def _short(text: str) -> str:
+    """``text`` without this machine's folders (the data folder and the working folder)."""
+    data = os.environ.get("CONVNN_DATA_DIR")
+    if data:
+        text = text.replace(str(Path(data)), "<CONVNN_DATA_DIR>")
+    return text.replace(str(Path.cwd()) + os.sep, "")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m convnn.study", description=__doc__.split(
+        "\n\n")[0])
+    parser.add_argument("out", help="output folder (one run folder per preset and seed)")
+    parser.add_argument("--presets", nargs="+", default=list(PRESETS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (1 thread each)")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cost = {name: i for i, name in enumerate(_COST_ORDER)}
+    jobs = [(n, s) for s in args.seeds
+            for n in sorted(args.presets, key=lambda n: cost.get(n, -1))]
+    if args.worker or args.jobs <= 1:
+        data = load_data(args.data_dir)
+        for name, seed in jobs:
+            t0 = time.time()
+            summary = run_one(name, seed, out, data=data, epochs=args.epochs)
+            print(f"DONE {name} seed {seed}: best {summary['best_test_top1']:.2f} "
+                  f"in {time.time() - t0:.0f} s", flush=True)
+        return 0
+    # a queue of single runs, at most --jobs at a time, one thread each, seed by seed
+    pending, running, failed = list(jobs), [], 0
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            name, seed = pending.pop(0)
+            cmd = [sys.executable, "-m", "convnn.study", str(out), "--worker", "--presets",
+                   name, "--seeds", str(seed)]
+            cmd += ["--epochs", str(args.epochs)] if args.epochs else []
+            cmd += ["--data-dir", args.data_dir] if args.data_dir else []
+            env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+            with open(out / f"{name}-seed{seed}.log", "w") as log:
+                running.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                                env=env))
+            print(f"started {name} seed {seed}", flush=True)
+        time.sleep(2)
+        for p in [p for p in running if p.poll() is not None]:
+            running.remove(p)
+            failed += p.returncode != 0
+    return 1 if failed else 0
+
+if __name__ == "__main__":
+    sys.exit(main())

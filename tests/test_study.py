@@ -1,0 +1,104 @@
+"""The laptop-scale study: its presets, its committed runs and weights, its helpers."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from convnn import experiments as E
+from convnn import study
+from convnn.results import load_run
+
+FAMILIES = {"vgg": ("laptop-vgg-c10-conv2d", "laptop-vgg-c10-branching-r0.5",
+                    "laptop-vgg-c10-convnn"),
+            "vit": ("laptop-vit-c10-attention", "laptop-vit-c10-convnn-all-k9",
+                    "laptop-vit-c10-convnn-random-r32-k9")}
+
+
+def test_presets_are_labelled_small_and_rowless():
+    assert set(study.PRESETS) == {n for names in FAMILIES.values() for n in names}
+    for name in study.PRESETS:
+        preset = E.get_preset(name)
+        assert preset.paper_rows() == []
+        assert "not the paper's protocol" in preset.description
+        model, train = preset.model_config(), preset.train_config(seed=1)
+        assert train.seed == 1 and train.epochs == E.LAPTOP_PROTOCOL["epochs"]
+        if preset.family == "vgg":
+            assert model.head == "lean" and model.width_multiplier == 0.25
+        else:
+            assert (model.name, model.dim, model.depth) == ("vit_tiny_cifar", 128, 4)
+            assert train.resize is None
+    vgg = study.build("laptop-vgg-c10-convnn")
+    assert max(p["out_channels"] for p in vgg.layer_plan) == 128
+
+
+def test_committed_study_has_three_seeds_per_variant_with_provenance():
+    root = study.study_dir()
+    runs = study.study_runs()
+    readme = (root.parent / "README.md").read_text(encoding="utf-8")
+    assert study.STUDY_DIR in readme
+    for names in FAMILIES.values():
+        for name in names:
+            assert len(runs[name]) == 3, name
+            seeds = set()
+            for folder in runs[name]:
+                run = load_run(folder, root=root.parent)
+                assert run.summary is not None, folder
+                assert len(run.records) == E.LAPTOP_PROTOCOL["epochs"]
+                assert run.config["extra"]["preset"] == name
+                assert run.config["extra"]["dataset"]["synthetic"] is False
+                assert run.config["extra"]["dataset"]["train_images"] == 10 * study.TRAIN_PER_CLASS
+                assert run.records[-1]["device"] == "cpu"
+                assert re.fullmatch(r"[0-9a-f]{7,40}", run.records[-1]["git_commit"])
+                assert run.provenance and "2-core CPU" in run.provenance
+                seeds.add(run.config["train"]["seed"])
+            assert seeds == set(study.SEEDS)
+    rows = study.summary_rows()
+    assert [r["preset"] for r in rows] == list(study.PRESETS)
+    assert all(r["best"][0] > 20 for r in rows), "every variant learned (chance is 10%)"
+
+
+def test_committed_text_names_no_machine_paths():
+    for path in study.study_dir().rglob("*"):
+        if path.suffix in (".json", ".jsonl", ".log"):
+            text = path.read_text(encoding="utf-8")
+            assert "/work/" not in text and "/tmp/" not in text, path
+
+
+@pytest.mark.parametrize("name", study.PRESETS)
+def test_weights_load_into_the_study_models(name):
+    path = study.study_dir() / "weights" / f"{name}.pt"
+    assert path.stat().st_size <= 2 * 1024 * 1024
+    model = study.load_weights(name)
+    with torch.no_grad():
+        out = model(torch.zeros(2, 3, 32, 32))
+    assert out.shape == (2, 10) and torch.isfinite(out).all()
+
+
+def test_weights_total_size_and_wheel_pattern():
+    files = list((study.study_dir() / "weights").glob("*.pt"))
+    assert len(files) == 6
+    assert sum(f.stat().st_size for f in files) <= 12 * 1024 * 1024
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    assert '"results/**/weights/*.pt"' in pyproject
+
+
+def test_selection_helpers_on_small_inputs():
+    torch.manual_seed(0)
+    vgg = study.build("laptop-vgg-c10-convnn").eval()
+    x = torch.randn(2, 3, 32, 32)
+    inputs = study.layer_inputs(vgg, x)
+    assert list(inputs) == list(study.convnn_layers(vgg))
+    first = next(iter(study.convnn_layers(vgg).values()))
+    share, chance = study.spatial_fraction(first, inputs[next(iter(inputs))])
+    # the pixel itself is always selected; 9 of the 34 x 34 padded positions are its window
+    assert 1 / 9 - 1e-6 <= share <= 1 and chance == pytest.approx(9 / 34 ** 2)
+    assert study.rank_weights(first).shape == (9,)
+    vit = study.build("laptop-vit-c10-convnn-random-r32-k9").eval()
+    ins = study.layer_inputs(vit, x)
+    layer = next(iter(study.convnn_layers(vit).values()))
+    same, ceiling = study.dense_agreement(layer, ins[next(iter(ins))])
+    assert 0 < same <= ceiling + 1e-6 <= 1 + 1e-6
