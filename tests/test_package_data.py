@@ -100,8 +100,9 @@ def test_main_entry_points_at_the_top_level() -> None:
 def test_the_wheel_lists_every_subpackage() -> None:
     """pyproject.toml names the packages explicitly (for the data mapping): a new sub-package
     missing from the list would be left out of the wheel."""
-    import tomllib
     from pathlib import Path
+
+    import tomllib
 
     root = Path(__file__).resolve().parents[1]
     listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
