@@ -29,6 +29,8 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +38,6 @@ from torch import Tensor
 
 from ._checks import check_choice, check_index, check_int
 
-SIMILARITIES = ("dot", "cosine", "euclidean")
 WEIGHTINGS = ("ones", "softmax", "similarity")
 AGGREGATIONS = ("standard", "depthwise", "separable")
 SAMPLINGS = ("all", "random", "spatial")
@@ -338,6 +339,112 @@ def spatial_candidates_1d(
 
 
 # --------------------------------------------------------------------------- similarity
+def _dot_scale(query: Tensor, scale: float | None) -> float:
+    return 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
+
+
+def _identity_weight_scores(scores: Tensor) -> Tensor:
+    return scores
+
+
+def _dot_prepare(query: Tensor, keys: Tensor):
+    return query, keys, None
+
+
+def _dot_block(query, keys, extra, scale, dtype) -> Tensor:
+    return torch.matmul(query, keys.transpose(-1, -2)) * _dot_scale(query, scale)
+
+
+def _dot_row(query: Tensor, keys: Tensor, scale: float | None) -> Tensor:
+    return (query * keys).sum(-1) * _dot_scale(query, scale)
+
+
+def _cosine_prepare(query: Tensor, keys: Tensor):
+    return (F.normalize(_upcast(query), dim=-1).to(query.dtype),
+            F.normalize(_upcast(keys), dim=-1).to(keys.dtype), None)
+
+
+def _cosine_block(query, keys, extra, scale, dtype) -> Tensor:
+    return torch.matmul(query, keys.transpose(-1, -2))
+
+
+def _cosine_row(query: Tensor, keys: Tensor, scale: float | None) -> Tensor:
+    return F.cosine_similarity(_upcast(query), _upcast(keys), dim=-1, eps=1e-12).to(query.dtype)
+
+
+def _euclidean_prepare(query: Tensor, keys: Tensor):
+    q, kk = _upcast(query), _upcast(keys)
+    return q, kk, (kk * kk).sum(-1).unsqueeze(-2)  # key norms (B, 1, m)
+
+
+def _euclidean_block(query, keys, key_norms, scale, dtype) -> Tensor:
+    sq = (query * query).sum(-1, keepdim=True) + key_norms \
+        - 2.0 * torch.matmul(query, keys.transpose(-1, -2))  # (B, n, m)
+    return (-sq.clamp_min(0.0)).to(dtype)
+
+
+def _euclidean_row(query: Tensor, keys: Tensor, scale: float | None) -> Tensor:
+    diff = _upcast(query) - _upcast(keys)
+    return (-(diff * diff).sum(-1)).to(query.dtype)
+
+
+def _euclidean_weight_scores(scores: Tensor) -> Tensor:
+    return -torch.sqrt((-_upcast(scores)).clamp_min(_MIN_SQUARED_DISTANCE)).to(scores.dtype)
+
+
+@dataclass(frozen=True)
+class Similarity:
+    """One similarity: everything the operator needs to know about it, in one table entry.
+
+    Scores are "larger is more similar". Both paths use the same entry: the reference path
+    calls ``score_block(*prepare(query, keys), scale, dtype)`` once on the whole matrix, the
+    fast path calls ``prepare`` once and ``score_block`` per block of query rows.
+
+    Attributes:
+        name: the key in :data:`SIMILARITIES`.
+        prepare: ``(query [B, n, D], keys [B, m, D]) -> (query', keys', extra)``, the per-key
+            work done once (normalising, norms); ``extra`` is handed to ``score_block``.
+        score_block: ``(query' [B, nb, D], keys', extra, scale, dtype) -> [B, nb, m]``
+            ranking scores of a block of prepared queries against all prepared keys.
+        score_row: ``(query [B, n, D], keys [B, n, D], scale) -> [B, n]``, the score of
+            ``query[b, i]`` against ``keys[b, i]`` (the position itself), on raw inputs.
+        to_weight_scores: ranking scores -> the scores the weighting ρ sees.
+        exact_squared_distance: ``stable`` ranking computes ``-‖q - k‖²`` pair by pair in
+            float64 (so that ties are equal in every path); only for Euclidean.
+    """
+
+    name: str
+    prepare: Callable
+    score_block: Callable
+    score_row: Callable
+    to_weight_scores: Callable = _identity_weight_scores
+    exact_squared_distance: bool = False
+
+
+SIMILARITIES: dict[str, Similarity] = {}
+"""The registered similarities by name (``"dot"``, ``"cosine"``, ``"euclidean"``); add one
+with :func:`register_similarity`."""
+
+
+def register_similarity(similarity: Similarity) -> Similarity:
+    """Add (or replace) a similarity in :data:`SIMILARITIES`; every path then accepts its name."""
+    SIMILARITIES[similarity.name] = similarity
+    return similarity
+
+
+def get_similarity(name: str) -> Similarity:
+    """The :class:`Similarity` entry called ``name`` (ValueError if there is none)."""
+    check_choice("similarity", name, SIMILARITIES)
+    return SIMILARITIES[name]
+
+
+register_similarity(Similarity("dot", _dot_prepare, _dot_block, _dot_row))
+register_similarity(Similarity("cosine", _cosine_prepare, _cosine_block, _cosine_row))
+register_similarity(Similarity("euclidean", _euclidean_prepare, _euclidean_block,
+                               _euclidean_row, _euclidean_weight_scores,
+                               exact_squared_distance=True))
+
+
 def pairwise_scores(
     query: Tensor, keys: Tensor, similarity: str, scale: float | None = None
 ) -> Tensor:
@@ -346,69 +453,39 @@ def pairwise_scores(
     Args:
         query: ``[B, n, D]``.
         keys: ``[B, m, D]``.
-        similarity: ``"dot"`` (``q·k · scale``, scale defaults to ``1/√D``), ``"cosine"`` or
-            ``"euclidean"`` (returns ``-‖q - k‖²``; computed in float32 for 16-bit inputs).
+        similarity: a name in :data:`SIMILARITIES`: ``"dot"`` (``q·k · scale``, scale
+            defaults to ``1/√D``), ``"cosine"`` or ``"euclidean"`` (returns ``-‖q - k‖²``;
+            computed in float32 for 16-bit inputs).
 
     Returns:
         ``[B, n, m]``.
     """
-    check_choice("similarity", similarity, SIMILARITIES)
-    if similarity == "dot":
-        scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
-        return torch.matmul(query, keys.transpose(-1, -2)) * scale
-    if similarity == "cosine":
-        q = F.normalize(_upcast(query), dim=-1).to(query.dtype)
-        kk = F.normalize(_upcast(keys), dim=-1).to(keys.dtype)
-        return torch.matmul(q, kk.transpose(-1, -2))
-    q, kk = _upcast(query), _upcast(keys)
-    sq = (q * q).sum(-1, keepdim=True) + (kk * kk).sum(-1).unsqueeze(-2) \
-        - 2.0 * torch.matmul(q, kk.transpose(-1, -2))  # (B, n, m)
-    return (-sq.clamp_min(0.0)).to(query.dtype)
+    entry = get_similarity(similarity)
+    q, kk, extra = entry.prepare(query, keys)
+    return entry.score_block(q, kk, extra, scale, query.dtype)
 
 
 def _prepare(query: Tensor, keys: Tensor, similarity: str):
     """What the blocked search reuses for every block of queries."""
-    if similarity == "cosine":
-        return (F.normalize(_upcast(query), dim=-1).to(query.dtype),
-                F.normalize(_upcast(keys), dim=-1).to(keys.dtype), None)
-    if similarity == "euclidean":
-        q, kk = _upcast(query), _upcast(keys)
-        return q, kk, (kk * kk).sum(-1).unsqueeze(-2)  # (B, 1, m)
-    return query, keys, None
+    return get_similarity(similarity).prepare(query, keys)
 
 
-def _block_scores(query, keys, key_norms, similarity, scale, dtype, exact=False) -> Tensor:
+def _block_scores(query, keys, extra, similarity, scale, dtype, exact=False) -> Tensor:
     """:func:`pairwise_scores` of one block of queries, from :func:`_prepare`'s output
     (``exact``: Euclidean from :func:`_exact_squared_distances`, kept in float64)."""
     if exact:
         return -_exact_squared_distances(query, keys)
-    if similarity == "cosine":
-        return torch.matmul(query, keys.transpose(-1, -2))
-    if similarity == "euclidean":
-        sq = (query * query).sum(-1, keepdim=True) + key_norms \
-            - 2.0 * torch.matmul(query, keys.transpose(-1, -2))
-        return (-sq.clamp_min(0.0)).to(dtype)
-    scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
-    return torch.matmul(query, keys.transpose(-1, -2)) * scale
+    return get_similarity(similarity).score_block(query, keys, extra, scale, dtype)
 
 
 def _row_scores(query: Tensor, keys: Tensor, similarity: str, scale: float | None) -> Tensor:
     """Scores of matching rows: ``query[b, i]`` against ``keys[b, i]``: ``[B, n]``."""
-    if similarity == "dot":
-        scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
-        return (query * keys).sum(-1) * scale
-    if similarity == "cosine":
-        return F.cosine_similarity(_upcast(query), _upcast(keys), dim=-1,
-                                   eps=1e-12).to(query.dtype)
-    diff = _upcast(query) - _upcast(keys)
-    return (-(diff * diff).sum(-1)).to(query.dtype)
+    return get_similarity(similarity).score_row(query, keys, scale)
 
 
 def weighting_scores(scores: Tensor, similarity: str) -> Tensor:
     """Turn ranking scores into the scores ρ sees: Euclidean ``-d²`` becomes ``-d``."""
-    if similarity != "euclidean":
-        return scores
-    return -torch.sqrt((-_upcast(scores)).clamp_min(_MIN_SQUARED_DISTANCE)).to(scores.dtype)
+    return get_similarity(similarity).to_weight_scores(scores)
 
 
 # --------------------------------------------------------------------------- selection
@@ -514,7 +591,7 @@ def select_neighbours(
         query: ``[B, n, D]`` selection features of the query positions.
         keys: ``[B, N, D]`` selection features of all positions.
         k: neighbours per query, including the position itself when ``self_first``.
-        similarity: ``"dot"``, ``"cosine"`` or ``"euclidean"``.
+        similarity: a name in :data:`SIMILARITIES` (``"dot"``, ``"cosine"``, ``"euclidean"``).
         query_positions: ``[n]`` index in ``0..N-1`` of each query (default ``arange(N)``).
         candidates: ``[m]`` positions to search (default: all ``N``). Sampled candidates
             always put the position itself first and exclude it from the other ``k - 1``.
@@ -541,7 +618,7 @@ def select_neighbours(
         block_elements = CPU_BLOCK_ELEMENTS if query.device.type == "cpu" else GPU_BLOCK_ELEMENTS
     device = query.device
     query_positions = _selection_setup(query, keys, k, candidates, self_first, query_positions)
-    exact = stable and similarity == "euclidean"
+    exact = stable and get_similarity(similarity).exact_squared_distance
     if stable and candidates is not None:  # ties go to the lower position, not column
         candidates = candidates.sort().values
     k_search = k - 1 if self_first else k
@@ -614,7 +691,7 @@ def select_neighbours_reference(
     query_positions = _selection_setup(query, keys, k, candidates, self_first, query_positions)
     with ranking_precision(query.device):
         query, keys = _upcast(query), _upcast(keys)
-        if stable and similarity == "euclidean":
+        if stable and get_similarity(similarity).exact_squared_distance:
             scores = -_exact_squared_distances(query, keys)  # (B, n, N), float64
         else:
             scores = pairwise_scores(query, keys, similarity, scale)  # (B, n, N)
@@ -990,6 +1067,7 @@ __all__ = [
     "SIMILARITIES",
     "SPATIAL_ROUNDINGS",
     "WEIGHTINGS",
+    "Similarity",
     "aggregate",
     "aggregate_reference",
     "convnn",
@@ -997,6 +1075,7 @@ __all__ = [
     "gather_aggregate",
     "gather_neighbours",
     "get_kernel",
+    "get_similarity",
     "grid_coordinates",
     "interior_positions",
     "kernel_decision",
@@ -1004,6 +1083,7 @@ __all__ = [
     "pairwise_scores",
     "random_candidates",
     "ranking_precision",
+    "register_similarity",
     "select_neighbours",
     "select_neighbours_reference",
     "selection_features",

@@ -414,3 +414,37 @@ def test_coordinate_selection_is_identical_in_every_block_size_and_path(grid):
                                            block_elements=block, **kwargs)
             assert torch.equal(idx, ref_idx)
             assert torch.equal(s, ref_s)
+
+
+# ----------------------------------------------------------------------------- a new similarity
+def test_a_new_similarity_is_one_table_entry(monkeypatch):
+    """Registering negative L1 distance in one place makes the fast and the reference path,
+    and the layers, accept it, with the same neighbours, weights and outputs."""
+    from convnn.layers import ConvNN2d
+
+    neg_l1 = ops.Similarity(
+        "neg_l1",
+        prepare=lambda query, keys: (query, keys, None),
+        score_block=lambda q, kk, extra, scale, dtype: -torch.cdist(q, kk, p=1).to(dtype),
+        score_row=lambda q, kk, scale: -(q - kk).abs().sum(-1),
+    )
+    monkeypatch.setitem(ops.SIMILARITIES, "neg_l1", neg_l1)  # = ops.register_similarity(neg_l1)
+    torch.manual_seed(0)
+    q = torch.randn(2, 40, 5, dtype=torch.float64)
+    values = torch.randn(2, 40, 3, dtype=torch.float64)
+    weight = torch.randn(4, 3, 6, dtype=torch.float64)
+    fast_idx, fast_s = ops.select_neighbours(q, q, 6, "neg_l1", self_first=True,
+                                             block_elements=2 * 40 * 7)
+    ref_idx, ref_s = ops.select_neighbours_reference(q, q, 6, "neg_l1", self_first=True)
+    assert torch.equal(fast_idx, ref_idx)
+    torch.testing.assert_close(fast_s, ref_s)
+    distances = (q[:, :, None] - q[:, None]).abs().sum(-1)  # (B, n, n)
+    expected = (-distances).sort(-1, descending=True).values
+    torch.testing.assert_close(ref_s[..., 1:], expected[..., 1:6])  # self (0) comes first
+    outs = [ops.convnn(values, q, q, 6, weight, similarity="neg_l1", weighting="softmax",
+                       path=path) for path in ("fast", "reference")]
+    torch.testing.assert_close(outs[0], outs[1])
+    layers = [ConvNN2d(3, 4, k=5, similarity="neg_l1", path=path) for path in ("fast", "reference")]
+    layers[1].load_state_dict(layers[0].state_dict())
+    x = torch.randn(1, 3, 6, 6)
+    torch.testing.assert_close(layers[0](x), layers[1](x))
