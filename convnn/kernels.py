@@ -25,8 +25,10 @@ values (19 MB, each batch element's rows stay in L2), the gradient (19 MB), the 
 (119 MB at 3 heads) where ``torch.topk``'s radix select makes several passes.
 
 The kernels run on CUDA tensors, or anywhere under ``TRITON_INTERPRET=1`` (how the tests check
-them on a CPU). They are chosen by :func:`convnn.ops.set_kernel` (or ``CONVNN_KERNEL``); the
-default stays the PyTorch fast path until a GPU measurement says otherwise.
+them on a CPU). They run where :func:`convnn.ops.choose_backend` picks ``"triton"``
+(``backend="triton"``, or ``with convnn.ops.default_backend("triton")``; the deprecated
+``set_kernel`` / ``CONVNN_KERNEL`` still work); the default stays the PyTorch fast path
+until a GPU measurement says otherwise.
 """
 
 from __future__ import annotations

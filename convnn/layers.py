@@ -80,6 +80,13 @@ class _SampledCandidates(nn.Module):
     candidates: int | None
     eval_sampling: str
     seed: int
+    backend: str | None
+
+    @property
+    def path(self) -> str:
+        """Deprecated: ``"reference"`` where the layer runs the reference backend (its own,
+        or the default one), ``"fast"`` otherwise."""
+        return "reference" if ops.requested_backend(self.backend) == "reference" else "fast"
 
     def _random_draw(self, num_positions: int, count: int, device) -> Tensor:
         if not self.training and self.eval_sampling == "fixed":
@@ -174,7 +181,10 @@ class ConvNN2d(_SampledCandidates):
         eval_sampling: ``"fixed"`` (reproducible random candidates in eval) or
             ``"resample"`` (the paper's behaviour).
         seed: seed of the fixed evaluation draw.
-        path: ``"fast"`` or ``"reference"`` implementation of the operator.
+        backend: what runs the operator: ``None`` (the default backend, see
+            :func:`convnn.ops.choose_backend`), ``"reference"``, ``"torch"`` or ``"triton"``.
+        path: deprecated alias of ``backend``: ``"reference"`` is ``backend="reference"``,
+            ``"fast"`` (default) leaves ``backend`` as it is.
 
     Example:
         >>> layer = ConvNN2d(16, 32, k=9)            # paper mode
@@ -209,6 +219,7 @@ class ConvNN2d(_SampledCandidates):
         sort_neighbours: bool | None = None,
         eval_sampling: str = "fixed",
         seed: int = 0,
+        backend: str | None = None,
         path: str = "fast",
         device=None,
         dtype=None,
@@ -226,7 +237,7 @@ class ConvNN2d(_SampledCandidates):
         similarity = _resolve_similarity(selection, similarity, "cosine")
         check_choice("weighting", weighting, ops.WEIGHTINGS)
         check_choice("aggregation", aggregation, ops.AGGREGATIONS)
-        check_choice("path", path, ops.PATHS)
+        backend = ops.backend_from_path(path, backend)
         check_layer_options(seed=seed, bools={"bias": bias}, optional_bools={
             "self_first": self_first, "sort_neighbours": sort_neighbours})
         _check_sampling(sampling, candidates, eval_sampling)
@@ -259,7 +270,7 @@ class ConvNN2d(_SampledCandidates):
             self.self_first = True
         self.sort_neighbours = (selection == "coords") if sort_neighbours is None \
             else sort_neighbours
-        self.eval_sampling, self.seed, self.path = eval_sampling, seed, path
+        self.eval_sampling, self.seed, self.backend = eval_sampling, seed, backend
 
         factory = {"device": device, "dtype": dtype}
         if aggregation == "standard":
@@ -278,7 +289,8 @@ class ConvNN2d(_SampledCandidates):
         self._static_cache: dict = {}
 
     @classmethod
-    def from_conv2d(cls, conv: nn.Conv2d, path: str = "fast") -> ConvNN2d:
+    def from_conv2d(cls, conv: nn.Conv2d, path: str = "fast", *,
+                    backend: str | None = None) -> ConvNN2d:
         """The convolution limit: a ConvNN2d that computes exactly what ``conv`` computes.
 
         Supports square odd kernels 3 and 5 (where the k nearest pixels in Euclidean distance
@@ -302,7 +314,7 @@ class ConvNN2d(_SampledCandidates):
             raise ValueError(f"from_conv2d supports groups=1 or depthwise, got {conv.groups}")
         layer = cls(conv.in_channels, conv.out_channels, k=kh * kw, padding=kh // 2,
                     selection="coords", aggregation=aggregation,
-                    bias=conv.bias is not None, path=path, device=conv.weight.device,
+                    bias=conv.bias is not None, backend=backend, path=path, device=conv.weight.device,
                     dtype=conv.weight.dtype)
         with torch.no_grad():
             layer.weight.copy_(conv.weight.reshape(layer.weight.shape))
@@ -328,8 +340,8 @@ class ConvNN2d(_SampledCandidates):
             s += f", coord_grid={self.coord_grid!r}"
         s += (f", weighting={self.weighting!r}, aggregation={self.aggregation!r}, "
               f"self_first={self.self_first}, bias={self.bias is not None}")
-        if self.path != "fast":
-            s += f", path={self.path!r}"
+        if self.backend is not None:
+            s += f", backend={self.backend!r}"
         return _wrap_repr(s)
 
     def num_positions(self, height: int, width: int) -> int:
@@ -384,12 +396,11 @@ class ConvNN2d(_SampledCandidates):
             static, sel, _values, qpos, candidates = self._select(x)
             if static is not None:
                 return static.unsqueeze(0).expand(x.shape[0], -1, -1)
-            select = (ops.select_neighbours if self.path == "fast"
-                      else ops.select_neighbours_reference)
-            return select(sel[:, qpos], sel, self.k, self.similarity, query_positions=qpos,
-                          candidates=candidates, self_first=self.self_first,
-                          sort_by_position=self.sort_neighbours, with_scores=False,
-                          stable=self.selection == "coords")[0]
+            return ops.select_neighbours(
+                sel[:, qpos], sel, self.k, self.similarity, query_positions=qpos,
+                candidates=candidates, self_first=self.self_first,
+                sort_by_position=self.sort_neighbours, with_scores=False,
+                stable=self.selection == "coords", backend=self.backend)[0]
 
     def _select(self, x: Tensor):
         self._check_input(x)
@@ -407,12 +418,10 @@ class ConvNN2d(_SampledCandidates):
             key = ("neighbours", height, width, str(x.device), self.path)
             if key not in self._static_cache:
                 coords = geo["coords"].unsqueeze(0)  # (1, N, 2)
-                select = (ops.select_neighbours if self.path == "fast"
-                          else ops.select_neighbours_reference)
-                idx, _ = select(coords[:, qpos], coords, self.k, self.similarity,
-                                query_positions=qpos, self_first=self.self_first,
-                                sort_by_position=self.sort_neighbours, with_scores=False,
-                                stable=True)
+                idx, _ = ops.select_neighbours(
+                    coords[:, qpos], coords, self.k, self.similarity, query_positions=qpos,
+                    self_first=self.self_first, sort_by_position=self.sort_neighbours,
+                    with_scores=False, stable=True, backend=self.backend)
                 self._static_cache[key] = idx[0]  # (n, k), shared by the batch
             return self._static_cache[key], None, values, None, None
         sel = ops.selection_features(values, geo["coords"], self.selection, self.mix)
@@ -435,7 +444,7 @@ class ConvNN2d(_SampledCandidates):
         if static is not None:
             out = ops.convnn(values, values, values, self.k, self.weight, self.bias,
                              aggregation=self.aggregation, pointwise=self.pointwise,
-                             neighbours=static, path=self.path)
+                             neighbours=static, backend=self.backend)
         elif self.path == "reference":
             # The authors' algorithm: every position of the padded map is a query (the full
             # N x N similarity), outputs are cropped to the image afterwards.
@@ -445,7 +454,7 @@ class ConvNN2d(_SampledCandidates):
                 aggregation=self.aggregation, pointwise=self.pointwise,
                 candidates=candidates, self_first=self.self_first,
                 sort_by_position=self.sort_neighbours, stable=self.selection == "coords",
-                path="reference")[:, qpos]
+                backend="reference")[:, qpos]
         else:
             out = ops.convnn(
                 values, sel[:, qpos], sel, self.k, self.weight, self.bias,
@@ -453,7 +462,7 @@ class ConvNN2d(_SampledCandidates):
                 aggregation=self.aggregation, pointwise=self.pointwise,
                 query_positions=qpos, candidates=candidates, self_first=self.self_first,
                 sort_by_position=self.sort_neighbours, stable=self.selection == "coords",
-                path=self.path)
+                backend=self.backend)
         return out.transpose(1, 2).reshape(batch, self.out_channels, height, width)
 
 
@@ -497,7 +506,7 @@ class ConvNNAttention(_SampledCandidates):
             ``"spatial"`` token indices ``linspace(0, T - 1, r)``, CLS at index 0.
         bias: bias in the four projections.
         eval_sampling, seed: see :class:`ConvNN2d`.
-        path: ``"fast"`` or ``"reference"``.
+        backend, path: see :class:`ConvNN2d`.
     """
 
     def __init__(
@@ -521,6 +530,7 @@ class ConvNNAttention(_SampledCandidates):
         bias: bool = False,
         eval_sampling: str = "fixed",
         seed: int = 0,
+        backend: str | None = None,
         path: str = "fast",
         device=None,
         dtype=None,
@@ -534,7 +544,7 @@ class ConvNNAttention(_SampledCandidates):
         similarity = _resolve_similarity(selection, similarity, "dot")
         check_choice("weighting", weighting, ops.WEIGHTINGS)
         check_choice("aggregation", aggregation, ops.AGGREGATIONS)
-        check_choice("path", path, ops.PATHS)
+        backend = ops.backend_from_path(path, backend)
         check_fraction("attn_dropout", attn_dropout)
         check_choice("self_score", self_score, ops.SELF_SCORES)
         check_choice("attn_dropout_on", attn_dropout_on, DROPOUT_TARGETS)
@@ -551,8 +561,8 @@ class ConvNNAttention(_SampledCandidates):
         self.self_first = True if sampling != "all" else bool(self_first)
         self.self_score, self.attn_dropout_on = self_score, attn_dropout_on
         self.spatial_rounding = spatial_rounding
-        self.attn_dropout, self.eval_sampling, self.seed, self.path = (
-            attn_dropout, eval_sampling, seed, path)
+        self.attn_dropout, self.eval_sampling, self.seed, self.backend = (
+            attn_dropout, eval_sampling, seed, backend)
         factory = {"device": device, "dtype": dtype}
         self.q_proj = nn.Linear(dim, dim, bias=bias, **factory)
         self.k_proj = nn.Linear(dim, dim, bias=bias, **factory)
@@ -584,8 +594,8 @@ class ConvNNAttention(_SampledCandidates):
             s += f", attn_dropout={self.attn_dropout}, attn_dropout_on={self.attn_dropout_on!r}"
         if self.sampling == "spatial" and self.spatial_rounding != "round":
             s += f", spatial_rounding={self.spatial_rounding!r}"
-        if self.path != "fast":
-            s += f", path={self.path!r}"
+        if self.backend is not None:
+            s += f", backend={self.backend!r}"
         return _wrap_repr(s)
 
     def _split(self, x: Tensor) -> Tensor:
@@ -638,12 +648,10 @@ class ConvNNAttention(_SampledCandidates):
         batch, tokens, _ = x.shape
         with torch.no_grad():
             q, key = self._selection_features(x)
-            select = (ops.select_neighbours if self.path == "fast"
-                      else ops.select_neighbours_reference)
-            idx, _ = select(q, key, self.k, self.similarity,
-                            candidates=self._candidates(tokens, x.device),
-                            self_first=self.self_first, scale=1.0 / math.sqrt(self.head_dim),
-                            with_scores=False, stable=self.selection == "coords")
+            idx, _ = ops.select_neighbours(
+                q, key, self.k, self.similarity, candidates=self._candidates(tokens, x.device),
+                self_first=self.self_first, scale=1.0 / math.sqrt(self.head_dim),
+                with_scores=False, stable=self.selection == "coords", backend=self.backend)
         return idx.view(batch, self.num_heads, tokens, self.k)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -661,7 +669,7 @@ class ConvNNAttention(_SampledCandidates):
             candidates=self._candidates(tokens, x.device), self_first=self.self_first,
             scale=1.0 / math.sqrt(self.head_dim), stable=self.selection == "coords",
             weight_dropout=dropout if self.attn_dropout_on == "weights" else 0.0,
-            self_score=self.self_score, path=self.path)
+            self_score=self.self_score, backend=self.backend)
         out = out.view(batch, self.num_heads, tokens, self.head_dim).transpose(1, 2)  # (B,T,h,d)
         # contiguous: the dropout mask follows memory order, which differs between the paths
         out = out.reshape(batch, tokens, self.dim).contiguous()

@@ -15,6 +15,12 @@ Every step of the operator (method.md §2) is one function here:
    backward) and :func:`aggregate_reference` (the authors' algorithm: expand the values k
    times, gather, then a Conv1d with kernel k and stride k).
 
+What runs them is one choice, ``backend``: ``"reference"`` (plain, full matrix),
+``"torch"`` (the blocked fast path), ``"triton"`` (the fast path with the kernels of
+:mod:`convnn.kernels`) or ``None`` (the global default of :func:`default_backend`), decided
+by :func:`choose_backend`. Similarities are table entries (:class:`Similarity` in
+:data:`SIMILARITIES`) that both paths read.
+
 :func:`convnn` composes them. Layouts: positions are rows, ``[B, N, C]``. ``N`` counts every
 position the layer may select (a zero-padded image counts its border), and the layer produces
 one output per *query* position (``query_positions``, all ``N`` by default).
@@ -49,41 +55,96 @@ PAPER_SELF_LOGIT = 1.0
 """The logit of the query itself with ``self_score="constant"`` (the authors' sampled
 ConvNN attention)."""
 PATHS = ("fast", "reference")
+BACKENDS = ("reference", "torch", "triton")
+"""What runs the operator: ``"reference"`` (the plain full-matrix selection and the authors'
+expand-gather-Conv1d aggregation), ``"torch"`` (the blocked PyTorch fast path) or
+``"triton"`` (the fast path with the kernels of :mod:`convnn.kernels` wherever they support
+the options); ``None`` picks one (see :func:`choose_backend`)."""
 KERNELS = ("torch", "triton", "auto")
+KERNEL_STEPS = ("topk", "gather_aggregate")
+_KERNEL_BACKENDS = {"torch": "torch", "triton": "triton", "auto": None}
 
-_kernel = os.environ.get("CONVNN_KERNEL", "torch")
+
+def _check_backend(name: str, backend) -> None:
+    if backend is not None:
+        check_choice(name, backend, BACKENDS)
+
+
+# The global default backend: "torch" (the Triton kernels are opt-in), or what the deprecated
+# CONVNN_KERNEL environment variable says ("auto" is None).
+_default_backend = _KERNEL_BACKENDS.get(os.environ.get("CONVNN_KERNEL", "torch"),
+                                        os.environ.get("CONVNN_KERNEL"))
+
+
+def get_default_backend() -> str | None:
+    """The global default backend (see :func:`default_backend`); ``None`` is auto."""
+    return _default_backend
+
+
+def set_default_backend(backend: str | None) -> None:
+    """Set the global default backend: what runs where ``backend=None`` is passed.
+
+    ``"reference"``, ``"torch"`` (the initial default), ``"triton"`` or ``None`` (auto: Triton
+    on CUDA where it is installed and supports the options, PyTorch otherwise)."""
+    global _default_backend
+    _check_backend("backend", backend)
+    _default_backend = backend
+
+
+@contextlib.contextmanager
+def default_backend(backend: str | None):
+    """Use ``backend`` as the global default inside a ``with`` block
+    (``with ops.default_backend("reference"): ...``)."""
+    previous = _default_backend
+    set_default_backend(backend)
+    try:
+        yield
+    finally:
+        set_default_backend(previous)
+
+
+def requested_backend(backend: str | None = None) -> str | None:
+    """The backend asked for: ``backend``, or the global default where it is ``None``;
+    ``None`` when that is auto as well."""
+    if backend is None:
+        backend = _default_backend
+        _check_backend("backend (the global default, CONVNN_KERNEL)", backend)
+    else:
+        _check_backend("backend", backend)
+    return backend
+
+
+def backend_from_path(path: str, backend: str | None = None) -> str | None:
+    """The backend that a (deprecated) ``path=`` argument means next to ``backend=``:
+    ``path="reference"`` is ``backend="reference"``, ``path="fast"`` leaves ``backend``."""
+    check_choice("path", path, PATHS)
+    _check_backend("backend", backend)
+    if path == "reference":
+        if backend not in (None, "reference"):
+            raise ValueError(f"path='reference' contradicts backend={backend!r}; "
+                             "pass backend alone (path= is deprecated)")
+        return "reference"
+    return backend
 
 
 def set_kernel(name: str) -> None:
-    """Choose how the fast path runs its Triton-capable steps (row top-k in
-    :func:`select_neighbours`, depthwise/separable gather-aggregate): ``"torch"`` (default,
-    the PyTorch fast path), ``"triton"`` (the kernels of :mod:`convnn.kernels` wherever they
-    support the options; an error on a CPU unless ``TRITON_INTERPRET=1``) or ``"auto"``
-    (Triton on CUDA when it is installed and supports the options, PyTorch otherwise).
-    Unsupported options always fall back to PyTorch (see :func:`kernel_decision`). The
-    environment variable ``CONVNN_KERNEL`` sets the initial choice."""
-    global _kernel
+    """Deprecated: :func:`set_default_backend` (``"torch"``, ``"triton"``, ``"auto"`` is
+    ``None``). The environment variable ``CONVNN_KERNEL`` sets the initial default."""
     check_choice("kernel", name, KERNELS)
-    _kernel = name
+    set_default_backend(_KERNEL_BACKENDS[name])
 
 
 def get_kernel() -> str:
-    """The current kernel choice (see :func:`set_kernel`)."""
-    return _kernel
+    """Deprecated: :func:`get_default_backend`, with ``None`` spelled ``"auto"``."""
+    return "auto" if _default_backend is None else _default_backend
 
 
 @contextlib.contextmanager
 def use_kernel(name: str):
-    """Temporarily :func:`set_kernel` inside a ``with`` block."""
-    previous = _kernel
-    set_kernel(name)
-    try:
+    """Deprecated: :func:`default_backend` (see :func:`set_kernel` for the names)."""
+    check_choice("kernel", name, KERNELS)
+    with default_backend(_KERNEL_BACKENDS[name]):
         yield
-    finally:
-        set_kernel(previous)
-
-
-KERNEL_STEPS = ("topk", "gather_aggregate")
 
 
 def _kernel_unsupported(step: str, k, width, aggregation) -> str | None:
@@ -104,46 +165,62 @@ def _kernel_unsupported(step: str, k, width, aggregation) -> str | None:
     return None
 
 
-def kernel_decision(step: str, device, *, k: int | None = None, width: int | None = None,
-                    aggregation: str | None = None) -> tuple[str, str]:
-    """Which implementation runs ``step`` under the current :func:`set_kernel` choice, and why:
-    ``("triton" | "torch", reason)``.
-
-    Args:
-        step: ``"topk"`` (needs ``k`` and ``width``: neighbours and candidates per row) or
-            ``"gather_aggregate"`` (needs ``aggregation``).
-        device: where the tensors live.
-
-    Unsupported options fall back to PyTorch whatever the choice; ``"auto"`` also falls back
-    off CUDA.
-
-    Raises:
-        RuntimeError: the kernel is forced to ``"triton"`` for supported options on a device
-            where Triton cannot run.
-    """
-    check_choice("step", step, KERNEL_STEPS)
-    check_choice("CONVNN_KERNEL / kernel", _kernel, KERNELS)
-    if _kernel == "torch":
-        return "torch", "kernel='torch'"
-    reason = _kernel_unsupported(step, k, width, aggregation)
-    if reason is not None:
-        return "torch", f"unsupported by the Triton kernel: {reason}"
+def _backend_decision(backend, device, step, k, width, aggregation) -> tuple[str, str]:
+    if step is not None:
+        check_choice("step", step, KERNEL_STEPS)
+    requested = requested_backend(backend)
+    if requested in ("reference", "torch"):
+        return requested, f"backend={requested!r}"
     from . import kernels
 
     device = torch.device(device)
+    if step is None:  # the operator as a whole; each step may still fall back
+        if requested == "triton" or (device.type == "cuda" and kernels.available(device)):
+            return "triton", f"backend={requested!r}"
+        return "torch", f"backend=None (auto) uses Triton on CUDA only, not {device.type}"
+    reason = _kernel_unsupported(step, k, width, aggregation)
+    if reason is not None:
+        return "torch", f"unsupported by the Triton kernel: {reason}"
     if not kernels.available(device):
-        if _kernel == "triton":
-            raise RuntimeError("kernel='triton' needs CUDA tensors (or TRITON_INTERPRET=1) and "
-                               f"triton; got a {device.type} tensor. Use "
-                               "convnn.ops.set_kernel('torch') or 'auto'.")
+        if requested == "triton":
+            raise RuntimeError("backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1) "
+                               f"and triton; got a {device.type} tensor. Use backend='torch' "
+                               "or None (auto).")
         return "torch", f"Triton cannot run on {device.type}"
-    if _kernel == "auto" and device.type != "cuda":
-        return "torch", f"kernel='auto' uses Triton on CUDA only, not {device.type}"
-    return "triton", f"kernel={_kernel!r}"
+    if requested is None and device.type != "cuda":
+        return "torch", f"backend=None (auto) uses Triton on CUDA only, not {device.type}"
+    return "triton", f"backend={requested!r}"
 
 
-def _use_triton(step: str, device, **options) -> bool:
-    return kernel_decision(step, device, **options)[0] == "triton"
+def choose_backend(backend: str | None, device, *, step: str | None = None,
+                   k: int | None = None, width: int | None = None,
+                   aggregation: str | None = None) -> str:
+    """The one place that decides what runs: ``"reference"``, ``"torch"`` or ``"triton"``.
+
+    Args:
+        backend: ``"reference"``, ``"torch"``, ``"triton"`` or ``None``: the global default
+            (:func:`default_backend`, initially ``"torch"``), and where that is ``None`` as
+            well, auto: Triton on CUDA where it is installed and supports the options,
+            PyTorch otherwise.
+        device: where the tensors live.
+        step: ``None`` (the operator as a whole), ``"topk"`` (needs ``k`` and ``width``:
+            neighbours and candidates per row) or ``"gather_aggregate"`` (needs
+            ``aggregation``). For a step, options the Triton kernel does not support fall
+            back to ``"torch"`` whatever the choice.
+
+    Raises:
+        RuntimeError: ``"triton"`` is forced for a supported step on a device where Triton
+            cannot run.
+    """
+    return _backend_decision(backend, device, step, k, width, aggregation)[0]
+
+
+def kernel_decision(step: str, device, *, k: int | None = None, width: int | None = None,
+                    aggregation: str | None = None) -> tuple[str, str]:
+    """Deprecated: :func:`choose_backend` of ``step`` under the global default, with the
+    reason: ``("triton" | "torch" | "reference", reason)``."""
+    check_choice("step", step, KERNEL_STEPS)
+    return _backend_decision(None, device, step, k, width, aggregation)
 
 # Squared distances below this are treated as this when taking the square root, so that
 # d(-d)/d(d²) stays finite at zero distance.
@@ -508,9 +585,9 @@ def _check_selection_args(k, num_positions, num_queries, candidates, self_first,
 
 
 def _top(scores: Tensor, k: int, stable: bool, fused: bool = False) -> tuple[Tensor, Tensor]:
-    """Largest k along the last dim; ``stable`` breaks ties by the lower column. ``fused``: may
-    use the Triton row top-k (always stable) when :func:`kernel_decision` picks it."""
-    if fused and _use_triton("topk", scores.device, k=k, width=scores.shape[-1]):
+    """Largest k along the last dim; ``stable`` breaks ties by the lower column. ``fused``: use
+    the Triton row top-k (always stable; :func:`choose_backend` decides)."""
+    if fused:
         from .kernels import row_topk
 
         order = row_topk(scores, k)
@@ -578,6 +655,7 @@ def select_neighbours(
     stable: bool = False,
     self_score: str = "similarity",
     block_elements: int | None = None,
+    backend: str | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Top-k neighbours of every query (fast path).
 
@@ -607,11 +685,18 @@ def select_neighbours(
             ``"similarity"`` (its real score) or ``"constant"`` (the logit
             :data:`PAPER_SELF_LOGIT`, the authors' sampled ConvNN attention).
         block_elements: most scores held at once (default: 2^20 on a CPU, 2^24 on a GPU).
+        backend: see :func:`choose_backend`; ``"reference"`` runs
+            :func:`select_neighbours_reference`, ``"triton"`` the Triton row top-k.
 
     Returns:
         ``(indices [B, n, k] into 0..N-1, scores [B, n, k] or None)``; scores are float32
         for 16-bit inputs.
     """
+    if requested_backend(backend) == "reference":
+        return select_neighbours_reference(
+            query, keys, k, similarity, query_positions=query_positions, candidates=candidates,
+            self_first=self_first, sort_by_position=sort_by_position, scale=scale,
+            with_scores=with_scores, stable=stable, self_score=self_score)
     check_choice("self_score", self_score, SELF_SCORES)
     batch, n, _ = query.shape
     if block_elements is None:
@@ -629,6 +714,8 @@ def select_neighbours(
         query, keys = _upcast(query), _upcast(keys)
         cand_keys = keys if candidates is None else keys[:, candidates]  # (B, m, D)
         rows_per_block = max(1, block_elements // max(1, batch * cand_keys.shape[1]))
+        fused = k_search > 0 and choose_backend(
+            backend, device, step="topk", k=k_search, width=cand_keys.shape[1]) == "triton"
         # Per-key work once, not per block: normalise for cosine, squared norms for Euclidean.
         prepared_query, prepared_keys, key_norms = _prepare(query, cand_keys, similarity)
         for start in range(0, n, rows_per_block):
@@ -642,7 +729,7 @@ def select_neighbours(
                 mask = _self_mask(query_positions[start:stop], candidates)  # (nb, m)
                 scores = scores.masked_fill(mask, float("-inf"))
             if k_search > 0:
-                top_scores, top = _top(scores, k_search, stable, fused=True)  # (B, nb, k')
+                top_scores, top = _top(scores, k_search, stable, fused=fused)  # (B, nb, k')
             else:
                 top_scores = scores[..., :0]
                 top = torch.zeros(batch, stop - start, 0, dtype=torch.long, device=device)
@@ -902,6 +989,8 @@ def gather_aggregate(
     bias: Tensor | None = None,
     aggregation: str = "standard",
     pointwise: Tensor | None = None,
+    *,
+    backend: str | None = None,
 ) -> Tensor:
     """Fast ``aggregate(gather_neighbours(values, indices), rho, ...)``: same result, and no
     ``[B, n, k, C]`` tensor is kept for backward.
@@ -910,10 +999,14 @@ def gather_aggregate(
         values: ``[B, N, C]``.
         indices: ``[B, n, k]`` or ``[n, k]`` (shared by the batch).
         rho, weight, bias, aggregation, pointwise: see :func:`aggregate`.
+        backend: see :func:`choose_backend`; ``"reference"`` runs :func:`aggregate_reference`,
+            ``"triton"`` the fused depthwise/separable kernel.
 
     Returns:
         ``[B, n, O]``.
     """
+    if requested_backend(backend) == "reference":
+        return aggregate_reference(values, indices, rho, weight, bias, aggregation, pointwise)
     batch, num_positions, channels = values.shape
     _check_indices(indices, values)
     if indices.dim() == 2:
@@ -924,7 +1017,8 @@ def gather_aggregate(
     flat_index = (indices + offsets).reshape(-1)  # (B·n·k,)
     flat_rho = None if rho is None else rho.reshape(batch * n, k).to(values.dtype)
     flat_values = values.reshape(batch * num_positions, channels)
-    if _use_triton("gather_aggregate", values.device, aggregation=aggregation):
+    if choose_backend(backend, values.device, step="gather_aggregate",
+                      aggregation=aggregation) == "triton":
         from .kernels import depthwise_gather_aggregate
 
         out = depthwise_gather_aggregate(flat_values, flat_index.view(batch * n, k), flat_rho,
@@ -1006,6 +1100,7 @@ def convnn(
     neighbours: Tensor | None = None,
     weight_dropout: float = 0.0,
     self_score: str = "similarity",
+    backend: str | None = None,
     path: str = "fast",
 ) -> Tensor:
     """The whole operator: select k neighbours per query, weight them, aggregate.
@@ -1024,7 +1119,10 @@ def convnn(
             for static coordinate selection). Requires ``weighting="ones"``.
         weight_dropout: dropout probability on ρ (attention dropout), applied when > 0.
         self_score: see :func:`select_neighbours`.
-        path: ``"fast"`` or ``"reference"``; both give the same result.
+        backend: ``None`` (the default backend), ``"reference"``, ``"torch"`` or
+            ``"triton"``, see :func:`choose_backend`; all give the same result.
+        path: deprecated alias: ``"reference"`` is ``backend="reference"``, ``"fast"``
+            (default) leaves ``backend`` as it is.
 
     Returns:
         ``[B, n, O]``.
@@ -1033,7 +1131,7 @@ def convnn(
     ``sort_by_position=True``, ρ = ones and standard aggregation is a 3×3 convolution;
     ``k = N``, dot similarity, softmax and depthwise weights of one is softmax attention.
     """
-    check_choice("path", path, PATHS)
+    backend = backend_from_path(path, backend)
     check_choice("weighting", weighting, WEIGHTINGS)
     if neighbours is not None:
         if weighting != "ones":
@@ -1041,21 +1139,21 @@ def convnn(
                              f"got {weighting!r}")
         indices, scores = neighbours, None
     else:
-        select = select_neighbours if path == "fast" else select_neighbours_reference
-        indices, scores = select(
+        indices, scores = select_neighbours(
             query, keys, k, similarity, query_positions=query_positions,
             candidates=candidates, self_first=self_first, sort_by_position=sort_by_position,
-            scale=scale, with_scores=weighting != "ones", stable=stable, self_score=self_score)
+            scale=scale, with_scores=weighting != "ones", stable=stable, self_score=self_score,
+            backend=backend)
     rho = neighbour_weights(scores, weighting)
     if rho is not None and weight_dropout > 0.0:
         rho = F.dropout(rho, weight_dropout, training=True)
-    if path == "reference":
-        return aggregate_reference(values, indices, rho, weight, bias, aggregation, pointwise)
-    return gather_aggregate(values, indices, rho, weight, bias, aggregation, pointwise)
+    return gather_aggregate(values, indices, rho, weight, bias, aggregation, pointwise,
+                            backend=backend)
 
 
 __all__ = [
     "AGGREGATIONS",
+    "BACKENDS",
     "COORD_GRIDS",
     "KERNELS",
     "KERNEL_STEPS",
@@ -1070,10 +1168,14 @@ __all__ = [
     "Similarity",
     "aggregate",
     "aggregate_reference",
+    "backend_from_path",
+    "choose_backend",
     "convnn",
+    "default_backend",
     "fixed_candidates",
     "gather_aggregate",
     "gather_neighbours",
+    "get_default_backend",
     "get_kernel",
     "get_similarity",
     "grid_coordinates",
@@ -1084,10 +1186,12 @@ __all__ = [
     "random_candidates",
     "ranking_precision",
     "register_similarity",
+    "requested_backend",
     "select_neighbours",
     "select_neighbours_reference",
     "selection_features",
     "sequence_coordinates",
+    "set_default_backend",
     "set_kernel",
     "spatial_candidates_1d",
     "spatial_candidates_2d",

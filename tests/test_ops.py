@@ -448,3 +448,31 @@ def test_a_new_similarity_is_one_table_entry(monkeypatch):
     layers[1].load_state_dict(layers[0].state_dict())
     x = torch.randn(1, 3, 6, 6)
     torch.testing.assert_close(layers[0](x), layers[1](x))
+
+
+# ----------------------------------------------------------------------------- one backend choice
+def test_one_backend_choice_with_a_global_default():
+    assert ops.get_default_backend() == "torch" and ops.get_kernel() == "torch"
+    assert ops.choose_backend(None, "cpu") == "torch"
+    assert ops.choose_backend("reference", "cpu", step="topk", k=3, width=5) == "reference"
+    with ops.default_backend("reference"):
+        assert ops.choose_backend(None, "cpu") == "reference"
+        assert ops.choose_backend("torch", "cpu") == "torch"  # an argument beats the default
+        assert ConvNN2d(3, 4, k=5).path == "reference"
+    with ops.default_backend(None):  # auto: PyTorch off CUDA
+        assert ops.choose_backend(None, "cpu", step="topk", k=3, width=5) == "torch"
+        assert ops.get_kernel() == "auto"
+    with pytest.raises(ValueError, match="backend must be one of"):
+        ops.choose_backend("fast", "cpu")
+    with pytest.raises(ValueError, match="contradicts"):
+        ConvNN2d(3, 4, k=5, path="reference", backend="torch")
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 6, 6)
+    layers = [ConvNN2d(3, 4, k=5, weighting="softmax", backend=b) for b in ("torch", "reference")]
+    layers[1].load_state_dict(layers[0].state_dict())
+    assert layers[1].path == "reference" and "backend='reference'" in repr(layers[1])
+    torch.testing.assert_close(layers[0](x), layers[1](x))
+    with ops.default_backend("reference"):
+        layer = ConvNN2d.from_conv2d(torch.nn.Conv2d(3, 4, 3, padding=1))
+        assert layer.backend is None and layer.path == "reference"
+        assert layer(x).shape == (2, 4, 6, 6)
