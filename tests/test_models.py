@@ -460,3 +460,14 @@ def test_count_parameters_trainable_only():
     model.classifier.weight.requires_grad_(False)
     assert count_parameters(model) == total - model.classifier.weight.numel()
     assert count_parameters(model, trainable_only=False) == total
+
+
+def test_one_fallback_rule_for_maps_and_sequences():
+    from convnn.models import candidates_fallback
+
+    assert candidates_fallback("random", 4, height=2, width=2)[:2] == ("all", None)
+    assert candidates_fallback("spatial", 8, tokens=8) == ("spatial", 8, None)
+    assert candidates_fallback("random", 9, tokens=8) == ("all", None,
+                                                          "random: candidates=9 > T=8")
+    with pytest.raises(ValueError, match="tokens, or height and width"):
+        candidates_fallback("random", 4)

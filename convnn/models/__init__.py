@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from .._checks import check_choice, check_known
-from .plan import sampling_for_map
+from .plan import candidates_fallback, sampling_for_map
 from .resnet import PAPER_RESNET50, RESNET_DEPTHS, RESNET_LAYERS, ResNet, resnet50
 from .vgg import (
     LAYER_OPTIONS,
@@ -267,6 +267,7 @@ __all__ = [
     "TransformerBlock",
     "ViT",
     "build_model",
+    "candidates_fallback",
     "count_parameters",
     "mixer_option_names",
     "paper_layer_options",

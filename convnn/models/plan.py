@@ -3,7 +3,7 @@ ratio rule, the width multiplier, the input-size check and the per-layer candida
 
 A model knows every layer's map size when it is built, so it decides then which candidate set
 each ConvNN layer uses: a layer whose map cannot hold the sampled set uses all candidates
-instead (:func:`sampling_for_map`), and the model records the decision in its ``layer_plan``.
+instead (:func:`candidates_fallback`, the one rule, which the ViT uses too), and the model records the decision in its ``layer_plan``.
 The layers themselves never clamp.
 """
 
@@ -19,20 +19,33 @@ from ..layers import candidate_count
 DEFAULT_BRANCH_RATIO = 0.5
 
 
-def sampling_for_map(sampling: str, candidates: int | None, height: int, width: int,
-                     layout: str = "square", random_region: str = "image",
-                     padding: int = 1) -> tuple[str, int | None, str | None]:
-    """The candidate set a ConvNN layer on an ``H × W`` map uses: the fallback rule.
+def candidates_fallback(sampling: str, candidates: int | None, *, tokens: int | None = None,
+                        height: int | None = None, width: int | None = None,
+                        layout: str = "square", random_region: str = "image",
+                        padding: int = 1) -> tuple[str, int | None, str | None]:
+    """The fallback rule: the candidate set a ConvNN layer uses on its map or sequence.
 
-    Returns ``(sampling, candidates, reason)``: the requested set when it fits the map, else
-    ``("all", None, reason)``. ``"random"`` needs ``r² <= H·W`` pixels (with
-    ``random_region="padded"``, the authors' rule: ``r² <= (H+2p)(W+2p)`` positions of the
-    padded map), ``"spatial"`` needs its ``r × r`` grid to fit, ``r <= min(H, W)``. With
-    ``layout="count"`` (see :class:`~convnn.layers.ConvNN2d`'s ``candidate_layout``) the set
-    has ``r`` positions: ``r`` random pixels or a ``√r × √r`` grid.
+    Returns ``(sampling, candidates, reason)``: the requested set when it fits, else
+    ``("all", None, reason)``.
+
+    On a sequence of ``tokens`` (:class:`~convnn.layers.ConvNNAttention`), both ``"random"``
+    and ``"spatial"`` need ``r <= T``.
+
+    On an ``H × W`` map (:class:`~convnn.layers.ConvNN2d`), ``"random"`` needs ``r² <= H·W``
+    pixels (with ``random_region="padded"``, the authors' rule: ``r² <= (H+2p)(W+2p)``
+    positions of the padded map), ``"spatial"`` needs its ``r × r`` grid to fit,
+    ``r <= min(H, W)``. With ``layout="count"`` (see :class:`~convnn.layers.ConvNN2d`'s
+    ``candidate_layout``) the set has ``r`` positions: ``r`` random pixels or a ``√r × √r``
+    grid.
     """
     if sampling == "all":
         return sampling, candidates, None
+    if tokens is not None:
+        if isinstance(candidates, int) and candidates > tokens:
+            return "all", None, f"{sampling}: candidates={candidates} > T={tokens}"
+        return sampling, candidates, None
+    if height is None or width is None:
+        raise ValueError("candidates_fallback needs tokens, or height and width")
     total = candidate_count(candidates, layout)
     side = math.isqrt(total)
     shown = "r" if layout == "count" else "r²"
@@ -46,6 +59,14 @@ def sampling_for_map(sampling: str, candidates: int | None, height: int, width: 
         grid = f"r={side}" if layout == "square" else f"grid side √r={side}"
         return "all", None, f"spatial: {grid} > min(H, W)={min(height, width)}"
     return sampling, candidates, None
+
+
+def sampling_for_map(sampling: str, candidates: int | None, height: int, width: int,
+                     layout: str = "square", random_region: str = "image",
+                     padding: int = 1) -> tuple[str, int | None, str | None]:
+    """:func:`candidates_fallback` on an ``H × W`` map."""
+    return candidates_fallback(sampling, candidates, height=height, width=width, layout=layout,
+                               random_region=random_region, padding=padding)
 
 
 def plan_convnn_layer(options: dict, size: int, index: int, base_seed: int,
@@ -65,9 +86,10 @@ def plan_convnn_layer(options: dict, size: int, index: int, base_seed: int,
     """
     requested = (options.get("sampling", "all"), options.get("candidates"))
     layer_options = dict(options, seed=base_seed + index)
-    sampling, candidates, reason = sampling_for_map(
-        *requested, size, size, options.get("candidate_layout", "square"),
-        options.get("random_region", "image"), options.get("padding", 1))
+    sampling, candidates, reason = candidates_fallback(
+        *requested, height=size, width=size,
+        layout=options.get("candidate_layout", "square"),
+        random_region=options.get("random_region", "image"), padding=options.get("padding", 1))
     if reason is not None:
         layer_options.update(sampling="all", candidates=None)
         layer_options.pop("candidate_layout", None)
@@ -119,6 +141,6 @@ def check_input_size(x: Tensor, image_size: int) -> None:
                          f"layer plan was made for), got shape {tuple(x.shape)}")
 
 
-__all__ = ["DEFAULT_BRANCH_RATIO", "check_input_size", "check_layer_options",
+__all__ = ["DEFAULT_BRANCH_RATIO", "candidates_fallback", "check_input_size", "check_layer_options",
            "check_width_multiplier",
            "plan_convnn_layer", "resolve_branch_ratio", "sampling_for_map"]

@@ -28,7 +28,8 @@ none; with it the parameter counts of tables 6.6/6.9/6.10 would be 384 too high)
 Mixer options (``mixer_options``) are passed to the mixer's constructor; unknown ones raise
 ``ValueError``. For the ConvNN mixers the model applies the same explicit rule as
 :class:`~convnn.models.VGG`: a sampled candidate set larger than the sequence
-(``candidates > T``) is replaced by all candidates when the model is built, and recorded in
+(``candidates > T``, :func:`~convnn.models.plan.candidates_fallback`) is replaced by all
+candidates when the model is built, and recorded in
 :attr:`ViT.layer_plan`.
 """
 
@@ -50,6 +51,7 @@ from ..attention import (
     TokenConv1d,
 )
 from ..layers import ConvNNAttention, HybridTokenMixer
+from .plan import candidates_fallback
 
 MIXERS: dict[str, tuple[type[nn.Module], dict]] = {
     "attention": (MultiHeadSelfAttention, {}),
@@ -250,10 +252,11 @@ class ViT(nn.Module):
             base_seed = check_int("seed", options.get("seed", 0))
             options["seed"] = base_seed + index  # distinct fixed evaluation draws per block
             plan["seed"] = options["seed"]
-            if sampling != "all" and isinstance(candidates, int) and candidates > tokens:
+            sampling, candidates, reason = candidates_fallback(sampling, candidates,
+                                                               tokens=tokens)
+            if reason is not None:
                 options["sampling"], options["candidates"] = "all", None
-                plan.update(sampling="all", candidates=None,
-                            fallback=f"{sampling}: candidates={candidates} > T={tokens}")
+                plan.update(sampling="all", candidates=None, fallback=reason)
             k = options.get("k", 9)
             if plan["sampling"] == "all" and isinstance(k, int) and k > tokens:
                 raise ValueError(f"k={k} must be <= the number of tokens T={tokens} "
