@@ -261,7 +261,8 @@ def _vit_describe(s: dict) -> str:
             f", {s['aggregation']} aggregation"
     elif s["mixer"] == "kvt":
         what = f"KVT top-{s['k']} attention"
-    size = {"vit_tiny": "ViT-Tiny", "vit_base": "ViT-Base"}[s["model"]]
+    size = {"vit_tiny": "ViT-Tiny", "vit_base": "ViT-Base",
+            "vit_tiny_cifar": "CIFAR-native ViT-Tiny"}.get(s["model"], s["model"])
     return f"{size} ({s['heads']} head{'s' if s['heads'] > 1 else ''}) with {what}"
 
 
@@ -511,6 +512,9 @@ def register_preset(preset: Preset) -> Preset:
         raise ValueError(f"preset names are lower case, got {preset.name!r}")
     if name in PRESETS:
         raise ValueError(f"a preset named {name!r} exists already")
+    if preset.spec and any(p.rows and p.spec == preset.spec for p in PRESETS.values()):
+        raise ValueError(f"preset {name!r} has the settings of a paper row: give it a tag "
+                         "(make_preset(..., tag=...)) so that it does not claim the row")
     PRESETS[name] = preset
     return preset
 
