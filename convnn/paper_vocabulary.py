@@ -22,10 +22,15 @@ back for descriptions of its rows.
 
 from __future__ import annotations
 
-SELECTION = {"Col": "features", "Loc_Col": "mixed"}
-"""The paper's VGG ``similarity`` → the presets' ``selection``."""
+from ._checks import check_choice, check_fraction
+
+SELECTION = {"Col": "features", "Loc_Col": "mixed", "Loc": "coords"}
+"""The paper's VGG ``similarity`` → the layers' ``selection`` (``"Loc"``: coordinates only,
+here ranked by Euclidean distance, the convolution limit; in no table)."""
 AGGREGATE_COORDS = {"Col": False, "Loc_Col": True}
-"""The paper's VGG ``aggregation`` → the presets' ``aggregate_coords``."""
+"""The paper's VGG ``aggregation`` → the layers' ``aggregate_coords``."""
+PAPER_SIMILARITY = SELECTION  # the names models.vgg exported
+PAPER_AGGREGATION = AGGREGATE_COORDS
 MIXED_SELECTION_MIX = 0.5
 """α of the paper's ``"Loc_Col"`` similarity (the reference code's ``lambda_param``)."""
 VIT_MIXERS = {"attention": "attention", "local_attention": "local",
@@ -44,6 +49,36 @@ def selection_word(selection: str) -> str:
 def aggregation_word(aggregate_coords: bool) -> str:
     """The paper's word for VGG's ``aggregate_coords`` (True → ``"Loc_Col"``)."""
     return {v: k for k, v in AGGREGATE_COORDS.items()}[bool(aggregate_coords)]
+
+
+def paper_layer_options(similarity: str = "Col", aggregation: str = "Col",
+                        lambda_param: float = MIXED_SELECTION_MIX) -> dict:
+    """ConvNN layer options for the paper's ``similarity_type`` / ``aggregation_type``.
+
+    Args:
+        similarity: ``"Col"`` (features), ``"Loc_Col"`` (features scaled by ``α/std`` beside
+            coordinates scaled by ``1 - α``) or ``"Loc"`` (coordinates only; here ranked by
+            Euclidean distance, the convolution limit).
+        aggregation: ``"Col"`` (aggregate features) or ``"Loc_Col"`` (features and the two
+            coordinate channels).
+        lambda_param: α of ``"Loc_Col"`` similarity (the reference code's name and default,
+            0.5; the book writes α because λ is the branching ratio).
+
+    Returns:
+        A dict for ``VGG(layer_options=...)`` / ``ModelConfig.layer_options``.
+
+    Example:
+        >>> paper_layer_options("Loc_Col", "Loc_Col")
+        {'selection': 'mixed', 'mix': 0.5, 'aggregate_coords': True}
+    """
+    check_choice("similarity", similarity, SELECTION)
+    check_choice("aggregation", aggregation, AGGREGATE_COORDS)
+    options: dict = {"selection": SELECTION[similarity]}
+    if similarity == "Loc_Col":
+        options["mix"] = check_fraction("lambda_param", lambda_param)
+    if AGGREGATE_COORDS[aggregation]:
+        options["aggregate_coords"] = True
+    return options
 
 
 def _vgg(layer: str, *, similarity: str | None = None, aggregation: str | None = None,
@@ -155,5 +190,6 @@ def paper_sweeps() -> list[tuple[str, str, dict]]:
     return out
 
 
-__all__ = ["AGGREGATE_COORDS", "CONV_TYPES", "MIXED_SELECTION_MIX", "SELECTION", "VIT_MIXERS",
-           "aggregation_word", "paper_sweeps", "record_settings", "selection_word"]
+__all__ = ["AGGREGATE_COORDS", "CONV_TYPES", "MIXED_SELECTION_MIX", "PAPER_AGGREGATION",
+           "PAPER_SIMILARITY", "SELECTION", "VIT_MIXERS", "aggregation_word",
+           "paper_layer_options", "paper_sweeps", "record_settings", "selection_word"]
