@@ -13,15 +13,22 @@ describes, and :func:`preset_for_record` finds its preset.
 
 Conventions (from the paper's protocol, method.md §5): AdamW, lr 1e-4, weight decay 0.01,
 batch 256, 150 epochs, gradient clipping 1.0, no augmentation, seed 42; the VGG k × kernel
-sweep (6.4) ran 100 epochs with seed 0. VGG similarity "Col" is selection on features and
-"Loc_Col" mixes features and coordinates (α = 0.5; λ is the branching ratio); aggregation "Loc_Col" also aggregates the
-two coordinate channels. For the pure Conv2d model these options do not apply, so its rows
-of table 6.1 are one preset.
+sweep (6.4) ran 100 epochs with seed 0. The paper's words for the ConvNN options are
+translated in :mod:`convnn.paper_vocabulary` (the only module that speaks them): VGG presets
+select neighbours on ``selection="features"`` or ``"mixed"`` (features and coordinates,
+α = 0.5; λ is the branching ratio), and ``aggregate_coords`` also aggregates the two
+coordinate channels. For the pure Conv2d model these options do not apply, so its rows of
+table 6.1 are one preset.
+
+A preset is a value (:class:`Preset`): its :class:`~convnn.models.ModelConfig`, its
+:class:`~convnn.train.TrainConfig` and the paper rows it reproduces. Each model family is one
+entry of :data:`FAMILIES` (its defaults, and how its settings become a model, a name and a
+description). Experiments that are not paper rows are added with :func:`register_preset`.
 
 Paper mode. Every preset with a ConvNN layer builds it in paper mode: the options of
 :data:`~convnn.layers.PAPER_CONVNN2D_OPTIONS` (VGG, ResNet) or
 :data:`~convnn.layers.PAPER_ATTENTION_OPTIONS` (ViT), the authors' behaviours of method.md §7
-(Loc_Col coordinates over the padded map, random candidates drawn from the padded map,
+(mixed-selection coordinates over the padded map, random candidates drawn from the padded map,
 truncated spatial indices; in ConvNN attention, the constant self logit and dropout on the
 aggregated output). The defect fixes of method.md §6 stay.
 
@@ -43,19 +50,22 @@ recipe named in :data:`IMAGENET_PROTOCOLS`; results under it are not the paper's
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import lru_cache
 
+from . import paper_vocabulary as paper
 from ._checks import check_known
 from .layers import PAPER_ATTENTION_OPTIONS, PAPER_CONVNN2D_OPTIONS
 from .models import PAPER_RESNET50, ModelConfig
-from .models.vgg import paper_layer_options
 from .package_data import data_file
 from .train import TrainConfig
 
 DATASET_SHORT = {"cifar10": "c10", "cifar100": "c100", "imagenet": "in1k"}
+DATASET_TITLE = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet": "ImageNet-1K"}
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000}
 UNSUPPORTED_TABLES: dict[str, str] = {}
 """Tables of ``paper_results.json`` without presets, and why (none at present)."""
@@ -74,138 +84,225 @@ IMAGENET_PROTOCOLS = {
 """Our training protocol for the ImageNet presets (the paper does not state one): random-resized
 crop + flip at 224, center crop for testing (see :mod:`convnn.imagenet`)."""
 
-VGG_DEFAULTS = {"layer": "conv2d", "ratio": 0.0, "similarity": "Col", "aggregation": "Col",
-                "k": 9, "kernel_size": 3, "sampling": "all", "candidates": None,
-                "lr": 1e-4, "epochs": 150, "seed": 42}
-VIT_DEFAULTS = {"model": "vit_tiny", "mixer": "attention", "k": None, "sampling": None,
-                "candidates": None, "aggregation": None, "heads": 1, "lr": 1e-4, "epochs": 150,
-                "seed": 42}
-RESNET_DEFAULTS = {"layer": "conv2d", "ratio": 0.0, "k": 9, "sampling": "all",
-                   "candidates": None, "lr": None, "epochs": None, "seed": 42}
-_DEFAULTS = {"vgg": VGG_DEFAULTS, "vit": VIT_DEFAULTS, "resnet": RESNET_DEFAULTS}
-VIT_MIXERS = {"attention": "attention", "local_attention": "local",
-              "sparse_local": "sparse_local", "sparse_strided": "sparse_strided",
-              "kvt": "kvt", "convnn_attention": "convnn_attention"}
+CIFAR_PROTOCOL = {"optimizer": "adamw", "weight_decay": 0.01, "batch_size": 256,
+                  "grad_clip": 1.0, "schedule": "none", "augment": False}
+"""The paper's CIFAR protocol (lr, epochs and seed are settings of each preset)."""
 
 
+@lru_cache(maxsize=1)
+def paper_records() -> tuple[dict, ...]:
+    """Every record of ``paper_results.json`` (the paper's numbers, shipped with the package)."""
+    with open(data_file("paper_results.json"), encoding="utf-8") as f:
+        return tuple(json.load(f)["records"])
+
+
+# ----------------------------------------------------------------------------- families
 @dataclass(frozen=True)
-class Preset:
-    """One experiment: what to build, what to train it on, how, and which paper rows it is."""
+class Family:
+    """How one model family's preset settings become a model, a name and a description.
+
+    Attributes:
+        name: ``"vgg"``, ``"resnet"`` or ``"vit"``.
+        defaults: every setting, with its default (a preset's settings are these, updated).
+        normalise: puts settings in canonical form, in place (drops options that do not
+            apply, so that equal experiments have equal settings).
+        model: ``(settings, num_classes) -> ModelConfig``, the model as the paper trained it.
+        name_parts: ``settings -> [part, ...]`` of the preset name after the dataset.
+        describe: ``settings -> str``, the model part of the description.
+        model_name: ``settings -> str``, the first part of the preset name.
+        reduced: :class:`ModelConfig` fields of the small version (see :func:`reduced`).
+        resize: the input size the paper's CIFAR runs upscale to (None: native 32 px).
+    """
 
     name: str
-    family: str  # "vgg", "resnet" or "vit"
-    dataset: str  # "cifar10", "cifar100" or "imagenet"
-    spec: tuple  # the canonical configuration, see paper_key()
-    description: str = ""
-    train_overrides: dict = field(default_factory=dict)
-    model_overrides: dict = field(default_factory=dict)
-
-    @property
-    def settings(self) -> dict:
-        return dict(self.spec)
-
-    def model_config(self) -> ModelConfig:
-        """The model, as the paper trained it (with :attr:`model_overrides`, for the
-        non-paper presets that change the architecture)."""
-        config = self._paper_model_config()
-        return dataclasses.replace(config, **self.model_overrides) if self.model_overrides \
-            else config
-
-    def _paper_model_config(self) -> ModelConfig:
-        s = self.settings
-        if self.family == "vgg":
-            options: dict = {}
-            if s["layer"] != "conv2d":
-                options = {"k": s["k"], "similarity": "cosine",
-                           **paper_layer_options(s["similarity"], s["aggregation"]),
-                           **PAPER_CONVNN2D_OPTIONS}
-                if s["sampling"] != "all":
-                    options.update(sampling=s["sampling"], candidates=s["candidates"])
-            return ModelConfig(name="vgg11", num_classes=NUM_CLASSES[self.dataset],
-                               layer=s["layer"],
-                               ratio=s["ratio"] if s["layer"] == "branching" else None,
-                               kernel_size=s["kernel_size"], head="paper",
-                               layer_options=options)
-        if self.family == "resnet":
-            bias = PAPER_RESNET50[s["layer"]]
-            options = dict(bias["layer_options"])
-            if s["layer"] != "conv2d":
-                options.update(k=s["k"], **PAPER_CONVNN2D_OPTIONS)
-                if s["sampling"] != "all":
-                    options.update(sampling=s["sampling"], candidates=s["candidates"],
-                                   candidate_layout="count")
-            return ModelConfig(name="resnet50", num_classes=NUM_CLASSES[self.dataset],
-                               layer=s["layer"],
-                               ratio=s["ratio"] if s["layer"] == "branching" else None,
-                               conv_bias=bias["conv_bias"], layer_options=options)
-        options = {}
-        if s["mixer"] in ("kvt", "convnn_attention"):
-            options["k"] = s["k"]
-        if s["mixer"] == "convnn_attention":
-            options.update(aggregation=s["aggregation"], **PAPER_ATTENTION_OPTIONS)
-            if s["sampling"] != "all":
-                options.update(sampling=s["sampling"], candidates=s["candidates"])
-        return ModelConfig(name=s["model"], num_classes=NUM_CLASSES[self.dataset],
-                           mixer=s["mixer"], heads=s["heads"], layer_options=options)
-
-    def train_config(self, **overrides) -> TrainConfig:
-        """The paper's protocol for this preset (ours, :data:`IMAGENET_PROTOCOLS`, for
-        ImageNet); keyword arguments override fields."""
-        s = self.settings
-        if self.dataset == "imagenet":
-            values = {**IMAGENET_PROTOCOLS[self.family], "seed": s["seed"]}
-        else:
-            values = {"optimizer": "adamw", "lr": s["lr"], "weight_decay": 0.01,
-                      "epochs": s["epochs"], "batch_size": 256, "grad_clip": 1.0,
-                      "schedule": "none", "augment": False, "seed": s["seed"],
-                      "resize": 224 if self.family == "vit" else None}
-        values.update(self.train_overrides)
-        values.update(overrides)
-        return TrainConfig(**values)
-
-    def paper_rows(self) -> list[dict]:
-        """Every row of ``paper_results.json`` this preset reproduces."""
-        return [r for r in paper_records() if paper_key(r) == self.spec]
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "family": self.family, "dataset": self.dataset,
-                "description": self.description, "settings": self.settings,
-                "model": self.model_config().to_dict(),
-                "train": self.train_config().to_dict(),
-                "paper_tables": sorted({r["table"] for r in self.paper_rows()})}
+    defaults: dict
+    normalise: Callable[[dict], None]
+    model: Callable[[dict, int], ModelConfig]
+    model_name: Callable[[dict], str]
+    name_parts: Callable[[dict], list[str]]
+    describe: Callable[[dict], str]
+    reduced: dict
+    resize: int | None = None
 
 
-def _canonical(family: str, dataset: str, **settings) -> tuple:
-    base = dict(_DEFAULTS[family])
+def _normalise_conv(s: dict, conv2d: dict) -> None:
+    if s["layer"] == "conv2d":  # selection options do not exist without ConvNN
+        s.update(ratio=0.0, sampling="all", candidates=None, **conv2d)
+    elif s["layer"] == "convnn":
+        s["ratio"] = 1.0
+    if s["sampling"] == "all":
+        s["candidates"] = None
+    s["ratio"] = float(s["ratio"])
+
+
+def _vgg_model(s: dict, num_classes: int) -> ModelConfig:
+    options: dict = {}
+    if s["layer"] != "conv2d":
+        options = {"k": s["k"], "similarity": "cosine", "selection": s["selection"]}
+        if s["selection"] == "mixed":
+            options["mix"] = paper.MIXED_SELECTION_MIX
+        if s["aggregate_coords"]:
+            options["aggregate_coords"] = True
+        options.update(PAPER_CONVNN2D_OPTIONS)
+        if s["sampling"] != "all":
+            options.update(sampling=s["sampling"], candidates=s["candidates"])
+    return ModelConfig(name="vgg11", num_classes=num_classes, layer=s["layer"],
+                       ratio=s["ratio"] if s["layer"] == "branching" else None,
+                       kernel_size=s["kernel_size"], head="paper", layer_options=options)
+
+
+def _vgg_name(s: dict) -> list[str]:
+    parts = [s["layer"]]
+    if s["layer"] == "branching":
+        parts.append(f"r{s['ratio']:g}")
+    if s["selection"] != "features":
+        parts.append("sim-loccol")
+    if s["aggregate_coords"]:
+        parts.append("agg-loccol")
+    if s["sampling"] != "all":
+        parts.append(f"{s['sampling']}-r{s['candidates']}")
+    if s["layer"] == "conv2d":
+        if s["kernel_size"] != 3 or s["epochs"] != 150:
+            parts.append(f"ks{s['kernel_size']}")
+    elif (s["k"], s["kernel_size"]) != (9, 3) or s["epochs"] != 150:
+        parts.append(f"k{s['k']}-ks{s['kernel_size']}")
+    return parts
+
+
+def _vgg_describe(s: dict) -> str:
+    what = {"conv2d": "Conv2d (3x3 + 1x1)", "convnn": "pure ConvNN (λ = 1)",
+            "branching": f"branching λ = {s['ratio']:g}"}[s["layer"]]
+    if s["layer"] != "conv2d":
+        what += f", k = {s['k']}, similarity {paper.selection_word(s['selection'])}, " \
+                f"aggregation {paper.aggregation_word(s['aggregate_coords'])}"
+        if s["sampling"] != "all":
+            what += f", {s['sampling']} candidates r = {s['candidates']} (r x r)"
+    if s["kernel_size"] != 3:
+        what += f", conv kernel {s['kernel_size']}"
+    return f"VGG-11 with {what}"
+
+
+def _resnet_model(s: dict, num_classes: int) -> ModelConfig:
+    bias = PAPER_RESNET50[s["layer"]]
+    options = dict(bias["layer_options"])
+    if s["layer"] != "conv2d":
+        options.update(k=s["k"], **PAPER_CONVNN2D_OPTIONS)
+        if s["sampling"] != "all":
+            options.update(sampling=s["sampling"], candidates=s["candidates"],
+                           candidate_layout="count")
+    return ModelConfig(name="resnet50", num_classes=num_classes, layer=s["layer"],
+                       ratio=s["ratio"] if s["layer"] == "branching" else None,
+                       conv_bias=bias["conv_bias"], layer_options=options)
+
+
+def _resnet_name(s: dict) -> list[str]:
+    parts = [s["layer"]]
+    if s["layer"] == "branching":
+        parts.append(f"r{s['ratio']:g}")
+    if s["layer"] != "conv2d":
+        parts.append(s["sampling"] + (f"-r{s['candidates']}" if s["candidates"] else ""))
+        parts.append(f"k{s['k']}")
+    return parts
+
+
+def _resnet_describe(s: dict) -> str:
+    what = {"conv2d": "Conv2d", "convnn": "ConvNN",
+            "branching": f"branching λ = {s['ratio']:g}"}[s["layer"]]
+    if s["layer"] != "conv2d":
+        what += f" layers, k = {s['k']}, {s['sampling']} candidates"
+        if s["candidates"]:
+            what += f" r = {s['candidates']}"
+    return f"ResNet-50 with {what}"
+
+
+def _vit_normalise(s: dict) -> None:
+    if s["mixer"] not in ("kvt", "convnn_attention"):
+        s["k"] = None
+    if s["mixer"] != "convnn_attention":
+        s.update(sampling=None, candidates=None, aggregation=None)
+    else:
+        s["sampling"] = s["sampling"] or "all"
+        s["aggregation"] = s["aggregation"] or "depthwise"
+        if s["sampling"] == "all":
+            s["candidates"] = None
+
+
+def _vit_model(s: dict, num_classes: int) -> ModelConfig:
+    options: dict = {}
+    if s["mixer"] in ("kvt", "convnn_attention"):
+        options["k"] = s["k"]
+    if s["mixer"] == "convnn_attention":
+        options.update(aggregation=s["aggregation"], **PAPER_ATTENTION_OPTIONS)
+        if s["sampling"] != "all":
+            options.update(sampling=s["sampling"], candidates=s["candidates"])
+    return ModelConfig(name=s["model"], num_classes=num_classes, mixer=s["mixer"],
+                       heads=s["heads"], layer_options=options)
+
+
+def _vit_name(s: dict) -> list[str]:
+    parts = [{"sparse_local": "sparse-local", "sparse_strided": "sparse-strided",
+              "convnn_attention": "convnn"}.get(s["mixer"], s["mixer"])]
+    if s["mixer"] == "convnn_attention":
+        parts.append(s["sampling"] + (f"-r{s['candidates']}" if s["candidates"] else ""))
+    if s["k"] is not None:
+        parts.append(f"k{s['k']}")
+    if s["aggregation"] not in (None, "depthwise"):
+        parts.append(f"agg-{s['aggregation']}")
+    if s["heads"] != (12 if s["model"] == "vit_base" else 1):
+        parts.append(f"h{s['heads']}")
+    return parts
+
+
+def _vit_describe(s: dict) -> str:
+    what = s["mixer"]
+    if s["mixer"] == "convnn_attention":
+        what = f"ConvNN attention, k = {s['k']}, {s['sampling']} candidates" + \
+            (f" r = {s['candidates']}" if s["candidates"] else "") + \
+            f", {s['aggregation']} aggregation"
+    elif s["mixer"] == "kvt":
+        what = f"KVT top-{s['k']} attention"
+    size = {"vit_tiny": "ViT-Tiny", "vit_base": "ViT-Base",
+            "vit_tiny_cifar": "CIFAR-native ViT-Tiny"}.get(s["model"], s["model"])
+    return f"{size} ({s['heads']} head{'s' if s['heads'] > 1 else ''}) with {what}"
+
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (
+    Family("vgg",
+           defaults={"layer": "conv2d", "ratio": 0.0, "selection": "features",
+                     "aggregate_coords": False, "k": 9, "kernel_size": 3, "sampling": "all",
+                     "candidates": None, "lr": 1e-4, "epochs": 150, "seed": 42},
+           normalise=lambda s: _normalise_conv(
+               s, {"selection": "features", "aggregate_coords": False, "k": 9}),
+           model=_vgg_model, model_name=lambda s: "vgg11", name_parts=_vgg_name,
+           describe=_vgg_describe, reduced={"head": "lean", "width_multiplier": 0.125}),
+    Family("resnet",
+           defaults={"layer": "conv2d", "ratio": 0.0, "k": 9, "sampling": "all",
+                     "candidates": None, "lr": None, "epochs": None, "seed": 42},
+           normalise=lambda s: _normalise_conv(s, {"k": None}),
+           model=_resnet_model, model_name=lambda s: "resnet50", name_parts=_resnet_name,
+           describe=_resnet_describe,
+           reduced={"width_multiplier": 0.125, "image_size": 64}),
+    Family("vit",
+           defaults={"model": "vit_tiny", "mixer": "attention", "k": None, "sampling": None,
+                     "candidates": None, "aggregation": None, "heads": 1, "lr": 1e-4,
+                     "epochs": 150, "seed": 42},
+           normalise=_vit_normalise, model=_vit_model,
+           model_name=lambda s: s["model"].replace("_", "-"), name_parts=_vit_name,
+           describe=_vit_describe,
+           reduced={"image_size": 32, "patch_size": 2, "depth": 2, "dim": 48, "mlp_dim": 96},
+           resize=224),
+)}
+"""One entry per model family: see :class:`Family`."""
+
+
+def canonical_settings(family: str, dataset: str, **settings) -> tuple:
+    """The canonical form of a family's settings on ``dataset`` (a preset's :attr:`~Preset.spec`:
+    equal experiments have equal specs)."""
+    fam = FAMILIES[family]
+    base = dict(fam.defaults)
     check_known("preset settings", settings, sorted(base))
     base.update({k: v for k, v in settings.items() if v is not None})
-    if family == "vgg":
-        if base["layer"] == "conv2d":  # selection options do not exist without ConvNN
-            base.update(ratio=0.0, similarity="Col", aggregation="Col", k=9, sampling="all",
-                        candidates=None)
-        elif base["layer"] == "convnn":
-            base["ratio"] = 1.0
-        if base["sampling"] == "all":
-            base["candidates"] = None
-        base["ratio"] = float(base["ratio"])
-    elif family == "resnet":
-        if base["layer"] == "conv2d":
-            base.update(ratio=0.0, k=None, sampling="all", candidates=None)
-        elif base["layer"] == "convnn":
-            base["ratio"] = 1.0
-        if base["sampling"] == "all":
-            base["candidates"] = None
-        base["ratio"] = float(base["ratio"])
-    else:
-        if base["mixer"] not in ("kvt", "convnn_attention"):
-            base["k"] = None
-        if base["mixer"] != "convnn_attention":
-            base.update(sampling=None, candidates=None, aggregation=None)
-        else:
-            base["sampling"] = base["sampling"] or "all"
-            base["aggregation"] = base["aggregation"] or "depthwise"
-            if base["sampling"] == "all":
-                base["candidates"] = None
+    fam.normalise(base)
     if base["lr"] is not None:
         base["lr"] = float(base["lr"])
     return (("family", family), ("dataset", dataset), *sorted(base.items()))
@@ -215,71 +312,63 @@ def paper_key(record: dict) -> tuple | None:
     """The canonical configuration of a ``paper_results.json`` row (None if unsupported)."""
     if record["table"] in UNSUPPORTED_TABLES:
         return None
-    common = {"lr": record.get("lr"), "epochs": record.get("epochs")}
-    if record["table"] == "6.4":
-        common["seed"] = 0
-    if record["model"] == "vgg11":
-        return _canonical(
-            "vgg", record["dataset"], layer=record["layer"], ratio=record.get("branch_ratio"),
-            similarity=record.get("similarity"), aggregation=record.get("aggregation"),
-            k=record.get("k"), kernel_size=record.get("kernel_size"),
-            sampling=record.get("sampling"), candidates=record.get("candidates"), **common)
-    if record["model"] == "resnet50":
-        return _canonical(
-            "resnet", record["dataset"], layer=record["layer"],
-            ratio=0.5 if record["layer"] == "branching" else None, k=record.get("k"),
-            sampling=record.get("sampling"), candidates=record.get("candidates"), **common)
-    if record["model"] == "vit_base":
-        return _canonical(
-            "vit", record["dataset"], model="vit_base", mixer=VIT_MIXERS[record["layer"]],
-            k=record.get("k"), sampling=record.get("sampling"),
-            candidates=record.get("candidates"), heads=12, **common)
-    if record["model"] == "vit_tiny":
-        aggregation = record.get("conv_type")
-        aggregation = "separable" if aggregation == "depthwise-separable" else aggregation
-        return _canonical(
-            "vit", record["dataset"], mixer=VIT_MIXERS[record["layer"]], k=record.get("k"),
-            sampling=record.get("sampling"), candidates=record.get("candidates"),
-            aggregation=aggregation, heads=record.get("heads"), **common)
-    return None
+    found = paper.record_settings(record)
+    if found is None:
+        return None
+    family, dataset, settings = found
+    return canonical_settings(family, dataset, **settings)
 
 
-def _name(family: str, dataset: str, s: dict) -> str:
-    ds = DATASET_SHORT[dataset]
-    if family == "vgg":
-        parts = ["vgg11", ds, s["layer"]]
-        if s["layer"] == "branching":
-            parts.append(f"r{s['ratio']:g}")
-        if s["similarity"] != "Col":
-            parts.append("sim-loccol")
-        if s["aggregation"] != "Col":
-            parts.append("agg-loccol")
-        if s["sampling"] != "all":
-            parts.append(f"{s['sampling']}-r{s['candidates']}")
-        if s["layer"] == "conv2d":
-            if s["kernel_size"] != 3 or s["epochs"] != 150:
-                parts.append(f"ks{s['kernel_size']}")
-        elif (s["k"], s["kernel_size"]) != (9, 3) or s["epochs"] != 150:
-            parts.append(f"k{s['k']}-ks{s['kernel_size']}")
-    elif family == "resnet":
-        parts = ["resnet50", ds, s["layer"]]
-        if s["layer"] == "branching":
-            parts.append(f"r{s['ratio']:g}")
-        if s["layer"] != "conv2d":
-            parts.append(s["sampling"] + (f"-r{s['candidates']}" if s["candidates"] else ""))
-            parts.append(f"k{s['k']}")
-    else:
-        mixer = {"sparse_local": "sparse-local", "sparse_strided": "sparse-strided",
-                 "convnn_attention": "convnn"}.get(s["mixer"], s["mixer"])
-        parts = [s["model"].replace("_", "-"), ds, mixer]
-        if s["mixer"] == "convnn_attention":
-            parts.append(s["sampling"] + (f"-r{s['candidates']}" if s["candidates"] else ""))
-        if s["k"] is not None:
-            parts.append(f"k{s['k']}")
-        if s["aggregation"] not in (None, "depthwise"):
-            parts.append(f"agg-{s['aggregation']}")
-        if s["heads"] != (12 if s["model"] == "vit_base" else 1):
-            parts.append(f"h{s['heads']}")
+# ----------------------------------------------------------------------------- presets
+@dataclass(frozen=True)
+class Preset:
+    """One experiment, as values: what to build, what to train it on, how, and which paper
+    rows it is."""
+
+    name: str
+    family: str  # a key of FAMILIES: "vgg", "resnet" or "vit"
+    dataset: str  # "cifar10", "cifar100" or "imagenet"
+    model: ModelConfig
+    train: TrainConfig
+    rows: tuple = ()  # the paper_results.json rows it reproduces
+    description: str = ""
+    spec: tuple = ()  # the canonical settings it was built from (see canonical_settings)
+
+    @property
+    def settings(self) -> dict:
+        return dict(self.spec)
+
+    def model_config(self) -> ModelConfig:
+        """The model (a copy: change it freely)."""
+        return copy.deepcopy(self.model)
+
+    def train_config(self, **overrides) -> TrainConfig:
+        """The training protocol (the paper's, or ours, :data:`IMAGENET_PROTOCOLS`, for
+        ImageNet); keyword arguments override fields."""
+        return dataclasses.replace(self.train, **overrides)
+
+    def paper_rows(self) -> list[dict]:
+        """Every row of ``paper_results.json`` this preset reproduces."""
+        return list(self.rows)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "family": self.family, "dataset": self.dataset,
+                "description": self.description, "settings": self.settings,
+                "model": self.model_config().to_dict(),
+                "train": self.train_config().to_dict(),
+                "paper_tables": sorted({r["table"] for r in self.paper_rows()})}
+
+
+def _paper_train(family: str, dataset: str, s: dict) -> dict:
+    if dataset == "imagenet":
+        return {**IMAGENET_PROTOCOLS[family], "seed": s["seed"]}
+    return {**CIFAR_PROTOCOL, "lr": s["lr"], "epochs": s["epochs"], "seed": s["seed"],
+            "resize": FAMILIES[family].resize}
+
+
+def _paper_name(family: str, dataset: str, s: dict) -> str:
+    fam = FAMILIES[family]
+    parts = [fam.model_name(s), DATASET_SHORT[dataset], *fam.name_parts(s)]
     if s["lr"] not in (1e-4, None):
         parts.append(f"lr{s['lr']:g}")
     if s["epochs"] not in (150, None):
@@ -289,37 +378,9 @@ def _name(family: str, dataset: str, s: dict) -> str:
     return "-".join(parts)
 
 
-def _describe(family: str, dataset: str, s: dict) -> str:
-    data = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet": "ImageNet-1K"}[dataset]
-    if family == "vgg":
-        what = {"conv2d": "Conv2d (3x3 + 1x1)", "convnn": "pure ConvNN (λ = 1)",
-                "branching": f"branching λ = {s['ratio']:g}"}[s["layer"]]
-        if s["layer"] != "conv2d":
-            what += f", k = {s['k']}, similarity {s['similarity']}, aggregation " \
-                    f"{s['aggregation']}"
-            if s["sampling"] != "all":
-                what += f", {s['sampling']} candidates r = {s['candidates']} (r x r)"
-        if s["kernel_size"] != 3:
-            what += f", conv kernel {s['kernel_size']}"
-        model = f"VGG-11 with {what}"
-    elif family == "resnet":
-        what = {"conv2d": "Conv2d", "convnn": "ConvNN",
-                "branching": f"branching λ = {s['ratio']:g}"}[s["layer"]]
-        if s["layer"] != "conv2d":
-            what += f" layers, k = {s['k']}, {s['sampling']} candidates"
-            if s["candidates"]:
-                what += f" r = {s['candidates']}"
-        model = f"ResNet-50 with {what}"
-    else:
-        what = s["mixer"]
-        if s["mixer"] == "convnn_attention":
-            what = f"ConvNN attention, k = {s['k']}, {s['sampling']} candidates" + \
-                (f" r = {s['candidates']}" if s["candidates"] else "") + \
-                f", {s['aggregation']} aggregation"
-        elif s["mixer"] == "kvt":
-            what = f"KVT top-{s['k']} attention"
-        size = {"vit_tiny": "ViT-Tiny", "vit_base": "ViT-Base"}[s["model"]]
-        model = f"{size} ({s['heads']} head{'s' if s['heads'] > 1 else ''}) with {what}"
+def _paper_description(family: str, dataset: str, s: dict) -> str:
+    model = FAMILIES[family].describe(s)
+    data = DATASET_TITLE[dataset]
     if dataset == "imagenet":
         p = IMAGENET_PROTOCOLS[family]
         return (f"{model} on {data}; our protocol (the paper states none): "
@@ -328,85 +389,39 @@ def _describe(family: str, dataset: str, s: dict) -> str:
     return f"{model} on {data}; AdamW lr {s['lr']:g}, {s['epochs']} epochs, seed {s['seed']}"
 
 
-def _sweeps() -> list[tuple[str, str, dict]]:
-    """The paper's experiment grid, table by table."""
-    out = []
-    ratios = [0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875]
-    for ds in ("cifar10", "cifar100"):
-        # 6.1 branching ratio x similarity/aggregation (and 6.2 baselines, 6.5 at lr 1e-4)
-        for sim, agg in (("Col", "Col"), ("Loc_Col", "Col"), ("Loc_Col", "Loc_Col")):
-            out.append(("vgg", ds, {"layer": "conv2d"}))
-            out += [("vgg", ds, {"layer": "branching", "ratio": r, "similarity": sim,
-                                 "aggregation": agg}) for r in ratios]
-            out.append(("vgg", ds, {"layer": "convnn", "similarity": sim, "aggregation": agg}))
-        # 6.3 candidates
-        for r in range(4, 31, 2):
-            for sampling in ("random", "spatial"):
-                out.append(("vgg", ds, {"layer": "branching", "ratio": 0.5,
-                                        "sampling": sampling, "candidates": r}))
-                out.append(("vgg", ds, {"layer": "convnn", "sampling": sampling,
-                                        "candidates": r}))
-        # 6.4 k x kernel size (100 epochs, seed 0)
-        for ks in (1, 2, 3):
-            out.append(("vgg", ds, {"layer": "conv2d", "kernel_size": ks, "epochs": 100,
-                                    "seed": 0}))
-            for k in range(1, 13):
-                out.append(("vgg", ds, {"layer": "branching", "ratio": 0.5, "k": k,
-                                        "kernel_size": ks, "epochs": 100, "seed": 0}))
-        # 6.5 learning rates
-        for lr in (1e-3, 5e-4, 1e-4, 5e-5, 1e-5):
-            out.append(("vgg", ds, {"layer": "conv2d", "lr": lr}))
-            out.append(("vgg", ds, {"layer": "branching", "ratio": 0.5, "lr": lr}))
-            out.append(("vgg", ds, {"layer": "convnn", "lr": lr}))
-        # 6.6 ViT baselines, 6.10 heads
-        for heads in (1, 3):
-            for mixer in ("attention", "local"):
-                out.append(("vit", ds, {"mixer": mixer, "heads": heads}))
-        for mixer in ("sparse_local", "sparse_strided"):
-            out.append(("vit", ds, {"mixer": mixer}))
-        # 6.7 k sweep (and 6.6's ConvNN-attention rows at k = 9)
-        for k in (*range(1, 13), 16, 25, 36, 100):
-            out.append(("vit", ds, {"mixer": "kvt", "k": k}))
-            if k != 100:
-                out.append(("vit", ds, {"mixer": "convnn_attention", "k": k}))
-            if k <= 12:
-                out.append(("vit", ds, {"mixer": "convnn_attention", "k": k,
-                                        "sampling": "random", "candidates": 32}))
-        # 6.8 candidates
-        for r in range(16, 193, 16):
-            for sampling in ("random", "spatial"):
-                out.append(("vit", ds, {"mixer": "convnn_attention", "k": 9,
-                                        "sampling": sampling, "candidates": r}))
-        # 6.9 aggregation
-        for k in (9, 16):
-            for aggregation in ("standard", "depthwise", "separable"):
-                out.append(("vit", ds, {"mixer": "convnn_attention", "k": k,
-                                        "aggregation": aggregation}))
-    # "10": ImageNet-1K, ResNet-50 and ViT-Base (paper v3)
-    out.append(("resnet", "imagenet", {"layer": "conv2d"}))
-    out.append(("resnet", "imagenet", {"layer": "convnn"}))
-    for sampling, r in (("all", None), ("random", 32), ("spatial", 25)):
-        out.append(("resnet", "imagenet", {"layer": "branching", "ratio": 0.5,
-                                           "sampling": sampling, "candidates": r}))
-    out.append(("vit", "imagenet", {"model": "vit_base", "heads": 12}))
-    for k, sampling, r in ((9, "all", None), (9, "random", 32), (9, "spatial", 128),
-                           (16, "all", None)):
-        out.append(("vit", "imagenet", {"model": "vit_base", "heads": 12,
-                                        "mixer": "convnn_attention", "k": k,
-                                        "sampling": sampling, "candidates": r}))
-    return out
+def make_preset(family: str, dataset: str, settings: dict, *, name: str | None = None,
+                description: str | None = None, model_overrides: dict | None = None,
+                train_overrides: dict | None = None, rows: tuple = (),
+                tag: tuple = ()) -> Preset:
+    """A preset of ``family`` built from its settings (see :data:`FAMILIES`), as the paper
+    would train it, then changed by ``model_overrides`` (:class:`ModelConfig` fields) and
+    ``train_overrides`` (:class:`TrainConfig` fields). The name and description default to the
+    paper-style ones; ``tag`` (extra ``(key, value)`` pairs) keeps the spec of a variant apart
+    from the paper row of the same settings."""
+    spec = canonical_settings(family, dataset, **settings)
+    s = dict(spec)
+    model = FAMILIES[family].model(s, NUM_CLASSES[dataset])
+    if model_overrides:
+        model = dataclasses.replace(model, **model_overrides)
+    train = TrainConfig(**{**_paper_train(family, dataset, s), **(train_overrides or {})})
+    return Preset(name or _paper_name(family, dataset, s), family, dataset, model, train,
+                  tuple(rows), description or _paper_description(family, dataset, s),
+                  (*spec, *tag))
 
 
 #: Presets that reproduce no row of the paper, each an honestly labelled variant of the
-#: paper's setting: ``(family, dataset, settings, train overrides, description)``. The
-#: CIFAR-native ViT-Tiny (``vit_tiny_cifar``: 32 px input, patch 4, 65 tokens) is a lean
-#: variant of the paper's ViT-Tiny on 224-px upscaled images (197 tokens): several times cheaper
-#: per image, but not the paper's model, so its numbers are never compared with the paper's.
-NON_PAPER_PRESETS: tuple[tuple[str, str, dict, dict, str], ...] = tuple(
-    ("vit", "cifar10", {"model": "vit_tiny_cifar", **settings}, {"resize": None},
-     (f"LEAN VARIANT, not in the paper: CIFAR-native ViT-Tiny (32 px, patch 4, 65 tokens; the "
-      f"paper's runs upscale to 224 px, 197 tokens) with {what} on CIFAR-10; AdamW lr 0.0001, "
-      "150 epochs, seed 42"))
+#: paper's setting. The CIFAR-native ViT-Tiny (``vit_tiny_cifar``: 32 px input, patch 4, 65
+#: tokens) is a lean variant of the paper's ViT-Tiny on 224-px upscaled images (197 tokens):
+#: several times cheaper per image, but not the paper's model, so its numbers are never
+#: compared with the paper's.
+NON_PAPER_PRESETS: tuple[Preset, ...] = tuple(
+    make_preset(
+        "vit", "cifar10", {"model": "vit_tiny_cifar", **settings},
+        train_overrides={"resize": None},
+        description=(
+            f"LEAN VARIANT, not in the paper: CIFAR-native ViT-Tiny (32 px, patch 4, 65 tokens; "
+            f"the paper's runs upscale to 224 px, 197 tokens) with {what} on CIFAR-10; AdamW lr "
+            "0.0001, 150 epochs, seed 42"))
     for settings, what in (
         ({"mixer": "attention"}, "attention"),
         ({"mixer": "convnn_attention", "k": 9, "sampling": "random", "candidates": 32},
@@ -416,70 +431,97 @@ NON_PAPER_PRESETS: tuple[tuple[str, str, dict, dict, str], ...] = tuple(
 
 #: The laptop-scale study (see :mod:`convnn.study`): a small VGG (VGG-11's layers at a quarter
 #: of the width, lean head) and a small CIFAR-native ViT (width 128, depth 4), trained briefly
-#: on a CIFAR-10 subset on a CPU. Not the paper's protocol or models: ``(name, family,
-#: settings, model overrides, description)``; every one uses :data:`LAPTOP_PROTOCOL`.
+#: on a CIFAR-10 subset on a CPU. Not the paper's protocol or models; every one uses
+#: :data:`LAPTOP_PROTOCOL`.
 LAPTOP_PROTOCOL = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05, "epochs": 10,
                    "batch_size": 64, "grad_clip": 1.0, "schedule": "cosine",
                    "warmup_epochs": 1, "augment": True, "resize": None, "amp": "off"}
 _LAPTOP_VGG = {"head": "lean", "width_multiplier": 0.25}
 _LAPTOP_VIT = {"dim": 128, "depth": 4, "mlp_dim": 256}
-LAPTOP_PRESETS: tuple[tuple[str, str, dict, dict, str], ...] = (
-    ("laptop-vgg-c10-conv2d", "vgg", {"layer": "conv2d"}, _LAPTOP_VGG, "Conv2d (3x3)"),
-    ("laptop-vgg-c10-branching-r0.5", "vgg", {"layer": "branching", "ratio": 0.5},
-     _LAPTOP_VGG, "branching λ = 0.5, k = 9"),
-    ("laptop-vgg-c10-convnn", "vgg", {"layer": "convnn"}, _LAPTOP_VGG,
-     "pure ConvNN (λ = 1), k = 9"),
-    ("laptop-vit-c10-attention", "vit", {"model": "vit_tiny_cifar", "mixer": "attention"},
-     _LAPTOP_VIT, "attention"),
-    ("laptop-vit-c10-convnn-all-k9", "vit",
-     {"model": "vit_tiny_cifar", "mixer": "convnn_attention", "k": 9}, _LAPTOP_VIT,
-     "ConvNN attention, k = 9 over all tokens"),
-    ("laptop-vit-c10-convnn-random-r32-k9", "vit",
-     {"model": "vit_tiny_cifar", "mixer": "convnn_attention", "k": 9, "sampling": "random",
-      "candidates": 32}, _LAPTOP_VIT, "ConvNN attention, k = 9 over r = 32 random tokens"),
+
+
+def _laptop(name: str, family: str, settings: dict, model: dict, what: str) -> Preset:
+    size = ("VGG-11 layers at 1/4 width, lean head" if family == "vgg" else
+            "CIFAR-native ViT, 32 px, patch 4, width 128, depth 4, 1 head")
+    p = LAPTOP_PROTOCOL
+    description = (f"LAPTOP STUDY, not the paper's protocol: {size}, with {what}, on a "
+                   f"CIFAR-10 subset; AdamW lr {p['lr']:g}, cosine, {p['epochs']} epochs, "
+                   f"batch {p['batch_size']}, flip+crop augmentation")
+    # the "protocol" tag keeps the spec apart from every paper row
+    return make_preset(family, "cifar10", settings, name=name, description=description,
+                       model_overrides=model, train_overrides=LAPTOP_PROTOCOL,
+                       tag=(("protocol", "laptop"),))
+
+
+LAPTOP_PRESETS: tuple[Preset, ...] = (
+    _laptop("laptop-vgg-c10-conv2d", "vgg", {"layer": "conv2d"}, _LAPTOP_VGG, "Conv2d (3x3)"),
+    _laptop("laptop-vgg-c10-branching-r0.5", "vgg", {"layer": "branching", "ratio": 0.5},
+            _LAPTOP_VGG, "branching λ = 0.5, k = 9"),
+    _laptop("laptop-vgg-c10-convnn", "vgg", {"layer": "convnn"}, _LAPTOP_VGG,
+            "pure ConvNN (λ = 1), k = 9"),
+    _laptop("laptop-vit-c10-attention", "vit", {"model": "vit_tiny_cifar", "mixer": "attention"},
+            _LAPTOP_VIT, "attention"),
+    _laptop("laptop-vit-c10-convnn-all-k9", "vit",
+            {"model": "vit_tiny_cifar", "mixer": "convnn_attention", "k": 9}, _LAPTOP_VIT,
+            "ConvNN attention, k = 9 over all tokens"),
+    _laptop("laptop-vit-c10-convnn-random-r32-k9", "vit",
+            {"model": "vit_tiny_cifar", "mixer": "convnn_attention", "k": 9,
+             "sampling": "random", "candidates": 32}, _LAPTOP_VIT,
+            "ConvNN attention, k = 9 over r = 32 random tokens"),
 )
 
 
 @lru_cache(maxsize=1)
-def _registry() -> dict[str, Preset]:
+def _paper_presets() -> dict[str, Preset]:
+    rows: dict[tuple, list[dict]] = {}
+    for record in paper_records():
+        key = paper_key(record)
+        if key is not None:
+            rows.setdefault(key, []).append(record)
     presets: dict[str, Preset] = {}
-    for family, ds, settings in _sweeps():
-        spec = _canonical(family, ds, **settings)
-        s = dict(spec)
-        name = _name(family, ds, s)
+    for family, ds, settings in paper.paper_sweeps():
+        spec = canonical_settings(family, ds, **settings)
+        name = _paper_name(family, ds, dict(spec))
         if name in presets:
             if presets[name].spec != spec:
                 raise RuntimeError(f"two configurations named {name!r}")
             continue
-        presets[name] = Preset(name, family, ds, spec, _describe(family, ds, s))
-    for family, ds, settings, overrides, description in NON_PAPER_PRESETS:
-        spec = _canonical(family, ds, **settings)
-        name = _name(family, ds, dict(spec))
-        if name in presets:
-            raise RuntimeError(f"two configurations named {name!r}")
-        presets[name] = Preset(name, family, ds, spec, description, dict(overrides))
-    for name, family, settings, model, what in LAPTOP_PRESETS:
-        # the "protocol" entry keeps the spec apart from every paper row
-        spec = (*_canonical(family, "cifar10", **settings), ("protocol", "laptop"))
-        size = ("VGG-11 layers at 1/4 width, lean head" if family == "vgg" else
-                "CIFAR-native ViT, 32 px, patch 4, width 128, depth 4, 1 head")
-        p = LAPTOP_PROTOCOL
-        description = (f"LAPTOP STUDY, not the paper's protocol: {size}, with {what}, on a "
-                       f"CIFAR-10 subset; AdamW lr {p['lr']:g}, cosine, {p['epochs']} epochs, "
-                       f"batch {p['batch_size']}, flip+crop augmentation")
-        presets[name] = Preset(name, family, "cifar10", spec, description,
-                               dict(LAPTOP_PROTOCOL), dict(model))
+        presets[name] = make_preset(family, ds, settings, rows=tuple(rows.get(spec, ())))
     return presets
 
 
-PRESETS = _registry()
+PRESETS: dict[str, Preset] = dict(_paper_presets())
 
 
-@lru_cache(maxsize=1)
-def paper_records() -> tuple[dict, ...]:
-    """Every record of ``paper_results.json`` (the paper's numbers, shipped with the package)."""
-    with open(data_file("paper_results.json"), encoding="utf-8") as f:
-        return tuple(json.load(f)["records"])
+def register_preset(preset: Preset) -> Preset:
+    """Add an experiment that is not a paper row to :data:`PRESETS` (so that
+    :func:`get_preset`, :func:`list_presets`, :func:`reduced` and :mod:`convnn.runner` know it);
+    returns it. Build it with :func:`make_preset`, or directly as a :class:`Preset` of a
+    :class:`ModelConfig` and a :class:`TrainConfig` (its family must be one of
+    :data:`FAMILIES`, for :func:`reduced`)."""
+    if not isinstance(preset, Preset):
+        raise TypeError(f"preset must be a Preset, got {type(preset).__name__}")
+    if preset.family not in FAMILIES:
+        raise ValueError(f"preset {preset.name!r}: unknown family {preset.family!r}; "
+                         f"choose from {sorted(FAMILIES)}")
+    if preset.dataset not in NUM_CLASSES:
+        raise ValueError(f"preset {preset.name!r}: unknown dataset {preset.dataset!r}; "
+                         f"choose from {sorted(NUM_CLASSES)}")
+    name = preset.name.lower()
+    if name != preset.name:
+        raise ValueError(f"preset names are lower case, got {preset.name!r}")
+    if name in PRESETS:
+        raise ValueError(f"a preset named {name!r} exists already")
+    if preset.spec and any(p.rows and p.spec == preset.spec for p in PRESETS.values()):
+        raise ValueError(f"preset {name!r} has the settings of a paper row: give it a tag "
+                         "(make_preset(..., tag=...)) so that it does not claim the row")
+    PRESETS[name] = preset
+    return preset
+
+
+for _preset in (*NON_PAPER_PRESETS, *LAPTOP_PRESETS):
+    register_preset(_preset)
+del _preset
 
 
 def _has_words(name: str, word: str) -> bool:
@@ -522,7 +564,7 @@ def preset_for_record(record: dict) -> Preset | None:
     if key is None:
         return None
     for preset in PRESETS.values():
-        if preset.spec == key:
+        if preset.rows and preset.spec == key:
             return preset
     return None
 
@@ -532,16 +574,11 @@ def reduced(preset: Preset) -> tuple[ModelConfig, TrainConfig]:
     options, narrow VGG with the lean head, a narrow ResNet on 64×64 images, or a narrow
     2-block ViT on 32×32 images with patch 2 (257 tokens, enough for every k and candidate
     count of the paper's sweeps)."""
-    model = preset.model_config()
-    if preset.family == "vgg":
-        model = dataclasses.replace(model, head="lean", width_multiplier=0.125)
-    elif preset.family == "resnet":
-        model = dataclasses.replace(model, width_multiplier=0.125, image_size=64)
-    else:
-        model = dataclasses.replace(model, image_size=32, patch_size=2, depth=2, dim=48,
-                                    mlp_dim=96)
+    model = dataclasses.replace(preset.model_config(), **FAMILIES[preset.family].reduced)
     return model, preset.train_config(resize=None)
 
 
-__all__ = ["IMAGENET_PROTOCOLS", "LAPTOP_PRESETS", "LAPTOP_PROTOCOL", "NON_PAPER_PRESETS", "PRESETS", "Preset", "get_preset", "list_presets", "paper_key", "paper_records",
-           "preset_for_record", "reduced"]
+__all__ = ["FAMILIES", "IMAGENET_PROTOCOLS", "LAPTOP_PRESETS", "LAPTOP_PROTOCOL",
+           "NON_PAPER_PRESETS", "PRESETS", "Family", "Preset", "canonical_settings",
+           "get_preset", "list_presets", "make_preset", "paper_key", "paper_records",
+           "preset_for_record", "reduced", "register_preset"]

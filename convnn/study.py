@@ -44,7 +44,7 @@ __all__ = ["PRESETS", "SEEDS", "STUDY_DIR", "TEST_PER_CLASS", "TRAIN_PER_CLASS",
            "load_data", "load_weights", "rank_weights", "run_one", "save_weights",
            "selected_offsets", "spatial_fraction", "study_dir", "study_runs", "summary_rows"]
 
-PRESETS: tuple[str, ...] = tuple(p[0] for p in LAPTOP_PRESETS)
+PRESETS: tuple[str, ...] = tuple(p.name for p in LAPTOP_PRESETS)
 SEEDS: tuple[int, ...] = (0, 1, 2)
 WEIGHTS_SEED = 0
 TRAIN_PER_CLASS = 200

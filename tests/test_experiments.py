@@ -237,3 +237,43 @@ def test_full_imagenet_run_without_imagenet_says_where_to_put_it(tmp_path, monke
                    device="cpu", log=None)
     assert "CONVNN_IMAGENET_DIR" in str(err.value)
     assert not (tmp_path / "run").exists()
+
+
+def test_register_preset_adds_a_non_paper_experiment_in_one_place(monkeypatch):
+    """The issue's demonstration: a new experiment is one value, registered once, and the
+    runner, the listing and the reduced (smoke) version all know it."""
+    from convnn import runner
+    from convnn.train import TrainConfig
+
+    monkeypatch.setattr(E, "PRESETS", dict(E.PRESETS))  # leave the real registry alone
+    preset = E.register_preset(E.Preset(
+        name="my-vgg-c10-branching-r0.25", family="vgg", dataset="cifar10",
+        model=ModelConfig(name="vgg11", num_classes=10, layer="branching", ratio=0.25,
+                          head="lean", layer_options={"k": 5}),
+        train=TrainConfig(lr=3e-4, epochs=7, batch_size=32, seed=3),
+        description="NOT IN THE PAPER: VGG-11, branching λ = 0.25, k = 5"))
+    assert E.get_preset("my-vgg-c10-branching-r0.25") is preset
+    assert [p.name for p in E.list_presets("my-vgg")] == [preset.name]
+    assert preset.paper_rows() == [] and E.preset_for_record(E.paper_records()[0]) is not preset
+    model_cfg, train_cfg = runner.preset_configs(preset, smoke=False)
+    assert (model_cfg.layer, model_cfg.ratio, model_cfg.layer_options) == \
+        ("branching", 0.25, {"k": 5})
+    assert (train_cfg.lr, train_cfg.epochs, train_cfg.batch_size, train_cfg.seed) == \
+        (3e-4, 7, 32, 3)
+    model_cfg, train_cfg = runner.preset_configs(preset, smoke=True)
+    assert model_cfg.width_multiplier == 0.125 and model_cfg.layer_options == {"k": 5}
+    assert train_cfg.epochs == runner.SMOKE_EPOCHS
+    build_model(model_cfg)
+    with pytest.raises(ValueError, match="exists already"):
+        E.register_preset(preset)
+    with pytest.raises(ValueError, match="paper row"):
+        E.register_preset(E.make_preset("vgg", "cifar10", {"layer": "conv2d"}, name="mine"))
+    # the value is not shared: changing a config a preset hands out leaves the preset alone
+    runner.preset_configs(preset, smoke=False)[0].layer_options["k"] = 9
+    assert preset.model_config().layer_options == {"k": 5}
+    # and the paper-style helper builds the same kind of value from a family's settings
+    lean = E.make_preset("vit", "cifar10", {"model": "vit_tiny_cifar", "mixer": "kvt", "k": 4},
+                         name="my-vit-kvt-k4", train_overrides={"resize": None})
+    E.register_preset(lean)
+    model_cfg, train_cfg = runner.preset_configs(E.get_preset("my-vit-kvt-k4"), smoke=False)
+    assert (model_cfg.mixer, model_cfg.layer_options, train_cfg.resize) == ("kvt", {"k": 4}, None)

@@ -23,12 +23,11 @@ decides *when it is built*: a layer whose map cannot hold the sampled set (``r²
 :class:`~convnn.layers.ConvNN2d` would reject it) uses ``sampling="all"`` instead. The decision
 is recorded per layer in :attr:`VGG.layer_plan`; the layers themselves never clamp.
 
-The paper's "similarity" and "aggregation" settings (reference code: ``similarity_type`` and
-``aggregation_type``, each ``"Col"`` or ``"Loc_Col"``) map onto layer options with
-:func:`paper_layer_options`: similarity ``"Col"`` is ``selection="features"``, ``"Loc_Col"`` is
-``selection="mixed"`` with ``mix=α``; aggregation ``"Loc_Col"`` (the two coordinate channels are
-aggregated with the features, adding ``2·k`` weights per output channel) is
-``aggregate_coords=True``, implemented by :class:`CoordAggregationConvNN2d`.
+The paper's "similarity" and "aggregation" settings map onto layer options with
+:func:`convnn.paper_vocabulary.paper_layer_options` (re-exported here): selection on
+``"features"`` or ``"mixed"`` (with ``mix=α``), and ``aggregate_coords=True`` (the two
+coordinate channels are aggregated with the features, adding ``2·k`` weights per output
+channel), implemented by :class:`CoordAggregationConvNN2d`.
 """
 
 from __future__ import annotations
@@ -42,6 +41,7 @@ from torch import Tensor, nn
 from .. import ops
 from .._checks import check_choice, check_fraction, check_int
 from ..layers import BranchingConv2d, ConvNN2d
+from ..paper_vocabulary import paper_layer_options  # re-exported (models' public API)
 from .plan import (
     check_input_size,
     check_layer_options,
@@ -69,51 +69,17 @@ _CONVNN2D_OPTIONS = tuple(
     if name not in ("self", "in_channels", "out_channels", "device", "dtype"))
 LAYER_OPTIONS = (*_CONVNN2D_OPTIONS, "aggregate_coords")
 """Keys accepted in ``layer_options``: the keyword arguments of :class:`ConvNN2d` plus
-``aggregate_coords`` (the paper's aggregation ``"Loc_Col"``)."""
-
-PAPER_SIMILARITY = {"Col": "features", "Loc_Col": "mixed", "Loc": "coords"}
-PAPER_AGGREGATION = {"Col": False, "Loc_Col": True}
-
-
-def paper_layer_options(similarity: str = "Col", aggregation: str = "Col",
-                        lambda_param: float = 0.5) -> dict:
-    """ConvNN layer options for the paper's ``similarity_type`` / ``aggregation_type``.
-
-    Args:
-        similarity: ``"Col"`` (features), ``"Loc_Col"`` (features scaled by ``α/std`` beside
-            coordinates scaled by ``1 - α``) or ``"Loc"`` (coordinates only; here ranked by
-            Euclidean distance, the convolution limit).
-        aggregation: ``"Col"`` (aggregate features) or ``"Loc_Col"`` (features and the two
-            coordinate channels).
-        lambda_param: α of ``"Loc_Col"`` similarity (the reference code's name and default,
-            0.5; the book writes α because λ is the branching ratio).
-
-    Returns:
-        A dict for ``VGG(layer_options=...)`` / ``ModelConfig.layer_options``.
-
-    Example:
-        >>> paper_layer_options("Loc_Col", "Loc_Col")
-        {'selection': 'mixed', 'mix': 0.5, 'aggregate_coords': True}
-    """
-    check_choice("similarity", similarity, PAPER_SIMILARITY)
-    check_choice("aggregation", aggregation, PAPER_AGGREGATION)
-    options: dict = {"selection": PAPER_SIMILARITY[similarity]}
-    if similarity == "Loc_Col":
-        options["mix"] = check_fraction("lambda_param", lambda_param)
-    if PAPER_AGGREGATION[aggregation]:
-        options["aggregate_coords"] = True
-    return options
-
+``aggregate_coords`` (the paper's coordinate aggregation, see :mod:`convnn.paper_vocabulary`)."""
 
 class CoordAggregationConvNN2d(ConvNN2d):
-    """ConvNN2d whose aggregated values carry the two coordinate channels (aggregation "Loc_Col").
+    """ConvNN2d whose aggregated values carry the two coordinate channels (``aggregate_coords``).
 
     Selection is that of :class:`ConvNN2d` (on features, coordinates or both, per
     ``selection``); the gathered neighbour vectors are ``[features, x, y]`` of the zero-padded
     map (coordinates from :meth:`ConvNN2d.coordinates`, the layer's ``coord_grid``, so padded
     positions keep their coordinates while their features are zero), aggregated by a weight
     ``[O, C + 2, k]``. The layer has ``2·k·O`` more parameters than ``ConvNN2d``: the paper's
-    aggregation ``"Loc_Col"``; with ``coord_grid="padded"`` its coordinates are the authors'.
+    coordinate aggregation (:mod:`convnn.paper_vocabulary`); with ``coord_grid="padded"`` its coordinates are the authors'.
 
     Only hard selection (``weighting="ones"``, the paper's CNN layer) and standard aggregation
     are supported.
