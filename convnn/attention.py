@@ -34,6 +34,9 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -43,6 +46,7 @@ from convnn._checks import (
     check_divisible,
     check_fraction,
     check_int,
+    check_known,
     check_rank,
     check_size,
 )
@@ -51,15 +55,21 @@ __all__ = [
     "TOKEN_MIXERS",
     "KVTAttention",
     "LocalAttention",
+    "MixerSpec",
     "MultiHeadSelfAttention",
     "NeighborhoodAttention1d",
     "SparseAttention",
     "TokenConv1d",
     "apply_rotary",
+    "create_mixer",
     "kvt_attention_weights",
     "local_attention_mask",
+    "mixer_names",
+    "mixer_spec",
     "neighborhood_indices",
+    "register_mixer",
     "sparse_attention_mask",
+    "unregister_mixer",
 ]
 
 SPARSE_MODES = ("local", "strided")
@@ -767,12 +777,175 @@ class TokenConv1d(nn.Module):
         )
 
 
-TOKEN_MIXERS: dict[str, type[nn.Module]] = {
-    "attention": MultiHeadSelfAttention,
-    "kvt": KVTAttention,
-    "local": LocalAttention,
-    "sparse": SparseAttention,
-    "neighborhood": NeighborhoodAttention1d,
-    "conv1d": TokenConv1d,
-}
-"""Name -> class of every token mixer; each is built as ``cls(dim, num_heads=..., ...)``."""
+# --------------------------------------------------------------------------------------------
+# The token-mixer registry
+# --------------------------------------------------------------------------------------------
+
+_FACTORY_ARGS = ("device", "dtype")
+
+
+@dataclass(frozen=True)
+class MixerSpec:
+    """One registered token mixer: how :func:`create_mixer` builds it.
+
+    Attributes:
+        cls: the module class, built as ``cls(dim, num_heads=..., **fixed, **options)``.
+        options: every keyword the mixer accepts besides ``dim``, ``num_heads``, ``device``,
+            ``dtype`` and ``fixed`` (``attn_dropout`` included where the mixer has one).
+        fixed: keyword arguments the entry always passes (``mode='local'``...); they cannot be
+            given again.
+        baseline: listed in :data:`TOKEN_MIXERS` (the plain classes of this module).
+        vit: listed in :data:`convnn.models.MIXERS` (a ``mixer`` of the ViT).
+        candidate_sets: the ViT plans sampled candidate sets for it (ConvNN mixers: fallback to
+            all candidates when ``candidates > T`` and one evaluation seed per block).
+        token_limits: ``{option: default}`` of options that must be ``<= T`` (checked by the
+            ViT when the model is built).
+    """
+
+    cls: type[nn.Module]
+    options: frozenset[str]
+    fixed: Mapping[str, object] = field(default_factory=dict)
+    baseline: bool = False
+    vit: bool = True
+    candidate_sets: bool = False
+    token_limits: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def takes_attn_dropout(self) -> bool:
+        return "attn_dropout" in self.options
+
+
+_REGISTRY: dict[str, MixerSpec] = {}
+
+
+def register_mixer(
+    name: str,
+    cls: type[nn.Module],
+    options: Iterable[str],
+    *,
+    fixed: Mapping[str, object] | None = None,
+    baseline: bool = False,
+    vit: bool = True,
+    candidate_sets: bool = False,
+    token_limits: Mapping[str, int] | None = None,
+    replace: bool = False,
+) -> MixerSpec:
+    """Register a token mixer under ``name`` (the one place a new mixer is added).
+
+    ``cls(dim, num_heads=..., **fixed, **options, device=..., dtype=...)`` must build a module
+    ``[B, T, D] -> [B, T, D]``; ``options`` names every keyword it accepts (see
+    :class:`MixerSpec` for the other fields). With ``vit=True`` (the default) the mixer is at once
+    a ``mixer`` of :class:`convnn.models.ViT` and of :class:`convnn.models.ModelConfig`.
+
+    Raises:
+        ValueError: ``name`` already registered (unless ``replace``), or an option that is also
+            fixed or is one of ``dim``, ``num_heads``, ``device``, ``dtype``.
+
+    Example:
+        >>> spec = register_mixer("my_kvt", KVTAttention, ["k", "bias", "attn_dropout"],
+        ...                       token_limits={"k": 9})
+        >>> create_mixer("my_kvt", 16, 2, k=3).k
+        3
+        >>> unregister_mixer("my_kvt")
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"mixer name must be a non-empty string, got {name!r}")
+    if name in _REGISTRY and not replace:
+        raise ValueError(f"mixer {name!r} is already registered (pass replace=True)")
+    options = frozenset(options)
+    fixed = dict(fixed or {})
+    reserved = options & {"dim", "num_heads", *_FACTORY_ARGS, *fixed}
+    if reserved:
+        raise ValueError(f"options {sorted(reserved)} of mixer {name!r} are set by "
+                         "create_mixer or fixed by the entry")
+    spec = MixerSpec(cls, options, fixed, baseline, vit, candidate_sets, dict(token_limits or {}))
+    _REGISTRY[name] = spec
+    return spec
+
+
+def unregister_mixer(name: str) -> None:
+    """Remove a mixer registered with :func:`register_mixer`."""
+    mixer_spec(name)
+    del _REGISTRY[name]
+
+
+def mixer_spec(name: str) -> MixerSpec:
+    """The :class:`MixerSpec` of ``name``; ``ValueError`` naming the known mixers otherwise."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown mixer {name!r}; known mixers: {sorted(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+def mixer_names(*, vit: bool | None = None, baseline: bool | None = None) -> list[str]:
+    """Registered mixer names in registration order, optionally only ViT / baseline ones."""
+    return [name for name, spec in _REGISTRY.items()
+            if (vit is None or spec.vit == vit) and (baseline is None or spec.baseline == baseline)]
+
+
+def create_mixer(name: str, dim: int, num_heads: int = 1, **options) -> nn.Module:
+    """Build the registered token mixer ``name`` (as timm's ``create_attn``).
+
+    Args:
+        name: a registered mixer (:func:`mixer_names`).
+        dim: token width ``D``.
+        num_heads: heads (or channel groups).
+        **options: the mixer's options (:attr:`MixerSpec.options`), plus ``device`` and
+            ``dtype``.
+
+    Raises:
+        ValueError: unknown mixer, or an option the mixer does not accept.
+
+    Example:
+        >>> create_mixer("sparse_strided", 192, 3).context
+        14
+    """
+    spec = mixer_spec(name)
+    check_known("option(s)", options, sorted(spec.options | set(_FACTORY_ARGS)),
+                f" for mixer={name!r}")
+    return spec.cls(dim, num_heads=num_heads, **spec.fixed, **options)
+
+
+class _RegistryView(Mapping):
+    """A live, read-only mapping over part of the registry."""
+
+    def __init__(self, keep, value, doc: str) -> None:
+        self._keep, self._value, self.__doc__ = keep, value, doc
+
+    def _names(self) -> list[str]:
+        return [name for name, spec in _REGISTRY.items() if self._keep(spec)]
+
+    def __getitem__(self, name: str):
+        spec = _REGISTRY.get(name)
+        if spec is None or not self._keep(spec):
+            raise KeyError(name)
+        return self._value(spec)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({dict(self)!r})"
+
+
+_ATTN = frozenset({"attn_dropout", "bias"})
+register_mixer("attention", MultiHeadSelfAttention, _ATTN, baseline=True)
+register_mixer("kvt", KVTAttention, _ATTN | {"k"}, baseline=True, token_limits={"k": 9})
+register_mixer("local", LocalAttention,
+               _ATTN | {"window", "dim_head", "exact_window", "rotary"}, baseline=True)
+register_mixer("sparse", SparseAttention, _ATTN | {"mode", "context"}, baseline=True, vit=False)
+register_mixer("sparse_local", SparseAttention, _ATTN | {"context"}, fixed={"mode": "local"})
+register_mixer("sparse_strided", SparseAttention, _ATTN | {"context"},
+               fixed={"mode": "strided"})
+register_mixer("neighborhood", NeighborhoodAttention1d, _ATTN | {"kernel_size"}, baseline=True,
+               token_limits={"kernel_size": 7})
+register_mixer("conv1d", TokenConv1d, {"kernel_size", "bias"}, baseline=True)
+
+TOKEN_MIXERS: Mapping[str, type[nn.Module]] = _RegistryView(
+    lambda spec: spec.baseline, lambda spec: spec.cls,
+    "Name -> class of the baseline token mixers (a read-only view of the registry); each is "
+    "built as ``cls(dim, num_heads=..., ...)``.")
+"""Name -> class of the baseline token mixers, a read-only view of the registry (see
+:func:`create_mixer`); each is built as ``cls(dim, num_heads=..., ...)``."""

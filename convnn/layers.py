@@ -23,6 +23,7 @@ from ._checks import (
     check_layer_input,
     check_layer_options,
 )
+from .attention import register_mixer
 
 EVAL_SAMPLINGS = ("fixed", "resample")
 RANDOM_REGIONS = ("image", "padded")
@@ -791,6 +792,22 @@ class HybridTokenMixer(nn.Module):
         a = self.convnn(x[..., :self.convnn_dim])
         b = self.partner(x[..., self.convnn_dim:])
         return self.mix(torch.cat((a, b), dim=-1))
+
+
+_CONVNN_ATTENTION_OPTIONS = frozenset({
+    "k", "sampling", "candidates", "similarity", "weighting", "aggregation", "selection",
+    "coord_scale", "self_first", "self_score", "attn_dropout", "attn_dropout_on",
+    "spatial_rounding", "bias", "eval_sampling", "seed", "backend", "path"})
+"""Every option of :class:`ConvNNAttention` besides ``dim``, ``num_heads``, device and dtype."""
+
+_HYBRID_OPTIONS = _CONVNN_ATTENTION_OPTIONS | {"ratio", "kernel_size"}
+
+register_mixer("convnn_attention", ConvNNAttention, _CONVNN_ATTENTION_OPTIONS,
+               candidate_sets=True)
+register_mixer("convnn_attention_hybrid", HybridTokenMixer, _HYBRID_OPTIONS,
+               fixed={"partner": "attention"}, candidate_sets=True)
+register_mixer("convnn_conv1d_hybrid", HybridTokenMixer, _HYBRID_OPTIONS,
+               fixed={"partner": "conv1d"}, candidate_sets=True)
 
 
 __all__ = [

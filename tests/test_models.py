@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from convnn.layers import ConvNN2d
+from convnn.layers import ConvNN2d, ConvNNAttention
 from convnn.models import (
     MIXERS,
     VGG,
@@ -471,3 +471,88 @@ def test_one_fallback_rule_for_maps_and_sequences():
                                                           "random: candidates=9 > T=8")
     with pytest.raises(ValueError, match="tokens, or height and width"):
         candidates_fallback("random", 4)
+
+
+# --- the token-mixer registry (one place to add a mixer) -----------------------------------
+
+
+class _ScaledTokens(torch.nn.Module):
+    """A toy mixer: ``x * scale`` through a linear layer."""
+
+    def __init__(self, dim, num_heads=1, scale=1.0, attn_dropout=0.0, device=None, dtype=None):
+        super().__init__()
+        self.scale, self.num_heads, self.attn_dropout = scale, num_heads, attn_dropout
+        self.proj = torch.nn.Linear(dim, dim, device=device, dtype=dtype)
+
+    def forward(self, x):
+        return self.proj(x) * self.scale
+
+
+@pytest.fixture
+def toy_mixer():
+    from convnn.attention import register_mixer, unregister_mixer
+
+    register_mixer("toy_scaled", _ScaledTokens, {"scale", "attn_dropout"})
+    yield "toy_scaled"
+    unregister_mixer("toy_scaled")
+
+
+def test_registered_mixer_builds_inside_a_vit_through_model_config(toy_mixer):
+    from convnn.models import mixer_option_names
+
+    assert toy_mixer in MIXERS and MIXERS[toy_mixer] == (_ScaledTokens, {})
+    assert mixer_option_names(toy_mixer) == ["scale"]
+    model = build_model(ModelConfig(name="vit_tiny_cifar", mixer=toy_mixer, depth=2, heads=3,
+                                    attn_dropout=0.25, layer_options={"scale": 2.0}))
+    mixers = [block.mixer for block in model.blocks]
+    assert all(isinstance(m, _ScaledTokens) for m in mixers)
+    assert all(m.scale == 2.0 and m.attn_dropout == 0.25 and m.num_heads == 3 for m in mixers)
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+    with pytest.raises(ValueError, match="unknown option"):
+        build_model(ModelConfig(name="vit_tiny_cifar", mixer=toy_mixer,
+                                layer_options={"scael": 2.0}))
+
+
+def test_registered_mixer_is_gone_after_unregister():
+    from convnn.attention import register_mixer, unregister_mixer
+
+    register_mixer("toy_gone", _ScaledTokens, {"scale"}, vit=False, baseline=True)
+    assert "toy_gone" not in MIXERS
+    from convnn.attention import TOKEN_MIXERS
+
+    assert TOKEN_MIXERS["toy_gone"] is _ScaledTokens
+    unregister_mixer("toy_gone")
+    assert "toy_gone" not in TOKEN_MIXERS
+    with pytest.raises(ValueError, match="mixer must be one of"):
+        ViT(10, mixer="toy_gone", **SMALL_VIT)
+
+
+def test_create_mixer_names_unknown_mixers_and_options():
+    from convnn.attention import (
+        TOKEN_MIXERS,
+        KVTAttention,
+        SparseAttention,
+        create_mixer,
+        register_mixer,
+    )
+
+    m = create_mixer("kvt", 16, 2, k=3, attn_dropout=0.1)
+    assert isinstance(m, KVTAttention) and m.k == 3 and m.num_heads == 2
+    assert create_mixer("sparse_strided", 16, 2).mode == "strided"
+    assert isinstance(create_mixer("convnn_attention", 16, 2, k=3), ConvNNAttention)
+    with pytest.raises(ValueError, match="unknown mixer 'nope'.*known mixers"):
+        create_mixer("nope", 16, 2)
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['kk'\] for mixer='kvt'"):
+        create_mixer("kvt", 16, 2, kk=3)
+    with pytest.raises(ValueError, match=r"\['mode'\] for mixer='sparse_local'"):
+        create_mixer("sparse_local", 16, 2, mode="strided")
+    with pytest.raises(ValueError, match=r"\['attn_dropout'\] for mixer='conv1d'"):
+        create_mixer("conv1d", 16, 2, attn_dropout=0.1)
+    with pytest.raises(ValueError, match="already registered"):
+        register_mixer("kvt", KVTAttention, {"k"})
+    with pytest.raises(ValueError, match="fixed by the entry"):
+        register_mixer("bad", SparseAttention, {"mode"}, fixed={"mode": "local"})
+    with pytest.raises(TypeError):
+        TOKEN_MIXERS["x"] = KVTAttention  # read-only view
+    with pytest.raises(TypeError):
+        MIXERS["x"] = (KVTAttention, {})

@@ -25,8 +25,11 @@ none; with it the parameter counts of tables 6.6/6.9/6.10 would be 384 too high)
 ``"conv1d"``                    :class:`~convnn.attention.TokenConv1d`
 ==============================  ==================================================================
 
-Mixer options (``mixer_options``) are passed to the mixer's constructor; unknown ones raise
-``ValueError``. For the ConvNN mixers the model applies the same explicit rule as
+The mixers are those of the registry in :mod:`convnn.attention` (:data:`MIXERS` is a read-only
+view of it): a mixer added with :func:`~convnn.attention.register_mixer` is at once a ``mixer``
+of :class:`ViT` and of :class:`~convnn.models.ModelConfig`, and blocks are built with
+:func:`~convnn.attention.create_mixer`. Mixer options (``mixer_options``) are the registered
+options of the mixer; unknown ones raise ``ValueError``. For the ConvNN mixers the model applies the same explicit rule as
 :class:`~convnn.models.VGG`: a sampled candidate set larger than the sequence
 (``candidates > T``, :func:`~convnn.models.plan.candidates_fallback`) is replaced by all
 candidates when the model is built, and recorded in
@@ -35,55 +38,36 @@ candidates when the model is built, and recorded in
 
 from __future__ import annotations
 
-import inspect
 import math
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
 
+from .. import layers as _layers  # noqa: F401  (registers the ConvNN mixers)
 from .._checks import check_choice, check_fraction, check_int, check_known
-from ..attention import (
-    KVTAttention,
-    LocalAttention,
-    MultiHeadSelfAttention,
-    NeighborhoodAttention1d,
-    SparseAttention,
-    TokenConv1d,
-)
-from ..layers import ConvNNAttention, HybridTokenMixer
+from ..attention import _RegistryView, create_mixer, mixer_names, mixer_spec
 from .plan import candidates_fallback
 
-MIXERS: dict[str, tuple[type[nn.Module], dict]] = {
-    "attention": (MultiHeadSelfAttention, {}),
-    "convnn_attention": (ConvNNAttention, {}),
-    "kvt": (KVTAttention, {}),
-    "local": (LocalAttention, {}),
-    "sparse_local": (SparseAttention, {"mode": "local"}),
-    "sparse_strided": (SparseAttention, {"mode": "strided"}),
-    "convnn_attention_hybrid": (HybridTokenMixer, {"partner": "attention"}),
-    "convnn_conv1d_hybrid": (HybridTokenMixer, {"partner": "conv1d"}),
-    "neighborhood": (NeighborhoodAttention1d, {}),
-    "conv1d": (TokenConv1d, {}),
-}
-"""Mixer name -> (class, fixed keyword arguments)."""
+MIXERS: Mapping[str, tuple[type[nn.Module], dict]] = _RegistryView(
+    lambda spec: spec.vit, lambda spec: (spec.cls, dict(spec.fixed)),
+    "Mixer name -> (class, fixed keyword arguments): a read-only view of the ViT mixers of "
+    "the registry (:func:`convnn.attention.register_mixer`).")
+"""Mixer name -> (class, fixed keyword arguments): a read-only view of the ViT mixers of the
+registry; add one with :func:`convnn.attention.register_mixer`."""
 
-_CONVNN_MIXERS = ("convnn_attention", "convnn_attention_hybrid", "convnn_conv1d_hybrid")
-_MODEL_ARGS = ("self", "dim", "num_heads", "attn_dropout", "device", "dtype")
+_MODEL_OPTIONS = ("attn_dropout",)  # given by the model, not by mixer_options
 
 
-def _signature_options(cls: type) -> set[str]:
-    return {name for name, p in inspect.signature(cls.__init__).parameters.items()
-            if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+def _check_vit_mixer(mixer: str) -> None:
+    check_choice("mixer", mixer, mixer_names(vit=True))
 
 
 def mixer_option_names(mixer: str) -> list[str]:
-    """Options a mixer accepts in ``mixer_options`` (its constructor's keyword arguments)."""
-    check_choice("mixer", mixer, MIXERS)
-    cls, fixed = MIXERS[mixer]
-    names = _signature_options(cls)
-    if cls is HybridTokenMixer:
-        names |= _signature_options(ConvNNAttention)
-    return sorted(names - set(_MODEL_ARGS) - set(fixed))
+    """Options a mixer accepts in ``mixer_options`` (those of its registry entry, less
+    ``attn_dropout``, which the model gives)."""
+    _check_vit_mixer(mixer)
+    return sorted(mixer_spec(mixer).options - set(_MODEL_OPTIONS))
 
 
 def sinusoidal_positions(length: int, dim: int) -> Tensor:
@@ -209,7 +193,7 @@ class ViT(nn.Module):
         check_int("depth", depth, minimum=1)
         check_int("mlp_dim", mlp_dim, minimum=1)
         check_int("num_heads", num_heads, minimum=1)
-        check_choice("mixer", mixer, MIXERS)
+        _check_vit_mixer(mixer)
         dropout = check_fraction("dropout", dropout)
         attn_dropout = check_fraction("attn_dropout", attn_dropout)
         if not isinstance(mixer_options, (dict, type(None))):
@@ -245,7 +229,8 @@ class ViT(nn.Module):
                 "candidates": None, "requested_sampling": None, "requested_candidates": None,
                 "fallback": None, "seed": None}
         options = dict(options)
-        if name in _CONVNN_MIXERS:
+        spec = mixer_spec(name)
+        if spec.candidate_sets:
             sampling, candidates = options.get("sampling", "all"), options.get("candidates")
             plan.update(requested_sampling=sampling, requested_candidates=candidates,
                         sampling=sampling, candidates=candidates)
@@ -261,23 +246,17 @@ class ViT(nn.Module):
             if plan["sampling"] == "all" and isinstance(k, int) and k > tokens:
                 raise ValueError(f"k={k} must be <= the number of tokens T={tokens} "
                                  f"(image_size={self.image_size}, patch_size={self.patch_size})")
-        elif name == "kvt":
-            k = options.get("k", 9)
-            if isinstance(k, int) and k > tokens:
-                raise ValueError(f"k={k} must be <= the number of tokens T={tokens} "
+        for option, default in spec.token_limits.items():
+            value = options.get(option, default)
+            if isinstance(value, int) and value > tokens:
+                raise ValueError(f"{option}={value} must be <= the number of tokens T={tokens} "
                                  f"(image_size={self.image_size}, patch_size={self.patch_size})")
-        elif name == "neighborhood":
-            size = options.get("kernel_size", 7)
-            if isinstance(size, int) and size > tokens:
-                raise ValueError(f"kernel_size={size} must be <= the number of tokens T={tokens}")
         return options, plan
 
     def _make_mixer(self, options: dict, attn_dropout: float, factory: dict) -> nn.Module:
-        cls, fixed = MIXERS[self.mixer_name]
-        kwargs = {**fixed, **options, **factory}
-        if cls is not TokenConv1d:
-            kwargs["attn_dropout"] = attn_dropout
-        return cls(self.dim, num_heads=self.num_heads, **kwargs)
+        if mixer_spec(self.mixer_name).takes_attn_dropout:
+            options = {**options, "attn_dropout": attn_dropout}
+        return create_mixer(self.mixer_name, self.dim, self.num_heads, **options, **factory)
 
     def extra_repr(self) -> str:
         return (f"image_size={self.image_size}, patch_size={self.patch_size}, "
