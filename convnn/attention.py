@@ -259,7 +259,39 @@ def _check_odd_kernel(kernel_size: int) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-class _ProjectedAttention(nn.Module):
+class _HeadProjections:
+    """Q/K/V/O projections and the head split shared by every attention-style mixer (the
+    baselines here and :class:`convnn.layers.ConvNNAttention`), so that parameter names
+    (``q_proj``, ``k_proj``, ``v_proj``, ``out_proj``) and head layout agree and weights copy
+    across with ``load_state_dict``. A mixin for an ``nn.Module``: call :meth:`_init_projections`
+    after ``nn.Module.__init__``.
+    """
+
+    def _init_projections(self, dim: int, num_heads: int, head_dim: int, bias: bool,
+                          device=None, dtype=None) -> None:
+        check_int("dim", dim, minimum=1)
+        check_int("num_heads", num_heads, minimum=1)
+        check_int("head_dim", head_dim, minimum=1)
+        self.dim = dim
+        self.num_heads = num_heads
+        self.head_dim = head_dim
+        self.inner_dim = num_heads * head_dim
+        factory = {"device": device, "dtype": dtype}
+        self.q_proj = nn.Linear(dim, self.inner_dim, bias=bias, **factory)
+        self.k_proj = nn.Linear(dim, self.inner_dim, bias=bias, **factory)
+        self.v_proj = nn.Linear(dim, self.inner_dim, bias=bias, **factory)
+        self.out_proj = nn.Linear(self.inner_dim, dim, bias=bias, **factory)
+
+    def _split_heads(self, t: torch.Tensor) -> torch.Tensor:
+        B, T, _ = t.shape
+        return t.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, h, T, d)
+
+    def _combine_heads(self, t: torch.Tensor) -> torch.Tensor:
+        B, _, T, _ = t.shape
+        return t.transpose(1, 2).reshape(B, T, self.inner_dim)  # (B, T, h*d)
+
+
+class _ProjectedAttention(_HeadProjections, nn.Module):
     """Shared parts of the attention mixers: Q/K/V/O projections, head split, validation.
 
     Subclasses implement ``_mix(q, k, v) -> out`` on ``[B, h, T, d]`` tensors and, for the dense
@@ -278,19 +310,8 @@ class _ProjectedAttention(nn.Module):
         dtype=None,
     ) -> None:
         super().__init__()
-        check_int("dim", dim, minimum=1)
-        check_int("num_heads", num_heads, minimum=1)
-        check_int("head_dim", head_dim, minimum=1)
-        self.dim = dim
-        self.num_heads = num_heads
-        self.head_dim = head_dim
-        self.inner_dim = num_heads * head_dim
+        self._init_projections(dim, num_heads, head_dim, bias, device, dtype)
         self.attn_dropout = check_fraction("attn_dropout", attn_dropout)
-        factory = {"device": device, "dtype": dtype}
-        self.q_proj = nn.Linear(dim, self.inner_dim, bias=bias, **factory)
-        self.k_proj = nn.Linear(dim, self.inner_dim, bias=bias, **factory)
-        self.v_proj = nn.Linear(dim, self.inner_dim, bias=bias, **factory)
-        self.out_proj = nn.Linear(self.inner_dim, dim, bias=bias, **factory)
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -299,14 +320,6 @@ class _ProjectedAttention(nn.Module):
         check_size("x", x, 2, self.dim, "[B, T, D]")
         if x.shape[1] < 1:
             raise ValueError(f"x must hold at least one token (T >= 1), got shape {tuple(x.shape)}")
-
-    def _split_heads(self, t: torch.Tensor) -> torch.Tensor:
-        B, T, _ = t.shape
-        return t.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, h, T, d)
-
-    def _combine_heads(self, t: torch.Tensor) -> torch.Tensor:
-        B, _, T, _ = t.shape
-        return t.transpose(1, 2).reshape(B, T, self.inner_dim)  # (B, T, h*d)
 
     def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         q = self._split_heads(self.q_proj(x))  # (B, h, T, d)

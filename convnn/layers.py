@@ -23,7 +23,7 @@ from ._checks import (
     check_layer_input,
     check_layer_options,
 )
-from .attention import register_mixer
+from .attention import _HeadProjections, register_mixer
 
 EVAL_SAMPLINGS = ("fixed", "resample")
 RANDOM_REGIONS = ("image", "padded")
@@ -467,7 +467,7 @@ class ConvNN2d(_SampledCandidates):
         return out.transpose(1, 2).reshape(batch, self.out_channels, height, width)
 
 
-class ConvNNAttention(_SampledCandidates):
+class ConvNNAttention(_HeadProjections, _SampledCandidates):
     """ConvNN attention: a drop-in for multi-head self-attention on ``[B, T, D]``.
 
     Learned bias-free projections ``q_proj``, ``k_proj``, ``v_proj``, ``out_proj`` (the names
@@ -555,7 +555,7 @@ class ConvNNAttention(_SampledCandidates):
         _check_sampling(sampling, candidates, eval_sampling)
         if sampling != "all" and candidates is not None and k > candidates:
             raise ValueError(f"k={k} must be <= candidates={candidates}")
-        self.dim, self.num_heads, self.head_dim, self.k = dim, num_heads, dim // num_heads, k
+        self.k = k
         self.sampling, self.candidates = sampling, candidates
         self.similarity, self.weighting, self.aggregation = similarity, weighting, aggregation
         self.selection, self.coord_scale = selection, float(coord_scale)
@@ -565,10 +565,7 @@ class ConvNNAttention(_SampledCandidates):
         self.attn_dropout, self.eval_sampling, self.seed, self.backend = (
             attn_dropout, eval_sampling, seed, backend)
         factory = {"device": device, "dtype": dtype}
-        self.q_proj = nn.Linear(dim, dim, bias=bias, **factory)
-        self.k_proj = nn.Linear(dim, dim, bias=bias, **factory)
-        self.v_proj = nn.Linear(dim, dim, bias=bias, **factory)
-        self.out_proj = nn.Linear(dim, dim, bias=bias, **factory)
+        self._init_projections(dim, num_heads, dim // num_heads, bias, device, dtype)
         d = self.head_dim
         if aggregation == "standard":
             # W_j = identity for every rank: top-k attention at initialisation.
@@ -601,7 +598,7 @@ class ConvNNAttention(_SampledCandidates):
 
     def _split(self, x: Tensor) -> Tensor:
         batch, tokens, _ = x.shape
-        x = x.view(batch, tokens, self.num_heads, self.head_dim).transpose(1, 2)  # (B, h, T, d)
+        x = self._split_heads(x)  # (B, h, T, d)
         return x.reshape(batch * self.num_heads, tokens, self.head_dim)  # (B·h, T, d)
 
     def _candidates(self, tokens: int, device) -> Tensor | None:
@@ -671,9 +668,9 @@ class ConvNNAttention(_SampledCandidates):
             scale=1.0 / math.sqrt(self.head_dim), stable=self.selection == "coords",
             weight_dropout=dropout if self.attn_dropout_on == "weights" else 0.0,
             self_score=self.self_score, backend=self.backend)
-        out = out.view(batch, self.num_heads, tokens, self.head_dim).transpose(1, 2)  # (B,T,h,d)
+        out = out.view(batch, self.num_heads, tokens, self.head_dim)  # (B, h, T, d)
         # contiguous: the dropout mask follows memory order, which differs between the paths
-        out = out.reshape(batch, tokens, self.dim).contiguous()
+        out = self._combine_heads(out).contiguous()  # (B, T, D)
         if self.attn_dropout_on == "output":
             out = F.dropout(out, dropout, training=dropout > 0.0)
         return self.out_proj(out)
