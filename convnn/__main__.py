@@ -119,7 +119,7 @@ def _bench(args: argparse.Namespace) -> int:
     if args.suite:
         from .bench.suite import run_suite
 
-        run_suite(args.suite, tiny=args.quick, device=args.device)
+        run_suite(args.suite, tiny=args.quick, device=args.device, budget_s=args.budget)
         return 0
     if args.proxy:
         from ._io import atomic_write_json
@@ -139,6 +139,16 @@ def _bench(args: argparse.Namespace) -> int:
     run(quick=args.quick, train=args.train, json_path=args.json, device=args.device,
         dtype=args.dtype)
     return 0
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -210,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--suite", metavar="DIR",
                        help="every measurement on this device, JSON into DIR (<= 8 min on a "
                             "GPU; with --quick, toy sizes)")
+    bench.add_argument("--budget", type=_positive_seconds, default=480.0, metavar="SECONDS",
+                       help="--suite: skip the stages that would end after this many seconds "
+                            "(default 480)")
     bench.set_defaults(func=_bench)
 
     from .campaign import add_cli as add_campaign_commands

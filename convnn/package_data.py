@@ -27,6 +27,11 @@ def data_root() -> Path:
     try:
         root = importlib.resources.files("convnn._data")
     except ModuleNotFoundError as err:
+        # A checkout on sys.path without an install (PYTHONPATH=., a notebook's sys.path):
+        # the files are the checkout's data/ folder beside the package.
+        checkout_data = Path(__file__).resolve().parent.parent / "data"
+        if (checkout_data / "paper_results.json").is_file():
+            return checkout_data
         raise PackageDataError(
             "convnn's data files (convnn._data) are not installed; install the package with "
             "`pip install .` or `pip install -e .` from a checkout, or from its wheel") from err
