@@ -76,6 +76,10 @@ def _train(args: argparse.Namespace) -> int:
         overrides["compile"] = True
     if args.batch_size is not None:
         overrides["batch_size"] = args.batch_size
+    if args.checkpoint_every is not None:
+        overrides["checkpoint_every"] = args.checkpoint_every
+    if args.checkpoint_minutes is not None:
+        overrides["checkpoint_minutes"] = args.checkpoint_minutes
     summary = run_preset(args.preset, epochs=args.epochs, smoke=args.smoke or None,
                          out_dir=args.out, data_dir=args.data_dir, device=args.device,
                          resume=args.resume, overwrite=args.overwrite,
@@ -190,6 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
                          ">= 8.0, fp16 with a gradient scaler on older GPUs, float32 on a CPU)")
     tr.add_argument("--compile", action="store_true", help="torch.compile the model")
     tr.add_argument("--batch-size", type=int, help="override the batch size")
+    tr.add_argument("--checkpoint-every", type=int, metavar="EPOCHS",
+                    help="write the checkpoint every EPOCHS epochs (default: by time, see "
+                         "--checkpoint-minutes; the last epoch is always saved)")
+    tr.add_argument("--checkpoint-minutes", type=float, metavar="MINUTES",
+                    help="write the checkpoint once MINUTES have passed since the last one "
+                         "(default 2; 0: after every epoch). A crash loses at most the epochs "
+                         "since the last save")
     tr.add_argument("--workers", type=int, help="image-decoding processes of an ImageNet "
                                                 "preset (default: $CONVNN_WORKERS, else up to "
                                                 "8 per GPU process)")

@@ -3,7 +3,8 @@ fingerprint, and the checkpoint format (with its SHA-256 sidecar).
 
 A :class:`RunFolder` decides, before anything in the folder changes, whether the call starts
 afresh, resumes after the last checkpoint, or is refused; then it writes ``config.json``, and
-after every epoch a metrics line, the checkpoint and ``summary.json``, each atomically.
+after every epoch a metrics line and ``summary.json``, and the checkpoint at the run's
+cadence (``TrainConfig.checkpoint_every`` / ``checkpoint_minutes``), each atomically.
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ __all__ = [
 RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt", "checkpoint.pt" + CHECKSUM_SUFFIX,
              "summary.json")
 #: TrainConfig fields that may change when a run is resumed.
-RESUMABLE_CHANGES = ("epochs", "log_every", "compile", "eval_batch_size", "deterministic")
+RESUMABLE_CHANGES = ("epochs", "log_every", "compile", "eval_batch_size", "deterministic",
+                     "checkpoint_every", "checkpoint_minutes")
 #: Keys of ``extra`` that may change on resume (the command line, the data's location).
 RESUMABLE_EXTRA = ("command", "dataset.root")
 #: 2: adds the run's fingerprint and a digest of the metrics log (format 1 is still read).
@@ -374,11 +376,15 @@ class RunFolder:
             )
         atomic_write_json(self.paths["config.json"], cfg_json)
 
-    def save_epoch(self, records: list[dict], checkpoint: dict, summary: dict) -> None:
-        """One finished epoch: its metrics line, then the checkpoint (format
-        :data:`CHECKPOINT_FORMAT`, with a digest of the log), then ``summary.json``."""
-        paths = self.paths
-        append_jsonl_atomic(paths["metrics.jsonl"], records[-1])
+    def save_epoch(self, records: list[dict], summary: dict) -> None:
+        """One finished epoch: its metrics line, then ``summary.json`` (every epoch; the
+        checkpoint follows the run's cadence, and lines past it are dropped on resume)."""
+        append_jsonl_atomic(self.paths["metrics.jsonl"], records[-1])
+        atomic_write_json(self.paths["summary.json"], summary)
+
+    def save_checkpoint(self, records: list[dict], checkpoint: dict) -> None:
+        """The checkpoint after the last of ``records`` (format :data:`CHECKPOINT_FORMAT`,
+        with a digest of the log)."""
         save_checkpoint({"format": CHECKPOINT_FORMAT, "epoch": records[-1]["epoch"],
-                         **checkpoint, "log": log_summary(records)}, paths["checkpoint.pt"])
-        atomic_write_json(paths["summary.json"], summary)
+                         **checkpoint, "log": log_summary(records)},
+                        self.paths["checkpoint.pt"])

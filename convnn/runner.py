@@ -247,9 +247,21 @@ def _finished_summary(out: Path, name: str, smoke: bool, train_cfg: TrainConfig)
         return None
     extra = config.get("extra") or {}
     same = (extra.get("preset") == name and extra.get("smoke") == smoke
-            and config.get("train") == train_cfg.to_dict())
+            and _protocol(config.get("train")) == _protocol(train_cfg.to_dict()))
     done = summary.get("epochs_completed") == train_cfg.epochs
     return summary if same and done else None
+
+
+def _protocol(train_dict) -> dict | None:
+    """A saved or current ``TrainConfig`` dict without the settings that may change on
+    resume, with defaults for fields older run folders lack (``None``: not a config)."""
+    from .run_folder import RESUMABLE_CHANGES
+
+    try:
+        full = TrainConfig.from_dict(train_dict).to_dict()
+    except (TypeError, ValueError):
+        return None
+    return {k: v for k, v in full.items() if k not in RESUMABLE_CHANGES}
 
 
 def _check_workers(workers, dataset: str) -> None:
