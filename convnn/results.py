@@ -66,6 +66,7 @@ __all__ = [
     "dataset_label",
     "find_record",
     "find_runs",
+    "latest_runs",
     "headline_rows",
     "load_bench",
     "load_run",
@@ -449,6 +450,20 @@ GPU_LABELS = {"Tesla T4": "T4", "NVIDIA L4": "L4", "NVIDIA A100-SXM4-40GB": "A10
               "NVIDIA H100 80GB HBM3": "H100", "NVIDIA H200": "H200"}
 
 
+def latest_runs(runs: Iterable[Run]) -> list[Run]:
+    """The newest run of each preset (by the time of its last epoch, then its folder), in
+    preset order: the trainer gets faster, so older runs' times describe older code."""
+    newest: dict[str, Run] = {}
+    for run in runs:
+        if not run.records:
+            continue
+        key = (run.records[-1].get("time") or "", str(run.path))
+        best = newest.get(run.preset)
+        if best is None or key > (best.records[-1].get("time") or "", str(best.path)):
+            newest[run.preset] = run
+    return [newest[p] for p in sorted(newest, key=str)]
+
+
 def steady_epoch_seconds(run: Run) -> float:
     """The median epoch time of a run after its first epoch (which includes warm-up)."""
     times = sorted(r["epoch_seconds"] for r in run.records[1:] or run.records)
@@ -470,8 +485,8 @@ def run_time_estimates(runs: Iterable[Run], gpus: Sequence[str] = COLAB_GPUS,
     so read it as an order of magnitude.
 
     Returns:
-        One dict per run: ``preset``, ``measured_on``, ``epoch_seconds`` (measured),
-        ``epochs``, ``measured_minutes`` (the measured pace × ``epochs``) and, per GPU,
+        One dict per run: ``preset``, ``measured_on``, ``epoch_seconds`` (measured: the
+        median after the first epoch), ``epochs_measured`` (the run's epochs), ``epochs``, ``measured_minutes`` (the measured pace × ``epochs``) and, per GPU,
         ``(low, high)`` estimated minutes under the GPU's name.
     """
     rows = []
@@ -484,7 +499,8 @@ def run_time_estimates(runs: Iterable[Run], gpus: Sequence[str] = COLAB_GPUS,
         seconds = steady_epoch_seconds(run)
         flops, bandwidth = GPU_SPECS[device]
         row = {"preset": run.preset, "measured_on": device, "epoch_seconds": seconds,
-               "epochs": n, "measured_minutes": seconds * n / 60}
+               "epochs_measured": len(run.records), "epochs": n,
+               "measured_minutes": seconds * n / 60}
         for gpu in gpus:
             ratios = (flops / GPU_SPECS[gpu][0], bandwidth / GPU_SPECS[gpu][1])
             row[gpu] = (seconds * n * min(ratios) / 60, seconds * n * max(ratios) / 60)
@@ -497,13 +513,15 @@ def _hours(minutes: float) -> str:
 
 
 def run_time_table(runs: Iterable[Run], gpus: Sequence[str] = COLAB_GPUS) -> str:
-    """:func:`run_time_estimates` as a Markdown table that marks measured and estimated
-    columns."""
+    """:func:`run_time_estimates` of the newest run of each preset (:func:`latest_runs`) as
+    a Markdown table that marks measured and estimated columns."""
     rows = []
-    for r in run_time_estimates(runs, gpus):
+    for r in run_time_estimates(latest_runs(runs), gpus):
         device = GPU_LABELS.get(r["measured_on"], r["measured_on"])
         row = {"preset": f"`{r['preset']}`",
-               "measured": f"{r['epoch_seconds']:.1f} s/epoch on {device}",
+               "measured": f"{r['epoch_seconds']:.1f} s/epoch on {device}"
+                           + (" (its only epoch, warm-up included: an upper bound)"
+                              if r["epochs_measured"] < 2 else ""),
                "full": f"{_hours(r['measured_minutes'])} ({r['epochs']} epochs at that pace)"}
         for gpu in gpus:
             low, high = r[gpu]
