@@ -67,6 +67,7 @@ __all__ = [
     "find_record",
     "find_runs",
     "latest_runs",
+    "load_bench_suites",
     "headline_rows",
     "load_bench",
     "load_run",
@@ -430,6 +431,30 @@ def load_bench(root: str | os.PathLike | None = None) -> list[tuple[Path, dict]]
             continue
         if isinstance(report, dict) and ("layers" in report or "training" in report):
             out.append((path, report))
+    return out
+
+
+def load_bench_suites(root: str | os.PathLike | None = None) -> list[tuple[Path, dict]]:
+    """The benchmark suites (``python -m convnn bench --suite DIR``) under ``root`` (default:
+    the committed ``bench/`` logs): ``(folder, report)`` pairs sorted by folder, where
+    ``report`` holds ``suite.json``'s contents plus each stage's rows that were written
+    (``loop``, ``training``, ``layers``, ``proxy``); ``[]`` when there are none."""
+    root = Path(root) if root is not None else RESULTS_ROOT / "bench"
+    if not root.is_dir():
+        return []
+    out = []
+    for suite in sorted(root.rglob("suite.json")):
+        try:
+            report = json.loads(suite.read_text(encoding="utf-8"))
+            for stage in ("loop", "training", "layers", "proxy"):
+                path = suite.parent / f"{stage}.json"
+                if path.is_file():
+                    report[stage] = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as err:
+            warnings.warn(f"skipping unreadable benchmark suite {suite.parent}: {err}",
+                          stacklevel=2)
+            continue
+        out.append((suite.parent, report))
     return out
 
 

@@ -26,3 +26,22 @@ def test_run_time_table_has_one_row_per_preset_and_marks_one_epoch_runs():
     for run in results.latest_runs(runs):
         row = next(line for line in table if f"`{run.preset}`" in line)
         assert ("its only epoch" in row) == (len(run.records) < 2)
+
+
+def test_bench_suites_load_every_stage(tmp_path):
+    import json
+
+    suite = tmp_path / "2026-01-01-gpu-abc"
+    suite.mkdir()
+    (suite / "suite.json").write_text(json.dumps({"environment": {"device_name": "x"},
+                                                  "stages": {}}))
+    (suite / "loop.json").write_text(json.dumps([{"model": "vgg11"}]))
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "suite.json").write_text("{")
+    import pytest
+
+    with pytest.warns(UserWarning, match="unreadable benchmark suite"):
+        loaded = results.load_bench_suites(tmp_path)
+    assert [p.name for p, _ in loaded] == [suite.name]
+    assert loaded[0][1]["loop"] == [{"model": "vgg11"}] and "layers" not in loaded[0][1]
+    assert results.load_bench_suites(tmp_path / "none") == []
