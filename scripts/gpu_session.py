@@ -19,6 +19,14 @@ Run folders and checkpoints stay in ``--campaign-dir`` (default ``runs/campaign`
 machine), so the same command again continues the campaign; the log packs
 (``campaign-logs-N.tar.gz``, at most 16 MB each) go to OUT_DIR. File them into
 ``data/results/`` with ``python -m convnn import-runs OUT_DIR --commit <commit>``.
+
+The logs name the commit ``git rev-parse HEAD`` gives. When the GPU machine gets a copy of
+the working tree whose ``.git`` may be older than the tree, put the commit in the command:
+``CONVNN_GIT_COMMIT=<commit> python scripts/gpu_session.py ...``.
+
+One 15-minute GPU session as measured on an H200 (2026-11-28): ``--suite-seconds 240``
+spent 147 s on the suite's loop stage and skipped its training stage; use
+``--suite-seconds 300`` to get both.
 """
 
 from __future__ import annotations
