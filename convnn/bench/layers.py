@@ -119,14 +119,23 @@ def layer_benchmarks(device: torch.device | str | None = None, quick: bool = Tru
         if verbose:
             print(format_rows(rows[-1:]))
     image = torch.randn(batch_conv, 64, 32, 32, **factory)
-    m = measure_layers({
+    layers = {
         "fast path": ConvNN2d(64, 64, k=9, **factory),
         "reference algorithm": ConvNN2d(64, 64, k=9, path="reference", **factory),
-        "nn.Conv2d 3x3": nn.Conv2d(64, 64, 3, padding=1, **factory)}, image, repeats)
+        "nn.Conv2d 3x3": nn.Conv2d(64, 64, 3, padding=1, **factory)}
+    triton_row = device.type == "cuda" and kernels.available(device)
+    if triton_row:  # the row top-k; its aggregation ("standard") stays in PyTorch
+        layers["fast path, Triton kernel"] = WithKernel(ConvNN2d(64, 64, k=9, **factory),
+                                                        "triton")
+    m = measure_layers(layers, image, repeats)
     rows.append(BenchRow("ConvNN2d (paper mode)", f"B={batch_conv}, 64x32x32, k=9",
                          m["fast path"], m["reference algorithm"], m["nn.Conv2d 3x3"]))
+    if triton_row:
+        rows.append(BenchRow("ConvNN2d (paper mode) [Triton]", f"B={batch_conv}, 64x32x32, k=9",
+                             m["fast path, Triton kernel"], m["reference algorithm"],
+                             m["nn.Conv2d 3x3"]))
     if verbose:
-        print(format_rows(rows[-1:]))
+        print(format_rows(rows[-1 - triton_row:]))
     return rows
 
 

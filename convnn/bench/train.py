@@ -98,8 +98,9 @@ def training_benchmarks(device: torch.device | str | None = None, quick: bool = 
             if options.get("mixer", "").startswith("convnn") or \
                     options.get("layer") in ("branching", "convnn"):
                 variants.append((f"{label} [reference]", with_reference(options)))
-            if options.get("mixer") == "convnn_attention" and device.type == "cuda" \
-                    and kernels.available(device):
+            if (options.get("mixer") == "convnn_attention"
+                    or options.get("layer") in ("branching", "convnn")) \
+                    and device.type == "cuda" and kernels.available(device):
                 variants.append((f"{label} [Triton]", dict(options, kernel="triton")))
             for name, opts in variants:
                 opts = dict(opts)
