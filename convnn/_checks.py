@@ -78,10 +78,19 @@ def ensure_sequence(value, n: int) -> Sequence:
     return tuple(value) if isinstance(value, (list, tuple)) else (value,) * n
 
 
-def check_bool(name: str, value) -> bool:
-    """Raise unless ``value`` is exactly True or False (a string like 'no' is not)."""
+class ArgumentTypeError(TypeError, ValueError):
+    """A bad argument of the wrong type: both a TypeError and, as every bad argument of the
+    package, a ValueError."""
+
+
+def check_bool(name: str, value, allow_none: bool = False) -> bool | None:
+    """Raise unless ``value`` is exactly True or False (a string like 'no' is not; ``None``
+    passes with ``allow_none``). The error is an :class:`ArgumentTypeError`."""
+    if value is None and allow_none:
+        return None
     if not isinstance(value, bool):
-        raise TypeError(f"{name} must be True or False, got {value!r}")
+        allowed = "True, False or None" if allow_none else "True or False"
+        raise ArgumentTypeError(f"{name} must be {allowed}, got {value!r}")
     return value
 
 
@@ -178,6 +187,16 @@ def check_device(name: str, device) -> torch.device | None:
     elif dev.type != "cpu":
         raise ValueError(f"{name} must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
     return dev
+
+
+def resolve_device(name: str, device, cuda_index: int | None = None) -> torch.device:
+    """``device`` checked by :func:`check_device`, or where it is None the default: CUDA
+    (GPU ``cuda_index`` when given) if a GPU is available, else the CPU."""
+    if device is not None:
+        return check_device(name, device)
+    if torch.cuda.is_available():
+        return torch.device("cuda") if cuda_index is None else torch.device("cuda", cuda_index)
+    return torch.device("cpu")
 
 
 def check_path(name: str, value) -> None:

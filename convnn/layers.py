@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from . import ops
 from ._checks import (
+    check_bool,
     check_choice,
     check_divisible,
     check_fraction,
@@ -24,8 +25,8 @@ from ._checks import (
     check_layer_options,
 )
 from .attention import _HeadProjections, register_mixer
+from .ops import EVAL_SAMPLINGS
 
-EVAL_SAMPLINGS = ("fixed", "resample")
 RANDOM_REGIONS = ("image", "padded")
 DROPOUT_TARGETS = ("weights", "output")
 
@@ -704,8 +705,7 @@ class BranchingConv2d(nn.Module):
         self.convnn_channels = math.floor(ratio * out_channels)
         self.conv_channels = out_channels - self.convnn_channels
         factory = {"device": device, "dtype": dtype}
-        if not isinstance(conv_bias, bool):
-            raise ValueError(f"conv_bias must be True or False, got {conv_bias!r}")
+        check_bool("conv_bias", conv_bias)
         self.conv = (nn.Conv2d(in_channels, self.conv_channels, kernel_size, padding="same",
                                bias=conv_bias, **factory) if self.conv_channels else None)
         self.convnn = (ConvNN2d(in_channels, self.convnn_channels, **convnn_kwargs, **factory)

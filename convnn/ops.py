@@ -48,6 +48,8 @@ WEIGHTINGS = ("ones", "softmax", "similarity")
 AGGREGATIONS = ("standard", "depthwise", "separable")
 SAMPLINGS = ("all", "random", "spatial")
 SELECTIONS = ("features", "coords", "mixed")
+EVAL_SAMPLINGS = ("fixed", "resample")
+"""How sampled candidates are drawn in evaluation: one fixed draw, or a new draw per call."""
 COORD_GRIDS = ("image", "padded")
 SPATIAL_ROUNDINGS = ("round", "truncate")
 SELF_SCORES = ("similarity", "constant")
@@ -1155,6 +1157,7 @@ __all__ = [
     "AGGREGATIONS",
     "BACKENDS",
     "COORD_GRIDS",
+    "EVAL_SAMPLINGS",
     "KERNELS",
     "KERNEL_STEPS",
     "PAPER_SELF_LOGIT",
