@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -197,6 +198,21 @@ def resolve_device(name: str, device, cuda_index: int | None = None) -> torch.de
     if torch.cuda.is_available():
         return torch.device("cuda") if cuda_index is None else torch.device("cuda", cuda_index)
     return torch.device("cpu")
+
+
+def renamed_argument(options: dict, old: str, new: str, where: str) -> dict:
+    """``options`` with the deprecated key ``old`` moved to ``new``, with a
+    ``DeprecationWarning`` naming the new name (both given: a ValueError)."""
+    if old not in options:
+        return options
+    if new in options and options[new] is not None and options[old] is not None:
+        raise ValueError(f"{where}: give {new} (the new name of {old}), not both")
+    warnings.warn(f"{where}: {old} is deprecated, use {new}", DeprecationWarning, stacklevel=3)
+    options = dict(options)
+    value = options.pop(old)
+    if options.get(new) is None:
+        options[new] = value
+    return options
 
 
 def check_path(name: str, value) -> None:

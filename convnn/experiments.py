@@ -236,7 +236,7 @@ def _vit_model(s: dict, num_classes: int) -> ModelConfig:
         if s["sampling"] != "all":
             options.update(sampling=s["sampling"], candidates=s["candidates"])
     return ModelConfig(name=s["model"], num_classes=num_classes, mixer=s["mixer"],
-                       heads=s["heads"], layer_options=options)
+                       num_heads=s["heads"], layer_options=options)
 
 
 def _vit_name(s: dict) -> list[str]:

@@ -39,6 +39,7 @@ from pathlib import Path
 
 from . import paper_vocabulary as paper
 from .experiments import get_preset, paper_key, paper_records, preset_for_record
+from .models import upgrade_model_dict
 from .package_data import PackageDataError, data_file, results_root
 from .viz import BookFigure
 
@@ -1242,7 +1243,7 @@ def model_differences(run: Run) -> list[str]:
     """Model settings of the run that differ from today's preset (e.g. layer options the
     preset gained later), as ``"name: ours -> preset's"`` strings; ``[]`` if none."""
     want = get_preset(run.preset).model_config().to_dict()
-    have = run.extra.get("model") or {}
+    have = upgrade_model_dict(run.extra.get("model") or {})
     out = []
     for key, value in want.items():
         if key == "layer_options":
