@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -78,10 +79,19 @@ def ensure_sequence(value, n: int) -> Sequence:
     return tuple(value) if isinstance(value, (list, tuple)) else (value,) * n
 
 
-def check_bool(name: str, value) -> bool:
-    """Raise unless ``value`` is exactly True or False (a string like 'no' is not)."""
+class ArgumentTypeError(TypeError, ValueError):
+    """A bad argument of the wrong type: both a TypeError and, as every bad argument of the
+    package, a ValueError."""
+
+
+def check_bool(name: str, value, allow_none: bool = False) -> bool | None:
+    """Raise unless ``value`` is exactly True or False (a string like 'no' is not; ``None``
+    passes with ``allow_none``). The error is an :class:`ArgumentTypeError`."""
+    if value is None and allow_none:
+        return None
     if not isinstance(value, bool):
-        raise TypeError(f"{name} must be True or False, got {value!r}")
+        allowed = "True, False or None" if allow_none else "True or False"
+        raise ArgumentTypeError(f"{name} must be {allowed}, got {value!r}")
     return value
 
 
@@ -178,6 +188,31 @@ def check_device(name: str, device) -> torch.device | None:
     elif dev.type != "cpu":
         raise ValueError(f"{name} must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
     return dev
+
+
+def resolve_device(name: str, device, cuda_index: int | None = None) -> torch.device:
+    """``device`` checked by :func:`check_device`, or where it is None the default: CUDA
+    (GPU ``cuda_index`` when given) if a GPU is available, else the CPU."""
+    if device is not None:
+        return check_device(name, device)
+    if torch.cuda.is_available():
+        return torch.device("cuda") if cuda_index is None else torch.device("cuda", cuda_index)
+    return torch.device("cpu")
+
+
+def renamed_argument(options: dict, old: str, new: str, where: str) -> dict:
+    """``options`` with the deprecated key ``old`` moved to ``new``, with a
+    ``DeprecationWarning`` naming the new name (both given: a ValueError)."""
+    if old not in options:
+        return options
+    if new in options and options[new] is not None and options[old] is not None:
+        raise ValueError(f"{where}: give {new} (the new name of {old}), not both")
+    warnings.warn(f"{where}: {old} is deprecated, use {new}", DeprecationWarning, stacklevel=3)
+    options = dict(options)
+    value = options.pop(old)
+    if options.get(new) is None:
+        options[new] = value
+    return options
 
 
 def check_path(name: str, value) -> None:

@@ -185,29 +185,29 @@ def neighborhood_indices(
 
 
 def kvt_attention_weights(
-    q: torch.Tensor, k: torch.Tensor, topk: int, scale: float | None = None
+    query: torch.Tensor, keys: torch.Tensor, k: int, scale: float | None = None
 ) -> torch.Tensor:
-    """KVT (k-NN attention) weights: softmax over each query's ``topk`` best keys only.
+    """KVT (k-NN attention) weights: softmax over each query's ``k`` best keys only.
 
     Args:
-        q: queries ``[..., T, d]`` (e.g. ``[B, h, T, d]``).
-        k: keys ``[..., S, d]``.
-        topk: number of keys kept per query, ``1 <= topk <= S``. With ``topk = S`` this is
-            plain softmax attention.
+        query: queries ``[..., T, d]`` (e.g. ``[B, h, T, d]``).
+        keys: keys ``[..., S, d]``.
+        k: number of keys kept per query, ``1 <= k <= S``. With ``k = S`` this is plain
+            softmax attention.
         scale: score scale, default ``d ** -0.5``.
 
     Returns:
-        Weights ``[..., T, S]`` in the dtype of ``q``: exactly ``topk`` entries per row come
+        Weights ``[..., T, S]`` in the dtype of ``query``: exactly ``k`` entries per row come
         from the softmax (ties broken by ``torch.topk``), all others are exactly zero.
     """
-    num_keys = k.shape[-2]
-    check_int("topk", topk, minimum=1)
-    if topk > num_keys:
-        raise ValueError(f"k={topk} must be <= the number of tokens T={num_keys}")
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    scores = (q @ k.transpose(-2, -1)) * scale  # (..., T, S)
+    num_keys = keys.shape[-2]
+    check_int("k", k, minimum=1)
+    if k > num_keys:
+        raise ValueError(f"k={k} must be <= the number of tokens T={num_keys}")
+    scale = query.shape[-1] ** -0.5 if scale is None else scale
+    scores = (query @ keys.transpose(-2, -1)) * scale  # (..., T, S)
     keep = torch.zeros_like(scores, dtype=torch.bool)
-    keep.scatter_(-1, scores.topk(topk, dim=-1).indices, True)  # (..., T, S)
+    keep.scatter_(-1, scores.topk(k, dim=-1).indices, True)  # (..., T, S)
     scores = scores.masked_fill(~keep, float("-inf"))
     return _softmax(scores)
 
@@ -499,7 +499,7 @@ class LocalAttention(_ProjectedAttention):
     ``|i - j| <= window`` (see :func:`local_attention_mask`). Note that with the paper's
     ``window=128`` on 197 tokens this excludes only pairs more than 128 tokens apart.
 
-    Unlike the other mixers the inner width is ``num_heads * dim_head`` (independent of
+    Unlike the other mixers the inner width is ``num_heads * head_dim`` (independent of
     ``dim``), as in the reference: with one head of 64 the projections hold ``4 * dim * 64``
     parameters (49,152 for ``dim = 192``), a third of plain attention's.
 
@@ -512,11 +512,11 @@ class LocalAttention(_ProjectedAttention):
         dim: token width ``D``.
         num_heads: number of heads (any positive number; ``dim`` need not be divisible).
         window: window size, at least 1.
-        dim_head: width of each head.
+        head_dim: width of each head.
         attn_dropout: dropout on the attention weights (training only).
         bias: bias in the four projections.
         exact_window: also mask keys with ``|i - j| > window``.
-        rotary: apply rotary position embeddings to queries and keys (needs even ``dim_head``).
+        rotary: apply rotary position embeddings to queries and keys (needs even ``head_dim``).
         device: factory kwarg for the parameters.
         dtype: factory kwarg for the parameters.
 
@@ -530,7 +530,7 @@ class LocalAttention(_ProjectedAttention):
         dim: int,
         num_heads: int = 1,
         window: int = 128,
-        dim_head: int = 64,
+        head_dim: int = 64,
         attn_dropout: float = 0.0,
         bias: bool = False,
         exact_window: bool = True,
@@ -538,17 +538,13 @@ class LocalAttention(_ProjectedAttention):
         device=None,
         dtype=None,
     ) -> None:
-        check_int("dim_head", dim_head, minimum=1)
-        super().__init__(dim, num_heads, dim_head, attn_dropout, bias, device, dtype)
+        check_int("head_dim", head_dim, minimum=1)
+        super().__init__(dim, num_heads, head_dim, attn_dropout, bias, device, dtype)
         self.window = check_int("window", window, minimum=1)
         self.exact_window = bool(exact_window)
         self.rotary = bool(rotary)
-        if self.rotary and dim_head % 2:
-            raise ValueError(f"rotary=True needs an even dim_head, got dim_head={dim_head}")
-
-    @property
-    def dim_head(self) -> int:
-        return self.head_dim
+        if self.rotary and head_dim % 2:
+            raise ValueError(f"rotary=True needs an even head_dim, got head_dim={head_dim}")
 
     def _position_encode(self, q, k):
         if not self.rotary:
@@ -947,7 +943,7 @@ _ATTN = frozenset({"attn_dropout", "bias"})
 register_mixer("attention", MultiHeadSelfAttention, _ATTN, baseline=True)
 register_mixer("kvt", KVTAttention, _ATTN | {"k"}, baseline=True, token_limits={"k": 9})
 register_mixer("local", LocalAttention,
-               _ATTN | {"window", "dim_head", "exact_window", "rotary"}, baseline=True)
+               _ATTN | {"window", "head_dim", "exact_window", "rotary"}, baseline=True)
 register_mixer("sparse", SparseAttention, _ATTN | {"mode", "context"}, baseline=True, vit=False)
 register_mixer("sparse_local", SparseAttention, _ATTN | {"context"}, fixed={"mode": "local"})
 register_mixer("sparse_strided", SparseAttention, _ATTN | {"context"},

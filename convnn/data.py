@@ -48,7 +48,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ._checks import check_choice, check_int, check_rank
+from ._checks import check_bool, check_choice, check_int, check_rank
 
 __all__ = [
     "CIFAR10_CLASSES",
@@ -67,7 +67,7 @@ __all__ = [
     "synthetic_dataset",
 ]
 
-NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000}
 DATASET_NAMES = ("cifar10", "cifar100", "synthetic")
 
 #: Per-channel mean and std of the training images, in [0, 1] units.
@@ -601,9 +601,7 @@ def load_dataset(
         DatasetNotFoundError: no local copy and no (successful) download.
     """
     check_choice("name", name, DATASET_NAMES)
-    if not isinstance(download, bool):
-        # the project's rule: every bad argument raises ValueError
-        raise ValueError(f"download must be True or False, got {download!r}")
+    check_bool("download", download)
     for arg, value in (("train_per_class", train_per_class), ("test_per_class", test_per_class)):
         if value is not None:
             check_int(arg, value, minimum=1)

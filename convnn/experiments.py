@@ -59,6 +59,7 @@ from functools import lru_cache
 
 from . import paper_vocabulary as paper
 from ._checks import check_known
+from .data import NUM_CLASSES
 from .layers import PAPER_ATTENTION_OPTIONS, PAPER_CONVNN2D_OPTIONS
 from .models import PAPER_RESNET50, ModelConfig
 from .package_data import data_file
@@ -66,7 +67,6 @@ from .train import TrainConfig
 
 DATASET_SHORT = {"cifar10": "c10", "cifar100": "c100", "imagenet": "in1k"}
 DATASET_TITLE = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet": "ImageNet-1K"}
-NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000}
 UNSUPPORTED_TABLES: dict[str, str] = {}
 """Tables of ``paper_results.json`` without presets, and why (none at present)."""
 
@@ -236,7 +236,7 @@ def _vit_model(s: dict, num_classes: int) -> ModelConfig:
         if s["sampling"] != "all":
             options.update(sampling=s["sampling"], candidates=s["candidates"])
     return ModelConfig(name=s["model"], num_classes=num_classes, mixer=s["mixer"],
-                       heads=s["heads"], layer_options=options)
+                       num_heads=s["heads"], layer_options=options)
 
 
 def _vit_name(s: dict) -> list[str]:

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from . import ops
 from ._checks import (
+    check_bool,
     check_choice,
     check_divisible,
     check_fraction,
@@ -24,8 +25,8 @@ from ._checks import (
     check_layer_options,
 )
 from .attention import _HeadProjections, register_mixer
+from .ops import EVAL_SAMPLINGS
 
-EVAL_SAMPLINGS = ("fixed", "resample")
 RANDOM_REGIONS = ("image", "padded")
 DROPOUT_TARGETS = ("weights", "output")
 
@@ -177,7 +178,7 @@ class ConvNN2d(_SampledCandidates):
         bias: add a learned bias.
         self_first: force each pixel to be its own first neighbour with all candidates
             (default: True for feature/mixed selection, False for coordinate selection).
-        sort_neighbours: order the k neighbours by raster position rather than by rank
+        sort_by_position: order the k neighbours by raster position rather than by rank
             (default: True for coordinate selection, which makes the layer a convolution).
         eval_sampling: ``"fixed"`` (reproducible random candidates in eval) or
             ``"resample"`` (the paper's behaviour).
@@ -217,7 +218,7 @@ class ConvNN2d(_SampledCandidates):
         aggregation: str = "standard",
         bias: bool = True,
         self_first: bool | None = None,
-        sort_neighbours: bool | None = None,
+        sort_by_position: bool | None = None,
         eval_sampling: str = "fixed",
         seed: int = 0,
         backend: str | None = None,
@@ -240,7 +241,7 @@ class ConvNN2d(_SampledCandidates):
         check_choice("aggregation", aggregation, ops.AGGREGATIONS)
         backend = ops.backend_from_path(path, backend)
         check_layer_options(seed=seed, bools={"bias": bias}, optional_bools={
-            "self_first": self_first, "sort_neighbours": sort_neighbours})
+            "self_first": self_first, "sort_by_position": sort_by_position})
         _check_sampling(sampling, candidates, eval_sampling)
         if aggregation == "depthwise" and out_channels != in_channels:
             raise ValueError("aggregation='depthwise' needs out_channels == in_channels, got "
@@ -269,8 +270,8 @@ class ConvNN2d(_SampledCandidates):
         self.self_first = (selection != "coords") if self_first is None else self_first
         if sampling != "all":
             self.self_first = True
-        self.sort_neighbours = (selection == "coords") if sort_neighbours is None \
-            else sort_neighbours
+        self.sort_by_position = (selection == "coords") if sort_by_position is None \
+            else sort_by_position
         self.eval_sampling, self.seed, self.backend = eval_sampling, seed, backend
 
         factory = {"device": device, "dtype": dtype}
@@ -399,8 +400,8 @@ class ConvNN2d(_SampledCandidates):
                 return static.unsqueeze(0).expand(x.shape[0], -1, -1)
             return ops.select_neighbours(
                 sel[:, qpos], sel, self.k, self.similarity, query_positions=qpos,
-                candidates=candidates, self_first=self.self_first,
-                sort_by_position=self.sort_neighbours, with_scores=False,
+                candidate_positions=candidates, self_first=self.self_first,
+                sort_by_position=self.sort_by_position, with_scores=False,
                 stable=self.selection == "coords", backend=self.backend)[0]
 
     def _select(self, x: Tensor):
@@ -421,7 +422,7 @@ class ConvNN2d(_SampledCandidates):
                 coords = geo["coords"].unsqueeze(0)  # (1, N, 2)
                 idx, _ = ops.select_neighbours(
                     coords[:, qpos], coords, self.k, self.similarity, query_positions=qpos,
-                    self_first=self.self_first, sort_by_position=self.sort_neighbours,
+                    self_first=self.self_first, sort_by_position=self.sort_by_position,
                     with_scores=False, stable=True, backend=self.backend)
                 self._static_cache[key] = idx[0]  # (n, k), shared by the batch
             return self._static_cache[key], None, values, None, None
@@ -453,16 +454,16 @@ class ConvNN2d(_SampledCandidates):
                 values, sel, sel, self.k, self.weight, self.bias,
                 similarity=self.similarity, weighting=self.weighting,
                 aggregation=self.aggregation, pointwise=self.pointwise,
-                candidates=candidates, self_first=self.self_first,
-                sort_by_position=self.sort_neighbours, stable=self.selection == "coords",
+                candidate_positions=candidates, self_first=self.self_first,
+                sort_by_position=self.sort_by_position, stable=self.selection == "coords",
                 backend="reference")[:, qpos]
         else:
             out = ops.convnn(
                 values, sel[:, qpos], sel, self.k, self.weight, self.bias,
                 similarity=self.similarity, weighting=self.weighting,
                 aggregation=self.aggregation, pointwise=self.pointwise,
-                query_positions=qpos, candidates=candidates, self_first=self.self_first,
-                sort_by_position=self.sort_neighbours, stable=self.selection == "coords",
+                query_positions=qpos, candidate_positions=candidates, self_first=self.self_first,
+                sort_by_position=self.sort_by_position, stable=self.selection == "coords",
                 backend=self.backend)
         return out.transpose(1, 2).reshape(batch, self.out_channels, height, width)
 
@@ -647,7 +648,8 @@ class ConvNNAttention(_HeadProjections, _SampledCandidates):
         with torch.no_grad():
             q, key = self._selection_features(x)
             idx, _ = ops.select_neighbours(
-                q, key, self.k, self.similarity, candidates=self._candidates(tokens, x.device),
+                q, key, self.k, self.similarity,
+                candidate_positions=self._candidates(tokens, x.device),
                 self_first=self.self_first, scale=1.0 / math.sqrt(self.head_dim),
                 with_scores=False, stable=self.selection == "coords", backend=self.backend)
         return idx.view(batch, self.num_heads, tokens, self.k)
@@ -664,9 +666,9 @@ class ConvNNAttention(_HeadProjections, _SampledCandidates):
         out = ops.convnn(
             v, q, key, self.k, self.weight, None, similarity=self.similarity,
             weighting=self.weighting, aggregation=self.aggregation, pointwise=self.pointwise,
-            candidates=self._candidates(tokens, x.device), self_first=self.self_first,
+            candidate_positions=self._candidates(tokens, x.device), self_first=self.self_first,
             scale=1.0 / math.sqrt(self.head_dim), stable=self.selection == "coords",
-            weight_dropout=dropout if self.attn_dropout_on == "weights" else 0.0,
+            attn_dropout=dropout if self.attn_dropout_on == "weights" else 0.0,
             self_score=self.self_score, backend=self.backend)
         out = out.view(batch, self.num_heads, tokens, self.head_dim)  # (B, h, T, d)
         # contiguous: the dropout mask follows memory order, which differs between the paths
@@ -704,8 +706,7 @@ class BranchingConv2d(nn.Module):
         self.convnn_channels = math.floor(ratio * out_channels)
         self.conv_channels = out_channels - self.convnn_channels
         factory = {"device": device, "dtype": dtype}
-        if not isinstance(conv_bias, bool):
-            raise ValueError(f"conv_bias must be True or False, got {conv_bias!r}")
+        check_bool("conv_bias", conv_bias)
         self.conv = (nn.Conv2d(in_channels, self.conv_channels, kernel_size, padding="same",
                                bias=conv_bias, **factory) if self.conv_channels else None)
         self.convnn = (ConvNN2d(in_channels, self.convnn_channels, **convnn_kwargs, **factory)

@@ -48,6 +48,8 @@ WEIGHTINGS = ("ones", "softmax", "similarity")
 AGGREGATIONS = ("standard", "depthwise", "separable")
 SAMPLINGS = ("all", "random", "spatial")
 SELECTIONS = ("features", "coords", "mixed")
+EVAL_SAMPLINGS = ("fixed", "resample")
+"""How sampled candidates are drawn in evaluation: one fixed draw, or a new draw per call."""
 COORD_GRIDS = ("image", "padded")
 SPATIAL_ROUNDINGS = ("round", "truncate")
 SELF_SCORES = ("similarity", "constant")
@@ -566,21 +568,23 @@ def weighting_scores(scores: Tensor, similarity: str) -> Tensor:
 
 
 # --------------------------------------------------------------------------- selection
-def _check_selection_args(k, num_positions, num_queries, candidates, self_first, query_positions):
+def _check_selection_args(k, num_positions, num_queries, candidate_positions, self_first,
+                          query_positions):
     check_int("k", k, minimum=1)
-    for name, index in (("query_positions", query_positions), ("candidates", candidates)):
+    for name, index in (("query_positions", query_positions),
+                        ("candidate_positions", candidate_positions)):
         if index is not None:
             check_index(name, index, num_positions, "N, the number of keys")
     if query_positions is not None and query_positions.shape[0] != num_queries:
         raise ValueError(
             f"query_positions must have one index per query ({num_queries}), "
             f"got shape {tuple(query_positions.shape)}")
-    if candidates is not None and not self_first:
+    if candidate_positions is not None and not self_first:
         raise ValueError("sampled candidates always put the position itself first; "
                          "self_first must be True when candidates are given")
-    available = num_positions if candidates is None else candidates.shape[0]
+    available = num_positions if candidate_positions is None else candidate_positions.shape[0]
     if k > available:
-        what = "positions" if candidates is None else "candidates"
+        what = "positions" if candidate_positions is None else "candidates"
         raise ValueError(f"k={k} must be <= the number of {what} ({available})")
 
 
@@ -598,10 +602,11 @@ def _top(scores: Tensor, k: int, stable: bool, fused: bool = False) -> tuple[Ten
     return values[..., :k], order[..., :k]
 
 
-def _selection_setup(query, keys, k, candidates, self_first, query_positions) -> Tensor:
+def _selection_setup(query, keys, k, candidate_positions, self_first,
+                     query_positions) -> Tensor:
     """Validate a selection's arguments; return the query positions (default ``arange(N)``)."""
     n, num_positions = query.shape[1], keys.shape[1]
-    _check_selection_args(k, num_positions, n, candidates, self_first, query_positions)
+    _check_selection_args(k, num_positions, n, candidate_positions, self_first, query_positions)
     if query_positions is not None:
         return query_positions
     if n != num_positions:
@@ -610,9 +615,9 @@ def _selection_setup(query, keys, k, candidates, self_first, query_positions) ->
     return torch.arange(n, device=query.device)
 
 
-def _self_mask(query_positions: Tensor, candidates: Tensor) -> Tensor:
+def _self_mask(query_positions: Tensor, candidate_positions: Tensor) -> Tensor:
     """``[n, m]`` True where candidate j is query i itself."""
-    return candidates[None, :] == query_positions[:, None]
+    return candidate_positions[None, :] == query_positions[:, None]
 
 
 def _finish_selection(
@@ -647,7 +652,7 @@ def select_neighbours(
     similarity: str,
     *,
     query_positions: Tensor | None = None,
-    candidates: Tensor | None = None,
+    candidate_positions: Tensor | None = None,
     self_first: bool = False,
     sort_by_position: bool = False,
     scale: float | None = None,
@@ -671,8 +676,9 @@ def select_neighbours(
         k: neighbours per query, including the position itself when ``self_first``.
         similarity: a name in :data:`SIMILARITIES` (``"dot"``, ``"cosine"``, ``"euclidean"``).
         query_positions: ``[n]`` index in ``0..N-1`` of each query (default ``arange(N)``).
-        candidates: ``[m]`` positions to search (default: all ``N``). Sampled candidates
-            always put the position itself first and exclude it from the other ``k - 1``.
+        candidate_positions: ``[m]`` positions to search, the sampled candidates (default: all
+            ``N``). Sampled candidates always put the position itself first and exclude it
+            from the other ``k - 1``.
         self_first: make each position its own first neighbour (the paper's CNN layer).
         sort_by_position: order the k neighbours by raster index (the convolution limit).
         scale: dot-product scale (default ``1/√D``).
@@ -694,7 +700,8 @@ def select_neighbours(
     """
     if requested_backend(backend) == "reference":
         return select_neighbours_reference(
-            query, keys, k, similarity, query_positions=query_positions, candidates=candidates,
+            query, keys, k, similarity, query_positions=query_positions,
+            candidate_positions=candidate_positions,
             self_first=self_first, sort_by_position=sort_by_position, scale=scale,
             with_scores=with_scores, stable=stable, self_score=self_score)
     check_choice("self_score", self_score, SELF_SCORES)
@@ -702,17 +709,19 @@ def select_neighbours(
     if block_elements is None:
         block_elements = CPU_BLOCK_ELEMENTS if query.device.type == "cpu" else GPU_BLOCK_ELEMENTS
     device = query.device
-    query_positions = _selection_setup(query, keys, k, candidates, self_first, query_positions)
+    query_positions = _selection_setup(query, keys, k, candidate_positions, self_first,
+                                       query_positions)
     exact = stable and get_similarity(similarity).exact_squared_distance
-    if stable and candidates is not None:  # ties go to the lower position, not column
-        candidates = candidates.sort().values
+    if stable and candidate_positions is not None:  # ties go to the lower position, not column
+        candidate_positions = candidate_positions.sort().values
     k_search = k - 1 if self_first else k
 
     grad = with_scores and torch.is_grad_enabled()
     block_indices, block_scores = [], []
     with torch.set_grad_enabled(grad), ranking_precision(device):
         query, keys = _upcast(query), _upcast(keys)
-        cand_keys = keys if candidates is None else keys[:, candidates]  # (B, m, D)
+        cand_keys = (keys if candidate_positions is None
+                     else keys[:, candidate_positions])  # (B, m, D)
         rows_per_block = max(1, block_elements // max(1, batch * cand_keys.shape[1]))
         fused = k_search > 0 and choose_backend(
             backend, device, step="topk", k=k_search, width=cand_keys.shape[1]) == "triton"
@@ -722,18 +731,18 @@ def select_neighbours(
             stop = min(n, start + rows_per_block)
             scores = _block_scores(prepared_query[:, start:stop], prepared_keys, key_norms,
                                    similarity, scale, query.dtype, exact)  # (B, nb, m)
-            if self_first and candidates is None:  # the position's own column
+            if self_first and candidate_positions is None:  # the position's own column
                 own = query_positions[start:stop].view(1, -1, 1).expand(batch, -1, 1)
                 scores = scores.scatter(-1, own, float("-inf"))
             elif self_first:
-                mask = _self_mask(query_positions[start:stop], candidates)  # (nb, m)
+                mask = _self_mask(query_positions[start:stop], candidate_positions)  # (nb, m)
                 scores = scores.masked_fill(mask, float("-inf"))
             if k_search > 0:
                 top_scores, top = _top(scores, k_search, stable, fused=fused)  # (B, nb, k')
             else:
                 top_scores = scores[..., :0]
                 top = torch.zeros(batch, stop - start, 0, dtype=torch.long, device=device)
-            block_indices.append(top if candidates is None else candidates[top])
+            block_indices.append(top if candidate_positions is None else candidate_positions[top])
             block_scores.append(top_scores.to(query.dtype) if with_scores else None)
         indices = torch.cat(block_indices, dim=1) if len(block_indices) > 1 else block_indices[0]
         scores = None
@@ -759,7 +768,7 @@ def select_neighbours_reference(
     similarity: str,
     *,
     query_positions: Tensor | None = None,
-    candidates: Tensor | None = None,
+    candidate_positions: Tensor | None = None,
     self_first: bool = False,
     sort_by_position: bool = False,
     scale: float | None = None,
@@ -775,7 +784,8 @@ def select_neighbours_reference(
     check_choice("self_score", self_score, SELF_SCORES)
     batch, n, _ = query.shape
     num_positions = keys.shape[1]
-    query_positions = _selection_setup(query, keys, k, candidates, self_first, query_positions)
+    query_positions = _selection_setup(query, keys, k, candidate_positions, self_first,
+                                       query_positions)
     with ranking_precision(query.device):
         query, keys = _upcast(query), _upcast(keys)
         if stable and get_similarity(similarity).exact_squared_distance:
@@ -783,9 +793,9 @@ def select_neighbours_reference(
         else:
             scores = pairwise_scores(query, keys, similarity, scale)  # (B, n, N)
         allowed = torch.ones(n, num_positions, dtype=torch.bool, device=query.device)
-        if candidates is not None:
+        if candidate_positions is not None:
             allowed = torch.zeros_like(allowed)
-            allowed[:, candidates] = True
+            allowed[:, candidate_positions] = True
         self_scores = scores.gather(-1, query_positions.view(1, n, 1).expand(batch, n, 1))
         if self_first:
             allowed[torch.arange(n, device=query.device), query_positions] = False
@@ -1092,13 +1102,13 @@ def convnn(
     aggregation: str = "standard",
     pointwise: Tensor | None = None,
     query_positions: Tensor | None = None,
-    candidates: Tensor | None = None,
+    candidate_positions: Tensor | None = None,
     self_first: bool = False,
     sort_by_position: bool = False,
     scale: float | None = None,
     stable: bool = False,
     neighbours: Tensor | None = None,
-    weight_dropout: float = 0.0,
+    attn_dropout: float = 0.0,
     self_score: str = "similarity",
     backend: str | None = None,
     path: str = "fast",
@@ -1113,11 +1123,11 @@ def convnn(
         weight, bias, pointwise: aggregation parameters, see :func:`aggregate`.
         similarity, weighting, aggregation: see :data:`SIMILARITIES`, :data:`WEIGHTINGS`,
             :data:`AGGREGATIONS`.
-        query_positions, candidates, self_first, sort_by_position, scale, stable: see
+        query_positions, candidate_positions, self_first, sort_by_position, scale, stable: see
             :func:`select_neighbours`.
         neighbours: precomputed ``[n, k]`` or ``[B, n, k]`` indices (skips the search; used
             for static coordinate selection). Requires ``weighting="ones"``.
-        weight_dropout: dropout probability on ρ (attention dropout), applied when > 0.
+        attn_dropout: dropout probability on ρ (attention dropout), applied when > 0.
         self_score: see :func:`select_neighbours`.
         backend: ``None`` (the default backend), ``"reference"``, ``"torch"`` or
             ``"triton"``, see :func:`choose_backend`; all give the same result.
@@ -1141,12 +1151,13 @@ def convnn(
     else:
         indices, scores = select_neighbours(
             query, keys, k, similarity, query_positions=query_positions,
-            candidates=candidates, self_first=self_first, sort_by_position=sort_by_position,
+            candidate_positions=candidate_positions, self_first=self_first,
+            sort_by_position=sort_by_position,
             scale=scale, with_scores=weighting != "ones", stable=stable, self_score=self_score,
             backend=backend)
     rho = neighbour_weights(scores, weighting)
-    if rho is not None and weight_dropout > 0.0:
-        rho = F.dropout(rho, weight_dropout, training=True)
+    if rho is not None and attn_dropout > 0.0:
+        rho = F.dropout(rho, attn_dropout, training=True)
     return gather_aggregate(values, indices, rho, weight, bias, aggregation, pointwise,
                             backend=backend)
 
@@ -1155,6 +1166,7 @@ __all__ = [
     "AGGREGATIONS",
     "BACKENDS",
     "COORD_GRIDS",
+    "EVAL_SAMPLINGS",
     "KERNELS",
     "KERNEL_STEPS",
     "PAPER_SELF_LOGIT",

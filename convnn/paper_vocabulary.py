@@ -39,6 +39,13 @@ VIT_MIXERS = {"attention": "attention", "local_attention": "local",
 """The paper's ViT layer names → the presets' ``mixer``."""
 CONV_TYPES = {"depthwise-separable": "separable"}
 """The paper's ``conv_type`` names that differ from the presets' ``aggregation``."""
+PLAIN = "Col"
+"""The paper's word for plain (features-only) VGG similarity and aggregation, a row's default."""
+ROW_SETTING_KEYS = ("table", "experiment", "dataset", "model", "layer", "branch_ratio",
+                    "similarity", "aggregation", "k", "kernel_size", "sampling", "candidates",
+                    "r_prime", "conv_type", "heads", "lr", "epochs")
+"""The settings of a row of ``paper_results.json`` (every other key is a number the paper
+reports)."""
 
 
 def selection_word(selection: str) -> str:
@@ -49,6 +56,19 @@ def selection_word(selection: str) -> str:
 def aggregation_word(aggregate_coords: bool) -> str:
     """The paper's word for VGG's ``aggregate_coords`` (True → ``"Loc_Col"``)."""
     return {v: k for k, v in AGGREGATE_COORDS.items()}[bool(aggregate_coords)]
+
+
+def vgg_row_words(record: dict) -> list[str]:
+    """The paper's non-default VGG similarity / aggregation of a row, for its description
+    (``["sim Loc_Col"]``, ``["agg Loc_Col"]``, or both, or none)."""
+    return [f"{short} {record[key]}" for key, short in (("similarity", "sim"),
+                                                          ("aggregation", "agg"))
+            if record.get(key, PLAIN) != PLAIN]
+
+
+def vit_row_words(record: dict) -> list[str]:
+    """The paper's ViT aggregation (``conv_type``) of a row, for its description."""
+    return [f"{record['conv_type']} aggregation"] if record.get("conv_type") else []
 
 
 def paper_layer_options(similarity: str = "Col", aggregation: str = "Col",
@@ -191,5 +211,6 @@ def paper_sweeps() -> list[tuple[str, str, dict]]:
 
 
 __all__ = ["AGGREGATE_COORDS", "CONV_TYPES", "MIXED_SELECTION_MIX", "PAPER_AGGREGATION",
-           "PAPER_SIMILARITY", "SELECTION", "VIT_MIXERS", "aggregation_word",
-           "paper_layer_options", "paper_sweeps", "record_settings", "selection_word"]
+           "PAPER_SIMILARITY", "PLAIN", "ROW_SETTING_KEYS", "SELECTION", "VIT_MIXERS",
+           "aggregation_word", "paper_layer_options", "paper_sweeps", "record_settings",
+           "selection_word", "vgg_row_words", "vit_row_words"]

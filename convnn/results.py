@@ -37,7 +37,9 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from . import paper_vocabulary as paper
 from .experiments import get_preset, paper_key, paper_records, preset_for_record
+from .models import upgrade_model_dict
 from .package_data import PackageDataError, data_file, results_root
 from .viz import BookFigure
 
@@ -103,9 +105,7 @@ IMAGENET_TABLE = "10"
 DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet": "ImageNet-1K"}
 
 #: Settings of a paper row (everything else in a record is a number the paper reports).
-SETTING_KEYS = ("table", "experiment", "dataset", "model", "layer", "branch_ratio",
-                "similarity", "aggregation", "k", "kernel_size", "sampling", "candidates",
-                "r_prime", "conv_type", "heads", "lr", "epochs")
+SETTING_KEYS = paper.ROW_SETTING_KEYS
 
 #: Default axes of :func:`plot_paper_sweep`: table -> (x key, grouping keys, x label, log x).
 SWEEPS: dict[str, tuple[str, tuple[str, ...], str, bool]] = {
@@ -121,13 +121,15 @@ SWEEPS: dict[str, tuple[str, tuple[str, ...], str, bool]] = {
 #: The headline comparisons of method.md §5, as (claim, table, ConvNN row, baseline row).
 HEADLINE_CLAIMS: tuple[tuple[str, str, dict, dict], ...] = (
     ("VGG-11: branching λ=0.5 vs Conv2d", "6.1",
-     {"dataset": "cifar10", "layer": "branching", "branch_ratio": 0.5, "similarity": "Col",
-      "aggregation": "Col"},
-     {"dataset": "cifar10", "layer": "conv2d", "similarity": "Col", "aggregation": "Col"}),
+     {"dataset": "cifar10", "layer": "branching", "branch_ratio": 0.5, "similarity": paper.PLAIN,
+      "aggregation": paper.PLAIN},
+     {"dataset": "cifar10", "layer": "conv2d", "similarity": paper.PLAIN,
+      "aggregation": paper.PLAIN}),
     ("VGG-11: branching λ=0.625 vs Conv2d", "6.1",
-     {"dataset": "cifar100", "layer": "branching", "branch_ratio": 0.625, "similarity": "Col",
-      "aggregation": "Col"},
-     {"dataset": "cifar100", "layer": "conv2d", "similarity": "Col", "aggregation": "Col"}),
+     {"dataset": "cifar100", "layer": "branching", "branch_ratio": 0.625, "similarity": paper.PLAIN,
+      "aggregation": paper.PLAIN},
+     {"dataset": "cifar100", "layer": "conv2d", "similarity": paper.PLAIN,
+      "aggregation": paper.PLAIN}),
     ("ViT-Tiny: ConvNN-Attn random r=32 vs attention", "6.6",
      {"dataset": "cifar10", "layer": "convnn_attention", "sampling": "random"},
      {"dataset": "cifar10", "layer": "attention"}),
@@ -141,11 +143,15 @@ HEADLINE_CLAIMS: tuple[tuple[str, str, dict, dict], ...] = (
      {"dataset": "cifar100", "layer": "convnn_attention", "sampling": "all"},
      {"dataset": "cifar100", "layer": "attention"}),
     ("VGG-11: pure ConvNN vs Conv2d", "6.1",
-     {"dataset": "cifar10", "layer": "convnn", "similarity": "Col", "aggregation": "Col"},
-     {"dataset": "cifar10", "layer": "conv2d", "similarity": "Col", "aggregation": "Col"}),
+     {"dataset": "cifar10", "layer": "convnn", "similarity": paper.PLAIN,
+      "aggregation": paper.PLAIN},
+     {"dataset": "cifar10", "layer": "conv2d", "similarity": paper.PLAIN,
+      "aggregation": paper.PLAIN}),
     ("VGG-11: pure ConvNN vs Conv2d", "6.1",
-     {"dataset": "cifar100", "layer": "convnn", "similarity": "Col", "aggregation": "Col"},
-     {"dataset": "cifar100", "layer": "conv2d", "similarity": "Col", "aggregation": "Col"}),
+     {"dataset": "cifar100", "layer": "convnn", "similarity": paper.PLAIN,
+      "aggregation": paper.PLAIN},
+     {"dataset": "cifar100", "layer": "conv2d", "similarity": paper.PLAIN,
+      "aggregation": paper.PLAIN}),
 )
 
 _COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2",
@@ -580,9 +586,7 @@ def row_label(record: dict) -> str:
         base = {"conv2d": "Conv2d", "convnn": "ConvNN", "branching": "Branching"}[layer]
         if layer == "branching" and record.get("branch_ratio") is not None:
             base += f" λ={_fmt_number(record['branch_ratio'])}"
-        for key, short in (("similarity", "sim"), ("aggregation", "agg")):
-            if record.get(key, "Col") != "Col":
-                extras.append(f"{short} {record[key]}")
+        extras.extend(paper.vgg_row_words(record))
         if record.get("sampling") in ("random", "spatial"):
             extras.append(f"{record['sampling']} r={record['candidates']}")
         if layer != "conv2d" and (table == "6.4" or record.get("k", 9) != 9):
@@ -603,8 +607,7 @@ def row_label(record: dict) -> str:
                 base += f" r={record['candidates']}"
         if record.get("k") is not None:
             extras.append(f"k={record['k']}")
-        if record.get("conv_type"):
-            extras.append(f"{record['conv_type']} aggregation")
+        extras.extend(paper.vit_row_words(record))
         if record.get("heads") is not None and (table == "6.10" or record["heads"] != 1):
             extras.append(f"{record['heads']} head{'s' if record['heads'] != 1 else ''}")
     if table == "6.5" and record.get("lr") is not None:
@@ -1283,7 +1286,7 @@ def model_differences(run: Run) -> list[str]:
     """Model settings of the run that differ from today's preset (e.g. layer options the
     preset gained later), as ``"name: ours -> preset's"`` strings; ``[]`` if none."""
     want = get_preset(run.preset).model_config().to_dict()
-    have = run.extra.get("model") or {}
+    have = upgrade_model_dict(run.extra.get("model") or {})
     out = []
     for key, value in want.items():
         if key == "layer_options":

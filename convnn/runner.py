@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ._checks import check_device, check_int, check_path
+from ._checks import check_bool, check_int, check_path, resolve_device
 from .data import (
     DatasetNotFoundError,
     ImageDataset,
@@ -53,9 +53,7 @@ def smoke_mode(default: bool = False) -> bool:
         return value == "1"
     if value:
         raise ValueError(f"CONVNN_SMOKE must be 0 or 1, got {value!r}")
-    if not isinstance(default, bool):
-        raise ValueError(f"default must be True or False, got {default!r}")
-    return default
+    return check_bool("default", default)
 
 
 def default_run_dir(name: str, smoke: bool, root: str | os.PathLike = "runs") -> Path:
@@ -75,8 +73,7 @@ def runs_root(local: str | os.PathLike = "runs", *, keep_on_drive: bool = False,
     Mounting asks for permission in the notebook. Outside Colab ``keep_on_drive`` is ignored,
     with a note.
     """
-    if not isinstance(keep_on_drive, bool):
-        raise ValueError(f"keep_on_drive must be True or False, got {keep_on_drive!r}")
+    check_bool("keep_on_drive", keep_on_drive)
     if not keep_on_drive:
         return Path(local)
     try:
@@ -183,9 +180,7 @@ def run_preset(name: str, *, epochs: int | None = None, smoke: bool | None = Non
     if out_dir is not None:
         check_path("out_dir", out_dir)
     smoke = smoke_mode() if smoke is None else smoke
-    dev = check_device("device", device) if device is not None else (
-        torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        if torch.cuda.is_available() else torch.device("cpu"))
+    dev = resolve_device("device", device, cuda_index=int(os.environ.get("LOCAL_RANK", "0")))
     model_cfg, train_cfg = preset_configs(preset, smoke=smoke, epochs=epochs, device=dev,
                                           **train_overrides)
     out = Path(out_dir) if out_dir is not None else default_run_dir(preset.name, smoke)
@@ -277,7 +272,7 @@ def evaluate_run_dir(run_dir, *, data_dir=None, device=None, workers: int | None
                      ) -> dict:
     """Evaluate a finished or partial run folder on its test split (``workers``: as
     :func:`run_preset`)."""
-    dev = check_device("device", device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = resolve_device("device", device)
     config, _ = load_run_checkpoint(run_dir)
     extra = config.get("extra", {})
     if not isinstance(extra, dict) or not isinstance(extra.get("model"), dict):

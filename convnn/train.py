@@ -56,9 +56,18 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._checks import check_choice, check_device, check_int, check_known, check_path
+from ._checks import (
+    check_bool,
+    check_choice,
+    check_device,
+    check_int,
+    check_known,
+    check_path,
+    resolve_device,
+)
 from ._io import atomic_write_json, git_commit
 from .data import ImageDataset
+from .ops import EVAL_SAMPLINGS
 from .run_folder import (
     RESUMABLE_CHANGES,
     RUN_FILES,
@@ -104,7 +113,6 @@ OPTIMIZER_FACTORIES: dict[str, Callable] = {
 OPTIMIZERS = tuple(OPTIMIZER_FACTORIES)
 SCHEDULES = ("none", "cosine", "step")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
-EVAL_SAMPLINGS = ("fixed", "resample")
 #: Fields of a metrics record that differ between two runs of the same computation.
 VOLATILE_FIELDS = (
     "epoch_seconds",
@@ -133,11 +141,6 @@ def _check_number(name: str, value, low: float, high: float = math.inf, open_low
         interval = f"{'(' if open_low else '['}{low}, {high}]"
         raise ValueError(f"{name} must be in {interval}, got {value!r}")
     return float(value)
-
-
-def _check_bool(name: str, value) -> None:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False, got {value!r}")
 
 
 @dataclass
@@ -246,14 +249,14 @@ class TrainConfig:
             _check_number("grad_clip", self.grad_clip, 0.0)
         _check_number("label_smoothing", self.label_smoothing, 0.0, 1.0)
         check_choice("amp", self.amp, AMP_MODES)
-        _check_bool("compile", self.compile)
+        check_bool("compile", self.compile)
         check_int("seed", self.seed, minimum=0)
         check_choice("eval_sampling", self.eval_sampling, EVAL_SAMPLINGS)
-        _check_bool("augment", self.augment)
+        check_bool("augment", self.augment)
         if self.resize is not None:
             check_int("resize", self.resize, minimum=1)
         check_int("log_every", self.log_every, minimum=0)
-        _check_bool("deterministic", self.deterministic)
+        check_bool("deterministic", self.deterministic)
         if self.checkpoint_every is not None:
             check_int("checkpoint_every", self.checkpoint_every, minimum=1)
         if self.checkpoint_minutes is not None:
@@ -328,10 +331,7 @@ class _Dist:
 
 
 def _resolve_device(device) -> torch.device:
-    device = check_device("device", device)
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
+    device = resolve_device("device", device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     return device
@@ -356,10 +356,8 @@ def _init_distributed(device) -> tuple[_Dist, torch.device]:
         ctx = _Dist(dist.get_rank(), dist.get_world_size(), created=True)
     else:
         return _Dist(), _resolve_device(device)
-    if device is None and torch.cuda.is_available():
-        local_rank = int(os.environ.get("LOCAL_RANK", ctx.rank))
-        device = torch.device("cuda", local_rank)
-    return ctx, _resolve_device(device)
+    local_rank = int(os.environ.get("LOCAL_RANK", ctx.rank))
+    return ctx, _resolve_device(resolve_device("device", device, cuda_index=local_rank))
 
 
 def _all_reduce(t: torch.Tensor, ctx: _Dist) -> torch.Tensor:
@@ -808,8 +806,8 @@ def train(
         raise ValueError(f"config must be a TrainConfig, got {type(config).__name__}")
     config.validate()
     _check_dataset(dataset, config)
-    _check_bool("resume", resume)
-    _check_bool("overwrite", overwrite)
+    check_bool("resume", resume)
+    check_bool("overwrite", overwrite)
     if resume and overwrite:
         raise ValueError("resume and overwrite cannot both be True")
     if extra is not None:

@@ -39,7 +39,7 @@ from matplotlib.patches import Rectangle
 from torch import Tensor
 
 from . import ops
-from ._checks import check_choice, check_int
+from ._checks import check_bool, check_choice, check_int
 from .layers import ConvNN2d
 
 __all__ = [
@@ -185,8 +185,7 @@ def sample_image(
     if label is not None:
         check_choice("label", label, CIFAR10_CLASSES)
     download = downloads_allowed() if download is None else download
-    if not isinstance(download, bool):
-        raise ValueError(f"download must be True, False or None, got {download!r}")
+    check_bool("download", download, allow_none=True)
     if source == "matplotlib":
         return _matplotlib_image(size)
     env = tuple(os.environ.get(v) for v in ("CONVNN_DATA_DIR", "CONVNN_CACHE_DIR"))

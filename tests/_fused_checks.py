@@ -54,8 +54,9 @@ def selection_with_ties_matches_stable_reference():
     n = x.shape[1]
     qpos = torch.arange(n)
     cases = [{}, {"self_first": True},
-             {"self_first": True, "candidates": torch.tensor([0, 3, 9, 20, 40, 41, 60, 80])},
-             {"self_first": True, "candidates": ops.spatial_candidates_2d(5, 5, 3, 2)}]
+             {"self_first": True,
+              "candidate_positions": torch.tensor([0, 3, 9, 20, 40, 41, 60, 80])},
+             {"self_first": True, "candidate_positions": ops.spatial_candidates_2d(5, 5, 3, 2)}]
     for similarity in ("cosine", "dot", "euclidean"):
         for case in cases:
             for k in (1, 4, 7):

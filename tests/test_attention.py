@@ -122,7 +122,7 @@ def test_attention_weights_reference_path_rows_sum_to_one():
 
 @pytest.mark.parametrize("name", ["attention", "kvt", "local", "sparse", "neighborhood"])
 def test_attention_dropout_only_in_training(name):
-    kwargs = {"kvt": {"k": 5}, "local": {"window": 4, "dim_head": 4}}.get(name, {})
+    kwargs = {"kvt": {"k": 5}, "local": {"window": 4, "head_dim": 4}}.get(name, {})
     m = build(TOKEN_MIXERS[name], 8, 2, attn_dropout=0.5, **kwargs)
     x = rand(2, 9, 8)
     y = m(x)
@@ -163,7 +163,7 @@ def test_kvt_matches_naive_topk_masked_attention(heads, k):
 
 def test_kvt_weights_have_exactly_k_nonzeros_per_query():
     q, k = rand(2, 3, 10, 4), rand(2, 3, 10, 4, seed=1)
-    w = kvt_attention_weights(q, k, topk=3)
+    w = kvt_attention_weights(q, k, k=3)
     assert ((w != 0).sum(-1) == 3).all()
     torch.testing.assert_close(w.sum(-1), torch.ones(2, 3, 10, dtype=F64))
     # the kept keys are the best-scoring ones
@@ -263,7 +263,7 @@ def test_local_attention_mask_exact():
 @pytest.mark.parametrize("exact", [False, True])
 @pytest.mark.parametrize("T,window", [(30, 8), (32, 8), (5, 7), (1, 3)])
 def test_local_matches_naive_masked_attention(T, window, exact):
-    m = build(LocalAttention, 12, 2, window=window, dim_head=4, exact_window=exact, rotary=False)
+    m = build(LocalAttention, 12, 2, window=window, head_dim=4, exact_window=exact, rotary=False)
     x = rand(2, T, 12, requires_grad=True)
     allowed = local_attention_mask(T, window, exact)
     torch.testing.assert_close(m(x), naive_attention(m, x, allowed), rtol=1e-10, atol=1e-12)
@@ -275,7 +275,7 @@ def test_local_matches_naive_masked_attention(T, window, exact):
 @pytest.mark.parametrize("T,window", [(30, 8), (197, 128)])
 def test_local_rotary_matches_naive(T, window):
     # queries rotated as position i + window, keys as j (the reference's rotary frame)
-    m = build(LocalAttention, 12, 1, window=window, dim_head=8, rotary=True)
+    m = build(LocalAttention, 12, 1, window=window, head_dim=8, rotary=True)
     x = rand(2, T, 12)
     allowed = local_attention_mask(T, window, True)
     expected = naive_attention(m, x, allowed, query_shift=window)
@@ -289,7 +289,7 @@ def test_local_rotary_matches_naive(T, window):
 @pytest.mark.parametrize("exact", [False, True])
 def test_local_perturbation_stays_in_window(exact):
     T, window = 37, 6
-    m = build(LocalAttention, 8, 2, window=window, dim_head=4, exact_window=exact)
+    m = build(LocalAttention, 8, 2, window=window, head_dim=4, exact_window=exact)
     x = rand(1, T, 8)
     allowed = local_attention_mask(T, window, exact)
     for j in [0, 5, 6, 17, 36]:
@@ -298,7 +298,7 @@ def test_local_perturbation_stays_in_window(exact):
 
 def test_local_with_one_big_window_is_full_attention():
     full = build(MultiHeadSelfAttention, 12, 3)
-    local = build(LocalAttention, 12, 3, window=16, dim_head=4, rotary=False)
+    local = build(LocalAttention, 12, 3, window=16, head_dim=4, rotary=False)
     local.load_state_dict(full.state_dict())
     x = rand(2, 16, 12)
     torch.testing.assert_close(local(x), full(x), rtol=1e-10, atol=1e-12)
@@ -386,8 +386,8 @@ def n_params(m):
 
 def test_parameter_counts_match_the_paper():
     assert n_params(MultiHeadSelfAttention(192, 1)) == 147_456
-    assert n_params(LocalAttention(192, 1, dim_head=64)) == 49_152
-    assert n_params(LocalAttention(192, 3, dim_head=64)) == 147_456
+    assert n_params(LocalAttention(192, 1, head_dim=64)) == 49_152
+    assert n_params(LocalAttention(192, 3, head_dim=64)) == 147_456
     # paper: ViT-Tiny 5,479,306 (attention) vs 4,299,658 (local) = 12 layers x the difference
     assert 12 * (147_456 - 49_152) == 5_479_306 - 4_299_658
     for name in ["kvt", "sparse", "neighborhood"]:
@@ -402,12 +402,12 @@ def test_state_dicts_are_interchangeable():
         m = cls(12, 3)
         assert set(m.state_dict()) == keys
         m.load_state_dict(src)
-    LocalAttention(12, 3, dim_head=4).load_state_dict(src)
+    LocalAttention(12, 3, head_dim=4).load_state_dict(src)
 
 
 def test_extra_repr():
     assert "k=5" in repr(KVTAttention(12, 3, k=5))
-    assert "window=8" in repr(LocalAttention(12, 2, window=8, dim_head=4))
+    assert "window=8" in repr(LocalAttention(12, 2, window=8, head_dim=4))
     assert "mode='strided', context=3" in repr(SparseAttention(12, 3, "strided", 3))
     assert "kernel_size=5" in repr(NeighborhoodAttention1d(12, 3, kernel_size=5))
     assert "num_heads=4, kernel_size=3" in repr(TokenConv1d(12, 4))
@@ -442,7 +442,7 @@ def test_extra_repr():
             r"kernel_size=7 must be <= .*T=5",
         ),
         (lambda: LocalAttention(12, window=0), None, r"window must be >= 1, got 0"),
-        (lambda: LocalAttention(12, dim_head=5), None, r"even dim_head.*5"),
+        (lambda: LocalAttention(12, head_dim=5), None, r"even head_dim.*5"),
         (lambda: MultiHeadSelfAttention(12, attn_dropout=1.5), None, r"attn_dropout.*1.5"),
     ],
 )
@@ -458,7 +458,7 @@ def test_pure_functions_validate():
     with pytest.raises(ValueError, match=r"kernel_size=7 must be <= .*T=5"):
         neighborhood_indices(5, 7)
     with pytest.raises(ValueError, match=r"k=4 must be <= .*T=3"):
-        kvt_attention_weights(torch.randn(3, 2), torch.randn(3, 2), topk=4)
+        kvt_attention_weights(torch.randn(3, 2), torch.randn(3, 2), k=4)
     with pytest.raises(ValueError, match=r"window must be >= 1"):
         local_attention_mask(5, 0)
 
@@ -466,7 +466,7 @@ def test_pure_functions_validate():
 MIXER_KWARGS = {
     "attention": {},
     "kvt": {"k": 5},
-    "local": {"window": 8, "dim_head": 8},
+    "local": {"window": 8, "head_dim": 8},
     "sparse": {"mode": "strided", "context": 4},
     "neighborhood": {"kernel_size": 5},
     "conv1d": {"kernel_size": 3},

@@ -60,7 +60,7 @@ def test_imagenet_presets_match_the_papers_parameter_counts():
             assert truncated == row["params_m"], preset.name
     resnet = E.get_preset("resnet50-in1k-branching-r0.5-random-r32-k9").model_config()
     assert resnet.layer_options["candidate_layout"] == "count"
-    assert E.get_preset("vit-base-in1k-attention").model_config().heads == 12
+    assert E.get_preset("vit-base-in1k-attention").model_config().num_heads == 12
     t = E.get_preset("resnet50-in1k-conv2d").train_config()
     assert (t.optimizer, t.augment, t.resize) == ("sgd", True, None)
 

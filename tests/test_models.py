@@ -119,7 +119,7 @@ def test_convnn_attention_aggregation_counts_table_6_9(dataset, aggregation, k, 
 
 @pytest.mark.parametrize(("dataset", "mixer", "heads", "params_m"), TABLE_6_10)
 def test_heads_counts_table_6_10(dataset, mixer, heads, params_m):
-    model = vit_tiny_paper(NUM_CLASSES[dataset], mixer, heads=heads, device=META)
+    model = vit_tiny_paper(NUM_CLASSES[dataset], mixer, num_heads=heads, device=META)
     assert round(count_parameters(model) / 1e6, 3) == params_m
 
 
@@ -185,7 +185,7 @@ def test_every_cifar_count_in_paper_results():
                    tuple(sorted(options.items())))
             if key in checked:
                 continue
-            model = vit_tiny_paper(classes, mixer, heads=rec.get("heads", 1), device=META,
+            model = vit_tiny_paper(classes, mixer, num_heads=rec.get("heads", 1), device=META,
                                    **options)
         else:
             continue
@@ -335,8 +335,8 @@ def test_vit_forward_shapes_every_mixer(mixer):
     options = {"convnn_attention": {"k": 5}, "kvt": {"k": 5},
                "convnn_attention_hybrid": {"k": 5, "ratio": 0.5},
                "convnn_conv1d_hybrid": {"k": 5, "kernel_size": 3},
-               "local": {"window": 8, "dim_head": 16}}.get(mixer, {})
-    model = ViT(10, num_heads=2, mixer=mixer, mixer_options=options, **SMALL_VIT)
+               "local": {"window": 8, "head_dim": 16}}.get(mixer, {})
+    model = ViT(10, num_heads=2, mixer=mixer, layer_options=options, **SMALL_VIT)
     assert model.num_tokens == 17
     out = model(torch.randn(2, 3, 32, 32))
     assert out.shape == (2, 10)
@@ -347,7 +347,7 @@ def test_vit_forward_shapes_every_mixer(mixer):
 def test_vit_convnn_attention_sampled_forward_and_backward():
     torch.manual_seed(0)
     model = ViT(10, mixer="convnn_attention",
-                mixer_options={"k": 4, "sampling": "random", "candidates": 8}, **SMALL_VIT)
+                layer_options={"k": 4, "sampling": "random", "candidates": 8}, **SMALL_VIT)
     model(torch.randn(2, 3, 32, 32)).sum().backward()
     assert all(p.grad is not None for p in model.parameters())
     assert [p["sampling"] for p in model.layer_plan] == ["random", "random"]
@@ -502,7 +502,7 @@ def test_registered_mixer_builds_inside_a_vit_through_model_config(toy_mixer):
 
     assert toy_mixer in MIXERS and MIXERS[toy_mixer] == (_ScaledTokens, {})
     assert mixer_option_names(toy_mixer) == ["scale"]
-    model = build_model(ModelConfig(name="vit_tiny_cifar", mixer=toy_mixer, depth=2, heads=3,
+    model = build_model(ModelConfig(name="vit_tiny_cifar", mixer=toy_mixer, depth=2, num_heads=3,
                                     attn_dropout=0.25, layer_options={"scale": 2.0}))
     mixers = [block.mixer for block in model.blocks]
     assert all(isinstance(m, _ScaledTokens) for m in mixers)
@@ -556,3 +556,19 @@ def test_create_mixer_names_unknown_mixers_and_options():
         TOKEN_MIXERS["x"] = KVTAttention  # read-only view
     with pytest.raises(TypeError):
         MIXERS["x"] = (KVTAttention, {})
+
+
+def test_deprecated_names_warn_and_still_work():
+    """The old name of ``num_heads`` (``heads``, in saved config.json files) still works."""
+    with pytest.warns(DeprecationWarning, match="use num_heads"):
+        config = ModelConfig(name="vit_tiny_cifar", heads=3)
+    assert config.num_heads == 3 and "heads" not in config.to_dict()
+    saved = {**ModelConfig(name="vit_tiny_cifar").to_dict(), "heads": 3}
+    del saved["num_heads"]
+    with pytest.warns(DeprecationWarning, match="use num_heads"):
+        assert ModelConfig.from_dict(saved) == config
+    with pytest.warns(DeprecationWarning, match="use num_heads"):
+        model = vit_tiny_cifar(10, heads=3, device=META)
+    assert model.blocks[0].mixer.num_heads == 3
+    with pytest.raises(ValueError, match="not both"):
+        ModelConfig(name="vit_tiny_cifar", heads=3, num_heads=2)

@@ -88,7 +88,8 @@ def test_sampled_selection_only_scores_the_candidates(monkeypatch):
 
     monkeypatch.setattr(ops, "_block_scores", spy)
     q = torch.randn(2, 50, 4)
-    ops.select_neighbours(q, q, 3, "dot", candidates=torch.arange(0, 50, 5), self_first=True)
+    ops.select_neighbours(q, q, 3, "dot", candidate_positions=torch.arange(0, 50, 5),
+                          self_first=True)
     assert seen and all(shape[1] == 10 for shape in seen)
 
 
@@ -155,7 +156,7 @@ def test_random_sampling_puts_self_first_and_never_again(layer_kind):
         attn = ConvNNAttention(6, 2, k=4, sampling="random", candidates=5)
         q = torch.randn(3, 10, 3)
         cands = attn._random_draw(10, 5, q.device)
-        idx, _ = ops.select_neighbours(q, q, 4, "dot", candidates=cands, self_first=True)
+        idx, _ = ops.select_neighbours(q, q, 4, "dot", candidate_positions=cands, self_first=True)
         assert torch.equal(idx[..., 0], torch.arange(10).expand(3, -1))
         assert not (idx[..., 1:] == torch.arange(10).view(1, -1, 1)).any()
 
@@ -391,7 +392,8 @@ def test_coordinate_ties_go_to_the_lowest_position_in_both_paths():
     coords = torch.arange(10, dtype=torch.float32).view(1, 10, 1)
     candidates = torch.tensor([9, 6, 4, 2])
     for select in (ops.select_neighbours, ops.select_neighbours_reference):
-        idx, _ = select(coords, coords, 2, "euclidean", candidates=candidates, self_first=True,
+        idx, _ = select(coords, coords, 2, "euclidean", candidate_positions=candidates,
+                        self_first=True,
                         with_scores=False, stable=True)
         assert idx[0, 5].tolist() == [5, 4]
         assert idx[0, 0].tolist() == [0, 2]
@@ -405,7 +407,7 @@ def test_coordinate_selection_is_identical_in_every_block_size_and_path(grid):
     qpos = ops.interior_positions(5, 6, 1)
     candidates = ops.spatial_candidates_2d(5, 6, 3, 1).flip(0)
     for cand, first in ((None, False), (candidates, True)):
-        kwargs = {"query_positions": qpos, "candidates": cand, "self_first": first,
+        kwargs = {"query_positions": qpos, "candidate_positions": cand, "self_first": first,
                   "stable": True}
         ref_idx, ref_s = ops.select_neighbours_reference(coords[:, qpos], coords, 5,
                                                          "euclidean", **kwargs)

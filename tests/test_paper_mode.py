@@ -56,7 +56,7 @@ def test_constant_self_logit_in_the_operator_scores():
     q = torch.randn(2, 6, 4, dtype=torch.float64)
     candidates = torch.tensor([1, 3, 4])
     for select in (ops.select_neighbours, ops.select_neighbours_reference):
-        idx, scores = select(q, q, 3, "dot", candidates=candidates, self_first=True,
+        idx, scores = select(q, q, 3, "dot", candidate_positions=candidates, self_first=True,
                              self_score="constant")
         assert torch.equal(idx[..., 0], torch.arange(6).expand(2, 6))
         assert torch.all(scores[..., 0] == ops.PAPER_SELF_LOGIT)

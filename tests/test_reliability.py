@@ -552,7 +552,7 @@ CHOICE_BAD = ["bogus", 1, None, True]
 ARGS = {
     "ConvNN2d": {"in_channels": INT_BAD, "out_channels": INT_BAD, "k": INT_BAD,
                  "padding": [-1, 1.5, "1", None, True], "seed": [-1, 1.5, "abc", None, True],
-                 "bias": BOOL_BAD, "self_first": OPT_BOOL_BAD, "sort_neighbours": OPT_BOOL_BAD,
+                 "bias": BOOL_BAD, "self_first": OPT_BOOL_BAD, "sort_by_position": OPT_BOOL_BAD,
                  "mix": FRACTION_BAD, "selection": CHOICE_BAD, "similarity": ["bogus", 1, True],
                  "sampling": CHOICE_BAD, "weighting": CHOICE_BAD, "aggregation": CHOICE_BAD,
                  "path": CHOICE_BAD, "eval_sampling": CHOICE_BAD,
@@ -643,7 +643,7 @@ def test_empty_batch_through_a_model():
 
 
 def test_string_flags_and_nan_scale_are_not_taken_as_values():
-    for kwargs in ({"self_first": "no"}, {"bias": "no"}, {"sort_neighbours": "no"}):
+    for kwargs in ({"self_first": "no"}, {"bias": "no"}, {"sort_by_position": "no"}):
         with pytest.raises(TypeError, match=f"{next(iter(kwargs))} must be True or False"):
             ConvNN2d(3, 4, k=3, **kwargs)
     with pytest.raises(ValueError, match="coord_scale must be a finite number"):
@@ -677,11 +677,12 @@ def test_ops_check_index_arguments(call, arg, bad):
         call(values, index)
 
 
-@pytest.mark.parametrize("name", ["query_positions", "candidates"])
+@pytest.mark.parametrize("name", ["query_positions", "candidate_positions"])
 def test_ops_select_checks_positions(name):
     q = torch.randn(1, 4, 3)
-    bad = {"query_positions": torch.tensor([0, 1, 2, 9]), "candidates": torch.tensor([0, 7])}
-    kwargs = {name: bad[name]} | ({"self_first": True} if name == "candidates" else {})
+    bad = {"query_positions": torch.tensor([0, 1, 2, 9]),
+           "candidate_positions": torch.tensor([0, 7])}
+    kwargs = {name: bad[name]} | ({"self_first": True} if name == "candidate_positions" else {})
     with pytest.raises(ValueError, match=f"{name} must hold indices in \\[0, 4\\)"):
         ops.select_neighbours(q, q, 2, "dot", **kwargs)
 

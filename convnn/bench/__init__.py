@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import check_device
+from .._checks import resolve_device
 from .._io import atomic_write_json
 from .layers import BenchRow, format_rows, layer_benchmarks, measure_layers
 from .loop import format_loop_rows, loop_benchmarks
@@ -34,7 +34,7 @@ __all__ = ["BenchRow", "Measurement", "WithKernel", "environment", "format_loop_
 def run(quick: bool = True, train: bool = False, json_path: str | None = None,
         device: str | None = None, dtype: str = "float32") -> dict:
     """Run the benchmarks, print the tables, optionally write JSON. Returns the report."""
-    dev = check_device("device", device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = resolve_device("device", device)
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16,
                    "float16": torch.float16}[dtype]
     report: dict = {"environment": environment(dev), "dtype": dtype, "quick": quick}

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .. import kernels
-from .._checks import check_device
+from .._checks import resolve_device
 from ..attention import MultiHeadSelfAttention
 from ..layers import ConvNN2d, ConvNNAttention
 from .timing import Measurement, WithKernel, measure_steps
@@ -87,7 +87,7 @@ def layer_benchmarks(device: torch.device | str | None = None, quick: bool = Tru
     against SDPA attention; ConvNN2d on a 32×32 map with 64 channels, k = 9, against a 3×3
     ``nn.Conv2d``. ``quick`` (or a CPU) uses small batches.
     """
-    device = check_device("device", device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device("device", device)
     dtype = dtype or torch.float32
     on_cpu = device.type == "cpu"
     batch_attn = 8 if (quick or on_cpu) else 128

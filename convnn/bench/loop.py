@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checks import check_int
+from .._checks import check_int, resolve_device
 from ..data import ImageDataset, synthetic_dataset
 from ..models import ModelConfig, build_model
 from .timing import FastBackends, sync
@@ -118,7 +118,7 @@ def loop_benchmarks(device: torch.device | str | None = None, model: str = "smal
         n_train: synthetic training images (the test split is a quarter of it).
         batch_size: default 64 on a CPU, 256 on CUDA.
     """
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device("device", device)
     on_cpu = device.type == "cpu"
     configs = {
         "small": ModelConfig(name="vgg11", width_multiplier=0.125, head="lean", dropout=0.0),

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from .._checks import resolve_device
 from .._io import atomic_write_json, atomic_write_text
 from .layers import layer_benchmarks
 from .loop import format_loop_rows, loop_benchmarks
@@ -45,7 +46,7 @@ def run_suite(out_dir: str | os.PathLike, tiny: bool = False, budget_s: float = 
         raise ValueError(f"budget_s must be a positive number, got {budget_s!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = resolve_device("device", device)
     t0 = time.perf_counter()
     suite: dict = {"environment": environment(dev), "tiny": tiny, "budget_s": budget_s,
                    "stages": {}}

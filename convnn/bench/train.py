@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import kernels
-from .._checks import check_known
+from .._checks import check_known, resolve_device
 from ..models import ModelConfig, build_model, count_parameters
 from ..train import fused_options, to_fast_layout
 from .timing import FastBackends, WithKernel, measure_steps
@@ -74,7 +74,7 @@ def training_benchmarks(device: torch.device | str | None = None, quick: bool = 
     ``families`` picks the models: ``"vit"`` (ViT-Tiny), ``"vgg"`` (VGG-11), ``"resnet"``
     (ResNet-50)."""
     check_known("families", families, FAMILIES)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device("device", device)
     on_cpu = device.type == "cpu"
     repeats = repeats or (2 if on_cpu else 10)
     rows: list[dict] = []

@@ -17,11 +17,11 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 
 from torch import nn
 
-from .._checks import check_choice, check_known
+from .._checks import check_choice, check_known, renamed_argument
 from .plan import candidates_fallback, sampling_for_map
 from .resnet import PAPER_RESNET50, RESNET_DEPTHS, RESNET_LAYERS, ResNet, resnet50
 from .vgg import (
@@ -63,10 +63,24 @@ MODEL_NAMES = (*VGG_NAMES, *RESNET_NAMES, *VIT_PRESETS)
 _FAMILY_FIELDS = {
     "vgg": ("layer", "ratio", "kernel_size", "head", "dropout", "width_multiplier"),
     "resnet": ("layer", "ratio", "width_multiplier", "conv_bias"),
-    "vit": ("mixer", "ratio", "kernel_size", "heads", "dropout", "attn_dropout", "depth",
+    "vit": ("mixer", "ratio", "kernel_size", "num_heads", "dropout", "attn_dropout", "depth",
             "patch_size", "dim", "mlp_dim"),
 }
 _FAMILY_NAMES = {"vgg": "VGG", "resnet": "ResNet", "vit": "ViT"}
+RENAMED_FIELDS = {"heads": "num_heads"}
+"""Old :class:`ModelConfig` field names (still in saved ``config.json`` files) → new ones."""
+
+
+def upgrade_model_dict(data: dict) -> dict:
+    """A saved :meth:`ModelConfig.to_dict` with old field names (:data:`RENAMED_FIELDS`) renamed,
+    silently: for comparing saved configs with today's."""
+    out = dict(data)
+    for old, new in RENAMED_FIELDS.items():
+        if old in out:
+            value = out.pop(old)
+            if out.get(new) is None:
+                out[new] = value
+    return out
 
 
 @dataclass
@@ -91,13 +105,15 @@ class ModelConfig:
         layer_options: options of the ConvNN layers: :class:`~convnn.layers.ConvNN2d`
             keywords (plus ``aggregate_coords`` for VGG, see :func:`paper_layer_options`), the
             mixer's keywords for ViT (see :func:`mixer_option_names`).
-        heads: ViT only: attention heads (default 1; 12 for ``vit_base``).
+        num_heads: ViT only: attention heads (default 1; 12 for ``vit_base``).
         dropout: VGG head dropout (default 0.5) or ViT dropout (default 0.1).
         attn_dropout: ViT only: the mixer's attention dropout (default 0.1).
         width_multiplier: VGG and ResNet: scales every channel count (default 1.0).
         conv_bias: ResNet only: biases in its ``nn.Conv2d`` layers (default False; see
             :data:`PAPER_RESNET50`).
         depth, patch_size, dim, mlp_dim: ViT only: override the preset's architecture.
+        heads: deprecated name of ``num_heads`` (a ``DeprecationWarning``; saved configs that
+            use it still load).
     """
 
     name: str = "vgg11"
@@ -110,7 +126,7 @@ class ModelConfig:
     kernel_size: int | None = None
     head: str | None = None
     layer_options: dict = field(default_factory=dict)
-    heads: int | None = None
+    num_heads: int | None = None
     dropout: float | None = None
     attn_dropout: float | None = None
     width_multiplier: float | None = None
@@ -119,6 +135,13 @@ class ModelConfig:
     dim: int | None = None
     mlp_dim: int | None = None
     conv_bias: bool | None = None
+    heads: InitVar[int | None] = None
+
+    def __post_init__(self, heads: int | None) -> None:
+        if heads is not None:
+            moved = renamed_argument({"heads": heads, "num_heads": self.num_heads}, "heads",
+                                     "num_heads", "ModelConfig")
+            self.num_heads = moved["num_heads"]
 
     @property
     def family(self) -> str:
@@ -137,8 +160,10 @@ class ModelConfig:
         """The inverse of :meth:`to_dict`; unknown keys raise ``ValueError``."""
         if not isinstance(data, dict):
             raise ValueError(f"ModelConfig.from_dict needs a dict, got {type(data).__name__}")
-        check_known("ModelConfig field(s)", data, [f.name for f in dataclasses.fields(cls)])
         data = dict(data)
+        for old, new in RENAMED_FIELDS.items():
+            data = renamed_argument(data, old, new, "ModelConfig.from_dict")
+        check_known("ModelConfig field(s)", data, [f.name for f in dataclasses.fields(cls)])
         if data.get("layer_options") is None:
             data["layer_options"] = {}
         else:
@@ -213,8 +238,8 @@ def _build_vit(config: ModelConfig, factory: dict) -> ViT:
     return ViT(config.num_classes, image_size=pick(config.image_size, image),
                patch_size=pick(config.patch_size, patch), in_channels=config.in_channels,
                dim=pick(config.dim, dim), depth=pick(config.depth, depth),
-               mlp_dim=pick(config.mlp_dim, mlp_dim), num_heads=pick(config.heads, heads),
-               mixer=mixer, mixer_options=options, **kwargs, **factory)
+               mlp_dim=pick(config.mlp_dim, mlp_dim), num_heads=pick(config.num_heads, heads),
+               mixer=mixer, layer_options=options, **kwargs, **factory)
 
 
 def build_model(config: ModelConfig | dict, *, device=None, dtype=None) -> nn.Module:
@@ -254,6 +279,7 @@ __all__ = [
     "MIXERS",
     "MODEL_NAMES",
     "PAPER_RESNET50",
+    "RENAMED_FIELDS",
     "RESNET_DEPTHS",
     "RESNET_LAYERS",
     "VGG",
@@ -274,6 +300,7 @@ __all__ = [
     "resnet50",
     "sampling_for_map",
     "sinusoidal_positions",
+    "upgrade_model_dict",
     "vgg11",
     "vgg13",
     "vgg16",

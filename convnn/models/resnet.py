@@ -36,7 +36,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_choice, check_int
+from .._checks import check_bool, check_choice, check_int
 from ..layers import BranchingConv2d, ConvNN2d
 from .plan import (
     check_input_size,
@@ -167,8 +167,7 @@ class ResNet(nn.Module):
         check_int("image_size", image_size, minimum=1)
         check_int("in_channels", in_channels, minimum=1)
         for name, value in (("conv_bias", conv_bias), ("zero_init_residual", zero_init_residual)):
-            if not isinstance(value, bool):
-                raise ValueError(f"{name} must be True or False, got {value!r}")
+            check_bool(name, value)
         width_multiplier = check_width_multiplier(width_multiplier)
         if image_size < 32:
             raise ValueError(f"image_size={image_size} is too small: ResNet downsamples by 32; "

@@ -28,7 +28,7 @@ none; with it the parameter counts of tables 6.6/6.9/6.10 would be 384 too high)
 The mixers are those of the registry in :mod:`convnn.attention` (:data:`MIXERS` is a read-only
 view of it): a mixer added with :func:`~convnn.attention.register_mixer` is at once a ``mixer``
 of :class:`ViT` and of :class:`~convnn.models.ModelConfig`, and blocks are built with
-:func:`~convnn.attention.create_mixer`. Mixer options (``mixer_options``) are the registered
+:func:`~convnn.attention.create_mixer`. Mixer options (``layer_options``) are the registered
 options of the mixer; unknown ones raise ``ValueError``. For the ConvNN mixers the model applies the same explicit rule as
 :class:`~convnn.models.VGG`: a sampled candidate set larger than the sequence
 (``candidates > T``, :func:`~convnn.models.plan.candidates_fallback`) is replaced by all
@@ -45,7 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import layers as _layers  # noqa: F401  (registers the ConvNN mixers)
-from .._checks import check_choice, check_fraction, check_int, check_known
+from .._checks import check_choice, check_fraction, check_int, check_known, renamed_argument
 from ..attention import _RegistryView, create_mixer, mixer_names, mixer_spec
 from .plan import candidates_fallback
 
@@ -56,7 +56,7 @@ MIXERS: Mapping[str, tuple[type[nn.Module], dict]] = _RegistryView(
 """Mixer name -> (class, fixed keyword arguments): a read-only view of the ViT mixers of the
 registry; add one with :func:`convnn.attention.register_mixer`."""
 
-_MODEL_OPTIONS = ("attn_dropout",)  # given by the model, not by mixer_options
+_MODEL_OPTIONS = ("attn_dropout",)  # given by the model, not by layer_options
 
 
 def _check_vit_mixer(mixer: str) -> None:
@@ -64,7 +64,7 @@ def _check_vit_mixer(mixer: str) -> None:
 
 
 def mixer_option_names(mixer: str) -> list[str]:
-    """Options a mixer accepts in ``mixer_options`` (those of its registry entry, less
+    """Options a mixer accepts in ``layer_options`` (those of its registry entry, less
     ``attn_dropout``, which the model gives)."""
     _check_vit_mixer(mixer)
     return sorted(mixer_spec(mixer).options - set(_MODEL_OPTIONS))
@@ -140,7 +140,7 @@ class ViT(nn.Module):
         mlp_dim: hidden width of the MLP.
         num_heads: heads of the mixer.
         mixer: a key of :data:`MIXERS`.
-        mixer_options: keyword arguments of the mixer (``k``, ``sampling``, ``candidates``,
+        layer_options: keyword arguments of the mixer (``k``, ``sampling``, ``candidates``,
             ``similarity``, ``aggregation``, ``ratio``, ``kernel_size``, ``window``,
             ``context``...); see :func:`mixer_option_names`.
         dropout: dropout after the mixer, inside and after the MLP.
@@ -154,7 +154,7 @@ class ViT(nn.Module):
         layer_plan: one dict per block: ``index``, ``tokens``, ``mixer``, ``sampling`` and
             ``candidates`` actually used, ``requested_sampling`` / ``requested_candidates``,
             ``fallback`` (why all candidates are used, or ``None``) and, for the ConvNN
-            mixers, ``seed`` (the fixed evaluation seed: ``mixer_options["seed"]`` (default 0)
+            mixers, ``seed`` (the fixed evaluation seed: ``layer_options["seed"]`` (default 0)
             plus the block index). Sampling entries are ``None`` for mixers without
             candidate sets.
 
@@ -174,7 +174,7 @@ class ViT(nn.Module):
         mlp_dim: int = 768,
         num_heads: int = 1,
         mixer: str = "attention",
-        mixer_options: dict | None = None,
+        layer_options: dict | None = None,
         dropout: float = 0.1,
         attn_dropout: float = 0.1,
         device=None,
@@ -196,15 +196,15 @@ class ViT(nn.Module):
         _check_vit_mixer(mixer)
         dropout = check_fraction("dropout", dropout)
         attn_dropout = check_fraction("attn_dropout", attn_dropout)
-        if not isinstance(mixer_options, (dict, type(None))):
-            raise ValueError(f"mixer_options must be a dict, got {type(mixer_options).__name__}")
-        options = dict(mixer_options or {})
-        check_known("option(s) in mixer_options", options, mixer_option_names(mixer),
+        if not isinstance(layer_options, (dict, type(None))):
+            raise ValueError(f"layer_options must be a dict, got {type(layer_options).__name__}")
+        options = dict(layer_options or {})
+        check_known("option(s) in layer_options", options, mixer_option_names(mixer),
                     f" for mixer={mixer!r}")
 
         self.num_classes, self.image_size, self.patch_size = num_classes, image_size, patch_size
         self.dim, self.depth, self.mlp_dim, self.num_heads = dim, depth, mlp_dim, num_heads
-        self.mixer_name, self.mixer_options = mixer, dict(options)
+        self.mixer_name, self.layer_options = mixer, dict(options)
         self.num_tokens = (image_size // patch_size) ** 2 + 1
         factory = {"device": device, "dtype": dtype}
 
@@ -281,18 +281,17 @@ def _vit_preset(num_classes, mixer, mixer_kwargs, image_size, patch_size) -> ViT
                  "in_channels"):
         if name in mixer_kwargs:
             model_args[name] = mixer_kwargs.pop(name)
-    if "heads" in mixer_kwargs and "num_heads" in mixer_kwargs:
-        raise ValueError("give heads or num_heads, not both")
-    heads = mixer_kwargs.pop("heads", mixer_kwargs.pop("num_heads", 1))
-    return ViT(num_classes, image_size=image_size, patch_size=patch_size, num_heads=heads,
-               mixer=mixer, mixer_options=mixer_kwargs, **model_args)
+    mixer_kwargs = renamed_argument(mixer_kwargs, "heads", "num_heads", "ViT presets")
+    num_heads = mixer_kwargs.pop("num_heads", 1)
+    return ViT(num_classes, image_size=image_size, patch_size=patch_size, num_heads=num_heads,
+               mixer=mixer, layer_options=mixer_kwargs, **model_args)
 
 
 def vit_tiny_paper(num_classes: int = 10, mixer: str = "attention", **mixer_kwargs) -> ViT:
     """The paper's ViT-Tiny: 224×224 input, patch 16 (197 tokens), width 192, 12 blocks, MLP 768.
 
     ``mixer_kwargs`` go to the mixer (``k``, ``sampling``, ``candidates``, ``similarity``,
-    ``aggregation``, ``ratio``...), except ``heads`` (default 1, the paper's final runs),
+    ``aggregation``, ``ratio``...), except ``num_heads`` (default 1, the paper's final runs),
     ``dropout``, ``attn_dropout``, ``depth``, ``dim``, ``mlp_dim``, ``in_channels``,
     ``device`` and ``dtype``, which go to :class:`ViT`.
 
@@ -316,7 +315,9 @@ def vit_tiny_cifar(num_classes: int = 10, mixer: str = "attention", **mixer_kwar
 def vit_base_paper(num_classes: int = 1000, mixer: str = "attention", **mixer_kwargs) -> ViT:
     """ViT-Base/16 (224 input, width 768, 12 blocks, MLP 3072, 12 heads) as in the ImageNet
     rows (table "10") of paper_results.json; ``mixer_kwargs`` as :func:`vit_tiny_paper`."""
-    kwargs = {"dim": 768, "mlp_dim": 3072, "heads": 12, **mixer_kwargs}
+    kwargs = {"dim": 768, "mlp_dim": 3072, **mixer_kwargs}
+    if "heads" not in kwargs:
+        kwargs.setdefault("num_heads", 12)
     return _vit_preset(num_classes, mixer, kwargs, 224, 16)
 
 
