@@ -184,9 +184,21 @@ def _differences(saved, current, prefix: str = ""):
         yield prefix[:-1], saved, current
 
 
+def _renamed_fields_upgraded(fp: dict) -> dict:
+    """A fingerprint whose ``extra.model`` (a saved ``ModelConfig``) uses today's field names,
+    so that a run saved before a rename (``heads`` -> ``num_heads``) still resumes."""
+    extra = fp.get("extra")
+    if isinstance(extra, dict) and isinstance(extra.get("model"), dict):
+        from .models import upgrade_model_dict
+
+        fp = {**fp, "extra": {**extra, "model": upgrade_model_dict(extra["model"])}}
+    return fp
+
+
 def _check_resumable(saved: dict, current: dict, path: Path) -> None:
     """Raise unless fingerprint ``current`` equals ``saved`` (sections absent from ``saved``,
-    as in older run folders, are not compared)."""
+    as in older run folders, are not compared; renamed model fields count as the same)."""
+    saved, current = _renamed_fields_upgraded(saved), _renamed_fields_upgraded(current)
     changed = list(_differences(saved, {k: v for k, v in current.items() if k in saved}))
     if changed:
         shown = changed if len(changed) <= 6 else [*changed[:6], ("...", "", "")]

@@ -524,3 +524,18 @@ def test_cuda_compile(tmp_path, ds):
     assert s["epochs_completed"] == 2
     ckpt = load_run_checkpoint(tmp_path / "r")[1]
     assert not any(k.startswith("_orig_mod") for k in ckpt["model"])  # the plain module's keys
+
+
+def test_a_run_saved_before_a_field_rename_still_resumes(tmp_path, ds):
+    """``ModelConfig.heads`` became ``num_heads``: a run folder whose ``extra.model`` has the
+    old name resumes under the new one, and a real change is still refused."""
+    cfg = small_config(epochs=3, checkpoint_minutes=0)
+    old_extra = {"model": {"name": "vit_tiny", "heads": 1}}
+    with pytest.raises(Killed):
+        quiet(tmp_path / "run", ds, config=cfg, extra=old_extra, callback=kill_after(1))
+    with pytest.raises(train_mod.RunFolderError, match="num_heads"):
+        quiet(tmp_path / "run", ds, config=cfg, resume=True,
+              extra={"model": {"name": "vit_tiny", "num_heads": 3}})
+    summary = quiet(tmp_path / "run", ds, config=cfg, resume=True,
+                    extra={"model": {"name": "vit_tiny", "num_heads": 1}})
+    assert summary["epochs_completed"] == 3
