@@ -1026,6 +1026,32 @@ def _check_finite(tr: dict, te: dict, epoch: int, lr: float, folder: RunFolder) 
             "lr, keep grad_clip on, or check the data")
 
 
+def _save_checkpoint(s: _Session, folder: RunFolder, records: list[dict],
+                     fingerprint: dict) -> None:
+    """The checkpoint after the last of ``records`` (collective: every rank takes part; rank 0
+    writes it)."""
+    rng = _gather_rng(s.ctx, s.device)
+    if s.ctx.rank == 0:
+        epoch = records[-1]["epoch"]  # 1-based: the next epoch's 0-based index
+        folder.save_checkpoint(records, {
+            "model": s.net.state_dict(),
+            "optimizer": s.optimizer.state_dict(),
+            "scaler": s.scaler.state_dict(),  # {} when disabled
+            "schedule": {"name": s.config.schedule, "next_lr": lr_at(s.config, epoch)},
+            "rng": rng,
+            "world_size": s.ctx.world_size,
+            "config": s.config.to_dict(),
+            "fingerprint": fingerprint,
+        })
+
+
+def _log_expected_time(remaining: int, epoch_seconds: float, log) -> None:
+    if remaining > 0:
+        log(f"    expected time of the remaining {remaining} epoch{'s' * (remaining > 1)}: about "
+            f"{_duration(remaining * epoch_seconds)}\n    (at this epoch's pace; an upper "
+            "estimate, as the first epoch includes warm-up)")
+
+
 def _checkpoint_due(config: TrainConfig, epoch: int, start_epoch: int, saved_epoch: int,
                     last_save: float, ctx: _Dist, device: torch.device) -> bool:
     """Whether 0-based ``epoch`` ends with a checkpoint (the same answer on every rank): the
@@ -1076,36 +1102,19 @@ def _fit(model_factory, ds, config, out, resume, overwrite, device, ctx, show, e
         if main:
             folder.save_epoch(records, summarize(records, parameters, config.epochs))
 
-        def save_checkpoint() -> None:
-            rng = _gather_rng(ctx, device)  # collective: every rank takes part
-            if main:
-                folder.save_checkpoint(records, {
-                    "model": s.net.state_dict(),
-                    "optimizer": s.optimizer.state_dict(),
-                    "scaler": s.scaler.state_dict(),  # {} when disabled
-                    "schedule": {"name": config.schedule, "next_lr": lr_at(config, epoch + 1)},
-                    "rng": rng,
-                    "world_size": ctx.world_size,
-                    "config": config.to_dict(),
-                    "fingerprint": fingerprint,
-                })
-
         saved = _checkpoint_due(config, epoch, start_epoch, saved_epoch, last_save, ctx, device)
         if saved:
-            save_checkpoint()
+            _save_checkpoint(s, folder, records, fingerprint)
             saved_epoch, last_save = epoch + 1, time.perf_counter()
         log(_summary_line(record, config.epochs))
-        remaining = config.epochs - epoch - 1
-        if epoch == start_epoch and remaining > 0:
-            log(f"    expected time of the remaining {remaining} epoch{'s' * (remaining > 1)}: about "
-                f"{_duration(remaining * epoch_seconds)}\n    (at this epoch's pace; an upper "
-                "estimate, as the first epoch includes warm-up)")
+        if epoch == start_epoch:
+            _log_expected_time(config.epochs - epoch - 1, epoch_seconds, log)
         if callback is not None:
             try:
                 callback(record)
             except Exception:
                 if not saved:  # the callback ends the run here: keep this epoch
-                    save_checkpoint()
+                    _save_checkpoint(s, folder, records, fingerprint)
                 raise
 
     summary = summarize(records, parameters, config.epochs)
