@@ -236,7 +236,7 @@ def _vit_model(s: dict, num_classes: int) -> ModelConfig:
         if s["sampling"] != "all":
             options.update(sampling=s["sampling"], candidates=s["candidates"])
     return ModelConfig(name=s["model"], num_classes=num_classes, mixer=s["mixer"],
-                       num_heads=s["heads"], layer_options=options)
+                       num_heads=s["num_heads"], layer_options=options)
 
 
 def _vit_name(s: dict) -> list[str]:
@@ -248,8 +248,8 @@ def _vit_name(s: dict) -> list[str]:
         parts.append(f"k{s['k']}")
     if s["aggregation"] not in (None, "depthwise"):
         parts.append(f"agg-{s['aggregation']}")
-    if s["heads"] != (12 if s["model"] == "vit_base" else 1):
-        parts.append(f"h{s['heads']}")
+    if s["num_heads"] != (12 if s["model"] == "vit_base" else 1):
+        parts.append(f"h{s['num_heads']}")
     return parts
 
 
@@ -263,7 +263,7 @@ def _vit_describe(s: dict) -> str:
         what = f"KVT top-{s['k']} attention"
     size = {"vit_tiny": "ViT-Tiny", "vit_base": "ViT-Base",
             "vit_tiny_cifar": "CIFAR-native ViT-Tiny"}.get(s["model"], s["model"])
-    return f"{size} ({s['heads']} head{'s' if s['heads'] > 1 else ''}) with {what}"
+    return f"{size} ({s['num_heads']} head{'s' if s['num_heads'] > 1 else ''}) with {what}"
 
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
@@ -284,7 +284,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            reduced={"width_multiplier": 0.125, "image_size": 64}),
     Family("vit",
            defaults={"model": "vit_tiny", "mixer": "attention", "k": None, "sampling": None,
-                     "candidates": None, "aggregation": None, "heads": 1, "lr": 1e-4,
+                     "candidates": None, "aggregation": None, "num_heads": 1, "lr": 1e-4,
                      "epochs": 150, "seed": 42},
            normalise=_vit_normalise, model=_vit_model,
            model_name=lambda s: s["model"].replace("_", "-"), name_parts=_vit_name,

@@ -131,14 +131,15 @@ def record_settings(record: dict) -> tuple[str, str, dict] | None:
     if record["model"] == "vit_base":
         return "vit", dataset, dict(
             model="vit_base", mixer=VIT_MIXERS[record["layer"]], k=record.get("k"),
-            sampling=record.get("sampling"), candidates=record.get("candidates"), heads=12,
+            sampling=record.get("sampling"), candidates=record.get("candidates"), num_heads=12,
             **common)
     if record["model"] == "vit_tiny":
         aggregation = record.get("conv_type")
         return "vit", dataset, dict(
             mixer=VIT_MIXERS[record["layer"]], k=record.get("k"),
             sampling=record.get("sampling"), candidates=record.get("candidates"),
-            aggregation=CONV_TYPES.get(aggregation, aggregation), heads=record.get("heads"),
+            aggregation=CONV_TYPES.get(aggregation, aggregation),
+            num_heads=record.get("heads"),
             **common)
     return None
 
@@ -174,7 +175,7 @@ def paper_sweeps() -> list[tuple[str, str, dict]]:
         # 6.6 ViT baselines, 6.10 heads
         for heads in (1, 3):
             for mixer in ("attention", "local"):
-                out.append(("vit", ds, {"mixer": mixer, "heads": heads}))
+                out.append(("vit", ds, {"mixer": mixer, "num_heads": heads}))
         for mixer in ("sparse_local", "sparse_strided"):
             out.append(("vit", ds, {"mixer": mixer}))
         # 6.7 k sweep (and 6.6's ConvNN-attention rows at k = 9)
@@ -201,10 +202,10 @@ def paper_sweeps() -> list[tuple[str, str, dict]]:
     for sampling, r in (("all", None), ("random", 32), ("spatial", 25)):
         out.append(("resnet", "imagenet", {"layer": "branching", "ratio": 0.5,
                                            "sampling": sampling, "candidates": r}))
-    out.append(("vit", "imagenet", {"model": "vit_base", "heads": 12}))
+    out.append(("vit", "imagenet", {"model": "vit_base", "num_heads": 12}))
     for k, sampling, r in ((9, "all", None), (9, "random", 32), (9, "spatial", 128),
                            (16, "all", None)):
-        out.append(("vit", "imagenet", {"model": "vit_base", "heads": 12,
+        out.append(("vit", "imagenet", {"model": "vit_base", "num_heads": 12,
                                         "mixer": "convnn_attention", "k": k,
                                         "sampling": sampling, "candidates": r}))
     return out
