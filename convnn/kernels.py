@@ -5,6 +5,13 @@ wide) stays in registers and k passes of max/argmax pick the neighbours, the low
 winning ties, so the result is the first k columns of a stable descending sort. It replaces
 ``torch.topk`` in the fast selection path for ``k <= MAX_TOPK_K``.
 
+**Fused selection** (:func:`fused_topk`): the same top-k, but the scores are never written:
+one program per tile of query rows of one batch·head row computes the score tiles with
+``tl.dot`` (IEEE float32) key tile by key tile, masks the query's own column, and merges each
+tile into a running top-k (k <= :data:`MAX_FUSED_TOPK_K`) kept in registers. The caller
+recomputes the k selected scores (with autograd) from the gathered keys. Dot and cosine only;
+``backend="triton"`` only (auto leaves it off): unmeasured on a GPU.
+
 **Gather-aggregate** (:func:`depthwise_gather_aggregate`):
 ``out[m, c] = Σ_j ρ[m, j] · w[j, c] · V[I[m, j], c]``, tile by tile in registers; the
 ``[M, k, C]`` gathered tensor is never written, in the forward or the backward pass. The
@@ -22,7 +29,9 @@ about ten times and issues 87 M float32 atomics, about 4 GB in all; these kernel
 values (19 MB, each batch element's rows stay in L2), the gradient (19 MB), the indices and ρ
 (~16 MB, twice), write the output, dρ, dw partials and dV (~80 MB), and sort the indices
 (~0.1 GB): about 0.35 GB. The row top-k reads the ``[B·h, T, T]`` float32 scores once
-(119 MB at 3 heads) where ``torch.topk``'s radix select makes several passes.
+(119 MB at 3 heads) where ``torch.topk``'s radix select makes several passes; the fused
+selection writes no scores at all: it reads the float32 queries and keys (39 MB each at
+D = 192), the keys again per tile of 32 queries mostly from L2, and writes 3.6 MB of indices.
 
 The kernels run on CUDA tensors, or anywhere under ``TRITON_INTERPRET=1`` (how the tests check
 them on a CPU). They run where :func:`convnn.ops.choose_backend` picks ``"triton"``
@@ -86,6 +95,64 @@ if triton is not None:
             pos = tl.min(tl.where(hit, cols[None, :], BLOCK_N), axis=1)  # lowest column wins
             tl.store(idx_ptr + rows.to(tl.int64) * K + j, pos.to(tl.int64), mask=row_ok)
             free = free & (cols[None, :] != pos[:, None])
+
+    @triton.jit
+    def _fused_topk_kernel(q_ptr, k_ptr, qpos_ptr, cpos_ptr, idx_ptr, n, m, D, K, scale,
+                           stride_qb, stride_qn, stride_kb, stride_kn,
+                           SELF_MASK: tl.constexpr, KP: tl.constexpr, BLOCK_Q: tl.constexpr,
+                           BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                           PRECISION: tl.constexpr):
+        # One program: BLOCK_Q query rows of one batch·head row b against all m keys of b,
+        # BLOCK_N keys at a time; the running top-K of every row stays in registers.
+        b = tl.program_id(1).to(tl.int64)
+        rows = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+        row_ok = rows < n
+        slots = tl.arange(0, KP)
+        NONE: tl.constexpr = 2147483647  # "no column": loses every tie, never stored
+        top_v = tl.full((BLOCK_Q, KP), float("-inf"), tl.float32)
+        top_i = tl.full((BLOCK_Q, KP), NONE, tl.int32)
+        qp = rows
+        if SELF_MASK:
+            qp = tl.load(qpos_ptr + rows, mask=row_ok, other=-1)
+        q_base = q_ptr + b * stride_qb + rows.to(tl.int64)[:, None] * stride_qn
+        for n0 in range(0, m, BLOCK_N):
+            cols = n0 + tl.arange(0, BLOCK_N)
+            col_ok = cols < m
+            acc = tl.zeros((BLOCK_Q, BLOCK_N), dtype=tl.float32)
+            for d0 in range(0, D, BLOCK_D):
+                dims = d0 + tl.arange(0, BLOCK_D)
+                d_ok = dims < D
+                q = tl.load(q_base + dims[None, :], mask=row_ok[:, None] & d_ok[None, :],
+                            other=0.0)
+                kt = tl.load(k_ptr + b * stride_kb + cols.to(tl.int64)[None, :] * stride_kn
+                             + dims[:, None], mask=d_ok[:, None] & col_ok[None, :], other=0.0)
+                acc = tl.dot(q, kt, acc, input_precision=PRECISION)
+            s = acc * scale  # as the PyTorch path: (q·k) · scale, in float32
+            if SELF_MASK:  # the query's own column (a candidate at the query's position)
+                cp = tl.load(cpos_ptr + cols, mask=col_ok, other=-2)
+                s = tl.where(cp[None, :] == qp[:, None], float("-inf"), s)
+            s_free = col_ok[None, :] & (rows >= 0)[:, None]  # padding columns never count
+            t_free = top_i < NONE
+            new_v = tl.full((BLOCK_Q, KP), float("-inf"), tl.float32)
+            new_i = tl.full((BLOCK_Q, KP), NONE, tl.int32)
+            # K passes over (running list ∪ tile): the best free entry, lowest column on a tie
+            # (-inf == -inf, so masked columns still rank, as in a stable sort)
+            for j in range(K):
+                best = tl.maximum(tl.max(tl.where(t_free, top_v, float("-inf")), axis=1),
+                                  tl.max(tl.where(s_free, s, float("-inf")), axis=1))
+                hit_t = t_free & (top_v == best[:, None])
+                hit_s = s_free & (s == best[:, None])
+                pos = tl.minimum(tl.min(tl.where(hit_t, top_i, NONE), axis=1),
+                                 tl.min(tl.where(hit_s, cols[None, :], NONE), axis=1))
+                here = slots[None, :] == j
+                new_v = tl.where(here, best[:, None], new_v)
+                new_i = tl.where(here, pos[:, None], new_i)
+                t_free = t_free & (top_i != pos[:, None])
+                s_free = s_free & (cols[None, :] != pos[:, None])
+            top_v = new_v
+            top_i = new_i
+        out = idx_ptr + (b * n + rows.to(tl.int64))[:, None] * K + slots[None, :]
+        tl.store(out, top_i.to(tl.int64), mask=row_ok[:, None] & (slots[None, :] < K))
 
     @triton.jit
     def _forward_kernel(v_ptr, idx_ptr, rho_ptr, w_ptr, out_ptr, M, C, K,
@@ -291,3 +358,71 @@ def row_topk(scores: Tensor, k: int) -> Tensor:
             flat, out, rows, width, flat.stride(0), k, BLOCK_R=block_r, BLOCK_N=block_n,
             num_warps=8 if block_n >= 1024 else 4)
     return out.view(*lead, k)
+
+
+MAX_FUSED_TOPK_K = 16
+"""Largest k :func:`fused_topk` takes (its running list lives in registers, k passes a tile)."""
+FUSED_BLOCK_Q = 32  # query rows per fused-selection program
+FUSED_BLOCK_N = 64  # keys per score tile
+
+
+def fused_topk(query: Tensor, keys: Tensor, k: int, scale: float = 1.0, *,
+               query_positions: Tensor | None = None,
+               candidate_positions: Tensor | None = None) -> Tensor:
+    """Top-k keys of every query by ``(query · key) · scale`` without writing the scores.
+
+    ``query [R, n, D]``, ``keys [R, m, D]`` (float32; ``R`` = batch·heads) ->
+    ``[R, n, k]`` int64 indices into ``0..m-1``, best first, ties to the lower key: exactly
+    ``sort(scores, descending=True, stable=True).indices[..., :k]`` of the float32 scores
+    ``(query @ keys.T) * scale``, up to the summation order of the dot products (products and
+    sums in IEEE float32, no TF32). Cosine is this on normalised inputs with ``scale=1``.
+
+    With ``query_positions [n]`` and ``candidate_positions [m]`` (int), the key whose position
+    equals the query's is scored ``-inf`` (the self-first mask; it still ranks, after every
+    finite score, as in a stable sort). Needs ``1 <= k <= min(m, MAX_FUSED_TOPK_K)``. No
+    autograd: recompute the selected scores from the gathered keys.
+
+    One program per tile of :data:`FUSED_BLOCK_Q` query rows of one batch·head row loops over
+    the keys in tiles of :data:`FUSED_BLOCK_N`: a ``tl.dot`` score tile (float32 accumulation),
+    the masks, then k passes of max/argmin-column merge the tile into the running top-k kept in
+    registers. Bytes (B·h = 128, T = 197, D = 192, k = 9, float32): it reads the queries once
+    and the keys once per query tile (each batch row's 151 KB of keys stays in L2), about
+    7 × 19 MB from L2 and 19 MB + 19 MB from memory, and writes the 1.8 MB of indices; the
+    unfused path writes the ``[B·h, T, T]`` float32 scores (20 MB) and reads them back at least
+    once. Unmeasured on a GPU: only checked under ``TRITON_INTERPRET=1``.
+    """
+    if query.dim() != 3 or keys.dim() != 3 or query.shape[0] != keys.shape[0] \
+            or query.shape[2] != keys.shape[2]:
+        raise ValueError("query and keys must be [R, n, D] and [R, m, D], got "
+                         f"{tuple(query.shape)} and {tuple(keys.shape)}")
+    if query.dtype != torch.float32 or keys.dtype != torch.float32:
+        raise ValueError(f"fused_topk ranks float32 inputs, got {query.dtype} and {keys.dtype}")
+    rows, n, dim = query.shape
+    m = keys.shape[1]
+    if not isinstance(k, int) or not 1 <= k <= min(m, MAX_FUSED_TOPK_K):
+        raise ValueError(f"k must be an int in [1, min(m={m}, {MAX_FUSED_TOPK_K})], got {k!r}")
+    if (query_positions is None) != (candidate_positions is None):
+        raise ValueError("pass query_positions and candidate_positions together (self mask)")
+    _require(query.device)
+    out = torch.empty(rows, n, k, dtype=torch.long, device=query.device)
+    if rows == 0 or n == 0:
+        return out
+    query, keys = query.detach(), keys.detach()
+    if query.stride(-1) != 1:
+        query = query.contiguous()
+    if keys.stride(-1) != 1:
+        keys = keys.contiguous()
+    self_mask = query_positions is not None
+    if self_mask:
+        qpos = query_positions.to(device=query.device, dtype=torch.int32).contiguous()
+        cpos = candidate_positions.to(device=query.device, dtype=torch.int32).contiguous()
+    else:
+        qpos = cpos = out  # any pointer when SELF_MASK is False
+    block_d = max(16, min(64, triton.next_power_of_2(dim)))
+    grid = (triton.cdiv(n, FUSED_BLOCK_Q), rows)
+    _fused_topk_kernel[grid](
+        query, keys, qpos, cpos, out, n, m, dim, k, float(scale),
+        query.stride(0), query.stride(1), keys.stride(0), keys.stride(1),
+        SELF_MASK=self_mask, KP=max(2, triton.next_power_of_2(k)), BLOCK_Q=FUSED_BLOCK_Q,
+        BLOCK_N=FUSED_BLOCK_N, BLOCK_D=block_d, PRECISION="ieee", num_warps=4)
+    return out

@@ -63,7 +63,10 @@ expand-gather-Conv1d aggregation), ``"torch"`` (the blocked PyTorch fast path) o
 ``"triton"`` (the fast path with the kernels of :mod:`convnn.kernels` wherever they support
 the options); ``None`` picks one (see :func:`choose_backend`)."""
 KERNELS = ("torch", "triton", "auto")
-KERNEL_STEPS = ("topk", "gather_aggregate")
+KERNEL_STEPS = ("topk", "gather_aggregate", "fused_topk")
+"""The steps with a Triton kernel: ``"topk"`` (row top-k of a score matrix),
+``"gather_aggregate"`` (depthwise/separable aggregation) and ``"fused_topk"`` (selection that
+never writes the score matrix; opt-in: only ``backend="triton"`` takes it, not auto)."""
 _KERNEL_BACKENDS = {"torch": "torch", "triton": "triton", "auto": None}
 
 
@@ -149,10 +152,24 @@ def use_kernel(name: str):
         yield
 
 
-def _kernel_unsupported(step: str, k, width, aggregation) -> str | None:
+def _kernel_unsupported(step: str, k, width, aggregation, similarity=None,
+                        dtype=None) -> str | None:
     """Why the Triton kernel of ``step`` cannot take these options (``None``: it can)."""
     from . import kernels
 
+    if step == "fused_topk":
+        check_int("k", k, minimum=1)
+        if similarity is None:
+            raise ValueError("step='fused_topk' needs similarity (a name in SIMILARITIES)")
+        if get_similarity(similarity).fused_scale is None:
+            return (f"similarity={similarity!r} (the fused selection scores dot and cosine "
+                    "only)")
+        if k > kernels.MAX_FUSED_TOPK_K:
+            return (f"k={k} > {kernels.MAX_FUSED_TOPK_K} neighbours searched (the fused "
+                    "selection keeps its running top-k in registers)")
+        if dtype is not None and dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            return f"{dtype} ranking (the fused selection ranks in float32)"
+        return None
     if step == "topk":
         check_int("k", k, minimum=1)
         check_int("width", width, minimum=1)
@@ -167,7 +184,8 @@ def _kernel_unsupported(step: str, k, width, aggregation) -> str | None:
     return None
 
 
-def _backend_decision(backend, device, step, k, width, aggregation) -> tuple[str, str]:
+def _backend_decision(backend, device, step, k, width, aggregation, similarity=None,
+                      dtype=None) -> tuple[str, str]:
     if step is not None:
         check_choice("step", step, KERNEL_STEPS)
     requested = requested_backend(backend)
@@ -180,9 +198,12 @@ def _backend_decision(backend, device, step, k, width, aggregation) -> tuple[str
         if requested == "triton" or (device.type == "cuda" and kernels.available(device)):
             return "triton", f"backend={requested!r}"
         return "torch", f"backend=None (auto) uses Triton on CUDA only, not {device.type}"
-    reason = _kernel_unsupported(step, k, width, aggregation)
+    reason = _kernel_unsupported(step, k, width, aggregation, similarity, dtype)
     if reason is not None:
         return "torch", f"unsupported by the Triton kernel: {reason}"
+    if step == "fused_topk" and requested is None:
+        return "torch", ("backend=None (auto) leaves the fused selection off until it is "
+                         "measured on a GPU; pass backend='triton'")
     if not kernels.available(device):
         if requested == "triton":
             raise RuntimeError("backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1) "
@@ -196,7 +217,8 @@ def _backend_decision(backend, device, step, k, width, aggregation) -> tuple[str
 
 def choose_backend(backend: str | None, device, *, step: str | None = None,
                    k: int | None = None, width: int | None = None,
-                   aggregation: str | None = None) -> str:
+                   aggregation: str | None = None, similarity: str | None = None,
+                   dtype: torch.dtype | None = None) -> str:
     """The one place that decides what runs: ``"reference"``, ``"torch"`` or ``"triton"``.
 
     Args:
@@ -206,23 +228,27 @@ def choose_backend(backend: str | None, device, *, step: str | None = None,
             PyTorch otherwise.
         device: where the tensors live.
         step: ``None`` (the operator as a whole), ``"topk"`` (needs ``k`` and ``width``:
-            neighbours and candidates per row) or ``"gather_aggregate"`` (needs
-            ``aggregation``). For a step, options the Triton kernel does not support fall
-            back to ``"torch"`` whatever the choice.
+            neighbours and candidates per row), ``"gather_aggregate"`` (needs
+            ``aggregation``) or ``"fused_topk"`` (needs ``k``, the neighbours searched, and
+            ``similarity``; ``dtype`` is the ranking dtype, float32 by default; only an
+            explicit ``"triton"`` takes it, auto does not). For a step, options the Triton
+            kernel does not support fall back to ``"torch"`` whatever the choice.
 
     Raises:
         RuntimeError: ``"triton"`` is forced for a supported step on a device where Triton
             cannot run.
     """
-    return _backend_decision(backend, device, step, k, width, aggregation)[0]
+    return _backend_decision(backend, device, step, k, width, aggregation, similarity,
+                             dtype)[0]
 
 
 def kernel_decision(step: str, device, *, k: int | None = None, width: int | None = None,
-                    aggregation: str | None = None) -> tuple[str, str]:
+                    aggregation: str | None = None, similarity: str | None = None,
+                    dtype: torch.dtype | None = None) -> tuple[str, str]:
     """Deprecated: :func:`choose_backend` of ``step`` under the global default, with the
     reason: ``("triton" | "torch" | "reference", reason)``."""
     check_choice("step", step, KERNEL_STEPS)
-    return _backend_decision(None, device, step, k, width, aggregation)
+    return _backend_decision(None, device, step, k, width, aggregation, similarity, dtype)
 
 # Squared distances below this are treated as this when taking the square root, so that
 # d(-d)/d(d²) stays finite at zero distance.
@@ -438,6 +464,10 @@ def _dot_row(query: Tensor, keys: Tensor, scale: float | None) -> Tensor:
     return (query * keys).sum(-1) * _dot_scale(query, scale)
 
 
+def _unit_scale(query: Tensor, scale: float | None) -> float:
+    return 1.0
+
+
 def _cosine_prepare(query: Tensor, keys: Tensor):
     return (F.normalize(_upcast(query), dim=-1).to(query.dtype),
             F.normalize(_upcast(keys), dim=-1).to(keys.dtype), None)
@@ -490,6 +520,10 @@ class Similarity:
         to_weight_scores: ranking scores -> the scores the weighting ρ sees.
         exact_squared_distance: ``stable`` ranking computes ``-‖q - k‖²`` pair by pair in
             float64 (so that ties are equal in every path); only for Euclidean.
+        fused_scale: ``(query, scale) -> float`` when ``score_block`` of prepared inputs is
+            ``(query' @ keys'.T) · fused_scale``, which the fused Triton selection
+            (:func:`convnn.kernels.fused_topk`) computes without writing the scores;
+            ``None``: that kernel does not apply (Euclidean, custom entries).
     """
 
     name: str
@@ -498,6 +532,7 @@ class Similarity:
     score_row: Callable
     to_weight_scores: Callable = _identity_weight_scores
     exact_squared_distance: bool = False
+    fused_scale: Callable | None = None
 
 
 SIMILARITIES: dict[str, Similarity] = {}
@@ -517,8 +552,10 @@ def get_similarity(name: str) -> Similarity:
     return SIMILARITIES[name]
 
 
-register_similarity(Similarity("dot", _dot_prepare, _dot_block, _dot_row))
-register_similarity(Similarity("cosine", _cosine_prepare, _cosine_block, _cosine_row))
+register_similarity(Similarity("dot", _dot_prepare, _dot_block, _dot_row,
+                               fused_scale=_dot_scale))
+register_similarity(Similarity("cosine", _cosine_prepare, _cosine_block, _cosine_row,
+                               fused_scale=_unit_scale))
 register_similarity(Similarity("euclidean", _euclidean_prepare, _euclidean_block,
                                _euclidean_row, _euclidean_weight_scores,
                                exact_squared_distance=True))
@@ -645,6 +682,33 @@ def _self_weighting_score(real: Tensor | None, like: Tensor, self_score: str,
     return weighting_scores(real, similarity)
 
 
+def _fused_selection(query, keys, extra, k_search, similarity, scale, query_positions,
+                     candidate_positions, with_scores) -> tuple[Tensor, Tensor | None]:
+    """The fused Triton selection on prepared ``query [B, n, D]`` and ``keys [B, m, D]``:
+    indices ``[B, n, k']`` into the ``m`` keys and, with ``with_scores``, their ranking scores
+    recomputed (with autograd) from the gathered keys by the similarity's own ``score_block``.
+    ``query_positions``: mask the key at each query's position (``candidate_positions``, or
+    ``arange(m)`` when ``None``)."""
+    from .kernels import fused_topk
+
+    entry = get_similarity(similarity)
+    batch, n, dim = query.shape
+    cand = None
+    if query_positions is not None:
+        cand = (torch.arange(keys.shape[1], device=keys.device) if candidate_positions is None
+                else candidate_positions)
+    top = fused_topk(query, keys, k_search, entry.fused_scale(query, scale),
+                     query_positions=query_positions, candidate_positions=cand)
+    if not with_scores:
+        return top, None
+    rows = torch.arange(batch, device=keys.device).view(batch, 1, 1)
+    picked = keys[rows, top]  # (B, n, k', D): B·n·k'·D, not B·n·m
+    scores = entry.score_block(query.reshape(batch * n, 1, dim),
+                               picked.reshape(batch * n, k_search, dim), extra, scale,
+                               query.dtype)
+    return top, scores.view(batch, n, k_search)
+
+
 def select_neighbours(
     query: Tensor,
     keys: Tensor,
@@ -692,7 +756,10 @@ def select_neighbours(
             :data:`PAPER_SELF_LOGIT`, the authors' sampled ConvNN attention).
         block_elements: most scores held at once (default: 2^20 on a CPU, 2^24 on a GPU).
         backend: see :func:`choose_backend`; ``"reference"`` runs
-            :func:`select_neighbours_reference`, ``"triton"`` the Triton row top-k.
+            :func:`select_neighbours_reference`; ``"triton"`` the fused Triton selection
+            (:func:`convnn.kernels.fused_topk`: no score matrix; dot and cosine, at most 16
+            neighbours searched, float32 ranking), else the blocked scores and the Triton row
+            top-k.
 
     Returns:
         ``(indices [B, n, k] into 0..N-1, scores [B, n, k] or None)``; scores are float32
@@ -723,27 +790,42 @@ def select_neighbours(
         cand_keys = (keys if candidate_positions is None
                      else keys[:, candidate_positions])  # (B, m, D)
         rows_per_block = max(1, block_elements // max(1, batch * cand_keys.shape[1]))
-        fused = k_search > 0 and choose_backend(
+        fused_select = k_search > 0 and choose_backend(
+            backend, device, step="fused_topk", k=k_search, similarity=similarity,
+            dtype=query.dtype) == "triton"
+        fused = not fused_select and k_search > 0 and choose_backend(
             backend, device, step="topk", k=k_search, width=cand_keys.shape[1]) == "triton"
         # Per-key work once, not per block: normalise for cosine, squared norms for Euclidean.
         prepared_query, prepared_keys, key_norms = _prepare(query, cand_keys, similarity)
-        for start in range(0, n, rows_per_block):
-            stop = min(n, start + rows_per_block)
-            scores = _block_scores(prepared_query[:, start:stop], prepared_keys, key_norms,
-                                   similarity, scale, query.dtype, exact)  # (B, nb, m)
-            if self_first and candidate_positions is None:  # the position's own column
-                own = query_positions[start:stop].view(1, -1, 1).expand(batch, -1, 1)
-                scores = scores.scatter(-1, own, float("-inf"))
-            elif self_first:
-                mask = _self_mask(query_positions[start:stop], candidate_positions)  # (nb, m)
-                scores = scores.masked_fill(mask, float("-inf"))
-            if k_search > 0:
-                top_scores, top = _top(scores, k_search, stable, fused=fused)  # (B, nb, k')
-            else:
-                top_scores = scores[..., :0]
-                top = torch.zeros(batch, stop - start, 0, dtype=torch.long, device=device)
-            block_indices.append(top if candidate_positions is None else candidate_positions[top])
-            block_scores.append(top_scores.to(query.dtype) if with_scores else None)
+
+        def positions(top: Tensor) -> Tensor:  # candidate columns -> positions 0..N-1
+            return top if candidate_positions is None else candidate_positions[top]
+
+        if fused_select:  # no score matrix: the kernel's indices, then the k scores recomputed
+            top, top_scores = _fused_selection(
+                prepared_query, prepared_keys, key_norms, k_search, similarity, scale,
+                query_positions if self_first else None,
+                candidate_positions if self_first else None, with_scores)
+            block_indices.append(positions(top))
+            block_scores.append(top_scores)
+        else:
+            for start in range(0, n, rows_per_block):
+                stop = min(n, start + rows_per_block)
+                scores = _block_scores(prepared_query[:, start:stop], prepared_keys, key_norms,
+                                       similarity, scale, query.dtype, exact)  # (B, nb, m)
+                if self_first and candidate_positions is None:  # the position's own column
+                    own = query_positions[start:stop].view(1, -1, 1).expand(batch, -1, 1)
+                    scores = scores.scatter(-1, own, float("-inf"))
+                elif self_first:
+                    mask = _self_mask(query_positions[start:stop], candidate_positions)  # (nb, m)
+                    scores = scores.masked_fill(mask, float("-inf"))
+                if k_search > 0:
+                    top_scores, top = _top(scores, k_search, stable, fused=fused)  # (B, nb, k')
+                else:
+                    top_scores = scores[..., :0]
+                    top = torch.zeros(batch, stop - start, 0, dtype=torch.long, device=device)
+                block_indices.append(positions(top))
+                block_scores.append(top_scores.to(query.dtype) if with_scores else None)
         indices = torch.cat(block_indices, dim=1) if len(block_indices) > 1 else block_indices[0]
         scores = None
         if with_scores:

@@ -84,6 +84,141 @@ def selection_with_ties_matches_stable_reference():
     print("SELECTION OK")
 
 
+class _CountFused:
+    """Counts the fused-selection kernel launches (proof that the fused path ran)."""
+
+    def __init__(self):
+        self.calls = 0
+        self.original = kernels.fused_topk
+
+    def __enter__(self):
+        def counted(*args, **kwargs):
+            self.calls += 1
+            return self.original(*args, **kwargs)
+        kernels.fused_topk = counted
+        return self
+
+    def __exit__(self, *exc):
+        kernels.fused_topk = self.original
+
+
+def _exact_features(rows, tokens, dim, similarity, gen):
+    """Features whose scores are exact in float32 whatever the summation order: small integers
+    (dot), or ±1 in exactly 4 of the dims, norm 2 (cosine: normalised entries ±0.5). Repeated
+    rows and zero rows make ties: equal scores that only the column order separates."""
+    if similarity == "dot":
+        x = torch.randint(-3, 4, (rows, tokens, dim), generator=gen).float()
+    else:
+        x = torch.zeros(rows, tokens, dim)
+        for r in range(rows):
+            for t in range(tokens):
+                where = torch.randperm(dim, generator=gen)[:4]
+                x[r, t, where] = torch.randint(0, 2, (4,), generator=gen).float() * 2 - 1
+    x[:, 1::5] = x[:, :1]  # every fifth row repeats the first
+    x[:, 2::7] = 0.0  # zero rows: score 0 against everything
+    return x
+
+
+def _candidate_sets(tokens, gen):
+    """All keys, a random subset (unsorted), evenly spaced keys (``candidates = T // 2``)."""
+    count = max(2, tokens // 2)
+    return (("all", None),
+            ("random", torch.randperm(tokens, generator=gen)[:count]),
+            ("spaced", ops.spatial_candidates_1d(tokens, count)))
+
+
+def _fused_case(query, keys, k, similarity, cand, self_first, exact, gen):
+    """One selection through the fused kernel and the stable PyTorch path: indices (and, where
+    they are equal, scores and their gradients) must agree."""
+    query = query.clone().requires_grad_()
+    keys = keys.clone().requires_grad_()
+    opts = {"candidate_positions": cand, "self_first": self_first, "stable": True}
+    with _CountFused() as count:
+        got_i, got_s = ops.select_neighbours(query, keys, k, similarity, backend="triton",
+                                             **opts)
+    k_search = k - 1 if self_first else k
+    assert count.calls == (1 if k_search > 0 else 0), (k, self_first, count.calls)
+    ref_i, ref_s = ops.select_neighbours(query, keys, k, similarity, backend="torch", **opts)
+    plain_i, _ = ops.select_neighbours_reference(query.detach(), keys.detach(), k, similarity,
+                                                 with_scores=False, **opts)
+    assert torch.equal(ref_i, plain_i)
+    if not exact and not torch.equal(got_i, ref_i):
+        # float32 sums in another order may swap two scores within rounding: the choices
+        # must then score the same to rounding, rank by rank
+        full = ops.pairwise_scores(query.detach(), keys.detach(), similarity)
+        torch.testing.assert_close(full.gather(-1, got_i), full.gather(-1, ref_i),
+                                   rtol=1e-5, atol=1e-6)
+        return 1
+    assert torch.equal(got_i, ref_i), (similarity, k, self_first, cand)
+    torch.testing.assert_close(got_s, ref_s, rtol=1e-5, atol=1e-5)
+    upstream = torch.randn(ref_s.shape, generator=gen)
+    got_g = torch.autograd.grad((got_s * upstream).sum(), (query, keys), allow_unused=True)
+    ref_g = torch.autograd.grad((ref_s * upstream).sum(), (query, keys), allow_unused=True)
+    for a, b in zip(got_g, ref_g):
+        assert (a is None) == (b is None)
+        if a is not None:  # relative to the scale: normalising zero rows gives huge gradients
+            scale = max(1.0, float(b.abs().max()))
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * scale)
+    return 0
+
+
+def fused_selection_matches_stable_reference(tokens=13, dim=8, every=1, images=2):
+    """The fused selection (Triton, no score matrix) against the stable PyTorch path and the
+    full-matrix reference, float32: dot and cosine, 1 and 3 heads (batch·heads rows of 2
+    images), k from 1 to 16, all / random / evenly spaced candidates, self-first on and off
+    (the own column is -inf), exact-valued features with many ties, then Gaussian features.
+    ``every``: every n-th k; ``images``: batch·heads rows are ``images · heads``."""
+    tokens, dim, every, images = int(tokens), int(dim), int(every), int(images)
+    gen = torch.Generator().manual_seed(0)
+    cases = swapped = 0
+    for similarity in ("dot", "cosine"):
+        for heads in (1, 3):
+            for exact in (True, False):
+                if exact:
+                    x = _exact_features(images * heads, tokens, dim, similarity, gen)
+                    q = _exact_features(images * heads, tokens, dim, similarity, gen)
+                else:
+                    # no repeated rows here: the interpreter's tl.dot (a BLAS matmul) may
+                    # round equal columns differently; exact ties are the first family's
+                    x = torch.randn(images * heads, tokens, dim, generator=gen)
+                    q = torch.randn(images * heads, tokens, dim, generator=gen)
+                for name, cand in _candidate_sets(tokens, gen):
+                    available = tokens if cand is None else cand.shape[0]
+                    for self_first in ((False, True) if cand is None else (True,)):
+                        for k in range(1, min(17, available + 1))[::every]:
+                            keys = x
+                            query = x if (self_first or name != "all") else q
+                            swapped += _fused_case(query, keys, k, similarity, cand, self_first,
+                                                   exact, gen)
+                            cases += 1
+    print("FUSED SELECTION OK", cases, "near-tie swaps", swapped)
+
+
+def fused_selection_falls_back():
+    """Euclidean and more than 16 searched neighbours run the PyTorch path (no fused launch)
+    under ``backend="triton"`` and still equal the stable reference; float64 too."""
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 40, 6, generator=gen)
+    for similarity, k, dtype in (("euclidean", 5, torch.float32), ("dot", 17, torch.float32),
+                                 ("cosine", 18, torch.float32), ("cosine", 5, torch.float64)):
+        xx = x.to(dtype)
+        with _CountFused() as count:
+            got = ops.select_neighbours(xx, xx, k, similarity, stable=True, backend="triton")
+        assert count.calls == 0, (similarity, k, dtype)
+        ref = ops.select_neighbours(xx, xx, k, similarity, stable=True, backend="torch")
+        assert torch.equal(got[0], ref[0])
+        torch.testing.assert_close(got[1], ref[1])
+    # bf16 inputs rank in float32: the fused kernel runs and agrees with the PyTorch path
+    low = x.bfloat16()
+    with _CountFused() as count:
+        got = ops.select_neighbours(low, low, 6, "dot", stable=True, backend="triton")
+    assert count.calls == 1
+    ref = ops.select_neighbours(low, low, 6, "dot", stable=True, backend="torch")
+    assert torch.equal(got[0], ref[0]) and got[1].dtype == ref[1].dtype == torch.float32
+    torch.testing.assert_close(got[1], ref[1])
+    print("FALLBACK OK")
+
+
 def _stable_torch_top(scores, k, stable, fused=False):
     return _torch_top(scores, k, True)
 
@@ -130,17 +265,23 @@ def _close(a, b, case):
 def attention_matches_fast_path(tokens=13, every=1):
     """ConvNN attention forward and backward, Triton kernels vs the PyTorch fast path, float32:
     1 and 3 heads, k from 1 to 11 (T = 13) or up to 16 (T = 197), all / random / spatial
-    candidates, self-first on and off, ones and softmax weighting; ``every``: every n-th case."""
+    candidates, self-first on and off, ones and softmax weighting, dot and cosine (the fused
+    selection: one launch per forward); ``every``: every n-th case."""
     torch.manual_seed(0)
     cases = _attention_cases(int(tokens))[::int(every)]
     for i, case in enumerate(cases):
         tokens, heads, k, sampling, self_first, weighting = case
         kw = {} if sampling == "all" else {"candidates": 11 if tokens == 13 else 32}
+        similarity = ("dot", "cosine")[(i // 2) % 2]
         layer = ConvNNAttention(6 * heads, heads, k=k, sampling=sampling, self_first=self_first,
-                                weighting=weighting, aggregation="depthwise", **kw)
+                                weighting=weighting, aggregation="depthwise",
+                                similarity=similarity, **kw)
         x = torch.randn(2, tokens, 6 * heads, requires_grad=True)
         ref_out, ref_grads = _layer_grads(layer, x, "torch", i)
-        out, grads = _layer_grads(layer, x, "triton", i)
+        with _CountFused() as count:
+            out, grads = _layer_grads(layer, x, "triton", i)
+        k_search = k - 1 if self_first else k
+        assert count.calls == (1 if k_search > 0 else 0), (case, count.calls)
         _close(out, ref_out, case)
         for a, b in zip(grads, ref_grads):
             assert (a is None) == (b is None), case

@@ -1,4 +1,4 @@
-"""Triton row top-k and atomics-free gather-aggregate (issue 12), checked on a CPU with the
+"""Triton row top-k, fused selection and atomics-free gather-aggregate (issue 12), checked on a CPU with the
 Triton interpreter, plus the kernel dispatch decisions. The kernel checks live in
 ``_fused_checks.py`` and run in a subprocess so that ``TRITON_INTERPRET=1`` is set before
 Triton loads."""
@@ -49,6 +49,22 @@ def test_attention_matches_the_fast_path_every_case_t13():
 @pytest.mark.slow
 def test_attention_matches_the_fast_path_t197():
     _run("attention_matches_fast_path(197)", "ATTENTION OK 8")
+
+
+def test_fused_selection_equals_the_stable_reference_t13():
+    # 304 selections: dot/cosine x 1/3 heads x exact/Gaussian features x candidate sets x k
+    _run("fused_selection_matches_stable_reference(13)", "FUSED SELECTION OK 304")
+
+
+@pytest.mark.slow
+def test_fused_selection_equals_the_stable_reference_t197():
+    # several key tiles per row (197 > 64), sampled candidates of 98 keys; k = 1, 6, 11, 16
+    _run("fused_selection_matches_stable_reference(197, dim=24, every=5, images=1)",
+         "FUSED SELECTION OK 128")
+
+
+def test_fused_selection_falls_back_for_unsupported_options():
+    _run("fused_selection_falls_back()", "FALLBACK OK")
 
 
 def test_gather_aggregate_gradcheck_float64():
@@ -102,6 +118,9 @@ def test_unsupported_options_fall_back_cleanly(kernel, monkeypatch):
         ("topk", {"k": kernels.MAX_TOPK_K + 1, "width": 197}, "k=33"),
         ("topk", {"k": 9, "width": kernels.MAX_TOPK_WIDTH + 1}, "2049 candidates"),
         ("gather_aggregate", {"aggregation": "standard"}, "standard aggregation"),
+        ("fused_topk", {"k": 9, "similarity": "euclidean"}, "similarity='euclidean'"),
+        ("fused_topk", {"k": kernels.MAX_FUSED_TOPK_K + 1, "similarity": "cosine"}, "k=17"),
+        ("fused_topk", {"k": 9, "similarity": "dot", "dtype": torch.float64}, "float64"),
     ]
     with ops.use_kernel(kernel):
         for step, options, why in unsupported:
@@ -110,6 +129,12 @@ def test_unsupported_options_fall_back_cleanly(kernel, monkeypatch):
                 assert backend == "torch" and why in reason, (step, options, reason)
         assert ops.kernel_decision("topk", "cuda", k=kernels.MAX_TOPK_K,
                                    width=kernels.MAX_TOPK_WIDTH)[0] == "triton"
+        fused = ops.kernel_decision("fused_topk", "cuda", k=kernels.MAX_FUSED_TOPK_K,
+                                    similarity="dot", dtype=torch.bfloat16)
+        # opt-in: auto leaves the fused selection off until it is measured on a GPU
+        assert fused[0] == ("triton" if kernel == "triton" else "torch"), fused
+        if kernel == "auto":
+            assert "measured on a GPU" in fused[1]
 
 
 def test_forced_triton_on_cpu_without_interpreter_raises(monkeypatch):
@@ -134,6 +159,14 @@ def test_bad_dispatch_arguments_name_themselves():
             ops.kernel_decision("topk", "cuda", k=9)
         with pytest.raises(ValueError, match="aggregation"):
             ops.kernel_decision("gather_aggregate", "cuda", aggregation="dense")
+        with pytest.raises(ValueError, match="similarity"):
+            ops.kernel_decision("fused_topk", "cuda", k=9)
+        with pytest.raises(ValueError, match="similarity"):
+            ops.kernel_decision("fused_topk", "cuda", k=9, similarity="manhattan")
+    with pytest.raises(ValueError, match="k must be"):
+        kernels.fused_topk(torch.zeros(1, 5, 4), torch.zeros(1, 5, 4), 17)
+    with pytest.raises(ValueError, match="float32"):
+        kernels.fused_topk(torch.zeros(1, 5, 4).double(), torch.zeros(1, 5, 4).double(), 2)
     with pytest.raises(ValueError, match="k must be"):
         kernels.row_topk(torch.zeros(2, 5), 6)
     with pytest.raises(ValueError, match="N=3000"):
