@@ -105,3 +105,17 @@ def test_suite_dry_run_on_cpu(tmp_path, capfd):
     assert capfd.readouterr().err == ""
     with pytest.raises(ValueError, match="budget_s"):
         run_suite(tmp_path / "t", budget_s=0)
+
+
+def test_a_failing_suite_stage_is_recorded_and_the_others_run(tmp_path, monkeypatch, capfd):
+    from convnn.bench import suite as suite_mod
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("kernel failed to compile")
+
+    monkeypatch.setattr(suite_mod, "layer_benchmarks", broken)
+    suite = suite_mod.run_suite(tmp_path / "s", tiny=True, device="cpu")
+    assert suite["stages"]["layers"]["error"] == "RuntimeError: kernel failed to compile"
+    assert "seconds" in suite["stages"]["proxy"] and "seconds" in suite["stages"]["loop"]
+    assert not (tmp_path / "s" / "layers.json").exists()
+    assert "layers: FAILED" in capfd.readouterr().out

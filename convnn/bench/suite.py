@@ -58,7 +58,14 @@ def run_suite(out_dir: str | os.PathLike, tiny: bool = False, budget_s: float = 
             suite["stages"][name] = {"skipped": f"{left:.0f}s left of the budget"}
             return
         start = time.perf_counter()
-        rows = fn()
+        try:
+            rows = fn()
+        except Exception as err:  # noqa: BLE001 - one failing stage must not cost the others
+            suite["stages"][name] = {"error": f"{type(err).__name__}: {err}"[:2000],
+                                     "seconds": time.perf_counter() - start}
+            print(f"\n== {name}: FAILED {type(err).__name__}: {err}", flush=True)
+            atomic_write_json(out / "suite.json", suite)
+            return
         state[name] = rows
         atomic_write_json(out / f"{name}.json", rows)
         suite["stages"][name] = {"seconds": time.perf_counter() - start}
