@@ -34,7 +34,7 @@ from .timing import environment
 from .train import VGG_CASES, VIT_CASES, format_train_rows, training_benchmarks
 
 #: Seconds each stage is expected to take on an H100/H200 (used to skip what cannot finish).
-STAGE_SECONDS = {"loop": 150, "training": 120, "layers": 30, "proxy": 30, "profile": 30}
+STAGE_SECONDS = {"loop": 150, "training": 150, "layers": 30, "proxy": 30, "profile": 30}
 
 
 def run_suite(out_dir: str | os.PathLike, tiny: bool = False, budget_s: float = 480.0,

@@ -53,8 +53,8 @@ def with_reference(options: dict) -> dict:
     return out
 
 
-def _train_step(model, images, labels, optimizer, device):
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+def _train_step(model, images, labels, optimizer, device, bf16: bool = True):
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and bf16
                 else contextlib.nullcontext())
 
     def step() -> None:
@@ -102,27 +102,36 @@ def training_benchmarks(device: torch.device | str | None = None, quick: bool = 
                     or options.get("layer") in ("branching", "convnn")) \
                     and device.type == "cuda" and kernels.available(device):
                 variants.append((f"{label} [Triton]", dict(options, kernel="triton")))
+            if options.get("layer") in ("branching", "convnn") and device.type == "cuda":
+                # bf16 convolutions in NCHW measured 3.3x slower than TF32 on an H200
+                # (data/results/bench/2026-11-28-h200-abe79e6/loop.json): try both fixes
+                variants.append((f"{label} [TF32]", dict(options, bf16=False)))
+                variants.append((f"{label} [channels_last]", dict(options, layout=True)))
             for name, opts in variants:
                 opts = dict(opts)
                 kernel = opts.pop("kernel", None)
+                bf16, force_layout = opts.pop("bf16", True), opts.pop("layout", False)
                 model = build_model(ModelConfig(name=config_name, **size_option, **opts),
                                     device=device)
                 layout = to_fast_layout(model, device)  # pure Conv2d networks on CUDA
+                if force_layout and not layout:
+                    model.to(memory_format=torch.channels_last)
+                    layout = True
                 if kernel:
                     model = WithKernel(model, kernel)
                 fused = fused_options(list(model.parameters()), device)
                 optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, **fused)
                 configs[name] = ", ".join(
-                    (["bf16 autocast"] if device.type == "cuda" else ["fp32"])
+                    (["bf16 autocast"] if device.type == "cuda" and bf16 else ["fp32"])
                     + (["channels_last"] if layout else [])
                     + (["fused AdamW", "cudnn.benchmark", "TF32"] if fused else []))
-                steps[name] = _train_step(model, images, labels, optimizer, device)
+                steps[name] = _train_step(model, images, labels, optimizer, device, bf16)
                 params[name] = count_parameters(model)
         with FastBackends(device):
             measured = measure_steps(steps, device, repeats, warmup=2)
         baseline = measured[cases[0][0]]
         for name, m in measured.items():
-            ours = name.replace(" [reference]", "").replace(" [Triton]", "")
+            ours = name.split(" [")[0]
             rows.append({
                 "model": model_name, "case": name, "batch": batch, "parameters": params[name],
                 "config": configs[name],
