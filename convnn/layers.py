@@ -663,19 +663,47 @@ class ConvNNAttention(_HeadProjections, _SampledCandidates):
         q, key = self._selection_features(x)
         v = self._split(self.v_proj(x))
         dropout = self.attn_dropout if self.training else 0.0
-        out = ops.convnn(
-            v, q, key, self.k, self.weight, None, similarity=self.similarity,
-            weighting=self.weighting, aggregation=self.aggregation, pointwise=self.pointwise,
-            candidate_positions=self._candidates(tokens, x.device), self_first=self.self_first,
-            scale=1.0 / math.sqrt(self.head_dim), stable=self.selection == "coords",
-            attn_dropout=dropout if self.attn_dropout_on == "weights" else 0.0,
-            self_score=self.self_score, backend=self.backend)
+        weight_dropout = dropout if self.attn_dropout_on == "weights" else 0.0
+        if self._fused_core(x, q, v, weight_dropout):
+            from convnn import kernels
+
+            # the whole core in one Triton kernel (opt-in; see ops.KERNEL_STEPS)
+            out = kernels.fused_attention(
+                q, key, v, self.weight[:, 0, :].t(), self.k, 1.0 / math.sqrt(self.head_dim),
+                self_first=self.self_first, self_score=self.self_score)
+        else:
+            out = self._core(x, q, key, v, tokens, weight_dropout)
         out = out.view(batch, self.num_heads, tokens, self.head_dim)  # (B, h, T, d)
         # contiguous: the dropout mask follows memory order, which differs between the paths
         out = self._combine_heads(out).contiguous()  # (B, T, D)
         if self.attn_dropout_on == "output":
             out = F.dropout(out, dropout, training=dropout > 0.0)
         return self.out_proj(out)
+
+    def _fused_core(self, x: Tensor, q: Tensor, v: Tensor, weight_dropout: float) -> bool:
+        """Whether the fused Triton attention core runs (``step="fused_attention"``): only
+        under ``backend="triton"`` and for its option set (all candidates, dot, softmax,
+        depthwise, features, float32, no dropout on the weights); otherwise the step-by-step
+        path runs, with the reason in :func:`convnn.ops.kernel_decision`."""
+        if ops.requested_backend(self.backend) != "triton":
+            return False  # reference, torch, and auto (unmeasured on a GPU) never take it
+        options = {"sampling": self.sampling, "selection": self.selection,
+                   "weighting": self.weighting, "attn_dropout": weight_dropout,
+                   "dtypes": (q.dtype, v.dtype, self.weight.dtype)}
+        return ops.choose_backend(
+            self.backend, x.device, step="fused_attention", k=self.k, width=x.shape[1],
+            aggregation=self.aggregation, similarity=self.similarity,
+            options=options) == "triton"
+
+    def _core(self, x: Tensor, q: Tensor, key: Tensor, v: Tensor, tokens: int,
+              weight_dropout: float) -> Tensor:
+        """The step-by-step core: :func:`convnn.ops.convnn`, ``[B·h, T, d]``."""
+        return ops.convnn(
+            v, q, key, self.k, self.weight, None, similarity=self.similarity,
+            weighting=self.weighting, aggregation=self.aggregation, pointwise=self.pointwise,
+            candidate_positions=self._candidates(tokens, x.device), self_first=self.self_first,
+            scale=1.0 / math.sqrt(self.head_dim), stable=self.selection == "coords",
+            attn_dropout=weight_dropout, self_score=self.self_score, backend=self.backend)
 
 
 class BranchingConv2d(nn.Module):

@@ -63,10 +63,17 @@ expand-gather-Conv1d aggregation), ``"torch"`` (the blocked PyTorch fast path) o
 ``"triton"`` (the fast path with the kernels of :mod:`convnn.kernels` wherever they support
 the options); ``None`` picks one (see :func:`choose_backend`)."""
 KERNELS = ("torch", "triton", "auto")
-KERNEL_STEPS = ("topk", "gather_aggregate", "fused_topk")
+KERNEL_STEPS = ("topk", "gather_aggregate", "fused_topk", "fused_attention")
 """The steps with a Triton kernel: ``"topk"`` (row top-k of a score matrix),
-``"gather_aggregate"`` (depthwise/separable aggregation) and ``"fused_topk"`` (selection that
-never writes the score matrix; opt-in: only ``backend="triton"`` takes it, not auto)."""
+``"gather_aggregate"`` (depthwise/separable aggregation), ``"fused_topk"`` (selection that
+never writes the score matrix) and ``"fused_attention"`` (the whole ConvNN attention core of
+:class:`convnn.layers.ConvNNAttention` in one kernel: selection, softmax, depthwise
+aggregation). The two fused steps are opt-in: only ``backend="triton"`` takes them, not
+auto."""
+_OPT_IN_STEPS = ("fused_topk", "fused_attention")
+# The option set of the fused attention core: the paper's default ViT ConvNN layer.
+_FUSED_ATTENTION_OPTIONS = {"sampling": "all", "selection": "features", "similarity": "dot",
+                            "weighting": "softmax", "aggregation": "depthwise"}
 _KERNEL_BACKENDS = {"torch": "torch", "triton": "triton", "auto": None}
 
 
@@ -152,10 +159,42 @@ def use_kernel(name: str):
         yield
 
 
+def _fused_attention_unsupported(k, width, aggregation, similarity, dtype,
+                                 options) -> str | None:
+    from . import kernels
+
+    check_int("k", k, minimum=1)
+    if options is None:
+        raise ValueError("step='fused_attention' needs options (the attention layer's "
+                         "sampling, selection, weighting, attn_dropout, dtypes)")
+    given = {**options, "similarity": similarity, "aggregation": aggregation}
+    for name, supported in _FUSED_ATTENTION_OPTIONS.items():
+        if given.get(name) != supported:
+            return (f"{name}={given.get(name)!r} (the fused attention core takes "
+                    f"{name}={supported!r} only)")
+    if options.get("attn_dropout", 0.0) > 0.0:
+        return "attention dropout on the weights (the fused attention core has none)"
+    if k > kernels.MAX_FUSED_ATTENTION_K:
+        return (f"k={k} > {kernels.MAX_FUSED_ATTENTION_K} (the fused attention core keeps "
+                "its running top-k in registers)")
+    if width is not None:
+        check_int("width", width, minimum=1)
+        if k > width:
+            return f"k={k} > {width} tokens"
+    dtypes = set(options.get("dtypes", ())) | ({dtype} if dtype is not None else set())
+    if dtypes - {torch.float32}:
+        odd = sorted(str(d) for d in dtypes - {torch.float32})
+        return f"{', '.join(odd)} tensors (the fused attention core takes float32 only)"
+    return None
+
+
 def _kernel_unsupported(step: str, k, width, aggregation, similarity=None,
-                        dtype=None) -> str | None:
+                        dtype=None, options=None) -> str | None:
     """Why the Triton kernel of ``step`` cannot take these options (``None``: it can)."""
     from . import kernels
+
+    if step == "fused_attention":
+        return _fused_attention_unsupported(k, width, aggregation, similarity, dtype, options)
 
     if step == "fused_topk":
         check_int("k", k, minimum=1)
@@ -185,7 +224,7 @@ def _kernel_unsupported(step: str, k, width, aggregation, similarity=None,
 
 
 def _backend_decision(backend, device, step, k, width, aggregation, similarity=None,
-                      dtype=None) -> tuple[str, str]:
+                      dtype=None, options=None) -> tuple[str, str]:
     if step is not None:
         check_choice("step", step, KERNEL_STEPS)
     requested = requested_backend(backend)
@@ -198,11 +237,12 @@ def _backend_decision(backend, device, step, k, width, aggregation, similarity=N
         if requested == "triton" or (device.type == "cuda" and kernels.available(device)):
             return "triton", f"backend={requested!r}"
         return "torch", f"backend=None (auto) uses Triton on CUDA only, not {device.type}"
-    reason = _kernel_unsupported(step, k, width, aggregation, similarity, dtype)
+    reason = _kernel_unsupported(step, k, width, aggregation, similarity, dtype, options)
     if reason is not None:
         return "torch", f"unsupported by the Triton kernel: {reason}"
-    if step == "fused_topk" and requested is None:
-        return "torch", ("backend=None (auto) leaves the fused selection off until it is "
+    if step in _OPT_IN_STEPS and requested is None:
+        what = "selection" if step == "fused_topk" else "attention core"
+        return "torch", (f"backend=None (auto) leaves the fused {what} off until it is "
                          "measured on a GPU; pass backend='triton'")
     if not kernels.available(device):
         if requested == "triton":
@@ -218,7 +258,7 @@ def _backend_decision(backend, device, step, k, width, aggregation, similarity=N
 def choose_backend(backend: str | None, device, *, step: str | None = None,
                    k: int | None = None, width: int | None = None,
                    aggregation: str | None = None, similarity: str | None = None,
-                   dtype: torch.dtype | None = None) -> str:
+                   dtype: torch.dtype | None = None, options: dict | None = None) -> str:
     """The one place that decides what runs: ``"reference"``, ``"torch"`` or ``"triton"``.
 
     Args:
@@ -231,24 +271,32 @@ def choose_backend(backend: str | None, device, *, step: str | None = None,
             neighbours and candidates per row), ``"gather_aggregate"`` (needs
             ``aggregation``) or ``"fused_topk"`` (needs ``k``, the neighbours searched, and
             ``similarity``; ``dtype`` is the ranking dtype, float32 by default; only an
-            explicit ``"triton"`` takes it, auto does not). For a step, options the Triton
-            kernel does not support fall back to ``"torch"`` whatever the choice.
+            explicit ``"triton"`` takes it, auto does not) or ``"fused_attention"`` (the
+            attention core of :class:`convnn.layers.ConvNNAttention`: needs ``k``,
+            ``aggregation``, ``similarity`` and ``options``, a dict of the layer's
+            ``sampling``, ``selection``, ``weighting``, ``attn_dropout`` (on the weights) and
+            ``dtypes`` (of queries, keys, values, weights); ``width`` is the number of
+            tokens; opt-in like ``"fused_topk"``). For a step, options the Triton kernel does
+            not support fall back to ``"torch"`` whatever the choice.
+        options: the option set of ``step="fused_attention"``.
 
     Raises:
         RuntimeError: ``"triton"`` is forced for a supported step on a device where Triton
             cannot run.
     """
     return _backend_decision(backend, device, step, k, width, aggregation, similarity,
-                             dtype)[0]
+                             dtype, options)[0]
 
 
 def kernel_decision(step: str, device, *, k: int | None = None, width: int | None = None,
                     aggregation: str | None = None, similarity: str | None = None,
-                    dtype: torch.dtype | None = None) -> tuple[str, str]:
+                    dtype: torch.dtype | None = None,
+                    options: dict | None = None) -> tuple[str, str]:
     """Deprecated: :func:`choose_backend` of ``step`` under the global default, with the
     reason: ``("triton" | "torch" | "reference", reason)``."""
     check_choice("step", step, KERNEL_STEPS)
-    return _backend_decision(None, device, step, k, width, aggregation, similarity, dtype)
+    return _backend_decision(None, device, step, k, width, aggregation, similarity, dtype,
+                             options)
 
 # Squared distances below this are treated as this when taking the square root, so that
 # d(-d)/d(d²) stays finite at zero distance.

@@ -85,21 +85,23 @@ def selection_with_ties_matches_stable_reference():
 
 
 class _CountFused:
-    """Counts the fused-selection kernel launches (proof that the fused path ran)."""
+    """Counts the fused-selection kernel launches (proof that the fused path ran); ``name``:
+    the kernel entry point counted (``"fused_attention"``: the fused attention core)."""
 
-    def __init__(self):
+    def __init__(self, name="fused_topk"):
         self.calls = 0
-        self.original = kernels.fused_topk
+        self.name = name
+        self.original = getattr(kernels, name)
 
     def __enter__(self):
         def counted(*args, **kwargs):
             self.calls += 1
             return self.original(*args, **kwargs)
-        kernels.fused_topk = counted
+        setattr(kernels, self.name, counted)
         return self
 
     def __exit__(self, *exc):
-        kernels.fused_topk = self.original
+        setattr(kernels, self.name, self.original)
 
 
 def _exact_features(rows, tokens, dim, similarity, gen):
@@ -278,10 +280,13 @@ def attention_matches_fast_path(tokens=13, every=1):
                                 similarity=similarity, **kw)
         x = torch.randn(2, tokens, 6 * heads, requires_grad=True)
         ref_out, ref_grads = _layer_grads(layer, x, "torch", i)
-        with _CountFused() as count:
+        with _CountFused() as count, _CountFused("fused_attention") as core:
             out, grads = _layer_grads(layer, x, "triton", i)
         k_search = k - 1 if self_first else k
-        assert count.calls == (1 if k_search > 0 else 0), (case, count.calls)
+        # the paper's default option set runs the fused attention core instead (one launch)
+        whole = (sampling, similarity, weighting) == ("all", "dot", "softmax")
+        assert core.calls == int(whole), (case, core.calls)
+        assert count.calls == (1 if k_search > 0 and not whole else 0), (case, count.calls)
         _close(out, ref_out, case)
         for a, b in zip(grads, ref_grads):
             assert (a is None) == (b is None), case
@@ -348,3 +353,140 @@ def bfloat16_inputs_accumulate_in_float32():
     for a, b in zip(grads, torch.autograd.grad(ref.sum(), hi)):
         torch.testing.assert_close(a.float(), b, rtol=2e-2, atol=5e-2)
     print("BF16 OK")
+
+
+def _attention_pair(layer, x, case, tol=1e-5):
+    """The layer under ``backend="torch"`` (stable ranking) and under ``backend="triton"``
+    with the fused attention core: forward, input and every parameter gradient, to ``tol``
+    relative to each tensor's scale. Returns the fused core launches."""
+    ref_out, ref_grads = _layer_grads(layer, x, "torch", 0)
+    with _CountFused("fused_attention") as core, _CountFused() as select:
+        out, grads = _layer_grads(layer, x, "triton", 0)
+    assert select.calls == 0, case  # the fused core does its own selection
+    for a, b in zip((out, *grads), (ref_out, *ref_grads)):
+        assert (a is None) == (b is None), case
+        if a is not None:
+            scale = max(1.0, float(b.abs().max()))
+            torch.testing.assert_close(a, b, rtol=tol, atol=tol * scale, msg=str(case))
+    return core.calls
+
+
+def _core_pair(layer, x, case, tol=1e-5):
+    """The per-head core alone on the layer's q, key, v ``[B·h, T, d]``:
+    :func:`convnn.kernels.fused_attention` against :func:`convnn.ops.convnn` with
+    ``backend="torch"`` (stable ranking): output and the gradients of q, key, v and the
+    weights to ``tol`` relative to each tensor's scale (short sums: no B·T accumulation)."""
+    with torch.no_grad():
+        q, key = layer._selection_features(x)
+        v = layer._split(layer.v_proj(x))
+    inputs = [t.detach().clone().requires_grad_() for t in (q, key, v, layer.weight)]
+    scale = 1.0 / layer.head_dim ** 0.5
+    out = kernels.fused_attention(*inputs[:3], inputs[3][:, 0, :].t(), layer.k, scale,
+                                  self_first=layer.self_first, self_score=layer.self_score)
+    ops._top = _stable_torch_top
+    try:
+        ref = ops.convnn(inputs[2], inputs[0], inputs[1], layer.k, inputs[3], similarity="dot",
+                         weighting="softmax", aggregation="depthwise",
+                         self_first=layer.self_first, scale=scale,
+                         self_score=layer.self_score, backend="torch")
+    finally:
+        ops._top = _torch_top
+    upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(2))
+    grads = torch.autograd.grad((out * upstream).sum(), inputs)
+    ref_grads = torch.autograd.grad((ref * upstream).sum(), inputs)
+    for a, b in zip((out, *grads), (ref, *ref_grads)):
+        scale_b = max(1.0, float(b.abs().max()))
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol * scale_b, msg=str(case))
+
+
+FUSED_ATTENTION_MODES = ({}, {"self_first": True},
+                         {"self_first": True, "self_score": "constant"})
+
+
+def fused_attention_matches_torch(tokens=(13, 20), ks=(1, 3, 9, 16), dim_per_head=6,
+                                  layer_tol=1e-5):
+    """ConvNN attention with the fused Triton core (all candidates, dot, softmax, depthwise)
+    against ``backend="torch"``, float32: the core's output and q/key/v/weight gradients to
+    1e-5, the layer's forward, input and parameter gradients to ``layer_tol`` (at T = 197
+    the out_proj gradient sums B·T = 394 tokens: float32 order alone moves it by ~3e-5);
+    1 and 3 heads, the given k (each at the first token count that holds it), the default
+    mode (no self-first), self-first with the real and the constant self logit; random
+    aggregation weights and projection biases. One fused launch per forward."""
+    tokens = (tokens,) if isinstance(tokens, int) else tuple(tokens)
+    torch.manual_seed(0)
+    cases = 0
+    for heads in (1, 3):
+        for k in ks:
+            fits = [t for t in tokens if k <= t]
+            if not fits:
+                continue
+            for mode in FUSED_ATTENTION_MODES:
+                tokens_k = fits[0]
+                dim = dim_per_head * heads
+                layer = ConvNNAttention(dim, heads, k=k, bias=True, **mode)
+                with torch.no_grad():
+                    layer.weight.normal_()
+                x = torch.randn(2, tokens_k, dim, requires_grad=True)
+                case = (tokens_k, heads, k, mode)
+                _core_pair(layer, x, case)
+                assert _attention_pair(layer, x, case, float(layer_tol)) == 1, case
+                cases += 1
+    # dropout on the output (not the weights) keeps the fused core: same seed, same mask
+    layer = ConvNNAttention(12, 2, k=5, attn_dropout=0.3, attn_dropout_on="output").train()
+    x = torch.randn(2, tokens[0], 12, requires_grad=True)
+    assert _attention_pair(layer, x, "output dropout") == 1
+    print("FUSED ATTENTION OK", cases + 1)
+
+
+def fused_attention_falls_back():
+    """Every option outside the fused core's set runs the step-by-step path under
+    ``backend="triton"`` (no fused core launch), with the reason from ``_kernel_unsupported``,
+    and still equals ``backend="torch"``."""
+    torch.manual_seed(1)
+    cases = [
+        ({"sampling": "random", "candidates": 7}, "sampling='random'"),
+        ({"sampling": "spatial", "candidates": 7}, "sampling='spatial'"),
+        ({"similarity": "cosine"}, "similarity='cosine'"),
+        ({"weighting": "ones"}, "weighting='ones'"),
+        ({"aggregation": "separable"}, "aggregation='separable'"),
+        ({"selection": "mixed"}, "selection='mixed'"),
+        ({"k": 17}, "k=17 > 16"),
+        ({"dtype": torch.float64}, "float64"),
+        ({"attn_dropout": 0.3, "train": True}, "dropout on the weights"),
+    ]
+    for options, why in cases:
+        options = dict(options)
+        train = options.pop("train", False)
+        dtype = options.get("dtype", torch.float32)
+        layer = ConvNNAttention(12, 2, **{"k": 3, **options}).train(train)
+        x = torch.randn(2, 19, 12, dtype=dtype, requires_grad=True)
+        q = torch.zeros(1, dtype=dtype)
+        with ops.use_kernel("triton"):
+            decision = ops.kernel_decision(
+                "fused_attention", x.device, k=layer.k, width=19, aggregation=layer.aggregation,
+                similarity=layer.similarity,
+                options={"sampling": layer.sampling, "selection": layer.selection,
+                         "weighting": layer.weighting,
+                         "attn_dropout": layer.attn_dropout if train else 0.0,
+                         "dtypes": (q.dtype, q.dtype, layer.weight.dtype)})
+        assert decision[0] == "torch" and why in decision[1], (options, decision)
+        ref_out, ref_grads = _layer_grads(layer, x, "torch", 3)
+        with _CountFused("fused_attention") as core:
+            out, grads = _layer_grads(layer, x, "triton", 3)
+        assert core.calls == 0, options
+        for a, b in zip((out, *grads), (ref_out, *ref_grads)):
+            if a is not None:
+                _close(a, b, options)
+    # bf16 values (autocast) fall back too
+    layer = ConvNNAttention(12, 2, k=3)
+    with ops.use_kernel("triton"), _CountFused("fused_attention") as core, \
+            torch.autocast("cpu", dtype=torch.bfloat16):
+        layer(torch.randn(2, 9, 12))
+    assert core.calls == 0
+    # the layer's own backend="triton" takes the core; "torch" and auto (None) never do
+    for backend, calls in (("triton", 1), ("torch", 0), (None, 0)):
+        layer = ConvNNAttention(12, 2, k=3, backend=backend)
+        with ops.use_kernel("auto"), _CountFused("fused_attention") as core:
+            layer(torch.randn(2, 9, 12))
+        assert core.calls == calls, backend
+    print("ATTENTION FALLBACK OK", len(cases))

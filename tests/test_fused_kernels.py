@@ -1,7 +1,7 @@
-"""Triton row top-k, fused selection and atomics-free gather-aggregate (issue 12), checked on a CPU with the
-Triton interpreter, plus the kernel dispatch decisions. The kernel checks live in
-``_fused_checks.py`` and run in a subprocess so that ``TRITON_INTERPRET=1`` is set before
-Triton loads."""
+"""Triton row top-k, fused selection, the fused attention core and atomics-free gather-aggregate
+(issue 12), checked on a CPU with the Triton interpreter, plus the kernel dispatch decisions.
+The kernel checks live in ``_fused_checks.py`` and run in a subprocess so that
+``TRITON_INTERPRET=1`` is set before Triton loads."""
 
 from __future__ import annotations
 
@@ -65,6 +65,23 @@ def test_fused_selection_equals_the_stable_reference_t197():
 
 def test_fused_selection_falls_back_for_unsupported_options():
     _run("fused_selection_falls_back()", "FALLBACK OK")
+
+
+def test_fused_attention_core_matches_the_torch_path():
+    # T = 13 (k = 1, 3, 9) and T = 20 (k = 16); 1 and 3 heads; no self-first, self-first with
+    # the real and the constant self logit; plus output dropout: 6 x 4 + 1 layers
+    _run("fused_attention_matches_torch((13, 20))", "FUSED ATTENTION OK 25")
+
+
+@pytest.mark.slow
+def test_fused_attention_core_matches_the_torch_path_t197():
+    # four key tiles per row; d = 64, one head-width tile
+    _run("fused_attention_matches_torch(197, dim_per_head=64, layer_tol=1e-4)",
+         "FUSED ATTENTION OK 25")
+
+
+def test_fused_attention_core_falls_back_for_unsupported_options():
+    _run("fused_attention_falls_back()", "ATTENTION FALLBACK OK 9")
 
 
 def test_gather_aggregate_gradcheck_float64():
@@ -135,6 +152,52 @@ def test_unsupported_options_fall_back_cleanly(kernel, monkeypatch):
         assert fused[0] == ("triton" if kernel == "triton" else "torch"), fused
         if kernel == "auto":
             assert "measured on a GPU" in fused[1]
+
+
+FUSED_ATTENTION = {"k": 9, "width": 197, "aggregation": "depthwise", "similarity": "dot",
+                   "options": {"sampling": "all", "selection": "features",
+                               "weighting": "softmax", "attn_dropout": 0.0,
+                               "dtypes": (torch.float32,)}}
+
+
+def _attention_options(**change):
+    options = {**FUSED_ATTENTION, **{k: v for k, v in change.items() if k in FUSED_ATTENTION}}
+    options["options"] = {**FUSED_ATTENTION["options"],
+                          **{k: v for k, v in change.items() if k not in FUSED_ATTENTION}}
+    return options
+
+
+def test_fused_attention_is_opt_in_and_falls_back_with_a_reason(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with ops.use_kernel("triton"):
+        assert ops.kernel_decision("fused_attention", "cuda", **FUSED_ATTENTION)[0] == "triton"
+        assert ops.choose_backend(None, "cuda", step="fused_attention",
+                                  **FUSED_ATTENTION) == "triton"
+    with ops.use_kernel("auto"):  # auto never takes it: unmeasured on a GPU
+        backend, reason = ops.kernel_decision("fused_attention", "cuda", **FUSED_ATTENTION)
+        assert backend == "torch" and "measured on a GPU" in reason
+    assert ops.choose_backend("torch", "cuda", step="fused_attention",
+                              **FUSED_ATTENTION) == "torch"
+    unsupported = [
+        ({"sampling": "random"}, "sampling='random'"),
+        ({"selection": "coords"}, "selection='coords'"),
+        ({"similarity": "cosine"}, "similarity='cosine'"),
+        ({"weighting": "similarity"}, "weighting='similarity'"),
+        ({"aggregation": "standard"}, "aggregation='standard'"),
+        ({"attn_dropout": 0.1}, "dropout"),
+        ({"k": kernels.MAX_FUSED_ATTENTION_K + 1}, "k=17 > 16"),
+        ({"k": 9, "width": 5}, "k=9 > 5 tokens"),
+        ({"dtypes": (torch.float32, torch.bfloat16)}, "bfloat16"),
+    ]
+    with ops.use_kernel("triton"):
+        for change, why in unsupported:
+            for device in ("cuda", "cpu"):  # no error on a CPU: the options fall back first
+                backend, reason = ops.kernel_decision("fused_attention", device,
+                                                      **_attention_options(**change))
+                assert backend == "torch" and why in reason, (change, reason)
+        with pytest.raises(ValueError, match="options"):
+            ops.kernel_decision("fused_attention", "cuda", k=9, aggregation="depthwise",
+                                similarity="dot")
 
 
 def test_forced_triton_on_cpu_without_interpreter_raises(monkeypatch):
