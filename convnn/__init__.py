@@ -7,8 +7,8 @@ multi-head self-attention (:mod:`convnn.layers`), and the attention baselines of
 
 The main entry points of the rest are here too, imported on first use so that ``import
 convnn`` stays light: :func:`build_model` and :class:`ModelConfig` (:mod:`convnn.models`),
-:class:`TrainConfig` (:mod:`convnn.train`, whose :func:`convnn.train.train` keeps its module
-path: the module has the same name), :func:`get_preset` (:mod:`convnn.experiments`) and
+:class:`TrainConfig` and ``train`` (:mod:`convnn.train`; the module is callable as
+:func:`convnn.train.train`), :func:`get_preset` (:mod:`convnn.experiments`) and
 :func:`run_preset` (:mod:`convnn.runner`).
 """
 
@@ -24,6 +24,8 @@ _LAZY = {"build_model": "models", "ModelConfig": "models", "TrainConfig": "train
 
 
 def __getattr__(name: str):
+    if name == "train":  # the module, callable as the function (see convnn.train)
+        return import_module(".train", __name__)
     if name in _LAZY:
         value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
         globals()[name] = value
@@ -43,4 +45,5 @@ __all__ = [
            "get_preset",
            "ops",
            "run_preset",
+           "train",
 ]

@@ -45,6 +45,7 @@ import os
 import random
 import sys
 import time
+import types
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -1127,3 +1128,16 @@ def _fit(model_factory, ds, config, out, resume, overwrite, device, ctx, show, e
             f"    {_duration(time.perf_counter() - t_call)} this call -> {out}"
         )
     return summary
+
+
+class _CallableModule(types.ModuleType):
+    """``convnn.train`` is also the function :func:`train`, so that ``from convnn import train``
+    gives the entry point (``train(factory, dataset, config, out_dir)``) while
+    ``from convnn.train import TrainConfig`` keeps working: a function of the package named
+    like this module would be replaced by the module whenever the module is imported."""
+
+    def __call__(self, *args, **kwargs):
+        return train(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -539,3 +539,18 @@ def test_a_run_saved_before_a_field_rename_still_resumes(tmp_path, ds):
     summary = quiet(tmp_path / "run", ds, config=cfg, resume=True,
                     extra={"model": {"name": "vit_tiny", "num_heads": 1}})
     assert summary["epochs_completed"] == 3
+
+
+def test_train_is_a_top_level_entry_point(tmp_path, ds):
+    import convnn
+    from convnn import train as top_level_train
+
+    assert "train" in convnn.__all__ and top_level_train is convnn.train is train_mod
+    cfg = small_config(epochs=1)
+    a = top_level_train(convnn_model, ds, cfg, tmp_path / "a", progress=False, log=None,
+                        device="cpu")
+    b = train(convnn_model, ds, cfg, tmp_path / "b", progress=False, log=None, device="cpu")
+    assert stable(read_jsonl(tmp_path / "a" / "metrics.jsonl")) == stable(
+        read_jsonl(tmp_path / "b" / "metrics.jsonl"))
+    assert a["best_test_top1"] == b["best_test_top1"]
+    assert train_mod.TrainConfig is TrainConfig  # the module's names are all still there
