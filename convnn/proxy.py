@@ -352,16 +352,12 @@ def proxy_benchmarks(gpu: str = "h200", amp: str = "bf16",
 
 
 def measured_ratios() -> dict[tuple[str, str], float]:
-    """The committed H200 training-throughput ratios (mean over the committed bench files)."""
-    import json
-
-    from .package_data import results_root
+    """The committed H200 training-throughput ratios (mean over the committed bench reports,
+    :func:`convnn.results.load_bench`)."""
+    from .results import load_bench
 
     found: dict[tuple[str, str], list[float]] = defaultdict(list)
-    folder = results_root() / "bench"
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        with open(path, encoding="utf-8") as f:
-            report = json.load(f)
+    for _, report in load_bench():
         for r in report.get("training", []):
             found[(r["model"], r["case"])].append(r["throughput_vs_baseline"])
     return {k: sum(v) / len(v) for k, v in found.items()}
