@@ -107,6 +107,46 @@ if triton is not None:
             free = free & (cols[None, :] != pos[:, None])
 
     @triton.jit
+    def _score_tile(q_base, k_base, stride_kn, rows, row_ok, cols, col_ok, D, scale,
+                    BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                    PRECISION: tl.constexpr):
+        # (q·k) · scale of BLOCK_Q query rows against BLOCK_N key rows, in float32 (as the
+        # PyTorch path); q_base points at the query rows, k_base at key row 0.
+        acc = tl.zeros((BLOCK_Q, BLOCK_N), dtype=tl.float32)
+        for d0 in range(0, D, BLOCK_D):
+            dims = d0 + tl.arange(0, BLOCK_D)
+            d_ok = dims < D
+            q = tl.load(q_base + dims[None, :], mask=row_ok[:, None] & d_ok[None, :],
+                        other=0.0)
+            kt = tl.load(k_base + cols.to(tl.int64)[None, :] * stride_kn + dims[:, None],
+                         mask=d_ok[:, None] & col_ok[None, :], other=0.0)
+            acc = tl.dot(q, kt, acc, input_precision=PRECISION)
+        return acc * scale
+
+    @triton.jit
+    def _merge_top(top_v, top_i, s, s_free, cols, slots, NUM, OFF, NONE: tl.constexpr,
+                   BLOCK_Q: tl.constexpr, KP: tl.constexpr):
+        # The best NUM entries of (running list ∪ score tile) into slots OFF..OFF+NUM-1: NUM
+        # passes, each the best free entry, the lowest column winning a tie (-inf == -inf, so
+        # masked columns still rank, as in a stable sort).
+        t_free = top_i < NONE
+        new_v = tl.full((BLOCK_Q, KP), float("-inf"), tl.float32)
+        new_i = tl.full((BLOCK_Q, KP), NONE, tl.int32)
+        for j in range(NUM):
+            best = tl.maximum(tl.max(tl.where(t_free, top_v, float("-inf")), axis=1),
+                              tl.max(tl.where(s_free, s, float("-inf")), axis=1))
+            hit_t = t_free & (top_v == best[:, None])
+            hit_s = s_free & (s == best[:, None])
+            pos = tl.minimum(tl.min(tl.where(hit_t, top_i, NONE), axis=1),
+                             tl.min(tl.where(hit_s, cols[None, :], NONE), axis=1))
+            here = slots[None, :] == j + OFF
+            new_v = tl.where(here, best[:, None], new_v)
+            new_i = tl.where(here, pos[:, None], new_i)
+            t_free = t_free & (top_i != pos[:, None])
+            s_free = s_free & (cols[None, :] != pos[:, None])
+        return new_v, new_i
+
+    @triton.jit
     def _fused_topk_kernel(q_ptr, k_ptr, qpos_ptr, cpos_ptr, idx_ptr, n, m, D, K, scale,
                            stride_qb, stride_qn, stride_kb, stride_kn,
                            SELF_MASK: tl.constexpr, KP: tl.constexpr, BLOCK_Q: tl.constexpr,
@@ -128,39 +168,14 @@ if triton is not None:
         for n0 in range(0, m, BLOCK_N):
             cols = n0 + tl.arange(0, BLOCK_N)
             col_ok = cols < m
-            acc = tl.zeros((BLOCK_Q, BLOCK_N), dtype=tl.float32)
-            for d0 in range(0, D, BLOCK_D):
-                dims = d0 + tl.arange(0, BLOCK_D)
-                d_ok = dims < D
-                q = tl.load(q_base + dims[None, :], mask=row_ok[:, None] & d_ok[None, :],
-                            other=0.0)
-                kt = tl.load(k_ptr + b * stride_kb + cols.to(tl.int64)[None, :] * stride_kn
-                             + dims[:, None], mask=d_ok[:, None] & col_ok[None, :], other=0.0)
-                acc = tl.dot(q, kt, acc, input_precision=PRECISION)
-            s = acc * scale  # as the PyTorch path: (q·k) · scale, in float32
+            s = _score_tile(q_base, k_ptr + b * stride_kb, stride_kn, rows, row_ok, cols,
+                            col_ok, D, scale, BLOCK_Q, BLOCK_N, BLOCK_D, PRECISION)
             if SELF_MASK:  # the query's own column (a candidate at the query's position)
                 cp = tl.load(cpos_ptr + cols, mask=col_ok, other=-2)
                 s = tl.where(cp[None, :] == qp[:, None], float("-inf"), s)
             s_free = col_ok[None, :] & (rows >= 0)[:, None]  # padding columns never count
-            t_free = top_i < NONE
-            new_v = tl.full((BLOCK_Q, KP), float("-inf"), tl.float32)
-            new_i = tl.full((BLOCK_Q, KP), NONE, tl.int32)
-            # K passes over (running list ∪ tile): the best free entry, lowest column on a tie
-            # (-inf == -inf, so masked columns still rank, as in a stable sort)
-            for j in range(K):
-                best = tl.maximum(tl.max(tl.where(t_free, top_v, float("-inf")), axis=1),
-                                  tl.max(tl.where(s_free, s, float("-inf")), axis=1))
-                hit_t = t_free & (top_v == best[:, None])
-                hit_s = s_free & (s == best[:, None])
-                pos = tl.minimum(tl.min(tl.where(hit_t, top_i, NONE), axis=1),
-                                 tl.min(tl.where(hit_s, cols[None, :], NONE), axis=1))
-                here = slots[None, :] == j
-                new_v = tl.where(here, best[:, None], new_v)
-                new_i = tl.where(here, pos[:, None], new_i)
-                t_free = t_free & (top_i != pos[:, None])
-                s_free = s_free & (cols[None, :] != pos[:, None])
-            top_v = new_v
-            top_i = new_i
+            top_v, top_i = _merge_top(top_v, top_i, s, s_free, cols, slots, K, 0, NONE,
+                                      BLOCK_Q, KP)
         out = idx_ptr + (b * n + rows.to(tl.int64))[:, None] * K + slots[None, :]
         tl.store(out, top_i.to(tl.int64), mask=row_ok[:, None] & (slots[None, :] < K))
 
@@ -472,36 +487,13 @@ if triton is not None:
         for n0 in range(0, T, BLOCK_N):
             cols = n0 + tl.arange(0, BLOCK_N)
             col_ok = cols < T
-            acc = tl.zeros((BLOCK_Q, BLOCK_N), dtype=tl.float32)
-            for d0 in range(0, D, BLOCK_D):
-                dims = d0 + tl.arange(0, BLOCK_D)
-                d_ok = dims < D
-                q = tl.load(q_base + dims[None, :], mask=row_ok[:, None] & d_ok[None, :],
-                            other=0.0)
-                kt = tl.load(k_ptr + base + cols.to(tl.int64)[None, :] * D + dims[:, None],
-                             mask=d_ok[:, None] & col_ok[None, :], other=0.0)
-                acc = tl.dot(q, kt, acc, input_precision=PRECISION)
-            s = acc * scale  # as the PyTorch path: (q·k) · scale, in float32
+            s = _score_tile(q_base, k_ptr + base, D, rows, row_ok, cols, col_ok, D, scale,
+                            BLOCK_Q, BLOCK_N, BLOCK_D, PRECISION)
             if SELF_FIRST:  # the query's own column is not searched
                 s = tl.where(cols[None, :] == rows[:, None], float("-inf"), s)
             s_free = col_ok[None, :] & (rows >= 0)[:, None]
-            t_free = top_i < NONE
-            new_v = tl.full((BLOCK_Q, KP), float("-inf"), tl.float32)
-            new_i = tl.full((BLOCK_Q, KP), NONE, tl.int32)
-            for j in range(KS):  # merge the tile: best free entry, lowest column on a tie
-                best = tl.maximum(tl.max(tl.where(t_free, top_v, float("-inf")), axis=1),
-                                  tl.max(tl.where(s_free, s, float("-inf")), axis=1))
-                hit_t = t_free & (top_v == best[:, None])
-                hit_s = s_free & (s == best[:, None])
-                pos = tl.minimum(tl.min(tl.where(hit_t, top_i, NONE), axis=1),
-                                 tl.min(tl.where(hit_s, cols[None, :], NONE), axis=1))
-                here = slots[None, :] == j + OFF
-                new_v = tl.where(here, best[:, None], new_v)
-                new_i = tl.where(here, pos[:, None], new_i)
-                t_free = t_free & (top_i != pos[:, None])
-                s_free = s_free & (cols[None, :] != pos[:, None])
-            top_v = new_v
-            top_i = new_i
+            top_v, top_i = _merge_top(top_v, top_i, s, s_free, cols, slots, KS, OFF, NONE,
+                                      BLOCK_Q, KP)
         if SELF_FIRST:  # slot 0: the query itself, with its real score or the constant logit
             own = tl.zeros((BLOCK_Q,), dtype=tl.float32) + self_logit
             if not CONST_SELF:
