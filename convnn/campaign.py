@@ -48,8 +48,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ._checks import check_int
-from ._io import atomic_write_json, read_jsonl
+from ._io import atomic_write_json
 from .experiments import PRESETS, get_preset, paper_records, preset_for_record
+from .run_folder import LOG_FILES, METRICS, RunFolder, is_run_folder
 
 __all__ = [
     "LOG_PACK_BYTES",
@@ -68,6 +69,8 @@ __all__ = [
 LOG_PACK_BYTES = 16 * 1024 * 1024
 STATE_FILE = "campaign.json"
 LOG_FILE = "campaign.log"
+#: A run that failed this many times is skipped until ``retry_failed`` (``--retry-failed``).
+MAX_ATTEMPTS = 3
 #: Epochs of a smoke campaign's "full" run (reduced models on a few hundred images).
 SMOKE_FULL_EPOCHS = 3
 #: Seconds of a first epoch plus setup assumed for a run of a family not measured yet, on a
@@ -223,17 +226,30 @@ def _load_state(out: Path, smoke: bool, queue: Sequence[QueueItem]) -> dict:
 
 
 def _records(run_dir: Path) -> list[dict]:
-    """Finished epochs on disk (the checkpoint's, never more: lines past it are dropped when
-    the run resumes)."""
-    return [r for r in read_jsonl(run_dir / "metrics.jsonl")
-            if isinstance(r, dict) and "epoch" in r]
+    """The epochs the run folder's checkpoint holds (lines past it are dropped when the run
+    resumes)."""
+    try:
+        run = RunFolder.read(run_dir, checkpoint="verify")
+    except (OSError, ValueError):
+        return []
+    return [r for r in run.records if r["epoch"] <= (run.checkpoint_epoch or 0)]
 
 
 def _epochs_done(run_dir: Path) -> int:
-    if not (run_dir / "checkpoint.pt").is_file():
+    """The epochs of the run's verified checkpoint (0: none, or one that cannot be trusted;
+    resuming then names the problem)."""
+    try:
+        return RunFolder.read(run_dir, checkpoint="verify").checkpoint_epoch or 0
+    except (OSError, ValueError):
         return 0
-    records = _records(run_dir)
-    return int(records[-1]["epoch"]) if records else 0
+
+
+def _failures(m: dict) -> tuple[int, str]:
+    """``(count, last error)`` of a run's failures (older states kept one string)."""
+    failed = m.get("failed")
+    if isinstance(failed, dict):
+        return int(failed.get("count", 1)), str(failed.get("last_error", ""))
+    return (1, str(failed)) if failed else (0, "")
 
 
 # --------------------------------------------------------------------------- the campaign
@@ -253,6 +269,7 @@ class _Campaign:
     smoke: bool
     pack: bool
     did_work: bool = False
+    failed_now: set = dataclasses.field(default_factory=set)  # failed in this command
 
     def run_dir(self, preset: str) -> Path:
         return self.out / "runs" / preset
@@ -316,6 +333,7 @@ class _Campaign:
         stopped = False
         try:
             self.trainer(preset, run_dir, epochs, callback, self.log)
+            self.state["runs"].get(preset, {}).pop("failed", None)
         except OutOfTime as err:
             self.log(f"stopped: {err}; the next command continues it from its checkpoint")
             stopped = True
@@ -388,11 +406,27 @@ class _Campaign:
     def state_command(self) -> dict:
         return self.state["commands"][-1]
 
+    def skipped(self, preset: str) -> bool:
+        """A run that failed in this command, or :data:`MAX_ATTEMPTS` times: not tried now."""
+        count, _ = _failures(self.state["runs"].get(preset, {}))
+        return preset in self.failed_now or count >= MAX_ATTEMPTS
+
+    def announce_failures(self) -> None:
+        for item in self.queue:
+            for preset in item.presets:
+                count, last = _failures(self.state["runs"].get(preset, {}))
+                if count >= MAX_ATTEMPTS:
+                    self.log(f"{preset}: SKIPPED, it failed {count} times (last: {last}); "
+                             "pass --retry-failed (retry_failed=True) to try it again")
+                elif count:
+                    self.log(f"{preset}: retrying, it failed {count} time(s) (last: {last})")
+
     def run(self) -> str:
         """Work through the queue; returns why it stopped."""
+        self.announce_failures()
         for item in self.queue:
             plan = self.state["groups"].get(item.group)
-            failed = [p for p in item.presets if self.state["runs"].get(p, {}).get("failed")]
+            failed = [p for p in item.presets if self.skipped(p)]
             live = [p for p in item.presets if p not in failed]
             if plan is not None and all(_epochs_done(self.run_dir(p)) >= plan["epochs"]
                                         for p in live):
@@ -412,7 +446,7 @@ class _Campaign:
                     raise
                 except Exception as err:  # noqa: BLE001 - a failed run must not end the queue
                     self.fail(preset, err)
-            live = [p for p in live if not self.state["runs"].get(p, {}).get("failed")]
+            live = [p for p in live if not self.skipped(p)]
             if not live:
                 continue
             if plan is None:
@@ -435,12 +469,29 @@ class _Campaign:
                 except Exception as err:  # noqa: BLE001
                     self.fail(preset, err)
             self.state_command()["trained_before_plan"] = True
+        failed = [p for item in self.queue for p in item.presets if self.skipped(p)]
+        if failed:
+            return f"queue done except the failed run(s) {', '.join(failed)}"
         return "queue done"
 
     def fail(self, preset: str, err: Exception) -> None:
-        self.log(f"{preset}: FAILED {type(err).__name__}: {err}")
-        self.state["runs"].setdefault(preset, {})["failed"] = f"{type(err).__name__}: {err}"
+        m = self.state["runs"].setdefault(preset, {})
+        count = _failures(m)[0] + 1
+        self.failed_now.add(preset)
+        m["failed"] = {"count": count, "last_error": f"{type(err).__name__}: {err}",
+                       "time": _now()}
+        self.log(f"{preset}: FAILED ({count} of {MAX_ATTEMPTS} tries) {type(err).__name__}: "
+                 f"{err}")
         self.save()
+
+    def complete(self) -> bool:
+        """Every run of the queue has reached its group's planned epochs."""
+        for item in self.queue:
+            plan = self.state["groups"].get(item.group)
+            if plan is None or any(_epochs_done(self.run_dir(p)) < plan["epochs"]
+                                   for p in item.presets):
+                return False
+        return True
 
 
 def run_campaign(minutes: float, out: str | os.PathLike, *,
@@ -450,7 +501,7 @@ def run_campaign(minutes: float, out: str | os.PathLike, *,
                  data_dir=None, device=None, amp: str | None = None,
                  trainer: Trainer | None = None, clock: Callable[[], float] = time.monotonic,
                  log: Callable[[str], None] = print, pack: bool = True,
-                 command: str | None = None) -> dict:
+                 command: str | None = None, retry_failed: bool = False) -> dict:
     """Spend ``minutes`` on the queue; see the module docstring.
 
     Args:
@@ -470,9 +521,14 @@ def run_campaign(minutes: float, out: str | os.PathLike, *,
         log: where progress lines go (they are also appended to ``campaign.log``).
         pack: write the log packs.
         command: the command line, stored in ``campaign.json`` (default ``sys.argv``).
+        retry_failed: clear the failure counts, so that runs that failed
+            :data:`MAX_ATTEMPTS` times are tried again (a run that failed fewer times is
+            retried by every command anyway).
 
     Returns:
-        ``{"stopped": why, "runs": {preset: epochs done}, "groups": plans, "packs": paths}``.
+        ``{"stopped": why, "runs": {preset: epochs done}, "groups": plans, "packs": paths,
+        "failed": {preset: {"count", "last_error"}}, "did_work": whether this command
+        trained anything, "complete": whether every run has reached its plan}``.
 
     Raises:
         ValueError: a bad argument (naming it), or a folder of another campaign.
@@ -501,6 +557,10 @@ def run_campaign(minutes: float, out: str | os.PathLike, *,
         log_file.write(text + "\n")
         log_file.flush()
 
+    if retry_failed:
+        for preset, m in state["runs"].items():
+            if m.pop("failed", None):
+                say(f"{preset}: failure count cleared (retry_failed)")
     state["commands"].append({"started": _now(), "minutes": minutes,
                               "command": command if command is not None else " ".join(sys.argv),
                               "device": _device_name(device), "trained_before_plan": False})
@@ -525,8 +585,11 @@ def run_campaign(minutes: float, out: str | os.PathLike, *,
         packs = pack_logs(out, logs_dir) if pack else []
     runs = {p: _epochs_done(campaign.run_dir(p)) for item in queue for p in item.presets
             if campaign.run_dir(p).is_dir()}
+    failed = {p: dict(zip(("count", "last_error"), _failures(m), strict=True))
+              for p, m in state["runs"].items() if _failures(m)[0]}
     return {"stopped": stopped, "runs": runs, "groups": state["groups"],
-            "packs": [str(p) for p in packs]}
+            "packs": [str(p) for p in packs], "failed": failed,
+            "did_work": campaign.did_work, "complete": campaign.complete()}
 
 
 def _device_name(device) -> str:
@@ -541,7 +604,7 @@ def _device_name(device) -> str:
 
 
 # --------------------------------------------------------------------------- log packs
-_RUN_LOGS = ("config.json", "metrics.jsonl", "summary.json")
+_RUN_LOGS = LOG_FILES
 
 
 def pack_logs(out: str | os.PathLike, logs_dir: str | os.PathLike | None = None, *,
@@ -614,8 +677,8 @@ def _collect(source: Path, tmp: Path) -> tuple[list[Path], dict | None]:
     runs: dict[str, Path] = {}
     state = None
     for root in roots:
-        for metrics in sorted(root.rglob("metrics.jsonl")):
-            if (metrics.parent / "config.json").is_file():
+        for metrics in sorted(root.rglob(METRICS)):
+            if is_run_folder(metrics.parent):
                 runs.setdefault(metrics.parent.name, metrics.parent)
         for path in sorted(root.rglob(STATE_FILE)):
             state = state or json.loads(path.read_text(encoding="utf-8"))
@@ -660,8 +723,8 @@ def import_runs(source: str | os.PathLike, *, dest: str | os.PathLike | None = N
     with tempfile.TemporaryDirectory() as tmp:
         folders, state = _collect(source, Path(tmp))
         if not folders:
-            raise ValueError(f"source {source} holds no run folder (config.json + "
-                             "metrics.jsonl) and no campaign-logs-*.tar.gz pack")
+            raise ValueError(f"source {source} holds no run folder (with {' + '.join(_RUN_LOGS[:2])}"
+                             ") and no campaign-logs-*.tar.gz pack")
         runs = [load_run(f) for f in folders]
         runs = [r for r in runs if r.records]
         if not runs:
@@ -765,6 +828,9 @@ def add_cli(sub, **shared) -> None:
     camp.add_argument("--list", action="store_true", help="print the queue and exit")
     camp.add_argument("--data-dir", help="where CIFAR is (default: $CONVNN_DATA_DIR)")
     camp.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    camp.add_argument("--retry-failed", action="store_true",
+                      help=f"try again the runs that failed {MAX_ATTEMPTS} times (runs that "
+                           "failed fewer times are retried anyway)")
     camp.set_defaults(func=_campaign_cli)
 
     imp = sub.add_parser("import-runs", **shared, help="file returned logs into data/results/")
@@ -793,12 +859,23 @@ def _campaign_cli(args: argparse.Namespace) -> int:
                              "campaign --list`")
         queue = tuple(known[g] for g in args.only)
     result = run_campaign(args.minutes, args.out, queue=queue, logs_dir=args.logs,
-                          smoke=args.smoke, data_dir=args.data_dir, device=args.device)
+                          smoke=args.smoke, data_dir=args.data_dir, device=args.device,
+                          retry_failed=args.retry_failed)
     print(f"stopped: {result['stopped']}")
     for preset, done in result["runs"].items():
         print(f"  {preset}: {done} epoch(s)")
+    for preset, f in result["failed"].items():
+        print(f"  {preset}: FAILED {f['count']} time(s), last: {f['last_error']}")
     print("logs: " + ", ".join(result["packs"]))
-    return 0
+    if result["did_work"]:
+        return 0
+    if result["complete"]:
+        print("nothing to train: every run of the queue has finished its planned epochs")
+        return 0
+    print(f"error: this command trained nothing ({result['stopped']})"
+          + ("; pass --retry-failed to try the failed runs again" if result["failed"] else ""),
+          file=sys.stderr)
+    return 1
 
 
 def _import_cli(args: argparse.Namespace) -> int:

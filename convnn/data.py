@@ -53,6 +53,7 @@ from ._checks import check_bool, check_choice, check_int, check_rank
 __all__ = [
     "CIFAR10_CLASSES",
     "DATASET_NAMES",
+    "FINGERPRINT_SAMPLE",
     "MEAN_STD",
     "NUM_CLASSES",
     "DatasetNotFoundError",
@@ -60,6 +61,7 @@ __all__ = [
     "EpochLoader",
     "ImageDataset",
     "augment_batch",
+    "dataset_fingerprint",
     "default_cache_dir",
     "load_dataset",
     "make_loader",
@@ -919,3 +921,34 @@ def make_loader(images: torch.Tensor, labels: torch.Tensor, batch_size: int,
         ...     for x, y in train: ...
     """
     return DeviceLoader(images, labels, batch_size, device, mean, std, **kwargs)
+
+
+#: Images per split hashed by :func:`dataset_fingerprint` (evenly spaced, always the same).
+FINGERPRINT_SAMPLE = 64
+
+
+def dataset_fingerprint(ds) -> str:
+    """What a dataset *is*, as a SHA-256: its split sizes, its label arrays and a fixed
+    sample of :data:`FINGERPRINT_SAMPLE` images per split (their pixels, or the bytes of their
+    files for a streamed ImageNet tree). It ignores where the data lives and how it was
+    described, so a moved folder, a cache instead of a download, or a copy of the archive give
+    the same fingerprint, and other data another."""
+    h = hashlib.sha256(b"convnn-dataset-fingerprint-1")
+    for split in ("train", "test"):
+        labels = getattr(ds, f"{split}_labels").detach().cpu().to(torch.int64).contiguous()
+        n = len(labels)
+        h.update(f"{split}:{n};".encode())
+        h.update(labels.numpy().tobytes())
+        picks = sorted({i * n // FINGERPRINT_SAMPLE for i in range(FINGERPRINT_SAMPLE)}) if n else []
+        images = getattr(ds, f"{split}_images", None)
+        if images is not None:
+            sample = images[torch.tensor(picks, dtype=torch.long)] if picks else images[:0]
+            h.update(str(tuple(images.shape[1:])).encode())
+            h.update(sample.detach().cpu().contiguous().numpy().tobytes())
+        else:  # streamed: the files' relative names and the bytes of the sampled ones
+            files = getattr(ds, f"{split}_files")
+            folder = Path(ds.root) / ("train" if split == "train" else "val")
+            h.update("\n".join(str(f) for f in files).encode("utf-8", "surrogateescape"))
+            for i in picks:
+                h.update((folder / str(files[i])).read_bytes())
+    return h.hexdigest()

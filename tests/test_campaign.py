@@ -12,7 +12,9 @@ import pytest
 from convnn import campaign as C
 from convnn import results as R
 from convnn.__main__ import main
+from convnn._io import read_jsonl
 from convnn.experiments import get_preset
+from convnn.run_folder import RunFolder, config_fingerprint
 
 PAIR = C.QueueItem("pair", ("vgg11-c10-conv2d", "vgg11-c10-branching-r0.5"), "test pair")
 SOLO = C.QueueItem("solo", ("vit-tiny-c10-attention",), "test single run")
@@ -52,6 +54,18 @@ def test_bad_queue_and_arguments_raise_naming_them(tmp_path):
 
 
 # --------------------------------------------------------------------------- fake clock
+def fake_checkpoint(run_dir: Path, epoch: int, epochs: int) -> None:
+    """A minimal checkpoint at ``epoch``, and the summary recording it, written as the real
+    trainer writes them (the campaign counts the epochs of the verified checkpoint)."""
+    config = {"train": {"epochs": epochs}}
+    (run_dir / "config.json").write_text(json.dumps(config))
+    records = read_jsonl(run_dir / "metrics.jsonl")[:epoch]
+    folder = RunFolder(run_dir)
+    folder.save_checkpoint(records, {"model": {}, "optimizer": {}, "rng": [], "config": {},
+                                     "fingerprint": config_fingerprint(config)})
+    folder.save_summary({"epochs_completed": epoch})
+
+
 class FakeWorld:
     """A fake clock and a fake trainer that advances it: ``setup`` seconds per call and
     ``speed[preset]`` seconds per epoch (the first epoch ``warmup`` times slower). It writes
@@ -81,7 +95,7 @@ class FakeWorld:
                       "device": "FakeGPU", "time": "2026-12-01T10:00:00+00:00"}
             with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
-            (run_dir / "checkpoint.pt").write_text(str(epoch))
+            fake_checkpoint(run_dir, epoch, epochs)
             if self.kill_after is not None:
                 self.kill_after -= 1
             callback(record)
@@ -147,7 +161,7 @@ def test_the_deadline_stops_a_run_after_an_epoch_and_the_next_command_continues(
     (tmp_path / "runs" / "vgg11-c10-branching-r0.5" / "metrics.jsonl").write_text(
         "".join(json.dumps({"epoch": e, "epoch_seconds": 12.0, "test_top1": 1.0,
                             "device": "FakeGPU"}) + "\n" for e in range(1, 11)))
-    (tmp_path / "runs" / "vgg11-c10-branching-r0.5" / "checkpoint.pt").write_text("10")
+    fake_checkpoint(tmp_path / "runs" / "vgg11-c10-branching-r0.5", 10, 150)
     result = shutil_world.run(3, tmp_path, full_epochs=150, safety=1.0, reserve_seconds=0)
     assert result["stopped"] == "out of time: vgg11-c10-branching-r0.5 stopped after an epoch"
     done = result["runs"]["vgg11-c10-branching-r0.5"]
@@ -208,7 +222,7 @@ def test_a_failing_run_does_not_stop_the_queue(tmp_path):
     assert result["runs"]["vgg11-c10-conv2d"] == 5
     assert result["runs"]["vit-tiny-c10-attention"] == 5
     state = json.loads((tmp_path / "campaign.json").read_text())
-    assert "out of memory" in state["runs"]["vgg11-c10-branching-r0.5"]["failed"]
+    assert "out of memory" in state["runs"]["vgg11-c10-branching-r0.5"]["failed"]["last_error"]
 
 
 def test_another_campaign_in_the_same_folder_is_refused(tmp_path):

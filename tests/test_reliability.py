@@ -118,7 +118,7 @@ def test_cli_resume_with_another_preset_is_refused(tmp_path, capsys, monkeypatch
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert "extra.preset: 'vgg11-c10-branching-r0.5' -> 'vgg11-c10-branching-r0.5-random-r4'" \
-        in err and "extra.model.layer_options.sampling" in err
+        in err and "model.config.layer_options.sampling" in err
     assert (tmp_path / "R" / "config.json").read_text() == config
 
 
