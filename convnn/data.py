@@ -946,9 +946,10 @@ def dataset_fingerprint(ds) -> str:
             h.update(str(tuple(images.shape[1:])).encode())
             h.update(sample.detach().cpu().contiguous().numpy().tobytes())
         else:  # streamed: the files' relative names and the bytes of the sampled ones
-            files = getattr(ds, f"{split}_files")
+            files = [f.decode("utf-8", "surrogateescape") if isinstance(f, bytes) else str(f)
+                     for f in getattr(ds, f"{split}_files")]
             folder = Path(ds.root) / ("train" if split == "train" else "val")
-            h.update("\n".join(str(f) for f in files).encode("utf-8", "surrogateescape"))
+            h.update("\n".join(files).encode("utf-8", "surrogateescape"))
             for i in picks:
-                h.update((folder / str(files[i])).read_bytes())
+                h.update((folder / files[i]).read_bytes())
     return h.hexdigest()

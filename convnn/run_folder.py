@@ -709,7 +709,10 @@ class RunFolder:
         self.saved_checkpoint = {"epoch": epoch, "sha256": sha,
                                  "fingerprint": fingerprint_digest(checkpoint["fingerprint"])}
 
-    def save_summary(self, summary: dict) -> None:
+    def save_summary(self, summary: dict) -> dict:
         """``summary.json``, recording the checkpoint on disk (its epoch and SHA-256): written
-        after the checkpoint, so a summary never claims weights that are not there."""
-        atomic_write_json(self.paths[SUMMARY], {**summary, "checkpoint": self.saved_checkpoint})
+        after the checkpoint, so a summary never claims weights that are not there. Returns
+        what was written."""
+        summary = {**summary, "checkpoint": self.saved_checkpoint}
+        atomic_write_json(self.paths[SUMMARY], summary)
+        return summary

@@ -814,7 +814,8 @@ def train(
     Returns:
         The summary (also written to ``summary.json``): ``best_test_top1``, ``best_epoch``,
         ``last5_mean_test_top1``, ``final`` metrics, ``total_seconds``, ``epochs_completed``,
-        ``parameters``. Accuracies are in percent.
+        ``parameters``, and ``checkpoint`` (the epoch and SHA-256 of the checkpoint it
+        describes). Accuracies are in percent.
 
     Raises:
         ValueError: a bad argument, or a resumed run whose config differs.
@@ -1142,13 +1143,19 @@ def _fit(model_factory, ds, config, out, resume, overwrite, device, ctx, show, e
 
     summary = summarize(records, parameters, config.epochs)
     if main:
-        folder.save_summary(summary)
+        summary = folder.save_summary(summary)
         log(
             f"done: best test top1 {summary['best_test_top1']:.2f}% (epoch "
             f"{summary['best_epoch']}), mean of last {len(summary['last5_epochs'])} epochs "
             f"{summary['last5_mean_test_top1']:.2f}%\n"
             f"    {_duration(time.perf_counter() - t_call)} this call -> {out}"
         )
+    if ctx.enabled:  # every rank returns what rank 0 wrote (with the checkpoint's record)
+        import torch.distributed as dist
+
+        box = [summary]
+        dist.broadcast_object_list(box, src=0)
+        summary = box[0]
     return summary
 
 

@@ -349,20 +349,6 @@ def test_resume_with_fewer_epochs_than_done_is_refused(three_epochs, ds):
     assert (three_epochs / "config.json").read_bytes() == before
 
 
-def test_cli_resume_with_fewer_epochs_is_one_line(tmp_path, capsys, monkeypatch):
-    from convnn.__main__ import main as cli
-
-    monkeypatch.setenv("CONVNN_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv("CONVNN_DATA_DIR", raising=False)
-    common = ["--smoke", "--out", str(tmp_path / "R"), "--no-download", "--device", "cpu",
-              "--preset", "vgg11-c10-conv2d"]
-    assert cli(["train", "--epochs", "2", *common]) == 0
-    capsys.readouterr()
-    assert cli(["train", "--epochs", "1", "--resume", *common]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "already finished 2 epochs" in err
-
-
 def _edit_config(out: Path, edit) -> None:
     config = json.loads((out / "config.json").read_text())
     edit(config)
@@ -374,27 +360,34 @@ def test_an_edited_config_is_detected_by_eval_and_resume(three_epochs, ds):
     for call in (lambda: load_run_checkpoint(three_epochs),
                  lambda: evaluate_run(three_epochs, tiny, ds, device="cpu"),
                  lambda: run(three_epochs, ds, cfg(epochs=4), resume=True)):
-        with pytest.raises(RunFolderError, match=r"was edited.*train\.lr: 0\.003 in the "
-                                                 r"checkpoint, now 0\.5"):
+        with pytest.raises(RunFolderError, match=r"train\.lr: 0\.003 in the checkpoint, now "
+                                                 r"0\.5\); the file was edited"):
             call()
     with pytest.raises(RunFolderError, match="was edited"):
         RunFolder.read(three_epochs, checkpoint="verify")
 
 
-def test_an_edited_model_config_is_detected_by_cli_eval(tmp_path, capsys, monkeypatch):
+def test_cli_fewer_epochs_and_an_edited_model_config_are_one_line(tmp_path, capsys,
+                                                                   monkeypatch):
     from convnn.__main__ import main as cli
 
     monkeypatch.setenv("CONVNN_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "R"
-    assert cli(["train", "--smoke", "--out", str(out), "--epochs", "1", "--device", "cpu",
-                "--preset", "vgg11-c10-branching-r0.5"]) == 0
-    _edit_config(out, lambda c: c["model"]["config"]["layer_options"].update(
-        similarity="cos" if c["model"]["config"]["layer_options"].get("similarity") != "cos"
-        else "l2"))
+    common = ["--smoke", "--out", str(out), "--no-download", "--device", "cpu",
+              "--preset", "vgg11-c10-conv2d"]
+    assert cli(["train", "--epochs", "2", *common]) == 0
     capsys.readouterr()
+    assert cli(["train", "--epochs", "1", "--resume", *common]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "already finished 2 epochs" in err
+    _edit_config(out, lambda c: c["model"]["config"].update(
+        width_multiplier=c["model"]["config"]["width_multiplier"] * 2))
     assert cli(["eval", "--run", str(out), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "model.config.layer_options.similarity" in err
+    assert err.count("\n") == 1 and "model.config.width_multiplier" in err
+    assert cli(["train", "--epochs", "3", "--resume", *common]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "model.config.width_multiplier" in err
 
 
 # --------------------------------------------------------------------------- data fingerprint
