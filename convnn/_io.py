@@ -424,7 +424,8 @@ def folder_lock(folder: str | os.PathLike, name: str = ".lock", *,
                 else:
                     log(note)
             os.ftruncate(fd, 0)
-            os.pwrite(fd, me.encode("utf-8"), 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, me.encode("utf-8"))
             os.fsync(fd)
         except BaseException:
             os.close(fd)
@@ -445,7 +446,8 @@ def folder_lock(folder: str | os.PathLike, name: str = ".lock", *,
 
 def _read_fd(fd: int) -> str:
     try:
-        return os.pread(fd, 4096, 0).decode("utf-8", "replace")
+        os.lseek(fd, 0, os.SEEK_SET)
+        return os.read(fd, 4096).decode("utf-8", "replace")
     except OSError:
         return ""
 

@@ -374,7 +374,7 @@ class _Campaign:
                      f"{m['setup_seconds']:.1f} s")
         return "first_epoch_seconds" in m
 
-    def plan(self, item: QueueItem) -> dict | None:
+    def plan(self, item: QueueItem, group: QueueItem | None = None) -> dict | None:
         """The group's epoch count from the time left; None when fewer than ``min_epochs``
         fit (and this command has done other work: the next command plans it)."""
         full = max(self.full(p) for p in item.presets)
@@ -390,7 +390,8 @@ class _Campaign:
                      f"left (fewer than {low}); the next command plans it with fresh time")
             return None
         epochs = min(full, max(fit, low if fit >= low else max(done.values())))
-        plan = {"presets": list(item.presets), "epochs": epochs, "full_epochs": full,
+        # the plan belongs to the whole group: a run that failed joins it when retried
+        plan = {"presets": list((group or item).presets), "epochs": epochs, "full_epochs": full,
                 "reduced": epochs < full, "planned": _now(),
                 "seconds_per_epoch": {p: round(self.epoch_seconds(p), 3)
                                       for p in item.presets},
@@ -450,8 +451,7 @@ class _Campaign:
             if not live:
                 continue
             if plan is None:
-                sub = dataclasses.replace(item, presets=tuple(live))
-                plan = self.plan(sub)
+                plan = self.plan(dataclasses.replace(item, presets=tuple(live)), item)
                 if plan is None:
                     return f"out of time: {item.group} waits for the next command"
                 self.state_command()["trained_before_plan"] = True

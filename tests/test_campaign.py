@@ -225,6 +225,54 @@ def test_a_failing_run_does_not_stop_the_queue(tmp_path):
     assert "out of memory" in state["runs"]["vgg11-c10-branching-r0.5"]["failed"]["last_error"]
 
 
+def test_a_failed_run_is_retried_with_its_count_then_skipped_until_retry_failed(tmp_path):
+    world = FakeWorld({"vgg11-c10-conv2d": 8.0, "vgg11-c10-branching-r0.5": 12.0})
+    broken = {"on": True}
+
+    def flaky(preset, *args):
+        if preset == "vgg11-c10-branching-r0.5" and broken["on"]:
+            raise RuntimeError(f"folder locked (try {len(world.calls)})")
+        return world.trainer(preset, *args)
+
+    def command(**kw):
+        lines = []
+        result = C.run_campaign(60, tmp_path, queue=[PAIR], trainer=flaky, clock=world.clock,
+                                log=lines.append, full_epochs=3, **kw)
+        return result, "\n".join(lines)
+
+    result, _ = command()
+    assert result["failed"]["vgg11-c10-branching-r0.5"]["count"] == 1
+    assert result["stopped"] == "queue done except the failed run(s) vgg11-c10-branching-r0.5"
+    result, text = command()  # the next command tries it again, saying why
+    assert "vgg11-c10-branching-r0.5: retrying, it failed 1 time(s) (last: RuntimeError: " \
+           "folder locked" in text
+    assert result["failed"]["vgg11-c10-branching-r0.5"]["count"] == 2
+    result, _ = command()
+    assert result["failed"]["vgg11-c10-branching-r0.5"]["count"] == C.MAX_ATTEMPTS == 3
+    result, text = command()  # given up on: nothing is trained, and it says so
+    assert "SKIPPED, it failed 3 times" in text and "--retry-failed" in text
+    assert not result["did_work"] and not result["complete"]
+    broken["on"] = False  # the cause is gone
+    result, text = command(retry_failed=True)
+    assert "failure count cleared" in text
+    assert result["failed"] == {} and result["complete"] and result["did_work"]
+    assert result["runs"] == {"vgg11-c10-conv2d": 3, "vgg11-c10-branching-r0.5": 3}
+    assert result["stopped"] == "queue done"
+
+
+def test_cli_campaign_that_trains_nothing_exits_non_zero(tmp_path, capsys, monkeypatch):
+    state = {"format": 1, "smoke": True, "created": "x", "groups": {}, "commands": [],
+             "runs": {p: {"failed": {"count": C.MAX_ATTEMPTS, "last_error": "E: boom"}}
+                      for p in C.QUEUE[0].presets}}
+    (tmp_path / "campaign.json").write_text(json.dumps(state))
+    args = ["campaign", "--minutes", "1", "--out", str(tmp_path), "--smoke", "--only",
+            C.QUEUE[0].group]
+    assert main(args) == 1
+    captured = capsys.readouterr()
+    assert "FAILED 3 time(s), last: E: boom" in captured.out
+    assert "trained nothing" in captured.err and "--retry-failed" in captured.err
+
+
 def test_another_campaign_in_the_same_folder_is_refused(tmp_path):
     world = FakeWorld({"vgg11-c10-conv2d": 1.0, "vgg11-c10-branching-r0.5": 1.0,
                        "vit-tiny-c10-attention": 1.0})
