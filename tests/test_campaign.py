@@ -260,6 +260,24 @@ def test_a_failed_run_is_retried_with_its_count_then_skipped_until_retry_failed(
     assert result["stopped"] == "queue done"
 
 
+def test_epochs_are_counted_by_the_verified_checkpoint_not_the_log(tmp_path):
+    """A kill during the last checkpoint write: the log has 3 epochs, the checkpoint 2 and a
+    half-written temporary lies beside it. The campaign counts 2, so it continues the run."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "metrics.jsonl").write_text("".join(
+        json.dumps({"epoch": e, "epoch_seconds": 1.0, "test_top1": 10.0}) + "\n"
+        for e in (1, 2)))
+    fake_checkpoint(run_dir, 2, 3)
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"epoch": 3, "epoch_seconds": 1.0, "test_top1": 10.0}) + "\n")
+    (run_dir / ".checkpoint.pt.x1y2.tmp").write_bytes(b"half a checkpoint")
+    assert C._epochs_done(run_dir) == 2
+    assert [r["epoch"] for r in C._records(run_dir)] == [1, 2]
+    (run_dir / "checkpoint.pt").write_bytes(b"damaged")
+    assert C._epochs_done(run_dir) == 0  # not trusted: resuming names the problem
+
+
 def test_cli_campaign_that_trains_nothing_exits_non_zero(tmp_path, capsys, monkeypatch):
     state = {"format": 1, "smoke": True, "created": "x", "groups": {}, "commands": [],
              "runs": {p: {"failed": {"count": C.MAX_ATTEMPTS, "last_error": "E: boom"}}
