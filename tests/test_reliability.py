@@ -104,10 +104,16 @@ def test_resume_refuses_another_run_and_names_the_fields(one_epoch, ds):
 
 
 def test_cli_resume_with_another_preset_is_refused(tmp_path, capsys, monkeypatch):
+    import convnn.runner
     from convnn.__main__ import main as cli
 
     monkeypatch.setenv("CONVNN_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("CONVNN_DATA_DIR", raising=False)
+
+    def few_synthetic_images(**kwargs):  # the smoke run's synthetic fallback, 16 + 8 images
+        return synthetic_dataset(**{**kwargs, "n_train": 16, "n_test": 8})
+
+    monkeypatch.setattr(convnn.runner, "synthetic_dataset", few_synthetic_images)
     out = str(tmp_path / "R")
     common = ["--smoke", "--out", out, "--no-download", "--device", "cpu"]
     assert cli(["train", "--preset", "vgg11-c10-branching-r0.5", "--epochs", "1", *common]) == 0
