@@ -478,16 +478,14 @@ def test_cli_prints_a_traceback_only_with_debug(tmp_path):
     (tmp_path / "run" / "checkpoint.pt").write_bytes(b"")
     command = [sys.executable, "-m", "convnn", "eval", "--run", str(tmp_path / "run")]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    # both processes at once (each mostly imports torch): the wall time of one on two cores
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              cwd=root) for cmd in (command, [*command, "--debug"])]
-    (_, plain_err), (_, debug_err) = (p.communicate() for p in procs)
-    plain, debug = procs
-    assert plain.returncode == 2 and "Traceback" not in plain_err
+    plain = subprocess.run(command, capture_output=True, text=True, cwd=root, check=False)
+    assert plain.returncode == 2 and "Traceback" not in plain.stderr
     empty = tmp_path / "run" / "checkpoint.pt"
-    assert plain_err.strip().splitlines() == [
+    assert plain.stderr.strip().splitlines() == [
         f"error: {empty} is empty; restore it or start the run again"]
-    assert debug.returncode == 1 and "Traceback" in debug_err
+    debug = subprocess.run([*command, "--debug"], capture_output=True, text=True, cwd=root,
+                           check=False)
+    assert debug.returncode == 1 and "Traceback" in debug.stderr
 
 
 def test_cli_rejects_abbreviated_flags(capsys):
