@@ -213,7 +213,8 @@ window.addEventListener("load", () => {
     const pre = document.createElement("pre");
     pre.id = "layout-report";
     pre.textContent = JSON.stringify(report);
-    document.body.appendChild(pre);
+    // the page runs in a NARROW-pixel iframe (a window cannot be that narrow): report upwards
+    (window.parent === window ? document : window.parent.document).body.appendChild(pre);
   }, 1000));
 });
 </script>
@@ -222,7 +223,8 @@ window.addEventListener("load", () => {
 
 def probed_copy(html_dir: Path, page: str, dest: Path) -> Path:
     """A folder that serves ``html_dir`` (through symbolic links) with ``page`` replaced by a
-    copy that carries :data:`LAYOUT_PROBE`."""
+    copy that carries :data:`LAYOUT_PROBE`, and ``narrow-<page>`` beside it: the page in an
+    iframe ``NARROW`` pixels wide (headless Chromium does not make windows below 500 px)."""
     dest.mkdir(parents=True, exist_ok=True)
     parts = Path(page).parts
     src, out = html_dir, dest
@@ -235,6 +237,11 @@ def probed_copy(html_dir: Path, page: str, dest: Path) -> Path:
             assert "</body>" in text, f"{page}: no </body>"
             (out / name).write_text(text.replace("</body>", LAYOUT_PROBE + "</body>"),
                                     encoding="utf-8")
+            (out / f"narrow-{name}").write_text(
+                '<!DOCTYPE html><html><head><meta charset="utf-8"></head>'
+                '<body style="margin:0">'
+                f'<iframe src="{name}" style="width:{NARROW}px;height:2400px;border:0">'
+                "</iframe></body></html>", encoding="utf-8")
         else:
             src, out = src / name, out / name
             out.mkdir()
@@ -247,7 +254,8 @@ def narrow_layout(html_dir: Path, page: str, tmp: Path) -> dict:
 
     root = probed_copy(html_dir, page, tmp / "site")
     with serve(root) as (base, _):
-        dom = chromium(f"{base}/{page}", "--dump-dom", f"--window-size={NARROW},2400")
+        narrow = str(Path(page).with_name(f"narrow-{Path(page).name}"))
+        dom = chromium(f"{base}/{narrow}", "--dump-dom")
     assert dom.returncode == 0, dom.stderr[-3000:]
     found = re.search(r'<pre id="layout-report">(.*?)</pre>', dom.stdout, re.DOTALL)
     assert found, "the layout probe did not run (no #layout-report in the DOM)"
