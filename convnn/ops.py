@@ -787,6 +787,9 @@ def select_neighbours(
     only against the ``m`` candidates when candidates are sampled. The scores of the selected
     neighbours are differentiable (top-k values), so softmax weighting trains the projections.
     Ranking runs in float32 or better, also under autocast: 16-bit inputs are upcast.
+    Non-finite scores (a key with a NaN or infinite feature) rank last, so one bad pixel or
+    token is nobody's neighbour while ``k`` finite candidates remain; a query's own
+    non-finite features still make its own output non-finite where it is its own neighbour.
 
     Args:
         query: ``[B, n, D]`` selection features of the query positions.
