@@ -247,7 +247,7 @@ def check_layer_input(name: str, x, rank: int, layout: str, weight: torch.Tensor
     the dtype of the layer's ``weight`` (or under autocast), outside ``torch.func``
     transforms."""
     check_tensor(name, x)
-    if _under_torch_func(x, weight):
+    if not torch.compiler.is_compiling() and _under_torch_func(x, weight):
         raise NotImplementedError(
             "ConvNN layers do not support torch.func transforms (vmap, grad, jvp, jacrev, "
             "functional_call under grad): the neighbour selection is data-dependent indexing "

@@ -734,14 +734,14 @@ def augment_batch(
 
 
 def _check_statistic(name: str, value) -> tuple[float, float, float]:
-    """``mean`` or ``std`` of a loader: three finite numbers (R, G, B), ``std`` positive."""
+    """``mean`` or ``std`` of a loader: 3 finite numbers (R, G, B), ``std`` positive."""
     try:
         values = tuple(float(v) for v in value if not isinstance(v, (bool, str, bytes)))
         ok = len(values) == len(value) == 3
     except (TypeError, ValueError, OverflowError):
         ok = False
     if not ok or not all(math.isfinite(v) for v in values):
-        raise ValueError(f"{name} must be 3 finite numbers (R, G, B), got {value!r}")
+        raise ValueError(f"{name} must have 3 values (R, G, B), finite numbers, got {value!r}")
     if name == "std" and min(values) <= 0:
         raise ValueError(f"std must be positive, got {value!r}")
     return values

@@ -70,16 +70,16 @@ def test_a_bad_pixel_is_still_selected_when_fewer_than_k_are_finite():
 
 # --------------------------------------------------------------------------- loader statistics
 @pytest.mark.parametrize(("mean", "std", "fragment"), [
-    ((0.5, 0.5, 0.5), (math.nan, 0.2, 0.2), "std must be 3 finite numbers"),
-    ((0.5, 0.5, 0.5), (math.inf, 0.2, 0.2), "std must be 3 finite numbers"),
+    ((0.5, 0.5, 0.5), (math.nan, 0.2, 0.2), "std must have 3 values"),
+    ((0.5, 0.5, 0.5), (math.inf, 0.2, 0.2), "std must have 3 values"),
     ((0.5, 0.5, 0.5), (0.0, 0.2, 0.2), "std must be positive"),
     ((0.5, 0.5, 0.5), (-1.0, 0.2, 0.2), "std must be positive"),
-    ((0.5, 0.5, 0.5), (0.2, 0.2), "std must be 3 finite numbers"),
-    ((0.5, 0.5, 0.5), 0.2, "std must be 3 finite numbers"),
-    ((0.5, 0.5, 0.5), "abc", "std must be 3 finite numbers"),
-    ((math.nan, 0.5, 0.5), (0.2, 0.2, 0.2), "mean must be 3 finite numbers"),
-    ((0.5, 0.5, 0.5, 0.5), (0.2, 0.2, 0.2), "mean must be 3 finite numbers"),
-    ((True, 0.5, 0.5), (0.2, 0.2, 0.2), "mean must be 3 finite numbers"),
+    ((0.5, 0.5, 0.5), (0.2, 0.2), "std must have 3 values"),
+    ((0.5, 0.5, 0.5), 0.2, "std must have 3 values"),
+    ((0.5, 0.5, 0.5), "abc", "std must have 3 values"),
+    ((math.nan, 0.5, 0.5), (0.2, 0.2, 0.2), "mean must have 3 values"),
+    ((0.5, 0.5, 0.5, 0.5), (0.2, 0.2, 0.2), "mean must have 3 values"),
+    ((True, 0.5, 0.5), (0.2, 0.2, 0.2), "mean must have 3 values"),
 ])
 def test_make_loader_statistics_are_checked(mean, std, fragment):
     images = torch.zeros(8, 4, 4, 3, dtype=torch.uint8)
@@ -255,3 +255,10 @@ def test_the_license_is_mit_and_ships_in_the_wheel(tmp_path):
         assert zf.read(licenses[0]).decode() == text
         metadata = zf.read(next(n for n in zf.namelist() if n.endswith("/METADATA"))).decode()
     assert "License: MIT" in metadata or "License-Expression: MIT" in metadata
+
+
+def test_the_input_checks_add_no_graph_break_under_torch_compile():
+    import torch._dynamo as dynamo
+
+    explained = dynamo.explain(ConvNN2d(3, 4))(torch.randn(2, 3, 8, 8))
+    assert explained.graph_break_count == 0, explained.break_reasons
