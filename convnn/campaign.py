@@ -1064,7 +1064,7 @@ def _protocol_text(run, state: dict | None) -> str:
     done = run.epochs_done
     plan = None
     for group in ((state or {}).get("groups") or {}).values():
-        if run.preset in group.get("presets", []):
+        if run.preset in (group.get("presets") or []):
             plan = group
     text = f"{done}" + (f" of {full}" if full else "") + " epochs"
     if plan is not None and plan["reduced"]:
