@@ -104,9 +104,9 @@ def test_resume_refuses_another_run_and_names_the_fields(one_epoch, ds):
 
 
 def few_synthetic_images(**kwargs):
-    """The smoke runs' synthetic fallback with 16 + 8 images instead of 500 + 200: the CLI tests
-    check what the command line does with a run folder, a VGG smoke epoch on 700 images is slow
-    on a CPU (set with monkeypatch on ``convnn.runner.synthetic_dataset``)."""
+    """A smoke run's synthetic data with 16 + 8 images instead of 500 + 200: the CLI tests check
+    what the command line does with a run folder, and a VGG smoke epoch on 700 images is slow on
+    a CPU (set with monkeypatch on ``convnn.runner.synthetic_dataset``)."""
     return synthetic_dataset(**{**kwargs, "n_train": 16, "n_test": 8})
 
 
@@ -118,7 +118,7 @@ def test_cli_resume_with_another_preset_is_refused(tmp_path, capsys, monkeypatch
     monkeypatch.delenv("CONVNN_DATA_DIR", raising=False)
     monkeypatch.setattr(convnn.runner, "synthetic_dataset", few_synthetic_images)
     out = str(tmp_path / "R")
-    common = ["--smoke", "--out", out, "--no-download", "--device", "cpu"]
+    common = ["--smoke", "--synthetic", "--out", out, "--no-download", "--device", "cpu"]
     assert cli(["train", "--preset", "vgg11-c10-branching-r0.5", "--epochs", "1", *common]) == 0
     config = (tmp_path / "R" / "config.json").read_text()
     capsys.readouterr()
@@ -347,7 +347,7 @@ def cli_run(tmp_path_factory):
         mp.delenv("CONVNN_DATA_DIR", raising=False)
         mp.setattr(convnn.runner, "synthetic_dataset", few_synthetic_images)
         assert cli(["train", "--preset", PRESET, "--smoke", "--epochs", "1", "--out",
-                    str(root / "base"), "--no-download", "--device", "cpu"]) == 0
+                    str(root / "base"), "--no-download", "--synthetic", "--device", "cpu"]) == 0
     return root / "base"
 
 
@@ -442,7 +442,8 @@ def test_cli_user_errors_are_one_line_with_exit_2(cli_run, tmp_path, capsys, mon
     if damage:
         _damage(damage)(run_dir)
     before = snapshot(run_dir) if run_dir.exists() else None
-    train_args = ["train", "--preset", PRESET, "--smoke", "--no-download", "--device", "cpu"]
+    train_args = ["train", "--preset", PRESET, "--smoke", "--synthetic", "--no-download",
+                  "--device", "cpu"]
     args = []
     for a in command:
         if a == "TRAIN":
