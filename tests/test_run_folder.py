@@ -309,9 +309,7 @@ def test_the_runner_does_not_take_a_killed_final_write_for_a_finished_run(tmp_pa
     checkpoint is written is resumed and trained to the end, not "loaded"."""
     from convnn.runner import run_preset
 
-    monkeypatch.setenv("CONVNN_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv("CONVNN_DATA_DIR", raising=False)
-    common = {"smoke": True, "out_dir": tmp_path / "R", "download": False, "device": "cpu",
+    common = {"smoke": True, "out_dir": tmp_path / "R", "synthetic": True, "device": "cpu",
               "progress": False, "log": lambda _: None, "epochs": 2}
     with monkeypatch.context() as m:
         _kill_in_save(m, 2, "torch.save")
@@ -371,9 +369,8 @@ def test_cli_fewer_epochs_and_an_edited_model_config_are_one_line(tmp_path, caps
                                                                    monkeypatch):
     from convnn.__main__ import main as cli
 
-    monkeypatch.setenv("CONVNN_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "R"
-    common = ["--smoke", "--out", str(out), "--no-download", "--device", "cpu",
+    common = ["--smoke", "--out", str(out), "--synthetic", "--device", "cpu",
               "--preset", "vgg11-c10-conv2d"]
     assert cli(["train", "--epochs", "2", *common]) == 0
     capsys.readouterr()
