@@ -121,9 +121,9 @@ if triton is not None:
 
     @triton.jit
     def _attention_forward_kernel(
-            q_ptr, k_ptr, v_ptr, w_ptr, cpos_ptr, out_ptr, idx_ptr, p_ptr,
+            q_ptr, k_ptr, v_ptr, w_ptr, cpos_ptr, drop_ptr, out_ptr, idx_ptr, p_ptr,
             T, M, D, K, KS, scale, self_logit,
-            ALL: tl.constexpr, SELF_FIRST: tl.constexpr, CONST_SELF: tl.constexpr,
+            DROP: tl.constexpr, ALL: tl.constexpr, SELF_FIRST: tl.constexpr, CONST_SELF: tl.constexpr,
             OFF: tl.constexpr, ONE_TILE: tl.constexpr, SPLIT_Q: tl.constexpr,
             SPLIT_K: tl.constexpr, AS_F32: tl.constexpr, KP: tl.constexpr,
             BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
@@ -199,6 +199,9 @@ if triton is not None:
         flat = (b * T + rows64)[:, None] * K + slots[None, :]
         tl.store(idx_ptr + flat, top_i, mask=store_ok)
         tl.store(p_ptr + flat, p, mask=store_ok)
+        rho = p
+        if DROP:  # dropout on the weights: ρ times the caller's mask / (1 - p_drop)
+            rho = p * tl.load(drop_ptr + flat, mask=store_ok, other=0.0)
         for d0 in range(0, D, BLOCK_D):
             dims = d0 + tl.arange(0, BLOCK_D)
             d_ok = dims < D
@@ -206,7 +209,7 @@ if triton is not None:
             acc = tl.zeros((BLOCK_Q, BLOCK_D), dtype=tl.float32)
             for j in range(K):
                 sel = slots[None, :] == j
-                pj = tl.sum(tl.where(sel, p, 0.0), axis=1)
+                pj = tl.sum(tl.where(sel, rho, 0.0), axis=1)
                 ij = tl.sum(tl.where(sel, top_i, 0), axis=1)
                 vv = tl.load(v_ptr + base + ij.to(tl.int64)[:, None] * D + dims[None, :],
                              mask=ok, other=0.0).to(tl.float32)
@@ -217,9 +220,9 @@ if triton is not None:
 
     @triton.jit
     def _attention_query_backward_kernel(
-            q_ptr, k_ptr, v_ptr, w_ptr, g_ptr, idx_ptr, p_ptr,
+            q_ptr, k_ptr, v_ptr, w_ptr, g_ptr, idx_ptr, p_ptr, drop_ptr,
             dq_ptr, ds_ptr, dw_part_ptr, dv_self_ptr, dk_self_ptr,
-            T, D, K, scale,
+            T, D, K, scale, DROP: tl.constexpr,
             SELF_FIRST: tl.constexpr, CONST_SELF: tl.constexpr, KP: tl.constexpr,
             BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr):
         # dρ[t, j] = Σ_c g[t, c] w[j, c] v[I[t, j], c];  dw partial[j, c] = Σ_t ρ g v[I];
@@ -237,6 +240,10 @@ if triton is not None:
         kv_ok = row_ok[:, None] & valid
         idx = tl.load(idx_ptr + flat, mask=kv_ok, other=0)
         p = tl.load(p_ptr + flat, mask=kv_ok, other=0.0)
+        rho = p  # the weights the aggregation used
+        if DROP:
+            drop = tl.load(drop_ptr + flat, mask=kv_ok, other=0.0)
+            rho = p * drop
         drho = tl.zeros((BLOCK_Q, KP), dtype=tl.float32)
         part = (b * tl.num_programs(0) + tile) * K
         for d0 in range(0, D, BLOCK_D):
@@ -247,7 +254,7 @@ if triton is not None:
                         other=0.0).to(tl.float32)
             for j in range(K):
                 sel = slots[None, :] == j
-                pj = tl.sum(tl.where(sel, p, 0.0), axis=1)
+                pj = tl.sum(tl.where(sel, rho, 0.0), axis=1)
                 ij = tl.sum(tl.where(sel, idx, 0), axis=1)
                 vv = tl.load(v_ptr + base + ij.to(tl.int64)[:, None] * D + dims[None, :],
                              mask=ok, other=0.0).to(tl.float32)
@@ -260,6 +267,8 @@ if triton is not None:
                     if j == 0:
                         tl.store(dv_self_ptr + base + rows64[:, None] * D + dims[None, :],
                                  g * wj[None, :] * pj[:, None], mask=ok)
+        if DROP:  # through the dropout mask to the softmax output
+            drho = drho * drop
         ds = p * (drho - tl.sum(p * drho, axis=1)[:, None])
         if SELF_FIRST and CONST_SELF:  # the constant logit has no gradient
             ds = tl.where(slots[None, :] == 0, 0.0, ds)
@@ -353,7 +362,7 @@ class FusedAttention(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, q, key, v, w, cand, k, scale, self_first, constant_self):
+    def forward(ctx, q, key, v, w, cand, drop, k, scale, self_first, constant_self):
         from .ops import PAPER_SELF_LOGIT
 
         q, key, v, w = q.contiguous(), key.contiguous(), v.contiguous(), w.contiguous()
@@ -370,14 +379,14 @@ class FusedAttention(torch.autograd.Function):
             block_n = max(16, triton.next_power_of_2(m)) if one_tile else KEY_TILE
             grid = (triton.cdiv(tokens, BLOCK_Q), rows)
             _attention_forward_kernel[grid](
-                q, key, v, w, cpos, out, idx, p, tokens, m, dim, k,
-                k - 1 if self_first else k, float(scale), float(PAPER_SELF_LOGIT),
-                ALL=every, SELF_FIRST=bool(self_first), CONST_SELF=bool(constant_self),
+                q, key, v, w, cpos, p if drop is None else drop, out, idx, p, tokens, m, dim,
+                k, k - 1 if self_first else k, float(scale), float(PAPER_SELF_LOGIT),
+                DROP=drop is not None, ALL=every, SELF_FIRST=bool(self_first), CONST_SELF=bool(constant_self),
                 OFF=1 if self_first else 0, ONE_TILE=one_tile,
                 SPLIT_Q=q.dtype in _SPLIT_DTYPES, SPLIT_K=key.dtype in _SPLIT_DTYPES, AS_F32=_interpreted(),
                 KP=max(2, triton.next_power_of_2(k)), BLOCK_Q=BLOCK_Q, BLOCK_N=block_n,
                 BLOCK_D=_block_d(dim), num_warps=4)
-        ctx.save_for_backward(q, key, v, w, cpos, idx, p)
+        ctx.save_for_backward(q, key, v, w, cpos, idx, p, drop)
         ctx.every, ctx.m = every, m
         ctx.scale, ctx.self_first, ctx.constant_self = float(scale), self_first, constant_self
         ctx.mark_non_differentiable(idx)
@@ -385,13 +394,13 @@ class FusedAttention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out, _grad_idx):
-        q, key, v, w, cpos, idx, p = ctx.saved_tensors
+        q, key, v, w, cpos, idx, p, drop = ctx.saved_tensors
         rows, tokens, dim = q.shape
         k, m, every = idx.shape[-1], ctx.m, ctx.every
         dev = q.device
         if rows == 0 or tokens == 0:
             return (torch.zeros_like(q), torch.zeros_like(key), torch.zeros_like(v),
-                    torch.zeros_like(w), None, None, None, None, None)
+                    torch.zeros_like(w), None, None, None, None, None, None)
         g = grad_out.contiguous()
         f32 = {"dtype": torch.float32, "device": dev}
         block_d = _block_d(dim)
@@ -404,8 +413,8 @@ class FusedAttention(torch.autograd.Function):
         dk_self = (torch.empty(rows, tokens, dim, **f32) if self_first and not const
                    else grad_q)
         _attention_query_backward_kernel[(tiles, rows)](
-            q, key, v, w, g, idx, p, grad_q, dscore, partial_w, dv_self, dk_self,
-            tokens, dim, k, ctx.scale, SELF_FIRST=bool(self_first), CONST_SELF=bool(const),
+            q, key, v, w, g, idx, p, p if drop is None else drop, grad_q, dscore, partial_w,
+            dv_self, dk_self, tokens, dim, k, ctx.scale, DROP=drop is not None, SELF_FIRST=bool(self_first), CONST_SELF=bool(const),
             KP=max(2, triton.next_power_of_2(k)), BLOCK_Q=BLOCK_Q, BLOCK_D=block_d,
             num_warps=4)
         cand_v = torch.empty(rows, m, dim, **f32)
@@ -414,7 +423,8 @@ class FusedAttention(torch.autograd.Function):
         low_k = low_v and q.dtype == torch.bfloat16
         _attention_candidate_backward_kernel[(triton.cdiv(m, BLOCK_S), rows,
                                               triton.cdiv(dim, block_d))](
-            q, w, g, idx, p, dscore, cpos, cand_v, cand_k, tokens, m, dim, k,
+            q, w, g, idx, p if drop is None else p * drop, dscore, cpos, cand_v, cand_k, tokens,
+            m, dim, k,
             ALL=every, OFF=1 if self_first else 0, LOW_V=low_v, LOW_K=low_k,
             AS_F32=_interpreted(), BLOCK_S=BLOCK_S,
             BLOCK_T=BLOCK_T, BLOCK_D=block_d, num_warps=4)
@@ -423,7 +433,7 @@ class FusedAttention(torch.autograd.Function):
                             tokens)
         grad_w = partial_w.sum(0)
         return (grad_q.to(q.dtype), grad_key.to(key.dtype), grad_v.to(v.dtype),
-                grad_w.to(w.dtype), None, None, None, None, None)
+                grad_w.to(w.dtype), None, None, None, None, None, None)
 
 
 def _combine(cand_rows: Tensor, every: bool, cpos: Tensor, self_rows: Tensor | None,
@@ -441,7 +451,8 @@ def _combine(cand_rows: Tensor, every: bool, cpos: Tensor, self_rows: Tensor | N
 
 def fused_attention(q: Tensor, key: Tensor, v: Tensor, w: Tensor, k: int, scale: float, *,
                     self_first: bool = False, self_score: str = "similarity",
-                    candidate_positions: Tensor | None = None, return_indices: bool = False):
+                    candidate_positions: Tensor | None = None, weight_dropout: Tensor | None = None,
+                    return_indices: bool = False):
     """The ConvNN attention core of one head in one kernel: dot similarity, softmax
     weighting, depthwise aggregation, over all tokens or sampled candidates.
 
@@ -455,7 +466,9 @@ def fused_attention(q: Tensor, key: Tensor, v: Tensor, w: Tensor, k: int, scale:
     ``self_first``); ``None``: all tokens. With ``self_first``, ``I[t, 0] = t`` and the
     other ``k - 1`` are searched among the candidates other than ``t``; the self logit is
     its real score (``self_score="similarity"``) or :data:`convnn.ops.PAPER_SELF_LOGIT`
-    (``"constant"``). ``return_indices``: also return ``I [R, T, k]`` (int64).
+    (``"constant"``). ``weight_dropout [R, T, k]``: dropout on the weights, the mask divided
+    by the keep probability (``F.dropout(ones, p)``): ``ρ`` is multiplied by it after the
+    softmax. ``return_indices``: also return ``I [R, T, k]`` (int64).
     Needs ``1 <= k <= min(candidates, MAX_FUSED_ATTENTION_K)``.
     Differentiable in ``q``, ``key``, ``v`` and ``w``, without atomics or sorting.
     Unmeasured on a GPU: only checked under ``TRITON_INTERPRET=1``.
@@ -490,7 +503,12 @@ def fused_attention(q: Tensor, key: Tensor, v: Tensor, w: Tensor, k: int, scale:
                          f"(the candidates), got {k!r}")
     if w.shape != (k, dim):
         raise ValueError(f"w must be [k, d] = [{k}, {dim}], got {tuple(w.shape)}")
+    if weight_dropout is not None:
+        if weight_dropout.shape != (q.shape[0], tokens, k):
+            raise ValueError(f"weight_dropout must be [R, T, k] = [{q.shape[0]}, {tokens}, {k}], "
+                             f"got {tuple(weight_dropout.shape)}")
+        weight_dropout = weight_dropout.detach().to(torch.float32).contiguous()
     _require(q.device)
-    out, idx = FusedAttention.apply(q, key, v, w, candidate_positions, k, scale,
+    out, idx = FusedAttention.apply(q, key, v, w, candidate_positions, weight_dropout, k, scale,
                                     bool(self_first), self_score == "constant")
     return (out, idx.long()) if return_indices else out

@@ -668,11 +668,15 @@ class ConvNNAttention(_HeadProjections, _SampledCandidates):
         if self.core_decision(x, (q.dtype, key.dtype, v.dtype), weight_dropout)[0] == "triton":
             from convnn import kernels
 
+            drop = None
+            if weight_dropout > 0.0:  # the mask F.dropout(ρ) of the step-by-step path draws
+                drop = F.dropout(q.new_ones(q.shape[0], tokens, self.k, dtype=torch.float32),
+                                 weight_dropout, training=True)
             # the whole core in one Triton kernel (opt-in; see ops.KERNEL_STEPS)
             out = kernels.fused_attention(
                 q, key, v, self.weight[:, 0, :].t(), self.k, 1.0 / math.sqrt(self.head_dim),
                 self_first=self.self_first, self_score=self.self_score,
-                candidate_positions=candidates)
+                candidate_positions=candidates, weight_dropout=drop)
         else:
             out = self._core(q, key, v, candidates, weight_dropout)
         out = out.view(batch, self.num_heads, tokens, self.head_dim)  # (B, h, T, d)
@@ -686,8 +690,8 @@ class ConvNNAttention(_HeadProjections, _SampledCandidates):
                       weight_dropout: float | None = None) -> tuple[str, str]:
         """What runs the per-head core on input ``x``, with the reason: ``("triton", ...)``
         for the fused Triton core (:func:`convnn.kernels.fused_attention`, opt-in: only under
-        ``backend="triton"``, for softmax, dot, depthwise, feature selection and no dropout
-        on the weights, float32 or 16-bit tensors), else ``("torch" | "reference", why)``
+        ``backend="triton"``, for softmax, dot, depthwise, feature selection, float32 or
+        16-bit tensors), else ``("torch" | "reference", why)``
         for the step-by-step path. ``dtypes``: of queries, keys and values (default: what
         forward would make of ``x`` under the current autocast state); ``weight_dropout``:
         default from the layer's mode."""

@@ -210,8 +210,6 @@ def _fused_attention_unsupported(k, width, aggregation, similarity, dtype,
             allowed = " or ".join(repr(v) for v in supported)
             return (f"{name}={given.get(name)!r} (the fused attention core takes "
                     f"{name}={allowed} only)")
-    if options.get("attn_dropout", 0.0) > 0.0:
-        return "attention dropout on the weights (the fused attention core has none)"
     if k > kernels.MAX_FUSED_ATTENTION_K:
         return (f"k={k} > {kernels.MAX_FUSED_ATTENTION_K} (the fused attention core keeps "
                 "its top-k in registers)")
