@@ -22,7 +22,8 @@ batch·head row (grid ``[⌈T / BLOCK_Q⌉, R]``):
   passes of max / lowest-column-of-the-max, with no merge;
 - more candidates: the same per :data:`KEY_TILE`-wide tile, merged into the running top-k
   (the cheap merge: it touches k + tile entries per pass, only above 256 keys);
-- then the self slot, the softmax over the k logits and the depthwise aggregation (k
+- then the self slot, the softmax over the k logits, dropout on the weights (the caller's
+  mask, as the step-by-step path's ``F.dropout(ρ)``) and the depthwise aggregation (k
   gathered value rows per query, ``BLOCK_D`` channels at a time), all in registers. It
   writes the output, the indices (int32) and ρ ``[R, T, k]`` only: no score matrix.
 

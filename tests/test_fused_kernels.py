@@ -65,7 +65,7 @@ CHECKS = {
         ("fused_attention_core_matches_reference(key_tile=256)", "FUSED CORE OK 21"),
     "test_fused_attention_core_paper_shapes_t197":
         # 1x192 and 3x64 at T = 197: all candidates (one 256-key tile) and r = 32
-        ("fused_attention_core_shapes()", "FUSED CORE SHAPES OK 4"),
+        ("fused_attention_core_shapes()", "FUSED CORE SHAPES OK 4 "),
 }
 
 
