@@ -641,4 +641,14 @@ def bf16_vit_step_takes_the_fused_core():
                                             if p.grad is not None])
         assert all(bool(torch.isfinite(g).all()) for g in steps["triton"][1])
         assert abs(steps["triton"][0] - steps["torch"][0]) < 2e-2 * max(1.0, steps["torch"][0])
+    # the paper's ViT-Tiny (197 tokens, 12 blocks, attention dropout 0.1 on the weights) in
+    # training under bf16 autocast: every block's core takes the fused kernel
+    from convnn.models.vit import vit_tiny_paper
+
+    for options in ({"k": 9}, {"k": 9, "sampling": "random", "candidates": 32}):
+        model = vit_tiny_paper(10, "convnn_attention", backend="triton", **options).train()
+        layers = [m for m in model.modules() if isinstance(m, ConvNNAttention)]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            decisions = [layer.core_decision(torch.zeros(1, 197, 192)) for layer in layers]
+        assert len(decisions) == 12 and all(d[0] == "triton" for d in decisions), decisions
     print("BF16 VIT OK")

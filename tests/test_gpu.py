@@ -214,3 +214,33 @@ def _run_autocast(layer, x):
         out = layer(x)
     out.float().sum().backward()
     return out.detach().double(), x.grad.double(), [p.grad for p in layer.parameters()]
+
+
+def test_bf16_vit_tiny_step_takes_the_fused_core_on_cuda():
+    """One bf16-autocast training step of the paper's ViT-Tiny (all candidates and r = 32)
+    under backend="triton": each of the 12 blocks launches the fused core once."""
+    from convnn import kernels
+    from convnn.models.vit import vit_tiny_paper
+
+    for options in ({"k": 9}, {"k": 9, "sampling": "random", "candidates": 32}):
+        torch.manual_seed(0)
+        model = vit_tiny_paper(10, "convnn_attention", backend="triton", **options).cuda()
+        images = torch.randn(8, 3, 224, 224, device="cuda")
+        labels = torch.randint(0, 10, (8,), device="cuda")
+        calls = []
+        original = kernels.fused_attention
+
+        def counted(*args, _original=original, **kwargs):
+            calls.append(1)
+            return _original(*args, **kwargs)
+
+        kernels.fused_attention = counted
+        try:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = torch.nn.functional.cross_entropy(model(images), labels)
+            loss.backward()
+        finally:
+            kernels.fused_attention = original
+        assert len(calls) == 12 and torch.isfinite(loss)
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters()
+                   if p.grad is not None)
