@@ -230,8 +230,8 @@ def test_bf16_vit_tiny_step_takes_the_fused_core_on_cuda():
         calls = []
         original = kernels.fused_attention
 
-        def counted(*args, _original=original, **kwargs):
-            calls.append(1)
+        def counted(*args, _original=original, _calls=calls, **kwargs):
+            _calls.append(1)
             return _original(*args, **kwargs)
 
         kernels.fused_attention = counted
