@@ -691,10 +691,10 @@ class ConvNNAttention(_HeadProjections, _SampledCandidates):
         """What runs the per-head core on input ``x``, with the reason: ``("triton", ...)``
         for the fused Triton core (:func:`convnn.kernels.fused_attention`, opt-in: only under
         ``backend="triton"``, for softmax, dot, depthwise, feature selection, float32 or
-        16-bit tensors), else ``("torch" | "reference", why)``
-        for the step-by-step path. ``dtypes``: of queries, keys and values (default: what
-        forward would make of ``x`` under the current autocast state); ``weight_dropout``:
-        default from the layer's mode."""
+        16-bit tensors), else ``("torch" | "reference", why)`` for the step-by-step path.
+        ``dtypes``: of queries, keys and values (default: what forward would make of ``x``
+        under the current autocast state); ``weight_dropout``: default from the layer's
+        mode."""
         if dtypes is None:
             value = self.v_proj.weight.dtype
             if torch.is_autocast_enabled(x.device.type):
