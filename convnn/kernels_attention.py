@@ -26,6 +26,7 @@ batch·head row (grid ``[⌈T / BLOCK_Q⌉, R]``):
   mask, as the step-by-step path's ``F.dropout(ρ)``) and the depthwise aggregation (k
   gathered value rows per query, ``BLOCK_D`` channels at a time), all in registers. It
   writes the output, the indices (int32) and ρ ``[R, T, k]`` only: no score matrix.
+  Non-finite scores rank last (as ``-inf``), as in :func:`convnn.ops.select_neighbours`.
 
 **Backward**, no sort, no atomics, no per-row programs; two kernels:
 
@@ -118,7 +119,10 @@ if triton is not None:
             kt = tl.load(k_base + keys[None, :] * D + dims[:, None],
                          mask=d_ok[:, None] & col_ok[None, :], other=0.0)
             acc = _contract_dot(q, kt, acc, SPLIT_Q, SPLIT_K, AS_F32)
-        return acc * scale
+        acc = acc * scale
+        # non-finite scores (a NaN or infinite feature) rank last, as -inf (ops._top):
+        # NaN < inf and inf < inf are both false
+        return tl.where(acc < float("inf"), acc, float("-inf"))
 
     @triton.jit
     def _attention_forward_kernel(

@@ -488,6 +488,21 @@ def fused_attention_core_matches_reference(tokens=(13, 20, 67), key_tile=16, dim
                     exact = (i + j + m) % 2 == 0
                     _core_case(rows, t, dim, k, cand, mode, dtypes, exact, gen)
                     cases += 1
+        # a NaN and an infinite key feature: those keys rank last (as -inf), as in the
+        # PyTorch path, and never index out of range
+        for tile in (16, 256):
+            kernels_attention.KEY_TILE = tile
+            q, key, v = (torch.randn(2, 20, 16, generator=gen) for _ in range(3))
+            key[0, 3, 5], key[1, 7, 0] = float("nan"), float("inf")
+            out, idx = kernels.fused_attention(q, key, v, torch.ones(5, 16), 5, 0.25,
+                                               return_indices=True)
+            ref_idx, _ = ops.select_neighbours_reference(q, key, 5, "dot", scale=0.25,
+                                                         stable=True, with_scores=False)
+            assert torch.equal(idx, ref_idx) and not bool((idx[0] == 3).any()), tile
+            ref = _reference_core(q, key, v, torch.ones(5, 16), 5, 0.25, False, "similarity",
+                                  None)
+            _assert_scaled_close(out, ref, _contract_tolerance(torch.float32), "non-finite")
+            cases += 1
     finally:
         kernels_attention.KEY_TILE = saved
     print("FUSED CORE OK", cases)

@@ -38,7 +38,7 @@ CHECKS = {
     "test_fused_attention_core_matches_the_reference_within_the_contract":
         # T = 13 (one tile), 20 and 67 (16-key tiles merged, query / backward tiles crossed);
         # all, random and spaced candidates; the self modes; float32, bf16, autocast mix
-        ("fused_attention_core_matches_reference()", "FUSED CORE OK 21"),
+        ("fused_attention_core_matches_reference()", "FUSED CORE OK 23"),
     "test_fused_attention_layer_matches_the_torch_path":
         ("fused_attention_layer_matches_torch()", "FUSED ATTENTION OK 8"),
     "test_fused_attention_core_falls_back_for_unsupported_options":
@@ -62,7 +62,7 @@ CHECKS = {
         ("fused_selection_matches_stable_reference(197, dim=24, every=5, images=1)",
          "FUSED SELECTION OK 128"),
     "test_fused_attention_core_one_tile_t67":
-        ("fused_attention_core_matches_reference(key_tile=256)", "FUSED CORE OK 21"),
+        ("fused_attention_core_matches_reference(key_tile=256)", "FUSED CORE OK 23"),
     "test_fused_attention_core_paper_shapes_t197":
         # 1x192 and 3x64 at T = 197: all candidates (one 256-key tile) and r = 32
         ("fused_attention_core_shapes()", "FUSED CORE SHAPES OK 4 "),
