@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-
 import re
 from pathlib import Path
 
@@ -164,5 +163,6 @@ def test_committed_interventions_are_complete_and_consistent():
         run = (study.study_dir() if seed == study.WEIGHTS_SEED else study.interventions_dir()) \
             / f"{preset}-seed{seed}"
         last = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()][-1]
-        assert row["top1"] == pytest.approx(last["test_top1"], abs=0.3)
+        # float16 weights: a few of the 1,000 images may flip
+        assert row["top1"] == pytest.approx(last["test_top1"], abs=0.5)
         assert study.weights_file(preset, seed).is_file()
