@@ -39,14 +39,45 @@ from .experiments import LAPTOP_PRESETS, get_preset
 from .models import build_model
 from .package_data import results_root
 
-__all__ = ["PRESETS", "SEEDS", "STUDY_DIR", "TEST_PER_CLASS", "TRAIN_PER_CLASS",
-           "WEIGHTS_SEED", "build", "collect", "convnn_layers", "correct_per_image",
-           "dense_agreement", "evaluate", "initial_model", "intervention_models",
-           "layer_inputs", "load_data", "load_weights", "rank_update_norms", "rank_weights",
-           "read_interventions", "run_one", "save_weights", "selected_offsets",
-           "spatial_fraction", "study_dir", "study_runs", "summary_rows", "trained_model",
-           "weights_file", "with_candidates", "with_coordinate_selection",
-           "with_initial_rank_weights", "with_uniform_rank_weights", "write_interventions"]
+__all__ = [
+    "INTERVENTIONS_DIR",
+    "INTERVENTIONS_FILE",
+    "PRESETS",
+    "SEEDS",
+    "STUDY_DIR",
+    "TEST_PER_CLASS",
+    "TRAIN_PER_CLASS",
+    "WEIGHTS_SEED",
+    "build",
+    "collect",
+    "convnn_layers",
+    "correct_per_image",
+    "dense_agreement",
+    "evaluate",
+    "initial_model",
+    "intervention_models",
+    "interventions_dir",
+    "layer_inputs",
+    "load_data",
+    "load_weights",
+    "rank_update_norms",
+    "rank_weights",
+    "read_interventions",
+    "run_one",
+    "save_weights",
+    "selected_offsets",
+    "spatial_fraction",
+    "study_dir",
+    "study_runs",
+    "summary_rows",
+    "trained_model",
+    "weights_file",
+    "with_candidates",
+    "with_coordinate_selection",
+    "with_initial_rank_weights",
+    "with_uniform_rank_weights",
+    "write_interventions",
+]
 
 PRESETS: tuple[str, ...] = tuple(p.name for p in LAPTOP_PRESETS)
 SEEDS: tuple[int, ...] = (0, 1, 2)
@@ -314,13 +345,31 @@ def dense_agreement(layer: torch.nn.Module, inp: torch.Tensor) -> tuple[float, f
 
 # ---------------------------------------------------------------- interventions at test time
 
+INTERVENTIONS_DIR = "2026-12-07-cpu-laptop-study-interventions"
+"""The committed interventions (:data:`INTERVENTIONS_FILE`), and the runs and weights of the
+seeds other than :data:`WEIGHTS_SEED`, retrained because the study kept only seed 0's
+weights (``<preset>-seed<seed>/`` run folders and ``weights/<preset>-seed<seed>.pt``)."""
+
+
+def interventions_dir() -> Path:
+    """The committed interventions folder (shipped with the package)."""
+    return results_root() / INTERVENTIONS_DIR
+
+
 def weights_file(name: str, seed: int, root: str | os.PathLike | None = None) -> Path:
     """Where the committed final weights of ``name`` trained with ``seed`` lie:
-    ``weights/<preset>.pt`` for seed :data:`WEIGHTS_SEED`, ``weights/<preset>-seed<seed>.pt``
-    for the others."""
-    root = Path(root) if root is not None else study_dir()
-    stem = name if seed == WEIGHTS_SEED else f"{name}-seed{seed}"
-    return root / "weights" / f"{stem}.pt"
+    ``weights/<preset>.pt`` of the study for seed :data:`WEIGHTS_SEED`,
+    ``weights/<preset>-seed<seed>.pt`` of :func:`interventions_dir` for the others (or of
+    ``root``, if given)."""
+    if seed == WEIGHTS_SEED:
+        return (Path(root) if root is not None else study_dir()) / "weights" / f"{name}.pt"
+    root = Path(root) if root is not None else interventions_dir()
+    return root / "weights" / f"{name}-seed{seed}.pt"
+
+
+def weight_seeds(name: str) -> list[int]:
+    """The seeds of preset ``name`` whose trained weights are committed."""
+    return [s for s in SEEDS if weights_file(name, s).is_file()]
 
 
 def trained_model(name: str, seed: int = WEIGHTS_SEED,
@@ -513,7 +562,7 @@ def write_interventions(dest: str | os.PathLike, names=None, seeds=None, data=No
 
 def read_interventions(root=None) -> dict:
     """The committed interventions (see :func:`write_interventions`)."""
-    root = Path(root) if root is not None else study_dir()
+    root = Path(root) if root is not None else interventions_dir()
     return json.loads((root / INTERVENTIONS_FILE).read_text())
 
 
