@@ -507,7 +507,7 @@ def intervention_models(name: str, seed: int, root=None) -> dict[str, torch.nn.M
         for r in (16, 48):
             out[f"r = {r}"] = with_candidates(model, r)
         out["other fixed draw"] = with_candidates(model, layers[0].candidates, seed=1)
-        out["resampled"] = with_candidates(model, resample=True)
+        out["resampled"] = with_candidates(model, layers[0].candidates, resample=True)
     return out
 
 

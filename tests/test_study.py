@@ -145,6 +145,12 @@ def test_interventions_change_what_they_say_and_nothing_else():
     assert len(right) == 12 and set(right) <= {0, 1}
     assert study.evaluate(vit, data) == pytest.approx(
         100 * sum(study.correct_per_image(vit, data)) / 30)
+    models = study.intervention_models("laptop-vit-c10-convnn-random-r32-k9", 0)
+    assert all(m.sampling == "random" and m.eval_sampling == "resample"
+               for m in study.convnn_layers(models["resampled"]).values())
+    assert all(m.sampling == "all" for m in study.convnn_layers(models["all candidates"]).values())
+    assert all(m.candidates == 32 and m.seed == 1
+               for m in study.convnn_layers(models["other fixed draw"]).values())
     labels = set(study.intervention_models.__doc__.split('"')[1::2])
     assert {"trained", "uniform rank weights", "all candidates", "resampled"} <= labels
 
