@@ -109,7 +109,7 @@ def test_cli_resume_with_another_preset_is_refused(tmp_path, capsys, monkeypatch
     monkeypatch.setenv("CONVNN_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("CONVNN_DATA_DIR", raising=False)
     out = str(tmp_path / "R")
-    common = ["--smoke", "--out", out, "--no-download", "--device", "cpu"]
+    common = ["--smoke", "--synthetic", "--out", out, "--no-download", "--device", "cpu"]
     assert cli(["train", "--preset", "vgg11-c10-branching-r0.5", "--epochs", "1", *common]) == 0
     config = (tmp_path / "R" / "config.json").read_text()
     capsys.readouterr()
@@ -338,7 +338,7 @@ def cli_run(tmp_path_factory):
     os.environ.pop("CONVNN_DATA_DIR", None)
     try:
         assert cli(["train", "--preset", PRESET, "--smoke", "--epochs", "1", "--out",
-                    str(root / "base"), "--no-download", "--device", "cpu"]) == 0
+                    str(root / "base"), "--no-download", "--synthetic", "--device", "cpu"]) == 0
     finally:
         for k, v in old.items():
             if v is None:
@@ -437,7 +437,8 @@ def test_cli_user_errors_are_one_line_with_exit_2(cli_run, tmp_path, capsys, mon
     if damage:
         _damage(damage)(run_dir)
     before = snapshot(run_dir) if run_dir.exists() else None
-    train_args = ["train", "--preset", PRESET, "--smoke", "--no-download", "--device", "cpu"]
+    train_args = ["train", "--preset", PRESET, "--smoke", "--synthetic", "--no-download",
+                  "--device", "cpu"]
     args = []
     for a in command:
         if a == "TRAIN":
