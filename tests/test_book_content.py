@@ -191,7 +191,7 @@ RAW_TABLE_ROW = re.compile(r"^\s*\|(?:\s*:?-{3,}:?\s*\|)+\s*$", re.MULTILINE)
 
 @pytest.mark.parametrize("page", ["trained_convnn", "results", "performance"])
 def test_built_tables_render(built_book: BookBuild, page: str) -> None:
-    html = (built_book.require_success() / f"{page}.html").read_text(encoding="utf-8")
+    html = (built_book.require_success() / "book" / f"{page}.html").read_text(encoding="utf-8")
     text = re.sub(r"<[^>]+>", "\n", html)
     assert "<table" in html, f"{page}: no table element"
     assert not RAW_TABLE_ROW.search(text), f"{page}: a Markdown table reached the page as text"
