@@ -97,7 +97,7 @@ def chromium(url: str, *args: str) -> subprocess.CompletedProcess[str]:
             [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args, url],
             capture_output=True,
             text=True,
-            timeout=180,
+            timeout=3600,  # hang guard only
             check=False,
         )
 
