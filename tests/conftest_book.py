@@ -148,7 +148,8 @@ def build_book(source: Path, out: Path) -> BookBuild:
     """``jupyter-book build <source> -W -n --keep-going --path-output <out>``."""
     cmd = [*jupyter_book_command(), "build", str(source), *BUILD_FLAGS, "--path-output", str(out)]
     start = time.perf_counter()
-    proc = subprocess.run(cmd, check=False, cwd=source, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, check=False, cwd=source, capture_output=True, text=True,
+                          timeout=3600)  # an hour: a hang guard only, never reached when slow
     seconds = time.perf_counter() - start
     return BookBuild(source, out, proc.returncode, proc.stdout + proc.stderr, seconds)
 
@@ -179,7 +180,7 @@ def _write_probe_notebook(path: Path, repo_url: str, branch: str) -> None:
         ),
     ]
     NotebookClient(
-        nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+        nb, timeout=3600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
     ).execute()
     nbformat.write(nb, path)
 
