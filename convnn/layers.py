@@ -665,15 +665,21 @@ class ConvNNAttention(_HeadProjections, _SampledCandidates):
         v = self._split(self.v_proj(x))
         dropout = self.attn_dropout if self.training else 0.0
         weight_dropout = dropout if self.attn_dropout_on == "weights" else 0.0
-        if self._fused_core(x, q, v, weight_dropout):
+        candidates = self._candidates(tokens, x.device)
+        if self.core_decision(x, (q.dtype, key.dtype, v.dtype), weight_dropout)[0] == "triton":
             from convnn import kernels
 
+            drop = None
+            if weight_dropout > 0.0:  # the mask F.dropout(ρ) of the step-by-step path draws
+                drop = F.dropout(q.new_ones(q.shape[0], tokens, self.k, dtype=torch.float32),
+                                 weight_dropout, training=True)
             # the whole core in one Triton kernel (opt-in; see ops.KERNEL_STEPS)
             out = kernels.fused_attention(
                 q, key, v, self.weight[:, 0, :].t(), self.k, 1.0 / math.sqrt(self.head_dim),
-                self_first=self.self_first, self_score=self.self_score)
+                self_first=self.self_first, self_score=self.self_score,
+                candidate_positions=candidates, weight_dropout=drop)
         else:
-            out = self._core(x, q, key, v, tokens, weight_dropout)
+            out = self._core(q, key, v, candidates, weight_dropout)
         out = out.view(batch, self.num_heads, tokens, self.head_dim)  # (B, h, T, d)
         # contiguous: the dropout mask follows memory order, which differs between the paths
         out = self._combine_heads(out).contiguous()  # (B, T, D)
@@ -681,28 +687,44 @@ class ConvNNAttention(_HeadProjections, _SampledCandidates):
             out = F.dropout(out, dropout, training=dropout > 0.0)
         return self.out_proj(out)
 
-    def _fused_core(self, x: Tensor, q: Tensor, v: Tensor, weight_dropout: float) -> bool:
-        """Whether the fused Triton attention core runs (``step="fused_attention"``): only
-        under ``backend="triton"`` and for its option set (all candidates, dot, softmax,
-        depthwise, features, float32, no dropout on the weights); otherwise the step-by-step
-        path runs, with the reason in :func:`convnn.ops.kernel_decision`."""
-        if ops.requested_backend(self.backend) != "triton":
-            return False  # reference, torch, and auto (unmeasured on a GPU) never take it
+    def core_decision(self, x: Tensor, dtypes: tuple | None = None,
+                      weight_dropout: float | None = None) -> tuple[str, str]:
+        """What runs the per-head core on input ``x``, with the reason: ``("triton", ...)``
+        for the fused Triton core (:func:`convnn.kernels.fused_attention`, opt-in: only under
+        ``backend="triton"``, for softmax, dot, depthwise, feature selection, float32 or
+        16-bit tensors), else ``("torch" | "reference", why)`` for the step-by-step path.
+        ``dtypes``: of queries, keys and values (default: what forward would make of ``x``
+        under the current autocast state); ``weight_dropout``: default from the layer's
+        mode."""
+        if dtypes is None:
+            value = self.v_proj.weight.dtype
+            if torch.is_autocast_enabled(x.device.type):
+                value = torch.get_autocast_dtype(x.device.type)
+            select = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+            dtypes = (select, select, value)
+        if weight_dropout is None:
+            on_weights = self.training and self.attn_dropout_on == "weights"
+            weight_dropout = self.attn_dropout if on_weights else 0.0
+        requested = ops.requested_backend(self.backend)
+        if requested != "triton":  # reference, torch, and auto (unmeasured on a GPU)
+            return requested or "torch", (
+                f"backend={requested!r}" if requested else
+                "backend=None (auto) leaves the fused attention core off until it is "
+                "measured on a GPU; pass backend='triton'")
         options = {"sampling": self.sampling, "selection": self.selection,
                    "weighting": self.weighting, "attn_dropout": weight_dropout,
-                   "dtypes": (q.dtype, v.dtype, self.weight.dtype)}
-        return ops.choose_backend(
+                   "dtypes": (*dtypes, self.weight.dtype)}
+        return ops.backend_decision(
             self.backend, x.device, step="fused_attention", k=self.k, width=x.shape[1],
-            aggregation=self.aggregation, similarity=self.similarity,
-            options=options) == "triton"
+            aggregation=self.aggregation, similarity=self.similarity, options=options)
 
-    def _core(self, x: Tensor, q: Tensor, key: Tensor, v: Tensor, tokens: int,
+    def _core(self, q: Tensor, key: Tensor, v: Tensor, candidates: Tensor | None,
               weight_dropout: float) -> Tensor:
         """The step-by-step core: :func:`convnn.ops.convnn`, ``[B·h, T, d]``."""
         return ops.convnn(
             v, q, key, self.k, self.weight, None, similarity=self.similarity,
             weighting=self.weighting, aggregation=self.aggregation, pointwise=self.pointwise,
-            candidate_positions=self._candidates(tokens, x.device), self_first=self.self_first,
+            candidate_positions=candidates, self_first=self.self_first,
             scale=1.0 / math.sqrt(self.head_dim), stable=self.selection == "coords",
             attn_dropout=weight_dropout, self_score=self.self_score, backend=self.backend)
 
