@@ -127,7 +127,7 @@ def _bench(args: argparse.Namespace) -> int:
         return 0
     if args.proxy:
         from ._io import atomic_write_json
-        from .proxy import format_proxy_rows, proxy_benchmarks
+        from .bench.proxy import format_proxy_rows, proxy_benchmarks
 
         rows = proxy_benchmarks(gpu=args.gpu)
         print(f"convnn bench --proxy: estimated training-step throughput on {args.gpu} (bf16), "

@@ -9,9 +9,8 @@ import json
 import pytest
 import torch
 
-from convnn import proxy
 from convnn.__main__ import main
-from convnn.bench import format_loop_rows, loop_benchmarks, peak_memory
+from convnn.bench import format_loop_rows, loop_benchmarks, peak_memory, proxy
 from convnn.layers import ConvNN2d
 from convnn.models import ModelConfig
 

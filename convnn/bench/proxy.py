@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ._checks import check_choice, check_known
+from .._checks import check_choice, check_known
+from .train import FAMILIES, RESNET_CASES, VGG_CASES, VIT_CASES, with_reference
 
 #: Peak dense bf16 tensor-core FLOP/s and HBM bandwidth (B/s) of the target GPUs (vendor
 #: figures, SXM). TF32 runs at half the bf16 rate; float32 without TF32 at ~1/15 of it.
@@ -262,7 +263,7 @@ def trace_step(model_config, batch: int, image_size: int, amp: str = "bf16") -> 
     :class:`~convnn.models.ModelConfig` describes, at full size, without real tensors."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from .models import build_model
+    from ..models import build_model
 
     check_choice("amp", amp, ("bf16", "off"))
     trace = StepTrace()
@@ -307,8 +308,6 @@ def estimate_seconds(trace: StepTrace, gpu: str = "h200",
 
 def proxy_cases() -> list[tuple[str, str, int, int, list]]:
     """``(model, config name, batch, image size, cases)`` of the training benchmark."""
-    from .bench.train import RESNET_CASES, VGG_CASES, VIT_CASES
-
     return [("ViT-Tiny", "vit_tiny", 256, 224, VIT_CASES),
             ("VGG-11", "vgg11", 128, 32, VGG_CASES),
             ("ResNet-50", "resnet50", 64, 224, RESNET_CASES)]
@@ -317,8 +316,7 @@ def proxy_cases() -> list[tuple[str, str, int, int, list]]:
 def proxy_benchmarks(gpu: str = "h200", amp: str = "bf16",
                      families: tuple[str, ...] = ("vit", "vgg", "resnet")) -> list[dict]:
     """Estimated throughput of every benchmark model against its family's baseline."""
-    from .bench.train import FAMILIES, with_reference
-    from .models import ModelConfig
+    from ..models import ModelConfig
 
     check_known("families", families, FAMILIES)
     check_choice("gpu", gpu, GPUS)
@@ -354,7 +352,7 @@ def proxy_benchmarks(gpu: str = "h200", amp: str = "bf16",
 def measured_ratios() -> dict[tuple[str, str], float]:
     """The committed H200 training-throughput ratios (mean over the committed bench reports,
     :func:`convnn.results.load_bench`)."""
-    from .results import load_bench
+    from ..results import load_bench
 
     found: dict[tuple[str, str], list[float]] = defaultdict(list)
     for _, report in load_bench():
