@@ -114,3 +114,37 @@ def test_paper_presets_record_their_precision():
     assert precision_label("tf32").startswith("float32") and "bf16" in precision_label("bf16")
     with pytest.raises(ValueError, match="amp_active"):
         precision_label("fp8")
+
+
+def test_a_bf16_channels_last_vgg_step_reaches_the_fused_2d_path(monkeypatch):
+    """Which path a bf16 VGG-11 branching step takes with backend="triton": every ConvNN2d
+    layer decides for the fused kernels and gets bf16 NHWC input (the kernels themselves
+    stand in for the torch path here; the interpreter checks above compare them)."""
+    from convnn import kernels
+
+    monkeypatch.setattr(kernels, "available", lambda device=None: True)
+    seen = []
+
+    def spy(self, x):
+        seen.append((x.dtype, x.is_contiguous(memory_format=torch.channels_last)))
+        with ops.default_backend("torch"):
+            saved, self.backend = self.backend, None
+            try:
+                return self.forward(x)
+            finally:
+                self.backend = saved
+
+    monkeypatch.setattr(ConvNN2d, "_fused_forward", spy)
+    net = build_model(ModelConfig(name="vgg11", layer="branching", ratio=0.5,
+                                  width_multiplier=0.125, head="lean",
+                                  layer_options={"backend": "triton"}))
+    to_fast_layout(net, torch.device("cuda"))
+    layers = [m for m in net.modules() if isinstance(m, ConvNN2d)]
+    x = torch.randn(2, 3, 32, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = net(x).float().sum()
+    loss.backward()
+    assert len(seen) == len(layers) >= 8
+    # the first layer reads the loader's NCHW float32 image in place; every later one gets
+    # the bf16 NHWC output of a channels-last convolution
+    assert seen[1:] == [(torch.bfloat16, True)] * (len(seen) - 1), seen
