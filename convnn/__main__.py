@@ -136,15 +136,24 @@ def _bench(args: argparse.Namespace) -> int:
         return 0
     if args.proxy:
         from ._io import atomic_write_json
-        from .bench.proxy import format_proxy_rows, proxy_benchmarks
+        from .bench.proxy import (
+            format_kernel_estimates,
+            format_proxy_rows,
+            kernel_estimates,
+            proxy_benchmarks,
+        )
 
         rows = proxy_benchmarks(gpu=args.gpu)
         print(f"convnn bench --proxy: estimated training-step throughput on {args.gpu} (bf16), "
               "against the family's baseline; 'est, as runs' uses the committed runs' "
               "convolution speed (NCHW, no autotuning), to compare with their measurements")
         print(format_proxy_rows(rows))
+        kernel_rows = kernel_estimates(gpu=args.gpu)
+        print("\nestimated with the fused kernels (uncalibrated: no fused kernel has run on a "
+              "GPU yet; ratios against each target's baseline)")
+        print(format_kernel_estimates(kernel_rows))
         if args.json:
-            atomic_write_json(args.json, {"proxy": rows})
+            atomic_write_json(args.json, {"proxy": rows, "kernel_estimates": kernel_rows})
             print(f"wrote {args.json}")
         return 0
     from .bench import run
