@@ -108,15 +108,27 @@ def _load_imagenet_data(*, smoke: bool, data_dir, image_size: int, log) -> Image
 
 
 def load_preset_data(preset: Preset, *, smoke: bool, data_dir=None,
-                     download: bool = True, log=print, image_size: int | None = None
-                     ) -> ImageDataset | ImageNetDataset:
-    """The preset's dataset. A smoke run uses a few hundred images; when no CIFAR (or
-    ImageNet) copy is available (and nothing can be downloaded) it says so and uses synthetic
-    data instead. A full run never falls back: it raises :class:`DatasetNotFoundError`.
-    ``image_size`` is the crop size of a streamed ImageNet (default 224)."""
+                     download: bool = True, log=print, image_size: int | None = None,
+                     synthetic: bool = False) -> ImageDataset | ImageNetDataset:
+    """The preset's dataset. A smoke run uses a few hundred images. When no CIFAR copy is
+    found and its download fails, a smoke run says so and uses synthetic data instead; with
+    ``download=False`` a missing CIFAR is an error, :class:`DatasetNotFoundError`, as for a
+    full run, which never falls back. ``synthetic=True`` (smoke runs only) asks for synthetic
+    data explicitly. A smoke run of an ImageNet preset uses a synthetic tree when ImageNet
+    is absent. ``image_size`` is the crop size of a streamed ImageNet (default 224)."""
+    check_bool("synthetic", synthetic)
+    if synthetic and not smoke:
+        raise ValueError("synthetic=True (--synthetic) applies to smoke runs only: a full run "
+                         "trains on the preset's dataset")
     if preset.dataset == "imagenet":
+        if synthetic:
+            return load_imagenet(_synthetic_imagenet_root(), image_size=image_size or 224)
         return _load_imagenet_data(smoke=smoke, data_dir=data_dir,
                                    image_size=image_size or 224, log=log)
+    classes = 10 if preset.dataset == "cifar10" else 100
+    if synthetic:
+        log(f"NOTE: --synthetic: this smoke run uses SYNTHETIC data, not {preset.dataset}.")
+        return synthetic_dataset(n_train=500, n_test=200, num_classes=classes, image_size=32)
     if not smoke:
         return load_dataset(preset.dataset, data_dir=data_dir, download=download)
     try:
@@ -124,10 +136,12 @@ def load_preset_data(preset: Preset, *, smoke: bool, data_dir=None,
                             train_per_class=SMOKE_TRAIN_PER_CLASS[preset.dataset],
                             test_per_class=SMOKE_TEST_PER_CLASS[preset.dataset])
     except DatasetNotFoundError as err:
-        first = str(err).splitlines()[0]
-        log(f"NOTE: {preset.dataset} is not available ({first}); this smoke run uses "
-            "SYNTHETIC data, not CIFAR. Set CONVNN_DATA_DIR to use real images.")
-        classes = 10 if preset.dataset == "cifar10" else 100
+        if err.download_error is None:  # nothing was downloaded: missing data is an error
+            raise
+        log(f"NOTE: {preset.dataset} was not found here and its download failed "
+            f"({err.download_error}); this smoke run uses SYNTHETIC data, not CIFAR. To "
+            "use real images, set CONVNN_DATA_DIR (or pass --data-dir / data_dir=) to a "
+            "folder holding the dataset, or run where the download works.")
         return synthetic_dataset(n_train=500, n_test=200, num_classes=classes, image_size=32)
 
 
@@ -155,7 +169,7 @@ def run_preset(name: str, *, epochs: int | None = None, smoke: bool | None = Non
                out_dir=None, data_dir=None, device=None, resume: bool = False,
                overwrite: bool = False, progress: bool | None = None, download: bool = True,
                log=print, workers: int | None = None, callback=None,
-               **train_overrides) -> dict:
+               synthetic: bool = False, **train_overrides) -> dict:
     """Train preset ``name``; returns the run's summary (also in ``<out_dir>/summary.json``).
 
     Args:
@@ -173,6 +187,8 @@ def run_preset(name: str, *, epochs: int | None = None, smoke: bool | None = Non
             :func:`convnn.imagenet.default_num_workers`); an error for CIFAR presets.
         callback: called after every epoch with its metrics record (see
             :func:`convnn.train.train`); an exception from it stops the run, resumably.
+        synthetic: a smoke run on synthetic data, asked for explicitly (see
+            :func:`load_preset_data`).
         **train_overrides: :class:`TrainConfig` fields (``amp``, ``compile``, ``batch_size``...).
     """
     preset = get_preset(name)
@@ -192,7 +208,7 @@ def run_preset(name: str, *, epochs: int | None = None, smoke: bool | None = Non
                               "training again", 96, subsequent_indent="    "))
             return finished
     dataset = load_preset_data(preset, smoke=smoke, data_dir=data_dir, download=download,
-                               log=log, image_size=model_cfg.image_size)
+                               log=log, image_size=model_cfg.image_size, synthetic=synthetic)
     if workers is not None:
         dataset.num_workers = workers
     synthetic = dataset.synthetic
@@ -268,10 +284,10 @@ def _check_workers(workers, dataset: str) -> None:
     check_int("workers", workers, minimum=0)
 
 
-def evaluate_run_dir(run_dir, *, data_dir=None, device=None, workers: int | None = None
-                     ) -> dict:
-    """Evaluate a finished or partial run folder on its test split (``workers``: as
-    :func:`run_preset`)."""
+def evaluate_run_dir(run_dir, *, data_dir=None, device=None, workers: int | None = None,
+                     download: bool = True) -> dict:
+    """Evaluate a finished or partial run folder on its test split (``workers``,
+    ``download``: as :func:`run_preset`)."""
     dev = resolve_device("device", device)
     config, _ = load_run_checkpoint(run_dir)
     extra = config.get("extra", {})
@@ -295,7 +311,7 @@ def evaluate_run_dir(run_dir, *, data_dir=None, device=None, workers: int | None
                                 image_size=model_cfg.image_size or 224)
         dataset.num_workers = workers
     else:
-        dataset = load_dataset(info["name"], data_dir=data_dir, download=False,
+        dataset = load_dataset(info["name"], data_dir=data_dir, download=download,
                                train_per_class=info.get("train_per_class"),
                                test_per_class=info.get("test_per_class"))
     metrics = evaluate_run(run_dir, lambda: build_model(model_cfg), dataset, device=dev)
