@@ -129,6 +129,12 @@ def _resolve_similarity(selection: str, similarity: str | None, default: str) ->
     return similarity
 
 
+#: The option set of the fused 2-D path (:meth:`ConvNN2d.backend_decision`): the paper's CNN
+#: layer (all candidates, feature selection, ρ = ones, standard aggregation, self first).
+FUSED_2D_OPTIONS = {"sampling": "all", "selection": "features", "weighting": "ones",
+                    "aggregation": "standard"}
+
+
 class ConvNN2d(_SampledCandidates):
     """Convolutional Nearest Neighbours on images: a drop-in for ``nn.Conv2d`` (stride 1).
 
@@ -436,13 +442,74 @@ class ConvNN2d(_SampledCandidates):
             raise ValueError(f"input must have {self.in_channels} channels ([B, C, H, W]), "
                              f"got shape {tuple(x.shape)}")
 
+    def _fused_unsupported(self, x: Tensor) -> str | None:
+        from . import kernels_conv2d
+
+        given = {"sampling": self.sampling, "selection": self.selection,
+                 "weighting": self.weighting, "aggregation": self.aggregation}
+        for name, value in given.items():
+            if value != FUSED_2D_OPTIONS[name]:
+                return f"{name}={value!r} (the fused 2-D path takes {FUSED_2D_OPTIONS[name]!r})"
+        if self.similarity not in ("cosine", "dot"):
+            return f"similarity={self.similarity!r} (the fused 2-D path takes cosine or dot)"
+        if not self.self_first or self.sort_by_position:
+            return "self_first=False or sort_by_position=True"
+        if not 2 <= self.k <= kernels_conv2d.MAX_SELECT_K + 1:
+            return f"k={self.k} (the fused 2-D selection takes 2..{kernels_conv2d.MAX_SELECT_K + 1})"
+        if x.dtype not in kernels_conv2d.SELECT_DTYPES:
+            return f"{x.dtype} input"
+        return None
+
+    def backend_decision(self, x: Tensor) -> tuple[str, str]:
+        """What :meth:`forward` runs for ``x``, and why: ``("triton", reason)`` for the fused
+        2-D kernels of :mod:`convnn.kernels_conv2d` (selection and standard aggregation read
+        ``x`` in place, no padded copy; ``backend="triton"`` only: auto leaves them off until
+        they are measured on a GPU), ``("torch" | "reference", reason)`` otherwise (the
+        PyTorch path may still use the Triton row top-k under ``backend="triton"``)."""
+        from . import kernels
+
+        requested = ops.requested_backend(self.backend)
+        if requested in ("reference", "torch"):
+            return requested, f"backend={requested!r}"
+        if requested is None:
+            return "torch", ("backend=None (auto) leaves the fused 2-D kernels off until they "
+                             "are measured on a GPU; pass backend='triton'")
+        reason = self._fused_unsupported(x)
+        if reason is not None:
+            return "torch", f"unsupported by the fused 2-D kernels: {reason}"
+        if not kernels.available(x.device):
+            raise RuntimeError("backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1) "
+                               f"and triton; got a {x.device.type} tensor. Use backend='torch' "
+                               "or None (auto).")
+        return "triton", "backend='triton'"
+
+    def _fused_forward(self, x: Tensor) -> Tensor:
+        from .kernels_conv2d import gather_gemm, select_2d
+
+        batch, _, height, width = x.shape
+        p = self.padding
+        if self.k > self.num_positions(height, width):
+            raise ValueError(f"k={self.k} must be <= the number of positions "
+                             f"{self.num_positions(height, width)} of a {height}x{width} input "
+                             f"with padding={p}")
+        qpos = self._geometry(height, width, x.device, x.dtype)["query_positions"]
+        found = select_2d(x, self.k - 1, p, self.similarity)  # (B, HW, k-1), self excluded
+        index = torch.cat((qpos.view(1, -1, 1).expand(batch, -1, 1), found), dim=-1)
+        out = gather_gemm(x, index, self.weight, p)  # (B, HW, O)
+        if self.bias is not None:
+            out = out + self.bias.to(out.dtype)
+        return out.transpose(1, 2).reshape(batch, self.out_channels, height, width)
+
     def forward(self, x: Tensor) -> Tensor:
-        """``[B, C, H, W] -> [B, O, H, W]``."""
+        """``[B, C, H, W] -> [B, O, H, W]``; channels-last input gives channels-last output."""
         self._check_input(x)
         batch, _, height, width = x.shape
         if batch == 0:  # as nn.Conv2d: an empty batch gives an empty output
             self._select(x)  # the same checks of k and the candidates as a full batch
             return _empty_output(x, (0, self.out_channels, height, width), self)
+        if ops.requested_backend(self.backend) == "triton" and \
+                self.backend_decision(x)[0] == "triton":
+            return self._fused_forward(x)
         static, sel, values, qpos, candidates = self._select(x)
         if static is not None:
             out = ops.convnn(values, values, values, self.k, self.weight, self.bias,

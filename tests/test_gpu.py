@@ -244,3 +244,47 @@ def test_bf16_vit_tiny_step_takes_the_fused_core_on_cuda():
         assert len(calls) == 12 and torch.isfinite(loss)
         assert all(torch.isfinite(p.grad).all() for p in model.parameters()
                    if p.grad is not None)
+
+
+# --- the fused 2-D path of ConvNN2d (convnn.kernels_conv2d), compiled -----------------------
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_fused_2d_selection_compiled_equals_float32_ranking_up_to_near_ties(dtype, layout):
+    from convnn import kernels_conv2d, ops
+
+    torch.manual_seed(3)
+    x = torch.randn(4, 64, 32, 32, device="cuda").relu().to(dtype)
+    x = x.contiguous(memory_format=layout)
+    got = kernels_conv2d.select_2d(x, 8, 1)
+    values = torch.nn.functional.pad(x.float(), (1, 1, 1, 1)).flatten(2).transpose(1, 2)
+    qpos = ops.interior_positions(32, 32, 1, device="cuda")
+    q, keys, _ = ops._prepare(values[:, qpos], values, "cosine")
+    scores = torch.matmul(q.double(), keys.double().transpose(1, 2))  # float64 truth
+    scores[:, torch.arange(qpos.numel()), qpos] = float("-inf")
+    want = torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., :8]
+    # TF32 / bf16 products: lists equal except where scores are within rounding (near-ties)
+    tol = 2e-3 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(scores.gather(-1, got), scores.gather(-1, want), rtol=0, atol=tol)
+    differ = (got != want).any(-1).float().mean().item()
+    print(f"fused 2-D selection {dtype}: {differ:.4f} of the lists differ (near-ties)")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_2d_layer_compiled_matches_the_torch_path(dtype):
+    torch.manual_seed(4)
+    ref = ConvNN2d(32, 48, backend="torch").cuda()
+    fused = ConvNN2d(32, 48, backend="triton").cuda()
+    fused.load_state_dict(ref.state_dict())
+    x = torch.randn(4, 32, 16, 16, device="cuda").contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        out_f, out_r = fused(x), ref(x)
+    assert fused.backend_decision(x)[0] == "triton"
+    assert out_f.is_contiguous(memory_format=torch.channels_last)
+    rel = (out_f.float() - out_r.float()).abs().mean() / out_r.float().abs().mean()
+    assert rel < (2e-3 if dtype == torch.float32 else 3e-2), rel
+    g = torch.randn_like(out_f.float())
+    (out_f.float() * g).sum().backward()
+    (out_r.float() * g).sum().backward()
+    for a, b in zip(fused.parameters(), ref.parameters()):
+        err = (a.grad - b.grad).abs().mean() / b.grad.abs().mean()
+        assert err < (5e-3 if dtype == torch.float32 else 5e-2), err
