@@ -733,7 +733,7 @@ class ConvNNAttention(_HeadProjections, _SampledCandidates):
         dropout = self.attn_dropout if self.training else 0.0
         weight_dropout = dropout if self.attn_dropout_on == "weights" else 0.0
         candidates = self._candidates(tokens, x.device)
-        if self.core_decision(x, (q.dtype, key.dtype, v.dtype), weight_dropout)[0] == "triton":
+        if self.backend_decision(x, (q.dtype, key.dtype, v.dtype), weight_dropout)[0] == "triton":
             from convnn import kernels
 
             drop = None
@@ -754,7 +754,7 @@ class ConvNNAttention(_HeadProjections, _SampledCandidates):
             out = F.dropout(out, dropout, training=dropout > 0.0)
         return self.out_proj(out)
 
-    def core_decision(self, x: Tensor, dtypes: tuple | None = None,
+    def backend_decision(self, x: Tensor, dtypes: tuple | None = None,
                       weight_dropout: float | None = None) -> tuple[str, str]:
         """What runs the per-head core on input ``x``, with the reason: ``("triton", ...)``
         for the fused Triton core (:func:`convnn.kernels.fused_attention`, opt-in: only under

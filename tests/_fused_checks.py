@@ -586,7 +586,7 @@ def fused_attention_layer_matches_torch(tokens=13):
 def fused_attention_falls_back():
     """Every option outside the fused core's set runs the step-by-step path under
     ``backend="triton"`` (no fused core launch), with the reason from
-    ``ConvNNAttention.core_decision``, and still equals ``backend="torch"``."""
+    ``ConvNNAttention.backend_decision``, and still equals ``backend="torch"``."""
     torch.manual_seed(1)
     cases = [
         ({"similarity": "cosine"}, "similarity='cosine'"),
@@ -602,7 +602,7 @@ def fused_attention_falls_back():
         dtype = options.get("dtype", torch.float32)
         layer = ConvNNAttention(12, 2, **{"k": 3, "backend": "triton", **options}).train(train)
         x = torch.randn(2, 19, 12, dtype=dtype, requires_grad=True)
-        decision = layer.core_decision(x)
+        decision = layer.backend_decision(x)
         assert decision[0] == "torch" and why in decision[1], (options, decision)
         layer.backend = None
         ref_out, ref_grads = _layer_grads(layer, x, "torch", 3)
@@ -618,14 +618,14 @@ def fused_attention_falls_back():
         with ops.use_kernel("auto"), _CountFused("fused_attention") as core:
             layer(torch.randn(2, 9, 12))
         assert core.calls == calls, backend
-        assert layer.core_decision(torch.zeros(1, 9, 12))[0] == ("triton" if calls else "torch")
+        assert layer.backend_decision(torch.zeros(1, 9, 12))[0] == ("triton" if calls else "torch")
     print("ATTENTION FALLBACK OK", len(cases))
 
 
 def bf16_vit_step_takes_the_fused_core():
     """A bf16-autocast training step of a small ViT with ConvNN attention (all candidates and
     random r candidates) under ``backend="triton"``: every block's core runs the fused kernel
-    (v arrives in bf16, q and key stay float32), ``core_decision`` says so, and the loss and
+    (v arrives in bf16, q and key stay float32), ``backend_decision`` says so, and the loss and
     gradients are finite and close to the float32 PyTorch step."""
     from convnn.models.vit import ViT
 
@@ -639,7 +639,7 @@ def bf16_vit_step_takes_the_fused_core():
         assert len(layers) == 2
         with torch.autocast("cpu", dtype=torch.bfloat16):
             tokens = torch.zeros(2, model.num_tokens, 16)
-            decisions = [layer.core_decision(tokens) for layer in layers]
+            decisions = [layer.backend_decision(tokens) for layer in layers]
         assert all(d[0] == "triton" for d in decisions), decisions
         steps = {}
         for backend in ("triton", "torch"):
@@ -664,6 +664,6 @@ def bf16_vit_step_takes_the_fused_core():
         model = vit_tiny_paper(10, "convnn_attention", backend="triton", **options).train()
         layers = [m for m in model.modules() if isinstance(m, ConvNNAttention)]
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            decisions = [layer.core_decision(torch.zeros(1, 197, 192)) for layer in layers]
+            decisions = [layer.backend_decision(torch.zeros(1, 197, 192)) for layer in layers]
         assert len(decisions) == 12 and all(d[0] == "triton" for d in decisions), decisions
     print("BF16 VIT OK")

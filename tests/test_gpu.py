@@ -183,7 +183,7 @@ def test_fused_attention_layer_cuda_bf16_autocast_takes_the_kernel(options):
     layer = ConvNNAttention(192, 1, k=9, backend="triton", **options).cuda().train()
     x = torch.randn(8, 197, 192, device="cuda")
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        assert layer.core_decision(x)[0] == "triton"
+        assert layer.backend_decision(x)[0] == "triton"
     calls = []
     original = kernels.fused_attention
 
