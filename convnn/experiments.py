@@ -87,6 +87,8 @@ crop + flip at 224, center crop for testing (see :mod:`convnn.imagenet`)."""
 CIFAR_PROTOCOL = {"optimizer": "adamw", "weight_decay": 0.01, "batch_size": 256,
                   "grad_clip": 1.0, "schedule": "none", "augment": False}
 """The paper's CIFAR protocol (lr, epochs and seed are settings of each preset)."""
+PAPER_PRECISION = "off"
+"""The paper trained without AMP, in float32 (method.md): ``amp_active`` spelling."""
 
 
 @lru_cache(maxsize=1)
@@ -333,6 +335,10 @@ class Preset:
     rows: tuple = ()  # the paper_results.json rows it reproduces
     description: str = ""
     spec: tuple = ()  # the canonical settings it was built from (see canonical_settings)
+    #: the precision the paper's runs of these rows trained in (``"off"``: float32, no AMP;
+    #: a key of :data:`convnn.train.PRECISION_LABELS`), ``None`` without paper rows. Our
+    #: runs record theirs as ``amp_active`` in ``config.json``.
+    paper_precision: str | None = None
 
     @property
     def settings(self) -> dict:
@@ -356,7 +362,8 @@ class Preset:
                 "description": self.description, "settings": self.settings,
                 "model": self.model_config().to_dict(),
                 "train": self.train_config().to_dict(),
-                "paper_tables": sorted({r["table"] for r in self.paper_rows()})}
+                "paper_tables": sorted({r["table"] for r in self.paper_rows()}),
+                "paper_precision": self.paper_precision}
 
 
 def _paper_train(family: str, dataset: str, s: dict) -> dict:
@@ -406,7 +413,7 @@ def make_preset(family: str, dataset: str, settings: dict, *, name: str | None =
     train = TrainConfig(**{**_paper_train(family, dataset, s), **(train_overrides or {})})
     return Preset(name or _paper_name(family, dataset, s), family, dataset, model, train,
                   tuple(rows), description or _paper_description(family, dataset, s),
-                  (*spec, *tag))
+                  (*spec, *tag), paper_precision=PAPER_PRECISION if rows else None)
 
 
 #: Presets that reproduce no row of the paper, each an honestly labelled variant of the
@@ -579,6 +586,6 @@ def reduced(preset: Preset) -> tuple[ModelConfig, TrainConfig]:
 
 
 __all__ = ["FAMILIES", "IMAGENET_PROTOCOLS", "LAPTOP_PRESETS", "LAPTOP_PROTOCOL",
-           "NON_PAPER_PRESETS", "PRESETS", "Family", "Preset", "canonical_settings",
+           "NON_PAPER_PRESETS", "PAPER_PRECISION", "PRESETS", "Family", "Preset", "canonical_settings",
            "get_preset", "list_presets", "make_preset", "paper_key", "paper_records",
            "preset_for_record", "reduced", "register_preset"]

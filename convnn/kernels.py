@@ -33,14 +33,10 @@ values (19 MB, each batch element's rows stay in L2), the gradient (19 MB), the 
 selection writes no scores at all: it reads the float32 queries and keys (39 MB each at
 D = 192), the keys again per tile of 32 queries mostly from L2, and writes 3.6 MB of indices.
 
-**Fused attention core** (:func:`fused_attention`): the per-head core of ConvNN attention in
-one kernel for the paper's default ViT layer (all candidates, dot similarity, softmax ρ,
-depthwise weights): the score tiles and running top-k of :func:`fused_topk`, then the softmax
-over the k logits and the gather-aggregate, in registers; it writes the output, the indices
-and ρ (``[R, T, k]``) only. Its backward recomputes from the saved indices with the
-gather-aggregate kernels above (dρ, dw, dV by the inverse index; dq as a gather-aggregate of
-the keys with weights dscore·scale; dkey by the inverse index again): no atomics, no score
-matrix. Step ``"fused_attention"``: :class:`convnn.layers.ConvNNAttention` under
+**Fused attention core** (:func:`fused_attention`, in :mod:`convnn.kernels_attention`): the
+per-head core of ConvNN attention (all or sampled candidates, dot similarity, softmax ρ,
+depthwise weights) in one forward kernel on tensor cores and two backward kernels with no
+sort and no atomics. Step ``"fused_attention"``: :class:`convnn.layers.ConvNNAttention` under
 ``backend="triton"`` only; auto leaves it off, unmeasured on a GPU.
 
 The kernels run on CUDA tensors, or anywhere under ``TRITON_INTERPRET=1`` (how the tests check
@@ -453,223 +449,14 @@ def fused_topk(query: Tensor, keys: Tensor, k: int, scale: float = 1.0, *,
     return out
 
 
-# --------------------------------------------------------------------------------------------
-# Fused ConvNN attention core (issue 12, step 4): selection, softmax and depthwise aggregation
-# --------------------------------------------------------------------------------------------
-
-MAX_FUSED_ATTENTION_K = 16
-"""Largest k (self included) :func:`fused_attention` takes (the running top-k and the softmax
-weights live in registers)."""
-
-if triton is not None:
-
-    @triton.jit
-    def _fused_attention_kernel(q_ptr, k_ptr, v_ptr, w_ptr, out_ptr, idx_ptr, p_ptr,
-                                T, D, K, KS, scale, self_logit,
-                                SELF_FIRST: tl.constexpr, CONST_SELF: tl.constexpr,
-                                OFF: tl.constexpr, KP: tl.constexpr, BLOCK_Q: tl.constexpr,
-                                BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                                PRECISION: tl.constexpr):
-        # One program: BLOCK_Q queries of one batch·head row b. Scores key tile by key tile
-        # (tl.dot, float32), the running top-KS in registers (slots OFF..OFF+KS-1; slot 0 is
-        # the query itself when SELF_FIRST), the softmax over the K logits, then
-        # out[t, c] = Σ_j p[t, j] · w[j, c] · V[I[t, j], c]. Writes out, I and p only.
-        b = tl.program_id(1).to(tl.int64)
-        rows = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
-        row_ok = rows < T
-        rows64 = rows.to(tl.int64)
-        slots = tl.arange(0, KP)
-        NONE: tl.constexpr = 2147483647  # "no column": loses every tie, never stored
-        top_v = tl.full((BLOCK_Q, KP), float("-inf"), tl.float32)
-        top_i = tl.full((BLOCK_Q, KP), NONE, tl.int32)
-        base = b * T * D
-        q_base = q_ptr + base + rows64[:, None] * D
-        for n0 in range(0, T, BLOCK_N):
-            cols = n0 + tl.arange(0, BLOCK_N)
-            col_ok = cols < T
-            s = _score_tile(q_base, k_ptr + base, D, rows, row_ok, cols, col_ok, D, scale,
-                            BLOCK_Q, BLOCK_N, BLOCK_D, PRECISION)
-            if SELF_FIRST:  # the query's own column is not searched
-                s = tl.where(cols[None, :] == rows[:, None], float("-inf"), s)
-            s_free = col_ok[None, :] & (rows >= 0)[:, None]
-            top_v, top_i = _merge_top(top_v, top_i, s, s_free, cols, slots, KS, OFF, NONE,
-                                      BLOCK_Q, KP)
-        if SELF_FIRST:  # slot 0: the query itself, with its real score or the constant logit
-            own = tl.zeros((BLOCK_Q,), dtype=tl.float32) + self_logit
-            if not CONST_SELF:
-                dot = tl.zeros((BLOCK_Q,), dtype=tl.float32)
-                for d0 in range(0, D, BLOCK_D):
-                    dims = d0 + tl.arange(0, BLOCK_D)
-                    ok = row_ok[:, None] & (dims < D)[None, :]
-                    q = tl.load(q_base + dims[None, :], mask=ok, other=0.0)
-                    kk = tl.load(k_ptr + base + rows64[:, None] * D + dims[None, :], mask=ok,
-                                 other=0.0)
-                    dot += tl.sum(q * kk, axis=1)
-                own = dot * scale
-            top_v = tl.where(slots[None, :] == 0, own[:, None], top_v)
-            top_i = tl.where(slots[None, :] == 0, rows[:, None], top_i)
-        valid = (slots < K)[None, :] & (rows >= 0)[:, None]
-        logits = tl.where(valid, top_v, float("-inf"))
-        mx = tl.max(logits, axis=1)
-        e = tl.where(valid, tl.exp(logits - mx[:, None]), 0.0)
-        p = e / tl.sum(e, axis=1)[:, None]
-        top_i = tl.where(valid, top_i, 0)
-        store_ok = row_ok[:, None] & valid
-        flat = (b * T + rows64)[:, None] * K + slots[None, :]
-        tl.store(idx_ptr + flat, top_i.to(tl.int64), mask=store_ok)
-        tl.store(p_ptr + flat, p, mask=store_ok)
-        for d0 in range(0, D, BLOCK_D):
-            dims = d0 + tl.arange(0, BLOCK_D)
-            d_ok = dims < D
-            ok = row_ok[:, None] & d_ok[None, :]
-            acc = tl.zeros((BLOCK_Q, BLOCK_D), dtype=tl.float32)
-            for j in range(K):
-                sel = slots[None, :] == j
-                pj = tl.sum(tl.where(sel, p, 0.0), axis=1)
-                ij = tl.sum(tl.where(sel, top_i, 0), axis=1)
-                vv = tl.load(v_ptr + base + ij.to(tl.int64)[:, None] * D + dims[None, :],
-                             mask=ok, other=0.0)
-                wj = tl.load(w_ptr + j * D + dims, mask=d_ok, other=0.0)
-                acc += (vv * wj[None, :]) * pj[:, None]
-            tl.store(out_ptr + base + rows64[:, None] * D + dims[None, :], acc, mask=ok)
+# The fused ConvNN attention core (all and sampled candidates) lives in kernels_attention;
+# its public names are read through this module too.
+_ATTENTION_NAMES = ("MAX_FUSED_ATTENTION_K", "FusedAttention", "fused_attention")
 
 
-class FusedAttention(torch.autograd.Function):
-    """Autograd op of :func:`fused_attention`: ``(q, key, v [R, T, d], w [k, d]) -> [R, T, d]``.
+def __getattr__(name: str):
+    if name in _ATTENTION_NAMES:
+        from . import kernels_attention
 
-    Saves the inputs (alive anyway), the indices ``[R, T, k]`` and the softmax weights
-    ``[R, T, k]``; no score matrix and no gathered ``[R, T, k, d]`` tensor, in either pass.
-    Backward, without atomics: dρ and dw by the gather-aggregate row kernel, dscore through
-    the softmax (``[R, T, k]``, elementwise), dq by the gather-aggregate forward kernel
-    (``Σ_j dscore_j · scale · key[I_j]``), dV and dkey by the inverse-index (CSR) kernel.
-    """
-
-    @staticmethod
-    def forward(ctx, q, key, v, w, k, scale, self_first, constant_self):
-        from .ops import PAPER_SELF_LOGIT
-
-        q, key, v, w = q.contiguous(), key.contiguous(), v.contiguous(), w.contiguous()
-        rows, tokens, dim = q.shape
-        out = torch.empty_like(v)
-        idx = torch.empty(rows, tokens, k, dtype=torch.long, device=q.device)
-        p = torch.empty(rows, tokens, k, dtype=torch.float32, device=q.device)
-        if rows and tokens:
-            k_search = k - 1 if self_first else k
-            block_d = max(16, min(64, triton.next_power_of_2(dim)))
-            grid = (triton.cdiv(tokens, FUSED_BLOCK_Q), rows)
-            _fused_attention_kernel[grid](
-                q, key, v, w, out, idx, p, tokens, dim, k, k_search, float(scale),
-                float(PAPER_SELF_LOGIT), SELF_FIRST=bool(self_first),
-                CONST_SELF=bool(constant_self), OFF=1 if self_first else 0,
-                KP=max(2, triton.next_power_of_2(k)), BLOCK_Q=FUSED_BLOCK_Q,
-                BLOCK_N=FUSED_BLOCK_N, BLOCK_D=block_d, PRECISION="ieee", num_warps=4)
-        ctx.save_for_backward(q, key, v, w, idx, p)
-        ctx.scale, ctx.self_first, ctx.constant_self = float(scale), self_first, constant_self
-        ctx.mark_non_differentiable(idx)
-        return out, idx
-
-    @staticmethod
-    def backward(ctx, grad_out, _grad_idx):
-        q, key, v, w, idx, p = ctx.saved_tensors
-        need_q, need_key, need_v, need_w = ctx.needs_input_grad[:4]
-        rows, tokens, dim = q.shape
-        k = idx.shape[-1]
-        m = rows * tokens
-        grad_q = grad_key = grad_v = grad_w = None
-        if m == 0:
-            return (torch.zeros_like(q), torch.zeros_like(key), torch.zeros_like(v),
-                    torch.zeros_like(w), None, None, None, None)
-        g = grad_out.contiguous().view(m, dim)
-        offsets = (torch.arange(rows, device=q.device) * tokens).view(rows, 1, 1)
-        flat = (idx + offsets).view(m, k)  # rows of the flat [R·T, d] tensors
-        flat_q, flat_key, flat_v = q.view(m, dim), key.view(m, dim), v.view(m, dim)
-        flat_p = p.view(m, k)
-        block_c = channel_block(dim)
-        acc = tl.float32
-        need_scores = need_q or need_key
-        tiles = triton.cdiv(m, BLOCK_M)
-        grad_rho = torch.empty(m, k, dtype=torch.float32, device=q.device) \
-            if need_scores else None
-        partial_w = torch.empty(tiles, k, dim, dtype=torch.float32, device=q.device) \
-            if need_w else None
-        if need_scores or need_w:
-            _backward_rows_kernel[(tiles,)](
-                flat_v, flat, flat_p, w, g, flat_p if grad_rho is None else grad_rho,
-                flat_p if partial_w is None else partial_w, m, dim, k, HAS_RHO=True,
-                NEED_RHO=need_scores, NEED_W=need_w, ACC=acc, BLOCK_M=BLOCK_M,
-                BLOCK_C=block_c)
-        if need_w:
-            grad_w = partial_w.sum(0)
-        order = rowptr = None
-        if need_v or need_key:
-            order, rowptr = inverse_index(flat, m)
-        if need_v:
-            grad_v = torch.empty(m, dim, dtype=torch.float32, device=q.device)
-            _backward_values_kernel[(m, triton.cdiv(dim, block_c))](
-                order, rowptr, flat_p, w, g, grad_v, dim, k, HAS_RHO=True, ACC=acc,
-                BLOCK_E=BLOCK_E, BLOCK_C=block_c)
-            grad_v = grad_v.view_as(v)
-        if need_scores:
-            # through the softmax: dscore_j = p_j (dρ_j - Σ_i p_i dρ_i); the constant self
-            # logit has no gradient; the score is (q · key[I]) · scale
-            dscore = flat_p * (grad_rho - (flat_p * grad_rho).sum(-1, keepdim=True))
-            if ctx.self_first and ctx.constant_self:
-                dscore[:, 0] = 0.0
-            dscore = (dscore * ctx.scale).contiguous()
-            ones = torch.ones(k, dim, dtype=torch.float32, device=q.device)
-            if need_q:
-                grad_q = torch.empty(m, dim, dtype=torch.float32, device=q.device)
-                _forward_kernel[(triton.cdiv(m, BLOCK_M), triton.cdiv(dim, block_c))](
-                    flat_key, flat, dscore, ones, grad_q, m, dim, k, HAS_RHO=True, ACC=acc,
-                    BLOCK_M=BLOCK_M, BLOCK_C=block_c)
-                grad_q = grad_q.view_as(q)
-            if need_key:
-                grad_key = torch.empty(m, dim, dtype=torch.float32, device=q.device)
-                _backward_values_kernel[(m, triton.cdiv(dim, block_c))](
-                    order, rowptr, dscore, ones, flat_q, grad_key, dim, k, HAS_RHO=True,
-                    ACC=acc, BLOCK_E=BLOCK_E, BLOCK_C=block_c)
-                grad_key = grad_key.view_as(key)
-        return grad_q, grad_key, grad_v, grad_w, None, None, None, None
-
-
-
-def fused_attention(q: Tensor, key: Tensor, v: Tensor, w: Tensor, k: int, scale: float, *,
-                    self_first: bool = False, self_score: str = "similarity",
-                    return_indices: bool = False):
-    """The ConvNN attention core of one head in one kernel: all candidates, dot similarity,
-    softmax weighting, depthwise aggregation.
-
-    ``q, key, v [R, T, d]`` float32 (``R`` = batch·heads), ``w [k, d]`` (rank-major depthwise
-    weights) -> ``out [R, T, d]`` with ``out[t] = Σ_j ρ[t, j] · w[j] ⊙ v[I[t, j]]``, where
-    ``I[t]`` are the k keys of the highest ``(q_t · key_s) · scale`` (best first, ties to the
-    lower key, as a stable sort) and ``ρ[t] = softmax`` of their scores. With ``self_first``,
-    ``I[t, 0] = t`` and the other ``k - 1`` are searched among the remaining keys; the self
-    logit is its real score (``self_score="similarity"``) or
-    :data:`convnn.ops.PAPER_SELF_LOGIT` (``"constant"``). ``return_indices``: also return
-    ``I [R, T, k]``. Needs ``1 <= k <= min(T, MAX_FUSED_ATTENTION_K)``. Differentiable in
-    ``q``, ``key``, ``v`` and ``w``, without atomics.
-
-    One program per tile of :data:`FUSED_BLOCK_Q` queries of one row: the score tiles and the
-    running top-k of :func:`fused_topk`, then the softmax and the gather-aggregate in
-    registers; only the output, the indices and ρ are written. Unmeasured on a GPU: only
-    checked under ``TRITON_INTERPRET=1``.
-    """
-    if q.dim() != 3 or key.shape != q.shape or v.shape != q.shape:
-        raise ValueError("q, key and v must all be [R, T, d], got "
-                         f"{tuple(q.shape)}, {tuple(key.shape)} and {tuple(v.shape)}")
-    tensors = (q, key, v, w)
-    if any(t.dtype != torch.float32 for t in tensors):
-        raise ValueError("fused_attention takes float32 q, key, v and w, got "
-                         f"{[t.dtype for t in tensors]}")
-    tokens, dim = q.shape[1], q.shape[2]
-    if not isinstance(k, int) or not 1 <= k <= min(tokens, MAX_FUSED_ATTENTION_K):
-        raise ValueError(f"k must be an int in [1, min(T={tokens}, {MAX_FUSED_ATTENTION_K})], "
-                         f"got {k!r}")
-    if w.shape != (k, dim):
-        raise ValueError(f"w must be [k, d] = [{k}, {dim}], got {tuple(w.shape)}")
-    if self_score not in ("similarity", "constant"):
-        raise ValueError(f"self_score must be 'similarity' or 'constant', got {self_score!r}")
-    _require(q.device)
-    out, idx = FusedAttention.apply(q, key, v, w, k, scale, bool(self_first),
-                                    self_score == "constant")
-    return (out, idx) if return_indices else out
+        return getattr(kernels_attention, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
