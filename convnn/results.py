@@ -226,6 +226,10 @@ class Run:
         """The run's summary as written, or ``None`` (a run that never finished an epoch)."""
         return self.record.summary
 
+    @summary.setter
+    def summary(self, value: dict | None) -> None:
+        self.record.summary = value
+
     @property
     def skipped_lines(self) -> int:
         """Lines of the metrics log that were not valid records (a cut-off line)."""
