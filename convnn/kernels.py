@@ -45,9 +45,9 @@ matrix. Step ``"fused_attention"``: :class:`convnn.layers.ConvNNAttention` under
 
 The kernels run on CUDA tensors, or anywhere under ``TRITON_INTERPRET=1`` (how the tests check
 them on a CPU). They run where :func:`convnn.ops.choose_backend` picks ``"triton"``
-(``backend="triton"``, or ``with convnn.ops.default_backend("triton")``; the deprecated
-``set_kernel`` / ``CONVNN_KERNEL`` still work); the default stays the PyTorch fast path
-until a GPU measurement says otherwise.
+(``backend="triton"``, ``with convnn.ops.default_backend("triton")`` or
+``CONVNN_BACKEND=triton``); the default stays the PyTorch fast path until a GPU measurement
+says otherwise. This module imports nothing of the package: :mod:`convnn.ops` calls it.
 """
 
 from __future__ import annotations
@@ -545,9 +545,8 @@ class FusedAttention(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, q, key, v, w, k, scale, self_first, constant_self):
-        from .ops import PAPER_SELF_LOGIT
-
+    def forward(ctx, q, key, v, w, k, scale, self_first, self_logit):
+        constant_self = self_logit is not None
         q, key, v, w = q.contiguous(), key.contiguous(), v.contiguous(), w.contiguous()
         rows, tokens, dim = q.shape
         out = torch.empty_like(v)
@@ -559,7 +558,7 @@ class FusedAttention(torch.autograd.Function):
             grid = (triton.cdiv(tokens, FUSED_BLOCK_Q), rows)
             _fused_attention_kernel[grid](
                 q, key, v, w, out, idx, p, tokens, dim, k, k_search, float(scale),
-                float(PAPER_SELF_LOGIT), SELF_FIRST=bool(self_first),
+                float(self_logit or 0.0), SELF_FIRST=bool(self_first),
                 CONST_SELF=bool(constant_self), OFF=1 if self_first else 0,
                 KP=max(2, triton.next_power_of_2(k)), BLOCK_Q=FUSED_BLOCK_Q,
                 BLOCK_N=FUSED_BLOCK_N, BLOCK_D=block_d, PRECISION="ieee", num_warps=4)
@@ -634,7 +633,7 @@ class FusedAttention(torch.autograd.Function):
 
 
 def fused_attention(q: Tensor, key: Tensor, v: Tensor, w: Tensor, k: int, scale: float, *,
-                    self_first: bool = False, self_score: str = "similarity",
+                    self_first: bool = False, self_logit: float | None = None,
                     return_indices: bool = False):
     """The ConvNN attention core of one head in one kernel: all candidates, dot similarity,
     softmax weighting, depthwise aggregation.
@@ -644,8 +643,8 @@ def fused_attention(q: Tensor, key: Tensor, v: Tensor, w: Tensor, k: int, scale:
     ``I[t]`` are the k keys of the highest ``(q_t · key_s) · scale`` (best first, ties to the
     lower key, as a stable sort) and ``ρ[t] = softmax`` of their scores. With ``self_first``,
     ``I[t, 0] = t`` and the other ``k - 1`` are searched among the remaining keys; the self
-    logit is its real score (``self_score="similarity"``) or
-    :data:`convnn.ops.PAPER_SELF_LOGIT` (``"constant"``). ``return_indices``: also return
+    logit is its real score (``self_logit=None``) or the constant ``self_logit`` (the
+    authors' sampled attention uses :data:`convnn.ops.PAPER_SELF_LOGIT`). ``return_indices``: also return
     ``I [R, T, k]``. Needs ``1 <= k <= min(T, MAX_FUSED_ATTENTION_K)``. Differentiable in
     ``q``, ``key``, ``v`` and ``w``, without atomics.
 
@@ -667,9 +666,10 @@ def fused_attention(q: Tensor, key: Tensor, v: Tensor, w: Tensor, k: int, scale:
                          f"got {k!r}")
     if w.shape != (k, dim):
         raise ValueError(f"w must be [k, d] = [{k}, {dim}], got {tuple(w.shape)}")
-    if self_score not in ("similarity", "constant"):
-        raise ValueError(f"self_score must be 'similarity' or 'constant', got {self_score!r}")
+    if self_logit is not None and (isinstance(self_logit, bool)
+                                   or not isinstance(self_logit, (int, float))):
+        raise TypeError(f"self_logit must be None or a number, got {self_logit!r}")
     _require(q.device)
     out, idx = FusedAttention.apply(q, key, v, w, k, scale, bool(self_first),
-                                    self_score == "constant")
+                                    None if self_logit is None else float(self_logit))
     return (out, idx) if return_indices else out

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import kernels
 from ._checks import check_choice, check_index, check_int
 
 WEIGHTINGS = ("ones", "softmax", "similarity")
@@ -56,13 +57,11 @@ SELF_SCORES = ("similarity", "constant")
 PAPER_SELF_LOGIT = 1.0
 """The logit of the query itself with ``self_score="constant"`` (the authors' sampled
 ConvNN attention)."""
-PATHS = ("fast", "reference")
 BACKENDS = ("reference", "torch", "triton")
 """What runs the operator: ``"reference"`` (the plain full-matrix selection and the authors'
 expand-gather-Conv1d aggregation), ``"torch"`` (the blocked PyTorch fast path) or
 ``"triton"`` (the fast path with the kernels of :mod:`convnn.kernels` wherever they support
 the options); ``None`` picks one (see :func:`choose_backend`)."""
-KERNELS = ("torch", "triton", "auto")
 KERNEL_STEPS = ("topk", "gather_aggregate", "fused_topk", "fused_attention")
 """The steps with a Triton kernel: ``"topk"`` (row top-k of a score matrix),
 ``"gather_aggregate"`` (depthwise/separable aggregation), ``"fused_topk"`` (selection that
@@ -74,7 +73,9 @@ _OPT_IN_STEPS = ("fused_topk", "fused_attention")
 # The option set of the fused attention core: the paper's default ViT ConvNN layer.
 _FUSED_ATTENTION_OPTIONS = {"sampling": "all", "selection": "features", "similarity": "dot",
                             "weighting": "softmax", "aggregation": "depthwise"}
-_KERNEL_BACKENDS = {"torch": "torch", "triton": "triton", "auto": None}
+BACKEND_ENV = "CONVNN_BACKEND"
+"""The environment variable that sets the initial global default backend: one of
+:data:`BACKENDS`, or ``"auto"`` (``None``); unset is ``"torch"``."""
 
 
 def _check_backend(name: str, backend) -> None:
@@ -82,10 +83,10 @@ def _check_backend(name: str, backend) -> None:
         check_choice(name, backend, BACKENDS)
 
 
-# The global default backend: "torch" (the Triton kernels are opt-in), or what the deprecated
-# CONVNN_KERNEL environment variable says ("auto" is None).
-_default_backend = _KERNEL_BACKENDS.get(os.environ.get("CONVNN_KERNEL", "torch"),
-                                        os.environ.get("CONVNN_KERNEL"))
+# The global default backend: "torch" (the Triton kernels are opt-in), or what CONVNN_BACKEND
+# says ("auto" is None); a bad value is reported by the first operator call.
+_default_backend = os.environ.get(BACKEND_ENV, "torch")
+_default_backend = None if _default_backend == "auto" else _default_backend
 
 
 def get_default_backend() -> str | None:
@@ -107,12 +108,13 @@ def set_default_backend(backend: str | None) -> None:
 def default_backend(backend: str | None):
     """Use ``backend`` as the global default inside a ``with`` block
     (``with ops.default_backend("reference"): ...``)."""
+    global _default_backend
     previous = _default_backend
     set_default_backend(backend)
     try:
         yield
     finally:
-        set_default_backend(previous)
+        _default_backend = previous
 
 
 def requested_backend(backend: str | None = None) -> str | None:
@@ -120,49 +122,14 @@ def requested_backend(backend: str | None = None) -> str | None:
     ``None`` when that is auto as well."""
     if backend is None:
         backend = _default_backend
-        _check_backend("backend (the global default, CONVNN_KERNEL)", backend)
+        _check_backend(f"backend (the global default, {BACKEND_ENV})", backend)
     else:
         _check_backend("backend", backend)
     return backend
 
 
-def backend_from_path(path: str, backend: str | None = None) -> str | None:
-    """The backend that a (deprecated) ``path=`` argument means next to ``backend=``:
-    ``path="reference"`` is ``backend="reference"``, ``path="fast"`` leaves ``backend``."""
-    check_choice("path", path, PATHS)
-    _check_backend("backend", backend)
-    if path == "reference":
-        if backend not in (None, "reference"):
-            raise ValueError(f"path='reference' contradicts backend={backend!r}; "
-                             "pass backend alone (path= is deprecated)")
-        return "reference"
-    return backend
-
-
-def set_kernel(name: str) -> None:
-    """Deprecated: :func:`set_default_backend` (``"torch"``, ``"triton"``, ``"auto"`` is
-    ``None``). The environment variable ``CONVNN_KERNEL`` sets the initial default."""
-    check_choice("kernel", name, KERNELS)
-    set_default_backend(_KERNEL_BACKENDS[name])
-
-
-def get_kernel() -> str:
-    """Deprecated: :func:`get_default_backend`, with ``None`` spelled ``"auto"``."""
-    return "auto" if _default_backend is None else _default_backend
-
-
-@contextlib.contextmanager
-def use_kernel(name: str):
-    """Deprecated: :func:`default_backend` (see :func:`set_kernel` for the names)."""
-    check_choice("kernel", name, KERNELS)
-    with default_backend(_KERNEL_BACKENDS[name]):
-        yield
-
-
 def _fused_attention_unsupported(k, width, aggregation, similarity, dtype,
                                  options) -> str | None:
-    from . import kernels
-
     check_int("k", k, minimum=1)
     if options is None:
         raise ValueError("step='fused_attention' needs options (the attention layer's "
@@ -191,8 +158,6 @@ def _fused_attention_unsupported(k, width, aggregation, similarity, dtype,
 def _kernel_unsupported(step: str, k, width, aggregation, similarity=None,
                         dtype=None, options=None) -> str | None:
     """Why the Triton kernel of ``step`` cannot take these options (``None``: it can)."""
-    from . import kernels
-
     if step == "fused_attention":
         return _fused_attention_unsupported(k, width, aggregation, similarity, dtype, options)
 
@@ -230,8 +195,6 @@ def _backend_decision(backend, device, step, k, width, aggregation, similarity=N
     requested = requested_backend(backend)
     if requested in ("reference", "torch"):
         return requested, f"backend={requested!r}"
-    from . import kernels
-
     device = torch.device(device)
     if step is None:  # the operator as a whole; each step may still fall back
         if requested == "triton" or (device.type == "cuda" and kernels.available(device)):
@@ -284,19 +247,20 @@ def choose_backend(backend: str | None, device, *, step: str | None = None,
         RuntimeError: ``"triton"`` is forced for a supported step on a device where Triton
             cannot run.
     """
-    return _backend_decision(backend, device, step, k, width, aggregation, similarity,
-                             dtype, options)[0]
+    return backend_decision(backend, device, step=step, k=k, width=width,
+                            aggregation=aggregation, similarity=similarity, dtype=dtype,
+                            options=options)[0]
 
 
-def kernel_decision(step: str, device, *, k: int | None = None, width: int | None = None,
-                    aggregation: str | None = None, similarity: str | None = None,
-                    dtype: torch.dtype | None = None,
-                    options: dict | None = None) -> tuple[str, str]:
-    """Deprecated: :func:`choose_backend` of ``step`` under the global default, with the
-    reason: ``("triton" | "torch" | "reference", reason)``."""
-    check_choice("step", step, KERNEL_STEPS)
-    return _backend_decision(None, device, step, k, width, aggregation, similarity, dtype,
+def backend_decision(backend: str | None, device, *, step: str | None = None,
+                     k: int | None = None, width: int | None = None,
+                     aggregation: str | None = None, similarity: str | None = None,
+                     dtype: torch.dtype | None = None,
+                     options: dict | None = None) -> tuple[str, str]:
+    """:func:`choose_backend` with its reason: ``("reference" | "torch" | "triton", why)``."""
+    return _backend_decision(backend, device, step, k, width, aggregation, similarity, dtype,
                              options)
+
 
 # Squared distances below this are treated as this when taking the square root, so that
 # d(-d)/d(d²) stays finite at zero distance.
@@ -677,9 +641,7 @@ def _top(scores: Tensor, k: int, stable: bool, fused: bool = False) -> tuple[Ten
     """Largest k along the last dim; ``stable`` breaks ties by the lower column. ``fused``: use
     the Triton row top-k (always stable; :func:`choose_backend` decides)."""
     if fused:
-        from .kernels import row_topk
-
-        order = row_topk(scores, k)
+        order = kernels.row_topk(scores, k)
         return scores.gather(-1, order), order
     if not stable:
         return torch.topk(scores, k, dim=-1)
@@ -737,15 +699,13 @@ def _fused_selection(query, keys, extra, k_search, similarity, scale, query_posi
     recomputed (with autograd) from the gathered keys by the similarity's own ``score_block``.
     ``query_positions``: mask the key at each query's position (``candidate_positions``, or
     ``arange(m)`` when ``None``)."""
-    from .kernels import fused_topk
-
     entry = get_similarity(similarity)
     batch, n, dim = query.shape
     cand = None
     if query_positions is not None:
         cand = (torch.arange(keys.shape[1], device=keys.device) if candidate_positions is None
                 else candidate_positions)
-    top = fused_topk(query, keys, k_search, entry.fused_scale(query, scale),
+    top = kernels.fused_topk(query, keys, k_search, entry.fused_scale(query, scale),
                      query_positions=query_positions, candidate_positions=cand)
     if not with_scores:
         return top, None
@@ -1159,9 +1119,7 @@ def gather_aggregate(
     flat_values = values.reshape(batch * num_positions, channels)
     if choose_backend(backend, values.device, step="gather_aggregate",
                       aggregation=aggregation) == "triton":
-        from .kernels import depthwise_gather_aggregate
-
-        out = depthwise_gather_aggregate(flat_values, flat_index.view(batch * n, k), flat_rho,
+        out = kernels.depthwise_gather_aggregate(flat_values, flat_index.view(batch * n, k), flat_rho,
                                          weight[:, 0, :].t().to(values.dtype))
     else:
         out = _GatherAggregate.apply(flat_values, flat_index, flat_rho, weight, k,
@@ -1241,7 +1199,6 @@ def convnn(
     attn_dropout: float = 0.0,
     self_score: str = "similarity",
     backend: str | None = None,
-    path: str = "fast",
 ) -> Tensor:
     """The whole operator: select k neighbours per query, weight them, aggregate.
 
@@ -1261,8 +1218,6 @@ def convnn(
         self_score: see :func:`select_neighbours`.
         backend: ``None`` (the default backend), ``"reference"``, ``"torch"`` or
             ``"triton"``, see :func:`choose_backend`; all give the same result.
-        path: deprecated alias: ``"reference"`` is ``backend="reference"``, ``"fast"``
-            (default) leaves ``backend`` as it is.
 
     Returns:
         ``[B, n, O]``.
@@ -1271,7 +1226,7 @@ def convnn(
     ``sort_by_position=True``, ρ = ones and standard aggregation is a 3×3 convolution;
     ``k = N``, dot similarity, softmax and depthwise weights of one is softmax attention.
     """
-    backend = backend_from_path(path, backend)
+    _check_backend("backend", backend)
     check_choice("weighting", weighting, WEIGHTINGS)
     if neighbours is not None:
         if weighting != "ones":
@@ -1295,12 +1250,11 @@ def convnn(
 __all__ = [
     "AGGREGATIONS",
     "BACKENDS",
+    "BACKEND_ENV",
     "COORD_GRIDS",
     "EVAL_SAMPLINGS",
-    "KERNELS",
     "KERNEL_STEPS",
     "PAPER_SELF_LOGIT",
-    "PATHS",
     "SAMPLINGS",
     "SELECTIONS",
     "SELF_SCORES",
@@ -1310,7 +1264,7 @@ __all__ = [
     "Similarity",
     "aggregate",
     "aggregate_reference",
-    "backend_from_path",
+    "backend_decision",
     "choose_backend",
     "convnn",
     "default_backend",
@@ -1318,11 +1272,9 @@ __all__ = [
     "gather_aggregate",
     "gather_neighbours",
     "get_default_backend",
-    "get_kernel",
     "get_similarity",
     "grid_coordinates",
     "interior_positions",
-    "kernel_decision",
     "neighbour_weights",
     "pairwise_scores",
     "random_candidates",
@@ -1334,9 +1286,7 @@ __all__ = [
     "selection_features",
     "sequence_coordinates",
     "set_default_backend",
-    "set_kernel",
     "spatial_candidates_1d",
     "spatial_candidates_2d",
-    "use_kernel",
     "weighting_scores",
 ]

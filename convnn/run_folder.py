@@ -33,6 +33,7 @@ from ._io import (
     remove_leftovers,
     save_checkpoint,
 )
+from ._version import __version__
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -366,8 +367,6 @@ class RunFolder:
         """``config.json``: a fresh run's description, or a resumed run's updated settings
         and one more ``resumed`` entry."""
         if self.checkpoint is None:
-            from . import __version__
-
             cfg_json = {
                 "train": config.to_dict(),
                 "extra": extra,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from convnn import ConvNN2d, ConvNNAttention, kernels, ops
+from convnn import PAPER_ATTENTION, ConvNN2d, ConvNNAttention, kernels, ops
 
 
 def _stable_top(scores, k):
@@ -60,10 +60,10 @@ def selection_with_ties_matches_stable_reference():
     for similarity in ("cosine", "dot", "euclidean"):
         for case in cases:
             for k in (1, 4, 7):
-                with ops.use_kernel("triton"):
+                with ops.default_backend("triton"):
                     got_i, got_s = ops.select_neighbours(x, x, k, similarity,
                                                          query_positions=qpos, **case)
-                with ops.use_kernel("torch"):
+                with ops.default_backend("torch"):
                     ref_i, ref_s = ops.select_neighbours_reference(
                         x, x, k, similarity, query_positions=qpos, stable=True, **case)
                 assert torch.equal(got_i, ref_i), (similarity, case, k)
@@ -74,7 +74,7 @@ def selection_with_ties_matches_stable_reference():
     layer = ConvNN2d(3, 3, k=9, padding=1, weighting="softmax", aggregation="depthwise")
     img = torch.randn(2, 3, 6, 6)
     img[:, :, :2] = 0.0
-    with ops.use_kernel("triton"):
+    with ops.default_backend("triton"):
         got = layer.neighbours(img)
     sel = F.pad(img, (1, 1, 1, 1)).flatten(2).transpose(1, 2)
     q = ops.interior_positions(6, 6, 1)
@@ -233,7 +233,7 @@ def _layer_grads(layer, x, kernel, seed):
     # random data tie now and then, and torch.topk orders ties arbitrarily.
     ops._top = _stable_torch_top if kernel == "torch" else _torch_top
     try:
-        with ops.use_kernel(kernel):
+        with ops.default_backend(kernel):
             torch.manual_seed(seed)
             out = layer(x)
     finally:
@@ -275,7 +275,7 @@ def attention_matches_fast_path(tokens=13, every=1):
         tokens, heads, k, sampling, self_first, weighting = case
         kw = {} if sampling == "all" else {"candidates": 11 if tokens == 13 else 32}
         similarity = ("dot", "cosine")[(i // 2) % 2]
-        layer = ConvNNAttention(6 * heads, heads, k=k, sampling=sampling, self_first=self_first,
+        layer = ConvNNAttention.from_config(6 * heads, heads, k=k, sampling=sampling, self_first=self_first,
                                 weighting=weighting, aggregation="depthwise",
                                 similarity=similarity, **kw)
         x = torch.randn(2, tokens, 6 * heads, requires_grad=True)
@@ -423,7 +423,7 @@ def fused_attention_matches_torch(tokens=(13, 20), ks=(1, 3, 9, 16), dim_per_hea
             for mode in FUSED_ATTENTION_MODES:
                 tokens_k = fits[0]
                 dim = dim_per_head * heads
-                layer = ConvNNAttention(dim, heads, k=k, bias=True, **mode)
+                layer = ConvNNAttention.from_config(dim, heads, k=k, bias=True, **mode)
                 with torch.no_grad():
                     layer.weight.normal_()
                 x = torch.randn(2, tokens_k, dim, requires_grad=True)
@@ -432,7 +432,7 @@ def fused_attention_matches_torch(tokens=(13, 20), ks=(1, 3, 9, 16), dim_per_hea
                 assert _attention_pair(layer, x, case, float(layer_tol)) == 1, case
                 cases += 1
     # dropout on the output (not the weights) keeps the fused core: same seed, same mask
-    layer = ConvNNAttention(12, 2, k=5, attn_dropout=0.3, attn_dropout_on="output").train()
+    layer = ConvNNAttention(12, 2, k=5, attn_dropout=0.3, options=PAPER_ATTENTION).train()
     x = torch.randn(2, tokens[0], 12, requires_grad=True)
     assert _attention_pair(layer, x, "output dropout") == 1
     print("FUSED ATTENTION OK", cases + 1)
@@ -458,12 +458,12 @@ def fused_attention_falls_back():
         options = dict(options)
         train = options.pop("train", False)
         dtype = options.get("dtype", torch.float32)
-        layer = ConvNNAttention(12, 2, **{"k": 3, **options}).train(train)
+        layer = ConvNNAttention.from_config(12, 2, **{"k": 3, **options}).train(train)
         x = torch.randn(2, 19, 12, dtype=dtype, requires_grad=True)
         q = torch.zeros(1, dtype=dtype)
-        with ops.use_kernel("triton"):
-            decision = ops.kernel_decision(
-                "fused_attention", x.device, k=layer.k, width=19, aggregation=layer.aggregation,
+        with ops.default_backend("triton"):
+            decision = ops.backend_decision(
+                None, x.device, step="fused_attention", k=layer.k, width=19, aggregation=layer.aggregation,
                 similarity=layer.similarity,
                 options={"sampling": layer.sampling, "selection": layer.selection,
                          "weighting": layer.weighting,
@@ -479,14 +479,14 @@ def fused_attention_falls_back():
                 _close(a, b, options)
     # bf16 values (autocast) fall back too
     layer = ConvNNAttention(12, 2, k=3)
-    with ops.use_kernel("triton"), _CountFused("fused_attention") as core, \
+    with ops.default_backend("triton"), _CountFused("fused_attention") as core, \
             torch.autocast("cpu", dtype=torch.bfloat16):
         layer(torch.randn(2, 9, 12))
     assert core.calls == 0
     # the layer's own backend="triton" takes the core; "torch" and auto (None) never do
     for backend, calls in (("triton", 1), ("torch", 0), (None, 0)):
         layer = ConvNNAttention(12, 2, k=3, backend=backend)
-        with ops.use_kernel("auto"), _CountFused("fused_attention") as core:
+        with ops.default_backend(None), _CountFused("fused_attention") as core:
             layer(torch.randn(2, 9, 12))
         assert core.calls == calls, backend
     print("ATTENTION FALLBACK OK", len(cases))

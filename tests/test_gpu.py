@@ -28,8 +28,8 @@ def _run(layer, x, seed=0):
                                     {"selection": "mixed"}])
 def test_attention_cuda_fast_matches_cpu_reference(kwargs):
     torch.manual_seed(0)
-    cpu = ConvNNAttention(64, 2, k=9, path="reference", **kwargs).double()
-    gpu = ConvNNAttention(64, 2, k=9, **kwargs).double().cuda()
+    cpu = ConvNNAttention.from_config(64, 2, k=9, backend="reference", **kwargs).double()
+    gpu = ConvNNAttention.from_config(64, 2, k=9, **kwargs).double().cuda()
     with torch.no_grad():
         cpu.weight.add_(0.1 * torch.randn_like(cpu.weight))
     gpu.load_state_dict(cpu.state_dict())
@@ -42,8 +42,8 @@ def test_attention_cuda_fast_matches_cpu_reference(kwargs):
                                     {"weighting": "softmax", "aggregation": "separable"}])
 def test_convnn2d_cuda_fast_matches_cpu_reference(kwargs):
     torch.manual_seed(1)
-    cpu = ConvNN2d(16, 24, path="reference", **kwargs).double()
-    gpu = ConvNN2d(16, 24, **kwargs).double().cuda()
+    cpu = ConvNN2d.from_config(16, 24, backend="reference", **kwargs).double()
+    gpu = ConvNN2d.from_config(16, 24, **kwargs).double().cuda()
     gpu.load_state_dict(cpu.state_dict())
     x = torch.randn(3, 16, 20, 20, dtype=torch.float64)
     out_c, gx_c, gp_c = _run(cpu, x)

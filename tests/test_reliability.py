@@ -16,7 +16,15 @@ import pytest
 import torch
 from torch import nn
 
-from convnn import BranchingConv2d, ConvNN2d, ConvNNAttention, HybridTokenMixer, ops
+from convnn import (
+    BranchingConv2d,
+    ConvNN2d,
+    ConvNN2dOptions,
+    ConvNNAttention,
+    ConvNNAttentionOptions,
+    HybridTokenMixer,
+    ops,
+)
 from convnn._io import (
     CheckpointError,
     atomic_write_json,
@@ -31,8 +39,8 @@ from convnn.train import (
     DivergedError,
     RunFolderError,
     TrainConfig,
+    fit,
     load_run_checkpoint,
-    train,
 )
 
 # --------------------------------------------------------------------------- helpers
@@ -55,7 +63,7 @@ def cfg(**kw) -> TrainConfig:
 
 def run(out, ds, config=None, factory=tiny, **kw):
     kw.setdefault("device", "cpu")
-    return train(factory, ds, config or cfg(), out, progress=False, log=None, **kw)
+    return fit(factory, ds, config or cfg(), out, progress=False, log=None, **kw)
 
 
 class Killed(Exception):
@@ -534,10 +542,10 @@ def test_preset_search_matches_whole_words_case_insensitively(capsys):
 # --------------------------------------------------------------------------- 8-11. layers
 
 LAYERS = {
-    "ConvNN2d": (ConvNN2d, {"in_channels": 3, "out_channels": 4, "k": 3}, (2, 3, 6, 6)),
-    "ConvNN2d-random": (ConvNN2d, {"in_channels": 3, "out_channels": 4, "k": 3,
+    "ConvNN2d": (ConvNN2d.from_config, {"in_channels": 3, "out_channels": 4, "k": 3}, (2, 3, 6, 6)),
+    "ConvNN2d-random": (ConvNN2d.from_config, {"in_channels": 3, "out_channels": 4, "k": 3,
                                    "sampling": "random", "candidates": 3}, (2, 3, 6, 6)),
-    "ConvNNAttention": (ConvNNAttention, {"dim": 8, "num_heads": 2, "k": 3}, (2, 5, 8)),
+    "ConvNNAttention": (ConvNNAttention.from_config, {"dim": 8, "num_heads": 2, "k": 3}, (2, 5, 8)),
     "BranchingConv2d": (BranchingConv2d, {"in_channels": 3, "out_channels": 4, "k": 3},
                         (2, 3, 6, 6)),
     "HybridTokenMixer": (HybridTokenMixer, {"dim": 8, "num_heads": 2, "k": 3}, (2, 5, 8)),
@@ -555,14 +563,15 @@ ARGS = {
                  "bias": BOOL_BAD, "self_first": OPT_BOOL_BAD, "sort_by_position": OPT_BOOL_BAD,
                  "mix": FRACTION_BAD, "selection": CHOICE_BAD, "similarity": ["bogus", 1, True],
                  "sampling": CHOICE_BAD, "weighting": CHOICE_BAD, "aggregation": CHOICE_BAD,
-                 "path": CHOICE_BAD, "eval_sampling": CHOICE_BAD,
+                 "backend": ["bogus", 1, True], "eval_sampling": CHOICE_BAD,
                  "candidate_layout": CHOICE_BAD},
     "ConvNN2d-random": {"candidates": [0, -1, 2.5, "3", None, True]},
     "ConvNNAttention": {"dim": INT_BAD, "num_heads": [*INT_BAD, 3], "k": INT_BAD,
                         "seed": [-1, 1.5, "abc", None, True], "bias": BOOL_BAD,
                         "self_first": BOOL_BAD, "coord_scale": FLOAT_BAD,
                         "attn_dropout": FRACTION_BAD, "selection": CHOICE_BAD,
-                        "weighting": CHOICE_BAD, "aggregation": CHOICE_BAD, "path": CHOICE_BAD},
+                        "weighting": CHOICE_BAD, "aggregation": CHOICE_BAD,
+                        "backend": ["bogus", 1, True], "options": [{"seed": 1}, "paper"]},
     "BranchingConv2d": {"in_channels": INT_BAD, "out_channels": INT_BAD, "ratio": FRACTION_BAD,
                         "kernel_size": INT_BAD, "conv_bias": BOOL_BAD, "bias": BOOL_BAD,
                         "seed": ["abc", -1], "mix": FRACTION_BAD},
@@ -645,11 +654,12 @@ def test_empty_batch_through_a_model():
 def test_string_flags_and_nan_scale_are_not_taken_as_values():
     for kwargs in ({"self_first": "no"}, {"bias": "no"}, {"sort_by_position": "no"}):
         with pytest.raises(TypeError, match=f"{next(iter(kwargs))} must be True or False"):
-            ConvNN2d(3, 4, k=3, **kwargs)
+            ConvNN2d.from_config(3, 4, k=3, **kwargs)
     with pytest.raises(ValueError, match="coord_scale must be a finite number"):
-        ConvNNAttention(8, 2, k=3, selection="mixed", coord_scale=math.nan)
+        ConvNNAttention(8, 2, k=3, selection="mixed",
+                        options=ConvNNAttentionOptions(coord_scale=math.nan))
     with pytest.raises(ValueError, match="seed must be an integer"):
-        ConvNN2d(3, 4, k=3, sampling="random", candidates=3, seed="abc")
+        ConvNN2d(3, 4, k=3, sampling="random", candidates=3, options=ConvNN2dOptions(seed="abc"))
 
 
 def test_autocast_keeps_running_mixed_dtypes():
