@@ -85,8 +85,10 @@ class DatasetInfo:
             where the loader computes or fixes them itself).
         smoke_train_per_class, smoke_test_per_class: the subset a smoke run trains and tests
             on (see :mod:`convnn.runner`).
-        smoke_lr: the learning rate of a smoke run; ``None``: the preset's, scaled to the
-            smoke batch by the linear scaling rule.
+        smoke_lr: the learning rate of a smoke run; ``None``: the preset's (scaled to the
+            smoke batch where ``smoke_scale_lr``).
+        smoke_scale_lr: scale the preset's learning rate to the smoke batch by the linear
+            scaling rule (ImageNet: its recipes are for batch 256).
         stand_in: ``stand_in(image_size)`` returns clearly labelled synthetic data of the same
             kind, for a smoke run where the dataset is absent.
         streamed: the images are decoded from disk by worker processes while training
@@ -103,6 +105,7 @@ class DatasetInfo:
     smoke_train_per_class: int = 50
     smoke_test_per_class: int = 20
     smoke_lr: float | None = None
+    smoke_scale_lr: bool = False
     stand_in: Callable[[int | None], Any] | None = None
     streamed: bool = False
 
@@ -995,10 +998,10 @@ def _synthetic_stand_in(num_classes: int) -> Callable[[int | None], ImageDataset
 register_dataset(DatasetInfo(
     "cifar10", "CIFAR-10", "c10", 10, _cifar_loader("cifar10"),
     mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616),
-    smoke_train_per_class=50, smoke_test_per_class=20, smoke_lr=1e-3,
+    smoke_train_per_class=50, smoke_test_per_class=20,
     stand_in=_synthetic_stand_in(10)))
 register_dataset(DatasetInfo(
     "cifar100", "CIFAR-100", "c100", 100, _cifar_loader("cifar100"),
     mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762),
-    smoke_train_per_class=5, smoke_test_per_class=2, smoke_lr=1e-3,
+    smoke_train_per_class=5, smoke_test_per_class=2,
     stand_in=_synthetic_stand_in(100)))

@@ -122,7 +122,7 @@ def requested_backend(backend: str | None = None) -> str | None:
     ``None`` when that is auto as well."""
     if backend is None:
         backend = _default_backend
-        _check_backend(f"backend (the global default, {BACKEND_ENV})", backend)
+        _check_backend(f"backend (the global default; {BACKEND_ENV} may also be 'auto')", backend)
     else:
         _check_backend("backend", backend)
     return backend

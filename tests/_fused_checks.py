@@ -382,7 +382,9 @@ def _core_pair(layer, x, case, tol=1e-5):
     inputs = [t.detach().clone().requires_grad_() for t in (q, key, v, layer.weight)]
     scale = 1.0 / layer.head_dim ** 0.5
     out = kernels.fused_attention(*inputs[:3], inputs[3][:, 0, :].t(), layer.k, scale,
-                                  self_first=layer.self_first, self_score=layer.self_score)
+                                  self_first=layer.self_first,
+                                  self_logit=ops.PAPER_SELF_LOGIT
+                                  if layer.self_score == "constant" else None)
     ops._top = _stable_torch_top
     try:
         ref = ops.convnn(inputs[2], inputs[0], inputs[1], layer.k, inputs[3], similarity="dot",
