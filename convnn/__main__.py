@@ -15,8 +15,9 @@ Commands:
 Multi-GPU: ``torchrun --nproc_per_node 4 -m convnn train --preset NAME``.
 
 A user error (a bad argument, a missing or damaged file, a locked or mismatched run folder)
-prints one line, ``error: ...``, and exits with 2; a diverged training run exits with 1.
-``--debug`` shows the traceback of any error.
+prints ``error: ...`` (one line, or the message's own list of causes and fixes) and exits
+with 2; a diverged training run exits with 1. ``--debug`` (before or after the command)
+shows the traceback of any error.
 """
 
 from __future__ import annotations
@@ -83,7 +84,8 @@ def _train(args: argparse.Namespace) -> int:
     summary = run_preset(args.preset, epochs=args.epochs, smoke=args.smoke or None,
                          out_dir=args.out, data_dir=args.data_dir, device=args.device,
                          resume=args.resume, overwrite=args.overwrite,
-                         download=not args.no_download, workers=args.workers, **overrides)
+                         download=not args.no_download, workers=args.workers,
+                         synthetic=args.synthetic, **overrides)
     print(f"best test top-1 {summary['best_test_top1']:.2f}% (epoch {summary['best_epoch']}), "
           f"mean of the last epochs {summary['last5_mean_test_top1']:.2f}%")
     return 0
@@ -93,7 +95,7 @@ def _eval(args: argparse.Namespace) -> int:
     from .runner import evaluate_run_dir
 
     metrics = evaluate_run_dir(args.run, data_dir=args.data_dir, device=args.device,
-                               workers=args.workers)
+                               workers=args.workers, download=not args.no_download)
     print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                    for k, v in metrics.items()))
     return 0
@@ -159,6 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m convnn", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      allow_abbrev=False)
+    # --debug before the command (parser) or after it (each command's parent): two dests,
+    # since a sub-parser's default would overwrite the value the main parser set
+    parser.add_argument("--debug", dest="debug_first", action="store_true",
+                        help="show the full traceback of an error")
     common = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     common.add_argument("--debug", action="store_true",
                         help="show the full traceback of an error")
@@ -185,7 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
                                        "then the data cache; ImageNet default: "
                                        "$CONVNN_IMAGENET_DIR, $CONVNN_DATA_DIR/imagenet, then "
                                        "the data cache)")
-    tr.add_argument("--no-download", action="store_true", help="never download CIFAR")
+    tr.add_argument("--no-download", action="store_true",
+                    help="never download CIFAR: a missing dataset is an error")
+    tr.add_argument("--synthetic", action="store_true",
+                    help="with --smoke: train on synthetic data (no dataset needed)")
     tr.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     tr.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     tr.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
@@ -209,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", **shared, help="evaluate a run folder")
     ev.add_argument("--run", required=True, help="a run folder written by `train`")
     ev.add_argument("--data-dir", help="where the dataset is (as for train)")
+    ev.add_argument("--no-download", action="store_true", help="never download CIFAR")
     ev.add_argument("--device", help="cpu or cuda")
     ev.add_argument("--workers", type=int, help="image-decoding processes (ImageNet runs)")
     ev.set_defaults(func=_eval)
@@ -242,9 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return text or type(err).__name__
+def _message(err: BaseException) -> str:
+    """The error's text with its own line breaks (a bulleted list stays a list), without
+    blank lines or trailing spaces; an error with no text gives its type's name."""
+    lines = [line.rstrip() for line in str(err).strip().splitlines() if line.strip()]
+    return "\n".join(lines) or type(err).__name__
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -257,7 +269,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "debug", False):
+    if getattr(args, "debug", False) or getattr(args, "debug_first", False):
         return args.func(args)
     from .train import DivergedError
 
@@ -270,10 +282,10 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except DivergedError as err:
-        print(f"error: {_one_line(err)}", file=sys.stderr)
+        print(f"error: {_message(err)}", file=sys.stderr)
         return 1
     except _user_errors() as err:
-        print(f"error: {_one_line(err)}", file=sys.stderr)
+        print(f"error: {_message(err)}", file=sys.stderr)
         return 2
 
 

@@ -39,6 +39,20 @@ def check_int(name: str, value, minimum: int | None = None, maximum: int | None 
     return value
 
 
+#: The most neighbours a layer takes (``k``): the positions of a 256 x 256 map. Its weights
+#: hold ``k`` matrices, so a larger ``k`` is an allocation no machine makes.
+MAX_NEIGHBOURS = 2**16
+
+
+def check_k(k) -> int:
+    """``k``, neighbours per position: an int in ``[1, MAX_NEIGHBOURS]``."""
+    check_int("k", k, minimum=1)
+    if k > MAX_NEIGHBOURS:
+        raise ValueError(f"k must be <= {MAX_NEIGHBOURS} (neighbours per position, at most "
+                         f"the positions of a 256 x 256 map), got {k}")
+    return k
+
+
 def check_fraction(name: str, value, low: float = 0.0, high: float = 1.0) -> float:
     """Raise unless ``low <= value <= high``."""
     try:
@@ -221,10 +235,28 @@ def check_path(name: str, value) -> None:
         raise ValueError(f"{name} must be a folder path, got {value!r}")
 
 
+def _under_torch_func(*tensors: torch.Tensor) -> bool:
+    """Whether a ``torch.func`` transform (vmap, grad, jvp, jacrev...) wraps one of these."""
+    functorch = torch._C._functorch
+    return any(functorch.is_batchedtensor(t) or functorch.is_gradtrackingtensor(t)
+               for t in tensors)
+
+
 def check_layer_input(name: str, x, rank: int, layout: str, weight: torch.Tensor) -> None:
-    """A layer's input: a floating ``torch.Tensor`` of ``rank`` dims with the dtype of the
-    layer's ``weight`` (or under autocast)."""
+    """A layer's input: a floating ``torch.Tensor`` of ``rank`` dims on the device and with
+    the dtype of the layer's ``weight`` (or under autocast), outside ``torch.func``
+    transforms."""
     check_tensor(name, x)
+    if not torch.compiler.is_compiling() and _under_torch_func(x, weight):
+        raise NotImplementedError(
+            "ConvNN layers do not support torch.func transforms (vmap, grad, jvp, jacrev, "
+            "functional_call under grad): the neighbour selection is data-dependent indexing "
+            "with custom autograd functions. Batch the inputs instead of vmap, and use "
+            "loss.backward() or torch.autograd.grad for gradients")
+    if x.device != weight.device:
+        raise RuntimeError(f"{name} is on device {x.device} but the layer's weights are on "
+                           f"{weight.device}; move one of them (x.to('{weight.device}') or "
+                           f"layer.to('{x.device}'))")
     check_rank(name, x, rank, layout)
     check_dtype(name, x, weight)
 

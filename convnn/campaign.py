@@ -31,24 +31,28 @@ Example (a CPU dry run of the mechanics with reduced models and a few hundred im
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import io
 import json
 import math
 import os
+import posixpath
 import re
 import shutil
+import stat
 import sys
 import tarfile
 import tempfile
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._checks import check_int
-from ._io import atomic_write_json, read_jsonl
+from ._checks import check_bool, check_int
+from ._io import atomic_write_json, atomic_write_text, read_jsonl
 from .experiments import PRESETS, get_preset, paper_records, preset_for_record
 
 __all__ = [
@@ -469,7 +473,8 @@ def run_campaign(minutes: float, out: str | os.PathLike, *,
         trainer, clock: for tests (default: the real trainer, :func:`time.monotonic`).
         log: where progress lines go (they are also appended to ``campaign.log``).
         pack: write the log packs.
-        command: the command line, stored in ``campaign.json`` (default ``sys.argv``).
+        command: the command line, stored in ``campaign.json`` (default: this process's, as
+            :func:`command_line` writes it: no absolute path of the package).
 
     Returns:
         ``{"stopped": why, "runs": {preset: epochs done}, "groups": plans, "packs": paths}``.
@@ -502,7 +507,7 @@ def run_campaign(minutes: float, out: str | os.PathLike, *,
         log_file.flush()
 
     state["commands"].append({"started": _now(), "minutes": minutes,
-                              "command": command if command is not None else " ".join(sys.argv),
+                              "command": command if command is not None else command_line(),
                               "device": _device_name(device), "trained_before_plan": False})
     say(f"campaign in {out}: {minutes:g} min, {len(queue)} groups in the queue"
         + (" (smoke: reduced models, few images)" if smoke else ""))
@@ -591,35 +596,345 @@ def pack_logs(out: str | os.PathLike, logs_dir: str | os.PathLike | None = None,
 
 
 # --------------------------------------------------------------------------- importing
+#: Limits of what :func:`import_runs` reads: one pack file (compressed), one log file, all
+#: log files together, and the entries of a pack or of a source folder. A campaign writes
+#: packs of :data:`LOG_PACK_BYTES` holding smaller files, so real logs are far below them.
+IMPORT_PACK_BYTES = 4 * LOG_PACK_BYTES
+IMPORT_FILE_BYTES = LOG_PACK_BYTES
+IMPORT_TOTAL_BYTES = 16 * LOG_PACK_BYTES
+IMPORT_ENTRIES = 20_000
+#: A name that may become part of a path: a run folder's, ``--name``.
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+_SAFE_COMMIT = re.compile(r"[0-9A-Za-z][0-9A-Za-z._+-]{0,63}")
+_DATE = re.compile(r"(\d{4}-\d{2}-\d{2})(?:$|[T ])")
+
+
 def _device_slug(device: str) -> str:
     """``"NVIDIA H200"`` -> ``"h200"``, ``"NVIDIA H100 80GB HBM3"`` -> ``"h100"``,
     ``"cpu"`` -> ``"cpu"``."""
     name = re.sub(r"^(NVIDIA|Tesla)\s+", "", device.strip(), flags=re.IGNORECASE)
     first = name.split()[0] if name.split() else "unknown"
-    return re.sub(r"[^a-z0-9]+", "-", first.lower()).strip("-") or "unknown"
+    return re.sub(r"[^a-z0-9]+", "-", first.lower()).strip("-")[:40] or "unknown"
 
 
-def _collect(source: Path, tmp: Path) -> tuple[list[Path], dict | None]:
-    """Run folders (with ``config.json`` and ``metrics.jsonl``) under ``source`` (a folder,
-    or a ``.tar.gz`` pack, or a folder of packs), and the campaign state if any."""
-    roots = []
-    packs = [source] if source.is_file() else sorted(source.glob("campaign-logs-*.tar.gz"))
-    for i, pack in enumerate(packs):
-        target = tmp / f"pack{i}"
+def _check_safe_name(what: str, name) -> str:
+    if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name) or ".." in name:
+        raise ValueError(f"{what} must be letters, digits, '.', '_' or '-' (starting with a "
+                         f"letter or digit, no '..', at most 100 characters), got {name!r}")
+    return name
+
+
+def command_line(argv: Sequence[str] | None = None) -> str:
+    """The command line as a user types it: ``python -m convnn ...`` for the package's own
+    ``__main__.py`` (never its absolute path), other paths inside the repository relative
+    to it."""
+    argv = list(sys.argv if argv is None else argv)
+    root = Path(__file__).resolve().parents[1]
+    words = []
+    for i, word in enumerate(argv):
+        if i == 0 and re.search(r"(^|[\\/])convnn[\\/]__main__\.py$", word):
+            words.append("python -m convnn")
+            continue
+        path = Path(word)
+        if path.is_absolute():
+            try:
+                word = path.resolve().relative_to(root).as_posix() or "."
+            except (ValueError, OSError):
+                pass
+        words.append(word)
+    return " ".join(words)
+
+
+def _portable_command(text: str) -> str:
+    """A recorded command without the absolute path of ``convnn/__main__.py`` (older
+    campaign states stored ``sys.argv`` as it was)."""
+    return re.sub(r"\S*convnn[\\/]__main__\.py", "python -m convnn", text)
+
+
+def _strict_json(data: bytes, where: str):
+    """Strict JSON (no NaN, no infinity, UTF-8), or a one-line ValueError naming ``where``."""
+
+    def number(text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value):
+            raise ValueError(f"{text} is not a finite number")
+        return value
+
+    def constant(text: str):
+        raise ValueError(f"{text} is not a number a log may hold")
+
+    try:
+        return json.loads(data.decode("utf-8"), parse_float=number, parse_constant=constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
+        reason = " ".join(str(err).split())[:200]
+        raise ValueError(f"{where} is not valid strict JSON ({reason})") from None
+
+
+def _expect(value, types, where: str, allow_none: bool = True):
+    """``value`` if it has one of ``types`` (bool is not an int), else a ValueError."""
+    if value is None and allow_none:
+        return value
+    ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in (
+        types if isinstance(types, tuple) else (types,)))
+    if not ok:
+        names = "/".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
+        raise ValueError(f"{where} must be {names}, got {value!r:.80}")
+    return value
+
+
+@dataclass
+class _RunLogs:
+    """One run folder's log files as read from the source (not yet filed)."""
+
+    name: str
+    origin: str
+    files: dict[str, bytes]
+    config: dict
+    records: list[dict]
+
+
+def _check_run_logs(name: str, origin: str, files: dict[str, bytes]) -> _RunLogs:
+    """Parse and type-check what the importer and the results reader use."""
+    where = f"{origin}: run {name}"
+    config = _strict_json(files["config.json"], f"{where}/config.json")
+    _expect(config, dict, f"{where}/config.json", allow_none=False)
+    for key in ("extra", "run", "train", "dataset"):
+        _expect(config.get(key), dict, f"{where}/config.json: {key}")
+    extra = config.get("extra") or {}
+    _expect(extra.get("preset"), str, f"{where}/config.json: extra.preset")
+    _expect(extra.get("smoke"), bool, f"{where}/config.json: extra.smoke")
+    _expect(extra.get("dataset"), dict, f"{where}/config.json: extra.dataset")
+    for part in (extra.get("dataset") or {}, config.get("dataset") or {}):
+        _expect(part.get("source"), str, f"{where}/config.json: dataset source")
+    for key in ("torch", "amp_active", "device"):
+        _expect((config.get("run") or {}).get(key), str, f"{where}/config.json: run.{key}")
+    train = config.get("train") or {}
+    _expect(train.get("epochs"), int, f"{where}/config.json: train.epochs")
+    _expect(train.get("amp"), str, f"{where}/config.json: train.amp")
+    records = []
+    lines = files["metrics.jsonl"].split(b"\n")
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        record = _strict_json(line, f"{where}/metrics.jsonl line {n}")
+        at = f"{where}/metrics.jsonl line {n}"
+        _expect(record, dict, at, allow_none=False)
+        if "epoch" not in record:
+            continue
+        epoch = _expect(record["epoch"], int, f"{at}: epoch", allow_none=False)
+        if epoch < 1 or (records and epoch <= records[-1]["epoch"]):
+            raise ValueError(f"{at}: epoch {epoch} does not follow the epochs before it")
+        top1 = _expect(record.get("test_top1"), (int, float), f"{at}: test_top1",
+                       allow_none=False)
+        if not 0 <= top1 <= 100:
+            raise ValueError(f"{at}: test_top1 must be a percentage, got {top1}")
+        for key in ("device", "git_commit", "time"):
+            _expect(record.get(key), str, f"{at}: {key}")
+        if record.get("time") is not None:
+            match = _DATE.match(record["time"])
+            try:
+                datetime.date.fromisoformat(match[1] if match else "")
+            except ValueError:
+                raise ValueError(f"{at}: time must start with a date YYYY-MM-DD (an ISO time), got "
+                                 f"{record['time']!r:.80}") from None
+        records.append(record)
+    if "summary.json" in files:
+        summary = _strict_json(files["summary.json"], f"{where}/summary.json")
+        _expect(summary, dict, f"{where}/summary.json", allow_none=False)
+    return _RunLogs(name, origin, files, config, records)
+
+
+def _check_state(state, where: str) -> dict:
+    """A campaign state as the importer uses it: ``commands`` and ``groups``."""
+    _expect(state, dict, where, allow_none=False)
+    for i, command in enumerate(_expect(state.get("commands"), list, f"{where}: commands")
+                                or []):
+        _expect(command, dict, f"{where}: commands[{i}]", allow_none=False)
+        _expect(command.get("command"), str, f"{where}: commands[{i}].command")
+    for name, plan in (_expect(state.get("groups"), dict, f"{where}: groups") or {}).items():
+        at = f"{where}: groups[{name!r:.60}]"
+        _expect(plan, dict, at, allow_none=False)
+        presets = _expect(plan.get("presets"), list, f"{at}.presets") or []
+        for preset in presets:
+            _expect(preset, str, f"{at}.presets", allow_none=False)
+        _expect(plan.get("epochs"), int, f"{at}.epochs", allow_none=False)
+        _expect(plan.get("reduced"), bool, f"{at}.reduced", allow_none=False)
+    return state
+
+
+class _Budget:
+    """Counts what the importer reads against the IMPORT_* limits."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.entries = 0
+
+    def entry(self, where: str) -> None:
+        self.entries += 1
+        if self.entries > IMPORT_ENTRIES:
+            raise ValueError(f"{where} holds more than {IMPORT_ENTRIES} entries; import-runs "
+                             "reads campaign folders and log packs, not whole trees")
+
+    def file(self, size: int, where: str) -> None:
+        if size > IMPORT_FILE_BYTES:
+            raise ValueError(f"{where} is {size} bytes, more than a log file may be "
+                             f"({IMPORT_FILE_BYTES} bytes)")
+        self.bytes += size
+        if self.bytes > IMPORT_TOTAL_BYTES:
+            raise ValueError(f"the logs to import are more than {IMPORT_TOTAL_BYTES} bytes "
+                             "in all; import them in parts")
+
+
+def _read_pack(pack: Path, budget: _Budget) -> dict[str, bytes]:
+    """The regular files of one log pack, by normalised member name (nothing is written)."""
+    where = f"log pack {pack}"
+    size = pack.stat().st_size
+    if size > IMPORT_PACK_BYTES:
+        raise ValueError(f"{where} is {size} bytes, more than a log pack may be "
+                         f"({IMPORT_PACK_BYTES} bytes)")
+    files: dict[str, bytes] = {}
+    try:
         with tarfile.open(pack, "r:gz") as tar:
-            tar.extractall(target, filter="data")
-        roots.append(target)
-    if source.is_dir():
-        roots.append(source)
-    runs: dict[str, Path] = {}
-    state = None
-    for root in roots:
-        for metrics in sorted(root.rglob("metrics.jsonl")):
-            if (metrics.parent / "config.json").is_file():
-                runs.setdefault(metrics.parent.name, metrics.parent)
-        for path in sorted(root.rglob(STATE_FILE)):
-            state = state or json.loads(path.read_text(encoding="utf-8"))
-    return list(runs.values()), state
+            for member in tar:
+                budget.entry(where)
+                if member.name.startswith(("/", "\\")) or ".." in re.split(r"[\\/]",
+                                                                           member.name):
+                    raise ValueError(f"{where} holds an unsafe member {member.name!r:.120} "
+                                     "(absolute or with '..'); log packs hold plain relative "
+                                     "files")
+                name = posixpath.normpath(member.name)
+                if member.isdir():
+                    continue
+                if not member.isfile():
+                    raise ValueError(f"{where} holds {member.name!r:.120}, which is not a "
+                                     "regular file (a link or a device); log packs hold files")
+                if name in files:
+                    raise ValueError(f"{where} holds {member.name!r:.120} twice; a pack must "
+                                     "name each file once")
+                # the tar layer's own checks: no absolute path, no '..', nothing special
+                member = tarfile.data_filter(member, "/nonexistent-destination")
+                budget.file(member.size, f"{member.name!r:.120} in {where}")
+                data = tar.extractfile(member)
+                files[name] = data.read() if data is not None else b""
+    except tarfile.FilterError as err:
+        raise ValueError(f"{where} holds an unsafe member ({' '.join(str(err).split())[:200]}"
+                         "); log packs hold plain relative files") from None
+    except (tarfile.TarError, EOFError, zlib.error) as err:
+        reason = " ".join(str(err).split())[:200] or type(err).__name__
+        raise ValueError(f"{where} is not a readable .tar.gz log pack ({reason})") from None
+    except OSError as err:  # gzip.BadGzipFile, a read error
+        raise ValueError(f"{where} cannot be read as a .tar.gz log pack "
+                         f"({' '.join(str(err).split())[:200]})") from None
+    return files
+
+
+def _read_folder(source: Path, budget: _Budget) -> dict[str, bytes]:
+    """The log files under a source folder, by relative name. Links are never followed:
+    a linked log file is refused, a linked folder is not entered."""
+    files: dict[str, bytes] = {}
+    wanted = {*_RUN_LOGS, STATE_FILE}
+    for folder, dirs, names in os.walk(source, followlinks=False):
+        dirs.sort()
+        for name in sorted(names):
+            budget.entry(f"source {source}")
+            if name not in wanted:
+                continue
+            path = Path(folder) / name
+            info = path.lstat()
+            if stat.S_ISLNK(info.st_mode):
+                raise ValueError(f"{path} is a symbolic link; import-runs copies no linked "
+                                 "file (replace the link with the file)")
+            if not stat.S_ISREG(info.st_mode):
+                continue
+            budget.file(info.st_size, str(path))
+            files[path.relative_to(source).as_posix()] = path.read_bytes()
+    return files
+
+
+def _collect(source: Path) -> tuple[list[_RunLogs], dict | None]:
+    """The run folders (``config.json`` + ``metrics.jsonl``) of ``source`` (a folder, one
+    ``.tar.gz`` pack, or a folder with ``campaign-logs-*.tar.gz`` packs) and the campaign
+    state if any. A run found twice (a campaign folder holds its runs and its packs) must
+    have the same logs both times."""
+    budget = _Budget()
+    trees: list[tuple[str, dict[str, bytes]]] = []
+    if source.is_file():
+        trees.append((f"log pack {source}", _read_pack(source, budget)))
+    else:
+        packs = sorted(source.glob("campaign-logs-*.tar.gz"))
+        for pack in packs:
+            if pack.is_symlink():
+                raise ValueError(f"{pack} is a symbolic link; import-runs follows no links "
+                                 "(copy the pack in)")
+            trees.append((f"log pack {pack}", _read_pack(pack, budget)))
+        trees.append((f"source {source}", _read_folder(source, budget)))
+    runs: dict[str, _RunLogs] = {}
+    state: tuple[str, bytes] | None = None
+    for origin, files in trees:
+        folders = sorted({posixpath.dirname(name) for name in files
+                          if posixpath.basename(name) == "metrics.jsonl"
+                          and posixpath.join(posixpath.dirname(name), "config.json") in files})
+        for folder in folders:
+            name = _check_safe_name(f"{origin}: run folder name", posixpath.basename(folder)
+                                    or source.name)
+            logs = {f: files[posixpath.join(folder, f)] for f in _RUN_LOGS
+                    if posixpath.join(folder, f) in files}
+            if name in runs:
+                if runs[name].files != logs:
+                    raise ValueError(f"run {name} is in {runs[name].origin} and in {origin} "
+                                     "with different logs; import them separately")
+                continue
+            runs[name] = _check_run_logs(name, origin, logs)
+        for name in sorted(n for n in files if posixpath.basename(n) == STATE_FILE):
+            if state is not None and state[1] != files[name]:
+                raise ValueError(f"{origin} holds a {STATE_FILE} that differs from the one "
+                                 f"in {state[0]}; import one campaign at a time")
+            state = state or (origin, files[name])
+    parsed = None
+    if state is not None:
+        parsed = _check_state(_strict_json(state[1], f"{state[0]}: {STATE_FILE}"),
+                              f"{state[0]}: {STATE_FILE}")
+    return list(runs.values()), parsed
+
+
+def _already_filed(dest: Path, runs: Sequence[_RunLogs]) -> None:
+    """Refuse a run whose ``metrics.jsonl`` is already in ``dest`` (filed under any name)."""
+    incoming = {run.files["metrics.jsonl"]: run.name for run in runs}
+    for metrics in sorted(dest.glob("*/*/metrics.jsonl")) + sorted(dest.glob("*/metrics.jsonl")):
+        if metrics.is_symlink() or not metrics.is_file():
+            continue
+        name = incoming.get(metrics.read_bytes())
+        if name is not None:
+            raise ValueError(f"run {name} is already filed in {metrics.parent}; nothing "
+                             "was imported")
+
+
+def _cell(text: str) -> str:
+    """Text for a Markdown table cell or list item: one line, pipes escaped."""
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def _code(text: str) -> str:
+    """``text`` as one Markdown code span (a longer fence where it holds backticks)."""
+    text = _cell(text)
+    fence = "`" * (max((len(m) for m in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def _results_dest(dest) -> Path:
+    """The resolved results folder: ``dest``, else the checkout's ``data/results/``."""
+    from .package_data import results_root
+
+    if dest is None:
+        dest = results_root()
+        if not (dest.parents[1] / "pyproject.toml").is_file():  # an installed package
+            raise ValueError("import-runs files logs into a checkout's data/results/; this "
+                             f"convnn is installed at {dest.parent.parent}, so pass --dest")
+    dest = Path(dest)
+    if dest.exists() and not dest.is_dir():
+        raise ValueError(f"--dest {dest} is a file, not a folder")
+    return dest.resolve()
 
 
 def import_runs(source: str | os.PathLike, *, dest: str | os.PathLike | None = None,
@@ -628,10 +943,18 @@ def import_runs(source: str | os.PathLike, *, dest: str | os.PathLike | None = N
                 readme: bool = True) -> Path:
     """File returned logs into ``data/results/<date>-<device>-<name>/`` with their provenance.
 
+    Everything is checked before anything is written, and the folder is filed at once (built
+    in a hidden folder of ``dest``, then renamed), so a refused import leaves nothing behind.
+    Nothing is written outside ``dest``: the names that become paths (``name``, the run
+    folders', the date of the logs' ``time``) are checked, links in a source folder are not
+    followed, and pack members are read as regular files only (the tar layer's ``data``
+    filter), within the ``IMPORT_*`` size limits.
+
     Args:
         source: a campaign folder, a folder of log packs, one pack, or a folder of run folders.
-        dest: the results folder (default: the package's ``data/results/``).
-        name: the folder's last part (default ``"campaign"``).
+        dest: the results folder (default: the checkout's ``data/results/``).
+        name: the folder's last part (default ``"campaign"``): letters, digits, ``.``,
+            ``_``, ``-``.
         commit: the commit the runs used (default: the one their logs name; required when
             they say ``"unknown"``).
         command: the command that produced them (default: the campaign's own, else required).
@@ -642,67 +965,96 @@ def import_runs(source: str | os.PathLike, *, dest: str | os.PathLike | None = N
         The new folder.
 
     Raises:
-        ValueError: no runs, smoke runs without ``allow_smoke``, an unknown commit or command,
-            or a folder that already exists.
+        ValueError (one line): no runs; smoke runs without ``allow_smoke``; an unknown commit
+            or command; a folder that already exists; a run already filed, or found twice
+            with different logs; a damaged, oversized or unsafe source (not a .tar.gz pack,
+            a link, a duplicate member, wrong JSON types, NaN metrics, an unsafe name).
     """
-    from .package_data import results_root
     from .results import dataset_label, load_run
 
+    check_bool("allow_smoke", allow_smoke)
+    check_bool("readme", readme)
+    name = _check_safe_name("name (--name)", "campaign" if name is None else name)
+    for what, value in (("commit", commit), ("command", command)):
+        _expect(value, str, what)
     source = Path(source)
     if not source.exists():
         raise ValueError(f"source {source} does not exist")
-    if dest is None:
-        dest = results_root()
-        if not (dest.parents[1] / "pyproject.toml").is_file():  # an installed package
-            raise ValueError("import-runs files logs into a checkout's data/results/; this "
-                             f"convnn is installed at {dest.parent.parent}, so pass --dest")
-    dest = Path(dest)
-    with tempfile.TemporaryDirectory() as tmp:
-        folders, state = _collect(source, Path(tmp))
-        if not folders:
-            raise ValueError(f"source {source} holds no run folder (config.json + "
-                             "metrics.jsonl) and no campaign-logs-*.tar.gz pack")
-        runs = [load_run(f) for f in folders]
-        runs = [r for r in runs if r.records]
-        if not runs:
-            raise ValueError(f"source {source}: no run has a finished epoch")
-        smoke = [r.path.name for r in runs if r.smoke]
-        if smoke and not allow_smoke:
-            raise ValueError(f"source {source} holds smoke runs ({', '.join(smoke)}); they "
-                             "are not experiments (pass allow_smoke=True / --allow-smoke to "
-                             "file them anyway, never into the committed results)")
-        commits = {r.records[-1].get("git_commit") or "unknown" for r in runs}
-        commits.discard("unknown")
-        if commit is None:
-            if len(commits) != 1:
-                raise ValueError(f"commit: the logs name {sorted(commits) or 'no commit'}; "
-                                 "pass the commit the runs were trained on")
-            commit = commits.pop()
-        if command is None:
-            cmds = [c.get("command") for c in (state or {}).get("commands", [])]
-            cmds = list(dict.fromkeys(c for c in cmds if c))
-            if not cmds:
-                raise ValueError("command: the logs do not say which command produced them; "
-                                 "pass it")
-            command = " ; then ".join(cmds)
-        devices = sorted({r.device for r in runs})
-        dates = sorted({r.records[-1]["time"][:10] for r in runs if r.records[-1].get("time")})
-        date = dates[-1] if dates else datetime.date.today().isoformat()
-        folder = dest / f"{date}-{_device_slug(devices[0])}-{name or 'campaign'}"
-        if folder.exists():
-            raise ValueError(f"{folder} already exists; pass another name")
-        folder.mkdir(parents=True)
+    dest = _results_dest(dest)
+    runs, state = _collect(source)
+    if not runs:
+        raise ValueError(f"source {source} holds no run folder (config.json + "
+                         "metrics.jsonl) and no campaign-logs-*.tar.gz pack")
+    runs = [r for r in runs if r.records]
+    if not runs:
+        raise ValueError(f"source {source}: no run has a finished epoch")
+    smoke = [r.name for r in runs if (r.config.get("extra") or {}).get("smoke")]
+    if smoke and not allow_smoke:
+        raise ValueError(f"source {source} holds smoke runs ({', '.join(smoke)}); they "
+                         "are not experiments (pass allow_smoke=True / --allow-smoke to "
+                         "file them anyway, never into the committed results)")
+    if commit is None:
+        commits = {r.records[-1].get("git_commit") or "unknown" for r in runs} - {"unknown"}
+        if len(commits) != 1:
+            raise ValueError(f"commit: the logs name {sorted(commits) or 'no commit'}; "
+                             "pass the commit the runs were trained on (--commit)")
+        commit = commits.pop()
+    if not _SAFE_COMMIT.fullmatch(commit):
+        raise ValueError(f"commit must be a commit hash (letters, digits, '.', '_', '+', "
+                         f"'-'), got {commit!r:.80}")
+    if command is None:
+        cmds = [c.get("command") for c in (state or {}).get("commands") or []]
+        cmds = list(dict.fromkeys(_portable_command(c) for c in cmds if c))
+        if not cmds:
+            raise ValueError("command: the logs do not say which command produced them; "
+                             "pass it (--command)")
+        command = " ; then ".join(cmds)
+    if not command.strip():
+        raise ValueError("command must not be empty")
+    dates = sorted({_DATE.match(r.records[-1]["time"])[1] for r in runs
+                    if r.records[-1].get("time")})
+    date = dates[-1] if dates else datetime.date.today().isoformat()
+    readme_path = dest / "README.md"
+    if readme and readme_path.is_symlink():
+        raise ValueError(f"{readme_path} is a symbolic link; import-runs writes no linked file")
+    created = [p for p in (dest, *dest.parents) if not p.exists()]
+    dest.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".import-", dir=dest))
+    filed = False
+    try:
+        staged = staging / "folder"
         for run in runs:
-            target = folder / run.path.name
-            target.mkdir()
-            for file in _RUN_LOGS:
-                if (run.path / file).is_file():
-                    shutil.copy2(run.path / file, target / file)
+            (staged / run.name).mkdir(parents=True)
+            for file, data in run.files.items():
+                (staged / run.name / file).write_bytes(data)
         if state is not None:
-            atomic_write_json(folder / STATE_FILE, state)
-    if readme:
-        _write_provenance(dest, folder, runs, state, commit, command, devices, date,
-                          dataset_label)
+            for entry in state.get("commands") or []:
+                if isinstance(entry.get("command"), str):
+                    entry["command"] = _portable_command(entry["command"])
+            atomic_write_json(staged / STATE_FILE, state)
+        loaded = [load_run(staged / run.name) for run in runs]
+        devices = sorted({r.device for r in loaded})
+        folder = dest / f"{date}-{_device_slug(devices[0])}-{name}"
+        if folder.parent != dest:  # cannot happen with the checked parts; never write elsewhere
+            raise ValueError(f"{folder} is not directly inside {dest}")
+        if folder.exists() or folder.is_symlink():
+            raise ValueError(f"{folder} already exists; pass another name (--name)")
+        _already_filed(dest, runs)
+        text = (_provenance_text(readme_path, folder, loaded, state, commit, command,
+                                 devices, date, dataset_label) if readme else None)
+        os.rename(staged, folder)
+        filed = True
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        for path in created if not filed else ():  # folders this refused import created
+            with contextlib.suppress(OSError):
+                path.rmdir()
+    if text is not None:
+        try:
+            atomic_write_text(readme_path, text)
+        except OSError:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
     return folder
 
 
@@ -711,8 +1063,8 @@ def _protocol_text(run, state: dict | None) -> str:
     full = run.protocol_epochs
     done = run.epochs_done
     plan = None
-    for group in (state or {}).get("groups", {}).values():
-        if run.preset in group.get("presets", []):
+    for group in ((state or {}).get("groups") or {}).values():
+        if run.preset in (group.get("presets") or []):
             plan = group
     text = f"{done}" + (f" of {full}" if full else "") + " epochs"
     if plan is not None and plan["reduced"]:
@@ -722,22 +1074,22 @@ def _protocol_text(run, state: dict | None) -> str:
     amp = (run.config.get("run") or {}).get("amp_active") or train.get("amp")
     if run.smoke:
         text += ", SMOKE RUN (reduced model, few images)"
-    return f"{text}, precision {amp}"
+    return _cell(f"{text}, precision {amp}")
 
 
-def _write_provenance(dest: Path, folder: Path, runs, state, commit, command, devices,
-                      date, dataset_label) -> None:
-    readme = dest / "README.md"
+def _provenance_text(readme: Path, folder: Path, runs, state, commit, command, devices,
+                     date, dataset_label) -> str:
+    """``readme``'s new text: a table row and a notes paragraph for ``folder``."""
     lines = readme.read_text(encoding="utf-8").splitlines() if readme.is_file() else [
         "# Committed run logs", "",
         "| folder / file | device | commit | command | date |", "|---|---|---|---|---|"]
     torch_versions = sorted({(r.config.get("run") or {}).get("torch") or "?" for r in runs})
     row = (f"| `{folder.name}/` ({', '.join(f'`{r.path.name}`' for r in runs)}) | "
-           f"{' + '.join(devices)} (torch {', '.join(torch_versions)}) | `{commit}` | "
-           f"`{command}` | {date} |")
+           f"{_cell(' + '.join(devices))} (torch {_cell(', '.join(torch_versions))}) | "
+           f"`{commit}` | {_code(command)} | {date} |")
     last = max((i for i, ln in enumerate(lines) if ln.startswith("|")), default=len(lines) - 1)
     lines.insert(last + 1, row)
-    datasets = sorted({dataset_label(r.dataset_source) for r in runs})
+    datasets = sorted({_cell(dataset_label(r.dataset_source)) for r in runs})
     notes = ["", f"Notes on `{folder.name}/` (filed by `python -m convnn import-runs`):",
              f"- Data: {', '.join(datasets)}.",
              ("- Protocol: the paper's for each preset (AdamW lr 1e-4, weight decay 0.01, batch "
@@ -746,7 +1098,7 @@ def _write_provenance(dest: Path, folder: Path, runs, state, commit, command, de
              "(`test_top1_resampled`, the paper's way)."),
              "- Epochs run:"]
     notes += [f"  - `{r.path.name}`: {_protocol_text(r, state)}" for r in runs]
-    readme.write_text("\n".join(lines + notes) + "\n", encoding="utf-8")
+    return "\n".join(lines + notes) + "\n"
 
 
 # --------------------------------------------------------------------------- CLI

@@ -93,6 +93,9 @@ class DatasetInfo:
             kind, for a smoke run where the dataset is absent.
         streamed: the images are decoded from disk by worker processes while training
             (ImageNet), rather than held in memory.
+        downloadable: the loader can download the dataset (then a smoke run falls back to
+            the stand-in only when the download failed, not when it was not allowed).
+        data_hint: how a user provides the data, for messages (``"set CONVNN_DATA_DIR ..."``).
     """
 
     name: str
@@ -108,6 +111,9 @@ class DatasetInfo:
     smoke_scale_lr: bool = False
     stand_in: Callable[[int | None], Any] | None = None
     streamed: bool = False
+    downloadable: bool = True
+    data_hint: str = ("set CONVNN_DATA_DIR (or pass --data-dir / data_dir=) to a folder holding "
+                      "the dataset, or run where the download works")
 
 
 DATASETS: dict[str, DatasetInfo] = {}
@@ -146,7 +152,14 @@ _REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 class DatasetNotFoundError(RuntimeError):
-    """The requested dataset is in none of the places searched and could not be downloaded."""
+    """The requested dataset is in none of the places searched and could not be downloaded.
+
+    Attributes:
+        download_error: why the download failed (``"URLError: ..."``), or ``None`` when no
+            download was tried.
+    """
+
+    download_error: str | None = None
 
 
 class Splits:
@@ -722,7 +735,9 @@ def _load_cifar(
             download_error = f"{type(err).__name__}: {err}"
         else:
             return _make_cifar(name, arrays, _describe(name, "download", root, arrays))
-    raise DatasetNotFoundError(_not_found_message(name, notes, download_error))
+    err = DatasetNotFoundError(_not_found_message(name, notes, download_error))
+    err.download_error = download_error
+    raise err
 
 
 def _make_cifar(name: str, arrays: dict[str, np.ndarray], source: str) -> ImageDataset:
@@ -779,6 +794,20 @@ def augment_batch(
     return padded[batch, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
 
 
+def _check_statistic(name: str, value) -> tuple[float, float, float]:
+    """``mean`` or ``std`` of a loader: 3 finite numbers (R, G, B), ``std`` positive."""
+    try:
+        values = tuple(float(v) for v in value if not isinstance(v, (bool, str, bytes)))
+        ok = len(values) == len(value) == 3
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok or not all(math.isfinite(v) for v in values):
+        raise ValueError(f"{name} must have 3 values (R, G, B), finite numbers, got {value!r}")
+    if name == "std" and min(values) <= 0:
+        raise ValueError(f"std must be positive, got {value!r}")
+    return values
+
+
 class EpochLoader:
     """What :class:`DeviceLoader` and :class:`convnn.imagenet.ImageNetLoader` share: the
     per-epoch order, the DistributedDataParallel slice and normalisation on the device.
@@ -800,11 +829,8 @@ class EpochLoader:
         check_int("seed", seed, minimum=0)
         if (mean is None) != (std is None):
             raise ValueError(f"mean and std must be given together, got mean={mean}, std={std}")
-        for arg, value in (("mean", mean), ("std", std)):
-            if value is not None and len(value) != 3:
-                raise ValueError(f"{arg} must have 3 values (R, G, B), got {value!r}")
-        if std is not None and min(std) <= 0:
-            raise ValueError(f"std must be positive, got {std!r}")
+        if mean is not None:
+            mean, std = _check_statistic("mean", mean), _check_statistic("std", std)
         self.device = device
         self.batch_size = batch_size
         self.shuffle = bool(shuffle)

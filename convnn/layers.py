@@ -24,6 +24,7 @@ from ._checks import (
     check_divisible,
     check_fraction,
     check_int,
+    check_k,
     check_layer_input,
     check_layer_options,
 )
@@ -311,7 +312,7 @@ class ConvNN2d(_SampledCandidates):
         super().__init__()
         check_int("in_channels", in_channels, minimum=1)
         check_int("out_channels", out_channels, minimum=1)
-        check_int("k", k, minimum=1)
+        check_k(k)
         check_int("padding", padding, minimum=0)
         check_choice("selection", selection, ops.SELECTIONS)
         check_fraction("mix", mix)
@@ -626,7 +627,7 @@ class ConvNNAttention(_HeadProjections, _SampledCandidates):
         check_int("dim", dim, minimum=1)
         check_int("num_heads", num_heads, minimum=1)
         check_divisible("dim", dim, "num_heads", num_heads)
-        check_int("k", k, minimum=1)
+        check_k(k)
         check_choice("selection", selection, ops.SELECTIONS)
         similarity = _resolve_similarity(selection, similarity, "dot")
         check_choice("weighting", weighting, ops.WEIGHTINGS)

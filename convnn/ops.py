@@ -639,7 +639,13 @@ def _check_selection_args(k, num_positions, num_queries, candidate_positions, se
 
 def _top(scores: Tensor, k: int, stable: bool, fused: bool = False) -> tuple[Tensor, Tensor]:
     """Largest k along the last dim; ``stable`` breaks ties by the lower column. ``fused``: use
-    the Triton row top-k (always stable; :func:`choose_backend` decides)."""
+    the Triton row top-k (always stable; :func:`choose_backend` decides).
+
+    Non-finite scores (NaN, +inf: a candidate with a NaN or infinite feature) rank last, as
+    ``-inf``: torch would rank NaN first, and one NaN pixel would then be every pixel's
+    neighbour. Such a candidate is selected only where fewer than ``k`` are finite."""
+    scores = torch.nan_to_num(scores, nan=float("-inf"), posinf=float("-inf"),
+                              neginf=float("-inf"))
     if fused:
         order = kernels.row_topk(scores, k)
         return scores.gather(-1, order), order
@@ -741,6 +747,9 @@ def select_neighbours(
     only against the ``m`` candidates when candidates are sampled. The scores of the selected
     neighbours are differentiable (top-k values), so softmax weighting trains the projections.
     Ranking runs in float32 or better, also under autocast: 16-bit inputs are upcast.
+    Non-finite scores (a key with a NaN or infinite feature) rank last, so one bad pixel or
+    token is nobody's neighbour while ``k`` finite candidates remain; a query's own
+    non-finite features still make its own output non-finite where it is its own neighbour.
 
     Args:
         query: ``[B, n, D]`` selection features of the query positions.

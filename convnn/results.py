@@ -2,7 +2,7 @@
 
 Two sources, never mixed up:
 
-* **ours**: run folders written by :func:`convnn.train.train` (``config.json`` and
+* **ours**: run folders written by :func:`convnn.train.fit` (``config.json`` and
   ``metrics.jsonl``, usually also ``summary.json``) and committed under ``data/results/``.
   :func:`find_runs` collects them, :func:`load_run` reads one (an unfinished run, or a
   ``metrics.jsonl`` whose last line was cut off, is read as far as it goes). Every number is

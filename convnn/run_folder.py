@@ -1,4 +1,4 @@
-"""The run folder of :func:`convnn.train.train`: open a fresh run or resume one, its lock and
+"""The run folder of :func:`convnn.train.fit`: open a fresh run or resume one, its lock and
 fingerprint, and the checkpoint format (with its SHA-256 sidecar).
 
 A :class:`RunFolder` decides, before anything in the folder changes, whether the call starts

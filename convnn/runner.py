@@ -75,14 +75,23 @@ def runs_root(local: str | os.PathLike = "runs", *, keep_on_drive: bool = False,
 
 
 def load_preset_data(preset: Preset, *, smoke: bool, data_dir=None,
-                     download: bool = True, log=print, image_size: int | None = None
-                     ) -> ImageDataset | ImageNetDataset:
+                     download: bool = True, log=print, image_size: int | None = None,
+                     synthetic: bool = False) -> ImageDataset | ImageNetDataset:
     """The preset's dataset (its :data:`~convnn.data.DATASETS` entry's loader). A smoke run
-    uses the entry's small subset; when the dataset is absent (and nothing can be downloaded)
-    it says so and uses the entry's synthetic stand-in instead. A full run never falls back:
-    it raises :class:`DatasetNotFoundError`. ``image_size`` is the crop size of a streamed
-    dataset (ImageNet: default 224)."""
+    uses the entry's small subset. When the dataset is not found and its download fails (or
+    it is never downloaded, as ImageNet), a smoke run says so and uses the entry's synthetic
+    stand-in instead; with ``download=False`` a missing downloadable dataset is an error,
+    :class:`DatasetNotFoundError`, as for a full run, which never falls back.
+    ``synthetic=True`` (smoke runs only) asks for the stand-in explicitly. ``image_size`` is
+    the crop size of a streamed dataset (ImageNet: default 224)."""
+    check_bool("synthetic", synthetic)
+    if synthetic and not smoke:
+        raise ValueError("synthetic=True (--synthetic) applies to smoke runs only: a full run "
+                         "trains on the preset's dataset")
     info = dataset_info(preset.dataset)
+    if synthetic:
+        log(f"NOTE: --synthetic: this smoke run uses SYNTHETIC data, not {info.title}.")
+        return info.stand_in(image_size)
     options = {"data_dir": data_dir, "download": download, "image_size": image_size}
     if not smoke:
         return info.loader(**options)
@@ -90,12 +99,12 @@ def load_preset_data(preset: Preset, *, smoke: bool, data_dir=None,
         return info.loader(**options, train_per_class=info.smoke_train_per_class,
                            test_per_class=info.smoke_test_per_class)
     except DatasetNotFoundError as err:
-        if info.stand_in is None:
-            raise
-        first = str(err).splitlines()[0]
-        log(f"NOTE: {info.title} is not available ({first}); this smoke run uses SYNTHETIC "
-            f"data, not {info.title}. Set CONVNN_DATA_DIR (or pass --data-dir) to use real "
-            "images.")
+        if info.stand_in is None or (info.downloadable and err.download_error is None):
+            raise  # nothing was downloaded: missing data is an error
+        failed = f" and its download failed ({err.download_error})" \
+            if err.download_error else ""
+        log(f"NOTE: {info.title} was not found here{failed}; this smoke run uses SYNTHETIC "
+            f"data, not {info.title}. To use real images, {info.data_hint}.")
         return info.stand_in(image_size)
 
 
@@ -124,7 +133,7 @@ def run_preset(name: str, *, epochs: int | None = None, smoke: bool | None = Non
                out_dir=None, data_dir=None, device=None, resume: bool = False,
                overwrite: bool = False, progress: bool | None = None, download: bool = True,
                log=print, workers: int | None = None, callback=None,
-               **train_overrides) -> dict:
+               synthetic: bool = False, **train_overrides) -> dict:
     """Train preset ``name``; returns the run's summary (also in ``<out_dir>/summary.json``).
 
     Args:
@@ -142,6 +151,8 @@ def run_preset(name: str, *, epochs: int | None = None, smoke: bool | None = Non
             :func:`convnn.imagenet.default_num_workers`); an error for CIFAR presets.
         callback: called after every epoch with its metrics record (see
             :func:`convnn.train.fit`); an exception from it stops the run, resumably.
+        synthetic: a smoke run on synthetic data, asked for explicitly (see
+            :func:`load_preset_data`).
         **train_overrides: :class:`TrainConfig` fields (``amp``, ``compile``, ``batch_size``...).
     """
     preset = get_preset(name)
@@ -161,7 +172,7 @@ def run_preset(name: str, *, epochs: int | None = None, smoke: bool | None = Non
                               "training again", 96, subsequent_indent="    "))
             return finished
     dataset = load_preset_data(preset, smoke=smoke, data_dir=data_dir, download=download,
-                               log=log, image_size=model_cfg.image_size)
+                               log=log, image_size=model_cfg.image_size, synthetic=synthetic)
     if workers is not None:
         dataset.num_workers = workers
     synthetic = dataset.synthetic
@@ -240,10 +251,10 @@ def _check_workers(workers, dataset: str) -> None:
     check_int("workers", workers, minimum=0)
 
 
-def evaluate_run_dir(run_dir, *, data_dir=None, device=None, workers: int | None = None
-                     ) -> dict:
-    """Evaluate a finished or partial run folder on its test split (``workers``: as
-    :func:`run_preset`)."""
+def evaluate_run_dir(run_dir, *, data_dir=None, device=None, workers: int | None = None,
+                     download: bool = True) -> dict:
+    """Evaluate a finished or partial run folder on its test split (``workers``,
+    ``download``: as :func:`run_preset`)."""
     dev = resolve_device("device", device)
     config, _ = load_run_checkpoint(run_dir)
     extra = config.get("extra", {})
@@ -262,7 +273,7 @@ def evaluate_run_dir(run_dir, *, data_dir=None, device=None, workers: int | None
     if info.get("synthetic") and info.get("root") and data_dir is None:
         data_dir = info.get("root")  # the synthetic tree the run trained on
     dataset = dataset_info(info["name"]).loader(
-        data_dir=data_dir, download=False, train_per_class=info.get("train_per_class"),
+        data_dir=data_dir, download=download, train_per_class=info.get("train_per_class"),
         test_per_class=info.get("test_per_class"), image_size=model_cfg.image_size)
     if workers is not None:
         dataset.num_workers = workers

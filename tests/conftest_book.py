@@ -74,22 +74,32 @@ def install_cell_source(repo_url: str, branch: str) -> str:
     Where convnn is importable it does nothing. Otherwise it installs it (not editable, so the
     running kernel can import it at once): from the clone the notebook sits in when there is
     one, else from the repository (on Google Colab, say), without touching the preinstalled
-    torch (the package asks only for ``torch>=2.4``). The URL is written literally;
-    test_book_build.py checks that it equals ``_config.yml``'s ``repository.url`` and
-    ``repository.branch``.
+    torch (the package asks only for ``torch>=2.4``). pip runs as a subprocess of the
+    kernel's interpreter (what ``%pip`` does), so that a failed install fails the cell: it
+    raises with pip's last lines and the command to retry (``%pip`` ignores pip's exit code).
+    The URL is written literally; test_book_build.py checks that it equals ``_config.yml``'s
+    ``repository.url`` and ``repository.branch``.
     """
     return (
         "# Install convnn only when it is missing: from the clone this notebook sits in, else\n"
-        "# (e.g. on Google Colab) from its repository. The preinstalled torch is kept.\n"
+        "# (e.g. on Google Colab) from its repository. The preinstalled torch is kept. A failed\n"
+        "# install stops here, with pip's last lines and the command to retry.\n"
         "import importlib\n"
         "import importlib.util\n"
+        "import subprocess\n"
+        "import sys\n"
         "from pathlib import Path\n"
         "\n"
         'if importlib.util.find_spec("convnn") is None:\n'
         "    clone = next((p for p in (Path.cwd(), *Path.cwd().parents)\n"
         '                  if (p / "pyproject.toml").is_file() and (p / "convnn").is_dir()), None)\n'
         f'    source = str(clone) if clone else "convnn @ git+{repo_url}@{branch}"\n'
-        '    %pip install -q "{source}"\n'
+        '    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", source],\n'
+        "                         capture_output=True, text=True)\n"
+        "    if pip.returncode != 0:\n"
+        '        last = "\\n".join((pip.stdout + pip.stderr).strip().splitlines()[-15:])\n'
+        '        raise RuntimeError(f"installing convnn failed (pip exit code {pip.returncode}):"\n'
+        '                           f"\\n{last}\\nRetry in a cell: %pip install \\"{source}\\"")\n'
         "    importlib.invalidate_caches()\n"
     )
 
@@ -138,7 +148,8 @@ def build_book(source: Path, out: Path) -> BookBuild:
     """``jupyter-book build <source> -W -n --keep-going --path-output <out>``."""
     cmd = [*jupyter_book_command(), "build", str(source), *BUILD_FLAGS, "--path-output", str(out)]
     start = time.perf_counter()
-    proc = subprocess.run(cmd, check=False, cwd=source, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, check=False, cwd=source, capture_output=True, text=True,
+                          timeout=3600)  # an hour: a hang guard only, never reached when slow
     seconds = time.perf_counter() - start
     return BookBuild(source, out, proc.returncode, proc.stdout + proc.stderr, seconds)
 
@@ -169,7 +180,7 @@ def _write_probe_notebook(path: Path, repo_url: str, branch: str) -> None:
         ),
     ]
     NotebookClient(
-        nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+        nb, timeout=3600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
     ).execute()
     nbformat.write(nb, path)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -144,7 +145,8 @@ def test_install_cell_template_parses() -> None:
     cfg = book_config()["repository"]
     source = install_cell_source(cfg["url"], cfg["branch"])
     assert install_urls(source) == [(cfg["url"], cfg["branch"])]
-    assert "torch" not in source.split("%pip", 1)[1].splitlines()[0]
+    pip_lines = [line for line in source.splitlines() if '"pip", "install"' in line]
+    assert len(pip_lines) == 1 and "torch" not in pip_lines[0]
 
 
 def test_install_cells_use_configured_repository() -> None:
@@ -165,7 +167,7 @@ def test_install_cells_use_configured_repository() -> None:
         for url, ref in install_urls(code[0]):
             if url != cfg["url"] or ref not in (None, cfg["branch"]):
                 problems.append(f"{name}: installs {url}@{ref}, _config.yml has {cfg['url']}")
-        pip_lines = [line for line in code[0].splitlines() if "%pip" in line]
+        pip_lines = [line for line in code[0].splitlines() if "pip" in line and "install" in line]
         if any("torch" in line for line in pip_lines):
             problems.append(f"{name}: the install cell must not install torch (Colab has it)")
         # Any other git+ URL in the notebook must name the same repository.
@@ -176,11 +178,11 @@ def test_install_cells_use_configured_repository() -> None:
     assert not problems, "\n".join(problems)
 
 
-@pytest.mark.parametrize("inside_clone", [True, False])
-def test_install_cell_installs_the_clone_it_sits_in(tmp_path, monkeypatch, inside_clone) -> None:
-    """Without convnn importable, the cell pip-installs the enclosing clone (a local checkout)
-    or, elsewhere (Colab), the configured repository; never torch."""
+def _run_install_cell(monkeypatch, returncode: int = 0, output: str = "") -> list:
+    """Execute the install cell (through IPython's transformer, as a kernel does) without
+    convnn importable and with pip faked; returns the commands it ran."""
     import importlib.util
+    import subprocess
 
     from IPython.core.inputtransformer2 import TransformerManager
 
@@ -188,16 +190,42 @@ def test_install_cell_installs_the_clone_it_sits_in(tmp_path, monkeypatch, insid
     code = TransformerManager().transform_cell(install_cell_source(cfg["url"], cfg["branch"]))
     calls = []
 
-    class FakeShell:
-        def run_line_magic(self, magic, line, _stack_depth=1):
-            calls.append((magic, line.replace("{source}", namespace["source"])))
+    def fake_run(command, **kwargs):
+        calls.append(command)
+        return subprocess.CompletedProcess(command, returncode, stdout="", stderr=output)
 
-    namespace = {"get_ipython": FakeShell}
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    exec(compile(code, "install-cell", "exec"), {})  # noqa: S102 (the cell itself)
+    return calls
+
+
+@pytest.mark.parametrize("inside_clone", [True, False])
+def test_install_cell_installs_the_clone_it_sits_in(tmp_path, monkeypatch, inside_clone) -> None:
+    """Without convnn importable, the cell pip-installs the enclosing clone (a local checkout)
+    or, elsewhere (Colab), the configured repository, into the kernel's interpreter; never
+    torch."""
+    cfg = book_config()["repository"]
     monkeypatch.chdir(ROOT / "book" if inside_clone else tmp_path)
-    exec(compile(code, "install-cell", "exec"), namespace)  # noqa: S102 (the cell itself)
+    calls = _run_install_cell(monkeypatch)
     expected = str(ROOT) if inside_clone else f"convnn @ git+{cfg['url']}@{cfg['branch']}"
-    assert calls == [("pip", f'install -q "{expected}"')]
+    assert calls == [[sys.executable, "-m", "pip", "install", "-q", expected]]
+
+
+def test_a_failed_install_fails_the_install_cell(tmp_path, monkeypatch) -> None:
+    """pip's exit code is not ignored (as %pip ignores it): the cell raises with pip's last
+    lines and the command to retry, instead of a ModuleNotFoundError one cell later."""
+    monkeypatch.chdir(tmp_path)
+    noise = "\n".join(f"line {i}" for i in range(40))
+    output = f"{noise}\nERROR: Could not find a version that satisfies the requirement"
+    with pytest.raises(RuntimeError) as info:
+        _run_install_cell(monkeypatch, returncode=1, output=output)
+    message = str(info.value)
+    assert "installing convnn failed (pip exit code 1)" in message
+    assert "Could not find a version that satisfies" in message
+    assert "line 0\n" not in message  # the last lines, not all of them
+    cfg = book_config()["repository"]
+    assert f'%pip install "convnn @ git+{cfg["url"]}@{cfg["branch"]}"' in message
 
 
 def test_a_fork_sets_its_repository_in_one_command(tmp_path) -> None:

@@ -170,3 +170,76 @@ def test_solution_cells_are_folded_and_assertion_cells_hidden() -> None:
             lines = [ln for ln in source.splitlines() if ln.strip() and not ln.startswith("#")]
             if lines and all(ln.startswith(("assert ", " ")) for ln in lines):
                 assert "remove-cell" in tags, f"{path.name}: assertion cell shown: {source!r}"
+
+
+# Chapters whose exercises mix derivations and implementation tasks (issue: light exercises).
+CHAPTERS_WITH_EXERCISES = ("knn_aggregation", "convolution_as_knn", "attention_as_knn",
+                           "spectrum", "training_loop")
+
+
+def _notebook(name: str) -> list[dict]:
+    return json.loads((ROOT / "book" / f"{name}.ipynb").read_text(encoding="utf-8"))["cells"]
+
+
+@pytest.mark.parametrize("name", CHAPTERS_WITH_EXERCISES)
+def test_chapter_has_a_derivation_and_an_implementation_exercise(name: str) -> None:
+    path = ROOT / "book" / f"{name}.ipynb"
+    assert any("## Exercises" in b for b in markdown_blocks(path)), f"{name}: no Exercises"
+    found = exercises_of(path)
+    assert len(found) >= 2, f"{name}: {len(found)} exercises"
+    # an implementation task: the exercise asks for code and its solution cell defines some
+    implementations = [n for n, text, code in found
+                       if re.search(r"\b(Write|Implement|Give)\b", text) and
+                       re.search(r"^(def|class) ", code, re.MULTILINE)]
+    # a derivation: the exercise asks to derive, prove or count, with a formula in the solution
+    derivations = [n for n, text, _ in found
+                   if re.search(r"\b(Derive|Prove|Count)\b", text) and "$" in text]
+    assert implementations, f"{name}: no implementation exercise with a solution that defines code"
+    assert derivations, f"{name}: no derivation exercise"
+
+
+def test_the_gradient_section_is_checked_in_hidden_cells() -> None:
+    cells = _notebook("knn_aggregation")
+    start = next(i for i, c in enumerate(cells) if c["cell_type"] == "markdown"
+                 and "".join(c["source"]).startswith("## How selection learns"))
+    end = next(i for i, c in enumerate(cells) if i > start and c["cell_type"] == "markdown"
+               and "".join(c["source"]).startswith("## Summary"))
+    hidden = [c for c in cells[start:end] if c["cell_type"] == "code"
+              and "remove-cell" in c.get("metadata", {}).get("tags", [])
+              and "assert " in "".join(c["source"])]
+    assert len(hidden) >= 4, "the gradient claims must be asserted in hidden cells"
+    text = "".join("".join(c["source"]) for c in cells[start:end])
+    for weighting in ("ones", "softmax", "similarity"):
+        assert f'"{weighting}"' in text
+    for selection in ("coords", "features", "mixed"):
+        assert f'"{selection}"' in text
+
+
+def test_the_training_loop_is_on_the_page_and_beats_chance() -> None:
+    cells = _notebook("training_loop")
+    loop = [c for c in cells if c["cell_type"] == "code" and "def train_loop" in "".join(c["source"])]
+    assert len(loop) == 1
+    assert not set(loop[0].get("metadata", {}).get("tags", [])) & {"hide-input", "hide-cell",
+                                                                   "remove-cell", "remove-input"}
+    lines = [ln for ln in "".join(loop[0]["source"]).splitlines() if ln.strip()]
+    assert 20 <= len(lines) <= 45, len(lines)
+    asserts = "".join("".join(c["source"]) for c in cells if "remove-cell" in
+                      c.get("metadata", {}).get("tags", []))
+    assert "0.1 + 5 * sd_chance" in asserts, "the page must assert a visible distance from chance"
+    assert "torch.optim" in "".join(loop[0]["source"]) and ".backward()" in "".join(loop[0]["source"])
+
+
+def test_the_related_work_cites_each_work_from_the_bibliography() -> None:
+    text = (ROOT / "book" / "related_work.md").read_text(encoding="utf-8")
+    cited = {key.strip() for group in CITE.findall(text) for key in group.split(",")}
+    for key in ("wang2019dgcnn", "dai2017deformable", "wang2018nonlocal", "hassani2023natten",
+                "roy2021routing", "kitaev2020reformer", "wang2022kvt"):
+        assert key in cited, f"related_work does not cite {key}"
+    assert cited <= bib_keys()
+    assert "book/related_work" in toc_files()
+
+
+def test_using_the_package_documents_backend_not_path() -> None:
+    text = (ROOT / "book" / "using_the_package.md").read_text(encoding="utf-8")
+    assert "| `backend` |" in text
+    assert "| `path` |" not in text and "CONVNN_KERNEL" not in text

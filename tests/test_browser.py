@@ -80,10 +80,13 @@ PAGES = [
     Page("book/convolution_as_knn.html", title="Convolution is spatial k-NN"),
     Page("book/attention_as_knn.html", title="Attention is feature k-NN"),
     Page("book/spectrum.html", title="The spectrum between them", widget=True),
+    Page("book/training_loop.html", title="A training loop on the page"),
+    Page("book/trained_convnn.html", title="What a trained ConvNN layer learns"),
     Page("book/vgg_cifar.html", title="ConvNN in VGG-11 on CIFAR"),
     Page("book/vit_cifar.html", title="ConvNN attention in ViT-Tiny on CIFAR"),
     Page("book/results.html", title="Results"),
     Page("book/performance.html", title="Performance"),
+    Page("book/related_work.html", title="Related work", figure=False, math=True),
     Page("book/using_the_package.html", title="Using the package", figure=False),
 ]
 
@@ -94,7 +97,7 @@ def chromium(url: str, *args: str) -> subprocess.CompletedProcess[str]:
             [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args, url],
             capture_output=True,
             text=True,
-            timeout=180,
+            timeout=3600,  # hang guard only
             check=False,
         )
 
@@ -160,3 +163,117 @@ def test_widget_renders_offline(probe_book: BookBuild, tmp_path: Path) -> None:
     check_math(dom)
     check_widget(dom)
     assert any(p.startswith("/_static/html-manager/embed-amd.js") for p, _ in requests)
+
+
+
+# --------------------------------------------------------------------------- 400 px
+
+NARROW = 400
+# Measures the laid-out page once MathJax has typeset it and writes the result into the DOM
+# (as <pre id="layout-report">), where --dump-dom picks it up.
+LAYOUT_PROBE = """
+<script>
+window.addEventListener("load", () => {
+  const ready = (window.MathJax && MathJax.startup && MathJax.startup.promise)
+    || Promise.resolve();
+  ready.then(() => setTimeout(() => {
+    const box = (el) => el.getBoundingClientRect();
+    const report = {
+      clientWidth: document.documentElement.clientWidth,
+      scrollWidth: document.documentElement.scrollWidth,
+      equations: [], overlaps: [], figures: [],
+    };
+    document.querySelectorAll('mjx-container[display="true"]').forEach((eq) => {
+      const math = eq.querySelector("mjx-math") || eq;
+      const shown = eq.parentElement;  // the column the equation is laid out in
+      const m = box(math), col = box(shown);
+      if (m.left < col.left - 1 || m.right > col.right + 1 || m.right > report.clientWidth + 1) {
+        report.equations.push({text: (eq.closest("div.math") || eq).id || eq.textContent.slice(0, 40),
+                               left: m.left, right: m.right, column: [col.left, col.right]});
+      }
+      const label = (eq.closest("div.math") || eq.parentElement).querySelector(".eqno");
+      if (label) {
+        const l = box(label);
+        if (l.width > 0 && l.left < m.right && m.left < l.right && l.top < m.bottom && m.top < l.bottom) {
+          report.overlaps.push({label: label.textContent.trim(), math: [m.left, m.right],
+                                eqno: [l.left, l.right]});
+        }
+      }
+    });
+    document.querySelectorAll("main img").forEach((img) => {
+      const r = box(img), col = box(img.parentElement);
+      const zoomable = img.closest("a") !== null;
+      if (r.width > report.clientWidth + 1 && !zoomable) {
+        report.figures.push({src: img.getAttribute("src"), width: r.width});
+      }
+      if (r.right > report.clientWidth + 1 && !zoomable) {
+        report.figures.push({src: img.getAttribute("src"), right: r.right});
+      }
+    });
+    const pre = document.createElement("pre");
+    pre.id = "layout-report";
+    pre.textContent = JSON.stringify(report);
+    // the page runs in a NARROW-pixel iframe (a window cannot be that narrow): report upwards
+    (window.parent === window ? document : window.parent.document).body.appendChild(pre);
+  }, 1000));
+});
+</script>
+"""
+
+
+def probed_copy(html_dir: Path, page: str, dest: Path) -> Path:
+    """A folder that serves ``html_dir`` (through symbolic links) with ``page`` replaced by a
+    copy that carries :data:`LAYOUT_PROBE`, and ``narrow-<page>`` beside it: the page in an
+    iframe ``NARROW`` pixels wide (headless Chromium does not make windows below 500 px)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    parts = Path(page).parts
+    src, out = html_dir, dest
+    for depth, name in enumerate(parts):
+        for entry in src.iterdir():
+            if entry.name != name:
+                (out / entry.name).symlink_to(entry)
+        if depth == len(parts) - 1:
+            text = (src / name).read_text(encoding="utf-8")
+            assert "</body>" in text, f"{page}: no </body>"
+            (out / name).write_text(text.replace("</body>", LAYOUT_PROBE + "</body>"),
+                                    encoding="utf-8")
+            (out / f"narrow-{name}").write_text(
+                '<!DOCTYPE html><html><head><meta charset="utf-8"></head>'
+                '<body style="margin:0">'
+                f'<iframe src="{name}" style="width:{NARROW}px;height:2400px;border:0">'
+                "</iframe></body></html>", encoding="utf-8")
+        else:
+            src, out = src / name, out / name
+            out.mkdir()
+    return dest
+
+
+def narrow_layout(html_dir: Path, page: str, tmp: Path) -> dict:
+    """The layout report of ``page`` rendered in a ``NARROW``-pixel wide window."""
+    import json
+
+    root = probed_copy(html_dir, page, tmp / "site")
+    with serve(root) as (base, _):
+        narrow = str(Path(page).with_name(f"narrow-{Path(page).name}"))
+        dom = chromium(f"{base}/{narrow}", "--dump-dom")
+    assert dom.returncode == 0, dom.stderr[-3000:]
+    found = re.search(r'<pre id="layout-report">(.*?)</pre>', dom.stdout, re.DOTALL)
+    assert found, "the layout probe did not run (no #layout-report in the DOM)"
+    import html as html_lib
+
+    return json.loads(html_lib.unescape(found.group(1)))
+
+
+@pytest.mark.parametrize("page", PAGES, ids=str)
+def test_page_reads_at_400px(page: Page, built_book: BookBuild, tmp_path: Path) -> None:
+    """At 400 px the page does not scroll sideways, no display equation is cut or covered by
+    its label, and every figure fits the window or is a link to the full-size image."""
+    html = built_book.require_success()
+    report = narrow_layout(html, page.path, tmp_path)
+    assert report["clientWidth"] <= NARROW, report["clientWidth"]
+    assert report["scrollWidth"] <= report["clientWidth"], (
+        f"the page scrolls sideways: scrollWidth {report['scrollWidth']} > "
+        f"clientWidth {report['clientWidth']}")
+    assert not report["equations"], f"display equations cut at {NARROW} px: {report['equations']}"
+    assert not report["overlaps"], f"equation labels over their formula: {report['overlaps']}"
+    assert not report["figures"], f"figures wider than the window: {report['figures']}"

@@ -460,7 +460,6 @@ def test_loader_on_cuda_matches_cpu(small):
 # --------------------------------------------------------------------------- the real copy
 
 
-@pytest.mark.slow
 @pytest.mark.dataset
 def test_real_cifar10_copy():
     """Loads the shared offline CIFAR-10 (about 5 s to decode once, then cached)."""

@@ -146,6 +146,7 @@ def test_cli_smoke_train_resume_and_eval(tmp_path, capsys, monkeypatch):
             str(out), "--no-download", "--epochs", "1"]
     if data is None:
         monkeypatch.delenv("CONVNN_DATA_DIR", raising=False)
+        args.insert(3, "--synthetic")  # asked for: no data and no download is an error
     assert cli(args) == 0
     first = capsys.readouterr().out
     assert "best test top-1" in first

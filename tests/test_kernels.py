@@ -51,7 +51,7 @@ CHECK = textwrap.dedent("""
 def test_triton_kernels_match_the_torch_fast_path_under_the_interpreter():
     env = {**os.environ, "TRITON_INTERPRET": "1", "CONVNN_BACKEND": "torch"}
     proc = subprocess.run([sys.executable, "-c", CHECK], env=env, capture_output=True,
-                          text=True, timeout=600, check=False)
+                          text=True, timeout=3600, check=False)  # an hour: a hang guard only
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "TRITON KERNELS MATCH" in proc.stdout
 

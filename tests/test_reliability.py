@@ -111,13 +111,23 @@ def test_resume_refuses_another_run_and_names_the_fields(one_epoch, ds):
     assert s["epochs_completed"] == 3
 
 
+def few_synthetic_images(**kwargs):
+    """A smoke run's synthetic data with 16 + 8 images instead of 500 + 200: the CLI tests check
+    what the command line does with a run folder, and a VGG smoke epoch on 700 images is slow on
+    a CPU (set with monkeypatch on ``convnn.data.synthetic_dataset``, which the smoke stand-in
+    of the DATASETS entry calls)."""
+    return synthetic_dataset(**{**kwargs, "n_train": 16, "n_test": 8})
+
+
 def test_cli_resume_with_another_preset_is_refused(tmp_path, capsys, monkeypatch):
+    import convnn.data
     from convnn.__main__ import main as cli
 
     monkeypatch.setenv("CONVNN_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("CONVNN_DATA_DIR", raising=False)
+    monkeypatch.setattr(convnn.data, "synthetic_dataset", few_synthetic_images)
     out = str(tmp_path / "R")
-    common = ["--smoke", "--out", out, "--no-download", "--device", "cpu"]
+    common = ["--smoke", "--synthetic", "--out", out, "--no-download", "--device", "cpu"]
     assert cli(["train", "--preset", "vgg11-c10-branching-r0.5", "--epochs", "1", *common]) == 0
     config = (tmp_path / "R" / "config.json").read_text()
     capsys.readouterr()
@@ -336,23 +346,17 @@ PRESET = "vgg11-c10-conv2d"
 
 @pytest.fixture(scope="module")
 def cli_run(tmp_path_factory):
-    """A finished 1-epoch smoke run of PRESET (synthetic data), written by the CLI."""
+    """A finished 1-epoch smoke run of PRESET (a few synthetic images), written by the CLI."""
+    import convnn.data
     from convnn.__main__ import main as cli
 
     root = tmp_path_factory.mktemp("cli")
-    env = {"CONVNN_CACHE_DIR": str(root / "cache")}
-    old = {k: os.environ.get(k) for k in (*env, "CONVNN_DATA_DIR")}
-    os.environ.update(env)
-    os.environ.pop("CONVNN_DATA_DIR", None)
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CONVNN_CACHE_DIR", str(root / "cache"))
+        mp.delenv("CONVNN_DATA_DIR", raising=False)
+        mp.setattr(convnn.data, "synthetic_dataset", few_synthetic_images)
         assert cli(["train", "--preset", PRESET, "--smoke", "--epochs", "1", "--out",
-                    str(root / "base"), "--no-download", "--device", "cpu"]) == 0
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+                    str(root / "base"), "--no-download", "--synthetic", "--device", "cpu"]) == 0
     return root / "base"
 
 
@@ -435,17 +439,20 @@ def test_cli_user_errors_are_one_line_with_exit_2(cli_run, tmp_path, capsys, mon
                                                   damage, command, fragment):
     import shutil
 
+    import convnn.data
     from convnn.__main__ import main as cli
 
     monkeypatch.setenv("CONVNN_CACHE_DIR", str(cli_run.parent / "cache"))
     monkeypatch.delenv("CONVNN_DATA_DIR", raising=False)
+    monkeypatch.setattr(convnn.data, "synthetic_dataset", few_synthetic_images)  # as cli_run
     monkeypatch.chdir(tmp_path)  # where an empty --out would write
     run_dir = tmp_path / "run"
     shutil.copytree(cli_run, run_dir)
     if damage:
         _damage(damage)(run_dir)
     before = snapshot(run_dir) if run_dir.exists() else None
-    train_args = ["train", "--preset", PRESET, "--smoke", "--no-download", "--device", "cpu"]
+    train_args = ["train", "--preset", PRESET, "--smoke", "--synthetic", "--no-download",
+                  "--device", "cpu"]
     args = []
     for a in command:
         if a == "TRAIN":

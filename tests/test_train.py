@@ -439,7 +439,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("data", ["memory", "stream"])
 def test_ddp_two_cpu_processes(tmp_path, data):
     script = tmp_path / "ddp_train.py"
@@ -452,7 +451,8 @@ def test_ddp_two_cpu_processes(tmp_path, data):
         tree = write_synthetic_imagenet(tmp_path / "tree", num_classes=3, train_per_class=43,
                                         test_per_class=11, image_size=16)
         cmd.append(str(tree))
-    proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True,
+                          timeout=3600)  # an hour: a hang guard only
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
