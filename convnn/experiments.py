@@ -91,6 +91,8 @@ other dataset trains under the paper's CIFAR protocol."""
 CIFAR_PROTOCOL = {"optimizer": "adamw", "weight_decay": 0.01, "batch_size": 256,
                   "grad_clip": 1.0, "schedule": "none", "augment": False}
 """The paper's CIFAR protocol (lr, epochs and seed are settings of each preset)."""
+PAPER_PRECISION = "off"
+"""The paper trained without AMP, in float32 (method.md): ``amp_active`` spelling."""
 
 
 @lru_cache(maxsize=1)
@@ -343,6 +345,10 @@ class Preset:
     rows: tuple = ()  # the paper_results.json rows it reproduces
     description: str = ""
     spec: tuple = ()  # the canonical settings it was built from (see canonical_settings)
+    #: the precision the paper's runs of these rows trained in (``"off"``: float32, no AMP;
+    #: a key of :data:`convnn.train.PRECISION_LABELS`), ``None`` without paper rows. Our
+    #: runs record theirs as ``amp_active`` in ``config.json``.
+    paper_precision: str | None = None
 
     @property
     def settings(self) -> dict:
@@ -366,7 +372,8 @@ class Preset:
                 "description": self.description, "settings": self.settings,
                 "model": self.model_config().to_dict(),
                 "train": self.train_config().to_dict(),
-                "paper_tables": sorted({r["table"] for r in self.paper_rows()})}
+                "paper_tables": sorted({r["table"] for r in self.paper_rows()}),
+                "paper_precision": self.paper_precision}
 
 
 def _paper_train(family: str, dataset: str, s: dict) -> dict:
@@ -416,7 +423,7 @@ def make_preset(family: str, dataset: str, settings: dict, *, name: str | None =
     train = TrainConfig(**{**_paper_train(family, dataset, s), **(train_overrides or {})})
     return Preset(name or _paper_name(family, dataset, s), family, dataset, model, train,
                   tuple(rows), description or _paper_description(family, dataset, s),
-                  (*spec, *tag))
+                  (*spec, *tag), paper_precision=PAPER_PRECISION if rows else None)
 
 
 #: Presets that reproduce no row of the paper, each an honestly labelled variant of the
@@ -595,6 +602,7 @@ __all__ = [
     "LAPTOP_PROTOCOL",
     "NON_PAPER_PRESETS",
     "OUR_PROTOCOLS",
+    "PAPER_PRECISION",
     "PRESETS",
     "Family",
     "Preset",

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import kernels, ops
+from . import kernels, kernels_attention, ops
 from ._checks import (
     check_bool,
     check_choice,
@@ -235,6 +235,12 @@ def _resolve_similarity(selection: str, similarity: str | None, default: str) ->
         raise ValueError("selection='coords' ranks neighbours by distance and needs "
                          f"similarity='euclidean', got {similarity!r}")
     return similarity
+
+
+#: The option set of the fused 2-D path (:meth:`ConvNN2d.backend_decision`): the paper's CNN
+#: layer (all candidates, feature selection, ρ = ones, standard aggregation, self first).
+FUSED_2D_OPTIONS = {"sampling": "all", "selection": "features", "weighting": "ones",
+                    "aggregation": "standard"}
 
 
 class ConvNN2d(_SampledCandidates):
@@ -527,13 +533,73 @@ class ConvNN2d(_SampledCandidates):
             raise ValueError(f"input must have {self.in_channels} channels ([B, C, H, W]), "
                              f"got shape {tuple(x.shape)}")
 
+    def _fused_unsupported(self, x: Tensor) -> str | None:
+        from . import kernels_conv2d
+
+        given = {"sampling": self.sampling, "selection": self.selection,
+                 "weighting": self.weighting, "aggregation": self.aggregation}
+        for name, value in given.items():
+            if value != FUSED_2D_OPTIONS[name]:
+                return f"{name}={value!r} (the fused 2-D path takes {FUSED_2D_OPTIONS[name]!r})"
+        if self.similarity not in ("cosine", "dot"):
+            return f"similarity={self.similarity!r} (the fused 2-D path takes cosine or dot)"
+        if not self.self_first or self.sort_by_position:
+            return "self_first=False or sort_by_position=True"
+        if not 2 <= self.k <= kernels_conv2d.MAX_SELECT_K + 1:
+            return f"k={self.k} (the fused 2-D selection takes 2..{kernels_conv2d.MAX_SELECT_K + 1})"
+        if x.dtype not in kernels_conv2d.SELECT_DTYPES:
+            return f"{x.dtype} input"
+        return None
+
+    def backend_decision(self, x: Tensor) -> tuple[str, str]:
+        """What :meth:`forward` runs for ``x``, and why: ``("triton", reason)`` for the fused
+        2-D kernels of :mod:`convnn.kernels_conv2d` (selection and standard aggregation read
+        ``x`` in place, no padded copy; ``backend="triton"`` only: auto leaves them off until
+        they are measured on a GPU), ``("torch" | "reference", reason)`` otherwise (the
+        PyTorch path may still use the Triton row top-k under ``backend="triton"``)."""
+
+        requested = ops.requested_backend(self.backend)
+        if requested in ("reference", "torch"):
+            return requested, f"backend={requested!r}"
+        if requested is None:
+            return "torch", ("backend=None (auto) leaves the fused 2-D kernels off until they "
+                             "are measured on a GPU; pass backend='triton'")
+        reason = self._fused_unsupported(x)
+        if reason is not None:
+            return "torch", f"unsupported by the fused 2-D kernels: {reason}"
+        if not kernels.available(x.device):
+            raise RuntimeError("backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1) "
+                               f"and triton; got a {x.device.type} tensor. Use backend='torch' "
+                               "or None (auto).")
+        return "triton", "backend='triton'"
+
+    def _fused_forward(self, x: Tensor) -> Tensor:
+        from .kernels_conv2d import gather_gemm, select_2d
+
+        batch, _, height, width = x.shape
+        p = self.padding
+        if self.k > self.num_positions(height, width):
+            raise ValueError(f"k={self.k} must be <= the number of positions "
+                             f"{self.num_positions(height, width)} of a {height}x{width} input "
+                             f"with padding={p}")
+        qpos = self._geometry(height, width, x.device, x.dtype)["query_positions"]
+        found = select_2d(x, self.k - 1, p, self.similarity)  # (B, HW, k-1), self excluded
+        index = torch.cat((qpos.view(1, -1, 1).expand(batch, -1, 1), found), dim=-1)
+        out = gather_gemm(x, index, self.weight, p)  # (B, HW, O)
+        if self.bias is not None:
+            out = out + self.bias.to(out.dtype)
+        return out.transpose(1, 2).reshape(batch, self.out_channels, height, width)
+
     def forward(self, x: Tensor) -> Tensor:
-        """``[B, C, H, W] -> [B, O, H, W]``."""
+        """``[B, C, H, W] -> [B, O, H, W]``; channels-last input gives channels-last output."""
         self._check_input(x)
         batch, _, height, width = x.shape
         if batch == 0:  # as nn.Conv2d: an empty batch gives an empty output
             self._select(x)  # the same checks of k and the candidates as a full batch
             return _empty_output(x, (0, self.out_channels, height, width), self)
+        if ops.requested_backend(self.backend) == "triton" and \
+                self.backend_decision(x)[0] == "triton":
+            return self._fused_forward(x)
         static, sel, values, qpos, candidates = self._select(x)
         if static is not None:
             out = ops.convnn(values, values, values, self.k, self.weight, self.bias,
@@ -758,14 +824,20 @@ class ConvNNAttention(_HeadProjections, _SampledCandidates):
         v = self._split(self.v_proj(x))
         dropout = self.attn_dropout if self.training else 0.0
         weight_dropout = dropout if self.attn_dropout_on == "weights" else 0.0
-        if self._fused_core(x, q, v, weight_dropout):
+        candidates = self._candidates(tokens, x.device)
+        if self.backend_decision(x, (q.dtype, key.dtype, v.dtype), weight_dropout)[0] == "triton":
+            drop = None
+            if weight_dropout > 0.0:  # the mask F.dropout(ρ) of the step-by-step path draws
+                drop = F.dropout(q.new_ones(q.shape[0], tokens, self.k, dtype=torch.float32),
+                                 weight_dropout, training=True)
             # the whole core in one Triton kernel (opt-in; see ops.KERNEL_STEPS)
-            out = kernels.fused_attention(
+            out = kernels_attention.fused_attention(
                 q, key, v, self.weight[:, 0, :].t(), self.k, 1.0 / math.sqrt(self.head_dim),
-                self_first=self.self_first, self_logit=ops.PAPER_SELF_LOGIT
-                if self.self_score == "constant" else None)
+                self_first=self.self_first,
+                self_logit=ops.PAPER_SELF_LOGIT if self.self_score == "constant" else None,
+                candidate_positions=candidates, weight_dropout=drop)
         else:
-            out = self._core(x, q, key, v, tokens, weight_dropout)
+            out = self._core(q, key, v, candidates, weight_dropout)
         out = out.view(batch, self.num_heads, tokens, self.head_dim)  # (B, h, T, d)
         # contiguous: the dropout mask follows memory order, which differs between the paths
         out = self._combine_heads(out).contiguous()  # (B, T, D)
@@ -773,28 +845,44 @@ class ConvNNAttention(_HeadProjections, _SampledCandidates):
             out = F.dropout(out, dropout, training=dropout > 0.0)
         return self.out_proj(out)
 
-    def _fused_core(self, x: Tensor, q: Tensor, v: Tensor, weight_dropout: float) -> bool:
-        """Whether the fused Triton attention core runs (``step="fused_attention"``): only
-        under ``backend="triton"`` and for its option set (all candidates, dot, softmax,
-        depthwise, features, float32, no dropout on the weights); otherwise the step-by-step
-        path runs, with the reason in :func:`convnn.ops.backend_decision`."""
-        if ops.requested_backend(self.backend) != "triton":
-            return False  # reference, torch, and auto (unmeasured on a GPU) never take it
+    def backend_decision(self, x: Tensor, dtypes: tuple | None = None,
+                      weight_dropout: float | None = None) -> tuple[str, str]:
+        """What runs the per-head core on input ``x``, with the reason: ``("triton", ...)``
+        for the fused Triton core (:func:`convnn.kernels_attention.fused_attention`, opt-in: only under
+        ``backend="triton"``, for softmax, dot, depthwise, feature selection, float32 or
+        16-bit tensors), else ``("torch" | "reference", why)`` for the step-by-step path.
+        ``dtypes``: of queries, keys and values (default: what forward would make of ``x``
+        under the current autocast state); ``weight_dropout``: default from the layer's
+        mode."""
+        if dtypes is None:
+            value = self.v_proj.weight.dtype
+            if torch.is_autocast_enabled(x.device.type):
+                value = torch.get_autocast_dtype(x.device.type)
+            select = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+            dtypes = (select, select, value)
+        if weight_dropout is None:
+            on_weights = self.training and self.attn_dropout_on == "weights"
+            weight_dropout = self.attn_dropout if on_weights else 0.0
+        requested = ops.requested_backend(self.backend)
+        if requested != "triton":  # reference, torch, and auto (unmeasured on a GPU)
+            return requested or "torch", (
+                f"backend={requested!r}" if requested else
+                "backend=None (auto) leaves the fused attention core off until it is "
+                "measured on a GPU; pass backend='triton'")
         options = {"sampling": self.sampling, "selection": self.selection,
                    "weighting": self.weighting, "attn_dropout": weight_dropout,
-                   "dtypes": (q.dtype, v.dtype, self.weight.dtype)}
-        return ops.choose_backend(
+                   "dtypes": (*dtypes, self.weight.dtype)}
+        return ops.backend_decision(
             self.backend, x.device, step="fused_attention", k=self.k, width=x.shape[1],
-            aggregation=self.aggregation, similarity=self.similarity,
-            options=options) == "triton"
+            aggregation=self.aggregation, similarity=self.similarity, options=options)
 
-    def _core(self, x: Tensor, q: Tensor, key: Tensor, v: Tensor, tokens: int,
+    def _core(self, q: Tensor, key: Tensor, v: Tensor, candidates: Tensor | None,
               weight_dropout: float) -> Tensor:
         """The step-by-step core: :func:`convnn.ops.convnn`, ``[B·h, T, d]``."""
         return ops.convnn(
             v, q, key, self.k, self.weight, None, similarity=self.similarity,
             weighting=self.weighting, aggregation=self.aggregation, pointwise=self.pointwise,
-            candidate_positions=self._candidates(tokens, x.device), self_first=self.self_first,
+            candidate_positions=candidates, self_first=self.self_first,
             scale=1.0 / math.sqrt(self.head_dim), stable=self.selection == "coords",
             attn_dropout=weight_dropout, self_score=self.self_score, backend=self.backend)
 

@@ -28,6 +28,40 @@ one output per *query* position (``query_positions``, all ``N`` by default).
 Scores are always "larger is more similar": the Euclidean ranking score is ``-d²`` (no square
 root needed to rank), and the score handed to the weighting is ``-d``, computed with a clamped
 square root so that outputs and gradients stay finite at zero distance.
+
+**Precision contract of selection.** The PyTorch paths rank in float32 (16-bit inputs are
+upcast, autocast is off while ranking). The fused Triton kernels rank on tensor cores under
+this contract ("bf16×3", split precision), emulated in PyTorch by :func:`contract_scores`:
+
+- every score is a sum of bf16 products accumulated in float32;
+- a float32 (or float16) operand ``x`` is split into ``hi = bf16(x)`` and
+  ``lo = bf16(x - hi)``; the score is ``hi_q·hi_k + hi_q·lo_k + lo_q·hi_k`` (three
+  tensor-core products; ``lo·lo`` is dropped). A bf16 operand is its own ``hi`` (``lo = 0``).
+
+Error (bf16 keeps 8 significant bits, unit roundoff ``2^-8``): ``|lo| ≤ 2^-8 |x|`` and
+``|x - hi - lo| ≤ 2^-16 |x|``, so each product is within ``3.03 · 2^-16 |q_i k_i|`` of the
+exact one; float32 accumulation adds at most ``3 D · 2^-24 Σ|q_i k_i|`` to the three
+products and ``D · 2^-24 Σ|q_i k_i|`` to the float32 score. Hence, per query/candidate pair,
+``|score_contract - score_float32| ≤ τ = (2^-14 + 4 D 2^-24) · scale · Σ_i |q_i| |k_i|``
+(:func:`selection_score_bound`; ``τ ≈ 1.1e-4 · scale · Σ|q_i||k_i|`` at D = 192).
+
+What is guaranteed: the neighbour list (in rank order) equals the float32 list except on
+near-ties: wherever rank j differs, the float32 scores of the two candidates at rank j
+differ by at most ``2 max τ`` over the row (a perturbation of at most ε per score moves
+each order statistic by at most ε). Tests check this on every differing list
+(``tests/test_precision_contract.py``, also for the Triton kernel under the interpreter)
+and measure how many lists differ from float32, on random and post-ReLU inputs (seeded,
+CPU emulation): :class:`~convnn.layers.ConvNNAttention` at T = 197, k = 9, 1×192 and 3×64
+(788 and 2,364 lists): bf16×3 0 lists, one bf16 product 13-15 %, TF32 1.3-2.2 %;
+:class:`~convnn.layers.ConvNN2d`, 64 channels, cosine over a padded 34×34 map, k = 9 (2,048
+lists): bf16×3 0 (random) and 1 list, a near-tie (post-ReLU, 0.05 %), one bf16 product
+13 % and 21 %, TF32 1.3 % and 3.7 %.
+
+Why this design: the scores are the only O(T²·d) work of selection; "bf16×3" runs it on
+tensor cores at three bf16 products (cheaper than 3×TF32, which costs three TF32 products
+at half the bf16 rate) with float32 lists up to near-ties; one bf16 or TF32 product would
+change too many lists, and rank-then-rescore would need the float32 keys gathered again.
+The softmax, the aggregation and all gradients accumulate in float32.
 """
 
 from __future__ import annotations
@@ -42,7 +76,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import kernels
+from . import kernels, kernels_attention
 from ._checks import check_choice, check_index, check_int
 
 WEIGHTINGS = ("ones", "softmax", "similarity")
@@ -66,13 +100,16 @@ KERNEL_STEPS = ("topk", "gather_aggregate", "fused_topk", "fused_attention")
 """The steps with a Triton kernel: ``"topk"`` (row top-k of a score matrix),
 ``"gather_aggregate"`` (depthwise/separable aggregation), ``"fused_topk"`` (selection that
 never writes the score matrix) and ``"fused_attention"`` (the whole ConvNN attention core of
-:class:`convnn.layers.ConvNNAttention` in one kernel: selection, softmax, depthwise
-aggregation). The two fused steps are opt-in: only ``backend="triton"`` takes them, not
+:class:`convnn.layers.ConvNNAttention`, all or sampled candidates, float32 or 16-bit, in one
+kernel: selection under the precision contract, softmax, depthwise aggregation). The two fused steps are opt-in: only ``backend="triton"`` takes them, not
 auto."""
 _OPT_IN_STEPS = ("fused_topk", "fused_attention")
-# The option set of the fused attention core: the paper's default ViT ConvNN layer.
-_FUSED_ATTENTION_OPTIONS = {"sampling": "all", "selection": "features", "similarity": "dot",
-                            "weighting": "softmax", "aggregation": "depthwise"}
+# The option sets of the fused attention core: the paper's ViT ConvNN layers (all, random
+# or spatial candidates), and the dtypes it takes (16-bit values: the bf16 training path).
+_FUSED_ATTENTION_OPTIONS = {"sampling": ("all", "random", "spatial"),
+                            "selection": ("features",), "similarity": ("dot",),
+                            "weighting": ("softmax",), "aggregation": ("depthwise",)}
+_FUSED_ATTENTION_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 BACKEND_ENV = "CONVNN_BACKEND"
 """The environment variable that sets the initial global default backend: one of
 :data:`BACKENDS`, or ``"auto"`` (``None``); unset is ``"torch"``."""
@@ -136,22 +173,22 @@ def _fused_attention_unsupported(k, width, aggregation, similarity, dtype,
                          "sampling, selection, weighting, attn_dropout, dtypes)")
     given = {**options, "similarity": similarity, "aggregation": aggregation}
     for name, supported in _FUSED_ATTENTION_OPTIONS.items():
-        if given.get(name) != supported:
+        if given.get(name) not in supported:
+            allowed = " or ".join(repr(v) for v in supported)
             return (f"{name}={given.get(name)!r} (the fused attention core takes "
-                    f"{name}={supported!r} only)")
-    if options.get("attn_dropout", 0.0) > 0.0:
-        return "attention dropout on the weights (the fused attention core has none)"
-    if k > kernels.MAX_FUSED_ATTENTION_K:
-        return (f"k={k} > {kernels.MAX_FUSED_ATTENTION_K} (the fused attention core keeps "
-                "its running top-k in registers)")
+                    f"{name}={allowed} only)")
+    if k > kernels_attention.MAX_FUSED_ATTENTION_K:
+        return (f"k={k} > {kernels_attention.MAX_FUSED_ATTENTION_K} (the fused attention core keeps "
+                "its top-k in registers)")
     if width is not None:
         check_int("width", width, minimum=1)
         if k > width:
             return f"k={k} > {width} tokens"
     dtypes = set(options.get("dtypes", ())) | ({dtype} if dtype is not None else set())
-    if dtypes - {torch.float32}:
-        odd = sorted(str(d) for d in dtypes - {torch.float32})
-        return f"{', '.join(odd)} tensors (the fused attention core takes float32 only)"
+    odd = dtypes - set(_FUSED_ATTENTION_DTYPES)
+    if odd:
+        return (f"{', '.join(sorted(str(d) for d in odd))} tensors (the fused attention core "
+                "takes float32, bfloat16 and float16)")
     return None
 
 
@@ -282,6 +319,40 @@ def ranking_precision(device: torch.device):
     if device.type in ("cpu", "cuda"):
         return torch.autocast(device.type, enabled=False)
     return contextlib.nullcontext()
+
+
+def split_bf16(x: Tensor) -> tuple[Tensor, Tensor]:
+    """``x`` as ``hi + lo`` of two bf16 tensors (``hi = bf16(x)``, ``lo = bf16(x - hi)``;
+    ``lo = 0`` for bf16 ``x``): the operands of the precision contract (module docstring)."""
+    hi = x.detach().to(torch.bfloat16)
+    lo = (x.detach().float() - hi.float()).to(torch.bfloat16)
+    return hi, lo
+
+
+def contract_scores(query: Tensor, keys: Tensor, scale: float = 1.0) -> Tensor:
+    """Dot-product scores ``(q · k) · scale`` under the precision contract of selection
+    (bf16×3, float32 accumulation; see the module docstring), emulated in float32:
+    ``[B, n, D] × [B, m, D] -> [B, n, m]`` float32, no gradient. A product of two bf16
+    values is exact in float32, so this is the tensor-core arithmetic up to summation order."""
+    q_hi, q_lo = split_bf16(query)
+    k_hi, k_lo = split_bf16(keys)
+
+    def product(a: Tensor, b: Tensor) -> Tensor:
+        return torch.matmul(a.float(), b.float().transpose(-1, -2))
+
+    with torch.no_grad(), ranking_precision(query.device):
+        return (product(q_hi, k_hi) + product(q_hi, k_lo) + product(q_lo, k_hi)) * scale
+
+
+def selection_score_bound(query: Tensor, keys: Tensor, scale: float = 1.0) -> Tensor:
+    """``τ [B, n, m]``: the most a contract score may differ from the float32 score of the
+    same pair, ``(2^-14 + 4 D 2^-24) · |scale| · Σ_i |q_i| |k_i|`` (module docstring)."""
+    dim = query.shape[-1]
+    unit = 2.0 ** -14 + 4 * dim * 2.0 ** -24
+    with torch.no_grad(), ranking_precision(query.device):
+        mass = torch.matmul(query.detach().abs().double(),
+                            keys.detach().abs().double().transpose(-1, -2))
+    return (unit * abs(scale) * mass).float()
 
 
 def _exact_squared_distances(query: Tensor, keys: Tensor) -> Tensor:
@@ -1275,6 +1346,7 @@ __all__ = [
     "aggregate_reference",
     "backend_decision",
     "choose_backend",
+    "contract_scores",
     "convnn",
     "default_backend",
     "fixed_candidates",
@@ -1293,9 +1365,11 @@ __all__ = [
     "select_neighbours",
     "select_neighbours_reference",
     "selection_features",
+    "selection_score_bound",
     "sequence_coordinates",
     "set_default_backend",
     "spatial_candidates_1d",
     "spatial_candidates_2d",
+    "split_bf16",
     "weighting_scores",
 ]

@@ -53,22 +53,27 @@ __all__ = [
     "PAPER_CURVE_LABEL",
     "PAPER_LABEL",
     "RESULTS_ROOT",
+    "SHORT_RUN",
     "SWEEPS",
     "TABLES",
     "PaperCurve",
     "ResultsFigure",
     "Run",
+    "comparable_choice",
     "comparable_count",
     "comparable_markdown",
     "comparable_metric",
     "comparable_reason",
     "comparable_rows",
     "comparable_runs",
+    "comparable_summary",
     "comparison_markdown",
     "comparison_rows",
     "dataset_label",
+    "evaluation_label",
     "find_record",
     "find_runs",
+    "full_length",
     "headline_rows",
     "latest_runs",
     "load_bench",
@@ -85,8 +90,10 @@ __all__ = [
     "plot_paper_bars",
     "plot_paper_overlay",
     "plot_paper_sweep",
+    "pooled_headline_rows",
     "protocol_differences",
     "row_label",
+    "run_precision",
     "run_time_estimates",
     "run_time_table",
     "steady_epoch_seconds",
@@ -677,6 +684,44 @@ def headline_rows() -> list[dict]:
     return rows
 
 
+def _distinct_runs_of(record: dict) -> list[dict]:
+    """The distinct runs (by best and last-5 mean) the paper's logs hold of ``record``'s
+    preset: the record itself where it has no preset or no repeat."""
+    preset = preset_for_record(record)
+    if preset is None:
+        return [record]
+    same = [r for r in paper_records() if "best" in r and (p := preset_for_record(r)) is not None
+            and p.name == preset.name]
+    return list({(r["best"], r["avg5"]): r for r in same}.values()) or [record]
+
+
+def pooled_headline_rows() -> list[dict]:
+    """The headline claims against **pooled** runs: where the authors' logs hold a
+    configuration more than once (e.g. four Conv2d VGG-11 CIFAR-10 runs), both sides are the
+    mean over their distinct runs instead of the one run the paper's table picked, and the
+    gain comes with Welch's 95 % interval where both sides have two runs or more."""
+    from .stats import mean_interval, welch
+
+    rows = []
+    for claim, table, ours, base in HEADLINE_CLAIMS:
+        a, b = _distinct_runs_of(find_record(table, **ours)), \
+            _distinct_runs_of(find_record(table, **base))
+        row = {"claim": claim, "dataset": dataset_title(a[0]["dataset"]),
+               "runs": f"{len(a)} vs {len(b)}", "source": PAPER_LABEL}
+        for metric, name in (("best", "best"), ("avg5", "avg5")):
+            ma = mean_interval([r[metric] for r in a])
+            mb = mean_interval([r[metric] for r in b])
+            d = welch([r[metric] for r in a], [r[metric] for r in b])
+            row[f"pooled_{name}"] = round(ma.mean, 2)
+            row[f"pooled_baseline_{name}"] = round(mb.mean, 2)
+            row[f"pooled_{name}_gain"] = round(d.diff, 2)
+            row[f"pooled_{name}_interval"] = (
+                f"[{d.low:+.2f}, {d.high:+.2f}] (df {d.df:.1f})" if not math.isnan(d.low)
+                else "one run on a side: no interval")
+        rows.append(row)
+    return rows
+
+
 def paper_repeats() -> list[dict]:
     """Configurations the paper's logs contain as *different* runs (same preset, different
     numbers, e.g. Conv2d in tables 6.1 and 6.2): the spread of their best and last-5 mean is
@@ -745,14 +790,54 @@ def comparison_rows(table: str, runs: Sequence[Run] | None = None, *,
                    ours_path=None, ours_runs=len(matches), ours=NO_RUN)
         if matches:
             run = matches[0]
-            row.update(ours_best=run.best_test_top1, ours_last5=run.last5_mean_test_top1,
-                       ours_epochs=run.epochs_done, ours_protocol_epochs=run.protocol_epochs,
+            row.update(ours_epochs=run.epochs_done, ours_protocol_epochs=run.protocol_epochs,
                        ours_device=run.device, ours_dataset=run.dataset,
                        ours_path=str(run.path),
-                       ours=f"{run.device}, {run.epochs_text}, {run.dataset}"
-                            + (", smoke run" if run.smoke else ""))
+                       ours=f"{run.device}, {run.epochs_text}, {run.dataset}, "
+                            f"{run_precision(run)}" + (", smoke run" if run.smoke else ""))
+            if full_length(run):
+                key = comparable_metric(run)
+                values = run.series(key)
+                row.update(ours_best=max(values),
+                           ours_last5=sum(values[-5:]) / len(values[-5:]))
+                if run.preset and "random" in run.preset:
+                    row["ours"] += ", " + evaluation_label(key)
+            else:
+                row["ours"] += f" ({SHORT_RUN})"
         rows.append(row)
     return rows
+
+
+#: What a per-table row says instead of numbers when our run stopped before the paper's
+#: protocol ended (its numbers would sit next to the paper's finals of a longer run).
+SHORT_RUN = "short run: compared epoch by epoch at the top of the page"
+
+
+def full_length(run: Run) -> bool:
+    """Whether ``run`` trained all the epochs of its paper protocol (only then do its
+    numbers stand next to the paper's final ones)."""
+    return bool(run.protocol_epochs) and run.epochs_done >= run.protocol_epochs
+
+
+def run_precision(run: Run) -> str:
+    """The run's arithmetic precision, for labels: ``precision`` where the run recorded it,
+    else from its ``amp`` setting and device (``"auto"`` is bf16 autocast on a GPU)."""
+    for where in (run.summary or {}, run.config.get("train") or {}, run.extra):
+        if isinstance(where, dict) and where.get("precision"):
+            return str(where["precision"])
+    amp = (run.config.get("train") or {}).get("amp")
+    on_gpu = "cpu" not in run.device.lower()
+    if amp in ("bf16", "fp16") and on_gpu:
+        return f"{amp} autocast"
+    if amp == "auto" and on_gpu:
+        return "bf16 autocast"
+    return "float32"
+
+
+def evaluation_label(key: str) -> str:
+    """How a random-candidate run was evaluated: ``"redrawn candidates"`` (the paper's way)
+    for :data:`RESAMPLED_KEY`, ``"fixed draw"`` for ``test_top1``."""
+    return "redrawn candidates" if key == RESAMPLED_KEY else "fixed draw"
 
 
 # --------------------------------------------------------------------------- tables
@@ -838,7 +923,9 @@ def comparison_markdown(table: str, runs: Sequence[Run] | None = None, *,
                     and r["ours_epochs"] < r["ours_protocol_epochs"]})
     if short:
         legend += (f" Our runs of {', '.join(short)} epochs stopped before the paper's "
-                   "protocol ended: their numbers are not comparable with the paper's.")
+                   "protocol ended, so this table shows no number of theirs: set against the "
+                   "paper's final numbers they would compare different epochs. They are "
+                   "compared with the authors' run at the same epoch at the top of the page.")
     few = sorted({r["ours_epochs"] for r in rows if r["ours_runs"] and r["ours_epochs"]
                   and r["ours_epochs"] <= 5})
     if few:
@@ -905,12 +992,18 @@ def plot_curves(runs: Run | Sequence[Run], *, title: str | None = None) -> Resul
     return fig
 
 
+def _ours_final(run: Run) -> tuple[float, float]:
+    """Best and last-5 mean of the metric compared with the paper (:func:`comparable_metric`)."""
+    values = run.series(comparable_metric(run))
+    return max(values), sum(values[-5:]) / len(values[-5:])
+
+
 def _title(table: str, shown: Sequence[Run]) -> str:
     """``"Table 6.1, paper (authors' logs)"``, plus what the black markers are, if any."""
     title = f"Table {table}, {PAPER_LABEL}"
     if shown:
-        what = ", ".join(dict.fromkeys(f"{r.device}, {r.epochs_text}, {r.dataset}"
-                                       for r in shown))
+        what = ", ".join(dict.fromkeys(f"{r.device}, {r.epochs_text}, {r.dataset}, "
+                                       f"{run_precision(r)}" for r in shown))
         title += f"\nblack ★/×: ours ({what})"
     return title
 
@@ -929,7 +1022,8 @@ def _our_points(table: str, dataset: str, runs: Sequence[Run], x: str | None):
         if record["table"] != table or record["dataset"] != dataset:
             continue
         preset = preset_for_record(record)
-        for run in by_preset.get(preset.name if preset else "", [])[:1]:
+        for run in [r for r in by_preset.get(preset.name if preset else "", [])
+                    if full_length(r)][:1]:
             points.append((record if x is None else _x_value(record, x), run))
     return points
 
@@ -1007,10 +1101,10 @@ def plot_paper_sweep(table: str, x: str | None = None, group: Sequence[str] | No
             if xv is None:
                 continue
             shown.append(run)
-            h = ax.plot([xv], [run.best_test_top1], "*", ms=12, color="black",
+            h = ax.plot([xv], [_ours_final(run)[0]], "*", ms=12, color="black",
                         label="ours: best")[0]
             handles.setdefault("ours: best", h)
-            h = ax.plot([xv], [run.last5_mean_test_top1], "x", ms=8, color="black",
+            h = ax.plot([xv], [_ours_final(run)[1]], "x", ms=8, color="black",
                         label="ours: last-5 mean")[0]
             handles.setdefault("ours: last-5 mean", h)
         if logx:
@@ -1085,8 +1179,8 @@ def plot_paper_bars(table: str, *, runs: Sequence[Run] = ()) -> ResultsFigure:
         for record, run in _our_points(table, dataset, runs, None):
             shown.append(run)
             y = labels.index(row_label(record))
-            ax.plot([run.best_test_top1], [y], "*", ms=12, color="black", label="ours: best")
-            ax.plot([run.last5_mean_test_top1], [y], "x", ms=8, color="black",
+            ax.plot([_ours_final(run)[0]], [y], "*", ms=12, color="black", label="ours: best")
+            ax.plot([_ours_final(run)[1]], [y], "x", ms=8, color="black",
                     label="ours: last-5 mean")
         low = min(b for b in best if b > 0)
         ax.set_xlim(max(0.0, math.floor(low / 5) * 5 - 5), min(100.0, max(best) + 6))
@@ -1398,49 +1492,97 @@ def comparable_rows(runs: Sequence[Run] | None = None) -> list[dict]:
     return rows
 
 
+def comparable_choice(runs: Sequence[Run] | None = None) -> list[Run]:
+    """The one run per preset that the comparison uses (the most epochs, then the latest
+    folder): the runs that :func:`comparable_rows`, :func:`plot_paper_overlay` and
+    :func:`plot_gap` show."""
+    chosen: dict[str, Run] = {}
+    for run in comparable_runs(runs):
+        chosen.setdefault(run.preset, run)
+    return list(chosen.values())
+
+
 def comparable_count(runs: Sequence[Run] | None = None) -> dict:
-    """How many paper rows have a comparable run of ours: ``rows`` (with one), ``total``
-    (CIFAR rows with an authors' curve), ``presets`` and ``runs`` (distinct), and
-    ``epochs`` (the comparison epochs, sorted)."""
+    """What the epoch-by-epoch comparison compares, counted as distinct runs:
+    ``runs`` (ours, one per preset), ``presets``, ``author_runs`` (the distinct runs in the
+    authors' per-epoch logs of those presets), ``rows`` (the paper's table rows they fill:
+    the paper lists some runs in several tables), ``total`` (CIFAR rows with an authors'
+    curve), ``shorter`` (our other comparable runs of the same presets, with fewer epochs,
+    not shown) and ``epochs`` (the comparison epochs, sorted)."""
+    runs = find_runs() if runs is None else list(runs)
     rows = comparable_rows(runs)
+    chosen = comparable_choice(runs)
     total = sum(1 for i in range(len(paper_records())) if i in _curve_by_record())
-    return {"rows": len(rows), "total": total,
-            "presets": len({r["preset"] for r in rows}),
-            "runs": len({r["ours_path"] for r in rows}),
+    return {"runs": len(chosen), "presets": len({r.preset for r in chosen}),
+            "author_runs": sum(len(paper_curves(r.preset)) for r in chosen),
+            "rows": len(rows), "total": total,
+            "shorter": len(comparable_runs(runs)) - len(chosen),
             "epochs": sorted({r["epoch"] for r in rows})}
 
 
+def comparable_summary(runs: Sequence[Run] | None = None) -> list[dict]:
+    """One row per comparable run of ours (:func:`comparable_choice`): the comparison epoch E,
+    our last-5 mean at E (the metric in ``evaluation``), the authors' runs of the preset at E
+    (their mean and, where they ran it more than once, the 95 % interval over their runs),
+    and the gap."""
+    from .stats import mean_interval
+
+    out = []
+    for run in comparable_choice(runs):
+        curves = paper_curves(run.preset)
+        key = comparable_metric(run)
+        epoch = min(run.epochs_done, min(c.epochs for c in curves))
+        _, ours = _our_at(run, key, epoch)
+        authors = mean_interval([c.last5_at(epoch) for c in curves])
+        out.append({
+            "preset": run.preset, "epoch": epoch, "ours_last5_at": ours,
+            "authors_last5_at": authors.mean, "authors_runs": authors.n,
+            "authors_interval": (f"[{authors.low:.1f}, {authors.high:.1f}]"
+                                 if authors.n > 1 else "one run"),
+            "gap_last5": ours - authors.mean,
+            "evaluation": (evaluation_label(key) if "random" in run.preset else "–"),
+            "ours": f"{run.device}, {run.epochs_text}, {run.dataset}, {run_precision(run)}",
+        })
+    return out
+
+
 def comparable_markdown(runs: Sequence[Run] | None = None) -> str:
-    """The count and the table of :func:`comparable_rows` for a book page."""
+    """The count (distinct runs) and one row per comparable run of ours, for a book page."""
+    runs = find_runs() if runs is None else list(runs)
     count = comparable_count(runs)
-    rows = comparable_rows(runs)
-    head = (f"**{count['rows']} of the paper's {count['total']} CIFAR rows** have a comparable "
-            f"run of ours ({count['runs']} run(s) of {count['presets']} preset(s): same preset "
-            "and protocol, compared with the authors' run at the same epoch).")
+    head = (f"**{count['runs']} run(s) of ours** ({count['presets']} preset(s)) are "
+            f"comparable with **{count['author_runs']} distinct runs of the authors** of the "
+            "same presets (same preset and protocol, compared at the same epoch). The paper "
+            f"lists those runs in {count['rows']} of its {count['total']} CIFAR table rows, "
+            "some of them in several tables.")
+    if count["shorter"]:
+        head += (f" {count['shorter']} shorter run(s) of ours of the same presets are listed "
+                 "under *Our runs* and not compared.")
+    rows = comparable_summary(runs)
     if not rows:
         return head
-    shown = [dict(r, setting=f"{r['setting']} ({r['table']})",
-                  ours_metric="redrawn" if r["ours_metric"] == RESAMPLED_KEY else "fixed"
-                  if r["preset"] and "random" in r["preset"] else "–") for r in rows]
-    columns = {"dataset_name": "data", "setting": "paper row (table)", "epoch": "epoch E",
-               "paper_best_at": "paper best ≤E", "ours_best_at": "ours best ≤E",
-               "paper_last5_at": "paper last-5 at E", "ours_last5_at": "ours last-5 at E",
-               "gap_last5": "gap (last-5)", "ours_metric": "random candidates at test",
-               "ours": "our run (device, epochs, data)"}
-    legend = (f"*paper* = {PAPER_CURVE_LABEL} ({PAPER_DATA}), cut at epoch E; *ours* = "
-              "committed logs in `data/results/`; gap = ours minus paper. Runs with random "
-              "candidates are compared on their redrawn evaluation (the paper's way) where "
-              "they logged one.")
-    notes = {r["preset"]: r["model_notes"] for r in rows if r["model_notes"]}
+    columns = {"preset": "preset", "epoch": "E", "gap_last5": "gap",
+               "ours_last5_at": "ours", "authors_last5_at": "authors (mean)",
+               "authors_interval": "authors' 95 % interval", "evaluation": "evaluation"}
+    legend = (f"Last-5 mean test top-1 at epoch E (the mean of epochs E−4 … E). *authors* = "
+              f"{PAPER_CURVE_LABEL} ({PAPER_DATA}): the mean over their runs of the preset "
+              "and its t interval where they ran it more than once; *ours* = committed logs "
+              "in `data/results/`: " + "; ".join(f"`{r['preset']}`: {r['ours']}" for r in rows)
+              + ". gap = ours minus the authors' mean. *evaluation*: how a run with random "
+              "candidates was tested (redrawn candidates is the paper's way).")
+    notes = {r.preset: "; ".join(model_differences(r)) for r in comparable_choice(runs)
+             if model_differences(r)}
     if notes:
         legend += " Built before today's preset options: " + "; ".join(
             f"`{p}` ({n})" for p, n in notes.items()) + "."
-    return f"{head}\n\n{markdown_table(shown, list(columns), columns)}\n\n{legend}"
+    return f"{head}\n\n{markdown_table(rows, list(columns), columns)}\n\n{legend}"
 
 
 def plot_paper_overlay(runs: Run | Sequence[Run] | None = None, *,
-                       ncols: int = 2) -> ResultsFigure:
-    """Our test top-1 over the authors' curve, one panel per comparable run.
+                       ncols: int = 1) -> ResultsFigure:
+    """Our test top-1 over the authors' curve, one panel per comparable run
+    (:func:`comparable_choice`: one per preset), in one column by default (it stays
+    readable on a phone).
 
     Each panel: our test top-1 (solid; for a run that logged the redrawn evaluation, solid is
     the redrawn one and dotted the fixed draw), our train top-1 (dashed), every authors' run
@@ -1451,13 +1593,13 @@ def plot_paper_overlay(runs: Run | Sequence[Run] | None = None, *,
         ValueError: no comparable run (with the reason for each run given).
     """
     runs = find_runs() if runs is None else _as_runs(runs)
-    chosen = comparable_runs(runs)
+    chosen = comparable_choice(runs)
     if not chosen:
         reasons = "; ".join(f"{r.path.name}: {comparable_reason(r)}" for r in runs)
         raise ValueError(f"no run is comparable with the paper's curves ({reasons or 'none given'})")
     ncols = max(1, min(ncols, len(chosen)))
     nrows = math.ceil(len(chosen) / ncols)
-    fig = ResultsFigure(figsize=(5.2 * ncols, 3.6 * nrows + 0.6), dpi=_DPI,
+    fig = ResultsFigure(figsize=(4.6 * ncols, 3.3 * nrows + 0.6), dpi=_DPI,
                         layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for ax, run in zip(axes, chosen):
@@ -1467,12 +1609,13 @@ def plot_paper_overlay(runs: Run | Sequence[Run] | None = None, *,
         for j, curve in enumerate(curves):
             ax.plot(curve.epoch, curve.test_top1, "-", lw=1, color="#7f7f7f",
                     alpha=0.9 if j == 0 else 0.45,
-                    label=f"paper test (table {'/'.join(curve.tables)})")
+                    label=f"paper test ({len(curves)} runs)" if j == 0 and len(curves) > 1
+                    else "paper test" if j == 0 else None)
         ax.plot(curves[0].epoch, curves[0].train_top1, "--", lw=0.8, color="#7f7f7f",
                 alpha=0.6, label="paper train")
         epochs = run.series("epoch")
         ax.plot(epochs, run.series(key), "-o", ms=3, color="#d62728",
-                label="ours test" + (" (redrawn)" if key == RESAMPLED_KEY else ""))
+                label="ours test" + (" (redrawn candidates)" if key == RESAMPLED_KEY else ""))
         if key == RESAMPLED_KEY:
             ax.plot(epochs, run.series("test_top1"), ":", color="#d62728",
                     label="ours test (fixed draw)")
@@ -1488,7 +1631,8 @@ def plot_paper_overlay(runs: Run | Sequence[Run] | None = None, *,
         shown = max(epoch * 4, 10)
         ax.set_xlim(0.5, min(curves[0].epochs, shown) + 0.5)
         ax.set(xlabel="epoch", ylabel="top-1 (%)",
-               title=f"{run.preset}\nours: {run.device}, {run.epochs_text}, {run.dataset}")
+               title=f"{run.preset}\nours: {run.device}, {run.epochs_text}, "
+                     f"{run_precision(run)}")
         ax.title.set_fontsize(8)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="upper left", frameon=False)
@@ -1509,10 +1653,10 @@ def plot_gap(runs: Run | Sequence[Run] | None = None) -> ResultsFigure:
         ValueError: no comparable run.
     """
     runs = find_runs() if runs is None else _as_runs(runs)
-    chosen = comparable_runs(runs)
+    chosen = comparable_choice(runs)
     if not chosen:
         raise ValueError("no run is comparable with the paper's curves")
-    fig = ResultsFigure(figsize=(7.5, 3.6 + 0.22 * len(chosen)), dpi=_DPI,
+    fig = ResultsFigure(figsize=(5.6, 3.6 + 0.22 * len(chosen)), dpi=_DPI,
                         layout="constrained")
     ax = fig.subplots()
     for i, run in enumerate(chosen):
@@ -1522,8 +1666,8 @@ def plot_gap(runs: Run | Sequence[Run] | None = None) -> ResultsFigure:
                   for r in run.records if r["epoch"] <= curves[0].epochs]
         color = _COLORS[i % len(_COLORS)]
         ax.plot([e for e, _ in points], [g for _, g in points], "-o", ms=3, color=color,
-                label=f"{run.preset} ({run.device}, {run.dataset}"
-                      + (", redrawn" if key == RESAMPLED_KEY else "") + ")")
+                label=f"{run.preset} ({run_precision(run)}"
+                      + (", redrawn candidates" if key == RESAMPLED_KEY else "") + ")")
         if len(curves) > 1:
             n = min(c.epochs for c in curves)
             n = min(n, max(e for e, _ in points))

@@ -39,10 +39,45 @@ from .experiments import LAPTOP_PRESETS, get_preset
 from .models import build_model
 from .package_data import results_root
 
-__all__ = ["PRESETS", "SEEDS", "STUDY_DIR", "TEST_PER_CLASS", "TRAIN_PER_CLASS",
-           "WEIGHTS_SEED", "build", "collect", "convnn_layers", "dense_agreement", "layer_inputs",
-           "load_data", "load_weights", "rank_weights", "run_one", "save_weights",
-           "selected_offsets", "spatial_fraction", "study_dir", "study_runs", "summary_rows"]
+__all__ = [
+    "INTERVENTIONS_DIR",
+    "INTERVENTIONS_FILE",
+    "PRESETS",
+    "SEEDS",
+    "STUDY_DIR",
+    "TEST_PER_CLASS",
+    "TRAIN_PER_CLASS",
+    "WEIGHTS_SEED",
+    "build",
+    "collect",
+    "convnn_layers",
+    "correct_per_image",
+    "dense_agreement",
+    "evaluate",
+    "initial_model",
+    "intervention_models",
+    "interventions_dir",
+    "layer_inputs",
+    "load_data",
+    "load_weights",
+    "rank_update_norms",
+    "rank_weights",
+    "read_interventions",
+    "run_one",
+    "save_weights",
+    "selected_offsets",
+    "spatial_fraction",
+    "study_dir",
+    "study_runs",
+    "summary_rows",
+    "trained_model",
+    "weights_file",
+    "with_candidates",
+    "with_coordinate_selection",
+    "with_initial_rank_weights",
+    "with_uniform_rank_weights",
+    "write_interventions",
+]
 
 PRESETS: tuple[str, ...] = tuple(p.name for p in LAPTOP_PRESETS)
 SEEDS: tuple[int, ...] = (0, 1, 2)
@@ -253,8 +288,11 @@ def selected_offsets(layer: torch.nn.Module, inp: torch.Tensor) -> torch.Tensor:
 
 def spatial_fraction(layer: torch.nn.Module, inp: torch.Tensor) -> tuple[float, float]:
     """The share of selected neighbours that are spatial neighbours (Chebyshev distance
-    <= 1: inside the 3×3 window, or the same or an adjacent patch), and the share a selection
-    uniform over the candidates would give (the chance level)."""
+    <= 1: inside the 3×3 window, or the same or an adjacent patch), and the share a
+    content-blind selection would give (the chance level). A layer that puts each query
+    first (``self_first``) always selects the query itself, which is inside its window, so its
+    chance level is ``(1 + (k − 1)·(near − 1)/(n − 1)) / k`` per query (``near`` positions
+    of the ``n`` inside the window), not ``near / n``."""
     from .layers import ConvNN2d
 
     d = selected_offsets(layer, inp)
@@ -268,13 +306,18 @@ def spatial_fraction(layer: torch.nn.Module, inp: torch.Tensor) -> tuple[float, 
         q = torch.arange(h * w)
         near = torch.maximum((rows.view(1, -1) - (q // w).view(-1, 1)).abs(),
                              (cols.view(1, -1) - (q % w).view(-1, 1)).abs()) <= 1
-        chance = float(near.float().mean())
+        near_count, total = near.float().sum(1), near.shape[1]
     else:
         side = math.isqrt(inp.shape[1] - 1)
         g = torch.arange(side * side)
         near = torch.maximum((g.view(1, -1) // side - g.view(-1, 1) // side).abs(),
                              (g.view(1, -1) % side - g.view(-1, 1) % side).abs()) <= 1
-        chance = float(near.float().sum(1).mean()) / inp.shape[1]
+        near_count, total = near.float().sum(1), inp.shape[1]
+    k = d.shape[-1]
+    if layer.self_first:
+        chance = float(((1 + (k - 1) * (near_count - 1) / (total - 1)) / k).mean())
+    else:
+        chance = float(near_count.mean()) / total
     return share, chance
 
 
@@ -298,6 +341,229 @@ def dense_agreement(layer: torch.nn.Module, inp: torch.Tensor) -> tuple[float, f
     reachable = torch.isin(dense_idx, cand) | ((dense_idx == query) & layer.self_first)
     covered = reachable.float().sum(-1) / k
     return float(same.mean()), float(covered.mean())
+
+
+# ---------------------------------------------------------------- interventions at test time
+
+INTERVENTIONS_DIR = "2026-12-07-cpu-laptop-study-interventions"
+"""The committed interventions (:data:`INTERVENTIONS_FILE`), and the runs and weights of the
+seeds other than :data:`WEIGHTS_SEED`, retrained because the study kept only seed 0's
+weights (``<preset>-seed<seed>/`` run folders and ``weights/<preset>-seed<seed>.pt``)."""
+
+
+def interventions_dir() -> Path:
+    """The committed interventions folder (shipped with the package)."""
+    return results_root() / INTERVENTIONS_DIR
+
+
+def weights_file(name: str, seed: int, root: str | os.PathLike | None = None) -> Path:
+    """Where the committed final weights of ``name`` trained with ``seed`` lie:
+    ``weights/<preset>.pt`` of the study for seed :data:`WEIGHTS_SEED`,
+    ``weights/<preset>-seed<seed>.pt`` of :func:`interventions_dir` for the others (or of
+    ``root``, if given)."""
+    if seed == WEIGHTS_SEED:
+        return (Path(root) if root is not None else study_dir()) / "weights" / f"{name}.pt"
+    root = Path(root) if root is not None else interventions_dir()
+    return root / "weights" / f"{name}-seed{seed}.pt"
+
+
+def weight_seeds(name: str) -> list[int]:
+    """The seeds of preset ``name`` whose trained weights are committed."""
+    return [s for s in SEEDS if weights_file(name, s).is_file()]
+
+
+def trained_model(name: str, seed: int = WEIGHTS_SEED,
+                  root: str | os.PathLike | None = None) -> torch.nn.Module:
+    """The committed trained model of preset ``name`` and ``seed``, float32, evaluation mode."""
+    path = weights_file(name, seed, root)
+    if not path.is_file():
+        raise FileNotFoundError(f"no committed weights for {name} seed {seed} ({path.name})")
+    model = build(name)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v
+                           for k, v in state.items()})
+    return model.eval()
+
+
+def initial_model(name: str, seed: int) -> torch.nn.Module:
+    """The model of preset ``name`` as ``seed`` initialised it: training seeds the global RNG
+    with the run's seed and then builds the model, and so does this."""
+    torch.manual_seed(seed)
+    return build(name).eval()
+
+
+def evaluate(model: torch.nn.Module, data, batch_size: int = 250) -> float:
+    """Top-1 accuracy (%) of ``model`` on ``data``'s test split, in evaluation mode."""
+    model.eval()
+    correct = total = 0
+    with torch.no_grad():
+        for x, y in data.test_loader(batch_size):
+            correct += int((model(x).argmax(-1) == y).sum())
+            total += len(y)
+    return 100.0 * correct / total
+
+
+def rank_update_norms(trained: torch.nn.Module, initial: torch.nn.Module
+                      ) -> dict[str, torch.Tensor]:
+    """For every ConvNN layer, how far training moved the weights of each rank ``j``:
+    ``||W_j - W_j^0|| / ||W_j^0||`` (``[k]``; the norm runs over all channels of rank j)."""
+    out = {}
+    start = convnn_layers(initial)
+    for lname, layer in convnn_layers(trained).items():
+        w = layer.weight.detach().float().flatten(0, -2)
+        w0 = start[lname].weight.detach().float().flatten(0, -2)
+        out[lname] = (w - w0).norm(dim=0) / w0.norm(dim=0)
+    return out
+
+
+def with_uniform_rank_weights(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model`` in which every ConvNN layer gives each of its k ranks the mean of
+    its rank weights (per channel pair): the neighbours still count, their order no longer."""
+    import copy
+
+    out = copy.deepcopy(model)
+    with torch.no_grad():
+        for layer in convnn_layers(out).values():
+            layer.weight.copy_(layer.weight.mean(-1, keepdim=True).expand_as(layer.weight))
+    return out.eval()
+
+
+def with_initial_rank_weights(model: torch.nn.Module, initial: torch.nn.Module
+                              ) -> torch.nn.Module:
+    """A copy of ``model`` whose ConvNN layers' rank weights are back at ``initial``'s."""
+    import copy
+
+    out = copy.deepcopy(model)
+    start = convnn_layers(initial)
+    with torch.no_grad():
+        for lname, layer in convnn_layers(out).items():
+            layer.weight.copy_(start[lname].weight)
+    return out.eval()
+
+
+def with_coordinate_selection(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model`` whose ConvNN2d layers select by position instead of by feature
+    similarity: the 3×3 window, the pixel itself first, then by distance (the convolution
+    special case, with the trained rank weights applied to the window's ranks)."""
+    import copy
+
+    from .layers import ConvNN2d
+
+    out = copy.deepcopy(model)
+    for layer in convnn_layers(out).values():
+        if not isinstance(layer, ConvNN2d):
+            raise ValueError(f"with_coordinate_selection needs ConvNN2d layers, got "
+                             f"{type(layer).__name__}")
+        layer.selection, layer.similarity = "coords", "euclidean"
+        layer.self_first, layer.sort_by_position = True, False
+        layer._static_cache.clear()
+    return out.eval()
+
+
+def with_candidates(model: torch.nn.Module, candidates: int | None = None, *,
+                    resample: bool = False, seed: int | None = None) -> torch.nn.Module:
+    """A copy of a random-candidate model evaluated differently: ``candidates=None`` searches
+    all tokens (dense top-k, the token itself still first), an integer sets ``r``;
+    ``resample=True`` draws new candidates on every forward pass (the paper's evaluation);
+    ``seed`` changes the fixed evaluation draw."""
+    import copy
+
+    out = copy.deepcopy(model)
+    for layer in convnn_layers(out).values():
+        if layer.sampling == "all":
+            raise ValueError("with_candidates needs layers with sampled candidates")
+        if candidates is None:
+            layer.sampling, layer.candidates = "all", None
+        else:
+            layer.candidates = candidates
+        if resample:
+            layer.eval_sampling = "resample"
+        if seed is not None:
+            layer.seed = seed
+    return out.eval()
+
+
+INTERVENTIONS_FILE = "interventions.json"
+"""The committed test-time interventions (:func:`write_interventions`), in the study folder."""
+
+
+def intervention_models(name: str, seed: int, root=None) -> dict[str, torch.nn.Module]:
+    """The trained model of ``name``/``seed`` and its test-time interventions, by label:
+    ``"trained"``; ``"uniform rank weights"``; for ConvNN attention ``"initial rank weights"``;
+    for ConvNN2d ``"coordinate selection"``; for random candidates ``"all candidates"``,
+    ``"r = 16"``, ``"r = 48"``, ``"other fixed draw"`` and ``"resampled"`` (a new draw on every
+    batch, the paper's evaluation)."""
+    from .layers import ConvNN2d
+
+    model = trained_model(name, seed, root)
+    out = {"trained": model, "uniform rank weights": with_uniform_rank_weights(model)}
+    layers = list(convnn_layers(model).values())
+    if isinstance(layers[0], ConvNN2d):
+        out["coordinate selection"] = with_coordinate_selection(model)
+    else:
+        out["initial rank weights"] = with_initial_rank_weights(model, initial_model(name, seed))
+    if layers[0].sampling != "all":
+        out["all candidates"] = with_candidates(model)
+        for r in (16, 48):
+            out[f"r = {r}"] = with_candidates(model, r)
+        out["other fixed draw"] = with_candidates(model, layers[0].candidates, seed=1)
+        out["resampled"] = with_candidates(model, layers[0].candidates, resample=True)
+    return out
+
+
+def correct_per_image(model: torch.nn.Module, data, batch_size: int = 250,
+                      limit: int | None = None) -> list[int]:
+    """1 where ``model`` classifies a test image of ``data`` correctly, else 0 (in order;
+    the first ``limit`` images only, if given)."""
+    model.eval()
+    out: list[int] = []
+    with torch.no_grad():
+        for x, y in data.test_loader(batch_size if limit is None else min(batch_size, limit)):
+            out += (model(x).argmax(-1) == y).int().tolist()
+            if limit is not None and len(out) >= limit:
+                return out[:limit]
+    return out
+
+
+def write_interventions(dest: str | os.PathLike, names=None, seeds=None, data=None,
+                        root=None, log=print) -> dict:
+    """Evaluate every intervention of :func:`intervention_models` on the study's test images
+    and write ``dest`` (JSON): per preset, seed and intervention, the top-1 accuracy and which
+    images were right (a string of 0/1, so that paired differences can be computed)."""
+    import platform
+    from datetime import datetime, timezone
+
+    names = list(names or ("laptop-vgg-c10-convnn", "laptop-vgg-c10-branching-r0.5",
+                           "laptop-vit-c10-convnn-all-k9", "laptop-vit-c10-convnn-random-r32-k9"))
+    seeds = list(seeds if seeds is not None else SEEDS)
+    data = data if data is not None else load_data()
+    rows = []
+    for name in names:
+        for seed in seeds:
+            if not weights_file(name, seed, root).is_file():
+                log(f"skip {name} seed {seed}: no committed weights")
+                continue
+            for label, model in intervention_models(name, seed, root).items():
+                torch.manual_seed(seed)  # the resampled draws
+                right = correct_per_image(model, data)
+                rows.append({"preset": name, "seed": seed, "intervention": label,
+                             "top1": 100.0 * sum(right) / len(right),
+                             "correct": "".join(map(str, right))})
+                log(f"{name} seed {seed} {label}: {rows[-1]['top1']:.1f}")
+    out = {"test_images": data.num_test, "dataset": _short(data.source),
+           "torch": torch.__version__, "python": platform.python_version(),
+           "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+           "command": f"study.write_interventions({Path(dest).name!r}, names={names}, "
+                      f"seeds={seeds})",
+           "rows": rows}
+    Path(dest).write_text(json.dumps(out, indent=1) + "\n")
+    return out
+
+
+def read_interventions(root=None) -> dict:
+    """The committed interventions (see :func:`write_interventions`)."""
+    root = Path(root) if root is not None else interventions_dir()
+    return json.loads((root / INTERVENTIONS_FILE).read_text())
 
 
 def _short(text: str) -> str:

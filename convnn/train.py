@@ -82,7 +82,9 @@ from .run_folder import (
 
 __all__ = [
     "AMP_MODES",
+    "AUTO_AMP_MEASUREMENTS",
     "OPTIMIZERS",
+    "PRECISION_LABELS",
     "RESUMABLE_CHANGES",
     "RUN_FILES",
     "SCHEDULES",
@@ -96,6 +98,8 @@ __all__ = [
     "has_random_candidates",
     "load_run_checkpoint",
     "lr_at",
+    "model_family",
+    "precision_label",
     "resolve_amp",
     "set_eval_sampling",
     "summarize",
@@ -112,7 +116,7 @@ OPTIMIZER_FACTORIES: dict[str, Callable] = {
 }
 OPTIMIZERS = tuple(OPTIMIZER_FACTORIES)
 SCHEDULES = ("none", "cosine", "step")
-AMP_MODES = ("auto", "bf16", "fp16", "off")
+AMP_MODES = ("auto", "bf16", "fp16", "tf32", "off")
 #: Fields of a metrics record that differ between two runs of the same computation.
 VOLATILE_FIELDS = (
     "epoch_seconds",
@@ -165,8 +169,10 @@ class TrainConfig:
         grad_clip: clip the global gradient norm to this value (paper: 1.0); ``None`` or 0
             turns clipping off.
         label_smoothing: of the training loss (paper: 0). Test loss is plain cross-entropy.
-        amp: ``"auto"`` (default: chosen by the device, see :func:`resolve_amp`), ``"bf16"``,
-            ``"fp16"`` (with a gradient scaler) or ``"off"`` (float32, as the paper ran).
+        amp: ``"auto"`` (default: chosen by the device and the model family, see
+            :func:`resolve_amp`), ``"bf16"``, ``"fp16"`` (with a gradient scaler),
+            ``"tf32"`` (float32 with TF32 matmuls and convolutions) or ``"off"`` (float32,
+            as the paper ran).
             Mixed precision is used on CUDA only; elsewhere it is switched off. The run's
             ``config.json`` records the precision used as ``amp_active``. Neighbour
             selection ranks in float32 under every setting.
@@ -398,14 +404,60 @@ def _peak_memory(device: torch.device) -> tuple[int | None, str]:
     return int(rss if sys.platform == "darwin" else rss * 1024), "cpu_max_rss_process"
 
 
-def resolve_amp(amp: str, device: torch.device | str) -> str:
+#: What ``amp="auto"`` picks per model family on a CUDA GPU that computes in bfloat16
+#: natively (compute capability 8.0 or newer), from committed measurements only: the
+#: family's baseline model trained by our trainer in float32 with TF32 matmuls and
+#: convolutions against bf16 autocast, on the same card in one run (images per second,
+#: steady-state epochs). A family without an entry keeps the default, bf16 (unmeasured).
+AUTO_AMP_MEASUREMENTS = {
+    "vgg": {"amp": "tf32", "model": "VGG-11 Conv2d, batch 256", "device": "H200",
+            "images_per_second": {"tf32": 36034.0, "bf16": 28751.2},
+            "file": "data/results/bench/2026-11-28-h200-abe79e6/loop.json"},
+    "vit": {"amp": "bf16", "model": "ViT-Tiny SDPA, batch 256", "device": "H200",
+            "images_per_second": {"tf32": 5076.3, "bf16": 6378.5},
+            "file": "data/results/bench/2026-11-28-h200-abe79e6/loop.json"},
+}
+"""``{family: {"amp", "model", "device", "images_per_second", "file"}}``; ResNet is not
+measured yet and keeps bf16."""
+
+#: Labels of the precisions a run can train in (``amp_active`` of ``config.json``).
+PRECISION_LABELS = {"off": "float32 (no AMP)", "tf32": "float32, TF32 matmuls",
+                    "bf16": "bf16 autocast", "fp16": "fp16 autocast"}
+
+
+def precision_label(amp_active: str) -> str:
+    """A label for a run's precision (``config.json``'s ``amp_active``, or a preset's
+    ``paper_precision``): ``precision_label("off") == "float32 (no AMP)"``."""
+    check_choice("amp_active", amp_active, PRECISION_LABELS)
+    return PRECISION_LABELS[amp_active]
+
+
+def model_family(model: nn.Module | None) -> str | None:
+    """``"vgg"``, ``"resnet"`` or ``"vit"`` for a model of :mod:`convnn.models` (or a module
+    that contains one), ``None`` for anything else."""
+    from .models.resnet import ResNet
+    from .models.vgg import VGG
+    from .models.vit import ViT
+
+    if model is None:
+        return None
+    for module in model.modules():
+        for cls, family in ((VGG, "vgg"), (ResNet, "resnet"), (ViT, "vit")):
+            if isinstance(module, cls):
+                return family
+    return None
+
+
+def resolve_amp(amp: str, device: torch.device | str, model: nn.Module | None = None) -> str:
     """The precision a run on ``device`` uses for the setting ``amp``.
 
-    ``"auto"`` gives ``"bf16"`` on a GPU that computes in bfloat16 natively (compute
-    capability 8.0 or newer: A100, L4, H100...), ``"fp16"`` with a gradient scaler on older
-    GPUs (T4, V100: bfloat16 is emulated there, or unsupported by cuDNN), and ``"off"``
-    (float32) on a CPU or any other device. An explicit ``"bf16"``/``"fp16"`` is kept on CUDA
-    and becomes ``"off"`` elsewhere.
+    ``"auto"`` on a GPU that computes in bfloat16 natively (compute capability 8.0 or newer:
+    A100, L4, H100...) gives the faster of TF32 and bf16 for ``model``'s family as measured
+    (:data:`AUTO_AMP_MEASUREMENTS`: TF32 for VGG, bf16 for ViT), and bf16 for an unmeasured
+    family or model; ``"fp16"`` with a gradient scaler on older GPUs (T4, V100: bfloat16 is
+    emulated there, or unsupported by cuDNN); ``"off"`` (float32) on a CPU or any other
+    device. ``"tf32"`` is float32 with TF32 matmuls and convolutions. An explicit
+    ``"bf16"``/``"fp16"``/``"tf32"`` is kept on CUDA and becomes ``"off"`` elsewhere.
 
     Example:
         >>> resolve_amp("auto", "cpu")
@@ -418,13 +470,26 @@ def resolve_amp(amp: str, device: torch.device | str) -> str:
     if amp != "auto":
         return amp
     major, _ = torch.cuda.get_device_capability(device)
-    return "bf16" if major >= 8 else "fp16"
+    if major < 8:
+        return "fp16"
+    measured = AUTO_AMP_MEASUREMENTS.get(model_family(model))
+    return measured["amp"] if measured else "bf16"
 
 
 def _autocast(device: torch.device, amp: str):
-    if amp == "off" or device.type != "cuda":
+    if amp in ("off", "tf32") or device.type != "cuda":
         return contextlib.nullcontext()
     return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+@contextlib.contextmanager
+def _tf32_flags():
+    """The TF32 switches come back as they were after a run (``amp="tf32"`` sets them)."""
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
 def fused_options(params: list[torch.Tensor], device: torch.device) -> dict:
@@ -436,15 +501,13 @@ def fused_options(params: list[torch.Tensor], device: torch.device) -> dict:
 
 
 def to_fast_layout(net: nn.Module, device: torch.device) -> bool:
-    """Channels-last weights for a pure ``nn.Conv2d`` network on CUDA (cuDNN's fast layout;
-    the first convolution's output follows its weights, so the loader is unchanged). Models
-    with ConvNN layers keep NCHW: their gather path flattens ``H × W`` and is not measured
-    in channels-last yet. Returns whether the model was converted."""
-    if device.type != "cuda":
-        return False
-    mods = list(net.modules())
-    if not any(isinstance(m, nn.Conv2d) for m in mods) or \
-            any(hasattr(m, "eval_sampling") for m in mods):
+    """Channels-last weights for a network with ``nn.Conv2d`` layers on CUDA (cuDNN's fast
+    layout; the first convolution's output follows its weights, so the loader is unchanged).
+    ConvNN layers take channels-last input as it comes: :class:`~convnn.layers.ConvNN2d`
+    reads ``[B, C, H, W]`` in NHWC as ``[B, H·W, C]`` rows and writes its output in
+    channels-last, so the Conv2d branch and the 1×1 mix of a branching VGG stay in NHWC.
+    Returns whether the model was converted."""
+    if device.type != "cuda" or not any(isinstance(m, nn.Conv2d) for m in net.modules()):
         return False
     net.to(memory_format=torch.channels_last)
     return True
@@ -615,7 +678,7 @@ def evaluate(model: nn.Module, loader, device=None, amp: str = "off") -> dict:
     was_training = model.training
     model.eval()
     try:
-        return _finish(_eval_sums(model, loader, device, resolve_amp(amp, device)))
+        return _finish(_eval_sums(model, loader, device, resolve_amp(amp, device, model)))
     finally:
         model.train(was_training)
 
@@ -823,7 +886,7 @@ def fit(
 
     ctx, device = _init_distributed(device)
     try:
-        with _deterministic(config.deterministic), run_lock(out, ctx):
+        with _deterministic(config.deterministic), _tf32_flags(), run_lock(out, ctx):
             return _fit(model_factory, dataset, config, out, resume, overwrite,
                         device, ctx, _progress_enabled(progress) and ctx.rank == 0, extra or {},
                         callback, (log or (lambda _: None)) if ctx.rank == 0 else (lambda _: None))
@@ -877,9 +940,11 @@ def _open_session(model_factory, ds, config, folder: RunFolder, device, ctx, sho
     set_eval_sampling(net, config.eval_sampling)
     if ctx.enabled:  # each rank its own dropout / random-candidate stream
         _seed_everything(config.seed + ctx.rank)
-    amp = resolve_amp(config.amp, device)
-    if amp == "off" and config.amp in ("bf16", "fp16"):
+    amp = resolve_amp(config.amp, device, net)
+    if amp == "off" and config.amp in ("bf16", "fp16", "tf32"):
         log(f"note: amp={config.amp!r} is used on CUDA only; training in float32 on {device}")
+    if amp == "tf32":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 
     to_fast_layout(net, device)
     params = list(net.parameters())

@@ -172,6 +172,51 @@ def test_solution_cells_are_folded_and_assertion_cells_hidden() -> None:
                 assert "remove-cell" in tags, f"{path.name}: assertion cell shown: {source!r}"
 
 
+def test_notebooks_that_show_markdown_render_it_as_myst() -> None:
+    """A notebook that displays Markdown (tables) needs mystnb's markdown format metadata, or
+    its tables reach the page as raw ``| ... |`` text."""
+    for path in toc_sources():
+        if path.suffix != ".ipynb":
+            continue
+        nb = json.loads(path.read_text(encoding="utf-8"))
+        shows = any("Markdown(" in "".join(c["source"]) for c in nb["cells"]
+                    if c["cell_type"] == "code")
+        if shows:
+            fmt = nb["metadata"].get("mystnb", {}).get("render_markdown_format")
+            assert fmt == "myst", f"{path.name}: displays Markdown without mystnb metadata"
+
+
+RAW_TABLE_ROW = re.compile(r"^\s*\|(?:\s*:?-{3,}:?\s*\|)+\s*$", re.MULTILINE)
+
+
+@pytest.mark.parametrize("page", ["trained_convnn", "results", "performance"])
+def test_built_tables_render(built_book: BookBuild, page: str) -> None:
+    html = (built_book.require_success() / "book" / f"{page}.html").read_text(encoding="utf-8")
+    text = re.sub(r"<[^>]+>", "\n", html)
+    assert "<table" in html, f"{page}: no table element"
+    assert not RAW_TABLE_ROW.search(text), f"{page}: a Markdown table reached the page as text"
+
+
+def test_my_pages_state_their_claims_with_intervals() -> None:
+    """The trained-model and results chapters compare with intervals, not a 2x-std screen,
+    and the performance chapter concludes nothing from a single CPU timing."""
+    def text(name: str) -> str:
+        return "\n".join("".join(c["source"]) for c in json.loads(
+            (ROOT / "book" / name).read_text(encoding="utf-8"))["cells"])
+
+    trained = text("trained_convnn.ipynb")
+    assert "twice the larger" not in trained and "stats.welch" in trained
+    assert "read_interventions" in trained and "rank_update_norms" in trained
+    assert "kang2025convnn" in trained  # the "interpolating regularises" reading is cited
+    results_page = text("results.ipynb")
+    assert "pooled_headline_rows" in results_page and "costs a few points" not in results_page
+    perf = text("performance.ipynb")
+    assert "time.perf_counter" not in perf.split("## Exercises")[0]
+    assert "CONVNN_KERNEL" not in perf
+    for name in ("vgg_cifar.ipynb", "vit_cifar.ipynb", "results.ipynb"):
+        assert "--suite-seconds" not in text(name).split("## Exercises")[0]
+
+
 # Chapters whose exercises mix derivations and implementation tasks (issue: light exercises).
 CHAPTERS_WITH_EXERCISES = ("knn_aggregation", "convolution_as_knn", "attention_as_knn",
                            "spectrum", "training_loop")
@@ -243,3 +288,8 @@ def test_using_the_package_documents_backend_not_path() -> None:
     text = (ROOT / "book" / "using_the_package.md").read_text(encoding="utf-8")
     assert "| `backend` |" in text
     assert "| `path` |" not in text and "CONVNN_KERNEL" not in text
+
+
+@pytest.mark.parametrize("name", ["trained_convnn", "results", "performance"])
+def test_my_chapters_have_a_derivation_and_an_implementation_exercise(name: str) -> None:
+    test_chapter_has_a_derivation_and_an_implementation_exercise(name)

@@ -13,87 +13,176 @@ from pathlib import Path
 import pytest
 import torch
 
-from convnn import ConvNNAttention, kernels, ops
+from convnn import ConvNNAttention, kernels, kernels_attention, ops
 
 triton = pytest.importorskip("triton", reason="Triton is not installed (CPU-only torch build)")
 
 TESTS = Path(__file__).resolve().parent
+HANG_GUARD_S = 3600  # a hang guard only: the interpreter is slow on a busy machine
+
+# test name -> (check call in _fused_checks, marker it prints). The checks of the tests that
+# pytest selected run in one interpreter subprocess (one Triton/PyTorch start-up, not one per
+# test); each test then reads its own section of the output.
+CHECKS = {
+    "test_row_topk_equals_a_stable_sort_with_ties_and_masks":
+        ("topk_matches_stable_sort()", "TOPK OK"),
+    "test_selection_with_zero_padding_ties_matches_the_stable_reference":
+        ("selection_with_ties_matches_stable_reference()", "SELECTION OK"),
+    "test_attention_matches_the_fast_path_forward_and_backward":
+        ("attention_matches_fast_path(13, every=5)", "ATTENTION OK 5"),
+    "test_fused_selection_equals_the_stable_reference_t13":
+        # dot/cosine x 1/3 heads x exact/Gaussian features x candidate sets, every 4th k
+        ("fused_selection_matches_stable_reference(13, every=4)", "FUSED SELECTION OK 96"),
+    "test_fused_selection_falls_back_for_unsupported_options":
+        ("fused_selection_falls_back()", "FALLBACK OK"),
+    "test_fused_attention_core_matches_the_reference_within_the_contract":
+        # T = 13 (one tile), 20 and 67 (16-key tiles merged, query / backward tiles crossed);
+        # all, random and spaced candidates; the self modes; float32, bf16, autocast mix
+        ("fused_attention_core_matches_reference()", "FUSED CORE OK 23"),
+    "test_fused_attention_layer_matches_the_torch_path":
+        ("fused_attention_layer_matches_torch()", "FUSED ATTENTION OK 8"),
+    "test_fused_attention_core_falls_back_for_unsupported_options":
+        ("fused_attention_falls_back()", "ATTENTION FALLBACK OK 6"),
+    "test_bf16_vit_step_takes_the_fused_attention_core":
+        ("bf16_vit_step_takes_the_fused_core()", "BF16 VIT OK"),
+    "test_gather_aggregate_gradcheck_float64": ("gradcheck_float64()", "GRADCHECK OK"),
+    "test_gather_aggregate_gradients_are_bitwise_deterministic":
+        ("gradients_are_bitwise_deterministic()", "DETERMINISTIC OK"),
+    "test_gather_aggregate_bfloat16_accumulates_in_float32":
+        ("bfloat16_inputs_accumulate_in_float32()", "BF16 OK"),
+    # slow: the paper's sizes and the exhaustive sweeps
+    "test_attention_matches_the_fast_path_every_case_t13":
+        ("attention_matches_fast_path(13)", "ATTENTION OK 22"),
+    "test_attention_matches_the_fast_path_t197":
+        ("attention_matches_fast_path(197)", "ATTENTION OK 8"),
+    "test_fused_selection_equals_the_stable_reference_every_k_t13":
+        ("fused_selection_matches_stable_reference(13)", "FUSED SELECTION OK 304"),
+    "test_fused_selection_equals_the_stable_reference_t197":
+        # several key tiles per row (197 > 64), sampled candidates of 98 keys; k = 1, 6, 11, 16
+        ("fused_selection_matches_stable_reference(197, dim=24, every=5, images=1)",
+         "FUSED SELECTION OK 128"),
+    "test_fused_attention_core_one_tile_t67":
+        ("fused_attention_core_matches_reference(key_tile=256)", "FUSED CORE OK 23"),
+    "test_fused_attention_core_paper_shapes_t197":
+        # 1x192 and 3x64 at T = 197: all candidates (one 256-key tile) and r = 32
+        ("fused_attention_core_shapes()", "FUSED CORE SHAPES OK 4 "),
+}
 
 
-def _run(call: str, marker: str) -> None:
+BEGIN, END = "=== CHECK BEGIN ", "=== CHECK END "  # as in _fused_checks.run_checks
+
+
+def _sections(output: str) -> dict[str, str]:
+    sections = {}
+    for part in output.split(BEGIN)[1:]:
+        call, _, rest = part.partition("\n")
+        sections[call] = rest.split(END + call)[0]
+    return sections
+
+
+@pytest.fixture(scope="module")
+def check_output(request) -> dict[str, str]:
+    """Run the checks of every selected test of this module in one interpreter subprocess."""
+    selected = [item.originalname for item in request.session.items
+                if item.module is request.module and item.originalname in CHECKS]
+    calls = [CHECKS[name][0] for name in dict.fromkeys(selected)]
     env = {**os.environ, "TRITON_INTERPRET": "1", "CONVNN_BACKEND": "torch"}
-    code = f"import sys; sys.path.insert(0, {str(TESTS)!r}); import _fused_checks as c; c.{call}"
+    code = (f"import sys; sys.path.insert(0, {str(TESTS)!r}); import _fused_checks as c; "
+            f"c.run_checks(*{calls!r})")
     proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=TESTS.parent,
-                          capture_output=True, text=True, timeout=900, check=False)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert marker in proc.stdout
+                          capture_output=True, text=True, timeout=HANG_GUARD_S, check=False)
+    sections = _sections(proc.stdout)
+    sections["<process>"] = f"exit {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return sections
 
 
-def test_row_topk_equals_a_stable_sort_with_ties_and_masks():
-    _run("topk_matches_stable_sort()", "TOPK OK")
+def _check(check_output: dict[str, str], name: str) -> None:
+    call, marker = CHECKS[name]
+    assert call in check_output, check_output["<process>"]
+    assert marker in check_output[call], check_output[call]
 
 
-def test_selection_with_zero_padding_ties_matches_the_stable_reference():
-    _run("selection_with_ties_matches_stable_reference()", "SELECTION OK")
+def test_row_topk_equals_a_stable_sort_with_ties_and_masks(check_output):
+    _check(check_output, "test_row_topk_equals_a_stable_sort_with_ties_and_masks")
 
 
-def test_attention_matches_the_fast_path_forward_and_backward():
-    _run("attention_matches_fast_path(13, every=5)", "ATTENTION OK 5")
+def test_selection_with_zero_padding_ties_matches_the_stable_reference(check_output):
+    _check(check_output, "test_selection_with_zero_padding_ties_matches_the_stable_reference")
+
+
+def test_attention_matches_the_fast_path_forward_and_backward(check_output):
+    _check(check_output, "test_attention_matches_the_fast_path_forward_and_backward")
+
+
+def test_fused_selection_equals_the_stable_reference_t13(check_output):
+    _check(check_output, "test_fused_selection_equals_the_stable_reference_t13")
+
+
+def test_fused_selection_falls_back_for_unsupported_options(check_output):
+    _check(check_output, "test_fused_selection_falls_back_for_unsupported_options")
+
+
+def test_fused_attention_core_matches_the_reference_within_the_contract(check_output):
+    _check(check_output, "test_fused_attention_core_matches_the_reference_within_the_contract")
+
+
+def test_fused_attention_layer_matches_the_torch_path(check_output):
+    _check(check_output, "test_fused_attention_layer_matches_the_torch_path")
+
+
+def test_fused_attention_core_falls_back_for_unsupported_options(check_output):
+    _check(check_output, "test_fused_attention_core_falls_back_for_unsupported_options")
+
+
+def test_bf16_vit_step_takes_the_fused_attention_core(check_output):
+    _check(check_output, "test_bf16_vit_step_takes_the_fused_attention_core")
+
+
+def test_gather_aggregate_gradcheck_float64(check_output):
+    _check(check_output, "test_gather_aggregate_gradcheck_float64")
+
+
+def test_gather_aggregate_gradients_are_bitwise_deterministic(check_output):
+    _check(check_output, "test_gather_aggregate_gradients_are_bitwise_deterministic")
+
+
+def test_gather_aggregate_bfloat16_accumulates_in_float32(check_output):
+    _check(check_output, "test_gather_aggregate_bfloat16_accumulates_in_float32")
 
 
 @pytest.mark.slow
-def test_attention_matches_the_fast_path_every_case_t13():
-    _run("attention_matches_fast_path(13)", "ATTENTION OK 22")
+def test_attention_matches_the_fast_path_every_case_t13(check_output):
+    _check(check_output, "test_attention_matches_the_fast_path_every_case_t13")
 
 
 @pytest.mark.slow
-def test_attention_matches_the_fast_path_t197():
-    _run("attention_matches_fast_path(197)", "ATTENTION OK 8")
-
-
-def test_fused_selection_equals_the_stable_reference_t13():
-    # 304 selections: dot/cosine x 1/3 heads x exact/Gaussian features x candidate sets x k
-    _run("fused_selection_matches_stable_reference(13)", "FUSED SELECTION OK 304")
+def test_attention_matches_the_fast_path_t197(check_output):
+    _check(check_output, "test_attention_matches_the_fast_path_t197")
 
 
 @pytest.mark.slow
-def test_fused_selection_equals_the_stable_reference_t197():
-    # several key tiles per row (197 > 64), sampled candidates of 98 keys; k = 1, 6, 11, 16
-    _run("fused_selection_matches_stable_reference(197, dim=24, every=5, images=1)",
-         "FUSED SELECTION OK 128")
-
-
-def test_fused_selection_falls_back_for_unsupported_options():
-    _run("fused_selection_falls_back()", "FALLBACK OK")
-
-
-def test_fused_attention_core_matches_the_torch_path():
-    # T = 13 (k = 1, 3, 9) and T = 20 (k = 16); 1 and 3 heads; no self-first, self-first with
-    # the real and the constant self logit; plus output dropout: 6 x 4 + 1 layers
-    _run("fused_attention_matches_torch((13, 20))", "FUSED ATTENTION OK 25")
+def test_fused_selection_equals_the_stable_reference_every_k_t13(check_output):
+    _check(check_output, "test_fused_selection_equals_the_stable_reference_every_k_t13")
 
 
 @pytest.mark.slow
-def test_fused_attention_core_matches_the_torch_path_t197():
-    # four key tiles per row, k = 9 and 16, 1 and 3 heads, the three self modes
-    _run("fused_attention_matches_torch(197, ks=(9, 16), dim_per_head=16, layer_tol=1e-4)",
-         "FUSED ATTENTION OK 13")
+def test_fused_selection_equals_the_stable_reference_t197(check_output):
+    _check(check_output, "test_fused_selection_equals_the_stable_reference_t197")
 
 
-def test_fused_attention_core_falls_back_for_unsupported_options():
-    _run("fused_attention_falls_back()", "ATTENTION FALLBACK OK 9")
+@pytest.mark.slow
+def test_fused_attention_core_one_tile_t67(check_output):
+    _check(check_output, "test_fused_attention_core_one_tile_t67")
 
 
-def test_gather_aggregate_gradcheck_float64():
-    _run("gradcheck_float64()", "GRADCHECK OK")
+@pytest.mark.slow
+def test_fused_attention_core_paper_shapes_t197(check_output):
+    _check(check_output, "test_fused_attention_core_paper_shapes_t197")
 
 
-def test_gather_aggregate_gradients_are_bitwise_deterministic():
-    _run("gradients_are_bitwise_deterministic()", "DETERMINISTIC OK")
-
-
-def test_gather_aggregate_bfloat16_accumulates_in_float32():
-    _run("bfloat16_inputs_accumulate_in_float32()", "BF16 OK")
+def test_every_check_has_its_test():
+    names = {name for name in globals() if name.startswith("test_")}
+    assert set(CHECKS) <= names, set(CHECKS) - names
 
 
 # ------------------------------------------------------------------ dispatch, no kernel launch
@@ -178,16 +267,22 @@ def test_fused_attention_is_opt_in_and_falls_back_with_a_reason(monkeypatch):
         assert backend == "torch" and "measured on a GPU" in reason
     assert ops.choose_backend("torch", "cuda", step="fused_attention",
                               **FUSED_ATTENTION) == "torch"
+    supported = [{"sampling": "random"}, {"sampling": "spatial"}, {"attn_dropout": 0.1},
+                 {"dtypes": (torch.float32, torch.float32, torch.bfloat16, torch.float32)},
+                 {"dtypes": (torch.bfloat16,) * 4}, {"dtypes": (torch.float16,)}]
+    with ops.default_backend("triton"):
+        for change in supported:  # sampled candidates, weight dropout, the bf16 training path
+            assert ops.backend_decision(None, "cuda", step="fused_attention",
+                                        **_attention_options(**change))[0] == "triton", change
     unsupported = [
-        ({"sampling": "random"}, "sampling='random'"),
+        ({"sampling": "grid"}, "sampling='grid'"),
         ({"selection": "coords"}, "selection='coords'"),
         ({"similarity": "cosine"}, "similarity='cosine'"),
         ({"weighting": "similarity"}, "weighting='similarity'"),
         ({"aggregation": "standard"}, "aggregation='standard'"),
-        ({"attn_dropout": 0.1}, "dropout"),
-        ({"k": kernels.MAX_FUSED_ATTENTION_K + 1}, "k=17 > 16"),
+        ({"k": kernels_attention.MAX_FUSED_ATTENTION_K + 1}, "k=17 > 16"),
         ({"k": 9, "width": 5}, "k=9 > 5 tokens"),
-        ({"dtypes": (torch.float32, torch.bfloat16)}, "bfloat16"),
+        ({"dtypes": (torch.float32, torch.float64)}, "float64"),
     ]
     with ops.default_backend("triton"):
         for change, why in unsupported:

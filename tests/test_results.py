@@ -262,15 +262,85 @@ def test_comparison_uses_matching_run_and_ignores_smoke(tmp_path):
     by_preset = {r["preset"]: r for r in rows}
     ours = by_preset["vgg11-c10-branching-r0.5"]
     assert ours["ours_runs"] == 2 and ours["ours_path"] == str(gpu.path)  # most epochs
-    assert ours["ours_best"] == 79.0
-    assert ours["ours_last5"] == pytest.approx(77.0)
+    # 30 of 150 epochs: no number of ours beside the paper's 150-epoch finals
+    assert ours["ours_best"] is None and ours["ours_last5"] is None
     assert (ours["ours_epochs"], ours["ours_protocol_epochs"]) == (30, 150)
-    assert ours["ours"] == "NVIDIA H100, 30/150 epochs, CIFAR-10 (JPEG copy)"
+    assert ours["ours"] == (f"NVIDIA H100, 30/150 epochs, CIFAR-10 (JPEG copy), float32 "
+                            f"({R.SHORT_RUN})")
     assert ours["paper_best"] == 81.7  # the paper's number is untouched
     assert by_preset["vgg11-c10-conv2d"]["ours"] == R.NO_RUN  # smoke runs do not count
     with_smoke = {r["preset"]: r for r in R.comparison_rows("6.2", runs=[smoke],
                                                             include_smoke=True)}
-    assert with_smoke["vgg11-c10-conv2d"]["ours"].endswith("smoke run")
+    assert "smoke run" in with_smoke["vgg11-c10-conv2d"]["ours"]
+
+
+def test_a_full_length_run_stands_beside_the_paper_with_its_evaluation(tmp_path):
+    top1 = [40.0 + 0.2 * e for e in range(150)]
+    run = R.load_run(write_run(tmp_path / "full", "vit-tiny-c10-convnn-random-r32-k9",
+                               epochs=150, top1=top1))
+    assert R.full_length(run)
+    ours = {r["preset"]: r for r in R.comparison_rows("6.6", runs=[run])}[
+        "vit-tiny-c10-convnn-random-r32-k9"]
+    assert ours["ours_best"] == pytest.approx(top1[-1])
+    assert ours["ours_last5"] == pytest.approx(sum(top1[-5:]) / 5)
+    assert ours["ours"].endswith("float32, fixed draw")  # no redrawn evaluation logged
+
+
+def test_run_precision_reads_amp_and_device(tmp_path):
+    run = R.load_run(write_run(tmp_path / "a"))
+    assert R.run_precision(run) == "float32"
+    for amp, device, want in (("auto", "NVIDIA H200", "bf16 autocast"),
+                              ("bf16", "NVIDIA H200", "bf16 autocast"),
+                              ("auto", "cpu", "float32"), ("off", "NVIDIA H200", "float32")):
+        run.config["train"]["amp"] = amp
+        run.config["run"]["device"] = device
+        for r in run.records:
+            r["device"] = device
+        assert R.run_precision(run) == want, (amp, device)
+    run.summary = {"precision": "fp32"}
+    assert R.run_precision(run) == "fp32"
+
+
+def test_comparable_count_counts_distinct_runs(tmp_path):
+    runs = []
+    for name, epochs in (("a", 7), ("b", 5)):
+        folder = write_run(tmp_path / name / "vgg11-c10-conv2d", "vgg11-c10-conv2d",
+                           epochs=epochs, top1=[50.0 + e for e in range(epochs)])
+        config = json.loads((folder / "config.json").read_text())
+        config["train"] = get_preset("vgg11-c10-conv2d").train_config(epochs=epochs).to_dict()
+        (folder / "config.json").write_text(json.dumps(config))
+        runs.append(R.load_run(folder))
+    a, b = runs
+    assert R.comparable_reason(a) is None
+    count = R.comparable_count([a, b])
+    assert count["runs"] == 1 and count["shorter"] == 1
+    # the authors ran Conv2d VGG-11 CIFAR-10 four times (tables 6.1, 6.2, 6.5)
+    assert count["author_runs"] == len(R.paper_curves("vgg11-c10-conv2d")) == 4
+    assert count["rows"] > count["author_runs"]  # the paper lists some runs in several rows
+    text = R.comparable_markdown([a, b])
+    assert "**1 run(s) of ours**" in text and "**4 distinct runs of the authors**" in text
+    summary = R.comparable_summary([a, b])
+    assert len(summary) == 1 and summary[0]["authors_runs"] == 4
+    assert summary[0]["gap_last5"] == pytest.approx(
+        summary[0]["ours_last5_at"] - summary[0]["authors_last5_at"])
+    fig = R.plot_paper_overlay([a, b])
+    assert len([ax for ax in fig.axes if ax.get_visible()]) == 1
+    labels = [t.get_text() for ax in fig.axes for t in ax.get_legend().texts]
+    assert len(labels) == len(set(labels))  # no repeated legend entry
+    gap = R.plot_gap([a, b])
+    assert len(gap.legends[0].texts) == 1
+
+
+def test_pooled_headline_pools_the_authors_repeats():
+    rows = {(r["claim"], r["dataset"]): r for r in R.pooled_headline_rows()}
+    vgg = rows[("VGG-11: branching λ=0.5 vs Conv2d", "CIFAR-10")]
+    assert vgg["runs"] == "2 vs 4"
+    assert vgg["pooled_baseline_best"] == pytest.approx((80.80 + 80.93 + 80.97 + 81.45) / 4,
+                                                        abs=0.01)
+    assert vgg["pooled_best_gain"] == pytest.approx(1.21, abs=0.01)  # not the table's 1.99
+    assert "df" in vgg["pooled_best_interval"]
+    vit = rows[("ViT-Tiny: ConvNN-Attn random r=32 vs attention", "CIFAR-10")]
+    assert "no interval" in vit["pooled_best_interval"]  # attention ran once
 
 
 def test_comparison_of_every_table_runs():
@@ -331,7 +401,11 @@ def test_plot_paper_sweep(table):
 
 
 def test_plot_paper_sweep_values_and_overlay(tmp_path):
-    run = R.load_run(write_run(tmp_path / "gpu", epochs=6, top1=[60, 70, 75, 74, 76, 73]))
+    short = R.load_run(write_run(tmp_path / "short", epochs=6, top1=[60, 70, 75, 74, 76, 73]))
+    assert not [ln for ln in R.plot_paper_sweep("6.1", runs=[short]).axes[0].lines
+                if ln.get_marker() == "*"]  # a 6-epoch run is no point on a 150-epoch axis
+    run = R.load_run(write_run(tmp_path / "gpu", epochs=150,
+                               top1=[60.0] * 145 + [70, 75, 74, 76, 73]))
     fig = R.plot_paper_sweep("6.1", runs=[run])
     c10 = fig.axes[0]
     first = c10.lines[0]  # sim Col, agg Col: Conv2d (λ = 0) ... ConvNN (λ = 1)
@@ -341,7 +415,8 @@ def test_plot_paper_sweep_values_and_overlay(tmp_path):
     assert len(stars) == 1
     assert (stars[0].get_xdata()[0], stars[0].get_ydata()[0]) == (0.5, 76)
     assert not [ln for ln in fig.axes[1].lines if ln.get_marker() == "*"]  # CIFAR-100
-    assert "ours (NVIDIA H100, 6/150 epochs, CIFAR-10 (JPEG copy))" in fig.get_suptitle()
+    assert "ours (NVIDIA H100, 150/150 epochs, CIFAR-10 (JPEG copy), float32)" \
+        in fig.get_suptitle()
     assert "ours" not in R.plot_paper_sweep("6.1").get_suptitle()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -94,11 +95,80 @@ def test_selection_helpers_on_small_inputs():
     assert list(inputs) == list(study.convnn_layers(vgg))
     first = next(iter(study.convnn_layers(vgg).values()))
     share, chance = study.spatial_fraction(first, inputs[next(iter(inputs))])
-    # the pixel itself is always selected; 9 of the 34 x 34 padded positions are its window
-    assert 1 / 9 - 1e-6 <= share <= 1 and chance == pytest.approx(9 / 34 ** 2)
+    # the pixel itself is always selected (rank 1); the other 8 ranks would hit the other 8
+    # of its 9 window positions among the 34 x 34 - 1 others by chance
+    assert 1 / 9 - 1e-6 <= share <= 1
+    assert chance == pytest.approx((1 + 8 * 8 / (34 ** 2 - 1)) / 9)
     assert study.rank_weights(first).shape == (9,)
     vit = study.build("laptop-vit-c10-convnn-random-r32-k9").eval()
     ins = study.layer_inputs(vit, x)
     layer = next(iter(study.convnn_layers(vit).values()))
     same, ceiling = study.dense_agreement(layer, ins[next(iter(ins))])
     assert 0 < same <= ceiling + 1e-6 <= 1 + 1e-6
+
+
+def test_interventions_change_what_they_say_and_nothing_else():
+    from convnn.data import synthetic_dataset
+
+    vgg = study.initial_model("laptop-vgg-c10-convnn", 3)
+    again = study.initial_model("laptop-vgg-c10-convnn", 3)
+    assert all(torch.equal(a, b) for a, b in zip(vgg.state_dict().values(),
+                                                 again.state_dict().values()))
+    norms = study.rank_update_norms(vgg, again)
+    assert all(float(v.abs().max()) == 0 for v in norms.values())
+    uniform = study.with_uniform_rank_weights(vgg)
+    for (name, layer), before in zip(study.convnn_layers(uniform).items(),
+                                     study.convnn_layers(vgg).values()):
+        w = layer.weight
+        assert torch.allclose(w, w[..., :1].expand_as(w)), name  # all ranks alike
+        assert torch.allclose(w.mean(-1), before.weight.mean(-1))  # the mean is kept
+    moved = study.rank_update_norms(uniform, vgg)
+    assert all(float(v.min()) > 0 for v in moved.values())
+    coords = study.with_coordinate_selection(vgg)
+    x = torch.randn(1, 3, 8, 8)
+    first = next(iter(study.convnn_layers(coords).values()))
+    d = study.selected_offsets(first, x)
+    assert int(d.max()) == 1 and bool((d[..., 0] == 0).all())  # the 3x3 window, self first
+    assert next(iter(study.convnn_layers(vgg).values())).selection == "features"  # a copy
+    vit = study.initial_model("laptop-vit-c10-convnn-random-r32-k9", 0)
+    dense = study.with_candidates(vit)
+    assert all(m.sampling == "all" for m in study.convnn_layers(dense).values())
+    r16 = study.with_candidates(vit, 16, resample=True)
+    assert all(m.candidates == 16 and m.eval_sampling == "resample"
+               for m in study.convnn_layers(r16).values())
+    with pytest.raises(ValueError, match="sampled candidates"):
+        study.with_candidates(dense)
+    with pytest.raises(ValueError, match="ConvNN2d"):
+        study.with_coordinate_selection(vit)
+    data = synthetic_dataset(n_train=20, n_test=30, image_size=32)
+    right = study.correct_per_image(vit, data, batch_size=8, limit=12)
+    assert len(right) == 12 and set(right) <= {0, 1}
+    assert study.evaluate(vit, data) == pytest.approx(
+        100 * sum(study.correct_per_image(vit, data)) / 30)
+    models = study.intervention_models("laptop-vit-c10-convnn-random-r32-k9", 0)
+    assert all(m.sampling == "random" and m.eval_sampling == "resample"
+               for m in study.convnn_layers(models["resampled"]).values())
+    assert all(m.sampling == "all" for m in study.convnn_layers(models["all candidates"]).values())
+    assert all(m.candidates == 32 and m.seed == 1
+               for m in study.convnn_layers(models["other fixed draw"]).values())
+    labels = set(study.intervention_models.__doc__.split('"')[1::2])
+    assert {"trained", "uniform rank weights", "all candidates", "resampled"} <= labels
+
+
+def test_committed_interventions_are_complete_and_consistent():
+    found = study.read_interventions()
+    rows = found["rows"]
+    assert found["test_images"] == 1000 and rows
+    for row in rows:
+        assert len(row["correct"]) == 1000
+        assert row["top1"] == pytest.approx(row["correct"].count("1") / 10)
+    trained = {(r["preset"], r["seed"]): r for r in rows if r["intervention"] == "trained"}
+    for (preset, seed), row in trained.items():
+        # the trained model scores what its run logged at its last epoch: the study's run for
+        # seed 0, the rerun committed with the interventions for the other seeds
+        run = (study.study_dir() if seed == study.WEIGHTS_SEED else study.interventions_dir()) \
+            / f"{preset}-seed{seed}"
+        last = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()][-1]
+        # float16 weights: a few of the 1,000 images may flip
+        assert row["top1"] == pytest.approx(last["test_top1"], abs=0.5)
+        assert study.weights_file(preset, seed).is_file()

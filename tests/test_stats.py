@@ -1,0 +1,73 @@
+"""convnn.stats: t quantiles against tabulated values, intervals that cover, clear errors."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from convnn import stats
+
+
+@pytest.mark.parametrize(("p", "df", "table"), [
+    (0.975, 1, 12.706), (0.975, 2, 4.303), (0.975, 4, 2.776), (0.975, 10, 2.228),
+    (0.975, 30, 2.042), (0.95, 5, 2.015), (0.995, 3, 5.841), (0.025, 2, -4.303)])
+def test_t_quantile_matches_the_table(p, df, table) -> None:
+    assert stats.t_quantile(p, df) == pytest.approx(table, abs=1e-3)
+
+
+def test_t_quantile_of_a_fractional_df_lies_between_its_neighbours() -> None:
+    assert stats.t_quantile(0.975, 3) > stats.t_quantile(0.975, 3.5) > stats.t_quantile(0.975, 4)
+
+
+def test_mean_interval_of_three_seeds() -> None:
+    m = stats.mean_interval([40.0, 42.0, 44.0])
+    assert (m.mean, m.n, m.df, m.std) == (42.0, 3, 2.0, 2.0)
+    assert m.half_width == pytest.approx(4.303 * 2 / math.sqrt(3), abs=1e-3)
+    assert "n = 3" in str(m)
+
+
+def test_one_value_has_no_interval() -> None:
+    m = stats.mean_interval([41.0])
+    assert m.mean == 41.0 and math.isnan(m.low) and "no interval" in str(m)
+    d = stats.welch([41.0], [40.0, 42.0])
+    assert d.diff == 0.0 and math.isnan(d.low) and not d.excludes_zero
+
+
+def test_welch_df_and_interval() -> None:
+    a, b = [40.0, 42.0, 44.0], [30.0, 31.0, 32.0]
+    d = stats.welch(a, b)
+    va, vb = 4.0 / 3, 1.0 / 3  # variance of each mean
+    df = (va + vb) ** 2 / (va**2 / 2 + vb**2 / 2)
+    assert d.df == pytest.approx(df)
+    assert d.diff == 11.0 and d.excludes_zero
+    assert d.high - d.diff == pytest.approx(stats.t_quantile(0.975, df) * math.sqrt(va + vb))
+    assert "df = " in str(d)
+    assert not stats.welch([40.0, 42.0, 44.0], [41.0, 43.0, 45.0]).excludes_zero
+
+
+def test_the_interval_covers_the_true_mean_about_95_percent_of_the_time() -> None:
+    rng = random.Random(0)
+    hits = 0
+    for _ in range(2000):
+        m = stats.mean_interval([rng.gauss(5.0, 2.0) for _ in range(4)])
+        hits += m.low < 5.0 < m.high
+    assert 0.93 < hits / 2000 < 0.97
+
+
+def test_pooled_is_the_mean_over_repeats() -> None:
+    p = stats.pooled([80.80, 80.93, 80.97, 81.45])
+    assert p.mean == pytest.approx(81.0375) and p.n == 4 and p.low < 80.80 < p.high
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    (lambda: stats.mean_interval([]), "at least one value"),
+    (lambda: stats.mean_interval([1.0, math.nan]), "nan"),
+    (lambda: stats.mean_interval([1.0, 2.0], confidence=1.5), "confidence"),
+    (lambda: stats.t_quantile(1.0, 3), "p must"),
+    (lambda: stats.t_quantile(0.9, 0), "df must"),
+    (lambda: stats.welch([], [1.0]), "welch")])
+def test_bad_input_is_a_clear_error(call, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        call()
