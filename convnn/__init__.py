@@ -15,12 +15,12 @@ before it (``tests/test_architecture.py`` enforces it, with no import cycles):
 
 0. shared leaves: ``_checks`` (argument checks), ``_io`` (atomic files), ``_version``,
    ``package_data`` (files shipped with the package), ``paper_vocabulary`` (the paper's words);
-1. the operator core: ``kernels`` (Triton) → ``ops`` → ``attention`` → ``layers`` →
+1. the operator core: ``kernels``, ``kernels_attention``, ``kernels_conv2d`` (Triton) → ``ops`` → ``attention`` → ``layers`` →
    ``models``; needs only torch;
 2. the training stack: ``data``, ``imagenet`` → ``run_folder`` → ``train`` →
    ``experiments`` → ``runner``;
-3. the project and book tooling: ``viz``, ``results``, ``demo``, ``study``, ``campaign``,
-   ``proxy``, ``bench``, the command line (``__main__``); only this layer may import
+3. the project and book tooling: ``stats``, ``viz``, ``results``, ``demo``, ``study``,
+   ``campaign``, ``bench`` (with the speed proxy), the command line (``__main__``); only this layer may import
    matplotlib or ipywidgets.
 """
 

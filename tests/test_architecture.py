@@ -26,12 +26,12 @@ PACKAGE = Path(__file__).resolve().parents[1] / "convnn"
 LAYERS = {
     "shared": ("convnn._checks", "convnn._io", "convnn._version", "convnn.package_data",
                "convnn.paper_vocabulary"),
-    "core": ("convnn.kernels", "convnn.ops", "convnn.attention", "convnn.layers",
+    "core": ("convnn.kernels", "convnn.kernels_attention", "convnn.kernels_conv2d", "convnn.ops", "convnn.attention", "convnn.layers",
              "convnn.models"),
     "training": ("convnn.data", "convnn.imagenet", "convnn.run_folder", "convnn.train",
                  "convnn.experiments", "convnn.runner"),
-    "tooling": ("convnn.viz", "convnn.results", "convnn.demo", "convnn.study",
-                "convnn.campaign", "convnn.proxy", "convnn.bench", "convnn.__main__"),
+    "tooling": ("convnn.stats", "convnn.viz", "convnn.results", "convnn.demo", "convnn.study",
+                "convnn.campaign", "convnn.bench", "convnn.__main__"),
 }
 LEVEL = {name: i for i, (_, names) in enumerate(LAYERS.items()) for name in names}
 TOOLING_ONLY = ("matplotlib", "ipywidgets", "IPython")
