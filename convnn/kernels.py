@@ -41,9 +41,9 @@ sort and no atomics. Step ``"fused_attention"``: :class:`convnn.layers.ConvNNAtt
 
 The kernels run on CUDA tensors, or anywhere under ``TRITON_INTERPRET=1`` (how the tests check
 them on a CPU). They run where :func:`convnn.ops.choose_backend` picks ``"triton"``
-(``backend="triton"``, or ``with convnn.ops.default_backend("triton")``; the deprecated
-``set_kernel`` / ``CONVNN_KERNEL`` still work); the default stays the PyTorch fast path
-until a GPU measurement says otherwise.
+(``backend="triton"``, ``with convnn.ops.default_backend("triton")`` or
+``CONVNN_BACKEND=triton``); the default stays the PyTorch fast path until a GPU measurement
+says otherwise. This module imports nothing of the package: :mod:`convnn.ops` calls it.
 """
 
 from __future__ import annotations
@@ -447,16 +447,3 @@ def fused_topk(query: Tensor, keys: Tensor, k: int, scale: float = 1.0, *,
         SELF_MASK=self_mask, KP=max(2, triton.next_power_of_2(k)), BLOCK_Q=FUSED_BLOCK_Q,
         BLOCK_N=FUSED_BLOCK_N, BLOCK_D=block_d, PRECISION="ieee", num_warps=4)
     return out
-
-
-# The fused ConvNN attention core (all and sampled candidates) lives in kernels_attention;
-# its public names are read through this module too.
-_ATTENTION_NAMES = ("MAX_FUSED_ATTENTION_K", "FusedAttention", "fused_attention")
-
-
-def __getattr__(name: str):
-    if name in _ATTENTION_NAMES:
-        from . import kernels_attention
-
-        return getattr(kernels_attention, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -367,9 +367,8 @@ class FusedAttention(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, q, key, v, w, cand, drop, k, scale, self_first, constant_self):
-        from .ops import PAPER_SELF_LOGIT
-
+    def forward(ctx, q, key, v, w, cand, drop, k, scale, self_first, self_logit):
+        constant_self = self_logit is not None
         q, key, v, w = q.contiguous(), key.contiguous(), v.contiguous(), w.contiguous()
         rows, tokens, dim = q.shape
         every = cand is None
@@ -385,7 +384,7 @@ class FusedAttention(torch.autograd.Function):
             grid = (triton.cdiv(tokens, BLOCK_Q), rows)
             _attention_forward_kernel[grid](
                 q, key, v, w, cpos, p if drop is None else drop, out, idx, p, tokens, m, dim,
-                k, k - 1 if self_first else k, float(scale), float(PAPER_SELF_LOGIT),
+                k, k - 1 if self_first else k, float(scale), float(self_logit or 0.0),
                 DROP=drop is not None, ALL=every, SELF_FIRST=bool(self_first), CONST_SELF=bool(constant_self),
                 OFF=1 if self_first else 0, ONE_TILE=one_tile,
                 SPLIT_Q=q.dtype in _SPLIT_DTYPES, SPLIT_K=key.dtype in _SPLIT_DTYPES, AS_F32=_interpreted(),
@@ -455,7 +454,7 @@ def _combine(cand_rows: Tensor, every: bool, cpos: Tensor, self_rows: Tensor | N
 
 
 def fused_attention(q: Tensor, key: Tensor, v: Tensor, w: Tensor, k: int, scale: float, *,
-                    self_first: bool = False, self_score: str = "similarity",
+                    self_first: bool = False, self_logit: float | None = None,
                     candidate_positions: Tensor | None = None, weight_dropout: Tensor | None = None,
                     return_indices: bool = False):
     """The ConvNN attention core of one head in one kernel: dot similarity, softmax
@@ -470,8 +469,8 @@ def fused_attention(q: Tensor, key: Tensor, v: Tensor, w: Tensor, k: int, scale:
     ``candidate_positions [m]``: distinct token indices to search (sampled candidates; needs
     ``self_first``); ``None``: all tokens. With ``self_first``, ``I[t, 0] = t`` and the
     other ``k - 1`` are searched among the candidates other than ``t``; the self logit is
-    its real score (``self_score="similarity"``) or :data:`convnn.ops.PAPER_SELF_LOGIT`
-    (``"constant"``). ``weight_dropout [R, T, k]``: dropout on the weights, the mask divided
+    its real score (``self_logit=None``) or the constant ``self_logit`` (the authors'
+    sampled attention uses :data:`convnn.ops.PAPER_SELF_LOGIT`). ``weight_dropout [R, T, k]``: dropout on the weights, the mask divided
     by the keep probability (``F.dropout(ones, p)``): ``ρ`` is multiplied by it after the
     softmax. ``return_indices``: also return ``I [R, T, k]`` (int64).
     Needs ``1 <= k <= min(candidates, MAX_FUSED_ATTENTION_K)``.
@@ -486,8 +485,9 @@ def fused_attention(q: Tensor, key: Tensor, v: Tensor, w: Tensor, k: int, scale:
         raise ValueError("fused_attention takes float32, bfloat16 or float16 q, key, v and w, "
                          f"got {[t.dtype for t in tensors]}")
     tokens, dim = q.shape[1], q.shape[2]
-    if self_score not in ("similarity", "constant"):
-        raise ValueError(f"self_score must be 'similarity' or 'constant', got {self_score!r}")
+    if self_logit is not None and (isinstance(self_logit, bool)
+                                   or not isinstance(self_logit, (int, float))):
+        raise TypeError(f"self_logit must be None or a number, got {self_logit!r}")
     if candidate_positions is not None:
         if not self_first:
             raise ValueError("sampled candidates put the query first: pass self_first=True")
@@ -515,5 +515,6 @@ def fused_attention(q: Tensor, key: Tensor, v: Tensor, w: Tensor, k: int, scale:
         weight_dropout = weight_dropout.detach().to(torch.float32).contiguous()
     _require(q.device)
     out, idx = FusedAttention.apply(q, key, v, w, candidate_positions, weight_dropout, k, scale,
-                                    bool(self_first), self_score == "constant")
+                                    bool(self_first),
+                                    None if self_logit is None else float(self_logit))
     return (out, idx.long()) if return_indices else out

@@ -76,6 +76,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import kernels, kernels_attention
 from ._checks import check_choice, check_index, check_int
 
 WEIGHTINGS = ("ones", "softmax", "similarity")
@@ -90,13 +91,11 @@ SELF_SCORES = ("similarity", "constant")
 PAPER_SELF_LOGIT = 1.0
 """The logit of the query itself with ``self_score="constant"`` (the authors' sampled
 ConvNN attention)."""
-PATHS = ("fast", "reference")
 BACKENDS = ("reference", "torch", "triton")
 """What runs the operator: ``"reference"`` (the plain full-matrix selection and the authors'
 expand-gather-Conv1d aggregation), ``"torch"`` (the blocked PyTorch fast path) or
 ``"triton"`` (the fast path with the kernels of :mod:`convnn.kernels` wherever they support
 the options); ``None`` picks one (see :func:`choose_backend`)."""
-KERNELS = ("torch", "triton", "auto")
 KERNEL_STEPS = ("topk", "gather_aggregate", "fused_topk", "fused_attention")
 """The steps with a Triton kernel: ``"topk"`` (row top-k of a score matrix),
 ``"gather_aggregate"`` (depthwise/separable aggregation), ``"fused_topk"`` (selection that
@@ -111,7 +110,9 @@ _FUSED_ATTENTION_OPTIONS = {"sampling": ("all", "random", "spatial"),
                             "selection": ("features",), "similarity": ("dot",),
                             "weighting": ("softmax",), "aggregation": ("depthwise",)}
 _FUSED_ATTENTION_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-_KERNEL_BACKENDS = {"torch": "torch", "triton": "triton", "auto": None}
+BACKEND_ENV = "CONVNN_BACKEND"
+"""The environment variable that sets the initial global default backend: one of
+:data:`BACKENDS`, or ``"auto"`` (``None``); unset is ``"torch"``."""
 
 
 def _check_backend(name: str, backend) -> None:
@@ -119,10 +120,10 @@ def _check_backend(name: str, backend) -> None:
         check_choice(name, backend, BACKENDS)
 
 
-# The global default backend: "torch" (the Triton kernels are opt-in), or what the deprecated
-# CONVNN_KERNEL environment variable says ("auto" is None).
-_default_backend = _KERNEL_BACKENDS.get(os.environ.get("CONVNN_KERNEL", "torch"),
-                                        os.environ.get("CONVNN_KERNEL"))
+# The global default backend: "torch" (the Triton kernels are opt-in), or what CONVNN_BACKEND
+# says ("auto" is None); a bad value is reported by the first operator call.
+_default_backend = os.environ.get(BACKEND_ENV, "torch")
+_default_backend = None if _default_backend == "auto" else _default_backend
 
 
 def get_default_backend() -> str | None:
@@ -144,12 +145,13 @@ def set_default_backend(backend: str | None) -> None:
 def default_backend(backend: str | None):
     """Use ``backend`` as the global default inside a ``with`` block
     (``with ops.default_backend("reference"): ...``)."""
+    global _default_backend
     previous = _default_backend
     set_default_backend(backend)
     try:
         yield
     finally:
-        set_default_backend(previous)
+        _default_backend = previous
 
 
 def requested_backend(backend: str | None = None) -> str | None:
@@ -157,49 +159,14 @@ def requested_backend(backend: str | None = None) -> str | None:
     ``None`` when that is auto as well."""
     if backend is None:
         backend = _default_backend
-        _check_backend("backend (the global default, CONVNN_KERNEL)", backend)
+        _check_backend(f"backend (the global default; {BACKEND_ENV} may also be 'auto')", backend)
     else:
         _check_backend("backend", backend)
     return backend
 
 
-def backend_from_path(path: str, backend: str | None = None) -> str | None:
-    """The backend that a (deprecated) ``path=`` argument means next to ``backend=``:
-    ``path="reference"`` is ``backend="reference"``, ``path="fast"`` leaves ``backend``."""
-    check_choice("path", path, PATHS)
-    _check_backend("backend", backend)
-    if path == "reference":
-        if backend not in (None, "reference"):
-            raise ValueError(f"path='reference' contradicts backend={backend!r}; "
-                             "pass backend alone (path= is deprecated)")
-        return "reference"
-    return backend
-
-
-def set_kernel(name: str) -> None:
-    """Deprecated: :func:`set_default_backend` (``"torch"``, ``"triton"``, ``"auto"`` is
-    ``None``). The environment variable ``CONVNN_KERNEL`` sets the initial default."""
-    check_choice("kernel", name, KERNELS)
-    set_default_backend(_KERNEL_BACKENDS[name])
-
-
-def get_kernel() -> str:
-    """Deprecated: :func:`get_default_backend`, with ``None`` spelled ``"auto"``."""
-    return "auto" if _default_backend is None else _default_backend
-
-
-@contextlib.contextmanager
-def use_kernel(name: str):
-    """Deprecated: :func:`default_backend` (see :func:`set_kernel` for the names)."""
-    check_choice("kernel", name, KERNELS)
-    with default_backend(_KERNEL_BACKENDS[name]):
-        yield
-
-
 def _fused_attention_unsupported(k, width, aggregation, similarity, dtype,
                                  options) -> str | None:
-    from . import kernels
-
     check_int("k", k, minimum=1)
     if options is None:
         raise ValueError("step='fused_attention' needs options (the attention layer's "
@@ -210,8 +177,8 @@ def _fused_attention_unsupported(k, width, aggregation, similarity, dtype,
             allowed = " or ".join(repr(v) for v in supported)
             return (f"{name}={given.get(name)!r} (the fused attention core takes "
                     f"{name}={allowed} only)")
-    if k > kernels.MAX_FUSED_ATTENTION_K:
-        return (f"k={k} > {kernels.MAX_FUSED_ATTENTION_K} (the fused attention core keeps "
+    if k > kernels_attention.MAX_FUSED_ATTENTION_K:
+        return (f"k={k} > {kernels_attention.MAX_FUSED_ATTENTION_K} (the fused attention core keeps "
                 "its top-k in registers)")
     if width is not None:
         check_int("width", width, minimum=1)
@@ -228,8 +195,6 @@ def _fused_attention_unsupported(k, width, aggregation, similarity, dtype,
 def _kernel_unsupported(step: str, k, width, aggregation, similarity=None,
                         dtype=None, options=None) -> str | None:
     """Why the Triton kernel of ``step`` cannot take these options (``None``: it can)."""
-    from . import kernels
-
     if step == "fused_attention":
         return _fused_attention_unsupported(k, width, aggregation, similarity, dtype, options)
 
@@ -267,8 +232,6 @@ def _backend_decision(backend, device, step, k, width, aggregation, similarity=N
     requested = requested_backend(backend)
     if requested in ("reference", "torch"):
         return requested, f"backend={requested!r}"
-    from . import kernels
-
     device = torch.device(device)
     if step is None:  # the operator as a whole; each step may still fall back
         if requested == "triton" or (device.type == "cuda" and kernels.available(device)):
@@ -321,8 +284,9 @@ def choose_backend(backend: str | None, device, *, step: str | None = None,
         RuntimeError: ``"triton"`` is forced for a supported step on a device where Triton
             cannot run.
     """
-    return _backend_decision(backend, device, step, k, width, aggregation, similarity,
-                             dtype, options)[0]
+    return backend_decision(backend, device, step=step, k=k, width=width,
+                            aggregation=aggregation, similarity=similarity, dtype=dtype,
+                            options=options)[0]
 
 
 def backend_decision(backend: str | None, device, *, step: str | None = None,
@@ -331,19 +295,9 @@ def backend_decision(backend: str | None, device, *, step: str | None = None,
                      dtype: torch.dtype | None = None,
                      options: dict | None = None) -> tuple[str, str]:
     """:func:`choose_backend` with its reason: ``("reference" | "torch" | "triton", why)``."""
-    return _backend_decision(backend, device, step, k, width, aggregation, similarity,
-                             dtype, options)
-
-
-def kernel_decision(step: str, device, *, k: int | None = None, width: int | None = None,
-                    aggregation: str | None = None, similarity: str | None = None,
-                    dtype: torch.dtype | None = None,
-                    options: dict | None = None) -> tuple[str, str]:
-    """Deprecated: :func:`choose_backend` of ``step`` under the global default, with the
-    reason: ``("triton" | "torch" | "reference", reason)``."""
-    check_choice("step", step, KERNEL_STEPS)
-    return _backend_decision(None, device, step, k, width, aggregation, similarity, dtype,
+    return _backend_decision(backend, device, step, k, width, aggregation, similarity, dtype,
                              options)
+
 
 # Squared distances below this are treated as this when taking the square root, so that
 # d(-d)/d(d²) stays finite at zero distance.
@@ -764,9 +718,7 @@ def _top(scores: Tensor, k: int, stable: bool, fused: bool = False) -> tuple[Ten
     scores = torch.nan_to_num(scores, nan=float("-inf"), posinf=float("-inf"),
                               neginf=float("-inf"))
     if fused:
-        from .kernels import row_topk
-
-        order = row_topk(scores, k)
+        order = kernels.row_topk(scores, k)
         return scores.gather(-1, order), order
     if not stable:
         return torch.topk(scores, k, dim=-1)
@@ -824,15 +776,13 @@ def _fused_selection(query, keys, extra, k_search, similarity, scale, query_posi
     recomputed (with autograd) from the gathered keys by the similarity's own ``score_block``.
     ``query_positions``: mask the key at each query's position (``candidate_positions``, or
     ``arange(m)`` when ``None``)."""
-    from .kernels import fused_topk
-
     entry = get_similarity(similarity)
     batch, n, dim = query.shape
     cand = None
     if query_positions is not None:
         cand = (torch.arange(keys.shape[1], device=keys.device) if candidate_positions is None
                 else candidate_positions)
-    top = fused_topk(query, keys, k_search, entry.fused_scale(query, scale),
+    top = kernels.fused_topk(query, keys, k_search, entry.fused_scale(query, scale),
                      query_positions=query_positions, candidate_positions=cand)
     if not with_scores:
         return top, None
@@ -1249,9 +1199,7 @@ def gather_aggregate(
     flat_values = values.reshape(batch * num_positions, channels)
     if choose_backend(backend, values.device, step="gather_aggregate",
                       aggregation=aggregation) == "triton":
-        from .kernels import depthwise_gather_aggregate
-
-        out = depthwise_gather_aggregate(flat_values, flat_index.view(batch * n, k), flat_rho,
+        out = kernels.depthwise_gather_aggregate(flat_values, flat_index.view(batch * n, k), flat_rho,
                                          weight[:, 0, :].t().to(values.dtype))
     else:
         out = _GatherAggregate.apply(flat_values, flat_index, flat_rho, weight, k,
@@ -1331,7 +1279,6 @@ def convnn(
     attn_dropout: float = 0.0,
     self_score: str = "similarity",
     backend: str | None = None,
-    path: str = "fast",
 ) -> Tensor:
     """The whole operator: select k neighbours per query, weight them, aggregate.
 
@@ -1351,8 +1298,6 @@ def convnn(
         self_score: see :func:`select_neighbours`.
         backend: ``None`` (the default backend), ``"reference"``, ``"torch"`` or
             ``"triton"``, see :func:`choose_backend`; all give the same result.
-        path: deprecated alias: ``"reference"`` is ``backend="reference"``, ``"fast"``
-            (default) leaves ``backend`` as it is.
 
     Returns:
         ``[B, n, O]``.
@@ -1361,7 +1306,7 @@ def convnn(
     ``sort_by_position=True``, ρ = ones and standard aggregation is a 3×3 convolution;
     ``k = N``, dot similarity, softmax and depthwise weights of one is softmax attention.
     """
-    backend = backend_from_path(path, backend)
+    _check_backend("backend", backend)
     check_choice("weighting", weighting, WEIGHTINGS)
     if neighbours is not None:
         if weighting != "ones":
@@ -1385,12 +1330,11 @@ def convnn(
 __all__ = [
     "AGGREGATIONS",
     "BACKENDS",
+    "BACKEND_ENV",
     "COORD_GRIDS",
     "EVAL_SAMPLINGS",
-    "KERNELS",
     "KERNEL_STEPS",
     "PAPER_SELF_LOGIT",
-    "PATHS",
     "SAMPLINGS",
     "SELECTIONS",
     "SELF_SCORES",
@@ -1401,7 +1345,6 @@ __all__ = [
     "aggregate",
     "aggregate_reference",
     "backend_decision",
-    "backend_from_path",
     "choose_backend",
     "contract_scores",
     "convnn",
@@ -1410,11 +1353,9 @@ __all__ = [
     "gather_aggregate",
     "gather_neighbours",
     "get_default_backend",
-    "get_kernel",
     "get_similarity",
     "grid_coordinates",
     "interior_positions",
-    "kernel_decision",
     "neighbour_weights",
     "pairwise_scores",
     "random_candidates",
@@ -1427,10 +1368,8 @@ __all__ = [
     "selection_score_bound",
     "sequence_coordinates",
     "set_default_backend",
-    "set_kernel",
     "spatial_candidates_1d",
     "spatial_candidates_2d",
     "split_bf16",
-    "use_kernel",
     "weighting_scores",
 ]

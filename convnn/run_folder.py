@@ -1,4 +1,4 @@
-"""The run folder of :func:`convnn.train.train`: its one writer and its one reader.
+"""The run folder of :func:`convnn.train.fit`: its one writer and its one reader.
 
 A run folder holds ``config.json`` (what the run is: training settings, model, dataset),
 ``metrics.jsonl`` (one line per finished epoch), ``checkpoint.pt`` with its SHA-256 sidecar,
@@ -43,6 +43,7 @@ from ._io import (
     save_checkpoint,
     verify_checksum,
 )
+from ._version import __version__
 
 __all__ = [
     "CHECKPOINT",
@@ -674,8 +675,6 @@ class RunFolder:
         location and one more ``resumed`` entry."""
         data = _dataset_info(ds)
         if self.checkpoint is None:
-            from . import __version__
-
             cfg_json = {
                 "train": config.to_dict(),
                 "extra": extra,

@@ -153,7 +153,7 @@ def save_weights(run_dir: Path, dest: Path) -> int:
 def run_one(name: str, seed: int, out_root: str | os.PathLike, *, data=None, data_dir=None,
             epochs: int | None = None, threads: int = 1, log=print) -> dict:
     """Train one preset with one seed into ``<out_root>/<name>-seed<seed>``."""
-    from .train import train
+    from .train import fit
 
     torch.set_num_threads(threads)
     preset = get_preset(name)
@@ -165,8 +165,8 @@ def run_one(name: str, seed: int, out_root: str | os.PathLike, *, data=None, dat
     data.train_per_class, data.test_per_class = TRAIN_PER_CLASS, TEST_PER_CLASS
     extra = {"preset": name, "study": STUDY_DIR, "smoke": False, "threads": threads,
              "command": " ".join(sys.argv)}
-    return train(model_cfg, data, train_cfg, out, device="cpu",
-                 progress=False, extra=extra, log=log, overwrite=True)
+    return fit(model_cfg, data, train_cfg, out, device="cpu",
+               progress=False, extra=extra, log=log, overwrite=True)
 
 
 def collect(runs: str | os.PathLike, dest: str | os.PathLike) -> list[Path]:

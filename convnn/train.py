@@ -1,6 +1,6 @@
 """A small plain-PyTorch trainer for image classification, with crash-safe run folders.
 
-One call of :func:`train` runs the paper's protocol (method.md §5: AdamW, lr 1e-4, weight
+One call of :func:`fit` runs the paper's protocol (method.md §5: AdamW, lr 1e-4, weight
 decay 0.01 on all parameters, no schedule, batch 256, 150 epochs, cross-entropy, gradient
 clipping at norm 1.0, no augmentation, seed 42) or any variation of it set in a
 :class:`TrainConfig`, and leaves a run folder::
@@ -14,7 +14,7 @@ clipping at norm 1.0, no augmentation, seed 42) or any variation of it set in a
         .lock           the PID of the process training in the folder, while it runs
 
 Two defects of the paper's public code are avoided on purpose (method.md §6.6, §6.8): the
-seed is set *before* the model is built (so :func:`train` takes a model *factory*), and
+seed is set *before* the model is built (so :func:`fit` takes a model *factory*), and
 the run writes atomic checkpoints (after the first epoch, every 2 minutes by default, and at
 the end), so a killed run continues with ``resume=True`` exactly from its last checkpoint:
 same weights, same optimizer state, same random streams, same batches (the loader's order is
@@ -32,7 +32,7 @@ Example:
     ...     return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
     ...                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
     >>> cfg = TrainConfig(lr=3e-3, epochs=2, batch_size=64)
-    >>> summary = train(factory, ds, cfg, "runs/demo", progress=False)  # doctest: +SKIP
+    >>> summary = fit(factory, ds, cfg, "runs/demo", progress=False)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -45,7 +45,6 @@ import os
 import random
 import sys
 import time
-import types
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -95,6 +94,7 @@ __all__ = [
     "TrainConfig",
     "evaluate",
     "evaluate_run",
+    "fit",
     "has_random_candidates",
     "load_run_checkpoint",
     "lr_at",
@@ -103,7 +103,6 @@ __all__ = [
     "resolve_amp",
     "set_eval_sampling",
     "summarize",
-    "train",
 ]
 
 #: The optimizers, each built from ``(params, config, fused options)``.
@@ -777,7 +776,7 @@ def evaluate_run(
     """Evaluate a run's last checkpoint on ``dataset``'s test split.
 
     Args:
-        run_dir: a folder written by :func:`train`.
+        run_dir: a folder written by :func:`fit`.
         model_factory: builds the run's architecture (its weights are replaced).
         dataset: the dataset to test on (normally the run's own).
         device: default CUDA when available, else CPU.
@@ -829,7 +828,7 @@ def _check_dataset(dataset, config: TrainConfig) -> None:
 # --------------------------------------------------------------------------- training
 
 
-def train(
+def fit(
     model_factory: Callable[[], nn.Module] | nn.Module,
     dataset,
     config: TrainConfig | None,
@@ -919,7 +918,7 @@ def train(
 
 @dataclass
 class _Session:
-    """What one call of :func:`train` trains with, once the run folder has been opened."""
+    """What one call of :func:`fit` trains with, once the run folder has been opened."""
 
     config: TrainConfig
     device: torch.device
@@ -946,7 +945,7 @@ def _open_session(model_factory, ds, config, folder: RunFolder, device, ctx, sho
     net, seeded = _build(model_factory)
     if not seeded and checkpoint is None:
         warnings.warn(
-            "train() got a ready nn.Module, so config.seed did not control its initial "
+            "fit() got a ready nn.Module, so config.seed did not control its initial "
             "weights; pass a factory (e.g. lambda: build_model(cfg)) for a reproducible run",
             stacklevel=4,
         )
@@ -1223,15 +1222,3 @@ def _fit(model_factory, ds, config, out, resume, overwrite, device, ctx, show, e
         summary = box[0]
     return summary
 
-
-class _CallableModule(types.ModuleType):
-    """``convnn.train`` is also the function :func:`train`, so that ``from convnn import train``
-    gives the entry point (``train(factory, dataset, config, out_dir)``) while
-    ``from convnn.train import TrainConfig`` keeps working: a function of the package named
-    like this module would be replaced by the module whenever the module is imported."""
-
-    def __call__(self, *args, **kwargs):
-        return train(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -157,10 +157,10 @@ def main() -> int:
         rc = sh(f"{sys.executable} -m pytest -q -o addopts='' -p no:cacheprovider "
                 "tests/test_gpu.py tests/test_attention.py tests/test_train.py tests/test_data.py "
                 "-k 'cuda or gpu'", log)
-        if rc not in (0, 5) and not os.environ.get("CONVNN_KERNEL"):
+        if rc not in (0, 5) and not os.environ.get("CONVNN_BACKEND"):
             # A kernel that fails its CUDA checks must not decide the training runs.
-            os.environ["CONVNN_KERNEL"] = "torch"
-            log("CUDA tests failed: the rest of the session runs with CONVNN_KERNEL=torch")
+            os.environ["CONVNN_BACKEND"] = "torch"
+            log("CUDA tests failed: the rest of the session runs with CONVNN_BACKEND=torch")
     bench_path = args.out / "bench.json"
     if args.suite_seconds:
         suite_dir = args.out / "bench-suite"

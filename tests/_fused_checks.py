@@ -9,7 +9,7 @@ import traceback
 import torch
 import torch.nn.functional as F
 
-from convnn import ConvNN2d, ConvNNAttention, kernels, ops
+from convnn import ConvNN2d, ConvNNAttention, kernels, kernels_attention, ops
 
 BEGIN, END = "=== CHECK BEGIN ", "=== CHECK END "
 
@@ -77,10 +77,10 @@ def selection_with_ties_matches_stable_reference():
     for similarity in ("cosine", "dot", "euclidean"):
         for case in cases:
             for k in (1, 7):
-                with ops.use_kernel("triton"):
+                with ops.default_backend("triton"):
                     got_i, got_s = ops.select_neighbours(x, x, k, similarity,
                                                          query_positions=qpos, **case)
-                with ops.use_kernel("torch"):
+                with ops.default_backend("torch"):
                     ref_i, ref_s = ops.select_neighbours_reference(
                         x, x, k, similarity, query_positions=qpos, stable=True, **case)
                 assert torch.equal(got_i, ref_i), (similarity, case, k)
@@ -91,7 +91,7 @@ def selection_with_ties_matches_stable_reference():
     layer = ConvNN2d(3, 3, k=9, padding=1, weighting="softmax", aggregation="depthwise")
     img = torch.randn(2, 3, 6, 6)
     img[:, :, :2] = 0.0
-    with ops.use_kernel("triton"):
+    with ops.default_backend("triton"):
         got = layer.neighbours(img)
     sel = F.pad(img, (1, 1, 1, 1)).flatten(2).transpose(1, 2)
     q = ops.interior_positions(6, 6, 1)
@@ -250,7 +250,7 @@ def _layer_grads(layer, x, kernel, seed):
     # random data tie now and then, and torch.topk orders ties arbitrarily.
     ops._top = _stable_torch_top if kernel == "torch" else _torch_top
     try:
-        with ops.use_kernel(kernel):
+        with ops.default_backend(kernel):
             torch.manual_seed(seed)
             out = layer(x)
     finally:
@@ -292,7 +292,7 @@ def attention_matches_fast_path(tokens=13, every=1):
         tokens, heads, k, sampling, self_first, weighting = case
         kw = {} if sampling == "all" else {"candidates": 11 if tokens == 13 else 32}
         similarity = ("dot", "cosine")[(i // 2) % 2]
-        layer = ConvNNAttention(6 * heads, heads, k=k, sampling=sampling, self_first=self_first,
+        layer = ConvNNAttention.from_config(6 * heads, heads, k=k, sampling=sampling, self_first=self_first,
                                 weighting=weighting, aggregation="depthwise",
                                 similarity=similarity, **kw)
         x = torch.randn(2, tokens, 6 * heads, requires_grad=True)
@@ -429,8 +429,10 @@ def _core_case(rows, tokens, dim, k, cand, mode, dtypes, exact, gen, scale=0.35)
     high = [t.detach().float().requires_grad_() for t in low]
     self_first = bool(mode.get("self_first")) or cand is not None
     self_score = mode.get("self_score", "similarity")
-    out, idx = kernels.fused_attention(*low, k, scale, self_first=self_first,
-                                       self_score=self_score, candidate_positions=cand,
+    out, idx = kernels_attention.fused_attention(*low, k, scale, self_first=self_first,
+                                       self_logit=ops.PAPER_SELF_LOGIT
+                                       if self_score == "constant" else None,
+                                       candidate_positions=cand,
                                        return_indices=True)
     assert out.dtype == low[2].dtype and idx.dtype == torch.long
     ref_idx, _ = ops.select_neighbours_reference(
@@ -459,7 +461,7 @@ AUTOCAST = (torch.float32, torch.bfloat16, torch.float32)  # q/key float32, v bf
 
 def fused_attention_core_matches_reference(tokens=(13, 20, 67), key_tile=16, dim=16, rows=2,
                                            ks=(1, 5, 9, 16)):
-    """The fused core (:func:`convnn.kernels.fused_attention`) against the PyTorch path:
+    """The fused core (:func:`convnn.kernels_attention.fused_attention`) against the PyTorch path:
     all candidates (no self-first, self-first with the real and the constant self logit)
     and sampled candidates (random, evenly spaced; the query itself sometimes among them),
     float32, bf16 and the autocast mix, exact-integer features (ties) and Gaussian ones.
@@ -494,7 +496,7 @@ def fused_attention_core_matches_reference(tokens=(13, 20, 67), key_tile=16, dim
             kernels_attention.KEY_TILE = tile
             q, key, v = (torch.randn(2, 20, 16, generator=gen) for _ in range(3))
             key[0, 3, 5], key[1, 7, 0] = float("nan"), float("inf")
-            out, idx = kernels.fused_attention(q, key, v, torch.ones(5, 16), 5, 0.25,
+            out, idx = kernels_attention.fused_attention(q, key, v, torch.ones(5, 16), 5, 0.25,
                                                return_indices=True)
             ref_idx, _ = ops.select_neighbours_reference(q, key, 5, "dot", scale=0.25,
                                                          stable=True, with_scores=False)
@@ -522,7 +524,7 @@ def fused_attention_core_shapes(tokens=197, dim_per_head=(192, 64), k=9, candida
             _core_case(rows, tokens, dim, k, c, mode, dtypes, True, gen, scale=dim ** -0.5)
             cases += 1
         q, key, v = (torch.randn(rows, tokens, dim, generator=gen) for _ in range(3))
-        _, idx = kernels.fused_attention(q, key, v, torch.ones(k, dim), k, dim ** -0.5,
+        _, idx = kernels_attention.fused_attention(q, key, v, torch.ones(k, dim), k, dim ** -0.5,
                                          return_indices=True)
         swaps += _near_tie_swaps(q, key, idx, k, dim ** -0.5)
     print("FUSED CORE SHAPES OK", cases, "near-tie swaps", swaps)
@@ -565,7 +567,7 @@ def fused_attention_layer_matches_torch(tokens=13):
               ({"sampling": "random", "candidates": 7, "self_score": "constant"}, 3),
               ({"sampling": "spatial", "candidates": 6}, 1)]
     for options, heads in layers:
-        layer = ConvNNAttention(8 * heads, heads, k=4, bias=True, **options)
+        layer = ConvNNAttention.from_config(8 * heads, heads, k=4, bias=True, **options)
         with torch.no_grad():
             layer.weight.normal_()
         x = torch.randn(2, tokens, 8 * heads, requires_grad=True)
@@ -575,8 +577,8 @@ def fused_attention_layer_matches_torch(tokens=13):
     # from the same generator state as F.dropout(ρ) of the step-by-step path
     for where, sampling in (("output", {}), ("weights", {}),
                             ("weights", {"sampling": "random", "candidates": 9})):
-        layer = ConvNNAttention(16, 2, k=5, attn_dropout=0.3, attn_dropout_on=where,
-                                **sampling).train()
+        layer = ConvNNAttention.from_config(16, 2, k=5, attn_dropout=0.3,
+                                            attn_dropout_on=where, **sampling).train()
         x = torch.randn(2, tokens, 16, requires_grad=True)
         assert _attention_pair(layer, x, (where, sampling), 2e-4) == 1
         cases += 1
@@ -600,7 +602,7 @@ def fused_attention_falls_back():
         options = dict(options)
         train = options.pop("train", False)
         dtype = options.get("dtype", torch.float32)
-        layer = ConvNNAttention(12, 2, **{"k": 3, "backend": "triton", **options}).train(train)
+        layer = ConvNNAttention.from_config(12, 2, **{"k": 3, "backend": "triton", **options}).train(train)
         x = torch.randn(2, 19, 12, dtype=dtype, requires_grad=True)
         decision = layer.backend_decision(x)
         assert decision[0] == "torch" and why in decision[1], (options, decision)
@@ -615,7 +617,7 @@ def fused_attention_falls_back():
     # the layer's own backend="triton" takes the core; "torch" and auto (None) never do
     for backend, calls in (("triton", 1), ("torch", 0), (None, 0)):
         layer = ConvNNAttention(12, 2, k=3, backend=backend)
-        with ops.use_kernel("auto"), _CountFused("fused_attention") as core:
+        with ops.default_backend(None), _CountFused("fused_attention") as core:
             layer(torch.randn(2, 9, 12))
         assert core.calls == calls, backend
         assert layer.backend_decision(torch.zeros(1, 9, 12))[0] == ("triton" if calls else "torch")

@@ -88,13 +88,13 @@ def test_cpu_peak_memory_is_silent_and_sees_the_reference_cost(capfd):
     torch.manual_seed(0)
     x = torch.randn(2, 16, 16, 16, requires_grad=True)
     peaks = {}
-    for path in ("fast", "reference"):
-        layer = ConvNN2d(16, 16, k=9, path=path)
-        peaks[path] = peak_memory(lambda layer=layer: layer(x).sum().backward(),
+    for backend in ("torch", "reference"):
+        layer = ConvNN2d(16, 16, k=9, backend=backend)
+        peaks[backend] = peak_memory(lambda layer=layer: layer(x).sum().backward(),
                                   torch.device("cpu"))
     out, err = capfd.readouterr()
     assert err == "" and out == ""
-    assert 0 < peaks["fast"] < peaks["reference"]
+    assert 0 < peaks["torch"] < peaks["reference"]
 
 
 def test_suite_dry_run_on_cpu(tmp_path, capfd):

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_tiny_tensorcore_session_runs_every_stage_on_cpu(tmp_path):
     pytest.importorskip("triton", reason="Triton is not installed (CPU-only torch build)")
     out = tmp_path / "tc"
-    env = {**os.environ, "TRITON_INTERPRET": "1", "CONVNN_KERNEL": "torch"}
+    env = {**os.environ, "TRITON_INTERPRET": "1", "CONVNN_BACKEND": "torch"}
     proc = subprocess.run(
         [sys.executable, "-m", "convnn", "bench", "--tensorcore", str(out), "--quick",
          "--device", "cpu"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800,

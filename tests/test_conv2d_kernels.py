@@ -32,7 +32,7 @@ ROOT = TESTS.parent
 
 def test_fused_2d_kernels_match_the_torch_path_under_the_interpreter():
     pytest.importorskip("triton", reason="Triton is not installed (CPU-only torch build)")
-    env = {**os.environ, "TRITON_INTERPRET": "1", "CONVNN_KERNEL": "torch"}
+    env = {**os.environ, "TRITON_INTERPRET": "1", "CONVNN_BACKEND": "torch"}
     code = (f"import sys; sys.path.insert(0, {str(TESTS)!r}); import _conv2d_checks as c; "
             "c.run_all()")
     proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True,

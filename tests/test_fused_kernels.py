@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from convnn import ConvNNAttention, kernels, ops
+from convnn import ConvNNAttention, kernels, kernels_attention, ops
 
 triton = pytest.importorskip("triton", reason="Triton is not installed (CPU-only torch build)")
 
@@ -86,7 +86,7 @@ def check_output(request) -> dict[str, str]:
     selected = [item.originalname for item in request.session.items
                 if item.module is request.module and item.originalname in CHECKS]
     calls = [CHECKS[name][0] for name in dict.fromkeys(selected)]
-    env = {**os.environ, "TRITON_INTERPRET": "1", "CONVNN_KERNEL": "torch"}
+    env = {**os.environ, "TRITON_INTERPRET": "1", "CONVNN_BACKEND": "torch"}
     code = (f"import sys; sys.path.insert(0, {str(TESTS)!r}); import _fused_checks as c; "
             f"c.run_checks(*{calls!r})")
     proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=TESTS.parent,
@@ -197,24 +197,24 @@ def test_channel_block_fits_head_and_model_widths_without_padding():
 
 def test_torch_choice_never_uses_triton(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    with ops.use_kernel("torch"):
-        assert ops.kernel_decision("topk", "cuda", k=9, width=197)[0] == "torch"
-        assert ops.kernel_decision("gather_aggregate", "cuda",
+    with ops.default_backend("torch"):
+        assert ops.backend_decision(None, "cuda", step="topk", k=9, width=197)[0] == "torch"
+        assert ops.backend_decision(None, "cuda", step="gather_aggregate",
                                    aggregation="depthwise")[0] == "torch"
 
 
 def test_auto_uses_triton_on_cuda_only(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    with ops.use_kernel("auto"):
-        assert ops.kernel_decision("topk", "cuda", k=9, width=197)[0] == "triton"
-        assert ops.kernel_decision("gather_aggregate", "cuda",
+    with ops.default_backend(None):
+        assert ops.backend_decision(None, "cuda", step="topk", k=9, width=197)[0] == "triton"
+        assert ops.backend_decision(None, "cuda", step="gather_aggregate",
                                    aggregation="separable")[0] == "triton"
-        backend, reason = ops.kernel_decision("topk", "cpu", k=9, width=197)
+        backend, reason = ops.backend_decision(None, "cpu", step="topk", k=9, width=197)
         assert backend == "torch" and "cpu" in reason
         monkeypatch.setenv("TRITON_INTERPRET", "1")  # the interpreter is for tests, not auto
-        assert ops.kernel_decision("topk", "cpu", k=9, width=197)[0] == "torch"
+        assert ops.backend_decision(None, "cpu", step="topk", k=9, width=197)[0] == "torch"
         monkeypatch.setattr(kernels, "triton", None)  # no Triton installed
-        assert ops.kernel_decision("topk", "cuda", k=9, width=197)[0] == "torch"
+        assert ops.backend_decision(None, "cuda", step="topk", k=9, width=197)[0] == "torch"
 
 
 @pytest.mark.parametrize("kernel", ["triton", "auto"])
@@ -228,14 +228,14 @@ def test_unsupported_options_fall_back_cleanly(kernel, monkeypatch):
         ("fused_topk", {"k": kernels.MAX_FUSED_TOPK_K + 1, "similarity": "cosine"}, "k=17"),
         ("fused_topk", {"k": 9, "similarity": "dot", "dtype": torch.float64}, "float64"),
     ]
-    with ops.use_kernel(kernel):
+    with ops.default_backend(None if kernel == "auto" else kernel):
         for step, options, why in unsupported:
             for device in ("cuda", "cpu"):  # no error on a CPU even when forced
-                backend, reason = ops.kernel_decision(step, device, **options)
+                backend, reason = ops.backend_decision(None, device, step=step, **options)
                 assert backend == "torch" and why in reason, (step, options, reason)
-        assert ops.kernel_decision("topk", "cuda", k=kernels.MAX_TOPK_K,
+        assert ops.backend_decision(None, "cuda", step="topk", k=kernels.MAX_TOPK_K,
                                    width=kernels.MAX_TOPK_WIDTH)[0] == "triton"
-        fused = ops.kernel_decision("fused_topk", "cuda", k=kernels.MAX_FUSED_TOPK_K,
+        fused = ops.backend_decision(None, "cuda", step="fused_topk", k=kernels.MAX_FUSED_TOPK_K,
                                     similarity="dot", dtype=torch.bfloat16)
         # opt-in: auto leaves the fused selection off until it is measured on a GPU
         assert fused[0] == ("triton" if kernel == "triton" else "torch"), fused
@@ -258,52 +258,52 @@ def _attention_options(**change):
 
 def test_fused_attention_is_opt_in_and_falls_back_with_a_reason(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    with ops.use_kernel("triton"):
-        assert ops.kernel_decision("fused_attention", "cuda", **FUSED_ATTENTION)[0] == "triton"
+    with ops.default_backend("triton"):
+        assert ops.backend_decision(None, "cuda", step="fused_attention", **FUSED_ATTENTION)[0] == "triton"
         assert ops.choose_backend(None, "cuda", step="fused_attention",
                                   **FUSED_ATTENTION) == "triton"
-    with ops.use_kernel("auto"):  # auto never takes it: unmeasured on a GPU
-        backend, reason = ops.kernel_decision("fused_attention", "cuda", **FUSED_ATTENTION)
+    with ops.default_backend(None):  # auto never takes it: unmeasured on a GPU
+        backend, reason = ops.backend_decision(None, "cuda", step="fused_attention", **FUSED_ATTENTION)
         assert backend == "torch" and "measured on a GPU" in reason
     assert ops.choose_backend("torch", "cuda", step="fused_attention",
                               **FUSED_ATTENTION) == "torch"
     supported = [{"sampling": "random"}, {"sampling": "spatial"}, {"attn_dropout": 0.1},
                  {"dtypes": (torch.float32, torch.float32, torch.bfloat16, torch.float32)},
                  {"dtypes": (torch.bfloat16,) * 4}, {"dtypes": (torch.float16,)}]
-    with ops.use_kernel("triton"):
+    with ops.default_backend("triton"):
         for change in supported:  # sampled candidates, weight dropout, the bf16 training path
-            assert ops.kernel_decision("fused_attention", "cuda",
-                                       **_attention_options(**change))[0] == "triton", change
+            assert ops.backend_decision(None, "cuda", step="fused_attention",
+                                        **_attention_options(**change))[0] == "triton", change
     unsupported = [
         ({"sampling": "grid"}, "sampling='grid'"),
         ({"selection": "coords"}, "selection='coords'"),
         ({"similarity": "cosine"}, "similarity='cosine'"),
         ({"weighting": "similarity"}, "weighting='similarity'"),
         ({"aggregation": "standard"}, "aggregation='standard'"),
-        ({"k": kernels.MAX_FUSED_ATTENTION_K + 1}, "k=17 > 16"),
+        ({"k": kernels_attention.MAX_FUSED_ATTENTION_K + 1}, "k=17 > 16"),
         ({"k": 9, "width": 5}, "k=9 > 5 tokens"),
         ({"dtypes": (torch.float32, torch.float64)}, "float64"),
     ]
-    with ops.use_kernel("triton"):
+    with ops.default_backend("triton"):
         for change, why in unsupported:
             for device in ("cuda", "cpu"):  # no error on a CPU: the options fall back first
-                backend, reason = ops.kernel_decision("fused_attention", device,
+                backend, reason = ops.backend_decision(None, device, step="fused_attention",
                                                       **_attention_options(**change))
                 assert backend == "torch" and why in reason, (change, reason)
         with pytest.raises(ValueError, match="options"):
-            ops.kernel_decision("fused_attention", "cuda", k=9, aggregation="depthwise",
+            ops.backend_decision(None, "cuda", step="fused_attention", k=9, aggregation="depthwise",
                                 similarity="dot")
 
 
 def test_forced_triton_on_cpu_without_interpreter_raises(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    with ops.use_kernel("triton"), pytest.raises(RuntimeError, match="needs CUDA tensors"):
-        ops.kernel_decision("topk", "cpu", k=9, width=197)
+    with ops.default_backend("triton"), pytest.raises(RuntimeError, match="needs CUDA tensors"):
+        ops.backend_decision(None, "cpu", step="topk", k=9, width=197)
     # standard aggregation in attention is unsupported: the PyTorch path runs, no error
     layer = ConvNNAttention(8, 2, k=3, aggregation="standard", similarity="cosine")
-    with ops.use_kernel("triton"), pytest.raises(RuntimeError, match="needs CUDA tensors"):
+    with ops.default_backend("triton"), pytest.raises(RuntimeError, match="needs CUDA tensors"):
         layer(torch.randn(1, 5, 8))  # the top-k step is supported, so it is forced
-    with ops.use_kernel("triton"):
+    with ops.default_backend("triton"):
         out = ops.convnn(torch.randn(1, 5, 4), torch.randn(1, 5, 4), torch.randn(1, 5, 4), 3,
                          torch.randn(4, 4, 3), neighbours=torch.randint(0, 5, (5, 3)))
     assert out.shape == (1, 5, 4)
@@ -311,16 +311,16 @@ def test_forced_triton_on_cpu_without_interpreter_raises(monkeypatch):
 
 def test_bad_dispatch_arguments_name_themselves():
     with pytest.raises(ValueError, match="step"):
-        ops.kernel_decision("softmax", "cuda")
-    with ops.use_kernel("auto"):
+        ops.backend_decision(None, "cuda", step="softmax")
+    with ops.default_backend(None):
         with pytest.raises(ValueError, match="width"):
-            ops.kernel_decision("topk", "cuda", k=9)
+            ops.backend_decision(None, "cuda", step="topk", k=9)
         with pytest.raises(ValueError, match="aggregation"):
-            ops.kernel_decision("gather_aggregate", "cuda", aggregation="dense")
+            ops.backend_decision(None, "cuda", step="gather_aggregate", aggregation="dense")
         with pytest.raises(ValueError, match="similarity"):
-            ops.kernel_decision("fused_topk", "cuda", k=9)
+            ops.backend_decision(None, "cuda", step="fused_topk", k=9)
         with pytest.raises(ValueError, match="similarity"):
-            ops.kernel_decision("fused_topk", "cuda", k=9, similarity="manhattan")
+            ops.backend_decision(None, "cuda", step="fused_topk", k=9, similarity="manhattan")
     with pytest.raises(ValueError, match="k must be"):
         kernels.fused_topk(torch.zeros(1, 5, 4), torch.zeros(1, 5, 4), 17)
     with pytest.raises(ValueError, match="float32"):

@@ -28,8 +28,8 @@ def _run(layer, x, seed=0):
                                     {"selection": "mixed"}])
 def test_attention_cuda_fast_matches_cpu_reference(kwargs):
     torch.manual_seed(0)
-    cpu = ConvNNAttention(64, 2, k=9, path="reference", **kwargs).double()
-    gpu = ConvNNAttention(64, 2, k=9, **kwargs).double().cuda()
+    cpu = ConvNNAttention.from_config(64, 2, k=9, backend="reference", **kwargs).double()
+    gpu = ConvNNAttention.from_config(64, 2, k=9, **kwargs).double().cuda()
     with torch.no_grad():
         cpu.weight.add_(0.1 * torch.randn_like(cpu.weight))
     gpu.load_state_dict(cpu.state_dict())
@@ -42,8 +42,8 @@ def test_attention_cuda_fast_matches_cpu_reference(kwargs):
                                     {"weighting": "softmax", "aggregation": "separable"}])
 def test_convnn2d_cuda_fast_matches_cpu_reference(kwargs):
     torch.manual_seed(1)
-    cpu = ConvNN2d(16, 24, path="reference", **kwargs).double()
-    gpu = ConvNN2d(16, 24, **kwargs).double().cuda()
+    cpu = ConvNN2d.from_config(16, 24, backend="reference", **kwargs).double()
+    gpu = ConvNN2d.from_config(16, 24, **kwargs).double().cuda()
     gpu.load_state_dict(cpu.state_dict())
     x = torch.randn(3, 16, 20, 20, dtype=torch.float64)
     out_c, gx_c, gp_c = _run(cpu, x)
@@ -112,7 +112,7 @@ def test_fused_attention_core_cuda_matches_the_torch_path(monkeypatch, dtypes, h
     """Compiled fused core vs the PyTorch path at T = 197, k = 9, forward and backward:
     integer features (exact scores, ties to the lower key) give equal lists; outputs and
     gradients within the contract's tolerance (float32 2e-4, 16-bit 4 · 2^-8 of the scale)."""
-    from convnn import kernels, ops
+    from convnn import kernels_attention, ops
 
     gen = torch.Generator().manual_seed(0)
     batch, tokens, k = 4, 197, 9
@@ -133,8 +133,10 @@ def test_fused_attention_core_cuda_matches_the_torch_path(monkeypatch, dtypes, h
            for t, kind in zip((q, key, v, w), (kinds[0], kinds[0], kinds[1], kinds[2]))]
     high = [t.detach().float().requires_grad_() for t in low]
     scale = head_dim ** -0.5
-    out, idx = kernels.fused_attention(*low, k, scale, self_first=self_first,
-                                       self_score=self_score, candidate_positions=cand,
+    out, idx = kernels_attention.fused_attention(*low, k, scale, self_first=self_first,
+                                       self_logit=ops.PAPER_SELF_LOGIT
+                                       if self_score == "constant" else None,
+                                       candidate_positions=cand,
                                        return_indices=True)
     ref_idx, _ = ops.select_neighbours_reference(
         high[0].detach(), high[1].detach(), k, "dot", candidate_positions=cand,
@@ -154,7 +156,7 @@ def test_fused_attention_core_cuda_matches_the_torch_path(monkeypatch, dtypes, h
 def test_fused_attention_core_cuda_lists_within_the_precision_contract():
     """Gaussian float32 features at 1 x 192, T = 197: the compiled kernel's lists equal the
     float32 lists except on near-ties within the contract's bound."""
-    from convnn import kernels, ops
+    from convnn import kernels_attention, ops
 
     gen = torch.Generator().manual_seed(1)
     q = torch.randn(16, 197, 192, generator=gen).cuda()
@@ -163,7 +165,7 @@ def test_fused_attention_core_cuda_lists_within_the_precision_contract():
     w = torch.ones(9, 192, device="cuda")
     scale = 192 ** -0.5
     with torch.no_grad():
-        _, idx = kernels.fused_attention(q, key, v, w, 9, scale, return_indices=True)
+        _, idx = kernels_attention.fused_attention(q, key, v, w, 9, scale, return_indices=True)
         scores = torch.matmul(q.double(), key.double().transpose(-1, -2)) * scale
         ref = torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., :9]
         tau = ops.selection_score_bound(q, key, scale).double().amax(-1, keepdim=True)
@@ -177,7 +179,7 @@ def test_fused_attention_core_cuda_lists_within_the_precision_contract():
 def test_fused_attention_layer_cuda_bf16_autocast_takes_the_kernel(options):
     """A bf16-autocast ConvNN attention layer under backend="triton" runs the fused core,
     and its forward and backward stay close to the PyTorch path's."""
-    from convnn import kernels
+    from convnn import kernels_attention
 
     torch.manual_seed(3)
     layer = ConvNNAttention(192, 1, k=9, backend="triton", **options).cuda().train()
@@ -185,7 +187,7 @@ def test_fused_attention_layer_cuda_bf16_autocast_takes_the_kernel(options):
     with torch.autocast("cuda", dtype=torch.bfloat16):
         assert layer.backend_decision(x)[0] == "triton"
     calls = []
-    original = kernels.fused_attention
+    original = kernels_attention.fused_attention
 
     def counted(*args, **kwargs):
         calls.append(1)
@@ -194,11 +196,11 @@ def test_fused_attention_layer_cuda_bf16_autocast_takes_the_kernel(options):
     results = {}
     for backend in ("triton", "torch"):
         layer.backend = backend
-        kernels.fused_attention = counted
+        kernels_attention.fused_attention = counted
         try:
             out, gx, _ = _run_autocast(layer, x)
         finally:
-            kernels.fused_attention = original
+            kernels_attention.fused_attention = original
         results[backend] = (out, gx)
     assert len(calls) == 1
     for a, b in zip(results["triton"], results["torch"]):
@@ -219,7 +221,7 @@ def _run_autocast(layer, x):
 def test_bf16_vit_tiny_step_takes_the_fused_core_on_cuda():
     """One bf16-autocast training step of the paper's ViT-Tiny (all candidates and r = 32)
     under backend="triton": each of the 12 blocks launches the fused core once."""
-    from convnn import kernels
+    from convnn import kernels_attention
     from convnn.models.vit import vit_tiny_paper
 
     for options in ({"k": 9}, {"k": 9, "sampling": "random", "candidates": 32}):
@@ -228,19 +230,19 @@ def test_bf16_vit_tiny_step_takes_the_fused_core_on_cuda():
         images = torch.randn(8, 3, 224, 224, device="cuda")
         labels = torch.randint(0, 10, (8,), device="cuda")
         calls = []
-        original = kernels.fused_attention
+        original = kernels_attention.fused_attention
 
         def counted(*args, _original=original, _calls=calls, **kwargs):
             _calls.append(1)
             return _original(*args, **kwargs)
 
-        kernels.fused_attention = counted
+        kernels_attention.fused_attention = counted
         try:
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 loss = torch.nn.functional.cross_entropy(model(images), labels)
             loss.backward()
         finally:
-            kernels.fused_attention = original
+            kernels_attention.fused_attention = original
         assert len(calls) == 12 and torch.isfinite(loss)
         assert all(torch.isfinite(p.grad).all() for p in model.parameters()
                    if p.grad is not None)

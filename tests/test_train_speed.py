@@ -13,7 +13,7 @@ from convnn import ConvNN2d
 from convnn import train as train_mod
 from convnn.data import synthetic_dataset
 from convnn.models import ModelConfig, build_model
-from convnn.train import TrainConfig, train
+from convnn.train import TrainConfig, fit
 
 
 def small_vgg() -> nn.Module:
@@ -91,6 +91,6 @@ def test_cudnn_autotuning_during_a_run_only(tmp_path):
 
     for det in (False, True):
         cfg = TrainConfig(epochs=1, batch_size=32, log_every=0, deterministic=det)
-        train(factory, ds, cfg, tmp_path / str(det), device="cpu", progress=False, log=None,
-              callback=lambda r: seen.append(torch.backends.cudnn.benchmark))
+        fit(factory, ds, cfg, tmp_path / str(det), device="cpu", progress=False, log=None,
+            callback=lambda r: seen.append(torch.backends.cudnn.benchmark))
     assert seen == [True, False] and torch.backends.cudnn.benchmark == before
