@@ -32,7 +32,7 @@ from convnn._io import CheckpointError, FolderLockedError, folder_lock, save_che
 from convnn.data import dataset_fingerprint, load_dataset, synthetic_dataset
 from convnn.results import find_runs, load_run
 from convnn.run_folder import RunFolder, RunFolderError
-from convnn.train import TrainConfig, evaluate_run, load_run_checkpoint, train
+from convnn.train import TrainConfig, evaluate_run, load_run_checkpoint, fit
 
 PACKAGE = Path(convnn.__file__).resolve().parent
 REPO = PACKAGE.parent
@@ -55,7 +55,7 @@ def cfg(**kw) -> TrainConfig:
 
 def run(out, ds, config=None, factory=tiny, **kw):
     kw.setdefault("device", "cpu")
-    return train(factory, ds, config or cfg(), out, progress=False, log=None, **kw)
+    return fit(factory, ds, config or cfg(), out, progress=False, log=None, **kw)
 
 
 def stable(records):
@@ -124,7 +124,7 @@ def test_read_returns_everything_of_a_run(tmp_path, ds):
     model_cfg, _ = reduced(get_preset("vgg11-c10-branching-r0.5"))
     data = synthetic_dataset(n_train=40, n_test=20, num_classes=10, image_size=32)
     out = tmp_path / "r"
-    train(model_cfg, data, cfg(epochs=1, batch_size=20), out, device="cpu", progress=False,
+    fit(model_cfg, data, cfg(epochs=1, batch_size=20), out, device="cpu", progress=False,
           log=None, extra={"preset": "p"})
     record = RunFolder.read(out)
     assert record.config["extra"] == {"preset": "p"}  # no second model or dataset section
@@ -180,14 +180,14 @@ def test_a_change_of_the_checkpoint_format_still_reads_the_old_one(tmp_path):
     data = synthetic_dataset(n_train=40, n_test=20, num_classes=10, image_size=32)
     out = tmp_path / "r"
     with pytest.raises(Killed):
-        train(model_cfg, data, cfg(epochs=2, batch_size=20), out, device="cpu",
+        fit(model_cfg, data, cfg(epochs=2, batch_size=20), out, device="cpu",
               progress=False, log=None, callback=_raise_at(1, Killed()))
     _as_format_2(out)
     assert _io.load_checkpoint(out / "checkpoint.pt")["format"] == 2
     record = RunFolder.read(out)
     assert record.model_config == model_cfg.to_dict() and record.checkpoint_epoch == 1
     assert evaluate_run(out, model_cfg, data, device="cpu")["epoch"] == 1
-    summary = train(model_cfg, data, cfg(epochs=2, batch_size=20), out, device="cpu",
+    summary = fit(model_cfg, data, cfg(epochs=2, batch_size=20), out, device="cpu",
                     progress=False, log=None, resume=True)
     assert summary["epochs_completed"] == 2
     assert _io.load_checkpoint(out / "checkpoint.pt")["format"] == RF.CHECKPOINT_FORMAT
@@ -293,7 +293,7 @@ def test_a_kill_at_any_moment_resumes_bit_identically(tmp_path, ds, straight, mo
         else None
     assert record is None or not record.finished  # never "finished" with stale weights
     notes = []
-    summary = train(tiny, ds, config, out, resume=True, device="cpu", progress=False,
+    summary = fit(tiny, ds, config, out, resume=True, device="cpu", progress=False,
                     log=notes.append)
     assert summary["epochs_completed"] == 4
     assert stable(RunFolder.read(out).records) == stable(RunFolder.read(straight).records)
@@ -560,7 +560,7 @@ def test_a_resumed_run_takes_over_the_lock_of_a_gone_colab_runtime(tmp_path, ds,
     (out / ".lock").write_text("123 otherhost\n")
     os.utime(out / ".lock", (1, 1))  # its heartbeat stopped long ago
     notes = []
-    summary = train(tiny, ds, cfg(epochs=2), out, resume=True, device="cpu", progress=False,
+    summary = fit(tiny, ds, cfg(epochs=2), out, resume=True, device="cpu", progress=False,
                     log=notes.append)
     assert summary["epochs_completed"] == 2
     assert any("took over the lock of PID 123 on host otherhost" in n for n in notes)
