@@ -421,7 +421,7 @@ CLI_SCENARIOS = [
     ("--batch-size -1", None, ["TRAIN", "--out", "RUN/new", "--batch-size", "-1"],
      "batch_size must be >= 1"),
     ("--workers on CIFAR", None, ["TRAIN", "--out", "RUN/new", "--workers", "2"],
-     "applies to ImageNet presets only"),
+     "applies to streamed datasets (ImageNet) only"),
     ("unknown preset", None, ["train", "--preset", "VGG11-C10-CONV", "--smoke"],
      "'vgg11-c10-conv2d'"),
     ("synthetic run, eval", None, ["eval", "--run", "RUN"], "trained on synthetic data"),
