@@ -16,12 +16,22 @@ import os
 import socket
 import subprocess
 import tempfile
+import threading
+import time
+import warnings
 from pathlib import Path
 
 import torch
 
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+
 __all__ = [
     "CHECKSUM_SUFFIX",
+    "LOCK_HEARTBEAT_SECONDS",
+    "LOCK_STALE_SECONDS",
     "CheckpointError",
     "FolderLockedError",
     "append_jsonl_atomic",
@@ -35,6 +45,8 @@ __all__ = [
     "read_jsonl",
     "remove_leftovers",
     "save_checkpoint",
+    "sha256_of",
+    "verify_checksum",
 ]
 
 #: The checksum sidecar of a checkpoint: ``checkpoint.pt`` -> ``checkpoint.pt.sha256``.
@@ -172,6 +184,45 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> None:
         os.fsync(f.fileno())
 
 
+_HASHES: dict[tuple, str] = {}
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file, remembered while its size, mtime and inode stay the same (a
+    1.5 GB checkpoint is hashed once per process, not at every look)."""
+    st = os.stat(path)
+    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+    if key not in _HASHES:
+        _HASHES[key] = _sha256(Path(path))
+    return _HASHES[key]
+
+
+def verify_checksum(path: str | os.PathLike, *, require: bool = False) -> str | None:
+    """Check ``path`` against its SHA-256 sidecar without loading it; returns its hash
+    (``None`` when it has no sidecar and ``require`` is false).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        CheckpointError: empty, no sidecar (with ``require``) or not matching it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty; restore it or start the run again")
+    expected = _read_checksums(path)
+    if expected is None:
+        if require:
+            raise CheckpointError(f"{path}{CHECKSUM_SUFFIX} is missing, so {path} cannot be "
+                                  "verified; restore both files or start the run again")
+        return None
+    found = sha256_of(path)
+    if found not in expected:
+        raise CheckpointError(f"{path} does not match its SHA-256 in {path}{CHECKSUM_SUFFIX}: "
+                              "the file is damaged; restore it or start the run again")
+    return found
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -192,13 +243,13 @@ def _read_checksums(path: Path) -> list[str] | None:
     return [line.split()[0].lower() for line in lines if line.strip()]
 
 
-def save_checkpoint(obj, path: str | os.PathLike) -> None:
+def save_checkpoint(obj, path: str | os.PathLike) -> str:
     """``torch.save`` to ``path`` atomically, with its SHA-256 in ``path + ".sha256"``
     (``sha256sum`` format).
 
     While the new file replaces the old one the sidecar lists both hashes, so whatever the
     moment of a crash the checkpoint on disk matches a listed hash; afterwards it lists the
-    new one only.
+    new one only. Returns the new file's SHA-256.
     """
     path = Path(path)
     sidecar = path.with_name(path.name + CHECKSUM_SUFFIX)
@@ -212,6 +263,7 @@ def save_checkpoint(obj, path: str | os.PathLike) -> None:
         both = [new, *old]
         atomic_write_text(sidecar, "".join(f"{h}  {path.name}\n" for h in both))
     atomic_write_text(sidecar, f"{new}  {path.name}\n")
+    return new
 
 
 def load_checkpoint(path: str | os.PathLike, *, require_checksum: bool = False) -> dict:
@@ -227,17 +279,7 @@ def load_checkpoint(path: str | os.PathLike, *, require_checksum: bool = False) 
             checksum; the message names the file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"{path} is empty; restore it or start the run again")
-    expected = _read_checksums(path)
-    if expected is None and require_checksum:
-        raise CheckpointError(f"{path}{CHECKSUM_SUFFIX} is missing, so {path} cannot be "
-                              "verified; restore both files or start the run again")
-    if expected is not None and _sha256(path) not in expected:
-        raise CheckpointError(f"{path} does not match its SHA-256 in {path}{CHECKSUM_SUFFIX}: "
-                              "the file is damaged; restore it or start the run again")
+    verify_checksum(path, require=require_checksum)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises many types for a bad file
@@ -267,58 +309,147 @@ class FolderLockedError(RuntimeError):
     """Another live process holds the folder's lock."""
 
 
-def _pid_alive(pid: int) -> bool:
+#: Seconds between two refreshes of a held lock's heartbeat (the lock file's mtime).
+LOCK_HEARTBEAT_SECONDS = 30.0
+#: A lock of another host whose heartbeat is older than this is taken over (seconds).
+LOCK_STALE_SECONDS = 300.0
+
+
+def hostname() -> str:
+    """This machine's name, as recorded in a lock (a function, so tests can fake it)."""
+    return socket.gethostname()
+
+
+def _lock_owner(text: str) -> tuple[int | None, str]:
+    """``(pid, host)`` of a lock file's content (``(None, "")`` when empty or damaged)."""
+    pid_text, _, host = text.strip().partition(" ")
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):  # exists but is not ours, or cannot be asked
+        return int(pid_text), host.strip()
+    except ValueError:
+        return None, host.strip()
+
+
+class _Heartbeat:
+    """Refresh the lock file's mtime every ``every`` seconds while the lock is held."""
+
+    def __init__(self, fd: int, every: float | None):
+        self.fd, self.stop = fd, threading.Event()
+        self.thread = None
+        if every:
+            self.thread = threading.Thread(target=self._beat, args=(every,), daemon=True,
+                                           name="convnn-lock-heartbeat")
+            self.thread.start()
+
+    def _beat(self, every: float) -> None:
+        while not self.stop.wait(every):
+            with contextlib.suppress(OSError):
+                os.utime(self.fd)
+
+    def close(self) -> None:
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join()
+
+
+def _try_lock(fd: int) -> bool:
+    if fcntl is None:  # no flock (Windows): the content decides alone
         return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except (BlockingIOError, PermissionError):
+        return False
     return True
 
 
 @contextlib.contextmanager
-def folder_lock(folder: str | os.PathLike, name: str = ".lock"):
+def folder_lock(folder: str | os.PathLike, name: str = ".lock", *,
+                heartbeat: float | None = LOCK_HEARTBEAT_SECONDS,
+                stale_after: float = LOCK_STALE_SECONDS, clock=time.time,
+                log=None):
     """Hold an exclusive lock on ``folder`` (created if needed) for the ``with`` block.
 
-    The lock is the file ``folder/name``, created with ``O_EXCL`` and holding the owner's PID
-    and host name. A lock left by a process that no longer runs on this host (a killed run) is
-    stale and taken over; a live one raises :class:`FolderLockedError` at once.
+    The lock is the file ``folder/name``, holding the owner's PID and host name, and locked
+    with ``fcntl.flock`` for as long as the owner lives: the kernel, not the file's content,
+    decides who holds it on this host, so a lock file that is still empty (its creator not
+    yet past ``flock``) is never taken for a stale one, and a takeover is atomic.
+
+    * On this host, a lock whose ``flock`` is free belongs to a process that ended (a killed
+      run): it is taken over at once.
+    * A lock written by **another host** (a disconnected Colab runtime writing to Google
+      Drive) cannot be ``flock``-ed from here; its holder refreshes the file's mtime every
+      ``heartbeat`` seconds, and a lock whose heartbeat is older than ``stale_after`` seconds
+      is taken over, with a note to ``log``.
+    * Otherwise :class:`FolderLockedError` is raised at once.
+
+    Args:
+        heartbeat: seconds between two refreshes of the mtime (``None``: none).
+        stale_after: the age (seconds) after which another host's lock counts as dead.
+        clock: the time source compared with the mtime (a fake one in tests).
+        log: where the takeover note goes (default: a warning).
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     lock = folder / name
-    me = f"{os.getpid()} {socket.gethostname()}\n"
-    for _ in range(3):
+    me_host = hostname()
+    me = f"{os.getpid()} {me_host}\n"
+    for _ in range(5):
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
+            if not _try_lock(fd):
+                pid, host = _lock_owner(_read_fd(fd))
+                raise FolderLockedError(
+                    f"{folder} is in use by another process (PID {pid} on {host or me_host}, "
+                    f"see {lock}); wait for it to finish or choose another folder")
             try:
-                pid_text, _, host = lock.read_text(encoding="utf-8").strip().partition(" ")
-                pid = int(pid_text)
-            except FileNotFoundError:  # released meanwhile: try again
+                same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:  # released (unlinked) between our open and our flock: try again
+                os.close(fd)
                 continue
-            except (OSError, ValueError):  # half-written by a process killed at that moment
-                pid, host = -1, socket.gethostname()
-            if host == socket.gethostname() and (pid <= 0 or not _pid_alive(pid)):
-                with contextlib.suppress(FileNotFoundError):
-                    lock.unlink()  # stale
-                continue
-            raise FolderLockedError(
-                f"{folder} is in use by another process (PID {pid} on {host or 'unknown'}, "
-                f"see {lock}); wait for it to finish or choose another folder. If no such "
-                f"process runs any more, delete {lock}") from None
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(me)
+            pid, host = _lock_owner(_read_fd(fd))
+            if host and host != me_host and pid is not None:
+                age = clock() - os.fstat(fd).st_mtime
+                if age < stale_after:
+                    raise FolderLockedError(
+                        f"{folder} is in use by PID {pid} on host {host} (its lock {lock} was "
+                        f"refreshed {age:.0f} s ago; a lock of another host is taken over once "
+                        f"its heartbeat is {stale_after:.0f} s old). Wait for it, or, if that "
+                        f"machine is gone, try again after that or delete {lock}")
+                note = (f"note: took over the lock of PID {pid} on host {host}: its heartbeat is "
+                        f"{age:.0f} s old (more than {stale_after:.0f} s), so that machine is "
+                        "gone")
+                if log is None:
+                    warnings.warn(note, stacklevel=3)
+                else:
+                    log(note)
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, me.encode("utf-8"))
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            raise
         break
     else:
         raise FolderLockedError(f"could not take the lock {lock}; try again")
+    beat = _Heartbeat(fd, heartbeat)
     try:
         yield lock
     finally:
+        beat.close()
         with contextlib.suppress(OSError):
-            if lock.read_text(encoding="utf-8") == me:
-                lock.unlink()
+            if _read_fd(fd) == me:
+                lock.unlink()  # while still holding flock: a waiter then sees a new inode
+        os.close(fd)
+
+
+def _read_fd(fd: int) -> str:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        return os.read(fd, 4096).decode("utf-8", "replace")
+    except OSError:
+        return ""
 
 
 def git_commit(cwd: str | os.PathLike | None = None) -> str:

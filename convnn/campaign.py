@@ -52,8 +52,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ._checks import check_bool, check_int
-from ._io import atomic_write_json, atomic_write_text, read_jsonl
+from ._io import atomic_write_json, atomic_write_text
 from .experiments import PRESETS, get_preset, paper_records, preset_for_record
+from .run_folder import CONFIG, LOG_FILES, METRICS, SUMMARY, RunFolder
 
 __all__ = [
     "LOG_PACK_BYTES",
@@ -72,6 +73,8 @@ __all__ = [
 LOG_PACK_BYTES = 16 * 1024 * 1024
 STATE_FILE = "campaign.json"
 LOG_FILE = "campaign.log"
+#: A run that failed this many times is skipped until ``retry_failed`` (``--retry-failed``).
+MAX_ATTEMPTS = 3
 #: Epochs of a smoke campaign's "full" run (reduced models on a few hundred images).
 SMOKE_FULL_EPOCHS = 3
 #: Seconds of a first epoch plus setup assumed for a run of a family not measured yet, on a
@@ -227,17 +230,30 @@ def _load_state(out: Path, smoke: bool, queue: Sequence[QueueItem]) -> dict:
 
 
 def _records(run_dir: Path) -> list[dict]:
-    """Finished epochs on disk (the checkpoint's, never more: lines past it are dropped when
-    the run resumes)."""
-    return [r for r in read_jsonl(run_dir / "metrics.jsonl")
-            if isinstance(r, dict) and "epoch" in r]
+    """The epochs the run folder's checkpoint holds (lines past it are dropped when the run
+    resumes)."""
+    try:
+        run = RunFolder.read(run_dir, checkpoint="verify")
+    except (OSError, ValueError):
+        return []
+    return [r for r in run.records if r["epoch"] <= (run.checkpoint_epoch or 0)]
 
 
 def _epochs_done(run_dir: Path) -> int:
-    if not (run_dir / "checkpoint.pt").is_file():
+    """The epochs of the run's verified checkpoint (0: none, or one that cannot be trusted;
+    resuming then names the problem)."""
+    try:
+        return RunFolder.read(run_dir, checkpoint="verify").checkpoint_epoch or 0
+    except (OSError, ValueError):
         return 0
-    records = _records(run_dir)
-    return int(records[-1]["epoch"]) if records else 0
+
+
+def _failures(m: dict) -> tuple[int, str]:
+    """``(count, last error)`` of a run's failures (older states kept one string)."""
+    failed = m.get("failed")
+    if isinstance(failed, dict):
+        return int(failed.get("count", 1)), str(failed.get("last_error", ""))
+    return (1, str(failed)) if failed else (0, "")
 
 
 # --------------------------------------------------------------------------- the campaign
@@ -257,6 +273,7 @@ class _Campaign:
     smoke: bool
     pack: bool
     did_work: bool = False
+    failed_now: set = dataclasses.field(default_factory=set)  # failed in this command
 
     def run_dir(self, preset: str) -> Path:
         return self.out / "runs" / preset
@@ -320,6 +337,7 @@ class _Campaign:
         stopped = False
         try:
             self.trainer(preset, run_dir, epochs, callback, self.log)
+            self.state["runs"].get(preset, {}).pop("failed", None)
         except OutOfTime as err:
             self.log(f"stopped: {err}; the next command continues it from its checkpoint")
             stopped = True
@@ -360,7 +378,7 @@ class _Campaign:
                      f"{m['setup_seconds']:.1f} s")
         return "first_epoch_seconds" in m
 
-    def plan(self, item: QueueItem) -> dict | None:
+    def plan(self, item: QueueItem, group: QueueItem | None = None) -> dict | None:
         """The group's epoch count from the time left; None when fewer than ``min_epochs``
         fit (and this command has done other work: the next command plans it)."""
         full = max(self.full(p) for p in item.presets)
@@ -376,7 +394,8 @@ class _Campaign:
                      f"left (fewer than {low}); the next command plans it with fresh time")
             return None
         epochs = min(full, max(fit, low if fit >= low else max(done.values())))
-        plan = {"presets": list(item.presets), "epochs": epochs, "full_epochs": full,
+        # the plan belongs to the whole group: a run that failed joins it when retried
+        plan = {"presets": list((group or item).presets), "epochs": epochs, "full_epochs": full,
                 "reduced": epochs < full, "planned": _now(),
                 "seconds_per_epoch": {p: round(self.epoch_seconds(p), 3)
                                       for p in item.presets},
@@ -392,11 +411,27 @@ class _Campaign:
     def state_command(self) -> dict:
         return self.state["commands"][-1]
 
+    def skipped(self, preset: str) -> bool:
+        """A run that failed in this command, or :data:`MAX_ATTEMPTS` times: not tried now."""
+        count, _ = _failures(self.state["runs"].get(preset, {}))
+        return preset in self.failed_now or count >= MAX_ATTEMPTS
+
+    def announce_failures(self) -> None:
+        for item in self.queue:
+            for preset in item.presets:
+                count, last = _failures(self.state["runs"].get(preset, {}))
+                if count >= MAX_ATTEMPTS:
+                    self.log(f"{preset}: SKIPPED, it failed {count} times (last: {last}); "
+                             "pass --retry-failed (retry_failed=True) to try it again")
+                elif count:
+                    self.log(f"{preset}: retrying, it failed {count} time(s) (last: {last})")
+
     def run(self) -> str:
         """Work through the queue; returns why it stopped."""
+        self.announce_failures()
         for item in self.queue:
             plan = self.state["groups"].get(item.group)
-            failed = [p for p in item.presets if self.state["runs"].get(p, {}).get("failed")]
+            failed = [p for p in item.presets if self.skipped(p)]
             live = [p for p in item.presets if p not in failed]
             if plan is not None and all(_epochs_done(self.run_dir(p)) >= plan["epochs"]
                                         for p in live):
@@ -416,12 +451,11 @@ class _Campaign:
                     raise
                 except Exception as err:  # noqa: BLE001 - a failed run must not end the queue
                     self.fail(preset, err)
-            live = [p for p in live if not self.state["runs"].get(p, {}).get("failed")]
+            live = [p for p in live if not self.skipped(p)]
             if not live:
                 continue
             if plan is None:
-                sub = dataclasses.replace(item, presets=tuple(live))
-                plan = self.plan(sub)
+                plan = self.plan(dataclasses.replace(item, presets=tuple(live)), item)
                 if plan is None:
                     return f"out of time: {item.group} waits for the next command"
                 self.state_command()["trained_before_plan"] = True
@@ -439,12 +473,29 @@ class _Campaign:
                 except Exception as err:  # noqa: BLE001
                     self.fail(preset, err)
             self.state_command()["trained_before_plan"] = True
+        failed = [p for item in self.queue for p in item.presets if self.skipped(p)]
+        if failed:
+            return f"queue done except the failed run(s) {', '.join(failed)}"
         return "queue done"
 
     def fail(self, preset: str, err: Exception) -> None:
-        self.log(f"{preset}: FAILED {type(err).__name__}: {err}")
-        self.state["runs"].setdefault(preset, {})["failed"] = f"{type(err).__name__}: {err}"
+        m = self.state["runs"].setdefault(preset, {})
+        count = _failures(m)[0] + 1
+        self.failed_now.add(preset)
+        m["failed"] = {"count": count, "last_error": f"{type(err).__name__}: {err}",
+                       "time": _now()}
+        self.log(f"{preset}: FAILED ({count} of {MAX_ATTEMPTS} tries) {type(err).__name__}: "
+                 f"{err}")
         self.save()
+
+    def complete(self) -> bool:
+        """Every run of the queue has reached its group's planned epochs."""
+        for item in self.queue:
+            plan = self.state["groups"].get(item.group)
+            if plan is None or any(_epochs_done(self.run_dir(p)) < plan["epochs"]
+                                   for p in item.presets):
+                return False
+        return True
 
 
 def run_campaign(minutes: float, out: str | os.PathLike, *,
@@ -454,7 +505,7 @@ def run_campaign(minutes: float, out: str | os.PathLike, *,
                  data_dir=None, device=None, amp: str | None = None,
                  trainer: Trainer | None = None, clock: Callable[[], float] = time.monotonic,
                  log: Callable[[str], None] = print, pack: bool = True,
-                 command: str | None = None) -> dict:
+                 command: str | None = None, retry_failed: bool = False) -> dict:
     """Spend ``minutes`` on the queue; see the module docstring.
 
     Args:
@@ -475,9 +526,14 @@ def run_campaign(minutes: float, out: str | os.PathLike, *,
         pack: write the log packs.
         command: the command line, stored in ``campaign.json`` (default: this process's, as
             :func:`command_line` writes it: no absolute path of the package).
+        retry_failed: clear the failure counts, so that runs that failed
+            :data:`MAX_ATTEMPTS` times are tried again (a run that failed fewer times is
+            retried by every command anyway).
 
     Returns:
-        ``{"stopped": why, "runs": {preset: epochs done}, "groups": plans, "packs": paths}``.
+        ``{"stopped": why, "runs": {preset: epochs done}, "groups": plans, "packs": paths,
+        "failed": {preset: {"count", "last_error"}}, "did_work": whether this command
+        trained anything, "complete": whether every run has reached its plan}``.
 
     Raises:
         ValueError: a bad argument (naming it), or a folder of another campaign.
@@ -506,6 +562,10 @@ def run_campaign(minutes: float, out: str | os.PathLike, *,
         log_file.write(text + "\n")
         log_file.flush()
 
+    if retry_failed:
+        for preset, m in state["runs"].items():
+            if m.pop("failed", None):
+                say(f"{preset}: failure count cleared (retry_failed)")
     state["commands"].append({"started": _now(), "minutes": minutes,
                               "command": command if command is not None else command_line(),
                               "device": _device_name(device), "trained_before_plan": False})
@@ -530,8 +590,11 @@ def run_campaign(minutes: float, out: str | os.PathLike, *,
         packs = pack_logs(out, logs_dir) if pack else []
     runs = {p: _epochs_done(campaign.run_dir(p)) for item in queue for p in item.presets
             if campaign.run_dir(p).is_dir()}
+    failed = {p: dict(zip(("count", "last_error"), _failures(m), strict=True))
+              for p, m in state["runs"].items() if _failures(m)[0]}
     return {"stopped": stopped, "runs": runs, "groups": state["groups"],
-            "packs": [str(p) for p in packs]}
+            "packs": [str(p) for p in packs], "failed": failed,
+            "did_work": campaign.did_work, "complete": campaign.complete()}
 
 
 def _device_name(device) -> str:
@@ -546,7 +609,7 @@ def _device_name(device) -> str:
 
 
 # --------------------------------------------------------------------------- log packs
-_RUN_LOGS = ("config.json", "metrics.jsonl", "summary.json")
+_RUN_LOGS = LOG_FILES
 
 
 def pack_logs(out: str | os.PathLike, logs_dir: str | os.PathLike | None = None, *,
@@ -696,28 +759,28 @@ class _RunLogs:
 def _check_run_logs(name: str, origin: str, files: dict[str, bytes]) -> _RunLogs:
     """Parse and type-check what the importer and the results reader use."""
     where = f"{origin}: run {name}"
-    config = _strict_json(files["config.json"], f"{where}/config.json")
-    _expect(config, dict, f"{where}/config.json", allow_none=False)
+    config = _strict_json(files[CONFIG], f"{where}/{CONFIG}")
+    _expect(config, dict, f"{where}/{CONFIG}", allow_none=False)
     for key in ("extra", "run", "train", "dataset"):
-        _expect(config.get(key), dict, f"{where}/config.json: {key}")
+        _expect(config.get(key), dict, f"{where}/{CONFIG}: {key}")
     extra = config.get("extra") or {}
-    _expect(extra.get("preset"), str, f"{where}/config.json: extra.preset")
-    _expect(extra.get("smoke"), bool, f"{where}/config.json: extra.smoke")
-    _expect(extra.get("dataset"), dict, f"{where}/config.json: extra.dataset")
+    _expect(extra.get("preset"), str, f"{where}/{CONFIG}: extra.preset")
+    _expect(extra.get("smoke"), bool, f"{where}/{CONFIG}: extra.smoke")
+    _expect(extra.get("dataset"), dict, f"{where}/{CONFIG}: extra.dataset")
     for part in (extra.get("dataset") or {}, config.get("dataset") or {}):
-        _expect(part.get("source"), str, f"{where}/config.json: dataset source")
+        _expect(part.get("source"), str, f"{where}/{CONFIG}: dataset source")
     for key in ("torch", "amp_active", "device"):
-        _expect((config.get("run") or {}).get(key), str, f"{where}/config.json: run.{key}")
+        _expect((config.get("run") or {}).get(key), str, f"{where}/{CONFIG}: run.{key}")
     train = config.get("train") or {}
-    _expect(train.get("epochs"), int, f"{where}/config.json: train.epochs")
-    _expect(train.get("amp"), str, f"{where}/config.json: train.amp")
+    _expect(train.get("epochs"), int, f"{where}/{CONFIG}: train.epochs")
+    _expect(train.get("amp"), str, f"{where}/{CONFIG}: train.amp")
     records = []
-    lines = files["metrics.jsonl"].split(b"\n")
+    lines = files[METRICS].split(b"\n")
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
-        record = _strict_json(line, f"{where}/metrics.jsonl line {n}")
-        at = f"{where}/metrics.jsonl line {n}"
+        record = _strict_json(line, f"{where}/{METRICS} line {n}")
+        at = f"{where}/{METRICS} line {n}"
         _expect(record, dict, at, allow_none=False)
         if "epoch" not in record:
             continue
@@ -738,9 +801,9 @@ def _check_run_logs(name: str, origin: str, files: dict[str, bytes]) -> _RunLogs
                 raise ValueError(f"{at}: time must start with a date YYYY-MM-DD (an ISO time), got "
                                  f"{record['time']!r:.80}") from None
         records.append(record)
-    if "summary.json" in files:
-        summary = _strict_json(files["summary.json"], f"{where}/summary.json")
-        _expect(summary, dict, f"{where}/summary.json", allow_none=False)
+    if SUMMARY in files:
+        summary = _strict_json(files[SUMMARY], f"{where}/{SUMMARY}")
+        _expect(summary, dict, f"{where}/{SUMMARY}", allow_none=False)
     return _RunLogs(name, origin, files, config, records)
 
 
@@ -872,8 +935,8 @@ def _collect(source: Path) -> tuple[list[_RunLogs], dict | None]:
     state: tuple[str, bytes] | None = None
     for origin, files in trees:
         folders = sorted({posixpath.dirname(name) for name in files
-                          if posixpath.basename(name) == "metrics.jsonl"
-                          and posixpath.join(posixpath.dirname(name), "config.json") in files})
+                          if posixpath.basename(name) == METRICS
+                          and posixpath.join(posixpath.dirname(name), CONFIG) in files})
         for folder in folders:
             name = _check_safe_name(f"{origin}: run folder name", posixpath.basename(folder)
                                     or source.name)
@@ -899,8 +962,8 @@ def _collect(source: Path) -> tuple[list[_RunLogs], dict | None]:
 
 def _already_filed(dest: Path, runs: Sequence[_RunLogs]) -> None:
     """Refuse a run whose ``metrics.jsonl`` is already in ``dest`` (filed under any name)."""
-    incoming = {run.files["metrics.jsonl"]: run.name for run in runs}
-    for metrics in sorted(dest.glob("*/*/metrics.jsonl")) + sorted(dest.glob("*/metrics.jsonl")):
+    incoming = {run.files[METRICS]: run.name for run in runs}
+    for metrics in sorted(dest.glob(f"*/*/{METRICS}")) + sorted(dest.glob(f"*/{METRICS}")):
         if metrics.is_symlink() or not metrics.is_file():
             continue
         name = incoming.get(metrics.read_bytes())
@@ -983,8 +1046,8 @@ def import_runs(source: str | os.PathLike, *, dest: str | os.PathLike | None = N
     dest = _results_dest(dest)
     runs, state = _collect(source)
     if not runs:
-        raise ValueError(f"source {source} holds no run folder (config.json + "
-                         "metrics.jsonl) and no campaign-logs-*.tar.gz pack")
+        raise ValueError(f"source {source} holds no run folder ({CONFIG} + "
+                         f"{METRICS}) and no campaign-logs-*.tar.gz pack")
     runs = [r for r in runs if r.records]
     if not runs:
         raise ValueError(f"source {source}: no run has a finished epoch")
@@ -1117,6 +1180,9 @@ def add_cli(sub, **shared) -> None:
     camp.add_argument("--list", action="store_true", help="print the queue and exit")
     camp.add_argument("--data-dir", help="where CIFAR is (default: $CONVNN_DATA_DIR)")
     camp.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    camp.add_argument("--retry-failed", action="store_true",
+                      help=f"try again the runs that failed {MAX_ATTEMPTS} times (runs that "
+                           "failed fewer times are retried anyway)")
     camp.set_defaults(func=_campaign_cli)
 
     imp = sub.add_parser("import-runs", **shared, help="file returned logs into data/results/")
@@ -1145,12 +1211,23 @@ def _campaign_cli(args: argparse.Namespace) -> int:
                              "campaign --list`")
         queue = tuple(known[g] for g in args.only)
     result = run_campaign(args.minutes, args.out, queue=queue, logs_dir=args.logs,
-                          smoke=args.smoke, data_dir=args.data_dir, device=args.device)
+                          smoke=args.smoke, data_dir=args.data_dir, device=args.device,
+                          retry_failed=args.retry_failed)
     print(f"stopped: {result['stopped']}")
     for preset, done in result["runs"].items():
         print(f"  {preset}: {done} epoch(s)")
+    for preset, f in result["failed"].items():
+        print(f"  {preset}: FAILED {f['count']} time(s), last: {f['last_error']}")
     print("logs: " + ", ".join(result["packs"]))
-    return 0
+    if result["did_work"]:
+        return 0
+    if result["complete"]:
+        print("nothing to train: every run of the queue has finished its planned epochs")
+        return 0
+    print(f"error: this command trained nothing ({result['stopped']})"
+          + ("; pass --retry-failed to try the failed runs again" if result["failed"] else ""),
+          file=sys.stderr)
+    return 1
 
 
 def _import_cli(args: argparse.Namespace) -> int:

@@ -54,12 +54,14 @@ from ._checks import check_bool, check_choice, check_int, check_rank
 __all__ = [
     "CIFAR10_CLASSES",
     "DATASETS",
+    "FINGERPRINT_SAMPLE",
     "DatasetInfo",
     "DatasetNotFoundError",
     "DeviceLoader",
     "EpochLoader",
     "ImageDataset",
     "augment_batch",
+    "dataset_fingerprint",
     "dataset_info",
     "default_cache_dir",
     "load_dataset",
@@ -1031,3 +1033,35 @@ register_dataset(DatasetInfo(
     mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762),
     smoke_train_per_class=5, smoke_test_per_class=2,
     stand_in=_synthetic_stand_in(100)))
+
+
+#: Images per split hashed by :func:`dataset_fingerprint` (evenly spaced, always the same).
+FINGERPRINT_SAMPLE = 64
+
+
+def dataset_fingerprint(ds) -> str:
+    """What a dataset *is*, as a SHA-256: its split sizes, its label arrays and a fixed
+    sample of :data:`FINGERPRINT_SAMPLE` images per split (their pixels, or the bytes of their
+    files for a streamed ImageNet tree). It ignores where the data lives and how it was
+    described, so a moved folder, a cache instead of a download, or a copy of the archive give
+    the same fingerprint, and other data another."""
+    h = hashlib.sha256(b"convnn-dataset-fingerprint-1")
+    for split in ("train", "test"):
+        labels = getattr(ds, f"{split}_labels").detach().cpu().to(torch.int64).contiguous()
+        n = len(labels)
+        h.update(f"{split}:{n};".encode())
+        h.update(labels.numpy().tobytes())
+        picks = sorted({i * n // FINGERPRINT_SAMPLE for i in range(FINGERPRINT_SAMPLE)}) if n else []
+        images = getattr(ds, f"{split}_images", None)
+        if images is not None:
+            sample = images[torch.tensor(picks, dtype=torch.long)] if picks else images[:0]
+            h.update(str(tuple(images.shape[1:])).encode())
+            h.update(sample.detach().cpu().contiguous().numpy().tobytes())
+        else:  # streamed: the files' relative names and the bytes of the sampled ones
+            files = [f.decode("utf-8", "surrogateescape") if isinstance(f, bytes) else str(f)
+                     for f in getattr(ds, f"{split}_files")]
+            folder = Path(ds.root) / ("train" if split == "train" else "val")
+            h.update("\n".join(files).encode("utf-8", "surrogateescape"))
+            for i in picks:
+                h.update((folder / files[i]).read_bytes())
+    return h.hexdigest()

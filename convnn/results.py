@@ -33,7 +33,7 @@ import os
 import re
 import warnings
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -42,6 +42,7 @@ from .data import DATASETS
 from .experiments import get_preset, paper_key, paper_records, preset_for_record
 from .models import upgrade_model_dict
 from .package_data import PackageDataError, data_file, results_root
+from .run_folder import METRICS, RunFolder, RunRecord, is_run_folder
 from .viz import BookFigure
 
 __all__ = [
@@ -199,28 +200,49 @@ def _device_label(device: str) -> str:
 
 @dataclass
 class Run:
-    """One run folder: its config, its per-epoch records and what it was.
+    """One run folder, as the book shows it: a view over its :class:`RunRecord` (what
+    :meth:`convnn.run_folder.RunFolder.read` found) with its provenance.
 
     Attributes:
-        path: the run folder.
-        config: ``config.json``.
-        records: the readable lines of ``metrics.jsonl``, one dict per finished epoch.
-        summary: ``summary.json`` as written, or ``None`` (a run that never finished an epoch).
+        record: the folder's record (config, metrics, summary).
         provenance: the provenance line of the nearest ``README.md`` (the run folder or a
             folder above it, up to the search root), or ``None``.
-        skipped_lines: lines of ``metrics.jsonl`` that were not valid JSON (a cut-off line).
     """
 
-    path: Path
-    config: dict
-    records: list[dict] = field(default_factory=list)
-    summary: dict | None = None
+    record: RunRecord
     provenance: str | None = None
-    skipped_lines: int = 0
+
+    @property
+    def path(self) -> Path:
+        return self.record.path
+
+    @property
+    def config(self) -> dict:
+        """The run's ``config.json``."""
+        return self.record.config
+
+    @property
+    def records(self) -> list[dict]:
+        """One dict per finished epoch (lines cut off by a crash are skipped)."""
+        return self.record.records
+
+    @property
+    def summary(self) -> dict | None:
+        """The run's summary as written, or ``None`` (a run that never finished an epoch)."""
+        return self.record.summary
+
+    @summary.setter
+    def summary(self, value: dict | None) -> None:
+        self.record.summary = value
+
+    @property
+    def skipped_lines(self) -> int:
+        """Lines of the metrics log that were not valid records (a cut-off line)."""
+        return self.record.skipped_lines
 
     @property
     def extra(self) -> dict:
-        return self.config.get("extra") or {}
+        return self.record.extra
 
     @property
     def preset(self) -> str | None:
@@ -235,9 +257,7 @@ class Run:
     @property
     def dataset_source(self) -> str:
         """Where the images came from, e.g. ``"cifar10 (JPEG copy at ...)"``."""
-        source = (self.extra.get("dataset") or {}).get("source") \
-            or (self.config.get("dataset") or {}).get("source")
-        return source or "unknown"
+        return self.record.dataset.get("source") or "unknown"
 
     @property
     def dataset(self) -> str:
@@ -366,12 +386,12 @@ def _provenance(folder: Path, stop: Path | None) -> str | None:
 
 
 def load_run(run_dir: str | os.PathLike, *, root: str | os.PathLike | None = None) -> Run:
-    """Read a run folder: ``config.json`` (required), ``metrics.jsonl`` and ``summary.json``.
+    """Read a run folder's logs through :meth:`convnn.run_folder.RunFolder.read` (never its
+    checkpoint: committed logs have none).
 
-    Unfinished runs are fine: a missing ``metrics.jsonl`` or ``summary.json`` gives no records
-    or no summary, and lines of ``metrics.jsonl`` that are not valid JSON (a line cut off by
-    a crash) are skipped and counted in :attr:`Run.skipped_lines`. Unlike
-    :func:`convnn.train.load_run_checkpoint` this never loads a checkpoint (committed logs have none).
+    Unfinished runs are fine: a missing metrics log or summary gives no records or no
+    summary, and lines of the log that are not valid records (a line cut off by a crash) are
+    skipped and counted in :attr:`Run.skipped_lines`.
 
     Args:
         run_dir: the folder.
@@ -379,52 +399,24 @@ def load_run(run_dir: str | os.PathLike, *, root: str | os.PathLike | None = Non
             itself).
 
     Raises:
-        FileNotFoundError: no ``config.json`` in ``run_dir``.
+        FileNotFoundError: ``run_dir`` is not a run folder.
     """
     path = Path(run_dir)
-    config_path = path / "config.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path} does not exist: not a run folder (a run "
-                                "folder has config.json and metrics.jsonl)")
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    records, skipped = [], 0
-    metrics = path / "metrics.jsonl"
-    if metrics.is_file():
-        for line in metrics.read_text(encoding="utf-8").splitlines():
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                skipped += 1
-                continue
-            if isinstance(record, dict) and "epoch" in record and "test_top1" in record:
-                records.append(record)
-            else:
-                skipped += 1
-    summary = None
-    summary_path = path / "summary.json"
-    if summary_path.is_file():
-        try:
-            summary = json.loads(summary_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            summary = None
-    return Run(path, config, records, summary,
-               _provenance(path, Path(root) if root is not None else path), skipped)
+    record = RunFolder.read(path, checkpoint="none")
+    return Run(record, _provenance(path, Path(root) if root is not None else path))
 
 
 def find_runs(root: str | os.PathLike | None = None) -> list[Run]:
-    """Every run folder under ``root`` (any depth): a folder with ``metrics.jsonl`` and
-    ``config.json``. ``root`` defaults to the committed logs (:data:`RESULTS_ROOT`). Returns
-    ``[]`` when ``root`` does not exist; folders that cannot be read are skipped with a
-    warning. Sorted by path."""
+    """Every run folder under ``root`` (any depth; see :func:`convnn.run_folder.is_run_folder`).
+    ``root`` defaults to the committed logs (:data:`RESULTS_ROOT`). Returns ``[]`` when
+    ``root`` does not exist; folders that cannot be read are skipped with a warning. Sorted
+    by path."""
     root = Path(root) if root is not None else RESULTS_ROOT
     if not root.is_dir():
         return []
     runs = []
-    for metrics in sorted(root.rglob("metrics.jsonl")):
-        folder = metrics.parent
-        if not (folder / "config.json").is_file():
+    for folder in sorted({p.parent for p in root.rglob(METRICS)}):
+        if not is_run_folder(folder):
             continue
         try:
             runs.append(load_run(folder, root=root))
@@ -1385,7 +1377,7 @@ def model_differences(run: Run) -> list[str]:
     """Model settings of the run that differ from today's preset (e.g. layer options the
     preset gained later), as ``"name: ours -> preset's"`` strings; ``[]`` if none."""
     want = get_preset(run.preset).model_config().to_dict()
-    have = upgrade_model_dict(run.extra.get("model") or {})
+    have = upgrade_model_dict(run.record.model_config or {})
     out = []
     for key, value in want.items():
         if key == "layer_options":
@@ -1415,7 +1407,7 @@ def comparable_reason(run: Run) -> str | None:
         return "a smoke run"
     if not run.records:
         return "no finished epoch"
-    dataset = run.extra.get("dataset") or {}
+    dataset = run.record.dataset
     if dataset.get("synthetic") or run.dataset_source.startswith("synthetic"):
         return "synthetic data"
     if dataset.get("train_per_class") or dataset.get("test_per_class"):

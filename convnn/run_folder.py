@@ -1,10 +1,20 @@
-"""The run folder of :func:`convnn.train.fit`: open a fresh run or resume one, its lock and
-fingerprint, and the checkpoint format (with its SHA-256 sidecar).
+"""The run folder of :func:`convnn.train.fit`: its one writer and its one reader.
 
-A :class:`RunFolder` decides, before anything in the folder changes, whether the call starts
-afresh, resumes after the last checkpoint, or is refused; then it writes ``config.json``, and
-after every epoch a metrics line and ``summary.json``, and the checkpoint at the run's
-cadence (``TrainConfig.checkpoint_every`` / ``checkpoint_minutes``), each atomically.
+A run folder holds ``config.json`` (what the run is: training settings, model, dataset),
+``metrics.jsonl`` (one line per finished epoch), ``checkpoint.pt`` with its SHA-256 sidecar,
+and ``summary.json``. The file names appear in this module only; everything else reads a
+folder through :meth:`RunFolder.read` and writes it through :class:`RunFolder`.
+
+**The checkpoint is the authority.** A run has finished when its checkpoint, verified
+against its SHA-256, holds the last epoch. After every epoch the metrics line is written,
+then the checkpoint (at the run's cadence, ``TrainConfig.checkpoint_every`` /
+``checkpoint_minutes``), and only then ``summary.json``, which records the checkpoint's
+epoch and SHA-256. A kill at any moment therefore leaves a folder that reads as what it
+holds: lines past the checkpoint are dropped on resume, and a summary that does not record
+the checkpoint on disk is not trusted.
+
+The checkpoint carries the run's fingerprint (training settings, model config, dataset
+content), so an edited ``config.json`` is detected when the run is evaluated or resumed.
 """
 
 from __future__ import annotations
@@ -29,37 +39,54 @@ from ._io import (
     folder_lock,
     load_checkpoint,
     read_json,
-    read_jsonl,
     remove_leftovers,
     save_checkpoint,
+    verify_checksum,
 )
 from ._version import __version__
 
 __all__ = [
+    "CHECKPOINT",
     "CHECKPOINT_FORMAT",
+    "CONFIG",
+    "LOCK",
+    "LOG_FILES",
+    "METRICS",
     "RESUMABLE_CHANGES",
     "RESUMABLE_EXTRA",
     "RUN_FILES",
+    "SUMMARY",
     "RunFolder",
     "RunFolderError",
+    "RunRecord",
+    "config_fingerprint",
+    "copy_logs",
+    "is_run_folder",
     "load_run_checkpoint",
     "load_weights",
     "run_fingerprint",
     "run_lock",
 ]
 
+CONFIG = "config.json"
+METRICS = "metrics.jsonl"
+CHECKPOINT = "checkpoint.pt"
+SUMMARY = "summary.json"
+LOCK = ".lock"
 #: The files of a run folder.
-RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt", "checkpoint.pt" + CHECKSUM_SUFFIX,
-             "summary.json")
+RUN_FILES = (CONFIG, METRICS, CHECKPOINT, CHECKPOINT + CHECKSUM_SUFFIX, SUMMARY)
+#: The files that are logs (committed and packed; checkpoints are not).
+LOG_FILES = (CONFIG, METRICS, SUMMARY)
 #: TrainConfig fields that may change when a run is resumed.
 RESUMABLE_CHANGES = ("epochs", "log_every", "compile", "eval_batch_size", "deterministic",
                      "checkpoint_every", "checkpoint_minutes")
 #: Keys of ``extra`` that may change on resume (the command line, the data's location).
-RESUMABLE_EXTRA = ("command", "dataset.root")
-#: 2: adds the run's fingerprint and a digest of the metrics log (format 1 is still read).
-CHECKPOINT_FORMAT = 2
-
-
+RESUMABLE_EXTRA = ("command", "dataset.root", "dataset.source")
+#: Keys of the dataset section that say where the data is, not what it is.
+DATA_LOCATION = ("source", "root")
+#: 3: the fingerprint holds the model config and the dataset's content hash (formats 1 and 2
+#: are read: see :func:`_upgrade_checkpoint`). 2: the fingerprint and a digest of the log.
+CHECKPOINT_FORMAT = 3
 
 
 class RunFolderError(ValueError):
@@ -67,29 +94,31 @@ class RunFolderError(ValueError):
     Nothing in the folder was changed."""
 
 
-
-def load_run_checkpoint(run_dir: str | os.PathLike) -> tuple[dict, dict]:
-    """Read a run folder's ``config.json`` and ``checkpoint.pt``.
-
-    The checkpoint is loaded on the CPU with ``torch.load(..., weights_only=True)``.
-
-    Returns:
-        ``(config, checkpoint)``: ``config["train"]`` is a :meth:`TrainConfig.to_dict`;
-        ``checkpoint`` has ``"model"`` (a state dict), ``"optimizer"``, ``"scaler"``,
-        ``"epoch"`` (finished epochs), ``"rng"`` and ``"config"``.
-    """
-    run_dir = Path(run_dir)
-    for name in ("config.json", "checkpoint.pt"):
-        if not (run_dir / name).is_file():
-            raise FileNotFoundError(f"{run_dir / name} does not exist: not a (started) run folder")
-    config = read_json(run_dir / "config.json")
-    if not isinstance(config.get("train"), dict):
-        raise RunFolderError(f"{run_dir / 'config.json'} has no \"train\" settings; it was not "
-                             "written by convnn.train")
-    return config, _load_training_checkpoint(run_dir / "checkpoint.pt")
+def local_time() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).astimezone().isoformat(timespec="seconds")
 
 
+def is_run_folder(path: str | os.PathLike) -> bool:
+    """Whether ``path`` holds a run's logs (a config and a metrics log)."""
+    path = Path(path)
+    return (path / CONFIG).is_file() and (path / METRICS).is_file()
+
+
+# --------------------------------------------------------------------------- the checkpoint
 CHECKPOINT_KEYS = {"epoch": int, "model": dict, "optimizer": dict, "rng": list, "config": dict}
+
+
+def _upgrade_checkpoint(checkpoint: dict, path: Path) -> dict:
+    """A checkpoint of an older format in today's layout (format 1: no fingerprint, which
+    the reader then takes from ``config.json``; format 2: a fingerprint with the model config
+    and the dataset under ``extra``). A newer format than this code knows is refused."""
+    fmt = checkpoint.get("format", 1)
+    if not isinstance(fmt, int) or isinstance(fmt, bool) or fmt > CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} has checkpoint format {fmt!r}; this convnn reads formats "
+                              f"1 to {CHECKPOINT_FORMAT}: update convnn to read it")
+    if fmt == 2 and isinstance(checkpoint.get("fingerprint"), dict):
+        checkpoint = {**checkpoint, "fingerprint": _canonical(checkpoint["fingerprint"])}
+    return checkpoint
 
 
 def _load_training_checkpoint(path: Path) -> dict:
@@ -105,7 +134,7 @@ def _load_training_checkpoint(path: Path) -> dict:
     if checkpoint.get("format", 1) >= 2 and not sidecar.is_file():
         raise CheckpointError(f"{sidecar} is missing, so {path} cannot be verified; restore "
                               "it or start the run again")
-    return checkpoint
+    return _upgrade_checkpoint(checkpoint, path)
 
 
 def load_weights(model: nn.Module, state: dict, path: Path) -> None:
@@ -119,8 +148,13 @@ def load_weights(model: nn.Module, state: dict, path: Path) -> None:
             "the run folder belongs to another model configuration") from None
 
 
+# --------------------------------------------------------------------------- fingerprints
 def _dataset_info(ds) -> dict:
-    return {
+    """The dataset section of ``config.json``: what the data is (with its content hash) and,
+    under :data:`DATA_LOCATION`, where it was."""
+    from .data import dataset_fingerprint
+
+    info = {
         "name": ds.name,
         "source": ds.source,
         "classes": ds.num_classes,
@@ -129,11 +163,23 @@ def _dataset_info(ds) -> dict:
         "test_images": ds.num_test,
         "mean": list(ds.mean),
         "std": list(ds.std),
+        "synthetic": bool(getattr(ds, "synthetic", False)),
+        "content": dataset_fingerprint(ds),
     }
+    for key in ("train_per_class", "test_per_class"):
+        if getattr(ds, key, None) is not None:
+            info[key] = getattr(ds, key)
+    if getattr(ds, "root", None) is not None:
+        info["root"] = str(ds.root)
+    return info
 
 
-def local_time() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).astimezone().isoformat(timespec="seconds")
+def _model_info(net: nn.Module, model_config: dict | None) -> dict:
+    info = {"class": f"{type(net).__module__}.{type(net).__qualname__}",
+            "parameters": sum(p.numel() for p in net.parameters())}
+    if model_config is not None:
+        info["config"] = model_config
+    return info
 
 
 def _without(d: dict, dotted: tuple[str, ...]) -> dict:
@@ -147,30 +193,55 @@ def _without(d: dict, dotted: tuple[str, ...]) -> dict:
     return out
 
 
-def run_fingerprint(config, ds, extra: dict, net: nn.Module) -> dict:
+def _canonical(fp: dict) -> dict:
+    """A fingerprint in today's layout: the model config under ``model.config`` (with
+    today's field names) and every dataset fact under ``dataset``, without the data's
+    location. Older run folders recorded both under ``extra``."""
+    from .models import upgrade_model_dict
+
+    fp = {k: (dict(v) if isinstance(v, dict) else v) for k, v in fp.items()}
+    extra = fp.get("extra")
+    if isinstance(extra, dict):
+        if isinstance(extra.get("model"), dict):
+            fp.setdefault("model", {})
+            if isinstance(fp["model"], dict):
+                fp["model"] = {**fp["model"], "config": extra["model"]}
+            extra.pop("model")
+        if isinstance(extra.get("dataset"), dict):
+            data = fp.get("dataset") if isinstance(fp.get("dataset"), dict) else {}
+            fp["dataset"] = {**extra.pop("dataset"), **data}
+    if isinstance(fp.get("dataset"), dict):
+        fp["dataset"] = {k: v for k, v in fp["dataset"].items() if k not in DATA_LOCATION}
+    model = fp.get("model")
+    if isinstance(model, dict) and isinstance(model.get("config"), dict):
+        fp["model"] = {**model, "config": upgrade_model_dict(model["config"])}
+    return fp
+
+
+def run_fingerprint(config, ds, extra: dict, net: nn.Module,
+                    model_config: dict | None = None) -> dict:
     """Everything that defines a run, except what may change on resume: the training
-    settings, the data (not its location), the caller's ``extra`` and the model class."""
-    train_cfg = {k: v for k, v in config.to_dict().items() if k not in RESUMABLE_CHANGES}
-    data = {k: v for k, v in _dataset_info(ds).items() if k != "source"}
-    model = {"class": f"{type(net).__module__}.{type(net).__qualname__}",
-             "parameters": sum(p.numel() for p in net.parameters())}
-    fp = {"train": train_cfg, "dataset": data, "extra": _without(extra, RESUMABLE_EXTRA),
-          "model": model}
-    return json.loads(json.dumps(fp))  # tuples as lists, as they come back from disk
+    settings, the data (what it is, not where it is), the caller's ``extra`` and the model
+    (its class, size and config)."""
+    fp = {"train": {k: v for k, v in config.to_dict().items() if k not in RESUMABLE_CHANGES},
+          "dataset": _dataset_info(ds), "extra": _without(extra, RESUMABLE_EXTRA),
+          "model": _model_info(net, model_config)}
+    return _canonical(json.loads(json.dumps(fp)))  # tuples as lists, as they come from disk
 
 
-def _fingerprint_of(cfg_json: dict, train_cfg: dict | None) -> dict:
-    """The fingerprint recorded by a run folder whose checkpoint has none (format 1)."""
+def config_fingerprint(cfg_json: dict) -> dict:
+    """The fingerprint a ``config.json`` describes (compare it with the checkpoint's)."""
     fp: dict = {}
-    if isinstance(train_cfg, dict):
-        fp["train"] = {k: v for k, v in train_cfg.items() if k not in RESUMABLE_CHANGES}
+    if isinstance(cfg_json.get("train"), dict):
+        fp["train"] = {k: v for k, v in cfg_json["train"].items() if k not in RESUMABLE_CHANGES}
     if isinstance(cfg_json.get("dataset"), dict):
-        fp["dataset"] = {k: v for k, v in cfg_json["dataset"].items() if k != "source"}
+        fp["dataset"] = dict(cfg_json["dataset"])
     if isinstance(cfg_json.get("extra"), dict):
         fp["extra"] = _without(cfg_json["extra"], RESUMABLE_EXTRA)
     if isinstance(cfg_json.get("model"), dict):
-        fp["model"] = {k: cfg_json["model"].get(k) for k in ("class", "parameters")}
-    return fp
+        fp["model"] = {k: v for k, v in cfg_json["model"].items()
+                       if k in ("class", "parameters", "config")}
+    return _canonical(fp)
 
 
 _MISSING = "<absent>"
@@ -178,39 +249,54 @@ _MISSING = "<absent>"
 
 def _differences(saved, current, prefix: str = ""):
     if isinstance(saved, dict) and isinstance(current, dict):
-        for k in sorted(set(saved) | set(current), key=str):
+        keys = set(saved) | set(current)
+        if prefix == "dataset.":  # facts an older run did not record are not compared
+            keys = set(saved) & set(current)
+        for k in sorted(keys, key=str):
             yield from _differences(saved.get(k, _MISSING), current.get(k, _MISSING),
                                     f"{prefix}{k}.")
     elif saved != current:
         yield prefix[:-1], saved, current
 
 
-def _renamed_fields_upgraded(fp: dict) -> dict:
-    """A fingerprint whose ``extra.model`` (a saved ``ModelConfig``) uses today's field names,
-    so that a run saved before a rename (``heads`` -> ``num_heads``) still resumes."""
-    extra = fp.get("extra")
-    if isinstance(extra, dict) and isinstance(extra.get("model"), dict):
-        from .models import upgrade_model_dict
-
-        fp = {**fp, "extra": {**extra, "model": upgrade_model_dict(extra["model"])}}
-    return fp
+def _changes(saved: dict, current: dict) -> str:
+    """The differences of two fingerprints, as text (``""``: none). Sections absent from
+    ``saved`` (older run folders) are not compared."""
+    changed = list(_differences(saved, {k: v for k, v in current.items() if k in saved}))
+    shown = changed if len(changed) <= 6 else [*changed[:6], ("...", "", "")]
+    return ", ".join(f"{k}: {a!r} -> {b!r}" if k != "..." else "..." for k, a, b in shown)
 
 
 def _check_resumable(saved: dict, current: dict, path: Path) -> None:
-    """Raise unless fingerprint ``current`` equals ``saved`` (sections absent from ``saved``,
-    as in older run folders, are not compared; renamed model fields count as the same)."""
-    saved, current = _renamed_fields_upgraded(saved), _renamed_fields_upgraded(current)
-    changed = list(_differences(saved, {k: v for k, v in current.items() if k in saved}))
-    if changed:
-        shown = changed if len(changed) <= 6 else [*changed[:6], ("...", "", "")]
-        detail = ", ".join(f"{k}: {a!r} -> {b!r}" if k != "..." else "..."
-                           for k, a, b in shown)
+    """Raise unless fingerprint ``current`` equals ``saved``."""
+    detail = _changes(saved, current)
+    if detail:
         raise RunFolderError(
             f"cannot resume {path.parent}: this is not the run it holds ({path.name} differs "
-            f"in {detail}); only {list(RESUMABLE_CHANGES)} may change on resume. Choose "
-            "another out_dir for a new run, or overwrite=True (--overwrite) to replace it")
+            f"in {detail}); only {list(RESUMABLE_CHANGES)} and the data's location may change "
+            "on resume. Choose another out_dir for a new run, or overwrite=True (--overwrite) "
+            "to replace it")
 
 
+def fingerprint_digest(fp: dict) -> str:
+    """A SHA-256 of a fingerprint (what ``summary.json`` records of the checkpoint's)."""
+    return hashlib.sha256(json.dumps(_canonical(fp), sort_keys=True).encode()).hexdigest()
+
+
+def _check_config_matches(cfg_json: dict, checkpoint: dict, run_dir: Path) -> None:
+    """Refuse a ``config.json`` that no longer describes the run its checkpoint holds."""
+    saved = checkpoint.get("fingerprint")
+    if not isinstance(saved, dict):
+        return  # format 1: the checkpoint recorded nothing to compare with
+    detail = _changes(saved, config_fingerprint(cfg_json))
+    if detail:
+        raise RunFolderError(
+            f"{run_dir / CONFIG} does not describe the run its {CHECKPOINT} holds (it differs "
+            f"in {detail.replace(' -> ', ' in the checkpoint, now ')}); the file was edited. "
+            "Restore it; the checkpoint is the authority")
+
+
+# --------------------------------------------------------------------------- the metrics log
 def _log_digest(records: list[dict]) -> str:
     text = json.dumps(records, sort_keys=True, allow_nan=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -223,33 +309,70 @@ def log_summary(records: list[dict]) -> dict:
             "best_test_top1": best["test_top1"], "sha256": _log_digest(records)}
 
 
-def _read_log(path: Path, checkpoint: dict) -> list[dict]:
-    """The metrics records of epochs ``1..checkpoint["epoch"]``, checked against the
-    checkpoint; lines past it (a crash between the two writes) are dropped."""
+def _parse_records(path: Path, strict: bool) -> tuple[list[dict], int]:
+    """The epoch records of a metrics log and how many lines were skipped.
+
+    ``strict`` (a run to resume): every line must be a JSON object with an int ``epoch``, in
+    order from 1, and a numeric ``test_top1``; anything else raises. Otherwise (committed
+    logs) a line cut off by a crash or not a record is skipped and counted."""
+    if not path.is_file():
+        return [], 0
+    records, skipped = [], 0
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line, parse_constant=_reject)
+        except ValueError as err:
+            if strict:
+                raise RunFolderError(f"{path} line {n} is not valid JSON ({err}); the file is "
+                                     "damaged or was edited: restore it or start the run "
+                                     "again") from None
+            skipped += 1
+            continue
+        epoch = record.get("epoch") if isinstance(record, dict) else None
+        ok = (isinstance(epoch, int) and not isinstance(epoch, bool)
+              and isinstance(record.get("test_top1"), (int, float))
+              and not isinstance(record.get("test_top1"), bool))
+        if strict and not (ok and epoch == len(records) + 1):
+            raise RunFolderError(
+                f"{path} is not in epoch order or not a metrics log (line {n} has epoch "
+                f"{epoch!r}, expected {len(records) + 1}, with a numeric test_top1); it was "
+                "edited or damaged. Restore it, or start again with overwrite=True "
+                "(--overwrite)")
+        if ok:
+            records.append(record)
+        else:
+            skipped += 1
+    return records, skipped
+
+
+def _reject(name: str):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _checked_log(path: Path, checkpoint: dict) -> list[dict]:
+    """The metrics records of a run to resume, checked against its checkpoint (lines past
+    the checkpoint, from a crash between the writes, are kept here and dropped later)."""
     epoch = checkpoint["epoch"]
     if not path.is_file():
         raise RunFolderError(f"cannot resume {path.parent}: {path.name} is missing but "
-                             f"checkpoint.pt is at epoch {epoch}; restore {path}, or start "
+                             f"{CHECKPOINT} is at epoch {epoch}; restore {path}, or start "
                              "again with overwrite=True (--overwrite)")
-    records = read_jsonl(path)
-    for i, r in enumerate(records, 1):
-        if r.get("epoch") != i or isinstance(r.get("epoch"), bool):
-            raise RunFolderError(
-                f"cannot resume: {path} is not in epoch order (line {i} has epoch "
-                f"{r.get('epoch')!r}, expected {i}); it was edited or damaged. Restore it, or "
-                "start again with overwrite=True (--overwrite)")
-        if not isinstance(r.get("test_top1"), (int, float)):
-            raise RunFolderError(f"cannot resume: {path} epoch {i} has no numeric test_top1")
+    try:
+        records, _ = _parse_records(path, strict=True)
+    except RunFolderError as err:
+        raise RunFolderError(f"cannot resume: {err}") from None
     if len(records) < epoch:
         raise RunFolderError(
-            f"cannot resume: {path} has {len(records)} epoch(s) but checkpoint.pt is at epoch "
+            f"cannot resume: {path} has {len(records)} epoch(s) but {CHECKPOINT} is at epoch "
             f"{epoch}; the log was edited or damaged. Restore it, or start again with "
             "overwrite=True (--overwrite)")
     kept, saved = records[:epoch], checkpoint.get("log")
     if isinstance(saved, dict) and _log_digest(kept) != saved.get("sha256"):
         found = log_summary(kept)
         raise RunFolderError(
-            f"cannot resume: {path} does not match checkpoint.pt (the log's best test_top1 is "
+            f"cannot resume: {path} does not match {CHECKPOINT} (the log's best test_top1 is "
             f"{found['best_test_top1']} at epoch {found['best_epoch']}, the checkpoint recorded "
             f"{saved.get('best_test_top1')} at epoch {saved.get('best_epoch')}; "
             "the log was edited or damaged). Restore it, or start again with "
@@ -257,13 +380,116 @@ def _read_log(path: Path, checkpoint: dict) -> list[dict]:
     return records
 
 
+# --------------------------------------------------------------------------- the reader
+CHECKPOINT_MODES = ("load", "verify", "none")
+
+
+@dataclass
+class RunRecord:
+    """What a run folder holds, as :meth:`RunFolder.read` found it.
+
+    Attributes:
+        path: the run folder.
+        config: ``config.json``.
+        records: the metrics log, one dict per finished epoch (lines cut off by a crash are
+            skipped and counted in ``skipped_lines``).
+        summary: ``summary.json``, or ``None`` (none, or unreadable).
+        checkpoint: the loaded checkpoint (``checkpoint="load"``), else ``None``.
+        checkpoint_epoch: the epoch of the verified checkpoint (``None``: no checkpoint, or
+            not looked at).
+        checkpoint_sha256: its SHA-256 (``None`` as above, or a checkpoint without sidecar).
+    """
+
+    path: Path
+    config: dict
+    records: list[dict] = field(default_factory=list)
+    summary: dict | None = None
+    checkpoint: dict | None = None
+    checkpoint_epoch: int | None = None
+    checkpoint_sha256: str | None = None
+    skipped_lines: int = 0
+
+    @property
+    def extra(self) -> dict:
+        extra = self.config.get("extra")
+        return extra if isinstance(extra, dict) else {}
+
+    @property
+    def model_config(self) -> dict | None:
+        """The model's :meth:`ModelConfig.to_dict` (older folders kept it under ``extra``)."""
+        model = self.config.get("model")
+        if isinstance(model, dict) and isinstance(model.get("config"), dict):
+            return model["config"]
+        return self.extra.get("model") if isinstance(self.extra.get("model"), dict) else None
+
+    @property
+    def dataset(self) -> dict:
+        """Every recorded fact about the data (name, sizes, subset, source, content...)."""
+        old = self.extra.get("dataset")
+        new = self.config.get("dataset")
+        return {**(old if isinstance(old, dict) else {}), **(new if isinstance(new, dict) else {})}
+
+    @property
+    def epochs_planned(self) -> int | None:
+        epochs = (self.config.get("train") or {}).get("epochs")
+        return int(epochs) if isinstance(epochs, int) and not isinstance(epochs, bool) else None
+
+    @property
+    def finished(self) -> bool:
+        """The verified checkpoint holds the last planned epoch and ``summary.json`` records
+        that checkpoint (older folders: the summary's epoch count matches it)."""
+        if self.checkpoint_epoch is None or self.epochs_planned is None:
+            return False
+        if self.checkpoint_epoch != self.epochs_planned or not isinstance(self.summary, dict):
+            return False
+        recorded = self.summary.get("checkpoint")
+        if isinstance(recorded, dict):
+            return (recorded.get("sha256") == self.checkpoint_sha256
+                    and recorded.get("epoch") == self.checkpoint_epoch)
+        return self.summary.get("epochs_completed") == self.checkpoint_epoch
+
+
+def copy_logs(run_dir: str | os.PathLike, dest: str | os.PathLike, *,
+              config: dict | None = None, rewrite=None) -> Path:
+    """Copy a run folder's logs (:data:`LOG_FILES`, never the checkpoint) into ``dest``,
+    e.g. to commit them: ``config`` replaces ``config.json`` and ``rewrite(text)`` is applied
+    to every file's text (e.g. to remove this machine's paths). Returns ``dest``."""
+    run_dir, dest = Path(run_dir), Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in LOG_FILES:
+        if name == CONFIG and config is not None:
+            text = json.dumps(config, indent=2) + "\n"
+        elif (run_dir / name).is_file():
+            text = (run_dir / name).read_text(encoding="utf-8")
+        else:
+            continue
+        atomic_write_text(dest / name, rewrite(text) if rewrite else text)
+    return dest
+
+
+def load_run_checkpoint(run_dir: str | os.PathLike) -> tuple[dict, dict]:
+    """``(config, checkpoint)`` of a run folder: :meth:`RunFolder.read` with the checkpoint
+    loaded (verified, ``weights_only=True``, on the CPU) and checked against ``config.json``.
+
+    ``config["train"]`` is a :meth:`TrainConfig.to_dict`; ``checkpoint`` has ``"model"`` (a
+    state dict), ``"optimizer"``, ``"scaler"``, ``"epoch"`` (finished epochs), ``"rng"`` and
+    ``"config"``.
+    """
+    run = RunFolder.read(run_dir, checkpoint="load")
+    if run.checkpoint is None:
+        raise FileNotFoundError(f"{Path(run_dir) / CHECKPOINT} does not exist: not a (started) "
+                                "run folder")
+    return run.config, run.checkpoint
+
+
+# --------------------------------------------------------------------------- the lock
 @contextlib.contextmanager
-def run_lock(out: Path, ctx):
+def run_lock(out: Path, ctx, log=None):
     """Rank 0 holds the run folder's lock for the whole run; every rank fails if it cannot."""
     error, stack = None, contextlib.ExitStack()
     if ctx.rank == 0:
         try:
-            stack.enter_context(folder_lock(out))
+            stack.enter_context(folder_lock(out, LOCK, log=log))
         except FolderLockedError as err:
             error = str(err)
         except OSError as err:
@@ -283,10 +509,12 @@ def run_lock(out: Path, ctx):
         yield
 
 
+# --------------------------------------------------------------------------- the folder
 @dataclass
 class RunFolder:
     """What a run folder holds when a call opens it: nothing (a fresh run), a checkpoint to
-    resume from, or only ``config.json`` (a run that stopped before its first epoch ended)."""
+    resume from, or only ``config.json`` (a run that stopped before its first epoch ended);
+    and the writes of the run."""
 
     out: Path
     existing: list[str] = field(default_factory=list)  # run files present when opened
@@ -294,14 +522,73 @@ class RunFolder:
     records: list[dict] = field(default_factory=list)  # metrics of the checkpoint's epochs
     saved_fingerprint: dict | None = None
     config_json: dict | None = None
+    saved_checkpoint: dict | None = None  # {"epoch", "sha256"} of the checkpoint on disk
+    unsaved_first_epoch: bool = False  # a kill during the first checkpoint write
 
     @property
     def paths(self) -> dict[str, Path]:
         return {name: self.out / name for name in RUN_FILES}
 
     @property
+    def checkpoint_path(self) -> Path:
+        return self.out / CHECKPOINT
+
+    @property
     def start_epoch(self) -> int:
         return 0 if self.checkpoint is None else int(self.checkpoint["epoch"])
+
+    @classmethod
+    def read(cls, path: str | os.PathLike, *, checkpoint: str = "load") -> RunRecord:
+        """Read a run folder: the one reader of every file in it.
+
+        Args:
+            path: the run folder.
+            checkpoint: ``"load"`` (default): load the checkpoint, if any, verified against
+                its SHA-256 with ``weights_only=True``, and check ``config.json`` against
+                the fingerprint it carries; ``"verify"``: check the checkpoint's SHA-256
+                and find its epoch without unpickling the weights where ``summary.json``
+                records it; ``"none"``: the logs only (committed runs have no checkpoint).
+
+        Raises:
+            FileNotFoundError: no ``config.json``.
+            ValueError: ``config.json`` is not a JSON object; a damaged or foreign
+                checkpoint (:class:`~convnn._io.CheckpointError`); a ``config.json`` that
+                differs from its checkpoint (:class:`RunFolderError`).
+        """
+        if checkpoint not in CHECKPOINT_MODES:
+            raise ValueError(f"checkpoint must be one of {CHECKPOINT_MODES}, got {checkpoint!r}")
+        path = Path(path)
+        if not (path / CONFIG).is_file():
+            raise FileNotFoundError(f"{path / CONFIG} does not exist: not a run folder (a run "
+                                    f"folder has {CONFIG} and {METRICS})")
+        config = read_json(path / CONFIG)
+        records, skipped = _parse_records(path / METRICS, strict=False)
+        summary = None
+        if (path / SUMMARY).is_file():
+            with contextlib.suppress(ValueError, OSError):
+                summary = read_json(path / SUMMARY)
+        run = RunRecord(path, config, records, summary, skipped_lines=skipped)
+        ckpt_path = path / CHECKPOINT
+        if checkpoint == "none" or not ckpt_path.is_file():
+            return run
+        if not isinstance(config.get("train"), dict):
+            raise RunFolderError(f"{path / CONFIG} has no \"train\" settings; it was not "
+                                 "written by convnn.train")
+        recorded = (summary or {}).get("checkpoint")
+        if checkpoint == "verify":
+            sha = verify_checksum(ckpt_path)
+            if isinstance(recorded, dict) and sha is not None and recorded.get("sha256") == sha \
+                    and isinstance(recorded.get("epoch"), int) and recorded.get(
+                        "fingerprint") == fingerprint_digest(config_fingerprint(config)):
+                run.checkpoint_epoch, run.checkpoint_sha256 = recorded["epoch"], sha
+                return run
+        loaded = _load_training_checkpoint(ckpt_path)
+        _check_config_matches(config, loaded, path)
+        run.checkpoint_epoch = int(loaded["epoch"])
+        run.checkpoint_sha256 = verify_checksum(ckpt_path)
+        if checkpoint == "load":
+            run.checkpoint = loaded
+        return run
 
     @classmethod
     def open(cls, out: Path, resume: bool, overwrite: bool) -> RunFolder:
@@ -315,37 +602,53 @@ class RunFolder:
                 f"{out} already holds a run ({', '.join(folder.existing)}); pass resume=True to "
                 "continue it, overwrite=True to replace it, or choose another out_dir"
             )
-        if resume and paths["checkpoint.pt"].is_file():
-            checkpoint = _load_training_checkpoint(paths["checkpoint.pt"])
-            if not paths["config.json"].is_file():
-                raise RunFolderError(f"cannot resume {out}: config.json is missing; restore it, "
+        if resume and paths[CHECKPOINT].is_file():
+            checkpoint = _load_training_checkpoint(paths[CHECKPOINT])
+            if not paths[CONFIG].is_file():
+                raise RunFolderError(f"cannot resume {out}: {CONFIG} is missing; restore it, "
                                      "or start again with overwrite=True (--overwrite)")
             folder.checkpoint = checkpoint
-            folder.config_json = read_json(paths["config.json"])
-            folder.saved_fingerprint = checkpoint.get("fingerprint") or _fingerprint_of(
-                folder.config_json, checkpoint["config"])
-            folder.records = _read_log(paths["metrics.jsonl"], checkpoint)
+            folder.config_json = read_json(paths[CONFIG])
+            try:
+                _check_config_matches(folder.config_json, checkpoint, out)
+            except RunFolderError as err:
+                raise RunFolderError(f"cannot resume: {err}") from None
+            folder.saved_fingerprint = checkpoint.get("fingerprint") or config_fingerprint(
+                {**folder.config_json, "train": checkpoint["config"]})
+            folder.saved_checkpoint = {"epoch": int(checkpoint["epoch"]),
+                                       "sha256": verify_checksum(paths[CHECKPOINT]),
+                                       "fingerprint": fingerprint_digest(
+                                           folder.saved_fingerprint)}
+            folder.records = _checked_log(paths[METRICS], checkpoint)
         elif resume and folder.existing:
-            recorded = [n for n in folder.existing if n != "config.json"]
+            recorded = [n for n in folder.existing if n != CONFIG]
+            if recorded == [METRICS] and len(_parse_records(paths[METRICS], False)[0]) <= 1:
+                # killed while its first checkpoint was written (no sidecar, no summary yet:
+                # the first epoch of a call always ends with one): that epoch is redone
+                recorded, folder.unsaved_first_epoch = [], True
             if recorded:  # never wipe finished epochs because their checkpoint is gone
                 raise RunFolderError(
-                    f"cannot resume {out}: checkpoint.pt is missing but {', '.join(recorded)} "
-                    "record(s) finished epochs; nothing was changed. Restore checkpoint.pt, or "
+                    f"cannot resume {out}: {CHECKPOINT} is missing but {', '.join(recorded)} "
+                    f"record(s) finished epochs; nothing was changed. Restore {CHECKPOINT}, or "
                     "start again with overwrite=True (--overwrite) or another out_dir")
             # only config.json: the run stopped before its first epoch ended; restart it
-            folder.config_json = read_json(paths["config.json"])
-            folder.saved_fingerprint = _fingerprint_of(folder.config_json,
-                                                       folder.config_json.get("train"))
+            folder.config_json = read_json(paths[CONFIG])
+            folder.saved_fingerprint = config_fingerprint(folder.config_json)
         return folder
 
-    def check(self, fingerprint: dict, model: nn.Module) -> None:
-        """Refuse a resume of another run; load the checkpoint's weights into ``model``."""
-        paths = self.paths
+    def check(self, fingerprint: dict, model: nn.Module, epochs: int) -> None:
+        """Refuse a resume of another run, or with fewer epochs than it has finished; load
+        the checkpoint's weights into ``model``."""
         if self.saved_fingerprint is not None:
             _check_resumable(self.saved_fingerprint, fingerprint,
-                             paths["checkpoint.pt" if self.checkpoint else "config.json"])
+                             self.out / (CHECKPOINT if self.checkpoint else CONFIG))
+        if self.start_epoch > epochs:
+            raise RunFolderError(
+                f"cannot resume {self.out} with epochs={epochs}: it has already finished "
+                f"{self.start_epoch} epochs; ask for at least {self.start_epoch} (nothing was "
+                "changed)")
         if self.checkpoint is not None:
-            load_weights(model, self.checkpoint["model"], paths["checkpoint.pt"])
+            load_weights(model, self.checkpoint["model"], self.checkpoint_path)
 
     def prepare(self, log) -> None:
         """After every check has passed (rank 0): clear leftovers and what a fresh run
@@ -353,49 +656,62 @@ class RunFolder:
         paths, start = self.paths, self.start_epoch
         for tmp in remove_leftovers(self.out, RUN_FILES):
             log(f"note: removed {tmp.name}, left by an interrupted write")
+        if self.unsaved_first_epoch:
+            log("note: the run was stopped while its first checkpoint was written; its first "
+                "epoch is trained again")
         if self.checkpoint is None:
             for n in self.existing:  # overwrite, or resume of a run without a checkpoint
                 paths[n].unlink()
         elif len(self.records) > start:  # crash between the log line and the checkpoint
             log(f"note: dropping {len(self.records) - start} metrics line(s) written after the "
                 f"last checkpoint (epoch {start})")
-            atomic_write_text(paths["metrics.jsonl"], "".join(
+            atomic_write_text(paths[METRICS], "".join(
                 json.dumps(r, allow_nan=False) + "\n" for r in self.records[:start]))
 
     def write_config(self, config, ds, extra: dict, net: nn.Module, seeded: bool,
-                     run_info: dict) -> None:
-        """``config.json``: a fresh run's description, or a resumed run's updated settings
-        and one more ``resumed`` entry."""
+                     run_info: dict, model_config: dict | None = None) -> None:
+        """``config.json``: a fresh run's description (training settings, the model with its
+        config, the dataset), or a resumed run's updated settings, the data's current
+        location and one more ``resumed`` entry."""
+        data = _dataset_info(ds)
         if self.checkpoint is None:
             cfg_json = {
                 "train": config.to_dict(),
                 "extra": extra,
-                "dataset": _dataset_info(ds),
-                "model": {
-                    "class": f"{type(net).__module__}.{type(net).__qualname__}",
-                    "parameters": sum(p.numel() for p in net.parameters()),
-                    "seeded": seeded,
-                },
+                "dataset": data,
+                "model": {**_model_info(net, model_config), "seeded": seeded},
                 "run": {**run_info, "convnn": __version__, "started": local_time()},
                 "resumed": [],
             }
         else:
             cfg_json = self.config_json
             cfg_json["train"] = config.to_dict()
+            if isinstance(cfg_json.get("dataset"), dict):
+                for key in DATA_LOCATION:
+                    if key in data:
+                        cfg_json["dataset"][key] = data[key]
             cfg_json.setdefault("resumed", []).append(
                 {"from_epoch": self.start_epoch, "time": local_time(), **run_info}
             )
-        atomic_write_json(self.paths["config.json"], cfg_json)
+        atomic_write_json(self.paths[CONFIG], cfg_json)
 
-    def save_epoch(self, records: list[dict], summary: dict) -> None:
-        """One finished epoch: its metrics line, then ``summary.json`` (every epoch; the
-        checkpoint follows the run's cadence, and lines past it are dropped on resume)."""
-        append_jsonl_atomic(self.paths["metrics.jsonl"], records[-1])
-        atomic_write_json(self.paths["summary.json"], summary)
+    def save_epoch(self, records: list[dict]) -> None:
+        """One finished epoch's metrics line (the checkpoint and the summary follow)."""
+        append_jsonl_atomic(self.paths[METRICS], records[-1])
 
     def save_checkpoint(self, records: list[dict], checkpoint: dict) -> None:
         """The checkpoint after the last of ``records`` (format :data:`CHECKPOINT_FORMAT`,
         with a digest of the log)."""
-        save_checkpoint({"format": CHECKPOINT_FORMAT, "epoch": records[-1]["epoch"],
-                         **checkpoint, "log": log_summary(records)},
-                        self.paths["checkpoint.pt"])
+        epoch = records[-1]["epoch"]
+        sha = save_checkpoint({"format": CHECKPOINT_FORMAT, "epoch": epoch, **checkpoint,
+                               "log": log_summary(records)}, self.checkpoint_path)
+        self.saved_checkpoint = {"epoch": epoch, "sha256": sha,
+                                 "fingerprint": fingerprint_digest(checkpoint["fingerprint"])}
+
+    def save_summary(self, summary: dict) -> dict:
+        """``summary.json``, recording the checkpoint on disk (its epoch and SHA-256): written
+        after the checkpoint, so a summary never claims weights that are not there. Returns
+        what was written."""
+        summary = {**summary, "checkpoint": self.saved_checkpoint}
+        atomic_write_json(self.paths[SUMMARY], summary)
+        return summary

@@ -26,7 +26,8 @@ from .data import DatasetNotFoundError, ImageDataset, dataset_info
 from .experiments import Preset, get_preset, reduced
 from .imagenet import ImageNetDataset
 from .models import ModelConfig, build_model, count_parameters
-from .train import TrainConfig, evaluate_run, fit, load_run_checkpoint
+from .run_folder import RESUMABLE_CHANGES, RunFolder
+from .train import TrainConfig, evaluate_run, fit
 
 SMOKE_EPOCHS = 2
 SMOKE_BATCH = 64
@@ -178,17 +179,10 @@ def run_preset(name: str, *, epochs: int | None = None, smoke: bool | None = Non
     synthetic = dataset.synthetic
     if smoke and synthetic and dataset.num_classes != model_cfg.num_classes:
         model_cfg = dataclasses.replace(model_cfg, num_classes=dataset.num_classes)
-    subset = smoke and not synthetic
-    extra = {"preset": preset.name, "smoke": smoke, "model": model_cfg.to_dict(),
-             "dataset": {"name": dataset.name, "source": dataset.source,
-                         "synthetic": synthetic,
-                         "root": str(dataset.root) if isinstance(dataset, ImageNetDataset)
-                         else None,
-                         "train_images": dataset.num_train, "test_images": dataset.num_test,
-                         "train_per_class": dataset_info(dataset.name).smoke_train_per_class
-                         if subset else None,
-                         "test_per_class": dataset_info(dataset.name).smoke_test_per_class
-                         if subset else None},
+    if smoke and not synthetic:  # recorded in config.json, to reload the same subset
+        dataset.train_per_class = dataset_info(dataset.name).smoke_train_per_class
+        dataset.test_per_class = dataset_info(dataset.name).smoke_test_per_class
+    extra = {"preset": preset.name, "smoke": smoke,
              "command": " ".join(sys.argv), "paper_rows": [
                  {k: r.get(k) for k in ("table", "best", "avg5")} for r in preset.paper_rows()]}
     log(textwrap.fill(f"{preset.name}: {preset.description}", 96, subsequent_indent="    "))
@@ -200,7 +194,7 @@ def run_preset(name: str, *, epochs: int | None = None, smoke: bool | None = Non
                           subsequent_indent="    "))
     log(textwrap.fill(f"data: {_short_source(dataset.source)}", 96, subsequent_indent="    "))
     log(f"run folder: {out}")
-    return fit(lambda: build_model(model_cfg), dataset, train_cfg, out, resume=resume,
+    return fit(model_cfg, dataset, train_cfg, out, resume=resume,
                overwrite=overwrite, device=dev, progress=progress, extra=extra, log=log,
                callback=callback)
 
@@ -212,28 +206,21 @@ def _short_source(source: str) -> str:
 
 def _finished_summary(out: Path, name: str, smoke: bool, train_cfg: TrainConfig) -> dict | None:
     """The summary of a finished run of exactly this preset and protocol in ``out``, else
-    None (then ``fit(resume=True)`` continues or refuses the run)."""
-    import json
-
+    None (then ``fit(resume=True)`` continues, tidies or refuses the run). Finished means
+    a verified checkpoint at the last epoch, recorded by the summary."""
     try:
-        config = json.loads((out / "config.json").read_text(encoding="utf-8"))
-        summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+        run = RunFolder.read(out, checkpoint="verify")
     except (OSError, ValueError):
-        return None
-    if not isinstance(config, dict) or not isinstance(summary, dict):
-        return None
-    extra = config.get("extra") or {}
-    same = (extra.get("preset") == name and extra.get("smoke") == smoke
-            and _protocol(config.get("train")) == _protocol(train_cfg.to_dict()))
-    done = summary.get("epochs_completed") == train_cfg.epochs
-    return summary if same and done else None
+        return None  # no run, or one that train() will name the problem of
+    same = (run.extra.get("preset") == name and run.extra.get("smoke") == smoke
+            and _protocol(run.config.get("train")) == _protocol(train_cfg.to_dict()))
+    done = run.finished and run.checkpoint_epoch == train_cfg.epochs
+    return run.summary if same and done else None
 
 
 def _protocol(train_dict) -> dict | None:
     """A saved or current ``TrainConfig`` dict without the settings that may change on
     resume, with defaults for fields older run folders lack (``None``: not a config)."""
-    from .run_folder import RESUMABLE_CHANGES
-
     try:
         full = TrainConfig.from_dict(train_dict).to_dict()
     except (TypeError, ValueError):
@@ -256,16 +243,18 @@ def evaluate_run_dir(run_dir, *, data_dir=None, device=None, workers: int | None
     """Evaluate a finished or partial run folder on its test split (``workers``,
     ``download``: as :func:`run_preset`)."""
     dev = resolve_device("device", device)
-    config, _ = load_run_checkpoint(run_dir)
-    extra = config.get("extra", {})
-    if not isinstance(extra, dict) or not isinstance(extra.get("model"), dict):
-        raise ValueError(f"{run_dir} was not written by run_preset (no model config in "
-                         "config.json)")
-    model_cfg = ModelConfig.from_dict(extra["model"])
-    info = extra.get("dataset", {})
-    if not isinstance(info, dict) or not isinstance(info.get("name"), str):
-        raise ValueError(f"{run_dir}/config.json has no dataset name under extra.dataset; "
-                         "it was edited or not written by run_preset")
+    run = RunFolder.read(run_dir, checkpoint="verify")  # eval loads it again, verified
+    if run.checkpoint_epoch is None:
+        raise FileNotFoundError(f"{RunFolder(Path(run_dir)).checkpoint_path} does not exist: "
+                                "not a (started) run folder")
+    if run.model_config is None:
+        raise ValueError(f"{run_dir} was not written by run_preset (no model config in its "
+                         "run record)")
+    model_cfg = ModelConfig.from_dict(run.model_config)
+    info = run.dataset
+    if not isinstance(info.get("name"), str):
+        raise ValueError(f"{run_dir}: its run record has no dataset name; it was edited or "
+                         "not written by run_preset")
     _check_workers(workers, info.get("name"))
     if info.get("name") == "synthetic":
         raise ValueError(f"{run_dir} trained on synthetic data; there is no test set to "
@@ -277,7 +266,7 @@ def evaluate_run_dir(run_dir, *, data_dir=None, device=None, workers: int | None
         test_per_class=info.get("test_per_class"), image_size=model_cfg.image_size)
     if workers is not None:
         dataset.num_workers = workers
-    metrics = evaluate_run(run_dir, lambda: build_model(model_cfg), dataset, device=dev)
+    metrics = evaluate_run(run_dir, model_cfg, dataset, device=dev)
     metrics["parameters"] = count_parameters(build_model(model_cfg, device="meta"))
     return metrics
 

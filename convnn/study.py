@@ -35,9 +35,11 @@ from pathlib import Path
 
 import torch
 
+from ._io import load_checkpoint, save_checkpoint
 from .experiments import LAPTOP_PRESETS, get_preset
 from .models import build_model
 from .package_data import results_root
+from .run_folder import RunFolder, copy_logs, is_run_folder
 
 __all__ = [
     "INTERVENTIONS_DIR",
@@ -106,8 +108,7 @@ def study_runs(root: str | os.PathLike | None = None) -> dict[str, list[Path]]:
     root = Path(root) if root is not None else study_dir()
     out: dict[str, list[Path]] = {}
     for name in PRESETS:
-        out[name] = sorted(p for p in root.glob(f"{name}-seed*")
-                           if (p / "metrics.jsonl").is_file())
+        out[name] = sorted(p for p in root.glob(f"{name}-seed*") if is_run_folder(p))
     return out
 
 
@@ -127,22 +128,25 @@ def build(name: str) -> torch.nn.Module:
 
 def load_weights(name: str, root: str | os.PathLike | None = None) -> torch.nn.Module:
     """The trained model of preset ``name`` (seed :data:`WEIGHTS_SEED`), in float32 and in
-    evaluation mode."""
+    evaluation mode; the file is checked against its SHA-256 sidecar and loaded with
+    ``weights_only=True``."""
     root = Path(root) if root is not None else study_dir()
     model = build(name)
-    state = torch.load(root / "weights" / f"{name}.pt", map_location="cpu", weights_only=True)
+    state = load_checkpoint(root / "weights" / f"{name}.pt", require_checksum=True)
     model.load_state_dict({k: v.float() if v.is_floating_point() else v
                            for k, v in state.items()})
     return model.eval()
 
 
 def save_weights(run_dir: Path, dest: Path) -> int:
-    """Write the run's final model weights (float16 ``state_dict``) to ``dest``; its size."""
-    ckpt = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
-    state = ckpt.get("model", ckpt)
-    state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, dest)
+    """Write the run's final model weights (float16 ``state_dict``, with a SHA-256 sidecar)
+    to ``dest``, read through the run folder's reader (checksum verified,
+    ``weights_only=True``); returns its size."""
+    state = RunFolder.read(run_dir).checkpoint
+    if state is None:
+        raise FileNotFoundError(f"{run_dir} has no checkpoint to take weights from")
+    state = {k: v.half() if v.is_floating_point() else v for k, v in state["model"].items()}
+    save_checkpoint(state, dest)
     return dest.stat().st_size
 
 
@@ -158,14 +162,10 @@ def run_one(name: str, seed: int, out_root: str | os.PathLike, *, data=None, dat
     train_cfg = preset.train_config(**overrides)
     data = data if data is not None else load_data(data_dir)
     out = Path(out_root) / f"{name}-seed{seed}"
-    extra = {"preset": name, "study": STUDY_DIR, "smoke": False,
-             "model": model_cfg.to_dict(),
-             "dataset": {"name": data.name, "source": _short(data.source),
-                         "synthetic": data.synthetic, "train_images": data.num_train,
-                         "test_images": data.num_test, "train_per_class": TRAIN_PER_CLASS,
-                         "test_per_class": TEST_PER_CLASS},
-             "threads": threads, "command": " ".join(sys.argv)}
-    return fit(lambda: build_model(model_cfg), data, train_cfg, out, device="cpu",
+    data.train_per_class, data.test_per_class = TRAIN_PER_CLASS, TEST_PER_CLASS
+    extra = {"preset": name, "study": STUDY_DIR, "smoke": False, "threads": threads,
+             "command": " ".join(sys.argv)}
+    return fit(model_cfg, data, train_cfg, out, device="cpu",
                progress=False, extra=extra, log=log, overwrite=True)
 
 
@@ -174,26 +174,17 @@ def collect(runs: str | os.PathLike, dest: str | os.PathLike) -> list[Path]:
     as ``python -m convnn.study ...``, without this machine's paths), ``metrics.jsonl``,
     ``summary.json`` and the run's log, plus ``weights/<preset>.pt`` of seed
     :data:`WEIGHTS_SEED`. Checkpoints are not copied. Returns the copied run folders."""
-    import shutil
-
     runs, dest = Path(runs), Path(dest)
     copied = []
     for name, folders in study_runs(runs).items():
         for folder in folders:
-            summary = folder / "summary.json"
-            if not summary.is_file():
-                continue
-            done = json.loads(summary.read_text())
-            if done.get("epochs_completed") != done.get("epochs"):
+            run = RunFolder.read(folder, checkpoint="verify")
+            if not run.finished:
                 continue  # unfinished
-            out = dest / folder.name
-            out.mkdir(parents=True, exist_ok=True)
-            config = json.loads((folder / "config.json").read_text())
+            config = run.config
             argv = config.get("extra", {}).get("command", "").split()
             config["extra"]["command"] = " ".join(["python -m convnn.study", *argv[1:]])
-            (out / "config.json").write_text(_short(json.dumps(config, indent=2)) + "\n")
-            for f in ("metrics.jsonl", "summary.json"):
-                shutil.copy(folder / f, out / f)
+            out = copy_logs(folder, dest / folder.name, config=config, rewrite=_short)
             log = runs / f"{folder.name}.log"
             if log.is_file():
                 (out / "train.log").write_text(_short(log.read_text()))
@@ -379,7 +370,7 @@ def trained_model(name: str, seed: int = WEIGHTS_SEED,
     if not path.is_file():
         raise FileNotFoundError(f"no committed weights for {name} seed {seed} ({path.name})")
     model = build(name)
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_checkpoint(path, require_checksum=True)  # weights_only, SHA-256 checked
     model.load_state_dict({k: v.float() if v.is_floating_point() else v
                            for k, v in state.items()})
     return model.eval()

@@ -65,7 +65,7 @@ from ._checks import (
     check_path,
     resolve_device,
 )
-from ._io import atomic_write_json, git_commit
+from ._io import git_commit
 from .data import ImageDataset
 from .ops import EVAL_SAMPLINGS
 from .run_folder import (
@@ -745,7 +745,12 @@ def _duration(seconds: float) -> str:
 
 
 def _build(model_factory) -> tuple[nn.Module, bool]:
-    """``(model, seeded)``: call the factory, or take a ready module (not seeded by us)."""
+    """``(model, seeded)``: build a :class:`~convnn.models.ModelConfig`, call the factory, or
+    take a ready module (not seeded by us)."""
+    from .models import ModelConfig, build_model
+
+    if isinstance(model_factory, ModelConfig):
+        return build_model(model_factory), True
     if isinstance(model_factory, nn.Module):
         return model_factory, False
     if not callable(model_factory):
@@ -780,11 +785,15 @@ def evaluate_run(
     Returns:
         :func:`evaluate`'s dict plus ``"epoch"``, the checkpoint's finished epochs.
     """
-    config, checkpoint = load_run_checkpoint(run_dir)
+    run = RunFolder.read(run_dir)
+    if run.checkpoint is None:
+        raise FileNotFoundError(f"{RunFolder(Path(run_dir)).checkpoint_path} does not exist: "
+                                "not a (started) run folder")
+    config, checkpoint = run.config, run.checkpoint
     tc = TrainConfig.from_dict(config["train"])
     device = _resolve_device(device)
     model, _ = _build(model_factory)
-    load_weights(model, checkpoint["model"], Path(run_dir) / "checkpoint.pt")
+    load_weights(model, checkpoint["model"], RunFolder(Path(run_dir)).checkpoint_path)
     model.to(device)
     set_eval_sampling(model, tc.eval_sampling)
     _check_dataset(dataset, tc)
@@ -793,6 +802,13 @@ def evaluate_run(
     result = evaluate(model, loader, device, amp=tc.amp)
     result["epoch"] = int(checkpoint["epoch"])
     return result
+
+
+def _model_config_dict(model_factory) -> dict | None:
+    """The config recorded in ``config.json`` when the model is given as a ModelConfig."""
+    from .models import ModelConfig
+
+    return model_factory.to_dict() if isinstance(model_factory, ModelConfig) else None
 
 
 def _check_dataset(dataset, config: TrainConfig) -> None:
@@ -829,7 +845,9 @@ def fit(
     """Train a classifier on ``dataset`` and write a run folder (see the module docstring).
 
     Args:
-        model_factory: a no-argument callable returning the model. It is called after
+        model_factory: a :class:`~convnn.models.ModelConfig` (built after seeding and
+            recorded in ``config.json``, so that the run can be rebuilt and evaluated), or a
+            no-argument callable returning the model. It is called after
             seeding, so ``config.seed`` fixes the initial weights. A ready ``nn.Module`` is
             accepted too, but then the seed did not control its initialisation (a warning
             says so, except when resuming, where the checkpoint's weights replace it).
@@ -858,7 +876,8 @@ def fit(
     Returns:
         The summary (also written to ``summary.json``): ``best_test_top1``, ``best_epoch``,
         ``last5_mean_test_top1``, ``final`` metrics, ``total_seconds``, ``epochs_completed``,
-        ``parameters``. Accuracies are in percent.
+        ``parameters``, and ``checkpoint`` (the epoch and SHA-256 of the checkpoint it
+        describes). Accuracies are in percent.
 
     Raises:
         ValueError: a bad argument, or a resumed run whose config differs.
@@ -886,7 +905,7 @@ def fit(
 
     ctx, device = _init_distributed(device)
     try:
-        with _deterministic(config.deterministic), _tf32_flags(), run_lock(out, ctx):
+        with _deterministic(config.deterministic), _tf32_flags(), run_lock(out, ctx, log):
             return _fit(model_factory, dataset, config, out, resume, overwrite,
                         device, ctx, _progress_enabled(progress) and ctx.rank == 0, extra or {},
                         callback, (log or (lambda _: None)) if ctx.rank == 0 else (lambda _: None))
@@ -930,8 +949,9 @@ def _open_session(model_factory, ds, config, folder: RunFolder, device, ctx, sho
             "weights; pass a factory (e.g. lambda: build_model(cfg)) for a reproducible run",
             stacklevel=4,
         )
-    fingerprint = run_fingerprint(config, ds, extra, net)
-    folder.check(fingerprint, net)
+    model_config = _model_config_dict(model_factory)
+    fingerprint = run_fingerprint(config, ds, extra, net, model_config)
+    folder.check(fingerprint, net, config.epochs)
     _barrier(ctx)  # nobody writes before every rank has looked
     if main:
         folder.prepare(log)
@@ -985,7 +1005,7 @@ def _open_session(model_factory, ds, config, folder: RunFolder, device, ctx, sho
         "python": sys.version.split()[0],
     }
     if main:
-        folder.write_config(config, ds, extra, net, seeded, run_info)
+        folder.write_config(config, ds, extra, net, seeded, run_info, model_config)
 
     # restore the random streams last: nothing above may consume them after this
     if checkpoint is not None:
@@ -1083,7 +1103,7 @@ def _epoch_record(epoch: int, lr: float, tr: dict, te: dict, redrawn: dict | Non
 
 def _check_finite(tr: dict, te: dict, epoch: int, lr: float, folder: RunFolder) -> None:
     if not (math.isfinite(tr["loss"]) and math.isfinite(te["loss"])):
-        kept = (f"{folder.paths['checkpoint.pt']} still holds epoch {epoch}" if epoch else
+        kept = (f"{folder.checkpoint_path} still holds epoch {epoch}" if epoch else
                 "no epoch had finished, so there is no checkpoint")
         raise DivergedError(
             f"training diverged in epoch {epoch + 1}: train loss {tr['loss']}, test loss "
@@ -1165,12 +1185,13 @@ def _fit(model_factory, ds, config, out, resume, overwrite, device, ctx, show, e
                                device, run_info)
         records.append(record)
         if main:
-            folder.save_epoch(records, summarize(records, parameters, config.epochs))
-
+            folder.save_epoch(records)
         saved = _checkpoint_due(config, epoch, start_epoch, saved_epoch, last_save, ctx, device)
         if saved:
             _save_checkpoint(s, folder, records, fingerprint)
             saved_epoch, last_save = epoch + 1, time.perf_counter()
+        if main:  # after the checkpoint: the summary records the one on disk
+            folder.save_summary(summarize(records, parameters, config.epochs))
         log(_summary_line(record, config.epochs))
         if epoch == start_epoch:
             _log_expected_time(config.epochs - epoch - 1, epoch_seconds, log)
@@ -1180,16 +1201,24 @@ def _fit(model_factory, ds, config, out, resume, overwrite, device, ctx, show, e
             except Exception:
                 if not saved:  # the callback ends the run here: keep this epoch
                     _save_checkpoint(s, folder, records, fingerprint)
+                    if main:
+                        folder.save_summary(summarize(records, parameters, config.epochs))
                 raise
 
     summary = summarize(records, parameters, config.epochs)
     if main:
-        atomic_write_json(out / "summary.json", summary)
+        summary = folder.save_summary(summary)
         log(
             f"done: best test top1 {summary['best_test_top1']:.2f}% (epoch "
             f"{summary['best_epoch']}), mean of last {len(summary['last5_epochs'])} epochs "
             f"{summary['last5_mean_test_top1']:.2f}%\n"
             f"    {_duration(time.perf_counter() - t_call)} this call -> {out}"
         )
+    if ctx.enabled:  # every rank returns what rank 0 wrote (with the checkpoint's record)
+        import torch.distributed as dist
+
+        box = [summary]
+        dist.broadcast_object_list(box, src=0)
+        summary = box[0]
     return summary
 

@@ -12,7 +12,9 @@ import pytest
 from convnn import campaign as C
 from convnn import results as R
 from convnn.__main__ import main
+from convnn._io import read_jsonl
 from convnn.experiments import get_preset
+from convnn.run_folder import RunFolder, config_fingerprint
 
 PAIR = C.QueueItem("pair", ("vgg11-c10-conv2d", "vgg11-c10-branching-r0.5"), "test pair")
 SOLO = C.QueueItem("solo", ("vit-tiny-c10-attention",), "test single run")
@@ -52,6 +54,18 @@ def test_bad_queue_and_arguments_raise_naming_them(tmp_path):
 
 
 # --------------------------------------------------------------------------- fake clock
+def fake_checkpoint(run_dir: Path, epoch: int, epochs: int) -> None:
+    """A minimal checkpoint at ``epoch``, and the summary recording it, written as the real
+    trainer writes them (the campaign counts the epochs of the verified checkpoint)."""
+    config = {"train": {"epochs": epochs}}
+    (run_dir / "config.json").write_text(json.dumps(config))
+    records = read_jsonl(run_dir / "metrics.jsonl")[:epoch]
+    folder = RunFolder(run_dir)
+    folder.save_checkpoint(records, {"model": {}, "optimizer": {}, "rng": [], "config": {},
+                                     "fingerprint": config_fingerprint(config)})
+    folder.save_summary({"epochs_completed": epoch})
+
+
 class FakeWorld:
     """A fake clock and a fake trainer that advances it: ``setup`` seconds per call and
     ``speed[preset]`` seconds per epoch (the first epoch ``warmup`` times slower). It writes
@@ -81,7 +95,7 @@ class FakeWorld:
                       "device": "FakeGPU", "time": "2026-12-01T10:00:00+00:00"}
             with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
-            (run_dir / "checkpoint.pt").write_text(str(epoch))
+            fake_checkpoint(run_dir, epoch, epochs)
             if self.kill_after is not None:
                 self.kill_after -= 1
             callback(record)
@@ -147,7 +161,7 @@ def test_the_deadline_stops_a_run_after_an_epoch_and_the_next_command_continues(
     (tmp_path / "runs" / "vgg11-c10-branching-r0.5" / "metrics.jsonl").write_text(
         "".join(json.dumps({"epoch": e, "epoch_seconds": 12.0, "test_top1": 1.0,
                             "device": "FakeGPU"}) + "\n" for e in range(1, 11)))
-    (tmp_path / "runs" / "vgg11-c10-branching-r0.5" / "checkpoint.pt").write_text("10")
+    fake_checkpoint(tmp_path / "runs" / "vgg11-c10-branching-r0.5", 10, 150)
     result = shutil_world.run(3, tmp_path, full_epochs=150, safety=1.0, reserve_seconds=0)
     assert result["stopped"] == "out of time: vgg11-c10-branching-r0.5 stopped after an epoch"
     done = result["runs"]["vgg11-c10-branching-r0.5"]
@@ -208,7 +222,73 @@ def test_a_failing_run_does_not_stop_the_queue(tmp_path):
     assert result["runs"]["vgg11-c10-conv2d"] == 5
     assert result["runs"]["vit-tiny-c10-attention"] == 5
     state = json.loads((tmp_path / "campaign.json").read_text())
-    assert "out of memory" in state["runs"]["vgg11-c10-branching-r0.5"]["failed"]
+    assert "out of memory" in state["runs"]["vgg11-c10-branching-r0.5"]["failed"]["last_error"]
+
+
+def test_a_failed_run_is_retried_with_its_count_then_skipped_until_retry_failed(tmp_path):
+    world = FakeWorld({"vgg11-c10-conv2d": 8.0, "vgg11-c10-branching-r0.5": 12.0})
+    broken = {"on": True}
+
+    def flaky(preset, *args):
+        if preset == "vgg11-c10-branching-r0.5" and broken["on"]:
+            raise RuntimeError(f"folder locked (try {len(world.calls)})")
+        return world.trainer(preset, *args)
+
+    def command(**kw):
+        lines = []
+        result = C.run_campaign(60, tmp_path, queue=[PAIR], trainer=flaky, clock=world.clock,
+                                log=lines.append, full_epochs=3, **kw)
+        return result, "\n".join(lines)
+
+    result, _ = command()
+    assert result["failed"]["vgg11-c10-branching-r0.5"]["count"] == 1
+    assert result["stopped"] == "queue done except the failed run(s) vgg11-c10-branching-r0.5"
+    result, text = command()  # the next command tries it again, saying why
+    assert "vgg11-c10-branching-r0.5: retrying, it failed 1 time(s) (last: RuntimeError: " \
+           "folder locked" in text
+    assert result["failed"]["vgg11-c10-branching-r0.5"]["count"] == 2
+    result, _ = command()
+    assert result["failed"]["vgg11-c10-branching-r0.5"]["count"] == C.MAX_ATTEMPTS == 3
+    result, text = command()  # given up on: nothing is trained, and it says so
+    assert "SKIPPED, it failed 3 times" in text and "--retry-failed" in text
+    assert not result["did_work"] and not result["complete"]
+    broken["on"] = False  # the cause is gone
+    result, text = command(retry_failed=True)
+    assert "failure count cleared" in text
+    assert result["failed"] == {} and result["complete"] and result["did_work"]
+    assert result["runs"] == {"vgg11-c10-conv2d": 3, "vgg11-c10-branching-r0.5": 3}
+    assert result["stopped"] == "queue done"
+
+
+def test_epochs_are_counted_by_the_verified_checkpoint_not_the_log(tmp_path):
+    """A kill during the last checkpoint write: the log has 3 epochs, the checkpoint 2 and a
+    half-written temporary lies beside it. The campaign counts 2, so it continues the run."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "metrics.jsonl").write_text("".join(
+        json.dumps({"epoch": e, "epoch_seconds": 1.0, "test_top1": 10.0}) + "\n"
+        for e in (1, 2)))
+    fake_checkpoint(run_dir, 2, 3)
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"epoch": 3, "epoch_seconds": 1.0, "test_top1": 10.0}) + "\n")
+    (run_dir / ".checkpoint.pt.x1y2.tmp").write_bytes(b"half a checkpoint")
+    assert C._epochs_done(run_dir) == 2
+    assert [r["epoch"] for r in C._records(run_dir)] == [1, 2]
+    (run_dir / "checkpoint.pt").write_bytes(b"damaged")
+    assert C._epochs_done(run_dir) == 0  # not trusted: resuming names the problem
+
+
+def test_cli_campaign_that_trains_nothing_exits_non_zero(tmp_path, capsys, monkeypatch):
+    state = {"format": 1, "smoke": True, "created": "x", "groups": {}, "commands": [],
+             "runs": {p: {"failed": {"count": C.MAX_ATTEMPTS, "last_error": "E: boom"}}
+                      for p in C.QUEUE[0].presets}}
+    (tmp_path / "campaign.json").write_text(json.dumps(state))
+    args = ["campaign", "--minutes", "1", "--out", str(tmp_path), "--smoke", "--only",
+            C.QUEUE[0].group]
+    assert main(args) == 1
+    captured = capsys.readouterr()
+    assert "FAILED 3 time(s), last: E: boom" in captured.out
+    assert "trained nothing" in captured.err and "--retry-failed" in captured.err
 
 
 def test_another_campaign_in_the_same_folder_is_refused(tmp_path):

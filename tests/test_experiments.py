@@ -155,9 +155,9 @@ def test_cli_smoke_train_resume_and_eval(tmp_path, capsys, monkeypatch):
     config = json.loads((out / "config.json").read_text())
     assert config["extra"]["preset"] == "vit-tiny-c10-convnn-random-r32-k9"
     if data is None:
-        assert "SYNTHETIC" in first and config["extra"]["dataset"]["name"] == "synthetic"
+        assert "SYNTHETIC" in first and config["dataset"]["name"] == "synthetic"
     else:
-        assert config["extra"]["dataset"]["name"] == "cifar10"
+        assert config["dataset"]["name"] == "cifar10"
     assert cli(args) == 2  # the folder holds a run: refuse to overwrite it
     assert "resume" in capsys.readouterr().err
     assert cli([*args[:-1], "2", "--resume"]) == 0  # continue to 2 epochs
@@ -211,11 +211,11 @@ def test_cli_imagenet_preset_smoke_train_resume_and_eval(tmp_path, capsys, monke
     first = capsys.readouterr().out
     assert "SYNTHETIC" in first
     config = json.loads((out / "config.json").read_text())
-    info = config["extra"]["dataset"]
+    info = config["dataset"]
     assert info["synthetic"] and info["source"].startswith("SYNTHETIC")
     assert config["train"]["optimizer"] == "sgd" and config["train"]["augment"]
     assert config["train"]["lr"] == 0.1 * 64 / 256  # the recipe's lr, scaled to batch 64
-    assert config["extra"]["model"]["name"] == "resnet50"
+    assert config["model"]["config"]["name"] == "resnet50"
     assert cli([*args[:-1], "2", "--resume"]) == 0
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
     capsys.readouterr()

@@ -194,7 +194,10 @@ def test_eval_downloads_when_train_would(tmp_path, monkeypatch):
         raise D.DatasetNotFoundError("stop here")
 
     config = {"extra": {"model": {"name": "vgg11"}, "dataset": {"name": "cifar10"}}}
-    monkeypatch.setattr(runner, "load_run_checkpoint", lambda run_dir: (config, None))
+    from convnn.run_folder import RunRecord
+
+    monkeypatch.setattr(runner.RunFolder, "read", classmethod(
+        lambda cls, path, **kw: RunRecord(path, config, checkpoint_epoch=1)))
     monkeypatch.setattr(runner, "ModelConfig", type("M", (), {
         "from_dict": staticmethod(lambda d: types.SimpleNamespace(image_size=None))}))
     monkeypatch.setattr(D, "load_dataset", fake_load_dataset)  # what the DATASETS loader calls

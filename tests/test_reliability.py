@@ -136,7 +136,7 @@ def test_cli_resume_with_another_preset_is_refused(tmp_path, capsys, monkeypatch
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert "extra.preset: 'vgg11-c10-branching-r0.5' -> 'vgg11-c10-branching-r0.5-random-r4'" \
-        in err and "extra.model.layer_options.sampling" in err
+        in err and "model.config.layer_options.sampling" in err
     assert (tmp_path / "R" / "config.json").read_text() == config
 
 
@@ -421,7 +421,7 @@ CLI_SCENARIOS = [
     ("--batch-size -1", None, ["TRAIN", "--out", "RUN/new", "--batch-size", "-1"],
      "batch_size must be >= 1"),
     ("--workers on CIFAR", None, ["TRAIN", "--out", "RUN/new", "--workers", "2"],
-     "applies to ImageNet presets only"),
+     "applies to streamed datasets (ImageNet) only"),
     ("unknown preset", None, ["train", "--preset", "VGG11-C10-CONV", "--smoke"],
      "'vgg11-c10-conv2d'"),
     ("synthetic run, eval", None, ["eval", "--run", "RUN"], "trained on synthetic data"),

@@ -89,6 +89,7 @@ def trainer_epochs(factory: Callable[[], nn.Module], ds: ImageDataset, device: t
     """Train with :func:`convnn.train.fit` into a temporary folder; its metrics records,
     each with ``call_seconds`` (the call's wall time divided by the epochs: checkpoints and
     set-up included)."""
+    from ..run_folder import RunFolder
     from ..train import TrainConfig, fit
 
     config = TrainConfig(epochs=epochs, batch_size=batch_size, amp=amp, log_every=0)
@@ -96,9 +97,7 @@ def trainer_epochs(factory: Callable[[], nn.Module], ds: ImageDataset, device: t
         t0 = time.perf_counter()
         fit(factory, ds, config, tmp, device=device, progress=False, log=None)
         wall = time.perf_counter() - t0
-        from .._io import read_jsonl
-
-        records = read_jsonl(f"{tmp}/metrics.jsonl")
+        records = RunFolder.read(tmp, checkpoint="none").records
     for r in records:
         r["call_seconds"] = wall / epochs
     return records
