@@ -7,25 +7,43 @@ multi-head self-attention (:mod:`convnn.layers`), and the attention baselines of
 
 The main entry points of the rest are here too, imported on first use so that ``import
 convnn`` stays light: :func:`build_model` and :class:`ModelConfig` (:mod:`convnn.models`),
-:class:`TrainConfig` and ``train`` (:mod:`convnn.train`; the module is callable as
-:func:`convnn.train.train`), :func:`get_preset` (:mod:`convnn.experiments`) and
-:func:`run_preset` (:mod:`convnn.runner`).
+:class:`TrainConfig` and :func:`fit` (:mod:`convnn.train`), :func:`get_preset`
+(:mod:`convnn.experiments`) and :func:`run_preset` (:mod:`convnn.runner`).
+
+Layers. The modules form three products, each importing only from itself and the ones
+before it (``tests/test_architecture.py`` enforces it, with no import cycles):
+
+0. shared leaves: ``_checks`` (argument checks), ``_io`` (atomic files), ``_version``,
+   ``package_data`` (files shipped with the package), ``paper_vocabulary`` (the paper's words);
+1. the operator core: ``kernels``, ``kernels_attention``, ``kernels_conv2d`` (Triton) → ``ops`` → ``attention`` → ``layers`` →
+   ``models``; needs only torch;
+2. the training stack: ``data``, ``imagenet`` → ``run_folder`` → ``train`` →
+   ``experiments`` → ``runner``;
+3. the project and book tooling: ``stats``, ``viz``, ``results``, ``demo``, ``study``,
+   ``campaign``, ``bench`` (with the speed proxy), the command line (``__main__``); only this layer may import
+   matplotlib or ipywidgets.
 """
 
 from importlib import import_module
 
 from . import ops
-from .layers import BranchingConv2d, ConvNN2d, ConvNNAttention, HybridTokenMixer
-
-__version__ = "0.1.0"
+from ._version import __version__
+from .layers import (
+    PAPER_ATTENTION,
+    PAPER_CONVNN2D,
+    BranchingConv2d,
+    ConvNN2d,
+    ConvNN2dOptions,
+    ConvNNAttention,
+    ConvNNAttentionOptions,
+    HybridTokenMixer,
+)
 
 _LAZY = {"build_model": "models", "ModelConfig": "models", "TrainConfig": "train",
-         "get_preset": "experiments", "run_preset": "runner"}
+         "fit": "train", "get_preset": "experiments", "run_preset": "runner"}
 
 
 def __getattr__(name: str):
-    if name == "train":  # the module, callable as the function (see convnn.train)
-        return import_module(".train", __name__)
     if name in _LAZY:
         value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
         globals()[name] = value
@@ -34,16 +52,20 @@ def __getattr__(name: str):
 
 
 __all__ = [
+           "PAPER_ATTENTION",
+           "PAPER_CONVNN2D",
            "BranchingConv2d",
            "ConvNN2d",
+           "ConvNN2dOptions",
            "ConvNNAttention",
+           "ConvNNAttentionOptions",
            "HybridTokenMixer",
            "ModelConfig",
            "TrainConfig",
            "__version__",
            "build_model",
+           "fit",
            "get_preset",
            "ops",
            "run_preset",
-           "train",
 ]

@@ -122,6 +122,15 @@ def _book(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.tensorcore:
+        from .bench.tensorcore import run_tensorcore
+
+        session = run_tensorcore(args.tensorcore, tiny=args.quick, device=args.device,
+                                 budget_s=args.budget,
+                                 command="python -m convnn " + " ".join(sys.argv[1:]))
+        failed = [name for name, s in session["stages"].items() if "error" in s]
+        print(f"wrote {args.tensorcore}" + (f"; failed stages: {failed}" if failed else ""))
+        return 0
     if args.suite:
         from .bench.suite import run_suite
 
@@ -129,15 +138,24 @@ def _bench(args: argparse.Namespace) -> int:
         return 0
     if args.proxy:
         from ._io import atomic_write_json
-        from .proxy import format_proxy_rows, proxy_benchmarks
+        from .bench.proxy import (
+            format_kernel_estimates,
+            format_proxy_rows,
+            kernel_estimates,
+            proxy_benchmarks,
+        )
 
         rows = proxy_benchmarks(gpu=args.gpu)
         print(f"convnn bench --proxy: estimated training-step throughput on {args.gpu} (bf16), "
               "against the family's baseline; 'est, as runs' uses the committed runs' "
               "convolution speed (NCHW, no autotuning), to compare with their measurements")
         print(format_proxy_rows(rows))
+        kernel_rows = kernel_estimates(gpu=args.gpu)
+        print("\nestimated with the fused kernels (uncalibrated: no fused kernel has run on a "
+              "GPU yet; ratios against each target's baseline)")
+        print(format_kernel_estimates(kernel_rows))
         if args.json:
-            atomic_write_json(args.json, {"proxy": rows})
+            atomic_write_json(args.json, {"proxy": rows, "kernel_estimates": kernel_rows})
             print(f"wrote {args.json}")
         return 0
     from .bench import run
@@ -198,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     tr.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     tr.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
-    tr.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"], default="auto",
+    tr.add_argument("--amp", choices=["auto", "off", "bf16", "fp16", "tf32"], default="auto",
                     help="mixed precision (default auto: bf16 on GPUs of compute capability "
                          ">= 8.0, fp16 with a gradient scaler on older GPUs, float32 on a CPU)")
     tr.add_argument("--compile", action="store_true", help="torch.compile the model")
@@ -241,8 +259,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--suite", metavar="DIR",
                        help="every measurement on this device, JSON into DIR (<= 8 min on a "
                             "GPU; with --quick, toy sizes)")
+    bench.add_argument("--tensorcore", metavar="DIR",
+                       help="the tensor-core targets on this device (kernel checks, layers vs "
+                            "SDPA, training steps, T sweep, profile), JSON into DIR (<= 8 min "
+                            "on a GPU; with --quick, toy sizes: run it under "
+                            "TRITON_INTERPRET=1 on a CPU)")
     bench.add_argument("--budget", type=_positive_seconds, default=480.0, metavar="SECONDS",
-                       help="--suite: skip the stages that would end after this many seconds "
+                       help="--suite, --tensorcore: skip the stages that would end after this many seconds "
                             "(default 480)")
     bench.set_defaults(func=_bench)
 

@@ -154,7 +154,7 @@ def check_dtype(name: str, x: torch.Tensor, weight: torch.Tensor) -> None:
 
 
 def _is_fake(x: torch.Tensor) -> bool:
-    """A tensor without data (a shape-only trace, as ``convnn.proxy`` makes)."""
+    """A tensor without data (a shape-only trace, as ``convnn.bench.proxy`` makes)."""
     from torch._subclasses.fake_tensor import FakeTensor
 
     return isinstance(x, FakeTensor)

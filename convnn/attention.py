@@ -34,7 +34,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -809,6 +809,8 @@ class MixerSpec:
             all candidates when ``candidates > T`` and one evaluation seed per block).
         token_limits: ``{option: default}`` of options that must be ``<= T`` (checked by the
             ViT when the model is built).
+        build: what builds the mixer from its options (default ``cls``), e.g. a
+            ``from_config`` classmethod that takes the options flat.
     """
 
     cls: type[nn.Module]
@@ -818,6 +820,7 @@ class MixerSpec:
     vit: bool = True
     candidate_sets: bool = False
     token_limits: Mapping[str, int] = field(default_factory=dict)
+    build: Callable[..., nn.Module] | None = None
 
     @property
     def takes_attn_dropout(self) -> bool:
@@ -837,6 +840,7 @@ def register_mixer(
     vit: bool = True,
     candidate_sets: bool = False,
     token_limits: Mapping[str, int] | None = None,
+    build: Callable[..., nn.Module] | None = None,
     replace: bool = False,
 ) -> MixerSpec:
     """Register a token mixer under ``name`` (the one place a new mixer is added).
@@ -867,7 +871,8 @@ def register_mixer(
     if reserved:
         raise ValueError(f"options {sorted(reserved)} of mixer {name!r} are set by "
                          "create_mixer or fixed by the entry")
-    spec = MixerSpec(cls, options, fixed, baseline, vit, candidate_sets, dict(token_limits or {}))
+    spec = MixerSpec(cls, options, fixed, baseline, vit, candidate_sets, dict(token_limits or {}),
+                     build)
     _REGISTRY[name] = spec
     return spec
 
@@ -911,7 +916,7 @@ def create_mixer(name: str, dim: int, num_heads: int = 1, **options) -> nn.Modul
     spec = mixer_spec(name)
     check_known("option(s)", options, sorted(spec.options | set(_FACTORY_ARGS)),
                 f" for mixer={name!r}")
-    return spec.cls(dim, num_heads=num_heads, **spec.fixed, **options)
+    return (spec.build or spec.cls)(dim, num_heads=num_heads, **spec.fixed, **options)
 
 
 class _RegistryView(Mapping):

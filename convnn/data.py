@@ -40,9 +40,10 @@ import sys
 import tarfile
 import warnings
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,29 +53,90 @@ from ._checks import check_bool, check_choice, check_int, check_rank
 
 __all__ = [
     "CIFAR10_CLASSES",
-    "DATASET_NAMES",
-    "MEAN_STD",
-    "NUM_CLASSES",
+    "DATASETS",
+    "DatasetInfo",
     "DatasetNotFoundError",
     "DeviceLoader",
     "EpochLoader",
     "ImageDataset",
     "augment_batch",
+    "dataset_info",
     "default_cache_dir",
     "load_dataset",
     "make_loader",
+    "register_dataset",
     "subset_per_class",
     "synthetic_dataset",
 ]
 
-NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000}
-DATASET_NAMES = ("cifar10", "cifar100", "synthetic")
+@dataclass(frozen=True)
+class DatasetInfo:
+    """One dataset: everything the package knows about it, in one entry of :data:`DATASETS`.
 
-#: Per-channel mean and std of the training images, in [0, 1] units.
-MEAN_STD = {
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-}
+    Attributes:
+        name: the key (``"cifar10"``), as in presets and run folders.
+        title: the human name (``"CIFAR-10"``), in descriptions, tables and plots.
+        short: the part of a preset's name (``"c10"``: ``vgg11-c10-conv2d``).
+        num_classes: classes of the full dataset (a model's output size).
+        loader: ``loader(*, data_dir, download, train_per_class, test_per_class, image_size)``
+            returns the dataset (``image_size``: the crop size of a streamed dataset; in-memory
+            loaders ignore it); raises :class:`DatasetNotFoundError` when it is not there.
+        mean, std: per-channel statistics of the training images, in [0, 1] units (``None``
+            where the loader computes or fixes them itself).
+        smoke_train_per_class, smoke_test_per_class: the subset a smoke run trains and tests
+            on (see :mod:`convnn.runner`).
+        smoke_lr: the learning rate of a smoke run; ``None``: the preset's (scaled to the
+            smoke batch where ``smoke_scale_lr``).
+        smoke_scale_lr: scale the preset's learning rate to the smoke batch by the linear
+            scaling rule (ImageNet: its recipes are for batch 256).
+        stand_in: ``stand_in(image_size)`` returns clearly labelled synthetic data of the same
+            kind, for a smoke run where the dataset is absent.
+        streamed: the images are decoded from disk by worker processes while training
+            (ImageNet), rather than held in memory.
+        downloadable: the loader can download the dataset (then a smoke run falls back to
+            the stand-in only when the download failed, not when it was not allowed).
+        data_hint: how a user provides the data, for messages (``"set CONVNN_DATA_DIR ..."``).
+    """
+
+    name: str
+    title: str
+    short: str
+    num_classes: int
+    loader: Callable[..., Any]
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    smoke_train_per_class: int = 50
+    smoke_test_per_class: int = 20
+    smoke_lr: float | None = None
+    smoke_scale_lr: bool = False
+    stand_in: Callable[[int | None], Any] | None = None
+    streamed: bool = False
+    downloadable: bool = True
+    data_hint: str = ("set CONVNN_DATA_DIR (or pass --data-dir / data_dir=) to a folder holding "
+                      "the dataset, or run where the download works")
+
+
+DATASETS: dict[str, DatasetInfo] = {}
+"""Every dataset a preset may train on, by name (see :func:`register_dataset`)."""
+
+
+def register_dataset(info: DatasetInfo, *, replace: bool = False) -> DatasetInfo:
+    """Add a dataset to :data:`DATASETS` (the one place a new dataset is added): presets,
+    the runner, smoke runs and the results tables then know it."""
+    if not isinstance(info, DatasetInfo):
+        raise TypeError(f"info must be a DatasetInfo, got {type(info).__name__}")
+    if info.name in DATASETS and not replace:
+        raise ValueError(f"dataset {info.name!r} is already registered (pass replace=True)")
+    DATASETS[info.name] = info
+    return info
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """The :class:`DatasetInfo` of ``name``; a ValueError naming the known datasets otherwise."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; known datasets: {sorted(DATASETS)}")
+    return DATASETS[name]
+
 
 CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer",
@@ -83,7 +145,6 @@ CIFAR10_CLASSES = (
 
 _TORCHVISION_FOLDER = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
 _TORCHVISION_ARCHIVE = {"cifar10": "cifar-10-python.tar.gz", "cifar100": "cifar-100-python.tar.gz"}
-_PRETTY = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff")
 _TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".tar.xz", ".tar.bz2")
 _CACHE_VERSION = 1
@@ -328,7 +389,7 @@ def _read_tarball(path: Path, name: str) -> list[tuple[str, str, str, bytes]]:
             prefix, split, cls, fname = key
             groups.setdefault(prefix, []).append((split, cls, fname, tf.extractfile(member).read()))
     if len(groups) > 1:  # several trees in one tarball: take the one with the right class count
-        want = NUM_CLASSES.get(name)
+        want = DATASETS[name].num_classes if name in DATASETS else None
         match = [g for g in groups.values() if len({c for _, c, _, _ in g}) == want]
         if len(match) != 1:
             raise DatasetNotFoundError(
@@ -353,7 +414,7 @@ def _decode_items(
         raise DatasetNotFoundError(
             f"{source}: train/ has classes {classes} but test/ has {test_classes}"
         )
-    want = NUM_CLASSES.get(name)
+    want = DATASETS[name].num_classes if name in DATASETS else None
     if want is not None and len(classes) != want:
         raise DatasetNotFoundError(
             f"{source}: found {len(classes)} classes {classes[:5]}..., but {name} has {want}"
@@ -555,7 +616,7 @@ def synthetic_dataset(
 
 
 def _not_found_message(name: str, notes: list[str], download_error: str | None) -> str:
-    pretty = _PRETTY[name]
+    pretty = DATASETS[name].title
     looked = "\n".join(f"  - {n}" for n in notes) or "  - (nowhere)"
     if download_error is None:
         why = "download=False, so nothing was downloaded."
@@ -607,7 +668,7 @@ def load_dataset(
         ValueError: an unknown ``name`` or a bad subset size.
         DatasetNotFoundError: no local copy and no (successful) download.
     """
-    check_choice("name", name, DATASET_NAMES)
+    check_choice("name", name, _IN_MEMORY)
     check_bool("download", download)
     for arg, value in (("train_per_class", train_per_class), ("test_per_class", test_per_class)):
         if value is not None:
@@ -680,7 +741,7 @@ def _load_cifar(
 
 
 def _make_cifar(name: str, arrays: dict[str, np.ndarray], source: str) -> ImageDataset:
-    mean, std = MEAN_STD[name]
+    mean, std = DATASETS[name].mean, DATASETS[name].std
     return ImageDataset(
         name=name,
         train_images=torch.from_numpy(np.ascontiguousarray(arrays["train_images"])),
@@ -939,3 +1000,34 @@ def make_loader(images: torch.Tensor, labels: torch.Tensor, batch_size: int,
         ...     for x, y in train: ...
     """
     return DeviceLoader(images, labels, batch_size, device, mean, std, **kwargs)
+
+
+# --------------------------------------------------------------------------- the datasets
+_IN_MEMORY = ("cifar10", "cifar100", "synthetic")  # what load_dataset loads
+
+
+def _cifar_loader(name: str) -> Callable[..., ImageDataset]:
+    def load(*, data_dir=None, download=True, train_per_class=None, test_per_class=None,
+             image_size=None) -> ImageDataset:
+        return load_dataset(name, data_dir=data_dir, download=download,
+                            train_per_class=train_per_class, test_per_class=test_per_class)
+    return load
+
+
+def _synthetic_stand_in(num_classes: int) -> Callable[[int | None], ImageDataset]:
+    def stand_in(image_size=None) -> ImageDataset:
+        return synthetic_dataset(n_train=500, n_test=200, num_classes=num_classes,
+                                 image_size=32)
+    return stand_in
+
+
+register_dataset(DatasetInfo(
+    "cifar10", "CIFAR-10", "c10", 10, _cifar_loader("cifar10"),
+    mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616),
+    smoke_train_per_class=50, smoke_test_per_class=20,
+    stand_in=_synthetic_stand_in(10)))
+register_dataset(DatasetInfo(
+    "cifar100", "CIFAR-100", "c100", 100, _cifar_loader("cifar100"),
+    mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762),
+    smoke_train_per_class=5, smoke_test_per_class=2,
+    stand_in=_synthetic_stand_in(100)))

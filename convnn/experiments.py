@@ -26,8 +26,8 @@ entry of :data:`FAMILIES` (its defaults, and how its settings become a model, a 
 description). Experiments that are not paper rows are added with :func:`register_preset`.
 
 Paper mode. Every preset with a ConvNN layer builds it in paper mode: the options of
-:data:`~convnn.layers.PAPER_CONVNN2D_OPTIONS` (VGG, ResNet) or
-:data:`~convnn.layers.PAPER_ATTENTION_OPTIONS` (ViT), the authors' behaviours of method.md §7
+:data:`~convnn.layers.PAPER_CONVNN2D` (VGG, ResNet) or
+:data:`~convnn.layers.PAPER_ATTENTION` (ViT), the authors' behaviours of method.md §7
 (mixed-selection coordinates over the padded map, random candidates drawn from the padded map,
 truncated spatial indices; in ConvNN attention, the constant self logit and dropout on the
 aggregated output). The defect fixes of method.md §6 stay.
@@ -57,16 +57,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
+from . import imagenet  # noqa: F401 - registers the ImageNet entry of DATASETS
 from . import paper_vocabulary as paper
 from ._checks import check_known
-from .data import NUM_CLASSES
-from .layers import PAPER_ATTENTION_OPTIONS, PAPER_CONVNN2D_OPTIONS
+from .attention import mixer_spec
+from .data import DATASETS, dataset_info
+from .layers import PAPER_ATTENTION, PAPER_CONVNN2D
 from .models import PAPER_RESNET50, ModelConfig
 from .package_data import data_file
 from .train import TrainConfig
 
-DATASET_SHORT = {"cifar10": "c10", "cifar100": "c100", "imagenet": "in1k"}
-DATASET_TITLE = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet": "ImageNet-1K"}
 UNSUPPORTED_TABLES: dict[str, str] = {}
 """Tables of ``paper_results.json`` without presets, and why (none at present)."""
 
@@ -84,9 +84,15 @@ IMAGENET_PROTOCOLS = {
 """Our training protocol for the ImageNet presets (the paper does not state one): random-resized
 crop + flip at 224, center crop for testing (see :mod:`convnn.imagenet`)."""
 
+OUR_PROTOCOLS = {"imagenet": IMAGENET_PROTOCOLS}
+"""Datasets whose presets train under our protocol, per family (the paper states none); every
+other dataset trains under the paper's CIFAR protocol."""
+
 CIFAR_PROTOCOL = {"optimizer": "adamw", "weight_decay": 0.01, "batch_size": 256,
                   "grad_clip": 1.0, "schedule": "none", "augment": False}
 """The paper's CIFAR protocol (lr, epochs and seed are settings of each preset)."""
+PAPER_PRECISION = "off"
+"""The paper trained without AMP, in float32 (method.md): ``amp_active`` spelling."""
 
 
 @lru_cache(maxsize=1)
@@ -143,7 +149,7 @@ def _vgg_model(s: dict, num_classes: int) -> ModelConfig:
             options["mix"] = paper.MIXED_SELECTION_MIX
         if s["aggregate_coords"]:
             options["aggregate_coords"] = True
-        options.update(PAPER_CONVNN2D_OPTIONS)
+        options.update(PAPER_CONVNN2D.changes())
         if s["sampling"] != "all":
             options.update(sampling=s["sampling"], candidates=s["candidates"])
     return ModelConfig(name="vgg11", num_classes=num_classes, layer=s["layer"],
@@ -186,7 +192,7 @@ def _resnet_model(s: dict, num_classes: int) -> ModelConfig:
     bias = PAPER_RESNET50[s["layer"]]
     options = dict(bias["layer_options"])
     if s["layer"] != "conv2d":
-        options.update(k=s["k"], **PAPER_CONVNN2D_OPTIONS)
+        options.update(k=s["k"], **PAPER_CONVNN2D.changes())
         if s["sampling"] != "all":
             options.update(sampling=s["sampling"], candidates=s["candidates"],
                            candidate_layout="count")
@@ -215,34 +221,38 @@ def _resnet_describe(s: dict) -> str:
     return f"ResNet-50 with {what}"
 
 
+#: The ViT preset settings that are options of the token mixer; a preset keeps those its
+#: mixer takes (:attr:`convnn.attention.MixerSpec.options`), with these defaults.
+_VIT_MIXER_SETTINGS = {"k": None, "sampling": "all", "candidates": None,
+                       "aggregation": "depthwise"}
+
+
+def _vit_mixer_options(mixer: str) -> frozenset[str]:
+    return mixer_spec(mixer).options
+
+
 def _vit_normalise(s: dict) -> None:
-    if s["mixer"] not in ("kvt", "convnn_attention"):
-        s["k"] = None
-    if s["mixer"] != "convnn_attention":
-        s.update(sampling=None, candidates=None, aggregation=None)
-    else:
-        s["sampling"] = s["sampling"] or "all"
-        s["aggregation"] = s["aggregation"] or "depthwise"
-        if s["sampling"] == "all":
-            s["candidates"] = None
+    takes = _vit_mixer_options(s["mixer"])
+    for name, default in _VIT_MIXER_SETTINGS.items():
+        s[name] = (default if s[name] is None else s[name]) if name in takes else None
+    if s["sampling"] == "all":
+        s["candidates"] = None
 
 
 def _vit_model(s: dict, num_classes: int) -> ModelConfig:
-    options: dict = {}
-    if s["mixer"] in ("kvt", "convnn_attention"):
-        options["k"] = s["k"]
-    if s["mixer"] == "convnn_attention":
-        options.update(aggregation=s["aggregation"], **PAPER_ATTENTION_OPTIONS)
-        if s["sampling"] != "all":
-            options.update(sampling=s["sampling"], candidates=s["candidates"])
+    takes = _vit_mixer_options(s["mixer"])
+    options = {name: s[name] for name in ("k", "aggregation") if s[name] is not None}
+    # paper mode wherever the mixer has the paper-mode options (the ConvNN attention mixers)
+    options.update({k: v for k, v in PAPER_ATTENTION.changes().items() if k in takes})
+    if s["sampling"] not in (None, "all"):
+        options.update(sampling=s["sampling"], candidates=s["candidates"])
     return ModelConfig(name=s["model"], num_classes=num_classes, mixer=s["mixer"],
                        num_heads=s["num_heads"], layer_options=options)
 
 
 def _vit_name(s: dict) -> list[str]:
-    parts = [{"sparse_local": "sparse-local", "sparse_strided": "sparse-strided",
-              "convnn_attention": "convnn"}.get(s["mixer"], s["mixer"])]
-    if s["mixer"] == "convnn_attention":
+    parts = [{"convnn_attention": "convnn"}.get(s["mixer"], s["mixer"].replace("_", "-"))]
+    if s["sampling"] is not None:
         parts.append(s["sampling"] + (f"-r{s['candidates']}" if s["candidates"] else ""))
     if s["k"] is not None:
         parts.append(f"k{s['k']}")
@@ -261,6 +271,8 @@ def _vit_describe(s: dict) -> str:
             f", {s['aggregation']} aggregation"
     elif s["mixer"] == "kvt":
         what = f"KVT top-{s['k']} attention"
+    elif s["k"] is not None:
+        what += f", k = {s['k']}"
     size = {"vit_tiny": "ViT-Tiny", "vit_base": "ViT-Base",
             "vit_tiny_cifar": "CIFAR-native ViT-Tiny"}.get(s["model"], s["model"])
     return f"{size} ({s['num_heads']} head{'s' if s['num_heads'] > 1 else ''}) with {what}"
@@ -327,12 +339,16 @@ class Preset:
 
     name: str
     family: str  # a key of FAMILIES: "vgg", "resnet" or "vit"
-    dataset: str  # "cifar10", "cifar100" or "imagenet"
+    dataset: str  # a key of convnn.data.DATASETS: "cifar10", "cifar100", "imagenet"...
     model: ModelConfig
     train: TrainConfig
     rows: tuple = ()  # the paper_results.json rows it reproduces
     description: str = ""
     spec: tuple = ()  # the canonical settings it was built from (see canonical_settings)
+    #: the precision the paper's runs of these rows trained in (``"off"``: float32, no AMP;
+    #: a key of :data:`convnn.train.PRECISION_LABELS`), ``None`` without paper rows. Our
+    #: runs record theirs as ``amp_active`` in ``config.json``.
+    paper_precision: str | None = None
 
     @property
     def settings(self) -> dict:
@@ -356,19 +372,20 @@ class Preset:
                 "description": self.description, "settings": self.settings,
                 "model": self.model_config().to_dict(),
                 "train": self.train_config().to_dict(),
-                "paper_tables": sorted({r["table"] for r in self.paper_rows()})}
+                "paper_tables": sorted({r["table"] for r in self.paper_rows()}),
+                "paper_precision": self.paper_precision}
 
 
 def _paper_train(family: str, dataset: str, s: dict) -> dict:
-    if dataset == "imagenet":
-        return {**IMAGENET_PROTOCOLS[family], "seed": s["seed"]}
+    if dataset in OUR_PROTOCOLS:
+        return {**OUR_PROTOCOLS[dataset][family], "seed": s["seed"]}
     return {**CIFAR_PROTOCOL, "lr": s["lr"], "epochs": s["epochs"], "seed": s["seed"],
             "resize": FAMILIES[family].resize}
 
 
 def _paper_name(family: str, dataset: str, s: dict) -> str:
     fam = FAMILIES[family]
-    parts = [fam.model_name(s), DATASET_SHORT[dataset], *fam.name_parts(s)]
+    parts = [fam.model_name(s), dataset_info(dataset).short, *fam.name_parts(s)]
     if s["lr"] not in (1e-4, None):
         parts.append(f"lr{s['lr']:g}")
     if s["epochs"] not in (150, None):
@@ -380,9 +397,9 @@ def _paper_name(family: str, dataset: str, s: dict) -> str:
 
 def _paper_description(family: str, dataset: str, s: dict) -> str:
     model = FAMILIES[family].describe(s)
-    data = DATASET_TITLE[dataset]
-    if dataset == "imagenet":
-        p = IMAGENET_PROTOCOLS[family]
+    data = dataset_info(dataset).title
+    if dataset in OUR_PROTOCOLS:
+        p = OUR_PROTOCOLS[dataset][family]
         return (f"{model} on {data}; our protocol (the paper states none): "
                 f"{p['optimizer'].upper() if p['optimizer'] == 'sgd' else 'AdamW'} "
                 f"lr {p['lr']:g}, cosine, {p['epochs']} epochs, seed {s['seed']}")
@@ -400,13 +417,13 @@ def make_preset(family: str, dataset: str, settings: dict, *, name: str | None =
     from the paper row of the same settings."""
     spec = canonical_settings(family, dataset, **settings)
     s = dict(spec)
-    model = FAMILIES[family].model(s, NUM_CLASSES[dataset])
+    model = FAMILIES[family].model(s, dataset_info(dataset).num_classes)
     if model_overrides:
         model = dataclasses.replace(model, **model_overrides)
     train = TrainConfig(**{**_paper_train(family, dataset, s), **(train_overrides or {})})
     return Preset(name or _paper_name(family, dataset, s), family, dataset, model, train,
                   tuple(rows), description or _paper_description(family, dataset, s),
-                  (*spec, *tag))
+                  (*spec, *tag), paper_precision=PAPER_PRECISION if rows else None)
 
 
 #: Presets that reproduce no row of the paper, each an honestly labelled variant of the
@@ -504,9 +521,9 @@ def register_preset(preset: Preset) -> Preset:
     if preset.family not in FAMILIES:
         raise ValueError(f"preset {preset.name!r}: unknown family {preset.family!r}; "
                          f"choose from {sorted(FAMILIES)}")
-    if preset.dataset not in NUM_CLASSES:
+    if preset.dataset not in DATASETS:
         raise ValueError(f"preset {preset.name!r}: unknown dataset {preset.dataset!r}; "
-                         f"choose from {sorted(NUM_CLASSES)}")
+                         f"choose from {sorted(DATASETS)}")
     name = preset.name.lower()
     if name != preset.name:
         raise ValueError(f"preset names are lower case, got {preset.name!r}")
@@ -578,7 +595,24 @@ def reduced(preset: Preset) -> tuple[ModelConfig, TrainConfig]:
     return model, preset.train_config(resize=None)
 
 
-__all__ = ["FAMILIES", "IMAGENET_PROTOCOLS", "LAPTOP_PRESETS", "LAPTOP_PROTOCOL",
-           "NON_PAPER_PRESETS", "PRESETS", "Family", "Preset", "canonical_settings",
-           "get_preset", "list_presets", "make_preset", "paper_key", "paper_records",
-           "preset_for_record", "reduced", "register_preset"]
+__all__ = [
+    "FAMILIES",
+    "IMAGENET_PROTOCOLS",
+    "LAPTOP_PRESETS",
+    "LAPTOP_PROTOCOL",
+    "NON_PAPER_PRESETS",
+    "OUR_PROTOCOLS",
+    "PAPER_PRECISION",
+    "PRESETS",
+    "Family",
+    "Preset",
+    "canonical_settings",
+    "get_preset",
+    "list_presets",
+    "make_preset",
+    "paper_key",
+    "paper_records",
+    "preset_for_record",
+    "reduced",
+    "register_preset",
+]

@@ -55,11 +55,13 @@ from ._checks import check_choice, check_int
 from ._io import atomic_target
 from .data import (
     IMAGE_SUFFIXES,
+    DatasetInfo,
     DatasetNotFoundError,
     EpochLoader,
     Splits,
     default_cache_dir,
     epoch_seed,
+    register_dataset,
 )
 
 __all__ = [
@@ -756,3 +758,29 @@ def write_synthetic_imagenet(
         encoding="utf-8",
     )
     return root
+
+
+# --------------------------------------------------------------------------- the dataset entry
+#: The synthetic stand-in a smoke run of an ImageNet preset uses when ImageNet is absent.
+SMOKE_SYNTHETIC_IMAGENET = {"num_classes": 10, "train_per_class": 50, "test_per_class": 20,
+                            "image_size": 72}
+
+
+def _load(*, data_dir=None, download=True, train_per_class=None, test_per_class=None,
+          image_size=None) -> ImageNetDataset:
+    # ImageNet is never downloaded: download is accepted, as by every loader, and unused
+    return load_imagenet(data_dir, train_per_class=train_per_class,
+                         test_per_class=test_per_class, image_size=image_size or 224)
+
+
+def _stand_in(image_size=None) -> ImageNetDataset:
+    root = default_cache_dir() / "synthetic-imagenet"
+    if not (root / SYNTHETIC_MARKER).is_file():
+        write_synthetic_imagenet(root, **SMOKE_SYNTHETIC_IMAGENET)
+    return load_imagenet(root, image_size=image_size or 224)
+
+
+register_dataset(DatasetInfo(
+    "imagenet", "ImageNet-1K", "in1k", 1000, _load, smoke_train_per_class=2,
+    smoke_test_per_class=1, smoke_scale_lr=True, stand_in=_stand_in, streamed=True,
+    downloadable=False, data_hint="set CONVNN_IMAGENET_DIR or pass --data-dir / data_dir="))

@@ -8,13 +8,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import ops
+from . import kernels, kernels_attention, ops
 from ._checks import (
     check_bool,
     check_choice,
@@ -25,20 +28,131 @@ from ._checks import (
     check_layer_input,
     check_layer_options,
 )
-from .attention import _HeadProjections, register_mixer
+from .attention import MultiHeadSelfAttention, TokenConv1d, _HeadProjections, register_mixer
 from .ops import EVAL_SAMPLINGS
 
 RANDOM_REGIONS = ("image", "padded")
 DROPOUT_TARGETS = ("weights", "output")
 
-PAPER_CONVNN2D_OPTIONS = {"coord_grid": "padded", "random_region": "padded",
-                          "spatial_rounding": "truncate"}
+
+class _Options:
+    """Shared helpers of the layers' option values."""
+
+    def changes(self) -> dict:
+        """The fields that differ from the defaults, as a flat dict (how model configs store
+        them in ``layer_options``)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if getattr(self, f.name) != f.default}
+
+
+@dataclass(frozen=True)
+class ConvNN2dOptions(_Options):
+    """The rarely changed options of :class:`ConvNN2d`, as one value: paper mode
+    (:data:`PAPER_CONVNN2D`), the candidate conventions and the evaluation draw. Change one
+    field with ``dataclasses.replace(PAPER_CONVNN2D, seed=3)``.
+
+    Attributes:
+        mix: α of ``selection="mixed"``: features scaled by ``mix / std``, coordinates by
+            ``1 - mix`` (not the branching ratio λ).
+        coord_grid: the coordinate channels of ``"coords"``/``"mixed"`` selection (and of
+            aggregated coordinates): ``"image"`` (default: an isotropic grid, the image's
+            longer side spans ``[-1, 1]``, the border extends it outwards, so coordinate
+            distance is pixel distance on any image shape) or ``"padded"`` (the authors':
+            ``linspace(-1, 1)`` over the padded map, one spacing per axis).
+        candidate_layout: how ``candidates`` counts: ``"square"`` (default, ``r × r``
+            positions, the paper's CIFAR convention) or ``"count"`` (``r`` positions: ``r``
+            random pixels, or a ``√r × √r`` grid, so ``r`` must be a square; the paper's
+            ImageNet ResNet-50 convention, e.g. random r = 32, spatial r = 25 = 5 × 5).
+        random_region: where ``"random"`` candidates are drawn: ``"image"`` (default, the
+            ``H × W`` pixels: no draw is spent on the zero border, whose features are all
+            zero) or ``"padded"`` (the authors': all ``(H+2p)(W+2p)`` positions of the padded
+            map, as with all candidates).
+        spatial_rounding: how the ``"spatial"`` grid's ``linspace`` indices become pixels:
+            ``"round"`` (default, a grid symmetric about the image centre) or ``"truncate"``
+            (the authors': r = 4 on 32 gives [0, 10, 20, 31]). The grid always lies on the
+            unpadded image.
+        self_first: force each pixel to be its own first neighbour with all candidates
+            (default ``None``: True for feature/mixed selection, False for coordinate
+            selection; sampled candidates always put it first).
+        sort_by_position: order the k neighbours by raster position rather than by rank
+            (default ``None``: True for coordinate selection, which makes the layer a
+            convolution).
+        eval_sampling: ``"fixed"`` (reproducible random candidates in eval) or
+            ``"resample"`` (the paper's behaviour).
+        seed: seed of the fixed evaluation draw.
+    """
+
+    mix: float = 0.5
+    coord_grid: str = "image"
+    candidate_layout: str = "square"
+    random_region: str = "image"
+    spatial_rounding: str = "round"
+    self_first: bool | None = None
+    sort_by_position: bool | None = None
+    eval_sampling: str = "fixed"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ConvNNAttentionOptions(_Options):
+    """The rarely changed options of :class:`ConvNNAttention`, as one value: paper mode
+    (:data:`PAPER_ATTENTION`), the coordinate encoding and the evaluation draw.
+
+    Attributes:
+        coord_scale: weight of the coordinate channel in ``"mixed"`` selection.
+        self_first: force each token to be its own first neighbour with all candidates.
+        self_score: the softmax logit of the token itself where it is put first (sampled
+            candidates, or ``self_first``): ``"similarity"`` (default, its real score
+            ``q·k/√d``, so the layer weighs itself like any other neighbour and stays top-k
+            attention over the candidates and itself) or ``"constant"`` (the authors':
+            :data:`convnn.ops.PAPER_SELF_LOGIT` = 1.0 whatever the scores' scale).
+        attn_dropout_on: what ``attn_dropout`` drops: ``"weights"`` (default, ρ, as standard
+            attention dropout does, so the dense layer stays softmax attention with dropout)
+            or ``"output"`` (the authors': the aggregated output, before ``out_proj``).
+        spatial_rounding: ``"round"`` (default) or ``"truncate"`` (the authors') for the
+            ``"spatial"`` token indices ``linspace(0, T - 1, r)``, CLS at index 0.
+        eval_sampling, seed: see :class:`ConvNN2dOptions`.
+    """
+
+    coord_scale: float = 1.0
+    self_first: bool = False
+    self_score: str = "similarity"
+    attn_dropout_on: str = "weights"
+    spatial_rounding: str = "round"
+    eval_sampling: str = "fixed"
+    seed: int = 0
+
+
+PAPER_CONVNN2D = ConvNN2dOptions(coord_grid="padded", random_region="padded",
+                                 spatial_rounding="truncate")
 """Paper mode of :class:`ConvNN2d`: the options that reproduce the authors' 2-D layer
 (method.md §7.3-§7.5) where our defaults differ. The defect fixes of §6 stay."""
 
-PAPER_ATTENTION_OPTIONS = {"self_score": "constant", "attn_dropout_on": "output",
-                           "spatial_rounding": "truncate"}
+PAPER_ATTENTION = ConvNNAttentionOptions(self_score="constant", attn_dropout_on="output",
+                                         spatial_rounding="truncate")
 """Paper mode of :class:`ConvNNAttention` (method.md §7.1, §7.2, §7.5); masks stay ``-inf``."""
+
+
+def _split_config(options_type: type, config: dict, context: str) -> dict:
+    """A flat dict of options (a model config's ``layer_options``) as constructor keywords:
+    the fields of ``options_type`` become one ``options`` value."""
+    if "options" in config:
+        raise ValueError(f"{context}: a flat config holds the option fields themselves, "
+                         "not options=")
+    names = {f.name for f in dataclasses.fields(options_type)}
+    picked = {name: config[name] for name in names & config.keys()}
+    direct = {name: value for name, value in config.items() if name not in names}
+    return {**direct, "options": options_type(**picked)} if picked else direct
+
+
+def _check_options(options, options_type: type, constant: str):
+    if options is None:
+        return options_type()
+    if not isinstance(options, options_type):
+        raise TypeError(f"options must be a {options_type.__name__} (e.g. {constant}), got "
+                        f"{type(options).__name__}; build a layer from a flat dict of options "
+                        "with from_config()")
+    return options
 
 
 def _empty_output(x: Tensor, shape: tuple, layer: nn.Module) -> Tensor:
@@ -85,12 +199,6 @@ class _SampledCandidates(nn.Module):
     seed: int
     backend: str | None
 
-    @property
-    def path(self) -> str:
-        """Deprecated: ``"reference"`` where the layer runs the reference backend (its own,
-        or the default one), ``"fast"`` otherwise."""
-        return "reference" if ops.requested_backend(self.backend) == "reference" else "fast"
-
     def _random_draw(self, num_positions: int, count: int, device) -> Tensor:
         if not self.training and self.eval_sampling == "fixed":
             return ops.fixed_candidates(num_positions, count, self.seed, device=device)
@@ -129,6 +237,12 @@ def _resolve_similarity(selection: str, similarity: str | None, default: str) ->
     return similarity
 
 
+#: The option set of the fused 2-D path (:meth:`ConvNN2d.backend_decision`): the paper's CNN
+#: layer (all candidates, feature selection, ρ = ones, standard aggregation, self first).
+FUSED_2D_OPTIONS = {"sampling": "all", "selection": "features", "weighting": "ones",
+                    "aggregation": "standard"}
+
+
 class ConvNN2d(_SampledCandidates):
     """Convolutional Nearest Neighbours on images: a drop-in for ``nn.Conv2d`` (stride 1).
 
@@ -137,9 +251,9 @@ class ConvNN2d(_SampledCandidates):
     CNN layer: cosine similarity on raw features, the zero-padded border counts as candidates
     (a zero vector has cosine 0 with everything), each pixel is its own first neighbour,
     ρ = ones, standard aggregation with bias, ``k = 9``, padding 1. Paper mode for sampled
-    candidates and mixed selection adds :data:`PAPER_CONVNN2D_OPTIONS` (``coord_grid``,
-    ``random_region``, ``spatial_rounding`` below); our defaults for those are kept because
-    each is better where it differs.
+    candidates and mixed selection is ``options=PAPER_CONVNN2D`` (:data:`PAPER_CONVNN2D`:
+    ``coord_grid``, ``random_region``, ``spatial_rounding`` of :class:`ConvNN2dOptions`); our
+    defaults for those are kept because each is better where it differs.
 
     Args:
         in_channels: ``C`` of the input ``[B, C, H, W]``.
@@ -147,56 +261,33 @@ class ConvNN2d(_SampledCandidates):
         k: neighbours per pixel.
         padding: rings of zero positions added around the image as candidates.
         selection: ``"features"``, ``"coords"`` (x, y of each pixel) or ``"mixed"`` (both,
-            features scaled by ``mix / std``, coordinates by ``1 - mix``).
-        mix: α of ``"mixed"`` selection (not the branching ratio λ).
-        coord_grid: the coordinate channels of ``"coords"``/``"mixed"`` selection (and of
-            aggregated coordinates): ``"image"`` (default: an isotropic grid, the image's
-            longer side spans ``[-1, 1]``, the border extends it outwards, so coordinate
-            distance is pixel distance on any image shape) or ``"padded"`` (the authors':
-            ``linspace(-1, 1)`` over the padded map, one spacing per axis).
+            mixed by ``options.mix``).
         similarity: ``"cosine"``, ``"dot"`` or ``"euclidean"`` (default: cosine, or Euclidean
             for coordinate selection, the only one that ranks by distance).
         sampling: ``"all"``, ``"random"`` or ``"spatial"`` candidates.
         candidates: ``r``: the candidate set has ``r × r`` positions: an evenly spaced
             ``r × r`` grid of the unpadded image (``"spatial"``) or ``r²`` random pixels
-            (``"random"``). With sampled candidates each pixel is its own first neighbour.
-        candidate_layout: how ``candidates`` counts: ``"square"`` (default, ``r × r``
-            positions, the paper's CIFAR convention) or ``"count"`` (``r`` positions: ``r``
-            random pixels, or a ``√r × √r`` grid, so ``r`` must be a square; the paper's
-            ImageNet ResNet-50 convention, e.g. random r = 32, spatial r = 25 = 5 × 5).
-        random_region: where ``"random"`` candidates are drawn: ``"image"`` (default, the
-            ``H × W`` pixels: no draw is spent on the zero border, whose features are all
-            zero) or ``"padded"`` (the authors': all ``(H+2p)(W+2p)`` positions of the padded
-            map, as with all candidates).
-        spatial_rounding: how the ``"spatial"`` grid's ``linspace`` indices become pixels:
-            ``"round"`` (default, a grid symmetric about the image centre) or ``"truncate"``
-            (the authors': r = 4 on 32 gives [0, 10, 20, 31]). The grid always lies on the
-            unpadded image.
+            (``"random"``); ``options.candidate_layout="count"`` counts ``r`` positions. With
+            sampled candidates each pixel is its own first neighbour.
         weighting: ρ, ``"ones"``, ``"softmax"`` or ``"similarity"``.
         aggregation: ``"standard"`` (``W_j`` is O×C), ``"depthwise"`` (one weight per
             channel and rank; needs ``out_channels == in_channels``) or ``"separable"``
             (depthwise then 1×1).
         bias: add a learned bias.
-        self_first: force each pixel to be its own first neighbour with all candidates
-            (default: True for feature/mixed selection, False for coordinate selection).
-        sort_by_position: order the k neighbours by raster position rather than by rank
-            (default: True for coordinate selection, which makes the layer a convolution).
-        eval_sampling: ``"fixed"`` (reproducible random candidates in eval) or
-            ``"resample"`` (the paper's behaviour).
-        seed: seed of the fixed evaluation draw.
+        options: the rarely changed options, one :class:`ConvNN2dOptions` value (default:
+            ours; :data:`PAPER_CONVNN2D`: the authors').
         backend: what runs the operator: ``None`` (the default backend, see
             :func:`convnn.ops.choose_backend`), ``"reference"``, ``"torch"`` or ``"triton"``.
-        path: deprecated alias of ``backend``: ``"reference"`` is ``backend="reference"``,
-            ``"fast"`` (default) leaves ``backend`` as it is.
 
     Example:
-        >>> layer = ConvNN2d(16, 32, k=9)            # paper mode
+        >>> layer = ConvNN2d(16, 32, options=PAPER_CONVNN2D)  # the paper's layer, k = 9
         >>> layer(torch.randn(2, 16, 8, 8)).shape
         torch.Size([2, 32, 8, 8])
 
     Special case: ``ConvNN2d.from_conv2d(conv)`` (coordinate selection, Euclidean, ``k`` =
     kernel area, ρ = ones, neighbours in raster order) equals ``conv`` exactly for 3×3 and 5×5
-    kernels with ``padding = kernel // 2``.
+    kernels with ``padding = kernel // 2``. :meth:`from_config` builds the layer from a flat
+    dict of options (a model config's ``layer_options``).
     """
 
     def __init__(
@@ -207,26 +298,23 @@ class ConvNN2d(_SampledCandidates):
         padding: int = 1,
         *,
         selection: str = "features",
-        mix: float = 0.5,
-        coord_grid: str = "image",
         similarity: str | None = None,
         sampling: str = "all",
         candidates: int | None = None,
-        candidate_layout: str = "square",
-        random_region: str = "image",
-        spatial_rounding: str = "round",
         weighting: str = "ones",
         aggregation: str = "standard",
         bias: bool = True,
-        self_first: bool | None = None,
-        sort_by_position: bool | None = None,
-        eval_sampling: str = "fixed",
-        seed: int = 0,
+        options: ConvNN2dOptions | None = None,
         backend: str | None = None,
-        path: str = "fast",
         device=None,
         dtype=None,
     ) -> None:
+        options = _check_options(options, ConvNN2dOptions, "PAPER_CONVNN2D")
+        mix, coord_grid, candidate_layout = (options.mix, options.coord_grid,
+                                             options.candidate_layout)
+        random_region, spatial_rounding = options.random_region, options.spatial_rounding
+        self_first, sort_by_position = options.self_first, options.sort_by_position
+        eval_sampling, seed = options.eval_sampling, options.seed
         super().__init__()
         check_int("in_channels", in_channels, minimum=1)
         check_int("out_channels", out_channels, minimum=1)
@@ -240,7 +328,7 @@ class ConvNN2d(_SampledCandidates):
         similarity = _resolve_similarity(selection, similarity, "cosine")
         check_choice("weighting", weighting, ops.WEIGHTINGS)
         check_choice("aggregation", aggregation, ops.AGGREGATIONS)
-        backend = ops.backend_from_path(path, backend)
+        ops.requested_backend(backend)  # checks the name
         check_layer_options(seed=seed, bools={"bias": bias}, optional_bools={
             "self_first": self_first, "sort_by_position": sort_by_position})
         _check_sampling(sampling, candidates, eval_sampling)
@@ -292,8 +380,16 @@ class ConvNN2d(_SampledCandidates):
         self._static_cache: dict = {}
 
     @classmethod
-    def from_conv2d(cls, conv: nn.Conv2d, path: str = "fast", *,
-                    backend: str | None = None) -> ConvNN2d:
+    def from_config(cls, in_channels: int, out_channels: int, **config) -> ConvNN2d:
+        """Build the layer from a flat dict of options, as model configs store them
+        (``layer_options``): the constructor's keywords and the fields of
+        :class:`ConvNN2dOptions` side by side, e.g.
+        ``ConvNN2d.from_config(16, 32, k=9, sampling="random", candidates=8, seed=3)``."""
+        return cls(in_channels, out_channels,
+                   **_split_config(ConvNN2dOptions, config, cls.__name__))
+
+    @classmethod
+    def from_conv2d(cls, conv: nn.Conv2d, *, backend: str | None = None) -> ConvNN2d:
         """The convolution limit: a ConvNN2d that computes exactly what ``conv`` computes.
 
         Supports square odd kernels 3 and 5 (where the k nearest pixels in Euclidean distance
@@ -317,7 +413,7 @@ class ConvNN2d(_SampledCandidates):
             raise ValueError(f"from_conv2d supports groups=1 or depthwise, got {conv.groups}")
         layer = cls(conv.in_channels, conv.out_channels, k=kh * kw, padding=kh // 2,
                     selection="coords", aggregation=aggregation,
-                    bias=conv.bias is not None, backend=backend, path=path, device=conv.weight.device,
+                    bias=conv.bias is not None, backend=backend, device=conv.weight.device,
                     dtype=conv.weight.dtype)
         with torch.no_grad():
             layer.weight.copy_(conv.weight.reshape(layer.weight.shape))
@@ -418,7 +514,8 @@ class ConvNN2d(_SampledCandidates):
         values = F.pad(x, (p, p, p, p)).flatten(2).transpose(1, 2)  # (B, N, C)
         static = self.selection == "coords" and self.sampling == "all"
         if static and self.weighting == "ones":
-            key = ("neighbours", height, width, str(x.device), self.path)
+            key = ("neighbours", height, width, str(x.device),
+                   ops.requested_backend(self.backend) == "reference")
             if key not in self._static_cache:
                 coords = geo["coords"].unsqueeze(0)  # (1, N, 2)
                 idx, _ = ops.select_neighbours(
@@ -436,19 +533,79 @@ class ConvNN2d(_SampledCandidates):
             raise ValueError(f"input must have {self.in_channels} channels ([B, C, H, W]), "
                              f"got shape {tuple(x.shape)}")
 
+    def _fused_unsupported(self, x: Tensor) -> str | None:
+        from . import kernels_conv2d
+
+        given = {"sampling": self.sampling, "selection": self.selection,
+                 "weighting": self.weighting, "aggregation": self.aggregation}
+        for name, value in given.items():
+            if value != FUSED_2D_OPTIONS[name]:
+                return f"{name}={value!r} (the fused 2-D path takes {FUSED_2D_OPTIONS[name]!r})"
+        if self.similarity not in ("cosine", "dot"):
+            return f"similarity={self.similarity!r} (the fused 2-D path takes cosine or dot)"
+        if not self.self_first or self.sort_by_position:
+            return "self_first=False or sort_by_position=True"
+        if not 2 <= self.k <= kernels_conv2d.MAX_SELECT_K + 1:
+            return f"k={self.k} (the fused 2-D selection takes 2..{kernels_conv2d.MAX_SELECT_K + 1})"
+        if x.dtype not in kernels_conv2d.SELECT_DTYPES:
+            return f"{x.dtype} input"
+        return None
+
+    def backend_decision(self, x: Tensor) -> tuple[str, str]:
+        """What :meth:`forward` runs for ``x``, and why: ``("triton", reason)`` for the fused
+        2-D kernels of :mod:`convnn.kernels_conv2d` (selection and standard aggregation read
+        ``x`` in place, no padded copy; ``backend="triton"`` only: auto leaves them off until
+        they are measured on a GPU), ``("torch" | "reference", reason)`` otherwise (the
+        PyTorch path may still use the Triton row top-k under ``backend="triton"``)."""
+
+        requested = ops.requested_backend(self.backend)
+        if requested in ("reference", "torch"):
+            return requested, f"backend={requested!r}"
+        if requested is None:
+            return "torch", ("backend=None (auto) leaves the fused 2-D kernels off until they "
+                             "are measured on a GPU; pass backend='triton'")
+        reason = self._fused_unsupported(x)
+        if reason is not None:
+            return "torch", f"unsupported by the fused 2-D kernels: {reason}"
+        if not kernels.available(x.device):
+            raise RuntimeError("backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1) "
+                               f"and triton; got a {x.device.type} tensor. Use backend='torch' "
+                               "or None (auto).")
+        return "triton", "backend='triton'"
+
+    def _fused_forward(self, x: Tensor) -> Tensor:
+        from .kernels_conv2d import gather_gemm, select_2d
+
+        batch, _, height, width = x.shape
+        p = self.padding
+        if self.k > self.num_positions(height, width):
+            raise ValueError(f"k={self.k} must be <= the number of positions "
+                             f"{self.num_positions(height, width)} of a {height}x{width} input "
+                             f"with padding={p}")
+        qpos = self._geometry(height, width, x.device, x.dtype)["query_positions"]
+        found = select_2d(x, self.k - 1, p, self.similarity)  # (B, HW, k-1), self excluded
+        index = torch.cat((qpos.view(1, -1, 1).expand(batch, -1, 1), found), dim=-1)
+        out = gather_gemm(x, index, self.weight, p)  # (B, HW, O)
+        if self.bias is not None:
+            out = out + self.bias.to(out.dtype)
+        return out.transpose(1, 2).reshape(batch, self.out_channels, height, width)
+
     def forward(self, x: Tensor) -> Tensor:
-        """``[B, C, H, W] -> [B, O, H, W]``."""
+        """``[B, C, H, W] -> [B, O, H, W]``; channels-last input gives channels-last output."""
         self._check_input(x)
         batch, _, height, width = x.shape
         if batch == 0:  # as nn.Conv2d: an empty batch gives an empty output
             self._select(x)  # the same checks of k and the candidates as a full batch
             return _empty_output(x, (0, self.out_channels, height, width), self)
+        if ops.requested_backend(self.backend) == "triton" and \
+                self.backend_decision(x)[0] == "triton":
+            return self._fused_forward(x)
         static, sel, values, qpos, candidates = self._select(x)
         if static is not None:
             out = ops.convnn(values, values, values, self.k, self.weight, self.bias,
                              aggregation=self.aggregation, pointwise=self.pointwise,
                              neighbours=static, backend=self.backend)
-        elif self.path == "reference":
+        elif ops.requested_backend(self.backend) == "reference":
             # The authors' algorithm: every position of the padded map is a query (the full
             # N x N similarity), outputs are cropped to the image afterwards.
             out = ops.convnn(
@@ -478,6 +635,7 @@ class ConvNNAttention(_HeadProjections, _SampledCandidates):
     them with a softmax over the k scores and aggregates them with one weight per channel and
     rank. The aggregation weights are shared by the heads and initialised so that the layer
     *is* top-k (KVT) attention at initialisation; with ``k = T`` it is softmax attention.
+    Paper mode is ``options=PAPER_ATTENTION`` (:data:`PAPER_ATTENTION`).
 
     Args:
         dim: model width ``D``.
@@ -493,23 +651,18 @@ class ConvNNAttention(_HeadProjections, _SampledCandidates):
         selection: ``"features"`` (queries and keys), ``"coords"`` (token index only: each
             token takes its k nearest tokens, a 1-D convolution window), or ``"mixed"`` (the
             paper's coordinate encoding: the token index in ``[-1, 1]`` times
-            ``coord_scale`` is appended to queries and keys).
-        coord_scale: weight of the coordinate channel in ``"mixed"`` selection.
-        self_first: force each token to be its own first neighbour with all candidates.
-        self_score: the softmax logit of the token itself where it is put first (sampled
-            candidates, or ``self_first``): ``"similarity"`` (default, its real score
-            ``q·k/√d``, so the layer weighs itself like any other neighbour and stays top-k
-            attention over the candidates and itself) or ``"constant"`` (the authors':
-            :data:`convnn.ops.PAPER_SELF_LOGIT` = 1.0 whatever the scores' scale).
-        attn_dropout: attention dropout probability during training.
-        attn_dropout_on: what ``attn_dropout`` drops: ``"weights"`` (default, ρ, as standard
-            attention dropout does, so the dense layer stays softmax attention with dropout)
-            or ``"output"`` (the authors': the aggregated output, before ``out_proj``).
-        spatial_rounding: ``"round"`` (default) or ``"truncate"`` (the authors') for the
-            ``"spatial"`` token indices ``linspace(0, T - 1, r)``, CLS at index 0.
+            ``options.coord_scale`` is appended to queries and keys).
+        attn_dropout: attention dropout probability during training (on what
+            ``options.attn_dropout_on`` says).
         bias: bias in the four projections.
-        eval_sampling, seed: see :class:`ConvNN2d`.
-        backend, path: see :class:`ConvNN2d`.
+        options: the rarely changed options, one :class:`ConvNNAttentionOptions` value
+            (default: ours; :data:`PAPER_ATTENTION`: the authors').
+        backend: see :class:`ConvNN2d`.
+
+    Example:
+        >>> layer = ConvNNAttention(192, 3, options=PAPER_ATTENTION)  # the paper's, k = 9
+        >>> layer(torch.randn(2, 197, 192)).shape
+        torch.Size([2, 197, 192])
     """
 
     def __init__(
@@ -524,20 +677,18 @@ class ConvNNAttention(_HeadProjections, _SampledCandidates):
         weighting: str = "softmax",
         aggregation: str = "depthwise",
         selection: str = "features",
-        coord_scale: float = 1.0,
-        self_first: bool = False,
-        self_score: str = "similarity",
         attn_dropout: float = 0.0,
-        attn_dropout_on: str = "weights",
-        spatial_rounding: str = "round",
         bias: bool = False,
-        eval_sampling: str = "fixed",
-        seed: int = 0,
+        options: ConvNNAttentionOptions | None = None,
         backend: str | None = None,
-        path: str = "fast",
         device=None,
         dtype=None,
     ) -> None:
+        options = _check_options(options, ConvNNAttentionOptions, "PAPER_ATTENTION")
+        coord_scale, self_first, self_score = (options.coord_scale, options.self_first,
+                                               options.self_score)
+        attn_dropout_on, spatial_rounding = options.attn_dropout_on, options.spatial_rounding
+        eval_sampling, seed = options.eval_sampling, options.seed
         super().__init__()
         check_int("dim", dim, minimum=1)
         check_int("num_heads", num_heads, minimum=1)
@@ -547,7 +698,7 @@ class ConvNNAttention(_HeadProjections, _SampledCandidates):
         similarity = _resolve_similarity(selection, similarity, "dot")
         check_choice("weighting", weighting, ops.WEIGHTINGS)
         check_choice("aggregation", aggregation, ops.AGGREGATIONS)
-        backend = ops.backend_from_path(path, backend)
+        ops.requested_backend(backend)  # checks the name
         check_fraction("attn_dropout", attn_dropout)
         check_choice("self_score", self_score, ops.SELF_SCORES)
         check_choice("attn_dropout_on", attn_dropout_on, DROPOUT_TARGETS)
@@ -579,6 +730,14 @@ class ConvNNAttention(_HeadProjections, _SampledCandidates):
             self.pointwise = nn.Parameter(torch.eye(d, **factory).unsqueeze(-1).clone())
         else:
             self.register_parameter("pointwise", None)
+
+    @classmethod
+    def from_config(cls, dim: int, num_heads: int = 1, **config) -> ConvNNAttention:
+        """Build the layer from a flat dict of options, as model configs store them
+        (``layer_options``): the constructor's keywords and the fields of
+        :class:`ConvNNAttentionOptions` side by side."""
+        return cls(dim, num_heads, **_split_config(ConvNNAttentionOptions, config,
+                                                   cls.__name__))
 
     def extra_repr(self) -> str:
         s = (f"dim={self.dim}, num_heads={self.num_heads}, k={self.k}, "
@@ -665,15 +824,20 @@ class ConvNNAttention(_HeadProjections, _SampledCandidates):
         v = self._split(self.v_proj(x))
         dropout = self.attn_dropout if self.training else 0.0
         weight_dropout = dropout if self.attn_dropout_on == "weights" else 0.0
-        if self._fused_core(x, q, v, weight_dropout):
-            from convnn import kernels
-
+        candidates = self._candidates(tokens, x.device)
+        if self.backend_decision(x, (q.dtype, key.dtype, v.dtype), weight_dropout)[0] == "triton":
+            drop = None
+            if weight_dropout > 0.0:  # the mask F.dropout(ρ) of the step-by-step path draws
+                drop = F.dropout(q.new_ones(q.shape[0], tokens, self.k, dtype=torch.float32),
+                                 weight_dropout, training=True)
             # the whole core in one Triton kernel (opt-in; see ops.KERNEL_STEPS)
-            out = kernels.fused_attention(
+            out = kernels_attention.fused_attention(
                 q, key, v, self.weight[:, 0, :].t(), self.k, 1.0 / math.sqrt(self.head_dim),
-                self_first=self.self_first, self_score=self.self_score)
+                self_first=self.self_first,
+                self_logit=ops.PAPER_SELF_LOGIT if self.self_score == "constant" else None,
+                candidate_positions=candidates, weight_dropout=drop)
         else:
-            out = self._core(x, q, key, v, tokens, weight_dropout)
+            out = self._core(q, key, v, candidates, weight_dropout)
         out = out.view(batch, self.num_heads, tokens, self.head_dim)  # (B, h, T, d)
         # contiguous: the dropout mask follows memory order, which differs between the paths
         out = self._combine_heads(out).contiguous()  # (B, T, D)
@@ -681,28 +845,44 @@ class ConvNNAttention(_HeadProjections, _SampledCandidates):
             out = F.dropout(out, dropout, training=dropout > 0.0)
         return self.out_proj(out)
 
-    def _fused_core(self, x: Tensor, q: Tensor, v: Tensor, weight_dropout: float) -> bool:
-        """Whether the fused Triton attention core runs (``step="fused_attention"``): only
-        under ``backend="triton"`` and for its option set (all candidates, dot, softmax,
-        depthwise, features, float32, no dropout on the weights); otherwise the step-by-step
-        path runs, with the reason in :func:`convnn.ops.kernel_decision`."""
-        if ops.requested_backend(self.backend) != "triton":
-            return False  # reference, torch, and auto (unmeasured on a GPU) never take it
+    def backend_decision(self, x: Tensor, dtypes: tuple | None = None,
+                      weight_dropout: float | None = None) -> tuple[str, str]:
+        """What runs the per-head core on input ``x``, with the reason: ``("triton", ...)``
+        for the fused Triton core (:func:`convnn.kernels_attention.fused_attention`, opt-in: only under
+        ``backend="triton"``, for softmax, dot, depthwise, feature selection, float32 or
+        16-bit tensors), else ``("torch" | "reference", why)`` for the step-by-step path.
+        ``dtypes``: of queries, keys and values (default: what forward would make of ``x``
+        under the current autocast state); ``weight_dropout``: default from the layer's
+        mode."""
+        if dtypes is None:
+            value = self.v_proj.weight.dtype
+            if torch.is_autocast_enabled(x.device.type):
+                value = torch.get_autocast_dtype(x.device.type)
+            select = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+            dtypes = (select, select, value)
+        if weight_dropout is None:
+            on_weights = self.training and self.attn_dropout_on == "weights"
+            weight_dropout = self.attn_dropout if on_weights else 0.0
+        requested = ops.requested_backend(self.backend)
+        if requested != "triton":  # reference, torch, and auto (unmeasured on a GPU)
+            return requested or "torch", (
+                f"backend={requested!r}" if requested else
+                "backend=None (auto) leaves the fused attention core off until it is "
+                "measured on a GPU; pass backend='triton'")
         options = {"sampling": self.sampling, "selection": self.selection,
                    "weighting": self.weighting, "attn_dropout": weight_dropout,
-                   "dtypes": (q.dtype, v.dtype, self.weight.dtype)}
-        return ops.choose_backend(
+                   "dtypes": (*dtypes, self.weight.dtype)}
+        return ops.backend_decision(
             self.backend, x.device, step="fused_attention", k=self.k, width=x.shape[1],
-            aggregation=self.aggregation, similarity=self.similarity,
-            options=options) == "triton"
+            aggregation=self.aggregation, similarity=self.similarity, options=options)
 
-    def _core(self, x: Tensor, q: Tensor, key: Tensor, v: Tensor, tokens: int,
+    def _core(self, q: Tensor, key: Tensor, v: Tensor, candidates: Tensor | None,
               weight_dropout: float) -> Tensor:
         """The step-by-step core: :func:`convnn.ops.convnn`, ``[B·h, T, d]``."""
         return ops.convnn(
             v, q, key, self.k, self.weight, None, similarity=self.similarity,
             weighting=self.weighting, aggregation=self.aggregation, pointwise=self.pointwise,
-            candidate_positions=self._candidates(tokens, x.device), self_first=self.self_first,
+            candidate_positions=candidates, self_first=self.self_first,
             scale=1.0 / math.sqrt(self.head_dim), stable=self.selection == "coords",
             attn_dropout=weight_dropout, self_score=self.self_score, backend=self.backend)
 
@@ -720,7 +900,8 @@ class BranchingConv2d(nn.Module):
         kernel_size: kernel of the Conv2d branch (``padding="same"``).
         conv_bias: give the Conv2d branch a bias (the ConvNN branch's is ``bias``, the 1×1
             mix always has one).
-        **convnn_kwargs: passed to :class:`ConvNN2d` (``k``, ``similarity``, ``sampling``...).
+        **convnn_kwargs: the ConvNN branch's options, flat (:meth:`ConvNN2d.from_config`:
+            ``k``, ``similarity``, ``sampling``, ``seed``...).
     """
 
     def __init__(self, in_channels: int, out_channels: int, ratio: float = 0.5,
@@ -738,10 +919,11 @@ class BranchingConv2d(nn.Module):
         check_bool("conv_bias", conv_bias)
         self.conv = (nn.Conv2d(in_channels, self.conv_channels, kernel_size, padding="same",
                                bias=conv_bias, **factory) if self.conv_channels else None)
-        self.convnn = (ConvNN2d(in_channels, self.convnn_channels, **convnn_kwargs, **factory)
+        self.convnn = (ConvNN2d.from_config(in_channels, self.convnn_channels,
+                                            **convnn_kwargs, **factory)
                        if self.convnn_channels else None)
         if not self.convnn_channels:  # still validate the ConvNN options
-            ConvNN2d(in_channels, 1, **convnn_kwargs)
+            ConvNN2d.from_config(in_channels, 1, **convnn_kwargs)
         self.mix = nn.Conv2d(out_channels, out_channels, 1, **factory)
 
     def extra_repr(self) -> str:
@@ -773,7 +955,8 @@ class HybridTokenMixer(nn.Module):
         partner: ``"attention"`` or ``"conv1d"``.
         kernel_size: kernel of the ``"conv1d"`` partner.
         attn_dropout: attention dropout of both branches.
-        **convnn_kwargs: passed to :class:`ConvNNAttention`.
+        **convnn_kwargs: the ConvNN branch's options, flat
+            (:meth:`ConvNNAttention.from_config`).
     """
 
     PARTNERS = ("attention", "conv1d")
@@ -782,8 +965,6 @@ class HybridTokenMixer(nn.Module):
                  partner: str = "attention", kernel_size: int = 3, attn_dropout: float = 0.0,
                  *, device=None, dtype=None, **convnn_kwargs) -> None:
         super().__init__()
-        from .attention import MultiHeadSelfAttention, TokenConv1d
-
         check_int("dim", dim, minimum=2)
         check_choice("partner", partner, self.PARTNERS)
         self.ratio = check_fraction("ratio", ratio)
@@ -796,8 +977,9 @@ class HybridTokenMixer(nn.Module):
         check_divisible("partner branch width", self.partner_dim, "num_heads", num_heads)
         factory = {"device": device, "dtype": dtype}
         self.dim, self.partner_name = dim, partner
-        self.convnn = ConvNNAttention(self.convnn_dim, num_heads, attn_dropout=attn_dropout,
-                                      **convnn_kwargs, **factory)
+        self.convnn = ConvNNAttention.from_config(self.convnn_dim, num_heads,
+                                                  attn_dropout=attn_dropout, **convnn_kwargs,
+                                                  **factory)
         if partner == "attention":
             self.partner = MultiHeadSelfAttention(self.partner_dim, num_heads,
                                                   attn_dropout=attn_dropout, **factory)
@@ -821,16 +1003,23 @@ class HybridTokenMixer(nn.Module):
         return self.mix(torch.cat((a, b), dim=-1))
 
 
-_CONVNN_ATTENTION_OPTIONS = frozenset({
-    "k", "sampling", "candidates", "similarity", "weighting", "aggregation", "selection",
-    "coord_scale", "self_first", "self_score", "attn_dropout", "attn_dropout_on",
-    "spatial_rounding", "bias", "eval_sampling", "seed", "backend", "path"})
-"""Every option of :class:`ConvNNAttention` besides ``dim``, ``num_heads``, device and dtype."""
+def _config_keys(cls: type, options_type: type, *given: str) -> frozenset[str]:
+    """The keys of a flat config of ``cls``: its keywords and its option fields."""
+    keywords = set(inspect.signature(cls.__init__).parameters) - {"self", "options", *given}
+    return frozenset(keywords | {f.name for f in dataclasses.fields(options_type)})
 
-_HYBRID_OPTIONS = _CONVNN_ATTENTION_OPTIONS | {"ratio", "kernel_size"}
 
-register_mixer("convnn_attention", ConvNNAttention, _CONVNN_ATTENTION_OPTIONS,
-               candidate_sets=True)
+CONVNN2D_CONFIG_KEYS = _config_keys(ConvNN2d, ConvNN2dOptions, "in_channels", "out_channels",
+                                    "device", "dtype")
+"""The keys of a flat :class:`ConvNN2d` config (:meth:`ConvNN2d.from_config`)."""
+CONVNN_ATTENTION_CONFIG_KEYS = _config_keys(ConvNNAttention, ConvNNAttentionOptions, "dim",
+                                            "num_heads", "device", "dtype")
+"""The keys of a flat :class:`ConvNNAttention` config (:meth:`ConvNNAttention.from_config`)."""
+
+_HYBRID_OPTIONS = CONVNN_ATTENTION_CONFIG_KEYS | {"ratio", "kernel_size"}
+
+register_mixer("convnn_attention", ConvNNAttention, CONVNN_ATTENTION_CONFIG_KEYS,
+               build=ConvNNAttention.from_config, candidate_sets=True)
 register_mixer("convnn_attention_hybrid", HybridTokenMixer, _HYBRID_OPTIONS,
                fixed={"partner": "attention"}, candidate_sets=True)
 register_mixer("convnn_conv1d_hybrid", HybridTokenMixer, _HYBRID_OPTIONS,
@@ -839,14 +1028,18 @@ register_mixer("convnn_conv1d_hybrid", HybridTokenMixer, _HYBRID_OPTIONS,
 
 __all__ = [
     "CANDIDATE_LAYOUTS",
+    "CONVNN2D_CONFIG_KEYS",
+    "CONVNN_ATTENTION_CONFIG_KEYS",
     "DROPOUT_TARGETS",
     "EVAL_SAMPLINGS",
-    "PAPER_ATTENTION_OPTIONS",
-    "PAPER_CONVNN2D_OPTIONS",
+    "PAPER_ATTENTION",
+    "PAPER_CONVNN2D",
     "RANDOM_REGIONS",
     "BranchingConv2d",
     "ConvNN2d",
+    "ConvNN2dOptions",
     "ConvNNAttention",
+    "ConvNNAttentionOptions",
     "HybridTokenMixer",
     "candidate_count",
 ]

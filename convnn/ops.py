@@ -28,6 +28,40 @@ one output per *query* position (``query_positions``, all ``N`` by default).
 Scores are always "larger is more similar": the Euclidean ranking score is ``-d²`` (no square
 root needed to rank), and the score handed to the weighting is ``-d``, computed with a clamped
 square root so that outputs and gradients stay finite at zero distance.
+
+**Precision contract of selection.** The PyTorch paths rank in float32 (16-bit inputs are
+upcast, autocast is off while ranking). The fused Triton kernels rank on tensor cores under
+this contract ("bf16×3", split precision), emulated in PyTorch by :func:`contract_scores`:
+
+- every score is a sum of bf16 products accumulated in float32;
+- a float32 (or float16) operand ``x`` is split into ``hi = bf16(x)`` and
+  ``lo = bf16(x - hi)``; the score is ``hi_q·hi_k + hi_q·lo_k + lo_q·hi_k`` (three
+  tensor-core products; ``lo·lo`` is dropped). A bf16 operand is its own ``hi`` (``lo = 0``).
+
+Error (bf16 keeps 8 significant bits, unit roundoff ``2^-8``): ``|lo| ≤ 2^-8 |x|`` and
+``|x - hi - lo| ≤ 2^-16 |x|``, so each product is within ``3.03 · 2^-16 |q_i k_i|`` of the
+exact one; float32 accumulation adds at most ``3 D · 2^-24 Σ|q_i k_i|`` to the three
+products and ``D · 2^-24 Σ|q_i k_i|`` to the float32 score. Hence, per query/candidate pair,
+``|score_contract - score_float32| ≤ τ = (2^-14 + 4 D 2^-24) · scale · Σ_i |q_i| |k_i|``
+(:func:`selection_score_bound`; ``τ ≈ 1.1e-4 · scale · Σ|q_i||k_i|`` at D = 192).
+
+What is guaranteed: the neighbour list (in rank order) equals the float32 list except on
+near-ties: wherever rank j differs, the float32 scores of the two candidates at rank j
+differ by at most ``2 max τ`` over the row (a perturbation of at most ε per score moves
+each order statistic by at most ε). Tests check this on every differing list
+(``tests/test_precision_contract.py``, also for the Triton kernel under the interpreter)
+and measure how many lists differ from float32, on random and post-ReLU inputs (seeded,
+CPU emulation): :class:`~convnn.layers.ConvNNAttention` at T = 197, k = 9, 1×192 and 3×64
+(788 and 2,364 lists): bf16×3 0 lists, one bf16 product 13-15 %, TF32 1.3-2.2 %;
+:class:`~convnn.layers.ConvNN2d`, 64 channels, cosine over a padded 34×34 map, k = 9 (2,048
+lists): bf16×3 0 (random) and 1 list, a near-tie (post-ReLU, 0.05 %), one bf16 product
+13 % and 21 %, TF32 1.3 % and 3.7 %.
+
+Why this design: the scores are the only O(T²·d) work of selection; "bf16×3" runs it on
+tensor cores at three bf16 products (cheaper than 3×TF32, which costs three TF32 products
+at half the bf16 rate) with float32 lists up to near-ties; one bf16 or TF32 product would
+change too many lists, and rank-then-rescore would need the float32 keys gathered again.
+The softmax, the aggregation and all gradients accumulate in float32.
 """
 
 from __future__ import annotations
@@ -42,6 +76,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import kernels, kernels_attention
 from ._checks import check_choice, check_index, check_int
 
 WEIGHTINGS = ("ones", "softmax", "similarity")
@@ -56,25 +91,28 @@ SELF_SCORES = ("similarity", "constant")
 PAPER_SELF_LOGIT = 1.0
 """The logit of the query itself with ``self_score="constant"`` (the authors' sampled
 ConvNN attention)."""
-PATHS = ("fast", "reference")
 BACKENDS = ("reference", "torch", "triton")
 """What runs the operator: ``"reference"`` (the plain full-matrix selection and the authors'
 expand-gather-Conv1d aggregation), ``"torch"`` (the blocked PyTorch fast path) or
 ``"triton"`` (the fast path with the kernels of :mod:`convnn.kernels` wherever they support
 the options); ``None`` picks one (see :func:`choose_backend`)."""
-KERNELS = ("torch", "triton", "auto")
 KERNEL_STEPS = ("topk", "gather_aggregate", "fused_topk", "fused_attention")
 """The steps with a Triton kernel: ``"topk"`` (row top-k of a score matrix),
 ``"gather_aggregate"`` (depthwise/separable aggregation), ``"fused_topk"`` (selection that
 never writes the score matrix) and ``"fused_attention"`` (the whole ConvNN attention core of
-:class:`convnn.layers.ConvNNAttention` in one kernel: selection, softmax, depthwise
-aggregation). The two fused steps are opt-in: only ``backend="triton"`` takes them, not
+:class:`convnn.layers.ConvNNAttention`, all or sampled candidates, float32 or 16-bit, in one
+kernel: selection under the precision contract, softmax, depthwise aggregation). The two fused steps are opt-in: only ``backend="triton"`` takes them, not
 auto."""
 _OPT_IN_STEPS = ("fused_topk", "fused_attention")
-# The option set of the fused attention core: the paper's default ViT ConvNN layer.
-_FUSED_ATTENTION_OPTIONS = {"sampling": "all", "selection": "features", "similarity": "dot",
-                            "weighting": "softmax", "aggregation": "depthwise"}
-_KERNEL_BACKENDS = {"torch": "torch", "triton": "triton", "auto": None}
+# The option sets of the fused attention core: the paper's ViT ConvNN layers (all, random
+# or spatial candidates), and the dtypes it takes (16-bit values: the bf16 training path).
+_FUSED_ATTENTION_OPTIONS = {"sampling": ("all", "random", "spatial"),
+                            "selection": ("features",), "similarity": ("dot",),
+                            "weighting": ("softmax",), "aggregation": ("depthwise",)}
+_FUSED_ATTENTION_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+BACKEND_ENV = "CONVNN_BACKEND"
+"""The environment variable that sets the initial global default backend: one of
+:data:`BACKENDS`, or ``"auto"`` (``None``); unset is ``"torch"``."""
 
 
 def _check_backend(name: str, backend) -> None:
@@ -82,10 +120,10 @@ def _check_backend(name: str, backend) -> None:
         check_choice(name, backend, BACKENDS)
 
 
-# The global default backend: "torch" (the Triton kernels are opt-in), or what the deprecated
-# CONVNN_KERNEL environment variable says ("auto" is None).
-_default_backend = _KERNEL_BACKENDS.get(os.environ.get("CONVNN_KERNEL", "torch"),
-                                        os.environ.get("CONVNN_KERNEL"))
+# The global default backend: "torch" (the Triton kernels are opt-in), or what CONVNN_BACKEND
+# says ("auto" is None); a bad value is reported by the first operator call.
+_default_backend = os.environ.get(BACKEND_ENV, "torch")
+_default_backend = None if _default_backend == "auto" else _default_backend
 
 
 def get_default_backend() -> str | None:
@@ -107,12 +145,13 @@ def set_default_backend(backend: str | None) -> None:
 def default_backend(backend: str | None):
     """Use ``backend`` as the global default inside a ``with`` block
     (``with ops.default_backend("reference"): ...``)."""
+    global _default_backend
     previous = _default_backend
     set_default_backend(backend)
     try:
         yield
     finally:
-        set_default_backend(previous)
+        _default_backend = previous
 
 
 def requested_backend(backend: str | None = None) -> str | None:
@@ -120,79 +159,42 @@ def requested_backend(backend: str | None = None) -> str | None:
     ``None`` when that is auto as well."""
     if backend is None:
         backend = _default_backend
-        _check_backend("backend (the global default, CONVNN_KERNEL)", backend)
+        _check_backend(f"backend (the global default; {BACKEND_ENV} may also be 'auto')", backend)
     else:
         _check_backend("backend", backend)
     return backend
 
 
-def backend_from_path(path: str, backend: str | None = None) -> str | None:
-    """The backend that a (deprecated) ``path=`` argument means next to ``backend=``:
-    ``path="reference"`` is ``backend="reference"``, ``path="fast"`` leaves ``backend``."""
-    check_choice("path", path, PATHS)
-    _check_backend("backend", backend)
-    if path == "reference":
-        if backend not in (None, "reference"):
-            raise ValueError(f"path='reference' contradicts backend={backend!r}; "
-                             "pass backend alone (path= is deprecated)")
-        return "reference"
-    return backend
-
-
-def set_kernel(name: str) -> None:
-    """Deprecated: :func:`set_default_backend` (``"torch"``, ``"triton"``, ``"auto"`` is
-    ``None``). The environment variable ``CONVNN_KERNEL`` sets the initial default."""
-    check_choice("kernel", name, KERNELS)
-    set_default_backend(_KERNEL_BACKENDS[name])
-
-
-def get_kernel() -> str:
-    """Deprecated: :func:`get_default_backend`, with ``None`` spelled ``"auto"``."""
-    return "auto" if _default_backend is None else _default_backend
-
-
-@contextlib.contextmanager
-def use_kernel(name: str):
-    """Deprecated: :func:`default_backend` (see :func:`set_kernel` for the names)."""
-    check_choice("kernel", name, KERNELS)
-    with default_backend(_KERNEL_BACKENDS[name]):
-        yield
-
-
 def _fused_attention_unsupported(k, width, aggregation, similarity, dtype,
                                  options) -> str | None:
-    from . import kernels
-
     check_int("k", k, minimum=1)
     if options is None:
         raise ValueError("step='fused_attention' needs options (the attention layer's "
                          "sampling, selection, weighting, attn_dropout, dtypes)")
     given = {**options, "similarity": similarity, "aggregation": aggregation}
     for name, supported in _FUSED_ATTENTION_OPTIONS.items():
-        if given.get(name) != supported:
+        if given.get(name) not in supported:
+            allowed = " or ".join(repr(v) for v in supported)
             return (f"{name}={given.get(name)!r} (the fused attention core takes "
-                    f"{name}={supported!r} only)")
-    if options.get("attn_dropout", 0.0) > 0.0:
-        return "attention dropout on the weights (the fused attention core has none)"
-    if k > kernels.MAX_FUSED_ATTENTION_K:
-        return (f"k={k} > {kernels.MAX_FUSED_ATTENTION_K} (the fused attention core keeps "
-                "its running top-k in registers)")
+                    f"{name}={allowed} only)")
+    if k > kernels_attention.MAX_FUSED_ATTENTION_K:
+        return (f"k={k} > {kernels_attention.MAX_FUSED_ATTENTION_K} (the fused attention core keeps "
+                "its top-k in registers)")
     if width is not None:
         check_int("width", width, minimum=1)
         if k > width:
             return f"k={k} > {width} tokens"
     dtypes = set(options.get("dtypes", ())) | ({dtype} if dtype is not None else set())
-    if dtypes - {torch.float32}:
-        odd = sorted(str(d) for d in dtypes - {torch.float32})
-        return f"{', '.join(odd)} tensors (the fused attention core takes float32 only)"
+    odd = dtypes - set(_FUSED_ATTENTION_DTYPES)
+    if odd:
+        return (f"{', '.join(sorted(str(d) for d in odd))} tensors (the fused attention core "
+                "takes float32, bfloat16 and float16)")
     return None
 
 
 def _kernel_unsupported(step: str, k, width, aggregation, similarity=None,
                         dtype=None, options=None) -> str | None:
     """Why the Triton kernel of ``step`` cannot take these options (``None``: it can)."""
-    from . import kernels
-
     if step == "fused_attention":
         return _fused_attention_unsupported(k, width, aggregation, similarity, dtype, options)
 
@@ -230,8 +232,6 @@ def _backend_decision(backend, device, step, k, width, aggregation, similarity=N
     requested = requested_backend(backend)
     if requested in ("reference", "torch"):
         return requested, f"backend={requested!r}"
-    from . import kernels
-
     device = torch.device(device)
     if step is None:  # the operator as a whole; each step may still fall back
         if requested == "triton" or (device.type == "cuda" and kernels.available(device)):
@@ -284,19 +284,20 @@ def choose_backend(backend: str | None, device, *, step: str | None = None,
         RuntimeError: ``"triton"`` is forced for a supported step on a device where Triton
             cannot run.
     """
-    return _backend_decision(backend, device, step, k, width, aggregation, similarity,
-                             dtype, options)[0]
+    return backend_decision(backend, device, step=step, k=k, width=width,
+                            aggregation=aggregation, similarity=similarity, dtype=dtype,
+                            options=options)[0]
 
 
-def kernel_decision(step: str, device, *, k: int | None = None, width: int | None = None,
-                    aggregation: str | None = None, similarity: str | None = None,
-                    dtype: torch.dtype | None = None,
-                    options: dict | None = None) -> tuple[str, str]:
-    """Deprecated: :func:`choose_backend` of ``step`` under the global default, with the
-    reason: ``("triton" | "torch" | "reference", reason)``."""
-    check_choice("step", step, KERNEL_STEPS)
-    return _backend_decision(None, device, step, k, width, aggregation, similarity, dtype,
+def backend_decision(backend: str | None, device, *, step: str | None = None,
+                     k: int | None = None, width: int | None = None,
+                     aggregation: str | None = None, similarity: str | None = None,
+                     dtype: torch.dtype | None = None,
+                     options: dict | None = None) -> tuple[str, str]:
+    """:func:`choose_backend` with its reason: ``("reference" | "torch" | "triton", why)``."""
+    return _backend_decision(backend, device, step, k, width, aggregation, similarity, dtype,
                              options)
+
 
 # Squared distances below this are treated as this when taking the square root, so that
 # d(-d)/d(d²) stays finite at zero distance.
@@ -318,6 +319,40 @@ def ranking_precision(device: torch.device):
     if device.type in ("cpu", "cuda"):
         return torch.autocast(device.type, enabled=False)
     return contextlib.nullcontext()
+
+
+def split_bf16(x: Tensor) -> tuple[Tensor, Tensor]:
+    """``x`` as ``hi + lo`` of two bf16 tensors (``hi = bf16(x)``, ``lo = bf16(x - hi)``;
+    ``lo = 0`` for bf16 ``x``): the operands of the precision contract (module docstring)."""
+    hi = x.detach().to(torch.bfloat16)
+    lo = (x.detach().float() - hi.float()).to(torch.bfloat16)
+    return hi, lo
+
+
+def contract_scores(query: Tensor, keys: Tensor, scale: float = 1.0) -> Tensor:
+    """Dot-product scores ``(q · k) · scale`` under the precision contract of selection
+    (bf16×3, float32 accumulation; see the module docstring), emulated in float32:
+    ``[B, n, D] × [B, m, D] -> [B, n, m]`` float32, no gradient. A product of two bf16
+    values is exact in float32, so this is the tensor-core arithmetic up to summation order."""
+    q_hi, q_lo = split_bf16(query)
+    k_hi, k_lo = split_bf16(keys)
+
+    def product(a: Tensor, b: Tensor) -> Tensor:
+        return torch.matmul(a.float(), b.float().transpose(-1, -2))
+
+    with torch.no_grad(), ranking_precision(query.device):
+        return (product(q_hi, k_hi) + product(q_hi, k_lo) + product(q_lo, k_hi)) * scale
+
+
+def selection_score_bound(query: Tensor, keys: Tensor, scale: float = 1.0) -> Tensor:
+    """``τ [B, n, m]``: the most a contract score may differ from the float32 score of the
+    same pair, ``(2^-14 + 4 D 2^-24) · |scale| · Σ_i |q_i| |k_i|`` (module docstring)."""
+    dim = query.shape[-1]
+    unit = 2.0 ** -14 + 4 * dim * 2.0 ** -24
+    with torch.no_grad(), ranking_precision(query.device):
+        mass = torch.matmul(query.detach().abs().double(),
+                            keys.detach().abs().double().transpose(-1, -2))
+    return (unit * abs(scale) * mass).float()
 
 
 def _exact_squared_distances(query: Tensor, keys: Tensor) -> Tensor:
@@ -683,9 +718,7 @@ def _top(scores: Tensor, k: int, stable: bool, fused: bool = False) -> tuple[Ten
     scores = torch.nan_to_num(scores, nan=float("-inf"), posinf=float("-inf"),
                               neginf=float("-inf"))
     if fused:
-        from .kernels import row_topk
-
-        order = row_topk(scores, k)
+        order = kernels.row_topk(scores, k)
         return scores.gather(-1, order), order
     if not stable:
         return torch.topk(scores, k, dim=-1)
@@ -743,15 +776,13 @@ def _fused_selection(query, keys, extra, k_search, similarity, scale, query_posi
     recomputed (with autograd) from the gathered keys by the similarity's own ``score_block``.
     ``query_positions``: mask the key at each query's position (``candidate_positions``, or
     ``arange(m)`` when ``None``)."""
-    from .kernels import fused_topk
-
     entry = get_similarity(similarity)
     batch, n, dim = query.shape
     cand = None
     if query_positions is not None:
         cand = (torch.arange(keys.shape[1], device=keys.device) if candidate_positions is None
                 else candidate_positions)
-    top = fused_topk(query, keys, k_search, entry.fused_scale(query, scale),
+    top = kernels.fused_topk(query, keys, k_search, entry.fused_scale(query, scale),
                      query_positions=query_positions, candidate_positions=cand)
     if not with_scores:
         return top, None
@@ -1168,9 +1199,7 @@ def gather_aggregate(
     flat_values = values.reshape(batch * num_positions, channels)
     if choose_backend(backend, values.device, step="gather_aggregate",
                       aggregation=aggregation) == "triton":
-        from .kernels import depthwise_gather_aggregate
-
-        out = depthwise_gather_aggregate(flat_values, flat_index.view(batch * n, k), flat_rho,
+        out = kernels.depthwise_gather_aggregate(flat_values, flat_index.view(batch * n, k), flat_rho,
                                          weight[:, 0, :].t().to(values.dtype))
     else:
         out = _GatherAggregate.apply(flat_values, flat_index, flat_rho, weight, k,
@@ -1250,7 +1279,6 @@ def convnn(
     attn_dropout: float = 0.0,
     self_score: str = "similarity",
     backend: str | None = None,
-    path: str = "fast",
 ) -> Tensor:
     """The whole operator: select k neighbours per query, weight them, aggregate.
 
@@ -1270,8 +1298,6 @@ def convnn(
         self_score: see :func:`select_neighbours`.
         backend: ``None`` (the default backend), ``"reference"``, ``"torch"`` or
             ``"triton"``, see :func:`choose_backend`; all give the same result.
-        path: deprecated alias: ``"reference"`` is ``backend="reference"``, ``"fast"``
-            (default) leaves ``backend`` as it is.
 
     Returns:
         ``[B, n, O]``.
@@ -1280,7 +1306,7 @@ def convnn(
     ``sort_by_position=True``, ρ = ones and standard aggregation is a 3×3 convolution;
     ``k = N``, dot similarity, softmax and depthwise weights of one is softmax attention.
     """
-    backend = backend_from_path(path, backend)
+    _check_backend("backend", backend)
     check_choice("weighting", weighting, WEIGHTINGS)
     if neighbours is not None:
         if weighting != "ones":
@@ -1304,12 +1330,11 @@ def convnn(
 __all__ = [
     "AGGREGATIONS",
     "BACKENDS",
+    "BACKEND_ENV",
     "COORD_GRIDS",
     "EVAL_SAMPLINGS",
-    "KERNELS",
     "KERNEL_STEPS",
     "PAPER_SELF_LOGIT",
-    "PATHS",
     "SAMPLINGS",
     "SELECTIONS",
     "SELF_SCORES",
@@ -1319,19 +1344,18 @@ __all__ = [
     "Similarity",
     "aggregate",
     "aggregate_reference",
-    "backend_from_path",
+    "backend_decision",
     "choose_backend",
+    "contract_scores",
     "convnn",
     "default_backend",
     "fixed_candidates",
     "gather_aggregate",
     "gather_neighbours",
     "get_default_backend",
-    "get_kernel",
     "get_similarity",
     "grid_coordinates",
     "interior_positions",
-    "kernel_decision",
     "neighbour_weights",
     "pairwise_scores",
     "random_candidates",
@@ -1341,11 +1365,11 @@ __all__ = [
     "select_neighbours",
     "select_neighbours_reference",
     "selection_features",
+    "selection_score_bound",
     "sequence_coordinates",
     "set_default_backend",
-    "set_kernel",
     "spatial_candidates_1d",
     "spatial_candidates_2d",
-    "use_kernel",
+    "split_bf16",
     "weighting_scores",
 ]

@@ -2,7 +2,7 @@
 
 Two sources, never mixed up:
 
-* **ours**: run folders written by :func:`convnn.train.train` (``config.json`` and
+* **ours**: run folders written by :func:`convnn.train.fit` (``config.json`` and
   ``metrics.jsonl``, usually also ``summary.json``) and committed under ``data/results/``.
   :func:`find_runs` collects them, :func:`load_run` reads one (an unfinished run, or a
   ``metrics.jsonl`` whose last line was cut off, is read as far as it goes). Every number is
@@ -38,6 +38,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from . import paper_vocabulary as paper
+from .data import DATASETS
 from .experiments import get_preset, paper_key, paper_records, preset_for_record
 from .models import upgrade_model_dict
 from .package_data import PackageDataError, data_file, results_root
@@ -109,7 +110,6 @@ NO_RUN = "no run yet"
 TABLES = ("6.1", "6.2", "6.3", "6.4", "6.5", "6.6", "6.7", "6.8", "6.9", "6.10")
 #: The ImageNet-1K table (ResNet-50 and ViT-Base, v3 of the paper): top-1 and test loss only.
 IMAGENET_TABLE = "10"
-DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet": "ImageNet-1K"}
 
 #: Settings of a paper row (everything else in a record is a number the paper reports).
 SETTING_KEYS = paper.ROW_SETTING_KEYS
@@ -167,6 +167,11 @@ _DPI = 80
 
 
 # --------------------------------------------------------------------------- runs
+def dataset_title(name: str) -> str:
+    """The title of a dataset of :data:`convnn.data.DATASETS` (``name`` itself if unknown)."""
+    return DATASETS[name].title if name in DATASETS else name
+
+
 def dataset_label(source: str | None) -> str:
     """A short, honest name for a run's data from its ``source`` string.
 
@@ -179,7 +184,7 @@ def dataset_label(source: str | None) -> str:
     if source.startswith("synthetic"):
         return "synthetic data (not CIFAR)"
     name = source.split(" ", 1)[0]
-    label = DATASET_NAMES.get(name, name)
+    label = dataset_title(name)
     if "JPEG copy" in source:
         label += " (JPEG copy)"
     subset = re.search(r"first (\d+) train and first (\d+) test images per class", source)
@@ -639,7 +644,7 @@ def paper_table(table: str) -> list[dict]:
         if record["table"] != table:
             continue
         row = {key: record[key] for key in SETTING_KEYS if key in record}
-        row["dataset_name"] = DATASET_NAMES.get(record["dataset"], record["dataset"])
+        row["dataset_name"] = dataset_title(record["dataset"])
         row["setting"] = row_label(record)
         row["source"] = PAPER_LABEL
         row.update({f"paper_{key}": value for key, value in record.items()
@@ -668,7 +673,7 @@ def headline_rows() -> list[dict]:
         a, b = find_record(table, **ours), find_record(table, **base)
         rows.append({
             "claim": claim, "table": table,
-            "dataset": DATASET_NAMES[a["dataset"]],
+            "dataset": dataset_title(a["dataset"]),
             "convnn": row_label(a), "baseline": row_label(b),
             "paper_best": a["best"], "paper_baseline_best": b["best"],
             "paper_best_gain": round(a["best"] - b["best"], 2),
@@ -701,7 +706,7 @@ def pooled_headline_rows() -> list[dict]:
     for claim, table, ours, base in HEADLINE_CLAIMS:
         a, b = _distinct_runs_of(find_record(table, **ours)), \
             _distinct_runs_of(find_record(table, **base))
-        row = {"claim": claim, "dataset": DATASET_NAMES[a[0]["dataset"]],
+        row = {"claim": claim, "dataset": dataset_title(a[0]["dataset"]),
                "runs": f"{len(a)} vs {len(b)}", "source": PAPER_LABEL}
         for metric, name in (("best", "best"), ("avg5", "avg5")):
             ma = mean_interval([r[metric] for r in a])
@@ -734,7 +739,7 @@ def paper_repeats() -> list[dict]:
         bests = [b for b, _ in distinct]
         avgs = [a for _, a in distinct]
         rows.append({
-            "preset": name, "dataset": DATASET_NAMES[records[0]["dataset"]],
+            "preset": name, "dataset": dataset_title(records[0]["dataset"]),
             "runs": len(distinct),
             "tables": ", ".join(sorted({r["table"] for r in records})),
             "paper_best_min": min(bests), "paper_best_max": max(bests),
@@ -1105,7 +1110,7 @@ def plot_paper_sweep(table: str, x: str | None = None, group: Sequence[str] | No
         if logx:
             ax.set_xscale("log")
         ax.set(xlabel=xlabel, ylabel="test top-1 (%)",
-               title=f"{DATASET_NAMES.get(dataset, dataset)}")
+               title=f"{dataset_title(dataset)}")
         ax.grid(alpha=0.3)
     fig.suptitle(_title(table, shown), fontsize=11)
     fig.legend(list(handles.values()), list(handles.keys()), loc="outside lower center",
@@ -1179,7 +1184,7 @@ def plot_paper_bars(table: str, *, runs: Sequence[Run] = ()) -> ResultsFigure:
                     label="ours: last-5 mean")
         low = min(b for b in best if b > 0)
         ax.set_xlim(max(0.0, math.floor(low / 5) * 5 - 5), min(100.0, max(best) + 6))
-        ax.set(xlabel="test top-1 (%)", title=DATASET_NAMES.get(dataset, dataset))
+        ax.set(xlabel="test top-1 (%)", title=dataset_title(dataset))
         ax.set_yticks(list(ys), labels, fontsize=9)
         ax.grid(axis="x", alpha=0.3)
     # the table's first row on top, half a row of margin (the axes share y: set it once)
@@ -1471,7 +1476,7 @@ def comparable_rows(runs: Sequence[Run] | None = None) -> list[dict]:
         ours_best, ours_last5 = _our_at(run, key, epoch)
         rows.append({
             "table": record["table"], "setting": row_label(record),
-            "dataset_name": DATASET_NAMES.get(record["dataset"], record["dataset"]),
+            "dataset_name": dataset_title(record["dataset"]),
             "preset": preset.name, "epoch": epoch,
             "paper_best_at": curve.best_at(epoch), "paper_last5_at": curve.last5_at(epoch),
             "paper_best": record["best"], "paper_avg5": record["avg5"],

@@ -1,4 +1,4 @@
-"""The run folder of :func:`convnn.train.train`: open a fresh run or resume one, its lock and
+"""The run folder of :func:`convnn.train.fit`: open a fresh run or resume one, its lock and
 fingerprint, and the checkpoint format (with its SHA-256 sidecar).
 
 A :class:`RunFolder` decides, before anything in the folder changes, whether the call starts
@@ -33,6 +33,7 @@ from ._io import (
     remove_leftovers,
     save_checkpoint,
 )
+from ._version import __version__
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -366,8 +367,6 @@ class RunFolder:
         """``config.json``: a fresh run's description, or a resumed run's updated settings
         and one more ``resumed`` entry."""
         if self.checkpoint is None:
-            from . import __version__
-
             cfg_json = {
                 "train": config.to_dict(),
                 "extra": extra,

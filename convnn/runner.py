@@ -3,8 +3,11 @@
 ``run_preset("vgg11-c10-branching-r0.5")`` trains the paper's experiment (its protocol, all
 epochs); ``smoke=True`` trains a reduced model for 2 epochs on a few hundred images (real
 CIFAR or ImageNet when a copy is available; otherwise clearly labelled synthetic data), which
-takes about a minute on a CPU. ImageNet presets stream their images from disk
-(:mod:`convnn.imagenet`); CIFAR presets hold the dataset in memory (:mod:`convnn.data`).
+takes about a minute on a CPU. A smoke run checks the mechanics (data, model, training, run
+folder); on so few images and steps it is not expected to learn, and a test top-1 near chance
+is normal. ImageNet presets stream their images from disk (:mod:`convnn.imagenet`); CIFAR
+presets hold the dataset in memory (:mod:`convnn.data`). The smoke sizes are each dataset's
+entry in :data:`convnn.data.DATASETS`.
 """
 
 from __future__ import annotations
@@ -19,30 +22,14 @@ from pathlib import Path
 import torch
 
 from ._checks import check_bool, check_int, check_path, resolve_device
-from .data import (
-    DatasetNotFoundError,
-    ImageDataset,
-    default_cache_dir,
-    load_dataset,
-    synthetic_dataset,
-)
+from .data import DatasetNotFoundError, ImageDataset, dataset_info
 from .experiments import Preset, get_preset, reduced
-from .imagenet import (
-    SYNTHETIC_MARKER,
-    ImageNetDataset,
-    load_imagenet,
-    write_synthetic_imagenet,
-)
+from .imagenet import ImageNetDataset
 from .models import ModelConfig, build_model, count_parameters
-from .train import TrainConfig, evaluate_run, load_run_checkpoint, train
+from .train import TrainConfig, evaluate_run, fit, load_run_checkpoint
 
-SMOKE_TRAIN_PER_CLASS = {"cifar10": 50, "cifar100": 5, "imagenet": 2}
-SMOKE_TEST_PER_CLASS = {"cifar10": 20, "cifar100": 2, "imagenet": 1}
 SMOKE_EPOCHS = 2
 SMOKE_BATCH = 64
-#: The synthetic stand-in a smoke run of an ImageNet preset uses when ImageNet is absent.
-SMOKE_SYNTHETIC_IMAGENET = {"num_classes": 10, "train_per_class": 50, "test_per_class": 20,
-                            "image_size": 72}
 
 
 def smoke_mode(default: bool = False) -> bool:
@@ -87,62 +74,38 @@ def runs_root(local: str | os.PathLike = "runs", *, keep_on_drive: bool = False,
     return root
 
 
-def _synthetic_imagenet_root() -> Path:
-    root = default_cache_dir() / "synthetic-imagenet"
-    if not (root / SYNTHETIC_MARKER).is_file():
-        write_synthetic_imagenet(root, **SMOKE_SYNTHETIC_IMAGENET)
-    return root
-
-
-def _load_imagenet_data(*, smoke: bool, data_dir, image_size: int, log) -> ImageNetDataset:
-    if not smoke:
-        return load_imagenet(data_dir, image_size=image_size)
-    try:
-        return load_imagenet(data_dir, train_per_class=SMOKE_TRAIN_PER_CLASS["imagenet"],
-                             test_per_class=SMOKE_TEST_PER_CLASS["imagenet"],
-                             image_size=image_size)
-    except DatasetNotFoundError:
-        log("NOTE: ImageNet is not available (set CONVNN_IMAGENET_DIR or pass --data-dir); "
-            "this smoke run uses a SYNTHETIC image tree, not ImageNet.")
-        return load_imagenet(_synthetic_imagenet_root(), image_size=image_size)
-
-
 def load_preset_data(preset: Preset, *, smoke: bool, data_dir=None,
                      download: bool = True, log=print, image_size: int | None = None,
                      synthetic: bool = False) -> ImageDataset | ImageNetDataset:
-    """The preset's dataset. A smoke run uses a few hundred images. When no CIFAR copy is
-    found and its download fails, a smoke run says so and uses synthetic data instead; with
-    ``download=False`` a missing CIFAR is an error, :class:`DatasetNotFoundError`, as for a
-    full run, which never falls back. ``synthetic=True`` (smoke runs only) asks for synthetic
-    data explicitly. A smoke run of an ImageNet preset uses a synthetic tree when ImageNet
-    is absent. ``image_size`` is the crop size of a streamed ImageNet (default 224)."""
+    """The preset's dataset (its :data:`~convnn.data.DATASETS` entry's loader). A smoke run
+    uses the entry's small subset. When the dataset is not found and its download fails (or
+    it is never downloaded, as ImageNet), a smoke run says so and uses the entry's synthetic
+    stand-in instead; with ``download=False`` a missing downloadable dataset is an error,
+    :class:`DatasetNotFoundError`, as for a full run, which never falls back.
+    ``synthetic=True`` (smoke runs only) asks for the stand-in explicitly. ``image_size`` is
+    the crop size of a streamed dataset (ImageNet: default 224)."""
     check_bool("synthetic", synthetic)
     if synthetic and not smoke:
         raise ValueError("synthetic=True (--synthetic) applies to smoke runs only: a full run "
                          "trains on the preset's dataset")
-    if preset.dataset == "imagenet":
-        if synthetic:
-            return load_imagenet(_synthetic_imagenet_root(), image_size=image_size or 224)
-        return _load_imagenet_data(smoke=smoke, data_dir=data_dir,
-                                   image_size=image_size or 224, log=log)
-    classes = 10 if preset.dataset == "cifar10" else 100
+    info = dataset_info(preset.dataset)
     if synthetic:
-        log(f"NOTE: --synthetic: this smoke run uses SYNTHETIC data, not {preset.dataset}.")
-        return synthetic_dataset(n_train=500, n_test=200, num_classes=classes, image_size=32)
+        log(f"NOTE: --synthetic: this smoke run uses SYNTHETIC data, not {info.title}.")
+        return info.stand_in(image_size)
+    options = {"data_dir": data_dir, "download": download, "image_size": image_size}
     if not smoke:
-        return load_dataset(preset.dataset, data_dir=data_dir, download=download)
+        return info.loader(**options)
     try:
-        return load_dataset(preset.dataset, data_dir=data_dir, download=download,
-                            train_per_class=SMOKE_TRAIN_PER_CLASS[preset.dataset],
-                            test_per_class=SMOKE_TEST_PER_CLASS[preset.dataset])
+        return info.loader(**options, train_per_class=info.smoke_train_per_class,
+                           test_per_class=info.smoke_test_per_class)
     except DatasetNotFoundError as err:
-        if err.download_error is None:  # nothing was downloaded: missing data is an error
-            raise
-        log(f"NOTE: {preset.dataset} was not found here and its download failed "
-            f"({err.download_error}); this smoke run uses SYNTHETIC data, not CIFAR. To "
-            "use real images, set CONVNN_DATA_DIR (or pass --data-dir / data_dir=) to a "
-            "folder holding the dataset, or run where the download works.")
-        return synthetic_dataset(n_train=500, n_test=200, num_classes=classes, image_size=32)
+        if info.stand_in is None or (info.downloadable and err.download_error is None):
+            raise  # nothing was downloaded: missing data is an error
+        failed = f" and its download failed ({err.download_error})" \
+            if err.download_error else ""
+        log(f"NOTE: {info.title} was not found here{failed}; this smoke run uses SYNTHETIC "
+            f"data, not {info.title}. To use real images, {info.data_hint}.")
+        return info.stand_in(image_size)
 
 
 def preset_configs(preset: Preset, *, smoke: bool, epochs: int | None = None,
@@ -151,9 +114,10 @@ def preset_configs(preset: Preset, *, smoke: bool, epochs: int | None = None,
     """The model and training configs of a run of ``preset`` (reduced for smoke runs)."""
     if smoke:
         model_cfg, train_cfg = reduced(preset)
-        smoke_lr = train_cfg.lr
-        if preset.dataset == "imagenet":  # linear scaling rule: its recipe is for batch 256
-            smoke_lr = train_cfg.lr * SMOKE_BATCH / train_cfg.batch_size
+        info = dataset_info(preset.dataset)
+        smoke_lr = train_cfg.lr if info.smoke_lr is None else info.smoke_lr
+        if info.smoke_scale_lr:  # the linear scaling rule: the preset's lr is for its batch
+            smoke_lr = smoke_lr * SMOKE_BATCH / train_cfg.batch_size
         train_cfg = dataclasses.replace(train_cfg, epochs=SMOKE_EPOCHS, batch_size=SMOKE_BATCH,
                                         warmup_epochs=0, lr=smoke_lr)
     else:
@@ -186,7 +150,7 @@ def run_preset(name: str, *, epochs: int | None = None, smoke: bool | None = Non
         workers: image-decoding processes of an ImageNet preset (default:
             :func:`convnn.imagenet.default_num_workers`); an error for CIFAR presets.
         callback: called after every epoch with its metrics record (see
-            :func:`convnn.train.train`); an exception from it stops the run, resumably.
+            :func:`convnn.train.fit`); an exception from it stops the run, resumably.
         synthetic: a smoke run on synthetic data, asked for explicitly (see
             :func:`load_preset_data`).
         **train_overrides: :class:`TrainConfig` fields (``amp``, ``compile``, ``batch_size``...).
@@ -221,22 +185,24 @@ def run_preset(name: str, *, epochs: int | None = None, smoke: bool | None = Non
                          "root": str(dataset.root) if isinstance(dataset, ImageNetDataset)
                          else None,
                          "train_images": dataset.num_train, "test_images": dataset.num_test,
-                         "train_per_class": SMOKE_TRAIN_PER_CLASS.get(dataset.name)
+                         "train_per_class": dataset_info(dataset.name).smoke_train_per_class
                          if subset else None,
-                         "test_per_class": SMOKE_TEST_PER_CLASS.get(dataset.name)
+                         "test_per_class": dataset_info(dataset.name).smoke_test_per_class
                          if subset else None},
              "command": " ".join(sys.argv), "paper_rows": [
                  {k: r.get(k) for k in ("table", "best", "avg5")} for r in preset.paper_rows()]}
     log(textwrap.fill(f"{preset.name}: {preset.description}", 96, subsequent_indent="    "))
     if smoke:
         log(textwrap.fill(f"smoke run: a reduced model trained briefly ({train_cfg.epochs} "
-                          "epochs on a small subset), to check the pipeline, not the paper's "
-                          "accuracy", 96, subsequent_indent="    "))
+                          f"epochs on {dataset.num_train} images) to check the mechanics: data, "
+                          "model, training, run folder. It is not expected to learn; a test "
+                          "top-1 near chance is normal (the full run is the experiment)", 96,
+                          subsequent_indent="    "))
     log(textwrap.fill(f"data: {_short_source(dataset.source)}", 96, subsequent_indent="    "))
     log(f"run folder: {out}")
-    return train(lambda: build_model(model_cfg), dataset, train_cfg, out, resume=resume,
-                 overwrite=overwrite, device=dev, progress=progress, extra=extra, log=log,
-                 callback=callback)
+    return fit(lambda: build_model(model_cfg), dataset, train_cfg, out, resume=resume,
+               overwrite=overwrite, device=dev, progress=progress, extra=extra, log=log,
+               callback=callback)
 
 
 def _short_source(source: str) -> str:
@@ -246,7 +212,7 @@ def _short_source(source: str) -> str:
 
 def _finished_summary(out: Path, name: str, smoke: bool, train_cfg: TrainConfig) -> dict | None:
     """The summary of a finished run of exactly this preset and protocol in ``out``, else
-    None (then ``train(resume=True)`` continues or refuses the run)."""
+    None (then ``fit(resume=True)`` continues or refuses the run)."""
     import json
 
     try:
@@ -278,9 +244,10 @@ def _protocol(train_dict) -> dict | None:
 def _check_workers(workers, dataset: str) -> None:
     if workers is None:
         return
-    if dataset != "imagenet":
-        raise ValueError(f"workers={workers} applies to ImageNet presets only ({dataset} is "
-                         "held in memory and batched on the device, with no decoding workers)")
+    if not dataset_info(dataset).streamed:
+        raise ValueError(f"workers={workers} applies to streamed datasets (ImageNet) only "
+                         f"({dataset} is held in memory and batched on the device, with no "
+                         "decoding workers)")
     check_int("workers", workers, minimum=0)
 
 
@@ -303,17 +270,13 @@ def evaluate_run_dir(run_dir, *, data_dir=None, device=None, workers: int | None
     if info.get("name") == "synthetic":
         raise ValueError(f"{run_dir} trained on synthetic data; there is no test set to "
                          "reload")
-    if info.get("name") == "imagenet":
-        if info.get("synthetic") and data_dir is None:
-            data_dir = info.get("root")  # the synthetic tree the run trained on
-        dataset = load_imagenet(data_dir, train_per_class=info.get("train_per_class"),
-                                test_per_class=info.get("test_per_class"),
-                                image_size=model_cfg.image_size or 224)
+    if info.get("synthetic") and info.get("root") and data_dir is None:
+        data_dir = info.get("root")  # the synthetic tree the run trained on
+    dataset = dataset_info(info["name"]).loader(
+        data_dir=data_dir, download=download, train_per_class=info.get("train_per_class"),
+        test_per_class=info.get("test_per_class"), image_size=model_cfg.image_size)
+    if workers is not None:
         dataset.num_workers = workers
-    else:
-        dataset = load_dataset(info["name"], data_dir=data_dir, download=download,
-                               train_per_class=info.get("train_per_class"),
-                               test_per_class=info.get("test_per_class"))
     metrics = evaluate_run(run_dir, lambda: build_model(model_cfg), dataset, device=dev)
     metrics["parameters"] = count_parameters(build_model(model_cfg, device="meta"))
     return metrics

@@ -149,7 +149,7 @@ def save_weights(run_dir: Path, dest: Path) -> int:
 def run_one(name: str, seed: int, out_root: str | os.PathLike, *, data=None, data_dir=None,
             epochs: int | None = None, threads: int = 1, log=print) -> dict:
     """Train one preset with one seed into ``<out_root>/<name>-seed<seed>``."""
-    from .train import train
+    from .train import fit
 
     torch.set_num_threads(threads)
     preset = get_preset(name)
@@ -165,8 +165,8 @@ def run_one(name: str, seed: int, out_root: str | os.PathLike, *, data=None, dat
                          "test_images": data.num_test, "train_per_class": TRAIN_PER_CLASS,
                          "test_per_class": TEST_PER_CLASS},
              "threads": threads, "command": " ".join(sys.argv)}
-    return train(lambda: build_model(model_cfg), data, train_cfg, out, device="cpu",
-                 progress=False, extra=extra, log=log, overwrite=True)
+    return fit(lambda: build_model(model_cfg), data, train_cfg, out, device="cpu",
+               progress=False, extra=extra, log=log, overwrite=True)
 
 
 def collect(runs: str | os.PathLike, dest: str | os.PathLike) -> list[Path]:

@@ -1,6 +1,6 @@
 """A small plain-PyTorch trainer for image classification, with crash-safe run folders.
 
-One call of :func:`train` runs the paper's protocol (method.md §5: AdamW, lr 1e-4, weight
+One call of :func:`fit` runs the paper's protocol (method.md §5: AdamW, lr 1e-4, weight
 decay 0.01 on all parameters, no schedule, batch 256, 150 epochs, cross-entropy, gradient
 clipping at norm 1.0, no augmentation, seed 42) or any variation of it set in a
 :class:`TrainConfig`, and leaves a run folder::
@@ -14,7 +14,7 @@ clipping at norm 1.0, no augmentation, seed 42) or any variation of it set in a
         .lock           the PID of the process training in the folder, while it runs
 
 Two defects of the paper's public code are avoided on purpose (method.md §6.6, §6.8): the
-seed is set *before* the model is built (so :func:`train` takes a model *factory*), and
+seed is set *before* the model is built (so :func:`fit` takes a model *factory*), and
 the run writes atomic checkpoints (after the first epoch, every 2 minutes by default, and at
 the end), so a killed run continues with ``resume=True`` exactly from its last checkpoint:
 same weights, same optimizer state, same random streams, same batches (the loader's order is
@@ -32,7 +32,7 @@ Example:
     ...     return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
     ...                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
     >>> cfg = TrainConfig(lr=3e-3, epochs=2, batch_size=64)
-    >>> summary = train(factory, ds, cfg, "runs/demo", progress=False)  # doctest: +SKIP
+    >>> summary = fit(factory, ds, cfg, "runs/demo", progress=False)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -45,7 +45,6 @@ import os
 import random
 import sys
 import time
-import types
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -83,7 +82,9 @@ from .run_folder import (
 
 __all__ = [
     "AMP_MODES",
+    "AUTO_AMP_MEASUREMENTS",
     "OPTIMIZERS",
+    "PRECISION_LABELS",
     "RESUMABLE_CHANGES",
     "RUN_FILES",
     "SCHEDULES",
@@ -93,13 +94,15 @@ __all__ = [
     "TrainConfig",
     "evaluate",
     "evaluate_run",
+    "fit",
     "has_random_candidates",
     "load_run_checkpoint",
     "lr_at",
+    "model_family",
+    "precision_label",
     "resolve_amp",
     "set_eval_sampling",
     "summarize",
-    "train",
 ]
 
 #: The optimizers, each built from ``(params, config, fused options)``.
@@ -113,7 +116,7 @@ OPTIMIZER_FACTORIES: dict[str, Callable] = {
 }
 OPTIMIZERS = tuple(OPTIMIZER_FACTORIES)
 SCHEDULES = ("none", "cosine", "step")
-AMP_MODES = ("auto", "bf16", "fp16", "off")
+AMP_MODES = ("auto", "bf16", "fp16", "tf32", "off")
 #: Fields of a metrics record that differ between two runs of the same computation.
 VOLATILE_FIELDS = (
     "epoch_seconds",
@@ -166,8 +169,10 @@ class TrainConfig:
         grad_clip: clip the global gradient norm to this value (paper: 1.0); ``None`` or 0
             turns clipping off.
         label_smoothing: of the training loss (paper: 0). Test loss is plain cross-entropy.
-        amp: ``"auto"`` (default: chosen by the device, see :func:`resolve_amp`), ``"bf16"``,
-            ``"fp16"`` (with a gradient scaler) or ``"off"`` (float32, as the paper ran).
+        amp: ``"auto"`` (default: chosen by the device and the model family, see
+            :func:`resolve_amp`), ``"bf16"``, ``"fp16"`` (with a gradient scaler),
+            ``"tf32"`` (float32 with TF32 matmuls and convolutions) or ``"off"`` (float32,
+            as the paper ran).
             Mixed precision is used on CUDA only; elsewhere it is switched off. The run's
             ``config.json`` records the precision used as ``amp_active``. Neighbour
             selection ranks in float32 under every setting.
@@ -399,14 +404,60 @@ def _peak_memory(device: torch.device) -> tuple[int | None, str]:
     return int(rss if sys.platform == "darwin" else rss * 1024), "cpu_max_rss_process"
 
 
-def resolve_amp(amp: str, device: torch.device | str) -> str:
+#: What ``amp="auto"`` picks per model family on a CUDA GPU that computes in bfloat16
+#: natively (compute capability 8.0 or newer), from committed measurements only: the
+#: family's baseline model trained by our trainer in float32 with TF32 matmuls and
+#: convolutions against bf16 autocast, on the same card in one run (images per second,
+#: steady-state epochs). A family without an entry keeps the default, bf16 (unmeasured).
+AUTO_AMP_MEASUREMENTS = {
+    "vgg": {"amp": "tf32", "model": "VGG-11 Conv2d, batch 256", "device": "H200",
+            "images_per_second": {"tf32": 36034.0, "bf16": 28751.2},
+            "file": "data/results/bench/2026-11-28-h200-abe79e6/loop.json"},
+    "vit": {"amp": "bf16", "model": "ViT-Tiny SDPA, batch 256", "device": "H200",
+            "images_per_second": {"tf32": 5076.3, "bf16": 6378.5},
+            "file": "data/results/bench/2026-11-28-h200-abe79e6/loop.json"},
+}
+"""``{family: {"amp", "model", "device", "images_per_second", "file"}}``; ResNet is not
+measured yet and keeps bf16."""
+
+#: Labels of the precisions a run can train in (``amp_active`` of ``config.json``).
+PRECISION_LABELS = {"off": "float32 (no AMP)", "tf32": "float32, TF32 matmuls",
+                    "bf16": "bf16 autocast", "fp16": "fp16 autocast"}
+
+
+def precision_label(amp_active: str) -> str:
+    """A label for a run's precision (``config.json``'s ``amp_active``, or a preset's
+    ``paper_precision``): ``precision_label("off") == "float32 (no AMP)"``."""
+    check_choice("amp_active", amp_active, PRECISION_LABELS)
+    return PRECISION_LABELS[amp_active]
+
+
+def model_family(model: nn.Module | None) -> str | None:
+    """``"vgg"``, ``"resnet"`` or ``"vit"`` for a model of :mod:`convnn.models` (or a module
+    that contains one), ``None`` for anything else."""
+    from .models.resnet import ResNet
+    from .models.vgg import VGG
+    from .models.vit import ViT
+
+    if model is None:
+        return None
+    for module in model.modules():
+        for cls, family in ((VGG, "vgg"), (ResNet, "resnet"), (ViT, "vit")):
+            if isinstance(module, cls):
+                return family
+    return None
+
+
+def resolve_amp(amp: str, device: torch.device | str, model: nn.Module | None = None) -> str:
     """The precision a run on ``device`` uses for the setting ``amp``.
 
-    ``"auto"`` gives ``"bf16"`` on a GPU that computes in bfloat16 natively (compute
-    capability 8.0 or newer: A100, L4, H100...), ``"fp16"`` with a gradient scaler on older
-    GPUs (T4, V100: bfloat16 is emulated there, or unsupported by cuDNN), and ``"off"``
-    (float32) on a CPU or any other device. An explicit ``"bf16"``/``"fp16"`` is kept on CUDA
-    and becomes ``"off"`` elsewhere.
+    ``"auto"`` on a GPU that computes in bfloat16 natively (compute capability 8.0 or newer:
+    A100, L4, H100...) gives the faster of TF32 and bf16 for ``model``'s family as measured
+    (:data:`AUTO_AMP_MEASUREMENTS`: TF32 for VGG, bf16 for ViT), and bf16 for an unmeasured
+    family or model; ``"fp16"`` with a gradient scaler on older GPUs (T4, V100: bfloat16 is
+    emulated there, or unsupported by cuDNN); ``"off"`` (float32) on a CPU or any other
+    device. ``"tf32"`` is float32 with TF32 matmuls and convolutions. An explicit
+    ``"bf16"``/``"fp16"``/``"tf32"`` is kept on CUDA and becomes ``"off"`` elsewhere.
 
     Example:
         >>> resolve_amp("auto", "cpu")
@@ -419,13 +470,26 @@ def resolve_amp(amp: str, device: torch.device | str) -> str:
     if amp != "auto":
         return amp
     major, _ = torch.cuda.get_device_capability(device)
-    return "bf16" if major >= 8 else "fp16"
+    if major < 8:
+        return "fp16"
+    measured = AUTO_AMP_MEASUREMENTS.get(model_family(model))
+    return measured["amp"] if measured else "bf16"
 
 
 def _autocast(device: torch.device, amp: str):
-    if amp == "off" or device.type != "cuda":
+    if amp in ("off", "tf32") or device.type != "cuda":
         return contextlib.nullcontext()
     return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+@contextlib.contextmanager
+def _tf32_flags():
+    """The TF32 switches come back as they were after a run (``amp="tf32"`` sets them)."""
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
 def fused_options(params: list[torch.Tensor], device: torch.device) -> dict:
@@ -437,15 +501,13 @@ def fused_options(params: list[torch.Tensor], device: torch.device) -> dict:
 
 
 def to_fast_layout(net: nn.Module, device: torch.device) -> bool:
-    """Channels-last weights for a pure ``nn.Conv2d`` network on CUDA (cuDNN's fast layout;
-    the first convolution's output follows its weights, so the loader is unchanged). Models
-    with ConvNN layers keep NCHW: their gather path flattens ``H × W`` and is not measured
-    in channels-last yet. Returns whether the model was converted."""
-    if device.type != "cuda":
-        return False
-    mods = list(net.modules())
-    if not any(isinstance(m, nn.Conv2d) for m in mods) or \
-            any(hasattr(m, "eval_sampling") for m in mods):
+    """Channels-last weights for a network with ``nn.Conv2d`` layers on CUDA (cuDNN's fast
+    layout; the first convolution's output follows its weights, so the loader is unchanged).
+    ConvNN layers take channels-last input as it comes: :class:`~convnn.layers.ConvNN2d`
+    reads ``[B, C, H, W]`` in NHWC as ``[B, H·W, C]`` rows and writes its output in
+    channels-last, so the Conv2d branch and the 1×1 mix of a branching VGG stay in NHWC.
+    Returns whether the model was converted."""
+    if device.type != "cuda" or not any(isinstance(m, nn.Conv2d) for m in net.modules()):
         return False
     net.to(memory_format=torch.channels_last)
     return True
@@ -616,7 +678,7 @@ def evaluate(model: nn.Module, loader, device=None, amp: str = "off") -> dict:
     was_training = model.training
     model.eval()
     try:
-        return _finish(_eval_sums(model, loader, device, resolve_amp(amp, device)))
+        return _finish(_eval_sums(model, loader, device, resolve_amp(amp, device, model)))
     finally:
         model.train(was_training)
 
@@ -709,7 +771,7 @@ def evaluate_run(
     """Evaluate a run's last checkpoint on ``dataset``'s test split.
 
     Args:
-        run_dir: a folder written by :func:`train`.
+        run_dir: a folder written by :func:`fit`.
         model_factory: builds the run's architecture (its weights are replaced).
         dataset: the dataset to test on (normally the run's own).
         device: default CUDA when available, else CPU.
@@ -750,7 +812,7 @@ def _check_dataset(dataset, config: TrainConfig) -> None:
 # --------------------------------------------------------------------------- training
 
 
-def train(
+def fit(
     model_factory: Callable[[], nn.Module] | nn.Module,
     dataset,
     config: TrainConfig | None,
@@ -824,7 +886,7 @@ def train(
 
     ctx, device = _init_distributed(device)
     try:
-        with _deterministic(config.deterministic), run_lock(out, ctx):
+        with _deterministic(config.deterministic), _tf32_flags(), run_lock(out, ctx):
             return _fit(model_factory, dataset, config, out, resume, overwrite,
                         device, ctx, _progress_enabled(progress) and ctx.rank == 0, extra or {},
                         callback, (log or (lambda _: None)) if ctx.rank == 0 else (lambda _: None))
@@ -837,7 +899,7 @@ def train(
 
 @dataclass
 class _Session:
-    """What one call of :func:`train` trains with, once the run folder has been opened."""
+    """What one call of :func:`fit` trains with, once the run folder has been opened."""
 
     config: TrainConfig
     device: torch.device
@@ -864,7 +926,7 @@ def _open_session(model_factory, ds, config, folder: RunFolder, device, ctx, sho
     net, seeded = _build(model_factory)
     if not seeded and checkpoint is None:
         warnings.warn(
-            "train() got a ready nn.Module, so config.seed did not control its initial "
+            "fit() got a ready nn.Module, so config.seed did not control its initial "
             "weights; pass a factory (e.g. lambda: build_model(cfg)) for a reproducible run",
             stacklevel=4,
         )
@@ -878,9 +940,11 @@ def _open_session(model_factory, ds, config, folder: RunFolder, device, ctx, sho
     set_eval_sampling(net, config.eval_sampling)
     if ctx.enabled:  # each rank its own dropout / random-candidate stream
         _seed_everything(config.seed + ctx.rank)
-    amp = resolve_amp(config.amp, device)
-    if amp == "off" and config.amp in ("bf16", "fp16"):
+    amp = resolve_amp(config.amp, device, net)
+    if amp == "off" and config.amp in ("bf16", "fp16", "tf32"):
         log(f"note: amp={config.amp!r} is used on CUDA only; training in float32 on {device}")
+    if amp == "tf32":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 
     to_fast_layout(net, device)
     params = list(net.parameters())
@@ -1129,15 +1193,3 @@ def _fit(model_factory, ds, config, out, resume, overwrite, device, ctx, show, e
         )
     return summary
 
-
-class _CallableModule(types.ModuleType):
-    """``convnn.train`` is also the function :func:`train`, so that ``from convnn import train``
-    gives the entry point (``train(factory, dataset, config, out_dir)``) while
-    ``from convnn.train import TrainConfig`` keeps working: a function of the package named
-    like this module would be replaced by the module whenever the module is imported."""
-
-    def __call__(self, *args, **kwargs):
-        return train(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -40,7 +40,7 @@ from torch import Tensor
 
 from . import ops
 from ._checks import check_bool, check_choice, check_int
-from .layers import ConvNN2d
+from .layers import ConvNN2d, ConvNN2dOptions
 
 __all__ = [
     "NEIGHBOUR_COLOUR",
@@ -280,9 +280,10 @@ def make_layer(
         similarity = "euclidean"
     if sampling != "all" and candidates is None:
         candidates = 8
-    return ConvNN2d(3, 1, k=k, padding=padding, selection=selection, mix=mix,
+    return ConvNN2d(3, 1, k=k, padding=padding, selection=selection,
                     similarity=similarity, sampling=sampling,
-                    candidates=candidates if sampling != "all" else None, seed=seed).eval()
+                    candidates=candidates if sampling != "all" else None,
+                    options=ConvNN2dOptions(mix=mix, seed=seed)).eval()
 
 
 def _check_pixel(pixel: Sequence[int] | None, height: int, width: int) -> tuple[int, int]:

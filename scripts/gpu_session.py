@@ -24,6 +24,14 @@ The logs name the commit ``git rev-parse HEAD`` gives. When the GPU machine gets
 the working tree whose ``.git`` may be older than the tree, put the commit in the command:
 ``CONVNN_GIT_COMMIT=<commit> python scripts/gpu_session.py ...``.
 
+``--tensorcore SECONDS`` runs the tensor-core benchmark (``python -m convnn bench
+--tensorcore``: kernel checks, layers against bf16/fp32 SDPA, ViT-Tiny and VGG-11 training
+steps fused / PyTorch / baseline in bf16 and TF32, the T sweep, a profile) within SECONDS and
+packs it as ``tensorcore.tar.gz``, then ends the session (or goes on with ``--campaign``); it
+runs its own kernel checks, so pair it with ``--skip-tests --skip-bench``:
+
+    python scripts/gpu_session.py OUT_DIR --tensorcore 420 --skip-tests --skip-bench
+
 One 15-minute GPU session as measured on an H200 (2026-11-28): ``--suite-seconds 240``
 spent 147 s on the suite's loop stage and skipped its training stage; use
 ``--suite-seconds 300`` to get both.
@@ -119,6 +127,9 @@ def main() -> int:
                         help="run the benchmark suite (python -m convnn bench --suite) within "
                              "this budget instead of bench --train; packed as "
                              "bench-suite.tar.gz")
+    parser.add_argument("--tensorcore", type=float, metavar="SECONDS",
+                        help="run the tensor-core benchmark (python -m convnn bench "
+                             "--tensorcore) within this budget; packed as tensorcore.tar.gz")
     parser.add_argument("--campaign", type=float, metavar="MINUTES",
                         help="the session's total minutes: after the tests and the benchmark, "
                              "train the campaign queue in what is left (instead of the "
@@ -146,10 +157,10 @@ def main() -> int:
         rc = sh(f"{sys.executable} -m pytest -q -o addopts='' -p no:cacheprovider "
                 "tests/test_gpu.py tests/test_attention.py tests/test_train.py tests/test_data.py "
                 "-k 'cuda or gpu'", log)
-        if rc not in (0, 5) and not os.environ.get("CONVNN_KERNEL"):
+        if rc not in (0, 5) and not os.environ.get("CONVNN_BACKEND"):
             # A kernel that fails its CUDA checks must not decide the training runs.
-            os.environ["CONVNN_KERNEL"] = "torch"
-            log("CUDA tests failed: the rest of the session runs with CONVNN_KERNEL=torch")
+            os.environ["CONVNN_BACKEND"] = "torch"
+            log("CUDA tests failed: the rest of the session runs with CONVNN_BACKEND=torch")
     bench_path = args.out / "bench.json"
     if args.suite_seconds:
         suite_dir = args.out / "bench-suite"
@@ -163,6 +174,15 @@ def main() -> int:
     elif not args.skip_bench:
         sh(f"{sys.executable} -m convnn bench --train --json {bench_path}"
            + (" --quick" if args.quick else ""), log)
+    if args.tensorcore:
+        tc_dir = args.out / "tensorcore"
+        sh(f"{sys.executable} -m convnn bench --tensorcore {tc_dir} --budget {args.tensorcore:g}"
+           + (" --quick --device cpu" if args.quick else ""), log)
+        with tarfile.open(args.out / "tensorcore.tar.gz", "w:gz") as tar:
+            tar.add(tc_dir, arcname="tensorcore")
+        if args.campaign is None:
+            log(f"gpu_session done in {time.time() - start:.0f} s")
+            return 0
 
     if args.campaign is not None:
         from convnn.campaign import run_campaign

@@ -5,13 +5,13 @@ estimates are deterministic, so their order is."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
 
-from convnn import proxy
 from convnn.__main__ import main
-from convnn.bench import format_loop_rows, loop_benchmarks, peak_memory
+from convnn.bench import format_loop_rows, loop_benchmarks, peak_memory, proxy
 from convnn.layers import ConvNN2d
 from convnn.models import ModelConfig
 
@@ -66,6 +66,9 @@ def test_cli_proxy_writes_json(tmp_path, capsys, monkeypatch):
            "est_throughput_vs_baseline": 1.0,
            "est_throughput_vs_baseline_committed_calibration": 1.0}
     monkeypatch.setattr(proxy, "proxy_benchmarks", lambda gpu: [dict(row, gpu=gpu)])
+    estimate = {"target": "t", "case": "c", "gpu": "h100", "est_seconds": 1.0,
+                "est_ratio_vs_baseline": 0.5}
+    monkeypatch.setattr(proxy, "kernel_estimates", lambda gpu: [estimate])
     assert main(["bench", "--proxy", "--gpu", "h100", "--json", str(tmp_path / "p.json")]) == 0
     assert json.loads((tmp_path / "p.json").read_text())["proxy"][0]["case"] == "Conv2d"
     assert "h100" in capsys.readouterr().out
@@ -85,13 +88,13 @@ def test_cpu_peak_memory_is_silent_and_sees_the_reference_cost(capfd):
     torch.manual_seed(0)
     x = torch.randn(2, 16, 16, 16, requires_grad=True)
     peaks = {}
-    for path in ("fast", "reference"):
-        layer = ConvNN2d(16, 16, k=9, path=path)
-        peaks[path] = peak_memory(lambda layer=layer: layer(x).sum().backward(),
+    for backend in ("torch", "reference"):
+        layer = ConvNN2d(16, 16, k=9, backend=backend)
+        peaks[backend] = peak_memory(lambda layer=layer: layer(x).sum().backward(),
                                   torch.device("cpu"))
     out, err = capfd.readouterr()
     assert err == "" and out == ""
-    assert 0 < peaks["fast"] < peaks["reference"]
+    assert 0 < peaks["torch"] < peaks["reference"]
 
 
 def test_suite_dry_run_on_cpu(tmp_path, capfd):
@@ -119,3 +122,22 @@ def test_a_failing_suite_stage_is_recorded_and_the_others_run(tmp_path, monkeypa
     assert "seconds" in suite["stages"]["proxy"] and "seconds" in suite["stages"]["loop"]
     assert not (tmp_path / "s" / "layers.json").exists()
     assert "layers: FAILED" in capfd.readouterr().out
+
+
+def test_kernel_estimates_order_the_fused_paths_sensibly():
+    rows = proxy.kernel_estimates(targets=("attention", "vgg"), head_shapes=((1, 192),))
+    ratio = {(r["target"].split()[0], r["case"]): r["est_ratio_vs_baseline"] for r in rows}
+    for cand in ("all", "random r=32"):  # the fused core beats today's path
+        fused = ratio[("attention", f"ConvNN {cand}, fused kernel")]
+        assert fused > ratio[("attention", f"ConvNN {cand}, PyTorch path")] > 0
+    today = ratio[("VGG-11", "PyTorch path, NCHW (today)")]
+    nhwc = ratio[("VGG-11", "PyTorch path, channels-last")]
+    fused = ratio[("VGG-11", "fused 2-D selection + gather-GEMM, channels-last")]
+    assert 0 < today < nhwc < fused
+    vgg = [r for r in rows if "est_epoch_seconds" in r]
+    assert all(r["est_epoch_seconds"] > r["baseline_epoch_seconds"] * 0.99 for r in vgg)
+    # the threshold-skipped merge takes fewer passes than a merge of every tile, and more
+    # the more tiles there are
+    assert 8 < proxy.merge_passes(256, 8) < proxy.merge_passes(1156, 8) < 8 * math.ceil(1156 / 64)
+    with pytest.raises(ValueError, match="targets"):
+        proxy.kernel_estimates(targets=("mlp",))

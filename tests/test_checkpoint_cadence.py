@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_train import convnn_model, quiet, small_config, stable
 
 from convnn._io import read_jsonl
-from convnn.train import TrainConfig, load_run_checkpoint, train
-
-from test_train import convnn_model, quiet, small_config, stable
+from convnn.train import TrainConfig, fit, load_run_checkpoint
 
 
 class Crash(BaseException):
@@ -97,8 +96,8 @@ def test_crash_between_checkpoints_resumes_exactly_from_the_last_one(tmp_path, d
     assert load_run_checkpoint(tmp_path / "broken")[1]["epoch"] == 3
     assert len(read_jsonl(tmp_path / "broken" / "metrics.jsonl")) == 4
     notes = []
-    train(convnn_model, ds, cfg, tmp_path / "broken", resume=True, device="cpu",
-          progress=False, log=notes.append)
+    fit(convnn_model, ds, cfg, tmp_path / "broken", resume=True, device="cpu",
+        progress=False, log=notes.append)
     assert any("dropping 1 metrics line(s)" in n for n in notes)
     assert stable(read_jsonl(tmp_path / "straight" / "metrics.jsonl")) == stable(
         read_jsonl(tmp_path / "broken" / "metrics.jsonl"))

@@ -3,6 +3,7 @@ offline error and the on-device loader. Nothing here touches the network."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tarfile
 from pathlib import Path
@@ -64,7 +65,8 @@ def _tiny(tree_or_tar: Path, cache: Path, **kw) -> data.ImageDataset:
 def two_class_cifar10(monkeypatch):
     """The tiny fixtures have 2 classes; let 'cifar10' accept them (the real check is tested
     in test_wrong_class_count_is_rejected)."""
-    monkeypatch.setitem(data.NUM_CLASSES, "cifar10", len(CLASSES))
+    monkeypatch.setitem(data.DATASETS, "cifar10",
+                        dataclasses.replace(data.DATASETS["cifar10"], num_classes=len(CLASSES)))
 
 
 # --------------------------------------------------------------------------- synthetic
@@ -153,7 +155,7 @@ def _check_tiny(ds: data.ImageDataset) -> None:
             for i in range(n):
                 pixel = images[j * n + i, 5, 7].tolist()
                 assert pixel == list(_pixel(cls, split, i)), (split, cls, i)
-    assert ds.mean == data.MEAN_STD["cifar10"][0]
+    assert ds.mean == data.DATASETS["cifar10"].mean
 
 
 @pytest.mark.usefixtures("two_class_cifar10")
@@ -214,7 +216,7 @@ def test_cache_key_changes_with_the_source(tree, cache):
 
 
 def test_wrong_class_count_is_rejected(tree, cache):
-    assert data.NUM_CLASSES["cifar10"] == 10
+    assert data.DATASETS["cifar10"].num_classes == 10
     with pytest.raises(DatasetNotFoundError, match="found 2 classes .* but cifar10 has 10"):
         _tiny(tree, cache)
 
@@ -472,7 +474,7 @@ def test_real_cifar10_copy():
     assert torch.bincount(ds.test_labels).tolist() == [1000] * 10
     mean = ds.train_images.double().div(255).mean(dim=(0, 1, 2))
     torch.testing.assert_close(
-        mean, torch.tensor(data.MEAN_STD["cifar10"][0]).double(), atol=0.01, rtol=0
+        mean, torch.tensor(data.DATASETS["cifar10"].mean).double(), atol=0.01, rtol=0
     )
     print(ds)
 

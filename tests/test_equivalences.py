@@ -21,14 +21,14 @@ def _grads(module, x):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("path", ["fast", "reference"])
+@pytest.mark.parametrize("backend", ["torch", "reference"])
 @pytest.mark.parametrize("kernel", [3, 5])
 @pytest.mark.parametrize("channels", [(1, 1), (3, 8), (8, 4)])
-def test_convolution_limit_equals_conv2d(dtype, path, kernel, channels):
+def test_convolution_limit_equals_conv2d(dtype, backend, kernel, channels):
     torch.manual_seed(0)
     cin, cout = channels
     conv = nn.Conv2d(cin, cout, kernel, padding=kernel // 2).to(dtype)
-    layer = ConvNN2d.from_conv2d(conv, path=path)
+    layer = ConvNN2d.from_conv2d(conv, backend=backend)
     assert layer.selection == "coords" and layer.weighting == "ones" and layer.k == kernel ** 2
     x = torch.randn(2, cin, 7, 6, dtype=dtype)  # non-square: checks the isotropic grid
     out_c, gx_c, gp_c = _grads(conv, x)
@@ -41,12 +41,12 @@ def test_convolution_limit_equals_conv2d(dtype, path, kernel, channels):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("path", ["fast", "reference"])
+@pytest.mark.parametrize("backend", ["torch", "reference"])
 @pytest.mark.parametrize("kernel", [3, 5])
-def test_depthwise_limit_equals_depthwise_conv2d(dtype, path, kernel):
+def test_depthwise_limit_equals_depthwise_conv2d(dtype, backend, kernel):
     torch.manual_seed(1)
     conv = nn.Conv2d(5, 5, kernel, padding=kernel // 2, groups=5).to(dtype)
-    layer = ConvNN2d.from_conv2d(conv, path=path)
+    layer = ConvNN2d.from_conv2d(conv, backend=backend)
     assert layer.aggregation == "depthwise"
     x = torch.randn(3, 5, 6, 6, dtype=dtype)
     out_c, gx_c, gp_c = _grads(conv, x)
@@ -93,12 +93,12 @@ def kvt_mask(layer, x, topk):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("path", ["fast", "reference"])
+@pytest.mark.parametrize("backend", ["torch", "reference"])
 @pytest.mark.parametrize("heads,tokens", [(1, 1), (1, 17), (2, 9), (3, 13), (4, 197)])
-def test_attention_limit_equals_sdpa(dtype, path, heads, tokens):
+def test_attention_limit_equals_sdpa(dtype, backend, heads, tokens):
     torch.manual_seed(2)
     dim = 12 * heads if tokens < 100 else 16 * heads
-    layer = ConvNNAttention(dim, heads, k=tokens, path=path).to(dtype)
+    layer = ConvNNAttention(dim, heads, k=tokens, backend=backend).to(dtype)
     assert layer.weighting == "softmax" and bool((layer.weight == 1).all())
     x = torch.randn(2, tokens, dim, dtype=dtype)
     out_n, gx_n, _gp_n = _grads(layer, x)
@@ -107,12 +107,12 @@ def test_attention_limit_equals_sdpa(dtype, path, heads, tokens):
     torch.testing.assert_close(gx_n, gx_a, **TOL[dtype])
 
 
-@pytest.mark.parametrize("path", ["fast", "reference"])
+@pytest.mark.parametrize("backend", ["torch", "reference"])
 @pytest.mark.parametrize("heads,tokens,k", [(1, 20, 5), (3, 16, 4), (2, 197, 9)])
-def test_topk_limit_equals_kvt_attention(path, heads, tokens, k):
+def test_topk_limit_equals_kvt_attention(backend, heads, tokens, k):
     torch.manual_seed(3)
     dtype = torch.float64
-    layer = ConvNNAttention(6 * heads, heads, k=k, path=path).to(dtype)
+    layer = ConvNNAttention(6 * heads, heads, k=k, backend=backend).to(dtype)
     x = torch.randn(2, tokens, 6 * heads, dtype=dtype)
     out_n, gx_n, _ = _grads(layer, x)
     mask = kvt_mask(layer, x, k)

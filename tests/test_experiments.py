@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from convnn import experiments as E
 from convnn.__main__ import main as cli
-from convnn.layers import PAPER_ATTENTION_OPTIONS
+from convnn.layers import PAPER_ATTENTION
 from convnn.models import ModelConfig, build_model, count_parameters
 
 
@@ -73,7 +73,7 @@ def test_example_names_and_their_rows():
     vit = E.get_preset("vit-tiny-c100-convnn-random-r32-k9")
     assert vit.model_config().layer_options == {"k": 9, "aggregation": "depthwise",
                                                 "sampling": "random", "candidates": 32,
-                                                **PAPER_ATTENTION_OPTIONS}
+                                                **PAPER_ATTENTION.changes()}
     t = vit.train_config()
     assert (t.lr, t.weight_decay, t.epochs, t.batch_size, t.grad_clip, t.seed, t.resize) == \
         (1e-4, 0.01, 150, 256, 1.0, 42, 224)
@@ -176,7 +176,7 @@ def test_cli_smoke_train_resume_and_eval(tmp_path, capsys, monkeypatch):
 def test_vgg11_learns_cifar10_on_cpu(tmp_path):
     """One epoch of VGG-11 (lean head) on 5,000 CIFAR-10 images: clearly above chance."""
     from convnn.data import DatasetNotFoundError, load_dataset
-    from convnn.train import TrainConfig, train
+    from convnn.train import TrainConfig, fit
 
     try:
         ds = load_dataset("cifar10", download=False, train_per_class=500, test_per_class=100)
@@ -184,8 +184,8 @@ def test_vgg11_learns_cifar10_on_cpu(tmp_path):
         print(f"skipping: no CIFAR-10 copy ({str(err).splitlines()[0]})")
         pytest.skip("no CIFAR-10 copy: set CONVNN_DATA_DIR to run the learning test")
     config = TrainConfig(epochs=1, batch_size=64, lr=1e-4, seed=0)  # the paper's lr
-    summary = train(lambda: build_model(ModelConfig(name="vgg11", layer="conv2d", head="lean")),
-                    ds, config, tmp_path / "run", progress=False, log=None)
+    summary = fit(lambda: build_model(ModelConfig(name="vgg11", layer="conv2d", head="lean")),
+                  ds, config, tmp_path / "run", progress=False, log=None)
     assert ds.test_images.shape[0] == 1000
     assert summary["final"]["test_top1"] >= 30.0, summary
 
@@ -223,7 +223,7 @@ def test_cli_imagenet_preset_smoke_train_resume_and_eval(tmp_path, capsys, monke
     last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert f"top1={last['test_top1']:.4g}" in capsys.readouterr().out
     assert cli(["train", "--preset", "vgg11-c10-conv2d", "--smoke", "--workers", "2"]) == 2
-    assert "applies to ImageNet presets only" in capsys.readouterr().err
+    assert "applies to streamed datasets (ImageNet) only" in capsys.readouterr().err
 
 
 def test_full_imagenet_run_without_imagenet_says_where_to_put_it(tmp_path, monkeypatch):

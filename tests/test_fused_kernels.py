@@ -13,87 +13,176 @@ from pathlib import Path
 import pytest
 import torch
 
-from convnn import ConvNNAttention, kernels, ops
+from convnn import ConvNNAttention, kernels, kernels_attention, ops
 
 triton = pytest.importorskip("triton", reason="Triton is not installed (CPU-only torch build)")
 
 TESTS = Path(__file__).resolve().parent
+HANG_GUARD_S = 3600  # a hang guard only: the interpreter is slow on a busy machine
+
+# test name -> (check call in _fused_checks, marker it prints). The checks of the tests that
+# pytest selected run in one interpreter subprocess (one Triton/PyTorch start-up, not one per
+# test); each test then reads its own section of the output.
+CHECKS = {
+    "test_row_topk_equals_a_stable_sort_with_ties_and_masks":
+        ("topk_matches_stable_sort()", "TOPK OK"),
+    "test_selection_with_zero_padding_ties_matches_the_stable_reference":
+        ("selection_with_ties_matches_stable_reference()", "SELECTION OK"),
+    "test_attention_matches_the_fast_path_forward_and_backward":
+        ("attention_matches_fast_path(13, every=5)", "ATTENTION OK 5"),
+    "test_fused_selection_equals_the_stable_reference_t13":
+        # dot/cosine x 1/3 heads x exact/Gaussian features x candidate sets, every 4th k
+        ("fused_selection_matches_stable_reference(13, every=4)", "FUSED SELECTION OK 96"),
+    "test_fused_selection_falls_back_for_unsupported_options":
+        ("fused_selection_falls_back()", "FALLBACK OK"),
+    "test_fused_attention_core_matches_the_reference_within_the_contract":
+        # T = 13 (one tile), 20 and 67 (16-key tiles merged, query / backward tiles crossed);
+        # all, random and spaced candidates; the self modes; float32, bf16, autocast mix
+        ("fused_attention_core_matches_reference()", "FUSED CORE OK 23"),
+    "test_fused_attention_layer_matches_the_torch_path":
+        ("fused_attention_layer_matches_torch()", "FUSED ATTENTION OK 8"),
+    "test_fused_attention_core_falls_back_for_unsupported_options":
+        ("fused_attention_falls_back()", "ATTENTION FALLBACK OK 6"),
+    "test_bf16_vit_step_takes_the_fused_attention_core":
+        ("bf16_vit_step_takes_the_fused_core()", "BF16 VIT OK"),
+    "test_gather_aggregate_gradcheck_float64": ("gradcheck_float64()", "GRADCHECK OK"),
+    "test_gather_aggregate_gradients_are_bitwise_deterministic":
+        ("gradients_are_bitwise_deterministic()", "DETERMINISTIC OK"),
+    "test_gather_aggregate_bfloat16_accumulates_in_float32":
+        ("bfloat16_inputs_accumulate_in_float32()", "BF16 OK"),
+    # slow: the paper's sizes and the exhaustive sweeps
+    "test_attention_matches_the_fast_path_every_case_t13":
+        ("attention_matches_fast_path(13)", "ATTENTION OK 22"),
+    "test_attention_matches_the_fast_path_t197":
+        ("attention_matches_fast_path(197)", "ATTENTION OK 8"),
+    "test_fused_selection_equals_the_stable_reference_every_k_t13":
+        ("fused_selection_matches_stable_reference(13)", "FUSED SELECTION OK 304"),
+    "test_fused_selection_equals_the_stable_reference_t197":
+        # several key tiles per row (197 > 64), sampled candidates of 98 keys; k = 1, 6, 11, 16
+        ("fused_selection_matches_stable_reference(197, dim=24, every=5, images=1)",
+         "FUSED SELECTION OK 128"),
+    "test_fused_attention_core_one_tile_t67":
+        ("fused_attention_core_matches_reference(key_tile=256)", "FUSED CORE OK 23"),
+    "test_fused_attention_core_paper_shapes_t197":
+        # 1x192 and 3x64 at T = 197: all candidates (one 256-key tile) and r = 32
+        ("fused_attention_core_shapes()", "FUSED CORE SHAPES OK 4 "),
+}
 
 
-def _run(call: str, marker: str) -> None:
-    env = {**os.environ, "TRITON_INTERPRET": "1", "CONVNN_KERNEL": "torch"}
-    code = f"import sys; sys.path.insert(0, {str(TESTS)!r}); import _fused_checks as c; c.{call}"
+BEGIN, END = "=== CHECK BEGIN ", "=== CHECK END "  # as in _fused_checks.run_checks
+
+
+def _sections(output: str) -> dict[str, str]:
+    sections = {}
+    for part in output.split(BEGIN)[1:]:
+        call, _, rest = part.partition("\n")
+        sections[call] = rest.split(END + call)[0]
+    return sections
+
+
+@pytest.fixture(scope="module")
+def check_output(request) -> dict[str, str]:
+    """Run the checks of every selected test of this module in one interpreter subprocess."""
+    selected = [item.originalname for item in request.session.items
+                if item.module is request.module and item.originalname in CHECKS]
+    calls = [CHECKS[name][0] for name in dict.fromkeys(selected)]
+    env = {**os.environ, "TRITON_INTERPRET": "1", "CONVNN_BACKEND": "torch"}
+    code = (f"import sys; sys.path.insert(0, {str(TESTS)!r}); import _fused_checks as c; "
+            f"c.run_checks(*{calls!r})")
     proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=TESTS.parent,
-                          capture_output=True, text=True, timeout=900, check=False)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert marker in proc.stdout
+                          capture_output=True, text=True, timeout=HANG_GUARD_S, check=False)
+    sections = _sections(proc.stdout)
+    sections["<process>"] = f"exit {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return sections
 
 
-def test_row_topk_equals_a_stable_sort_with_ties_and_masks():
-    _run("topk_matches_stable_sort()", "TOPK OK")
+def _check(check_output: dict[str, str], name: str) -> None:
+    call, marker = CHECKS[name]
+    assert call in check_output, check_output["<process>"]
+    assert marker in check_output[call], check_output[call]
 
 
-def test_selection_with_zero_padding_ties_matches_the_stable_reference():
-    _run("selection_with_ties_matches_stable_reference()", "SELECTION OK")
+def test_row_topk_equals_a_stable_sort_with_ties_and_masks(check_output):
+    _check(check_output, "test_row_topk_equals_a_stable_sort_with_ties_and_masks")
 
 
-def test_attention_matches_the_fast_path_forward_and_backward():
-    _run("attention_matches_fast_path(13, every=5)", "ATTENTION OK 5")
+def test_selection_with_zero_padding_ties_matches_the_stable_reference(check_output):
+    _check(check_output, "test_selection_with_zero_padding_ties_matches_the_stable_reference")
+
+
+def test_attention_matches_the_fast_path_forward_and_backward(check_output):
+    _check(check_output, "test_attention_matches_the_fast_path_forward_and_backward")
+
+
+def test_fused_selection_equals_the_stable_reference_t13(check_output):
+    _check(check_output, "test_fused_selection_equals_the_stable_reference_t13")
+
+
+def test_fused_selection_falls_back_for_unsupported_options(check_output):
+    _check(check_output, "test_fused_selection_falls_back_for_unsupported_options")
+
+
+def test_fused_attention_core_matches_the_reference_within_the_contract(check_output):
+    _check(check_output, "test_fused_attention_core_matches_the_reference_within_the_contract")
+
+
+def test_fused_attention_layer_matches_the_torch_path(check_output):
+    _check(check_output, "test_fused_attention_layer_matches_the_torch_path")
+
+
+def test_fused_attention_core_falls_back_for_unsupported_options(check_output):
+    _check(check_output, "test_fused_attention_core_falls_back_for_unsupported_options")
+
+
+def test_bf16_vit_step_takes_the_fused_attention_core(check_output):
+    _check(check_output, "test_bf16_vit_step_takes_the_fused_attention_core")
+
+
+def test_gather_aggregate_gradcheck_float64(check_output):
+    _check(check_output, "test_gather_aggregate_gradcheck_float64")
+
+
+def test_gather_aggregate_gradients_are_bitwise_deterministic(check_output):
+    _check(check_output, "test_gather_aggregate_gradients_are_bitwise_deterministic")
+
+
+def test_gather_aggregate_bfloat16_accumulates_in_float32(check_output):
+    _check(check_output, "test_gather_aggregate_bfloat16_accumulates_in_float32")
 
 
 @pytest.mark.slow
-def test_attention_matches_the_fast_path_every_case_t13():
-    _run("attention_matches_fast_path(13)", "ATTENTION OK 22")
+def test_attention_matches_the_fast_path_every_case_t13(check_output):
+    _check(check_output, "test_attention_matches_the_fast_path_every_case_t13")
 
 
 @pytest.mark.slow
-def test_attention_matches_the_fast_path_t197():
-    _run("attention_matches_fast_path(197)", "ATTENTION OK 8")
-
-
-def test_fused_selection_equals_the_stable_reference_t13():
-    # 304 selections: dot/cosine x 1/3 heads x exact/Gaussian features x candidate sets x k
-    _run("fused_selection_matches_stable_reference(13)", "FUSED SELECTION OK 304")
+def test_attention_matches_the_fast_path_t197(check_output):
+    _check(check_output, "test_attention_matches_the_fast_path_t197")
 
 
 @pytest.mark.slow
-def test_fused_selection_equals_the_stable_reference_t197():
-    # several key tiles per row (197 > 64), sampled candidates of 98 keys; k = 1, 6, 11, 16
-    _run("fused_selection_matches_stable_reference(197, dim=24, every=5, images=1)",
-         "FUSED SELECTION OK 128")
-
-
-def test_fused_selection_falls_back_for_unsupported_options():
-    _run("fused_selection_falls_back()", "FALLBACK OK")
-
-
-def test_fused_attention_core_matches_the_torch_path():
-    # T = 13 (k = 1, 3, 9) and T = 20 (k = 16); 1 and 3 heads; no self-first, self-first with
-    # the real and the constant self logit; plus output dropout: 6 x 4 + 1 layers
-    _run("fused_attention_matches_torch((13, 20))", "FUSED ATTENTION OK 25")
+def test_fused_selection_equals_the_stable_reference_every_k_t13(check_output):
+    _check(check_output, "test_fused_selection_equals_the_stable_reference_every_k_t13")
 
 
 @pytest.mark.slow
-def test_fused_attention_core_matches_the_torch_path_t197():
-    # four key tiles per row, k = 9 and 16, 1 and 3 heads, the three self modes
-    _run("fused_attention_matches_torch(197, ks=(9, 16), dim_per_head=16, layer_tol=1e-4)",
-         "FUSED ATTENTION OK 13")
+def test_fused_selection_equals_the_stable_reference_t197(check_output):
+    _check(check_output, "test_fused_selection_equals_the_stable_reference_t197")
 
 
-def test_fused_attention_core_falls_back_for_unsupported_options():
-    _run("fused_attention_falls_back()", "ATTENTION FALLBACK OK 9")
+@pytest.mark.slow
+def test_fused_attention_core_one_tile_t67(check_output):
+    _check(check_output, "test_fused_attention_core_one_tile_t67")
 
 
-def test_gather_aggregate_gradcheck_float64():
-    _run("gradcheck_float64()", "GRADCHECK OK")
+@pytest.mark.slow
+def test_fused_attention_core_paper_shapes_t197(check_output):
+    _check(check_output, "test_fused_attention_core_paper_shapes_t197")
 
 
-def test_gather_aggregate_gradients_are_bitwise_deterministic():
-    _run("gradients_are_bitwise_deterministic()", "DETERMINISTIC OK")
-
-
-def test_gather_aggregate_bfloat16_accumulates_in_float32():
-    _run("bfloat16_inputs_accumulate_in_float32()", "BF16 OK")
+def test_every_check_has_its_test():
+    names = {name for name in globals() if name.startswith("test_")}
+    assert set(CHECKS) <= names, set(CHECKS) - names
 
 
 # ------------------------------------------------------------------ dispatch, no kernel launch
@@ -108,24 +197,24 @@ def test_channel_block_fits_head_and_model_widths_without_padding():
 
 def test_torch_choice_never_uses_triton(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    with ops.use_kernel("torch"):
-        assert ops.kernel_decision("topk", "cuda", k=9, width=197)[0] == "torch"
-        assert ops.kernel_decision("gather_aggregate", "cuda",
+    with ops.default_backend("torch"):
+        assert ops.backend_decision(None, "cuda", step="topk", k=9, width=197)[0] == "torch"
+        assert ops.backend_decision(None, "cuda", step="gather_aggregate",
                                    aggregation="depthwise")[0] == "torch"
 
 
 def test_auto_uses_triton_on_cuda_only(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    with ops.use_kernel("auto"):
-        assert ops.kernel_decision("topk", "cuda", k=9, width=197)[0] == "triton"
-        assert ops.kernel_decision("gather_aggregate", "cuda",
+    with ops.default_backend(None):
+        assert ops.backend_decision(None, "cuda", step="topk", k=9, width=197)[0] == "triton"
+        assert ops.backend_decision(None, "cuda", step="gather_aggregate",
                                    aggregation="separable")[0] == "triton"
-        backend, reason = ops.kernel_decision("topk", "cpu", k=9, width=197)
+        backend, reason = ops.backend_decision(None, "cpu", step="topk", k=9, width=197)
         assert backend == "torch" and "cpu" in reason
         monkeypatch.setenv("TRITON_INTERPRET", "1")  # the interpreter is for tests, not auto
-        assert ops.kernel_decision("topk", "cpu", k=9, width=197)[0] == "torch"
+        assert ops.backend_decision(None, "cpu", step="topk", k=9, width=197)[0] == "torch"
         monkeypatch.setattr(kernels, "triton", None)  # no Triton installed
-        assert ops.kernel_decision("topk", "cuda", k=9, width=197)[0] == "torch"
+        assert ops.backend_decision(None, "cuda", step="topk", k=9, width=197)[0] == "torch"
 
 
 @pytest.mark.parametrize("kernel", ["triton", "auto"])
@@ -139,14 +228,14 @@ def test_unsupported_options_fall_back_cleanly(kernel, monkeypatch):
         ("fused_topk", {"k": kernels.MAX_FUSED_TOPK_K + 1, "similarity": "cosine"}, "k=17"),
         ("fused_topk", {"k": 9, "similarity": "dot", "dtype": torch.float64}, "float64"),
     ]
-    with ops.use_kernel(kernel):
+    with ops.default_backend(None if kernel == "auto" else kernel):
         for step, options, why in unsupported:
             for device in ("cuda", "cpu"):  # no error on a CPU even when forced
-                backend, reason = ops.kernel_decision(step, device, **options)
+                backend, reason = ops.backend_decision(None, device, step=step, **options)
                 assert backend == "torch" and why in reason, (step, options, reason)
-        assert ops.kernel_decision("topk", "cuda", k=kernels.MAX_TOPK_K,
+        assert ops.backend_decision(None, "cuda", step="topk", k=kernels.MAX_TOPK_K,
                                    width=kernels.MAX_TOPK_WIDTH)[0] == "triton"
-        fused = ops.kernel_decision("fused_topk", "cuda", k=kernels.MAX_FUSED_TOPK_K,
+        fused = ops.backend_decision(None, "cuda", step="fused_topk", k=kernels.MAX_FUSED_TOPK_K,
                                     similarity="dot", dtype=torch.bfloat16)
         # opt-in: auto leaves the fused selection off until it is measured on a GPU
         assert fused[0] == ("triton" if kernel == "triton" else "torch"), fused
@@ -169,46 +258,52 @@ def _attention_options(**change):
 
 def test_fused_attention_is_opt_in_and_falls_back_with_a_reason(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    with ops.use_kernel("triton"):
-        assert ops.kernel_decision("fused_attention", "cuda", **FUSED_ATTENTION)[0] == "triton"
+    with ops.default_backend("triton"):
+        assert ops.backend_decision(None, "cuda", step="fused_attention", **FUSED_ATTENTION)[0] == "triton"
         assert ops.choose_backend(None, "cuda", step="fused_attention",
                                   **FUSED_ATTENTION) == "triton"
-    with ops.use_kernel("auto"):  # auto never takes it: unmeasured on a GPU
-        backend, reason = ops.kernel_decision("fused_attention", "cuda", **FUSED_ATTENTION)
+    with ops.default_backend(None):  # auto never takes it: unmeasured on a GPU
+        backend, reason = ops.backend_decision(None, "cuda", step="fused_attention", **FUSED_ATTENTION)
         assert backend == "torch" and "measured on a GPU" in reason
     assert ops.choose_backend("torch", "cuda", step="fused_attention",
                               **FUSED_ATTENTION) == "torch"
+    supported = [{"sampling": "random"}, {"sampling": "spatial"}, {"attn_dropout": 0.1},
+                 {"dtypes": (torch.float32, torch.float32, torch.bfloat16, torch.float32)},
+                 {"dtypes": (torch.bfloat16,) * 4}, {"dtypes": (torch.float16,)}]
+    with ops.default_backend("triton"):
+        for change in supported:  # sampled candidates, weight dropout, the bf16 training path
+            assert ops.backend_decision(None, "cuda", step="fused_attention",
+                                        **_attention_options(**change))[0] == "triton", change
     unsupported = [
-        ({"sampling": "random"}, "sampling='random'"),
+        ({"sampling": "grid"}, "sampling='grid'"),
         ({"selection": "coords"}, "selection='coords'"),
         ({"similarity": "cosine"}, "similarity='cosine'"),
         ({"weighting": "similarity"}, "weighting='similarity'"),
         ({"aggregation": "standard"}, "aggregation='standard'"),
-        ({"attn_dropout": 0.1}, "dropout"),
-        ({"k": kernels.MAX_FUSED_ATTENTION_K + 1}, "k=17 > 16"),
+        ({"k": kernels_attention.MAX_FUSED_ATTENTION_K + 1}, "k=17 > 16"),
         ({"k": 9, "width": 5}, "k=9 > 5 tokens"),
-        ({"dtypes": (torch.float32, torch.bfloat16)}, "bfloat16"),
+        ({"dtypes": (torch.float32, torch.float64)}, "float64"),
     ]
-    with ops.use_kernel("triton"):
+    with ops.default_backend("triton"):
         for change, why in unsupported:
             for device in ("cuda", "cpu"):  # no error on a CPU: the options fall back first
-                backend, reason = ops.kernel_decision("fused_attention", device,
+                backend, reason = ops.backend_decision(None, device, step="fused_attention",
                                                       **_attention_options(**change))
                 assert backend == "torch" and why in reason, (change, reason)
         with pytest.raises(ValueError, match="options"):
-            ops.kernel_decision("fused_attention", "cuda", k=9, aggregation="depthwise",
+            ops.backend_decision(None, "cuda", step="fused_attention", k=9, aggregation="depthwise",
                                 similarity="dot")
 
 
 def test_forced_triton_on_cpu_without_interpreter_raises(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    with ops.use_kernel("triton"), pytest.raises(RuntimeError, match="needs CUDA tensors"):
-        ops.kernel_decision("topk", "cpu", k=9, width=197)
+    with ops.default_backend("triton"), pytest.raises(RuntimeError, match="needs CUDA tensors"):
+        ops.backend_decision(None, "cpu", step="topk", k=9, width=197)
     # standard aggregation in attention is unsupported: the PyTorch path runs, no error
     layer = ConvNNAttention(8, 2, k=3, aggregation="standard", similarity="cosine")
-    with ops.use_kernel("triton"), pytest.raises(RuntimeError, match="needs CUDA tensors"):
+    with ops.default_backend("triton"), pytest.raises(RuntimeError, match="needs CUDA tensors"):
         layer(torch.randn(1, 5, 8))  # the top-k step is supported, so it is forced
-    with ops.use_kernel("triton"):
+    with ops.default_backend("triton"):
         out = ops.convnn(torch.randn(1, 5, 4), torch.randn(1, 5, 4), torch.randn(1, 5, 4), 3,
                          torch.randn(4, 4, 3), neighbours=torch.randint(0, 5, (5, 3)))
     assert out.shape == (1, 5, 4)
@@ -216,16 +311,16 @@ def test_forced_triton_on_cpu_without_interpreter_raises(monkeypatch):
 
 def test_bad_dispatch_arguments_name_themselves():
     with pytest.raises(ValueError, match="step"):
-        ops.kernel_decision("softmax", "cuda")
-    with ops.use_kernel("auto"):
+        ops.backend_decision(None, "cuda", step="softmax")
+    with ops.default_backend(None):
         with pytest.raises(ValueError, match="width"):
-            ops.kernel_decision("topk", "cuda", k=9)
+            ops.backend_decision(None, "cuda", step="topk", k=9)
         with pytest.raises(ValueError, match="aggregation"):
-            ops.kernel_decision("gather_aggregate", "cuda", aggregation="dense")
+            ops.backend_decision(None, "cuda", step="gather_aggregate", aggregation="dense")
         with pytest.raises(ValueError, match="similarity"):
-            ops.kernel_decision("fused_topk", "cuda", k=9)
+            ops.backend_decision(None, "cuda", step="fused_topk", k=9)
         with pytest.raises(ValueError, match="similarity"):
-            ops.kernel_decision("fused_topk", "cuda", k=9, similarity="manhattan")
+            ops.backend_decision(None, "cuda", step="fused_topk", k=9, similarity="manhattan")
     with pytest.raises(ValueError, match="k must be"):
         kernels.fused_topk(torch.zeros(1, 5, 4), torch.zeros(1, 5, 4), 17)
     with pytest.raises(ValueError, match="float32"):

@@ -9,6 +9,7 @@ import math
 import shutil
 import subprocess
 import sys
+import types
 import zipfile
 from pathlib import Path
 
@@ -195,8 +196,8 @@ def test_eval_downloads_when_train_would(tmp_path, monkeypatch):
     config = {"extra": {"model": {"name": "vgg11"}, "dataset": {"name": "cifar10"}}}
     monkeypatch.setattr(runner, "load_run_checkpoint", lambda run_dir: (config, None))
     monkeypatch.setattr(runner, "ModelConfig", type("M", (), {
-        "from_dict": staticmethod(lambda d: None)}))
-    monkeypatch.setattr(runner, "load_dataset", fake_load_dataset)
+        "from_dict": staticmethod(lambda d: types.SimpleNamespace(image_size=None))}))
+    monkeypatch.setattr(D, "load_dataset", fake_load_dataset)  # what the DATASETS loader calls
     for flags, expected in (([], True), (["--no-download"], False)):
         assert cli(["eval", "--run", str(tmp_path), "--device", "cpu", *flags]) == 2
         assert calls[-1] is expected

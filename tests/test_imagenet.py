@@ -514,7 +514,7 @@ def test_streamed_real_images_learn(tmp_path):
 
     from torch import nn
 
-    from convnn.train import TrainConfig, train
+    from convnn.train import TrainConfig, fit
 
     tarball = Path(CALLER_DATA_DIR or "/nonexistent") / "cifar10-jpeg.tar.gz"
     if not tarball.is_file():
@@ -541,5 +541,5 @@ def test_streamed_real_images_learn(tmp_path):
                              nn.Linear(64, 10))
 
     config = TrainConfig(lr=3e-3, epochs=2, batch_size=64, seed=0, log_every=0)
-    summary = train(net, ds, config, tmp_path / "run", progress=False, log=None, device="cpu")
+    summary = fit(net, ds, config, tmp_path / "run", progress=False, log=None, device="cpu")
     assert summary["final"]["test_top1"] >= 25.0, summary

@@ -28,7 +28,7 @@ CHECK = textwrap.dedent("""
             inputs = [t for t in (values, rho, weight) if t is not None]
             outs = {}
             for kernel in ("torch", "triton"):
-                with ops.use_kernel(kernel):
+                with ops.default_backend(kernel):
                     out = ops.gather_aggregate(values, indices, rho, weight, None, "depthwise")
                 upstream = torch.linspace(-1, 1, out.numel(), dtype=dtype).view_as(out)
                 grads = torch.autograd.grad((out * upstream).sum(), inputs)
@@ -39,9 +39,9 @@ CHECK = textwrap.dedent("""
                 torch.testing.assert_close(a, b, rtol=tol, atol=tol)
     layer = ConvNNAttention(16, 2, k=4, sampling="random", candidates=6).double()
     x = torch.randn(2, 11, 16, dtype=torch.float64)
-    with ops.use_kernel("torch"):
+    with ops.default_backend("torch"):
         torch.manual_seed(1); ref = layer(x)
-    with ops.use_kernel("triton"):
+    with ops.default_backend("triton"):
         torch.manual_seed(1); got = layer(x)
     torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-10)
     print("TRITON KERNELS MATCH")
@@ -49,7 +49,7 @@ CHECK = textwrap.dedent("""
 
 
 def test_triton_kernels_match_the_torch_fast_path_under_the_interpreter():
-    env = {**os.environ, "TRITON_INTERPRET": "1", "CONVNN_KERNEL": "torch"}
+    env = {**os.environ, "TRITON_INTERPRET": "1", "CONVNN_BACKEND": "torch"}
     proc = subprocess.run([sys.executable, "-c", CHECK], env=env, capture_output=True,
                           text=True, timeout=3600, check=False)  # an hour: a hang guard only
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -57,12 +57,12 @@ def test_triton_kernels_match_the_torch_fast_path_under_the_interpreter():
 
 
 def test_kernel_switch_validates_and_refuses_cpu_without_interpreter(monkeypatch):
-    with pytest.raises(ValueError, match="kernel must be one of"):
-        ops.set_kernel("cuda")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        ops.set_default_backend("cuda")
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     layer = ConvNNAttention(8, 2, k=3)
-    with ops.use_kernel("triton"), pytest.raises(RuntimeError, match="needs CUDA tensors"):
+    with ops.default_backend("triton"), pytest.raises(RuntimeError, match="needs CUDA tensors"):
         layer(torch.randn(1, 5, 8))
-    with ops.use_kernel("auto"):  # falls back to the PyTorch path on a CPU
+    with ops.default_backend(None):  # falls back to the PyTorch path on a CPU
         assert layer(torch.randn(1, 5, 8)).shape == (1, 5, 8)
-    assert ops.get_kernel() == "torch"
+    assert ops.get_default_backend() == "torch"

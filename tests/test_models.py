@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from convnn.layers import ConvNN2d, ConvNNAttention
+from convnn.layers import ConvNN2d, ConvNN2dOptions, ConvNNAttention
 from convnn.models import (
     MIXERS,
     VGG,
@@ -309,8 +309,8 @@ def test_vgg_backward_reaches_both_branches():
 
 def test_coord_aggregation_equals_convnn_with_zero_coordinate_weights():
     torch.manual_seed(0)
-    plain = ConvNN2d(5, 6, selection="mixed", mix=0.3)
-    coord = CoordAggregationConvNN2d(5, 6, selection="mixed", mix=0.3)
+    plain = ConvNN2d(5, 6, selection="mixed", options=ConvNN2dOptions(mix=0.3))
+    coord = CoordAggregationConvNN2d(5, 6, selection="mixed", options=ConvNN2dOptions(mix=0.3))
     assert coord.weight.shape == (6, 7, 9)
     assert count_parameters(coord) - count_parameters(plain) == 2 * 9 * 6
     with torch.no_grad():

@@ -5,7 +5,14 @@ import itertools
 import pytest
 import torch
 
-from convnn import BranchingConv2d, ConvNN2d, ConvNNAttention, HybridTokenMixer, ops
+from convnn import (
+    BranchingConv2d,
+    ConvNN2d,
+    ConvNN2dOptions,
+    ConvNNAttention,
+    HybridTokenMixer,
+    ops,
+)
 
 
 def _forward_backward(module, x, seed):
@@ -47,8 +54,8 @@ def test_convnn2d_fast_path_matches_reference_path(selection, similarity, sampli
     kwargs = {"k": 5, "padding": 1, "selection": selection, "similarity": similarity, "sampling": sampling,
                   "candidates": None if sampling == "all" else 3, "weighting": weighting,
                   "aggregation": aggregation}
-    fast = ConvNN2d(4, 4, path="fast", **kwargs).double()
-    reference = ConvNN2d(4, 4, path="reference", **kwargs).double()
+    fast = ConvNN2d.from_config(4, 4, backend="torch", **kwargs).double()
+    reference = ConvNN2d.from_config(4, 4, backend="reference", **kwargs).double()
     x = torch.randn(2, 4, 5, 6, dtype=torch.float64)
     _assert_paths_agree(fast, reference, x, F64)
 
@@ -61,8 +68,8 @@ def test_attention_fast_path_matches_reference_path(selection, similarity, sampl
     kwargs = {"k": 4, "sampling": sampling, "candidates": None if sampling == "all" else 7,
                   "similarity": similarity, "weighting": weighting, "aggregation": aggregation,
                   "selection": selection}
-    fast = ConvNNAttention(12, 3, path="fast", **kwargs).double()
-    reference = ConvNNAttention(12, 3, path="reference", **kwargs).double()
+    fast = ConvNNAttention.from_config(12, 3, backend="torch", **kwargs).double()
+    reference = ConvNNAttention.from_config(12, 3, backend="reference", **kwargs).double()
     with torch.no_grad():  # break the symmetry of the identity/ones initialisation
         fast.weight.add_(0.1 * torch.randn_like(fast.weight))
     x = torch.randn(2, 11, 12, dtype=torch.float64)
@@ -94,12 +101,12 @@ def test_sampled_selection_only_scores_the_candidates(monkeypatch):
 
 
 # ----------------------------------------------------------------------------- locality
-@pytest.mark.parametrize("path", ["fast", "reference"])
+@pytest.mark.parametrize("backend", ["torch", "reference"])
 @pytest.mark.parametrize("heads", [1, 3])
-def test_coordinate_selection_attention_is_local(path, heads):
+def test_coordinate_selection_attention_is_local(backend, heads):
     torch.manual_seed(3)
     tokens, k = 13, 3
-    layer = ConvNNAttention(6 * heads, heads, k=k, selection="coords", path=path).double()
+    layer = ConvNNAttention(6 * heads, heads, k=k, selection="coords", backend=backend).double()
     x = torch.randn(2, tokens, 6 * heads, dtype=torch.float64)
     neighbours = {i: {min(max(i + d, 0), tokens - 1) for d in (-1, 0, 1)} for i in range(tokens)}
     neighbours[0], neighbours[tokens - 1] = {0, 1, 2}, {tokens - 3, tokens - 2, tokens - 1}
@@ -231,7 +238,8 @@ def test_bf16_huge_scores_give_finite_softmax():
     (lambda: ConvNN2d(3, 4, selection="coords", similarity="cosine"), "similarity='euclidean'"),
     (lambda: ConvNN2d(3, 4, k=0), "k must be >= 1"),
     (lambda: ConvNN2d(3, 4, k=9, sampling="random", candidates=2), "k=9 must be <="),
-    (lambda: ConvNN2d(3, 4, eval_sampling="sometimes"), "eval_sampling must be one of"),
+    (lambda: ConvNN2d(3, 4, options=ConvNN2dOptions(eval_sampling="sometimes")),
+     "eval_sampling must be one of"),
     (lambda: BranchingConv2d(3, 4, ratio=1.5), "ratio must be in"),
     (lambda: HybridTokenMixer(8, 2, partner="mlp"), "partner must be one of"),
 ])
@@ -444,9 +452,10 @@ def test_a_new_similarity_is_one_table_entry(monkeypatch):
     expected = (-distances).sort(-1, descending=True).values
     torch.testing.assert_close(ref_s[..., 1:], expected[..., 1:6])  # self (0) comes first
     outs = [ops.convnn(values, q, q, 6, weight, similarity="neg_l1", weighting="softmax",
-                       path=path) for path in ("fast", "reference")]
+                       backend=backend) for backend in ("torch", "reference")]
     torch.testing.assert_close(outs[0], outs[1])
-    layers = [ConvNN2d(3, 4, k=5, similarity="neg_l1", path=path) for path in ("fast", "reference")]
+    layers = [ConvNN2d(3, 4, k=5, similarity="neg_l1", backend=backend)
+              for backend in ("torch", "reference")]
     layers[1].load_state_dict(layers[0].state_dict())
     x = torch.randn(1, 3, 6, 6)
     torch.testing.assert_close(layers[0](x), layers[1](x))
@@ -454,27 +463,28 @@ def test_a_new_similarity_is_one_table_entry(monkeypatch):
 
 # ----------------------------------------------------------------------------- one backend choice
 def test_one_backend_choice_with_a_global_default():
-    assert ops.get_default_backend() == "torch" and ops.get_kernel() == "torch"
+    assert ops.get_default_backend() == "torch"
     assert ops.choose_backend(None, "cpu") == "torch"
     assert ops.choose_backend("reference", "cpu", step="topk", k=3, width=5) == "reference"
     with ops.default_backend("reference"):
         assert ops.choose_backend(None, "cpu") == "reference"
         assert ops.choose_backend("torch", "cpu") == "torch"  # an argument beats the default
-        assert ConvNN2d(3, 4, k=5).path == "reference"
+        assert ops.requested_backend(ConvNN2d(3, 4, k=5).backend) == "reference"
     with ops.default_backend(None):  # auto: PyTorch off CUDA
         assert ops.choose_backend(None, "cpu", step="topk", k=3, width=5) == "torch"
-        assert ops.get_kernel() == "auto"
+        assert ops.get_default_backend() is None
     with pytest.raises(ValueError, match="backend must be one of"):
         ops.choose_backend("fast", "cpu")
-    with pytest.raises(ValueError, match="contradicts"):
-        ConvNN2d(3, 4, k=5, path="reference", backend="torch")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        ConvNN2d(3, 4, k=5, backend="fast")
     torch.manual_seed(0)
     x = torch.randn(2, 3, 6, 6)
     layers = [ConvNN2d(3, 4, k=5, weighting="softmax", backend=b) for b in ("torch", "reference")]
     layers[1].load_state_dict(layers[0].state_dict())
-    assert layers[1].path == "reference" and "backend='reference'" in repr(layers[1])
+    assert "backend='reference'" in repr(layers[1])
     torch.testing.assert_close(layers[0](x), layers[1](x))
     with ops.default_backend("reference"):
         layer = ConvNN2d.from_conv2d(torch.nn.Conv2d(3, 4, 3, padding=1))
-        assert layer.backend is None and layer.path == "reference"
+        assert layer.backend is None
+        assert ops.requested_backend(layer.backend) == "reference"
         assert layer(x).shape == (2, 4, 6, 6)

@@ -67,13 +67,13 @@ def test_auto_precision_is_float32_off_cuda() -> None:
 
 def test_the_run_records_the_precision_it_used(tmp_path) -> None:
     from convnn.data import synthetic_dataset
-    from convnn.train import train
+    from convnn.train import fit
 
     ds = synthetic_dataset(n_train=32, n_test=16, num_classes=4, image_size=8)
     cfg = TrainConfig(epochs=3, batch_size=16, amp="auto")
     logs: list[str] = []
-    train(lambda: torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 64, 4)), ds, cfg,
-          tmp_path / "run", device="cpu", progress=False, log=logs.append)
+    fit(lambda: torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 64, 4)), ds, cfg,
+        tmp_path / "run", device="cpu", progress=False, log=logs.append)
     # the first epoch tells how long the rest will take, once
     assert sum("expected time of the remaining 2 epochs: about" in line for line in logs) == 1
     config = json.loads((tmp_path / "run" / "config.json").read_text())

@@ -17,7 +17,7 @@ from convnn import results as R
 from convnn import train as train_mod
 from convnn.data import synthetic_dataset
 from convnn.experiments import paper_records
-from convnn.train import TrainConfig, has_random_candidates, train
+from convnn.train import TrainConfig, fit, has_random_candidates
 
 
 def test_every_cifar_record_has_its_curve_with_the_same_best_and_avg5():
@@ -189,9 +189,9 @@ def test_random_candidate_runs_log_the_redrawn_evaluation_too(tmp_path, monkeypa
     ds = synthetic_dataset(n_train=128, n_test=64, num_classes=4, image_size=8)
     cfg = TrainConfig(lr=3e-3, epochs=2, batch_size=32, amp="off")
     assert has_random_candidates(_random_model()) and not has_random_candidates(_all_model())
-    train(_random_model, ds, cfg, tmp_path / "a", progress=False, device="cpu")
-    train(_random_model, ds, cfg, tmp_path / "b", progress=False, device="cpu")
-    train(_all_model, ds, cfg, tmp_path / "c", progress=False, device="cpu")
+    fit(_random_model, ds, cfg, tmp_path / "a", progress=False, device="cpu")
+    fit(_random_model, ds, cfg, tmp_path / "b", progress=False, device="cpu")
+    fit(_all_model, ds, cfg, tmp_path / "c", progress=False, device="cpu")
     a, b, c = (R.load_run(tmp_path / n).records for n in "abc")
     assert all(R.RESAMPLED_KEY in r and "test_loss_resampled" in r for r in a)
     assert not any(R.RESAMPLED_KEY in r for r in c)
@@ -203,7 +203,7 @@ def test_random_candidate_runs_log_the_redrawn_evaluation_too(tmp_path, monkeypa
     assert any(r["test_loss_resampled"] != r["test_loss"] for r in a)
     # and it leaves the training and the fixed-draw numbers alone: same as without the pass
     monkeypatch.setattr(train_mod, "_resampled_test", lambda *args: None)
-    train(_random_model, ds, cfg, tmp_path / "d", progress=False, device="cpu")
+    fit(_random_model, ds, cfg, tmp_path / "d", progress=False, device="cpu")
     d = R.load_run(tmp_path / "d").records
     assert not any(R.RESAMPLED_KEY in r for r in d)
     for key in ("train_loss", "train_top1", "test_loss", "test_top1"):
@@ -213,8 +213,8 @@ def test_random_candidate_runs_log_the_redrawn_evaluation_too(tmp_path, monkeypa
 def test_redrawn_pass_restores_fixed_sampling(tmp_path):
     ds = synthetic_dataset(n_train=64, n_test=32, num_classes=4, image_size=8)
     model = _random_model()
-    train(model, ds, TrainConfig(lr=1e-3, epochs=1, batch_size=32, amp="off"),
-          tmp_path / "run", progress=False, device="cpu")
+    fit(model, ds, TrainConfig(lr=1e-3, epochs=1, batch_size=32, amp="off"),
+        tmp_path / "run", progress=False, device="cpu")
     assert model[0].eval_sampling == "fixed"
     model.eval()
     x = torch.randn(2, 3, 8, 8)

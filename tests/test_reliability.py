@@ -16,7 +16,15 @@ import pytest
 import torch
 from torch import nn
 
-from convnn import BranchingConv2d, ConvNN2d, ConvNNAttention, HybridTokenMixer, ops
+from convnn import (
+    BranchingConv2d,
+    ConvNN2d,
+    ConvNN2dOptions,
+    ConvNNAttention,
+    ConvNNAttentionOptions,
+    HybridTokenMixer,
+    ops,
+)
 from convnn._io import (
     CheckpointError,
     atomic_write_json,
@@ -31,8 +39,8 @@ from convnn.train import (
     DivergedError,
     RunFolderError,
     TrainConfig,
+    fit,
     load_run_checkpoint,
-    train,
 )
 
 # --------------------------------------------------------------------------- helpers
@@ -55,7 +63,7 @@ def cfg(**kw) -> TrainConfig:
 
 def run(out, ds, config=None, factory=tiny, **kw):
     kw.setdefault("device", "cpu")
-    return train(factory, ds, config or cfg(), out, progress=False, log=None, **kw)
+    return fit(factory, ds, config or cfg(), out, progress=False, log=None, **kw)
 
 
 class Killed(Exception):
@@ -106,17 +114,18 @@ def test_resume_refuses_another_run_and_names_the_fields(one_epoch, ds):
 def few_synthetic_images(**kwargs):
     """A smoke run's synthetic data with 16 + 8 images instead of 500 + 200: the CLI tests check
     what the command line does with a run folder, and a VGG smoke epoch on 700 images is slow on
-    a CPU (set with monkeypatch on ``convnn.runner.synthetic_dataset``)."""
+    a CPU (set with monkeypatch on ``convnn.data.synthetic_dataset``, which the smoke stand-in
+    of the DATASETS entry calls)."""
     return synthetic_dataset(**{**kwargs, "n_train": 16, "n_test": 8})
 
 
 def test_cli_resume_with_another_preset_is_refused(tmp_path, capsys, monkeypatch):
-    import convnn.runner
+    import convnn.data
     from convnn.__main__ import main as cli
 
     monkeypatch.setenv("CONVNN_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("CONVNN_DATA_DIR", raising=False)
-    monkeypatch.setattr(convnn.runner, "synthetic_dataset", few_synthetic_images)
+    monkeypatch.setattr(convnn.data, "synthetic_dataset", few_synthetic_images)
     out = str(tmp_path / "R")
     common = ["--smoke", "--synthetic", "--out", out, "--no-download", "--device", "cpu"]
     assert cli(["train", "--preset", "vgg11-c10-branching-r0.5", "--epochs", "1", *common]) == 0
@@ -338,14 +347,14 @@ PRESET = "vgg11-c10-conv2d"
 @pytest.fixture(scope="module")
 def cli_run(tmp_path_factory):
     """A finished 1-epoch smoke run of PRESET (a few synthetic images), written by the CLI."""
-    import convnn.runner
+    import convnn.data
     from convnn.__main__ import main as cli
 
     root = tmp_path_factory.mktemp("cli")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CONVNN_CACHE_DIR", str(root / "cache"))
         mp.delenv("CONVNN_DATA_DIR", raising=False)
-        mp.setattr(convnn.runner, "synthetic_dataset", few_synthetic_images)
+        mp.setattr(convnn.data, "synthetic_dataset", few_synthetic_images)
         assert cli(["train", "--preset", PRESET, "--smoke", "--epochs", "1", "--out",
                     str(root / "base"), "--no-download", "--synthetic", "--device", "cpu"]) == 0
     return root / "base"
@@ -430,12 +439,12 @@ def test_cli_user_errors_are_one_line_with_exit_2(cli_run, tmp_path, capsys, mon
                                                   damage, command, fragment):
     import shutil
 
-    import convnn.runner
+    import convnn.data
     from convnn.__main__ import main as cli
 
     monkeypatch.setenv("CONVNN_CACHE_DIR", str(cli_run.parent / "cache"))
     monkeypatch.delenv("CONVNN_DATA_DIR", raising=False)
-    monkeypatch.setattr(convnn.runner, "synthetic_dataset", few_synthetic_images)  # as cli_run
+    monkeypatch.setattr(convnn.data, "synthetic_dataset", few_synthetic_images)  # as cli_run
     monkeypatch.chdir(tmp_path)  # where an empty --out would write
     run_dir = tmp_path / "run"
     shutil.copytree(cli_run, run_dir)
@@ -540,10 +549,10 @@ def test_preset_search_matches_whole_words_case_insensitively(capsys):
 # --------------------------------------------------------------------------- 8-11. layers
 
 LAYERS = {
-    "ConvNN2d": (ConvNN2d, {"in_channels": 3, "out_channels": 4, "k": 3}, (2, 3, 6, 6)),
-    "ConvNN2d-random": (ConvNN2d, {"in_channels": 3, "out_channels": 4, "k": 3,
+    "ConvNN2d": (ConvNN2d.from_config, {"in_channels": 3, "out_channels": 4, "k": 3}, (2, 3, 6, 6)),
+    "ConvNN2d-random": (ConvNN2d.from_config, {"in_channels": 3, "out_channels": 4, "k": 3,
                                    "sampling": "random", "candidates": 3}, (2, 3, 6, 6)),
-    "ConvNNAttention": (ConvNNAttention, {"dim": 8, "num_heads": 2, "k": 3}, (2, 5, 8)),
+    "ConvNNAttention": (ConvNNAttention.from_config, {"dim": 8, "num_heads": 2, "k": 3}, (2, 5, 8)),
     "BranchingConv2d": (BranchingConv2d, {"in_channels": 3, "out_channels": 4, "k": 3},
                         (2, 3, 6, 6)),
     "HybridTokenMixer": (HybridTokenMixer, {"dim": 8, "num_heads": 2, "k": 3}, (2, 5, 8)),
@@ -561,14 +570,15 @@ ARGS = {
                  "bias": BOOL_BAD, "self_first": OPT_BOOL_BAD, "sort_by_position": OPT_BOOL_BAD,
                  "mix": FRACTION_BAD, "selection": CHOICE_BAD, "similarity": ["bogus", 1, True],
                  "sampling": CHOICE_BAD, "weighting": CHOICE_BAD, "aggregation": CHOICE_BAD,
-                 "path": CHOICE_BAD, "eval_sampling": CHOICE_BAD,
+                 "backend": ["bogus", 1, True], "eval_sampling": CHOICE_BAD,
                  "candidate_layout": CHOICE_BAD},
     "ConvNN2d-random": {"candidates": [0, -1, 2.5, "3", None, True]},
     "ConvNNAttention": {"dim": INT_BAD, "num_heads": [*INT_BAD, 3], "k": INT_BAD,
                         "seed": [-1, 1.5, "abc", None, True], "bias": BOOL_BAD,
                         "self_first": BOOL_BAD, "coord_scale": FLOAT_BAD,
                         "attn_dropout": FRACTION_BAD, "selection": CHOICE_BAD,
-                        "weighting": CHOICE_BAD, "aggregation": CHOICE_BAD, "path": CHOICE_BAD},
+                        "weighting": CHOICE_BAD, "aggregation": CHOICE_BAD,
+                        "backend": ["bogus", 1, True], "options": [{"seed": 1}, "paper"]},
     "BranchingConv2d": {"in_channels": INT_BAD, "out_channels": INT_BAD, "ratio": FRACTION_BAD,
                         "kernel_size": INT_BAD, "conv_bias": BOOL_BAD, "bias": BOOL_BAD,
                         "seed": ["abc", -1], "mix": FRACTION_BAD},
@@ -651,11 +661,12 @@ def test_empty_batch_through_a_model():
 def test_string_flags_and_nan_scale_are_not_taken_as_values():
     for kwargs in ({"self_first": "no"}, {"bias": "no"}, {"sort_by_position": "no"}):
         with pytest.raises(TypeError, match=f"{next(iter(kwargs))} must be True or False"):
-            ConvNN2d(3, 4, k=3, **kwargs)
+            ConvNN2d.from_config(3, 4, k=3, **kwargs)
     with pytest.raises(ValueError, match="coord_scale must be a finite number"):
-        ConvNNAttention(8, 2, k=3, selection="mixed", coord_scale=math.nan)
+        ConvNNAttention(8, 2, k=3, selection="mixed",
+                        options=ConvNNAttentionOptions(coord_scale=math.nan))
     with pytest.raises(ValueError, match="seed must be an integer"):
-        ConvNN2d(3, 4, k=3, sampling="random", candidates=3, seed="abc")
+        ConvNN2d(3, 4, k=3, sampling="random", candidates=3, options=ConvNN2dOptions(seed="abc"))
 
 
 def test_autocast_keeps_running_mixed_dtypes():

@@ -109,17 +109,17 @@ def test_resnet_bad_arguments_name_the_problem():
 
 def test_count_layout_draws_r_candidates():
     x = torch.randn(2, 4, 8, 8)
-    layer = ConvNN2d(4, 4, k=5, sampling="random", candidates=7, candidate_layout="count")
+    layer = ConvNN2d.from_config(4, 4, k=5, sampling="random", candidates=7, candidate_layout="count")
     assert layer.candidate_positions(8, 8).numel() == 7
     assert layer(x).shape == (2, 4, 8, 8)
-    grid = ConvNN2d(4, 4, k=9, sampling="spatial", candidates=25, candidate_layout="count")
+    grid = ConvNN2d.from_config(4, 4, k=9, sampling="spatial", candidates=25, candidate_layout="count")
     square = ConvNN2d(4, 4, k=9, sampling="spatial", candidates=5)
     assert torch.equal(grid.candidate_positions(8, 8), square.candidate_positions(8, 8))
     with pytest.raises(ValueError, match="square number"):
-        ConvNN2d(4, 4, sampling="spatial", candidates=24, candidate_layout="count")
+        ConvNN2d.from_config(4, 4, sampling="spatial", candidates=24, candidate_layout="count")
     with pytest.raises(ValueError, match="k=9 must be <= the number of candidates"):
-        ConvNN2d(4, 4, k=9, sampling="random", candidates=8, candidate_layout="count")
+        ConvNN2d.from_config(4, 4, k=9, sampling="random", candidates=8, candidate_layout="count")
     with pytest.raises(ValueError, match="candidate_layout"):
-        ConvNN2d(4, 4, sampling="random", candidates=8, candidate_layout="grid")
+        ConvNN2d.from_config(4, 4, sampling="random", candidates=8, candidate_layout="grid")
     with pytest.raises(ValueError, match="random pixels"):
-        ConvNN2d(4, 4, sampling="random", candidates=70, candidate_layout="count")(x)
+        ConvNN2d.from_config(4, 4, sampling="random", candidates=70, candidate_layout="count")(x)

@@ -1,5 +1,5 @@
 """convnn.results: run logs and the paper's numbers. Every run folder here is a fake written
-into tmp_path (plus one real, tiny run of convnn.train.train), so the tests never depend on
+into tmp_path (plus one real, tiny run of convnn.train.fit), so the tests never depend on
 runs committed under data/results/."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from torch import nn
 from convnn import results as R
 from convnn.data import synthetic_dataset
 from convnn.experiments import get_preset
-from convnn.train import TrainConfig, summarize, train
+from convnn.train import TrainConfig, fit, summarize
 
 JPEG_SOURCE = "cifar10 (JPEG copy at /data/cifar10-jpeg.tar.gz)"
 
@@ -22,7 +22,7 @@ JPEG_SOURCE = "cifar10 (JPEG copy at /data/cifar10-jpeg.tar.gz)"
 def write_run(folder: Path, preset: str = "vgg11-c10-branching-r0.5", *, epochs: int = 3,
               planned: int | None = None, smoke: bool = False, device: str = "NVIDIA H100",
               source: str = JPEG_SOURCE, summary: bool = True, top1=None) -> Path:
-    """A run folder in the format convnn.train.train writes (config, metrics, summary)."""
+    """A run folder in the format convnn.train.fit writes (config, metrics, summary)."""
     folder.mkdir(parents=True, exist_ok=True)
     planned = epochs if planned is None else planned
     config = {"train": {"epochs": planned, "lr": 1e-4},
@@ -145,8 +145,8 @@ def test_real_train_output_is_readable(tmp_path):
 
     extra = {"preset": "vgg11-c10-conv2d", "smoke": True,
              "dataset": {"name": ds.name, "source": ds.source}}
-    summary = train(factory, ds, TrainConfig(epochs=2, batch_size=32, lr=1e-2),
-                    tmp_path / "run", progress=False, extra=extra, log=None)
+    summary = fit(factory, ds, TrainConfig(epochs=2, batch_size=32, lr=1e-2),
+                  tmp_path / "run", progress=False, extra=extra, log=None)
     run = R.load_run(tmp_path / "run")
     assert run.epochs_done == 2 and run.finished and run.smoke
     assert run.device == "CPU"

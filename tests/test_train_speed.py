@@ -13,7 +13,7 @@ from convnn import ConvNN2d
 from convnn import train as train_mod
 from convnn.data import synthetic_dataset
 from convnn.models import ModelConfig, build_model
-from convnn.train import TrainConfig, train
+from convnn.train import TrainConfig, fit
 
 
 def small_vgg() -> nn.Module:
@@ -58,7 +58,7 @@ def test_channels_last_gives_the_same_losses():
     assert losses(fresh(), channels_last=True) == pytest.approx(ref, rel=1e-4, abs=1e-5)
 
 
-def test_fast_layout_only_for_plain_conv_networks_on_cuda():
+def test_fast_layout_for_conv_networks_on_cuda():
     cuda = torch.device("cuda")  # the check looks at the device type only
     net = fresh()
     assert not train_mod.to_fast_layout(net, torch.device("cpu"))
@@ -66,7 +66,7 @@ def test_fast_layout_only_for_plain_conv_networks_on_cuda():
     w = next(m for m in net.modules() if isinstance(m, nn.Conv2d)).weight
     assert w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
     with_convnn = nn.Sequential(ConvNN2d(3, 4, k=3), nn.Conv2d(4, 4, 3))
-    assert not train_mod.to_fast_layout(with_convnn, cuda)
+    assert train_mod.to_fast_layout(with_convnn, cuda)  # ConvNN2d reads NHWC as it comes
     assert not train_mod.to_fast_layout(nn.Linear(3, 3), cuda)
     assert train_mod.fused_options(list(net.parameters()), torch.device("cpu")) == {}
 
@@ -91,6 +91,6 @@ def test_cudnn_autotuning_during_a_run_only(tmp_path):
 
     for det in (False, True):
         cfg = TrainConfig(epochs=1, batch_size=32, log_every=0, deterministic=det)
-        train(factory, ds, cfg, tmp_path / str(det), device="cpu", progress=False, log=None,
-              callback=lambda r: seen.append(torch.backends.cudnn.benchmark))
+        fit(factory, ds, cfg, tmp_path / str(det), device="cpu", progress=False, log=None,
+            callback=lambda r: seen.append(torch.backends.cudnn.benchmark))
     assert seen == [True, False] and torch.backends.cudnn.benchmark == before

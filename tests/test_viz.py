@@ -16,7 +16,7 @@ import torch
 from matplotlib.patches import Rectangle
 from torch import nn
 
-from convnn import ConvNN2d, viz
+from convnn import ConvNN2d, ConvNN2dOptions, viz
 from convnn.data import DatasetNotFoundError
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -199,7 +199,8 @@ def test_candidates_are_what_the_layer_searches(image: torch.Tensor, sampling: s
 
 def test_no_candidates_with_all_or_resampling() -> None:
     assert viz.candidate_pixels(viz.make_layer(k=4), 8, 8) is None
-    layer = ConvNN2d(3, 1, k=4, sampling="random", candidates=3, eval_sampling="resample")
+    layer = ConvNN2d(3, 1, k=4, sampling="random", candidates=3,
+                     options=ConvNN2dOptions(eval_sampling="resample"))
     assert viz.candidate_pixels(layer, 8, 8) is None
 
 

@@ -4,7 +4,7 @@
 
 Every row times forward + backward of one layer (or one training step of a model) and
 measures its peak memory, then reports *ratios*: our fast path against a faithful
-re-implementation of the reference algorithm (``path="reference"``: the full similarity
+re-implementation of the reference algorithm (``backend="reference"``: the full similarity
 matrix, the values expanded k times, gathered, then a Conv1d with kernel and stride k;
 method.md §6.7), and against the standard layer at the same shapes (``nn.Conv2d``, or SDPA
 attention). Absolute times depend on the machine and its load; ratios measured side by side

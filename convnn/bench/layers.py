@@ -102,7 +102,7 @@ def layer_benchmarks(device: torch.device | str | None = None, quick: bool = Tru
                            {"sampling": "random", "candidates": 32})):
         layers = {
             "fast path": ConvNNAttention(192, 1, k=9, **kwargs, **factory),
-            "reference algorithm": ConvNNAttention(192, 1, k=9, path="reference", **kwargs,
+            "reference algorithm": ConvNNAttention(192, 1, k=9, backend="reference", **kwargs,
                                                    **factory),
             "SDPA attention": MultiHeadSelfAttention(192, 1, **factory)}
         triton_row = device.type == "cuda" and kernels.available(device)
@@ -121,7 +121,7 @@ def layer_benchmarks(device: torch.device | str | None = None, quick: bool = Tru
     image = torch.randn(batch_conv, 64, 32, 32, **factory)
     layers = {
         "fast path": ConvNN2d(64, 64, k=9, **factory),
-        "reference algorithm": ConvNN2d(64, 64, k=9, path="reference", **factory),
+        "reference algorithm": ConvNN2d(64, 64, k=9, backend="reference", **factory),
         "nn.Conv2d 3x3": nn.Conv2d(64, 64, 3, padding=1, **factory)}
     triton_row = device.type == "cuda" and kernels.available(device)
     if triton_row:  # the row top-k; its aggregation ("standard") stays in PyTorch

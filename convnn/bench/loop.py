@@ -4,7 +4,7 @@ The plain loop is what a careful user writes in 40 lines: the whole normalised t
 as one float32 tensor on the device, a fresh permutation per epoch, AdamW (lr 1e-4, weight
 decay 0.01), gradient clipping at 1.0, two ``.item()`` calls per step (running loss and
 correct count) and an evaluation pass. It runs in float32 (TF32 on CUDA) and, on CUDA only,
-in bf16 autocast. Our trainer (:func:`convnn.train.train`) trains the same model on the same
+in bf16 autocast. Our trainer (:func:`convnn.train.fit`) trains the same model on the same
 data into a temporary run folder.
 
 Both are timed epoch by epoch, alternating (plain, trainer, plain, trainer, ...), so that a
@@ -86,15 +86,15 @@ def plain_loop(model: nn.Module, ds: ImageDataset, device: torch.device, batch_s
 
 def trainer_epochs(factory: Callable[[], nn.Module], ds: ImageDataset, device: torch.device,
                    batch_size: int, epochs: int, amp: str = "off") -> list[dict]:
-    """Train with :func:`convnn.train.train` into a temporary folder; its metrics records,
+    """Train with :func:`convnn.train.fit` into a temporary folder; its metrics records,
     each with ``call_seconds`` (the call's wall time divided by the epochs: checkpoints and
     set-up included)."""
-    from ..train import TrainConfig, train
+    from ..train import TrainConfig, fit
 
     config = TrainConfig(epochs=epochs, batch_size=batch_size, amp=amp, log_every=0)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        train(factory, ds, config, tmp, device=device, progress=False, log=None)
+        fit(factory, ds, config, tmp, device=device, progress=False, log=None)
         wall = time.perf_counter() - t0
         from .._io import read_jsonl
 

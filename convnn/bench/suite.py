@@ -7,7 +7,7 @@ budget is skipped and says so in ``suite.json``):
    and ViT-Tiny SDPA (:mod:`convnn.bench.loop`);
 2. ``training.json``: the training benchmark, strong baselines first (:mod:`convnn.bench.train`);
 3. ``layers.json``: the layer benchmark (:mod:`convnn.bench`);
-4. ``proxy.json``: the GPU-free proxy's estimates on the same commit (:mod:`convnn.proxy`),
+4. ``proxy.json``: the GPU-free proxy's estimates on the same commit (:mod:`convnn.bench.proxy`),
    to check how well it tracks stage 2;
 5. ``profile.txt``: the top kernels of 3 training steps of the slowest ConvNN case.
 
@@ -30,6 +30,7 @@ from .._checks import resolve_device
 from .._io import atomic_write_json, atomic_write_text
 from .layers import layer_benchmarks
 from .loop import format_loop_rows, loop_benchmarks
+from .proxy import format_proxy_rows, proxy_benchmarks
 from .timing import environment
 from .train import VGG_CASES, VIT_CASES, format_train_rows, training_benchmarks
 
@@ -40,8 +41,6 @@ STAGE_SECONDS = {"loop": 150, "training": 150, "layers": 30, "proxy": 30, "profi
 def run_suite(out_dir: str | os.PathLike, tiny: bool = False, budget_s: float = 480.0,
               device: str | None = None) -> dict:
     """Run the stages into ``out_dir``; returns the contents of ``suite.json``."""
-    from ..proxy import format_proxy_rows, proxy_benchmarks
-
     if not isinstance(budget_s, (int, float)) or budget_s <= 0:
         raise ValueError(f"budget_s must be a positive number, got {budget_s!r}")
     out = Path(out_dir)

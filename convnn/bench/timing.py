@@ -19,14 +19,14 @@ from .._io import git_commit
 
 
 class WithKernel(nn.Module):
-    """Run ``inner`` with a given gather-aggregate kernel (:func:`convnn.ops.use_kernel`)."""
+    """Run ``inner`` under a given global default backend (:func:`convnn.ops.default_backend`)."""
 
     def __init__(self, inner: nn.Module, kernel: str) -> None:
         super().__init__()
         self.inner, self.kernel = inner, kernel
 
     def forward(self, *args, **kwargs):
-        with ops.use_kernel(self.kernel):
+        with ops.default_backend(self.kernel):
             return self.inner(*args, **kwargs)
 
 

@@ -6,7 +6,7 @@ and fused AdamW, and the Conv2d baselines in channels-last, their fastest honest
 configuration (the trainer's); the ``config`` column says which each row used. For ViT-Tiny (224 input, 197 tokens) the baseline
 is SDPA attention; for VGG-11 and ResNet-50 (224 input on CUDA, 64 on a CPU) it is the Conv2d
 model. "reference" rows use the reference algorithm for the ConvNN layers
-(``path="reference"``), the authors' way of computing the same thing.
+(``backend="reference"``), the authors' way of computing the same thing.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ FAMILIES = ("vit", "vgg", "resnet")
 
 def with_reference(options: dict) -> dict:
     out = dict(options)
-    out["layer_options"] = {**options.get("layer_options", {}), "path": "reference"}
+    out["layer_options"] = {**options.get("layer_options", {}), "backend": "reference"}
     return out
 
 

@@ -237,7 +237,7 @@ class ResNet(nn.Module):
                                                    self.image_size)
         plan.update(layer_plan)
         if kind == "convnn":
-            return ConvNN2d(c_in, c_out, **layer_opts, **factory)
+            return ConvNN2d.from_config(c_in, c_out, **layer_opts, **factory)
         return BranchingConv2d(c_in, c_out, ratio=self.ratio, kernel_size=3,
                                conv_bias=self.conv_bias, **layer_opts, **factory)
 

@@ -32,7 +32,6 @@ channel), implemented by :class:`CoordAggregationConvNN2d`.
 
 from __future__ import annotations
 
-import inspect
 import math
 
 import torch
@@ -40,7 +39,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from .._checks import check_choice, check_fraction, check_int
-from ..layers import BranchingConv2d, ConvNN2d
+from ..layers import CONVNN2D_CONFIG_KEYS, BranchingConv2d, ConvNN2d
 from ..paper_vocabulary import paper_layer_options  # re-exported (models' public API)
 from .plan import (
     check_input_size,
@@ -64,12 +63,10 @@ VGG_DEPTHS = {11: "A", 13: "B", 16: "D", 19: "E"}
 VGG_LAYERS = ("conv2d", "branching", "convnn")
 VGG_HEADS = ("paper", "lean")
 
-_CONVNN2D_OPTIONS = tuple(
-    name for name in inspect.signature(ConvNN2d.__init__).parameters
-    if name not in ("self", "in_channels", "out_channels", "device", "dtype"))
-LAYER_OPTIONS = (*_CONVNN2D_OPTIONS, "aggregate_coords")
-"""Keys accepted in ``layer_options``: the keyword arguments of :class:`ConvNN2d` plus
-``aggregate_coords`` (the paper's coordinate aggregation, see :mod:`convnn.paper_vocabulary`)."""
+LAYER_OPTIONS = (*sorted(CONVNN2D_CONFIG_KEYS), "aggregate_coords")
+"""Keys accepted in ``layer_options``: a flat :class:`ConvNN2d` config
+(:meth:`ConvNN2d.from_config`) plus ``aggregate_coords`` (the paper's coordinate aggregation,
+see :mod:`convnn.paper_vocabulary`)."""
 
 class CoordAggregationConvNN2d(ConvNN2d):
     """ConvNN2d whose aggregated values carry the two coordinate channels (``aggregate_coords``).
@@ -255,8 +252,8 @@ class VGG(nn.Module):
         module = BranchingConv2d(c_in, c_out, ratio=self.ratio, kernel_size=self.kernel_size,
                                  **factory, **layer_opts)
         if aggregate_coords and module.convnn is not None:
-            module.convnn = CoordAggregationConvNN2d(c_in, convnn_channels, **factory,
-                                                     **layer_opts)
+            module.convnn = CoordAggregationConvNN2d.from_config(c_in, convnn_channels,
+                                                                 **factory, **layer_opts)
         plan.update(conv_channels=module.conv_channels, convnn_channels=module.convnn_channels,
                     **layer_plan)
         return module

@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ._checks import check_choice, check_known
+from .._checks import check_choice, check_known
+from .train import FAMILIES, RESNET_CASES, VGG_CASES, VIT_CASES, with_reference
 
 #: Peak dense bf16 tensor-core FLOP/s and HBM bandwidth (B/s) of the target GPUs (vendor
 #: figures, SXM). TF32 runs at half the bf16 rate; float32 without TF32 at ~1/15 of it.
@@ -262,7 +263,7 @@ def trace_step(model_config, batch: int, image_size: int, amp: str = "bf16") -> 
     :class:`~convnn.models.ModelConfig` describes, at full size, without real tensors."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from .models import build_model
+    from ..models import build_model
 
     check_choice("amp", amp, ("bf16", "off"))
     trace = StepTrace()
@@ -307,8 +308,6 @@ def estimate_seconds(trace: StepTrace, gpu: str = "h200",
 
 def proxy_cases() -> list[tuple[str, str, int, int, list]]:
     """``(model, config name, batch, image size, cases)`` of the training benchmark."""
-    from .bench.train import RESNET_CASES, VGG_CASES, VIT_CASES
-
     return [("ViT-Tiny", "vit_tiny", 256, 224, VIT_CASES),
             ("VGG-11", "vgg11", 128, 32, VGG_CASES),
             ("ResNet-50", "resnet50", 64, 224, RESNET_CASES)]
@@ -317,8 +316,7 @@ def proxy_cases() -> list[tuple[str, str, int, int, list]]:
 def proxy_benchmarks(gpu: str = "h200", amp: str = "bf16",
                      families: tuple[str, ...] = ("vit", "vgg", "resnet")) -> list[dict]:
     """Estimated throughput of every benchmark model against its family's baseline."""
-    from .bench.train import FAMILIES, with_reference
-    from .models import ModelConfig
+    from ..models import ModelConfig
 
     check_known("families", families, FAMILIES)
     check_choice("gpu", gpu, GPUS)
@@ -354,7 +352,7 @@ def proxy_benchmarks(gpu: str = "h200", amp: str = "bf16",
 def measured_ratios() -> dict[tuple[str, str], float]:
     """The committed H200 training-throughput ratios (mean over the committed bench reports,
     :func:`convnn.results.load_bench`)."""
-    from .results import load_bench
+    from ..results import load_bench
 
     found: dict[tuple[str, str], list[float]] = defaultdict(list)
     for _, report in load_bench():
@@ -375,4 +373,291 @@ def format_proxy_rows(rows: list[dict]) -> str:
                      f"{r['gbytes']:>6.1f} {r['est_throughput_vs_baseline']:>10.2f}x "
                      f"{r['est_throughput_vs_baseline_committed_calibration']:>11.2f}x "
                      f"{'' if m is None else f'{m:.2f}x':>13}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# The fused kernels of the tensor-core work, estimated before any GPU time is spent
+# --------------------------------------------------------------------------------------------
+
+#: Float32 rate of the CUDA cores (no tensor cores; vendor figures, SXM): the top-k merges of
+#: the fused kernels run there.
+CUDA_CORE_FLOPS = {"h200": 67e12, "h100": 67e12, "a100": 19.5e12}
+#: Efficiencies of the fused kernels' parts. UNCALIBRATED assumptions (no fused kernel has
+#: run on a GPU yet): their tensor-core dots reach the calibrated cuBLAS efficiency
+#: (``EFFICIENCY["matmul"]``), their merges half the CUDA-core rate (one lane op = one
+#: "flop"), their loads and stores ``EFFICIENCY["index"]`` of bandwidth (gathered rows).
+FUSED_EFFICIENCY = {"fused_dot": EFFICIENCY["matmul"], "fused_merge": (0.5, 1.0),
+                    "fused_io": EFFICIENCY["index"]}
+FUSED_BLOCK_N = 64  # positions per score tile of the 2-D selection
+FUSED_BLOCK_Q = 32  # query rows per program (the merge's pass count is the block's largest)
+
+
+def merge_passes(candidates: int, k: int, block_n: int = FUSED_BLOCK_N,
+                 rows: int = FUSED_BLOCK_Q) -> float:
+    """Estimated insertion passes per query block of the threshold-skipped running top-k
+    (:func:`convnn.kernels_conv2d.select_2d`) over ``candidates`` in tiles of ``block_n``:
+    tile ``t`` (1-based) holds on average ``k / t`` of a row's entries that beat its current
+    k-th best when the scores arrive in random order; a block takes the largest of its
+    ``rows`` rows, about ``mean + 3·√mean`` (Poisson), at most ``k``. The first tile always
+    takes ``k``. A merge over every tile (the issue's estimate of the old kernels) takes
+    ``k`` per tile."""
+    tiles = math.ceil(candidates / block_n)
+    total = float(k)
+    for t in range(2, tiles + 1):
+        mean = k / t
+        total += min(float(k), mean + 3.0 * math.sqrt(mean) * (1 if rows > 1 else 0))
+    return total
+
+
+def _fused_add(trace: StepTrace, name: str, dot_flops: float, merge_ops: float,
+               nbytes: float, bf16: bool) -> None:
+    if dot_flops:
+        trace.add(f"{name}:dot", "fused_dot", dot_flops, 0.0, bf16)
+    if merge_ops:
+        trace.add(f"{name}:merge", "fused_merge", merge_ops, 0.0, False)
+    trace.add(f"{name}:io", "fused_io", 0.0, nbytes, bf16)
+
+
+class _Fused2d(torch.autograd.Function):
+    """Stands for the fused 2-D path of ConvNN2d: selection, gather-GEMM and their backward."""
+
+    @staticmethod
+    def forward(ctx, x, weight, k, padding, trace):
+        batch, channels, height, width = x.shape
+        out_channels = weight.shape[0]
+        esize = x.element_size()
+        positions = (height + 2 * padding) * (width + 2 * padding)
+        m = batch * height * width
+        bf16 = x.dtype in (torch.bfloat16, torch.float16)
+        passes = merge_passes(positions, k - 1)
+        merge = m * (3.0 * positions + passes * (3.0 * FUSED_BLOCK_N + 4.0 * 16)) \
+            + m * (k - 1) * 16 * 2.0  # scale, mask, compare per score; passes; final sort
+        _fused_add(trace, "select_2d", 2.0 * m * positions * channels, merge,
+                   x.numel() * esize * 2 + m * k * 8, bf16)
+        _fused_add(trace, "gather_gemm", 2.0 * m * k * channels * out_channels, 0.0,
+                   x.numel() * esize * 2 + m * k * 8 + m * out_channels * esize, bf16)
+        ctx.trace, ctx.shape = trace, (m, k, channels, out_channels, esize, bf16, x.numel())
+        ctx.like = (x, weight)
+        return x.new_empty(batch, out_channels, height, width)
+
+    @staticmethod
+    def backward(ctx, grad):
+        m, k, channels, out_channels, esize, bf16, x_numel = ctx.shape
+        trace = ctx.trace
+        gemm = 2.0 * m * k * channels * out_channels
+        # dW: the transposed gather-GEMM; dx: g @ W (dense), then the CSR row sums
+        _fused_add(trace, "gather_gemm_dw", gemm, 0.0,
+                   x_numel * esize * 2 + m * k * 8 + m * out_channels * esize, bf16)
+        trace.add("grad_rows_mm", "matmul", gemm, m * out_channels * esize
+                  + m * k * channels * esize, bf16)
+        trace.add("inverse_index_sort", "index", 0.0, m * k * 8 * 2 * 4, False)
+        _fused_add(trace, "scatter_rows", 0.0, 0.0,
+                   m * k * channels * esize + x_numel * esize + m * k * 8, bf16)
+        x, weight = ctx.like
+        return torch.empty_like(x), torch.empty_like(weight), None, None, None
+
+
+class _FusedAttentionCore(torch.autograd.Function):
+    """Stands for the fused ConvNN attention core (all candidates, or ``r`` sampled ones):
+    scores on tensor cores, top-k in registers, softmax and depthwise aggregation; a
+    backward without sort or atomics."""
+
+    @staticmethod
+    def forward(ctx, q, key, v, k, candidates, trace):
+        rows, tokens, dim = v.shape
+        esize = v.element_size()
+        bf16 = v.dtype in (torch.bfloat16, torch.float16)
+        width = tokens if candidates is None else candidates + 1
+        lanes = 1 << max(4, math.ceil(math.log2(width)))  # the padded tile
+        passes = k if width <= 256 else merge_passes(width, k)
+        name = "fused_attention" if candidates is None else "sampled_attention"
+        io = (q.numel() * q.element_size() + key.numel() * key.element_size()
+              + 2 * v.numel() * esize + rows * tokens * k * 8)
+        _fused_add(trace, name, 2.0 * rows * tokens * width * dim,
+                   rows * tokens * (3.0 * lanes + passes * 2.0 * lanes + 6.0 * k * dim), io,
+                   bf16)
+        ctx.trace, ctx.shape = trace, (rows, tokens, dim, k, io, bf16, name)
+        ctx.like = (q, key, v)
+        return v.new_empty(v.shape)
+
+    @staticmethod
+    def backward(ctx, grad):
+        rows, tokens, dim, k, io, bf16, name = ctx.shape
+        # dρ, dw, dq, dK, dV from the saved indices: gathers and register tiles, ~3x the reads
+        _fused_add(ctx.trace, f"{name}_backward", 0.0, rows * tokens * k * dim * 8.0, 3 * io,
+                   bf16)
+        q, key, v = ctx.like
+        return (torch.empty_like(q), torch.empty_like(key), torch.empty_like(v), None, None,
+                None)
+
+
+@contextlib.contextmanager
+def _fused_layers(trace: StepTrace):
+    """ConvNN2d (the paper's option set) and the ConvNN attention core run as the fused
+    kernels would: one stand-in op each, with the estimated FLOPs, merge work and bytes."""
+    from ..layers import FUSED_2D_OPTIONS, ConvNN2d, ConvNNAttention
+
+    forward_2d, core = ConvNN2d.forward, ConvNNAttention._core
+
+    def fused_2d(self, x):
+        if self._fused_unsupported(x) is not None:
+            return forward_2d(self, x)
+        out = _Fused2d.apply(x, self.weight, self.k, self.padding, trace)
+        return out if self.bias is None else out + self.bias.view(1, -1, 1, 1).to(out.dtype)
+
+    def fused_core(self, q, key, v, candidates, weight_dropout):
+        count = None
+        if self.sampling != "all":
+            count = candidate_count(self.candidates, getattr(self, "candidate_layout",
+                                                             "count"))
+        return _FusedAttentionCore.apply(q, key, v, self.k, count, trace)
+
+    from ..layers import candidate_count
+
+    assert FUSED_2D_OPTIONS  # the option set the stand-in follows
+    ConvNN2d.forward, ConvNNAttention._core = fused_2d, fused_core
+    try:
+        yield
+    finally:
+        ConvNN2d.forward, ConvNNAttention._core = forward_2d, core
+
+
+def _estimate(trace: StepTrace, gpu: str, calibration: str = "tuned") -> float:
+    """:func:`estimate_seconds` with the fused classes added."""
+    spec = GPUS[gpu]
+    plain = StepTrace(ops={key: rec for key, rec in trace.ops.items()
+                           if rec.op_class in EFFICIENCY},
+                      parameters=trace.parameters, parameter_tensors=trace.parameter_tensors)
+    seconds = estimate_seconds(plain, gpu, calibration)["seconds"]
+    for rec in trace.ops.values():
+        if rec.op_class not in FUSED_EFFICIENCY:
+            continue
+        e_flop, e_mem = FUSED_EFFICIENCY[rec.op_class]
+        if rec.op_class == "fused_merge":
+            compute = rec.flops / (CUDA_CORE_FLOPS[gpu] * e_flop)
+        else:
+            rate = spec["bf16_flops"] * (1.0 if rec.bf16 else 0.5)
+            compute = rec.flops / (rate * e_flop) if rec.flops else 0.0
+        memory = rec.bytes / (spec["bandwidth"] * e_mem)
+        seconds += max(compute, memory) + rec.count * LAUNCH_SECONDS
+    return seconds
+
+
+def _trace(build, make_input, batch: int, amp: str, fused: bool, loss: bool) -> StepTrace:
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    trace = StepTrace()
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        torch.manual_seed(0)
+        module = build()
+        params = [p for p in module.parameters() if p.requires_grad]
+        trace.parameters = sum(p.numel() for p in params)
+        trace.parameter_tensors = len(params)
+        x = make_input(batch)
+        module.train()
+        stand_in = _fused_layers(trace) if fused else contextlib.nullcontext()
+        with stand_in, _fused_sdpa(trace, amp == "bf16"), _Tracer(trace):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp == "bf16"):
+                out = module(x)
+            if loss:
+                out = F.cross_entropy(out.float(), torch.randint(0, 10, (batch,)))
+            else:
+                out = out.float().sum()
+            out.backward()
+    return trace
+
+
+KERNEL_TARGETS = ("attention", "vit", "vgg")
+
+
+def kernel_estimates(gpu: str = "h200", targets: tuple[str, ...] = KERNEL_TARGETS,
+                     head_shapes: tuple[tuple[int, int], ...] = ((1, 192), (3, 192))
+                     ) -> list[dict]:
+    """The proxy's estimates of the tensor-core targets with the fused kernels (ESTIMATES,
+    not measurements; see :data:`FUSED_EFFICIENCY`): each row a throughput ratio against its
+    baseline on ``gpu``, bf16 autocast, next to today's PyTorch path (est.).
+
+    ``targets``: ``"attention"`` (the layer, fwd + bwd, B = 256, T = 197, k = 9, against bf16
+    SDPA, at each ``(heads, width)`` of ``head_shapes``), ``"vit"`` (the ViT-Tiny training
+    step against the SDPA ViT-Tiny), ``"vgg"`` (the VGG-11 branching λ = 0.5 CIFAR-10 epoch
+    against the channels-last Conv2d VGG-11: today's NCHW path, channels-last, fused 2-D)."""
+    check_known("targets", targets, KERNEL_TARGETS)
+    from ..attention import MultiHeadSelfAttention
+    from ..layers import ConvNNAttention
+    from ..models import ModelConfig, build_model
+
+    check_choice("gpu", gpu, GPUS)
+    rows: list[dict] = []
+
+    def add(target, case, trace, base_seconds, calibration="tuned", extra=None):
+        seconds = _estimate(trace, gpu, calibration)
+        rows.append({"target": target, "case": case, "gpu": gpu,
+                     "est_seconds": seconds, "est_ratio_vs_baseline": base_seconds / seconds,
+                     **(extra or {})})
+
+    # 1. the attention layer, fwd + bwd, B = 256, T = 197, k = 9, against bf16 SDPA
+    for heads, dim in head_shapes if "attention" in targets else ():
+        def tokens(batch, dim=dim):
+            return torch.randn(batch, 197, dim, requires_grad=True)
+
+        target = f"attention layer {heads}x{dim // heads}, B=256, T=197, k=9 vs bf16 SDPA"
+        base = _estimate(_trace(lambda h=heads, d=dim: MultiHeadSelfAttention(d, h), tokens,
+                                256, "bf16", False, False), gpu)
+        for cand, opts in (("all", {}), ("random r=32", {"sampling": "random",
+                                                          "candidates": 32})):
+            def build(h=heads, d=dim, o=opts):
+                return ConvNNAttention(d, h, k=9, **o)
+
+            for fused, what in ((False, "PyTorch path"), (True, "fused kernel")):
+                add(target, f"ConvNN {cand}, {what}",
+                    _trace(build, tokens, 256, "bf16", fused, False), base)
+
+    # 2. ViT-Tiny training step, batch 256, against the SDPA ViT-Tiny
+    def images(size):
+        return lambda batch: torch.randn(batch, 3, size, size)
+
+    vit = 0.0 if "vit" not in targets else _estimate(_trace(
+        lambda: build_model(ModelConfig(name="vit_tiny", mixer="attention")), images(224), 256,
+        "bf16", False, True), gpu)
+    for cand, opts in () if "vit" not in targets else (("all", {"k": 9}), ("random r=32", {"k": 9, "sampling": "random",
+                                                           "candidates": 32})):
+        cfg = ModelConfig(name="vit_tiny", mixer="convnn_attention", layer_options=opts)
+        for fused, what in ((False, "PyTorch path"), (True, "fused kernel")):
+            add("ViT-Tiny training step vs SDPA ViT-Tiny", f"ConvNN {cand}, {what}",
+                _trace(lambda c=cfg: build_model(c), images(224), 256, "bf16", fused, True),
+                vit)
+
+    # 3. VGG-11 branching λ=0.5, CIFAR-10 epoch (196 steps of 256), against the strong
+    #    Conv2d VGG-11 (channels-last, autotuned: the "tuned" calibration)
+    if "vgg" not in targets:
+        return rows
+    steps = math.ceil(50000 / 256)
+    conv_trace = _trace(lambda: build_model(ModelConfig(name="vgg11")), images(32), 256,
+                        "bf16", False, True)
+    conv = _estimate(conv_trace, gpu)
+    branching = ModelConfig(name="vgg11", layer="branching", ratio=0.5,
+                            layer_options={"k": 9})
+    target = "VGG-11 branching λ=0.5 epoch vs Conv2d VGG-11 (channels-last)"
+    plain = _trace(lambda: build_model(branching), images(32), 256, "bf16", False, True)
+    for case, trace, calibration in (
+            ("PyTorch path, NCHW (today)", plain, "committed"),
+            ("PyTorch path, channels-last", plain, "tuned"),
+            ("fused 2-D selection + gather-GEMM, channels-last",
+             _trace(lambda: build_model(branching), images(32), 256, "bf16", True, True),
+             "tuned")):
+        seconds = _estimate(trace, gpu, calibration)
+        add(target, case, trace, conv, calibration,
+            {"est_epoch_seconds": seconds * steps, "baseline_epoch_seconds": conv * steps})
+    return rows
+
+
+def format_kernel_estimates(rows: list[dict]) -> str:
+    lines = [f"{'target':<62} {'case':<50} {'est vs base':>11}"]
+    lines.append("-" * len(lines[0]))
+    for r in rows:
+        epoch = (f"  (est. epoch {r['est_epoch_seconds']:.1f} s)"
+                 if "est_epoch_seconds" in r else "")
+        lines.append(f"{r['target']:<62} {r['case']:<50} "
+                     f"{r['est_ratio_vs_baseline']:>10.2f}x{epoch}")
     return "\n".join(lines)

@@ -1,0 +1,288 @@
+"""The package's layering (see the ``convnn`` package docstring) and the contributor tasks.
+
+- Every module belongs to one layer; it imports only from its own layer and lower ones, and
+  the imports (module-level and function-local) have no cycle; nothing imports the package
+  root.
+- ``import convnn`` and its layers import neither matplotlib nor ipywidgets.
+- Demonstrations: a new token mixer with its preset, and a new dataset, each added in one
+  place, reach the model and the trainer (a new similarity: ``test_ops.py``; a change of the
+  checkpoint format: ``test_train.py``/``test_reliability.py``).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+PACKAGE = Path(__file__).resolve().parents[1] / "convnn"
+
+#: The layers, lowest first (package docstring). A name covers its submodules.
+LAYERS = {
+    "shared": ("convnn._checks", "convnn._io", "convnn._version", "convnn.package_data",
+               "convnn.paper_vocabulary"),
+    "core": ("convnn.kernels", "convnn.kernels_attention", "convnn.kernels_conv2d", "convnn.ops", "convnn.attention", "convnn.layers",
+             "convnn.models"),
+    "training": ("convnn.data", "convnn.imagenet", "convnn.run_folder", "convnn.train",
+                 "convnn.experiments", "convnn.runner"),
+    "tooling": ("convnn.stats", "convnn.viz", "convnn.results", "convnn.demo", "convnn.study",
+                "convnn.campaign", "convnn.bench", "convnn.__main__"),
+}
+LEVEL = {name: i for i, (_, names) in enumerate(LAYERS.items()) for name in names}
+TOOLING_ONLY = ("matplotlib", "ipywidgets", "IPython")
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _layer(module: str) -> int | None:
+    while module and module not in LEVEL:
+        module = module.rpartition(".")[0]
+    return LEVEL.get(module)
+
+
+def package_imports() -> dict[str, set[str]]:
+    """``module -> {convnn modules it imports}``, module-level and function-local alike."""
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = _module_name(path)
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                targets.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.split(".")[:len(package.split(".")) - node.level + 1]
+                    base = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    base = node.module or ""
+                if node.module is None:  # from . import ops: the names are modules
+                    targets.update(f"{base}.{alias.name}" for alias in node.names)
+                else:
+                    targets.add(base)
+        found[name] = {t for t in targets if t == "convnn" or t.startswith("convnn.")}
+    return found
+
+
+def _resolve(target: str, modules) -> str:
+    """A module of the package for an import target (``convnn.ops.X`` names a module only
+    when ``X`` is one)."""
+    while target not in modules and "." in target:
+        target = target.rpartition(".")[0]
+    return target
+
+
+def test_every_module_has_a_layer_and_imports_only_downwards():
+    imports = package_imports()
+    unplaced = sorted(m for m in imports if m != "convnn" and _layer(m) is None)
+    assert not unplaced, f"add these modules to LAYERS and the package docstring: {unplaced}"
+    upward = []
+    for module, targets in imports.items():
+        if module == "convnn":
+            continue  # the root re-exports the public API
+        for target in targets:
+            target = _resolve(target, imports)
+            if target == "convnn":
+                upward.append(f"{module} imports the package root")
+            elif _layer(target) > _layer(module):
+                upward.append(f"{module} ({_layer(module)}) -> {target} ({_layer(target)})")
+    assert not upward, upward
+
+
+def test_no_import_cycles():
+    imports = package_imports()
+    graph = {m: {_resolve(t, imports) for t in ts} - {m} for m, ts in imports.items()
+             if m != "convnn"}
+    state: dict[str, int] = {}
+    cycles = []
+
+    def visit(node, stack):
+        state[node] = 1  # on the current path
+        for target in sorted(graph.get(node, ())):
+            if state.get(target) == 1:
+                cycles.append([*stack[stack.index(target):], target])
+            elif target not in state:
+                visit(target, [*stack, target])
+        state[node] = 2  # done
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert not cycles, cycles
+
+
+def test_the_layer_check_catches_an_upward_import_and_a_cycle(tmp_path, monkeypatch):
+    """The two checks above can fail: on a copy of two modules that break both rules."""
+    fake = tmp_path / "convnn"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("")
+    (fake / "ops.py").write_text("from .viz import draw\n")
+    (fake / "viz.py").write_text("def draw():\n    from . import ops\n")
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", fake)
+    with pytest.raises(AssertionError, match="convnn.ops"):
+        test_every_module_has_a_layer_and_imports_only_downwards()
+    with pytest.raises(AssertionError, match="convnn.viz"):
+        test_no_import_cycles()
+
+
+def test_the_library_imports_without_the_books_tooling():
+    code = ("import sys\n"
+            "import convnn\n"
+            "from convnn import ConvNN2d, ConvNNAttention, ops\n"
+            "import convnn.models, convnn.layers, convnn.attention\n"
+            f"print([m for m in {TOOLING_ONLY!r} if m in sys.modules])\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert json.loads(out.strip().replace("'", '"')) == []
+
+
+def test_the_docstring_names_every_layer_module():
+    import convnn
+
+    for names in LAYERS.values():
+        for name in names:
+            assert f"``{name.removeprefix('convnn.')}``" in convnn.__doc__, name
+
+
+# ------------------------------------------------------------- a new token mixer and its preset
+class IdentityMixer(torch.nn.Module):
+    """A token mixer with one option, ``k``, that does nothing but a linear map."""
+
+    def __init__(self, dim, num_heads=1, k=3, attn_dropout=0.0, device=None, dtype=None):
+        super().__init__()
+        self.k = k
+        self.proj = torch.nn.Linear(dim, dim, device=device, dtype=dtype)
+
+    def forward(self, x):
+        return self.proj(x)
+
+
+def test_a_new_mixer_registered_in_one_place_gets_a_preset_with_its_options():
+    from convnn.attention import register_mixer, unregister_mixer
+    from convnn.experiments import make_preset
+    from convnn.models import ViT, build_model
+
+    register_mixer("ident", IdentityMixer, {"k", "attn_dropout"}, token_limits={"k": 3})
+    try:
+        preset = make_preset("vit", "cifar10", {"mixer": "ident", "k": 5})
+        assert preset.model.mixer == "ident" and preset.model.layer_options == {"k": 5}
+        assert "ident" in preset.name and "k5" in preset.name
+        model = build_model(dict(preset.model_config().to_dict(), name="vit_tiny",
+                                 image_size=32, patch_size=8, depth=1, dim=12, mlp_dim=12))
+        assert isinstance(model, ViT)
+        mixers = [m for m in model.modules() if isinstance(m, IdentityMixer)]
+        assert mixers and all(m.k == 5 for m in mixers)
+        assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+        # options the mixer does not take are dropped from the settings, as for the others
+        plain = make_preset("vit", "cifar10", {"mixer": "ident", "k": 5, "candidates": 4})
+        assert plain.model.layer_options == {"k": 5}
+    finally:
+        unregister_mixer("ident")
+
+
+# ------------------------------------------------------------------------------ a new dataset
+def test_a_new_dataset_added_in_one_place_trains_through_run_preset(tmp_path, monkeypatch):
+    from convnn import data, experiments, runner
+    from convnn.data import DATASETS, DatasetInfo, synthetic_dataset
+
+    def load(*, data_dir=None, download=True, train_per_class=None, test_per_class=None,
+             **_):
+        ds = synthetic_dataset(n_train=6 * (train_per_class or 20),
+                               n_test=6 * (test_per_class or 10), num_classes=6,
+                               image_size=32, seed=3)
+        ds.name = "stripes6"
+        return ds
+
+    info = DatasetInfo(name="stripes6", title="Stripes-6", short="s6", num_classes=6,
+                       mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), smoke_train_per_class=8,
+                       smoke_test_per_class=4, smoke_lr=None, loader=load)
+    monkeypatch.setitem(DATASETS, "stripes6", info)  # = data.register_dataset(info)
+    preset = experiments.make_preset("vgg", "stripes6", {"layer": "conv2d"})
+    assert preset.name.startswith("vgg11-s6-") and "Stripes-6" in preset.description
+    assert preset.model.num_classes == 6
+    monkeypatch.setitem(experiments.PRESETS, preset.name, preset)  # = register_preset
+    summary = runner.run_preset(preset.name, smoke=True, epochs=1, out_dir=tmp_path / "run",
+                                progress=False, log=lambda *_: None, device="cpu")
+    assert summary["epochs_completed"] == 1
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["extra"]["dataset"]["name"] == "stripes6"
+    assert config["extra"]["dataset"]["train_images"] == 6 * 8
+    assert data.dataset_info("stripes6") is info
+
+
+# ------------------------------------------------------------- saved configs still build
+def test_every_committed_run_config_builds_the_model_it_trained():
+    """The flat ``layer_options`` of every committed ``config.json`` build the layers they
+    describe, with the parameter count the run recorded."""
+    from convnn.layers import ConvNN2d, ConvNNAttention
+    from convnn.models import build_model, count_parameters
+
+    configs = sorted((PACKAGE.parent / "data" / "results").rglob("config.json"))
+    assert len(configs) >= 20
+    checked = 0
+    for path in configs:
+        config = json.loads(path.read_text(encoding="utf-8"))
+        model_dict = (config.get("extra") or {}).get("model")
+        if not isinstance(model_dict, dict):
+            continue
+        model = build_model(model_dict, device="meta")
+        summary = path.with_name("summary.json")
+        if summary.is_file():
+            recorded = json.loads(summary.read_text(encoding="utf-8")).get("parameters")
+            assert count_parameters(model) == recorded, path
+        options = model_dict.get("layer_options") or {}
+        layers = [m for m in model.modules() if isinstance(m, (ConvNN2d, ConvNNAttention))]
+        for layer in layers:
+            for name, value in options.items():
+                if name in ("seed", "sampling", "candidates", "aggregate_coords"):
+                    continue  # planned per layer (see convnn.models.plan)
+                assert getattr(layer, name) == value, (path, name)
+        checked += 1
+    assert checked >= 20
+
+
+# ------------------------------------------------------------------ narrow constructors
+def test_the_papers_layers_take_at_most_three_arguments():
+    import inspect
+
+    from convnn import (
+        PAPER_ATTENTION,
+        PAPER_CONVNN2D,
+        ConvNN2d,
+        ConvNN2dOptions,
+        ConvNNAttention,
+        ConvNNAttentionOptions,
+    )
+
+    conv = ConvNN2d(16, 32, options=PAPER_CONVNN2D)
+    assert (conv.k, conv.coord_grid, conv.random_region, conv.spatial_rounding) == (
+        9, "padded", "padded", "truncate")
+    attn = ConvNNAttention(48, 3, options=PAPER_ATTENTION)
+    assert (attn.k, attn.self_score, attn.attn_dropout_on) == (9, "constant", "output")
+    for cls in (ConvNN2d, ConvNNAttention):  # from 24 and 22 arguments
+        assert len(inspect.signature(cls.__init__).parameters) <= 16, cls
+    # the flat form (a model config's layer_options) builds the same layer
+    flat = ConvNN2d.from_config(16, 32, sampling="random", candidates=3,
+                                **PAPER_CONVNN2D.changes(), seed=4)
+    same = ConvNN2d(16, 32, sampling="random", candidates=3,
+                    options=ConvNN2dOptions(**PAPER_CONVNN2D.changes(), seed=4))
+    assert repr(flat) == repr(same) and flat.seed == same.seed == 4
+    assert ConvNNAttention.from_config(48, 3, **PAPER_ATTENTION.changes()).self_score == \
+        "constant"
+    with pytest.raises(TypeError, match="options must be a ConvNN2dOptions"):
+        ConvNN2d(16, 32, options={"seed": 1})
+    with pytest.raises(TypeError, match="options must be a ConvNNAttentionOptions"):
+        ConvNNAttention(48, 3, options=PAPER_CONVNN2D)
+    with pytest.raises(ValueError, match="flat config"):
+        ConvNN2d.from_config(16, 32, options=PAPER_CONVNN2D)
+    with pytest.raises(TypeError, match="seed"):
+        ConvNN2d(16, 32, seed=1)  # a rarely changed option is not a keyword
+    assert ConvNNAttentionOptions().changes() == {}

@@ -1,0 +1,130 @@
+"""The precision contract of selection (``convnn.ops`` docstring): bf16×3 scores with float32
+accumulation keep the float32 neighbour lists except on near-ties within the stated bound.
+
+Measured here with the contract's arithmetic emulated in PyTorch (:func:`ops.contract_scores`)
+for both layers, on random and post-ReLU inputs; the Triton kernel itself is held to the same
+contract under the interpreter in ``_fused_checks.py``. Run with ``-s`` to see the fractions.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from convnn import ConvNN2d, ConvNNAttention, ops
+
+
+def _stable_lists(scores: torch.Tensor, k: int) -> torch.Tensor:
+    return torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., :k]
+
+
+def _bf16_only(q, key, scale):
+    """One bf16 product (``hi·hi``): the plain bf16 tensor-core alternative."""
+    return torch.matmul(q.bfloat16().float(), key.bfloat16().float().transpose(-1, -2)) * scale
+
+
+def _tf32(x):
+    """Round float32 to TF32 (10 explicit mantissa bits, nearest, ties away)."""
+    bits = x.float().contiguous().view(torch.int32)
+    return ((bits + 0x1000) & ~0x1FFF).view(torch.float32)
+
+
+def _tf32_only(q, key, scale):
+    return torch.matmul(_tf32(q), _tf32(key).transpose(-1, -2)) * scale
+
+
+def _compare(query, keys, k, scale, scores_fn, self_mask=None, bound_check=True):
+    """Fraction of neighbour lists (in rank order) that differ from the float32 lists; with
+    ``bound_check``, every differing rank must be a near-tie within the contract's bound."""
+    with torch.no_grad():
+        ref_scores = torch.matmul(query, keys.transpose(-1, -2)) * scale
+        got_scores = scores_fn(query, keys, scale)
+        if self_mask is not None:
+            ref_scores = ref_scores.masked_fill(self_mask, float("-inf"))
+            got_scores = got_scores.masked_fill(self_mask, float("-inf"))
+        ref = _stable_lists(ref_scores, k)
+        got = _stable_lists(got_scores, k)
+        differs = (ref != got).any(-1)
+        if bound_check and bool(differs.any()):
+            tau = ops.selection_score_bound(query, keys, scale)
+            if self_mask is not None:
+                tau = tau.masked_fill(self_mask, 0.0)
+            row_tau = tau.amax(-1, keepdim=True)  # (B, n, 1)
+            gap = (ref_scores.gather(-1, got) - ref_scores.gather(-1, ref)).abs()
+            assert bool((gap <= 2 * row_tau).all()), float((gap / row_tau).max())
+    return float(differs.float().mean())
+
+
+def _attention_features(heads, post_relu, seed=0, batch=4, tokens=197, dim=192):
+    torch.manual_seed(seed)
+    layer = ConvNNAttention(dim, heads, k=9)
+    x = torch.randn(batch, tokens, dim)
+    if post_relu:
+        x = F.relu(x)
+    with torch.no_grad():
+        q, key = layer._selection_features(x)
+    return q, key, 1.0 / math.sqrt(layer.head_dim)
+
+
+def _conv2d_features(post_relu, seed=0, batch=2, channels=64, side=32):
+    torch.manual_seed(seed)
+    layer = ConvNN2d(channels, channels, k=9)
+    x = torch.randn(batch, channels, side, side)
+    if post_relu:
+        x = F.relu(x)
+    with torch.no_grad():
+        _, sel, _, qpos, _ = layer._select(x)
+        query, keys, _ = ops.get_similarity(layer.similarity).prepare(sel[:, qpos], sel)
+    mask = qpos[:, None] == torch.arange(keys.shape[1])[None, :] if layer.self_first else None
+    k = layer.k - 1 if layer.self_first else layer.k
+    return query, keys, k, mask
+
+
+@pytest.mark.parametrize("post_relu", [False, True], ids=["random", "post_relu"])
+@pytest.mark.parametrize("heads", [1, 3])
+def test_attention_lists_equal_float32_except_near_ties(heads, post_relu):
+    q, key, scale = _attention_features(heads, post_relu)
+    contract = _compare(q, key, 9, scale, ops.contract_scores)
+    bf16 = _compare(q, key, 9, scale, _bf16_only, bound_check=False)
+    tf32 = _compare(q, key, 9, scale, _tf32_only, bound_check=False)
+    print(f"\nConvNNAttention {heads}x{192 // heads} T=197 k=9 "
+          f"{'post-ReLU' if post_relu else 'random'}: lists differing from float32: "
+          f"bf16x3 {contract:.2e}, bf16 {bf16:.2e}, tf32 {tf32:.2e}")
+    assert contract <= 1e-3
+    assert contract < bf16 or bf16 == 0.0  # the split is what keeps the lists
+
+
+@pytest.mark.parametrize("post_relu", [False, True], ids=["random", "post_relu"])
+def test_conv2d_lists_equal_float32_except_near_ties(post_relu):
+    query, keys, k, mask = _conv2d_features(post_relu)
+    contract = _compare(query, keys, k, 1.0, ops.contract_scores, self_mask=mask)
+    bf16 = _compare(query, keys, k, 1.0, _bf16_only, self_mask=mask, bound_check=False)
+    tf32 = _compare(query, keys, k, 1.0, _tf32_only, self_mask=mask, bound_check=False)
+    print(f"\nConvNN2d 64ch 32x32 pad 1 cosine k=9 {'post-ReLU' if post_relu else 'random'}: "
+          f"lists differing from float32: bf16x3 {contract:.2e}, bf16 {bf16:.2e}, "
+          f"tf32 {tf32:.2e}")
+    assert contract <= 1e-3
+    assert contract < bf16 or bf16 == 0.0
+
+
+def test_bound_covers_the_contract_score_error():
+    """The stated bound holds pair by pair against a float64 computation, with room: the
+    observed error stays below τ, on large, small and mixed-magnitude operands."""
+    gen = torch.Generator().manual_seed(3)
+    for scale_in in (1.0, 1e-3, 1e3):
+        q = torch.randn(2, 40, 192, generator=gen) * scale_in
+        key = torch.randn(2, 50, 192, generator=gen) * torch.rand(2, 50, 1, generator=gen)
+        exact = torch.matmul(q.double(), key.double().transpose(-1, -2)) * 0.07
+        for scores in (ops.contract_scores(q, key, 0.07),
+                       torch.matmul(q, key.transpose(-1, -2)) * 0.07):
+            err = (scores.double() - exact).abs()
+            assert bool((err <= ops.selection_score_bound(q, key, 0.07).double()).all())
+    # bf16 operands: lo is zero, and the one product is exact up to float32 accumulation
+    hi, lo = ops.split_bf16(torch.randn(5, 7).bfloat16())
+    assert not bool(lo.float().any())
+    x = torch.randn(3, 9, 192, generator=gen)
+    hi, lo = ops.split_bf16(x)
+    assert bool(((x - hi.float() - lo.float()).abs() <= 2.0 ** -16 * x.abs()).all())
