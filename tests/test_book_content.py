@@ -219,7 +219,7 @@ def test_my_pages_state_their_claims_with_intervals() -> None:
 
 # Chapters whose exercises mix derivations and implementation tasks (issue: light exercises).
 CHAPTERS_WITH_EXERCISES = ("knn_aggregation", "convolution_as_knn", "attention_as_knn",
-                           "spectrum", "training_loop")
+                           "spectrum", "training_loop", "vgg_cifar", "vit_cifar")
 
 
 def _notebook(name: str) -> list[dict]:
