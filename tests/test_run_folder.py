@@ -32,7 +32,7 @@ from convnn._io import CheckpointError, FolderLockedError, folder_lock, save_che
 from convnn.data import dataset_fingerprint, load_dataset, synthetic_dataset
 from convnn.results import find_runs, load_run
 from convnn.run_folder import RunFolder, RunFolderError
-from convnn.train import TrainConfig, evaluate_run, load_run_checkpoint, fit
+from convnn.train import TrainConfig, evaluate_run, fit, load_run_checkpoint
 
 PACKAGE = Path(convnn.__file__).resolve().parent
 REPO = PACKAGE.parent
