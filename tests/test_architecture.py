@@ -192,6 +192,7 @@ def test_a_new_mixer_registered_in_one_place_gets_a_preset_with_its_options():
 def test_a_new_dataset_added_in_one_place_trains_through_run_preset(tmp_path, monkeypatch):
     from convnn import data, experiments, runner
     from convnn.data import DATASETS, DatasetInfo, synthetic_dataset
+    from convnn.run_folder import RunFolder
 
     def load(*, data_dir=None, download=True, train_per_class=None, test_per_class=None,
              **_):
@@ -212,9 +213,9 @@ def test_a_new_dataset_added_in_one_place_trains_through_run_preset(tmp_path, mo
     summary = runner.run_preset(preset.name, smoke=True, epochs=1, out_dir=tmp_path / "run",
                                 progress=False, log=lambda *_: None, device="cpu")
     assert summary["epochs_completed"] == 1
-    config = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert config["extra"]["dataset"]["name"] == "stripes6"
-    assert config["extra"]["dataset"]["train_images"] == 6 * 8
+    recorded = RunFolder.read(tmp_path / "run", checkpoint="verify").dataset
+    assert recorded["name"] == "stripes6" and recorded["classes"] == 6
+    assert recorded["train_images"] == 6 * 8
     assert data.dataset_info("stripes6") is info
 
 
