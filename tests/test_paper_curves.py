@@ -109,8 +109,12 @@ def test_committed_runs_are_comparable_at_their_epoch():
         assert conv2d["ours_best_at"] == 70.41
         assert conv2d["gap_last5"] == pytest.approx(64.474 - curve.last5_at(5))
     assert conv2d["ours_dataset"] == "CIFAR-10 (JPEG copy)"
+    # counted as distinct runs: one of ours per preset, each author run once
+    assert count["runs"] == count["presets"] == len(R.comparable_choice())
+    assert count["author_runs"] >= count["runs"]
     text = R.comparable_markdown()
-    assert text.startswith(f"**{count['rows']} of the paper's 454 CIFAR rows**")
+    assert text.startswith(f"**{count['runs']} run(s) of ours** ({count['presets']} preset(s))")
+    assert f"**{count['author_runs']} distinct runs of the authors**" in text
 
 
 def _copy_run(tmp_path: Path, name: str) -> Path:
@@ -154,7 +158,8 @@ def test_resampled_key_is_what_is_compared(tmp_path):
 
 
 def test_overlay_and_gap_plots_draw_every_comparable_run():
-    runs = R.comparable_runs()
+    runs = R.comparable_choice()  # one per preset: the most epochs
+    assert {r.preset for r in runs} == {r.preset for r in R.comparable_runs()}
     fig = R.plot_paper_overlay(runs)
     panels = [ax for ax in fig.axes if ax.get_visible()]
     assert len(panels) == len(runs)
@@ -162,8 +167,13 @@ def test_overlay_and_gap_plots_draw_every_comparable_run():
         assert run.preset in ax.get_title()
         ours = [ln for ln in ax.get_lines() if ln.get_label().startswith("ours test")]
         assert list(ours[0].get_ydata()) == run.series(R.comparable_metric(run))
-        paper = [ln for ln in ax.get_lines() if ln.get_label().startswith("paper test")]
-        assert len(paper) == len(R.paper_curves(run.preset))
+        # every authors' run is drawn (grey, solid); the legend names them once
+        curves = R.paper_curves(run.preset)
+        paper = [ln for ln in ax.get_lines()
+                 if ln.get_color() == "#7f7f7f" and ln.get_linestyle() == "-"]
+        assert len(paper) == len(curves)
+        named = [ln.get_label() for ln in ax.get_lines() if ln.get_label().startswith("paper test")]
+        assert named == ["paper test" + (f" ({len(curves)} runs)" if len(curves) > 1 else "")]
     gap = R.plot_gap(runs)
     lines = [ln for ln in gap.axes[0].get_lines() if ln.get_label().split(" ")[0] in
              {r.preset for r in runs}]
