@@ -39,7 +39,7 @@ def test_a_rerun_training_cell_continues_then_loads(tmp_path, monkeypatch) -> No
     def no_training(*args, **kwargs):
         raise AssertionError("a finished run must be loaded, not trained again")
 
-    monkeypatch.setattr(convnn.runner, "train", no_training)
+    monkeypatch.setattr(convnn.runner, "fit", no_training)
     monkeypatch.setattr(convnn.runner, "load_preset_data", no_training)
     logs.clear()
     again = run_preset(PRESET, epochs=2, **cell)
