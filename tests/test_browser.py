@@ -210,6 +210,24 @@ window.addEventListener("load", () => {
         report.figures.push({src: img.getAttribute("src"), right: r.right});
       }
     });
+    // the innermost elements that reach past the window: what makes a page scroll sideways
+    report.wide = [];
+    document.querySelectorAll("body *").forEach((el) => {
+      if (box(el).right <= report.clientWidth + 1) return;
+      if ([...el.children].some((c) => box(c).right > report.clientWidth + 1)) return;
+      for (let a = el.parentElement; a; a = a.parentElement) {  // clipped or scrolled inside
+        if (["auto", "scroll", "hidden"].includes(getComputedStyle(a).overflowX)) return;
+      }
+      if (report.wide.length < 5) {
+        report.wide.push({tag: el.tagName.toLowerCase(), cls: String(el.className).slice(0, 60),
+                          right: Math.round(box(el).right),
+                          text: (el.textContent || "").trim().slice(0, 60),
+                          within: (() => { const up = []; let a = el.parentElement;
+                            while (a && up.length < 8) { up.push(a.tagName.toLowerCase() + "." +
+                              String(a.className).split(" ")[0] + ":" + Math.round(box(a).width));
+                              a = a.parentElement; } return up.join(" < "); })()});
+      }
+    });
     const pre = document.createElement("pre");
     pre.id = "layout-report";
     pre.textContent = JSON.stringify(report);
@@ -273,7 +291,7 @@ def test_page_reads_at_400px(page: Page, built_book: BookBuild, tmp_path: Path) 
     assert report["clientWidth"] <= NARROW, report["clientWidth"]
     assert report["scrollWidth"] <= report["clientWidth"], (
         f"the page scrolls sideways: scrollWidth {report['scrollWidth']} > "
-        f"clientWidth {report['clientWidth']}")
+        f"clientWidth {report['clientWidth']}; widest: {report['wide']}")
     assert not report["equations"], f"display equations cut at {NARROW} px: {report['equations']}"
     assert not report["overlaps"], f"equation labels over their formula: {report['overlaps']}"
     assert not report["figures"], f"figures wider than the window: {report['figures']}"

@@ -84,7 +84,8 @@ def _sections(output: str) -> dict[str, str]:
 def check_output(request) -> dict[str, str]:
     """Run the checks of every selected test of this module in one interpreter subprocess."""
     selected = [item.originalname for item in request.session.items
-                if item.module is request.module and item.originalname in CHECKS]
+                if getattr(item, "module", None) is request.module
+                and getattr(item, "originalname", None) in CHECKS]
     calls = [CHECKS[name][0] for name in dict.fromkeys(selected)]
     env = {**os.environ, "TRITON_INTERPRET": "1", "CONVNN_BACKEND": "torch"}
     code = (f"import sys; sys.path.insert(0, {str(TESTS)!r}); import _fused_checks as c; "
