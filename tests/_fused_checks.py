@@ -108,17 +108,18 @@ class _CountFused:
     def __init__(self, name="fused_topk"):
         self.calls = 0
         self.name = name
-        self.original = getattr(kernels, name)
+        self.module = kernels_attention if name == "fused_attention" else kernels
+        self.original = getattr(self.module, name)
 
     def __enter__(self):
         def counted(*args, **kwargs):
             self.calls += 1
             return self.original(*args, **kwargs)
-        setattr(kernels, self.name, counted)
+        setattr(self.module, self.name, counted)
         return self
 
     def __exit__(self, *exc):
-        setattr(kernels, self.name, self.original)
+        setattr(self.module, self.name, self.original)
 
 
 def _exact_features(rows, tokens, dim, similarity, gen):
