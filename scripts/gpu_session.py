@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -51,6 +52,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's convnn, whatever else is installed
 COMPARISON = ("vgg11-c10-conv2d", "vgg11-c10-branching-r0.5")
+
+
+def bench_packed(out: Path, name: str, flags: str, log) -> int:
+    """``python -m convnn bench`` with ``flags`` (``{dir}``: its output folder ``out/name``),
+    then the folder packed into ``out/name.tar.gz`` and removed (one file comes back)."""
+    folder = out / name
+    rc = sh(f"{sys.executable} -m convnn bench " + flags.format(dir=folder), log)
+    if folder.is_dir():
+        with tarfile.open(out / f"{name}.tar.gz", "w:gz") as tar:
+            tar.add(folder, arcname=name)
+        shutil.rmtree(folder)
+    return rc
 
 
 def sh(command: str, log) -> int:
@@ -163,23 +176,14 @@ def main() -> int:
             log("CUDA tests failed: the rest of the session runs with CONVNN_BACKEND=torch")
     bench_path = args.out / "bench.json"
     if args.suite_seconds:
-        suite_dir = args.out / "bench-suite"
-        sh(f"{sys.executable} -m convnn bench --suite {suite_dir} --budget {args.suite_seconds:g}"
-           + (" --quick" if args.quick else ""), log)
-        with tarfile.open(args.out / "bench-suite.tar.gz", "w:gz") as tar:
-            tar.add(suite_dir, arcname="bench-suite")
-        for path in sorted(suite_dir.iterdir()):
-            path.unlink()
-        suite_dir.rmdir()
+        bench_packed(args.out, "bench-suite", f"--suite {{dir}} --budget {args.suite_seconds:g}"
+                     + (" --quick" if args.quick else ""), log)
     elif not args.skip_bench:
         sh(f"{sys.executable} -m convnn bench --train --json {bench_path}"
            + (" --quick" if args.quick else ""), log)
     if args.tensorcore:
-        tc_dir = args.out / "tensorcore"
-        sh(f"{sys.executable} -m convnn bench --tensorcore {tc_dir} --budget {args.tensorcore:g}"
-           + (" --quick --device cpu" if args.quick else ""), log)
-        with tarfile.open(args.out / "tensorcore.tar.gz", "w:gz") as tar:
-            tar.add(tc_dir, arcname="tensorcore")
+        bench_packed(args.out, "tensorcore", f"--tensorcore {{dir}} --budget {args.tensorcore:g}"
+                     + (" --quick --device cpu" if args.quick else ""), log)
         if args.campaign is None:
             log(f"gpu_session done in {time.time() - start:.0f} s")
             return 0
