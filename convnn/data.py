@@ -98,6 +98,8 @@ class DatasetInfo:
         downloadable: the loader can download the dataset (then a smoke run falls back to
             the stand-in only when the download failed, not when it was not allowed).
         data_hint: how a user provides the data, for messages (``"set CONVNN_DATA_DIR ..."``).
+        test_images: the size of the full test split (CIFAR: 10,000), which sets the sampling
+            error of one run's test accuracy (:func:`convnn.stats.sampling_interval`).
     """
 
     name: str
@@ -116,6 +118,7 @@ class DatasetInfo:
     downloadable: bool = True
     data_hint: str = ("set CONVNN_DATA_DIR (or pass --data-dir / data_dir=) to a folder holding "
                       "the dataset, or run where the download works")
+    test_images: int | None = None
 
 
 DATASETS: dict[str, DatasetInfo] = {}
@@ -1027,12 +1030,12 @@ register_dataset(DatasetInfo(
     "cifar10", "CIFAR-10", "c10", 10, _cifar_loader("cifar10"),
     mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616),
     smoke_train_per_class=50, smoke_test_per_class=20,
-    stand_in=_synthetic_stand_in(10)))
+    stand_in=_synthetic_stand_in(10), test_images=10_000))
 register_dataset(DatasetInfo(
     "cifar100", "CIFAR-100", "c100", 100, _cifar_loader("cifar100"),
     mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762),
     smoke_train_per_class=5, smoke_test_per_class=2,
-    stand_in=_synthetic_stand_in(100)))
+    stand_in=_synthetic_stand_in(100), test_images=10_000))
 
 
 #: Images per split hashed by :func:`dataset_fingerprint` (evenly spaced, always the same).

@@ -783,4 +783,5 @@ def _stand_in(image_size=None) -> ImageNetDataset:
 register_dataset(DatasetInfo(
     "imagenet", "ImageNet-1K", "in1k", 1000, _load, smoke_train_per_class=2,
     smoke_test_per_class=1, smoke_scale_lr=True, stand_in=_stand_in, streamed=True,
-    downloadable=False, data_hint="set CONVNN_IMAGENET_DIR or pass --data-dir / data_dir="))
+    downloadable=False, data_hint="set CONVNN_IMAGENET_DIR or pass --data-dir / data_dir=",
+    test_images=50_000))

@@ -97,6 +97,7 @@ __all__ = [
     "run_precision",
     "run_time_estimates",
     "run_time_table",
+    "sampling_error_bars",
     "steady_epoch_seconds",
 ]
 
@@ -284,11 +285,17 @@ class Run:
 
     @property
     def protocol_epochs(self) -> int | None:
-        """The epochs of the paper's protocol for this run's preset (e.g. 150)."""
+        """The epochs of the protocol of this run's preset: the paper's (e.g. 150), or for a
+        preset with a protocol of its own (the laptop study's) that protocol's."""
         try:
-            return int(get_preset(self.preset).settings["epochs"]) if self.preset else None
+            preset = get_preset(self.preset) if self.preset else None
         except ValueError:
             return None
+        if preset is None:
+            return None
+        if preset.settings.get("protocol") is not None:
+            return int(preset.train.epochs)
+        return int(preset.settings["epochs"])
 
     @property
     def finished(self) -> bool:
@@ -990,6 +997,29 @@ def _ours_final(run: Run) -> tuple[float, float]:
     return max(values), sum(values[-5:]) / len(values[-5:])
 
 
+def sampling_error_bars(values: Sequence[float], dataset: str) -> list[list[float]]:
+    """Error bars ``[below, above]`` (for ``yerr=``/``xerr=``) of single-run accuracies on
+    ``dataset``'s full test split: the 95 % Wilson interval of
+    :func:`convnn.stats.sampling_interval`. It is the least uncertainty of one run; the seed
+    spread comes on top and needs repeated runs. ``nan`` values get no bar."""
+    from .stats import sampling_interval
+
+    images = DATASETS[dataset].test_images if dataset in DATASETS else None
+    if images is None:
+        raise ValueError(f"dataset {dataset!r} has no test_images in convnn.data.DATASETS, "
+                         "so its sampling error is unknown")
+    below, above = [], []
+    for v in values:
+        if v is None or math.isnan(v):
+            below.append(0.0)
+            above.append(0.0)
+            continue
+        i = sampling_interval(float(v), images)
+        below.append(v - i.low)
+        above.append(i.high - v)
+    return [below, above]
+
+
 def _title(table: str, shown: Sequence[Run]) -> str:
     """``"Table 6.1, paper (authors' logs)"``, plus what the black markers are, if any."""
     title = f"Table {table}, {PAPER_LABEL}"
@@ -1031,7 +1061,9 @@ def plot_paper_sweep(table: str, x: str | None = None, group: Sequence[str] | No
     without a value of ``x`` (e.g. the attention baseline of table 6.7) are drawn as
     horizontal dotted lines. Everything is the paper's number, labelled
     :data:`PAPER_LABEL`; committed runs of ours that reproduce a row are added as black
-    stars (best) and crosses (last-5 mean).
+    stars (best) and crosses (last-5 mean). The bars on the best points are the 95 % sampling
+    interval of one run's accuracy on the dataset's test images
+    (:func:`sampling_error_bars`); the paper ran each row once, so no seed spread is known.
 
     Args:
         table: a key of :data:`SWEEPS` unless ``x`` is given.
@@ -1076,8 +1108,10 @@ def plot_paper_sweep(table: str, x: str | None = None, group: Sequence[str] | No
             members.sort(key=lambda r: _x_value(r, x))
             xs = [_x_value(r, x) for r in members]
             name = _group_name(group, key, members[0])
-            (h,) = ax.plot(xs, [r["best"] for r in members], "-o", ms=3.5, color=color,
-                           label=f"{name}: best")
+            best = [r["best"] for r in members]
+            h = ax.errorbar(xs, best, yerr=sampling_error_bars(best, dataset), fmt="-o",
+                            ms=3.5, color=color, capsize=2, elinewidth=0.8,
+                            label=f"{name}: best")
             handles.setdefault(h.get_label(), h)
             if show_avg5:
                 (h,) = ax.plot(xs, [r["avg5"] for r in members], "--", lw=1, color=color,
@@ -1093,8 +1127,10 @@ def plot_paper_sweep(table: str, x: str | None = None, group: Sequence[str] | No
             if xv is None:
                 continue
             shown.append(run)
-            h = ax.plot([xv], [_ours_final(run)[0]], "*", ms=12, color="black",
-                        label="ours: best")[0]
+            mine = _ours_final(run)[0]
+            h = ax.errorbar([xv], [mine], yerr=sampling_error_bars([mine], dataset), fmt="*",
+                            ms=12, color="black", capsize=2, elinewidth=0.8,
+                            label="ours: best")
             handles.setdefault("ours: best", h)
             h = ax.plot([xv], [_ours_final(run)[1]], "x", ms=8, color="black",
                         label="ours: last-5 mean")[0]
@@ -1143,6 +1179,8 @@ def plot_paper_bars(table: str, *, runs: Sequence[Run] = ()) -> ResultsFigure:
     """A table without a sweep (6.2, 6.6, 6.9, 6.10) as a dot plot, one panel per dataset and
     one line per row: the dot is the paper's best test top-1, the tick the paper's last-5 mean;
     our committed runs of the same presets are black stars (best) and crosses (last-5 mean).
+    The bars are the 95 % sampling interval of one run's best on the test images
+    (:func:`sampling_error_bars`).
     """
     _check_table(table)
     records = [r for r in paper_records() if r["table"] == table and "best" in r]
@@ -1161,17 +1199,21 @@ def plot_paper_bars(table: str, *, runs: Sequence[Run] = ()) -> ResultsFigure:
         best = [rows[lb]["best"] if lb in rows else 0.0 for lb in labels]
         for y in ys:
             ax.axhline(y, color="#dddddd", lw=0.8, zorder=0)
-        ax.plot([b if b > 0 else math.nan for b in best], list(ys), "o", ms=7,
-                color="#3182bd", label="paper: best")
+        shown_best = [b if b > 0 else math.nan for b in best]
+        ax.errorbar(shown_best, list(ys), xerr=sampling_error_bars(shown_best, dataset),
+                    fmt="o", ms=7, color="#3182bd", capsize=2, elinewidth=0.8,
+                    label="paper: best")
         ax.plot([rows[lb]["avg5"] if lb in rows else math.nan for lb in labels], list(ys),
                 "|", ms=14, mew=2, color="#08519c", label="paper: last-5 mean")
         for value, y in zip(best, ys):
             if value > 0:
-                ax.text(value + 1.2, y, f"{value:.2f}", va="center", fontsize=8)
+                ax.text(value + 1.6, y, f"{value:.2f}", va="center", fontsize=8)
         for record, run in _our_points(table, dataset, runs, None):
             shown.append(run)
             y = labels.index(row_label(record))
-            ax.plot([_ours_final(run)[0]], [y], "*", ms=12, color="black", label="ours: best")
+            mine = _ours_final(run)[0]
+            ax.errorbar([mine], [y], xerr=sampling_error_bars([mine], dataset), fmt="*", ms=12,
+                        color="black", capsize=2, elinewidth=0.8, label="ours: best")
             ax.plot([_ours_final(run)[1]], [y], "x", ms=8, color="black",
                     label="ours: last-5 mean")
         low = min(b for b in best if b > 0)

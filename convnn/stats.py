@@ -29,7 +29,8 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-__all__ = ["Difference", "Interval", "mean_interval", "pooled", "t_quantile", "welch"]
+__all__ = ["Difference", "Interval", "mean_interval", "pooled", "sampling_interval",
+           "t_quantile", "welch"]
 
 
 def _betacf(a: float, b: float, x: float) -> float:
@@ -116,7 +117,8 @@ def _var(v: list[float]) -> float:
 @dataclass(frozen=True)
 class Interval:
     """A mean over ``n`` values with its two-sided interval (``low``, ``high``) at
-    ``confidence``; ``std`` is the sample standard deviation and ``df = n − 1``."""
+    ``confidence``; ``std`` is the sample standard deviation and ``df = n − 1``; ``method``
+    names the interval (``"t"``, or ``"Wilson"`` for :func:`sampling_interval`)."""
 
     mean: float
     low: float
@@ -125,6 +127,7 @@ class Interval:
     std: float
     df: float
     confidence: float = 0.95
+    method: str = "t"
 
     @property
     def half_width(self) -> float:
@@ -134,7 +137,7 @@ class Interval:
         if self.n < 2:
             return f"{self.mean:.1f} (n = 1, no interval)"
         return (f"{self.mean:.1f} [{self.low:.1f}, {self.high:.1f}] "
-                f"(n = {self.n}, {self.confidence:.0%} t interval)")
+                f"(n = {self.n}, {self.confidence:.0%} {self.method} interval)")
 
 
 @dataclass(frozen=True)
@@ -191,6 +194,47 @@ def welch(a: Iterable[float], b: Iterable[float], confidence: float = 0.95) -> D
     df = (sa + sb) ** 2 / (sa**2 / (len(va) - 1) + sb**2 / (len(vb) - 1))
     half = t_quantile(0.5 + confidence / 2, df) * se
     return Difference(diff, diff - half, diff + half, df, len(va), len(vb), confidence)
+
+
+def sampling_interval(accuracy: float, images: int, confidence: float = 0.95) -> Interval:
+    """The test set's sampling error of **one** run's accuracy (in %), measured on ``images``
+    test images: the Wilson score interval of a binomial proportion.
+
+    It is the least uncertainty a single run's number carries: another draw of the same number of
+    test images from the same distribution would move the accuracy by about this much. It does
+    not cover seed-to-seed spread, which needs repeated runs (:func:`mean_interval`). ``n`` of
+    the result is ``images`` and ``std`` the binomial standard error (in points).
+
+    Example:
+        >>> i = sampling_interval(80.0, 10_000)
+        >>> round(i.low, 2), round(i.high, 2)
+        (79.2, 80.77)
+    """
+    if isinstance(images, bool) or not isinstance(images, int) or images < 1:
+        raise ValueError(f"images must be a positive int (the number of test images), "
+                         f"got {images!r}")
+    if not 0.0 <= accuracy <= 100.0:
+        raise ValueError(f"accuracy must be a percentage in [0, 100], got {accuracy!r}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence!r}")
+    p, n = accuracy / 100.0, images
+    z = _normal_quantile(0.5 + confidence / 2)
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return Interval(accuracy, 100.0 * (centre - half), 100.0 * (centre + half), n,
+                    100.0 * math.sqrt(p * (1 - p) / n), math.inf, confidence, "Wilson")
+
+
+def _normal_quantile(p: float) -> float:
+    """The standard normal quantile, by bisection on ``erf`` (ample for intervals)."""
+    lo, hi = -10.0, 10.0
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        if 0.5 * (1 + math.erf(mid / math.sqrt(2))) < p:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
 
 
 def pooled(values: Iterable[float], confidence: float = 0.95) -> Interval:

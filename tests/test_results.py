@@ -12,6 +12,7 @@ import pytest
 from torch import nn
 
 from convnn import results as R
+from convnn import stats
 from convnn.data import synthetic_dataset
 from convnn.experiments import get_preset
 from convnn.train import TrainConfig, fit, summarize
@@ -418,6 +419,29 @@ def test_plot_paper_sweep_values_and_overlay(tmp_path):
     assert "ours (NVIDIA H100, 150/150 epochs, CIFAR-10 (JPEG copy), float32)" \
         in fig.get_suptitle()
     assert "ours" not in R.plot_paper_sweep("6.1").get_suptitle()
+
+
+def test_paper_points_carry_their_sampling_error(tmp_path):
+    """Every best point of the paper has a bar: the 95 % Wilson interval on 10,000 images."""
+    from matplotlib.collections import LineCollection
+
+    fig = R.plot_paper_sweep("6.1")
+    c10 = fig.axes[0]
+    bars = [c for c in c10.collections if isinstance(c, LineCollection)]
+    first = c10.lines[0]
+    segments = bars[0].get_segments()
+    assert len(segments) == len(first.get_xdata())
+    (x0, low), (_, high) = segments[0]
+    expected = stats.sampling_interval(80.8, 10_000)  # Conv2d at λ = 0
+    assert x0 == 0.0 and low == pytest.approx(expected.low) and high == pytest.approx(
+        expected.high)
+    assert 0.7 < high - 80.8 < 0.9  # about ±0.8 points on 10,000 images
+    below, above = R.sampling_error_bars([80.8, math.nan], "cifar10")
+    assert below[1] == above[1] == 0.0 and below[0] == pytest.approx(80.8 - expected.low)
+    with pytest.raises(ValueError, match="test_images"):
+        R.sampling_error_bars([50.0], "no-such-dataset")
+    dots = R.plot_paper_bars("6.2").axes[0]
+    assert [c for c in dots.collections if isinstance(c, LineCollection)]
 
 
 def test_plot_paper_sweep_needs_x_for_tables_without_sweep():

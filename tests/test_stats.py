@@ -61,7 +61,27 @@ def test_pooled_is_the_mean_over_repeats() -> None:
     assert p.mean == pytest.approx(81.0375) and p.n == 4 and p.low < 80.80 < p.high
 
 
+def test_sampling_interval_is_wilsons_and_covers_about_95_percent() -> None:
+    i = stats.sampling_interval(80.0, 10_000)
+    assert (i.mean, i.n, i.method) == (80.0, 10_000, "Wilson")
+    assert i.std == pytest.approx(0.4)  # sqrt(0.8 * 0.2 / 10,000), in points
+    assert i.low == pytest.approx(79.2046, abs=1e-3) and i.high == pytest.approx(80.7724, abs=1e-3)
+    edge = stats.sampling_interval(0.0, 100)  # Wilson stays inside [0, 100] and is not empty
+    assert edge.low == pytest.approx(0.0, abs=1e-9) and 3.0 < edge.high < 4.0
+    rng = random.Random(1)
+    hits = 0
+    for _ in range(1000):
+        right = sum(rng.random() < 0.3 for _ in range(400))
+        i = stats.sampling_interval(100.0 * right / 400, 400)
+        hits += i.low < 30.0 < i.high
+    assert 0.93 < hits / 1000 < 0.97
+    assert "Wilson interval" in str(i)
+
+
 @pytest.mark.parametrize(("call", "message"), [
+    (lambda: stats.sampling_interval(80.0, 0), "images must"),
+    (lambda: stats.sampling_interval(80.0, 10.0), "images must"),
+    (lambda: stats.sampling_interval(180.0, 100), "accuracy must"),
     (lambda: stats.mean_interval([]), "at least one value"),
     (lambda: stats.mean_interval([1.0, math.nan]), "nan"),
     (lambda: stats.mean_interval([1.0, 2.0], confidence=1.5), "confidence"),
