@@ -169,11 +169,14 @@ def run_one(name: str, seed: int, out_root: str | os.PathLike, *, data=None, dat
                progress=False, extra=extra, log=log, overwrite=True)
 
 
-def collect(runs: str | os.PathLike, dest: str | os.PathLike) -> list[Path]:
+def collect(runs: str | os.PathLike, dest: str | os.PathLike, *,
+            every_seed: bool = False) -> list[Path]:
     """Copy finished runs into a folder to commit: ``config.json`` (with the command written
     as ``python -m convnn.study ...``, without this machine's paths), ``metrics.jsonl``,
     ``summary.json`` and the run's log, plus ``weights/<preset>.pt`` of seed
-    :data:`WEIGHTS_SEED`. Checkpoints are not copied. Returns the copied run folders."""
+    :data:`WEIGHTS_SEED`; with ``every_seed``, also ``weights/<preset>-seed<seed>.pt`` of
+    the other seeds (the names :func:`weights_file` reads). Checkpoints are not copied.
+    Returns the copied run folders."""
     runs, dest = Path(runs), Path(dest)
     copied = []
     for name, folders in study_runs(runs).items():
@@ -184,12 +187,16 @@ def collect(runs: str | os.PathLike, dest: str | os.PathLike) -> list[Path]:
             config = run.config
             argv = config.get("extra", {}).get("command", "").split()
             config["extra"]["command"] = " ".join(["python -m convnn.study", *argv[1:]])
-            out = copy_logs(folder, dest / folder.name, config=config, rewrite=_short)
+            out = copy_logs(folder, dest / folder.name, config=config,
+                            rewrite=lambda text: _short(text, runs))
             log = runs / f"{folder.name}.log"
             if log.is_file():
-                (out / "train.log").write_text(_short(log.read_text()))
+                (out / "train.log").write_text(_short(log.read_text(), runs))
             if folder.name == f"{name}-seed{WEIGHTS_SEED}":
                 save_weights(folder, dest / "weights" / f"{name}.pt")
+            elif every_seed:
+                seed = int(folder.name.rsplit("-seed", 1)[1])
+                save_weights(folder, weights_file(name, seed, dest))
             copied.append(out)
     return copied
 
@@ -557,11 +564,14 @@ def read_interventions(root=None) -> dict:
     return json.loads((root / INTERVENTIONS_FILE).read_text())
 
 
-def _short(text: str) -> str:
-    """``text`` without this machine's folders (the data folder and the working folder)."""
+def _short(text: str, runs: Path | None = None) -> str:
+    """``text`` without this machine's folders: the data folder, the working folder and, if
+    given, the folder holding the ``runs`` folder (which is then named by its own name)."""
     data = os.environ.get("CONVNN_DATA_DIR")
     if data:
         text = text.replace(str(Path(data)), "<CONVNN_DATA_DIR>")
+    if runs is not None:
+        text = text.replace(str(Path(runs).resolve().parent) + os.sep, "")
     return text.replace(str(Path.cwd()) + os.sep, "")
 
 

@@ -172,3 +172,27 @@ def test_committed_interventions_are_complete_and_consistent():
         # float16 weights: a few of the 1,000 images may flip
         assert row["top1"] == pytest.approx(last["test_top1"], abs=0.5)
         assert study.weights_file(preset, seed).is_file()
+
+
+def test_collect_copies_logs_and_the_weights_of_every_seed(tmp_path):
+    from convnn.data import synthetic_dataset
+
+    name = "laptop-vgg-c10-conv2d"
+    runs = tmp_path / "runs"
+    for seed in (0, 1):
+        data = synthetic_dataset(n_train=20, n_test=10, image_size=32)
+        study.run_one(name, seed, runs, data=data, epochs=1, log=lambda *a, **k: None)
+    only_seed0 = study.collect(runs, tmp_path / "seed0")
+    assert sorted(p.name for p in only_seed0) == [f"{name}-seed0", f"{name}-seed1"]
+    assert [p.name for p in (tmp_path / "seed0" / "weights").glob("*.pt")] == [f"{name}.pt"]
+    assert not list((tmp_path / "seed0").rglob("checkpoint*"))
+    study.collect(runs, tmp_path / "all", every_seed=True)
+    for seed in (0, 1):
+        path = study.weights_file(name, seed, tmp_path / "all")
+        assert path.is_file() and path.with_name(path.name + ".sha256").is_file()
+        model = study.trained_model(name, seed, tmp_path / "all")
+        final = torch.load(runs / f"{name}-seed{seed}" / "checkpoint.pt",
+                           weights_only=True)["model"]
+        for key, value in model.state_dict().items():  # float16 copies of the final weights
+            assert torch.equal(value, final[key].half().float()), key
+    assert study.weights_file(name, 1, tmp_path / "all").name == f"{name}-seed1.pt"
