@@ -997,6 +997,10 @@ def _ours_final(run: Run) -> tuple[float, float]:
     return max(values), sum(values[-5:]) / len(values[-5:])
 
 
+#: How the sampling-error bars of :func:`sampling_error_bars` are drawn.
+_BARS = {"capsize": 2, "elinewidth": 0.8}
+
+
 def sampling_error_bars(values: Sequence[float], dataset: str) -> list[list[float]]:
     """Error bars ``[below, above]`` (for ``yerr=``/``xerr=``) of single-run accuracies on
     ``dataset``'s full test split: the 95 % Wilson interval of
@@ -1110,7 +1114,7 @@ def plot_paper_sweep(table: str, x: str | None = None, group: Sequence[str] | No
             name = _group_name(group, key, members[0])
             best = [r["best"] for r in members]
             h = ax.errorbar(xs, best, yerr=sampling_error_bars(best, dataset), fmt="-o",
-                            ms=3.5, color=color, capsize=2, elinewidth=0.8,
+                            ms=3.5, color=color, **_BARS,
                             label=f"{name}: best")
             handles.setdefault(h.get_label(), h)
             if show_avg5:
@@ -1129,7 +1133,7 @@ def plot_paper_sweep(table: str, x: str | None = None, group: Sequence[str] | No
             shown.append(run)
             mine = _ours_final(run)[0]
             h = ax.errorbar([xv], [mine], yerr=sampling_error_bars([mine], dataset), fmt="*",
-                            ms=12, color="black", capsize=2, elinewidth=0.8,
+                            ms=12, color="black", **_BARS,
                             label="ours: best")
             handles.setdefault("ours: best", h)
             h = ax.plot([xv], [_ours_final(run)[1]], "x", ms=8, color="black",
@@ -1201,7 +1205,7 @@ def plot_paper_bars(table: str, *, runs: Sequence[Run] = ()) -> ResultsFigure:
             ax.axhline(y, color="#dddddd", lw=0.8, zorder=0)
         shown_best = [b if b > 0 else math.nan for b in best]
         ax.errorbar(shown_best, list(ys), xerr=sampling_error_bars(shown_best, dataset),
-                    fmt="o", ms=7, color="#3182bd", capsize=2, elinewidth=0.8,
+                    fmt="o", ms=7, color="#3182bd", **_BARS,
                     label="paper: best")
         ax.plot([rows[lb]["avg5"] if lb in rows else math.nan for lb in labels], list(ys),
                 "|", ms=14, mew=2, color="#08519c", label="paper: last-5 mean")
@@ -1213,7 +1217,7 @@ def plot_paper_bars(table: str, *, runs: Sequence[Run] = ()) -> ResultsFigure:
             y = labels.index(row_label(record))
             mine = _ours_final(run)[0]
             ax.errorbar([mine], [y], xerr=sampling_error_bars([mine], dataset), fmt="*", ms=12,
-                        color="black", capsize=2, elinewidth=0.8, label="ours: best")
+                        color="black", **_BARS, label="ours: best")
             ax.plot([_ours_final(run)[1]], [y], "x", ms=8, color="black",
                     label="ours: last-5 mean")
         low = min(b for b in best if b > 0)

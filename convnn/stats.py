@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from statistics import NormalDist
 
 __all__ = ["Difference", "Interval", "mean_interval", "pooled", "sampling_interval",
            "t_quantile", "welch"]
@@ -218,23 +219,11 @@ def sampling_interval(accuracy: float, images: int, confidence: float = 0.95) ->
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must lie in (0, 1), got {confidence!r}")
     p, n = accuracy / 100.0, images
-    z = _normal_quantile(0.5 + confidence / 2)
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return Interval(accuracy, 100.0 * (centre - half), 100.0 * (centre + half), n,
                     100.0 * math.sqrt(p * (1 - p) / n), math.inf, confidence, "Wilson")
-
-
-def _normal_quantile(p: float) -> float:
-    """The standard normal quantile, by bisection on ``erf`` (ample for intervals)."""
-    lo, hi = -10.0, 10.0
-    for _ in range(100):
-        mid = (lo + hi) / 2
-        if 0.5 * (1 + math.erf(mid / math.sqrt(2))) < p:
-            lo = mid
-        else:
-            hi = mid
-    return (lo + hi) / 2
 
 
 def pooled(values: Iterable[float], confidence: float = 0.95) -> Interval:

@@ -35,5 +35,6 @@ def test_a_bad_value_is_one_line_naming_the_variable() -> None:
     bad = collect("maybe")
     assert bad.returncode != 0
     lines = [line for line in (bad.stdout + bad.stderr).splitlines() if line.strip()]
-    assert lines == ["ERROR: CONVNN_NOTEBOOKS must be one of ['on', 'off'] (off: leave the "
-                     "book's notebooks out), got 'maybe'"], lines
+    expected = ("ERROR: CONVNN_NOTEBOOKS must be one of ['on', 'off'] (off: leave the "
+                "book's notebooks out), got 'maybe'")
+    assert lines == [expected], lines
