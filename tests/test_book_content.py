@@ -275,7 +275,7 @@ def test_the_training_loop_is_on_the_page_and_beats_chance() -> None:
 
 
 def test_the_related_work_cites_each_work_from_the_bibliography() -> None:
-    text = (ROOT / "book" / "related_work.md").read_text(encoding="utf-8")
+    text = "".join(markdown_blocks(ROOT / "book" / "related_work.ipynb"))
     cited = {key.strip() for group in CITE.findall(text) for key in group.split(",")}
     for key in ("wang2019dgcnn", "dai2017deformable", "wang2018nonlocal", "hassani2023natten",
                 "roy2021routing", "kitaev2020reformer", "wang2022kvt"):
@@ -290,6 +290,6 @@ def test_using_the_package_documents_backend_not_path() -> None:
     assert "| `path` |" not in text and "CONVNN_KERNEL" not in text
 
 
-@pytest.mark.parametrize("name", ["trained_convnn", "results", "performance"])
+@pytest.mark.parametrize("name", ["trained_convnn", "results", "performance", "related_work"])
 def test_my_chapters_have_a_derivation_and_an_implementation_exercise(name: str) -> None:
     test_chapter_has_a_derivation_and_an_implementation_exercise(name)
