@@ -146,7 +146,7 @@ if triton is not None:
                 worst_s = tl.min(tl.where(is_worst & (top_i == worst_i[:, None]),
                                           slots[None, :], KP), axis=1)
         # sort the K entries: best first, ties to the lower position
-        free = slots[None, :] < K
+        free = (slots[None, :] < K) & (rows >= 0)[:, None]  # full shape: loop-carried
         out = idx_ptr + (b * HW + rows.to(tl.int64)) * K
         for j in range(K):
             best = tl.max(tl.where(free, top_v, float("-inf")), axis=1)
