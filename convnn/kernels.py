@@ -49,6 +49,7 @@ says otherwise. This module imports nothing of the package: :mod:`convnn.ops` ca
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -64,6 +65,36 @@ MAX_TOPK_WIDTH = 2048
 """Widest score row :func:`row_topk` takes (a 34×34 padded CIFAR map has 1156 positions)."""
 MAX_TOPK_K = 32
 """Largest k :func:`row_topk` takes (it makes k passes over the row)."""
+
+
+@dataclass(frozen=True)
+class KernelVariant:
+    """One launch configuration of a Triton kernel, as the compile gate
+    (``python -m convnn bench --compile``) builds it ahead of time for a card.
+
+    Each kernel module lists the variants its launchers can reach at the paper's shapes in
+    ``compile_variants(card)`` (``card.arch``: 75, 80, 89 or 90; ``card.bf16``: whether the
+    card runs bfloat16), built from the same launch-configuration helper as its launchers.
+    """
+
+    kernel: object
+    """The ``@triton.jit`` function."""
+    name: str
+    """What the variant stands for, e.g. ``"attention_forward all bf16 T=197 d=192 k=9"``."""
+    signature: dict
+    """Every runtime argument -> its Triton type (``"*bf16"``, ``"*fp32"``, ``"i32"``, ...)."""
+    constexprs: dict
+    """Every ``tl.constexpr`` argument -> its value."""
+    num_warps: int = 4
+    num_stages: int = 3
+    hot: bool = False
+    """A hot forward kernel at the paper's shapes: spilled registers fail the gate."""
+
+
+def pointer_type(dtype: torch.dtype) -> str:
+    """The Triton signature type of a pointer to ``dtype`` (``torch.bfloat16`` -> ``"*bf16"``)."""
+    return "*" + {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16",
+                  torch.int32: "i32", torch.int64: "i64"}[dtype]
 
 
 def available(device: torch.device | str | None = None) -> bool:
