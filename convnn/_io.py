@@ -10,6 +10,7 @@ a power cut (best effort: not every platform can open a folder).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -34,6 +35,7 @@ __all__ = [
     "LOCK_STALE_SECONDS",
     "CheckpointError",
     "FolderLockedError",
+    "LinkRefusedError",
     "append_jsonl_atomic",
     "atomic_torch_save",
     "atomic_write_json",
@@ -41,8 +43,10 @@ __all__ = [
     "folder_lock",
     "git_commit",
     "load_checkpoint",
+    "read_bytes",
     "read_json",
     "read_jsonl",
+    "refuse_link",
     "remove_leftovers",
     "save_checkpoint",
     "sha256_of",
@@ -56,6 +60,51 @@ CHECKSUM_SUFFIX = ".sha256"
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be trusted: empty, truncated, not a checkpoint, or not
     matching its recorded SHA-256."""
+
+class LinkRefusedError(ValueError):
+    """A symbolic link where a run or campaign folder has one of its own files. Nothing is
+    read or written through it: the link could point at any file of the user's."""
+
+
+#: ``os.open`` flag that refuses a link as the last part of a path (0 where there is none).
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def refuse_link(path: str | os.PathLike) -> None:
+    """Raise :class:`LinkRefusedError`, naming ``path`` and its target, when ``path`` is a
+    symbolic link (checked with ``lstat``: the link itself, wherever it points)."""
+    path = Path(path)
+    if path.is_symlink():
+        try:
+            target = os.readlink(path)
+        except OSError:
+            target = "?"
+        raise LinkRefusedError(
+            f"{path} is a symbolic link (to {target}); convnn reads and writes no link in a "
+            "run or campaign folder, so nothing was read or written through it. Remove the "
+            "link (or replace it with a copy of the file)")
+
+
+def open_nofollow(path: str | os.PathLike, flags: int, mode: int = 0o644) -> int:
+    """``os.open(path, flags | O_NOFOLLOW)``; a link raises :class:`LinkRefusedError`."""
+    refuse_link(path)  # where there is no O_NOFOLLOW (Windows), this check alone
+    try:
+        return os.open(path, flags | _NOFOLLOW, mode)
+    except OSError as err:
+        if err.errno in (errno.ELOOP, errno.EMLINK):  # the link appeared since the check
+            refuse_link(path)
+        raise
+
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+    """The bytes of the file ``path``, refusing a link (:class:`LinkRefusedError`)."""
+    with os.fdopen(open_nofollow(path, os.O_RDONLY), "rb") as f:
+        return f.read()
+
+
+def _read_text(path: Path) -> str:
+    return read_bytes(path).decode("utf-8")
+
 
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 _UMASK = os.umask(0o022)
@@ -80,6 +129,7 @@ def atomic_target(path: str | os.PathLike):
     """Yield a temporary path next to ``path``; on success, move it over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    refuse_link(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     with contextlib.suppress(OSError):  # mkstemp makes 0600; give the usual permissions
@@ -134,7 +184,7 @@ def read_json(path: str | os.PathLike, what: type = dict):
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = _read_text(path)
     except UnicodeDecodeError:
         raise ValueError(f"{path} is not a UTF-8 text file; restore it or start the run "
                          "again") from None
@@ -149,17 +199,17 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """The records of a strict JSON-lines file (``[]`` when it does not exist); blank lines
     skipped. A line that is not a JSON object raises a ValueError naming the file and line."""
     path = Path(path)
+    refuse_link(path)
     if not path.is_file():
         return []
     records = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                record = _loads(line, path, f" line {n}")
-                if not isinstance(record, dict):
-                    raise ValueError(f"{path} line {n} must be a JSON object, got "
-                                     f"{type(record).__name__}")
-                records.append(record)
+    for n, line in enumerate(_read_text(path).splitlines(), 1):
+        if line.strip():
+            record = _loads(line, path, f" line {n}")
+            if not isinstance(record, dict):
+                raise ValueError(f"{path} line {n} must be a JSON object, got "
+                                 f"{type(record).__name__}")
+            records.append(record)
     return records
 
 
@@ -170,7 +220,8 @@ def append_jsonl_atomic(path: str | os.PathLike, record: dict) -> None:
     is a rewrite of the file per call, which is nothing for one line per epoch.
     """
     path = Path(path)
-    old = path.read_text(encoding="utf-8") if path.is_file() else ""
+    refuse_link(path)
+    old = _read_text(path) if path.is_file() else ""
     if old and not old.endswith("\n"):
         old += "\n"
     atomic_write_text(path, old + json.dumps(record, allow_nan=False) + "\n")
@@ -190,6 +241,7 @@ _HASHES: dict[tuple, str] = {}
 def sha256_of(path: str | os.PathLike) -> str:
     """The SHA-256 of a file, remembered while its size, mtime and inode stay the same (a
     1.5 GB checkpoint is hashed once per process, not at every look)."""
+    refuse_link(path)
     st = os.stat(path)
     key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
     if key not in _HASHES:
@@ -206,6 +258,7 @@ def verify_checksum(path: str | os.PathLike, *, require: bool = False) -> str | 
         CheckpointError: empty, no sidecar (with ``require``) or not matching it.
     """
     path = Path(path)
+    refuse_link(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
     if path.stat().st_size == 0:
@@ -225,7 +278,7 @@ def verify_checksum(path: str | os.PathLike, *, require: bool = False) -> str | 
 
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with os.fdopen(open_nofollow(path, os.O_RDONLY), "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
@@ -235,7 +288,7 @@ def _read_checksums(path: Path) -> list[str] | None:
     """The hashes listed in ``path``'s sidecar (``None`` without one)."""
     sidecar = path.with_name(path.name + CHECKSUM_SUFFIX)
     try:
-        lines = sidecar.read_text(encoding="ascii").splitlines()
+        lines = read_bytes(sidecar).decode("ascii").splitlines()
     except FileNotFoundError:
         return None
     except (OSError, UnicodeDecodeError) as err:
@@ -281,7 +334,8 @@ def load_checkpoint(path: str | os.PathLike, *, require_checksum: bool = False) 
     path = Path(path)
     verify_checksum(path, require=require_checksum)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with os.fdopen(open_nofollow(path, os.O_RDONLY), "rb") as f:
+            obj = torch.load(f, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises many types for a bad file
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise CheckpointError(f"{path} is not a readable checkpoint ({type(err).__name__}: "
@@ -393,7 +447,7 @@ def folder_lock(folder: str | os.PathLike, name: str = ".lock", *,
     me_host = hostname()
     me = f"{os.getpid()} {me_host}\n"
     for _ in range(5):
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_nofollow(lock, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             if not _try_lock(fd):
                 pid, host = _lock_owner(_read_fd(fd))

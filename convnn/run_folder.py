@@ -33,12 +33,15 @@ from ._io import (
     CHECKSUM_SUFFIX,
     CheckpointError,
     FolderLockedError,
+    LinkRefusedError,
     append_jsonl_atomic,
     atomic_write_json,
     atomic_write_text,
     folder_lock,
     load_checkpoint,
+    read_bytes,
     read_json,
+    refuse_link,
     remove_leftovers,
     save_checkpoint,
     verify_checksum,
@@ -96,6 +99,13 @@ class RunFolderError(ValueError):
 
 def local_time() -> str:
     return datetime.datetime.now(datetime.timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
+def refuse_links(folder: Path) -> None:
+    """Refuse a run folder where one of its files (or the lock) is a symbolic link: one
+    :class:`~convnn._io.LinkRefusedError` naming the link, before anything is read."""
+    for name in (*RUN_FILES, LOCK):
+        refuse_link(folder / name)
 
 
 def is_run_folder(path: str | os.PathLike) -> bool:
@@ -318,7 +328,7 @@ def _parse_records(path: Path, strict: bool) -> tuple[list[dict], int]:
     if not path.is_file():
         return [], 0
     records, skipped = [], 0
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(read_bytes(path).decode("utf-8").splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -460,7 +470,7 @@ def copy_logs(run_dir: str | os.PathLike, dest: str | os.PathLike, *,
         if name == CONFIG and config is not None:
             text = json.dumps(config, indent=2) + "\n"
         elif (run_dir / name).is_file():
-            text = (run_dir / name).read_text(encoding="utf-8")
+            text = read_bytes(run_dir / name).decode("utf-8")
         else:
             continue
         atomic_write_text(dest / name, rewrite(text) if rewrite else text)
@@ -490,7 +500,7 @@ def run_lock(out: Path, ctx, log=None):
     if ctx.rank == 0:
         try:
             stack.enter_context(folder_lock(out, LOCK, log=log))
-        except FolderLockedError as err:
+        except (FolderLockedError, LinkRefusedError) as err:
             error = str(err)
         except OSError as err:
             where = err.filename or out
@@ -558,6 +568,7 @@ class RunFolder:
         if checkpoint not in CHECKPOINT_MODES:
             raise ValueError(f"checkpoint must be one of {CHECKPOINT_MODES}, got {checkpoint!r}")
         path = Path(path)
+        refuse_links(path)
         if not (path / CONFIG).is_file():
             raise FileNotFoundError(f"{path / CONFIG} does not exist: not a run folder (a run "
                                     f"folder has {CONFIG} and {METRICS})")
@@ -595,6 +606,7 @@ class RunFolder:
         """Decide fresh, resumed or refused (every rank decides the same way); nothing in the
         folder changes here."""
         folder = cls(out)
+        refuse_links(out)
         paths = folder.paths
         folder.existing = [n for n, p in paths.items() if p.exists()]
         if folder.existing and not resume and not overwrite:

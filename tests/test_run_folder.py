@@ -598,3 +598,37 @@ def test_study_weights_go_through_the_verified_reader(tmp_path, ds):
     with pytest.raises(CheckpointError, match="not a readable checkpoint"):
         study.save_weights(out, tmp_path / "x.pt")
     assert not (tmp_path / "x.pt").exists()
+
+
+# --------------------------------------------------------------------------- foreign files
+@pytest.fixture(scope="module")
+def finished_one(tmp_path_factory, ds):
+    out = tmp_path_factory.mktemp("one") / "run"
+    run(out, ds, cfg(epochs=1))
+    return out
+
+
+@pytest.mark.parametrize("name", [".lock", "metrics.jsonl", "config.json", "checkpoint.pt",
+                                  "checkpoint.pt.sha256", "summary.json"])
+def test_a_link_in_a_run_folder_is_refused_and_its_target_untouched(tmp_path, ds,
+                                                                     finished_one, name):
+    """The issue's repro: ``ln -s ~/victim R/.lock`` then a resume truncated the victim."""
+    out = tmp_path / "R"
+    shutil.copytree(finished_one, out)
+    victim = tmp_path / "victim"
+    victim.write_bytes((out / name).read_bytes() if (out / name).exists() else b"precious\n")
+    before = victim.read_bytes()
+    (out / name).unlink(missing_ok=True)
+    (out / name).symlink_to(victim)
+    with pytest.raises(ValueError, match=rf"{name}.*is a symbolic link.*Remove the link"):
+        run(out, ds, cfg(epochs=2), resume=True)
+    with pytest.raises(ValueError, match="symbolic link"):
+        RunFolder.read(out, checkpoint="verify")
+    assert victim.read_bytes() == before and (out / name).is_symlink()
+
+
+def test_folder_lock_refuses_a_link_even_a_dangling_one(tmp_path):
+    (tmp_path / ".lock").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(_io.LinkRefusedError, match="symbolic link"), folder_lock(tmp_path):
+        pass
+    assert not (tmp_path / "nowhere").exists()
