@@ -108,6 +108,29 @@ def refuse_links(folder: Path) -> None:
         refuse_link(folder / name)
 
 
+def is_run_config(cfg) -> bool:
+    """Whether a ``config.json``'s content was written by :func:`convnn.train.fit` (a JSON
+    object whose ``"train"`` section holds the epochs): a folder whose ``config.json`` is
+    anything else belongs to another program and is never resumed, overwritten or read."""
+    return (isinstance(cfg, dict) and isinstance(cfg.get("train"), dict)
+            and "epochs" in cfg["train"])
+
+
+def _refuse_foreign_config(out: Path) -> None:
+    path = out / CONFIG
+    if not path.is_file():
+        return
+    try:
+        cfg = read_json(path)
+    except ValueError:
+        cfg = None
+    if not is_run_config(cfg):
+        raise RunFolderError(
+            f"{path} is not a convnn run config (no \"train\" settings with \"epochs\"); "
+            f"{out} belongs to another program or holds a damaged run, and nothing in it was "
+            "changed. Choose another out_dir")
+
+
 def is_run_folder(path: str | os.PathLike) -> bool:
     """Whether ``path`` holds a run's logs (a config and a metrics log)."""
     path = Path(path)
@@ -572,6 +595,7 @@ class RunFolder:
         if not (path / CONFIG).is_file():
             raise FileNotFoundError(f"{path / CONFIG} does not exist: not a run folder (a run "
                                     f"folder has {CONFIG} and {METRICS})")
+        _refuse_foreign_config(path)
         config = read_json(path / CONFIG)
         records, skipped = _parse_records(path / METRICS, strict=False)
         summary = None
@@ -607,6 +631,7 @@ class RunFolder:
         folder changes here."""
         folder = cls(out)
         refuse_links(out)
+        _refuse_foreign_config(out)  # with or without resume or overwrite
         paths = folder.paths
         folder.existing = [n for n, p in paths.items() if p.exists()]
         if folder.existing and not resume and not overwrite:

@@ -632,3 +632,19 @@ def test_folder_lock_refuses_a_link_even_a_dangling_one(tmp_path):
     with pytest.raises(_io.LinkRefusedError, match="symbolic link"), folder_lock(tmp_path):
         pass
     assert not (tmp_path / "nowhere").exists()
+
+
+@pytest.mark.parametrize("how", [{"resume": True}, {}, {"overwrite": True}])
+def test_another_programs_config_json_is_never_replaced(tmp_path, ds, how):
+    """The issue's repro: ``--resume`` replaced ``{"app": 1}`` and exited 0; without it, the
+    refusal suggested resuming."""
+    out = tmp_path / "P"
+    out.mkdir()
+    (out / "config.json").write_text('{"app":1}\n')
+    with pytest.raises(RunFolderError, match="not a convnn run config") as err:
+        run(out, ds, cfg(epochs=1), **how)
+    assert "resume" not in str(err.value)
+    assert (out / "config.json").read_text() == '{"app":1}\n'
+    assert sorted(p.name for p in out.iterdir()) == ["config.json"]
+    with pytest.raises(RunFolderError, match="not a convnn run config"):
+        RunFolder.read(out)
