@@ -60,6 +60,7 @@ __all__ = [
     "RUN_FILES",
     "SUMMARY",
     "RunFolder",
+    "RunFolderBusyError",
     "RunFolderError",
     "RunRecord",
     "config_fingerprint",
@@ -95,6 +96,10 @@ CHECKPOINT_FORMAT = 3
 class RunFolderError(ValueError):
     """A run folder that cannot be used as asked: locked, damaged, or holding another run.
     Nothing in the folder was changed."""
+
+
+class RunFolderBusyError(RunFolderError):
+    """Another live process holds the run folder's lock (it is busy, not broken)."""
 
 
 def local_time() -> str:
@@ -519,11 +524,13 @@ def load_run_checkpoint(run_dir: str | os.PathLike) -> tuple[dict, dict]:
 @contextlib.contextmanager
 def run_lock(out: Path, ctx, log=None):
     """Rank 0 holds the run folder's lock for the whole run; every rank fails if it cannot."""
-    error, stack = None, contextlib.ExitStack()
+    error, stack, busy = None, contextlib.ExitStack(), False
     if ctx.rank == 0:
         try:
             stack.enter_context(folder_lock(out, LOCK, log=log))
-        except (FolderLockedError, LinkRefusedError) as err:
+        except FolderLockedError as err:
+            error, busy = str(err), True
+        except LinkRefusedError as err:
             error = str(err)
         except OSError as err:
             where = err.filename or out
@@ -532,12 +539,12 @@ def run_lock(out: Path, ctx, log=None):
     if ctx.enabled:
         import torch.distributed as dist
 
-        box = [error]
+        box = [(error, busy)]
         dist.broadcast_object_list(box, src=0)
-        error = box[0]
+        error, busy = box[0]
     if error:
         stack.close()
-        raise RunFolderError(error)
+        raise (RunFolderBusyError if busy else RunFolderError)(error)
     with stack:
         yield
 
