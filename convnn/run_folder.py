@@ -34,6 +34,8 @@ from ._io import (
     CheckpointError,
     FolderLockedError,
     LinkRefusedError,
+    _read_checksums,
+    _sha256,
     append_jsonl_atomic,
     atomic_write_json,
     atomic_write_text,
@@ -334,6 +336,26 @@ def _check_config_matches(cfg_json: dict, checkpoint: dict, run_dir: Path) -> No
             "Restore it; the checkpoint is the authority")
 
 
+def _recover_checkpoint(out: Path) -> str | None:
+    """Move a complete checkpoint left in a temporary file into place when ``checkpoint.pt``
+    is missing and the temporary file matches a hash of the sidecar (a kill between the
+    sidecar's write and the rename); returns its old name, or ``None``. Any other temporary
+    file is left for :meth:`RunFolder.prepare` to delete."""
+    path = out / CHECKPOINT
+    try:
+        expected = set(_read_checksums(path) or [])
+    except CheckpointError:
+        return None
+    for tmp in sorted(out.glob(f".{CHECKPOINT}.*.tmp")):
+        if tmp.is_symlink() or not tmp.is_file():
+            continue
+        if _sha256(tmp) in expected:
+            with contextlib.suppress(FileNotFoundError):  # another rank moved it first
+                os.replace(tmp, path)
+            return tmp.name
+    return None
+
+
 # --------------------------------------------------------------------------- the metrics log
 def _log_digest(records: list[dict]) -> str:
     text = json.dumps(records, sort_keys=True, allow_nan=False)
@@ -564,6 +586,7 @@ class RunFolder:
     config_json: dict | None = None
     saved_checkpoint: dict | None = None  # {"epoch", "sha256"} of the checkpoint on disk
     unsaved_first_epoch: bool = False  # a kill during the first checkpoint write
+    recovered: str | None = None  # the temporary file the checkpoint was recovered from
 
     @property
     def paths(self) -> dict[str, Path]:
@@ -646,6 +669,9 @@ class RunFolder:
                 f"{out} already holds a run ({', '.join(folder.existing)}); pass resume=True to "
                 "continue it, overwrite=True to replace it, or choose another out_dir"
             )
+        sidecar = paths[CHECKPOINT + CHECKSUM_SUFFIX]
+        if resume and not paths[CHECKPOINT].is_file() and sidecar.is_file():
+            folder.recovered = _recover_checkpoint(out)
         if resume and paths[CHECKPOINT].is_file():
             checkpoint = _load_training_checkpoint(paths[CHECKPOINT])
             if not paths[CONFIG].is_file():
@@ -666,9 +692,11 @@ class RunFolder:
             folder.records = _checked_log(paths[METRICS], checkpoint)
         elif resume and folder.existing:
             recorded = [n for n in folder.existing if n != CONFIG]
-            if recorded == [METRICS] and len(_parse_records(paths[METRICS], False)[0]) <= 1:
-                # killed while its first checkpoint was written (no sidecar, no summary yet:
-                # the first epoch of a call always ends with one): that epoch is redone
+            if [n for n in recorded if n != sidecar.name] == [METRICS] \
+                    and len(_parse_records(paths[METRICS], False)[0]) <= 1:
+                # killed while its first checkpoint was written (no summary yet: the first
+                # epoch of a call always ends with one; a sidecar, when the kill came after
+                # it, but no complete temporary file to recover): that epoch is redone
                 recorded, folder.unsaved_first_epoch = [], True
             if recorded:  # never wipe finished epochs because their checkpoint is gone
                 raise RunFolderError(
@@ -700,9 +728,13 @@ class RunFolder:
         paths, start = self.paths, self.start_epoch
         for tmp in remove_leftovers(self.out, RUN_FILES):
             log(f"note: removed {tmp.name}, left by an interrupted write")
+        if self.recovered:
+            log(f"note: recovered {CHECKPOINT} (epoch {self.start_epoch}) from {self.recovered}"
+                ", a complete write stopped before its rename (it matches its SHA-256 sidecar)")
         if self.unsaved_first_epoch:
-            log("note: the run was stopped while its first checkpoint was written; its first "
-                "epoch is trained again")
+            log("note: the run was stopped while its first checkpoint was written (the write "
+                "was not complete, so nothing could be recovered); its first epoch is trained "
+                "again")
         if self.checkpoint is None:
             for n in self.existing:  # overwrite, or resume of a run without a checkpoint
                 paths[n].unlink()

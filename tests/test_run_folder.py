@@ -207,14 +207,16 @@ def _raise_at(epoch, error):
 # --------------------------------------------------------------------------- kill and resume
 def _kill_in_save(monkeypatch, nth: int, where: str):
     """Make the ``nth`` checkpoint write of this process die at ``where``: "torch.save"
-    (half a file in the temporary), "replace" (the new file in place, the sidecar listing
-    both hashes), or "summary" (the checkpoint complete, the summary not yet written)."""
+    (half a file in the temporary), "rename" (the sidecar written, the complete new file
+    still in its temporary), "replace" (the new file in place, the sidecar listing both
+    hashes), or "summary" (the checkpoint complete, the summary not yet written)."""
     calls = {"save": 0}
     real_save, real_text = torch.save, _io.atomic_write_text
     real_summary = RunFolder.save_summary
 
     def save(obj, f, *a, **k):
         calls["save"] += 1
+        calls["sidecar"] = 0
         if where == "torch.save" and calls["save"] == nth:
             buf = io.BytesIO()
             real_save(obj, buf)
@@ -229,6 +231,13 @@ def _kill_in_save(monkeypatch, nth: int, where: str):
 
     def text(path, content):
         real_text(path, content)
+        if str(path).endswith(".sha256"):
+            calls["sidecar"] = calls.get("sidecar", 0) + 1
+        if where == "rename" and calls["save"] == nth and calls["sidecar"] == 1:
+            # the sidecar lists the new file, which is complete in its temporary file
+            live = next(Path(path).parent.glob(".checkpoint.pt.*.tmp"))
+            live.with_name(".checkpoint.pt.killed.tmp").write_bytes(live.read_bytes())
+            raise Killed
         if where == "replace" and str(path).endswith(".sha256") and calls["save"] == nth \
                 and content.count("\n") == 2:
             raise Killed
@@ -254,12 +263,13 @@ def _kill_in_metrics(monkeypatch, epoch: int):
     monkeypatch.setattr(RF, "append_jsonl_atomic", append)
 
 
-# (cadence, how the process dies): ten kills at different moments of a 4-epoch run
+# (cadence, how the process dies): eleven kills (and SIGTERM below) at different moments of a 4-epoch run
 KILLS = [
     ("every", ("torch.save", 4)),  # during the final checkpoint write (the issue's repro)
     ("every", ("replace", 4)),  # the final checkpoint in place, its sidecar not final
     ("every", ("summary", 4)),  # the final checkpoint complete, the summary not
     ("every", ("torch.save", 1)),
+    ("every", ("rename", 1)),  # the first checkpoint complete in its temporary file
     ("every", ("torch.save", 2)),
     ("every", ("replace", 3)),
     ("every", ("metrics", 4)),
@@ -648,3 +658,26 @@ def test_another_programs_config_json_is_never_replaced(tmp_path, ds, how):
     assert sorted(p.name for p in out.iterdir()) == ["config.json"]
     with pytest.raises(RunFolderError, match="not a convnn run config"):
         RunFolder.read(out)
+
+
+def test_a_first_checkpoint_killed_before_its_rename_is_recovered_or_redone(tmp_path, ds,
+                                                                           monkeypatch):
+    """The issue's repro: killed between the sidecar and the rename of the first checkpoint,
+    resume said "Restore checkpoint.pt" forever; the complete file sat in the temporary."""
+    for complete in (True, False):
+        out = tmp_path / f"run-{complete}"
+        with monkeypatch.context() as m:
+            _kill_in_save(m, 1, "rename")
+            with pytest.raises(Killed):
+                run(out, ds, cfg(epochs=2, checkpoint_minutes=0))
+        assert not (out / "checkpoint.pt").exists() and (out / "checkpoint.pt.sha256").exists()
+        if not complete:  # the temporary file does not match the sidecar: nothing to recover
+            (out / ".checkpoint.pt.killed.tmp").write_bytes(b"half")
+        notes = []
+        summary = fit(tiny, ds, cfg(epochs=2, checkpoint_minutes=0), out, resume=True,
+                      device="cpu", progress=False, log=notes.append)
+        assert summary["epochs_completed"] == 2
+        said = " ".join(notes)
+        assert ("recovered checkpoint.pt (epoch 1)" in said) == complete
+        assert ("nothing could be recovered" in said) != complete
+        assert not list(out.glob(".*.tmp"))
