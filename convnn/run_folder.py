@@ -290,8 +290,8 @@ _MISSING = "<absent>"
 def _differences(saved, current, prefix: str = ""):
     if isinstance(saved, dict) and isinstance(current, dict):
         keys = set(saved) | set(current)
-        if prefix == "dataset.":  # facts an older run did not record are not compared
-            keys = set(saved) & set(current)
+        if prefix == "dataset.":  # facts an older run did not record are not compared, but
+            keys = set(saved) - set(DATA_LOCATION)  # every fact it recorded must be there
         for k in sorted(keys, key=str):
             yield from _differences(saved.get(k, _MISSING), current.get(k, _MISSING),
                                     f"{prefix}{k}.")
@@ -763,9 +763,9 @@ class RunFolder:
             cfg_json = self.config_json
             cfg_json["train"] = config.to_dict()
             if isinstance(cfg_json.get("dataset"), dict):
-                for key in DATA_LOCATION:
-                    if key in data:
-                        cfg_json["dataset"][key] = data[key]
+                for key, value in data.items():  # the location, and facts an older run
+                    if key in DATA_LOCATION or key not in cfg_json["dataset"]:  # lacked
+                        cfg_json["dataset"][key] = value
             cfg_json.setdefault("resumed", []).append(
                 {"from_epoch": self.start_epoch, "time": local_time(), **run_info}
             )

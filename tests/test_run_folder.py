@@ -681,3 +681,15 @@ def test_a_first_checkpoint_killed_before_its_rename_is_recovered_or_redone(tmp_
         assert ("recovered checkpoint.pt (epoch 1)" in said) == complete
         assert ("nothing could be recovered" in said) != complete
         assert not list(out.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("key", ["test_images", "classes", "content"])
+def test_a_key_deleted_from_the_dataset_section_is_detected(tmp_path, finished_one, key):
+    """The issue's repro: with ``test_per_class`` deleted, eval scored the full test set."""
+    out = tmp_path / "R"
+    shutil.copytree(finished_one, out)
+    config = json.loads((out / "config.json").read_text())
+    del config["dataset"][key]
+    (out / "config.json").write_text(json.dumps(config))
+    with pytest.raises(RunFolderError, match=rf"differs in dataset\.{key}: .* now '<absent>'"):
+        RunFolder.read(out, checkpoint="verify")
