@@ -1007,24 +1007,45 @@ def _collect(source: Path) -> tuple[list[_RunLogs], dict | None]:
 
 def _already_filed(dest: Path, runs: Sequence[_RunLogs]) -> None:
     """Refuse a run whose ``metrics.jsonl`` is already in ``dest`` (filed under any name)."""
-    incoming = {run.files[METRICS]: run.name for run in runs}
+    incoming = {_normalised(run.files[METRICS]): run.name for run in runs}
     for metrics in sorted(dest.glob(f"*/*/{METRICS}")) + sorted(dest.glob(f"*/{METRICS}")):
         if metrics.is_symlink() or not metrics.is_file():
             continue
-        name = incoming.get(metrics.read_bytes())
+        name = incoming.get(_normalised(metrics.read_bytes()))
         if name is not None:
             raise ValueError(f"run {name} is already filed in {metrics.parent}; nothing "
                              "was imported")
 
 
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]~|])")
+
+
+def _normalised(metrics: bytes) -> tuple:
+    """A metrics log's content, whatever its whitespace and key order: its records as sorted
+    JSON (the raw lines, stripped, where one is not JSON)."""
+    lines = []
+    for line in metrics.decode("utf-8", "replace").splitlines():
+        if line.strip():
+            try:
+                lines.append(json.dumps(json.loads(line), sort_keys=True))
+            except ValueError:
+                lines.append(line.strip())
+    return tuple(lines)
+
+
 def _cell(text: str) -> str:
-    """Text for a Markdown table cell or list item: one line, pipes escaped."""
-    return " ".join(str(text).split()).replace("|", "\\|")
+    """Text for a Markdown table cell or list item: one line, HTML characters as entities
+    (no raw HTML reaches the README) and Markdown's punctuation escaped (no links, images
+    or emphasis either)."""
+    text = " ".join(str(text).split())
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
 
 
 def _code(text: str) -> str:
-    """``text`` as one Markdown code span (a longer fence where it holds backticks)."""
-    text = _cell(text)
+    """``text`` as one Markdown code span (a longer fence where it holds backticks): shown
+    as typed, HTML included, in one table cell."""
+    text = " ".join(str(text).split()).replace("|", "\\|")
     fence = "`" * (max((len(m) for m in re.findall(r"`+", text)), default=0) + 1)
     pad = " " if text.startswith("`") or text.endswith("`") else ""
     return f"{fence}{pad}{text}{pad}{fence}"
