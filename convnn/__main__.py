@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "debug", False) or getattr(args, "debug_first", False):
         return args.func(args)
-    from .train import DivergedError
+    from .train import DivergedError, Terminated
 
     try:
         return args.func(args)
@@ -304,6 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Terminated as err:
+        print(f"terminated: {err}", file=sys.stderr)
+        return 143  # 128 + SIGTERM, as a shell reports a process the signal ended
     except DivergedError as err:
         print(f"error: {_message(err)}", file=sys.stderr)
         return 1

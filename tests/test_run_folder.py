@@ -313,6 +313,43 @@ def test_a_kill_at_any_moment_resumes_bit_identically(tmp_path, ds, straight, mo
     assert not list(out.glob(".*.tmp")) and not (out / ".lock").exists()
 
 
+def test_sigterm_saves_at_the_next_step_boundary_and_resumes_bit_identically(tmp_path, ds,
+                                                                             straight):
+    """The twelfth kill: SIGTERM (Colab recycling a runtime) after epoch 2 of a run whose
+    cadence saves epochs 1 and 4 only; the stop saves epoch 2 and resume ends bit-identical."""
+    import signal
+
+    from convnn.train import Terminated
+
+    out = tmp_path / "run"
+
+    def term(record):
+        if record["epoch"] == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(Terminated, match="SIGTERM during epoch 3.*checkpoint of epoch 2"):
+        run(out, ds, cfg(), callback=term)
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handler is put back
+    assert load_run_checkpoint(out)[1]["epoch"] == 2  # saved though the cadence would not
+    fit(tiny, ds, cfg(), out, resume=True, device="cpu", progress=False, log=None)
+    assert stable(RunFolder.read(out).records) == stable(RunFolder.read(straight).records)
+    a, b = weights(out), weights(straight)
+    assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+def test_cli_sigterm_is_one_line_and_exit_143(monkeypatch, capsys):
+    from convnn import __main__ as cli
+    from convnn.train import Terminated
+
+    def stopped(args):
+        raise Terminated("stopped by SIGTERM during epoch 3")
+
+    monkeypatch.setattr(cli, "_presets", stopped)
+    assert cli.main(["presets"]) == 143
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "SIGTERM" in err and "Traceback" not in err
+
+
 def test_the_runner_does_not_take_a_killed_final_write_for_a_finished_run(tmp_path,
                                                                           monkeypatch):
     """The issue's repro through ``run_preset``: a smoke run killed while its last
