@@ -192,7 +192,7 @@ def load_weights(model: nn.Module, state: dict, path: Path) -> None:
 def _dataset_info(ds) -> dict:
     """The dataset section of ``config.json``: what the data is (with its content hash) and,
     under :data:`DATA_LOCATION`, where it was."""
-    from .data import dataset_fingerprint
+    from .data import content_digest, dataset_fingerprint
 
     info = {
         "name": ds.name,
@@ -206,6 +206,9 @@ def _dataset_info(ds) -> dict:
         "synthetic": bool(getattr(ds, "synthetic", False)),
         "content": dataset_fingerprint(ds),
     }
+    digest = content_digest(ds)  # every image and label (older runs recorded the sample only)
+    if digest is not None:
+        info["content_sha256"] = digest
     for key in ("train_per_class", "test_per_class"):
         if getattr(ds, key, None) is not None:
             info[key] = getattr(ds, key)

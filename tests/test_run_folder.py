@@ -730,3 +730,20 @@ def test_a_key_deleted_from_the_dataset_section_is_detected(tmp_path, finished_o
     (out / "config.json").write_text(json.dumps(config))
     with pytest.raises(RunFolderError, match=rf"differs in dataset\.{key}: .* now '<absent>'"):
         RunFolder.read(out, checkpoint="verify")
+
+
+def test_resume_refuses_data_with_one_image_outside_the_old_sample_replaced(tmp_path):
+    """The issue's repro: the fingerprint sampled 64 images a split, so resume accepted 436
+    of 500 training images replaced; now every image and label is hashed."""
+    data = synthetic_dataset(n_train=130, n_test=130, num_classes=4, image_size=8)
+    out = tmp_path / "r"
+    with pytest.raises(Killed):
+        run(out, data, cfg(epochs=2), callback=_raise_at(1, Killed()))
+    for split, index in (("train", 1), ("test", 1)):  # neither in the 64-image sample
+        images = getattr(data, f"{split}_images").clone()
+        images[index] = images[0]
+        altered = dataclasses.replace(data, **{f"{split}_images": images})
+        assert dataset_fingerprint(altered) == dataset_fingerprint(data)  # the old sample
+        with pytest.raises(RunFolderError, match=r"dataset\.content_sha256"):
+            run(out, altered, cfg(epochs=2), resume=True)
+    assert run(out, data, cfg(epochs=2), resume=True)["epochs_completed"] == 2
