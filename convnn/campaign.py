@@ -54,6 +54,7 @@ from pathlib import Path
 from ._checks import check_bool, check_int
 from ._io import (
     FolderLockedError,
+    LockLostError,
     atomic_write_json,
     atomic_write_text,
     folder_lock,
@@ -286,11 +287,14 @@ class _Campaign:
     did_work: bool = False
     failed_now: set = dataclasses.field(default_factory=set)  # failed in this command
     busy_now: set = dataclasses.field(default_factory=set)  # held by another process now
+    held: object = None  # the campaign lock (a HeldLock): checked before every write
 
     def run_dir(self, preset: str) -> Path:
         return self.out / "runs" / preset
 
     def save(self) -> None:
+        if self.held is not None:
+            self.held.check()
         atomic_write_json(self.out / STATE_FILE, self.state)
 
     def full(self, preset: str) -> int:
@@ -461,7 +465,7 @@ class _Campaign:
                         return f"out of time: could not measure {preset}"
                 except OutOfTime:
                     raise
-                except RunFolderBusyError as err:
+                except (RunFolderBusyError, LockLostError) as err:
                     self.busy(preset, err)
                 except Exception as err:  # noqa: BLE001 - a failed run must not end the queue
                     self.fail(preset, err)
@@ -484,7 +488,7 @@ class _Campaign:
                 try:
                     if not self.train(preset, plan["epochs"]):
                         return f"out of time: {preset} stopped after an epoch"
-                except RunFolderBusyError as err:
+                except (RunFolderBusyError, LockLostError) as err:
                     self.busy(preset, err)
                 except Exception as err:  # noqa: BLE001
                     self.fail(preset, err)
@@ -583,10 +587,10 @@ def run_campaign(minutes: float, out: str | os.PathLike, *,
     for name in (STATE_FILE, LOG_FILE, LOCK_FILE):
         refuse_link(out / name)
     try:
-        with folder_lock(out, LOCK_FILE, log=log):
+        with folder_lock(out, LOCK_FILE, log=log) as held:
             return _run_locked(minutes, out, queue, logs_dir, smoke, full_epochs, min_epochs,
                                safety, reserve, data_dir, device, amp, trainer, clock, log,
-                               pack, command, retry_failed, start)
+                               pack, command, retry_failed, start, held)
     except FolderLockedError as err:
         raise CampaignError(f"another campaign command is running in {out} ({err}); one "
                             "campaign per --out: wait for it to finish") from None
@@ -594,7 +598,7 @@ def run_campaign(minutes: float, out: str | os.PathLike, *,
 
 def _run_locked(minutes, out, queue, logs_dir, smoke, full_epochs, min_epochs, safety,
                 reserve, data_dir, device, amp, trainer, clock, log, pack, command,
-                retry_failed, start) -> dict:
+                retry_failed, start, held) -> dict:
     """:func:`run_campaign` while holding the campaign folder's lock."""
     state = _load_state(out, smoke, queue)
     log_file = os.fdopen(open_nofollow(out / LOG_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT),
@@ -602,6 +606,7 @@ def _run_locked(minutes, out, queue, logs_dir, smoke, full_epochs, min_epochs, s
 
     def say(text: str) -> None:
         log(text)
+        held.check()  # a campaign taken over by another host writes nothing more
         log_file.write(text + "\n")
         log_file.flush()
 
@@ -617,7 +622,7 @@ def _run_locked(minutes, out, queue, logs_dir, smoke, full_epochs, min_epochs, s
     campaign = _Campaign(out, logs_dir, queue, trainer or preset_trainer(
         smoke=smoke, data_dir=data_dir, device=device, amp=amp), clock,
         start + 60.0 * minutes - reserve, full_epochs, min_epochs, float(safety), say, state,
-        smoke, pack)
+        smoke, pack, held=held)
     campaign.save()
     stopped = "interrupted"
     try:

@@ -33,6 +33,7 @@ from ._io import (
     CHECKSUM_SUFFIX,
     CheckpointError,
     FolderLockedError,
+    HeldLock,
     LinkRefusedError,
     _read_checksums,
     _sha256,
@@ -548,11 +549,12 @@ def load_run_checkpoint(run_dir: str | os.PathLike) -> tuple[dict, dict]:
 # --------------------------------------------------------------------------- the lock
 @contextlib.contextmanager
 def run_lock(out: Path, ctx, log=None):
-    """Rank 0 holds the run folder's lock for the whole run; every rank fails if it cannot."""
-    error, stack, busy = None, contextlib.ExitStack(), False
+    """Rank 0 holds the run folder's lock for the whole run; every rank fails if it cannot.
+    Yields rank 0's :class:`~convnn._io.HeldLock` (``None`` on the other ranks)."""
+    error, stack, busy, held = None, contextlib.ExitStack(), False, []
     if ctx.rank == 0:
         try:
-            stack.enter_context(folder_lock(out, LOCK, log=log))
+            held = [stack.enter_context(folder_lock(out, LOCK, log=log))]
         except FolderLockedError as err:
             error, busy = str(err), True
         except LinkRefusedError as err:
@@ -571,7 +573,7 @@ def run_lock(out: Path, ctx, log=None):
         stack.close()
         raise (RunFolderBusyError if busy else RunFolderError)(error)
     with stack:
-        yield
+        yield held[0] if held else None
 
 
 # --------------------------------------------------------------------------- the folder
@@ -590,6 +592,11 @@ class RunFolder:
     saved_checkpoint: dict | None = None  # {"epoch", "sha256"} of the checkpoint on disk
     unsaved_first_epoch: bool = False  # a kill during the first checkpoint write
     recovered: str | None = None  # the temporary file the checkpoint was recovered from
+    held: HeldLock | None = None  # the lock: checked before every write
+
+    def _check_lock(self) -> None:
+        if self.held is not None:
+            self.held.check()
 
     @property
     def paths(self) -> dict[str, Path]:
@@ -728,6 +735,7 @@ class RunFolder:
     def prepare(self, log) -> None:
         """After every check has passed (rank 0): clear leftovers and what a fresh run
         replaces, and drop metrics lines written after the last checkpoint."""
+        self._check_lock()
         paths, start = self.paths, self.start_epoch
         for tmp in remove_leftovers(self.out, RUN_FILES):
             log(f"note: removed {tmp.name}, left by an interrupted write")
@@ -752,6 +760,7 @@ class RunFolder:
         """``config.json``: a fresh run's description (training settings, the model with its
         config, the dataset), or a resumed run's updated settings, the data's current
         location and one more ``resumed`` entry."""
+        self._check_lock()
         data = _dataset_info(ds)
         if self.checkpoint is None:
             cfg_json = {
@@ -776,11 +785,13 @@ class RunFolder:
 
     def save_epoch(self, records: list[dict]) -> None:
         """One finished epoch's metrics line (the checkpoint and the summary follow)."""
+        self._check_lock()
         append_jsonl_atomic(self.paths[METRICS], records[-1])
 
     def save_checkpoint(self, records: list[dict], checkpoint: dict) -> None:
         """The checkpoint after the last of ``records`` (format :data:`CHECKPOINT_FORMAT`,
         with a digest of the log)."""
+        self._check_lock()
         epoch = records[-1]["epoch"]
         sha = save_checkpoint({"format": CHECKPOINT_FORMAT, "epoch": epoch, **checkpoint,
                                "log": log_summary(records)}, self.checkpoint_path)
@@ -791,6 +802,7 @@ class RunFolder:
         """``summary.json``, recording the checkpoint on disk (its epoch and SHA-256): written
         after the checkpoint, so a summary never claims weights that are not there. Returns
         what was written."""
+        self._check_lock()
         summary = {**summary, "checkpoint": self.saved_checkpoint}
         atomic_write_json(self.paths[SUMMARY], summary)
         return summary

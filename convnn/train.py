@@ -908,11 +908,12 @@ def fit(
 
     ctx, device = _init_distributed(device)
     try:
-        with _deterministic(config.deterministic), _tf32_flags(), run_lock(out, ctx, log), \
-                _sigterm_stops_at_a_step_boundary(ctx):
+        with _deterministic(config.deterministic), _tf32_flags(), \
+                run_lock(out, ctx, log) as held, _sigterm_stops_at_a_step_boundary(ctx):
             return _fit(model_factory, dataset, config, out, resume, overwrite,
                         device, ctx, _progress_enabled(progress) and ctx.rank == 0, extra or {},
-                        callback, (log or (lambda _: None)) if ctx.rank == 0 else (lambda _: None))
+                        callback, (log or (lambda _: None)) if ctx.rank == 0 else (lambda _: None),
+                        held)
     finally:
         if ctx.created:
             import torch.distributed as dist
@@ -1191,7 +1192,7 @@ def _checkpoint_due(config: TrainConfig, epoch: int, start_epoch: int, saved_epo
 
 
 def _fit(model_factory, ds, config, out, resume, overwrite, device, ctx, show, extra, callback,
-         log) -> dict:
+         log, held=None) -> dict:
     t_call = time.perf_counter()
     if config.batch_size % ctx.world_size:
         raise ValueError(
@@ -1199,6 +1200,7 @@ def _fit(model_factory, ds, config, out, resume, overwrite, device, ctx, show, e
             f"(world size {ctx.world_size})"
         )
     folder = RunFolder.open(out, resume, overwrite)  # nothing changes until every check passed
+    folder.held = held  # every write checks that the lock is still this process's
     s, fingerprint, run_info = _open_session(model_factory, ds, config, folder, device, ctx,
                                              show, extra, log)
     main, start_epoch = ctx.rank == 0, folder.start_epoch
