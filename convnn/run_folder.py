@@ -295,7 +295,8 @@ def _differences(saved, current, prefix: str = ""):
     if isinstance(saved, dict) and isinstance(current, dict):
         keys = set(saved) | set(current)
         if prefix == "dataset.":  # facts an older run did not record are not compared, but
-            keys = set(saved) - set(DATA_LOCATION)  # every fact it recorded must be there
+            keys = {k for k in saved if k not in DATA_LOCATION  # every fact it recorded
+                    and not (saved[k] is None and k not in current)}  # (None: not recorded)
         for k in sorted(keys, key=str):
             yield from _differences(saved.get(k, _MISSING), current.get(k, _MISSING),
                                     f"{prefix}{k}.")
