@@ -424,9 +424,9 @@ def compile_variants(card) -> list:
     variants = []
     for dtype in _float_dtypes(card):
         ptr = pointer_type(dtype)
-        precisions = ("tf32", "ieee") if dtype == torch.float32 else ("tf32",)
-        for precision in precisions:
-            tag = f"{ptr[1:]}" + (f" {precision}" if dtype == torch.float32 else "")
+        # the layer passes precision=None: TF32 products for float32, 16-bit ones otherwise
+        for precision in ("tf32",):
+            tag = ptr[1:]
             for block_c in channel_blocks:
                 for cosine in (True, False):
                     variants.append(KernelVariant(
