@@ -521,6 +521,14 @@ def _problems(dtype):
             "fused_attention": attention, "conv2d_fused": conv2d}
 
 
+def test_the_decider_and_the_compile_gate_agree_on_which_cards_run_bf16():
+    from convnn import kernels
+    from convnn.bench.compile import CARDS
+
+    for card in CARDS:  # the gate builds bf16 variants exactly where the decider allows them
+        assert ((card.arch // 10, card.arch % 10) >= kernels.BF16_CAPABILITY) == card.bf16
+
+
 @pytest.mark.parametrize("capability", [(7, 5), (8, 0), (9, 0)])
 def test_no_bf16_kernel_variant_on_a_card_without_bf16(capability, monkeypatch):
     """A T4 (7.5) has no bf16 variants (the compile gate builds them from sm_80 on): a bf16
