@@ -4,8 +4,8 @@
   the imports (module-level and function-local) have no cycle; nothing imports the package
   root.
 - ``import convnn`` and its layers import neither matplotlib nor ipywidgets.
-- Demonstrations: a new token mixer with its preset, and a new dataset, each added in one
-  place, reach the model and the trainer (a new similarity: ``test_ops.py``; a change of the
+- Demonstrations: a new token mixer with its preset, a new dataset and a new model family,
+  each added in one place, reach the model and the trainer (a new similarity: ``test_ops.py``; a change of the
   checkpoint format: ``test_train.py``/``test_reliability.py``).
 """
 
@@ -217,6 +217,75 @@ def test_a_new_dataset_added_in_one_place_trains_through_run_preset(tmp_path, mo
     assert recorded["name"] == "stripes6" and recorded["classes"] == 6
     assert recorded["train_images"] == 6 * 8
     assert data.dataset_info("stripes6") is info
+
+
+# -------------------------------------------------------------------------- a new model family
+TOY_FAMILY = '''
+"""A toy model family, added in this one file: a linear classifier on the pixels."""
+import torch
+from torch import nn
+
+from convnn.experiments import Preset, register_preset
+from convnn.models import ModelConfig, ModelFamily, register_model_family
+from convnn.train import TrainConfig
+
+
+class PixelLinear(nn.Module):
+    def __init__(self, num_classes, image_size, in_channels, scale, device=None, dtype=None):
+        super().__init__()
+        self.scale = scale
+        self.fc = nn.Linear(in_channels * image_size ** 2, num_classes, device=device,
+                            dtype=dtype)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(x, 1) * self.scale)
+
+
+def build(config, factory):
+    return PixelLinear(config.num_classes, config.image_size or 32, config.in_channels,
+                       config.layer_options.get("scale", 1.0), **factory)
+
+
+register_model_family(ModelFamily("pixel", "PixelLinear", PixelLinear,
+                                  image_sizes={"pixel_linear": 32}, build=build,
+                                  reduced={"layer_options": {"scale": 0.5}}))
+register_preset(Preset("pixel-linear-c10", "pixel", "cifar10",
+                       ModelConfig(name="pixel_linear", layer_options={"scale": 2.0}),
+                       TrainConfig(epochs=3, batch_size=50, lr=1e-3)))
+'''
+
+
+def test_a_new_model_family_added_in_one_file_trains_through_the_command_line(
+        tmp_path, monkeypatch, capsys):
+    from convnn import experiments
+    from convnn.__main__ import main
+    from convnn.models import MODEL_FAMILIES, build_model, unregister_model_family
+    from convnn.run_folder import RunFolder
+    from convnn.train import model_family
+
+    (tmp_path / "toy_family.py").write_text(TOY_FAMILY, encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(experiments, "PRESETS", dict(experiments.PRESETS))
+    monkeypatch.delitem(sys.modules, "toy_family", raising=False)
+    import toy_family
+
+    try:
+        assert "pixel" in MODEL_FAMILIES
+        model = build_model({"name": "pixel_linear", "num_classes": 4})
+        assert isinstance(model, toy_family.PixelLinear) and model_family(model) == "pixel"
+        with pytest.raises(ValueError, match="head='lean' does not apply to 'pixel_linear'"):
+            build_model({"name": "pixel_linear", "head": "lean"})
+        rc = main(["train", "--preset", "pixel-linear-c10", "--smoke", "--synthetic",
+                   "--epochs", "1", "--out", str(tmp_path / "run"), "--device", "cpu"])
+        assert rc == 0 and "best test top-1" in capsys.readouterr().out
+        record = RunFolder.read(tmp_path / "run", checkpoint="verify")
+        assert len(record.records) == 1
+        # the smoke run trained the family's reduced model
+        assert record.model_config["layer_options"] == {"scale": 0.5}
+    finally:
+        unregister_model_family("pixel")
+    with pytest.raises(ValueError, match="pixel_linear"):
+        build_model({"name": "pixel_linear"})
 
 
 # ------------------------------------------------------------- saved configs still build
