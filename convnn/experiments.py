@@ -58,7 +58,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
-from . import imagenet  # noqa: F401 - registers the ImageNet entry of DATASETS
 from . import paper_vocabulary as paper
 from ._checks import check_known
 from .attention import mixer_spec
@@ -77,10 +76,6 @@ IMAGENET_PROTOCOLS = {name: dict(family.protocol) for name, family in MODEL_FAMI
 each family's own recipe (:attr:`convnn.models.ModelFamily.protocol`, ResNet: torchvision's SGD
 recipe; ViT: DeiT's optimiser settings), with random-resized crop + flip at 224 and center crop
 for testing (see :mod:`convnn.imagenet`)."""
-
-OUR_PROTOCOLS = {"imagenet": IMAGENET_PROTOCOLS}
-"""Datasets whose presets train under our protocol, per family (the paper states none); every
-other dataset trains under the paper's CIFAR protocol."""
 
 CIFAR_PROTOCOL = {"optimizer": "adamw", "weight_decay": 0.01, "batch_size": 256,
                   "grad_clip": 1.0, "schedule": "none", "augment": False}
@@ -374,9 +369,22 @@ class Preset:
                 "paper_precision": self.paper_precision}
 
 
+def _family_protocol(family: str, dataset: str) -> dict | None:
+    """The family's own recipe where ``dataset`` trains under it (its
+    :attr:`~convnn.data.DatasetInfo.protocol` is ``"family"``), None under the paper's."""
+    if dataset_info(dataset).protocol != "family":
+        return None
+    protocol = MODEL_FAMILIES[family].protocol
+    if protocol is None:
+        raise ValueError(f"dataset {dataset!r} trains under each model family's own recipe, and "
+                         f"family {family!r} has none: give its ModelFamily a protocol")
+    return dict(protocol)
+
+
 def _paper_train(family: str, dataset: str, s: dict) -> dict:
-    if dataset in OUR_PROTOCOLS:
-        return {**OUR_PROTOCOLS[dataset][family], "seed": s["seed"]}
+    protocol = _family_protocol(family, dataset)
+    if protocol is not None:
+        return {**protocol, "seed": s["seed"]}
     return {**CIFAR_PROTOCOL, "lr": s["lr"], "epochs": s["epochs"], "seed": s["seed"],
             "resize": FAMILIES[family].resize}
 
@@ -396,8 +404,8 @@ def _paper_name(family: str, dataset: str, s: dict) -> str:
 def _paper_description(family: str, dataset: str, s: dict) -> str:
     model = FAMILIES[family].describe(s)
     data = dataset_info(dataset).title
-    if dataset in OUR_PROTOCOLS:
-        p = OUR_PROTOCOLS[dataset][family]
+    p = _family_protocol(family, dataset)
+    if p is not None:
         return (f"{model} on {data}; our protocol (the paper states none): "
                 f"{p['optimizer'].upper() if p['optimizer'] == 'sgd' else 'AdamW'} "
                 f"lr {p['lr']:g}, cosine, {p['epochs']} epochs, seed {s['seed']}")
@@ -604,7 +612,6 @@ __all__ = [
     "LAPTOP_PRESETS",
     "LAPTOP_PROTOCOL",
     "NON_PAPER_PRESETS",
-    "OUR_PROTOCOLS",
     "PAPER_PRECISION",
     "PRESETS",
     "Family",

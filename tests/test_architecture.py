@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import subprocess
 import sys
@@ -28,7 +29,7 @@ LAYERS = {
                "convnn.paper_vocabulary"),
     "core": ("convnn.kernels", "convnn.kernels_attention", "convnn.kernels_conv2d", "convnn.ops", "convnn.attention", "convnn.layers",
              "convnn.models"),
-    "training": ("convnn.data", "convnn.imagenet", "convnn.run_folder", "convnn.train",
+    "training": ("convnn.dataset_base", "convnn.data", "convnn.imagenet", "convnn.run_folder", "convnn.train",
                  "convnn.experiments", "convnn.runner"),
     "tooling": ("convnn.stats", "convnn.viz", "convnn.results", "convnn.demo", "convnn.study",
                 "convnn.campaign", "convnn.bench", "convnn.__main__"),
@@ -138,10 +139,13 @@ def test_the_library_imports_without_the_books_tooling():
             "import convnn\n"
             "from convnn import ConvNN2d, ConvNNAttention, ops\n"
             "import convnn.models, convnn.layers, convnn.attention\n"
-            f"print([m for m in {TOOLING_ONLY!r} if m in sys.modules])\n")
+            f"print([m for m in {TOOLING_ONLY!r} if m in sys.modules])\n"
+            # the whole dataset table, without the modules that use it
+            "print(sorted(convnn.data.DATASETS), 'convnn.experiments' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout
-    assert json.loads(out.strip().replace("'", '"')) == []
+                         check=True).stdout.splitlines()
+    assert json.loads(out[0].strip().replace("'", '"')) == []
+    assert out[1] == "['cifar10', 'cifar100', 'imagenet'] False"
 
 
 def test_the_docstring_names_every_layer_module():
@@ -204,8 +208,11 @@ def test_a_new_dataset_added_in_one_place_trains_through_run_preset(tmp_path, mo
 
     info = DatasetInfo(name="stripes6", title="Stripes-6", short="s6", num_classes=6,
                        mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), smoke_train_per_class=8,
-                       smoke_test_per_class=4, smoke_lr=None, loader=load)
+                       smoke_test_per_class=4, smoke_lr=None, loader=load, protocol="paper")
     monkeypatch.setitem(DATASETS, "stripes6", info)  # = data.register_dataset(info)
+    # a dataset must say how its presets train
+    with pytest.raises(ValueError, match="protocol='paper'.*protocol='family'"):
+        data.register_dataset(dataclasses.replace(info, name="stripes6b", protocol=None))
     preset = experiments.make_preset("vgg", "stripes6", {"layer": "conv2d"})
     assert preset.name.startswith("vgg11-s6-") and "Stripes-6" in preset.description
     assert preset.model.num_classes == 6
