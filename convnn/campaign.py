@@ -314,8 +314,8 @@ class _Campaign:
         before = _epochs_done(run_dir)
         last = [self.clock()]
         start = last[0]
-        estimate = self.state["runs"].get(preset, {}).get("epoch_seconds") or \
-            self.state["runs"].get(preset, {}).get("first_epoch_seconds")
+        estimate = (self.state["runs"].get(preset, {}).get("epoch_seconds") or
+                    self.state["runs"].get(preset, {}).get("first_epoch_seconds"))
 
         def callback(record: dict) -> None:
             now = self.clock()
@@ -538,8 +538,8 @@ def run_campaign(minutes: float, out: str | os.PathLike, *,
     Raises:
         ValueError: a bad argument (naming it), or a folder of another campaign.
     """
-    if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or \
-            not math.isfinite(minutes) or minutes <= 0:
+    if (isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or
+            not math.isfinite(minutes) or minutes <= 0):
         raise ValueError(f"minutes must be a positive number, got {minutes!r}")
     check_int("min_epochs", min_epochs, minimum=1)
     if full_epochs is not None:

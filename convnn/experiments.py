@@ -262,9 +262,9 @@ def _vit_name(s: dict) -> list[str]:
 def _vit_describe(s: dict) -> str:
     what = s["mixer"]
     if s["mixer"] == "convnn_attention":
-        what = f"ConvNN attention, k = {s['k']}, {s['sampling']} candidates" + \
-            (f" r = {s['candidates']}" if s["candidates"] else "") + \
-            f", {s['aggregation']} aggregation"
+        what = (f"ConvNN attention, k = {s['k']}, {s['sampling']} candidates" +
+                (f" r = {s['candidates']}" if s["candidates"] else "") +
+                f", {s['aggregation']} aggregation")
     elif s["mixer"] == "kvt":
         what = f"KVT top-{s['k']} attention"
     elif s["k"] is not None:

@@ -158,8 +158,8 @@ def _check_options(options, options_type: type, constant: str):
 def _empty_output(x: Tensor, shape: tuple, layer: nn.Module) -> Tensor:
     """The output of an empty batch, as ``nn.Conv2d`` gives it: empty, in the graph."""
     out = x.new_zeros(shape)
-    return out + sum(p.sum() * 0 for p in layer.parameters()) if torch.is_grad_enabled() \
-        else out
+    return (out + sum(p.sum() * 0 for p in layer.parameters()) if torch.is_grad_enabled()
+            else out)
 
 
 def _init_aggregation(weight: Tensor, bias: Tensor | None, fan_in: int) -> None:
@@ -338,8 +338,8 @@ class ConvNN2d(_SampledCandidates):
         check_choice("candidate_layout", candidate_layout, CANDIDATE_LAYOUTS)
         if sampling != "all":
             total = candidate_count(candidates, candidate_layout)
-            if sampling == "spatial" and candidate_layout == "count" \
-                    and math.isqrt(candidates) ** 2 != candidates:
+            if (sampling == "spatial" and candidate_layout == "count"
+                    and math.isqrt(candidates) ** 2 != candidates):
                 raise ValueError(f"sampling='spatial' with candidate_layout='count' needs a "
                                  f"square number of candidates (a grid), got {candidates}")
             if k > total:
@@ -359,8 +359,8 @@ class ConvNN2d(_SampledCandidates):
         self.self_first = (selection != "coords") if self_first is None else self_first
         if sampling != "all":
             self.self_first = True
-        self.sort_by_position = (selection == "coords") if sort_by_position is None \
-            else sort_by_position
+        self.sort_by_position = ((selection == "coords") if sort_by_position is None
+                                 else sort_by_position)
         self.eval_sampling, self.seed, self.backend = eval_sampling, seed, backend
 
         factory = {"device": device, "dtype": dtype}
@@ -597,8 +597,8 @@ class ConvNN2d(_SampledCandidates):
         if batch == 0:  # as nn.Conv2d: an empty batch gives an empty output
             self._select(x)  # the same checks of k and the candidates as a full batch
             return _empty_output(x, (0, self.out_channels, height, width), self)
-        if ops.requested_backend(self.backend) == "triton" and \
-                self.backend_decision(x)[0] == "triton":
+        if (ops.requested_backend(self.backend) == "triton" and
+                self.backend_decision(x)[0] == "triton"):
             return self._fused_forward(x)
         static, sel, values, qpos, candidates = self._select(x)
         if static is not None:

@@ -577,9 +577,9 @@ class RunFolder:
         recorded = (summary or {}).get("checkpoint")
         if checkpoint == "verify":
             sha = verify_checksum(ckpt_path)
-            if isinstance(recorded, dict) and sha is not None and recorded.get("sha256") == sha \
+            if (isinstance(recorded, dict) and sha is not None and recorded.get("sha256") == sha
                     and isinstance(recorded.get("epoch"), int) and recorded.get(
-                        "fingerprint") == fingerprint_digest(config_fingerprint(config)):
+                        "fingerprint") == fingerprint_digest(config_fingerprint(config))):
                 run.checkpoint_epoch, run.checkpoint_sha256 = recorded["epoch"], sha
                 return run
         loaded = _load_training_checkpoint(ckpt_path)

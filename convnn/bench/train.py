@@ -97,8 +97,8 @@ def training_benchmarks(device: torch.device | str | None = None, quick: bool = 
         steps, params, configs = {}, {}, {}
         for label, options in cases:
             variants = [(label, options)]
-            if options.get("mixer", "").startswith("convnn") or \
-                    options.get("layer") in ("branching", "convnn"):
+            if (options.get("mixer", "").startswith("convnn") or
+                    options.get("layer") in ("branching", "convnn")):
                 variants.append((f"{label} [reference]", with_reference(options)))
             if ((options.get("mixer") == "convnn_attention"
                  or options.get("layer") in ("branching", "convnn"))

@@ -268,10 +268,10 @@ class VGG(nn.Module):
         """:attr:`layer_plan` as a small text table."""
         rows = ["idx  in->out    map    conv/convnn  sampling (requested)  fallback"]
         for p in self.layer_plan:
-            used = p["sampling"] if p["candidates"] is None else \
-                f"{p['sampling']} r={p['candidates']}"
-            req = p["requested_sampling"] if p["requested_candidates"] is None else \
-                f"{p['requested_sampling']} r={p['requested_candidates']}"
+            used = (p["sampling"] if p["candidates"] is None else
+                    f"{p['sampling']} r={p['candidates']}")
+            req = (p["requested_sampling"] if p["requested_candidates"] is None else
+                   f"{p['requested_sampling']} r={p['requested_candidates']}")
             rows.append(f"{p['index']:>3}  {p['in_channels']:>4}->{p['out_channels']:<4} "
                         f"{p['map_size'][0]:>3}x{p['map_size'][1]:<3} "
                         f"{p['conv_channels']:>4}/{p['convnn_channels']:<4}  "
