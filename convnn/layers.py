@@ -28,7 +28,13 @@ from ._checks import (
     check_layer_input,
     check_layer_options,
 )
-from .attention import MultiHeadSelfAttention, TokenConv1d, _HeadProjections, register_mixer
+from .attention import (
+    MultiHeadSelfAttention,
+    TokenConv1d,
+    _check_heads,
+    _HeadProjections,
+    register_mixer,
+)
 from .ops import EVAL_SAMPLINGS
 
 RANDOM_REGIONS = ("image", "padded")
@@ -690,9 +696,7 @@ class ConvNNAttention(_HeadProjections, _SampledCandidates):
         attn_dropout_on, spatial_rounding = options.attn_dropout_on, options.spatial_rounding
         eval_sampling, seed = options.eval_sampling, options.seed
         super().__init__()
-        check_int("dim", dim, minimum=1)
-        check_int("num_heads", num_heads, minimum=1)
-        check_divisible("dim", dim, "num_heads", num_heads)
+        head_dim = _check_heads(dim, num_heads)
         check_k(k)
         check_choice("selection", selection, ops.SELECTIONS)
         similarity = _resolve_similarity(selection, similarity, "dot")
@@ -718,7 +722,7 @@ class ConvNNAttention(_HeadProjections, _SampledCandidates):
         self.attn_dropout, self.eval_sampling, self.seed, self.backend = (
             attn_dropout, eval_sampling, seed, backend)
         factory = {"device": device, "dtype": dtype}
-        self._init_projections(dim, num_heads, dim // num_heads, bias, device, dtype)
+        self._init_projections(dim, num_heads, head_dim, bias, device, dtype)
         d = self.head_dim
         if aggregation == "standard":
             # W_j = identity for every rank: top-k attention at initialisation.
