@@ -42,7 +42,7 @@ from .data import DATASETS
 from .experiments import get_preset, paper_key, paper_records, preset_for_record
 from .models import upgrade_model_dict
 from .package_data import PackageDataError, data_file, results_root
-from .run_folder import METRICS, RunFolder, RunRecord, is_run_folder
+from .run_folder import RunFolder, RunRecord, find_run_folders, is_run_folder
 from .viz import BookFigure
 
 __all__ = [
@@ -422,7 +422,7 @@ def find_runs(root: str | os.PathLike | None = None) -> list[Run]:
     if not root.is_dir():
         return []
     runs = []
-    for folder in sorted({p.parent for p in root.rglob(METRICS)}):
+    for folder in find_run_folders(root):
         if not is_run_folder(folder):
             continue
         try:
