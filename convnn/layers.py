@@ -28,10 +28,17 @@ from ._checks import (
     check_layer_input,
     check_layer_options,
 )
-from .attention import MultiHeadSelfAttention, TokenConv1d, _HeadProjections, register_mixer
+from .attention import (
+    MultiHeadSelfAttention,
+    TokenConv1d,
+    _check_heads,
+    _HeadProjections,
+    register_mixer,
+)
 from .ops import EVAL_SAMPLINGS
 
 RANDOM_REGIONS = ("image", "padded")
+CANDIDATE_LAYOUTS = ("square", "count")
 DROPOUT_TARGETS = ("weights", "output")
 
 
@@ -91,6 +98,16 @@ class ConvNN2dOptions(_Options):
     sort_by_position: bool | None = None
     eval_sampling: str = "fixed"
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_fraction("mix", self.mix)
+        check_choice("coord_grid", self.coord_grid, ops.COORD_GRIDS)
+        check_choice("candidate_layout", self.candidate_layout, CANDIDATE_LAYOUTS)
+        check_choice("random_region", self.random_region, RANDOM_REGIONS)
+        check_choice("spatial_rounding", self.spatial_rounding, ops.SPATIAL_ROUNDINGS)
+        check_choice("eval_sampling", self.eval_sampling, EVAL_SAMPLINGS)
+        check_layer_options(seed=self.seed, optional_bools={
+            "self_first": self.self_first, "sort_by_position": self.sort_by_position})
 
 
 @dataclass(frozen=True)
@@ -158,8 +175,8 @@ def _check_options(options, options_type: type, constant: str):
 def _empty_output(x: Tensor, shape: tuple, layer: nn.Module) -> Tensor:
     """The output of an empty batch, as ``nn.Conv2d`` gives it: empty, in the graph."""
     out = x.new_zeros(shape)
-    return out + sum(p.sum() * 0 for p in layer.parameters()) if torch.is_grad_enabled() \
-        else out
+    return (out + sum(p.sum() * 0 for p in layer.parameters()) if torch.is_grad_enabled()
+            else out)
 
 
 def _init_aggregation(weight: Tensor, bias: Tensor | None, fan_in: int) -> None:
@@ -205,9 +222,6 @@ class _SampledCandidates(nn.Module):
         return ops.random_candidates(num_positions, count, device=device)
 
 
-CANDIDATE_LAYOUTS = ("square", "count")
-
-
 def candidate_count(candidates: int, layout: str = "square") -> int:
     """Positions in an image candidate set: ``r²`` for layout ``"square"``, ``r`` for
     ``"count"`` (see :class:`ConvNN2d`)."""
@@ -235,6 +249,19 @@ def _resolve_similarity(selection: str, similarity: str | None, default: str) ->
         raise ValueError("selection='coords' ranks neighbours by distance and needs "
                          f"similarity='euclidean', got {similarity!r}")
     return similarity
+
+
+def _option(name: str) -> property:
+    """An attribute of a layer that is field ``name`` of its ``options`` value (setting it
+    replaces the field: the options stay one frozen value)."""
+
+    def get(self):
+        return getattr(self.options, name)
+
+    def set(self, value) -> None:
+        self.options = dataclasses.replace(self.options, **{name: value})
+
+    return property(get, set, doc=f"``options.{name}``")
 
 
 class ConvNN2d(_SampledCandidates):
@@ -284,6 +311,12 @@ class ConvNN2d(_SampledCandidates):
     dict of options (a model config's ``layer_options``).
     """
 
+    mix, coord_grid, candidate_layout, random_region, spatial_rounding = (
+        _option("mix"), _option("coord_grid"), _option("candidate_layout"),
+        _option("random_region"), _option("spatial_rounding"))
+    self_first, sort_by_position = _option("self_first"), _option("sort_by_position")
+    eval_sampling, seed = _option("eval_sampling"), _option("seed")
+
     def __init__(
         self,
         in_channels: int,
@@ -303,59 +336,46 @@ class ConvNN2d(_SampledCandidates):
         device=None,
         dtype=None,
     ) -> None:
-        options = _check_options(options, ConvNN2dOptions, "PAPER_CONVNN2D")
-        mix, coord_grid, candidate_layout = (options.mix, options.coord_grid,
-                                             options.candidate_layout)
-        random_region, spatial_rounding = options.random_region, options.spatial_rounding
-        self_first, sort_by_position = options.self_first, options.sort_by_position
-        eval_sampling, seed = options.eval_sampling, options.seed
+        o = _check_options(options, ConvNN2dOptions, "PAPER_CONVNN2D")
         super().__init__()
         check_int("in_channels", in_channels, minimum=1)
         check_int("out_channels", out_channels, minimum=1)
         check_k(k)
         check_int("padding", padding, minimum=0)
         check_choice("selection", selection, ops.SELECTIONS)
-        check_fraction("mix", mix)
-        check_choice("coord_grid", coord_grid, ops.COORD_GRIDS)
-        check_choice("random_region", random_region, RANDOM_REGIONS)
-        check_choice("spatial_rounding", spatial_rounding, ops.SPATIAL_ROUNDINGS)
         similarity = _resolve_similarity(selection, similarity, "cosine")
         check_choice("weighting", weighting, ops.WEIGHTINGS)
         check_choice("aggregation", aggregation, ops.AGGREGATIONS)
         ops.requested_backend(backend)  # checks the name
-        check_layer_options(seed=seed, bools={"bias": bias}, optional_bools={
-            "self_first": self_first, "sort_by_position": sort_by_position})
-        _check_sampling(sampling, candidates, eval_sampling)
+        check_layer_options(bools={"bias": bias})  # the options checked themselves
+        _check_sampling(sampling, candidates, o.eval_sampling)
         if aggregation == "depthwise" and out_channels != in_channels:
             raise ValueError("aggregation='depthwise' needs out_channels == in_channels, got "
                              f"in_channels={in_channels}, out_channels={out_channels}")
-        check_choice("candidate_layout", candidate_layout, CANDIDATE_LAYOUTS)
         if sampling != "all":
-            total = candidate_count(candidates, candidate_layout)
-            if sampling == "spatial" and candidate_layout == "count" \
-                    and math.isqrt(candidates) ** 2 != candidates:
+            total = candidate_count(candidates, o.candidate_layout)
+            if (sampling == "spatial" and o.candidate_layout == "count"
+                    and math.isqrt(candidates) ** 2 != candidates):
                 raise ValueError(f"sampling='spatial' with candidate_layout='count' needs a "
                                  f"square number of candidates (a grid), got {candidates}")
             if k > total:
-                what = "candidates" if candidate_layout == "count" else "candidates**2"
+                what = "candidates" if o.candidate_layout == "count" else "candidates**2"
                 raise ValueError(f"k={k} must be <= the number of candidates {what}={total}")
-        if sampling != "all" and self_first is False:
+        if sampling != "all" and o.self_first is False:
             raise ValueError("sampled candidates always put each pixel first; "
                              "self_first=False needs sampling='all'")
         self.in_channels, self.out_channels, self.k, self.padding = (
             in_channels, out_channels, k, padding)
-        self.selection, self.mix, self.similarity = selection, mix, similarity
+        self.selection, self.similarity = selection, similarity
         self.sampling, self.candidates = sampling, candidates
-        self.candidate_layout = candidate_layout
-        self.coord_grid, self.random_region = coord_grid, random_region
-        self.spatial_rounding = spatial_rounding
         self.weighting, self.aggregation = weighting, aggregation
-        self.self_first = (selection != "coords") if self_first is None else self_first
-        if sampling != "all":
-            self.self_first = True
-        self.sort_by_position = (selection == "coords") if sort_by_position is None \
-            else sort_by_position
-        self.eval_sampling, self.seed, self.backend = eval_sampling, seed, backend
+        # the options kept as one value, with the defaults that follow the selection resolved
+        self.options = dataclasses.replace(
+            o, self_first=True if sampling != "all" else (
+                selection != "coords" if o.self_first is None else o.self_first),
+            sort_by_position=(selection == "coords" if o.sort_by_position is None
+                              else o.sort_by_position))
+        self.backend = backend
 
         factory = {"device": device, "dtype": dtype}
         if aggregation == "standard":
@@ -663,9 +683,7 @@ class ConvNNAttention(_HeadProjections, _SampledCandidates):
         attn_dropout_on, spatial_rounding = options.attn_dropout_on, options.spatial_rounding
         eval_sampling, seed = options.eval_sampling, options.seed
         super().__init__()
-        check_int("dim", dim, minimum=1)
-        check_int("num_heads", num_heads, minimum=1)
-        check_divisible("dim", dim, "num_heads", num_heads)
+        head_dim = _check_heads(dim, num_heads)
         check_k(k)
         check_choice("selection", selection, ops.SELECTIONS)
         similarity = _resolve_similarity(selection, similarity, "dot")
@@ -691,7 +709,7 @@ class ConvNNAttention(_HeadProjections, _SampledCandidates):
         self.attn_dropout, self.eval_sampling, self.seed, self.backend = (
             attn_dropout, eval_sampling, seed, backend)
         factory = {"device": device, "dtype": dtype}
-        self._init_projections(dim, num_heads, dim // num_heads, bias, device, dtype)
+        self._init_projections(dim, num_heads, head_dim, bias, device, dtype)
         d = self.head_dim
         if aggregation == "standard":
             # W_j = identity for every rank: top-k attention at initialisation.

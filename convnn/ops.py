@@ -577,8 +577,8 @@ def _euclidean_prepare(query: Tensor, keys: Tensor):
 
 
 def _euclidean_block(query, keys, key_norms, scale, dtype) -> Tensor:
-    sq = (query * query).sum(-1, keepdim=True) + key_norms \
-        - 2.0 * torch.matmul(query, keys.transpose(-1, -2))  # (B, n, m)
+    sq = ((query * query).sum(-1, keepdim=True) + key_norms
+          - 2.0 * torch.matmul(query, keys.transpose(-1, -2)))  # (B, n, m)
     return (-sq.clamp_min(0.0)).to(dtype)
 
 
@@ -1119,8 +1119,8 @@ class _GatherAggregate(torch.autograd.Function):
             out = torch.matmul(rows.view(-1, k * channels), w.t())  # (M, O)
         else:  # weight (C, 1, k) -> (k, C); the sum over ranks is a batched (1×k)(k×C) product
             rows = rows * weight[:, 0, :].t().to(values.dtype)
-            out = rows.sum(dim=1) if rho is None else \
-                torch.bmm(rho.unsqueeze(1), rows).squeeze(1)  # (M, C)
+            out = (rows.sum(dim=1) if rho is None else
+                   torch.bmm(rho.unsqueeze(1), rows).squeeze(1))  # (M, C)
         ctx.save_for_backward(values, flat_index, rho, weight)
         ctx.k, ctx.standard = k, standard
         return out
@@ -1148,8 +1148,8 @@ class _GatherAggregate(torch.autograd.Function):
             w_t = weight[:, 0, :].t().to(values.dtype)  # (k, C)
             if ctx.needs_input_grad[3]:
                 prod = raw * grad_out.unsqueeze(1)  # (M, k, C)
-                gw = prod.sum(dim=0) if rho is None else \
-                    torch.einsum("mk,mkc->kc", rho, prod)
+                gw = (prod.sum(dim=0) if rho is None else
+                      torch.einsum("mk,mkc->kc", rho, prod))
                 grad_weight = gw.t().unsqueeze(1).to(weight.dtype)
             if rho is not None and ctx.needs_input_grad[2]:
                 grad_rho = torch.bmm(raw * w_t, grad_out.unsqueeze(-1)).squeeze(-1)  # (M, k)
@@ -1160,8 +1160,8 @@ class _GatherAggregate(torch.autograd.Function):
                 grad_rows = torch.bmm(rho.unsqueeze(-1), grad_out.unsqueeze(1)) * w_t
         if ctx.needs_input_grad[0]:
             # Accumulate in float32: 16-bit atomic adds are slow on GPUs and lose precision.
-            accumulate = torch.float32 if values.dtype in (torch.float16, torch.bfloat16) \
-                else values.dtype
+            accumulate = (torch.float32 if values.dtype in (torch.float16, torch.bfloat16)
+                          else values.dtype)
             grad_values = torch.zeros(values.shape, dtype=accumulate, device=values.device)
             grad_values.index_add_(0, flat_index, grad_rows.reshape(-1, channels).to(accumulate))
             grad_values = grad_values.to(values.dtype)

@@ -72,8 +72,8 @@ def _profiler_peak(step: Callable[[], None]) -> int:
     try:
         with open(os.devnull, "w") as null:
             os.dup2(null.fileno(), 2)
-            with contextlib.redirect_stderr(io.StringIO()), \
-                    profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            with (contextlib.redirect_stderr(io.StringIO()),
+                    profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof):
                 step()
     finally:
         os.dup2(saved, 2)
@@ -143,8 +143,8 @@ def sdpa_backends(step: Callable[[], None]) -> list[str]:
 
 def environment(device: torch.device) -> dict:
     """Where the numbers come from."""
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() \
-        or platform.machine()
+    name = (torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+            or platform.machine())
     return {"device": str(device), "device_name": name, "torch": torch.__version__,
             "threads": torch.get_num_threads(), "commit": git_commit(),
             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
