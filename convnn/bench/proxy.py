@@ -266,6 +266,20 @@ def _fused_sdpa(trace: StepTrace, bf16: bool):
         F.scaled_dot_product_attention = original
 
 
+@contextlib.contextmanager
+def _gpu_blocks():
+    """The blocked selection takes a GPU's block size: the traced tensors stand for CUDA ones
+    (:data:`convnn.ops.GPU_BLOCK_ELEMENTS`), not the CPU's smaller blocks."""
+    from .. import ops
+
+    old = ops.CPU_BLOCK_ELEMENTS
+    ops.CPU_BLOCK_ELEMENTS = ops.GPU_BLOCK_ELEMENTS
+    try:
+        yield
+    finally:
+        ops.CPU_BLOCK_ELEMENTS = old
+
+
 def trace_step(model_config, batch: int, image_size: int, amp: str = "bf16") -> StepTrace:
     """Trace forward + loss + backward of one training step of the model a
     :class:`~convnn.models.ModelConfig` describes, at full size, without real tensors."""
@@ -284,7 +298,7 @@ def trace_step(model_config, batch: int, image_size: int, amp: str = "bf16") -> 
         x = torch.randn(batch, 3, image_size, image_size)
         y = torch.randint(0, 10, (batch,))
         model.train()
-        with _fused_sdpa(trace, amp == "bf16"), _Tracer(trace):
+        with _fused_sdpa(trace, amp == "bf16"), _gpu_blocks(), _Tracer(trace):
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp == "bf16"):
                 logits = model(x)
             loss = F.cross_entropy(logits.float(), y)
@@ -565,7 +579,7 @@ def _trace(build, make_input, batch: int, amp: str, fused: bool, loss: bool) -> 
         x = make_input(batch)
         module.train()
         stand_in = _fused_layers(trace) if fused else contextlib.nullcontext()
-        with stand_in, _fused_sdpa(trace, amp == "bf16"), _Tracer(trace):
+        with stand_in, _fused_sdpa(trace, amp == "bf16"), _gpu_blocks(), _Tracer(trace):
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp == "bf16"):
                 out = module(x)
             if loss:
@@ -684,19 +698,24 @@ def format_kernel_estimates(rows: list[dict]) -> str:
 #: optimizer and the memory side of the compute classes), ``e_gather`` that of
 #: gather / index / scatter kernels, ``e_topk`` that of ``topk`` / ``sort``; ``launch_us``
 #: is the cost of one kernel launch including the host's dispatch (µs).
-PARAMETERS = ("e_matmul", "e_attention", "e_conv_bf16", "e_conv_tf32", "e_conv1d", "e_stream",
-              "e_gather", "e_topk", "launch_us")
+PARAMETERS = ("e_matmul", "e_attention", "e_attention_fp32", "e_conv_bf16", "e_conv_tf32",
+              "e_conv1d", "e_stream", "e_reduce", "e_gather", "e_topk", "launch_us")
 #: Where the fit starts (the hand-set values above); the fit moves every one of them.
-_START = {"e_matmul": 0.27, "e_attention": 0.25, "e_conv_bf16": 0.0086, "e_conv_tf32": 0.12,
+_START = {"e_matmul": 0.27, "e_attention": 0.25, "e_attention_fp32": 0.25,
+          "e_conv_bf16": 0.0086, "e_conv_tf32": 0.12,
           "e_conv1d": 0.12,
-          "e_stream": 0.5, "e_gather": 0.15, "e_topk": 0.02, "launch_us": 5.0}
-_MEMORY_PARAMETER = {"norm": "e_stream", "reduce": "e_stream", "elementwise": "e_stream",
+          "e_stream": 0.5, "e_reduce": 0.2, "e_gather": 0.15, "e_topk": 0.02,
+          "launch_us": 5.0}
+_MEMORY_PARAMETER = {"norm": "e_reduce", "reduce": "e_reduce", "elementwise": "e_stream",
                      "optimizer": "e_stream", "index": "e_gather", "scatter": "e_gather",
                      "topk": "e_topk"}
 _COMPUTE_PARAMETER = {"matmul": "e_matmul", "attention": "e_attention"}
 #: Float32 rate of the CUDA cores where no TF32 runs (float32 matmuls with TF32 off, float32
 #: SDPA: the memory-efficient kernel), FLOP/s, vendor figures.
 FP32_FLOPS = CUDA_CORE_FLOPS
+#: The bandwidth efficiency of the memory side of cuBLAS / cuDNN / SDPA kernels: an
+#: assumption (tuned library kernels stream near peak), not fitted; their compute side is.
+LIBRARY_BANDWIDTH = 0.8
 
 
 @dataclass(frozen=True)
@@ -710,6 +729,7 @@ class TraceSpec:
     batch: int = 1
     amp: str = "bf16"  # "bf16" autocast, or "off" (float32)
     tf32: bool = False  # float32 matmuls on TF32 tensor cores (else CUDA cores)
+    ranking: str = "float32"  # "float32": today's ranking precision; "autocast": 16-bit
 
     def option_dict(self) -> dict:
         return {k: dict(v) if isinstance(v, tuple) else v for k, v in self.options}
@@ -727,11 +747,37 @@ def traced(spec: TraceSpec) -> StepTrace:
     """The trace of ``spec`` (cached for the process: traces are deterministic)."""
     if spec in _TRACES:
         return _TRACES[spec]
+    opts = spec.option_dict()
+    with _ranking(spec.ranking):
+        trace = _trace_spec(spec, opts)
+    _TRACES[spec] = trace
+    return trace
+
+
+#: Until this date the selection's projections and scores ran in 16 bits under autocast
+#: (commit 68167eb moved them to float32): committed rows measured before it are traced so.
+AUTOCAST_RANKING_BEFORE = "2026-11-28"
+
+
+@contextlib.contextmanager
+def _ranking(precision: str):
+    from .. import ops
+
+    check_choice("ranking", precision, ("float32", "autocast"))
+    old = ops.ranking_precision
+    if precision == "autocast":
+        ops.ranking_precision = lambda device: contextlib.nullcontext()
+    try:
+        yield
+    finally:
+        ops.ranking_precision = old
+
+
+def _trace_spec(spec: TraceSpec, opts: dict) -> StepTrace:
     from ..attention import MultiHeadSelfAttention
     from ..layers import ConvNN2d, ConvNNAttention
     from ..models import ModelConfig
 
-    opts = spec.option_dict()
     if spec.kind == "train":
         size = 224 if spec.name in ("vit_tiny", "resnet50") else 32
         trace = trace_step(ModelConfig(name=spec.name, **opts), spec.batch, size, spec.amp)
@@ -748,13 +794,12 @@ def traced(spec: TraceSpec) -> StepTrace:
                      else (lambda: torch.nn.Conv2d(64, 64, 3, padding=1)))
         trace = _trace(build, make, spec.batch, spec.amp, False, False)
         trace.parameters = trace.parameter_tensors = 0  # a layer step has no optimizer
-    _TRACES[spec] = trace
     return trace
 
 
 def _record_terms(trace: StepTrace, spec: TraceSpec, gpu: str) -> list[tuple]:
-    """``(compute seconds at e = 1, compute parameter, memory seconds at e = 1, memory
-    parameter, kernels)`` of each op record, and the optimizer's."""
+    """``(op name, compute seconds at e = 1, compute parameter, memory seconds at e = 1,
+    memory parameter, kernels)`` of each op record, and the optimizer's."""
     hw = GPUS[gpu]
     terms = []
     for rec in trace.ops.values():
@@ -765,33 +810,45 @@ def _record_terms(trace: StepTrace, spec: TraceSpec, gpu: str) -> list[tuple]:
             param = ("e_conv1d" if rec.op_class == "conv1d"
                      else "e_conv_bf16" if rec.bf16 else "e_conv_tf32")
             rate = hw["bf16_flops"] * (1.0 if rec.bf16 else 0.5)
-            terms.append((rec.flops / rate, param, memory, "e_stream", rec.count))
+            terms.append((rec.name, rec.flops / rate, param, memory / LIBRARY_BANDWIDTH, None,
+                          rec.count))
         elif rec.op_class in _COMPUTE_PARAMETER:
+            param = _COMPUTE_PARAMETER[rec.op_class]
             if rec.bf16:
                 rate = hw["bf16_flops"]
             elif rec.op_class == "matmul" and spec.tf32:
                 rate = hw["bf16_flops"] * 0.5
-            else:
+            else:  # float32 on the CUDA cores; float32 SDPA is the memory-efficient kernel
                 rate = FP32_FLOPS[gpu]
-            terms.append((rec.flops / rate, _COMPUTE_PARAMETER[rec.op_class], memory,
-                          "e_stream", rec.count))
+                param = "e_attention_fp32" if rec.op_class == "attention" else param
+            terms.append((rec.name, rec.flops / rate, param, memory / LIBRARY_BANDWIDTH, None,
+                          rec.count))
         else:
-            terms.append((0.0, None, memory, _MEMORY_PARAMETER[rec.op_class], rec.count))
+            terms.append((rec.name, 0.0, None, memory, _MEMORY_PARAMETER[rec.op_class],
+                          rec.count))
     if trace.parameters:
-        terms.append((0.0, None, _optimizer_bytes(trace) / hw["bandwidth"], "e_stream",
-                      _optimizer_kernels(trace)))
+        terms.append(("optimizer", 0.0, None, _optimizer_bytes(trace) / hw["bandwidth"],
+                      "e_stream", _optimizer_kernels(trace)))
     return terms
 
 
-def model_seconds(spec: TraceSpec, params: dict, gpu: str = "h200") -> float:
-    """The calibrated model's time for ``spec`` with ``params`` (see :data:`PARAMETERS`)."""
+def _terms_seconds(terms, params: dict, ops: tuple | None = None) -> float:
     total = 0.0
-    for compute, cp, memory, mp, kernels in _record_terms(traced(spec), spec, gpu):
-        t = memory / params[mp]
+    for name, compute, cp, memory, mp, kernels in terms:
+        if ops is not None and name not in ops:
+            continue
+        t = memory / params[mp] if mp is not None else memory
         if cp is not None:
             t = max(t, compute / params[cp])
         total += t + kernels * params["launch_us"] * 1e-6
     return total
+
+
+def model_seconds(spec: TraceSpec, params: dict, gpu: str = "h200",
+                  ops: tuple | None = None) -> float:
+    """The calibrated model's time for ``spec`` with ``params`` (see :data:`PARAMETERS`),
+    or for its aten ops named in ``ops`` only."""
+    return _terms_seconds(_record_terms(traced(spec), spec, gpu), params, ops)
 
 
 @dataclass
@@ -806,6 +863,7 @@ class MeasuredRow:
     baseline: TraceSpec | None = None
     group: str = ""  # rows of one case in several files; left out together
     unexplained: str | None = None  # why the model does not try this row
+    ops: tuple | None = None  # a profiler row: the time of these aten ops only
 
     @property
     def quantity(self) -> str:
@@ -826,17 +884,19 @@ def measured_rows(root=None) -> list[MeasuredRow]:
 
     base_dir = Path(root) if root is not None else RESULTS_ROOT / "bench"
     rows: list[MeasuredRow] = []
-    cases = {("ViT-Tiny", label): ("vit_tiny", 256, o) for label, o in VIT_CASES}
-    cases.update({("VGG-11", label): ("vgg11", 128, o) for label, o in VGG_CASES})
-    for label, o in list(VIT_CASES) + list(VGG_CASES):
-        model = "ViT-Tiny" if (("ViT-Tiny", label) in cases and o in [c for _, c in VIT_CASES]) \
-            else "VGG-11"
-        cases[(model, f"{label} [reference]")] = (cases[(model, label)][0],
-                                                   cases[(model, label)][1], with_reference(o))
+    cases = {}
+    for model, name, batch, family in (("ViT-Tiny", "vit_tiny", 256, VIT_CASES),
+                                       ("VGG-11", "vgg11", 128, VGG_CASES)):
+        for label, opts in family:
+            cases[(model, label)] = (name, batch, opts)
+            cases[(model, f"{label} [reference]")] = (name, batch, with_reference(opts))
 
-    def spec_of(model, case, tf32=False):
+    def spec_of(model, case, source):
         name, batch, opts = cases[(model, case)]
-        return TraceSpec("train", name, _freeze(opts), batch, "bf16", tf32)
+        return TraceSpec("train", name, _freeze(opts), batch, "bf16", False, ranking_of(source))
+
+    def ranking_of(source: str) -> str:
+        return "autocast" if source[:10] < AUTOCAST_RANKING_BEFORE else "float32"
 
     def layer_specs(case: str):
         opts = {} if "all" in case else {"sampling": "random", "candidates": 32}
@@ -889,12 +949,13 @@ def measured_rows(root=None) -> list[MeasuredRow]:
             if r["case"] == base_case:
                 rows.append(MeasuredRow(source, f"{what}: {base_case}, seconds",
                                         r["batch"] / r["images_per_second"],
-                                        spec_of(r["model"], base_case),
+                                        spec_of(r["model"], base_case, source),
                                         group=f"{r['model']} {base_case}"))
                 continue
             rows.append(MeasuredRow(source, f"{what}: {r['case']} vs {base_case}",
-                                    r["throughput_vs_baseline"], spec_of(r["model"], r["case"]),
-                                    spec_of(r["model"], base_case),
+                                    r["throughput_vs_baseline"],
+                                    spec_of(r["model"], r["case"], source),
+                                    spec_of(r["model"], base_case, source),
                                     group=f"{r['model']} {r['case']}"))
         for r in report.get("loop", []) or []:
             label = f"{r['model']} {r['case']} vs plain loop, fp32/TF32 (images/s)"
@@ -911,11 +972,88 @@ def measured_rows(root=None) -> list[MeasuredRow]:
                                             "the trainer's host-side work (data pipeline, "
                                             "syncs) and cuDNN's algorithm choice for VGG-11 in "
                                             "each precision are not in a traced step")))
+    for path in sorted(base_dir.rglob("*profile*.txt")):
+        rows.extend(_profile_rows(path, str(path.relative_to(base_dir)), cases, spec_of))
+    return rows
+
+
+#: Profiler rows (``aten::NAME``) and the traced ops that launch the same kernels.
+_PROFILE_OPS = {"copy_": ("_to_copy", "copy_"), "_cudnn_attention_backward": ("sdpa_backward",),
+                "_efficient_attention_backward": ("sdpa_backward",),
+                "_flash_attention_backward": ("sdpa_backward",)}
+
+
+def _parse_seconds(text: str) -> float:
+    for unit, scale in (("ms", 1e-3), ("us", 1e-6), ("s", 1.0)):
+        if text.endswith(unit):
+            return float(text[:-len(unit)]) * scale
+    raise ValueError(f"not a profiler time: {text!r}")
+
+
+def parse_profile(text: str) -> list[dict]:
+    """The sections of a committed profile (``bench --suite``'s ``profile.txt``): each
+    ``{"case", "steps", "batch", "total_seconds", "ops": {aten name: (self CUDA seconds,
+    calls)}}`` over the profiled steps."""
+    import re
+
+    sections: list[dict] = []
+    for line in text.splitlines():
+        head = re.match(r"== (.+): (\d+) training steps, batch (\d+)", line)
+        if head:
+            sections.append({"case": head.group(1), "steps": int(head.group(2)),
+                             "batch": int(head.group(3)), "total_seconds": None, "ops": {}})
+            continue
+        if not sections:
+            continue
+        total = re.match(r"Self CUDA time total: (\S+)", line)
+        if total:
+            sections[-1]["total_seconds"] = _parse_seconds(total.group(1))
+            continue
+        cells = re.split(r"\s{2,}", line.strip())
+        if len(cells) == 11 and cells[0].startswith("aten::"):
+            self_cuda, calls = _parse_seconds(cells[6]), int(cells[10])
+            if self_cuda > 0:
+                sections[-1]["ops"][cells[0][len("aten::"):]] = (self_cuda, calls)
+    return sections
+
+
+def _normal(text: str) -> str:
+    return "".join(ch for ch in text.lower() if ch.isalnum())
+
+
+def _profile_rows(path, source: str, cases: dict, spec_of) -> list[MeasuredRow]:
+    """A committed profile's step total and its aten ops whose call count per step matches
+    the traced code's (the same kernels), as absolute rows."""
+    rows = []
+    for section in parse_profile(path.read_text(encoding="utf-8")):
+        model = "VGG-11" if section["case"].startswith("VGG-11") else "ViT-Tiny"
+        case = section["case"].removeprefix("VGG-11 ")
+        found = [c for (m, c) in cases if m == model and _normal(c) == _normal(case)]
+        if not found or section["total_seconds"] is None:
+            continue
+        spec, steps = spec_of(model, found[0], source), section["steps"]
+        what = f"profile {model} {found[0]}, batch {section['batch']}"
+        rows.append(MeasuredRow(source, f"{what}: GPU seconds per step",
+                                section["total_seconds"] / steps, spec,
+                                group=f"profile {model} {found[0]}"))
+        counts = defaultdict(int)
+        for rec in traced(spec).ops.values():
+            counts[rec.name] += rec.count
+        for name, (seconds, calls) in section["ops"].items():
+            ops = _PROFILE_OPS.get(name, (name,))
+            traced_calls = sum(counts.get(o, 0) for o in ops)
+            label = f"{what}: aten::{name} per step ({calls / steps:.0f} calls)"
+            reason = None
+            if not traced_calls or abs(traced_calls / (calls / steps) - 1) > 0.1:
+                reason = (f"today's code runs it {traced_calls} times a step, the profiled "
+                          f"commit {calls / steps:.0f} times: not the same kernels")
+            rows.append(MeasuredRow(source, label, seconds / steps, spec if not reason else None,
+                                    group=f"{label}", unexplained=reason, ops=ops))
     return rows
 
 
 def _row_model(row: MeasuredRow, params: dict, gpu: str) -> float:
-    ours = model_seconds(row.ours, params, gpu)
+    ours = model_seconds(row.ours, params, gpu, row.ops)
     return ours if row.baseline is None else model_seconds(row.baseline, params, gpu) / ours
 
 
@@ -933,8 +1071,8 @@ def _nelder_mead(f, x0: list[float], step: float = 0.5, iterations: int = 2000,
             break
         centroid = [sum(p[j] for p in simplex[:-1]) / n for j in range(n)]
 
-        def towards(coef, c=centroid):
-            return [c[j] + coef * (simplex[-1][j] - c[j]) for j in range(n)]
+        def towards(coef, c=centroid, worst=simplex[-1]):
+            return [c[j] + coef * (worst[j] - c[j]) for j in range(n)]
 
         reflected = towards(-1.0)
         fr = f(reflected)
@@ -961,25 +1099,19 @@ def _compiled_rows(rows: list[MeasuredRow], gpu: str):
     ``Σ sign · log(seconds(terms))``, cheap to evaluate for many parameter sets."""
     out = []
     for row in rows:
-        parts = [(1.0, _record_terms(traced(row.ours), row.ours, gpu))]
+        terms = _record_terms(traced(row.ours), row.ours, gpu)
+        if row.ops is not None:
+            terms = [t for t in terms if t[0] in row.ops]
+        parts = [(1.0, terms)]
         if row.baseline is not None:
-            parts = [(-1.0, parts[0][1]),
+            parts = [(-1.0, terms),
                      (1.0, _record_terms(traced(row.baseline), row.baseline, gpu))]
         out.append((row.measured, parts))
     return out
 
 
 def _log_model(parts, params: dict) -> float:
-    total = 0.0
-    for sign, terms in parts:
-        t = 0.0
-        for compute, cp, memory, mp, kernels in terms:
-            x = memory / params[mp]
-            if cp is not None:
-                x = max(x, compute / params[cp])
-            t += x + kernels * params["launch_us"] * 1e-6
-        total += sign * math.log(t)
-    return total
+    return sum(sign * math.log(_terms_seconds(terms, params)) for sign, terms in parts)
 
 
 def fit_parameters(rows: list[MeasuredRow], gpu: str = "h200",
@@ -1040,3 +1172,85 @@ def calibration(gpu: str = "h200", leave_one_out: bool = True, root=None) -> dic
             "max_abs_error": max(abs(e["error"]) for e in explained),
             "max_abs_loo_error": (max(abs(e["loo_error"]) for e in explained)
                                   if leave_one_out else None)}
+
+
+# --------------------------------------------------------------------------------------------
+# The compile report: what the kernel-efficiency terms read
+# --------------------------------------------------------------------------------------------
+
+COMPILE_FIELDS = ("kernel", "variant", "card", "arch", "compiled", "error", "registers",
+                  "spill_bytes", "shared_bytes", "mma", "blocks_per_sm", "num_warps", "hot")
+#: Warps an SM holds, by compute capability (NVIDIA's table of compute capabilities).
+MAX_WARPS_PER_SM = {75: 32, 80: 64, 86: 48, 89: 48, 90: 64}
+#: ASSUMPTIONS of the kernel-efficiency factor (no fused kernel of the new design has run on
+#: a GPU): ``mma.sync`` reaches half of ``wgmma``'s tensor-core rate on sm_90 and a kernel
+#: with no matrix instruction runs its dots on the CUDA cores (1/16 of the bf16 rate); a
+#: kernel needs ``SATURATING_WARPS`` resident warps per SM to hide memory latency (fewer scale
+#: it down in proportion); spilled registers halve it.
+MMA_FACTOR = {"wgmma": 1.0, "mma.sync": 0.5, None: 1.0 / 16}
+SATURATING_WARPS = 8
+SPILL_FACTOR = 0.5
+
+
+def read_compile_report(path=None) -> list[dict]:
+    """The rows of a compile report (``python -m convnn bench --compile OUT`` writes
+    ``OUT/compile.json``): ``path`` is the file or a folder holding it; default the newest
+    ``compile.json`` under ``data/results/compile/``. ``[]`` when there is none."""
+    import json
+    from pathlib import Path
+
+    from ..results import RESULTS_ROOT
+
+    if path is None:
+        found = sorted((RESULTS_ROOT / "compile").rglob("compile.json"))
+        if not found:
+            return []
+        path = found[-1]
+    path = Path(path)
+    if path.is_dir():
+        path = path / "compile.json"
+    if not path.is_file():
+        raise ValueError(f"compile report: no file {path}")
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"compile report {path} is not JSON: {err}") from None
+    if isinstance(rows, dict):
+        rows = rows.get("rows", [])
+    if not isinstance(rows, list):
+        raise ValueError(f"compile report {path}: expected a list of rows")
+    for i, row in enumerate(rows):
+        missing = [f for f in COMPILE_FIELDS if f not in row] if isinstance(row, dict) else \
+            list(COMPILE_FIELDS)
+        if missing:
+            raise ValueError(f"compile report {path}: row {i} lacks {', '.join(missing)}")
+    return rows
+
+
+def kernel_factor(row: dict) -> dict:
+    """The kernel-efficiency factor of one compile-report row (see :data:`MMA_FACTOR`):
+    ``{"factor", "occupancy", "warps_per_sm", "mma", "spills"}``; factor 0 when it does
+    not compile."""
+    if not row["compiled"]:
+        return {"factor": 0.0, "occupancy": 0.0, "warps_per_sm": 0, "mma": None,
+                "spills": False}
+    warps = (row["blocks_per_sm"] or 0) * (row["num_warps"] or 0)
+    mma = next((m for m in ("wgmma", "mma.sync") if m in (row["mma"] or [])), None)
+    spills = (row["spill_bytes"] or 0) > 0
+    factor = (MMA_FACTOR[mma] * min(1.0, warps / SATURATING_WARPS)
+              * (SPILL_FACTOR if spills else 1.0))
+    return {"factor": factor, "occupancy": warps / MAX_WARPS_PER_SM.get(row["arch"], 64),
+            "warps_per_sm": warps, "mma": mma, "spills": spills}
+
+
+def attention_kernel_factor(rows: list[dict], card: str = "sm_90",
+                            kernel_contains: str = "attention_forward",
+                            variant_contains: str = "") -> dict | None:
+    """The worst :func:`kernel_factor` among the report's attention-core rows for ``card``
+    (``None`` when the report has none): the forward kernel bounds the core's speed."""
+    picked = [r for r in rows if r["card"] == card and kernel_contains in r["kernel"]
+              and variant_contains in (r["variant"] or "")]
+    if not picked:
+        return None
+    worst = min(picked, key=lambda r: kernel_factor(r)["factor"])
+    return {**kernel_factor(worst), "kernel": worst["kernel"], "variant": worst["variant"]}
