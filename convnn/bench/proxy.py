@@ -867,11 +867,13 @@ class MeasuredRow:
     group: str = ""  # rows of one case in several files; left out together
     unexplained: str | None = None  # why the model does not try this row
     ops: tuple | None = None  # a profiler row: the time of these aten ops only
+    is_ratio: bool | None = None  # default: a ratio when there is a baseline
     calls_per_step: float | None = None  # a profiler row: how often the ops ran
 
     @property
     def quantity(self) -> str:
-        return "seconds" if self.baseline is None else "speed vs baseline"
+        ratio = self.baseline is not None if self.is_ratio is None else self.is_ratio
+        return "speed vs baseline" if ratio else "seconds"
 
 
 def _vit(opts: dict, tf32=False, amp="bf16") -> TraceSpec:
@@ -883,10 +885,10 @@ def measured_rows(root=None) -> list[MeasuredRow]:
     with what the proxy traces to reproduce it, or the reason it does not."""
     from pathlib import Path
 
-    from ..results import RESULTS_ROOT, load_bench, load_bench_suites
+    from ..package_data import results_root
     from .train import VGG_CASES, VIT_CASES
 
-    base_dir = Path(root) if root is not None else RESULTS_ROOT / "bench"
+    base_dir = Path(root) if root is not None else results_root() / "bench"
     rows: list[MeasuredRow] = []
     cases = {}
     for model, name, batch, family in (("ViT-Tiny", "vit_tiny", 256, VIT_CASES),
@@ -902,20 +904,20 @@ def measured_rows(root=None) -> list[MeasuredRow]:
     def ranking_of(source: str) -> str:
         return "autocast" if source[:10] < AUTOCAST_RANKING_BEFORE else "float32"
 
-    def layer_specs(case: str):
+    def layer_specs(case: str, source: str):
         opts = {} if "all" in case else {"sampling": "random", "candidates": 32}
+        rank = ranking_of(source)
         if case.startswith("ConvNN2d"):
-            return (TraceSpec("layer", "convnn2d", (), 64, "off"),
-                    TraceSpec("layer", "convnn2d", _freeze({"backend": "reference"}), 64, "off"),
-                    TraceSpec("layer", "conv2d", (), 64, "off"))
-        return (TraceSpec("layer", "convnn_attention", _freeze(opts), 128, "off"),
+            return (TraceSpec("layer", "convnn2d", (), 64, "off", ranking=rank),
+                    TraceSpec("layer", "convnn2d", _freeze({"backend": "reference"}), 64, "off",
+                              ranking=rank),
+                    TraceSpec("layer", "conv2d", (), 64, "off", ranking=rank))
+        return (TraceSpec("layer", "convnn_attention", _freeze(opts), 128, "off", ranking=rank),
                 TraceSpec("layer", "convnn_attention",
-                          _freeze({**opts, "backend": "reference"}), 128, "off"),
-                TraceSpec("layer", "sdpa", (), 128, "off"))
+                          _freeze({**opts, "backend": "reference"}), 128, "off", ranking=rank),
+                TraceSpec("layer", "sdpa", (), 128, "off", ranking=rank))
 
-    reports = [(p, r, False) for p, r in load_bench(base_dir)]
-    reports += [(p, r, True) for p, r in load_bench_suites(base_dir)]
-    for path, report, suite in reports:
+    for path, report in _bench_reports(base_dir):
         source = str(Path(path).relative_to(base_dir))
         env = report.get("environment", {})
         if "H200" not in env.get("device_name", ""):
@@ -929,12 +931,12 @@ def measured_rows(root=None) -> list[MeasuredRow]:
             if "[Triton]" in case:
                 rows.append(MeasuredRow(source, f"{what}: Triton vs {r['baseline']['name']}",
                                         r["baseline"]["seconds"] / r["ours"]["seconds"], None,
-                                        group=case, unexplained=(
+                                        group=case, is_ratio=True, unexplained=(
                                             "measured the Triton kernels of that commit (row "
                                             "top-k + gather-aggregate), which the package no "
                                             "longer has; the proxy traces today's code")))
                 continue
-            ours, ref, base = layer_specs(case)
+            ours, ref, base = layer_specs(case, source)
             bname = r["baseline"]["name"]
             rows.append(MeasuredRow(source, f"{what}: fast path vs {bname}",
                                     r["baseline"]["seconds"] / r["ours"]["seconds"], ours, base,
@@ -972,7 +974,7 @@ def measured_rows(root=None) -> list[MeasuredRow]:
                                         group=label))
             else:
                 rows.append(MeasuredRow(source, label, r["throughput_vs_plain_fp32"], None,
-                                        group=label, unexplained=(
+                                        group=label, is_ratio=True, unexplained=(
                                             "the trainer's host-side work (data pipeline, "
                                             "syncs) and cuDNN's algorithm choice for VGG-11 in "
                                             "each precision are not in a traced step")))
@@ -1061,6 +1063,29 @@ def _same_kernels(rows: list[MeasuredRow]) -> list[MeasuredRow]:
                     f"today's code runs it {traced_calls} times a step, the profiled commit "
                     f"{row.calls_per_step:.0f} times: not the same kernels"))
         out.append(row)
+    return out
+
+
+def _bench_reports(base_dir) -> list:
+    """``(path, report)`` of the benchmark reports under ``base_dir``: each ``bench --json``
+    file, and each ``bench --suite`` folder (``suite.json`` with its stages' rows)."""
+    import json
+
+    out = []
+    for path in sorted(base_dir.rglob("*.json")):
+        if path.name == "suite.json":
+            report = json.loads(path.read_text(encoding="utf-8"))
+            for stage in ("loop", "training", "layers"):
+                if (path.parent / f"{stage}.json").is_file():
+                    report[stage] = json.loads((path.parent / f"{stage}.json").read_text(
+                        encoding="utf-8"))
+            out.append((path.parent, report))
+        elif path.parent.joinpath("suite.json").is_file():
+            continue  # a stage of a suite
+        else:
+            report = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(report, dict) and ("layers" in report or "training" in report):
+                out.append((path, report))
     return out
 
 
@@ -1211,10 +1236,10 @@ def read_compile_report(path=None) -> list[dict]:
     import json
     from pathlib import Path
 
-    from ..results import RESULTS_ROOT
+    from ..package_data import results_root
 
     if path is None:
-        found = sorted((RESULTS_ROOT / "compile").rglob("compile.json"))
+        found = sorted((results_root() / "compile").rglob("compile.json"))
         if not found:
             return []
         path = found[-1]
@@ -1257,11 +1282,16 @@ def kernel_factor(row: dict) -> dict:
 
 def attention_kernel_factor(rows: list[dict], card: str = "sm_90",
                             kernel_contains: str = "attention_forward",
-                            variant_contains: str = "") -> dict | None:
+                            variant_contains: str = "",
+                            prefer: str = "q/k bf16") -> dict | None:
     """The worst :func:`kernel_factor` among the report's attention-core rows for ``card``
-    (``None`` when the report has none): the forward kernel bounds the core's speed."""
+    whose variant names ``variant_contains`` (``None`` when the report has none): the
+    forward kernel bounds the core's speed. Rows naming ``prefer`` (the design's bf16
+    ranking) are taken when there are any."""
     picked = [r for r in rows if r["card"] == card and kernel_contains in r["kernel"]
               and variant_contains in (r["variant"] or "")]
+    preferred = [r for r in picked if prefer in (r["variant"] or "")]
+    picked = preferred or picked
     if not picked:
         return None
     worst = min(picked, key=lambda r: kernel_factor(r)["factor"])
@@ -1434,16 +1464,23 @@ def target_estimates(device: str = "h200", calibrated: dict | None = None,
     rows = compile_report if isinstance(compile_report, list) else \
         read_compile_report(compile_report)
     card = {"h200": "sm_90", "h100": "sm_90", "a100": "sm_80"}[device]
-    found = attention_kernel_factor(rows, card) if rows else None
-    factor = found["factor"] if found else DESIGN_FACTOR
-    source = (f"compile report: {found['kernel']} ({found['variant']}), "
-              f"{found['mma']}, {found['warps_per_sm']} warps/SM, "
-              f"{'spills' if found['spills'] else 'no spills'}" if found else
-              "no compile report row for the new forward kernel: the design's budget")
     traces = _target_traces(heads, dim)
-    occupancy_only = factor / MMA_FACTOR.get(found["mma"] if found else "wgmma", 1.0)
+
+    def kernel(cand: str):
+        """The kernel factor of case ``cand``, its mma-free part, and where it comes from."""
+        found = attention_kernel_factor(rows, card, variant_contains=cand) if rows else None
+        if found is None:
+            return (DESIGN_FACTOR, DESIGN_FACTOR / MMA_FACTOR["wgmma"],
+                    ("no compile report row for the attention forward kernel: the design's "
+                    "budget (wgmma, >= 8 warps/SM, no spills)"))
+        return (found["factor"], found["factor"] / MMA_FACTOR[found["mma"]],
+                (f"compile report: {found['kernel']} ({found['variant']}), {found['mma']}, "
+                f"{found['warps_per_sm']} warps/SM, "
+                f"{'spills' if found['spills'] else 'no spills'}"))
 
     def seconds(trace, f, e_cuda, occ):
+        if f <= 0 or occ <= 0:  # the kernel does not compile for the card
+            return math.inf
         return _estimate_trace(trace, {**params, "e_kernel_dot": params["e_attention"] * f,
                                        "e_kernel_cuda": e_cuda * occ}, device)
 
@@ -1452,8 +1489,9 @@ def target_estimates(device: str = "h200", calibrated: dict | None = None,
     for target, label in (("layer", (f"attention layer {heads}x{dim // heads}, B=256, T=197, "
                                      "k=9, fwd+bwd, bf16 vs bf16 SDPA")),
                           ("vit", "ViT-Tiny training step, batch 256, bf16 vs SDPA ViT-Tiny")):
-        base = seconds(traces[(target, "SDPA")], factor, central_e, occupancy_only)
+        base = seconds(traces[(target, "SDPA")], 1.0, central_e, 1.0)
         for cand, _ in TARGET_CASES:
+            factor, occupancy_only, source = kernel(cand)
             for core in ("today", "redesign"):
                 trace = traces[(target, cand, core)]
                 est = seconds(trace, factor, central_e, occupancy_only)
