@@ -16,10 +16,21 @@ cuDNN kernels run it; on meta tensors it would decompose into matmuls. Clipping 
 AdamW update are added analytically (bytes per parameter, a few fused kernels).
 
 Each op's time on the target GPU is ``max(FLOPs / (peak · e_flop), bytes / (bandwidth ·
-e_mem)) + launch``, with per-class efficiencies ``e`` calibrated against the committed H200
-measurements (see :data:`EFFICIENCY`). The proxy reports each model's estimated step time as
-a throughput ratio against the family's baseline (SDPA ViT, Conv2d VGG / ResNet), the
-number every speed change is judged by on a machine without a GPU.
+e_mem)) + launch``, with per-class efficiencies ``e`` (hand-set in :data:`EFFICIENCY` for
+:func:`proxy_benchmarks` and :func:`kernel_estimates`). The proxy reports each model's
+estimated step time as a throughput ratio against the family's baseline (SDPA ViT, Conv2d
+VGG / ResNet), the number every speed change is judged by on a machine without a GPU.
+
+**Calibration** (:func:`calibration`): the same roofline with 11 parameters
+(:data:`PARAMETERS`), fitted by least squares on the log errors of every committed H200 row
+under ``data/results/bench/`` (:func:`measured_rows`: the layer and training benchmarks'
+ratios and baseline times, the profiler's step totals and per-op times), with the row-by-row
+error and a leave-one-case-out error; rows the traced code cannot stand for say why. Each
+row is traced as its commit ran it (16-bit ranking before 2026-11-28, float32 layers without
+TF32). **Target estimates** (:func:`target_estimates`): the issue's targets with the
+redesigned attention core, its tensor-core efficiency read from the compile report
+(``python -m convnn bench --compile``), labelled as estimates with the calibration's error.
+``python -m convnn bench --proxy`` prints both.
 """
 
 from __future__ import annotations
@@ -46,7 +57,8 @@ GPUS = {
 }
 
 #: Fraction of peak FLOP/s and of peak bandwidth each op class reaches, and the launch cost
-#: per kernel (s). Calibrated on the committed H200 files (``data/results/bench/``):
+#: per kernel (s), set by hand from the committed H200 files (``data/results/bench/``); the
+#: fitted model is :func:`calibration`'s:
 #: - ``2026-11-26-h200-profile-vit-tiny.txt`` (3 steps of ViT-Tiny, batch 256, bf16): 194
 #:   ``mm`` per step take 3.6 ms for ~0.9 TFLOP (e_flop ≈ 0.27); layer-norm forward runs at
 #:   ~0.2 of bandwidth and its backward (the gamma/beta reduction) at ~0.1; ``gather`` /
@@ -1217,8 +1229,6 @@ def calibration(gpu: str = "h200", leave_one_out: bool = True, root=None) -> dic
 
 COMPILE_FIELDS = ("kernel", "variant", "card", "arch", "compiled", "error", "registers",
                   "spill_bytes", "shared_bytes", "mma", "blocks_per_sm", "num_warps", "hot")
-#: Warps an SM holds, by compute capability (NVIDIA's table of compute capabilities).
-MAX_WARPS_PER_SM = {75: 32, 80: 64, 86: 48, 89: 48, 90: 64}
 #: ASSUMPTIONS of the kernel-efficiency factor (no fused kernel of the new design has run on
 #: a GPU): ``mma.sync`` reaches half of ``wgmma``'s tensor-core rate on sm_90 and a kernel
 #: with no matrix instruction runs its dots on the CUDA cores (1/16 of the bf16 rate); a
@@ -1276,7 +1286,9 @@ def kernel_factor(row: dict) -> dict:
     spills = (row["spill_bytes"] or 0) > 0
     factor = (MMA_FACTOR[mma] * min(1.0, warps / SATURATING_WARPS)
               * (SPILL_FACTOR if spills else 1.0))
-    return {"factor": factor, "occupancy": warps / MAX_WARPS_PER_SM.get(row["arch"], 64),
+    from .compile import card
+
+    return {"factor": factor, "occupancy": warps / card(row["card"]).max_warps_per_sm,
             "warps_per_sm": warps, "mma": mma, "spills": spills}
 
 
