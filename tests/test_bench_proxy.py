@@ -266,7 +266,8 @@ def test_calibration_reproduces_the_committed_rows_and_estimates_the_targets(cap
     for e in modelled:
         if e["quantity"] == "speed vs baseline" and "loop" not in e["row"]:
             assert abs(e["error"]) < 0.4, e["row"]
-    rows = proxy.target_estimates(calibrated=cal, compile_report=[_compile_row()])
+    report = [_compile_row(), _compile_row(variant="attention forward random r=32 k=9")]
+    rows = proxy.target_estimates(calibrated=cal, compile_report=report)
     by = {(r["target"].split()[0], r["case"]): r for r in rows}
     for target in ("attention", "ViT-Tiny"):
         for cand in ("all", "random r=32"):
