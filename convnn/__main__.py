@@ -292,9 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="every measurement on this device, JSON into DIR (<= 8 min on a "
                             "GPU; with --quick, toy sizes)")
     bench.add_argument("--tensorcore", metavar="DIR",
-                       help="the tensor-core targets on this device (kernel checks, layers vs "
-                            "SDPA, training steps, T sweep, profile), JSON into DIR (<= 8 min "
-                            "on a GPU; with --quick, toy sizes: run it under "
+                       help="the tensor-core targets on this device (compiled-kernel tests, "
+                            "layers vs bf16 SDPA, training steps in the trainer's precision, T "
+                            "sweep, profile, the proxy's estimates; each stage a capped "
+                            "subprocess), JSON into DIR, ending with the table of the targets "
+                            "(<= 8 min on a GPU; with --quick, toy sizes: run it under "
                             "TRITON_INTERPRET=1 on a CPU)")
     bench.add_argument("--compile", metavar="DIR",
                        help="the compile gate, no GPU needed: every Triton kernel variant "

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import kernels, kernels_attention, ops
+from . import kernels_attention, kernels_conv2d, ops
 from ._checks import (
     check_bool,
     check_choice,
@@ -235,12 +235,6 @@ def _resolve_similarity(selection: str, similarity: str | None, default: str) ->
         raise ValueError("selection='coords' ranks neighbours by distance and needs "
                          f"similarity='euclidean', got {similarity!r}")
     return similarity
-
-
-#: The option set of the fused 2-D path (:meth:`ConvNN2d.backend_decision`): the paper's CNN
-#: layer (all candidates, feature selection, ρ = ones, standard aggregation, self first).
-FUSED_2D_OPTIONS = {"sampling": "all", "selection": "features", "weighting": "ones",
-                    "aggregation": "standard"}
 
 
 class ConvNN2d(_SampledCandidates):
@@ -515,7 +509,7 @@ class ConvNN2d(_SampledCandidates):
         static = self.selection == "coords" and self.sampling == "all"
         if static and self.weighting == "ones":
             key = ("neighbours", height, width, str(x.device),
-                   ops.requested_backend(self.backend) == "reference")
+                   ops.requested_backend(self.backend) == ops.REFERENCE)
             if key not in self._static_cache:
                 coords = geo["coords"].unsqueeze(0)  # (1, N, 2)
                 idx, _ = ops.select_neighbours(
@@ -534,44 +528,24 @@ class ConvNN2d(_SampledCandidates):
                              f"got shape {tuple(x.shape)}")
 
     def _fused_unsupported(self, x: Tensor) -> str | None:
-        from . import kernels_conv2d
+        """Why the fused 2-D kernels do not take this layer's options for ``x`` (``None``:
+        they do), whatever the device."""
+        return ops.kernel_refusal("conv2d_fused", **self._fused_problem(x))
 
-        given = {"sampling": self.sampling, "selection": self.selection,
-                 "weighting": self.weighting, "aggregation": self.aggregation}
-        for name, value in given.items():
-            if value != FUSED_2D_OPTIONS[name]:
-                return f"{name}={value!r} (the fused 2-D path takes {FUSED_2D_OPTIONS[name]!r})"
-        if self.similarity not in ("cosine", "dot"):
-            return f"similarity={self.similarity!r} (the fused 2-D path takes cosine or dot)"
-        if not self.self_first or self.sort_by_position:
-            return "self_first=False or sort_by_position=True"
-        if not 2 <= self.k <= kernels_conv2d.MAX_SELECT_K + 1:
-            return f"k={self.k} (the fused 2-D selection takes 2..{kernels_conv2d.MAX_SELECT_K + 1})"
-        if x.dtype not in kernels_conv2d.SELECT_DTYPES:
-            return f"{x.dtype} input"
-        return None
+    def _fused_problem(self, x: Tensor) -> dict:
+        options = {name: getattr(self, name) for name in kernels_conv2d.FUSED_2D_OPTIONS}
+        return {"k": self.k, "similarity": self.similarity, "options": options,
+                "dtype": x.dtype}
 
     def backend_decision(self, x: Tensor) -> tuple[str, str]:
-        """What :meth:`forward` runs for ``x``, and why: ``("triton", reason)`` for the fused
-        2-D kernels of :mod:`convnn.kernels_conv2d` (selection and standard aggregation read
-        ``x`` in place, no padded copy; ``backend="triton"`` only: auto leaves them off until
-        they are measured on a GPU), ``("torch" | "reference", reason)`` otherwise (the
-        PyTorch path may still use the Triton row top-k under ``backend="triton"``)."""
-
-        requested = ops.requested_backend(self.backend)
-        if requested in ("reference", "torch"):
-            return requested, f"backend={requested!r}"
-        if requested is None:
-            return "torch", ("backend=None (auto) leaves the fused 2-D kernels off until they "
-                             "are measured on a GPU; pass backend='triton'")
-        reason = self._fused_unsupported(x)
-        if reason is not None:
-            return "torch", f"unsupported by the fused 2-D kernels: {reason}"
-        if not kernels.available(x.device):
-            raise RuntimeError("backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1) "
-                               f"and triton; got a {x.device.type} tensor. Use backend='torch' "
-                               "or None (auto).")
-        return "triton", "backend='triton'"
+        """What :meth:`forward` runs for ``x``, and why (:func:`convnn.ops.backend_decision`,
+        step ``"conv2d_fused"``): ``("triton", reason)`` for the fused 2-D kernels of
+        :mod:`convnn.kernels_conv2d` (selection and standard aggregation read ``x`` in place,
+        no padded copy; ``backend="triton"`` only: auto leaves them off until they are
+        measured on a GPU), ``("torch" | "reference", reason)`` otherwise (the PyTorch path
+        may still use the Triton row top-k under ``backend="triton"``)."""
+        return ops.backend_decision(self.backend, x.device, step="conv2d_fused",
+                                    **self._fused_problem(x))
 
     def _fused_forward(self, x: Tensor) -> Tensor:
         from .kernels_conv2d import gather_gemm, select_2d
@@ -597,15 +571,14 @@ class ConvNN2d(_SampledCandidates):
         if batch == 0:  # as nn.Conv2d: an empty batch gives an empty output
             self._select(x)  # the same checks of k and the candidates as a full batch
             return _empty_output(x, (0, self.out_channels, height, width), self)
-        if ops.requested_backend(self.backend) == "triton" and \
-                self.backend_decision(x)[0] == "triton":
+        if self.backend_decision(x)[0] == ops.TRITON:
             return self._fused_forward(x)
         static, sel, values, qpos, candidates = self._select(x)
         if static is not None:
             out = ops.convnn(values, values, values, self.k, self.weight, self.bias,
                              aggregation=self.aggregation, pointwise=self.pointwise,
                              neighbours=static, backend=self.backend)
-        elif ops.requested_backend(self.backend) == "reference":
+        elif ops.requested_backend(self.backend) == ops.REFERENCE:
             # The authors' algorithm: every position of the padded map is a query (the full
             # N x N similarity), outputs are cropped to the image afterwards.
             out = ops.convnn(
@@ -614,7 +587,7 @@ class ConvNN2d(_SampledCandidates):
                 aggregation=self.aggregation, pointwise=self.pointwise,
                 candidate_positions=candidates, self_first=self.self_first,
                 sort_by_position=self.sort_by_position, stable=self.selection == "coords",
-                backend="reference")[:, qpos]
+                backend=ops.REFERENCE)[:, qpos]
         else:
             out = ops.convnn(
                 values, sel[:, qpos], sel, self.k, self.weight, self.bias,
@@ -825,7 +798,7 @@ class ConvNNAttention(_HeadProjections, _SampledCandidates):
         dropout = self.attn_dropout if self.training else 0.0
         weight_dropout = dropout if self.attn_dropout_on == "weights" else 0.0
         candidates = self._candidates(tokens, x.device)
-        if self.backend_decision(x, (q.dtype, key.dtype, v.dtype), weight_dropout)[0] == "triton":
+        if self.backend_decision(x, (q.dtype, key.dtype, v.dtype), weight_dropout)[0] == ops.TRITON:
             drop = None
             if weight_dropout > 0.0:  # the mask F.dropout(ρ) of the step-by-step path draws
                 drop = F.dropout(q.new_ones(q.shape[0], tokens, self.k, dtype=torch.float32),
@@ -863,12 +836,6 @@ class ConvNNAttention(_HeadProjections, _SampledCandidates):
         if weight_dropout is None:
             on_weights = self.training and self.attn_dropout_on == "weights"
             weight_dropout = self.attn_dropout if on_weights else 0.0
-        requested = ops.requested_backend(self.backend)
-        if requested != "triton":  # reference, torch, and auto (unmeasured on a GPU)
-            return requested or "torch", (
-                f"backend={requested!r}" if requested else
-                "backend=None (auto) leaves the fused attention core off until it is "
-                "measured on a GPU; pass backend='triton'")
         options = {"sampling": self.sampling, "selection": self.selection,
                    "weighting": self.weighting, "attn_dropout": weight_dropout,
                    "dtypes": (*dtypes, self.weight.dtype)}

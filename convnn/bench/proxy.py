@@ -531,7 +531,8 @@ class _FusedAttentionCore(torch.autograd.Function):
 def _fused_layers(trace: StepTrace):
     """ConvNN2d (the paper's option set) and the ConvNN attention core run as the fused
     kernels would: one stand-in op each, with the estimated FLOPs, merge work and bytes."""
-    from ..layers import FUSED_2D_OPTIONS, ConvNN2d, ConvNNAttention
+    from ..kernels_conv2d import FUSED_2D_OPTIONS
+    from ..layers import ConvNN2d, ConvNNAttention
 
     forward_2d, core = ConvNN2d.forward, ConvNNAttention._core
 
