@@ -478,3 +478,143 @@ def fused_topk(query: Tensor, keys: Tensor, k: int, scale: float = 1.0, *,
         SELF_MASK=self_mask, KP=max(2, triton.next_power_of_2(k)), BLOCK_Q=FUSED_BLOCK_Q,
         BLOCK_N=FUSED_BLOCK_N, BLOCK_D=block_d, PRECISION="ieee", num_warps=4)
     return out
+
+
+ROW_TOPK_WIDTHS = (32, 100, 197, 324, 1156)
+"""Score-row widths at the paper's shapes: 32 sampled candidates, the 10×10, 18×18 and 34×34
+padded maps of VGG-11 on CIFAR, 197 ViT-Tiny tokens."""
+PAPER_CHANNELS = (64, 128, 192, 256, 512)
+"""Channel counts of the paper's layers (VGG-11's 64–512, ViT-Tiny's width 192)."""
+
+
+def _float_dtypes(card) -> tuple:
+    """The dtypes the package runs on ``card``: float32, and its autocast dtype (bf16 on
+    sm_80 and newer, fp16 with a gradient scaler on a T4)."""
+    return (torch.float32, torch.bfloat16) if card.bf16 else (torch.float32, torch.float16)
+
+
+def compile_variants(card) -> list[KernelVariant]:
+    """The launch configurations of this module's kernels at the paper's shapes on ``card``
+    (see :mod:`convnn.bench.compile`)."""
+    variants = []
+    for width in ROW_TOPK_WIDTHS:
+        block_n = triton.next_power_of_2(width)
+        variants.append(KernelVariant(
+            _row_topk_kernel, f"row_topk N={width}",
+            {"s_ptr": "*fp32", "idx_ptr": "*i64", "R": "i32", "N": "i32", "stride_r": "i32",
+             "K": "i32"},
+            {"BLOCK_R": max(1, min(64, 4096 // block_n)), "BLOCK_N": block_n},
+            num_warps=8 if block_n >= 1024 else 4, hot=True))
+    for self_mask in (False, True):
+        variants.append(KernelVariant(
+            _fused_topk_kernel, f"fused_topk self_mask={self_mask} d=64 k=8",
+            {"q_ptr": "*fp32", "k_ptr": "*fp32", "qpos_ptr": "*i32", "cpos_ptr": "*i32",
+             "idx_ptr": "*i64", "n": "i32", "m": "i32", "D": "i32", "K": "i32",
+             "scale": "fp32", "stride_qb": "i32", "stride_qn": "i32", "stride_kb": "i32",
+             "stride_kn": "i32"},
+            {"SELF_MASK": self_mask, "KP": 8, "BLOCK_Q": FUSED_BLOCK_Q,
+             "BLOCK_N": FUSED_BLOCK_N, "BLOCK_D": 64, "PRECISION": "ieee"}, hot=True))
+    blocks = sorted({channel_block(c) for c in PAPER_CHANNELS})
+    for dtype in _float_dtypes(card):
+        ptr = pointer_type(dtype)
+        for block_c in blocks:
+            for has_rho in (False, True):
+                tag = f"{ptr[1:]} C-block={block_c} rho={has_rho}"
+                variants.append(KernelVariant(
+                    _forward_kernel, f"gather_aggregate forward {tag}",
+                    {"v_ptr": ptr, "idx_ptr": "*i64", "rho_ptr": ptr if not has_rho else "*fp32",
+                     "w_ptr": ptr, "out_ptr": ptr, "M": "i32", "C": "i32", "K": "i32"},
+                    {"HAS_RHO": has_rho, "ACC": tl.float32, "BLOCK_M": BLOCK_M,
+                     "BLOCK_C": block_c}, hot=True))
+                variants.append(KernelVariant(
+                    _backward_rows_kernel, f"gather_aggregate backward rows {tag}",
+                    {"v_ptr": ptr, "idx_ptr": "*i64", "rho_ptr": "*fp32", "w_ptr": ptr,
+                     "g_ptr": ptr, "grho_ptr": "*fp32", "gw_part_ptr": "*fp32", "M": "i32",
+                     "C": "i32", "K": "i32"},
+                    {"HAS_RHO": has_rho, "NEED_RHO": has_rho, "NEED_W": True,
+                     "ACC": tl.float32, "BLOCK_M": BLOCK_M, "BLOCK_C": block_c}))
+                variants.append(KernelVariant(
+                    _backward_values_kernel, f"gather_aggregate backward values {tag}",
+                    {"order_ptr": "*i64", "rowptr_ptr": "*i64", "rho_ptr": "*fp32",
+                     "w_ptr": ptr, "g_ptr": ptr, "gv_ptr": "*fp32", "C": "i32", "K": "i32"},
+                    {"HAS_RHO": has_rho, "ACC": tl.float32, "BLOCK_E": BLOCK_E,
+                     "BLOCK_C": block_c}))
+    return variants
+
+
+# --- What this module's kernels can run: predicates of convnn.ops.choose_backend -------------
+# Each kernel step has one ``can_run_<step>(...)``: ``None`` where its kernel takes these
+# options on ``device``, else the reason. ``convnn.ops.KERNEL_STEPS`` lists them in one place.
+
+BF16_CAPABILITY = (8, 0)
+"""The first compute capability whose tensor cores take bfloat16 (A100). The compile gate
+builds bf16 variants from sm_80 on only, so no bf16 variant is chosen below it (a T4 is 7.5)."""
+
+
+def device_capability(device: torch.device | str | None) -> tuple[int, int] | None:
+    """``(major, minor)`` of a CUDA ``device``; ``None`` for any other device, or where no
+    CUDA driver answers (then nothing is known of the card)."""
+    if device is None:
+        return None
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    return tuple(torch.cuda.get_device_capability(device))
+
+
+def card_refusal(device: torch.device | str | None, dtypes) -> str | None:
+    """Why no compiled variant for tensors of ``dtypes`` runs on ``device``'s card
+    (``None``: one does): bfloat16 below compute capability 8.0."""
+    capability = device_capability(device)
+    if capability is None or capability >= BF16_CAPABILITY:
+        return None
+    if torch.bfloat16 in set(dtypes):
+        return (f"bfloat16 tensors on a compute capability {capability[0]}.{capability[1]} "
+                "card (the bf16 variants need 8.0 or newer)")
+    return None
+
+
+def can_run_topk(*, k: int | None = None, width: int | None = None,
+                 device: torch.device | str | None = None) -> str | None:
+    """Step ``"topk"`` (:func:`row_topk`): ``k`` neighbours of float32 score rows of
+    ``width`` candidates."""
+    from ._checks import check_int
+
+    check_int("k", k, minimum=1)
+    check_int("width", width, minimum=1)
+    if k > MAX_TOPK_K:
+        return f"k={k} > {MAX_TOPK_K} (the row top-k makes k passes)"
+    if width > MAX_TOPK_WIDTH:
+        return f"{width} candidates > {MAX_TOPK_WIDTH} (a row must fit registers)"
+    return None
+
+
+def can_run_gather_aggregate(*, aggregation: str | None = None,
+                             dtype: torch.dtype | None = None,
+                             device: torch.device | str | None = None) -> str | None:
+    """Step ``"gather_aggregate"`` (:func:`depthwise_gather_aggregate`): ``aggregation`` (a
+    name of ``convnn.ops.AGGREGATIONS``) of values of ``dtype``."""
+    if aggregation == "standard":
+        return "standard aggregation (a dense matmul; only depthwise/separable are fused)"
+    return card_refusal(device, (dtype,))
+
+
+def can_run_fused_topk(*, k: int | None = None, similarity=None,
+                       dtype: torch.dtype | None = None,
+                       device: torch.device | str | None = None) -> str | None:
+    """Step ``"fused_topk"`` (:func:`fused_topk`): ``k`` neighbours searched by
+    ``similarity`` (an entry of ``convnn.ops.SIMILARITIES``), ranking in ``dtype``."""
+    from ._checks import check_int
+
+    check_int("k", k, minimum=1)
+    if similarity is None:
+        raise ValueError("step='fused_topk' needs similarity (a name in SIMILARITIES)")
+    if similarity.fused_scale is None:
+        return (f"similarity={similarity.name!r} (the fused selection scores dot and cosine "
+                "only)")
+    if k > MAX_FUSED_TOPK_K:
+        return (f"k={k} > {MAX_FUSED_TOPK_K} neighbours searched (the fused selection keeps "
+                "its running top-k in registers)")
+    if dtype is not None and dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        return f"{dtype} ranking (the fused selection ranks in float32)"
+    return card_refusal(device, (dtype,))
