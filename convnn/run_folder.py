@@ -126,23 +126,19 @@ def refuse_links(folder: Path) -> None:
 
 def is_run_config(cfg) -> bool:
     """Whether a ``config.json``'s content was written by :func:`convnn.train.fit` (a JSON
-    object whose ``"train"`` section holds the epochs): a folder whose ``config.json`` is
-    anything else belongs to another program and is never resumed, overwritten or read."""
-    return (isinstance(cfg, dict) and isinstance(cfg.get("train"), dict)
-            and "epochs" in cfg["train"])
+    object with a ``"train"`` section): a folder whose ``config.json`` is anything else
+    belongs to another program and is never resumed, overwritten or read."""
+    return isinstance(cfg, dict) and isinstance(cfg.get("train"), dict)
 
 
 def _refuse_foreign_config(out: Path) -> None:
     path = out / CONFIG
     if not path.is_file():
         return
-    try:
-        cfg = read_json(path)
-    except ValueError:
-        cfg = None
+    cfg = read_json(path)  # not JSON, or not an object: its own one-line error
     if not is_run_config(cfg):
         raise RunFolderError(
-            f"{path} is not a convnn run config (no \"train\" settings with \"epochs\"); "
+            f"{path} is not a convnn run config (it has no \"train\" settings); "
             f"{out} belongs to another program or holds a damaged run, and nothing in it was "
             "changed. Choose another out_dir")
 

@@ -168,7 +168,7 @@ def test_resume_of_a_run_stopped_before_its_first_epoch_restarts_it(tmp_path, ds
 def test_a_second_writer_fails_at_once(tmp_path, ds):
     out = tmp_path / "r"
     with folder_lock(out) as lock:  # a live process (this one) trains in the folder
-        assert lock.read_text().split()[0] == str(os.getpid())
+        assert lock.path.read_text().split()[0] == str(os.getpid())
         with pytest.raises(RunFolderError, match=f"in use by another process \\(PID {os.getpid()}"):
             run(out, ds)
         with pytest.raises(RunFolderError, match="in use"):
