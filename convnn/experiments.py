@@ -182,7 +182,8 @@ def _vgg_describe(s: dict) -> str:
         what += f", k = {s['k']}, similarity {paper.selection_word(s['selection'])}, " \
                 f"aggregation {paper.aggregation_word(s['aggregate_coords'])}"
         if s["sampling"] != "all":
-            what += f", {s['sampling']} candidates r = {s['candidates']} (r x r)"
+            what += f", {s['sampling']} candidates s = {s['candidates']} " \
+                    f"(m = s² = {s['candidates'] ** 2})"
     if s["kernel_size"] != 3:
         what += f", conv kernel {s['kernel_size']}"
     return f"VGG-11 with {what}"
@@ -217,7 +218,7 @@ def _resnet_describe(s: dict) -> str:
     if s["layer"] != "conv2d":
         what += f" layers, k = {s['k']}, {s['sampling']} candidates"
         if s["candidates"]:
-            what += f" r = {s['candidates']}"
+            what += f" m = {s['candidates']}"
     return f"ResNet-50 with {what}"
 
 
@@ -267,7 +268,7 @@ def _vit_describe(s: dict) -> str:
     what = s["mixer"]
     if s["mixer"] == "convnn_attention":
         what = f"ConvNN attention, k = {s['k']}, {s['sampling']} candidates" + \
-            (f" r = {s['candidates']}" if s["candidates"] else "") + \
+            (f" m = {s['candidates']}" if s["candidates"] else "") + \
             f", {s['aggregation']} aggregation"
     elif s["mixer"] == "kvt":
         what = f"KVT top-{s['k']} attention"
@@ -442,7 +443,7 @@ NON_PAPER_PRESETS: tuple[Preset, ...] = tuple(
     for settings, what in (
         ({"mixer": "attention"}, "attention"),
         ({"mixer": "convnn_attention", "k": 9, "sampling": "random", "candidates": 32},
-         "ConvNN attention, k = 9, random candidates r = 32, depthwise aggregation"),
+         "ConvNN attention, k = 9, random candidates m = 32, depthwise aggregation"),
     ))
 
 
@@ -484,7 +485,7 @@ LAPTOP_PRESETS: tuple[Preset, ...] = (
     _laptop("laptop-vit-c10-convnn-random-r32-k9", "vit",
             {"model": "vit_tiny_cifar", "mixer": "convnn_attention", "k": 9,
              "sampling": "random", "candidates": 32}, _LAPTOP_VIT,
-            "ConvNN attention, k = 9 over r = 32 random tokens"),
+            "ConvNN attention, k = 9 over m = 32 random tokens"),
 )
 
 
