@@ -1666,7 +1666,8 @@ def plot_paper_overlay(runs: Run | Sequence[Run] | None = None, *,
     Each panel: our test top-1 (solid; for a run that logged the redrawn evaluation, solid is
     the redrawn one and dotted the fixed draw), our train top-1 (dashed), every authors' run
     of the preset (thin, full length) and a vertical line at the comparison epoch E. The
-    text box gives best ≤E and last-5 mean at E of both.
+    text box gives best ≤E and last-5 mean at E of both; the authors' side is the mean over
+    their runs of the preset, as in :func:`comparable_summary`.
 
     Raises:
         ValueError: no comparable run (with the reason for each run given).
@@ -1702,9 +1703,13 @@ def plot_paper_overlay(runs: Run | Sequence[Run] | None = None, *,
                 label="ours train")
         ax.axvline(epoch, color="black", lw=0.8, ls=":")
         ours_best, ours_last5 = _our_at(run, key, epoch)
+        # the authors' side as the comparison table gives it: the mean over their runs
+        paper_best = sum(c.best_at(epoch) for c in curves) / len(curves)
+        paper_last5 = sum(c.last5_at(epoch) for c in curves) / len(curves)
+        paper_side = "paper" if len(curves) == 1 else f"paper, mean of {len(curves)} runs"
         ax.text(0.98, 0.04, f"at epoch {epoch}: best / last-5 mean\n"
-                f"paper {curves[0].best_at(epoch):.2f} / {curves[0].last5_at(epoch):.2f}\n"
-                f"ours  {ours_best:.2f} / {ours_last5:.2f}",
+                f"{paper_side}: {paper_best:.2f} / {paper_last5:.2f}\n"
+                f"ours: {ours_best:.2f} / {ours_last5:.2f}",
                 transform=ax.transAxes, ha="right", va="bottom", fontsize=8,
                 family="monospace", bbox={"facecolor": "white", "alpha": 0.85, "lw": 0})
         shown = max(epoch * 4, 10)
