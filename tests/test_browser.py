@@ -86,7 +86,7 @@ PAGES = [
     Page("book/vgg_cifar.html", title="ConvNN in VGG-11 on CIFAR"),
     Page("book/vit_cifar.html", title="ConvNN attention in ViT-Tiny on CIFAR"),
     Page("book/results.html", title="Results"),
-    Page("book/results_tables.html", title="Appendix: the paper's tables, one by one"),
+    Page("book/results_tables.html", title="Appendix: the paper’s tables, one by one"),
     Page("book/performance.html", title="Performance"),
     Page("book/related_work.html", title="Related work", figure=False, math=True),
     Page("book/notation.html", title="Notation", figure=False),
