@@ -78,17 +78,21 @@ if triton is not None:
 
 MAX_FUSED_ATTENTION_K = 16
 """Largest k (self included) :func:`fused_attention` takes (the top-k lives in registers)."""
-KEY_TILE = 256
+KEY_TILE = 128
 """Candidates per score tile: all of them up to this many (one tile), tiles merged above.
 The tests lower it to cross tile boundaries at small T."""
 BLOCK_Q = 64
 """Queries per forward / query-side backward program (64 rows: sm_90's ``wgmma`` tile)."""
 BLOCK_E = 16
 """Inverse-index entries per step of the candidate-side backward program."""
-NUM_WARPS = 4
-"""Warps per forward / query-side program: one warpgroup, 16 query rows a warp."""
-NUM_STAGES = 2
-"""Software-pipelining stages of the forward's key-tile loop (multi-tile rows only)."""
+NUM_WARPS = 8
+"""Warps per forward / query-side program. Compiled for sm_90 at the paper's shapes, 4 warps
+(one warpgroup, each query row inside one warp) spill 440 bytes a thread in the forward and
+612 in the query backward at 255 registers; 8 warps spill nothing (see the docstring)."""
+NUM_STAGES = 1
+"""Software-pipelining stages: none (the loops over key tiles, channel slices and gathers
+are not pipelined: two stages of float32 key tiles would take 180 KB of shared memory;
+latency is hidden by the other programs on the SM)."""
 
 _SPLIT_DTYPES = (torch.float32, torch.float16)
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -130,14 +134,14 @@ if triton is not None:
         # ``cols``: the score's order-preserving bits, the low COL_BITS bits replaced by the
         # reversed column (a larger key is a better score, or the lower column of a tie).
         if ALL:
-            keys = cols.to(tl.int64)
+            keys = cols
         else:
-            keys = tl.load(cpos_ptr + cols, mask=col_ok, other=0).to(tl.int64)
+            keys = tl.load(cpos_ptr + cols, mask=col_ok, other=0)
         acc = tl.zeros((BLOCK_Q, BLOCK_N), dtype=tl.float32)
-        for d0 in tl.static_range(0, D, BLOCK_D):
+        for d0 in tl.range(0, D, BLOCK_D, num_stages=1):
             dims = d0 + tl.arange(0, BLOCK_D)
             d_ok = dims < D
-            q = tl.load(q_base + rows.to(tl.int64)[:, None] * D + dims[None, :],
+            q = tl.load(q_base + rows[:, None] * D + dims[None, :],
                         mask=row_ok[:, None] & d_ok[None, :], other=0.0)
             kt = tl.load(k_base + keys[None, :] * D + dims[:, None],
                          mask=d_ok[:, None] & col_ok[None, :], other=0.0)
@@ -150,7 +154,7 @@ if triton is not None:
             if ALL:
                 s = tl.where(cols[None, :] == rows[:, None], float("-inf"), s)
             else:
-                s = tl.where(keys[None, :] == rows.to(tl.int64)[:, None], float("-inf"), s)
+                s = tl.where(keys[None, :] == rows[:, None], float("-inf"), s)
         bits = s.to(tl.int32, bitcast=True)
         ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # int order = float order
         low: tl.constexpr = (1 << COL_BITS) - 1
@@ -198,27 +202,27 @@ if triton is not None:
             SELF_FIRST: tl.constexpr, CONST_SELF: tl.constexpr, ONE_TILE: tl.constexpr,
             SPLIT_Q: tl.constexpr, SPLIT_K: tl.constexpr, AS_F32: tl.constexpr,
             COL_BITS: tl.constexpr, KP: tl.constexpr, BLOCK_Q: tl.constexpr,
-            BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+            BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_G: tl.constexpr):
         b = tl.program_id(1).to(tl.int64)
         rows = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
         row_ok = rows < T
-        rows64 = rows.to(tl.int64)
         slots = tl.arange(0, KP)
         OFF: tl.constexpr = 1 if SELF_FIRST else 0
         KS: tl.constexpr = K - OFF  # ranks searched
         PAD: tl.constexpr = -2147483648
-        base = b * T * D
+        base = b * T * D  # int64 scalar; offsets inside a row are int32 (T·d < 2^31)
+        q_row, k_row, v_row = q_ptr + base, k_ptr + base, v_ptr + base
         if ONE_TILE:  # every candidate in one tile: the top-k straight from the row
             cols = tl.arange(0, BLOCK_N)
-            keys = _score_keys(q_ptr + base, k_ptr + base, cpos_ptr, rows, row_ok, cols,
+            keys = _score_keys(q_row, k_row, cpos_ptr, rows, row_ok, cols,
                                cols < M, scale, ALL, SELF_FIRST, SPLIT_Q, SPLIT_K, AS_F32, D,
                                COL_BITS, BLOCK_Q, BLOCK_N, BLOCK_D)
             top = _take_top(keys, slots, KS, OFF, KP, BLOCK_Q)
         else:  # tiles of BLOCK_N candidates; each tile's top-KS merged into the running list
             top = tl.full((BLOCK_Q, KP), PAD, tl.int32)
-            for n0 in tl.range(0, M, BLOCK_N):
+            for n0 in tl.range(0, M, BLOCK_N, num_stages=1):
                 cols = n0 + tl.arange(0, BLOCK_N)
-                keys = _score_keys(q_ptr + base, k_ptr + base, cpos_ptr, rows, row_ok, cols,
+                keys = _score_keys(q_row, k_row, cpos_ptr, rows, row_ok, cols,
                                    cols < M, scale, ALL, SELF_FIRST, SPLIT_Q, SPLIT_K, AS_F32,
                                    D, COL_BITS, BLOCK_Q, BLOCK_N, BLOCK_D)
                 top = _merge_tops(top, _take_top(keys, slots, KS, OFF, KP, BLOCK_Q), slots,
@@ -239,14 +243,14 @@ if triton is not None:
         pos = tl.where(valid, pos, 0)
         # the k logits in float32 from the gathered key rows
         logits = tl.zeros((BLOCK_Q, KP), dtype=tl.float32)
-        for d0 in tl.static_range(0, D, BLOCK_D):
-            dims = d0 + tl.arange(0, BLOCK_D)
+        for d0 in tl.range(0, D, BLOCK_G, num_stages=1):
+            dims = d0 + tl.arange(0, BLOCK_G)
             ok = row_ok[:, None] & (dims < D)[None, :]
-            q = tl.load(q_ptr + base + rows64[:, None] * D + dims[None, :], mask=ok,
+            q = tl.load(q_row + rows[:, None] * D + dims[None, :], mask=ok,
                         other=0.0).to(tl.float32)
             for j in tl.static_range(K):
-                pj = _slot(pos, slots, j).to(tl.int64)
-                kk = tl.load(k_ptr + base + pj[:, None] * D + dims[None, :], mask=ok,
+                pj = _slot(pos, slots, j)
+                kk = tl.load(k_row + pj[:, None] * D + dims[None, :], mask=ok,
                              other=0.0).to(tl.float32)
                 logits += tl.where(slots[None, :] == j, tl.sum(q * kk, axis=1)[:, None], 0.0)
         logits = logits * scale
@@ -259,25 +263,26 @@ if triton is not None:
         e = tl.where(valid, tl.exp(logits - mx[:, None]), 0.0)
         p = e / tl.sum(e, axis=1)[:, None]
         store_ok = row_ok[:, None] & valid
-        flat = (b * T + rows64)[:, None] * K + slots[None, :]
-        tl.store(idx_ptr + flat, pos, mask=store_ok)
-        tl.store(p_ptr + flat, p, mask=store_ok)
+        flat = rows[:, None] * K + slots[None, :]
+        at = b * T * K
+        tl.store(idx_ptr + at + flat, pos, mask=store_ok)
+        tl.store(p_ptr + at + flat, p, mask=store_ok)
         rho = p
         if DROP:  # dropout on the weights: ρ times the caller's mask / (1 - p_drop)
-            rho = p * tl.load(drop_ptr + flat, mask=store_ok, other=0.0)
-        for d0 in tl.static_range(0, D, BLOCK_D):
-            dims = d0 + tl.arange(0, BLOCK_D)
+            rho = p * tl.load(drop_ptr + at + flat, mask=store_ok, other=0.0)
+        for d0 in tl.range(0, D, BLOCK_G, num_stages=1):
+            dims = d0 + tl.arange(0, BLOCK_G)
             d_ok = dims < D
             ok = row_ok[:, None] & d_ok[None, :]
-            acc = tl.zeros((BLOCK_Q, BLOCK_D), dtype=tl.float32)
+            acc = tl.zeros((BLOCK_Q, BLOCK_G), dtype=tl.float32)
             for j in tl.static_range(K):
-                pj = _slot(pos, slots, j).to(tl.int64)
+                pj = _slot(pos, slots, j)
                 rj = _slot(rho, slots, j)
-                vv = tl.load(v_ptr + base + pj[:, None] * D + dims[None, :], mask=ok,
+                vv = tl.load(v_row + pj[:, None] * D + dims[None, :], mask=ok,
                              other=0.0).to(tl.float32)
                 wj = tl.load(w_ptr + j * D + dims, mask=d_ok, other=0.0).to(tl.float32)
                 acc += (vv * wj[None, :]) * rj[:, None]
-            tl.store(out_ptr + base + rows64[:, None] * D + dims[None, :],
+            tl.store(out_ptr + base + rows[:, None] * D + dims[None, :],
                      acc.to(out_ptr.dtype.element_ty), mask=ok)
 
     @triton.jit
@@ -285,7 +290,7 @@ if triton is not None:
             q_ptr, k_ptr, v_ptr, w_ptr, g_ptr, idx_ptr, p_ptr, drop_ptr,
             dq_ptr, ds_ptr, dw_part_ptr, T, scale,
             K: tl.constexpr, D: tl.constexpr, DROP: tl.constexpr, CONST_SELF: tl.constexpr,
-            KP: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr):
+            KP: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_G: tl.constexpr):
         # dρ[t, j] = Σ_c g[t, c] w[j, c] v[I[t, j], c] (on chip);
         # dw partial[j, c] = Σ_t ρ g v[I] (this tile's);  dscore = ρ (dρ - Σ ρ dρ) · scale;
         # dq[t] = Σ_j dscore[t, j] key[I[t, j]], written in q's dtype.
@@ -293,11 +298,11 @@ if triton is not None:
         tile = tl.program_id(0)
         rows = tile * BLOCK_Q + tl.arange(0, BLOCK_Q)
         row_ok = rows < T
-        rows64 = rows.to(tl.int64)
         slots = tl.arange(0, KP)
         valid = (slots < K)[None, :] & (rows >= 0)[:, None]
-        base = b * T * D
-        flat = (b * T + rows64)[:, None] * K + slots[None, :]
+        base = b * T * D  # int64 scalar; offsets inside a row are int32
+        k_row, v_row, g_row = k_ptr + base, v_ptr + base, g_ptr + base
+        flat = b * T * K + (rows[:, None] * K + slots[None, :])
         kv_ok = row_ok[:, None] & valid
         idx = tl.load(idx_ptr + flat, mask=kv_ok, other=0)
         p = tl.load(p_ptr + flat, mask=kv_ok, other=0.0)
@@ -307,16 +312,16 @@ if triton is not None:
             rho = p * drop
         drho = tl.zeros((BLOCK_Q, KP), dtype=tl.float32)
         part = (b * tl.num_programs(0) + tile) * K
-        for d0 in tl.static_range(0, D, BLOCK_D):
-            dims = d0 + tl.arange(0, BLOCK_D)
+        for d0 in tl.range(0, D, BLOCK_G, num_stages=1):
+            dims = d0 + tl.arange(0, BLOCK_G)
             d_ok = dims < D
             ok = row_ok[:, None] & d_ok[None, :]
-            g = tl.load(g_ptr + base + rows64[:, None] * D + dims[None, :], mask=ok,
+            g = tl.load(g_row + rows[:, None] * D + dims[None, :], mask=ok,
                         other=0.0).to(tl.float32)
             for j in tl.static_range(K):
-                ij = _slot(idx, slots, j).to(tl.int64)
+                ij = _slot(idx, slots, j)
                 rj = _slot(rho, slots, j)
-                vv = tl.load(v_ptr + base + ij[:, None] * D + dims[None, :], mask=ok,
+                vv = tl.load(v_row + ij[:, None] * D + dims[None, :], mask=ok,
                              other=0.0).to(tl.float32)
                 wj = tl.load(w_ptr + j * D + dims, mask=d_ok, other=0.0).to(tl.float32)
                 gv = g * vv
@@ -331,23 +336,22 @@ if triton is not None:
             ds = tl.where(slots[None, :] == 0, 0.0, ds)
         ds = tl.where(valid, ds * scale, 0.0)
         tl.store(ds_ptr + flat, ds, mask=kv_ok)
-        for d0 in tl.static_range(0, D, BLOCK_D):
-            dims = d0 + tl.arange(0, BLOCK_D)
+        for d0 in tl.range(0, D, BLOCK_G, num_stages=1):
+            dims = d0 + tl.arange(0, BLOCK_G)
             ok = row_ok[:, None] & (dims < D)[None, :]
-            acc = tl.zeros((BLOCK_Q, BLOCK_D), dtype=tl.float32)
+            acc = tl.zeros((BLOCK_Q, BLOCK_G), dtype=tl.float32)
             for j in tl.static_range(K):
-                ij = _slot(idx, slots, j).to(tl.int64)
-                kk = tl.load(k_ptr + base + ij[:, None] * D + dims[None, :], mask=ok,
+                ij = _slot(idx, slots, j)
+                kk = tl.load(k_row + ij[:, None] * D + dims[None, :], mask=ok,
                              other=0.0).to(tl.float32)
                 acc += kk * _slot(ds, slots, j)[:, None]
-            tl.store(dq_ptr + base + rows64[:, None] * D + dims[None, :],
+            tl.store(dq_ptr + base + rows[:, None] * D + dims[None, :],
                      acc.to(dq_ptr.dtype.element_ty), mask=ok)
 
     @triton.jit
     def _attention_candidate_backward_kernel(
             q_ptr, w_ptr, g_ptr, p_ptr, drop_ptr, ds_ptr, order_ptr, rowptr_ptr, dv_ptr, dk_ptr,
-            K: tl.constexpr, D: tl.constexpr, DROP: tl.constexpr, NEED_K: tl.constexpr,
-            BLOCK_E: tl.constexpr, BLOCK_D: tl.constexpr):
+            K: tl.constexpr, D: tl.constexpr, DROP: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_D: tl.constexpr):
         # Token row s (of R·T): dV[s] = Σ ρ[e] w[j_e] ⊙ g[t_e], dkey[s] = Σ dscore[e] q[t_e]
         # over its inverse-index entries e = t·K + j (I[t, j] = s), in the sorted order
         # (deterministic), accumulated in float32 and written in v's / key's dtype.
@@ -374,23 +378,29 @@ if triton is not None:
                 if DROP:
                     r = r * tl.load(drop_ptr + flat, mask=e_ok, other=0.0)
                 acc_v += g * w * r[:, None]
-                if NEED_K:
-                    q = tl.load(q_ptr + t[:, None] * D + dims[None, :], mask=ok,
-                                other=0.0).to(tl.float32)
-                    acc_k += q * tl.load(ds_ptr + flat, mask=e_ok, other=0.0)[:, None]
+                q = tl.load(q_ptr + t[:, None] * D + dims[None, :], mask=ok,
+                            other=0.0).to(tl.float32)
+                acc_k += q * tl.load(ds_ptr + flat, mask=e_ok, other=0.0)[:, None]
             tl.store(dv_ptr + row * D + dims, tl.sum(acc_v, axis=0).to(dv_ptr.dtype.element_ty),
                      mask=d_ok)
-            if NEED_K:
-                tl.store(dk_ptr + row * D + dims,
-                         tl.sum(acc_k, axis=0).to(dk_ptr.dtype.element_ty), mask=d_ok)
+            tl.store(dk_ptr + row * D + dims, tl.sum(acc_k, axis=0).to(dk_ptr.dtype.element_ty),
+                     mask=d_ok)
 
 
 def _interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def _block_d(dim: int) -> int:
-    return max(16, min(64, triton.next_power_of_2(dim)))
+def _block_d(dim: int, split: bool = False) -> int:
+    """Channels per slice of the score product: 64, or 32 where an operand is split (its
+    float32 key slice ``[32, 256]`` is 64 registers a thread before the split)."""
+    return max(16, min(32 if split else 64, triton.next_power_of_2(dim)))
+
+
+def _block_g(dim: int) -> int:
+    """Channels per gathered row slice: 16 (one 32-byte sector of a bf16 row), so the k
+    gathers of a slice (k·16 values a row) can all be in flight without spilling."""
+    return 16
 
 
 def column_bits(candidates: int) -> int:
@@ -423,18 +433,18 @@ def _forward_launch(tokens: int, candidates: int | None, dim: int, k: int, *, q_
         "SPLIT_Q": q_dtype in _SPLIT_DTYPES, "SPLIT_K": key_dtype in _SPLIT_DTYPES,
         "AS_F32": bool(interpreted), "COL_BITS": column_bits(block_n if one_tile else m),
         "KP": max(2, triton.next_power_of_2(k)), "BLOCK_Q": BLOCK_Q, "BLOCK_N": block_n,
-        "BLOCK_D": _block_d(dim)}, NUM_WARPS, NUM_STAGES)
+        "BLOCK_D": _block_d(dim, split=q_dtype in _SPLIT_DTYPES or key_dtype in _SPLIT_DTYPES),
+        "BLOCK_G": _block_g(dim)}, NUM_WARPS, NUM_STAGES)
 
 
 def _query_backward_launch(dim: int, k: int, *, constant_self: bool, drop: bool) -> _Launch:
     return _Launch({"K": k, "D": dim, "DROP": bool(drop), "CONST_SELF": bool(constant_self),
                     "KP": max(2, triton.next_power_of_2(k)), "BLOCK_Q": BLOCK_Q,
-                    "BLOCK_D": _block_d(dim)}, NUM_WARPS, 1)
+                    "BLOCK_G": _block_g(dim)}, NUM_WARPS, 1)
 
 
-def _candidate_backward_launch(dim: int, k: int, *, drop: bool, need_key: bool) -> _Launch:
-    return _Launch({"K": k, "D": dim, "DROP": bool(drop), "NEED_K": bool(need_key),
-                    "BLOCK_E": BLOCK_E, "BLOCK_D": _block_d(dim)}, 2, 1)
+def _candidate_backward_launch(dim: int, k: int, *, drop: bool) -> _Launch:
+    return _Launch({"K": k, "D": dim, "DROP": bool(drop), "BLOCK_E": BLOCK_E, "BLOCK_D": _block_d(dim)}, 2, 1)
 
 
 def _launch(kernel, grid, launch: _Launch, *args) -> None:
@@ -485,7 +495,7 @@ def _backward_impl(grad_out: Tensor, q: Tensor, key: Tensor, v: Tensor, w: Tenso
     offset = torch.arange(rows, device=q.device, dtype=torch.int32).mul_(tokens).view(rows, 1, 1)
     order, rowptr = inverse_index((idx + offset).view(rows * tokens, k), rows * tokens)
     _launch(_attention_candidate_backward_kernel, (rows * tokens,),
-            _candidate_backward_launch(dim, k, drop=drop is not None, need_key=True),
+            _candidate_backward_launch(dim, k, drop=drop is not None),
             q, w, g, p, drop_arg, dscore, order, rowptr, grad_v, grad_key)
     return grad_q, grad_key, grad_v, partial_w.sum(0).to(w.dtype)
 
@@ -615,3 +625,77 @@ def fused_attention(q: Tensor, key: Tensor, v: Tensor, w: Tensor, k: int, scale:
                                       float(scale), bool(self_first),
                                       None if self_logit is None else float(self_logit))
     return (out, idx.long()) if return_indices else out
+
+
+# ------------------------------------------------------------------ the compile gate
+PAPER_TOKENS = 197
+"""ViT-Tiny's tokens (224×224 input, patch 16, + the class token): the gate's shapes."""
+PAPER_K = 9
+PAPER_CANDIDATES = 32
+PAPER_HEAD_DIMS = (192, 64)
+"""d of a head: 1×192 (the paper's final runs) and 3×64."""
+
+
+def _dtype_mixes(card) -> dict[str, tuple]:
+    """What the card runs, as (q/key, v, w) dtypes: float32, and the autocast mix (q/key
+    float32 selection features, 16-bit values: bf16, or float16 on a card without bf16);
+    bf16 cards also all-bf16 (q/key projected in bf16)."""
+    f32 = torch.float32
+    mixes = {"fp32": (f32, f32, f32)}
+    if card.bf16:
+        mixes["autocast-bf16"] = (f32, torch.bfloat16, f32)
+        mixes["bf16"] = (torch.bfloat16, torch.bfloat16, torch.bfloat16)
+    else:
+        mixes["autocast-fp16"] = (f32, torch.float16, f32)
+    return mixes
+
+
+def compile_variants(card) -> list[KernelVariant]:
+    """Every launch configuration of the fused attention core at the paper's shapes
+    (T = 197, k = 9, d = 192 and 64; all candidates without self-first, and r = 32 sampled
+    candidates with the constant self logit) in the dtypes ``card`` runs, built by the
+    launchers' own configuration helpers. The forward kernels are hot."""
+    i32, f32p = "i32", pointer_type(torch.float32)
+    variants = []
+    for mix, (qk, val, wt) in _dtype_mixes(card).items():
+        qk_p, v_p, w_p = pointer_type(qk), pointer_type(val), pointer_type(wt)
+        for dim in PAPER_HEAD_DIMS:
+            for cand in (None, PAPER_CANDIDATES):
+                sampled = cand is not None
+                launch = _forward_launch(PAPER_TOKENS, cand, dim, PAPER_K, q_dtype=qk,
+                                         key_dtype=qk, self_first=sampled,
+                                         constant_self=sampled, drop=False, interpreted=False)
+                signature = {"q_ptr": qk_p, "k_ptr": qk_p, "v_ptr": v_p, "w_ptr": w_p,
+                             "cpos_ptr": pointer_type(torch.int32), "drop_ptr": f32p,
+                             "out_ptr": v_p, "idx_ptr": pointer_type(torch.int32),
+                             "p_ptr": f32p, "T": i32, "M": i32, "scale": "fp32",
+                             "self_logit": "fp32"}
+                where = f"r={cand}" if sampled else "all"
+                variants.append(KernelVariant(
+                    _attention_forward_kernel,
+                    f"attention_forward {where} {mix} T={PAPER_TOKENS} d={dim} k={PAPER_K}",
+                    signature, launch.constexprs, launch.num_warps, launch.num_stages,
+                    hot=True))
+                if dim != PAPER_HEAD_DIMS[0]:
+                    continue  # the backward kernels at 1×192 only
+                launch = _query_backward_launch(dim, PAPER_K, constant_self=sampled,
+                                                drop=False)
+                signature = {"q_ptr": qk_p, "k_ptr": qk_p, "v_ptr": v_p, "w_ptr": w_p,
+                             "g_ptr": v_p, "idx_ptr": pointer_type(torch.int32),
+                             "p_ptr": f32p, "drop_ptr": f32p, "dq_ptr": qk_p, "ds_ptr": f32p,
+                             "dw_part_ptr": f32p, "T": i32, "scale": "fp32"}
+                variants.append(KernelVariant(
+                    _attention_query_backward_kernel,
+                    f"attention_query_backward {where} {mix} T={PAPER_TOKENS} d={dim} "
+                    f"k={PAPER_K}", signature, launch.constexprs, launch.num_warps,
+                    launch.num_stages))
+            launch = _candidate_backward_launch(dim, PAPER_K, drop=False)
+            signature = {"q_ptr": qk_p, "w_ptr": w_p, "g_ptr": v_p, "p_ptr": f32p,
+                         "drop_ptr": f32p, "ds_ptr": f32p, "order_ptr": pointer_type(torch.int64),
+                         "rowptr_ptr": pointer_type(torch.int64), "dv_ptr": v_p, "dk_ptr": qk_p}
+            if dim == PAPER_HEAD_DIMS[0]:
+                variants.append(KernelVariant(
+                    _attention_candidate_backward_kernel,
+                    f"attention_candidate_backward {mix} T={PAPER_TOKENS} d={dim} k={PAPER_K}",
+                    signature, launch.constexprs, launch.num_warps, launch.num_stages))
+    return variants
