@@ -17,18 +17,20 @@ backward pass gathers anyway). The softmax, the aggregation and every gradient a
 float32; gradients are written in their inputs' dtypes.
 
 **Forward** (:func:`fused_attention`): one program per :data:`BLOCK_Q` = 64 queries of one
-batch·head row (grid ``[⌈T / 64⌉, R]``, 4 warps), so the score product is one 64-row
-``tl.dot`` per 64-wide slice of d (``wgmma`` on sm_90, ``mma.sync`` before) and each query row
-lives in one warp (its reductions are warp shuffles, no shared memory or barrier). ``K`` and
-``d`` are compile-time constants: every loop over the ranks and the channel slices is
-unrolled (``tl.static_range``), so the k gathers of a slice are independent loads in flight
-together. Keys are read once per query tile (4 times per row at T = 197).
+batch·head row (grid ``[⌈T / 64⌉, R]``, 4 warps: one warpgroup, 16 query rows a warp), so
+the score product is one 64-row ``tl.dot`` a channel slice (``wgmma`` on sm_90,
+``mma.sync`` on sm_75-89) and each query row lives in one warp (its reductions are warp
+shuffles). ``K`` and ``d`` are compile-time constants: the loops over the ranks are unrolled
+(``tl.static_range``), so the k gathers of a 16-channel slice are independent loads in
+flight together; the loops over channel slices and key tiles are not pipelined
+(:data:`NUM_STAGES`). Keys are read once per query tile (4 times per row at T = 197).
 
-- Selection: ``m ≤`` :data:`KEY_TILE` candidates (T = 197 all, r = 32 sampled) are one score
-  tile; more are tiles merged into the running list. Each score becomes one int32 key
-  (order-preserving bits of the float, low bits replaced by the reversed column), so every
-  rank is one max-reduction over the row and a compare, with the lower column winning ties
-  as before (the old kernel took a max and a min-column reduction a rank).
+- Selection: the candidates in tiles of :data:`KEY_TILE` = 128 (T = 197: two tiles; r = 32
+  sampled: one). Each score becomes one int32 key (the float's order-preserving bits, the
+  low bits replaced by the reversed column), so every rank is one max-reduction over the
+  row and a compare, the lower column winning ties as before (the old kernel took a max
+  and a min-column reduction a rank, across 4 warps); each tile's top-k is merged into the
+  running list the same way.
 - Then the self slot, the float32 logits of the k selected keys, the softmax, dropout on the
   weights (the caller's mask) and the depthwise aggregation. It writes the output, the
   indices (int32) and ρ ``[R, T, k]`` only: no score matrix.
@@ -85,10 +87,8 @@ BLOCK_Q = 64
 """Queries per forward / query-side backward program (64 rows: sm_90's ``wgmma`` tile)."""
 BLOCK_E = 16
 """Inverse-index entries per step of the candidate-side backward program."""
-NUM_WARPS = 8
-"""Warps per forward / query-side program. Compiled for sm_90 at the paper's shapes, 4 warps
-(one warpgroup, each query row inside one warp) spill 440 bytes a thread in the forward and
-612 in the query backward at 255 registers; 8 warps spill nothing (see the docstring)."""
+NUM_WARPS = 4
+"""Warps per forward / query-side program: one warpgroup, each query row inside one warp."""
 NUM_STAGES = 1
 """Software-pipelining stages: none (the loops over key tiles, channel slices and gathers
 are not pipelined: two stages of float32 key tiles would take 180 KB of shared memory;
