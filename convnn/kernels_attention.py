@@ -637,65 +637,67 @@ PAPER_HEAD_DIMS = (192, 64)
 
 
 def _dtype_mixes(card) -> dict[str, tuple]:
-    """What the card runs, as (q/key, v, w) dtypes: float32, and the autocast mix (q/key
-    float32 selection features, 16-bit values: bf16, or float16 on a card without bf16);
-    bf16 cards also all-bf16 (q/key projected in bf16)."""
+    """What the card runs, as (q/key, v, w) dtypes: float32; the autocast mix (q/key float32
+    selection features, 16-bit values, w a float32 parameter: bf16, or float16 on a card
+    without bf16); and a model cast to the 16-bit dtype (all bf16, or all float16)."""
     f32 = torch.float32
-    mixes = {"fp32": (f32, f32, f32)}
-    if card.bf16:
-        mixes["autocast-bf16"] = (f32, torch.bfloat16, f32)
-        mixes["bf16"] = (torch.bfloat16, torch.bfloat16, torch.bfloat16)
-    else:
-        mixes["autocast-fp16"] = (f32, torch.float16, f32)
-    return mixes
+    low = torch.bfloat16 if card.bf16 else torch.float16
+    name = "bf16" if card.bf16 else "fp16"
+    return {"fp32": (f32, f32, f32), f"autocast-{name}": (f32, low, f32),
+            name: (low, low, low)}
+
+
+_MODES = (("all", None, False, False), ("r=32", PAPER_CANDIDATES, True, False),
+          ("r=32 paper-self-logit", PAPER_CANDIDATES, True, True))
+"""(name, candidates, self_first, constant self logit) at the paper's shapes."""
 
 
 def compile_variants(card) -> list[KernelVariant]:
     """Every launch configuration of the fused attention core at the paper's shapes
-    (T = 197, k = 9, d = 192 and 64; all candidates without self-first, and r = 32 sampled
-    candidates with the constant self logit) in the dtypes ``card`` runs, built by the
-    launchers' own configuration helpers. The forward kernels are hot."""
-    i32, f32p = "i32", pointer_type(torch.float32)
+    (T = 197, k = 9, d = 192 and 64; all candidates, and r = 32 sampled candidates with the
+    real or the paper's constant self logit) in the dtypes ``card`` runs, built by the
+    launchers' own configuration helpers. The forward kernels are hot; the backward kernels
+    are listed at 1×192 (d = 64 changes only the constant D)."""
+    i32, f32p, i32p = "i32", pointer_type(torch.float32), pointer_type(torch.int32)
     variants = []
     for mix, (qk, val, wt) in _dtype_mixes(card).items():
         qk_p, v_p, w_p = pointer_type(qk), pointer_type(val), pointer_type(wt)
         for dim in PAPER_HEAD_DIMS:
-            for cand in (None, PAPER_CANDIDATES):
-                sampled = cand is not None
+            for mode, cand, self_first, constant_self in _MODES:
                 launch = _forward_launch(PAPER_TOKENS, cand, dim, PAPER_K, q_dtype=qk,
-                                         key_dtype=qk, self_first=sampled,
-                                         constant_self=sampled, drop=False, interpreted=False)
+                                         key_dtype=qk, self_first=self_first,
+                                         constant_self=constant_self, drop=False,
+                                         interpreted=False)
                 signature = {"q_ptr": qk_p, "k_ptr": qk_p, "v_ptr": v_p, "w_ptr": w_p,
-                             "cpos_ptr": pointer_type(torch.int32), "drop_ptr": f32p,
-                             "out_ptr": v_p, "idx_ptr": pointer_type(torch.int32),
-                             "p_ptr": f32p, "T": i32, "M": i32, "scale": "fp32",
-                             "self_logit": "fp32"}
-                where = f"r={cand}" if sampled else "all"
+                             "cpos_ptr": i32p, "drop_ptr": f32p, "out_ptr": v_p,
+                             "idx_ptr": i32p, "p_ptr": f32p, "T": i32, "M": i32,
+                             "scale": "fp32", "self_logit": "fp32"}
                 variants.append(KernelVariant(
                     _attention_forward_kernel,
-                    f"attention_forward {where} {mix} T={PAPER_TOKENS} d={dim} k={PAPER_K}",
+                    f"attention_forward {mode} {mix} T={PAPER_TOKENS} d={dim} k={PAPER_K}",
                     signature, launch.constexprs, launch.num_warps, launch.num_stages,
                     hot=True))
-                if dim != PAPER_HEAD_DIMS[0]:
-                    continue  # the backward kernels at 1×192 only
-                launch = _query_backward_launch(dim, PAPER_K, constant_self=sampled,
+                if dim != PAPER_HEAD_DIMS[0] or mode == "r=32":
+                    continue  # the query backward differs only by CONST_SELF and D
+                launch = _query_backward_launch(dim, PAPER_K, constant_self=constant_self,
                                                 drop=False)
                 signature = {"q_ptr": qk_p, "k_ptr": qk_p, "v_ptr": v_p, "w_ptr": w_p,
-                             "g_ptr": v_p, "idx_ptr": pointer_type(torch.int32),
-                             "p_ptr": f32p, "drop_ptr": f32p, "dq_ptr": qk_p, "ds_ptr": f32p,
-                             "dw_part_ptr": f32p, "T": i32, "scale": "fp32"}
+                             "g_ptr": v_p, "idx_ptr": i32p, "p_ptr": f32p, "drop_ptr": f32p,
+                             "dq_ptr": qk_p, "ds_ptr": f32p, "dw_part_ptr": f32p, "T": i32,
+                             "scale": "fp32"}
+                which = "paper-self-logit" if constant_self else "real-self-score"
                 variants.append(KernelVariant(
                     _attention_query_backward_kernel,
-                    f"attention_query_backward {where} {mix} T={PAPER_TOKENS} d={dim} "
+                    f"attention_query_backward {which} {mix} T={PAPER_TOKENS} d={dim} "
                     f"k={PAPER_K}", signature, launch.constexprs, launch.num_warps,
                     launch.num_stages))
-            launch = _candidate_backward_launch(dim, PAPER_K, drop=False)
-            signature = {"q_ptr": qk_p, "w_ptr": w_p, "g_ptr": v_p, "p_ptr": f32p,
-                         "drop_ptr": f32p, "ds_ptr": f32p, "order_ptr": pointer_type(torch.int64),
-                         "rowptr_ptr": pointer_type(torch.int64), "dv_ptr": v_p, "dk_ptr": qk_p}
-            if dim == PAPER_HEAD_DIMS[0]:
-                variants.append(KernelVariant(
-                    _attention_candidate_backward_kernel,
-                    f"attention_candidate_backward {mix} T={PAPER_TOKENS} d={dim} k={PAPER_K}",
-                    signature, launch.constexprs, launch.num_warps, launch.num_stages))
+        dim = PAPER_HEAD_DIMS[0]
+        launch = _candidate_backward_launch(dim, PAPER_K, drop=False)
+        signature = {"q_ptr": qk_p, "w_ptr": w_p, "g_ptr": v_p, "p_ptr": f32p,
+                     "drop_ptr": f32p, "ds_ptr": f32p, "order_ptr": pointer_type(torch.int64),
+                     "rowptr_ptr": pointer_type(torch.int64), "dv_ptr": v_p, "dk_ptr": qk_p}
+        variants.append(KernelVariant(
+            _attention_candidate_backward_kernel,
+            f"attention_candidate_backward {mix} T={PAPER_TOKENS} d={dim} k={PAPER_K}",
+            signature, launch.constexprs, launch.num_warps, launch.num_stages))
     return variants
