@@ -25,8 +25,9 @@ shuffles). ``K`` and ``d`` are compile-time constants: the loops over the ranks 
 flight together; the loops over channel slices and key tiles are not pipelined
 (:data:`NUM_STAGES`). Keys are read once per query tile (4 times per row at T = 197).
 
-- Selection: the candidates in tiles of :data:`KEY_TILE` = 128 (T = 197: two tiles; r = 32
-  sampled: one). Each score becomes one int32 key (the float's order-preserving bits, the
+- Selection: the candidates in tiles of :data:`KEY_TILE` = 64 (T = 197: four tiles; r = 32
+  sampled: one; 128-key tiles spill on sm_80 with split operands: 255 registers, 124-172
+  bytes). Each score becomes one int32 key (the float's order-preserving bits, the
   low bits replaced by the reversed column), so every rank is one max-reduction over the
   row and a compare, the lower column winning ties as before (the old kernel took a max
   and a min-column reduction a rank, across 4 warps); each tile's top-k is merged into the
@@ -80,7 +81,7 @@ if triton is not None:
 
 MAX_FUSED_ATTENTION_K = 16
 """Largest k (self included) :func:`fused_attention` takes (the top-k lives in registers)."""
-KEY_TILE = 128
+KEY_TILE = 64
 """Candidates per score tile: all of them up to this many (one tile), tiles merged above.
 The tests lower it to cross tile boundaries at small T."""
 BLOCK_Q = 64

@@ -223,9 +223,9 @@ def test_attention_compile_variants_are_the_launchers_configurations(arch):
                                                constant_self=False, drop=False,
                                                interpreted=False)
     assert forward.constexprs == launch.constexprs
-    # 64-row query tiles (sm_90's wgmma), T = 197 in two 128-key tiles, columns in 8 bits
+    # 64-row query tiles (sm_90's wgmma), T = 197 in 64-key tiles, columns in 8 bits
     assert forward.constexprs["BLOCK_Q"] >= 64 and not forward.constexprs["ONE_TILE"]
-    assert forward.constexprs["BLOCK_N"] == 128 and forward.constexprs["COL_BITS"] == 8
+    assert forward.constexprs["BLOCK_N"] == 64 and forward.constexprs["COL_BITS"] == 8
 
 
 # ------------------------------------------------------------------ dispatch, no kernel launch
