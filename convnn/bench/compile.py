@@ -168,7 +168,12 @@ def compile_variant(variant, target: Card) -> dict:
         backend = make_backend(gpu)
         options = backend.parse_options({"num_warps": variant.num_warps,
                                          "num_stages": variant.num_stages})
-        source = ASTSource(fn=fn, signature=signature, constexprs=dict(variant.constexprs))
+        # as a launch with torch tensors: every pointer 16-byte aligned (Triton specialises
+        # on it; without it loads are not vectorised and the registers read differ)
+        aligned = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names)
+                   if signature[name].startswith("*")}
+        source = ASTSource(fn=fn, signature=signature, constexprs=dict(variant.constexprs),
+                           attrs=aligned)
         log = io.StringIO()
         with contextlib.redirect_stdout(log):  # Triton prints its ptxas -v log (the knob)
             compiled = triton.compile(source, target=gpu, options=options.__dict__)
