@@ -97,6 +97,15 @@ def pointer_type(dtype: torch.dtype) -> str:
                   torch.int32: "i32", torch.int64: "i64"}[dtype]
 
 
+def card_arch(device: torch.device) -> int:
+    """The compute capability of the card that runs the kernels as ``10·major + minor`` (80 for
+    an A100); the interpreter stands for an sm_90 card (the launch configuration it checks)."""
+    if device.type != "cuda":
+        return 90
+    major, minor = torch.cuda.get_device_capability(device)
+    return 10 * major + minor
+
+
 def available(device: torch.device | str | None = None) -> bool:
     """True when the Triton kernels can run on ``device`` (CUDA, or the interpreter)."""
     if triton is None:
@@ -174,20 +183,87 @@ if triton is not None:
         return new_v, new_i
 
     @triton.jit
+    def _product(a, b, acc, AS_F32: tl.constexpr):
+        # acc + a @ b of two 16-bit tiles, float32 accumulation. AS_F32 (the interpreter, whose
+        # 16-bit tl.dot is wrong): the same values multiplied as float32, which is exact (the
+        # product of two bf16 or two fp16 values fits a float32).
+        if AS_F32:
+            return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+        return tl.dot(a, b, acc)
+
+    @triton.jit
+    def _selection_dot(a, b, acc, DOT: tl.constexpr, AS_F32: tl.constexpr):
+        # acc + a @ b under the precision contract of selection (convnn.ops): DOT = "split":
+        # bf16x3 (hi = bf16(x), lo = bf16(x - hi); hi·hi + hi·lo + lo·hi, float32 sums);
+        # "native": one product of the 16-bit operands as they are (bf16 or fp16: exact
+        # products); "ieee": IEEE float32 products (no tensor cores: cards without bf16).
+        if DOT == "ieee":
+            return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+        if DOT == "native":
+            return _product(a, b, acc, AS_F32)
+        a_hi = a.to(tl.bfloat16)
+        b_hi = b.to(tl.bfloat16)
+        a_lo = (a.to(tl.float32) - a_hi.to(tl.float32)).to(tl.bfloat16)
+        b_lo = (b.to(tl.float32) - b_hi.to(tl.float32)).to(tl.bfloat16)
+        acc = _product(a_hi, b_hi, acc, AS_F32)
+        acc = _product(a_hi, b_lo, acc, AS_F32)
+        return _product(a_lo, b_hi, acc, AS_F32)
+
+    @triton.jit
+    def _rank_keys(s, cols, NONE: tl.constexpr):
+        # int64 ranking keys of a [rows, cols] score tile, larger = better: the score's
+        # order-preserving bits above (NONE - column), so equal scores rank the lower column
+        # first and every key of a row is distinct. NaN and +inf rank as -inf (last), -0.0 as
+        # +0.0 (equal scores, as float comparison has them).
+        s = tl.where(s < float("inf"), s, float("-inf"))
+        s = tl.where(s == 0.0, 0.0, s)
+        bits = s.to(tl.int32, bitcast=True)
+        ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)
+        return (ordered.to(tl.int64) << 32) | (NONE - cols).to(tl.int64)
+
+    @triton.jit
+    def _key_columns(keys, NONE: tl.constexpr):
+        # the columns of ranking keys (inverse of _rank_keys' low half)
+        return NONE - (keys & 0xFFFFFFFF).to(tl.int32)
+
+    @triton.jit
+    def _merge_ranked(top, keys, KP: tl.constexpr):
+        # top [rows, KP] sorted descending ∪ keys [rows, n] -> the best KP, sorted descending:
+        # one bitonic top-k of the tile, then max against the reversed list (the best KP of
+        # both, a bitonic sequence) and one bitonic merge. Keys are distinct: no ties.
+        best = tl.topk(keys, KP, dim=1)
+        return tl.bitonic_merge(tl.maximum(top, tl.flip(best, 1)), 1, True)
+
+    @triton.jit
+    def _contract_score_tile(q_base, k_base, stride_kn, rows, row_ok, cols, col_ok, D,
+                             scale, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
+                             BLOCK_D: tl.constexpr, DOT: tl.constexpr, AS_F32: tl.constexpr):
+        # (q·k) · scale of BLOCK_Q query rows against BLOCK_N key rows under the precision
+        # contract (_selection_dot); q_base points at the query rows, k_base at key row 0.
+        acc = tl.zeros((BLOCK_Q, BLOCK_N), dtype=tl.float32)
+        for d0 in range(0, D, BLOCK_D):
+            dims = d0 + tl.arange(0, BLOCK_D)
+            d_ok = dims < D
+            q = tl.load(q_base + dims[None, :], mask=row_ok[:, None] & d_ok[None, :],
+                        other=0.0)
+            kt = tl.load(k_base + cols.to(tl.int64)[None, :] * stride_kn + dims[:, None],
+                         mask=d_ok[:, None] & col_ok[None, :], other=0.0)
+            acc = _selection_dot(q, kt, acc, DOT, AS_F32)
+        return acc * scale
+
+    @triton.jit
     def _fused_topk_kernel(q_ptr, k_ptr, qpos_ptr, cpos_ptr, idx_ptr, n, m, D, K, scale,
                            stride_qb, stride_qn, stride_kb, stride_kn,
                            SELF_MASK: tl.constexpr, KP: tl.constexpr, BLOCK_Q: tl.constexpr,
-                           BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                           PRECISION: tl.constexpr):
+                           BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT: tl.constexpr,
+                           AS_F32: tl.constexpr):
         # One program: BLOCK_Q query rows of one batch·head row b against all m keys of b,
-        # BLOCK_N keys at a time; the running top-K of every row stays in registers.
+        # BLOCK_N keys at a time; the best KP ranking keys of every row stay in registers.
         b = tl.program_id(1).to(tl.int64)
         rows = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
         row_ok = rows < n
-        slots = tl.arange(0, KP)
-        NONE: tl.constexpr = 2147483647  # "no column": loses every tie, never stored
-        top_v = tl.full((BLOCK_Q, KP), float("-inf"), tl.float32)
-        top_i = tl.full((BLOCK_Q, KP), NONE, tl.int32)
+        NONE: tl.constexpr = 2147483647
+        top = tl.full((BLOCK_Q, KP), -9223372036854775807, tl.int64)  # below every real key
         qp = rows
         if SELF_MASK:
             qp = tl.load(qpos_ptr + rows, mask=row_ok, other=-1)
@@ -195,16 +271,22 @@ if triton is not None:
         for n0 in range(0, m, BLOCK_N):
             cols = n0 + tl.arange(0, BLOCK_N)
             col_ok = cols < m
-            s = _score_tile(q_base, k_ptr + b * stride_kb, stride_kn, rows, row_ok, cols,
-                            col_ok, D, scale, BLOCK_Q, BLOCK_N, BLOCK_D, PRECISION)
+            s = _contract_score_tile(q_base, k_ptr + b * stride_kb, stride_kn, rows, row_ok,
+                                     cols, col_ok, D, scale, BLOCK_Q, BLOCK_N, BLOCK_D, DOT,
+                                     AS_F32)
             if SELF_MASK:  # the query's own column (a candidate at the query's position)
                 cp = tl.load(cpos_ptr + cols, mask=col_ok, other=-2)
                 s = tl.where(cp[None, :] == qp[:, None], float("-inf"), s)
-            s_free = col_ok[None, :] & (rows >= 0)[:, None]  # padding columns never count
-            top_v, top_i = _merge_top(top_v, top_i, s, s_free, cols, slots, K, 0, NONE,
-                                      BLOCK_Q, KP)
+            # columns past m rank last, after every real column (k <= m: never taken)
+            keys = _rank_keys(tl.where(col_ok[None, :], s, float("-inf")), cols[None, :], NONE)
+            beats = tl.sum(tl.sum((keys > tl.min(top, axis=1)[:, None]).to(tl.int32), axis=1),
+                           axis=0)
+            if beats > 0:
+                top = _merge_ranked(top, keys, KP)
+        slots = tl.arange(0, KP)
         out = idx_ptr + (b * n + rows.to(tl.int64))[:, None] * K + slots[None, :]
-        tl.store(out, top_i.to(tl.int64), mask=row_ok[:, None] & (slots[None, :] < K))
+        tl.store(out, _key_columns(top, NONE).to(tl.int64),
+                 mask=row_ok[:, None] & (slots[None, :] < K))
 
     @triton.jit
     def _forward_kernel(v_ptr, idx_ptr, rho_ptr, w_ptr, out_ptr, M, C, K,
@@ -470,11 +552,24 @@ def fused_topk(query: Tensor, keys: Tensor, k: int, scale: float = 1.0, *,
         cpos = candidate_positions.to(device=query.device, dtype=torch.int32).contiguous()
     else:
         qpos = cpos = out  # any pointer when SELF_MASK is False
-    block_d = max(16, min(64, triton.next_power_of_2(dim)))
-    grid = (triton.cdiv(n, FUSED_BLOCK_Q), rows)
+    config = fused_topk_config(dim, k, self_mask, card_arch(query.device))
+    grid = (triton.cdiv(n, config["BLOCK_Q"]), rows)
     _fused_topk_kernel[grid](
         query, keys, qpos, cpos, out, n, m, dim, k, float(scale),
         query.stride(0), query.stride(1), keys.stride(0), keys.stride(1),
-        SELF_MASK=self_mask, KP=max(2, triton.next_power_of_2(k)), BLOCK_Q=FUSED_BLOCK_Q,
-        BLOCK_N=FUSED_BLOCK_N, BLOCK_D=block_d, PRECISION="ieee", num_warps=4)
+        AS_F32=os.environ.get("TRITON_INTERPRET") == "1", **config)
     return out
+
+
+def fused_topk_config(dim: int, k: int, self_mask: bool, arch: int) -> dict:
+    """The launch configuration of :func:`fused_topk` (constexprs, ``num_warps``,
+    ``num_stages``; not the interpreter's ``AS_F32``) on an ``sm_<arch>`` card: bf16×3
+    tensor-core products (IEEE float32 on cards without bf16, older than sm_80)."""
+    if arch < 80:
+        dot, block_d, warps, stages = "ieee", 32, 4, 3
+    else:
+        dot, block_d, warps, stages = "split", 32, 8, 1
+    return {"SELF_MASK": self_mask, "KP": max(2, triton.next_power_of_2(k)),
+            "BLOCK_Q": FUSED_BLOCK_Q, "BLOCK_N": FUSED_BLOCK_N,
+            "BLOCK_D": max(16, min(block_d, triton.next_power_of_2(dim))), "DOT": dot,
+            "num_warps": warps, "num_stages": stages}
