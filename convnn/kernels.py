@@ -6,9 +6,12 @@ winning ties, so the result is the first k columns of a stable descending sort. 
 ``torch.topk`` in the fast selection path for ``k <= MAX_TOPK_K``.
 
 **Fused selection** (:func:`fused_topk`): the same top-k, but the scores are never written:
-one program per tile of query rows of one batch·head row computes the score tiles with
-``tl.dot`` (IEEE float32) key tile by key tile, masks the query's own column, and merges each
-tile into a running top-k (k <= :data:`MAX_FUSED_TOPK_K`) kept in registers. The caller
+one program per tile of query rows of one batch·head row computes the score tiles on tensor
+cores under the precision contract of :mod:`convnn.ops` (bf16×3, float32 accumulation; IEEE
+float32 on cards without bf16) key tile by key tile, masks the query's own column, and keeps
+the best k (k <= :data:`MAX_FUSED_TOPK_K`) as int64 ranking keys (score bits above the
+reversed column: distinct, ties to the lower column) in registers, merged tile by tile with
+``tl.topk`` and a bitonic merge (as :mod:`convnn.kernels_conv2d`'s selection). The caller
 recomputes the k selected scores (with autograd) from the gathered keys. Dot and cosine only;
 ``backend="triton"`` only (auto leaves it off): unmeasured on a GPU.
 
@@ -392,6 +395,13 @@ BLOCK_M = 32  # rows per forward / dρ-dw program
 BLOCK_E = 16  # inverse-index entries per step of the dV program
 
 
+def gather_aggregate_config(dtype: torch.dtype, channels: int) -> dict:
+    """The launch configuration shared by the gather-aggregate kernels (the accumulator, the
+    channel block, ``num_warps``); the forward and dρ-dw kernels add ``BLOCK_M``, the dV
+    kernel ``BLOCK_E``."""
+    return {"ACC": _accumulator(dtype)[0], "BLOCK_C": channel_block(channels), "num_warps": 4}
+
+
 def inverse_index(index: Tensor, num_rows: int) -> tuple[Tensor, Tensor]:
     """CSR form of ``index [M, k]``: ``order`` lists the flat positions ``m·k + j`` sorted by
     ``index`` (stable, so ascending within a row) and ``rowptr [num_rows + 1]`` delimits the
@@ -415,12 +425,11 @@ class DepthwiseGatherAggregate(torch.autograd.Function):
         rows, k = index.shape
         channels = values.shape[1]
         out = torch.empty(rows, channels, dtype=values.dtype, device=values.device)
-        block_c = channel_block(channels)
-        grid = (triton.cdiv(rows, BLOCK_M), triton.cdiv(channels, block_c))
+        config = gather_aggregate_config(values.dtype, channels)
+        grid = (triton.cdiv(rows, BLOCK_M), triton.cdiv(channels, config["BLOCK_C"]))
         _forward_kernel[grid](values, index, values if rho is None else rho, w, out,
-                              rows, channels, k, HAS_RHO=rho is not None,
-                              ACC=_accumulator(values.dtype)[0],
-                              BLOCK_M=BLOCK_M, BLOCK_C=block_c)
+                              rows, channels, k, HAS_RHO=rho is not None, BLOCK_M=BLOCK_M,
+                              **config)
         ctx.save_for_backward(values, index, rho, w)
         return out
 
@@ -431,10 +440,11 @@ class DepthwiseGatherAggregate(torch.autograd.Function):
         need_rho = need_rho and rho is not None
         rows, k = index.shape
         num_values, channels = values.shape
-        acc_tl, acc_torch = _accumulator(values.dtype)
+        acc_torch = _accumulator(values.dtype)[1]
         opts = {"dtype": acc_torch, "device": values.device}
         grad_out = grad_out.contiguous()
-        block_c = channel_block(channels)
+        config = gather_aggregate_config(values.dtype, channels)
+        block_c = config["BLOCK_C"]
         rho_arg = values if rho is None else rho  # any pointer when HAS_RHO is False
         grad_v = grad_rho = grad_w = None
         if need_rho or need_w:
@@ -446,14 +456,14 @@ class DepthwiseGatherAggregate(torch.autograd.Function):
                 values if grad_rho is None else grad_rho,
                 values if partial_w is None else partial_w,
                 rows, channels, k, HAS_RHO=rho is not None, NEED_RHO=need_rho,
-                NEED_W=need_w, ACC=acc_tl, BLOCK_M=BLOCK_M, BLOCK_C=block_c)
+                NEED_W=need_w, BLOCK_M=BLOCK_M, **config)
             grad_w = partial_w.sum(0) if need_w else None
         if need_v:
             order, rowptr = inverse_index(index, num_values)
             grad_v = torch.empty(num_values, channels, **opts)
             _backward_values_kernel[(num_values, triton.cdiv(channels, block_c))](
                 order, rowptr, rho_arg, w, grad_out, grad_v, channels, k,
-                HAS_RHO=rho is not None, ACC=acc_tl, BLOCK_E=BLOCK_E, BLOCK_C=block_c)
+                HAS_RHO=rho is not None, BLOCK_E=BLOCK_E, **config)
         return (None if grad_v is None else grad_v.to(values.dtype), None,
                 None if grad_rho is None else grad_rho.to(rho.dtype),
                 None if grad_w is None else grad_w.to(w.dtype))
@@ -486,16 +496,22 @@ def row_topk(scores: Tensor, k: int) -> Tensor:
     rows = flat.shape[0]
     out = torch.empty(rows, k, dtype=torch.long, device=scores.device)
     if rows:
-        block_n = triton.next_power_of_2(width)
-        block_r = max(1, min(64, 4096 // block_n))
-        _row_topk_kernel[(triton.cdiv(rows, block_r),)](
-            flat, out, rows, width, flat.stride(0), k, BLOCK_R=block_r, BLOCK_N=block_n,
-            num_warps=8 if block_n >= 1024 else 4)
+        config = row_topk_config(width)
+        _row_topk_kernel[(triton.cdiv(rows, config["BLOCK_R"]),)](
+            flat, out, rows, width, flat.stride(0), k, **config)
     return out.view(*lead, k)
 
 
+def row_topk_config(width: int) -> dict:
+    """The launch configuration of :func:`row_topk` for rows ``width`` wide (the same on
+    every card: no products)."""
+    block_n = triton.next_power_of_2(width)
+    return {"BLOCK_R": max(1, min(64, 4096 // block_n)), "BLOCK_N": block_n,
+            "num_warps": 8 if block_n >= 1024 else 4}
+
+
 MAX_FUSED_TOPK_K = 16
-"""Largest k :func:`fused_topk` takes (its running list lives in registers, k passes a tile)."""
+"""Largest k :func:`fused_topk` takes (its running list of ranking keys lives in registers)."""
 FUSED_BLOCK_Q = 32  # query rows per fused-selection program
 FUSED_BLOCK_N = 64  # keys per score tile
 
@@ -506,10 +522,12 @@ def fused_topk(query: Tensor, keys: Tensor, k: int, scale: float = 1.0, *,
     """Top-k keys of every query by ``(query · key) · scale`` without writing the scores.
 
     ``query [R, n, D]``, ``keys [R, m, D]`` (float32; ``R`` = batch·heads) ->
-    ``[R, n, k]`` int64 indices into ``0..m-1``, best first, ties to the lower key: exactly
-    ``sort(scores, descending=True, stable=True).indices[..., :k]`` of the float32 scores
-    ``(query @ keys.T) * scale``, up to the summation order of the dot products (products and
-    sums in IEEE float32, no TF32). Cosine is this on normalised inputs with ``scale=1``.
+    ``[R, n, k]`` int64 indices into ``0..m-1``, best first, ties to the lower key: the
+    ``sort(scores, descending=True, stable=True).indices[..., :k]`` of the scores
+    ``(query @ keys.T) * scale`` under the precision contract of :mod:`convnn.ops` (bf16×3
+    tensor-core products, float32 sums), so equal to the float32 list except on near-ties
+    (:func:`convnn.ops.selection_score_bound`); non-finite scores rank last, as -inf. Cosine is
+    this on normalised inputs with ``scale=1``.
 
     With ``query_positions [n]`` and ``candidate_positions [m]`` (int), the key whose position
     equals the query's is scored ``-inf`` (the self-first mask; it still ranks, after every
@@ -517,10 +535,10 @@ def fused_topk(query: Tensor, keys: Tensor, k: int, scale: float = 1.0, *,
     autograd: recompute the selected scores from the gathered keys.
 
     One program per tile of :data:`FUSED_BLOCK_Q` query rows of one batch·head row loops over
-    the keys in tiles of :data:`FUSED_BLOCK_N`: a ``tl.dot`` score tile (float32 accumulation),
-    the masks, then k passes of max/argmin-column merge the tile into the running top-k kept in
-    registers. Bytes (B·h = 128, T = 197, D = 192, k = 9, float32): it reads the queries once
-    and the keys once per query tile (each batch row's 151 KB of keys stays in L2), about
+    the keys in tiles of :data:`FUSED_BLOCK_N`: a score tile (three bf16 tensor-core products,
+    float32 accumulation), the masks, then one ``tl.topk`` and one bitonic merge into the
+    running top-k kept in registers. Bytes (B·h = 128, T = 197, D = 192, k = 9, float32): it
+    reads the queries once and the keys once per query tile (each batch row's 151 KB of keys stays in L2), about
     7 × 19 MB from L2 and 19 MB + 19 MB from memory, and writes the 1.8 MB of indices; the
     unfused path writes the ``[B·h, T, T]`` float32 scores (20 MB) and reads them back at least
     once. Unmeasured on a GPU: only checked under ``TRITON_INTERPRET=1``.
@@ -573,3 +591,66 @@ def fused_topk_config(dim: int, k: int, self_mask: bool, arch: int) -> dict:
             "BLOCK_Q": FUSED_BLOCK_Q, "BLOCK_N": FUSED_BLOCK_N,
             "BLOCK_D": max(16, min(block_d, triton.next_power_of_2(dim))), "DOT": dot,
             "num_warps": warps, "num_stages": stages}
+
+
+PAPER_ATTENTION = {"tokens": 197, "dim": 192, "heads": (1, 3), "k": 9, "sampled": 32}
+"""ConvNN attention at ViT-Tiny's shapes on CIFAR (the paper's): T = 197 tokens, D = 192 in
+1 or 3 heads, k = 9, all candidates or r = 32 sampled."""
+PAPER_MAP_SIDES = (32, 16, 8, 4, 2)
+"""The map sides of the ConvNN2d layers of VGG-11 on CIFAR (padding 1: rows of (side + 2)²
+positions, 1,156 at 32×32), whose PyTorch path ranks with :func:`row_topk`."""
+
+
+def compile_variants(card) -> list[KernelVariant]:
+    """Every launch configuration of this module's kernels that the paper's networks reach on
+    ``card`` (``card.arch``: 75, 80, 89 or 90; ``card.bf16``), built by the launchers' own
+    configuration helpers, one variant per distinct configuration: the row top-k over every
+    score row width, the fused selection (all candidates, self-first on and off) and the
+    depthwise gather-aggregate in float32 and the card's 16-bit dtype. Forward kernels are
+    hot (spills fail the gate)."""
+    found: dict = {}
+
+    def add(kernel, name, signature, config, hot):
+        config = dict(config)
+        warps, stages = config.pop("num_warps"), config.pop("num_stages", 3)
+        key = (kernel.__name__, tuple(sorted(signature.items())), tuple(sorted(config.items())),
+               warps, stages)
+        if key not in found:
+            found[key] = KernelVariant(kernel, name, signature, config, warps, stages, hot)
+
+    shapes = PAPER_ATTENTION
+    widths = [shapes["tokens"], shapes["sampled"]] + [(s + 2) ** 2 for s in PAPER_MAP_SIDES]
+    for width in widths:
+        add(_row_topk_kernel, f"row_topk fp32 N={width}",
+            {"s_ptr": "*fp32", "idx_ptr": "*i64", "R": "i32", "N": "i32", "stride_r": "i32",
+             "K": "i32"}, row_topk_config(width), True)
+    for heads in shapes["heads"]:
+        dim = shapes["dim"] // heads
+        for self_mask in (True, False):
+            k = shapes["k"] - 1 if self_mask else shapes["k"]
+            add(_fused_topk_kernel, f"fused_topk fp32 d={dim} k={k}",
+                {"q_ptr": "*fp32", "k_ptr": "*fp32", "qpos_ptr": "*i32", "cpos_ptr": "*i32",
+                 "idx_ptr": "*i64", "n": "i32", "m": "i32", "D": "i32", "K": "i32",
+                 "scale": "fp32", "stride_qb": "i32", "stride_qn": "i32", "stride_kb": "i32",
+                 "stride_kn": "i32"},
+                {**fused_topk_config(dim, k, self_mask, card.arch), "AS_F32": False}, True)
+    half = torch.bfloat16 if card.bf16 else torch.float16
+    for dtype in (torch.float32, half):
+        ptr, name = pointer_type(dtype), str(dtype).removeprefix("torch.")
+        config = gather_aggregate_config(dtype, shapes["dim"])
+        for has_rho in (True, False):
+            add(_forward_kernel, f"gather_aggregate {name} C={shapes['dim']} rho={has_rho}",
+                {"v_ptr": ptr, "idx_ptr": "*i64", "rho_ptr": ptr, "w_ptr": ptr,
+                 "out_ptr": ptr, "M": "i32", "C": "i32", "K": "i32"},
+                {"HAS_RHO": has_rho, "BLOCK_M": BLOCK_M, **config}, True)
+        add(_backward_rows_kernel, f"gather_aggregate_rows {name} C={shapes['dim']}",
+            {"v_ptr": ptr, "idx_ptr": "*i64", "rho_ptr": ptr, "w_ptr": ptr, "g_ptr": ptr,
+             "grho_ptr": "*fp32", "gw_part_ptr": "*fp32", "M": "i32", "C": "i32",
+             "K": "i32"},
+            {"HAS_RHO": True, "NEED_RHO": True, "NEED_W": True, "BLOCK_M": BLOCK_M, **config},
+            False)
+        add(_backward_values_kernel, f"gather_aggregate_values {name} C={shapes['dim']}",
+            {"order_ptr": "*i64", "rowptr_ptr": "*i64", "rho_ptr": ptr, "w_ptr": ptr,
+             "g_ptr": ptr, "gv_ptr": "*fp32", "C": "i32", "K": "i32"},
+            {"HAS_RHO": True, "BLOCK_E": BLOCK_E, **config}, False)
+    return list(found.values())

@@ -3,17 +3,21 @@ standard aggregation as a gather-GEMM, both reading the input in place (NHWC or 
 the zero border implicit: no padded copy, no ``[B, H·W, k, C]`` gathered tensor, no score
 matrix).
 
-**Fused 2-D selection** (:func:`select_2d`): one program per tile of :data:`BLOCK_Q` query
-pixels of one image scores them against every position of the zero-padded map (1,156 at
-32×32 with padding 1), :data:`BLOCK_N` positions at a time, with ``tl.dot`` on tensor cores
-(bf16 inputs: bf16 products; float32 inputs: TF32, or IEEE float32 with
-``precision="ieee"``; float32 accumulation). A border position is a zero vector: its score
-is exactly 0 (cosine and dot), as in the padded PyTorch path. The query's own position is
-masked (self-first). The running top-k of every row is an unsorted list in registers; a tile
-is merged only where one of its scores beats a row's current k-th best, and then by as many
-insertion passes as the most such scores in one row (at most k): after the first tiles most
-tiles cost no merge at all. The list is sorted once at the end. Ties go to the lower
-position, as a stable sort.
+**Fused 2-D selection** (:func:`select_2d`): one program per tile of :data:`SELECT_BLOCK_Q`
+query pixels of one image scores them against every position of the zero-padded map (1,156
+at 32×32 with padding 1), :data:`SELECT_BLOCK_N` positions at a time, with ``tl.dot`` on
+tensor cores under the precision contract of :mod:`convnn.ops` (float32 inputs: bf16×3;
+bf16/fp16 inputs: one product of the 16-bit values, exact in float32; float32 accumulation;
+cards older than sm_80, without bf16: IEEE float32 products). A border position is a zero
+vector: its score is exactly 0 (cosine and dot), as in the padded PyTorch path. The query's
+own position is masked (self-first). One pass over the row: each score becomes an int64
+ranking key, its order-preserving float bits above ``2^31 - 1 - position``, so keys are
+distinct and a larger key is a better score or, of equal scores, the lower position (a
+stable descending sort; NaN and +inf rank as -inf, last, as in :func:`convnn.ops.select_neighbours`).
+A tile whose keys all lose to every row's current k-th best costs one comparison; otherwise
+``tl.topk`` takes the tile's best k, and one bitonic merge (the elementwise max against the
+reversed running list, then a bitonic sort) keeps the best k sorted: no data-dependent passes,
+no final sort.
 
 **Gather-GEMM** (:func:`gather_gemm`): ``out[m, o] = Σ_j Σ_c x[I[m, j], c] · W[o, c, j]``,
 a ``[BLOCK_M, BLOCK_C] × [BLOCK_C, BLOCK_O]`` ``tl.dot`` per rank and channel tile, the rows
@@ -300,9 +304,10 @@ def select_2d(x: Tensor, k: int, padding: int, similarity: str = "cosine",
     memory format (channels-last reads whole pixel rows).
 
     ``similarity``: ``"cosine"`` or ``"dot"`` (scaled by ``scale``, default ``1/√C``).
-    Scores accumulate in float32 from bf16/fp16 products, or TF32 for float32 inputs
-    (``precision="ieee"``: IEEE float32 products); a list can differ from the float32 ranking
-    only where two scores are within that rounding of each other (a near-tie). No autograd.
+    Scores follow the precision contract of :mod:`convnn.ops` (bf16×3 for float32 inputs, one
+    exact 16-bit product for bf16/fp16 ones, float32 sums; ``precision="ieee"`` or a card
+    without bf16: IEEE float32 products): a list can differ from the float32 ranking only on a
+    near-tie (:func:`convnn.ops.selection_score_bound`). No autograd.
     """
     _check_image("x", x)
     if similarity not in ("cosine", "dot"):

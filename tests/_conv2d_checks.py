@@ -10,6 +10,32 @@ import torch.nn.functional as F
 from convnn import ConvNN2d, kernels_conv2d, ops
 from convnn.layers import BranchingConv2d
 
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - the tests that use it skip without Triton
+    triton = None
+
+if triton is not None:
+
+    @triton.jit
+    def loop_carried_shape_change(out_ptr, N, BLOCK: tl.constexpr):
+        """Deliberately broken, the error class of issue 31: the loop-carried ``free`` starts
+        as ``[1, BLOCK]`` and is reassigned as ``[BLOCK, BLOCK]``. The interpreter runs it;
+        Triton's compiler rejects it."""
+        cols = tl.arange(0, BLOCK)
+        free = cols[None, :] < BLOCK
+        for _ in range(N):
+            free = free & (cols[:, None] >= 0)
+        tl.store(out_ptr + cols, tl.sum(free.to(tl.int32), axis=0))
+
+
+def broken_kernel_runs_in_the_interpreter() -> None:
+    out = torch.zeros(8, dtype=torch.int32)
+    loop_carried_shape_change[(1,)](out, 2, BLOCK=8)
+    assert out.tolist() == [8] * 8
+    print("BROKEN KERNEL INTERPRETED")
+
 
 def _padded(x: torch.Tensor, p: int) -> torch.Tensor:
     return F.pad(x, (p, p, p, p)).flatten(2).transpose(1, 2)  # (B, N, C)
@@ -26,6 +52,16 @@ def _reference_selection(x, k, p, similarity):
     q, keys, extra = ops._prepare(values[:, qpos], values, similarity)
     scores = ops._block_scores(q, keys, extra, similarity, None, torch.float32)
     return idx[..., 1:], scores
+
+
+def _contract_tolerance(x, p, similarity):
+    """2 max τ: how far apart the float32 scores of a near-tie may be under the precision
+    contract (``ops.selection_score_bound`` of the prepared features, the ops docstring)."""
+    values = _padded(x.float(), p)
+    qpos = ops.interior_positions(*x.shape[2:], p)
+    q, keys, _ = ops._prepare(values[:, qpos], values, similarity)
+    scale = 1.0 if similarity == "cosine" else 1.0 / x.shape[1] ** 0.5
+    return 2 * ops.selection_score_bound(q, keys, scale).max().item()
 
 
 def _same_up_to_near_ties(got, ref, scores, tol):
@@ -45,17 +81,33 @@ def selection_matches_stable_reference() -> None:
         relu = x.relu()
         relu[:, :, 1, 1:4] = 0  # zero pixels: exact ties at score 0 with the border
         for feats in (x, relu):
-            ref, _ = _reference_selection(feats, k, p, similarity)
+            ref, scores = _reference_selection(feats, k, p, similarity)
+            tol = _contract_tolerance(feats, p, similarity)
             for layout in (torch.contiguous_format, torch.channels_last):
-                got = kernels_conv2d.select_2d(feats.contiguous(memory_format=layout), k, p,
-                                               similarity)
+                laid = feats.contiguous(memory_format=layout)
+                # IEEE float32 products: the stable float32 ranking, ties to the lower position
+                got = kernels_conv2d.select_2d(laid, k, p, similarity, precision="ieee")
                 assert torch.equal(got, ref), (shape, p, k, similarity, layout)
+                # the precision contract (bf16x3): the same lists up to near-ties (the post-ReLU
+                # maps have parallel pixels, whose equal float32 scores the contract may split)
+                got = kernels_conv2d.select_2d(laid, k, p, similarity)
+                _same_up_to_near_ties(got, ref, scores, tol)
             # bf16 inputs: products of the rounded inputs, float32 sums
             rounded = feats.bfloat16()
             ref16, scores16 = _reference_selection(rounded.float(), k, p, similarity)
             got16 = kernels_conv2d.select_2d(rounded.contiguous(memory_format=torch.channels_last),
                                               k, p, similarity)
             _same_up_to_near_ties(got16, ref16, scores16, 1e-5)
+    # a card without bf16 (a T4) runs the launch configuration with IEEE float32 products
+    original = kernels_conv2d.card_arch
+    kernels_conv2d.card_arch = lambda device: 75
+    try:
+        assert kernels_conv2d.select_2d_config(torch.float32, 8, 8, "cosine", 75)["DOT"] == "ieee"
+        x = torch.randn(2, 8, 5, 5)
+        assert torch.equal(kernels_conv2d.select_2d(x, 8, 1), _reference_selection(x, 8, 1,
+                                                                                  "cosine")[0])
+    finally:
+        kernels_conv2d.card_arch = original
     print("SELECT OK")
 
 
@@ -144,6 +196,7 @@ def layer_matches_torch_path() -> None:
 
 
 def run_all() -> None:
+    broken_kernel_runs_in_the_interpreter()
     selection_matches_stable_reference()
     gather_gemm_matches_reference()
     layer_matches_torch_path()
