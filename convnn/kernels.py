@@ -596,6 +596,8 @@ def fused_topk_config(dim: int, k: int, self_mask: bool, arch: int) -> dict:
 PAPER_ATTENTION = {"tokens": 197, "dim": 192, "heads": (1, 3), "k": 9, "sampled": 32}
 """ConvNN attention at ViT-Tiny's shapes on CIFAR (the paper's): T = 197 tokens, D = 192 in
 1 or 3 heads, k = 9, all candidates or r = 32 sampled."""
+PAPER_CHANNELS = (64, 128, 192, 256, 512)
+"""Channel counts of the paper's layers (VGG-11's 64–512, ViT-Tiny's width 192)."""
 PAPER_MAP_SIDES = (32, 16, 8, 4, 2)
 """The map sides of the ConvNN2d layers of VGG-11 on CIFAR (padding 1: rows of (side + 2)²
 positions, 1,156 at 32×32), whose PyTorch path ranks with :func:`row_topk`."""
@@ -604,10 +606,11 @@ positions, 1,156 at 32×32), whose PyTorch path ranks with :func:`row_topk`."""
 def compile_variants(card) -> list[KernelVariant]:
     """Every launch configuration of this module's kernels that the paper's networks reach on
     ``card`` (``card.arch``: 75, 80, 89 or 90; ``card.bf16``), built by the launchers' own
-    configuration helpers, one variant per distinct configuration: the row top-k over every
-    score row width, the fused selection (all candidates, self-first on and off) and the
-    depthwise gather-aggregate in float32 and the card's 16-bit dtype. Forward kernels are
-    hot (spills fail the gate)."""
+    configuration helpers, one variant per distinct configuration (named by the first shape
+    that reaches it): the row top-k over every score row width, the fused selection (1×192
+    and 3×64 heads, self-first on and off) and the depthwise gather-aggregate at every
+    channel count, in float32 and the card's 16-bit dtype. Forward kernels are hot (spills
+    fail the gate)."""
     found: dict = {}
 
     def add(kernel, name, signature, config, hot):
@@ -637,20 +640,23 @@ def compile_variants(card) -> list[KernelVariant]:
     half = torch.bfloat16 if card.bf16 else torch.float16
     for dtype in (torch.float32, half):
         ptr, name = pointer_type(dtype), str(dtype).removeprefix("torch.")
-        config = gather_aggregate_config(dtype, shapes["dim"])
-        for has_rho in (True, False):
-            add(_forward_kernel, f"gather_aggregate {name} C={shapes['dim']} rho={has_rho}",
-                {"v_ptr": ptr, "idx_ptr": "*i64", "rho_ptr": ptr, "w_ptr": ptr,
-                 "out_ptr": ptr, "M": "i32", "C": "i32", "K": "i32"},
-                {"HAS_RHO": has_rho, "BLOCK_M": BLOCK_M, **config}, True)
-        add(_backward_rows_kernel, f"gather_aggregate_rows {name} C={shapes['dim']}",
-            {"v_ptr": ptr, "idx_ptr": "*i64", "rho_ptr": ptr, "w_ptr": ptr, "g_ptr": ptr,
-             "grho_ptr": "*fp32", "gw_part_ptr": "*fp32", "M": "i32", "C": "i32",
-             "K": "i32"},
-            {"HAS_RHO": True, "NEED_RHO": True, "NEED_W": True, "BLOCK_M": BLOCK_M, **config},
-            False)
-        add(_backward_values_kernel, f"gather_aggregate_values {name} C={shapes['dim']}",
-            {"order_ptr": "*i64", "rowptr_ptr": "*i64", "rho_ptr": ptr, "w_ptr": ptr,
-             "g_ptr": ptr, "gv_ptr": "*fp32", "C": "i32", "K": "i32"},
-            {"HAS_RHO": True, "BLOCK_E": BLOCK_E, **config}, False)
+        for channels in PAPER_CHANNELS:
+            config = gather_aggregate_config(dtype, channels)
+            for has_rho in (True, False):
+                rho = "*fp32" if has_rho else ptr  # ρ is a float32 softmax
+                tag = f"{name} C={channels} rho={has_rho}"
+                add(_forward_kernel, f"gather_aggregate {tag}",
+                    {"v_ptr": ptr, "idx_ptr": "*i64", "rho_ptr": rho, "w_ptr": ptr,
+                     "out_ptr": ptr, "M": "i32", "C": "i32", "K": "i32"},
+                    {"HAS_RHO": has_rho, "BLOCK_M": BLOCK_M, **config}, True)
+                add(_backward_rows_kernel, f"gather_aggregate_rows {tag}",
+                    {"v_ptr": ptr, "idx_ptr": "*i64", "rho_ptr": rho, "w_ptr": ptr,
+                     "g_ptr": ptr, "grho_ptr": "*fp32", "gw_part_ptr": "*fp32", "M": "i32",
+                     "C": "i32", "K": "i32"},
+                    {"HAS_RHO": has_rho, "NEED_RHO": has_rho, "NEED_W": True,
+                     "BLOCK_M": BLOCK_M, **config}, False)
+                add(_backward_values_kernel, f"gather_aggregate_values {tag}",
+                    {"order_ptr": "*i64", "rowptr_ptr": "*i64", "rho_ptr": rho, "w_ptr": ptr,
+                     "g_ptr": ptr, "gv_ptr": "*fp32", "C": "i32", "K": "i32"},
+                    {"HAS_RHO": has_rho, "BLOCK_E": BLOCK_E, **config}, False)
     return list(found.values())

@@ -450,7 +450,8 @@ def _paper_launches(card) -> list[tuple[torch.dtype, int, int]]:
 def compile_variants(card) -> list[KernelVariant]:
     """Every launch configuration of this module's kernels that the paper's networks reach on
     ``card`` (``card.arch``: 75, 80, 89 or 90; ``card.bf16``), built by the launchers' own
-    configuration helpers, one variant per distinct configuration. The selection and the
+    configuration helpers, one variant per distinct configuration (named by the first layer
+    that reaches it; cosine, the paper's, and dot similarity). The selection and the
     gather-GEMM forward are hot (spills fail the gate)."""
     geometry = {"H": "i32", "W": "i32", "P": "i32", "C": "i32", "K": "i32"}
     strides = {"stride_b": "i32", "stride_c": "i32", "stride_h": "i32", "stride_w": "i32"}
@@ -467,10 +468,11 @@ def compile_variants(card) -> list[KernelVariant]:
     for dtype, cin, cout in _paper_launches(card):
         x = pointer_type(dtype)
         tag = f"{str(dtype).removeprefix('torch.')} C={cin}"
-        sel = select_2d_config(dtype, cin, PAPER_K - 1, "cosine", card.arch)
-        add(_select_2d_kernel, f"select_2d {tag} k={PAPER_K}",
-            {"x_ptr": x, "inv_ptr": "*fp32", "idx_ptr": "*i64", **geometry, "scale": "fp32",
-             **strides}, {**sel, "AS_F32": False}, True)
+        for similarity in ("cosine", "dot"):
+            sel = select_2d_config(dtype, cin, PAPER_K - 1, similarity, card.arch)
+            add(_select_2d_kernel, f"select_2d {tag} {similarity} k={PAPER_K}",
+                {"x_ptr": x, "inv_ptr": "*fp32", "idx_ptr": "*i64", **geometry,
+                 "scale": "fp32", **strides}, {**sel, "AS_F32": False}, True)
         gemm = {**gather_gemm_config(dtype, cin, cout, card.arch), "UPCAST": False}
         rows = {"M": "i32", "HW": "i32", "H": "i32", "W": "i32", "P": "i32", "C": "i32",
                 "O": "i32", "K": "i32"}

@@ -10,32 +10,6 @@ import torch.nn.functional as F
 from convnn import ConvNN2d, kernels_conv2d, ops
 from convnn.layers import BranchingConv2d
 
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - the tests that use it skip without Triton
-    triton = None
-
-if triton is not None:
-
-    @triton.jit
-    def loop_carried_shape_change(out_ptr, N, BLOCK: tl.constexpr):
-        """Deliberately broken, the error class of issue 31: the loop-carried ``free`` starts
-        as ``[1, BLOCK]`` and is reassigned as ``[BLOCK, BLOCK]``. The interpreter runs it;
-        Triton's compiler rejects it."""
-        cols = tl.arange(0, BLOCK)
-        free = cols[None, :] < BLOCK
-        for _ in range(N):
-            free = free & (cols[:, None] >= 0)
-        tl.store(out_ptr + cols, tl.sum(free.to(tl.int32), axis=0))
-
-
-def broken_kernel_runs_in_the_interpreter() -> None:
-    out = torch.zeros(8, dtype=torch.int32)
-    loop_carried_shape_change[(1,)](out, 2, BLOCK=8)
-    assert out.tolist() == [8] * 8
-    print("BROKEN KERNEL INTERPRETED")
-
 
 def _padded(x: torch.Tensor, p: int) -> torch.Tensor:
     return F.pad(x, (p, p, p, p)).flatten(2).transpose(1, 2)  # (B, N, C)
@@ -196,7 +170,6 @@ def layer_matches_torch_path() -> None:
 
 
 def run_all() -> None:
-    broken_kernel_runs_in_the_interpreter()
     selection_matches_stable_reference()
     gather_gemm_matches_reference()
     layer_matches_torch_path()

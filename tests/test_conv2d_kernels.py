@@ -38,43 +38,8 @@ def test_fused_2d_kernels_match_the_torch_path_under_the_interpreter():
     proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True,
                           text=True, timeout=900, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    for marker in ("BROKEN KERNEL INTERPRETED", "SELECT OK", "GATHER GEMM OK", "LAYER OK"):
+    for marker in ("SELECT OK", "GATHER GEMM OK", "LAYER OK"):
         assert marker in proc.stdout
-
-
-def _compile_for_card(kernel, signature: dict, constexprs: dict, arch: int) -> dict:
-    """Ahead-of-time compile for ``sm_<arch>`` on the CPU (Triton's ``ASTSource`` and
-    ``GPUTarget``): ``{"compiled": bool, "error": str | None}``. A stand-in for the compile
-    gate's own function until it lands."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource, make_backend
-
-    sig = {name: "constexpr" if name in constexprs else signature[name]
-           for name in kernel.arg_names}
-    target = GPUTarget("cuda", arch, 32)
-    options = make_backend(target).parse_options({"num_warps": 4})
-    try:
-        triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=constexprs, attrs={}),
-                       target=target, options=options.__dict__)
-    except Exception as error:  # noqa: BLE001 (the gate reports every compiler error)
-        return {"compiled": False, "error": str(error)}
-    return {"compiled": True, "error": None}
-
-
-def test_the_compile_gate_catches_a_loop_carried_shape_change():
-    """The interpreter runs the broken kernel (the subprocess above checks it); compiling it
-    for an H100 fails with the compiler's message, as _select_2d_kernel did before the fix."""
-    pytest.importorskip("triton.backends.nvidia", reason="Triton's CUDA backend is not installed")
-    sys.path.insert(0, str(TESTS))
-    try:
-        import _conv2d_checks
-    finally:
-        sys.path.remove(str(TESTS))
-    row = _compile_for_card(_conv2d_checks.loop_carried_shape_change,
-                            {"out_ptr": "*i32", "N": "i32"}, {"BLOCK": 8}, 90)
-    assert not row["compiled"]
-    assert "Loop-carried variable free has initial type" in row["error"], row["error"]
 
 
 def test_backend_decision_of_convnn2d(monkeypatch):
