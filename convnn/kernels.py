@@ -10,8 +10,8 @@ one program per tile of query rows of one batch·head row computes the score til
 cores under the precision contract of :mod:`convnn.ops` (bf16×3, float32 accumulation; IEEE
 float32 on cards without bf16) key tile by key tile, masks the query's own column, and keeps
 the best k (k <= :data:`MAX_FUSED_TOPK_K`) as int64 ranking keys (score bits above the
-reversed column: distinct, ties to the lower column) in registers, merged tile by tile with
-``tl.topk`` and a bitonic merge (as :mod:`convnn.kernels_conv2d`'s selection). The caller
+reversed column: distinct, ties to the lower column) in registers, merged tile by tile by a
+threshold select (as :mod:`convnn.kernels_conv2d`'s selection). The caller
 recomputes the k selected scores (with autograd) from the gathered keys. Dot and cosine only;
 ``backend="triton"`` only (auto leaves it off): unmeasured on a GPU.
 
@@ -230,12 +230,36 @@ if triton is not None:
         return NONE - (keys & 0xFFFFFFFF).to(tl.int32)
 
     @triton.jit
-    def _merge_ranked(top, keys, KP: tl.constexpr):
-        # top [rows, KP] sorted descending ∪ keys [rows, n] -> the best KP, sorted descending:
-        # one bitonic top-k of the tile, then max against the reversed list (the best KP of
-        # both, a bitonic sequence) and one bitonic merge. Keys are distinct: no ties.
-        best = tl.topk(keys, KP, dim=1)
-        return tl.bitonic_merge(tl.maximum(top, tl.flip(best, 1)), 1, True)
+    def _start_ranked(BLOCK_Q: tl.constexpr, KP: tl.constexpr):
+        # the running list before any tile: KP distinct keys below every real one (-inf at any
+        # column is about -2^63 + 2^53), so each insertion replaces exactly one of them
+        slots = tl.arange(0, KP).to(tl.int64)
+        return tl.zeros((BLOCK_Q, KP), tl.int64) + (-9223372036854775807 + slots)[None, :]
+
+    @triton.jit
+    def _insert_ranked(top, keys):
+        # top [rows, KP] (the best KP keys so far, unsorted) ∪ keys [rows, n] -> the best KP.
+        # A threshold select: only keys above a row's current worst can enter, and it takes
+        # as many passes as the most such keys in one row (at most KP; 0 for most tiles late
+        # in a row), each moving a row's best remaining key into the slot of its worst.
+        # Keys are distinct within a row, so every comparison is exact: no ties.
+        KP: tl.constexpr = top.shape[1]
+        live = keys > tl.min(top, axis=1)[:, None]
+        need = tl.max(tl.minimum(tl.sum(live.to(tl.int32), axis=1), KP), axis=0)
+        for _ in range(need):
+            best = tl.max(tl.where(live, keys, -9223372036854775807), axis=1)
+            worst = tl.min(top, axis=1)
+            top = tl.where((best > worst)[:, None] & (top == worst[:, None]), best[:, None], top)
+            live = live & (keys != best[:, None])
+        return top
+
+    @triton.jit
+    def _store_ranked(out_ptr, top, row_ok, K, NONE: tl.constexpr):
+        # the columns of the best K keys, best first: out_ptr [rows] points at each row's K
+        for j in range(K):
+            best = tl.max(top, axis=1)
+            tl.store(out_ptr + j, _key_columns(best, NONE).to(tl.int64), mask=row_ok)
+            top = tl.where(top == best[:, None], -9223372036854775807, top)
 
     @triton.jit
     def _contract_score_tile(q_base, k_base, stride_kn, rows, row_ok, cols, col_ok, D,
@@ -266,7 +290,7 @@ if triton is not None:
         rows = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
         row_ok = rows < n
         NONE: tl.constexpr = 2147483647
-        top = tl.full((BLOCK_Q, KP), -9223372036854775807, tl.int64)  # below every real key
+        top = _start_ranked(BLOCK_Q, KP)
         qp = rows
         if SELF_MASK:
             qp = tl.load(qpos_ptr + rows, mask=row_ok, other=-1)
@@ -282,14 +306,8 @@ if triton is not None:
                 s = tl.where(cp[None, :] == qp[:, None], float("-inf"), s)
             # columns past m rank last, after every real column (k <= m: never taken)
             keys = _rank_keys(tl.where(col_ok[None, :], s, float("-inf")), cols[None, :], NONE)
-            beats = tl.sum(tl.sum((keys > tl.min(top, axis=1)[:, None]).to(tl.int32), axis=1),
-                           axis=0)
-            if beats > 0:
-                top = _merge_ranked(top, keys, KP)
-        slots = tl.arange(0, KP)
-        out = idx_ptr + (b * n + rows.to(tl.int64))[:, None] * K + slots[None, :]
-        tl.store(out, _key_columns(top, NONE).to(tl.int64),
-                 mask=row_ok[:, None] & (slots[None, :] < K))
+            top = _insert_ranked(top, keys)
+        _store_ranked(idx_ptr + (b * n + rows.to(tl.int64)) * K, top, row_ok, K, NONE)
 
     @triton.jit
     def _forward_kernel(v_ptr, idx_ptr, rho_ptr, w_ptr, out_ptr, M, C, K,
@@ -536,8 +554,8 @@ def fused_topk(query: Tensor, keys: Tensor, k: int, scale: float = 1.0, *,
 
     One program per tile of :data:`FUSED_BLOCK_Q` query rows of one batch·head row loops over
     the keys in tiles of :data:`FUSED_BLOCK_N`: a score tile (three bf16 tensor-core products,
-    float32 accumulation), the masks, then one ``tl.topk`` and one bitonic merge into the
-    running top-k kept in registers. Bytes (B·h = 128, T = 197, D = 192, k = 9, float32): it
+    float32 accumulation), the masks, then a threshold select of the tile's ranking keys
+    into the running top-k kept in registers. Bytes (B·h = 128, T = 197, D = 192, k = 9, float32): it
     reads the queries once and the keys once per query tile (each batch row's 151 KB of keys stays in L2), about
     7 × 19 MB from L2 and 19 MB + 19 MB from memory, and writes the 1.8 MB of indices; the
     unfused path writes the ``[B·h, T, T]`` float32 scores (20 MB) and reads them back at least

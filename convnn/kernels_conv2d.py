@@ -13,11 +13,13 @@ vector: its score is exactly 0 (cosine and dot), as in the padded PyTorch path. 
 own position is masked (self-first). One pass over the row: each score becomes an int64
 ranking key, its order-preserving float bits above ``2^31 - 1 - position``, so keys are
 distinct and a larger key is a better score or, of equal scores, the lower position (a
-stable descending sort; NaN and +inf rank as -inf, last, as in :func:`convnn.ops.select_neighbours`).
-A tile whose keys all lose to every row's current k-th best costs one comparison; otherwise
-``tl.topk`` takes the tile's best k, and one bitonic merge (the elementwise max against the
-reversed running list, then a bitonic sort) keeps the best k sorted: no data-dependent passes,
-no final sort.
+stable descending sort; NaN and +inf rank as -inf, last, as in
+:func:`convnn.ops.select_neighbours`). The running list holds each row's best k keys; a tile
+is a threshold select against it: only keys above a row's current worst can enter, in as
+many passes (one max over the tile, one min over the list) as the most such keys in one
+row, so after the first tiles most tiles cost one comparison. The k keys are ordered once at
+the end. (``tl.topk`` and a bitonic merge would be branch-free, but Triton's interpreter
+runs their ``xor_sum`` element by element in Python: about 12 times slower checks.)
 
 **Gather-GEMM** (:func:`gather_gemm`): ``out[m, o] = Σ_j Σ_c x[I[m, j], c] · W[o, c, j]``,
 a ``[BLOCK_M, BLOCK_C] × [BLOCK_C, BLOCK_O]`` ``tl.dot`` per rank and channel tile, the rows
@@ -68,7 +70,7 @@ def _block(n: int, low: int = 16, high: int = 64) -> int:
 
 
 if triton is not None:
-    from .kernels import _key_columns, _merge_ranked, _rank_keys, _selection_dot
+    from .kernels import _insert_ranked, _rank_keys, _selection_dot, _start_ranked, _store_ranked
 
     @triton.jit
     def _pixel_offsets(pos, H, W, P, stride_h, stride_w):
@@ -101,9 +103,7 @@ if triton is not None:
         if COSINE:
             inv_q = tl.load(inv_ptr + b * HW + rows, mask=row_ok, other=0.0)
         NONE: tl.constexpr = 2147483647
-        # the best KP ranking keys of every row so far, sorted descending; the start key is
-        # below every real one (-inf at any column)
-        top = tl.full((BLOCK_Q, KP), -9223372036854775807, tl.int64)
+        top = _start_ranked(BLOCK_Q, KP)  # the best KP ranking keys of every row so far
         for n0 in range(0, NP, BLOCK_N):
             cols = n0 + tl.arange(0, BLOCK_N)
             col_ok = cols < NP
@@ -127,16 +127,8 @@ if triton is not None:
             # the own position and the columns past the map rank last (-inf; past the map:
             # the highest columns, so never before a real one)
             s = tl.where((cols[None, :] == q_pos[:, None]) | ~col_ok[None, :], float("-inf"), s)
-            keys = _rank_keys(s, cols[None, :], NONE)
-            # merge only when a key beats some row's KP-th best (most tiles late in a row don't)
-            beats = tl.sum(tl.sum((keys > tl.min(top, axis=1)[:, None]).to(tl.int32), axis=1),
-                           axis=0)
-            if beats > 0:
-                top = _merge_ranked(top, keys, KP)
-        slots = tl.arange(0, KP)
-        out = idx_ptr + (b * HW + rows.to(tl.int64))[:, None] * K + slots[None, :]
-        tl.store(out, _key_columns(top, NONE).to(tl.int64),
-                 mask=row_ok[:, None] & (slots[None, :] < K))
+            top = _insert_ranked(top, _rank_keys(s, cols[None, :], NONE))
+        _store_ranked(idx_ptr + (b * HW + rows.to(tl.int64)) * K, top, row_ok, K, NONE)
 
     @triton.jit
     def _gather_gemm_kernel(x_ptr, idx_ptr, w_ptr, out_ptr, M, HW, H, W, P, C, O, K,
@@ -247,7 +239,7 @@ def select_2d_config(dtype: torch.dtype, channels: int, k: int, similarity: str,
     if precision == "ieee" or arch < 80:  # no bf16 tensor cores: IEEE float32 products
         dot, block_c, warps, stages = "ieee", 32, 4, 3
     elif dtype == torch.float32:  # bf16x3: six operand tiles, so narrower and unpipelined
-        dot, block_c, warps, stages = "split", 32, 8, 1
+        dot, block_c, warps, stages = "split", 32, 4, 1
     else:  # one bf16 / fp16 product
         dot, block_c, warps, stages = "native", 64, 8, 3
     # budgets measured by the compile gate at C = 64 and k = 9 (module docstring)
