@@ -52,9 +52,29 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ._checks import check_bool, check_int
-from ._io import atomic_write_json, atomic_write_text
+from ._io import (
+    FolderLockedError,
+    LockLostError,
+    atomic_write_json,
+    atomic_write_text,
+    folder_lock,
+    open_nofollow,
+    read_bytes,
+    refuse_link,
+)
 from .experiments import PRESETS, get_preset, paper_records, preset_for_record
-from .run_folder import CONFIG, LOG_FILES, METRICS, SUMMARY, RunFolder
+from .run_folder import (
+    CONFIG,
+    LOG_FILES,
+    METRICS,
+    RunFolder,
+    RunFolderBusyError,
+    expect_type,
+    find_run_folders,
+    parse_logs,
+    read_log_bytes,
+    strict_json,
+)
 
 __all__ = [
     "LOG_PACK_BYTES",
@@ -73,6 +93,8 @@ __all__ = [
 LOG_PACK_BYTES = 16 * 1024 * 1024
 STATE_FILE = "campaign.json"
 LOG_FILE = "campaign.log"
+#: The campaign's lock: one campaign command per folder at a time.
+LOCK_FILE = ".campaign.lock"
 #: A run that failed this many times is skipped until ``retry_failed`` (``--retry-failed``).
 MAX_ATTEMPTS = 3
 #: Epochs of a smoke campaign's "full" run (reduced models on a few hundred images).
@@ -212,8 +234,9 @@ def _load_state(out: Path, smoke: bool, queue: Sequence[QueueItem]) -> dict:
     if not path.is_file():
         return {"format": 1, "smoke": smoke, "created": _now(), "runs": {}, "groups": {},
                 "commands": []}
+    refuse_link(path)
     try:
-        state = json.loads(path.read_text(encoding="utf-8"))
+        state = json.loads(read_bytes(path).decode("utf-8"))
     except (OSError, ValueError) as err:
         raise CampaignError(f"{path} is not readable JSON ({err}); move the folder away or "
                             "choose another --out") from None
@@ -274,11 +297,15 @@ class _Campaign:
     pack: bool
     did_work: bool = False
     failed_now: set = dataclasses.field(default_factory=set)  # failed in this command
+    busy_now: set = dataclasses.field(default_factory=set)  # held by another process now
+    held: object = None  # the campaign lock (a HeldLock): checked before every write
 
     def run_dir(self, preset: str) -> Path:
         return self.out / "runs" / preset
 
     def save(self) -> None:
+        if self.held is not None:
+            self.held.check()
         atomic_write_json(self.out / STATE_FILE, self.state)
 
     def full(self, preset: str) -> int:
@@ -314,8 +341,8 @@ class _Campaign:
         before = _epochs_done(run_dir)
         last = [self.clock()]
         start = last[0]
-        estimate = self.state["runs"].get(preset, {}).get("epoch_seconds") or \
-            self.state["runs"].get(preset, {}).get("first_epoch_seconds")
+        estimate = (self.state["runs"].get(preset, {}).get("epoch_seconds") or
+                    self.state["runs"].get(preset, {}).get("first_epoch_seconds"))
 
         def callback(record: dict) -> None:
             now = self.clock()
@@ -414,7 +441,7 @@ class _Campaign:
     def skipped(self, preset: str) -> bool:
         """A run that failed in this command, or :data:`MAX_ATTEMPTS` times: not tried now."""
         count, _ = _failures(self.state["runs"].get(preset, {}))
-        return preset in self.failed_now or count >= MAX_ATTEMPTS
+        return preset in self.failed_now or preset in self.busy_now or count >= MAX_ATTEMPTS
 
     def announce_failures(self) -> None:
         for item in self.queue:
@@ -449,6 +476,8 @@ class _Campaign:
                         return f"out of time: could not measure {preset}"
                 except OutOfTime:
                     raise
+                except (RunFolderBusyError, LockLostError) as err:
+                    self.busy(preset, err)
                 except Exception as err:  # noqa: BLE001 - a failed run must not end the queue
                     self.fail(preset, err)
             live = [p for p in live if not self.skipped(p)]
@@ -470,13 +499,25 @@ class _Campaign:
                 try:
                     if not self.train(preset, plan["epochs"]):
                         return f"out of time: {preset} stopped after an epoch"
+                except (RunFolderBusyError, LockLostError) as err:
+                    self.busy(preset, err)
                 except Exception as err:  # noqa: BLE001
                     self.fail(preset, err)
             self.state_command()["trained_before_plan"] = True
-        failed = [p for item in self.queue for p in item.presets if self.skipped(p)]
+        failed = [p for item in self.queue for p in item.presets
+                  if self.skipped(p) and p not in self.busy_now]
         if failed:
             return f"queue done except the failed run(s) {', '.join(failed)}"
+        if self.busy_now:
+            return f"queue done except the run(s) busy elsewhere {', '.join(sorted(self.busy_now))}"
         return "queue done"
+
+    def busy(self, preset: str, err: Exception) -> None:
+        """A run whose folder another live process holds: skipped by this command, not
+        counted as a failure."""
+        self.busy_now.add(preset)
+        self.log(f"{preset}: busy in another process, skipped by this command (not a "
+                 f"failure): {err}")
 
     def fail(self, preset: str, err: Exception) -> None:
         m = self.state["runs"].setdefault(preset, {})
@@ -538,8 +579,8 @@ def run_campaign(minutes: float, out: str | os.PathLike, *,
     Raises:
         ValueError: a bad argument (naming it), or a folder of another campaign.
     """
-    if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or \
-            not math.isfinite(minutes) or minutes <= 0:
+    if (isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or
+            not math.isfinite(minutes) or minutes <= 0):
         raise ValueError(f"minutes must be a positive number, got {minutes!r}")
     check_int("min_epochs", min_epochs, minimum=1)
     if full_epochs is not None:
@@ -554,11 +595,29 @@ def run_campaign(minutes: float, out: str | os.PathLike, *,
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     logs_dir = Path(logs_dir) if logs_dir is not None else out
+    for name in (STATE_FILE, LOG_FILE, LOCK_FILE):
+        refuse_link(out / name)
+    try:
+        with folder_lock(out, LOCK_FILE, log=log) as held:
+            return _run_locked(minutes, out, queue, logs_dir, smoke, full_epochs, min_epochs,
+                               safety, reserve, data_dir, device, amp, trainer, clock, log,
+                               pack, command, retry_failed, start, held)
+    except FolderLockedError as err:
+        raise CampaignError(f"another campaign command is running in {out} ({err}); one "
+                            "campaign per --out: wait for it to finish") from None
+
+
+def _run_locked(minutes, out, queue, logs_dir, smoke, full_epochs, min_epochs, safety,
+                reserve, data_dir, device, amp, trainer, clock, log, pack, command,
+                retry_failed, start, held) -> dict:
+    """:func:`run_campaign` while holding the campaign folder's lock."""
     state = _load_state(out, smoke, queue)
-    log_file = open(out / LOG_FILE, "a", encoding="utf-8")  # noqa: SIM115
+    log_file = os.fdopen(open_nofollow(out / LOG_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT),
+                         "a", encoding="utf-8")
 
     def say(text: str) -> None:
         log(text)
+        held.check()  # a campaign taken over by another host writes nothing more
         log_file.write(text + "\n")
         log_file.flush()
 
@@ -574,7 +633,7 @@ def run_campaign(minutes: float, out: str | os.PathLike, *,
     campaign = _Campaign(out, logs_dir, queue, trainer or preset_trainer(
         smoke=smoke, data_dir=data_dir, device=device, amp=amp), clock,
         start + 60.0 * minutes - reserve, full_epochs, min_epochs, float(safety), say, state,
-        smoke, pack)
+        smoke, pack, held=held)
     campaign.save()
     stopped = "interrupted"
     try:
@@ -623,8 +682,11 @@ def pack_logs(out: str | os.PathLike, logs_dir: str | os.PathLike | None = None,
     out = Path(out)
     logs_dir = Path(logs_dir) if logs_dir is not None else out
     logs_dir.mkdir(parents=True, exist_ok=True)
+    for path in (out / STATE_FILE, out / LOG_FILE):
+        refuse_link(path)
     files = [p for p in (out / STATE_FILE, out / LOG_FILE) if p.is_file()]
     files += sorted(p for p in (out / "runs").glob("*/*") if p.name in _RUN_LOGS)
+    contents = [read_bytes(path) for path in files]  # a link is refused, never packed
     for old in logs_dir.glob("campaign-logs-*.tar.gz"):
         old.unlink()
     packs: list[Path] = []
@@ -643,8 +705,7 @@ def pack_logs(out: str | os.PathLike, logs_dir: str | os.PathLike | None = None,
             raise RuntimeError(f"{path} is larger than {limit} bytes")
         packs.append(path)
 
-    for path in files:
-        data = path.read_bytes()
+    for path, data in zip(files, contents, strict=True):
         if len(data) > budget:
             raise ValueError(f"{path} is {len(data)} bytes, more than one pack may hold "
                              f"({limit} bytes)")
@@ -714,37 +775,6 @@ def _portable_command(text: str) -> str:
     return re.sub(r"\S*convnn[\\/]__main__\.py", "python -m convnn", text)
 
 
-def _strict_json(data: bytes, where: str):
-    """Strict JSON (no NaN, no infinity, UTF-8), or a one-line ValueError naming ``where``."""
-
-    def number(text: str) -> float:
-        value = float(text)
-        if not math.isfinite(value):
-            raise ValueError(f"{text} is not a finite number")
-        return value
-
-    def constant(text: str):
-        raise ValueError(f"{text} is not a number a log may hold")
-
-    try:
-        return json.loads(data.decode("utf-8"), parse_float=number, parse_constant=constant)
-    except (UnicodeDecodeError, ValueError, RecursionError) as err:
-        reason = " ".join(str(err).split())[:200]
-        raise ValueError(f"{where} is not valid strict JSON ({reason})") from None
-
-
-def _expect(value, types, where: str, allow_none: bool = True):
-    """``value`` if it has one of ``types`` (bool is not an int), else a ValueError."""
-    if value is None and allow_none:
-        return value
-    ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in (
-        types if isinstance(types, tuple) else (types,)))
-    if not ok:
-        names = "/".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
-        raise ValueError(f"{where} must be {names}, got {value!r:.80}")
-    return value
-
-
 @dataclass
 class _RunLogs:
     """One run folder's log files as read from the source (not yet filed)."""
@@ -757,42 +787,30 @@ class _RunLogs:
 
 
 def _check_run_logs(name: str, origin: str, files: dict[str, bytes]) -> _RunLogs:
-    """Parse and type-check what the importer and the results reader use."""
+    """Parse (:func:`~convnn.run_folder.parse_logs`, the run folder's reader) and type-check
+    what the importer and the results reader use."""
     where = f"{origin}: run {name}"
-    config = _strict_json(files[CONFIG], f"{where}/{CONFIG}")
-    _expect(config, dict, f"{where}/{CONFIG}", allow_none=False)
+    run = parse_logs(files, where)
+    config, at = run.config, f"{where}/{CONFIG}"
     for key in ("extra", "run", "train", "dataset"):
-        _expect(config.get(key), dict, f"{where}/{CONFIG}: {key}")
-    extra = config.get("extra") or {}
-    _expect(extra.get("preset"), str, f"{where}/{CONFIG}: extra.preset")
-    _expect(extra.get("smoke"), bool, f"{where}/{CONFIG}: extra.smoke")
-    _expect(extra.get("dataset"), dict, f"{where}/{CONFIG}: extra.dataset")
+        expect_type(config.get(key), dict, f"{at}: {key}")
+    extra = run.extra
+    expect_type(extra.get("preset"), str, f"{at}: extra.preset")
+    expect_type(extra.get("smoke"), bool, f"{at}: extra.smoke")
+    expect_type(extra.get("dataset"), dict, f"{at}: extra.dataset")
     for part in (extra.get("dataset") or {}, config.get("dataset") or {}):
-        _expect(part.get("source"), str, f"{where}/{CONFIG}: dataset source")
+        expect_type(part.get("source"), str, f"{at}: dataset source")
     for key in ("torch", "amp_active", "device"):
-        _expect((config.get("run") or {}).get(key), str, f"{where}/{CONFIG}: run.{key}")
+        expect_type((config.get("run") or {}).get(key), str, f"{at}: run.{key}")
     train = config.get("train") or {}
-    _expect(train.get("epochs"), int, f"{where}/{CONFIG}: train.epochs")
-    _expect(train.get("amp"), str, f"{where}/{CONFIG}: train.amp")
-    records = []
-    lines = files[METRICS].split(b"\n")
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        record = _strict_json(line, f"{where}/{METRICS} line {n}")
-        at = f"{where}/{METRICS} line {n}"
-        _expect(record, dict, at, allow_none=False)
-        if "epoch" not in record:
-            continue
-        epoch = _expect(record["epoch"], int, f"{at}: epoch", allow_none=False)
-        if epoch < 1 or (records and epoch <= records[-1]["epoch"]):
-            raise ValueError(f"{at}: epoch {epoch} does not follow the epochs before it")
-        top1 = _expect(record.get("test_top1"), (int, float), f"{at}: test_top1",
-                       allow_none=False)
-        if not 0 <= top1 <= 100:
-            raise ValueError(f"{at}: test_top1 must be a percentage, got {top1}")
+    expect_type(train.get("epochs"), int, f"{at}: train.epochs")
+    expect_type(train.get("amp"), str, f"{at}: train.amp")
+    for record in run.records:
+        at = f"{where}/{METRICS} epoch {record['epoch']}"
+        if not 0 <= record["test_top1"] <= 100:
+            raise ValueError(f"{at}: test_top1 must be a percentage, got {record['test_top1']}")
         for key in ("device", "git_commit", "time"):
-            _expect(record.get(key), str, f"{at}: {key}")
+            expect_type(record.get(key), str, f"{at}: {key}")
         if record.get("time") is not None:
             match = _DATE.match(record["time"])
             try:
@@ -800,28 +818,24 @@ def _check_run_logs(name: str, origin: str, files: dict[str, bytes]) -> _RunLogs
             except ValueError:
                 raise ValueError(f"{at}: time must start with a date YYYY-MM-DD (an ISO time), got "
                                  f"{record['time']!r:.80}") from None
-        records.append(record)
-    if SUMMARY in files:
-        summary = _strict_json(files[SUMMARY], f"{where}/{SUMMARY}")
-        _expect(summary, dict, f"{where}/{SUMMARY}", allow_none=False)
-    return _RunLogs(name, origin, files, config, records)
+    return _RunLogs(name, origin, files, config, run.records)
 
 
 def _check_state(state, where: str) -> dict:
     """A campaign state as the importer uses it: ``commands`` and ``groups``."""
-    _expect(state, dict, where, allow_none=False)
-    for i, command in enumerate(_expect(state.get("commands"), list, f"{where}: commands")
+    expect_type(state, dict, where, allow_none=False)
+    for i, command in enumerate(expect_type(state.get("commands"), list, f"{where}: commands")
                                 or []):
-        _expect(command, dict, f"{where}: commands[{i}]", allow_none=False)
-        _expect(command.get("command"), str, f"{where}: commands[{i}].command")
-    for name, plan in (_expect(state.get("groups"), dict, f"{where}: groups") or {}).items():
+        expect_type(command, dict, f"{where}: commands[{i}]", allow_none=False)
+        expect_type(command.get("command"), str, f"{where}: commands[{i}].command")
+    for name, plan in (expect_type(state.get("groups"), dict, f"{where}: groups") or {}).items():
         at = f"{where}: groups[{name!r:.60}]"
-        _expect(plan, dict, at, allow_none=False)
-        presets = _expect(plan.get("presets"), list, f"{at}.presets") or []
+        expect_type(plan, dict, at, allow_none=False)
+        presets = expect_type(plan.get("presets"), list, f"{at}.presets") or []
         for preset in presets:
-            _expect(preset, str, f"{at}.presets", allow_none=False)
-        _expect(plan.get("epochs"), int, f"{at}.epochs", allow_none=False)
-        _expect(plan.get("reduced"), bool, f"{at}.reduced", allow_none=False)
+            expect_type(preset, str, f"{at}.presets", allow_none=False)
+        expect_type(plan.get("epochs"), int, f"{at}.epochs", allow_none=False)
+        expect_type(plan.get("reduced"), bool, f"{at}.reduced", allow_none=False)
     return state
 
 
@@ -955,31 +969,51 @@ def _collect(source: Path) -> tuple[list[_RunLogs], dict | None]:
             state = state or (origin, files[name])
     parsed = None
     if state is not None:
-        parsed = _check_state(_strict_json(state[1], f"{state[0]}: {STATE_FILE}"),
+        parsed = _check_state(strict_json(state[1], f"{state[0]}: {STATE_FILE}"),
                               f"{state[0]}: {STATE_FILE}")
     return list(runs.values()), parsed
 
 
 def _already_filed(dest: Path, runs: Sequence[_RunLogs]) -> None:
     """Refuse a run whose ``metrics.jsonl`` is already in ``dest`` (filed under any name)."""
-    incoming = {run.files[METRICS]: run.name for run in runs}
-    for metrics in sorted(dest.glob(f"*/*/{METRICS}")) + sorted(dest.glob(f"*/{METRICS}")):
-        if metrics.is_symlink() or not metrics.is_file():
-            continue
-        name = incoming.get(metrics.read_bytes())
+    incoming = {_normalised(run.files[METRICS]): run.name for run in runs}
+    for folder in find_run_folders(dest, max_depth=2):
+        metrics = read_log_bytes(folder).get(METRICS)
+        name = incoming.get(_normalised(metrics)) if metrics is not None else None
         if name is not None:
-            raise ValueError(f"run {name} is already filed in {metrics.parent}; nothing "
+            raise ValueError(f"run {name} is already filed in {folder}; nothing "
                              "was imported")
 
 
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]~|])")
+
+
+def _normalised(metrics: bytes) -> tuple:
+    """A metrics log's content, whatever its whitespace and key order: its records as sorted
+    JSON (the raw lines, stripped, where one is not JSON)."""
+    lines = []
+    for line in metrics.decode("utf-8", "replace").splitlines():
+        if line.strip():
+            try:
+                lines.append(json.dumps(json.loads(line), sort_keys=True))
+            except ValueError:
+                lines.append(line.strip())
+    return tuple(lines)
+
+
 def _cell(text: str) -> str:
-    """Text for a Markdown table cell or list item: one line, pipes escaped."""
-    return " ".join(str(text).split()).replace("|", "\\|")
+    """Text for a Markdown table cell or list item: one line, HTML characters as entities
+    (no raw HTML reaches the README) and Markdown's punctuation escaped (no links, images
+    or emphasis either)."""
+    text = " ".join(str(text).split())
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
 
 
 def _code(text: str) -> str:
-    """``text`` as one Markdown code span (a longer fence where it holds backticks)."""
-    text = _cell(text)
+    """``text`` as one Markdown code span (a longer fence where it holds backticks): shown
+    as typed, HTML included, in one table cell."""
+    text = " ".join(str(text).split()).replace("|", "\\|")
     fence = "`" * (max((len(m) for m in re.findall(r"`+", text)), default=0) + 1)
     pad = " " if text.startswith("`") or text.endswith("`") else ""
     return f"{fence}{pad}{text}{pad}{fence}"
@@ -1039,7 +1073,7 @@ def import_runs(source: str | os.PathLike, *, dest: str | os.PathLike | None = N
     check_bool("readme", readme)
     name = _check_safe_name("name (--name)", "campaign" if name is None else name)
     for what, value in (("commit", commit), ("command", command)):
-        _expect(value, str, what)
+        expect_type(value, str, what)
     source = Path(source)
     if not source.exists():
         raise ValueError(f"source {source} does not exist")

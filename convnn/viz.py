@@ -33,6 +33,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+from matplotlib import patheffects
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
@@ -629,10 +630,10 @@ def _rank_labels(ax, pts: Tensor, q: Tensor, idx: list[int]) -> None:
             if all(np.hypot(*(spot - other)) >= clearance for other in placed):
                 break
         placed.append(spot)
+        # no box: a white outline keeps the digit readable without hiding the points below
         ax.annotate(str(j + 1), tuple(p), xytext=tuple(spot), textcoords="data", fontsize=8,
                     fontweight="bold", zorder=4, ha="center", va="center",
-                    bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none",
-                          "alpha": 0.75})
+                    path_effects=[patheffects.withStroke(linewidth=2.2, foreground="white")])
 
 
 def knn_points_figure(
@@ -694,10 +695,13 @@ def knn_points_figure(
     ax.set_aspect("equal")
     ax.set_xlabel("x")
     ax.set_ylabel("y")
-    ax.legend(loc="upper left", fontsize=7.5, framealpha=0.85)
+    # above the map, outside it: inside, the legend covered points
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, fontsize=7.5,
+              frameon=False, borderaxespad=0.2)
     # below the map, so that its label never meets the weight panel's axis label
     fig.colorbar(sc, ax=ax, location="bottom", shrink=0.7, aspect=30, label="value v")
-    ax.set_title(title or f"k = {k} nearest neighbours of ★ (numbers: rank j)", fontsize=9.5)
+    ax.set_title(title or f"k = {k} nearest neighbours of ★ (numbers: rank j)", fontsize=9.5,
+                 pad=18)
     if weights:
         bx = axes[1]
         width = 0.8 / len(weights)

@@ -86,8 +86,10 @@ PAGES = [
     Page("book/vgg_cifar.html", title="ConvNN in VGG-11 on CIFAR"),
     Page("book/vit_cifar.html", title="ConvNN attention in ViT-Tiny on CIFAR"),
     Page("book/results.html", title="Results"),
+    Page("book/results_tables.html", title="Appendix: the paper’s tables, one by one"),
     Page("book/performance.html", title="Performance"),
     Page("book/related_work.html", title="Related work", figure=False, math=True),
+    Page("book/notation.html", title="Notation", figure=False),
     Page("book/using_the_package.html", title="Using the package", figure=False),
 ]
 
@@ -104,9 +106,11 @@ def chromium(url: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def render(html_dir: Path, page: str, screenshot: Path) -> tuple[str, list[tuple[str, int]]]:
-    """(rendered DOM, request log) of ``page``; also writes a PNG screenshot (one Chromium
-    run does both)."""
-    with serve(html_dir) as (base, requests):
+    """(rendered DOM, request log) of ``page`` at full width, with :data:`LAYOUT_PROBE`'s
+    report in the DOM (:func:`layout_report`); also writes a PNG screenshot (one Chromium run
+    does all)."""
+    root = probed_copy(html_dir, page, screenshot.parent / f"site-{screenshot.stem}")
+    with serve(root) as (base, requests):
         dom = chromium(f"{base}/{page}", "--dump-dom", f"--screenshot={screenshot}")
         assert dom.returncode == 0, dom.stderr[-3000:]
     assert screenshot.is_file() and screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -246,6 +250,15 @@ window.addEventListener("load", () => {
                               a = a.parentElement; } return up.join(" < "); })()});
       }
     });
+    // tables wider than the column they sit in (they would scroll sideways inside it)
+    report.tables = [];
+    document.querySelectorAll("main table").forEach((t) => {
+      const wrap = t.parentElement, main = t.closest("main") || document.body;
+      if (wrap.scrollWidth > wrap.clientWidth + 1 || box(t).right > box(main).right + 1) {
+        report.tables.push({width: Math.round(t.scrollWidth), room: Math.round(wrap.clientWidth),
+                            head: (t.querySelector("th, td") || t).textContent.trim().slice(0, 40)});
+      }
+    });
     const pre = document.createElement("pre");
     pre.id = "layout-report";
     pre.textContent = JSON.stringify(report);
@@ -284,20 +297,24 @@ def probed_copy(html_dir: Path, page: str, dest: Path) -> Path:
     return dest
 
 
-def narrow_layout(html_dir: Path, page: str, tmp: Path) -> dict:
-    """The layout report of ``page`` rendered in a ``NARROW``-pixel wide window."""
+def layout_report(dom: str) -> dict:
+    """The report :data:`LAYOUT_PROBE` left in a dumped DOM."""
+    import html as html_lib
     import json
 
+    found = re.search(r'<pre id="layout-report">(.*?)</pre>', dom, re.DOTALL)
+    assert found, "the layout probe did not run (no #layout-report in the DOM)"
+    return json.loads(html_lib.unescape(found.group(1)))
+
+
+def narrow_layout(html_dir: Path, page: str, tmp: Path) -> dict:
+    """The layout report of ``page`` rendered in a ``NARROW``-pixel wide window."""
     root = probed_copy(html_dir, page, tmp / "site")
     with serve(root) as (base, _):
         narrow = str(Path(page).with_name(f"narrow-{Path(page).name}"))
         dom = chromium(f"{base}/{narrow}", "--dump-dom")
     assert dom.returncode == 0, dom.stderr[-3000:]
-    found = re.search(r'<pre id="layout-report">(.*?)</pre>', dom.stdout, re.DOTALL)
-    assert found, "the layout probe did not run (no #layout-report in the DOM)"
-    import html as html_lib
-
-    return json.loads(html_lib.unescape(found.group(1)))
+    return layout_report(dom.stdout)
 
 
 @pytest.mark.parametrize("page", PAGES, ids=str)
@@ -312,3 +329,11 @@ def test_page_reads_at_400px(page: Page, browsed: dict) -> None:
     assert not report["equations"], f"display equations cut at {NARROW} px: {report['equations']}"
     assert not report["overlaps"], f"equation labels over their formula: {report['overlaps']}"
     assert not report["figures"], f"figures wider than the window: {report['figures']}"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=str)
+def test_tables_fit_at_1280px(page: Page, browsed: dict) -> None:
+    """At full width (1,280 px) no table is wider than the column it sits in."""
+    dom, _ = browsed[("wide", page.path)].result()
+    report = layout_report(dom)
+    assert not report["tables"], f"tables wider than their column at 1280 px: {report['tables']}"
