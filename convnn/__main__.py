@@ -138,7 +138,7 @@ def _bench(args: argparse.Namespace) -> int:
     if args.compile:
         from .bench.compile import run_compile
 
-        return run_compile(args.compile, cards=args.cards)
+        return run_compile(args.compile, cards=args.cards, workers=args.workers)
     if args.tensorcore:
         from .bench.tensorcore import run_tensorcore
 
@@ -205,6 +205,12 @@ def _positive_seconds(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text!r}")
+    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -305,6 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "1 when a variant fails the gate")
     bench.add_argument("--cards", type=_card_names, metavar="SM,...",
                        help="--compile: only these cards (default: sm_75,sm_80,sm_89,sm_90)")
+    bench.add_argument("--workers", type=_positive_int, metavar="N",
+                       help="--compile: compiling processes (default: the CPU count, at most 4)")
     bench.add_argument("--budget", type=_positive_seconds, default=480.0, metavar="SECONDS",
                        help="--suite, --tensorcore: skip the stages that would end after this many seconds "
                             "(default 480)")

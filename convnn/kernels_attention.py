@@ -434,7 +434,10 @@ def _forward_launch(tokens: int, candidates: int | None, dim: int, k: int, *, q_
         "SPLIT_Q": q_dtype in _SPLIT_DTYPES, "SPLIT_K": key_dtype in _SPLIT_DTYPES,
         "AS_F32": bool(interpreted), "COL_BITS": column_bits(block_n if one_tile else m),
         "KP": max(2, triton.next_power_of_2(k)), "BLOCK_Q": BLOCK_Q, "BLOCK_N": block_n,
-        "BLOCK_D": _block_d(dim, split=q_dtype in _SPLIT_DTYPES or key_dtype in _SPLIT_DTYPES),
+        # 32-channel slices where an operand is split, and for a tile of <= 32 candidates
+        # (sampled r = 32): with 64 the bf16 variant spilled 8 B on sm_80 (the compile gate)
+        "BLOCK_D": _block_d(dim, split=(q_dtype in _SPLIT_DTYPES or key_dtype in _SPLIT_DTYPES
+                                        or block_n <= 32)),
         "BLOCK_G": _block_g(dim)}, NUM_WARPS, NUM_STAGES)
 
 

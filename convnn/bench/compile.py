@@ -253,7 +253,7 @@ def format_report(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def run_compile(out: str | os.PathLike, cards=None) -> int:
+def run_compile(out: str | os.PathLike, cards=None, workers: int | None = None) -> int:
     """``python -m convnn bench --compile OUT``: compile, print, write ``OUT/compile.json``
     and ``OUT/compile.md``; 0 when every row passes the gate, 1 otherwise."""
     try:
@@ -263,7 +263,7 @@ def run_compile(out: str | os.PathLike, cards=None) -> int:
         return 2
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    rows = compile_report(cards)
+    rows = compile_report(cards, workers)
     import datetime
     import platform
 
