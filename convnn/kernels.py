@@ -561,8 +561,8 @@ def fused_topk(query: Tensor, keys: Tensor, k: int, scale: float = 1.0, *,
     unfused path writes the ``[B·h, T, T]`` float32 scores (20 MB) and reads them back at least
     once. Unmeasured on a GPU: only checked under ``TRITON_INTERPRET=1``.
     """
-    if query.dim() != 3 or keys.dim() != 3 or query.shape[0] != keys.shape[0] \
-            or query.shape[2] != keys.shape[2]:
+    if (query.dim() != 3 or keys.dim() != 3 or query.shape[0] != keys.shape[0]
+            or query.shape[2] != keys.shape[2]):
         raise ValueError("query and keys must be [R, n, D] and [R, m, D], got "
                          f"{tuple(query.shape)} and {tuple(keys.shape)}")
     if query.dtype != torch.float32 or keys.dtype != torch.float32:

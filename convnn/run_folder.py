@@ -811,8 +811,8 @@ class RunFolder:
             folder.records = _checked_log(paths[METRICS], checkpoint)
         elif resume and folder.existing:
             recorded = [n for n in folder.existing if n != CONFIG]
-            if [n for n in recorded if n != sidecar.name] == [METRICS] \
-                    and len(_parse_records(paths[METRICS], False)[0]) <= 1:
+            if ([n for n in recorded if n != sidecar.name] == [METRICS]
+                    and len(_parse_records(paths[METRICS], False)[0]) <= 1):
                 # killed while its first checkpoint was written (no summary yet: the first
                 # epoch of a call always ends with one; a sidecar, when the kill came after
                 # it, but no complete temporary file to recover): that epoch is redone

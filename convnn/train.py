@@ -907,8 +907,11 @@ def fit(
 
     ctx, device = _init_distributed(device)
     try:
-        with _deterministic(config.deterministic), _tf32_flags(), \
-                run_lock(out, ctx, log) as held, _sigterm_stops_at_a_step_boundary(ctx):
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(_deterministic(config.deterministic))
+            stack.enter_context(_tf32_flags())
+            held = stack.enter_context(run_lock(out, ctx, log))
+            stack.enter_context(_sigterm_stops_at_a_step_boundary(ctx))
             return _fit(model_factory, dataset, config, out, resume, overwrite,
                         device, ctx, _progress_enabled(progress) and ctx.rank == 0, extra or {},
                         callback, (log or (lambda _: None)) if ctx.rank == 0 else (lambda _: None),

@@ -362,8 +362,8 @@ def proxy_benchmarks(gpu: str = "h200", amp: str = "bf16",
         base_seconds = None
         for label, options in cases:
             variants = [(label, options)]
-            if options.get("mixer", "").startswith("convnn") or \
-                    options.get("layer") in ("branching", "convnn"):
+            if (options.get("mixer", "").startswith("convnn")
+                    or options.get("layer") in ("branching", "convnn")):
                 variants.append((f"{label} [reference]", with_reference(options)))
             for case, opts in variants:
                 extra = {"image_size": size} if name == "resnet50" else {}
@@ -466,8 +466,9 @@ class _Fused2d(torch.autograd.Function):
         m = batch * height * width
         bf16 = x.dtype in (torch.bfloat16, torch.float16)
         passes = merge_passes(positions, k - 1)
-        merge = m * (3.0 * positions + passes * (3.0 * FUSED_BLOCK_N + 4.0 * 16)) \
-            + m * (k - 1) * 16 * 2.0  # scale, mask, compare per score; passes; final sort
+        # scale, mask, compare per score; passes; final sort
+        merge = (m * (3.0 * positions + passes * (3.0 * FUSED_BLOCK_N + 4.0 * 16))
+                 + m * (k - 1) * 16 * 2.0)
         _fused_add(trace, "select_2d", 2.0 * m * positions * channels, merge,
                    x.numel() * esize * 2 + m * k * 8, bf16)
         _fused_add(trace, "gather_gemm", 2.0 * m * k * channels * out_channels, 0.0,
@@ -1268,8 +1269,8 @@ def read_compile_report(path=None) -> list[dict]:
     if not isinstance(rows, list):
         raise ValueError(f"compile report {path}: expected a list of rows")
     for i, row in enumerate(rows):
-        missing = [f for f in COMPILE_FIELDS if f not in row] if isinstance(row, dict) else \
-            list(COMPILE_FIELDS)
+        missing = ([f for f in COMPILE_FIELDS if f not in row] if isinstance(row, dict)
+                   else list(COMPILE_FIELDS))
         if missing:
             raise ValueError(f"compile report {path}: row {i} lacks {', '.join(missing)}")
     return rows
@@ -1474,8 +1475,8 @@ def target_estimates(device: str = "h200", calibrated: dict | None = None,
     errors = [math.log(e["model"] / e["measured"]) for e in ratio_rows]
     rms = math.exp(math.sqrt(sum(x * x for x in errors) / len(errors))) - 1.0
     worst = max(abs(e["error"]) for e in ratio_rows)
-    rows = compile_report if isinstance(compile_report, list) else \
-        read_compile_report(compile_report)
+    rows = (compile_report if isinstance(compile_report, list)
+            else read_compile_report(compile_report))
     card = {"h200": "sm_90", "h100": "sm_90", "a100": "sm_80"}[device]
     traces = _target_traces(heads, dim)
 

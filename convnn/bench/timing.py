@@ -131,8 +131,9 @@ def sdpa_backends(step: Callable[[], None]) -> list[str]:
     called none."""
     from torch.profiler import ProfilerActivity, profile
 
-    with contextlib.redirect_stderr(io.StringIO()), \
-            profile(activities=[ProfilerActivity.CPU]) as prof:
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(contextlib.redirect_stderr(io.StringIO()))
+        prof = stack.enter_context(profile(activities=[ProfilerActivity.CPU]))
         step()
     found = set()
     for event in prof.events():
