@@ -94,6 +94,27 @@ class KernelVariant:
     """A hot forward kernel at the paper's shapes: spilled registers fail the gate."""
 
 
+class VariantSet:
+    """The distinct :class:`KernelVariant` of a module's launch configurations, in the order
+    first added (two launches with the same kernel, types and configuration are one)."""
+
+    def __init__(self) -> None:
+        self._found: dict = {}
+
+    def add(self, kernel, name: str, signature: dict, config: dict, hot: bool) -> None:
+        """``config``: the launch configuration's constexprs with ``num_warps`` (and
+        ``num_stages``, default 3)."""
+        config = dict(config)
+        warps, stages = config.pop("num_warps"), config.pop("num_stages", 3)
+        key = (kernel.__name__, tuple(sorted(signature.items())), tuple(sorted(config.items())),
+               warps, stages)
+        if key not in self._found:
+            self._found[key] = KernelVariant(kernel, name, signature, config, warps, stages, hot)
+
+    def listed(self) -> list[KernelVariant]:
+        return list(self._found.values())
+
+
 def pointer_type(dtype: torch.dtype) -> str:
     """The Triton signature type of a pointer to ``dtype`` (``torch.bfloat16`` -> ``"*bf16"``)."""
     return "*" + {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16",
@@ -144,46 +165,6 @@ if triton is not None:
             pos = tl.min(tl.where(hit, cols[None, :], BLOCK_N), axis=1)  # lowest column wins
             tl.store(idx_ptr + rows.to(tl.int64) * K + j, pos.to(tl.int64), mask=row_ok)
             free = free & (cols[None, :] != pos[:, None])
-
-    @triton.jit
-    def _score_tile(q_base, k_base, stride_kn, rows, row_ok, cols, col_ok, D, scale,
-                    BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                    PRECISION: tl.constexpr):
-        # (q·k) · scale of BLOCK_Q query rows against BLOCK_N key rows, in float32 (as the
-        # PyTorch path); q_base points at the query rows, k_base at key row 0.
-        acc = tl.zeros((BLOCK_Q, BLOCK_N), dtype=tl.float32)
-        for d0 in range(0, D, BLOCK_D):
-            dims = d0 + tl.arange(0, BLOCK_D)
-            d_ok = dims < D
-            q = tl.load(q_base + dims[None, :], mask=row_ok[:, None] & d_ok[None, :],
-                        other=0.0)
-            kt = tl.load(k_base + cols.to(tl.int64)[None, :] * stride_kn + dims[:, None],
-                         mask=d_ok[:, None] & col_ok[None, :], other=0.0)
-            acc = tl.dot(q, kt, acc, input_precision=PRECISION)
-        return acc * scale
-
-    @triton.jit
-    def _merge_top(top_v, top_i, s, s_free, cols, slots, NUM, OFF, NONE: tl.constexpr,
-                   BLOCK_Q: tl.constexpr, KP: tl.constexpr):
-        # The best NUM entries of (running list ∪ score tile) into slots OFF..OFF+NUM-1: NUM
-        # passes, each the best free entry, the lowest column winning a tie (-inf == -inf, so
-        # masked columns still rank, as in a stable sort).
-        t_free = top_i < NONE
-        new_v = tl.full((BLOCK_Q, KP), float("-inf"), tl.float32)
-        new_i = tl.full((BLOCK_Q, KP), NONE, tl.int32)
-        for j in range(NUM):
-            best = tl.maximum(tl.max(tl.where(t_free, top_v, float("-inf")), axis=1),
-                              tl.max(tl.where(s_free, s, float("-inf")), axis=1))
-            hit_t = t_free & (top_v == best[:, None])
-            hit_s = s_free & (s == best[:, None])
-            pos = tl.minimum(tl.min(tl.where(hit_t, top_i, NONE), axis=1),
-                             tl.min(tl.where(hit_s, cols[None, :], NONE), axis=1))
-            here = slots[None, :] == j + OFF
-            new_v = tl.where(here, best[:, None], new_v)
-            new_i = tl.where(here, pos[:, None], new_i)
-            t_free = t_free & (top_i != pos[:, None])
-            s_free = s_free & (cols[None, :] != pos[:, None])
-        return new_v, new_i
 
     @triton.jit
     def _product(a, b, acc, AS_F32: tl.constexpr):
@@ -629,15 +610,8 @@ def compile_variants(card) -> list[KernelVariant]:
     and 3×64 heads, self-first on and off) and the depthwise gather-aggregate at every
     channel count, in float32 and the card's 16-bit dtype. Forward kernels are hot (spills
     fail the gate)."""
-    found: dict = {}
-
-    def add(kernel, name, signature, config, hot):
-        config = dict(config)
-        warps, stages = config.pop("num_warps"), config.pop("num_stages", 3)
-        key = (kernel.__name__, tuple(sorted(signature.items())), tuple(sorted(config.items())),
-               warps, stages)
-        if key not in found:
-            found[key] = KernelVariant(kernel, name, signature, config, warps, stages, hot)
+    variants = VariantSet()
+    add = variants.add
 
     shapes = PAPER_ATTENTION
     widths = [shapes["tokens"], shapes["sampled"]] + [(s + 2) ** 2 for s in PAPER_MAP_SIDES]
@@ -677,7 +651,7 @@ def compile_variants(card) -> list[KernelVariant]:
                     {"order_ptr": "*i64", "rowptr_ptr": "*i64", "rho_ptr": rho, "w_ptr": ptr,
                      "g_ptr": ptr, "gv_ptr": "*fp32", "C": "i32", "K": "i32"},
                     {"HAS_RHO": has_rho, "BLOCK_E": BLOCK_E, **config}, False)
-    return list(found.values())
+    return variants.listed()
 
 
 # --- What this module's kernels can run: predicates of convnn.ops.choose_backend -------------

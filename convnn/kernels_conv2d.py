@@ -41,7 +41,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .kernels import KernelVariant, available, card_arch, pointer_type
+from .kernels import KernelVariant, VariantSet, available, card_arch, pointer_type
 
 try:  # Triton ships with CUDA builds of PyTorch; CPU-only installs may lack it.
     import triton
@@ -447,15 +447,8 @@ def compile_variants(card) -> list[KernelVariant]:
     gather-GEMM forward are hot (spills fail the gate)."""
     geometry = {"H": "i32", "W": "i32", "P": "i32", "C": "i32", "K": "i32"}
     strides = {"stride_b": "i32", "stride_c": "i32", "stride_h": "i32", "stride_w": "i32"}
-    found: dict = {}
-
-    def add(kernel, name, signature, config, hot):
-        config = dict(config)
-        warps, stages = config.pop("num_warps"), config.pop("num_stages", 3)
-        key = (kernel.__name__, tuple(sorted(signature.items())), tuple(sorted(config.items())),
-               warps, stages)
-        if key not in found:
-            found[key] = KernelVariant(kernel, name, signature, config, warps, stages, hot)
+    variants = VariantSet()
+    add = variants.add
 
     for dtype, cin, cout in _paper_launches(card):
         x = pointer_type(dtype)
@@ -478,7 +471,7 @@ def compile_variants(card) -> list[KernelVariant]:
             {"order_ptr": "*i64", "rowptr_ptr": "*i64", "rows_ptr": x, "dx_ptr": x,
              "total": "i32", "HW": "i32", "H": "i32", "W": "i32", "P": "i32", "C": "i32",
              **strides}, scatter_rows_config(cin), False)
-    return list(found.values())
+    return variants.listed()
 
 
 # --- What the fused 2-D path can run: the predicate of convnn.ops.choose_backend -------------

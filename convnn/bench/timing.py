@@ -152,26 +152,6 @@ def environment(device: torch.device) -> dict:
 
 
 
-class FastBackends:
-    """cuDNN autotuning and TF32 matmuls/convolutions for the duration (CUDA only)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.cuda = device.type == "cuda"
-
-    def __enter__(self):
-        if self.cuda:
-            self.old = (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32,
-                        torch.backends.cudnn.allow_tf32)
-            torch.backends.cudnn.benchmark = True
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.cuda:
-            (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32,
-             torch.backends.cudnn.allow_tf32) = self.old
-
-
 class TrainerBackends:
     """The CUDA switches the trainer (:func:`convnn.train.train`) runs with for precision
     ``amp`` (:func:`convnn.train.resolve_amp`): cuDNN autotuning, and TF32 matmuls and
@@ -194,3 +174,11 @@ class TrainerBackends:
         if self.cuda:
             (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32,
              torch.backends.cudnn.allow_tf32) = self.old
+
+
+class FastBackends(TrainerBackends):
+    """cuDNN autotuning and TF32 matmuls/convolutions for the duration (CUDA only): the
+    fastest float32 settings of a baseline, whatever the trainer would use."""
+
+    def __init__(self, device: torch.device) -> None:
+        super().__init__(device, "tf32")
