@@ -12,7 +12,10 @@ from the layers themselves (:meth:`convnn.layers.ConvNN2d.neighbours`) or from
   neighbours of one pixel on an image (one panel, several, or a grid over ``k`` and α).
   α is the feature/coordinate mix of ``selection="mixed"``; λ is kept for the branching ratio.
 - :func:`explorer`: an ipywidgets explorer with sliders for ``k``, α, the candidate sampling and
-  the inspected pixel.
+  the inspected pixel, with a static twin for pages without a kernel.
+- :func:`explorer_states`, :func:`k_sweep_states`, :func:`live_html`, :func:`k_sweep`: live
+  figures for a static page: states precomputed over a grid of controls, drawn by a short
+  script in the page (no kernel, no network).
 - :func:`knn_points_figure`, :func:`scatter_panels`: k-NN on 2-D points (chapter 2).
 - :func:`window_distances_figure`, :func:`image_panels`: the convolution limit (chapter 3).
 - :func:`patchify`, :func:`token_panels`: tokens of an image and their weights (chapter 4).
@@ -550,18 +553,25 @@ def explorer(
     candidates: int = 8,
     *,
     max_k: int = 256,
+    live: bool = True,
+    live_pixels: Sequence[Sequence[int]] | None = None,
 ):
-    """An ipywidgets explorer of the spectrum on a real image.
+    """An ipywidgets explorer of the spectrum on a real image, with a static twin for the web.
 
-    Sliders for ``k``, α (``mix``, 0 = position, 1 = colour), ``r`` (sampled candidates are
-    ``r × r`` pixels) and the inspected pixel, and a dropdown for the candidate sampling; every
+    Sliders for ``k``, α (``mix``, 0 = position, 1 = colour), ``s`` (sampled candidates are
+    ``s × s`` pixels) and the inspected pixel, and a dropdown for the candidate sampling; every
     change redraws :func:`neighbour_map` into an ``ipywidgets.Image``. Built with
-    ``ipywidgets.interactive``, so it constructs and draws without a display; the PNG lives in
-    the widget state, so a saved notebook shows the last drawing even without a kernel.
+    ``ipywidgets.interactive``, so it constructs and draws without a display. The controls
+    wrap above the picture in a narrow output.
+
+    With ``live=True`` the widget's display also carries a ``text/html`` twin,
+    :func:`live_html` of :func:`explorer_states` over ``live_pixels`` (default: ``pixel`` and
+    three others): a page without a kernel (the book's website) shows that one, and its
+    controls redraw it in the browser. Jupyter and Colab show the widget.
 
     Returns:
         The ``ipywidgets.interactive`` box. Extra attributes: ``image`` (the Image widget),
-        ``controls`` (name -> widget) and ``state`` (``state["selection"]``: the neighbours
+        ``controls`` (name -> widget), ``live_html`` (the twin, or ``None``) and ``state`` (``state["selection"]``: the neighbours
         of the last drawing, as :func:`selected_pixels` returns them).
     """
     import ipywidgets as widgets
@@ -584,7 +594,7 @@ def explorer(
                                      style={"description_width": "80px"},
                                      layout=widgets.Layout(width="300px")),
         "candidates": widgets.IntSlider(value=candidates, min=1, max=min(height, width),
-                                        description="r (r×r)", **slider),
+                                        description="s (s×s)", **slider),
         "row": widgets.IntSlider(value=row, min=0, max=height - 1, description="pixel row",
                                  **slider),
         "col": widgets.IntSlider(value=col, min=0, max=width - 1, description="pixel col",
@@ -596,19 +606,35 @@ def explorer(
     def draw(k, mix, sampling, candidates, row, col):
         note = ""
         if sampling != "all" and k > candidates * candidates:
-            k, note = candidates * candidates, " (k capped at r²)"
+            k, note = candidates * candidates, " (k capped at s²)"
         layer = make_layer(k=k, mix=mix, sampling=sampling, candidates=candidates)
         fig = neighbour_map(x if source is None else image, layer, (row, col),
                             title=_describe(layer) + note)
         picture.value = _figure_png(fig)
         state["selection"] = selected_pixels(layer, x, (row, col))
 
-    ui = widgets.interactive(draw, **controls)
+    twin = None
+    if live:
+        if live_pixels is None:
+            live_pixels = [(row, col), (2, 2), (height - 3, width - 3), (height // 2, 2)]
+        twin = live_html(explorer_states(
+            x if source is None else image, live_pixels,
+            start={"k": k, "mix": mix, "sampling": sampling, "side": candidates}))
+
+    class Explorer(widgets.interactive):
+        def _repr_mimebundle_(self, **kwargs):
+            bundle = super()._repr_mimebundle_(**kwargs)
+            if twin is not None and bundle is not None:
+                bundle["text/html"] = twin
+            return bundle
+
+    ui = Explorer(draw, **controls)
     if "selection" not in state:  # interactive logs and swallows errors: raise them here
         draw(**{name: w.value for name, w in controls.items()})
-    ui.image, ui.controls, ui.state = picture, controls, state
+    ui.image, ui.controls, ui.state, ui.live_html = picture, controls, state, twin
     *inputs, out = ui.children
-    ui.children = (widgets.HBox([widgets.VBox([*inputs, out]), picture]),)
+    ui.children = (widgets.Box([widgets.VBox([*inputs, out]), picture],
+                               layout=widgets.Layout(flex_flow="row wrap")),)
     return ui
 
 
@@ -929,3 +955,341 @@ def token_panels(
         fig.supxlabel(f"{rows}×{cols} tokens of {patch}×{patch} pixels; red dashed = query "
                       f"token. Image: {source}", fontsize=8)
     return fig
+
+
+# --------------------------------------------------------------------------- live figures
+# A live figure works on a static page: its states are computed here, over a grid of its
+# controls, and a short script in the page draws the chosen one on a <canvas>. No kernel, no
+# network: the data and the script travel inside the cell's text/html output.
+EXPLORER_KS = (1, 2, 4, 9, 16, 32, 64, 128, 256)
+EXPLORER_MIXES = (0.0, 0.25, 0.5, 0.75, 1.0)
+EXPLORER_SIDES = (4, 8, 16)
+
+
+def _b64_u16(values: Sequence[int]) -> str:
+    import base64
+
+    return base64.b64encode(np.asarray(values, dtype="<u2").tobytes()).decode("ascii")
+
+
+def _how(mix: float) -> str:
+    return "by position" if mix == 0 else "by colour" if mix == 1 else f"α = {mix:g}"
+
+
+def _live_image(x: Tensor) -> dict:
+    import base64
+
+    rgb = (_to_rgb(x) * 255).round().astype(np.uint8)
+    return {"height": int(x.shape[-2]), "width": int(x.shape[-1]),
+            "rgb": base64.b64encode(rgb.tobytes()).decode("ascii")}
+
+
+class _LiveTable:
+    """Rankings and candidate sets, each stored once, and the states that point at them."""
+
+    def __init__(self) -> None:
+        self.rankings: list[str] = []
+        self.states: dict[str, dict] = {}
+
+    def _ref(self, values: Sequence[int] | None) -> int:
+        if values is None:
+            return -1
+        code = _b64_u16(values)
+        if code not in self.rankings:
+            self.rankings.append(code)
+        return self.rankings.index(code)
+
+    def add(self, key: Sequence[int], ranking: Sequence[int], candidates: Sequence[int] | None,
+            title: str) -> None:
+        self.states[",".join(map(str, key))] = {
+            "rank": self._ref(ranking), "cand": self._ref(candidates), "title": title}
+
+
+def _rankings(layer: ConvNN2d, x: Tensor, queries: Sequence[int]) -> list[list[int]]:
+    """Each query's neighbours under ``layer`` (raster indices), nearest first: the layer's
+    selection with its output ordered by rank rather than by position (``coords``' default), so
+    that the first ``k`` are the layer's selection with ``k`` neighbours."""
+    layer.sort_by_position = False
+    with torch.no_grad():
+        idx = layer.neighbours(standardise(x).to(layer.weight.dtype))[0]  # [n, k]
+    return [idx[q].tolist() for q in queries]
+
+
+def explorer_states(
+    image: SampleImage | Tensor,
+    pixels: Sequence[Sequence[int]],
+    *,
+    ks: Sequence[int] = EXPLORER_KS,
+    mixes: Sequence[float] = EXPLORER_MIXES,
+    sides: Sequence[int] = EXPLORER_SIDES,
+    seed: int = 0,
+    start: Mapping[str, float | str] | None = None,
+) -> dict:
+    """The explorer's states over a grid of its controls, as data for :func:`live_html`.
+
+    For every α in ``mixes``, sampling (all, random, spatial), side ``s`` of a sampled
+    ``s × s`` candidate set in ``sides`` and query pixel in ``pixels``, one layer from
+    :func:`make_layer` ranks the neighbours of the pixel; a value ``k`` of the ``k`` slider
+    shows the first ``k`` of that ranking (the layer's top-``k`` is a prefix of its
+    top-``max(ks)``; ``tests/test_viz.py`` checks it), capped at ``s²`` with sampled
+    candidates as in :func:`explorer`.
+
+    ``start`` gives the controls' first values (``k``, ``mix``, ``sampling``, ``side``; the
+    nearest value of the grid is taken); the first pixel is shown first.
+
+    Returns:
+        A JSON-serialisable dict: the image, the controls, one panel, and the states keyed by
+        the indices of (α, sampling, s, pixel) in the control values.
+    """
+    x, source = _as_image(image)
+    height, width = x.shape[-2:]
+    queries = [_check_pixel(p, height, width) for p in pixels]
+    if not queries:
+        raise ValueError("pixels must name at least one (row, col)")
+    max_k = max(ks)
+    check_int("max(ks)", max_k, minimum=1, maximum=height * width)
+    table = _LiveTable()
+    for m, mix in enumerate(mixes):
+        for a, sampling in enumerate(ops.SAMPLINGS):
+            for s, side in enumerate(sides):
+                if sampling == "all" and s:  # s does not matter: the same state for every s
+                    for p in range(len(queries)):
+                        table.states[f"{m},{a},{s},{p}"] = table.states[f"{m},{a},0,{p}"]
+                    continue
+                k = max_k if sampling == "all" else min(max_k, side * side)
+                layer = make_layer(k=k, mix=mix, sampling=sampling, candidates=side, seed=seed)
+                cands = candidate_pixels(layer, height, width)
+                cand_idx = None if cands is None else [r * width + c for r, c in cands]
+                where = "all pixels" if sampling == "all" else f"{sampling} {side}×{side}"
+                for p, ranking in enumerate(
+                        _rankings(layer, x, [r * width + c for r, c in queries])):
+                    table.add((m, a, s, p), ranking, cand_idx, f"{_how(mix)}, {where}")
+    data = {
+        "image": _live_image(x), "source": source, "rankings": table.rankings,
+        "states": table.states, "keys": ["mix", "sampling", "side", "pixel"],
+        "controls": [
+            {"name": "k", "label": "k (neighbours)", "values": list(ks)},
+            {"name": "mix", "label": "α (0 = position, 1 = colour)",
+             "values": [float(v) for v in mixes]},
+            {"name": "sampling", "label": "candidates", "values": list(ops.SAMPLINGS),
+             "select": True},
+            {"name": "side", "label": "s (sampled candidates: s×s)", "values": list(sides)},
+            {"name": "pixel", "label": "query pixel (row, col)",
+             "values": [f"({r}, {c})" for r, c in queries], "select": True},
+        ],
+        "panels": [{"fixed": {}}],
+        "notes": [],
+    }
+    _set_start(data, start or {})
+    return data
+
+
+def _set_start(data: dict, start: Mapping[str, float | str]) -> None:
+    for control in data["controls"]:
+        if control["name"] in start:
+            value, values = start[control["name"]], control["values"]
+            control["start"] = (values.index(value) if isinstance(value, str) else
+                                min(range(len(values)), key=lambda i: abs(values[i] - value)))
+
+
+def k_sweep_states(image: SampleImage | Tensor, pixels: Sequence[Sequence[int]],
+                   ks: Sequence[int] | None = None) -> dict:
+    """States of the k-sweep, as data for :func:`live_html`: two panels, the ``k`` nearest
+    pixels in position (α = 0) and in colour (α = 1), for ``k`` from 1 to ``n``.
+
+    At ``k = 9`` the first panel is a 3×3 window (a convolution's), the second a ConvNN
+    neighbourhood; at ``k = n`` both select every pixel, as attention does.
+    """
+    x, source = _as_image(image)
+    height, width = x.shape[-2:]
+    n = height * width
+    queries = [_check_pixel(p, height, width) for p in pixels]
+    if not queries:
+        raise ValueError("pixels must name at least one (row, col)")
+    if ks is None:
+        ks = sorted({1, 2, 4, 9, 16, 25, 49, 100, 256, n // 2, n})
+    check_int("max(ks)", max(ks), minimum=1, maximum=n)
+    table = _LiveTable()
+    for m, mix in enumerate((0.0, 1.0)):
+        layer = make_layer(k=max(ks), mix=mix)
+        for p, ranking in enumerate(_rankings(layer, x, [r * width + c for r, c in queries])):
+            table.add((m, p), ranking, None, _how(mix))
+    data = {
+        "image": _live_image(x), "source": source, "rankings": table.rankings,
+        "states": table.states, "keys": ["mix", "pixel"],
+        "controls": [
+            {"name": "k", "label": f"k (1 to n = {n})", "values": list(ks)},
+            {"name": "pixel", "label": "query pixel (row, col)",
+             "values": [f"({r}, {c})" for r, c in queries], "select": True},
+        ],
+        "panels": [{"fixed": {"mix": 0}}, {"fixed": {"mix": 1}}],
+        "notes": [
+            {"k": 1, "text": "k = 1: each pixel is its own only neighbour."},
+            {"k": 9, "text": "k = 9: by position, the 3×3 window a convolution sees; by "
+                             "colour, a ConvNN neighbourhood."},
+            {"k": n, "text": f"k = n = {n}: both select every pixel, as attention does; "
+                             "only the weights would differ."},
+        ],
+    }
+    _set_start(data, {"k": 9})
+    return data
+
+
+_LIVE_CSS = """
+.convnn-live{display:flex;flex-wrap:wrap;gap:10px 18px;align-items:flex-start;margin:.5em 0 1em}
+.convnn-live-controls{flex:1 1 220px;max-width:300px;min-width:0}
+.convnn-live-controls label{display:block;font-size:.85em;margin:.35em 0 .1em;
+  overflow-wrap:anywhere}
+.convnn-live-controls input,.convnn-live-controls select{width:100%;box-sizing:border-box}
+.convnn-live-panels{display:flex;flex-wrap:wrap;gap:10px;flex:0 1 auto;min-width:0;max-width:100%}
+.convnn-live-panel{flex:0 1 280px;min-width:0;max-width:100%;margin:0}
+.convnn-live-panel canvas{width:100%;max-width:280px;height:auto;image-rendering:pixelated;
+  display:block}
+.convnn-live-panel figcaption{font-size:.8em;line-height:1.25;margin-top:.2em}
+.convnn-live-note{flex:1 1 100%;font-size:.85em;margin:0}
+"""
+
+# Draws one state per panel: the image, darkened where not selected, neighbours outlined when
+# there are at most 64, sampled candidates as white dots, the query as a red star (the look of
+# neighbour_map).
+_LIVE_JS = """
+(function (root) {
+  var data = JSON.parse(root.querySelector("script.convnn-live-data").textContent);
+  var H = data.image.height, W = data.image.width, S = 9;
+  var rgb = atob(data.image.rgb);
+  var u16 = function (b64) {
+    var s = atob(b64), out = [];
+    for (var i = 0; i < s.length; i += 2) out.push(s.charCodeAt(i) | (s.charCodeAt(i + 1) << 8));
+    return out;
+  };
+  var rankings = data.rankings.map(u16);
+  var controls = {}, box = root.querySelector(".convnn-live-controls");
+  data.controls.forEach(function (c) {
+    var label = document.createElement("label"), input;
+    if (c.select) {
+      input = document.createElement("select");
+      c.values.forEach(function (v, i) {
+        var o = document.createElement("option"); o.value = i; o.textContent = v;
+        input.appendChild(o);
+      });
+    } else {
+      input = document.createElement("input");
+      input.type = "range"; input.min = 0; input.max = c.values.length - 1; input.step = 1;
+    }
+    input.value = c.start || 0; input.name = c.name;
+    label.textContent = c.label;
+    var shown = document.createElement("output");
+    label.appendChild(document.createTextNode(": ")); label.appendChild(shown);
+    box.appendChild(label); box.appendChild(input);
+    controls[c.name] = {input: input, values: c.values, shown: shown};
+    input.addEventListener("input", draw); input.addEventListener("change", draw);
+  });
+  var index = function (name) { return +controls[name].input.value; };
+  var panels = data.panels.map(function (p) {
+    var fig = document.createElement("figure"), canvas = document.createElement("canvas");
+    fig.className = "convnn-live-panel";
+    canvas.width = W * S; canvas.height = H * S;
+    var cap = document.createElement("figcaption");
+    fig.appendChild(canvas); fig.appendChild(cap);
+    root.querySelector(".convnn-live-panels").appendChild(fig);
+    return {fixed: p.fixed, canvas: canvas, caption: cap};
+  });
+  var note = root.querySelector(".convnn-live-note");
+  function star(ctx, x, y, r) {
+    ctx.beginPath();
+    for (var i = 0; i < 10; i++) {
+      var a = -Math.PI / 2 + i * Math.PI / 5, d = i % 2 ? r * 0.45 : r;
+      ctx.lineTo(x + d * Math.cos(a), y + d * Math.sin(a));
+    }
+    ctx.closePath(); ctx.fillStyle = "#d62728"; ctx.fill();
+    ctx.lineWidth = 1.5; ctx.strokeStyle = "white"; ctx.stroke();
+  }
+  function draw() {
+    var k = controls.k.values[index("k")];
+    Object.keys(controls).forEach(function (name) {
+      controls[name].shown.textContent = controls[name].values[index(name)];
+    });
+    var states = [];
+    panels.forEach(function (panel) {
+      var key = data.keys.map(function (name) {
+        return name in panel.fixed ? panel.fixed[name] : index(name);
+      }).join(",");
+      var state = data.states[key], rank = rankings[state.rank];
+      var shown = Math.min(k, rank.length), chosen = {};
+      rank.slice(0, shown).forEach(function (i) { chosen[i] = true; });
+      var ctx = panel.canvas.getContext("2d");
+      for (var i = 0; i < H * W; i++) {
+        var x = (i % W) * S, y = Math.floor(i / W) * S;
+        ctx.fillStyle = "rgb(" + rgb.charCodeAt(3 * i) + "," + rgb.charCodeAt(3 * i + 1) + ","
+          + rgb.charCodeAt(3 * i + 2) + ")";
+        ctx.fillRect(x, y, S, S);
+        if (!chosen[i]) { ctx.fillStyle = "rgba(0,0,0,0.68)"; ctx.fillRect(x, y, S, S); }
+      }
+      if (shown <= 64) {
+        ctx.strokeStyle = "#ff7f0e"; ctx.lineWidth = 1.2;
+        rank.slice(0, shown).forEach(function (i) {
+          ctx.strokeRect((i % W) * S + 0.6, Math.floor(i / W) * S + 0.6, S - 1.2, S - 1.2);
+        });
+      }
+      if (state.cand >= 0) {
+        rankings[state.cand].forEach(function (i) {
+          ctx.beginPath();
+          ctx.arc((i % W + 0.5) * S, (Math.floor(i / W) + 0.5) * S, S * 0.22, 0, 2 * Math.PI);
+          ctx.fillStyle = "white"; ctx.fill(); ctx.lineWidth = 1; ctx.strokeStyle = "black";
+          ctx.stroke();
+        });
+      }
+      var q = rank[0];  // each position is its own first neighbour
+      star(ctx, (q % W + 0.5) * S, (Math.floor(q / W) + 0.5) * S, S * 0.95);
+      panel.caption.textContent = "k = " + shown + ", " + state.title
+        + (shown < k ? " (k capped at s² = " + rank.length + ")" : "");
+      states.push(key + ":" + shown);
+    });
+    root.setAttribute("data-state", states.join(" "));
+    var text = "";
+    data.notes.forEach(function (n) { if (n.k === k) text = n.text; });
+    if (note) note.textContent = text;
+  }
+  draw();
+})(document.currentScript.parentElement);
+"""
+
+
+def live_html(data: dict) -> str:
+    """A self-contained HTML fragment that draws ``data`` (from :func:`explorer_states` or
+    :func:`k_sweep_states`) and redraws it when a control moves: no kernel, no network.
+
+    The controls come first, so on a narrow page (below about 520 px) they stack above the
+    figure. The root element's ``data-state`` attribute names the state shown.
+    """
+    import hashlib
+    import html
+    import json
+
+    payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
+    uid = "convnn-live-" + hashlib.sha1(payload.encode()).hexdigest()[:10]
+    caption = '<p class="convnn-live-note"></p>'
+    source = (f'<p class="convnn-live-note">Image: {html.escape(data["source"])}</p>'
+              if data.get("source") else "")
+    return (f'<div class="convnn-live" id="{uid}"><style>{_LIVE_CSS}</style>'
+            f'<script type="application/json" class="convnn-live-data">{payload}</script>'
+            '<div class="convnn-live-controls"></div><div class="convnn-live-panels"></div>'
+            f"{caption}{source}<script>{_LIVE_JS}</script></div>")
+
+
+class LiveFigure:
+    """A figure that a page redraws on its own: shown as :func:`live_html` of ``data``."""
+
+    def __init__(self, data: dict) -> None:
+        self.data = data
+
+    def _repr_html_(self) -> str:
+        return live_html(self.data)
+
+
+def k_sweep(image: SampleImage | Tensor, pixels: Sequence[Sequence[int]]) -> LiveFigure:
+    """A live figure: one ``k`` slider from 1 to ``n`` over two panels, the neighbours of a
+    pixel chosen by position (convolution at ``k = 9``) and by colour (ConvNN), meeting at
+    ``k = n`` (attention). See :func:`k_sweep_states`."""
+    return LiveFigure(k_sweep_states(image, pixels))
+
