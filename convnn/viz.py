@@ -1293,3 +1293,280 @@ def k_sweep(image: SampleImage | Tensor, pixels: Sequence[Sequence[int]]) -> Liv
     ``k = n`` (attention). See :func:`k_sweep_states`."""
     return LiveFigure(k_sweep_states(image, pixels))
 
+
+# --------------------------------------------------------------------------- mechanism drawings
+# Schematic drawings of how the package computes, each next to the text that teaches it. The
+# small numbers in them (neighbour indices, scores, candidate draws) come from the package.
+_PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1",
+            "#ff9da7", "#9c755f", "#bab0ac", "#86bcb6", "#d37295")
+
+
+def _canvas(width: float, height: float) -> tuple[Figure, Axes]:
+    fig = BookFigure(figsize=(width, height), dpi=100)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_xlim(0, width)
+    ax.set_ylim(height, 0)
+    ax.axis("off")
+    return fig, ax
+
+
+def _box(ax: Axes, x: float, y: float, w: float, h: float, text: str = "", *,
+         colour: str = "white", edge: str = "0.25", size: float = 9, **kw) -> None:
+    from matplotlib.patches import FancyBboxPatch
+
+    ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.02,rounding_size=0.06",
+                                facecolor=colour, edgecolor=edge, linewidth=1.0, **kw))
+    if text:
+        ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=size)
+
+
+def _arrow(ax: Axes, start: tuple[float, float], end: tuple[float, float], text: str = "",
+           *, size: float = 8, side: str = "right") -> None:
+    ax.annotate("", xy=end, xytext=start,
+                arrowprops={"arrowstyle": "-|>", "color": "0.3", "linewidth": 1.1,
+                            "shrinkA": 2, "shrinkB": 2})
+    if text:
+        mx, my = (start[0] + end[0]) / 2, (start[1] + end[1]) / 2
+        ax.text(mx + (0.08 if side == "right" else -0.08), my, text, fontsize=size,
+                ha="left" if side == "right" else "right", va="center", color="0.2")
+
+
+def _cells(ax: Axes, x: float, y: float, colours: Sequence[str], *, cell: float = 0.28,
+           labels: Sequence[str] | None = None, rows: int = 1) -> None:
+    """A row of ``len(colours)`` columns, ``rows`` cells high, optionally labelled."""
+    for i, c in enumerate(colours):
+        for r in range(rows):
+            ax.add_patch(Rectangle((x + i * cell, y + r * cell), cell, cell, facecolor=c,
+                                   edgecolor="white", linewidth=0.8))
+        if labels is not None:
+            ax.text(x + (i + 0.5) * cell, y + rows * cell / 2, labels[i], ha="center",
+                    va="center", fontsize=7, color="white", fontweight="bold")
+
+
+def gather_conv1d_drawing(n: int = 5, k: int = 3, seed: int = 0) -> Figure:
+    """Expand → gather → ``Conv1d(kernel k, stride k)``: how the reference path aggregates.
+
+    ``n`` positions with ``C`` channels each (one colour per position); the ``k`` neighbours
+    of each (from :func:`convnn.ops.select_neighbours` on random 2-D features, each its own
+    first) are gathered side by side into ``[C, n·k]``; a ``Conv1d`` with kernel and stride
+    ``k`` then meets the ``j``-th neighbour of every query with the same tap ``W_j``.
+    """
+    check_int("n", n, minimum=2, maximum=len(_PALETTE))
+    check_int("k", k, minimum=1, maximum=n)
+    feats = torch.rand(1, n, 2, generator=torch.Generator().manual_seed(seed))
+    idx, _ = ops.select_neighbours(feats, feats, k, "euclidean", self_first=True,
+                                   with_scores=False)
+    idx = idx[0].tolist()  # [n][k]
+    cell, rows = 0.3, 3
+    fig, ax = _canvas(8.2, 5.7)
+    x0 = 0.3
+    ax.text(x0, 0.3, r"1. values  $X \in \mathbb{R}^{C\times n}$: one column per position", fontsize=9,
+            va="center")
+    _cells(ax, x0, 0.55, _PALETTE[:n], cell=cell, rows=rows,
+           labels=[str(i) for i in range(n)])
+    ax.text(x0 + n * cell + 0.4, 0.55 + rows * cell / 2,
+            "neighbours (rank 1 … k), from the selection:\n" + "\n".join(
+                f"  query {q}: {', '.join(map(str, row))}" for q, row in enumerate(idx)),
+            fontsize=8, va="center", family="monospace")
+    y1 = 2.3
+    ax.text(x0, y1 - 0.25, f"2. expand k = {k} times and gather:  [C, n·k], query by query",
+            fontsize=9, va="center")
+    gathered = [_PALETTE[j] for row in idx for j in row]
+    _cells(ax, x0, y1, gathered, cell=cell, rows=rows,
+           labels=[str(j) for row in idx for j in row])
+    for q in range(n):  # brackets: one group of k columns per query
+        left = x0 + q * k * cell
+        ax.plot([left + 0.03, left + k * cell - 0.03], [y1 + rows * cell + 0.08] * 2,
+                color="0.3", linewidth=1.2)
+        ax.text(left + k * cell / 2, y1 + rows * cell + 0.22, f"query {q}", ha="center",
+                fontsize=7.5)
+    y2 = 4.15
+    ax.text(x0, y2 - 0.4, f"3. Conv1d(C → O, kernel {k}, stride {k}): the taps "
+            rf"$W_1 \dots W_{k} \in \mathbb{{R}}^{{O\times C}}$ meet rank 1 … {k} of every query",
+            fontsize=9, va="center")
+    for q in range(n):
+        left = x0 + q * k * cell
+        for j in range(k):
+            ax.add_patch(Rectangle((left + j * cell, y2 - 0.12), cell, 0.2,
+                                   facecolor=str(0.35 + 0.5 * j / max(k - 1, 1)),
+                                   edgecolor="white", linewidth=0.6))
+            if q == 0:
+                ax.text(left + (j + 0.5) * cell, y2 - 0.02, f"W{j + 1}", ha="center",
+                        va="center", fontsize=6.5, color="white")
+        _arrow(ax, (left + k * cell / 2, y2 + 0.1), (x0 + n * k * cell + 0.9 + q * cell + cell / 2,
+                                                     y2 + 0.75))
+    out_x = x0 + n * k * cell + 0.9
+    _cells(ax, out_x, y2 + 0.75, ["0.45"] * n, cell=cell, rows=2,
+           labels=[str(q) for q in range(n)])
+    ax.text(out_x + n * cell + 0.15, y2 + 0.75 + cell, "output  [O, n]:\n"
+            r"$y_i = \sum_j W_j\, x_{\mathrm{nbr}(i, j)}$", fontsize=8.5, va="center")
+    return fig
+
+
+def branching_drawing(ratio: float = 0.5, out_channels: int = 8) -> Figure:
+    """The branching layer: ``⌊λ·O⌋`` output channels from a ConvNN branch, the rest from a
+    ``Conv2d``, both fed every input channel, concatenated and mixed by a 1×1 convolution."""
+    check_int("out_channels", out_channels, minimum=2, maximum=16)
+    convnn_channels = int(ratio * out_channels)
+    conv_channels = out_channels - convnn_channels
+    fig, ax = _canvas(8.2, 3.2)
+    _box(ax, 0.2, 1.15, 1.3, 0.9, "input\n[C, H, W]", colour="#f0f0f0")
+    _box(ax, 2.3, 0.3, 2.1, 0.9, f"Conv2d 3×3\n{conv_channels} = O − ⌊λO⌋ channels",
+         colour="#cfe0f1", size=8.5)
+    _box(ax, 2.3, 2.0, 2.1, 0.9, f"ConvNN2d, k = 9\n{convnn_channels} = ⌊λO⌋ channels",
+         colour="#fbd9b5", size=8.5)
+    _arrow(ax, (1.5, 1.45), (2.3, 0.75))
+    _arrow(ax, (1.5, 1.75), (2.3, 2.45))
+    colours = ["#4e79a7"] * conv_channels + ["#f28e2b"] * convnn_channels
+    cell = 0.22
+    x = 4.95
+    top = 1.6 - out_channels * cell / 2
+    for i, c in enumerate(colours):
+        ax.add_patch(Rectangle((x, top + i * cell), 0.5, cell, facecolor=c, edgecolor="white"))
+    ax.text(x + 0.25, top - 0.15, "concat", ha="center", fontsize=8)
+    _arrow(ax, (4.4, 0.75), (x, top + conv_channels * cell / 2))
+    _arrow(ax, (4.4, 2.45), (x, top + (conv_channels + convnn_channels / 2) * cell))
+    _box(ax, 6.0, 1.15, 1.0, 0.9, "Conv2d\n1×1 (mix)", colour="#e6e6e6", size=8.5)
+    _arrow(ax, (x + 0.5, 1.6), (6.0, 1.6))
+    _arrow(ax, (7.0, 1.6), (7.6, 1.6))
+    ax.text(7.65, 1.6, f"O = {out_channels}\nchannels", fontsize=8.5, va="center")
+    ax.text(4.1, 3.12, f"λ = {ratio:g}: λ = 0 is a convolution (plus the 1×1 mix), "
+            "λ = 1 pure ConvNN", ha="center", fontsize=8.5)
+    return fig
+
+
+def blocked_topk_drawing(n: int = 12, block: int = 4, k: int = 3, seed: int = 0) -> Figure:
+    """Blocked top-k: the scores of one block of query rows at a time, each row's top ``k``
+    kept, the block thrown away; the ``n × m`` score matrix never exists whole.
+
+    The scores are dot products of random features and the kept entries are those of
+    :func:`convnn.ops.select_neighbours` (checked in the drawing: they must be each row's
+    largest ``k``).
+    """
+    check_int("block", block, minimum=1, maximum=n)
+    feats = torch.randn(1, n, 4, generator=torch.Generator().manual_seed(seed))
+    idx, _ = ops.select_neighbours(feats, feats, k, "dot", with_scores=False)
+    scores = (feats[0] @ feats[0].T).numpy()
+    kept = idx[0].numpy()
+    if not all(set(kept[i]) == set(np.argsort(-scores[i])[:k]) for i in range(n)):
+        raise AssertionError("select_neighbours did not keep each row's largest scores")
+    current = 1  # the block being computed
+    cell = 0.22
+    fig, ax = _canvas(8.2, 3.9)
+    x0, y0 = 0.9, 0.55
+    ax.text(x0 + n * cell / 2, 0.3, f"scores  [n, m] = [{n}, {n}]", ha="center", fontsize=9)
+    from matplotlib import colormaps
+
+    cmap = colormaps["viridis"]
+    lo, hi = scores.min(), scores.max()
+    for i in range(n):
+        b = i // block
+        for j in range(n):
+            if b == current:
+                face, edge = cmap((scores[i, j] - lo) / (hi - lo)), "white"
+            elif b < current:
+                face, edge = "0.93", "white"
+            else:
+                face, edge = "white", "0.85"
+            ax.add_patch(Rectangle((x0 + j * cell, y0 + i * cell), cell, cell, facecolor=face,
+                                   edgecolor=edge, linewidth=0.6))
+        if b == current:
+            for j in kept[i]:
+                ax.add_patch(Rectangle((x0 + j * cell, y0 + i * cell), cell, cell, fill=False,
+                                       edgecolor=NEIGHBOUR_COLOUR, linewidth=1.8))
+    for b, what in enumerate(("done: discarded", "this block", "not yet computed")):
+        if b * block >= n:
+            break
+        ax.text(x0 - 0.1, y0 + (b * block + min(block, n - b * block) / 2) * cell, what,
+                ha="right", va="center", fontsize=7.5)
+    # The index table [n, k]: filled for the blocks done and the current one.
+    tx = x0 + n * cell + 1.6
+    ax.text(tx + k * cell / 2, 0.3, f"indices  [n, k] = [{n}, {k}]", ha="center", fontsize=9)
+    for i in range(n):
+        for j in range(k):
+            filled = i // block <= current
+            ax.add_patch(Rectangle((tx + j * cell, y0 + i * cell), cell * 1.4, cell,
+                                   facecolor="#fbd9b5" if filled else "white",
+                                   edgecolor="0.6", linewidth=0.5))
+            if filled:
+                ax.text(tx + (j + 0.7) * cell, y0 + (i + 0.5) * cell, str(kept[i][j]),
+                        ha="center", va="center", fontsize=6.5)
+        ax.text(tx + k * cell * 1.4 + 0.05, y0 + (i + 0.5) * cell, "", fontsize=6)
+    mid = y0 + (current * block + block / 2) * cell
+    _arrow(ax, (x0 + n * cell + 0.1, mid), (tx - 0.1, mid))
+    ax.text((x0 + n * cell + tx) / 2, mid - 0.1, "top-k per row", ha="center", va="bottom",
+            fontsize=8)
+    ax.text(x0 + n * cell / 2 + 1.5, y0 + n * cell + 0.35,
+            f"memory: one block of {block} rows × m scores at a time, plus n·k indices; "
+            "never n·m scores at once", ha="center", fontsize=8.5)
+    return fig
+
+
+def vit_block_drawing() -> Figure:
+    """One pre-norm ViT block with its pluggable token mixer (the keys of
+    :data:`convnn.models.MIXERS`); only the mixer changes between the experiments."""
+    from .models import MIXERS
+
+    fig, ax = _canvas(8.2, 4.6)
+    x, w = 0.8, 2.6
+    c = x + w / 2
+    _box(ax, x, 0.2, w, 0.4, "tokens  [n, d]", colour="#f0f0f0")
+    _box(ax, x, 0.85, w, 0.4, "LayerNorm", colour="#e6e6e6")
+    _box(ax, x, 1.5, w, 0.6, "token mixer", colour="#fbd9b5", size=10)
+    _box(ax, x, 2.75, w, 0.4, "LayerNorm", colour="#e6e6e6")
+    _box(ax, x, 3.4, w, 0.45, "MLP  d → 4d → d (GELU)", colour="#cfe0f1")
+    plus = {"boxstyle": "circle,pad=0.1", "fc": "white", "ec": "0.4"}
+    for y in (2.42, 4.15):
+        ax.text(c, y, "+", ha="center", va="center", fontsize=11, color="0.2", bbox=plus)
+    for a, b in ((0.6, 0.85), (1.25, 1.5), (2.1, 2.3), (2.54, 2.75), (3.15, 3.4), (3.85, 4.03)):
+        _arrow(ax, (c, a), (c, b))
+    line = {"color": "0.4", "linewidth": 1.0}
+    ax.plot([x + w, x + w + 0.35, x + w + 0.35], [0.4, 0.4, 2.42], **line)  # residual 1
+    _arrow(ax, (x + w + 0.35, 2.42), (c + 0.14, 2.42))
+    ax.plot([c - 0.14, x - 0.35, x - 0.35], [2.42, 2.42, 4.15], **line)  # residual 2
+    _arrow(ax, (x - 0.35, 4.15), (c - 0.14, 4.15))
+    ax.text(x + w + 0.45, 1.4, "residual", fontsize=7.5, rotation=90, va="center")
+    ax.text(x - 0.45, 3.3, "residual", fontsize=7.5, rotation=90, va="center", ha="right")
+    ax.text(c + 0.25, 4.4, "to the next block", fontsize=7.5, va="center")
+    names = list(MIXERS)
+    ax.text(4.3, 0.35, "pluggable mixers (mixer=…):", fontsize=9, fontweight="bold")
+    for i, name in enumerate(names):
+        cls = MIXERS[name][0].__name__
+        ax.text(4.4, 0.7 + i * 0.3, f"{name:<18} {cls}", fontsize=7.5, family="monospace")
+    ax.annotate("", xy=(x + w, 1.8), xytext=(4.3, 0.7 + (len(names) - 1) * 0.15 + 0.05),
+                arrowprops={"arrowstyle": "-|>", "color": NEIGHBOUR_COLOUR, "linewidth": 1.3,
+                            "connectionstyle": "arc3,rad=0.2"})
+    return fig
+
+
+def candidates_drawing(size: int = 12, side: int = 4, seed: int = 0) -> Figure:
+    """Where sampled candidates come from, on an ``size × size`` map: all positions; random
+    ``s × s`` (a new draw at every training step, one fixed draw from ``seed`` in evaluation);
+    an evenly spaced ``s × s`` grid. The draws are the layers' own
+    (:meth:`~convnn.layers.ConvNN2d.candidate_positions`)."""
+    check_int("side", side, minimum=1, maximum=size)
+    random_layer = make_layer(sampling="random", candidates=side, seed=seed)
+    spatial = make_layer(sampling="spatial", candidates=side).candidate_positions(size, size)
+    fixed = random_layer.candidate_positions(size, size)
+    torch.manual_seed(seed)
+    random_layer.train()
+    steps = [random_layer.candidate_positions(size, size) for _ in range(2)]
+    random_layer.eval()
+    panels = [(f"all: every position\nm = n = {size * size}", None),
+              ("random, training step 1", steps[0]), ("random, training step 2", steps[1]),
+              (f"random, evaluation:\none fixed draw (seed {seed})", fixed),
+              (f"spatial: an evenly spaced\n{side}×{side} grid", spatial)]
+    fig = BookFigure(figsize=(_PAGE_WIDTH, 2.2), dpi=100, layout="constrained")
+    for i, (title, cand) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        grid = np.full((size, size), 0.35 if cand is not None else 0.8)
+        ax.imshow(grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        if cand is not None:
+            rows, cols = np.divmod(cand.numpy(), size)
+            ax.scatter(cols, rows, s=16, c="white", edgecolors="black", linewidths=0.6)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(title, fontsize=8)
+    fig.supxlabel(f"m = s² = {side * side} candidates per query instead of n = {size * size}: "
+                  "every query searches the same m", fontsize=8)
+    return fig
