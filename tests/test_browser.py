@@ -88,6 +88,7 @@ PAGES = [
     Page("book/vit_cifar.html", title="ConvNN attention in ViT-Tiny on CIFAR"),
     Page("book/results.html", title="Results"),
     Page("book/performance.html", title="Performance"),
+    Page("book/costs.html", title="Costs side by side", figure=False),
     Page("book/related_work.html", title="Related work", figure=False, math=True),
     Page("book/using_the_package.html", title="Using the package", figure=False),
 ]
