@@ -46,14 +46,26 @@ from ._checks import check_bool, check_choice, check_int
 from .layers import ConvNN2d, ConvNN2dOptions
 
 __all__ = [
+    "EXPLORER_KS",
+    "EXPLORER_MIXES",
+    "EXPLORER_SIDES",
     "NEIGHBOUR_COLOUR",
     "QUERY_COLOUR",
     "BookFigure",
+    "LiveFigure",
     "SampleImage",
+    "blocked_topk_drawing",
+    "branching_drawing",
     "candidate_pixels",
+    "candidates_drawing",
     "explorer",
+    "explorer_states",
+    "gather_conv1d_drawing",
     "image_panels",
+    "k_sweep",
+    "k_sweep_states",
     "knn_points_figure",
+    "live_html",
     "make_layer",
     "neighbour_grid",
     "neighbour_map",
@@ -64,6 +76,7 @@ __all__ = [
     "selected_pixels",
     "standardise",
     "token_panels",
+    "vit_block_drawing",
     "window_distances_figure",
 ]
 
@@ -1543,7 +1556,7 @@ def candidates_drawing(size: int = 12, side: int = 4, seed: int = 0) -> Figure:
     """Where sampled candidates come from, on an ``size × size`` map: all positions; random
     ``s × s`` (a new draw at every training step, one fixed draw from ``seed`` in evaluation);
     an evenly spaced ``s × s`` grid. The draws are the layers' own
-    (:meth:`~convnn.layers.ConvNN2d.candidate_positions`)."""
+    (``ConvNN2d.candidate_positions``)."""
     check_int("side", side, minimum=1, maximum=size)
     random_layer = make_layer(sampling="random", candidates=side, seed=seed)
     spatial = make_layer(sampling="spatial", candidates=side).candidate_positions(size, size)
