@@ -8,7 +8,8 @@ Commands:
     book     build the Jupyter Book (offline, warnings as errors) and print index.html's path
     bench    speed and memory ratios of the layers (``--train`` adds training throughput and
              our trainer against a plain loop; ``--proxy`` estimates GPU ratios without a
-             GPU; ``--suite DIR`` runs everything on one card)
+             GPU; ``--suite DIR`` runs everything on one card; ``--compile DIR`` compiles
+             every Triton kernel for sm_75/80/89/90 without a GPU: the CI gate)
     campaign train the queue of runs that matter most within a time budget (resumable)
     import-runs  file returned campaign logs into data/results/ with their provenance
 
@@ -121,7 +122,23 @@ def _book(args: argparse.Namespace) -> int:
     return rc
 
 
+def _card_names(text: str) -> list[str]:
+    from .bench.compile import CARDS
+
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    known = [c.name for c in CARDS]
+    odd = [n for n in names if n not in known]
+    if not names or odd:
+        raise argparse.ArgumentTypeError(f"cards must be a comma-separated subset of {known}, "
+                                         f"got {text!r}")
+    return names
+
+
 def _bench(args: argparse.Namespace) -> int:
+    if args.compile:
+        from .bench.compile import run_compile
+
+        return run_compile(args.compile, cards=args.cards)
     if args.tensorcore:
         from .bench.tensorcore import run_tensorcore
 
@@ -264,6 +281,13 @@ def build_parser() -> argparse.ArgumentParser:
                             "SDPA, training steps, T sweep, profile), JSON into DIR (<= 8 min "
                             "on a GPU; with --quick, toy sizes: run it under "
                             "TRITON_INTERPRET=1 on a CPU)")
+    bench.add_argument("--compile", metavar="DIR",
+                       help="the compile gate, no GPU needed: every Triton kernel variant "
+                            "compiled ahead of time for sm_75/80/89/90 (registers, spills, "
+                            "shared memory, mma, occupancy); a table, and JSON into DIR; exit "
+                            "1 when a variant fails the gate")
+    bench.add_argument("--cards", type=_card_names, metavar="SM,...",
+                       help="--compile: only these cards (default: sm_75,sm_80,sm_89,sm_90)")
     bench.add_argument("--budget", type=_positive_seconds, default=480.0, metavar="SECONDS",
                        help="--suite, --tensorcore: skip the stages that would end after this many seconds "
                             "(default 480)")

@@ -478,3 +478,65 @@ def fused_topk(query: Tensor, keys: Tensor, k: int, scale: float = 1.0, *,
         SELF_MASK=self_mask, KP=max(2, triton.next_power_of_2(k)), BLOCK_Q=FUSED_BLOCK_Q,
         BLOCK_N=FUSED_BLOCK_N, BLOCK_D=block_d, PRECISION="ieee", num_warps=4)
     return out
+
+
+ROW_TOPK_WIDTHS = (32, 100, 197, 324, 1156)
+"""Score-row widths at the paper's shapes: 32 sampled candidates, the 10×10, 18×18 and 34×34
+padded maps of VGG-11 on CIFAR, 197 ViT-Tiny tokens."""
+PAPER_CHANNELS = (64, 128, 192, 256, 512)
+"""Channel counts of the paper's layers (VGG-11's 64–512, ViT-Tiny's width 192)."""
+
+
+def _float_dtypes(card) -> tuple:
+    """The dtypes the package runs on ``card``: float32, and its autocast dtype (bf16 on
+    sm_80 and newer, fp16 with a gradient scaler on a T4)."""
+    return (torch.float32, torch.bfloat16) if card.bf16 else (torch.float32, torch.float16)
+
+
+def compile_variants(card) -> list[KernelVariant]:
+    """The launch configurations of this module's kernels at the paper's shapes on ``card``
+    (see :mod:`convnn.bench.compile`)."""
+    variants = []
+    for width in ROW_TOPK_WIDTHS:
+        block_n = triton.next_power_of_2(width)
+        variants.append(KernelVariant(
+            _row_topk_kernel, f"row_topk N={width}",
+            {"s_ptr": "*fp32", "idx_ptr": "*i64", "R": "i32", "N": "i32", "stride_r": "i32",
+             "K": "i32"},
+            {"BLOCK_R": max(1, min(64, 4096 // block_n)), "BLOCK_N": block_n},
+            num_warps=8 if block_n >= 1024 else 4, hot=True))
+    for self_mask in (False, True):
+        variants.append(KernelVariant(
+            _fused_topk_kernel, f"fused_topk self_mask={self_mask} d=64 k=8",
+            {"q_ptr": "*fp32", "k_ptr": "*fp32", "qpos_ptr": "*i32", "cpos_ptr": "*i32",
+             "idx_ptr": "*i64", "n": "i32", "m": "i32", "D": "i32", "K": "i32",
+             "scale": "fp32", "stride_qb": "i32", "stride_qn": "i32", "stride_kb": "i32",
+             "stride_kn": "i32"},
+            {"SELF_MASK": self_mask, "KP": 8, "BLOCK_Q": FUSED_BLOCK_Q,
+             "BLOCK_N": FUSED_BLOCK_N, "BLOCK_D": 64, "PRECISION": "ieee"}, hot=True))
+    blocks = sorted({channel_block(c) for c in PAPER_CHANNELS})
+    for dtype in _float_dtypes(card):
+        ptr = pointer_type(dtype)
+        for block_c in blocks:
+            for has_rho in (False, True):
+                tag = f"{ptr[1:]} C-block={block_c} rho={has_rho}"
+                variants.append(KernelVariant(
+                    _forward_kernel, f"gather_aggregate forward {tag}",
+                    {"v_ptr": ptr, "idx_ptr": "*i64", "rho_ptr": ptr if not has_rho else "*fp32",
+                     "w_ptr": ptr, "out_ptr": ptr, "M": "i32", "C": "i32", "K": "i32"},
+                    {"HAS_RHO": has_rho, "ACC": tl.float32, "BLOCK_M": BLOCK_M,
+                     "BLOCK_C": block_c}, hot=True))
+                variants.append(KernelVariant(
+                    _backward_rows_kernel, f"gather_aggregate backward rows {tag}",
+                    {"v_ptr": ptr, "idx_ptr": "*i64", "rho_ptr": "*fp32", "w_ptr": ptr,
+                     "g_ptr": ptr, "grho_ptr": "*fp32", "gw_part_ptr": "*fp32", "M": "i32",
+                     "C": "i32", "K": "i32"},
+                    {"HAS_RHO": has_rho, "NEED_RHO": has_rho, "NEED_W": True,
+                     "ACC": tl.float32, "BLOCK_M": BLOCK_M, "BLOCK_C": block_c}))
+                variants.append(KernelVariant(
+                    _backward_values_kernel, f"gather_aggregate backward values {tag}",
+                    {"order_ptr": "*i64", "rowptr_ptr": "*i64", "rho_ptr": "*fp32",
+                     "w_ptr": ptr, "g_ptr": ptr, "gv_ptr": "*fp32", "C": "i32", "K": "i32"},
+                    {"HAS_RHO": has_rho, "ACC": tl.float32, "BLOCK_E": BLOCK_E,
+                     "BLOCK_C": block_c}))
+    return variants

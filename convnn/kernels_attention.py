@@ -518,3 +518,58 @@ def fused_attention(q: Tensor, key: Tensor, v: Tensor, w: Tensor, k: int, scale:
                                     bool(self_first),
                                     None if self_logit is None else float(self_logit))
     return (out, idx.long()) if return_indices else out
+
+
+def compile_variants(card) -> list:
+    """The launch configurations of the attention core at the paper's shapes (ViT-Tiny:
+    T = 197 tokens, heads of 64 and one head of 192, k = 9; all candidates and r = 32
+    sampled) on ``card``, in the dtypes it runs (see :mod:`convnn.bench.compile`)."""
+    from .kernels import KernelVariant, pointer_type
+
+    if card.bf16:  # bf16 autocast: float32 or bf16 selection features, bf16 values
+        dtype_sets = ((torch.float32, torch.bfloat16), (torch.bfloat16, torch.bfloat16),
+                      (torch.float32, torch.float32))
+    else:  # fp16 autocast on a T4
+        dtype_sets = ((torch.float32, torch.float16), (torch.float16, torch.float16),
+                      (torch.float32, torch.float32))
+    modes = (("all", True, False, False), ("random r=32", False, True, False),
+             ("random r=32 paper self logit", False, True, True))
+    variants = []
+    block_d = _block_d(64)
+    for qk, values in dtype_sets:
+        qk_ptr, v_ptr = pointer_type(qk), pointer_type(values)
+        low = values == torch.bfloat16
+        tag = f"q/k {qk_ptr[1:]} v {v_ptr[1:]}"
+        for mode, every, self_first, const_self in modes:
+            m = 197 if every else 32
+            variants.append(KernelVariant(
+                _attention_forward_kernel, f"attention forward {mode} {tag} k=9",
+                {"q_ptr": qk_ptr, "k_ptr": qk_ptr, "v_ptr": v_ptr, "w_ptr": v_ptr,
+                 "cpos_ptr": "*i32", "drop_ptr": "*fp32", "out_ptr": v_ptr, "idx_ptr": "*i32",
+                 "p_ptr": "*fp32", "T": "i32", "M": "i32", "D": "i32", "K": "i32",
+                 "KS": "i32", "scale": "fp32", "self_logit": "fp32"},
+                {"DROP": False, "ALL": every, "SELF_FIRST": self_first,
+                 "CONST_SELF": const_self, "OFF": 1 if self_first else 0, "ONE_TILE": True,
+                 "SPLIT_Q": qk in _SPLIT_DTYPES, "SPLIT_K": qk in _SPLIT_DTYPES,
+                 "AS_F32": False, "KP": 16, "BLOCK_Q": BLOCK_Q,
+                 "BLOCK_N": max(16, triton.next_power_of_2(m)), "BLOCK_D": block_d},
+                hot=True))
+            variants.append(KernelVariant(
+                _attention_query_backward_kernel, f"attention backward query {mode} {tag}",
+                {"q_ptr": qk_ptr, "k_ptr": qk_ptr, "v_ptr": v_ptr, "w_ptr": v_ptr,
+                 "g_ptr": v_ptr, "idx_ptr": "*i32", "p_ptr": "*fp32", "drop_ptr": "*fp32",
+                 "dq_ptr": "*fp32", "ds_ptr": "*fp32", "dw_part_ptr": "*fp32",
+                 "dv_self_ptr": "*fp32", "dk_self_ptr": "*fp32", "T": "i32", "D": "i32",
+                 "K": "i32", "scale": "fp32"},
+                {"DROP": False, "SELF_FIRST": self_first, "CONST_SELF": const_self,
+                 "KP": 16, "BLOCK_Q": BLOCK_Q, "BLOCK_D": block_d}))
+            variants.append(KernelVariant(
+                _attention_candidate_backward_kernel,
+                f"attention backward candidates {mode} {tag}",
+                {"q_ptr": qk_ptr, "w_ptr": v_ptr, "g_ptr": v_ptr, "idx_ptr": "*i32",
+                 "p_ptr": "*fp32", "ds_ptr": "*fp32", "cpos_ptr": "*i32", "dv_ptr": "*fp32",
+                 "dk_ptr": "*fp32", "T": "i32", "M": "i32", "D": "i32", "K": "i32"},
+                {"ALL": every, "OFF": 1 if self_first else 0, "LOW_V": low,
+                 "LOW_K": low and qk == torch.bfloat16, "AS_F32": False, "BLOCK_S": BLOCK_S,
+                 "BLOCK_T": BLOCK_T, "BLOCK_D": block_d}))
+    return variants

@@ -409,3 +409,50 @@ def gather_gemm(x: Tensor, index: Tensor, weight: Tensor, padding: int,
     _require(x.device)
     out = GatherGemm.apply(x, index, weight, padding, precision)
     return out.view(x.shape[0], x.shape[2] * x.shape[3], weight.shape[0])
+
+
+def compile_variants(card) -> list:
+    """The launch configurations of this module's kernels at the paper's shapes (VGG-11 on
+    CIFAR: 3 to 512 channels, k = 9 with self first) on ``card`` (see
+    :mod:`convnn.bench.compile`)."""
+    from .kernels import PAPER_CHANNELS, KernelVariant, _float_dtypes, pointer_type
+
+    geometry = {"H": "i32", "W": "i32", "P": "i32", "C": "i32"}
+    strides = {"stride_b": "i32", "stride_c": "i32", "stride_h": "i32", "stride_w": "i32"}
+    channel_blocks = sorted({_block(c) for c in (3, *PAPER_CHANNELS)})
+    out_block = _block(64, high=64)
+    variants = []
+    for dtype in _float_dtypes(card):
+        ptr = pointer_type(dtype)
+        # the layer passes precision=None: TF32 products for float32, 16-bit ones otherwise
+        for precision in ("tf32",):
+            tag = ptr[1:]
+            for block_c in channel_blocks:
+                for cosine in (True, False):
+                    variants.append(KernelVariant(
+                        _select_2d_kernel, f"select_2d {tag} C-block={block_c} "
+                        f"{'cosine' if cosine else 'dot'} k=8",
+                        {"x_ptr": ptr, "inv_ptr": "*fp32", "idx_ptr": "*i64", **geometry,
+                         "K": "i32", "scale": "fp32", **strides},
+                        {"COSINE": cosine, "KP": 8, "BLOCK_Q": BLOCK_Q, "BLOCK_N": BLOCK_N,
+                         "BLOCK_C": block_c, "PRECISION": precision, "UPCAST": False},
+                        hot=True))
+                common = {"x_ptr": ptr, "idx_ptr": "*i64", "M": "i32", "HW": "i32", **geometry}
+                variants.append(KernelVariant(
+                    _gather_gemm_kernel, f"gather_gemm {tag} C-block={block_c}",
+                    {**common, "w_ptr": ptr, "out_ptr": ptr, "O": "i32", "K": "i32", **strides},
+                    {"BLOCK_M": BLOCK_M, "BLOCK_C": block_c, "BLOCK_O": out_block,
+                     "PRECISION": precision, "UPCAST": False}, hot=True))
+                variants.append(KernelVariant(
+                    _gather_gemm_dw_kernel, f"gather_gemm dW {tag} C-block={block_c}",
+                    {**common, "g_ptr": ptr, "part_ptr": "*fp32", "O": "i32", "K": "i32",
+                     "rows_per_split": "i32", **strides},
+                    {"BLOCK_M": BLOCK_M, "BLOCK_C": block_c, "BLOCK_O": out_block,
+                     "PRECISION": precision, "UPCAST": False}))
+        for block_c in sorted({_block(c, high=128) for c in (3, *PAPER_CHANNELS)}):
+            variants.append(KernelVariant(
+                _scatter_rows_kernel, f"gather_gemm dx rows {ptr[1:]} C-block={block_c}",
+                {"order_ptr": "*i64", "rowptr_ptr": "*i64", "rows_ptr": ptr, "dx_ptr": ptr,
+                 "total": "i32", "HW": "i32", **geometry, **strides},
+                {"BLOCK_P": BLOCK_P, "BLOCK_C": block_c}))
+    return variants
