@@ -37,11 +37,11 @@ def _root_alias(app, env, node, contnode):
     """``convnn.ConvNN2d`` (a root re-export) resolves to where it is documented,
     ``convnn.layers.ConvNN2d``."""
     target = node.get("reftarget", "")
-    if node.get("refdomain") != "py" or not target.startswith("convnn."):
+    name = target.removeprefix("convnn.")
+    if node.get("refdomain") != "py" or name == target or "." in name:
         return None
     import convnn
 
-    name = target.removeprefix("convnn.")
     if name not in convnn.__all__:
         return None
     obj = getattr(convnn, name)
