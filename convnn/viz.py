@@ -636,7 +636,9 @@ def explorer(
 
     class Explorer(widgets.interactive):
         def _repr_mimebundle_(self, **kwargs):
-            bundle = super()._repr_mimebundle_(**kwargs)
+            # ipywidgets 8; version 7 (Colab's) displays itself through _ipython_display_
+            parent = getattr(super(), "_repr_mimebundle_", None)
+            bundle = parent(**kwargs) if parent is not None else None
             if twin is not None and bundle is not None:
                 bundle["text/html"] = twin
             return bundle
