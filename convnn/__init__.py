@@ -8,7 +8,8 @@ multi-head self-attention (:mod:`convnn.layers`), and the attention baselines of
 The main entry points of the rest are here too, imported on first use so that ``import
 convnn`` stays light: :func:`build_model` and :class:`ModelConfig` (:mod:`convnn.models`),
 :class:`TrainConfig` and :func:`fit` (:mod:`convnn.train`), :func:`get_preset`
-(:mod:`convnn.experiments`) and :func:`run_preset` (:mod:`convnn.runner`).
+(:mod:`convnn.experiments`) and :func:`run_preset` (:mod:`convnn.runner`); the submodules
+load on first use as well (``convnn.data.DATASETS`` after ``import convnn``).
 
 Layers. The modules form three products, each importing only from itself and the ones
 before it (``tests/test_architecture.py`` enforces it, with no import cycles):
@@ -17,7 +18,8 @@ before it (``tests/test_architecture.py`` enforces it, with no import cycles):
    ``package_data`` (files shipped with the package), ``paper_vocabulary`` (the paper's words);
 1. the operator core: ``kernels``, ``kernels_attention``, ``kernels_conv2d`` (Triton) → ``ops`` → ``attention`` → ``layers`` →
    ``models``; needs only torch;
-2. the training stack: ``data``, ``imagenet`` → ``run_folder`` → ``train`` →
+2. the training stack: ``dataset_base`` (the dataset table) → ``imagenet`` → ``data`` →
+   ``run_folder`` → ``train`` →
    ``experiments`` → ``runner``;
 3. the project and book tooling: ``stats``, ``viz``, ``results``, ``demo``, ``study``,
    ``campaign``, ``bench`` (with the speed proxy), the command line (``__main__``); only this layer may import
@@ -43,7 +45,13 @@ _LAZY = {"build_model": "models", "ModelConfig": "models", "TrainConfig": "train
          "fit": "train", "get_preset": "experiments", "run_preset": "runner"}
 
 
+_SUBMODULES = ("attention", "campaign", "data", "dataset_base", "experiments", "imagenet",
+               "models", "results", "run_folder", "runner", "stats", "study", "train")
+
+
 def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return import_module(f".{name}", __name__)
     if name in _LAZY:
         value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
         globals()[name] = value

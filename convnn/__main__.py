@@ -156,10 +156,14 @@ def _bench(args: argparse.Namespace) -> int:
     if args.proxy:
         from ._io import atomic_write_json
         from .bench.proxy import (
+            calibration,
+            format_calibration,
             format_kernel_estimates,
             format_proxy_rows,
+            format_target_estimates,
             kernel_estimates,
             proxy_benchmarks,
+            target_estimates,
         )
 
         rows = proxy_benchmarks(gpu=args.gpu)
@@ -171,8 +175,19 @@ def _bench(args: argparse.Namespace) -> int:
         print("\nestimated with the fused kernels (uncalibrated: no fused kernel has run on a "
               "GPU yet; ratios against each target's baseline)")
         print(format_kernel_estimates(kernel_rows))
+        calibrated = calibration(gpu=args.gpu)
+        print("\ncalibration: the model against every committed H200 row (error = model / "
+              "measured - 1; LOO = fitted without that case)")
+        print(format_calibration(calibrated))
+        targets = target_estimates(args.gpu, calibrated)
+        print("\nESTIMATES of the issue's targets with the calibrated model (ratio against the "
+              "baseline; range: the kernel assumptions; calib. rms: the model's error on the "
+              "committed ratios)")
+        print(format_target_estimates(targets))
         if args.json:
-            atomic_write_json(args.json, {"proxy": rows, "kernel_estimates": kernel_rows})
+            atomic_write_json(args.json, {"proxy": rows, "kernel_estimates": kernel_rows,
+                                          "calibration": calibrated,
+                                          "target_estimates": targets})
             print(f"wrote {args.json}")
         return 0
     from .bench import run
@@ -277,9 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="every measurement on this device, JSON into DIR (<= 8 min on a "
                             "GPU; with --quick, toy sizes)")
     bench.add_argument("--tensorcore", metavar="DIR",
-                       help="the tensor-core targets on this device (kernel checks, layers vs "
-                            "SDPA, training steps, T sweep, profile), JSON into DIR (<= 8 min "
-                            "on a GPU; with --quick, toy sizes: run it under "
+                       help="the tensor-core targets on this device (compiled-kernel tests, "
+                            "layers vs bf16 SDPA, training steps in the trainer's precision, T "
+                            "sweep, profile, the proxy's estimates; each stage a capped "
+                            "subprocess), JSON into DIR, ending with the table of the targets "
+                            "(<= 8 min on a GPU; with --quick, toy sizes: run it under "
                             "TRITON_INTERPRET=1 on a CPU)")
     bench.add_argument("--compile", metavar="DIR",
                        help="the compile gate, no GPU needed: every Triton kernel variant "

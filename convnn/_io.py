@@ -42,7 +42,6 @@ __all__ = [
     "git_commit",
     "load_checkpoint",
     "read_json",
-    "read_jsonl",
     "remove_leftovers",
     "save_checkpoint",
     "sha256_of",
@@ -143,24 +142,6 @@ def read_json(path: str | os.PathLike, what: type = dict):
         raise ValueError(f"{path} must hold a JSON {'object' if what is dict else what.__name__}"
                          f", got {type(obj).__name__}; restore it or start the run again")
     return obj
-
-
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """The records of a strict JSON-lines file (``[]`` when it does not exist); blank lines
-    skipped. A line that is not a JSON object raises a ValueError naming the file and line."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                record = _loads(line, path, f" line {n}")
-                if not isinstance(record, dict):
-                    raise ValueError(f"{path} line {n} must be a JSON object, got "
-                                     f"{type(record).__name__}")
-                records.append(record)
-    return records
 
 
 def append_jsonl_atomic(path: str | os.PathLike, record: dict) -> None:

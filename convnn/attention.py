@@ -259,6 +259,22 @@ def _check_odd_kernel(kernel_size: int) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+def _check_heads(dim: int, num_heads: int) -> int:
+    """The width of one head of ``dim`` split evenly over ``num_heads`` (both checked)."""
+    check_int("dim", dim, minimum=1)
+    check_int("num_heads", num_heads, minimum=1)
+    check_divisible("dim", dim, "num_heads", num_heads)
+    return dim // num_heads
+
+
+def _check_tokens(x: torch.Tensor, dim: int) -> None:
+    """``x`` is ``[B, T, dim]`` with at least one token: every mixer's input check."""
+    check_rank("x", x, 3, "[B, T, D]")
+    check_size("x", x, 2, dim, "[B, T, D]")
+    if x.shape[1] < 1:
+        raise ValueError(f"x must hold at least one token (T >= 1), got shape {tuple(x.shape)}")
+
+
 class _HeadProjections:
     """Q/K/V/O projections and the head split shared by every attention-style mixer (the
     baselines here and :class:`convnn.layers.ConvNNAttention`), so that parameter names
@@ -296,30 +312,30 @@ class _ProjectedAttention(_HeadProjections, nn.Module):
 
     Subclasses implement ``_mix(q, k, v) -> out`` on ``[B, h, T, d]`` tensors and, for the dense
     reference path :meth:`attention_weights`, ``_allowed(scores)`` (a boolean mask broadcastable
-    to ``[B, h, T, T]``, or None for "all keys").
+    to ``[B, h, T, T]``, or None for "all keys"). ``head_dim=None`` splits ``dim`` evenly over
+    the heads (``num_heads`` must divide it); the constructor checks every shared argument.
     """
 
     def __init__(
         self,
         dim: int,
         num_heads: int,
-        head_dim: int,
+        head_dim: int | None,
         attn_dropout: float,
         bias: bool,
         device=None,
         dtype=None,
     ) -> None:
         super().__init__()
+        if head_dim is None:
+            head_dim = _check_heads(dim, num_heads)
         self._init_projections(dim, num_heads, head_dim, bias, device, dtype)
         self.attn_dropout = check_fraction("attn_dropout", attn_dropout)
 
     # -- helpers -------------------------------------------------------------------------------
 
     def _check_input(self, x: torch.Tensor) -> None:
-        check_rank("x", x, 3, "[B, T, D]")
-        check_size("x", x, 2, self.dim, "[B, T, D]")
-        if x.shape[1] < 1:
-            raise ValueError(f"x must hold at least one token (T >= 1), got shape {tuple(x.shape)}")
+        _check_tokens(x, self.dim)
 
     def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         q = self._split_heads(self.q_proj(x))  # (B, h, T, d)
@@ -418,9 +434,7 @@ class MultiHeadSelfAttention(_ProjectedAttention):
         device=None,
         dtype=None,
     ) -> None:
-        check_int("num_heads", num_heads, minimum=1)
-        check_divisible("dim", dim, "num_heads", num_heads)
-        super().__init__(dim, num_heads, dim // num_heads, attn_dropout, bias, device, dtype)
+        super().__init__(dim, num_heads, None, attn_dropout, bias, device, dtype)
 
     def _allowed(self, scores):
         return None
@@ -460,9 +474,7 @@ class KVTAttention(_ProjectedAttention):
         device=None,
         dtype=None,
     ) -> None:
-        check_int("num_heads", num_heads, minimum=1)
-        check_divisible("dim", dim, "num_heads", num_heads)
-        super().__init__(dim, num_heads, dim // num_heads, attn_dropout, bias, device, dtype)
+        super().__init__(dim, num_heads, None, attn_dropout, bias, device, dtype)
         self.k = check_int("k", k, minimum=1)
 
     def _check_input(self, x):
@@ -634,11 +646,9 @@ class SparseAttention(_ProjectedAttention):
         device=None,
         dtype=None,
     ) -> None:
-        check_int("num_heads", num_heads, minimum=1)
-        check_divisible("dim", dim, "num_heads", num_heads)
         check_choice("mode", mode, SPARSE_MODES)
         context = SPARSE_DEFAULT_CONTEXT[mode] if context is None else context
-        super().__init__(dim, num_heads, dim // num_heads, attn_dropout, bias, device, dtype)
+        super().__init__(dim, num_heads, None, attn_dropout, bias, device, dtype)
         self.mode = mode
         self.context = check_int("context", context, minimum=1)
 
@@ -686,10 +696,8 @@ class NeighborhoodAttention1d(_ProjectedAttention):
         device=None,
         dtype=None,
     ) -> None:
-        check_int("num_heads", num_heads, minimum=1)
-        check_divisible("dim", dim, "num_heads", num_heads)
         _check_odd_kernel(kernel_size)
-        super().__init__(dim, num_heads, dim // num_heads, attn_dropout, bias, device, dtype)
+        super().__init__(dim, num_heads, None, attn_dropout, bias, device, dtype)
         self.kernel_size = kernel_size
 
     def _check_input(self, x):
@@ -750,9 +758,7 @@ class TokenConv1d(nn.Module):
         dtype=None,
     ) -> None:
         super().__init__()
-        check_int("dim", dim, minimum=1)
-        check_int("num_heads", num_heads, minimum=1)
-        check_divisible("dim", dim, "num_heads", num_heads)
+        _check_heads(dim, num_heads)
         _check_odd_kernel(kernel_size)
         self.dim = dim
         self.num_heads = num_heads
@@ -772,10 +778,7 @@ class TokenConv1d(nn.Module):
         Returns:
             ``[B, T, D]``.
         """
-        check_rank("x", x, 3, "[B, T, D]")
-        check_size("x", x, 2, self.dim, "[B, T, D]")
-        if x.shape[1] < 1:
-            raise ValueError(f"x must hold at least one token (T >= 1), got shape {tuple(x.shape)}")
+        _check_tokens(x, self.dim)
         y = self.conv(x.transpose(1, 2))  # (B, D, T)
         return self.out_proj(y.transpose(1, 2))  # (B, T, D)
 

@@ -54,7 +54,17 @@ from pathlib import Path
 from ._checks import check_bool, check_int
 from ._io import atomic_write_json, atomic_write_text
 from .experiments import PRESETS, get_preset, paper_records, preset_for_record
-from .run_folder import CONFIG, LOG_FILES, METRICS, SUMMARY, RunFolder
+from .run_folder import (
+    CONFIG,
+    LOG_FILES,
+    METRICS,
+    RunFolder,
+    expect_type,
+    find_run_folders,
+    parse_logs,
+    read_log_bytes,
+    strict_json,
+)
 
 __all__ = [
     "LOG_PACK_BYTES",
@@ -314,8 +324,8 @@ class _Campaign:
         before = _epochs_done(run_dir)
         last = [self.clock()]
         start = last[0]
-        estimate = self.state["runs"].get(preset, {}).get("epoch_seconds") or \
-            self.state["runs"].get(preset, {}).get("first_epoch_seconds")
+        estimate = (self.state["runs"].get(preset, {}).get("epoch_seconds") or
+                    self.state["runs"].get(preset, {}).get("first_epoch_seconds"))
 
         def callback(record: dict) -> None:
             now = self.clock()
@@ -538,8 +548,8 @@ def run_campaign(minutes: float, out: str | os.PathLike, *,
     Raises:
         ValueError: a bad argument (naming it), or a folder of another campaign.
     """
-    if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or \
-            not math.isfinite(minutes) or minutes <= 0:
+    if (isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or
+            not math.isfinite(minutes) or minutes <= 0):
         raise ValueError(f"minutes must be a positive number, got {minutes!r}")
     check_int("min_epochs", min_epochs, minimum=1)
     if full_epochs is not None:
@@ -714,37 +724,6 @@ def _portable_command(text: str) -> str:
     return re.sub(r"\S*convnn[\\/]__main__\.py", "python -m convnn", text)
 
 
-def _strict_json(data: bytes, where: str):
-    """Strict JSON (no NaN, no infinity, UTF-8), or a one-line ValueError naming ``where``."""
-
-    def number(text: str) -> float:
-        value = float(text)
-        if not math.isfinite(value):
-            raise ValueError(f"{text} is not a finite number")
-        return value
-
-    def constant(text: str):
-        raise ValueError(f"{text} is not a number a log may hold")
-
-    try:
-        return json.loads(data.decode("utf-8"), parse_float=number, parse_constant=constant)
-    except (UnicodeDecodeError, ValueError, RecursionError) as err:
-        reason = " ".join(str(err).split())[:200]
-        raise ValueError(f"{where} is not valid strict JSON ({reason})") from None
-
-
-def _expect(value, types, where: str, allow_none: bool = True):
-    """``value`` if it has one of ``types`` (bool is not an int), else a ValueError."""
-    if value is None and allow_none:
-        return value
-    ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in (
-        types if isinstance(types, tuple) else (types,)))
-    if not ok:
-        names = "/".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
-        raise ValueError(f"{where} must be {names}, got {value!r:.80}")
-    return value
-
-
 @dataclass
 class _RunLogs:
     """One run folder's log files as read from the source (not yet filed)."""
@@ -757,42 +736,30 @@ class _RunLogs:
 
 
 def _check_run_logs(name: str, origin: str, files: dict[str, bytes]) -> _RunLogs:
-    """Parse and type-check what the importer and the results reader use."""
+    """Parse (:func:`~convnn.run_folder.parse_logs`, the run folder's reader) and type-check
+    what the importer and the results reader use."""
     where = f"{origin}: run {name}"
-    config = _strict_json(files[CONFIG], f"{where}/{CONFIG}")
-    _expect(config, dict, f"{where}/{CONFIG}", allow_none=False)
+    run = parse_logs(files, where)
+    config, at = run.config, f"{where}/{CONFIG}"
     for key in ("extra", "run", "train", "dataset"):
-        _expect(config.get(key), dict, f"{where}/{CONFIG}: {key}")
-    extra = config.get("extra") or {}
-    _expect(extra.get("preset"), str, f"{where}/{CONFIG}: extra.preset")
-    _expect(extra.get("smoke"), bool, f"{where}/{CONFIG}: extra.smoke")
-    _expect(extra.get("dataset"), dict, f"{where}/{CONFIG}: extra.dataset")
+        expect_type(config.get(key), dict, f"{at}: {key}")
+    extra = run.extra
+    expect_type(extra.get("preset"), str, f"{at}: extra.preset")
+    expect_type(extra.get("smoke"), bool, f"{at}: extra.smoke")
+    expect_type(extra.get("dataset"), dict, f"{at}: extra.dataset")
     for part in (extra.get("dataset") or {}, config.get("dataset") or {}):
-        _expect(part.get("source"), str, f"{where}/{CONFIG}: dataset source")
+        expect_type(part.get("source"), str, f"{at}: dataset source")
     for key in ("torch", "amp_active", "device"):
-        _expect((config.get("run") or {}).get(key), str, f"{where}/{CONFIG}: run.{key}")
+        expect_type((config.get("run") or {}).get(key), str, f"{at}: run.{key}")
     train = config.get("train") or {}
-    _expect(train.get("epochs"), int, f"{where}/{CONFIG}: train.epochs")
-    _expect(train.get("amp"), str, f"{where}/{CONFIG}: train.amp")
-    records = []
-    lines = files[METRICS].split(b"\n")
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        record = _strict_json(line, f"{where}/{METRICS} line {n}")
-        at = f"{where}/{METRICS} line {n}"
-        _expect(record, dict, at, allow_none=False)
-        if "epoch" not in record:
-            continue
-        epoch = _expect(record["epoch"], int, f"{at}: epoch", allow_none=False)
-        if epoch < 1 or (records and epoch <= records[-1]["epoch"]):
-            raise ValueError(f"{at}: epoch {epoch} does not follow the epochs before it")
-        top1 = _expect(record.get("test_top1"), (int, float), f"{at}: test_top1",
-                       allow_none=False)
-        if not 0 <= top1 <= 100:
-            raise ValueError(f"{at}: test_top1 must be a percentage, got {top1}")
+    expect_type(train.get("epochs"), int, f"{at}: train.epochs")
+    expect_type(train.get("amp"), str, f"{at}: train.amp")
+    for record in run.records:
+        at = f"{where}/{METRICS} epoch {record['epoch']}"
+        if not 0 <= record["test_top1"] <= 100:
+            raise ValueError(f"{at}: test_top1 must be a percentage, got {record['test_top1']}")
         for key in ("device", "git_commit", "time"):
-            _expect(record.get(key), str, f"{at}: {key}")
+            expect_type(record.get(key), str, f"{at}: {key}")
         if record.get("time") is not None:
             match = _DATE.match(record["time"])
             try:
@@ -800,28 +767,24 @@ def _check_run_logs(name: str, origin: str, files: dict[str, bytes]) -> _RunLogs
             except ValueError:
                 raise ValueError(f"{at}: time must start with a date YYYY-MM-DD (an ISO time), got "
                                  f"{record['time']!r:.80}") from None
-        records.append(record)
-    if SUMMARY in files:
-        summary = _strict_json(files[SUMMARY], f"{where}/{SUMMARY}")
-        _expect(summary, dict, f"{where}/{SUMMARY}", allow_none=False)
-    return _RunLogs(name, origin, files, config, records)
+    return _RunLogs(name, origin, files, config, run.records)
 
 
 def _check_state(state, where: str) -> dict:
     """A campaign state as the importer uses it: ``commands`` and ``groups``."""
-    _expect(state, dict, where, allow_none=False)
-    for i, command in enumerate(_expect(state.get("commands"), list, f"{where}: commands")
+    expect_type(state, dict, where, allow_none=False)
+    for i, command in enumerate(expect_type(state.get("commands"), list, f"{where}: commands")
                                 or []):
-        _expect(command, dict, f"{where}: commands[{i}]", allow_none=False)
-        _expect(command.get("command"), str, f"{where}: commands[{i}].command")
-    for name, plan in (_expect(state.get("groups"), dict, f"{where}: groups") or {}).items():
+        expect_type(command, dict, f"{where}: commands[{i}]", allow_none=False)
+        expect_type(command.get("command"), str, f"{where}: commands[{i}].command")
+    for name, plan in (expect_type(state.get("groups"), dict, f"{where}: groups") or {}).items():
         at = f"{where}: groups[{name!r:.60}]"
-        _expect(plan, dict, at, allow_none=False)
-        presets = _expect(plan.get("presets"), list, f"{at}.presets") or []
+        expect_type(plan, dict, at, allow_none=False)
+        presets = expect_type(plan.get("presets"), list, f"{at}.presets") or []
         for preset in presets:
-            _expect(preset, str, f"{at}.presets", allow_none=False)
-        _expect(plan.get("epochs"), int, f"{at}.epochs", allow_none=False)
-        _expect(plan.get("reduced"), bool, f"{at}.reduced", allow_none=False)
+            expect_type(preset, str, f"{at}.presets", allow_none=False)
+        expect_type(plan.get("epochs"), int, f"{at}.epochs", allow_none=False)
+        expect_type(plan.get("reduced"), bool, f"{at}.reduced", allow_none=False)
     return state
 
 
@@ -955,7 +918,7 @@ def _collect(source: Path) -> tuple[list[_RunLogs], dict | None]:
             state = state or (origin, files[name])
     parsed = None
     if state is not None:
-        parsed = _check_state(_strict_json(state[1], f"{state[0]}: {STATE_FILE}"),
+        parsed = _check_state(strict_json(state[1], f"{state[0]}: {STATE_FILE}"),
                               f"{state[0]}: {STATE_FILE}")
     return list(runs.values()), parsed
 
@@ -963,12 +926,10 @@ def _collect(source: Path) -> tuple[list[_RunLogs], dict | None]:
 def _already_filed(dest: Path, runs: Sequence[_RunLogs]) -> None:
     """Refuse a run whose ``metrics.jsonl`` is already in ``dest`` (filed under any name)."""
     incoming = {run.files[METRICS]: run.name for run in runs}
-    for metrics in sorted(dest.glob(f"*/*/{METRICS}")) + sorted(dest.glob(f"*/{METRICS}")):
-        if metrics.is_symlink() or not metrics.is_file():
-            continue
-        name = incoming.get(metrics.read_bytes())
+    for folder in find_run_folders(dest, max_depth=2):
+        name = incoming.get(read_log_bytes(folder).get(METRICS))
         if name is not None:
-            raise ValueError(f"run {name} is already filed in {metrics.parent}; nothing "
+            raise ValueError(f"run {name} is already filed in {folder}; nothing "
                              "was imported")
 
 
@@ -1039,7 +1000,7 @@ def import_runs(source: str | os.PathLike, *, dest: str | os.PathLike | None = N
     check_bool("readme", readme)
     name = _check_safe_name("name (--name)", "campaign" if name is None else name)
     for what, value in (("commit", commit), ("command", command)):
-        _expect(value, str, what)
+        expect_type(value, str, what)
     source = Path(source)
     if not source.exists():
         raise ValueError(f"source {source} does not exist")

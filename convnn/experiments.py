@@ -21,9 +21,10 @@ coordinate channels. For the pure Conv2d model these options do not apply, so it
 table 6.1 are one preset.
 
 A preset is a value (:class:`Preset`): its :class:`~convnn.models.ModelConfig`, its
-:class:`~convnn.train.TrainConfig` and the paper rows it reproduces. Each model family is one
-entry of :data:`FAMILIES` (its defaults, and how its settings become a model, a name and a
-description). Experiments that are not paper rows are added with :func:`register_preset`.
+:class:`~convnn.train.TrainConfig` and the paper rows it reproduces. The paper's settings of each
+model family are one entry of :data:`FAMILIES` (its defaults, and how its settings become a
+model, a name and a description); the family itself is a :class:`~convnn.models.ModelFamily`.
+Experiments that are not paper rows are added with :func:`register_preset`.
 
 Paper mode. Every preset with a ConvNN layer builds it in paper mode: the options of
 :data:`~convnn.layers.PAPER_CONVNN2D` (VGG, ResNet) or
@@ -57,36 +58,24 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
-from . import imagenet  # noqa: F401 - registers the ImageNet entry of DATASETS
 from . import paper_vocabulary as paper
 from ._checks import check_known
 from .attention import mixer_spec
 from .data import DATASETS, dataset_info
 from .layers import PAPER_ATTENTION, PAPER_CONVNN2D
-from .models import PAPER_RESNET50, ModelConfig
+from .models import MODEL_FAMILIES, PAPER_RESNET50, ModelConfig
 from .package_data import data_file
 from .train import TrainConfig
 
 UNSUPPORTED_TABLES: dict[str, str] = {}
 """Tables of ``paper_results.json`` without presets, and why (none at present)."""
 
-IMAGENET_PROTOCOLS = {
-    # ResNet: the common SGD recipe (torchvision's, with cosine decay and label smoothing)
-    "resnet": {"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4,
-               "schedule": "cosine", "warmup_epochs": 5, "epochs": 90, "batch_size": 256,
-               "grad_clip": None, "label_smoothing": 0.1, "augment": True},
-    # ViT-Base: DeiT's optimiser settings (lr 5e-4 per 512 images), without its RandAugment,
-    # mixup, cutmix, random erasing and stochastic depth
-    "vit": {"optimizer": "adamw", "lr": 2.5e-4, "weight_decay": 0.05, "schedule": "cosine",
-            "warmup_epochs": 5, "epochs": 300, "batch_size": 256, "grad_clip": 1.0,
-            "label_smoothing": 0.1, "augment": True},
-}
-"""Our training protocol for the ImageNet presets (the paper does not state one): random-resized
-crop + flip at 224, center crop for testing (see :mod:`convnn.imagenet`)."""
-
-OUR_PROTOCOLS = {"imagenet": IMAGENET_PROTOCOLS}
-"""Datasets whose presets train under our protocol, per family (the paper states none); every
-other dataset trains under the paper's CIFAR protocol."""
+IMAGENET_PROTOCOLS = {name: dict(family.protocol) for name, family in MODEL_FAMILIES.items()
+                      if family.protocol is not None}
+"""Our training protocol for the ImageNet presets (the paper does not state one), per family:
+each family's own recipe (:attr:`convnn.models.ModelFamily.protocol`, ResNet: torchvision's SGD
+recipe; ViT: DeiT's optimiser settings), with random-resized crop + flip at 224 and center crop
+for testing (see :mod:`convnn.imagenet`)."""
 
 CIFAR_PROTOCOL = {"optimizer": "adamw", "weight_decay": 0.01, "batch_size": 256,
                   "grad_clip": 1.0, "schedule": "none", "augment": False}
@@ -105,10 +94,14 @@ def paper_records() -> tuple[dict, ...]:
 # ----------------------------------------------------------------------------- families
 @dataclass(frozen=True)
 class Family:
-    """How one model family's preset settings become a model, a name and a description.
+    """How the paper's settings of one model family (its sweeps' columns) become a model, a
+    name and a description. The family itself (its models, builder, protocol) is a
+    :class:`~convnn.models.ModelFamily`; a family without an entry here has presets built
+    directly (:func:`register_preset` of a :class:`Preset`).
 
     Attributes:
-        name: ``"vgg"``, ``"resnet"`` or ``"vit"``.
+        name: the :class:`~convnn.models.ModelFamily`'s name: ``"vgg"``, ``"resnet"`` or
+            ``"vit"``.
         defaults: every setting, with its default (a preset's settings are these, updated).
         normalise: puts settings in canonical form, in place (drops options that do not
             apply, so that equal experiments have equal settings).
@@ -116,7 +109,6 @@ class Family:
         name_parts: ``settings -> [part, ...]`` of the preset name after the dataset.
         describe: ``settings -> str``, the model part of the description.
         model_name: ``settings -> str``, the first part of the preset name.
-        reduced: :class:`ModelConfig` fields of the small version (see :func:`reduced`).
         resize: the input size the paper's CIFAR runs upscale to (None: native 32 px).
     """
 
@@ -127,7 +119,6 @@ class Family:
     model_name: Callable[[dict], str]
     name_parts: Callable[[dict], list[str]]
     describe: Callable[[dict], str]
-    reduced: dict
     resize: int | None = None
 
 
@@ -175,17 +166,26 @@ def _vgg_name(s: dict) -> list[str]:
     return parts
 
 
-def _vgg_describe(s: dict) -> str:
-    what = {"conv2d": "Conv2d (3x3 + 1x1)", "convnn": "pure ConvNN (λ = 1)",
+def _conv_describe(s: dict, model: str, conv2d: str, convnn: str, convnn_details: str,
+                   extra: str = "") -> str:
+    """The description of a VGG or ResNet preset: ``"{model} with {layer}{details}{extra}"``,
+    the layer's name for each of conv2d/convnn/branching, ``convnn_details`` where it has
+    ConvNN layers."""
+    what = {"conv2d": conv2d, "convnn": convnn,
             "branching": f"branching λ = {s['ratio']:g}"}[s["layer"]]
     if s["layer"] != "conv2d":
-        what += f", k = {s['k']}, similarity {paper.selection_word(s['selection'])}, " \
-                f"aggregation {paper.aggregation_word(s['aggregate_coords'])}"
-        if s["sampling"] != "all":
-            what += f", {s['sampling']} candidates r = {s['candidates']} (r x r)"
-    if s["kernel_size"] != 3:
-        what += f", conv kernel {s['kernel_size']}"
-    return f"VGG-11 with {what}"
+        what += convnn_details
+    return f"{model} with {what}{extra}"
+
+
+def _vgg_describe(s: dict) -> str:
+    details = (f", k = {s['k']}, similarity {paper.selection_word(s['selection'])}, "
+               f"aggregation {paper.aggregation_word(s['aggregate_coords'])}")
+    if s["sampling"] != "all":
+        details += f", {s['sampling']} candidates r = {s['candidates']} (r x r)"
+    kernel = f", conv kernel {s['kernel_size']}" if s["kernel_size"] != 3 else ""
+    return _conv_describe(s, "VGG-11", "Conv2d (3x3 + 1x1)", "pure ConvNN (λ = 1)", details,
+                          kernel)
 
 
 def _resnet_model(s: dict, num_classes: int) -> ModelConfig:
@@ -212,13 +212,9 @@ def _resnet_name(s: dict) -> list[str]:
 
 
 def _resnet_describe(s: dict) -> str:
-    what = {"conv2d": "Conv2d", "convnn": "ConvNN",
-            "branching": f"branching λ = {s['ratio']:g}"}[s["layer"]]
-    if s["layer"] != "conv2d":
-        what += f" layers, k = {s['k']}, {s['sampling']} candidates"
-        if s["candidates"]:
-            what += f" r = {s['candidates']}"
-    return f"ResNet-50 with {what}"
+    details = (f" layers, k = {s['k']}, {s['sampling']} candidates"
+               + (f" r = {s['candidates']}" if s["candidates"] else ""))
+    return _conv_describe(s, "ResNet-50", "Conv2d", "ConvNN", details)
 
 
 #: The ViT preset settings that are options of the token mixer; a preset keeps those its
@@ -266,9 +262,9 @@ def _vit_name(s: dict) -> list[str]:
 def _vit_describe(s: dict) -> str:
     what = s["mixer"]
     if s["mixer"] == "convnn_attention":
-        what = f"ConvNN attention, k = {s['k']}, {s['sampling']} candidates" + \
-            (f" r = {s['candidates']}" if s["candidates"] else "") + \
-            f", {s['aggregation']} aggregation"
+        what = (f"ConvNN attention, k = {s['k']}, {s['sampling']} candidates" +
+                (f" r = {s['candidates']}" if s["candidates"] else "") +
+                f", {s['aggregation']} aggregation")
     elif s["mixer"] == "kvt":
         what = f"KVT top-{s['k']} attention"
     elif s["k"] is not None:
@@ -286,25 +282,22 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            normalise=lambda s: _normalise_conv(
                s, {"selection": "features", "aggregate_coords": False, "k": 9}),
            model=_vgg_model, model_name=lambda s: "vgg11", name_parts=_vgg_name,
-           describe=_vgg_describe, reduced={"head": "lean", "width_multiplier": 0.125}),
+           describe=_vgg_describe),
     Family("resnet",
            defaults={"layer": "conv2d", "ratio": 0.0, "k": 9, "sampling": "all",
                      "candidates": None, "lr": None, "epochs": None, "seed": 42},
            normalise=lambda s: _normalise_conv(s, {"k": None}),
            model=_resnet_model, model_name=lambda s: "resnet50", name_parts=_resnet_name,
-           describe=_resnet_describe,
-           reduced={"width_multiplier": 0.125, "image_size": 64}),
+           describe=_resnet_describe),
     Family("vit",
            defaults={"model": "vit_tiny", "mixer": "attention", "k": None, "sampling": None,
                      "candidates": None, "aggregation": None, "num_heads": 1, "lr": 1e-4,
                      "epochs": 150, "seed": 42},
            normalise=_vit_normalise, model=_vit_model,
            model_name=lambda s: s["model"].replace("_", "-"), name_parts=_vit_name,
-           describe=_vit_describe,
-           reduced={"image_size": 32, "patch_size": 2, "depth": 2, "dim": 48, "mlp_dim": 96},
-           resize=224),
+           describe=_vit_describe, resize=224),
 )}
-"""One entry per model family: see :class:`Family`."""
+"""The paper's settings of each of its model families: see :class:`Family`."""
 
 
 def canonical_settings(family: str, dataset: str, **settings) -> tuple:
@@ -376,9 +369,22 @@ class Preset:
                 "paper_precision": self.paper_precision}
 
 
+def _family_protocol(family: str, dataset: str) -> dict | None:
+    """The family's own recipe where ``dataset`` trains under it (its
+    :attr:`~convnn.data.DatasetInfo.protocol` is ``"family"``), None under the paper's."""
+    if dataset_info(dataset).protocol != "family":
+        return None
+    protocol = MODEL_FAMILIES[family].protocol
+    if protocol is None:
+        raise ValueError(f"dataset {dataset!r} trains under each model family's own recipe, and "
+                         f"family {family!r} has none: give its ModelFamily a protocol")
+    return dict(protocol)
+
+
 def _paper_train(family: str, dataset: str, s: dict) -> dict:
-    if dataset in OUR_PROTOCOLS:
-        return {**OUR_PROTOCOLS[dataset][family], "seed": s["seed"]}
+    protocol = _family_protocol(family, dataset)
+    if protocol is not None:
+        return {**protocol, "seed": s["seed"]}
     return {**CIFAR_PROTOCOL, "lr": s["lr"], "epochs": s["epochs"], "seed": s["seed"],
             "resize": FAMILIES[family].resize}
 
@@ -398,8 +404,8 @@ def _paper_name(family: str, dataset: str, s: dict) -> str:
 def _paper_description(family: str, dataset: str, s: dict) -> str:
     model = FAMILIES[family].describe(s)
     data = dataset_info(dataset).title
-    if dataset in OUR_PROTOCOLS:
-        p = OUR_PROTOCOLS[dataset][family]
+    p = _family_protocol(family, dataset)
+    if p is not None:
         return (f"{model} on {data}; our protocol (the paper states none): "
                 f"{p['optimizer'].upper() if p['optimizer'] == 'sgd' else 'AdamW'} "
                 f"lr {p['lr']:g}, cosine, {p['epochs']} epochs, seed {s['seed']}")
@@ -514,13 +520,16 @@ def register_preset(preset: Preset) -> Preset:
     """Add an experiment that is not a paper row to :data:`PRESETS` (so that
     :func:`get_preset`, :func:`list_presets`, :func:`reduced` and :mod:`convnn.runner` know it);
     returns it. Build it with :func:`make_preset`, or directly as a :class:`Preset` of a
-    :class:`ModelConfig` and a :class:`TrainConfig` (its family must be one of
-    :data:`FAMILIES`, for :func:`reduced`)."""
+    :class:`ModelConfig` and a :class:`TrainConfig` (its family is its model's
+    :class:`~convnn.models.ModelFamily`)."""
     if not isinstance(preset, Preset):
         raise TypeError(f"preset must be a Preset, got {type(preset).__name__}")
-    if preset.family not in FAMILIES:
+    if preset.family not in MODEL_FAMILIES:
         raise ValueError(f"preset {preset.name!r}: unknown family {preset.family!r}; "
-                         f"choose from {sorted(FAMILIES)}")
+                         f"choose from {sorted(MODEL_FAMILIES)}")
+    if preset.model.family != preset.family:
+        raise ValueError(f"preset {preset.name!r}: family {preset.family!r}, but its model "
+                         f"{preset.model.name!r} is of family {preset.model.family!r}")
     if preset.dataset not in DATASETS:
         raise ValueError(f"preset {preset.name!r}: unknown dataset {preset.dataset!r}; "
                          f"choose from {sorted(DATASETS)}")
@@ -587,11 +596,13 @@ def preset_for_record(record: dict) -> Preset | None:
 
 
 def reduced(preset: Preset) -> tuple[ModelConfig, TrainConfig]:
-    """A small, fast version of a preset for smoke runs and tests: same layer types and
-    options, narrow VGG with the lean head, a narrow ResNet on 64×64 images, or a narrow
-    2-block ViT on 32×32 images with patch 2 (257 tokens, enough for every k and candidate
-    count of the paper's sweeps)."""
-    model = dataclasses.replace(preset.model_config(), **FAMILIES[preset.family].reduced)
+    """A small, fast version of a preset for smoke runs and tests: its family's
+    :attr:`~convnn.models.ModelFamily.reduced` fields (same layer types and options, narrow VGG
+    with the lean head, a narrow ResNet on 64×64 images, or a narrow 2-block ViT on 32×32
+    images with patch 2: 257 tokens, enough for every k and candidate count of the paper's
+    sweeps)."""
+    reduction = MODEL_FAMILIES[preset.family].reduced
+    model = dataclasses.replace(preset.model_config(), **reduction)
     return model, preset.train_config(resize=None)
 
 
@@ -601,7 +612,6 @@ __all__ = [
     "LAPTOP_PRESETS",
     "LAPTOP_PROTOCOL",
     "NON_PAPER_PRESETS",
-    "OUR_PROTOCOLS",
     "PAPER_PRECISION",
     "PRESETS",
     "Family",

@@ -53,7 +53,7 @@ import torch
 
 from ._checks import check_choice, check_int
 from ._io import atomic_target
-from .data import (
+from .dataset_base import (
     IMAGE_SUFFIXES,
     DatasetInfo,
     DatasetNotFoundError,
@@ -61,12 +61,12 @@ from .data import (
     Splits,
     default_cache_dir,
     epoch_seed,
-    register_dataset,
 )
 
 __all__ = [
     "ARCHIVES",
     "ENV_VAR",
+    "IMAGENET",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "SPLITS",
@@ -780,8 +780,11 @@ def _stand_in(image_size=None) -> ImageNetDataset:
     return load_imagenet(root, image_size=image_size or 224)
 
 
-register_dataset(DatasetInfo(
+IMAGENET = DatasetInfo(
     "imagenet", "ImageNet-1K", "in1k", 1000, _load, smoke_train_per_class=2,
     smoke_test_per_class=1, smoke_scale_lr=True, stand_in=_stand_in, streamed=True,
     downloadable=False, data_hint="set CONVNN_IMAGENET_DIR or pass --data-dir / data_dir=",
-    test_images=50_000))
+    test_images=50_000, protocol="family")
+"""ImageNet's entry of :data:`convnn.data.DATASETS` (registered by :mod:`convnn.data`). The
+paper states no training protocol for it: presets train under each model family's own recipe
+(``protocol="family"``)."""

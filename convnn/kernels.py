@@ -540,3 +540,81 @@ def compile_variants(card) -> list[KernelVariant]:
                     {"HAS_RHO": has_rho, "ACC": tl.float32, "BLOCK_E": BLOCK_E,
                      "BLOCK_C": block_c}))
     return variants
+
+
+# --- What this module's kernels can run: predicates of convnn.ops.choose_backend -------------
+# Each kernel step has one ``can_run_<step>(...)``: ``None`` where its kernel takes these
+# options on ``device``, else the reason. ``convnn.ops.KERNEL_STEPS`` lists them in one place.
+
+BF16_CAPABILITY = (8, 0)
+"""The first compute capability whose tensor cores take bfloat16 (A100). The compile gate
+builds bf16 variants from sm_80 on only, so no bf16 variant is chosen below it (a T4 is 7.5)."""
+
+
+def device_capability(device: torch.device | str | None) -> tuple[int, int] | None:
+    """``(major, minor)`` of a CUDA ``device``; ``None`` for any other device, or where no
+    CUDA driver answers (then nothing is known of the card)."""
+    if device is None:
+        return None
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    return tuple(torch.cuda.get_device_capability(device))
+
+
+def card_refusal(device: torch.device | str | None, dtypes) -> str | None:
+    """Why no compiled variant for tensors of ``dtypes`` runs on ``device``'s card
+    (``None``: one does): bfloat16 below compute capability 8.0."""
+    capability = device_capability(device)
+    if capability is None or capability >= BF16_CAPABILITY:
+        return None
+    if torch.bfloat16 in set(dtypes):
+        return (f"bfloat16 tensors on a compute capability {capability[0]}.{capability[1]} "
+                "card (the bf16 variants need 8.0 or newer)")
+    return None
+
+
+def can_run_topk(*, k: int | None = None, width: int | None = None,
+                 device: torch.device | str | None = None) -> str | None:
+    """Step ``"topk"`` (:func:`row_topk`): ``k`` neighbours of float32 score rows of
+    ``width`` candidates."""
+    from ._checks import check_int
+
+    check_int("k", k, minimum=1)
+    check_int("width", width, minimum=1)
+    if k > MAX_TOPK_K:
+        return f"k={k} > {MAX_TOPK_K} (the row top-k makes k passes)"
+    if width > MAX_TOPK_WIDTH:
+        return f"{width} candidates > {MAX_TOPK_WIDTH} (a row must fit registers)"
+    return None
+
+
+def can_run_gather_aggregate(*, aggregation: str | None = None,
+                             dtype: torch.dtype | None = None,
+                             device: torch.device | str | None = None) -> str | None:
+    """Step ``"gather_aggregate"`` (:func:`depthwise_gather_aggregate`): ``aggregation`` (a
+    name of ``convnn.ops.AGGREGATIONS``) of values of ``dtype``."""
+    if aggregation == "standard":
+        return "standard aggregation (a dense matmul; only depthwise/separable are fused)"
+    return card_refusal(device, (dtype,))
+
+
+def can_run_fused_topk(*, k: int | None = None, similarity=None,
+                       dtype: torch.dtype | None = None,
+                       device: torch.device | str | None = None) -> str | None:
+    """Step ``"fused_topk"`` (:func:`fused_topk`): ``k`` neighbours searched by
+    ``similarity`` (an entry of ``convnn.ops.SIMILARITIES``), ranking in ``dtype``."""
+    from ._checks import check_int
+
+    check_int("k", k, minimum=1)
+    if similarity is None:
+        raise ValueError("step='fused_topk' needs similarity (a name in SIMILARITIES)")
+    if similarity.fused_scale is None:
+        return (f"similarity={similarity.name!r} (the fused selection scores dot and cosine "
+                "only)")
+    if k > MAX_FUSED_TOPK_K:
+        return (f"k={k} > {MAX_FUSED_TOPK_K} neighbours searched (the fused selection keeps "
+                "its running top-k in registers)")
+    if dtype is not None and dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        return f"{dtype} ranking (the fused selection ranks in float32)"
+    return card_refusal(device, (dtype,))

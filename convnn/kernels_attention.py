@@ -573,3 +573,52 @@ def compile_variants(card) -> list:
                  "LOW_K": low and qk == torch.bfloat16, "AS_F32": False, "BLOCK_S": BLOCK_S,
                  "BLOCK_T": BLOCK_T, "BLOCK_D": block_d}))
     return variants
+
+
+# --- What the attention core can run: the predicate of convnn.ops.choose_backend -------------
+
+FUSED_ATTENTION_OPTIONS = {"sampling": ("all", "random", "spatial"),
+                           "selection": ("features",), "similarity": ("dot",),
+                           "weighting": ("softmax",), "aggregation": ("depthwise",)}
+"""The option sets of the fused attention core: the paper's ViT ConvNN layers (all, random or
+spatial candidates)."""
+FUSED_ATTENTION_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+"""The tensor dtypes it takes (16-bit values: the bf16 training path)."""
+
+
+def can_run_fused_attention(*, k: int | None = None, width: int | None = None,
+                            aggregation: str | None = None, similarity=None,
+                            options: dict | None = None, dtype: torch.dtype | None = None,
+                            device: torch.device | str | None = None) -> str | None:
+    """Step ``"fused_attention"`` (:func:`fused_attention`): the core of a
+    :class:`convnn.layers.ConvNNAttention` with ``k`` neighbours of ``width`` tokens;
+    ``options``: the layer's ``sampling``, ``selection``, ``weighting``, ``attn_dropout``
+    (on the weights) and ``dtypes`` (of queries, keys, values, weights); ``similarity``: an
+    entry of ``convnn.ops.SIMILARITIES``."""
+    from ._checks import check_int
+    from .kernels import card_refusal
+
+    check_int("k", k, minimum=1)
+    if options is None:
+        raise ValueError("step='fused_attention' needs options (the attention layer's "
+                         "sampling, selection, weighting, attn_dropout, dtypes)")
+    given = {**options, "similarity": getattr(similarity, "name", None),
+             "aggregation": aggregation}
+    for name, supported in FUSED_ATTENTION_OPTIONS.items():
+        if given.get(name) not in supported:
+            allowed = " or ".join(repr(v) for v in supported)
+            return (f"{name}={given.get(name)!r} (the fused attention core takes "
+                    f"{name}={allowed} only)")
+    if k > MAX_FUSED_ATTENTION_K:
+        return (f"k={k} > {MAX_FUSED_ATTENTION_K} (the fused attention core keeps its top-k "
+                "in registers)")
+    if width is not None:
+        check_int("width", width, minimum=1)
+        if k > width:
+            return f"k={k} > {width} tokens"
+    dtypes = set(options.get("dtypes", ())) | ({dtype} if dtype is not None else set())
+    odd = dtypes - set(FUSED_ATTENTION_DTYPES)
+    if odd:
+        return (f"{', '.join(sorted(str(d) for d in odd))} tensors (the fused attention core "
+                "takes float32, bfloat16 and float16)")
+    return card_refusal(device, dtypes)

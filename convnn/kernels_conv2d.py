@@ -456,3 +456,39 @@ def compile_variants(card) -> list:
                  "total": "i32", "HW": "i32", **geometry, **strides},
                 {"BLOCK_P": BLOCK_P, "BLOCK_C": block_c}))
     return variants
+
+
+# --- What the fused 2-D path can run: the predicate of convnn.ops.choose_backend -------------
+
+FUSED_2D_OPTIONS = {"sampling": "all", "selection": "features", "weighting": "ones",
+                    "aggregation": "standard", "self_first": True, "sort_by_position": False}
+"""The option set of the fused 2-D path: the paper's CNN layer (all candidates, feature
+selection, ρ = ones, standard aggregation, self first, rank order)."""
+FUSED_2D_SIMILARITIES = ("cosine", "dot")
+
+
+def can_run_conv2d_fused(*, k: int | None = None, similarity=None,
+                         options: dict | None = None, dtype: torch.dtype | None = None,
+                         device: torch.device | str | None = None) -> str | None:
+    """Step ``"conv2d_fused"`` (:func:`select_2d` + :func:`gather_gemm`): a
+    :class:`convnn.layers.ConvNN2d` with ``k`` neighbours (self included) by ``similarity``
+    (an entry of ``convnn.ops.SIMILARITIES``) on an input of ``dtype``; ``options``: the layer's values of :data:`FUSED_2D_OPTIONS`."""
+    from ._checks import check_int
+    from .kernels import card_refusal
+
+    check_int("k", k, minimum=1)
+    if options is None:
+        raise ValueError("step='conv2d_fused' needs options (the layer's "
+                         f"{', '.join(FUSED_2D_OPTIONS)})")
+    for name, supported in FUSED_2D_OPTIONS.items():
+        if options.get(name) != supported:
+            return (f"{name}={options.get(name)!r} (the fused 2-D path takes "
+                    f"{name}={supported!r})")
+    name = getattr(similarity, "name", None)
+    if name not in FUSED_2D_SIMILARITIES:
+        return f"similarity={name!r} (the fused 2-D path takes cosine or dot)"
+    if not 2 <= k <= MAX_SELECT_K + 1:
+        return f"k={k} (the fused 2-D selection takes 2..{MAX_SELECT_K + 1})"
+    if dtype is not None and dtype not in SELECT_DTYPES:
+        return f"{dtype} input (the fused 2-D path takes float32, bfloat16 and float16)"
+    return card_refusal(device, (dtype,))

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import kernels, kernels_attention, ops
+from . import kernels_attention, kernels_conv2d, ops
 from ._checks import (
     check_bool,
     check_choice,
@@ -28,10 +28,17 @@ from ._checks import (
     check_layer_input,
     check_layer_options,
 )
-from .attention import MultiHeadSelfAttention, TokenConv1d, _HeadProjections, register_mixer
+from .attention import (
+    MultiHeadSelfAttention,
+    TokenConv1d,
+    _check_heads,
+    _HeadProjections,
+    register_mixer,
+)
 from .ops import EVAL_SAMPLINGS
 
 RANDOM_REGIONS = ("image", "padded")
+CANDIDATE_LAYOUTS = ("square", "count")
 DROPOUT_TARGETS = ("weights", "output")
 
 
@@ -91,6 +98,16 @@ class ConvNN2dOptions(_Options):
     sort_by_position: bool | None = None
     eval_sampling: str = "fixed"
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_fraction("mix", self.mix)
+        check_choice("coord_grid", self.coord_grid, ops.COORD_GRIDS)
+        check_choice("candidate_layout", self.candidate_layout, CANDIDATE_LAYOUTS)
+        check_choice("random_region", self.random_region, RANDOM_REGIONS)
+        check_choice("spatial_rounding", self.spatial_rounding, ops.SPATIAL_ROUNDINGS)
+        check_choice("eval_sampling", self.eval_sampling, EVAL_SAMPLINGS)
+        check_layer_options(seed=self.seed, optional_bools={
+            "self_first": self.self_first, "sort_by_position": self.sort_by_position})
 
 
 @dataclass(frozen=True)
@@ -158,8 +175,8 @@ def _check_options(options, options_type: type, constant: str):
 def _empty_output(x: Tensor, shape: tuple, layer: nn.Module) -> Tensor:
     """The output of an empty batch, as ``nn.Conv2d`` gives it: empty, in the graph."""
     out = x.new_zeros(shape)
-    return out + sum(p.sum() * 0 for p in layer.parameters()) if torch.is_grad_enabled() \
-        else out
+    return (out + sum(p.sum() * 0 for p in layer.parameters()) if torch.is_grad_enabled()
+            else out)
 
 
 def _init_aggregation(weight: Tensor, bias: Tensor | None, fan_in: int) -> None:
@@ -205,9 +222,6 @@ class _SampledCandidates(nn.Module):
         return ops.random_candidates(num_positions, count, device=device)
 
 
-CANDIDATE_LAYOUTS = ("square", "count")
-
-
 def candidate_count(candidates: int, layout: str = "square") -> int:
     """Positions in an image candidate set: ``r²`` for layout ``"square"``, ``r`` for
     ``"count"`` (see :class:`ConvNN2d`)."""
@@ -237,10 +251,17 @@ def _resolve_similarity(selection: str, similarity: str | None, default: str) ->
     return similarity
 
 
-#: The option set of the fused 2-D path (:meth:`ConvNN2d.backend_decision`): the paper's CNN
-#: layer (all candidates, feature selection, ρ = ones, standard aggregation, self first).
-FUSED_2D_OPTIONS = {"sampling": "all", "selection": "features", "weighting": "ones",
-                    "aggregation": "standard"}
+def _option(name: str) -> property:
+    """An attribute of a layer that is field ``name`` of its ``options`` value (setting it
+    replaces the field: the options stay one frozen value)."""
+
+    def get(self):
+        return getattr(self.options, name)
+
+    def set(self, value) -> None:
+        self.options = dataclasses.replace(self.options, **{name: value})
+
+    return property(get, set, doc=f"``options.{name}``")
 
 
 class ConvNN2d(_SampledCandidates):
@@ -290,6 +311,12 @@ class ConvNN2d(_SampledCandidates):
     dict of options (a model config's ``layer_options``).
     """
 
+    mix, coord_grid, candidate_layout, random_region, spatial_rounding = (
+        _option("mix"), _option("coord_grid"), _option("candidate_layout"),
+        _option("random_region"), _option("spatial_rounding"))
+    self_first, sort_by_position = _option("self_first"), _option("sort_by_position")
+    eval_sampling, seed = _option("eval_sampling"), _option("seed")
+
     def __init__(
         self,
         in_channels: int,
@@ -309,59 +336,46 @@ class ConvNN2d(_SampledCandidates):
         device=None,
         dtype=None,
     ) -> None:
-        options = _check_options(options, ConvNN2dOptions, "PAPER_CONVNN2D")
-        mix, coord_grid, candidate_layout = (options.mix, options.coord_grid,
-                                             options.candidate_layout)
-        random_region, spatial_rounding = options.random_region, options.spatial_rounding
-        self_first, sort_by_position = options.self_first, options.sort_by_position
-        eval_sampling, seed = options.eval_sampling, options.seed
+        o = _check_options(options, ConvNN2dOptions, "PAPER_CONVNN2D")
         super().__init__()
         check_int("in_channels", in_channels, minimum=1)
         check_int("out_channels", out_channels, minimum=1)
         check_k(k)
         check_int("padding", padding, minimum=0)
         check_choice("selection", selection, ops.SELECTIONS)
-        check_fraction("mix", mix)
-        check_choice("coord_grid", coord_grid, ops.COORD_GRIDS)
-        check_choice("random_region", random_region, RANDOM_REGIONS)
-        check_choice("spatial_rounding", spatial_rounding, ops.SPATIAL_ROUNDINGS)
         similarity = _resolve_similarity(selection, similarity, "cosine")
         check_choice("weighting", weighting, ops.WEIGHTINGS)
         check_choice("aggregation", aggregation, ops.AGGREGATIONS)
         ops.requested_backend(backend)  # checks the name
-        check_layer_options(seed=seed, bools={"bias": bias}, optional_bools={
-            "self_first": self_first, "sort_by_position": sort_by_position})
-        _check_sampling(sampling, candidates, eval_sampling)
+        check_layer_options(bools={"bias": bias})  # the options checked themselves
+        _check_sampling(sampling, candidates, o.eval_sampling)
         if aggregation == "depthwise" and out_channels != in_channels:
             raise ValueError("aggregation='depthwise' needs out_channels == in_channels, got "
                              f"in_channels={in_channels}, out_channels={out_channels}")
-        check_choice("candidate_layout", candidate_layout, CANDIDATE_LAYOUTS)
         if sampling != "all":
-            total = candidate_count(candidates, candidate_layout)
-            if sampling == "spatial" and candidate_layout == "count" \
-                    and math.isqrt(candidates) ** 2 != candidates:
+            total = candidate_count(candidates, o.candidate_layout)
+            if (sampling == "spatial" and o.candidate_layout == "count"
+                    and math.isqrt(candidates) ** 2 != candidates):
                 raise ValueError(f"sampling='spatial' with candidate_layout='count' needs a "
                                  f"square number of candidates (a grid), got {candidates}")
             if k > total:
-                what = "candidates" if candidate_layout == "count" else "candidates**2"
+                what = "candidates" if o.candidate_layout == "count" else "candidates**2"
                 raise ValueError(f"k={k} must be <= the number of candidates {what}={total}")
-        if sampling != "all" and self_first is False:
+        if sampling != "all" and o.self_first is False:
             raise ValueError("sampled candidates always put each pixel first; "
                              "self_first=False needs sampling='all'")
         self.in_channels, self.out_channels, self.k, self.padding = (
             in_channels, out_channels, k, padding)
-        self.selection, self.mix, self.similarity = selection, mix, similarity
+        self.selection, self.similarity = selection, similarity
         self.sampling, self.candidates = sampling, candidates
-        self.candidate_layout = candidate_layout
-        self.coord_grid, self.random_region = coord_grid, random_region
-        self.spatial_rounding = spatial_rounding
         self.weighting, self.aggregation = weighting, aggregation
-        self.self_first = (selection != "coords") if self_first is None else self_first
-        if sampling != "all":
-            self.self_first = True
-        self.sort_by_position = (selection == "coords") if sort_by_position is None \
-            else sort_by_position
-        self.eval_sampling, self.seed, self.backend = eval_sampling, seed, backend
+        # the options kept as one value, with the defaults that follow the selection resolved
+        self.options = dataclasses.replace(
+            o, self_first=True if sampling != "all" else (
+                selection != "coords" if o.self_first is None else o.self_first),
+            sort_by_position=(selection == "coords" if o.sort_by_position is None
+                              else o.sort_by_position))
+        self.backend = backend
 
         factory = {"device": device, "dtype": dtype}
         if aggregation == "standard":
@@ -515,7 +529,7 @@ class ConvNN2d(_SampledCandidates):
         static = self.selection == "coords" and self.sampling == "all"
         if static and self.weighting == "ones":
             key = ("neighbours", height, width, str(x.device),
-                   ops.requested_backend(self.backend) == "reference")
+                   ops.requested_backend(self.backend) == ops.REFERENCE)
             if key not in self._static_cache:
                 coords = geo["coords"].unsqueeze(0)  # (1, N, 2)
                 idx, _ = ops.select_neighbours(
@@ -534,44 +548,24 @@ class ConvNN2d(_SampledCandidates):
                              f"got shape {tuple(x.shape)}")
 
     def _fused_unsupported(self, x: Tensor) -> str | None:
-        from . import kernels_conv2d
+        """Why the fused 2-D kernels do not take this layer's options for ``x`` (``None``:
+        they do), whatever the device."""
+        return ops.kernel_refusal("conv2d_fused", **self._fused_problem(x))
 
-        given = {"sampling": self.sampling, "selection": self.selection,
-                 "weighting": self.weighting, "aggregation": self.aggregation}
-        for name, value in given.items():
-            if value != FUSED_2D_OPTIONS[name]:
-                return f"{name}={value!r} (the fused 2-D path takes {FUSED_2D_OPTIONS[name]!r})"
-        if self.similarity not in ("cosine", "dot"):
-            return f"similarity={self.similarity!r} (the fused 2-D path takes cosine or dot)"
-        if not self.self_first or self.sort_by_position:
-            return "self_first=False or sort_by_position=True"
-        if not 2 <= self.k <= kernels_conv2d.MAX_SELECT_K + 1:
-            return f"k={self.k} (the fused 2-D selection takes 2..{kernels_conv2d.MAX_SELECT_K + 1})"
-        if x.dtype not in kernels_conv2d.SELECT_DTYPES:
-            return f"{x.dtype} input"
-        return None
+    def _fused_problem(self, x: Tensor) -> dict:
+        options = {name: getattr(self, name) for name in kernels_conv2d.FUSED_2D_OPTIONS}
+        return {"k": self.k, "similarity": self.similarity, "options": options,
+                "dtype": x.dtype}
 
     def backend_decision(self, x: Tensor) -> tuple[str, str]:
-        """What :meth:`forward` runs for ``x``, and why: ``("triton", reason)`` for the fused
-        2-D kernels of :mod:`convnn.kernels_conv2d` (selection and standard aggregation read
-        ``x`` in place, no padded copy; ``backend="triton"`` only: auto leaves them off until
-        they are measured on a GPU), ``("torch" | "reference", reason)`` otherwise (the
-        PyTorch path may still use the Triton row top-k under ``backend="triton"``)."""
-
-        requested = ops.requested_backend(self.backend)
-        if requested in ("reference", "torch"):
-            return requested, f"backend={requested!r}"
-        if requested is None:
-            return "torch", ("backend=None (auto) leaves the fused 2-D kernels off until they "
-                             "are measured on a GPU; pass backend='triton'")
-        reason = self._fused_unsupported(x)
-        if reason is not None:
-            return "torch", f"unsupported by the fused 2-D kernels: {reason}"
-        if not kernels.available(x.device):
-            raise RuntimeError("backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1) "
-                               f"and triton; got a {x.device.type} tensor. Use backend='torch' "
-                               "or None (auto).")
-        return "triton", "backend='triton'"
+        """What :meth:`forward` runs for ``x``, and why (:func:`convnn.ops.backend_decision`,
+        step ``"conv2d_fused"``): ``("triton", reason)`` for the fused 2-D kernels of
+        :mod:`convnn.kernels_conv2d` (selection and standard aggregation read ``x`` in place,
+        no padded copy; ``backend="triton"`` only: auto leaves them off until they are
+        measured on a GPU), ``("torch" | "reference", reason)`` otherwise (the PyTorch path
+        may still use the Triton row top-k under ``backend="triton"``)."""
+        return ops.backend_decision(self.backend, x.device, step="conv2d_fused",
+                                    **self._fused_problem(x))
 
     def _fused_forward(self, x: Tensor) -> Tensor:
         from .kernels_conv2d import gather_gemm, select_2d
@@ -597,15 +591,14 @@ class ConvNN2d(_SampledCandidates):
         if batch == 0:  # as nn.Conv2d: an empty batch gives an empty output
             self._select(x)  # the same checks of k and the candidates as a full batch
             return _empty_output(x, (0, self.out_channels, height, width), self)
-        if ops.requested_backend(self.backend) == "triton" and \
-                self.backend_decision(x)[0] == "triton":
+        if self.backend_decision(x)[0] == ops.TRITON:
             return self._fused_forward(x)
         static, sel, values, qpos, candidates = self._select(x)
         if static is not None:
             out = ops.convnn(values, values, values, self.k, self.weight, self.bias,
                              aggregation=self.aggregation, pointwise=self.pointwise,
                              neighbours=static, backend=self.backend)
-        elif ops.requested_backend(self.backend) == "reference":
+        elif ops.requested_backend(self.backend) == ops.REFERENCE:
             # The authors' algorithm: every position of the padded map is a query (the full
             # N x N similarity), outputs are cropped to the image afterwards.
             out = ops.convnn(
@@ -614,7 +607,7 @@ class ConvNN2d(_SampledCandidates):
                 aggregation=self.aggregation, pointwise=self.pointwise,
                 candidate_positions=candidates, self_first=self.self_first,
                 sort_by_position=self.sort_by_position, stable=self.selection == "coords",
-                backend="reference")[:, qpos]
+                backend=ops.REFERENCE)[:, qpos]
         else:
             out = ops.convnn(
                 values, sel[:, qpos], sel, self.k, self.weight, self.bias,
@@ -690,9 +683,7 @@ class ConvNNAttention(_HeadProjections, _SampledCandidates):
         attn_dropout_on, spatial_rounding = options.attn_dropout_on, options.spatial_rounding
         eval_sampling, seed = options.eval_sampling, options.seed
         super().__init__()
-        check_int("dim", dim, minimum=1)
-        check_int("num_heads", num_heads, minimum=1)
-        check_divisible("dim", dim, "num_heads", num_heads)
+        head_dim = _check_heads(dim, num_heads)
         check_k(k)
         check_choice("selection", selection, ops.SELECTIONS)
         similarity = _resolve_similarity(selection, similarity, "dot")
@@ -718,7 +709,7 @@ class ConvNNAttention(_HeadProjections, _SampledCandidates):
         self.attn_dropout, self.eval_sampling, self.seed, self.backend = (
             attn_dropout, eval_sampling, seed, backend)
         factory = {"device": device, "dtype": dtype}
-        self._init_projections(dim, num_heads, dim // num_heads, bias, device, dtype)
+        self._init_projections(dim, num_heads, head_dim, bias, device, dtype)
         d = self.head_dim
         if aggregation == "standard":
             # W_j = identity for every rank: top-k attention at initialisation.
@@ -825,7 +816,7 @@ class ConvNNAttention(_HeadProjections, _SampledCandidates):
         dropout = self.attn_dropout if self.training else 0.0
         weight_dropout = dropout if self.attn_dropout_on == "weights" else 0.0
         candidates = self._candidates(tokens, x.device)
-        if self.backend_decision(x, (q.dtype, key.dtype, v.dtype), weight_dropout)[0] == "triton":
+        if self.backend_decision(x, (q.dtype, key.dtype, v.dtype), weight_dropout)[0] == ops.TRITON:
             drop = None
             if weight_dropout > 0.0:  # the mask F.dropout(ρ) of the step-by-step path draws
                 drop = F.dropout(q.new_ones(q.shape[0], tokens, self.k, dtype=torch.float32),
@@ -863,12 +854,6 @@ class ConvNNAttention(_HeadProjections, _SampledCandidates):
         if weight_dropout is None:
             on_weights = self.training and self.attn_dropout_on == "weights"
             weight_dropout = self.attn_dropout if on_weights else 0.0
-        requested = ops.requested_backend(self.backend)
-        if requested != "triton":  # reference, torch, and auto (unmeasured on a GPU)
-            return requested or "torch", (
-                f"backend={requested!r}" if requested else
-                "backend=None (auto) leaves the fused attention core off until it is "
-                "measured on a GPU; pass backend='triton'")
         options = {"sampling": self.sampling, "selection": self.selection,
                    "weighting": self.weighting, "attn_dropout": weight_dropout,
                    "dtypes": (*dtypes, self.weight.dtype)}

@@ -76,7 +76,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import kernels, kernels_attention
+from . import kernels, kernels_attention, kernels_conv2d
 from ._checks import check_choice, check_index, check_int
 
 WEIGHTINGS = ("ones", "softmax", "similarity")
@@ -91,25 +91,46 @@ SELF_SCORES = ("similarity", "constant")
 PAPER_SELF_LOGIT = 1.0
 """The logit of the query itself with ``self_score="constant"`` (the authors' sampled
 ConvNN attention)."""
-BACKENDS = ("reference", "torch", "triton")
+REFERENCE, TORCH, TRITON = BACKENDS = ("reference", "torch", "triton")
 """What runs the operator: ``"reference"`` (the plain full-matrix selection and the authors'
 expand-gather-Conv1d aggregation), ``"torch"`` (the blocked PyTorch fast path) or
 ``"triton"`` (the fast path with the kernels of :mod:`convnn.kernels` wherever they support
 the options); ``None`` picks one (see :func:`choose_backend`)."""
-KERNEL_STEPS = ("topk", "gather_aggregate", "fused_topk", "fused_attention")
-"""The steps with a Triton kernel: ``"topk"`` (row top-k of a score matrix),
-``"gather_aggregate"`` (depthwise/separable aggregation), ``"fused_topk"`` (selection that
-never writes the score matrix) and ``"fused_attention"`` (the whole ConvNN attention core of
-:class:`convnn.layers.ConvNNAttention`, all or sampled candidates, float32 or 16-bit, in one
-kernel: selection under the precision contract, softmax, depthwise aggregation). The two fused steps are opt-in: only ``backend="triton"`` takes them, not
-auto."""
-_OPT_IN_STEPS = ("fused_topk", "fused_attention")
-# The option sets of the fused attention core: the paper's ViT ConvNN layers (all, random
-# or spatial candidates), and the dtypes it takes (16-bit values: the bf16 training path).
-_FUSED_ATTENTION_OPTIONS = {"sampling": ("all", "random", "spatial"),
-                            "selection": ("features",), "similarity": ("dot",),
-                            "weighting": ("softmax",), "aggregation": ("depthwise",)}
-_FUSED_ATTENTION_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+@dataclass(frozen=True)
+class KernelStep:
+    """A step of the operator with a Triton kernel: the predicate of its kernel module
+    (``None`` where the kernel runs the problem, else the reason) and whether auto may take
+    it."""
+
+    can_run: Callable[..., str | None]
+    """``can_run(device=..., **problem)``, e.g. :func:`convnn.kernels.can_run_topk`."""
+    what: str
+    """What the kernel is, for the reasons given."""
+    opt_in: bool = False
+    """Only an explicit ``backend="triton"`` takes it: auto leaves it off until it is
+    measured on a GPU."""
+
+
+KERNEL_STEPS = {
+    "topk": KernelStep(kernels.can_run_topk, "row top-k"),
+    "gather_aggregate": KernelStep(kernels.can_run_gather_aggregate, "gather-aggregate"),
+    "fused_topk": KernelStep(kernels.can_run_fused_topk, "fused selection", opt_in=True),
+    "fused_attention": KernelStep(kernels_attention.can_run_fused_attention,
+                                  "fused attention core", opt_in=True),
+    "conv2d_fused": KernelStep(kernels_conv2d.can_run_conv2d_fused, "fused 2-D kernels",
+                               opt_in=True),
+}
+"""The steps with a Triton kernel, each with its module's predicate: ``"topk"`` (row top-k of
+a score matrix), ``"gather_aggregate"`` (depthwise/separable aggregation), ``"fused_topk"``
+(selection that never writes the score matrix), ``"fused_attention"`` (the whole ConvNN
+attention core of :class:`convnn.layers.ConvNNAttention`, all or sampled candidates, float32
+or 16-bit, in one kernel: selection under the precision contract, softmax, depthwise
+aggregation) and ``"conv2d_fused"`` (the paper's :class:`convnn.layers.ConvNN2d`: selection
+and gather-GEMM read the image in place). The fused steps are opt-in: only
+``backend="triton"`` takes them, not auto. A new kernel step is its module's ``can_run_*``
+and one entry here."""
 BACKEND_ENV = "CONVNN_BACKEND"
 """The environment variable that sets the initial global default backend: one of
 :data:`BACKENDS`, or ``"auto"`` (``None``); unset is ``"torch"``."""
@@ -122,7 +143,7 @@ def _check_backend(name: str, backend) -> None:
 
 # The global default backend: "torch" (the Triton kernels are opt-in), or what CONVNN_BACKEND
 # says ("auto" is None); a bad value is reported by the first operator call.
-_default_backend = os.environ.get(BACKEND_ENV, "torch")
+_default_backend = os.environ.get(BACKEND_ENV, TORCH)
 _default_backend = None if _default_backend == "auto" else _default_backend
 
 
@@ -165,101 +186,98 @@ def requested_backend(backend: str | None = None) -> str | None:
     return backend
 
 
-def _fused_attention_unsupported(k, width, aggregation, similarity, dtype,
-                                 options) -> str | None:
-    check_int("k", k, minimum=1)
-    if options is None:
-        raise ValueError("step='fused_attention' needs options (the attention layer's "
-                         "sampling, selection, weighting, attn_dropout, dtypes)")
-    given = {**options, "similarity": similarity, "aggregation": aggregation}
-    for name, supported in _FUSED_ATTENTION_OPTIONS.items():
-        if given.get(name) not in supported:
-            allowed = " or ".join(repr(v) for v in supported)
-            return (f"{name}={given.get(name)!r} (the fused attention core takes "
-                    f"{name}={allowed} only)")
-    if k > kernels_attention.MAX_FUSED_ATTENTION_K:
-        return (f"k={k} > {kernels_attention.MAX_FUSED_ATTENTION_K} (the fused attention core keeps "
-                "its top-k in registers)")
-    if width is not None:
-        check_int("width", width, minimum=1)
-        if k > width:
-            return f"k={k} > {width} tokens"
-    dtypes = set(options.get("dtypes", ())) | ({dtype} if dtype is not None else set())
-    odd = dtypes - set(_FUSED_ATTENTION_DTYPES)
-    if odd:
-        return (f"{', '.join(sorted(str(d) for d in odd))} tensors (the fused attention core "
-                "takes float32, bfloat16 and float16)")
+def _runs_anything(step, device, problem, forced) -> str | None:
     return None
 
 
-def _kernel_unsupported(step: str, k, width, aggregation, similarity=None,
-                        dtype=None, options=None) -> str | None:
-    """Why the Triton kernel of ``step`` cannot take these options (``None``: it can)."""
-    if step == "fused_attention":
-        return _fused_attention_unsupported(k, width, aggregation, similarity, dtype, options)
-
-    if step == "fused_topk":
-        check_int("k", k, minimum=1)
-        if similarity is None:
-            raise ValueError("step='fused_topk' needs similarity (a name in SIMILARITIES)")
-        if get_similarity(similarity).fused_scale is None:
-            return (f"similarity={similarity!r} (the fused selection scores dot and cosine "
-                    "only)")
-        if k > kernels.MAX_FUSED_TOPK_K:
-            return (f"k={k} > {kernels.MAX_FUSED_TOPK_K} neighbours searched (the fused "
-                    "selection keeps its running top-k in registers)")
-        if dtype is not None and dtype not in (torch.float32, torch.float16, torch.bfloat16):
-            return f"{dtype} ranking (the fused selection ranks in float32)"
-        return None
-    if step == "topk":
-        check_int("k", k, minimum=1)
-        check_int("width", width, minimum=1)
-        if k > kernels.MAX_TOPK_K:
-            return f"k={k} > {kernels.MAX_TOPK_K} (the row top-k makes k passes)"
-        if width > kernels.MAX_TOPK_WIDTH:
-            return f"{width} candidates > {kernels.MAX_TOPK_WIDTH} (a row must fit registers)"
-        return None
-    check_choice("aggregation", aggregation, AGGREGATIONS)
-    if aggregation == "standard":
-        return "standard aggregation (a dense matmul; only depthwise/separable are fused)"
-    return None
+def _resolved(problem: dict) -> dict:
+    """The problem a predicate sees: names checked, a similarity name as its table entry."""
+    if problem.get("aggregation") is not None:
+        check_choice("aggregation", problem["aggregation"], AGGREGATIONS)
+    if problem.get("similarity") is not None:
+        problem = {**problem, "similarity": get_similarity(problem["similarity"])}
+    return problem
 
 
-def _backend_decision(backend, device, step, k, width, aggregation, similarity=None,
-                      dtype=None, options=None) -> tuple[str, str]:
-    if step is not None:
-        check_choice("step", step, KERNEL_STEPS)
-    requested = requested_backend(backend)
-    if requested in ("reference", "torch"):
-        return requested, f"backend={requested!r}"
-    device = torch.device(device)
+def kernel_refusal(step: str, device=None, **problem) -> str | None:
+    """Why the Triton kernel of ``step`` (a name of :data:`KERNEL_STEPS`) does not take
+    ``problem`` (see :func:`choose_backend`) on ``device`` (``None``: on any card), or
+    ``None`` where it does; the predicate of the kernel's module."""
+    check_choice("step", step, KERNEL_STEPS)
+    return KERNEL_STEPS[step].can_run(device=device, **_resolved(problem))
+
+
+def _triton_refusal(step, device, problem, forced) -> str | None:
+    """Why the Triton backend does not run ``step`` (``None``: it does); raises where
+    ``backend="triton"`` is forced for a supported step on a device Triton cannot use."""
     if step is None:  # the operator as a whole; each step may still fall back
-        if requested == "triton" or (device.type == "cuda" and kernels.available(device)):
-            return "triton", f"backend={requested!r}"
-        return "torch", f"backend=None (auto) uses Triton on CUDA only, not {device.type}"
-    reason = _kernel_unsupported(step, k, width, aggregation, similarity, dtype, options)
+        if forced or (device.type == "cuda" and kernels.available(device)):
+            return None
+        return f"backend=None (auto) uses Triton on CUDA only, not {device.type}"
+    kernel = KERNEL_STEPS[step]
+    reason = kernel_refusal(step, device, **problem)
     if reason is not None:
-        return "torch", f"unsupported by the Triton kernel: {reason}"
-    if step in _OPT_IN_STEPS and requested is None:
-        what = "selection" if step == "fused_topk" else "attention core"
-        return "torch", (f"backend=None (auto) leaves the fused {what} off until it is "
-                         "measured on a GPU; pass backend='triton'")
+        return f"unsupported by the Triton kernel: {reason}"
+    if kernel.opt_in and not forced:
+        return (f"backend=None (auto) leaves the {kernel.what} off until it is measured on "
+                "a GPU; pass backend='triton'")
     if not kernels.available(device):
-        if requested == "triton":
+        if forced:
             raise RuntimeError("backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1) "
                                f"and triton; got a {device.type} tensor. Use backend='torch' "
                                "or None (auto).")
-        return "torch", f"Triton cannot run on {device.type}"
-    if requested is None and device.type != "cuda":
-        return "torch", f"backend=None (auto) uses Triton on CUDA only, not {device.type}"
-    return "triton", f"backend={requested!r}"
+        return f"Triton cannot run on {device.type}"
+    if not forced and device.type != "cuda":
+        return f"backend=None (auto) uses Triton on CUDA only, not {device.type}"
+    return None
+
+
+@dataclass(frozen=True)
+class Backend:
+    """An entry of :data:`BACKEND_ORDER`."""
+
+    name: str
+    refusal: Callable[..., str | None]
+    """``refusal(step, device, problem, forced)``: ``None`` where it runs ``step`` (``None``:
+    the operator as a whole) on ``problem``, else the reason."""
+    auto: bool
+    """Whether auto (``backend=None``) may pick it."""
+
+
+BACKEND_ORDER = (
+    Backend(TRITON, _triton_refusal, auto=True),
+    Backend(TORCH, _runs_anything, auto=True),
+    Backend(REFERENCE, _runs_anything, auto=False),
+)
+"""The one list that decides, in order of preference: auto takes the first entry with
+``auto`` that runs the step; an explicit backend that refuses falls back to the next entry
+that runs it (``"triton"`` to ``"torch"``). A new backend is its module and one entry here."""
+
+
+def backend_decision(backend: str | None, device, *, step: str | None = None,
+                     **problem) -> tuple[str, str]:
+    """:func:`choose_backend` with its reason: ``("reference" | "torch" | "triton", why)``."""
+    if step is not None:
+        check_choice("step", step, KERNEL_STEPS)
+    requested = requested_backend(backend)
+    device = torch.device(device)
+    names = [b.name for b in BACKEND_ORDER]
+    start = names.index(requested) if requested is not None else 0
+    refused = None
+    for entry in BACKEND_ORDER[start:]:
+        if requested is None and not entry.auto:
+            continue
+        reason = entry.refusal(step, device, problem, entry.name == requested)
+        if reason is None:
+            return entry.name, refused or f"backend={requested!r}"
+        refused = refused or reason
+    raise AssertionError(f"no backend runs step={step!r}")  # pragma: no cover - torch runs all
 
 
 def choose_backend(backend: str | None, device, *, step: str | None = None,
-                   k: int | None = None, width: int | None = None,
-                   aggregation: str | None = None, similarity: str | None = None,
-                   dtype: torch.dtype | None = None, options: dict | None = None) -> str:
-    """The one place that decides what runs: ``"reference"``, ``"torch"`` or ``"triton"``.
+                   **problem) -> str:
+    """The one place that decides what runs: ``"reference"``, ``"torch"`` or ``"triton"``
+    (:data:`BACKEND_ORDER`).
 
     Args:
         backend: ``"reference"``, ``"torch"``, ``"triton"`` or ``None``: the global default
@@ -267,36 +285,25 @@ def choose_backend(backend: str | None, device, *, step: str | None = None,
             well, auto: Triton on CUDA where it is installed and supports the options,
             PyTorch otherwise.
         device: where the tensors live.
-        step: ``None`` (the operator as a whole), ``"topk"`` (needs ``k`` and ``width``:
-            neighbours and candidates per row), ``"gather_aggregate"`` (needs
-            ``aggregation``) or ``"fused_topk"`` (needs ``k``, the neighbours searched, and
-            ``similarity``; ``dtype`` is the ranking dtype, float32 by default; only an
-            explicit ``"triton"`` takes it, auto does not) or ``"fused_attention"`` (the
-            attention core of :class:`convnn.layers.ConvNNAttention`: needs ``k``,
-            ``aggregation``, ``similarity`` and ``options``, a dict of the layer's
-            ``sampling``, ``selection``, ``weighting``, ``attn_dropout`` (on the weights) and
-            ``dtypes`` (of queries, keys, values, weights); ``width`` is the number of
-            tokens; opt-in like ``"fused_topk"``). For a step, options the Triton kernel does
-            not support fall back to ``"torch"`` whatever the choice.
-        options: the option set of ``step="fused_attention"``.
+        step: ``None`` (the operator as a whole) or a name of :data:`KERNEL_STEPS`; options
+            the step's Triton kernel does not support, or a card that cannot run its variant
+            (bfloat16 below compute capability 8.0), fall back to ``"torch"`` whatever the
+            choice.
+        problem: what the step's predicate takes: ``"topk"`` ``k`` and ``width``
+            (neighbours and candidates per row); ``"gather_aggregate"`` ``aggregation`` and
+            ``dtype`` (of the values); ``"fused_topk"`` ``k`` (neighbours searched),
+            ``similarity`` and ``dtype`` (ranking, float32 by default);
+            ``"fused_attention"`` ``k``, ``width`` (tokens), ``aggregation``,
+            ``similarity`` and ``options`` (the layer's ``sampling``, ``selection``,
+            ``weighting``, ``attn_dropout`` on the weights and ``dtypes`` of queries, keys,
+            values, weights); ``"conv2d_fused"`` ``k``, ``similarity``, ``options`` and
+            ``dtype`` (see :func:`convnn.kernels_conv2d.can_run_conv2d_fused`).
 
     Raises:
         RuntimeError: ``"triton"`` is forced for a supported step on a device where Triton
             cannot run.
     """
-    return backend_decision(backend, device, step=step, k=k, width=width,
-                            aggregation=aggregation, similarity=similarity, dtype=dtype,
-                            options=options)[0]
-
-
-def backend_decision(backend: str | None, device, *, step: str | None = None,
-                     k: int | None = None, width: int | None = None,
-                     aggregation: str | None = None, similarity: str | None = None,
-                     dtype: torch.dtype | None = None,
-                     options: dict | None = None) -> tuple[str, str]:
-    """:func:`choose_backend` with its reason: ``("reference" | "torch" | "triton", why)``."""
-    return _backend_decision(backend, device, step, k, width, aggregation, similarity, dtype,
-                             options)
+    return backend_decision(backend, device, step=step, **problem)[0]
 
 
 # Squared distances below this are treated as this when taking the square root, so that
@@ -570,8 +577,8 @@ def _euclidean_prepare(query: Tensor, keys: Tensor):
 
 
 def _euclidean_block(query, keys, key_norms, scale, dtype) -> Tensor:
-    sq = (query * query).sum(-1, keepdim=True) + key_norms \
-        - 2.0 * torch.matmul(query, keys.transpose(-1, -2))  # (B, n, m)
+    sq = ((query * query).sum(-1, keepdim=True) + key_norms
+          - 2.0 * torch.matmul(query, keys.transpose(-1, -2)))  # (B, n, m)
     return (-sq.clamp_min(0.0)).to(dtype)
 
 
@@ -853,7 +860,7 @@ def select_neighbours(
         ``(indices [B, n, k] into 0..N-1, scores [B, n, k] or None)``; scores are float32
         for 16-bit inputs.
     """
-    if requested_backend(backend) == "reference":
+    if requested_backend(backend) == REFERENCE:
         return select_neighbours_reference(
             query, keys, k, similarity, query_positions=query_positions,
             candidate_positions=candidate_positions,
@@ -880,9 +887,9 @@ def select_neighbours(
         rows_per_block = max(1, block_elements // max(1, batch * cand_keys.shape[1]))
         fused_select = k_search > 0 and choose_backend(
             backend, device, step="fused_topk", k=k_search, similarity=similarity,
-            dtype=query.dtype) == "triton"
+            dtype=query.dtype) == TRITON
         fused = not fused_select and k_search > 0 and choose_backend(
-            backend, device, step="topk", k=k_search, width=cand_keys.shape[1]) == "triton"
+            backend, device, step="topk", k=k_search, width=cand_keys.shape[1]) == TRITON
         # Per-key work once, not per block: normalise for cosine, squared norms for Euclidean.
         prepared_query, prepared_keys, key_norms = _prepare(query, cand_keys, similarity)
 
@@ -1112,8 +1119,8 @@ class _GatherAggregate(torch.autograd.Function):
             out = torch.matmul(rows.view(-1, k * channels), w.t())  # (M, O)
         else:  # weight (C, 1, k) -> (k, C); the sum over ranks is a batched (1×k)(k×C) product
             rows = rows * weight[:, 0, :].t().to(values.dtype)
-            out = rows.sum(dim=1) if rho is None else \
-                torch.bmm(rho.unsqueeze(1), rows).squeeze(1)  # (M, C)
+            out = (rows.sum(dim=1) if rho is None else
+                   torch.bmm(rho.unsqueeze(1), rows).squeeze(1))  # (M, C)
         ctx.save_for_backward(values, flat_index, rho, weight)
         ctx.k, ctx.standard = k, standard
         return out
@@ -1141,8 +1148,8 @@ class _GatherAggregate(torch.autograd.Function):
             w_t = weight[:, 0, :].t().to(values.dtype)  # (k, C)
             if ctx.needs_input_grad[3]:
                 prod = raw * grad_out.unsqueeze(1)  # (M, k, C)
-                gw = prod.sum(dim=0) if rho is None else \
-                    torch.einsum("mk,mkc->kc", rho, prod)
+                gw = (prod.sum(dim=0) if rho is None else
+                      torch.einsum("mk,mkc->kc", rho, prod))
                 grad_weight = gw.t().unsqueeze(1).to(weight.dtype)
             if rho is not None and ctx.needs_input_grad[2]:
                 grad_rho = torch.bmm(raw * w_t, grad_out.unsqueeze(-1)).squeeze(-1)  # (M, k)
@@ -1153,8 +1160,8 @@ class _GatherAggregate(torch.autograd.Function):
                 grad_rows = torch.bmm(rho.unsqueeze(-1), grad_out.unsqueeze(1)) * w_t
         if ctx.needs_input_grad[0]:
             # Accumulate in float32: 16-bit atomic adds are slow on GPUs and lose precision.
-            accumulate = torch.float32 if values.dtype in (torch.float16, torch.bfloat16) \
-                else values.dtype
+            accumulate = (torch.float32 if values.dtype in (torch.float16, torch.bfloat16)
+                          else values.dtype)
             grad_values = torch.zeros(values.shape, dtype=accumulate, device=values.device)
             grad_values.index_add_(0, flat_index, grad_rows.reshape(-1, channels).to(accumulate))
             grad_values = grad_values.to(values.dtype)
@@ -1185,7 +1192,7 @@ def gather_aggregate(
     Returns:
         ``[B, n, O]``.
     """
-    if requested_backend(backend) == "reference":
+    if requested_backend(backend) == REFERENCE:
         return aggregate_reference(values, indices, rho, weight, bias, aggregation, pointwise)
     batch, num_positions, channels = values.shape
     _check_indices(indices, values)
@@ -1198,7 +1205,7 @@ def gather_aggregate(
     flat_rho = None if rho is None else rho.reshape(batch * n, k).to(values.dtype)
     flat_values = values.reshape(batch * num_positions, channels)
     if choose_backend(backend, values.device, step="gather_aggregate",
-                      aggregation=aggregation) == "triton":
+                      aggregation=aggregation, dtype=values.dtype) == TRITON:
         out = kernels.depthwise_gather_aggregate(flat_values, flat_index.view(batch * n, k), flat_rho,
                                          weight[:, 0, :].t().to(values.dtype))
     else:
@@ -1331,16 +1338,22 @@ __all__ = [
     "AGGREGATIONS",
     "BACKENDS",
     "BACKEND_ENV",
+    "BACKEND_ORDER",
     "COORD_GRIDS",
     "EVAL_SAMPLINGS",
     "KERNEL_STEPS",
     "PAPER_SELF_LOGIT",
+    "REFERENCE",
     "SAMPLINGS",
     "SELECTIONS",
     "SELF_SCORES",
     "SIMILARITIES",
     "SPATIAL_ROUNDINGS",
+    "TORCH",
+    "TRITON",
     "WEIGHTINGS",
+    "Backend",
+    "KernelStep",
     "Similarity",
     "aggregate",
     "aggregate_reference",
@@ -1356,6 +1369,7 @@ __all__ = [
     "get_similarity",
     "grid_coordinates",
     "interior_positions",
+    "kernel_refusal",
     "neighbour_weights",
     "pairwise_scores",
     "random_candidates",

@@ -42,7 +42,7 @@ from .data import DATASETS
 from .experiments import get_preset, paper_key, paper_records, preset_for_record
 from .models import upgrade_model_dict
 from .package_data import PackageDataError, data_file, results_root
-from .run_folder import METRICS, RunFolder, RunRecord, is_run_folder
+from .run_folder import RunFolder, RunRecord, find_run_folders, is_run_folder
 from .viz import BookFigure
 
 __all__ = [
@@ -321,8 +321,8 @@ class Run:
     @property
     def epochs_text(self) -> str:
         """``"30/150 epochs"`` (done / the paper's protocol), noting a run that stopped."""
-        total = self.protocol_epochs if not self.smoke and self.protocol_epochs \
-            else self.epochs_planned
+        total = (self.protocol_epochs if not self.smoke and self.protocol_epochs
+                 else self.epochs_planned)
         text = f"{self.epochs_done}/{total if total is not None else '?'} epochs"
         if self.epochs_planned is not None and self.epochs_done < self.epochs_planned:
             text += f" (unfinished: {self.epochs_planned} planned)"
@@ -331,8 +331,8 @@ class Run:
     @property
     def label(self) -> str:
         """``"<preset>: <device>, 30/150 epochs, CIFAR-10 (JPEG copy)"`` (+ ``", smoke run"``)."""
-        text = f"{self.preset or self.path.name}: {self.device}, {self.epochs_text}, " \
-               f"{self.dataset}"
+        text = (f"{self.preset or self.path.name}: {self.device}, {self.epochs_text}, "
+                f"{self.dataset}")
         return text + (", smoke run" if self.smoke else "")
 
     def series(self, key: str) -> list:
@@ -356,8 +356,8 @@ def _provenance_line(lines: list[str], index: int) -> str:
     while start > 0 and lines[start - 1].strip().startswith("|"):
         start -= 1
     header = _table_cells(lines[start])
-    separator = start + 1 < len(lines) and set(lines[start + 1].replace("|", "").strip()) \
-        <= set("-: ")
+    separator = (start + 1 < len(lines) and set(lines[start + 1].replace("|", "").strip())
+                 <= set("-: "))
     cells = _table_cells(line)
     if index <= start + 1 or not separator or len(header) != len(cells):
         return " ".join(cells)
@@ -422,7 +422,7 @@ def find_runs(root: str | os.PathLike | None = None) -> list[Run]:
     if not root.is_dir():
         return []
     runs = []
-    for folder in sorted({p.parent for p in root.rglob(METRICS)}):
+    for folder in find_run_folders(root):
         if not is_run_folder(folder):
             continue
         try:
@@ -703,8 +703,8 @@ def pooled_headline_rows() -> list[dict]:
 
     rows = []
     for claim, table, ours, base in HEADLINE_CLAIMS:
-        a, b = _distinct_runs_of(find_record(table, **ours)), \
-            _distinct_runs_of(find_record(table, **base))
+        a, b = (_distinct_runs_of(find_record(table, **ours)),
+                _distinct_runs_of(find_record(table, **base)))
         row = {"claim": claim, "dataset": dataset_title(a[0]["dataset"]),
                "runs": f"{len(a)} vs {len(b)}", "source": PAPER_LABEL}
         for metric, name in (("best", "best"), ("avg5", "avg5")):
@@ -1093,8 +1093,8 @@ def plot_paper_sweep(table: str, x: str | None = None, group: Sequence[str] | No
     xlabel = xlabel or (default[2] if default and x == default[0] else x)
     logx = logx if logx is not None else bool(default and x == default[0] and default[3])
     records = [r for r in paper_records() if r["table"] == table and "best" in r]
-    datasets = list(datasets) if datasets is not None else \
-        list(dict.fromkeys(r["dataset"] for r in records))
+    datasets = (list(datasets) if datasets is not None else
+                list(dict.fromkeys(r["dataset"] for r in records)))
     fig = ResultsFigure(figsize=(4.6 * len(datasets), 3.9), dpi=_DPI, layout="constrained")
     axes = fig.subplots(1, len(datasets), squeeze=False)[0]
     handles: dict[str, object] = {}
@@ -1170,8 +1170,8 @@ def _group_name(group: Sequence[str], key: tuple, example: dict) -> str:
         for g, v in zip(group, key):
             if g != "layer" and v is not None:
                 parts.append(f"{v}" if g == "sampling" else f"{g} {v}")
-        if layer == "convnn_attention" and example.get("sampling") == "random" \
-                and "candidates" not in group and example.get("candidates"):
+        if (layer == "convnn_attention" and example.get("sampling") == "random"
+                and "candidates" not in group and example.get("candidates")):
             parts[-1] += f" r={example['candidates']}"
         return " ".join(parts)
     short = {"similarity": "sim", "aggregation": "agg", "kernel_size": "KS",
@@ -1287,8 +1287,8 @@ class PaperCurve:
         return f"{PAPER_CURVE_LABEL}, table {'/'.join(self.tables)}, {self.epochs} epochs"
 
     def _check_epoch(self, epoch: int) -> int:
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or not \
-                1 <= epoch <= self.epochs:
+        if (isinstance(epoch, bool) or not isinstance(epoch, int) or not
+                1 <= epoch <= self.epochs):
             raise ValueError(f"epoch must be an integer in 1..{self.epochs} (this run's "
                              f"epochs), got {epoch!r}")
         return epoch

@@ -23,6 +23,7 @@ import contextlib
 import datetime
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,11 +62,18 @@ __all__ = [
     "RunRecord",
     "config_fingerprint",
     "copy_logs",
+    "expect_type",
+    "find_run_folders",
     "is_run_folder",
     "load_run_checkpoint",
     "load_weights",
+    "parse_logs",
+    "read_log_bytes",
+    "read_weights",
     "run_fingerprint",
     "run_lock",
+    "save_weights",
+    "strict_json",
 ]
 
 CONFIG = "config.json"
@@ -138,7 +146,9 @@ def _load_training_checkpoint(path: Path) -> dict:
 
 
 def load_weights(model: nn.Module, state: dict, path: Path) -> None:
-    """``model.load_state_dict(state)``, with a one-line error naming the checkpoint."""
+    """``model.load_state_dict(state)``, with a one-line error naming the checkpoint: the one
+    place weights are put into a model (a run's checkpoint, or a weights file of
+    :func:`read_weights`)."""
     try:
         model.load_state_dict(state)
     except (RuntimeError, KeyError, TypeError) as err:
@@ -146,6 +156,26 @@ def load_weights(model: nn.Module, state: dict, path: Path) -> None:
         raise RunFolderError(
             f"the weights in {path} do not fit the model ({detail[0] if detail else err}); "
             "the run folder belongs to another model configuration") from None
+
+
+def save_weights(run_dir: str | os.PathLike, dest: str | os.PathLike) -> int:
+    """Write a run's final model weights to ``dest`` (a float16 ``state_dict`` with a SHA-256
+    sidecar, small enough to commit), read through :meth:`RunFolder.read` (checksum
+    verified, ``weights_only=True``); returns the file's size."""
+    state = RunFolder.read(run_dir).checkpoint
+    if state is None:
+        raise FileNotFoundError(f"{run_dir} has no checkpoint to take weights from")
+    state = {k: v.half() if v.is_floating_point() else v for k, v in state["model"].items()}
+    save_checkpoint(state, dest)
+    return Path(dest).stat().st_size
+
+
+def read_weights(path: str | os.PathLike) -> dict:
+    """The float32 ``state_dict`` of a weights file of :func:`save_weights` (its SHA-256
+    sidecar required, loaded with ``weights_only=True``); put it into a model with
+    :func:`load_weights`."""
+    state = load_checkpoint(path, require_checksum=True)
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
 
 
 # --------------------------------------------------------------------------- fingerprints
@@ -384,6 +414,71 @@ def _checked_log(path: Path, checkpoint: dict) -> list[dict]:
 CHECKPOINT_MODES = ("load", "verify", "none")
 
 
+def strict_json(data: bytes, where: str):
+    """Strict JSON (no NaN, no infinity, UTF-8), or a one-line ValueError naming ``where``."""
+
+    def number(text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value):
+            raise ValueError(f"{text} is not a finite number")
+        return value
+
+    def constant(text: str):
+        raise ValueError(f"{text} is not a number a log may hold")
+
+    try:
+        return json.loads(data.decode("utf-8"), parse_float=number, parse_constant=constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
+        reason = " ".join(str(err).split())[:200]
+        raise ValueError(f"{where} is not valid strict JSON ({reason})") from None
+
+
+
+
+def expect_type(value, types, where: str, allow_none: bool = True):
+    """``value`` if it has one of ``types`` (bool is not an int), else a ValueError."""
+    if value is None and allow_none:
+        return value
+    ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in (
+        types if isinstance(types, tuple) else (types,)))
+    if not ok:
+        names = "/".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
+        raise ValueError(f"{where} must be {names}, got {value!r:.80}")
+    return value
+
+
+def parse_logs(files: dict[str, bytes], where: str) -> RunRecord:
+    """A run folder's logs given as bytes (``{file name: content}``, e.g. from a returned
+    archive), read strictly: the reader for logs that are about to be filed.
+
+    ``config.json`` must be a JSON object; every non-empty line of ``metrics.jsonl`` a JSON
+    object, those with an ``epoch`` being epoch records (an int, increasing, with a numeric
+    ``test_top1``); ``summary.json``, if present, an object. JSON is strict (no NaN or
+    infinity, UTF-8). Anything else is a one-line ``ValueError`` naming ``where`` and the
+    file (and line).
+    """
+    config = expect_type(strict_json(files[CONFIG], f"{where}/{CONFIG}"), dict,
+                         f"{where}/{CONFIG}", allow_none=False)
+    records: list[dict] = []
+    for n, line in enumerate(files[METRICS].split(b"\n"), 1):
+        if not line.strip():
+            continue
+        at = f"{where}/{METRICS} line {n}"
+        record = expect_type(strict_json(line, at), dict, at, allow_none=False)
+        if "epoch" not in record:
+            continue
+        epoch = expect_type(record["epoch"], int, f"{at}: epoch", allow_none=False)
+        if epoch < 1 or (records and epoch <= records[-1]["epoch"]):
+            raise ValueError(f"{at}: epoch {epoch} does not follow the epochs before it")
+        expect_type(record.get("test_top1"), (int, float), f"{at}: test_top1", allow_none=False)
+        records.append(record)
+    summary = None
+    if SUMMARY in files:
+        summary = expect_type(strict_json(files[SUMMARY], f"{where}/{SUMMARY}"), dict,
+                              f"{where}/{SUMMARY}", allow_none=False)
+    return RunRecord(Path(where), config, records, summary)
+
+
 @dataclass
 class RunRecord:
     """What a run folder holds, as :meth:`RunFolder.read` found it.
@@ -447,6 +542,23 @@ class RunRecord:
             return (recorded.get("sha256") == self.checkpoint_sha256
                     and recorded.get("epoch") == self.checkpoint_epoch)
         return self.summary.get("epochs_completed") == self.checkpoint_epoch
+
+
+def find_run_folders(root: str | os.PathLike, *, max_depth: int | None = None) -> list[Path]:
+    """The folders under ``root`` holding a metrics log (at most ``max_depth`` levels down),
+    sorted; :func:`is_run_folder` tells which are complete run folders."""
+    root = Path(root)
+    found = {p.parent for p in root.rglob(METRICS)
+             if max_depth is None or len(p.parent.relative_to(root).parts) <= max_depth}
+    return sorted(found)
+
+
+def read_log_bytes(run_dir: str | os.PathLike) -> dict[str, bytes]:
+    """``{file name: bytes}`` of a run folder's logs (:data:`LOG_FILES`; plain files only, a
+    symbolic link is left out), e.g. to compare them with logs about to be filed."""
+    run_dir = Path(run_dir)
+    return {name: (run_dir / name).read_bytes() for name in LOG_FILES
+            if (run_dir / name).is_file() and not (run_dir / name).is_symlink()}
 
 
 def copy_logs(run_dir: str | os.PathLike, dest: str | os.PathLike, *,
@@ -577,9 +689,9 @@ class RunFolder:
         recorded = (summary or {}).get("checkpoint")
         if checkpoint == "verify":
             sha = verify_checksum(ckpt_path)
-            if isinstance(recorded, dict) and sha is not None and recorded.get("sha256") == sha \
+            if (isinstance(recorded, dict) and sha is not None and recorded.get("sha256") == sha
                     and isinstance(recorded.get("epoch"), int) and recorded.get(
-                        "fingerprint") == fingerprint_digest(config_fingerprint(config)):
+                        "fingerprint") == fingerprint_digest(config_fingerprint(config))):
                 run.checkpoint_epoch, run.checkpoint_sha256 = recorded["epoch"], sha
                 return run
         loaded = _load_training_checkpoint(ckpt_path)

@@ -102,8 +102,8 @@ def load_preset_data(preset: Preset, *, smoke: bool, data_dir=None,
     except DatasetNotFoundError as err:
         if info.stand_in is None or (info.downloadable and err.download_error is None):
             raise  # nothing was downloaded: missing data is an error
-        failed = f" and its download failed ({err.download_error})" \
-            if err.download_error else ""
+        failed = (f" and its download failed ({err.download_error})"
+                  if err.download_error else "")
         log(f"NOTE: {info.title} was not found here{failed}; this smoke run uses SYNTHETIC "
             f"data, not {info.title}. To use real images, {info.data_hint}.")
         return info.stand_in(image_size)

@@ -35,11 +35,17 @@ from pathlib import Path
 
 import torch
 
-from ._io import load_checkpoint, save_checkpoint
 from .experiments import LAPTOP_PRESETS, get_preset
 from .models import build_model
 from .package_data import results_root
-from .run_folder import RunFolder, copy_logs, is_run_folder
+from .run_folder import (
+    RunFolder,
+    copy_logs,
+    is_run_folder,
+    load_weights,
+    read_weights,
+    save_weights,
+)
 
 __all__ = [
     "INTERVENTIONS_DIR",
@@ -61,12 +67,10 @@ __all__ = [
     "interventions_dir",
     "layer_inputs",
     "load_data",
-    "load_weights",
     "rank_update_norms",
     "rank_weights",
     "read_interventions",
     "run_one",
-    "save_weights",
     "selected_offsets",
     "spatial_fraction",
     "study_dir",
@@ -124,30 +128,6 @@ def load_data(data_dir=None, *, train_per_class: int = TRAIN_PER_CLASS,
 def build(name: str) -> torch.nn.Module:
     """A freshly initialised model of a study preset."""
     return build_model(get_preset(name).model_config())
-
-
-def load_weights(name: str, root: str | os.PathLike | None = None) -> torch.nn.Module:
-    """The trained model of preset ``name`` (seed :data:`WEIGHTS_SEED`), in float32 and in
-    evaluation mode; the file is checked against its SHA-256 sidecar and loaded with
-    ``weights_only=True``."""
-    root = Path(root) if root is not None else study_dir()
-    model = build(name)
-    state = load_checkpoint(root / "weights" / f"{name}.pt", require_checksum=True)
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v
-                           for k, v in state.items()})
-    return model.eval()
-
-
-def save_weights(run_dir: Path, dest: Path) -> int:
-    """Write the run's final model weights (float16 ``state_dict``, with a SHA-256 sidecar)
-    to ``dest``, read through the run folder's reader (checksum verified,
-    ``weights_only=True``); returns its size."""
-    state = RunFolder.read(run_dir).checkpoint
-    if state is None:
-        raise FileNotFoundError(f"{run_dir} has no checkpoint to take weights from")
-    state = {k: v.half() if v.is_floating_point() else v for k, v in state["model"].items()}
-    save_checkpoint(state, dest)
-    return dest.stat().st_size
 
 
 def run_one(name: str, seed: int, out_root: str | os.PathLike, *, data=None, data_dir=None,
@@ -377,9 +357,7 @@ def trained_model(name: str, seed: int = WEIGHTS_SEED,
     if not path.is_file():
         raise FileNotFoundError(f"no committed weights for {name} seed {seed} ({path.name})")
     model = build(name)
-    state = load_checkpoint(path, require_checksum=True)  # weights_only, SHA-256 checked
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v
-                           for k, v in state.items()})
+    load_weights(model, read_weights(path), path)  # weights_only, SHA-256 checked
     return model.eval()
 
 

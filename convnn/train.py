@@ -433,18 +433,17 @@ def precision_label(amp_active: str) -> str:
 
 
 def model_family(model: nn.Module | None) -> str | None:
-    """``"vgg"``, ``"resnet"`` or ``"vit"`` for a model of :mod:`convnn.models` (or a module
-    that contains one), ``None`` for anything else."""
-    from .models.resnet import ResNet
-    from .models.vgg import VGG
-    from .models.vit import ViT
+    """The family name (``"vgg"``, ``"resnet"``, ``"vit"``...) of a model of a registered
+    :class:`~convnn.models.ModelFamily` (or of a module that contains one), ``None`` for
+    anything else."""
+    from .models import MODEL_FAMILIES
 
     if model is None:
         return None
     for module in model.modules():
-        for cls, family in ((VGG, "vgg"), (ResNet, "resnet"), (ViT, "vit")):
-            if isinstance(module, cls):
-                return family
+        for family in MODEL_FAMILIES.values():
+            if isinstance(module, family.model_class):
+                return family.name
     return None
 
 

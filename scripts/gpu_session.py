@@ -25,12 +25,17 @@ the working tree whose ``.git`` may be older than the tree, put the commit in th
 ``CONVNN_GIT_COMMIT=<commit> python scripts/gpu_session.py ...``.
 
 ``--tensorcore SECONDS`` runs the tensor-core benchmark (``python -m convnn bench
---tensorcore``: kernel checks, layers against bf16/fp32 SDPA, ViT-Tiny and VGG-11 training
-steps fused / PyTorch / baseline in bf16 and TF32, the T sweep, a profile) within SECONDS and
-packs it as ``tensorcore.tar.gz``, then ends the session (or goes on with ``--campaign``); it
-runs its own kernel checks, so pair it with ``--skip-tests --skip-bench``:
+--tensorcore``: the compiled-kernel tests, layers against bf16 SDPA, ViT-Tiny and VGG-11
+training steps fused / PyTorch / baseline in the trainer's precision, the T sweep, a profile,
+the proxy's estimates and the table of the targets; each stage its own capped subprocess)
+within SECONDS (at most 480) and packs it as ``tensorcore.tar.gz``, then ends the session (or
+goes on with ``--campaign``); it runs its own kernel checks, so pair it with ``--skip-tests
+--skip-bench``:
 
-    python scripts/gpu_session.py OUT_DIR --tensorcore 420 --skip-tests --skip-bench
+    python scripts/gpu_session.py OUT_DIR --tensorcore 480 --skip-tests --skip-bench
+
+Every command the session runs has a time limit (:data:`LIMITS`); one over it is killed with
+the processes it started, and the session goes on.
 
 One 15-minute GPU session as measured on an H200 (2026-11-28): ``--suite-seconds 240``
 spent 147 s on the suite's loop stage and skipped its training stage; use
@@ -43,6 +48,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -52,13 +58,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's convnn, whatever else is installed
 COMPARISON = ("vgg11-c10-conv2d", "vgg11-c10-branching-r0.5")
+LIMITS = {"probe": 60, "tests": 300, "bench": 600, "suite_slack": 120, "tensorcore_slack": 60}
+"""Seconds each command may run (the suite and the tensor-core benchmark: their budget plus
+this slack)."""
 
 
-def bench_packed(out: Path, name: str, flags: str, log) -> int:
+def bench_packed(out: Path, name: str, flags: str, log, limit: float) -> int:
     """``python -m convnn bench`` with ``flags`` (``{dir}``: its output folder ``out/name``),
     then the folder packed into ``out/name.tar.gz`` and removed (one file comes back)."""
     folder = out / name
-    rc = sh(f"{sys.executable} -m convnn bench " + flags.format(dir=folder), log)
+    rc = sh(f"{sys.executable} -m convnn bench " + flags.format(dir=folder), log, limit)
     if folder.is_dir():
         with tarfile.open(out / f"{name}.tar.gz", "w:gz") as tar:
             tar.add(folder, arcname=name)
@@ -66,12 +75,21 @@ def bench_packed(out: Path, name: str, flags: str, log) -> int:
     return rc
 
 
-def sh(command: str, log) -> int:
+def sh(command: str, log, limit: float) -> int:
+    """Run ``command`` for at most ``limit`` seconds (then kill it and what it started)."""
     log(f"$ {command}")
-    proc = subprocess.run(command, check=False, shell=True, cwd=ROOT, text=True,
-                          stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    log(proc.stdout)
+    proc = subprocess.Popen(command, shell=True, cwd=ROOT, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        output, _ = proc.communicate(timeout=limit)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        log(output)
+        log(f"[killed after its limit of {limit:.0f} s]")
+        return 124
+    log(output)
     log(f"[exit {proc.returncode}]")
     return proc.returncode
 
@@ -163,13 +181,14 @@ def main() -> int:
     from convnn._io import git_commit
 
     log(f"gpu_session at {time.strftime('%Y-%m-%dT%H:%M:%S%z')}, commit {git_commit()}")
-    sh("nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true", log)
+    sh("nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true", log,
+       LIMITS["probe"])
     sh(f"{sys.executable} -c 'import torch, torchvision; print(torch.__version__, "
-       "torchvision.__version__, torch.cuda.is_available())'", log)
+       "torchvision.__version__, torch.cuda.is_available())'", log, LIMITS["probe"])
     if not args.skip_tests:
         rc = sh(f"{sys.executable} -m pytest -q -o addopts='' -p no:cacheprovider "
                 "tests/test_gpu.py tests/test_attention.py tests/test_train.py tests/test_data.py "
-                "-k 'cuda or gpu'", log)
+                "-k 'cuda or gpu'", log, LIMITS["tests"])
         if rc not in (0, 5) and not os.environ.get("CONVNN_BACKEND"):
             # A kernel that fails its CUDA checks must not decide the training runs.
             os.environ["CONVNN_BACKEND"] = "torch"
@@ -177,13 +196,15 @@ def main() -> int:
     bench_path = args.out / "bench.json"
     if args.suite_seconds:
         bench_packed(args.out, "bench-suite", f"--suite {{dir}} --budget {args.suite_seconds:g}"
-                     + (" --quick" if args.quick else ""), log)
+                     + (" --quick" if args.quick else ""), log,
+                     args.suite_seconds + LIMITS["suite_slack"])
     elif not args.skip_bench:
         sh(f"{sys.executable} -m convnn bench --train --json {bench_path}"
-           + (" --quick" if args.quick else ""), log)
+           + (" --quick" if args.quick else ""), log, LIMITS["bench"])
     if args.tensorcore:
         bench_packed(args.out, "tensorcore", f"--tensorcore {{dir}} --budget {args.tensorcore:g}"
-                     + (" --quick --device cpu" if args.quick else ""), log)
+                     + (" --quick --device cpu" if args.quick else ""), log,
+                     args.tensorcore + LIMITS["tensorcore_slack"])
         if args.campaign is None:
             log(f"gpu_session done in {time.time() - start:.0f} s")
             return 0

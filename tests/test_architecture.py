@@ -4,14 +4,15 @@
   the imports (module-level and function-local) have no cycle; nothing imports the package
   root.
 - ``import convnn`` and its layers import neither matplotlib nor ipywidgets.
-- Demonstrations: a new token mixer with its preset, and a new dataset, each added in one
-  place, reach the model and the trainer (a new similarity: ``test_ops.py``; a change of the
+- Demonstrations: a new token mixer with its preset, a new dataset and a new model family,
+  each added in one place, reach the model and the trainer (a new similarity: ``test_ops.py``; a change of the
   checkpoint format: ``test_train.py``/``test_reliability.py``).
 """
 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import subprocess
 import sys
@@ -28,7 +29,7 @@ LAYERS = {
                "convnn.paper_vocabulary"),
     "core": ("convnn.kernels", "convnn.kernels_attention", "convnn.kernels_conv2d", "convnn.ops", "convnn.attention", "convnn.layers",
              "convnn.models"),
-    "training": ("convnn.data", "convnn.imagenet", "convnn.run_folder", "convnn.train",
+    "training": ("convnn.dataset_base", "convnn.data", "convnn.imagenet", "convnn.run_folder", "convnn.train",
                  "convnn.experiments", "convnn.runner"),
     "tooling": ("convnn.stats", "convnn.viz", "convnn.results", "convnn.demo", "convnn.study",
                 "convnn.campaign", "convnn.bench", "convnn.__main__"),
@@ -138,10 +139,13 @@ def test_the_library_imports_without_the_books_tooling():
             "import convnn\n"
             "from convnn import ConvNN2d, ConvNNAttention, ops\n"
             "import convnn.models, convnn.layers, convnn.attention\n"
-            f"print([m for m in {TOOLING_ONLY!r} if m in sys.modules])\n")
+            f"print([m for m in {TOOLING_ONLY!r} if m in sys.modules])\n"
+            # the whole dataset table, without the modules that use it
+            "print(sorted(convnn.data.DATASETS), 'convnn.experiments' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout
-    assert json.loads(out.strip().replace("'", '"')) == []
+                         check=True).stdout.splitlines()
+    assert json.loads(out[0].strip().replace("'", '"')) == []
+    assert out[1] == "['cifar10', 'cifar100', 'imagenet'] False"
 
 
 def test_the_docstring_names_every_layer_module():
@@ -204,8 +208,11 @@ def test_a_new_dataset_added_in_one_place_trains_through_run_preset(tmp_path, mo
 
     info = DatasetInfo(name="stripes6", title="Stripes-6", short="s6", num_classes=6,
                        mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), smoke_train_per_class=8,
-                       smoke_test_per_class=4, smoke_lr=None, loader=load)
+                       smoke_test_per_class=4, smoke_lr=None, loader=load, protocol="paper")
     monkeypatch.setitem(DATASETS, "stripes6", info)  # = data.register_dataset(info)
+    # a dataset must say how its presets train
+    with pytest.raises(ValueError, match="protocol='paper'.*protocol='family'"):
+        data.register_dataset(dataclasses.replace(info, name="stripes6b", protocol=None))
     preset = experiments.make_preset("vgg", "stripes6", {"layer": "conv2d"})
     assert preset.name.startswith("vgg11-s6-") and "Stripes-6" in preset.description
     assert preset.model.num_classes == 6
@@ -217,6 +224,75 @@ def test_a_new_dataset_added_in_one_place_trains_through_run_preset(tmp_path, mo
     assert recorded["name"] == "stripes6" and recorded["classes"] == 6
     assert recorded["train_images"] == 6 * 8
     assert data.dataset_info("stripes6") is info
+
+
+# -------------------------------------------------------------------------- a new model family
+TOY_FAMILY = '''
+"""A toy model family, added in this one file: a linear classifier on the pixels."""
+import torch
+from torch import nn
+
+from convnn.experiments import Preset, register_preset
+from convnn.models import ModelConfig, ModelFamily, register_model_family
+from convnn.train import TrainConfig
+
+
+class PixelLinear(nn.Module):
+    def __init__(self, num_classes, image_size, in_channels, scale, device=None, dtype=None):
+        super().__init__()
+        self.scale = scale
+        self.fc = nn.Linear(in_channels * image_size ** 2, num_classes, device=device,
+                            dtype=dtype)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(x, 1) * self.scale)
+
+
+def build(config, factory):
+    return PixelLinear(config.num_classes, config.image_size or 32, config.in_channels,
+                       config.layer_options.get("scale", 1.0), **factory)
+
+
+register_model_family(ModelFamily("pixel", "PixelLinear", PixelLinear,
+                                  image_sizes={"pixel_linear": 32}, build=build,
+                                  reduced={"layer_options": {"scale": 0.5}}))
+register_preset(Preset("pixel-linear-c10", "pixel", "cifar10",
+                       ModelConfig(name="pixel_linear", layer_options={"scale": 2.0}),
+                       TrainConfig(epochs=3, batch_size=50, lr=1e-3)))
+'''
+
+
+def test_a_new_model_family_added_in_one_file_trains_through_the_command_line(
+        tmp_path, monkeypatch, capsys):
+    from convnn import experiments
+    from convnn.__main__ import main
+    from convnn.models import MODEL_FAMILIES, build_model, unregister_model_family
+    from convnn.run_folder import RunFolder
+    from convnn.train import model_family
+
+    (tmp_path / "toy_family.py").write_text(TOY_FAMILY, encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(experiments, "PRESETS", dict(experiments.PRESETS))
+    monkeypatch.delitem(sys.modules, "toy_family", raising=False)
+    import toy_family
+
+    try:
+        assert "pixel" in MODEL_FAMILIES
+        model = build_model({"name": "pixel_linear", "num_classes": 4})
+        assert isinstance(model, toy_family.PixelLinear) and model_family(model) == "pixel"
+        with pytest.raises(ValueError, match="head='lean' does not apply to 'pixel_linear'"):
+            build_model({"name": "pixel_linear", "head": "lean"})
+        rc = main(["train", "--preset", "pixel-linear-c10", "--smoke", "--synthetic",
+                   "--epochs", "1", "--out", str(tmp_path / "run"), "--device", "cpu"])
+        assert rc == 0 and "best test top-1" in capsys.readouterr().out
+        record = RunFolder.read(tmp_path / "run", checkpoint="verify")
+        assert len(record.records) == 1
+        # the smoke run trained the family's reduced model
+        assert record.model_config["layer_options"] == {"scale": 0.5}
+    finally:
+        unregister_model_family("pixel")
+    with pytest.raises(ValueError, match="pixel_linear"):
+        build_model({"name": "pixel_linear"})
 
 
 # ------------------------------------------------------------- saved configs still build

@@ -12,7 +12,6 @@ import pytest
 from convnn import campaign as C
 from convnn import results as R
 from convnn.__main__ import main
-from convnn._io import read_jsonl
 from convnn.experiments import get_preset
 from convnn.run_folder import RunFolder, config_fingerprint
 
@@ -59,7 +58,7 @@ def fake_checkpoint(run_dir: Path, epoch: int, epochs: int) -> None:
     trainer writes them (the campaign counts the epochs of the verified checkpoint)."""
     config = {"train": {"epochs": epochs}}
     (run_dir / "config.json").write_text(json.dumps(config))
-    records = read_jsonl(run_dir / "metrics.jsonl")[:epoch]
+    records = RunFolder.read(run_dir, checkpoint="none").records[:epoch]
     folder = RunFolder(run_dir)
     folder.save_checkpoint(records, {"model": {}, "optimizer": {}, "rng": [], "config": {},
                                      "fingerprint": config_fingerprint(config)})

@@ -8,7 +8,7 @@ import pytest
 import torch
 from test_train import convnn_model, quiet, small_config, stable
 
-from convnn._io import read_jsonl
+from convnn.run_folder import RunFolder
 from convnn.train import TrainConfig, fit, load_run_checkpoint
 
 
@@ -27,7 +27,7 @@ def saved_epochs_seen(out):
     def callback(record):
         path = out / "checkpoint.pt"
         saved = load_run_checkpoint(out)[1]["epoch"] if path.is_file() else 0
-        seen.append((record["epoch"], saved, len(read_jsonl(out / "metrics.jsonl"))
+        seen.append((record["epoch"], saved, len(RunFolder.read(out, checkpoint="none").records)
                      if (out / "metrics.jsonl").is_file() else 0))
 
     return seen, callback
@@ -49,7 +49,7 @@ def test_every_n_epochs_saves_then_and_at_the_end(tmp_path, ds):
     assert seen == [(1, 1, 1), (2, 1, 2), (3, 1, 3), (4, 4, 4), (5, 4, 5), (6, 4, 6),
                     (7, 7, 7)]
     assert load_run_checkpoint(tmp_path / "run")[1]["epoch"] == 7
-    assert len(read_jsonl(tmp_path / "run" / "metrics.jsonl")) == 7
+    assert len(RunFolder.read(tmp_path / "run", checkpoint="none").records) == 7
 
 
 def test_zero_minutes_saves_every_epoch(tmp_path, ds):
@@ -71,8 +71,8 @@ def test_cadence_changes_no_number(tmp_path, ds):
     every = quiet(tmp_path / "a", ds, config=small_config(epochs=4, checkpoint_minutes=0))
     rare = quiet(tmp_path / "b", ds, config=small_config(epochs=4, checkpoint_every=3,
                                                          checkpoint_minutes=None))
-    assert stable(read_jsonl(tmp_path / "a" / "metrics.jsonl")) == stable(
-        read_jsonl(tmp_path / "b" / "metrics.jsonl"))
+    assert stable(RunFolder.read(tmp_path / "a", checkpoint="none").records) == stable(
+        RunFolder.read(tmp_path / "b", checkpoint="none").records)
     assert every["best_test_top1"] == rare["best_test_top1"]
     a, b = load_run_checkpoint(tmp_path / "a")[1], load_run_checkpoint(tmp_path / "b")[1]
     for k in a["model"]:
@@ -94,13 +94,13 @@ def test_crash_between_checkpoints_resumes_exactly_from_the_last_one(tmp_path, d
     with pytest.raises(Crash):  # saves after epochs 1, 3, 5, 6; crashes after epoch 4
         quiet(tmp_path / "broken", ds, config=cfg, callback=_crash_after(4, Crash()))
     assert load_run_checkpoint(tmp_path / "broken")[1]["epoch"] == 3
-    assert len(read_jsonl(tmp_path / "broken" / "metrics.jsonl")) == 4
+    assert len(RunFolder.read(tmp_path / "broken", checkpoint="none").records) == 4
     notes = []
     fit(convnn_model, ds, cfg, tmp_path / "broken", resume=True, device="cpu",
         progress=False, log=notes.append)
     assert any("dropping 1 metrics line(s)" in n for n in notes)
-    assert stable(read_jsonl(tmp_path / "straight" / "metrics.jsonl")) == stable(
-        read_jsonl(tmp_path / "broken" / "metrics.jsonl"))
+    assert stable(RunFolder.read(tmp_path / "straight", checkpoint="none").records) == stable(
+        RunFolder.read(tmp_path / "broken", checkpoint="none").records)
 
 
 def test_a_stopping_callback_saves_its_epoch(tmp_path, ds):
@@ -109,12 +109,12 @@ def test_a_stopping_callback_saves_its_epoch(tmp_path, ds):
     with pytest.raises(Stop):
         quiet(tmp_path / "stopped", ds, config=cfg, callback=_crash_after(3, Stop()))
     assert load_run_checkpoint(tmp_path / "stopped")[1]["epoch"] == 3
-    assert len(read_jsonl(tmp_path / "stopped" / "metrics.jsonl")) == 3
+    assert len(RunFolder.read(tmp_path / "stopped", checkpoint="none").records) == 3
     # the cadence may change on resume
     quiet(tmp_path / "stopped", ds, config=small_config(epochs=6, checkpoint_minutes=0),
           resume=True)
-    assert stable(read_jsonl(tmp_path / "straight" / "metrics.jsonl")) == stable(
-        read_jsonl(tmp_path / "stopped" / "metrics.jsonl"))
+    assert stable(RunFolder.read(tmp_path / "straight", checkpoint="none").records) == stable(
+        RunFolder.read(tmp_path / "stopped", checkpoint="none").records)
 
 
 @pytest.mark.parametrize(("field", "value"), [("checkpoint_every", 0),

@@ -1,6 +1,7 @@
 """The operator's steps and layers: paths agree, locality, sampling, finiteness, bad input."""
 
 import itertools
+from pathlib import Path
 
 import pytest
 import torch
@@ -488,3 +489,65 @@ def test_one_backend_choice_with_a_global_default():
         assert layer.backend is None
         assert ops.requested_backend(layer.backend) == "reference"
         assert layer(x).shape == (2, 4, 6, 6)
+
+
+def test_one_ordered_list_decides_and_each_kernel_module_says_what_it_runs():
+    import convnn
+
+    assert [b.name for b in ops.BACKEND_ORDER] == ["triton", "torch", "reference"]
+    kernel_modules = {"convnn.kernels", "convnn.kernels_conv2d", "convnn.kernels_attention"}
+    for step, kernel in ops.KERNEL_STEPS.items():
+        assert kernel.can_run.__module__ in kernel_modules, step
+        assert kernel.can_run.__name__ == f"can_run_{step}", step
+    # no module but ops compares backend names: the layers ask ops.backend_decision
+    package = Path(convnn.__file__).parent
+    for path in package.rglob("*.py"):
+        if path.name != "ops.py":
+            text = path.read_text(encoding="utf-8")
+            for name in ops.BACKENDS:
+                assert f'== "{name}"' not in text and f'!= "{name}"' not in text, (path, name)
+
+
+def _problems(dtype):
+    attention = {"k": 9, "width": 197, "aggregation": "depthwise", "similarity": "dot",
+                 "options": {"sampling": "all", "selection": "features", "weighting": "softmax",
+                             "attn_dropout": 0.0, "dtypes": (torch.float32, dtype)}}
+    conv2d = {"k": 9, "similarity": "cosine", "dtype": dtype,
+              "options": {"sampling": "all", "selection": "features", "weighting": "ones",
+                          "aggregation": "standard", "self_first": True,
+                          "sort_by_position": False}}
+    return {"gather_aggregate": {"aggregation": "depthwise", "dtype": dtype},
+            "fused_topk": {"k": 8, "similarity": "dot", "dtype": dtype},
+            "fused_attention": attention, "conv2d_fused": conv2d}
+
+
+def test_the_decider_and_the_compile_gate_agree_on_which_cards_run_bf16():
+    from convnn import kernels
+    from convnn.bench.compile import CARDS
+
+    for card in CARDS:  # the gate builds bf16 variants exactly where the decider allows them
+        assert ((card.arch // 10, card.arch % 10) >= kernels.BF16_CAPABILITY) == card.bf16
+
+
+@pytest.mark.parametrize("capability", [(7, 5), (8, 0), (9, 0)])
+def test_no_bf16_kernel_variant_on_a_card_without_bf16(capability, monkeypatch):
+    """A T4 (7.5) has no bf16 variants (the compile gate builds them from sm_80 on): a bf16
+    problem falls back to PyTorch there, even under backend='triton'; fp16 and float32 still
+    take the kernels, and 8.0+ takes bf16."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    bf16_runs = capability >= (8, 0)
+    with ops.default_backend("triton"):
+        for dtype in (torch.bfloat16, torch.float16, torch.float32):
+            for step, problem in _problems(dtype).items():
+                backend, reason = ops.backend_decision(None, "cuda", step=step, **problem)
+                if dtype == torch.bfloat16 and not bf16_runs:
+                    assert backend == "torch", (step, reason)
+                    assert "bfloat16" in reason and f"{capability[0]}.{capability[1]}" in reason
+                else:
+                    assert backend == "triton", (step, dtype, reason)
+        # the layer's own problem (ConvNN2d.backend_decision asks the same decider)
+        problem = ConvNN2d(4, 4, k=5)._fused_problem(torch.zeros(1, 4, 5, 5, dtype=torch.bfloat16))
+        assert ops.choose_backend(None, "cuda", step="conv2d_fused", **problem) == (
+            "triton" if bf16_runs else "torch")

@@ -94,6 +94,55 @@ def test_run_folder_file_names_appear_in_run_folder_py_only():
     assert found == []
 
 
+#: Calls that open, write, list or remove a file, by the name called.
+_FILE_CALLS = {"open", "read_text", "read_bytes", "write_text", "write_bytes", "read_json",
+               "atomic_write_json", "atomic_write_text", "append_jsonl_atomic", "glob", "rglob",
+               "unlink", "load_checkpoint", "save_checkpoint", "load", "save", "verify_checksum"}
+#: What names a run file in code: run_folder's constants and paths.
+_RUN_FILE_REFERENCES = {"CONFIG", "METRICS", "SUMMARY", "CHECKPOINT", "RUN_FILES", "LOG_FILES",
+                        "checkpoint_path", "paths"}
+
+
+def _run_file_accesses(path: Path):
+    """``(line, call)`` of every call in ``path`` that opens, writes or lists a run file: a
+    file call whose receiver or arguments name one of run_folder's run-file constants, and
+    every checkpoint load or save."""
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+        owner = func.value.id if isinstance(func, ast.Attribute) and isinstance(
+            func.value, ast.Name) else None
+        if name in ("load_checkpoint", "save_checkpoint") and owner in (None, "_io"):
+            yield node.lineno, name  # not RunFolder.save_checkpoint, the owner's method
+            continue
+        if name not in _FILE_CALLS:
+            continue
+        parts = [func.value] if isinstance(func, ast.Attribute) else []
+        parts += [*node.args, *(k.value for k in node.keywords)]
+        named = {n.id if isinstance(n, ast.Name) else n.attr for part in parts
+                 for n in ast.walk(part) if isinstance(n, (ast.Name, ast.Attribute))}
+        if named & _RUN_FILE_REFERENCES:
+            yield node.lineno, name
+
+
+def test_only_the_run_folder_opens_the_run_files(tmp_path):
+    """config.json, metrics.jsonl, summary.json and the checkpoint are opened, written,
+    listed and removed by run_folder.py only (_io.py holds the byte-level helpers it calls):
+    the campaign, the results tables, the study and the trainer read and write through it."""
+    found = [f"{p.relative_to(REPO)}:{line}: {call}"
+             for p in sorted(PACKAGE.rglob("*.py")) if p.name not in ("run_folder.py", "_io.py")
+             for line, call in _run_file_accesses(p)]
+    assert found == []
+    # the check sees both kinds of access
+    probe = tmp_path / "probe.py"
+    probe.write_text("from convnn.run_folder import METRICS\n"
+                     "def f(d, folder):\n    folder.save_checkpoint([], {})\n"
+                     "    return (d / METRICS).read_text(), _io.load_checkpoint(d)\n")
+    assert sorted(c for _, c in _run_file_accesses(probe)) == ["load_checkpoint", "read_text"]
+
+
 def test_every_checkpoint_load_is_weights_only_and_verified():
     loads = [f"{p.relative_to(REPO)}:{i}" for p in sorted(PACKAGE.rglob("*.py"))
              for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
@@ -581,20 +630,18 @@ class _Payload:
 
 
 def test_study_weights_go_through_the_verified_reader(tmp_path, ds):
-    from convnn import study
-
     out = tmp_path / "r"
     run(out, ds, cfg(epochs=1))
     dest = tmp_path / "w.pt"
-    assert study.save_weights(out, dest) > 0
+    assert RF.save_weights(out, dest) > 0
     assert (tmp_path / "w.pt.sha256").is_file()
     # a pickle payload in place of the checkpoint is refused, not run
     with open(out / "checkpoint.pt", "wb") as f:
         pickle.dump({"model": _Payload()}, f)
     with pytest.raises(CheckpointError):
-        study.save_weights(out, tmp_path / "x.pt")
+        RF.save_weights(out, tmp_path / "x.pt")
     (out / "checkpoint.pt.sha256").write_text(
         f"{_io._sha256(out / 'checkpoint.pt')}  checkpoint.pt\n")
     with pytest.raises(CheckpointError, match="not a readable checkpoint"):
-        study.save_weights(out, tmp_path / "x.pt")
+        RF.save_weights(out, tmp_path / "x.pt")
     assert not (tmp_path / "x.pt").exists()

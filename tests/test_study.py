@@ -73,7 +73,7 @@ def test_committed_text_names_no_machine_paths():
 def test_weights_load_into_the_study_models(name):
     path = study.study_dir() / "weights" / f"{name}.pt"
     assert path.stat().st_size <= 2 * 1024 * 1024
-    model = study.load_weights(name)
+    model = study.trained_model(name)
     with torch.no_grad():
         out = model(torch.zeros(2, 3, 32, 32))
     assert out.shape == (2, 10) and torch.isfinite(out).all()

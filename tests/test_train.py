@@ -24,10 +24,10 @@ from convnn._io import (
     atomic_write_json,
     atomic_write_text,
     git_commit,
-    read_jsonl,
 )
 from convnn.data import synthetic_dataset
 from convnn.imagenet import load_imagenet, write_synthetic_imagenet
+from convnn.run_folder import RunFolder
 from convnn.train import (
     VOLATILE_FIELDS,
     TrainConfig,
@@ -106,6 +106,11 @@ def kill_after(epoch: int):
 # --------------------------------------------------------------------------- _io
 
 
+def _logs(run_dir) -> list[dict]:
+    """The metrics records of a run folder, through its reader."""
+    return RunFolder.read(run_dir, checkpoint="none").records
+
+
 def test_atomic_writers(tmp_path):
     p = tmp_path / "sub" / "a.txt"
     atomic_write_text(p, "hello\n")
@@ -116,8 +121,8 @@ def test_atomic_writers(tmp_path):
     append_jsonl_atomic(m, {"epoch": 1})
     m.write_text(m.read_text().rstrip("\n"))  # a file without a final newline is repaired
     append_jsonl_atomic(m, {"epoch": 2})
-    assert read_jsonl(m) == [{"epoch": 1}, {"epoch": 2}]
-    assert read_jsonl(tmp_path / "missing.jsonl") == []
+    assert [json.loads(line) for line in m.read_text().splitlines()] == [{"epoch": 1},
+                                                                         {"epoch": 2}]
     atomic_torch_save({"w": torch.arange(3)}, tmp_path / "c.pt")
     assert torch.equal(torch.load(tmp_path / "c.pt", weights_only=True)["w"], torch.arange(3))
     assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]  # no temporaries left
@@ -254,7 +259,7 @@ def test_run_folder_contents(tmp_path, ds):
     assert cfg["extra"] == {"model": {"name": "tiny"}}
     assert cfg["dataset"]["train_images"] == 256 and cfg["model"]["seeded"] is True
     assert cfg["run"]["amp_active"] == "off" and cfg["run"]["device"] == "cpu"
-    records = read_jsonl(out / "metrics.jsonl")
+    records = _logs(out)
     assert [r["epoch"] for r in records] == [1, 2]
     want = {"epoch", "train_loss", "train_top1", "train_top5", "test_loss", "test_top1",
             "test_top5", "lr", "epoch_seconds", "images_per_second", "peak_memory_bytes",
@@ -274,7 +279,7 @@ def test_run_folder_contents(tmp_path, ds):
     with pytest.raises(FileExistsError, match="resume=True"):
         quiet(out, ds, config=small_config(epochs=2))
     quiet(out, ds, config=small_config(epochs=1), overwrite=True)
-    assert len(read_jsonl(out / "metrics.jsonl")) == 1
+    assert len(_logs(out)) == 1
     with pytest.raises(FileNotFoundError):
         load_run_checkpoint(tmp_path / "nothing")
 
@@ -304,12 +309,12 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path, ds):
     s1 = quiet(straight, ds, config=cfg)
     with pytest.raises(Killed):
         quiet(broken, ds, config=cfg, callback=kill_after(2))
-    assert len(read_jsonl(broken / "metrics.jsonl")) == 2
+    assert len(_logs(broken)) == 2
     assert json.loads((broken / "summary.json").read_text())["finished"] is False
     s2 = quiet(broken, ds, config=cfg, resume=True)
 
-    assert stable(read_jsonl(straight / "metrics.jsonl")) == stable(
-        read_jsonl(broken / "metrics.jsonl")
+    assert stable(_logs(straight)) == stable(
+        _logs(broken)
     )
     a, b = load_run_checkpoint(straight)[1], load_run_checkpoint(broken)[1]
     assert a["epoch"] == b["epoch"] == 3
@@ -337,8 +342,8 @@ def test_killed_and_resumed_streamed_run_equals_uninterrupted_run(tmp_path, stre
     with pytest.raises(Killed):
         quiet(broken, stream, config=cfg, callback=kill_after(2))
     s2 = quiet(broken, stream, config=cfg, resume=True)
-    assert stable(read_jsonl(straight / "metrics.jsonl")) == stable(
-        read_jsonl(broken / "metrics.jsonl"))
+    assert stable(_logs(straight)) == stable(
+        _logs(broken))
     a, b = load_run_checkpoint(straight)[1], load_run_checkpoint(broken)[1]
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
@@ -371,10 +376,10 @@ def test_resume_drops_log_lines_past_the_checkpoint(tmp_path, ds):
     fake = json.loads(lines[0]) | {"epoch": 2, "test_top1": 99.0}
     (out / "metrics.jsonl").write_text(lines[0] + "\n" + json.dumps(fake) + "\n")  # crash
     quiet(out, ds, config=cfg, resume=True)
-    records = read_jsonl(out / "metrics.jsonl")
+    records = _logs(out)
     assert [r["epoch"] for r in records] == [1, 2] and records[1]["test_top1"] != 99.0
     quiet(tmp_path / "ref", ds, config=cfg)
-    assert stable(records) == stable(read_jsonl(tmp_path / "ref" / "metrics.jsonl"))
+    assert stable(records) == stable(_logs(tmp_path / "ref"))
 
 
 def test_resume_checks_config_and_extends_epochs(tmp_path, ds):
@@ -383,7 +388,7 @@ def test_resume_checks_config_and_extends_epochs(tmp_path, ds):
     with pytest.raises(ValueError, match="lr: 0.003 -> 0.1"):
         quiet(out, ds, config=small_config(epochs=1, lr=0.1), resume=True)
     s = quiet(out, ds, config=small_config(epochs=2), resume=True)  # more epochs is fine
-    assert s["epochs_completed"] == 2 and len(read_jsonl(out / "metrics.jsonl")) == 2
+    assert s["epochs_completed"] == 2 and len(_logs(out)) == 2
     s = quiet(out, ds, config=small_config(epochs=2), resume=True)  # finished: nothing to do
     assert s["epochs_completed"] == 2
     fresh = quiet(tmp_path / "fresh", ds, config=small_config(epochs=1), resume=True)
@@ -468,7 +473,7 @@ def test_ddp_two_cpu_processes(tmp_path, data):
     assert len(ckpt["rng"]) == 2 and not torch.equal(
         ckpt["rng"][0]["torch_cpu"], ckpt["rng"][1]["torch_cpu"]
     )  # each rank its own dropout stream, both saved
-    records = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    records = _logs(tmp_path / "run")
     assert [r["epoch"] for r in records] == [1, 2]  # written once, by rank 0
     assert all(r["world_size"] == 2 for r in records)
     assert records[0]["train_images"] == 128 and records[0]["test_images"] == 33  # all counted
@@ -490,7 +495,7 @@ def test_cuda_amp_learns(tmp_path, amp):
     assert s["final"]["test_top1"] > 70.0
     cfg_json = json.loads((tmp_path / "r" / "config.json").read_text())
     assert cfg_json["run"]["amp_active"] == amp
-    rec = read_jsonl(tmp_path / "r" / "metrics.jsonl")[-1]
+    rec = _logs(tmp_path / "r")[-1]
     assert rec["peak_memory_kind"] == "cuda_max_memory_allocated" and rec["peak_memory_bytes"] > 0
     assert rec["device"] == torch.cuda.get_device_name()
     res = evaluate_run(tmp_path / "r", convnet, ds, device="cuda")
@@ -508,8 +513,8 @@ def test_cuda_killed_and_resumed_run_equals_uninterrupted_run(tmp_path, ds, amp)
     ckpt = load_run_checkpoint(tmp_path / "b")[1]
     assert "torch_cuda" in ckpt["rng"][0] and (amp != "fp16" or ckpt["scaler"])
     quiet(tmp_path / "b", ds, config=cfg, device="cuda", resume=True)
-    assert stable(read_jsonl(tmp_path / "a" / "metrics.jsonl")) == stable(
-        read_jsonl(tmp_path / "b" / "metrics.jsonl")
+    assert stable(_logs(tmp_path / "a")) == stable(
+        _logs(tmp_path / "b")
     )
     a, b = load_run_checkpoint(tmp_path / "a")[1], load_run_checkpoint(tmp_path / "b")[1]
     for k in a["model"]:

@@ -43,8 +43,8 @@ class BenchRow:
 
     @property
     def memory_vs_baseline(self) -> float | None:
-        return self.ours.peak_bytes / self.baseline.peak_bytes if self.baseline.peak_bytes \
-            else None
+        return (self.ours.peak_bytes / self.baseline.peak_bytes if self.baseline.peak_bytes
+                else None)
 
     def to_dict(self) -> dict:
         d = {"case": self.case, "shape": self.shape, "ours": asdict(self.ours),

@@ -26,7 +26,7 @@ from torch import nn
 
 from .._checks import check_int, resolve_device
 from ..data import ImageDataset, synthetic_dataset
-from ..models import ModelConfig, build_model
+from ..models import ModelConfig, build_model, default_image_size
 from .timing import FastBackends, sync
 
 
@@ -134,8 +134,9 @@ def loop_benchmarks(device: torch.device | str | None = None, model: str = "smal
     ds = synthetic_dataset(n_train=n_train, n_test=max(1, n_train // 4), num_classes=10,
                            image_size=32)
     cfg = configs[model]
-    if model == "vit_tiny":  # the paper's ViT reads 224x224: resize once, outside the timing
-        ds = _resized(ds, 224)
+    size = default_image_size(cfg.name)
+    if size != 32:  # the paper's ViT reads 224x224: resize once, outside the timing
+        ds = _resized(ds, size)
 
     def factory() -> nn.Module:
         return build_model(cfg)

@@ -28,13 +28,17 @@ import torch
 
 from .._checks import resolve_device
 from .._io import atomic_write_json, atomic_write_text
+from ..models import family_of
 from .layers import layer_benchmarks
 from .loop import format_loop_rows, loop_benchmarks
 from .proxy import format_proxy_rows, proxy_benchmarks
 from .timing import environment
-from .train import VGG_CASES, VIT_CASES, format_train_rows, training_benchmarks
+from .train import BENCH_MODELS, format_train_rows, training_benchmarks
 
 #: Seconds each stage is expected to take on an H100/H200 (used to skip what cannot finish).
+#: The models of the paper-size stages (ViT-Tiny first), and their families.
+SUITE_MODELS = ("vit_tiny", "vgg11")
+SUITE_FAMILIES = tuple(family_of(name).name for name in SUITE_MODELS)
 STAGE_SECONDS = {"loop": 150, "training": 150, "layers": 30, "proxy": 30, "profile": 30}
 
 
@@ -80,11 +84,12 @@ def run_suite(out_dir: str | os.PathLike, tiny: bool = False, budget_s: float = 
     stage("loop", loop, format_loop_rows)
     if not tiny:  # the paper-size models do not fit a quick CPU check
         stage("training", lambda: training_benchmarks(dev, quick=False,
-                                                      families=("vit", "vgg")),
+                                                      families=SUITE_FAMILIES),
               format_train_rows)
     stage("layers", lambda: [r.to_dict() for r in layer_benchmarks(
         dev, quick=tiny, repeats=2 if tiny else None)], lambda rows: format_rows_dicts(rows))
-    stage("proxy", lambda: proxy_benchmarks(families=("vgg",) if tiny else ("vit", "vgg")),
+    stage("proxy", lambda: proxy_benchmarks(families=SUITE_FAMILIES[1:] if tiny
+                                            else SUITE_FAMILIES),
           format_proxy_rows)
     left = budget_s - (time.perf_counter() - t0)
     if tiny or left >= STAGE_SECONDS["profile"]:
@@ -109,10 +114,10 @@ def profile_slowest(training_rows: list[dict] | None, device: torch.device, tiny
     λ=1 in a tiny run)."""
     import torch.nn.functional as F
 
-    from ..models import ModelConfig, build_model
+    from ..models import ModelConfig, build_model, default_image_size
 
-    cases = {("ViT-Tiny", label): ("vit_tiny", opts, 224) for label, opts in VIT_CASES}
-    cases.update({("VGG-11", label): ("vgg11", opts, 32) for label, opts in VGG_CASES})
+    cases = {(BENCH_MODELS[name][0], label): (name, opts, default_image_size(name))
+             for name in SUITE_MODELS for label, opts in BENCH_MODELS[name][1]}
     key = ("VGG-11", "ConvNN (λ=1)")
     if training_rows:
         ours = [r for r in training_rows if (r["model"], r["case"]) in cases]

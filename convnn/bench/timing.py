@@ -72,8 +72,8 @@ def _profiler_peak(step: Callable[[], None]) -> int:
     try:
         with open(os.devnull, "w") as null:
             os.dup2(null.fileno(), 2)
-            with contextlib.redirect_stderr(io.StringIO()), \
-                    profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            with (contextlib.redirect_stderr(io.StringIO()),
+                    profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof):
                 step()
     finally:
         os.dup2(saved, 2)
@@ -89,26 +89,62 @@ def _profiler_peak(step: Callable[[], None]) -> int:
 
 def measure_steps(steps: dict[str, Callable[[], None]], device: torch.device,
                   repeats: int, warmup: int = 2) -> dict[str, Measurement]:
-    """Round-robin median time, then peak memory, of each step."""
+    """Round-robin median time, then peak memory, of each step: the steps interleaved (one
+    of each per round), timed by CUDA events on a GPU (the stream's time from the start of a
+    step to its end, no host sync inside the timed span), by the wall clock elsewhere."""
     for step in steps.values():
         for _ in range(warmup):
             step()
     times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(repeats):
-        for name, step in steps.items():
-            sync(device)
-            start = time.perf_counter()
-            step()
-            sync(device)
-            times[name].append(time.perf_counter() - start)
+    if device.type == "cuda":
+        events = {name: [] for name in steps}
+        sync(device)
+        for _ in range(repeats):
+            for name, step in steps.items():
+                start, end = (torch.cuda.Event(enable_timing=True) for _ in range(2))
+                start.record()
+                step()
+                end.record()
+                events[name].append((start, end))
+        sync(device)
+        times = {name: [a.elapsed_time(b) / 1000.0 for a, b in pairs]
+                 for name, pairs in events.items()}
+    else:
+        for _ in range(repeats):
+            for name, step in steps.items():
+                start = time.perf_counter()
+                step()
+                times[name].append(time.perf_counter() - start)
     return {name: Measurement(name, statistics.median(times[name]), peak_memory(step, device))
             for name, step in steps.items()}
 
 
+SDPA_KERNELS = {"flash": "flash", "efficient": "memory-efficient", "cudnn": "cuDNN",
+                "math": "math"}
+"""The fused kernels behind ``F.scaled_dot_product_attention``, by a word of their ATen op
+(``aten::_scaled_dot_product_flash_attention`` ...)."""
+
+
+def sdpa_backends(step: Callable[[], None]) -> list[str]:
+    """Which SDPA kernels one call of ``step`` ran (``"flash"``, ``"memory-efficient"``,
+    ``"cuDNN"``, ``"math"``), read from the ATen ops the profiler records; ``[]`` where it
+    called none."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with contextlib.redirect_stderr(io.StringIO()), \
+            profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    found = set()
+    for event in prof.events():
+        if event.name.startswith("aten::_scaled_dot_product_"):
+            found |= {label for word, label in SDPA_KERNELS.items() if word in event.name}
+    return sorted(found)
+
+
 def environment(device: torch.device) -> dict:
     """Where the numbers come from."""
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() \
-        or platform.machine()
+    name = (torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+            or platform.machine())
     return {"device": str(device), "device_name": name, "torch": torch.__version__,
             "threads": torch.get_num_threads(), "commit": git_commit(),
             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
@@ -127,6 +163,30 @@ class FastBackends:
                         torch.backends.cudnn.allow_tf32)
             torch.backends.cudnn.benchmark = True
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.cuda:
+            (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32,
+             torch.backends.cudnn.allow_tf32) = self.old
+
+
+class TrainerBackends:
+    """The CUDA switches the trainer (:func:`convnn.train.train`) runs with for precision
+    ``amp`` (:func:`convnn.train.resolve_amp`): cuDNN autotuning, and TF32 matmuls and
+    convolutions turned on only where ``amp == "tf32"`` (otherwise PyTorch's defaults stay,
+    as in the trainer); the previous settings come back."""
+
+    def __init__(self, device: torch.device, amp: str) -> None:
+        self.cuda, self.tf32 = device.type == "cuda", amp == "tf32"
+
+    def __enter__(self):
+        if self.cuda:
+            self.old = (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32,
+                        torch.backends.cudnn.allow_tf32)
+            torch.backends.cudnn.benchmark = True
+            if self.tf32:
+                torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         return self
 
     def __exit__(self, *exc) -> None:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from .. import kernels
 from .._checks import check_known, resolve_device
-from ..models import ModelConfig, build_model, count_parameters
+from ..models import ModelConfig, build_model, count_parameters, default_image_size, family_of
 from ..train import fused_options, to_fast_layout
 from .timing import FastBackends, WithKernel, measure_steps
 
@@ -44,7 +44,15 @@ RESNET_CASES = [
       "layer_options": {"k": 9, "sampling": "random", "candidates": 32,
                         "candidate_layout": "count"}}),
 ]
-FAMILIES = ("vit", "vgg", "resnet")
+BENCH_MODELS = {
+    # model name: label, cases, (batch, input side) on a CPU, batch on CUDA (at the model's
+    # default input side)
+    "vit_tiny": ("ViT-Tiny", VIT_CASES, (2, 224), 256),
+    "vgg11": ("VGG-11", VGG_CASES, (4, 32), 128),
+    "resnet50": ("ResNet-50", RESNET_CASES, (2, 64), 64),
+}
+FAMILIES = tuple(family_of(name).name for name in BENCH_MODELS)
+"""The families benchmarked, one model each (from the model registry)."""
 
 
 def with_reference(options: dict) -> dict:
@@ -71,36 +79,30 @@ def training_benchmarks(device: torch.device | str | None = None, quick: bool = 
                         repeats: int | None = None) -> list[dict]:
     """Images per second and peak memory of a training step, per model, with ratios.
 
-    ``families`` picks the models: ``"vit"`` (ViT-Tiny), ``"vgg"`` (VGG-11), ``"resnet"``
-    (ResNet-50)."""
+    ``families`` picks the models (:data:`BENCH_MODELS`): ``"vit"`` (ViT-Tiny), ``"vgg"``
+    (VGG-11), ``"resnet"`` (ResNet-50)."""
     check_known("families", families, FAMILIES)
     device = resolve_device("device", device)
     on_cpu = device.type == "cpu"
     repeats = repeats or (2 if on_cpu else 10)
     rows: list[dict] = []
-    plans = []
-    if "vit" in families:
-        plans.append(("ViT-Tiny", "vit_tiny", 2 if on_cpu or quick and on_cpu else 256, 224,
-                      VIT_CASES))
-    if "vgg" in families:
-        plans.append(("VGG-11", "vgg11", 4 if on_cpu else 128, 32, VGG_CASES))
-    if "resnet" in families:
-        plans.append(("ResNet-50", "resnet50", 2 if on_cpu else 64, 64 if on_cpu else 224,
-                      RESNET_CASES))
+    plans = [(label, name, *(cpu if on_cpu else (cuda_batch, default_image_size(name))), cases)
+             for name, (label, cases, cpu, cuda_batch) in BENCH_MODELS.items()
+             if family_of(name).name in families]
     for model_name, config_name, batch, size, cases in plans:
         torch.manual_seed(0)
         images = torch.randn(batch, 3, size, size, device=device)
         labels = torch.randint(0, 10, (batch,), device=device)
-        size_option = {"image_size": size} if config_name == "resnet50" else {}
+        size_option = {"image_size": size} if size != default_image_size(config_name) else {}
         steps, params, configs = {}, {}, {}
         for label, options in cases:
             variants = [(label, options)]
-            if options.get("mixer", "").startswith("convnn") or \
-                    options.get("layer") in ("branching", "convnn"):
+            if (options.get("mixer", "").startswith("convnn") or
+                    options.get("layer") in ("branching", "convnn")):
                 variants.append((f"{label} [reference]", with_reference(options)))
-            if (options.get("mixer") == "convnn_attention"
-                    or options.get("layer") in ("branching", "convnn")) \
-                    and device.type == "cuda" and kernels.available(device):
+            if ((options.get("mixer") == "convnn_attention"
+                 or options.get("layer") in ("branching", "convnn"))
+                    and device.type == "cuda" and kernels.available(device)):
                 variants.append((f"{label} [Triton]", dict(options, kernel="triton")))
             if options.get("layer") in ("branching", "convnn") and device.type == "cuda":
                 # bf16 convolutions in NCHW measured 3.3x slower than TF32 on an H200

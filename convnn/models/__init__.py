@@ -1,7 +1,8 @@
 """The paper's models: VGG and ResNet with a pluggable conv layer, ViT with a pluggable mixer.
 
 One dataclass, :class:`ModelConfig`, names a model and its options; :func:`build_model` turns it
-into an ``nn.Module``. The config round-trips through JSON (:meth:`ModelConfig.to_dict`,
+into an ``nn.Module`` through the model's family (:mod:`convnn.models.family`: each family's
+file registers its names, builder and config fields, so a new family is one new file). The config round-trips through JSON (:meth:`ModelConfig.to_dict`,
 :meth:`ModelConfig.from_dict`) so that it can be saved next to every run.
 
 Example:
@@ -21,15 +22,27 @@ from dataclasses import InitVar, dataclass, field
 
 from torch import nn
 
-from .._checks import check_choice, check_known, renamed_argument
+from .._checks import check_known, renamed_argument
+from .family import (
+    COMMON_FIELDS,
+    MODEL_FAMILIES,
+    ModelFamily,
+    default_image_size,
+    family_of,
+    model_names,
+    optional_fields,
+    register_model_family,
+    unregister_model_family,
+)
 from .plan import candidates_fallback, sampling_for_map
-from .resnet import PAPER_RESNET50, RESNET_DEPTHS, RESNET_LAYERS, ResNet, resnet50
+from .resnet import PAPER_RESNET50, RESNET_DEPTHS, RESNET_LAYERS, RESNET_NAMES, ResNet, resnet50
 from .vgg import (
     LAYER_OPTIONS,
     VGG,
     VGG_CONFIGS,
     VGG_HEADS,
     VGG_LAYERS,
+    VGG_NAMES,
     CoordAggregationConvNN2d,
     paper_layer_options,
     vgg11,
@@ -39,6 +52,7 @@ from .vgg import (
 )
 from .vit import (
     MIXERS,
+    VIT_PRESETS,
     PatchEmbedding,
     TransformerBlock,
     ViT,
@@ -49,24 +63,6 @@ from .vit import (
     vit_tiny_paper,
 )
 
-VGG_NAMES = {"vgg11": 11, "vgg13": 13, "vgg16": 16, "vgg19": 19}
-VIT_PRESETS = {
-    # name: image_size, patch_size, dim, depth, mlp_dim, heads
-    "vit_tiny": (224, 16, 192, 12, 768, 1),
-    "vit_tiny_cifar": (32, 4, 192, 12, 768, 1),
-    "vit_base": (224, 16, 768, 12, 3072, 12),
-}
-RESNET_NAMES = {f"resnet{d}": d for d in RESNET_DEPTHS}
-MODEL_NAMES = (*VGG_NAMES, *RESNET_NAMES, *VIT_PRESETS)
-
-# the optional fields each family understands (the others must stay None)
-_FAMILY_FIELDS = {
-    "vgg": ("layer", "ratio", "kernel_size", "head", "dropout", "width_multiplier"),
-    "resnet": ("layer", "ratio", "width_multiplier", "conv_bias"),
-    "vit": ("mixer", "ratio", "kernel_size", "num_heads", "dropout", "attn_dropout", "depth",
-            "patch_size", "dim", "mlp_dim"),
-}
-_FAMILY_NAMES = {"vgg": "VGG", "resnet": "ResNet", "vit": "ViT"}
 RENAMED_FIELDS = {"heads": "num_heads"}
 """Old :class:`ModelConfig` field names (still in saved ``config.json`` files) → new ones."""
 
@@ -88,10 +84,11 @@ class ModelConfig:
     """Which model to build and how; ``None`` means "the preset's default".
 
     Attributes:
-        name: one of :data:`MODEL_NAMES`: ``"vgg11"``, ``"vgg13"``, ``"vgg16"``, ``"vgg19"``,
+        name: a model name of a registered family (:func:`model_names`): ``"vgg11"``, ``"vgg13"``, ``"vgg16"``, ``"vgg19"``,
             ``"resnet18"``, ``"resnet34"``, ``"resnet50"``, ``"resnet101"``, ``"resnet152"``,
             ``"vit_tiny"`` (the paper's: 224 input, patch 16), ``"vit_tiny_cifar"`` (32 input,
-            patch 4) or ``"vit_base"``.
+            patch 4), ``"vit_base"``, or one of a family added with
+            :func:`register_model_family`.
         num_classes: classes of the classifier.
         image_size: input side (default 32 for VGG and ``vit_tiny_cifar``, 224 otherwise).
         in_channels: image channels.
@@ -145,11 +142,8 @@ class ModelConfig:
 
     @property
     def family(self) -> str:
-        """``"vgg"``, ``"resnet"`` or ``"vit"``."""
-        check_choice("name", self.name, MODEL_NAMES)
-        if self.name in VGG_NAMES:
-            return "vgg"
-        return "resnet" if self.name in RESNET_NAMES else "vit"
+        """The name of its :class:`ModelFamily` (``"vgg"``, ``"resnet"``, ``"vit"``...)."""
+        return family_of(self.name).name
 
     def to_dict(self) -> dict:
         """A JSON-serialisable dict (``from_dict(to_dict())`` gives an equal config)."""
@@ -171,75 +165,13 @@ class ModelConfig:
         return cls(**data)
 
 
-def _check_family_fields(config: ModelConfig, family: str) -> None:
-    optional = {n for fields in _FAMILY_FIELDS.values() for n in fields}
-    for name in sorted(optional - set(_FAMILY_FIELDS[family])):
+def _check_family_fields(config: ModelConfig, family: ModelFamily) -> None:
+    for name in sorted(optional_fields() - family.fields):
         value = getattr(config, name)
         if value is not None:
-            owners = [_FAMILY_NAMES[f] for f, fields in _FAMILY_FIELDS.items() if name in fields]
+            owners = [f.title for f in MODEL_FAMILIES.values() if name in f.fields]
             raise ValueError(f"{name}={value!r} does not apply to {config.name!r} (an option "
                              f"of {' and '.join(owners)} models)")
-
-
-def _build_resnet(config: ModelConfig, factory: dict) -> ResNet:
-    kwargs = {}
-    for name in ("width_multiplier", "conv_bias"):
-        value = getattr(config, name)
-        if value is not None:
-            kwargs[name] = value
-    return ResNet(RESNET_NAMES[config.name], config.num_classes,
-                  layer="conv2d" if config.layer is None else config.layer, ratio=config.ratio,
-                  layer_options=dict(config.layer_options),
-                  image_size=224 if config.image_size is None else config.image_size,
-                  in_channels=config.in_channels, **kwargs, **factory)
-
-
-def _build_vgg(config: ModelConfig, factory: dict) -> VGG:
-    layer = "conv2d" if config.layer is None else config.layer
-    check_choice("layer", layer, VGG_LAYERS)
-    head = "paper" if config.head is None else config.head
-    check_choice("head", head, VGG_HEADS)
-    kwargs = {}
-    for name, value in (("dropout", config.dropout),
-                        ("width_multiplier", config.width_multiplier),
-                        ("kernel_size", config.kernel_size)):
-        if value is not None:
-            kwargs[name] = value
-    return VGG(VGG_NAMES[config.name], config.num_classes, layer=layer, ratio=config.ratio,
-               layer_options=dict(config.layer_options),
-               image_size=32 if config.image_size is None else config.image_size,
-               in_channels=config.in_channels, head=head, **kwargs, **factory)
-
-
-def _build_vit(config: ModelConfig, factory: dict) -> ViT:
-    image, patch, dim, depth, mlp_dim, heads = VIT_PRESETS[config.name]
-    mixer = "attention" if config.mixer is None else config.mixer
-    check_choice("mixer", mixer, MIXERS)
-    options = dict(config.layer_options)
-    allowed = mixer_option_names(mixer)
-    for name in ("ratio", "kernel_size"):
-        value = getattr(config, name)
-        if value is None:
-            continue
-        if name not in allowed:
-            raise ValueError(f"{name}={value!r} does not apply to mixer={mixer!r}")
-        if name in options and options[name] != value:
-            raise ValueError(f"{name} given twice: {name}={value!r} and "
-                             f"layer_options[{name!r}]={options[name]!r}")
-        options[name] = value
-    kwargs = {}
-    for name, value in (("dropout", config.dropout), ("attn_dropout", config.attn_dropout)):
-        if value is not None:
-            kwargs[name] = value
-
-    def pick(value, default):
-        return default if value is None else value
-
-    return ViT(config.num_classes, image_size=pick(config.image_size, image),
-               patch_size=pick(config.patch_size, patch), in_channels=config.in_channels,
-               dim=pick(config.dim, dim), depth=pick(config.depth, depth),
-               mlp_dim=pick(config.mlp_dim, mlp_dim), num_heads=pick(config.num_heads, heads),
-               mixer=mixer, layer_options=options, **kwargs, **factory)
 
 
 def build_model(config: ModelConfig | dict, *, device=None, dtype=None) -> nn.Module:
@@ -250,7 +182,8 @@ def build_model(config: ModelConfig | dict, *, device=None, dtype=None) -> nn.Mo
         device, dtype: factory kwargs; ``device="meta"`` allocates nothing (parameter counts).
 
     Returns:
-        A :class:`VGG`, :class:`ResNet` or :class:`ViT`.
+        The model its family (:data:`MODEL_FAMILIES`) builds: a :class:`VGG`, :class:`ResNet`,
+        :class:`ViT`...
 
     Raises:
         ValueError: unknown name, layer, mixer or option, or an option of the other family.
@@ -259,14 +192,13 @@ def build_model(config: ModelConfig | dict, *, device=None, dtype=None) -> nn.Mo
         config = ModelConfig.from_dict(config)
     if not isinstance(config, ModelConfig):
         raise ValueError(f"config must be a ModelConfig or a dict, got {type(config).__name__}")
-    family = config.family
+    family = family_of(config.name)
+    unknown = sorted(optional_fields() - {f.name for f in dataclasses.fields(config)})
+    if unknown:
+        raise ValueError(f"a model family reads field(s) {unknown} that ModelConfig does not "
+                         "have; use layer_options for a family's own options")
     _check_family_fields(config, family)
-    factory = {"device": device, "dtype": dtype}
-    if family == "vgg":
-        return _build_vgg(config, factory)
-    if family == "resnet":
-        return _build_resnet(config, factory)
-    return _build_vit(config, factory)
+    return family.build(config, {"device": device, "dtype": dtype})
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
@@ -275,19 +207,24 @@ def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
 
 
 __all__ = [
+    "COMMON_FIELDS",
     "LAYER_OPTIONS",
     "MIXERS",
-    "MODEL_NAMES",
+    "MODEL_FAMILIES",
     "PAPER_RESNET50",
     "RENAMED_FIELDS",
     "RESNET_DEPTHS",
     "RESNET_LAYERS",
+    "RESNET_NAMES",
     "VGG",
     "VGG_CONFIGS",
     "VGG_HEADS",
     "VGG_LAYERS",
+    "VGG_NAMES",
+    "VIT_PRESETS",
     "CoordAggregationConvNN2d",
     "ModelConfig",
+    "ModelFamily",
     "PatchEmbedding",
     "ResNet",
     "TransformerBlock",
@@ -295,11 +232,17 @@ __all__ = [
     "build_model",
     "candidates_fallback",
     "count_parameters",
+    "default_image_size",
+    "family_of",
     "mixer_option_names",
+    "model_names",
+    "optional_fields",
     "paper_layer_options",
+    "register_model_family",
     "resnet50",
     "sampling_for_map",
     "sinusoidal_positions",
+    "unregister_model_family",
     "upgrade_model_dict",
     "vgg11",
     "vgg13",

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from .._checks import check_bool, check_choice, check_int
 from ..layers import BranchingConv2d, ConvNN2d
+from .family import ModelFamily, register_model_family
 from .plan import (
     check_input_size,
     check_layer_options,
@@ -289,4 +290,29 @@ def resnet50(num_classes: int = 1000, layer: str = "conv2d", **kwargs) -> ResNet
     return ResNet(50, num_classes, layer=layer, **kwargs)
 
 
-__all__ = ["PAPER_RESNET50", "RESNET_DEPTHS", "RESNET_LAYERS", "ResNet", "resnet50"]
+RESNET_NAMES = {f"resnet{d}": d for d in RESNET_DEPTHS}
+
+
+def _build_resnet(config, factory: dict) -> ResNet:
+    kwargs = {name: getattr(config, name) for name in ("width_multiplier", "conv_bias")
+              if getattr(config, name) is not None}
+    return ResNet(RESNET_NAMES[config.name], config.num_classes,
+                  layer="conv2d" if config.layer is None else config.layer, ratio=config.ratio,
+                  layer_options=dict(config.layer_options),
+                  image_size=224 if config.image_size is None else config.image_size,
+                  in_channels=config.in_channels, **kwargs, **factory)
+
+
+register_model_family(ModelFamily(
+    "resnet", "ResNet", ResNet, image_sizes=dict.fromkeys(RESNET_NAMES, 224),
+    build=_build_resnet, fields=frozenset({"layer", "ratio", "width_multiplier", "conv_bias"}),
+    # our ImageNet recipe (the paper states none): torchvision's SGD recipe, with cosine
+    # decay and label smoothing
+    protocol={"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4,
+              "schedule": "cosine", "warmup_epochs": 5, "epochs": 90, "batch_size": 256,
+              "grad_clip": None, "label_smoothing": 0.1, "augment": True},
+    reduced={"width_multiplier": 0.125, "image_size": 64}))
+
+
+__all__ = ["PAPER_RESNET50", "RESNET_DEPTHS", "RESNET_LAYERS", "RESNET_NAMES", "ResNet",
+           "resnet50"]

@@ -41,6 +41,7 @@ from .. import ops
 from .._checks import check_choice, check_fraction, check_int
 from ..layers import CONVNN2D_CONFIG_KEYS, BranchingConv2d, ConvNN2d
 from ..paper_vocabulary import paper_layer_options  # re-exported (models' public API)
+from .family import ModelFamily, register_model_family
 from .plan import (
     check_input_size,
     check_layer_options,
@@ -267,10 +268,10 @@ class VGG(nn.Module):
         """:attr:`layer_plan` as a small text table."""
         rows = ["idx  in->out    map    conv/convnn  sampling (requested)  fallback"]
         for p in self.layer_plan:
-            used = p["sampling"] if p["candidates"] is None else \
-                f"{p['sampling']} r={p['candidates']}"
-            req = p["requested_sampling"] if p["requested_candidates"] is None else \
-                f"{p['requested_sampling']} r={p['requested_candidates']}"
+            used = (p["sampling"] if p["candidates"] is None else
+                    f"{p['sampling']} r={p['candidates']}")
+            req = (p["requested_sampling"] if p["requested_candidates"] is None else
+                   f"{p['requested_sampling']} r={p['requested_candidates']}")
             rows.append(f"{p['index']:>3}  {p['in_channels']:>4}->{p['out_channels']:<4} "
                         f"{p['map_size'][0]:>3}x{p['map_size'][1]:<3} "
                         f"{p['conv_channels']:>4}/{p['convnn_channels']:<4}  "
@@ -309,12 +310,36 @@ def vgg19(num_classes: int = 10, layer: str = "conv2d", **kwargs) -> VGG:
     return _vgg(19, num_classes, layer, kwargs)
 
 
+VGG_NAMES = {"vgg11": 11, "vgg13": 13, "vgg16": 16, "vgg19": 19}
+
+
+def _build_vgg(config, factory: dict) -> VGG:
+    layer = "conv2d" if config.layer is None else config.layer
+    check_choice("layer", layer, VGG_LAYERS)
+    head = "paper" if config.head is None else config.head
+    check_choice("head", head, VGG_HEADS)
+    kwargs = {name: getattr(config, name) for name in ("dropout", "width_multiplier",
+                                                        "kernel_size")
+              if getattr(config, name) is not None}
+    return VGG(VGG_NAMES[config.name], config.num_classes, layer=layer, ratio=config.ratio,
+               layer_options=dict(config.layer_options),
+               image_size=32 if config.image_size is None else config.image_size,
+               in_channels=config.in_channels, head=head, **kwargs, **factory)
+
+
+register_model_family(ModelFamily(
+    "vgg", "VGG", VGG, image_sizes=dict.fromkeys(VGG_NAMES, 32), build=_build_vgg,
+    fields=frozenset({"layer", "ratio", "kernel_size", "head", "dropout", "width_multiplier"}),
+    reduced={"head": "lean", "width_multiplier": 0.125}))
+
+
 __all__ = [
     "LAYER_OPTIONS",
     "VGG",
     "VGG_CONFIGS",
     "VGG_HEADS",
     "VGG_LAYERS",
+    "VGG_NAMES",
     "CoordAggregationConvNN2d",
     "paper_layer_options",
     "vgg11",

@@ -47,6 +47,7 @@ from torch import Tensor, nn
 from .. import layers as _layers  # noqa: F401  (registers the ConvNN mixers)
 from .._checks import check_choice, check_fraction, check_int, check_known, renamed_argument
 from ..attention import _RegistryView, create_mixer, mixer_names, mixer_spec
+from .family import ModelFamily, register_model_family
 from .plan import candidates_fallback
 
 MIXERS: Mapping[str, tuple[type[nn.Module], dict]] = _RegistryView(
@@ -321,8 +322,59 @@ def vit_base_paper(num_classes: int = 1000, mixer: str = "attention", **mixer_kw
     return _vit_preset(num_classes, mixer, kwargs, 224, 16)
 
 
+VIT_PRESETS = {
+    # name: image_size, patch_size, dim, depth, mlp_dim, heads
+    "vit_tiny": (224, 16, 192, 12, 768, 1),
+    "vit_tiny_cifar": (32, 4, 192, 12, 768, 1),
+    "vit_base": (224, 16, 768, 12, 3072, 12),
+}
+
+
+def _build_vit(config, factory: dict) -> ViT:
+    image, patch, dim, depth, mlp_dim, heads = VIT_PRESETS[config.name]
+    mixer = "attention" if config.mixer is None else config.mixer
+    check_choice("mixer", mixer, MIXERS)
+    options = dict(config.layer_options)
+    allowed = mixer_option_names(mixer)
+    for name in ("ratio", "kernel_size"):
+        value = getattr(config, name)
+        if value is None:
+            continue
+        if name not in allowed:
+            raise ValueError(f"{name}={value!r} does not apply to mixer={mixer!r}")
+        if name in options and options[name] != value:
+            raise ValueError(f"{name} given twice: {name}={value!r} and "
+                             f"layer_options[{name!r}]={options[name]!r}")
+        options[name] = value
+    kwargs = {name: getattr(config, name) for name in ("dropout", "attn_dropout")
+              if getattr(config, name) is not None}
+
+    def pick(value, default):
+        return default if value is None else value
+
+    return ViT(config.num_classes, image_size=pick(config.image_size, image),
+               patch_size=pick(config.patch_size, patch), in_channels=config.in_channels,
+               dim=pick(config.dim, dim), depth=pick(config.depth, depth),
+               mlp_dim=pick(config.mlp_dim, mlp_dim), num_heads=pick(config.num_heads, heads),
+               mixer=mixer, layer_options=options, **kwargs, **factory)
+
+
+register_model_family(ModelFamily(
+    "vit", "ViT", ViT, image_sizes={name: p[0] for name, p in VIT_PRESETS.items()},
+    build=_build_vit,
+    fields=frozenset({"mixer", "ratio", "kernel_size", "num_heads", "dropout", "attn_dropout",
+                      "depth", "patch_size", "dim", "mlp_dim"}),
+    # our ImageNet recipe (the paper states none): DeiT's optimiser settings (lr 5e-4 per 512
+    # images), without its RandAugment, mixup, cutmix, random erasing and stochastic depth
+    protocol={"optimizer": "adamw", "lr": 2.5e-4, "weight_decay": 0.05, "schedule": "cosine",
+              "warmup_epochs": 5, "epochs": 300, "batch_size": 256, "grad_clip": 1.0,
+              "label_smoothing": 0.1, "augment": True},
+    reduced={"image_size": 32, "patch_size": 2, "depth": 2, "dim": 48, "mlp_dim": 96}))
+
+
 __all__ = [
     "MIXERS",
+    "VIT_PRESETS",
     "PatchEmbedding",
     "TransformerBlock",
     "ViT",
