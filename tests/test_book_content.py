@@ -305,7 +305,7 @@ HEADER = re.compile(
     r"\A```\{admonition\} In this chapter\n:class: chapter-header\n"
     r"- \*\*You will\*\* [^\n]+\.\n- \*\*You need\*\* [^\n]+\.\n"
     r"- \*\*Notation:\*\* \{doc\}`notation` [^\n]+\n```\Z")
-NO_HEADER = {"book/intro", "book/notation", "book/references"}
+NO_HEADER = {"book/intro", "book/notation", "book/references", "book/api"}
 
 
 def _outputs_text(cell: dict) -> str:
