@@ -138,7 +138,7 @@ def _bench(args: argparse.Namespace) -> int:
     if args.compile:
         from .bench.compile import run_compile
 
-        return run_compile(args.compile, cards=args.cards)
+        return run_compile(args.compile, cards=args.cards, workers=args.workers)
     if args.tensorcore:
         from .bench.tensorcore import run_tensorcore
 
@@ -156,10 +156,14 @@ def _bench(args: argparse.Namespace) -> int:
     if args.proxy:
         from ._io import atomic_write_json
         from .bench.proxy import (
+            calibration,
+            format_calibration,
             format_kernel_estimates,
             format_proxy_rows,
+            format_target_estimates,
             kernel_estimates,
             proxy_benchmarks,
+            target_estimates,
         )
 
         rows = proxy_benchmarks(gpu=args.gpu)
@@ -171,8 +175,19 @@ def _bench(args: argparse.Namespace) -> int:
         print("\nestimated with the fused kernels (uncalibrated: no fused kernel has run on a "
               "GPU yet; ratios against each target's baseline)")
         print(format_kernel_estimates(kernel_rows))
+        calibrated = calibration(gpu=args.gpu)
+        print("\ncalibration: the model against every committed H200 row (error = model / "
+              "measured - 1; LOO = fitted without that case)")
+        print(format_calibration(calibrated))
+        targets = target_estimates(args.gpu, calibrated)
+        print("\nESTIMATES of the issue's targets with the calibrated model (ratio against the "
+              "baseline; range: the kernel assumptions; calib. rms: the model's error on the "
+              "committed ratios)")
+        print(format_target_estimates(targets))
         if args.json:
-            atomic_write_json(args.json, {"proxy": rows, "kernel_estimates": kernel_rows})
+            atomic_write_json(args.json, {"proxy": rows, "kernel_estimates": kernel_rows,
+                                          "calibration": calibrated,
+                                          "target_estimates": targets})
             print(f"wrote {args.json}")
         return 0
     from .bench import run
@@ -190,6 +205,12 @@ def _positive_seconds(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text!r}")
+    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -290,6 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "1 when a variant fails the gate")
     bench.add_argument("--cards", type=_card_names, metavar="SM,...",
                        help="--compile: only these cards (default: sm_75,sm_80,sm_89,sm_90)")
+    bench.add_argument("--workers", type=_positive_int, metavar="N",
+                       help="--compile: compiling processes (default: the CPU count, at most 4)")
     bench.add_argument("--budget", type=_positive_seconds, default=480.0, metavar="SECONDS",
                        help="--suite, --tensorcore: skip the stages that would end after this many seconds "
                             "(default 480)")
@@ -320,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "debug", False) or getattr(args, "debug_first", False):
         return args.func(args)
-    from .train import DivergedError
+    from .train import DivergedError, Terminated
 
     try:
         return args.func(args)
@@ -330,6 +353,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Terminated as err:
+        print(f"terminated: {err}", file=sys.stderr)
+        return 143  # 128 + SIGTERM, as a shell reports a process the signal ended
     except DivergedError as err:
         print(f"error: {_message(err)}", file=sys.stderr)
         return 1

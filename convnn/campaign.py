@@ -52,13 +52,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ._checks import check_bool, check_int
-from ._io import atomic_write_json, atomic_write_text
+from ._io import (
+    FolderLockedError,
+    LockLostError,
+    atomic_write_json,
+    atomic_write_text,
+    folder_lock,
+    open_nofollow,
+    read_bytes,
+    refuse_link,
+)
 from .experiments import PRESETS, get_preset, paper_records, preset_for_record
 from .run_folder import (
     CONFIG,
     LOG_FILES,
     METRICS,
     RunFolder,
+    RunFolderBusyError,
     expect_type,
     find_run_folders,
     parse_logs,
@@ -83,6 +93,8 @@ __all__ = [
 LOG_PACK_BYTES = 16 * 1024 * 1024
 STATE_FILE = "campaign.json"
 LOG_FILE = "campaign.log"
+#: The campaign's lock: one campaign command per folder at a time.
+LOCK_FILE = ".campaign.lock"
 #: A run that failed this many times is skipped until ``retry_failed`` (``--retry-failed``).
 MAX_ATTEMPTS = 3
 #: Epochs of a smoke campaign's "full" run (reduced models on a few hundred images).
@@ -222,8 +234,9 @@ def _load_state(out: Path, smoke: bool, queue: Sequence[QueueItem]) -> dict:
     if not path.is_file():
         return {"format": 1, "smoke": smoke, "created": _now(), "runs": {}, "groups": {},
                 "commands": []}
+    refuse_link(path)
     try:
-        state = json.loads(path.read_text(encoding="utf-8"))
+        state = json.loads(read_bytes(path).decode("utf-8"))
     except (OSError, ValueError) as err:
         raise CampaignError(f"{path} is not readable JSON ({err}); move the folder away or "
                             "choose another --out") from None
@@ -284,11 +297,15 @@ class _Campaign:
     pack: bool
     did_work: bool = False
     failed_now: set = dataclasses.field(default_factory=set)  # failed in this command
+    busy_now: set = dataclasses.field(default_factory=set)  # held by another process now
+    held: object = None  # the campaign lock (a HeldLock): checked before every write
 
     def run_dir(self, preset: str) -> Path:
         return self.out / "runs" / preset
 
     def save(self) -> None:
+        if self.held is not None:
+            self.held.check()
         atomic_write_json(self.out / STATE_FILE, self.state)
 
     def full(self, preset: str) -> int:
@@ -424,7 +441,7 @@ class _Campaign:
     def skipped(self, preset: str) -> bool:
         """A run that failed in this command, or :data:`MAX_ATTEMPTS` times: not tried now."""
         count, _ = _failures(self.state["runs"].get(preset, {}))
-        return preset in self.failed_now or count >= MAX_ATTEMPTS
+        return preset in self.failed_now or preset in self.busy_now or count >= MAX_ATTEMPTS
 
     def announce_failures(self) -> None:
         for item in self.queue:
@@ -459,6 +476,8 @@ class _Campaign:
                         return f"out of time: could not measure {preset}"
                 except OutOfTime:
                     raise
+                except (RunFolderBusyError, LockLostError) as err:
+                    self.busy(preset, err)
                 except Exception as err:  # noqa: BLE001 - a failed run must not end the queue
                     self.fail(preset, err)
             live = [p for p in live if not self.skipped(p)]
@@ -480,13 +499,25 @@ class _Campaign:
                 try:
                     if not self.train(preset, plan["epochs"]):
                         return f"out of time: {preset} stopped after an epoch"
+                except (RunFolderBusyError, LockLostError) as err:
+                    self.busy(preset, err)
                 except Exception as err:  # noqa: BLE001
                     self.fail(preset, err)
             self.state_command()["trained_before_plan"] = True
-        failed = [p for item in self.queue for p in item.presets if self.skipped(p)]
+        failed = [p for item in self.queue for p in item.presets
+                  if self.skipped(p) and p not in self.busy_now]
         if failed:
             return f"queue done except the failed run(s) {', '.join(failed)}"
+        if self.busy_now:
+            return f"queue done except the run(s) busy elsewhere {', '.join(sorted(self.busy_now))}"
         return "queue done"
+
+    def busy(self, preset: str, err: Exception) -> None:
+        """A run whose folder another live process holds: skipped by this command, not
+        counted as a failure."""
+        self.busy_now.add(preset)
+        self.log(f"{preset}: busy in another process, skipped by this command (not a "
+                 f"failure): {err}")
 
     def fail(self, preset: str, err: Exception) -> None:
         m = self.state["runs"].setdefault(preset, {})
@@ -564,11 +595,29 @@ def run_campaign(minutes: float, out: str | os.PathLike, *,
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     logs_dir = Path(logs_dir) if logs_dir is not None else out
+    for name in (STATE_FILE, LOG_FILE, LOCK_FILE):
+        refuse_link(out / name)
+    try:
+        with folder_lock(out, LOCK_FILE, log=log) as held:
+            return _run_locked(minutes, out, queue, logs_dir, smoke, full_epochs, min_epochs,
+                               safety, reserve, data_dir, device, amp, trainer, clock, log,
+                               pack, command, retry_failed, start, held)
+    except FolderLockedError as err:
+        raise CampaignError(f"another campaign command is running in {out} ({err}); one "
+                            "campaign per --out: wait for it to finish") from None
+
+
+def _run_locked(minutes, out, queue, logs_dir, smoke, full_epochs, min_epochs, safety,
+                reserve, data_dir, device, amp, trainer, clock, log, pack, command,
+                retry_failed, start, held) -> dict:
+    """:func:`run_campaign` while holding the campaign folder's lock."""
     state = _load_state(out, smoke, queue)
-    log_file = open(out / LOG_FILE, "a", encoding="utf-8")  # noqa: SIM115
+    log_file = os.fdopen(open_nofollow(out / LOG_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT),
+                         "a", encoding="utf-8")
 
     def say(text: str) -> None:
         log(text)
+        held.check()  # a campaign taken over by another host writes nothing more
         log_file.write(text + "\n")
         log_file.flush()
 
@@ -584,7 +633,7 @@ def run_campaign(minutes: float, out: str | os.PathLike, *,
     campaign = _Campaign(out, logs_dir, queue, trainer or preset_trainer(
         smoke=smoke, data_dir=data_dir, device=device, amp=amp), clock,
         start + 60.0 * minutes - reserve, full_epochs, min_epochs, float(safety), say, state,
-        smoke, pack)
+        smoke, pack, held=held)
     campaign.save()
     stopped = "interrupted"
     try:
@@ -633,8 +682,11 @@ def pack_logs(out: str | os.PathLike, logs_dir: str | os.PathLike | None = None,
     out = Path(out)
     logs_dir = Path(logs_dir) if logs_dir is not None else out
     logs_dir.mkdir(parents=True, exist_ok=True)
+    for path in (out / STATE_FILE, out / LOG_FILE):
+        refuse_link(path)
     files = [p for p in (out / STATE_FILE, out / LOG_FILE) if p.is_file()]
     files += sorted(p for p in (out / "runs").glob("*/*") if p.name in _RUN_LOGS)
+    contents = [read_bytes(path) for path in files]  # a link is refused, never packed
     for old in logs_dir.glob("campaign-logs-*.tar.gz"):
         old.unlink()
     packs: list[Path] = []
@@ -653,8 +705,7 @@ def pack_logs(out: str | os.PathLike, logs_dir: str | os.PathLike | None = None,
             raise RuntimeError(f"{path} is larger than {limit} bytes")
         packs.append(path)
 
-    for path in files:
-        data = path.read_bytes()
+    for path, data in zip(files, contents, strict=True):
         if len(data) > budget:
             raise ValueError(f"{path} is {len(data)} bytes, more than one pack may hold "
                              f"({limit} bytes)")
@@ -925,22 +976,44 @@ def _collect(source: Path) -> tuple[list[_RunLogs], dict | None]:
 
 def _already_filed(dest: Path, runs: Sequence[_RunLogs]) -> None:
     """Refuse a run whose ``metrics.jsonl`` is already in ``dest`` (filed under any name)."""
-    incoming = {run.files[METRICS]: run.name for run in runs}
+    incoming = {_normalised(run.files[METRICS]): run.name for run in runs}
     for folder in find_run_folders(dest, max_depth=2):
-        name = incoming.get(read_log_bytes(folder).get(METRICS))
+        metrics = read_log_bytes(folder).get(METRICS)
+        name = incoming.get(_normalised(metrics)) if metrics is not None else None
         if name is not None:
             raise ValueError(f"run {name} is already filed in {folder}; nothing "
                              "was imported")
 
 
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]~|])")
+
+
+def _normalised(metrics: bytes) -> tuple:
+    """A metrics log's content, whatever its whitespace and key order: its records as sorted
+    JSON (the raw lines, stripped, where one is not JSON)."""
+    lines = []
+    for line in metrics.decode("utf-8", "replace").splitlines():
+        if line.strip():
+            try:
+                lines.append(json.dumps(json.loads(line), sort_keys=True))
+            except ValueError:
+                lines.append(line.strip())
+    return tuple(lines)
+
+
 def _cell(text: str) -> str:
-    """Text for a Markdown table cell or list item: one line, pipes escaped."""
-    return " ".join(str(text).split()).replace("|", "\\|")
+    """Text for a Markdown table cell or list item: one line, HTML characters as entities
+    (no raw HTML reaches the README) and Markdown's punctuation escaped (no links, images
+    or emphasis either)."""
+    text = " ".join(str(text).split())
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
 
 
 def _code(text: str) -> str:
-    """``text`` as one Markdown code span (a longer fence where it holds backticks)."""
-    text = _cell(text)
+    """``text`` as one Markdown code span (a longer fence where it holds backticks): shown
+    as typed, HTML included, in one table cell."""
+    text = " ".join(str(text).split()).replace("|", "\\|")
     fence = "`" * (max((len(m) for m in re.findall(r"`+", text)), default=0) + 1)
     pad = " " if text.startswith("`") or text.endswith("`") else ""
     return f"{fence}{pad}{text}{pad}{fence}"

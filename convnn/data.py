@@ -36,6 +36,7 @@ import contextlib
 import functools
 import hashlib
 import io
+import json
 import os
 import re
 import sys
@@ -75,6 +76,7 @@ __all__ = [
     "EpochLoader",
     "ImageDataset",
     "augment_batch",
+    "content_digest",
     "dataset_fingerprint",
     "dataset_info",
     "default_cache_dir",
@@ -385,7 +387,8 @@ def _load_decoded(
     if cache_file.is_file():
         try:
             with np.load(cache_file, allow_pickle=False) as z:
-                return {k: z[k] for k in z.files}
+                arrays = {k: z[k] for k in z.files}
+            return _checked_cache(arrays)
         except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
             print(f"convnn.data: note: the decoded cache {cache_file} is damaged "
                   f"({type(err).__name__}: {err}); decoding {path} again", file=sys.stderr)
@@ -393,6 +396,8 @@ def _load_decoded(
                 cache_file.unlink()
     items = _read_tree(path) if kind == "tree" else _read_tarball(path, name)
     arrays = _decode_items(items, path, name, progress)
+    digests = {k: _array_digest(arrays[k]) for k in _CONTENT_ARRAYS}  # as decoded
+    arrays[_CACHE_DIGESTS] = np.array(json.dumps(digests))
     try:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache_file.with_name(cache_file.name + f".tmp{os.getpid()}.npz")
@@ -402,6 +407,38 @@ def _load_decoded(
         print(
             f"convnn.data: could not write the decoded cache {cache_file}: {err}", file=sys.stderr
         )
+    del arrays[_CACHE_DIGESTS]
+    arrays["_digests"] = digests
+    return arrays
+
+
+#: The arrays whose every byte the content digest covers.
+_CONTENT_ARRAYS = ("train_images", "train_labels", "test_images", "test_labels")
+#: The key of the decoded cache that records each array's digest, taken as it was decoded.
+_CACHE_DIGESTS = "content_sha256"
+
+
+def _array_digest(array) -> str:
+    """SHA-256 of an array's shape, dtype and every byte (one pass over memory)."""
+    array = np.ascontiguousarray(array)
+    h = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
+    h.update(memoryview(array).cast("B"))
+    return h.hexdigest()
+
+
+def _checked_cache(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The arrays of a decoded cache, after checking that every key is there and every array
+    still has the digest it had when decoded; a KeyError or ValueError (then the cache is
+    rebuilt) otherwise."""
+    missing = [k for k in (*_CONTENT_ARRAYS, "classes", _CACHE_DIGESTS) if k not in arrays]
+    if missing:
+        raise KeyError(f"it lacks {', '.join(missing)}")
+    recorded = json.loads(str(arrays.pop(_CACHE_DIGESTS)))
+    for key in _CONTENT_ARRAYS:
+        if not isinstance(recorded, dict) or recorded.get(key) != _array_digest(arrays[key]):
+            raise ValueError(f"{key} does not match the digest recorded when it was decoded "
+                             "(the file was altered)")
+    arrays["_digests"] = recorded
     return arrays
 
 
@@ -658,7 +695,7 @@ def _load_cifar(
 
 def _make_cifar(name: str, arrays: dict[str, np.ndarray], source: str) -> ImageDataset:
     mean, std = DATASETS[name].mean, DATASETS[name].std
-    return ImageDataset(
+    ds = ImageDataset(
         name=name,
         train_images=torch.from_numpy(np.ascontiguousarray(arrays["train_images"])),
         train_labels=torch.from_numpy(np.asarray(arrays["train_labels"], dtype=np.int64)),
@@ -669,6 +706,9 @@ def _make_cifar(name: str, arrays: dict[str, np.ndarray], source: str) -> ImageD
         std=std,
         source=source,
     )
+    for key, digest in (arrays.get("_digests") or {}).items():  # checked on loading the cache
+        _remember_digest(getattr(ds, key), digest)
+    return ds
 
 
 # --------------------------------------------------------------------------- batching
@@ -858,6 +898,34 @@ register_dataset(IMAGENET)  # defined in convnn.imagenet, with its loader
 
 #: Images per split hashed by :func:`dataset_fingerprint` (evenly spaced, always the same).
 FINGERPRINT_SAMPLE = 64
+
+
+def _remember_digest(tensor: torch.Tensor, digest: str) -> None:
+    tensor._convnn_digest = (tensor._version, digest)
+
+
+def _tensor_digest(tensor: torch.Tensor) -> str:
+    """:func:`_array_digest` of a tensor's values, remembered while the tensor is not
+    changed in place (its version counter), so a run hashes its data once."""
+    known = getattr(tensor, "_convnn_digest", None)
+    if known is not None and known[0] == tensor._version:
+        return known[1]
+    digest = _array_digest(tensor.detach().cpu().numpy())
+    _remember_digest(tensor, digest)
+    return digest
+
+
+def content_digest(ds) -> str | None:
+    """A SHA-256 of **every** image and label of both splits of an in-memory dataset (one
+    pass over the bytes, remembered per tensor; the decoded cache records the same digests
+    when it decodes, and checks them when it is loaded). ``None`` for a streamed dataset,
+    whose files are read per epoch: :func:`dataset_fingerprint` samples those."""
+    if getattr(ds, "train_images", None) is None:
+        return None
+    h = hashlib.sha256(b"convnn-dataset-content-1")
+    for key in _CONTENT_ARRAYS:
+        h.update(f"{key}:{_tensor_digest(getattr(ds, key))};".encode())
+    return h.hexdigest()
 
 
 def dataset_fingerprint(ds) -> str:

@@ -182,7 +182,8 @@ def _vgg_describe(s: dict) -> str:
     details = (f", k = {s['k']}, similarity {paper.selection_word(s['selection'])}, "
                f"aggregation {paper.aggregation_word(s['aggregate_coords'])}")
     if s["sampling"] != "all":
-        details += f", {s['sampling']} candidates r = {s['candidates']} (r x r)"
+        details += (f", {s['sampling']} candidates s = {s['candidates']} "
+                    f"(m = s² = {s['candidates'] ** 2})")
     kernel = f", conv kernel {s['kernel_size']}" if s["kernel_size"] != 3 else ""
     return _conv_describe(s, "VGG-11", "Conv2d (3x3 + 1x1)", "pure ConvNN (λ = 1)", details,
                           kernel)
@@ -213,7 +214,7 @@ def _resnet_name(s: dict) -> list[str]:
 
 def _resnet_describe(s: dict) -> str:
     details = (f" layers, k = {s['k']}, {s['sampling']} candidates"
-               + (f" r = {s['candidates']}" if s["candidates"] else ""))
+               + (f" m = {s['candidates']}" if s["candidates"] else ""))
     return _conv_describe(s, "ResNet-50", "Conv2d", "ConvNN", details)
 
 
@@ -263,7 +264,7 @@ def _vit_describe(s: dict) -> str:
     what = s["mixer"]
     if s["mixer"] == "convnn_attention":
         what = (f"ConvNN attention, k = {s['k']}, {s['sampling']} candidates" +
-                (f" r = {s['candidates']}" if s["candidates"] else "") +
+                (f" m = {s['candidates']}" if s["candidates"] else "") +
                 f", {s['aggregation']} aggregation")
     elif s["mixer"] == "kvt":
         what = f"KVT top-{s['k']} attention"
@@ -448,7 +449,7 @@ NON_PAPER_PRESETS: tuple[Preset, ...] = tuple(
     for settings, what in (
         ({"mixer": "attention"}, "attention"),
         ({"mixer": "convnn_attention", "k": 9, "sampling": "random", "candidates": 32},
-         "ConvNN attention, k = 9, random candidates r = 32, depthwise aggregation"),
+         "ConvNN attention, k = 9, random candidates m = 32, depthwise aggregation"),
     ))
 
 
@@ -490,7 +491,7 @@ LAPTOP_PRESETS: tuple[Preset, ...] = (
     _laptop("laptop-vit-c10-convnn-random-r32-k9", "vit",
             {"model": "vit_tiny_cifar", "mixer": "convnn_attention", "k": 9,
              "sampling": "random", "candidates": 32}, _LAPTOP_VIT,
-            "ConvNN attention, k = 9 over r = 32 random tokens"),
+            "ConvNN attention, k = 9 over m = 32 random tokens"),
 )
 
 

@@ -6,9 +6,12 @@ winning ties, so the result is the first k columns of a stable descending sort. 
 ``torch.topk`` in the fast selection path for ``k <= MAX_TOPK_K``.
 
 **Fused selection** (:func:`fused_topk`): the same top-k, but the scores are never written:
-one program per tile of query rows of one batch·head row computes the score tiles with
-``tl.dot`` (IEEE float32) key tile by key tile, masks the query's own column, and merges each
-tile into a running top-k (k <= :data:`MAX_FUSED_TOPK_K`) kept in registers. The caller
+one program per tile of query rows of one batch·head row computes the score tiles on tensor
+cores under the precision contract of :mod:`convnn.ops` (bf16×3, float32 accumulation; IEEE
+float32 on cards without bf16) key tile by key tile, masks the query's own column, and keeps
+the best k (k <= :data:`MAX_FUSED_TOPK_K`) as int64 ranking keys (score bits above the
+reversed column: distinct, ties to the lower column) in registers, merged tile by tile by a
+threshold select (as :mod:`convnn.kernels_conv2d`'s selection). The caller
 recomputes the k selected scores (with autograd) from the gathered keys. Dot and cosine only;
 ``backend="triton"`` only (auto leaves it off): unmeasured on a GPU.
 
@@ -35,9 +38,9 @@ D = 192), the keys again per tile of 32 queries mostly from L2, and writes 3.6 M
 
 **Fused attention core** (:func:`fused_attention`, in :mod:`convnn.kernels_attention`): the
 per-head core of ConvNN attention (all or sampled candidates, dot similarity, softmax ρ,
-depthwise weights) in one forward kernel on tensor cores and two backward kernels with no
-sort and no atomics. Step ``"fused_attention"``: :class:`convnn.layers.ConvNNAttention` under
-``backend="triton"`` only; auto leaves it off, unmeasured on a GPU.
+depthwise weights) in one forward kernel on tensor cores and two backward kernels in
+O(T·k·d), no atomics (an inverse index by :func:`inverse_index`). Step
+``"fused_attention"``: :class:`convnn.layers.ConvNNAttention` under ``backend="triton"`` only; auto leaves it off, unmeasured on a GPU.
 
 The kernels run on CUDA tensors, or anywhere under ``TRITON_INTERPRET=1`` (how the tests check
 them on a CPU). They run where :func:`convnn.ops.choose_backend` picks ``"triton"``
@@ -91,10 +94,40 @@ class KernelVariant:
     """A hot forward kernel at the paper's shapes: spilled registers fail the gate."""
 
 
+class VariantSet:
+    """The distinct :class:`KernelVariant` of a module's launch configurations, in the order
+    first added (two launches with the same kernel, types and configuration are one)."""
+
+    def __init__(self) -> None:
+        self._found: dict = {}
+
+    def add(self, kernel, name: str, signature: dict, config: dict, hot: bool) -> None:
+        """``config``: the launch configuration's constexprs with ``num_warps`` (and
+        ``num_stages``, default 3)."""
+        config = dict(config)
+        warps, stages = config.pop("num_warps"), config.pop("num_stages", 3)
+        key = (kernel.__name__, tuple(sorted(signature.items())), tuple(sorted(config.items())),
+               warps, stages)
+        if key not in self._found:
+            self._found[key] = KernelVariant(kernel, name, signature, config, warps, stages, hot)
+
+    def listed(self) -> list[KernelVariant]:
+        return list(self._found.values())
+
+
 def pointer_type(dtype: torch.dtype) -> str:
     """The Triton signature type of a pointer to ``dtype`` (``torch.bfloat16`` -> ``"*bf16"``)."""
     return "*" + {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16",
                   torch.int32: "i32", torch.int64: "i64"}[dtype]
+
+
+def card_arch(device: torch.device) -> int:
+    """The compute capability of the card that runs the kernels as ``10·major + minor`` (80 for
+    an A100); the interpreter stands for an sm_90 card (the launch configuration it checks)."""
+    if device.type != "cuda":
+        return 90
+    major, minor = torch.cuda.get_device_capability(device)
+    return 10 * major + minor
 
 
 def available(device: torch.device | str | None = None) -> bool:
@@ -134,11 +167,87 @@ if triton is not None:
             free = free & (cols[None, :] != pos[:, None])
 
     @triton.jit
-    def _score_tile(q_base, k_base, stride_kn, rows, row_ok, cols, col_ok, D, scale,
-                    BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                    PRECISION: tl.constexpr):
-        # (q·k) · scale of BLOCK_Q query rows against BLOCK_N key rows, in float32 (as the
-        # PyTorch path); q_base points at the query rows, k_base at key row 0.
+    def _product(a, b, acc, AS_F32: tl.constexpr):
+        # acc + a @ b of two 16-bit tiles, float32 accumulation. AS_F32 (the interpreter, whose
+        # 16-bit tl.dot is wrong): the same values multiplied as float32, which is exact (the
+        # product of two bf16 or two fp16 values fits a float32).
+        if AS_F32:
+            return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+        return tl.dot(a, b, acc)
+
+    @triton.jit
+    def _selection_dot(a, b, acc, DOT: tl.constexpr, AS_F32: tl.constexpr):
+        # acc + a @ b under the precision contract of selection (convnn.ops): DOT = "split":
+        # bf16x3 (hi = bf16(x), lo = bf16(x - hi); hi·hi + hi·lo + lo·hi, float32 sums);
+        # "native": one product of the 16-bit operands as they are (bf16 or fp16: exact
+        # products); "ieee": IEEE float32 products (no tensor cores: cards without bf16).
+        if DOT == "ieee":
+            return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+        if DOT == "native":
+            return _product(a, b, acc, AS_F32)
+        a_hi = a.to(tl.bfloat16)
+        b_hi = b.to(tl.bfloat16)
+        a_lo = (a.to(tl.float32) - a_hi.to(tl.float32)).to(tl.bfloat16)
+        b_lo = (b.to(tl.float32) - b_hi.to(tl.float32)).to(tl.bfloat16)
+        acc = _product(a_hi, b_hi, acc, AS_F32)
+        acc = _product(a_hi, b_lo, acc, AS_F32)
+        return _product(a_lo, b_hi, acc, AS_F32)
+
+    @triton.jit
+    def _rank_keys(s, cols, NONE: tl.constexpr):
+        # int64 ranking keys of a [rows, cols] score tile, larger = better: the score's
+        # order-preserving bits above (NONE - column), so equal scores rank the lower column
+        # first and every key of a row is distinct. NaN and +inf rank as -inf (last), -0.0 as
+        # +0.0 (equal scores, as float comparison has them).
+        s = tl.where(s < float("inf"), s, float("-inf"))
+        s = tl.where(s == 0.0, 0.0, s)
+        bits = s.to(tl.int32, bitcast=True)
+        ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)
+        return (ordered.to(tl.int64) << 32) | (NONE - cols).to(tl.int64)
+
+    @triton.jit
+    def _key_columns(keys, NONE: tl.constexpr):
+        # the columns of ranking keys (inverse of _rank_keys' low half)
+        return NONE - (keys & 0xFFFFFFFF).to(tl.int32)
+
+    @triton.jit
+    def _start_ranked(BLOCK_Q: tl.constexpr, KP: tl.constexpr):
+        # the running list before any tile: KP distinct keys below every real one (-inf at any
+        # column is about -2^63 + 2^53), so each insertion replaces exactly one of them
+        slots = tl.arange(0, KP).to(tl.int64)
+        return tl.zeros((BLOCK_Q, KP), tl.int64) + (-9223372036854775807 + slots)[None, :]
+
+    @triton.jit
+    def _insert_ranked(top, keys):
+        # top [rows, KP] (the best KP keys so far, unsorted) ∪ keys [rows, n] -> the best KP.
+        # A threshold select: only keys above a row's current worst can enter, and it takes
+        # as many passes as the most such keys in one row (at most KP; 0 for most tiles late
+        # in a row), each moving a row's best remaining key into the slot of its worst.
+        # Keys are distinct within a row, so every comparison is exact: no ties.
+        KP: tl.constexpr = top.shape[1]
+        live = keys > tl.min(top, axis=1)[:, None]
+        need = tl.max(tl.minimum(tl.sum(live.to(tl.int32), axis=1), KP), axis=0)
+        for _ in range(need):
+            best = tl.max(tl.where(live, keys, -9223372036854775807), axis=1)
+            worst = tl.min(top, axis=1)
+            top = tl.where((best > worst)[:, None] & (top == worst[:, None]), best[:, None], top)
+            live = live & (keys != best[:, None])
+        return top
+
+    @triton.jit
+    def _store_ranked(out_ptr, top, row_ok, K, NONE: tl.constexpr):
+        # the columns of the best K keys, best first: out_ptr [rows] points at each row's K
+        for j in range(K):
+            best = tl.max(top, axis=1)
+            tl.store(out_ptr + j, _key_columns(best, NONE).to(tl.int64), mask=row_ok)
+            top = tl.where(top == best[:, None], -9223372036854775807, top)
+
+    @triton.jit
+    def _contract_score_tile(q_base, k_base, stride_kn, rows, row_ok, cols, col_ok, D,
+                             scale, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
+                             BLOCK_D: tl.constexpr, DOT: tl.constexpr, AS_F32: tl.constexpr):
+        # (q·k) · scale of BLOCK_Q query rows against BLOCK_N key rows under the precision
+        # contract (_selection_dot); q_base points at the query rows, k_base at key row 0.
         acc = tl.zeros((BLOCK_Q, BLOCK_N), dtype=tl.float32)
         for d0 in range(0, D, BLOCK_D):
             dims = d0 + tl.arange(0, BLOCK_D)
@@ -147,47 +256,22 @@ if triton is not None:
                         other=0.0)
             kt = tl.load(k_base + cols.to(tl.int64)[None, :] * stride_kn + dims[:, None],
                          mask=d_ok[:, None] & col_ok[None, :], other=0.0)
-            acc = tl.dot(q, kt, acc, input_precision=PRECISION)
+            acc = _selection_dot(q, kt, acc, DOT, AS_F32)
         return acc * scale
-
-    @triton.jit
-    def _merge_top(top_v, top_i, s, s_free, cols, slots, NUM, OFF, NONE: tl.constexpr,
-                   BLOCK_Q: tl.constexpr, KP: tl.constexpr):
-        # The best NUM entries of (running list ∪ score tile) into slots OFF..OFF+NUM-1: NUM
-        # passes, each the best free entry, the lowest column winning a tie (-inf == -inf, so
-        # masked columns still rank, as in a stable sort).
-        t_free = top_i < NONE
-        new_v = tl.full((BLOCK_Q, KP), float("-inf"), tl.float32)
-        new_i = tl.full((BLOCK_Q, KP), NONE, tl.int32)
-        for j in range(NUM):
-            best = tl.maximum(tl.max(tl.where(t_free, top_v, float("-inf")), axis=1),
-                              tl.max(tl.where(s_free, s, float("-inf")), axis=1))
-            hit_t = t_free & (top_v == best[:, None])
-            hit_s = s_free & (s == best[:, None])
-            pos = tl.minimum(tl.min(tl.where(hit_t, top_i, NONE), axis=1),
-                             tl.min(tl.where(hit_s, cols[None, :], NONE), axis=1))
-            here = slots[None, :] == j + OFF
-            new_v = tl.where(here, best[:, None], new_v)
-            new_i = tl.where(here, pos[:, None], new_i)
-            t_free = t_free & (top_i != pos[:, None])
-            s_free = s_free & (cols[None, :] != pos[:, None])
-        return new_v, new_i
 
     @triton.jit
     def _fused_topk_kernel(q_ptr, k_ptr, qpos_ptr, cpos_ptr, idx_ptr, n, m, D, K, scale,
                            stride_qb, stride_qn, stride_kb, stride_kn,
                            SELF_MASK: tl.constexpr, KP: tl.constexpr, BLOCK_Q: tl.constexpr,
-                           BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                           PRECISION: tl.constexpr):
+                           BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT: tl.constexpr,
+                           AS_F32: tl.constexpr):
         # One program: BLOCK_Q query rows of one batch·head row b against all m keys of b,
-        # BLOCK_N keys at a time; the running top-K of every row stays in registers.
+        # BLOCK_N keys at a time; the best KP ranking keys of every row stay in registers.
         b = tl.program_id(1).to(tl.int64)
         rows = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
         row_ok = rows < n
-        slots = tl.arange(0, KP)
-        NONE: tl.constexpr = 2147483647  # "no column": loses every tie, never stored
-        top_v = tl.full((BLOCK_Q, KP), float("-inf"), tl.float32)
-        top_i = tl.full((BLOCK_Q, KP), NONE, tl.int32)
+        NONE: tl.constexpr = 2147483647
+        top = _start_ranked(BLOCK_Q, KP)
         qp = rows
         if SELF_MASK:
             qp = tl.load(qpos_ptr + rows, mask=row_ok, other=-1)
@@ -195,16 +279,16 @@ if triton is not None:
         for n0 in range(0, m, BLOCK_N):
             cols = n0 + tl.arange(0, BLOCK_N)
             col_ok = cols < m
-            s = _score_tile(q_base, k_ptr + b * stride_kb, stride_kn, rows, row_ok, cols,
-                            col_ok, D, scale, BLOCK_Q, BLOCK_N, BLOCK_D, PRECISION)
+            s = _contract_score_tile(q_base, k_ptr + b * stride_kb, stride_kn, rows, row_ok,
+                                     cols, col_ok, D, scale, BLOCK_Q, BLOCK_N, BLOCK_D, DOT,
+                                     AS_F32)
             if SELF_MASK:  # the query's own column (a candidate at the query's position)
                 cp = tl.load(cpos_ptr + cols, mask=col_ok, other=-2)
                 s = tl.where(cp[None, :] == qp[:, None], float("-inf"), s)
-            s_free = col_ok[None, :] & (rows >= 0)[:, None]  # padding columns never count
-            top_v, top_i = _merge_top(top_v, top_i, s, s_free, cols, slots, K, 0, NONE,
-                                      BLOCK_Q, KP)
-        out = idx_ptr + (b * n + rows.to(tl.int64))[:, None] * K + slots[None, :]
-        tl.store(out, top_i.to(tl.int64), mask=row_ok[:, None] & (slots[None, :] < K))
+            # columns past m rank last, after every real column (k <= m: never taken)
+            keys = _rank_keys(tl.where(col_ok[None, :], s, float("-inf")), cols[None, :], NONE)
+            top = _insert_ranked(top, keys)
+        _store_ranked(idx_ptr + (b * n + rows.to(tl.int64)) * K, top, row_ok, K, NONE)
 
     @triton.jit
     def _forward_kernel(v_ptr, idx_ptr, rho_ptr, w_ptr, out_ptr, M, C, K,
@@ -310,6 +394,13 @@ BLOCK_M = 32  # rows per forward / dρ-dw program
 BLOCK_E = 16  # inverse-index entries per step of the dV program
 
 
+def gather_aggregate_config(dtype: torch.dtype, channels: int) -> dict:
+    """The launch configuration shared by the gather-aggregate kernels (the accumulator, the
+    channel block, ``num_warps``); the forward and dρ-dw kernels add ``BLOCK_M``, the dV
+    kernel ``BLOCK_E``."""
+    return {"ACC": _accumulator(dtype)[0], "BLOCK_C": channel_block(channels), "num_warps": 4}
+
+
 def inverse_index(index: Tensor, num_rows: int) -> tuple[Tensor, Tensor]:
     """CSR form of ``index [M, k]``: ``order`` lists the flat positions ``m·k + j`` sorted by
     ``index`` (stable, so ascending within a row) and ``rowptr [num_rows + 1]`` delimits the
@@ -333,12 +424,11 @@ class DepthwiseGatherAggregate(torch.autograd.Function):
         rows, k = index.shape
         channels = values.shape[1]
         out = torch.empty(rows, channels, dtype=values.dtype, device=values.device)
-        block_c = channel_block(channels)
-        grid = (triton.cdiv(rows, BLOCK_M), triton.cdiv(channels, block_c))
+        config = gather_aggregate_config(values.dtype, channels)
+        grid = (triton.cdiv(rows, BLOCK_M), triton.cdiv(channels, config["BLOCK_C"]))
         _forward_kernel[grid](values, index, values if rho is None else rho, w, out,
-                              rows, channels, k, HAS_RHO=rho is not None,
-                              ACC=_accumulator(values.dtype)[0],
-                              BLOCK_M=BLOCK_M, BLOCK_C=block_c)
+                              rows, channels, k, HAS_RHO=rho is not None, BLOCK_M=BLOCK_M,
+                              **config)
         ctx.save_for_backward(values, index, rho, w)
         return out
 
@@ -349,10 +439,11 @@ class DepthwiseGatherAggregate(torch.autograd.Function):
         need_rho = need_rho and rho is not None
         rows, k = index.shape
         num_values, channels = values.shape
-        acc_tl, acc_torch = _accumulator(values.dtype)
+        acc_torch = _accumulator(values.dtype)[1]
         opts = {"dtype": acc_torch, "device": values.device}
         grad_out = grad_out.contiguous()
-        block_c = channel_block(channels)
+        config = gather_aggregate_config(values.dtype, channels)
+        block_c = config["BLOCK_C"]
         rho_arg = values if rho is None else rho  # any pointer when HAS_RHO is False
         grad_v = grad_rho = grad_w = None
         if need_rho or need_w:
@@ -364,14 +455,14 @@ class DepthwiseGatherAggregate(torch.autograd.Function):
                 values if grad_rho is None else grad_rho,
                 values if partial_w is None else partial_w,
                 rows, channels, k, HAS_RHO=rho is not None, NEED_RHO=need_rho,
-                NEED_W=need_w, ACC=acc_tl, BLOCK_M=BLOCK_M, BLOCK_C=block_c)
+                NEED_W=need_w, BLOCK_M=BLOCK_M, **config)
             grad_w = partial_w.sum(0) if need_w else None
         if need_v:
             order, rowptr = inverse_index(index, num_values)
             grad_v = torch.empty(num_values, channels, **opts)
             _backward_values_kernel[(num_values, triton.cdiv(channels, block_c))](
                 order, rowptr, rho_arg, w, grad_out, grad_v, channels, k,
-                HAS_RHO=rho is not None, ACC=acc_tl, BLOCK_E=BLOCK_E, BLOCK_C=block_c)
+                HAS_RHO=rho is not None, BLOCK_E=BLOCK_E, **config)
         return (None if grad_v is None else grad_v.to(values.dtype), None,
                 None if grad_rho is None else grad_rho.to(rho.dtype),
                 None if grad_w is None else grad_w.to(w.dtype))
@@ -404,16 +495,22 @@ def row_topk(scores: Tensor, k: int) -> Tensor:
     rows = flat.shape[0]
     out = torch.empty(rows, k, dtype=torch.long, device=scores.device)
     if rows:
-        block_n = triton.next_power_of_2(width)
-        block_r = max(1, min(64, 4096 // block_n))
-        _row_topk_kernel[(triton.cdiv(rows, block_r),)](
-            flat, out, rows, width, flat.stride(0), k, BLOCK_R=block_r, BLOCK_N=block_n,
-            num_warps=8 if block_n >= 1024 else 4)
+        config = row_topk_config(width)
+        _row_topk_kernel[(triton.cdiv(rows, config["BLOCK_R"]),)](
+            flat, out, rows, width, flat.stride(0), k, **config)
     return out.view(*lead, k)
 
 
+def row_topk_config(width: int) -> dict:
+    """The launch configuration of :func:`row_topk` for rows ``width`` wide (the same on
+    every card: no products)."""
+    block_n = triton.next_power_of_2(width)
+    return {"BLOCK_R": max(1, min(64, 4096 // block_n)), "BLOCK_N": block_n,
+            "num_warps": 8 if block_n >= 1024 else 4}
+
+
 MAX_FUSED_TOPK_K = 16
-"""Largest k :func:`fused_topk` takes (its running list lives in registers, k passes a tile)."""
+"""Largest k :func:`fused_topk` takes (its running list of ranking keys lives in registers)."""
 FUSED_BLOCK_Q = 32  # query rows per fused-selection program
 FUSED_BLOCK_N = 64  # keys per score tile
 
@@ -424,10 +521,12 @@ def fused_topk(query: Tensor, keys: Tensor, k: int, scale: float = 1.0, *,
     """Top-k keys of every query by ``(query · key) · scale`` without writing the scores.
 
     ``query [R, n, D]``, ``keys [R, m, D]`` (float32; ``R`` = batch·heads) ->
-    ``[R, n, k]`` int64 indices into ``0..m-1``, best first, ties to the lower key: exactly
-    ``sort(scores, descending=True, stable=True).indices[..., :k]`` of the float32 scores
-    ``(query @ keys.T) * scale``, up to the summation order of the dot products (products and
-    sums in IEEE float32, no TF32). Cosine is this on normalised inputs with ``scale=1``.
+    ``[R, n, k]`` int64 indices into ``0..m-1``, best first, ties to the lower key: the
+    ``sort(scores, descending=True, stable=True).indices[..., :k]`` of the scores
+    ``(query @ keys.T) * scale`` under the precision contract of :mod:`convnn.ops` (bf16×3
+    tensor-core products, float32 sums), so equal to the float32 list except on near-ties
+    (:func:`convnn.ops.selection_score_bound`); non-finite scores rank last, as -inf. Cosine is
+    this on normalised inputs with ``scale=1``.
 
     With ``query_positions [n]`` and ``candidate_positions [m]`` (int), the key whose position
     equals the query's is scored ``-inf`` (the self-first mask; it still ranks, after every
@@ -435,16 +534,16 @@ def fused_topk(query: Tensor, keys: Tensor, k: int, scale: float = 1.0, *,
     autograd: recompute the selected scores from the gathered keys.
 
     One program per tile of :data:`FUSED_BLOCK_Q` query rows of one batch·head row loops over
-    the keys in tiles of :data:`FUSED_BLOCK_N`: a ``tl.dot`` score tile (float32 accumulation),
-    the masks, then k passes of max/argmin-column merge the tile into the running top-k kept in
-    registers. Bytes (B·h = 128, T = 197, D = 192, k = 9, float32): it reads the queries once
-    and the keys once per query tile (each batch row's 151 KB of keys stays in L2), about
+    the keys in tiles of :data:`FUSED_BLOCK_N`: a score tile (three bf16 tensor-core products,
+    float32 accumulation), the masks, then a threshold select of the tile's ranking keys
+    into the running top-k kept in registers. Bytes (B·h = 128, T = 197, D = 192, k = 9, float32): it
+    reads the queries once and the keys once per query tile (each batch row's 151 KB of keys stays in L2), about
     7 × 19 MB from L2 and 19 MB + 19 MB from memory, and writes the 1.8 MB of indices; the
     unfused path writes the ``[B·h, T, T]`` float32 scores (20 MB) and reads them back at least
     once. Unmeasured on a GPU: only checked under ``TRITON_INTERPRET=1``.
     """
-    if query.dim() != 3 or keys.dim() != 3 or query.shape[0] != keys.shape[0] \
-            or query.shape[2] != keys.shape[2]:
+    if (query.dim() != 3 or keys.dim() != 3 or query.shape[0] != keys.shape[0]
+            or query.shape[2] != keys.shape[2]):
         raise ValueError("query and keys must be [R, n, D] and [R, m, D], got "
                          f"{tuple(query.shape)} and {tuple(keys.shape)}")
     if query.dtype != torch.float32 or keys.dtype != torch.float32:
@@ -470,76 +569,89 @@ def fused_topk(query: Tensor, keys: Tensor, k: int, scale: float = 1.0, *,
         cpos = candidate_positions.to(device=query.device, dtype=torch.int32).contiguous()
     else:
         qpos = cpos = out  # any pointer when SELF_MASK is False
-    block_d = max(16, min(64, triton.next_power_of_2(dim)))
-    grid = (triton.cdiv(n, FUSED_BLOCK_Q), rows)
+    config = fused_topk_config(dim, k, self_mask, card_arch(query.device))
+    grid = (triton.cdiv(n, config["BLOCK_Q"]), rows)
     _fused_topk_kernel[grid](
         query, keys, qpos, cpos, out, n, m, dim, k, float(scale),
         query.stride(0), query.stride(1), keys.stride(0), keys.stride(1),
-        SELF_MASK=self_mask, KP=max(2, triton.next_power_of_2(k)), BLOCK_Q=FUSED_BLOCK_Q,
-        BLOCK_N=FUSED_BLOCK_N, BLOCK_D=block_d, PRECISION="ieee", num_warps=4)
+        AS_F32=os.environ.get("TRITON_INTERPRET") == "1", **config)
     return out
 
 
-ROW_TOPK_WIDTHS = (32, 100, 197, 324, 1156)
-"""Score-row widths at the paper's shapes: 32 sampled candidates, the 10×10, 18×18 and 34×34
-padded maps of VGG-11 on CIFAR, 197 ViT-Tiny tokens."""
+def fused_topk_config(dim: int, k: int, self_mask: bool, arch: int) -> dict:
+    """The launch configuration of :func:`fused_topk` (constexprs, ``num_warps``,
+    ``num_stages``; not the interpreter's ``AS_F32``) on an ``sm_<arch>`` card: bf16×3
+    tensor-core products (IEEE float32 on cards without bf16, older than sm_80)."""
+    if arch < 80:
+        dot, block_d, warps, stages = "ieee", 32, 4, 3
+    else:
+        dot, block_d, warps, stages = "split", 32, 8, 1
+    return {"SELF_MASK": self_mask, "KP": max(2, triton.next_power_of_2(k)),
+            "BLOCK_Q": FUSED_BLOCK_Q, "BLOCK_N": FUSED_BLOCK_N,
+            "BLOCK_D": max(16, min(block_d, triton.next_power_of_2(dim))), "DOT": dot,
+            "num_warps": warps, "num_stages": stages}
+
+
+PAPER_ATTENTION = {"tokens": 197, "dim": 192, "heads": (1, 3), "k": 9, "sampled": 32}
+"""ConvNN attention at ViT-Tiny's shapes on CIFAR (the paper's): T = 197 tokens, D = 192 in
+1 or 3 heads, k = 9, all candidates or r = 32 sampled."""
 PAPER_CHANNELS = (64, 128, 192, 256, 512)
 """Channel counts of the paper's layers (VGG-11's 64–512, ViT-Tiny's width 192)."""
-
-
-def _float_dtypes(card) -> tuple:
-    """The dtypes the package runs on ``card``: float32, and its autocast dtype (bf16 on
-    sm_80 and newer, fp16 with a gradient scaler on a T4)."""
-    return (torch.float32, torch.bfloat16) if card.bf16 else (torch.float32, torch.float16)
+PAPER_MAP_SIDES = (32, 16, 8, 4, 2)
+"""The map sides of the ConvNN2d layers of VGG-11 on CIFAR (padding 1: rows of (side + 2)²
+positions, 1,156 at 32×32), whose PyTorch path ranks with :func:`row_topk`."""
 
 
 def compile_variants(card) -> list[KernelVariant]:
-    """The launch configurations of this module's kernels at the paper's shapes on ``card``
-    (see :mod:`convnn.bench.compile`)."""
-    variants = []
-    for width in ROW_TOPK_WIDTHS:
-        block_n = triton.next_power_of_2(width)
-        variants.append(KernelVariant(
-            _row_topk_kernel, f"row_topk N={width}",
+    """Every launch configuration of this module's kernels that the paper's networks reach on
+    ``card`` (``card.arch``: 75, 80, 89 or 90; ``card.bf16``), built by the launchers' own
+    configuration helpers, one variant per distinct configuration (named by the first shape
+    that reaches it): the row top-k over every score row width, the fused selection (1×192
+    and 3×64 heads, self-first on and off) and the depthwise gather-aggregate at every
+    channel count, in float32 and the card's 16-bit dtype. Forward kernels are hot (spills
+    fail the gate)."""
+    variants = VariantSet()
+    add = variants.add
+
+    shapes = PAPER_ATTENTION
+    widths = [shapes["tokens"], shapes["sampled"]] + [(s + 2) ** 2 for s in PAPER_MAP_SIDES]
+    for width in widths:
+        add(_row_topk_kernel, f"row_topk fp32 N={width}",
             {"s_ptr": "*fp32", "idx_ptr": "*i64", "R": "i32", "N": "i32", "stride_r": "i32",
-             "K": "i32"},
-            {"BLOCK_R": max(1, min(64, 4096 // block_n)), "BLOCK_N": block_n},
-            num_warps=8 if block_n >= 1024 else 4, hot=True))
-    for self_mask in (False, True):
-        variants.append(KernelVariant(
-            _fused_topk_kernel, f"fused_topk self_mask={self_mask} d=64 k=8",
-            {"q_ptr": "*fp32", "k_ptr": "*fp32", "qpos_ptr": "*i32", "cpos_ptr": "*i32",
-             "idx_ptr": "*i64", "n": "i32", "m": "i32", "D": "i32", "K": "i32",
-             "scale": "fp32", "stride_qb": "i32", "stride_qn": "i32", "stride_kb": "i32",
-             "stride_kn": "i32"},
-            {"SELF_MASK": self_mask, "KP": 8, "BLOCK_Q": FUSED_BLOCK_Q,
-             "BLOCK_N": FUSED_BLOCK_N, "BLOCK_D": 64, "PRECISION": "ieee"}, hot=True))
-    blocks = sorted({channel_block(c) for c in PAPER_CHANNELS})
-    for dtype in _float_dtypes(card):
-        ptr = pointer_type(dtype)
-        for block_c in blocks:
-            for has_rho in (False, True):
-                tag = f"{ptr[1:]} C-block={block_c} rho={has_rho}"
-                variants.append(KernelVariant(
-                    _forward_kernel, f"gather_aggregate forward {tag}",
-                    {"v_ptr": ptr, "idx_ptr": "*i64", "rho_ptr": ptr if not has_rho else "*fp32",
-                     "w_ptr": ptr, "out_ptr": ptr, "M": "i32", "C": "i32", "K": "i32"},
-                    {"HAS_RHO": has_rho, "ACC": tl.float32, "BLOCK_M": BLOCK_M,
-                     "BLOCK_C": block_c}, hot=True))
-                variants.append(KernelVariant(
-                    _backward_rows_kernel, f"gather_aggregate backward rows {tag}",
-                    {"v_ptr": ptr, "idx_ptr": "*i64", "rho_ptr": "*fp32", "w_ptr": ptr,
+             "K": "i32"}, row_topk_config(width), True)
+    for heads in shapes["heads"]:
+        dim = shapes["dim"] // heads
+        for self_mask in (True, False):
+            k = shapes["k"] - 1 if self_mask else shapes["k"]
+            add(_fused_topk_kernel, f"fused_topk fp32 d={dim} k={k}",
+                {"q_ptr": "*fp32", "k_ptr": "*fp32", "qpos_ptr": "*i32", "cpos_ptr": "*i32",
+                 "idx_ptr": "*i64", "n": "i32", "m": "i32", "D": "i32", "K": "i32",
+                 "scale": "fp32", "stride_qb": "i32", "stride_qn": "i32", "stride_kb": "i32",
+                 "stride_kn": "i32"},
+                {**fused_topk_config(dim, k, self_mask, card.arch), "AS_F32": False}, True)
+    half = torch.bfloat16 if card.bf16 else torch.float16
+    for dtype in (torch.float32, half):
+        ptr, name = pointer_type(dtype), str(dtype).removeprefix("torch.")
+        for channels in PAPER_CHANNELS:
+            config = gather_aggregate_config(dtype, channels)
+            for has_rho in (True, False):
+                rho = "*fp32" if has_rho else ptr  # ρ is a float32 softmax
+                tag = f"{name} C={channels} rho={has_rho}"
+                add(_forward_kernel, f"gather_aggregate {tag}",
+                    {"v_ptr": ptr, "idx_ptr": "*i64", "rho_ptr": rho, "w_ptr": ptr,
+                     "out_ptr": ptr, "M": "i32", "C": "i32", "K": "i32"},
+                    {"HAS_RHO": has_rho, "BLOCK_M": BLOCK_M, **config}, True)
+                add(_backward_rows_kernel, f"gather_aggregate_rows {tag}",
+                    {"v_ptr": ptr, "idx_ptr": "*i64", "rho_ptr": rho, "w_ptr": ptr,
                      "g_ptr": ptr, "grho_ptr": "*fp32", "gw_part_ptr": "*fp32", "M": "i32",
                      "C": "i32", "K": "i32"},
                     {"HAS_RHO": has_rho, "NEED_RHO": has_rho, "NEED_W": True,
-                     "ACC": tl.float32, "BLOCK_M": BLOCK_M, "BLOCK_C": block_c}))
-                variants.append(KernelVariant(
-                    _backward_values_kernel, f"gather_aggregate backward values {tag}",
-                    {"order_ptr": "*i64", "rowptr_ptr": "*i64", "rho_ptr": "*fp32",
-                     "w_ptr": ptr, "g_ptr": ptr, "gv_ptr": "*fp32", "C": "i32", "K": "i32"},
-                    {"HAS_RHO": has_rho, "ACC": tl.float32, "BLOCK_E": BLOCK_E,
-                     "BLOCK_C": block_c}))
-    return variants
+                     "BLOCK_M": BLOCK_M, **config}, False)
+                add(_backward_values_kernel, f"gather_aggregate_values {tag}",
+                    {"order_ptr": "*i64", "rowptr_ptr": "*i64", "rho_ptr": rho, "w_ptr": ptr,
+                     "g_ptr": ptr, "gv_ptr": "*fp32", "C": "i32", "K": "i32"},
+                    {"HAS_RHO": has_rho, "BLOCK_E": BLOCK_E, **config}, False)
+    return variants.listed()
 
 
 # --- What this module's kernels can run: predicates of convnn.ops.choose_backend -------------

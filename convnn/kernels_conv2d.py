@@ -3,17 +3,23 @@ standard aggregation as a gather-GEMM, both reading the input in place (NHWC or 
 the zero border implicit: no padded copy, no ``[B, H·W, k, C]`` gathered tensor, no score
 matrix).
 
-**Fused 2-D selection** (:func:`select_2d`): one program per tile of :data:`BLOCK_Q` query
-pixels of one image scores them against every position of the zero-padded map (1,156 at
-32×32 with padding 1), :data:`BLOCK_N` positions at a time, with ``tl.dot`` on tensor cores
-(bf16 inputs: bf16 products; float32 inputs: TF32, or IEEE float32 with
-``precision="ieee"``; float32 accumulation). A border position is a zero vector: its score
-is exactly 0 (cosine and dot), as in the padded PyTorch path. The query's own position is
-masked (self-first). The running top-k of every row is an unsorted list in registers; a tile
-is merged only where one of its scores beats a row's current k-th best, and then by as many
-insertion passes as the most such scores in one row (at most k): after the first tiles most
-tiles cost no merge at all. The list is sorted once at the end. Ties go to the lower
-position, as a stable sort.
+**Fused 2-D selection** (:func:`select_2d`): one program per tile of :data:`SELECT_BLOCK_Q`
+query pixels of one image scores them against every position of the zero-padded map (1,156
+at 32×32 with padding 1), :data:`SELECT_BLOCK_N` positions at a time, with ``tl.dot`` on
+tensor cores under the precision contract of :mod:`convnn.ops` (float32 inputs: bf16×3;
+bf16/fp16 inputs: one product of the 16-bit values, exact in float32; float32 accumulation;
+cards older than sm_80, without bf16: IEEE float32 products). A border position is a zero
+vector: its score is exactly 0 (cosine and dot), as in the padded PyTorch path. The query's
+own position is masked (self-first). One pass over the row: each score becomes an int64
+ranking key, its order-preserving float bits above ``2^31 - 1 - position``, so keys are
+distinct and a larger key is a better score or, of equal scores, the lower position (a
+stable descending sort; NaN and +inf rank as -inf, last, as in
+:func:`convnn.ops.select_neighbours`). The running list holds each row's best k keys; a tile
+is a threshold select against it: only keys above a row's current worst can enter, in as
+many passes (one max over the tile, one min over the list) as the most such keys in one
+row, so after the first tiles most tiles cost one comparison. The k keys are ordered once at
+the end. (``tl.topk`` and a bitonic merge would be branch-free, but Triton's interpreter
+runs their ``xor_sum`` element by element in Python: about 12 times slower checks.)
 
 **Gather-GEMM** (:func:`gather_gemm`): ``out[m, o] = Σ_j Σ_c x[I[m, j], c] · W[o, c, j]``,
 a ``[BLOCK_M, BLOCK_C] × [BLOCK_C, BLOCK_O]`` ``tl.dot`` per rank and channel tile, the rows
@@ -35,7 +41,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .kernels import available
+from .kernels import KernelVariant, VariantSet, available, card_arch, pointer_type
 
 try:  # Triton ships with CUDA builds of PyTorch; CPU-only installs may lack it.
     import triton
@@ -46,8 +52,8 @@ except ImportError:  # pragma: no cover - depends on the installation
 
 MAX_SELECT_K = 16
 """Largest number of neighbours searched (k - 1 with self-first) the fused selection takes."""
-BLOCK_Q = 32  # query pixels per selection program
-BLOCK_N = 64  # padded positions per score tile
+SELECT_BLOCK_Q = 32  # query pixels per selection program
+SELECT_BLOCK_N = 64  # padded positions per score tile
 BLOCK_M = 32  # output rows per gather-GEMM program
 BLOCK_P = 16  # pixels per dx program
 SELECT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -64,6 +70,7 @@ def _block(n: int, low: int = 16, high: int = 64) -> int:
 
 
 if triton is not None:
+    from .kernels import _insert_ranked, _rank_keys, _selection_dot, _start_ranked, _store_ranked
 
     @triton.jit
     def _pixel_offsets(pos, H, W, P, stride_h, stride_w):
@@ -79,8 +86,8 @@ if triton is not None:
     def _select_2d_kernel(x_ptr, inv_ptr, idx_ptr, H, W, P, C, K, scale,
                           stride_b, stride_c, stride_h, stride_w,
                           COSINE: tl.constexpr, KP: tl.constexpr, BLOCK_Q: tl.constexpr,
-                          BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
-                          PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+                          BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, DOT: tl.constexpr,
+                          AS_F32: tl.constexpr):
         b = tl.program_id(1).to(tl.int64)
         HW = H * W
         Wp = W + 2 * P
@@ -95,14 +102,8 @@ if triton is not None:
         inv_q = tl.full((BLOCK_Q,), 1.0, tl.float32)
         if COSINE:
             inv_q = tl.load(inv_ptr + b * HW + rows, mask=row_ok, other=0.0)
-        slots = tl.arange(0, KP)
         NONE: tl.constexpr = 2147483647
-        # unsorted running top-K; slots >= K are padding (+inf: never the worst)
-        top_v = tl.where(slots[None, :] < K, float("-inf"), float("inf")) + \
-            tl.zeros((BLOCK_Q, KP), tl.float32)
-        top_i = tl.full((BLOCK_Q, KP), NONE, tl.int32)
-        worst_v = tl.full((BLOCK_Q,), float("-inf"), tl.float32)
-        worst_s = tl.zeros((BLOCK_Q,), tl.int32)  # slot 0 (all NONE: the highest column)
+        top = _start_ranked(BLOCK_Q, KP)  # the best KP ranking keys of every row so far
         for n0 in range(0, NP, BLOCK_N):
             cols = n0 + tl.arange(0, BLOCK_N)
             col_ok = cols < NP
@@ -116,43 +117,18 @@ if triton is not None:
                             mask=row_ok[:, None] & ch_ok[None, :], other=0.0)
                 kt = tl.load(x_b + k_off[None, :] + ch_off[:, None],
                              mask=(col_ok & inside)[None, :] & ch_ok[:, None], other=0.0)
-                if UPCAST:  # the interpreter's 16-bit dot is wrong; bf16 products are exact
-                    q, kt = q.to(tl.float32), kt.to(tl.float32)  # in float32 anyway
-                acc = tl.dot(q, kt, acc, input_precision=PRECISION)
+                acc = _selection_dot(q, kt, acc, DOT, AS_F32)
             if COSINE:
                 k_pix = (cols // Wp - P) * W + (cols % Wp - P)
                 inv_k = tl.load(inv_ptr + b * HW + k_pix, mask=col_ok & inside, other=0.0)
                 s = acc * inv_q[:, None] * inv_k[None, :]
             else:
                 s = acc * scale
-            s = tl.where(cols[None, :] == q_pos[:, None], float("-inf"), s)
-            s = tl.where(col_ok[None, :], s, float("-inf"))
-            # columns rise tile by tile, so an equal score never displaces an earlier one
-            s_free = col_ok[None, :] & (s > worst_v[:, None])
-            need = tl.max(tl.minimum(tl.sum(s_free.to(tl.int32), axis=1), K), axis=0)
-            for _ in range(need):
-                best = tl.max(tl.where(s_free, s, float("-inf")), axis=1)
-                pos = tl.min(tl.where(s_free & (s == best[:, None]), cols[None, :], NONE),
-                             axis=1)
-                take = (best > worst_v) & (pos < NONE)
-                here = take[:, None] & (slots[None, :] == worst_s[:, None])
-                top_v = tl.where(here, best[:, None], top_v)
-                top_i = tl.where(here, pos[:, None], top_i)
-                s_free = s_free & (cols[None, :] != pos[:, None])
-                # the new worst: lowest score, and of equal scores the highest position
-                worst_v = tl.min(top_v, axis=1)
-                is_worst = top_v == worst_v[:, None]
-                worst_i = tl.max(tl.where(is_worst, top_i, -1), axis=1)
-                worst_s = tl.min(tl.where(is_worst & (top_i == worst_i[:, None]),
-                                          slots[None, :], KP), axis=1)
-        # sort the K entries: best first, ties to the lower position
-        free = (slots[None, :] < K) & (rows >= 0)[:, None]  # full shape: loop-carried
-        out = idx_ptr + (b * HW + rows.to(tl.int64)) * K
-        for j in range(K):
-            best = tl.max(tl.where(free, top_v, float("-inf")), axis=1)
-            pos = tl.min(tl.where(free & (top_v == best[:, None]), top_i, NONE), axis=1)
-            tl.store(out + j, pos.to(tl.int64), mask=row_ok)
-            free = free & (top_i != pos[:, None])
+            # the own position and the columns past the map rank last (-inf; past the map:
+            # the highest columns, so never before a real one)
+            s = tl.where((cols[None, :] == q_pos[:, None]) | ~col_ok[None, :], float("-inf"), s)
+            top = _insert_ranked(top, _rank_keys(s, cols[None, :], NONE))
+        _store_ranked(idx_ptr + (b * HW + rows.to(tl.int64)) * K, top, row_ok, K, NONE)
 
     @triton.jit
     def _gather_gemm_kernel(x_ptr, idx_ptr, w_ptr, out_ptr, M, HW, H, W, P, C, O, K,
@@ -247,23 +223,54 @@ if triton is not None:
         tl.store(dst, acc.to(dx_ptr.dtype.element_ty), mask=p_ok[:, None] & ch_ok[None, :])
 
 
-def _precision(dtype: torch.dtype, precision: str | None) -> str:
-    # Triton's input_precision applies to float32 operands; 16-bit ones take the default
-    if precision not in (None, "tf32", "ieee"):
-        raise ValueError(f"precision must be 'tf32', 'ieee' or None, got {precision!r}")
-    return precision or "tf32" if dtype == torch.float32 else "tf32"
-
-
 def _interpreted() -> bool:
     import os
 
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def _dot_precision(dtype: torch.dtype, precision: str | None) -> str:
-    # the interpreter computes every dot in float32 whatever it is told
-    chosen = _precision(dtype, precision)
-    return "ieee" if _interpreted() else chosen
+def select_2d_config(dtype: torch.dtype, channels: int, k: int, similarity: str, arch: int,
+                     precision: str | None = None) -> dict:
+    """The launch configuration of :func:`select_2d` (its constexprs and ``num_warps``, without
+    the interpreter's ``AS_F32``) for ``k`` neighbours searched on an ``sm_<arch>`` card. The
+    launcher and the compile gate (:func:`compile_variants`) both build it here."""
+    if precision not in (None, "ieee"):
+        raise ValueError(f"precision must be None (the contract) or 'ieee', got {precision!r}")
+    if precision == "ieee" or arch < 80:  # no bf16 tensor cores: IEEE float32 products
+        dot, block_c, warps, stages = "ieee", 32, 4, 3
+    elif dtype == torch.float32:  # bf16x3: six operand tiles, so narrower and unpipelined
+        dot, block_c, warps, stages = "split", 32, 4, 1
+    else:  # one bf16 / fp16 product
+        dot, block_c, warps, stages = "native", 64, 8, 3
+    # budgets measured by the compile gate at C = 64 and k = 9 (module docstring)
+    return {"COSINE": similarity == "cosine", "KP": max(2, triton.next_power_of_2(k)),
+            "BLOCK_Q": SELECT_BLOCK_Q, "BLOCK_N": SELECT_BLOCK_N,
+            "BLOCK_C": _block(channels, high=block_c), "DOT": dot, "num_warps": warps,
+            "num_stages": stages}
+
+
+def gather_gemm_config(dtype: torch.dtype, channels: int, out_channels: int, arch: int,
+                       precision: str | None = None) -> dict:
+    """The launch configuration of the gather-GEMM forward and ``dW`` kernels on an
+    ``sm_<arch>`` card (the launcher and :func:`compile_variants` both build it here):
+    float32 products in TF32 on tensor cores (``precision="ieee"``, or a card older than
+    sm_80: IEEE float32), 16-bit ones as they are; float32 accumulation."""
+    if precision not in (None, "tf32", "ieee"):
+        raise ValueError(f"precision must be 'tf32', 'ieee' or None, got {precision!r}")
+    if arch < 80:
+        prec, block_c, warps = "ieee", 32, 4
+    elif dtype == torch.float32:
+        prec, block_c, warps = precision or "tf32", 32, 8
+    else:
+        prec, block_c, warps = "tf32", 64, 8  # ignored for 16-bit operands
+    return {"BLOCK_M": BLOCK_M, "BLOCK_C": _block(channels, high=block_c),
+            "BLOCK_O": _block(out_channels, high=64), "PRECISION": prec, "num_warps": warps,
+            "num_stages": 3}
+
+
+def scatter_rows_config(channels: int) -> dict:
+    """The launch configuration of the ``dx`` kernel (a sum of gradient rows, no products)."""
+    return {"BLOCK_P": BLOCK_P, "BLOCK_C": _block(channels, high=128), "num_warps": 4}
 
 
 def _check_image(name: str, x: Tensor) -> None:
@@ -289,9 +296,10 @@ def select_2d(x: Tensor, k: int, padding: int, similarity: str = "cosine",
     memory format (channels-last reads whole pixel rows).
 
     ``similarity``: ``"cosine"`` or ``"dot"`` (scaled by ``scale``, default ``1/√C``).
-    Scores accumulate in float32 from bf16/fp16 products, or TF32 for float32 inputs
-    (``precision="ieee"``: IEEE float32 products); a list can differ from the float32 ranking
-    only where two scores are within that rounding of each other (a near-tie). No autograd.
+    Scores follow the precision contract of :mod:`convnn.ops` (bf16×3 for float32 inputs, one
+    exact 16-bit product for bf16/fp16 ones, float32 sums; ``precision="ieee"`` or a card
+    without bf16: IEEE float32 products): a list can differ from the float32 ranking only on a
+    near-tie (:func:`convnn.ops.selection_score_bound`). No autograd.
     """
     _check_image("x", x)
     if similarity not in ("cosine", "dot"):
@@ -308,12 +316,10 @@ def select_2d(x: Tensor, k: int, padding: int, similarity: str = "cosine",
     x = x.detach()
     inv = inverse_norms(x) if similarity == "cosine" else out  # any pointer for dot
     scale = 1.0 / channels ** 0.5 if scale is None else float(scale)
-    grid = (triton.cdiv(height * width, BLOCK_Q), batch)
-    _select_2d_kernel[grid](
-        x, inv, out, height, width, padding, channels, k, scale, *x.stride(),
-        COSINE=similarity == "cosine", KP=max(2, triton.next_power_of_2(k)), BLOCK_Q=BLOCK_Q,
-        BLOCK_N=BLOCK_N, BLOCK_C=_block(channels),
-        PRECISION=_dot_precision(x.dtype, precision), UPCAST=_interpreted(), num_warps=4)
+    config = select_2d_config(x.dtype, channels, k, similarity, card_arch(x.device), precision)
+    grid = (triton.cdiv(height * width, config["BLOCK_Q"]), batch)
+    _select_2d_kernel[grid](x, inv, out, height, width, padding, channels, k, scale, *x.stride(),
+                            AS_F32=_interpreted(), **config)
     return out
 
 
@@ -341,16 +347,17 @@ class GatherGemm(torch.autograd.Function):
         w = weight.to(x.dtype).permute(2, 1, 0).contiguous()  # (k, C, O)
         index = index.reshape(rows, k).contiguous()
         out = torch.empty(rows, out_channels, dtype=x.dtype, device=x.device)
-        block_o = _block(out_channels, high=64)
-        prec = _dot_precision(x.dtype, precision)
+        config = gather_gemm_config(x.dtype, channels, out_channels, card_arch(x.device),
+                                    precision)
+        if _interpreted():  # the interpreter computes every dot in float32 whatever it is told
+            config["PRECISION"] = "ieee"
         if rows:
-            grid = (triton.cdiv(rows, BLOCK_M), triton.cdiv(out_channels, block_o))
+            grid = (triton.cdiv(rows, BLOCK_M), triton.cdiv(out_channels, config["BLOCK_O"]))
             _gather_gemm_kernel[grid](
                 x, index, w, out, rows, height * width, height, width, padding, channels,
-                out_channels, k, *x.stride(), BLOCK_M=BLOCK_M, BLOCK_C=_block(channels),
-                BLOCK_O=block_o, PRECISION=prec, UPCAST=_interpreted())
+                out_channels, k, *x.stride(), UPCAST=_interpreted(), **config)
         ctx.save_for_backward(x, index, weight)
-        ctx.padding, ctx.prec = padding, prec
+        ctx.padding, ctx.config = padding, config
         return out
 
     @staticmethod
@@ -364,7 +371,8 @@ class GatherGemm(torch.autograd.Function):
         grad_x = grad_w = None
         geometry = (rows, height * width, height, width, p, channels)
         if ctx.needs_input_grad[2]:
-            block_c, block_o = _block(channels), _block(out_channels, high=64)
+            config = ctx.config
+            block_c, block_o = config["BLOCK_C"], config["BLOCK_O"]
             splits = max(1, min(64, rows // 4096))
             per_split = triton.cdiv(triton.cdiv(rows, splits), BLOCK_M) * BLOCK_M
             splits = triton.cdiv(rows, per_split)
@@ -374,8 +382,7 @@ class GatherGemm(torch.autograd.Function):
                     splits)
             _gather_gemm_dw_kernel[grid](
                 x, index, grad_out, part, *geometry, out_channels, k, per_split, *x.stride(),
-                BLOCK_M=BLOCK_M, BLOCK_C=block_c, BLOCK_O=block_o, PRECISION=ctx.prec,
-                UPCAST=_interpreted())
+                UPCAST=_interpreted(), **config)
             grad_w = part.sum(0).permute(2, 1, 0).to(weight.dtype)  # (O, C, k)
         if ctx.needs_input_grad[0]:
             w = weight.to(x.dtype).permute(0, 2, 1).reshape(out_channels, k * channels)
@@ -384,11 +391,11 @@ class GatherGemm(torch.autograd.Function):
             offsets = (torch.arange(rows, device=x.device) // (height * width)) * positions
             order, rowptr = inverse_index(index + offsets[:, None], batch * positions)
             grad_x = torch.empty_like(x)  # same memory format as x
-            block_c = _block(channels, high=128)
-            grid = (triton.cdiv(rows, BLOCK_P), triton.cdiv(channels, block_c))
+            config = scatter_rows_config(channels)
+            grid = (triton.cdiv(rows, BLOCK_P), triton.cdiv(channels, config["BLOCK_C"]))
             _scatter_rows_kernel[grid](
                 order, rowptr, grad_rows, grad_x, rows, height * width, height, width, p,
-                channels, *grad_x.stride(), BLOCK_P=BLOCK_P, BLOCK_C=block_c)
+                channels, *grad_x.stride(), **config)
         return grad_x, None, grad_w, None, None
 
 
@@ -411,51 +418,60 @@ def gather_gemm(x: Tensor, index: Tensor, weight: Tensor, padding: int,
     return out.view(x.shape[0], x.shape[2] * x.shape[3], weight.shape[0])
 
 
-def compile_variants(card) -> list:
-    """The launch configurations of this module's kernels at the paper's shapes (VGG-11 on
-    CIFAR: 3 to 512 channels, k = 9 with self first) on ``card`` (see
-    :mod:`convnn.bench.compile`)."""
-    from .kernels import PAPER_CHANNELS, KernelVariant, _float_dtypes, pointer_type
+PAPER_LAYERS = ((3, 64, 32), (64, 128, 16), (128, 256, 8), (256, 256, 8), (256, 512, 4),
+                (512, 512, 4), (512, 512, 2), (512, 512, 2))
+"""The 3×3 layers of VGG-11 (configuration A) on CIFAR, ``(in channels, out channels, map
+side)``: the ConvNN2d layers of the paper's networks (``ratio=1``; ``ratio=0.5`` gives the
+ConvNN branch half the out channels). The paper's k is 9, cosine similarity, padding 1."""
+PAPER_K = 9
 
-    geometry = {"H": "i32", "W": "i32", "P": "i32", "C": "i32"}
+
+def _paper_launches(card) -> list[tuple[torch.dtype, int, int]]:
+    """``(dtype, in channels, out channels)`` of every ConvNN2d launch of the paper's networks
+    on ``card``: float32 (no AMP, the paper's precision) at every layer; under AMP (bf16, or
+    fp16 on a card without bf16) every layer but the first, which reads the float32 image."""
+    half = torch.bfloat16 if card.bf16 else torch.float16
+    launches = []
+    for i, (cin, cout, _) in enumerate(PAPER_LAYERS):
+        for dtype in (torch.float32,) if i == 0 else (torch.float32, half):
+            for out in (cout // 2, cout):
+                launches.append((dtype, cin, out))
+    return launches
+
+
+def compile_variants(card) -> list[KernelVariant]:
+    """Every launch configuration of this module's kernels that the paper's networks reach on
+    ``card`` (``card.arch``: 75, 80, 89 or 90; ``card.bf16``), built by the launchers' own
+    configuration helpers, one variant per distinct configuration (named by the first layer
+    that reaches it; cosine, the paper's, and dot similarity). The selection and the
+    gather-GEMM forward are hot (spills fail the gate)."""
+    geometry = {"H": "i32", "W": "i32", "P": "i32", "C": "i32", "K": "i32"}
     strides = {"stride_b": "i32", "stride_c": "i32", "stride_h": "i32", "stride_w": "i32"}
-    channel_blocks = sorted({_block(c) for c in (3, *PAPER_CHANNELS)})
-    out_block = _block(64, high=64)
-    variants = []
-    for dtype in _float_dtypes(card):
-        ptr = pointer_type(dtype)
-        # the layer passes precision=None: TF32 products for float32, 16-bit ones otherwise
-        for precision in ("tf32",):
-            tag = ptr[1:]
-            for block_c in channel_blocks:
-                for cosine in (True, False):
-                    variants.append(KernelVariant(
-                        _select_2d_kernel, f"select_2d {tag} C-block={block_c} "
-                        f"{'cosine' if cosine else 'dot'} k=8",
-                        {"x_ptr": ptr, "inv_ptr": "*fp32", "idx_ptr": "*i64", **geometry,
-                         "K": "i32", "scale": "fp32", **strides},
-                        {"COSINE": cosine, "KP": 8, "BLOCK_Q": BLOCK_Q, "BLOCK_N": BLOCK_N,
-                         "BLOCK_C": block_c, "PRECISION": precision, "UPCAST": False},
-                        hot=True))
-                common = {"x_ptr": ptr, "idx_ptr": "*i64", "M": "i32", "HW": "i32", **geometry}
-                variants.append(KernelVariant(
-                    _gather_gemm_kernel, f"gather_gemm {tag} C-block={block_c}",
-                    {**common, "w_ptr": ptr, "out_ptr": ptr, "O": "i32", "K": "i32", **strides},
-                    {"BLOCK_M": BLOCK_M, "BLOCK_C": block_c, "BLOCK_O": out_block,
-                     "PRECISION": precision, "UPCAST": False}, hot=True))
-                variants.append(KernelVariant(
-                    _gather_gemm_dw_kernel, f"gather_gemm dW {tag} C-block={block_c}",
-                    {**common, "g_ptr": ptr, "part_ptr": "*fp32", "O": "i32", "K": "i32",
-                     "rows_per_split": "i32", **strides},
-                    {"BLOCK_M": BLOCK_M, "BLOCK_C": block_c, "BLOCK_O": out_block,
-                     "PRECISION": precision, "UPCAST": False}))
-        for block_c in sorted({_block(c, high=128) for c in (3, *PAPER_CHANNELS)}):
-            variants.append(KernelVariant(
-                _scatter_rows_kernel, f"gather_gemm dx rows {ptr[1:]} C-block={block_c}",
-                {"order_ptr": "*i64", "rowptr_ptr": "*i64", "rows_ptr": ptr, "dx_ptr": ptr,
-                 "total": "i32", "HW": "i32", **geometry, **strides},
-                {"BLOCK_P": BLOCK_P, "BLOCK_C": block_c}))
-    return variants
+    variants = VariantSet()
+    add = variants.add
+
+    for dtype, cin, cout in _paper_launches(card):
+        x = pointer_type(dtype)
+        tag = f"{str(dtype).removeprefix('torch.')} C={cin}"
+        for similarity in ("cosine", "dot"):
+            sel = select_2d_config(dtype, cin, PAPER_K - 1, similarity, card.arch)
+            add(_select_2d_kernel, f"select_2d {tag} {similarity} k={PAPER_K}",
+                {"x_ptr": x, "inv_ptr": "*fp32", "idx_ptr": "*i64", **geometry,
+                 "scale": "fp32", **strides}, {**sel, "AS_F32": False}, True)
+        gemm = {**gather_gemm_config(dtype, cin, cout, card.arch), "UPCAST": False}
+        rows = {"M": "i32", "HW": "i32", "H": "i32", "W": "i32", "P": "i32", "C": "i32",
+                "O": "i32", "K": "i32"}
+        add(_gather_gemm_kernel, f"gather_gemm {tag} O={cout}",
+            {"x_ptr": x, "idx_ptr": "*i64", "w_ptr": x, "out_ptr": x, **rows, **strides},
+            gemm, True)
+        add(_gather_gemm_dw_kernel, f"gather_gemm_dw {tag} O={cout}",
+            {"x_ptr": x, "idx_ptr": "*i64", "g_ptr": x, "part_ptr": "*fp32", **rows,
+             "rows_per_split": "i32", **strides}, gemm, False)
+        add(_scatter_rows_kernel, f"scatter_rows {tag}",
+            {"order_ptr": "*i64", "rowptr_ptr": "*i64", "rows_ptr": x, "dx_ptr": x,
+             "total": "i32", "HW": "i32", "H": "i32", "W": "i32", "P": "i32", "C": "i32",
+             **strides}, scatter_rows_config(cin), False)
+    return variants.listed()
 
 
 # --- What the fused 2-D path can run: the predicate of convnn.ops.choose_backend -------------

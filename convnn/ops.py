@@ -45,22 +45,44 @@ products and ``D · 2^-24 Σ|q_i k_i|`` to the float32 score. Hence, per query/c
 ``|score_contract - score_float32| ≤ τ = (2^-14 + 4 D 2^-24) · scale · Σ_i |q_i| |k_i|``
 (:func:`selection_score_bound`; ``τ ≈ 1.1e-4 · scale · Σ|q_i||k_i|`` at D = 192).
 
+Ranking keys: the attention kernel (:mod:`convnn.kernels_attention`) ranks one int32 key
+per score, the score's order-preserving bits
+with the low ``c`` bits replaced by the (reversed) candidate column, ``c`` the bits a column
+needs (:func:`convnn.kernels_attention.column_bits`: 8 for up to 256 candidates). So two
+scores closer than ``δ = 2^(c - 23) · |score|`` (``2^-15 |score|`` at T ≤ 256, under
+``τ / 2`` since ``τ ≥ 2^-14 · scale · Σ|q_i||k_i| ≥ 2^-14 |score|``) may rank by column
+instead. The softmax logits of the k selected keys are then recomputed in float32 from the
+gathered rows, so ρ is the float32 softmax of the selected scores.
+
 What is guaranteed: the neighbour list (in rank order) equals the float32 list except on
 near-ties: wherever rank j differs, the float32 scores of the two candidates at rank j
-differ by at most ``2 max τ`` over the row (a perturbation of at most ε per score moves
-each order statistic by at most ε). Tests check this on every differing list
+differ by at most ``2 (τ + δ)``, maxima over the row (a perturbation of at most ε per score
+moves each order statistic by at most ε). Tests check this on every differing list
 (``tests/test_precision_contract.py``, also for the Triton kernel under the interpreter)
 and measure how many lists differ from float32, on random and post-ReLU inputs (seeded,
 CPU emulation): :class:`~convnn.layers.ConvNNAttention` at T = 197, k = 9, 1×192 and 3×64
 (788 and 2,364 lists): bf16×3 0 lists, one bf16 product 13-15 %, TF32 1.3-2.2 %;
 :class:`~convnn.layers.ConvNN2d`, 64 channels, cosine over a padded 34×34 map, k = 9 (2,048
 lists): bf16×3 0 (random) and 1 list, a near-tie (post-ReLU, 0.05 %), one bf16 product
-13 % and 21 %, TF32 1.3 % and 3.7 %.
+13 % and 21 %, TF32 1.3 % and 3.7 %. The attention kernel's packed keys (bf16×3, 8
+column bits; 1×192, 788 lists): 0 lists, random and post-ReLU.
+
+Rank on one bf16 product, then rescore the best k + m in float32 with a gap check (the
+list is exact where the k-th rescored score beats the best unkept approximate score by the
+bf16 bound): measured in float32 on the same attention features, with the bound taken from
+norms (``τ_bf16 ≤ 2^-7 · scale · ‖q‖ · max‖k‖``; 1×192, 8 images), the check fails on
+3.2 % (random) and 9.8 % (post-ReLU) of the rows at k + m = 16, so 92 % and 100 % of the
+64-query tiles would need the bf16×3 pass as well; at k + m = 32 no row fails, but 32 gathered float32 rescores a query cost
+about as much on an H100 as the two extra tensor-core products of bf16×3 (an estimate:
+64·32·192 CUDA-core multiply-adds against 2·64·256·192 bf16 tensor-core ones, at about 15
+times the rate). So the kernels keep bf16×3 for float32 features, and bf16 features (q and
+key projected in bf16) take one product with no split, exact products, float32 lists of the
+bf16 features.
 
 Why this design: the scores are the only O(T²·d) work of selection; "bf16×3" runs it on
 tensor cores at three bf16 products (cheaper than 3×TF32, which costs three TF32 products
 at half the bf16 rate) with float32 lists up to near-ties; one bf16 or TF32 product would
-change too many lists, and rank-then-rescore would need the float32 keys gathered again.
+change too many lists, and rank-then-rescore costs as much (above).
 The softmax, the aggregation and all gradients accumulate in float32.
 """
 

@@ -53,6 +53,7 @@ __all__ = [
     "NO_RUN",
     "PAPER_CURVE_LABEL",
     "PAPER_LABEL",
+    "PROVENANCE_COLUMNS",
     "RESULTS_ROOT",
     "SHORT_RUN",
     "SWEEPS",
@@ -93,6 +94,7 @@ __all__ = [
     "plot_paper_sweep",
     "pooled_headline_rows",
     "protocol_differences",
+    "provenance_rows",
     "row_label",
     "run_precision",
     "run_time_estimates",
@@ -120,11 +122,11 @@ SETTING_KEYS = paper.ROW_SETTING_KEYS
 SWEEPS: dict[str, tuple[str, tuple[str, ...], str, bool]] = {
     "6.1": ("branch_ratio", ("similarity", "aggregation"),
             "branching ratio λ (0 = Conv2d, 1 = ConvNN)", False),
-    "6.3": ("candidates", ("layer", "sampling"), "candidates r (an r × r set)", False),
+    "6.3": ("candidates", ("layer", "sampling"), "grid side s (s × s candidates)", False),
     "6.4": ("k", ("kernel_size",), "k (neighbours of the ConvNN branch)", False),
     "6.5": ("lr", ("layer",), "learning rate (AdamW)", True),
     "6.7": ("k", ("layer", "sampling"), "k (neighbours)", True),
-    "6.8": ("candidates", ("sampling",), "candidates r (tokens searched per query)", False),
+    "6.8": ("candidates", ("sampling",), "candidates m (tokens searched per query)", False),
 }
 
 #: The headline comparisons of method.md §5, as (claim, table, ConvNN row, baseline row).
@@ -139,10 +141,10 @@ HEADLINE_CLAIMS: tuple[tuple[str, str, dict, dict], ...] = (
       "aggregation": paper.PLAIN},
      {"dataset": "cifar100", "layer": "conv2d", "similarity": paper.PLAIN,
       "aggregation": paper.PLAIN}),
-    ("ViT-Tiny: ConvNN-Attn random r=32 vs attention", "6.6",
+    ("ViT-Tiny: ConvNN-Attn random m=32 vs attention", "6.6",
      {"dataset": "cifar10", "layer": "convnn_attention", "sampling": "random"},
      {"dataset": "cifar10", "layer": "attention"}),
-    ("ViT-Tiny: ConvNN-Attn random r=32 vs attention", "6.6",
+    ("ViT-Tiny: ConvNN-Attn random m=32 vs attention", "6.6",
      {"dataset": "cifar100", "layer": "convnn_attention", "sampling": "random"},
      {"dataset": "cifar100", "layer": "attention"}),
     ("ViT-Tiny: ConvNN-Attn all (dense) vs attention", "6.6",
@@ -208,10 +210,13 @@ class Run:
         record: the folder's record (config, metrics, summary).
         provenance: the provenance line of the nearest ``README.md`` (the run folder or a
             folder above it, up to the search root), or ``None``.
+        provenance_fields: that line's cells by column (``"device"``, ``"commit"``, ...)
+            when it is a row of a Markdown table, else ``None``.
     """
 
     record: RunRecord
     provenance: str | None = None
+    provenance_fields: dict[str, str] | None = None
 
     @property
     def path(self) -> Path:
@@ -347,11 +352,12 @@ def _table_cells(line: str) -> list[str]:
     return [c.strip() for c in line.strip().strip("|").split("|")]
 
 
-def _provenance_line(lines: list[str], index: int) -> str:
-    """Line ``index`` of a README; a Markdown table row becomes ``"header: cell; ..."``."""
+def _provenance_row(lines: list[str], index: int) -> dict[str, str] | None:
+    """Line ``index`` of a README as ``{header: cell}`` when it is a row of a Markdown table
+    with a header, else ``None``. Cells are split on the table's ``|``, never on their text."""
     line = lines[index].strip()
     if not line.startswith("|"):
-        return line.lstrip("-* ").strip()
+        return None
     start = index
     while start > 0 and lines[start - 1].strip().startswith("|"):
         start -= 1
@@ -360,15 +366,26 @@ def _provenance_line(lines: list[str], index: int) -> str:
                  <= set("-: "))
     cells = _table_cells(line)
     if index <= start + 1 or not separator or len(header) != len(cells):
-        return " ".join(cells)
-    return "; ".join(f"{h}: {c}" for h, c in zip(header, cells) if c)
+        return None
+    return {h: c for h, c in zip(header, cells) if c}
 
 
-def _provenance(folder: Path, stop: Path | None) -> str | None:
+def _provenance_line(lines: list[str], index: int) -> str:
+    """Line ``index`` of a README; a Markdown table row becomes ``"header: cell; ..."``."""
+    row = _provenance_row(lines, index)
+    if row is not None:
+        return "; ".join(f"{h}: {c}" for h, c in row.items())
+    line = lines[index].strip()
+    if line.startswith("|"):
+        return " ".join(_table_cells(line))
+    return line.lstrip("-* ").strip()
+
+
+def _provenance_readme(folder: Path, stop: Path | None) -> tuple[list[str], int] | None:
     """Where a run came from, from the nearest ``README.md`` at or above ``folder`` (up to
-    ``stop``): the first line that names one of the folders between that README and the run
-    (a table row is returned as ``"header: cell; ..."``); in the run folder's own README, a
-    line mentioning "provenance", else its first line of text."""
+    ``stop``): that README's lines and the index of the first line that names one of the
+    folders between it and the run; in the run folder's own README, a line mentioning
+    "provenance", else its first line of text. ``None`` when no README names the run."""
     folder = folder.resolve()
     stop = stop.resolve() if stop is not None else None
     for current in (folder, *folder.parents):
@@ -380,13 +397,13 @@ def _provenance(folder: Path, stop: Path | None) -> str | None:
                 name = re.compile(rf"(?<![\w.-]){re.escape(part)}(?![\w.-])")
                 for i, line in enumerate(lines):
                     if name.search(line):
-                        return _provenance_line(lines, i)
+                        return lines, i
             if not below:
                 text = [i for i, ln in enumerate(lines) if ln.strip()
                         and not ln.lstrip().startswith("#")]
                 tagged = [i for i in text if "provenance" in lines[i].lower()]
                 if tagged or text:
-                    return _provenance_line(lines, (tagged or text)[0])
+                    return lines, (tagged or text)[0]
         if stop is None or current == stop or current == current.parent:
             break
     return None
@@ -410,7 +427,28 @@ def load_run(run_dir: str | os.PathLike, *, root: str | os.PathLike | None = Non
     """
     path = Path(run_dir)
     record = RunFolder.read(path, checkpoint="none")
-    return Run(record, _provenance(path, Path(root) if root is not None else path))
+    found = _provenance_readme(path, Path(root) if root is not None else path)
+    if found is None:
+        return Run(record)
+    return Run(record, _provenance_line(*found), _provenance_row(*found))
+
+
+PROVENANCE_COLUMNS = ("device", "commit", "date")
+
+
+def provenance_rows(runs: Iterable[Run]) -> list[dict]:
+    """One row per session folder of ``runs``: the folder, and the device, commit and date
+    its README row records (cells as written there, never split on their text). The
+    command of each session stays in the README: it names machine-specific folders."""
+    rows: dict[str, dict] = {}
+    for run in runs:
+        fields = run.provenance_fields or {}
+        named = fields.get("folder / file") or fields.get("folder") or run.provenance or ""
+        folder = re.match(r"\s*`([^`]+)`", named)
+        key = folder.group(1) if folder else run.path.parent.name + "/"
+        rows.setdefault(key, {"session folder": f"`{key}`",
+                              **{c: fields.get(c, "") for c in PROVENANCE_COLUMNS}})
+    return list(rows.values())
 
 
 def find_runs(root: str | os.PathLike | None = None) -> list[Run]:
@@ -589,8 +627,9 @@ def _fmt_number(value) -> str:
 
 
 def row_label(record: dict) -> str:
-    """A short description of a paper row's setting, e.g. ``"Branching λ=0.5, random r=8"``
-    or ``"ConvNN-Attn random r=32, k=9"`` (the dataset is not part of it)."""
+    """A short description of a paper row's setting, e.g. ``"Branching λ=0.5, random s=8"``
+    (an 8 × 8 grid of candidates) or ``"ConvNN-Attn random m=32, k=9"`` (32 candidate tokens);
+    the dataset is not part of it. Notation: book/notation.md."""
     table, layer = record["table"], record["layer"]
     extras = []
     if record["model"] in ("vgg11", "resnet50"):
@@ -599,7 +638,9 @@ def row_label(record: dict) -> str:
             base += f" λ={_fmt_number(record['branch_ratio'])}"
         extras.extend(paper.vgg_row_words(record))
         if record.get("sampling") in ("random", "spatial"):
-            extras.append(f"{record['sampling']} r={record['candidates']}")
+            # VGG-11 counts a side s (s × s candidates), ResNet-50 m candidates (a count)
+            symbol = "m" if record["model"] == "resnet50" else "s"
+            extras.append(f"{record['sampling']} {symbol}={record['candidates']}")
         if layer != "conv2d" and (table == "6.4" or record.get("k", 9) != 9):
             extras.append(f"k={record['k']}")
         if record.get("kernel_size") is not None and (table == "6.4"
@@ -615,7 +656,7 @@ def row_label(record: dict) -> str:
             sampling = record.get("sampling") or "all"
             base += f" {sampling}"
             if sampling != "all" and record.get("candidates") is not None:
-                base += f" r={record['candidates']}"
+                base += f" m={record['candidates']}"
         if record.get("k") is not None:
             extras.append(f"k={record['k']}")
         extras.extend(paper.vit_row_words(record))
@@ -1172,7 +1213,7 @@ def _group_name(group: Sequence[str], key: tuple, example: dict) -> str:
                 parts.append(f"{v}" if g == "sampling" else f"{g} {v}")
         if (layer == "convnn_attention" and example.get("sampling") == "random"
                 and "candidates" not in group and example.get("candidates")):
-            parts[-1] += f" r={example['candidates']}"
+            parts[-1] += f" m={example['candidates']}"
         return " ".join(parts)
     short = {"similarity": "sim", "aggregation": "agg", "kernel_size": "KS",
              "sampling": "", "heads": "heads"}
@@ -1625,7 +1666,8 @@ def plot_paper_overlay(runs: Run | Sequence[Run] | None = None, *,
     Each panel: our test top-1 (solid; for a run that logged the redrawn evaluation, solid is
     the redrawn one and dotted the fixed draw), our train top-1 (dashed), every authors' run
     of the preset (thin, full length) and a vertical line at the comparison epoch E. The
-    text box gives best ≤E and last-5 mean at E of both.
+    text box gives best ≤E and last-5 mean at E of both; the authors' side is the mean over
+    their runs of the preset, as in :func:`comparable_summary`.
 
     Raises:
         ValueError: no comparable run (with the reason for each run given).
@@ -1661,9 +1703,13 @@ def plot_paper_overlay(runs: Run | Sequence[Run] | None = None, *,
                 label="ours train")
         ax.axvline(epoch, color="black", lw=0.8, ls=":")
         ours_best, ours_last5 = _our_at(run, key, epoch)
+        # the authors' side as the comparison table gives it: the mean over their runs
+        paper_best = sum(c.best_at(epoch) for c in curves) / len(curves)
+        paper_last5 = sum(c.last5_at(epoch) for c in curves) / len(curves)
+        paper_side = "paper" if len(curves) == 1 else f"paper, mean of {len(curves)} runs"
         ax.text(0.98, 0.04, f"at epoch {epoch}: best / last-5 mean\n"
-                f"paper {curves[0].best_at(epoch):.2f} / {curves[0].last5_at(epoch):.2f}\n"
-                f"ours  {ours_best:.2f} / {ours_last5:.2f}",
+                f"{paper_side}: {paper_best:.2f} / {paper_last5:.2f}\n"
+                f"ours: {ours_best:.2f} / {ours_last5:.2f}",
                 transform=ax.transAxes, ha="right", va="bottom", fontsize=8,
                 family="monospace", bbox={"facecolor": "white", "alpha": 0.85, "lw": 0})
         shown = max(epoch * 4, 10)

@@ -34,12 +34,18 @@ from ._io import (
     CHECKSUM_SUFFIX,
     CheckpointError,
     FolderLockedError,
+    HeldLock,
+    LinkRefusedError,
+    _read_checksums,
+    _sha256,
     append_jsonl_atomic,
     atomic_write_json,
     atomic_write_text,
     folder_lock,
     load_checkpoint,
+    read_bytes,
     read_json,
+    refuse_link,
     remove_leftovers,
     save_checkpoint,
     verify_checksum,
@@ -58,6 +64,7 @@ __all__ = [
     "RUN_FILES",
     "SUMMARY",
     "RunFolder",
+    "RunFolderBusyError",
     "RunFolderError",
     "RunRecord",
     "config_fingerprint",
@@ -102,8 +109,38 @@ class RunFolderError(ValueError):
     Nothing in the folder was changed."""
 
 
+class RunFolderBusyError(RunFolderError):
+    """Another live process holds the run folder's lock (it is busy, not broken)."""
+
+
 def local_time() -> str:
     return datetime.datetime.now(datetime.timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
+def refuse_links(folder: Path) -> None:
+    """Refuse a run folder where one of its files (or the lock) is a symbolic link: one
+    :class:`~convnn._io.LinkRefusedError` naming the link, before anything is read."""
+    for name in (*RUN_FILES, LOCK):
+        refuse_link(folder / name)
+
+
+def is_run_config(cfg) -> bool:
+    """Whether a ``config.json``'s content was written by :func:`convnn.train.fit` (a JSON
+    object with a ``"train"`` section): a folder whose ``config.json`` is anything else
+    belongs to another program and is never resumed, overwritten or read."""
+    return isinstance(cfg, dict) and isinstance(cfg.get("train"), dict)
+
+
+def _refuse_foreign_config(out: Path) -> None:
+    path = out / CONFIG
+    if not path.is_file():
+        return
+    cfg = read_json(path)  # not JSON, or not an object: its own one-line error
+    if not is_run_config(cfg):
+        raise RunFolderError(
+            f"{path} is not a convnn run config (it has no \"train\" settings); "
+            f"{out} belongs to another program or holds a damaged run, and nothing in it was "
+            "changed. Choose another out_dir")
 
 
 def is_run_folder(path: str | os.PathLike) -> bool:
@@ -182,7 +219,7 @@ def read_weights(path: str | os.PathLike) -> dict:
 def _dataset_info(ds) -> dict:
     """The dataset section of ``config.json``: what the data is (with its content hash) and,
     under :data:`DATA_LOCATION`, where it was."""
-    from .data import dataset_fingerprint
+    from .data import content_digest, dataset_fingerprint
 
     info = {
         "name": ds.name,
@@ -196,6 +233,9 @@ def _dataset_info(ds) -> dict:
         "synthetic": bool(getattr(ds, "synthetic", False)),
         "content": dataset_fingerprint(ds),
     }
+    digest = content_digest(ds)  # every image and label (older runs recorded the sample only)
+    if digest is not None:
+        info["content_sha256"] = digest
     for key in ("train_per_class", "test_per_class"):
         if getattr(ds, key, None) is not None:
             info[key] = getattr(ds, key)
@@ -280,8 +320,9 @@ _MISSING = "<absent>"
 def _differences(saved, current, prefix: str = ""):
     if isinstance(saved, dict) and isinstance(current, dict):
         keys = set(saved) | set(current)
-        if prefix == "dataset.":  # facts an older run did not record are not compared
-            keys = set(saved) & set(current)
+        if prefix == "dataset.":  # facts an older run did not record are not compared, but
+            keys = {k for k in saved if k not in DATA_LOCATION  # every fact it recorded
+                    and not (saved[k] is None and k not in current)}  # (None: not recorded)
         for k in sorted(keys, key=str):
             yield from _differences(saved.get(k, _MISSING), current.get(k, _MISSING),
                                     f"{prefix}{k}.")
@@ -326,6 +367,26 @@ def _check_config_matches(cfg_json: dict, checkpoint: dict, run_dir: Path) -> No
             "Restore it; the checkpoint is the authority")
 
 
+def _recover_checkpoint(out: Path) -> str | None:
+    """Move a complete checkpoint left in a temporary file into place when ``checkpoint.pt``
+    is missing and the temporary file matches a hash of the sidecar (a kill between the
+    sidecar's write and the rename); returns its old name, or ``None``. Any other temporary
+    file is left for :meth:`RunFolder.prepare` to delete."""
+    path = out / CHECKPOINT
+    try:
+        expected = set(_read_checksums(path) or [])
+    except CheckpointError:
+        return None
+    for tmp in sorted(out.glob(f".{CHECKPOINT}.*.tmp")):
+        if tmp.is_symlink() or not tmp.is_file():
+            continue
+        if _sha256(tmp) in expected:
+            with contextlib.suppress(FileNotFoundError):  # another rank moved it first
+                os.replace(tmp, path)
+            return tmp.name
+    return None
+
+
 # --------------------------------------------------------------------------- the metrics log
 def _log_digest(records: list[dict]) -> str:
     text = json.dumps(records, sort_keys=True, allow_nan=False)
@@ -348,7 +409,7 @@ def _parse_records(path: Path, strict: bool) -> tuple[list[dict], int]:
     if not path.is_file():
         return [], 0
     records, skipped = [], 0
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(read_bytes(path).decode("utf-8").splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -572,7 +633,7 @@ def copy_logs(run_dir: str | os.PathLike, dest: str | os.PathLike, *,
         if name == CONFIG and config is not None:
             text = json.dumps(config, indent=2) + "\n"
         elif (run_dir / name).is_file():
-            text = (run_dir / name).read_text(encoding="utf-8")
+            text = read_bytes(run_dir / name).decode("utf-8")
         else:
             continue
         atomic_write_text(dest / name, rewrite(text) if rewrite else text)
@@ -597,12 +658,15 @@ def load_run_checkpoint(run_dir: str | os.PathLike) -> tuple[dict, dict]:
 # --------------------------------------------------------------------------- the lock
 @contextlib.contextmanager
 def run_lock(out: Path, ctx, log=None):
-    """Rank 0 holds the run folder's lock for the whole run; every rank fails if it cannot."""
-    error, stack = None, contextlib.ExitStack()
+    """Rank 0 holds the run folder's lock for the whole run; every rank fails if it cannot.
+    Yields rank 0's :class:`~convnn._io.HeldLock` (``None`` on the other ranks)."""
+    error, stack, busy, held = None, contextlib.ExitStack(), False, []
     if ctx.rank == 0:
         try:
-            stack.enter_context(folder_lock(out, LOCK, log=log))
+            held = [stack.enter_context(folder_lock(out, LOCK, log=log))]
         except FolderLockedError as err:
+            error, busy = str(err), True
+        except LinkRefusedError as err:
             error = str(err)
         except OSError as err:
             where = err.filename or out
@@ -611,14 +675,14 @@ def run_lock(out: Path, ctx, log=None):
     if ctx.enabled:
         import torch.distributed as dist
 
-        box = [error]
+        box = [(error, busy)]
         dist.broadcast_object_list(box, src=0)
-        error = box[0]
+        error, busy = box[0]
     if error:
         stack.close()
-        raise RunFolderError(error)
+        raise (RunFolderBusyError if busy else RunFolderError)(error)
     with stack:
-        yield
+        yield held[0] if held else None
 
 
 # --------------------------------------------------------------------------- the folder
@@ -636,6 +700,12 @@ class RunFolder:
     config_json: dict | None = None
     saved_checkpoint: dict | None = None  # {"epoch", "sha256"} of the checkpoint on disk
     unsaved_first_epoch: bool = False  # a kill during the first checkpoint write
+    recovered: str | None = None  # the temporary file the checkpoint was recovered from
+    held: HeldLock | None = None  # the lock: checked before every write
+
+    def _check_lock(self) -> None:
+        if self.held is not None:
+            self.held.check()
 
     @property
     def paths(self) -> dict[str, Path]:
@@ -670,9 +740,11 @@ class RunFolder:
         if checkpoint not in CHECKPOINT_MODES:
             raise ValueError(f"checkpoint must be one of {CHECKPOINT_MODES}, got {checkpoint!r}")
         path = Path(path)
+        refuse_links(path)
         if not (path / CONFIG).is_file():
             raise FileNotFoundError(f"{path / CONFIG} does not exist: not a run folder (a run "
                                     f"folder has {CONFIG} and {METRICS})")
+        _refuse_foreign_config(path)
         config = read_json(path / CONFIG)
         records, skipped = _parse_records(path / METRICS, strict=False)
         summary = None
@@ -707,6 +779,8 @@ class RunFolder:
         """Decide fresh, resumed or refused (every rank decides the same way); nothing in the
         folder changes here."""
         folder = cls(out)
+        refuse_links(out)
+        _refuse_foreign_config(out)  # with or without resume or overwrite
         paths = folder.paths
         folder.existing = [n for n, p in paths.items() if p.exists()]
         if folder.existing and not resume and not overwrite:
@@ -714,6 +788,9 @@ class RunFolder:
                 f"{out} already holds a run ({', '.join(folder.existing)}); pass resume=True to "
                 "continue it, overwrite=True to replace it, or choose another out_dir"
             )
+        sidecar = paths[CHECKPOINT + CHECKSUM_SUFFIX]
+        if resume and not paths[CHECKPOINT].is_file() and sidecar.is_file():
+            folder.recovered = _recover_checkpoint(out)
         if resume and paths[CHECKPOINT].is_file():
             checkpoint = _load_training_checkpoint(paths[CHECKPOINT])
             if not paths[CONFIG].is_file():
@@ -734,9 +811,11 @@ class RunFolder:
             folder.records = _checked_log(paths[METRICS], checkpoint)
         elif resume and folder.existing:
             recorded = [n for n in folder.existing if n != CONFIG]
-            if recorded == [METRICS] and len(_parse_records(paths[METRICS], False)[0]) <= 1:
-                # killed while its first checkpoint was written (no sidecar, no summary yet:
-                # the first epoch of a call always ends with one): that epoch is redone
+            if ([n for n in recorded if n != sidecar.name] == [METRICS]
+                    and len(_parse_records(paths[METRICS], False)[0]) <= 1):
+                # killed while its first checkpoint was written (no summary yet: the first
+                # epoch of a call always ends with one; a sidecar, when the kill came after
+                # it, but no complete temporary file to recover): that epoch is redone
                 recorded, folder.unsaved_first_epoch = [], True
             if recorded:  # never wipe finished epochs because their checkpoint is gone
                 raise RunFolderError(
@@ -765,12 +844,17 @@ class RunFolder:
     def prepare(self, log) -> None:
         """After every check has passed (rank 0): clear leftovers and what a fresh run
         replaces, and drop metrics lines written after the last checkpoint."""
+        self._check_lock()
         paths, start = self.paths, self.start_epoch
         for tmp in remove_leftovers(self.out, RUN_FILES):
             log(f"note: removed {tmp.name}, left by an interrupted write")
+        if self.recovered:
+            log(f"note: recovered {CHECKPOINT} (epoch {self.start_epoch}) from {self.recovered}"
+                ", a complete write stopped before its rename (it matches its SHA-256 sidecar)")
         if self.unsaved_first_epoch:
-            log("note: the run was stopped while its first checkpoint was written; its first "
-                "epoch is trained again")
+            log("note: the run was stopped while its first checkpoint was written (the write "
+                "was not complete, so nothing could be recovered); its first epoch is trained "
+                "again")
         if self.checkpoint is None:
             for n in self.existing:  # overwrite, or resume of a run without a checkpoint
                 paths[n].unlink()
@@ -785,6 +869,7 @@ class RunFolder:
         """``config.json``: a fresh run's description (training settings, the model with its
         config, the dataset), or a resumed run's updated settings, the data's current
         location and one more ``resumed`` entry."""
+        self._check_lock()
         data = _dataset_info(ds)
         if self.checkpoint is None:
             cfg_json = {
@@ -799,9 +884,9 @@ class RunFolder:
             cfg_json = self.config_json
             cfg_json["train"] = config.to_dict()
             if isinstance(cfg_json.get("dataset"), dict):
-                for key in DATA_LOCATION:
-                    if key in data:
-                        cfg_json["dataset"][key] = data[key]
+                for key, value in data.items():  # the location, and facts an older run
+                    if key in DATA_LOCATION or key not in cfg_json["dataset"]:  # lacked
+                        cfg_json["dataset"][key] = value
             cfg_json.setdefault("resumed", []).append(
                 {"from_epoch": self.start_epoch, "time": local_time(), **run_info}
             )
@@ -809,11 +894,13 @@ class RunFolder:
 
     def save_epoch(self, records: list[dict]) -> None:
         """One finished epoch's metrics line (the checkpoint and the summary follow)."""
+        self._check_lock()
         append_jsonl_atomic(self.paths[METRICS], records[-1])
 
     def save_checkpoint(self, records: list[dict], checkpoint: dict) -> None:
         """The checkpoint after the last of ``records`` (format :data:`CHECKPOINT_FORMAT`,
         with a digest of the log)."""
+        self._check_lock()
         epoch = records[-1]["epoch"]
         sha = save_checkpoint({"format": CHECKPOINT_FORMAT, "epoch": epoch, **checkpoint,
                                "log": log_summary(records)}, self.checkpoint_path)
@@ -824,6 +911,7 @@ class RunFolder:
         """``summary.json``, recording the checkpoint on disk (its epoch and SHA-256): written
         after the checkpoint, so a summary never claims weights that are not there. Returns
         what was written."""
+        self._check_lock()
         summary = {**summary, "checkpoint": self.saved_checkpoint}
         atomic_write_json(self.paths[SUMMARY], summary)
         return summary

@@ -43,7 +43,9 @@ import json
 import math
 import os
 import random
+import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -91,6 +93,7 @@ __all__ = [
     "VOLATILE_FIELDS",
     "DivergedError",
     "RunFolderError",
+    "Terminated",
     "TrainConfig",
     "evaluate",
     "evaluate_run",
@@ -904,10 +907,15 @@ def fit(
 
     ctx, device = _init_distributed(device)
     try:
-        with _deterministic(config.deterministic), _tf32_flags(), run_lock(out, ctx, log):
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(_deterministic(config.deterministic))
+            stack.enter_context(_tf32_flags())
+            held = stack.enter_context(run_lock(out, ctx, log))
+            stack.enter_context(_sigterm_stops_at_a_step_boundary(ctx))
             return _fit(model_factory, dataset, config, out, resume, overwrite,
                         device, ctx, _progress_enabled(progress) and ctx.rank == 0, extra or {},
-                        callback, (log or (lambda _: None)) if ctx.rank == 0 else (lambda _: None))
+                        callback, (log or (lambda _: None)) if ctx.rank == 0 else (lambda _: None),
+                        held)
     finally:
         if ctx.created:
             import torch.distributed as dist
@@ -1047,6 +1055,9 @@ def _train_epoch(s: _Session, epoch: int) -> dict:
             if scaler.is_enabled():  # fp16 overflow: the scaler skipped this step
                 step_loss = torch.where(step_loss.isfinite(), step_loss, 0.0)
             sums += _batch_sums(logits.detach(), y, step_loss * len(y), sum_dtype)
+        if _TERM.is_set():  # SIGTERM: stop at this step boundary
+            bar.close()
+            raise _StopRequested
         if s.show and (step == last_step or (config.log_every and step % config.log_every == 0)):
             t = sums.tolist()
             bar.set_postfix(loss=f"{t[0] / t[3]:.4f}", top1=f"{100 * t[1] / t[3]:.1f}%")
@@ -1098,6 +1109,37 @@ def _epoch_record(epoch: int, lr: float, tr: dict, te: dict, redrawn: dict | Non
         record.update(test_loss_resampled=redrawn["loss"], test_top1_resampled=redrawn["top1"],
                       test_top5_resampled=redrawn["top5"])
     return record
+
+
+class Terminated(BaseException):
+    """The process received SIGTERM (what Colab sends when it recycles a runtime): training
+    stopped at the next step boundary, after saving the checkpoint of every finished epoch.
+    The epoch in progress is trained again on resume. The command line exits with 143."""
+
+
+#: Set by the SIGTERM handler that :func:`fit` installs; checked at every step boundary.
+_TERM = threading.Event()
+
+
+class _StopRequested(BaseException):
+    pass
+
+
+@contextlib.contextmanager
+def _sigterm_stops_at_a_step_boundary(ctx):
+    """While training, SIGTERM sets :data:`_TERM` instead of killing the process (in the
+    main thread of a single process; under torchrun each rank keeps the default, as a stop
+    decided by one rank alone would leave the others waiting in a collective)."""
+    if ctx.enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _TERM.clear()
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: _TERM.set())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        _TERM.clear()
 
 
 def _check_finite(tr: dict, te: dict, epoch: int, lr: float, folder: RunFolder) -> None:
@@ -1152,7 +1194,7 @@ def _checkpoint_due(config: TrainConfig, epoch: int, start_epoch: int, saved_epo
 
 
 def _fit(model_factory, ds, config, out, resume, overwrite, device, ctx, show, extra, callback,
-         log) -> dict:
+         log, held=None) -> dict:
     t_call = time.perf_counter()
     if config.batch_size % ctx.world_size:
         raise ValueError(
@@ -1160,6 +1202,7 @@ def _fit(model_factory, ds, config, out, resume, overwrite, device, ctx, show, e
             f"(world size {ctx.world_size})"
         )
     folder = RunFolder.open(out, resume, overwrite)  # nothing changes until every check passed
+    folder.held = held  # every write checks that the lock is still this process's
     s, fingerprint, run_info = _open_session(model_factory, ds, config, folder, device, ctx,
                                              show, extra, log)
     main, start_epoch = ctx.rank == 0, folder.start_epoch
@@ -1174,7 +1217,19 @@ def _fit(model_factory, ds, config, out, resume, overwrite, device, ctx, show, e
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         t0 = time.perf_counter()
-        tr = _train_epoch(s, epoch)
+        try:
+            if _TERM.is_set():
+                raise _StopRequested
+            tr = _train_epoch(s, epoch)
+        except _StopRequested:
+            if saved_epoch < len(records):  # finished epochs the cadence had not saved yet
+                _save_checkpoint(s, folder, records, fingerprint)
+                if main:
+                    folder.save_summary(summarize(records, parameters, config.epochs))
+            raise Terminated(
+                f"stopped by SIGTERM during epoch {epoch + 1}; {out} holds the checkpoint of "
+                f"epoch {len(records)} (the epoch in progress is trained again): continue "
+                "with resume=True (--resume)") from None
         train_seconds = time.perf_counter() - t0
         te, redrawn = _test_epoch(s, epoch)
         epoch_seconds = time.perf_counter() - t0

@@ -28,6 +28,16 @@ def _reference_selection(x, k, p, similarity):
     return idx[..., 1:], scores
 
 
+def _contract_tolerance(x, p, similarity):
+    """2 max τ: how far apart the float32 scores of a near-tie may be under the precision
+    contract (``ops.selection_score_bound`` of the prepared features, the ops docstring)."""
+    values = _padded(x.float(), p)
+    qpos = ops.interior_positions(*x.shape[2:], p)
+    q, keys, _ = ops._prepare(values[:, qpos], values, similarity)
+    scale = 1.0 if similarity == "cosine" else 1.0 / x.shape[1] ** 0.5
+    return 2 * ops.selection_score_bound(q, keys, scale).max().item()
+
+
 def _same_up_to_near_ties(got, ref, scores, tol):
     """Equal lists, or lists whose scores agree rank by rank within ``tol`` (a near-tie)."""
     picked = scores.gather(-1, got)
@@ -45,17 +55,33 @@ def selection_matches_stable_reference() -> None:
         relu = x.relu()
         relu[:, :, 1, 1:4] = 0  # zero pixels: exact ties at score 0 with the border
         for feats in (x, relu):
-            ref, _ = _reference_selection(feats, k, p, similarity)
+            ref, scores = _reference_selection(feats, k, p, similarity)
+            tol = _contract_tolerance(feats, p, similarity)
             for layout in (torch.contiguous_format, torch.channels_last):
-                got = kernels_conv2d.select_2d(feats.contiguous(memory_format=layout), k, p,
-                                               similarity)
+                laid = feats.contiguous(memory_format=layout)
+                # IEEE float32 products: the stable float32 ranking, ties to the lower position
+                got = kernels_conv2d.select_2d(laid, k, p, similarity, precision="ieee")
                 assert torch.equal(got, ref), (shape, p, k, similarity, layout)
+                # the precision contract (bf16x3): the same lists up to near-ties (the post-ReLU
+                # maps have parallel pixels, whose equal float32 scores the contract may split)
+                got = kernels_conv2d.select_2d(laid, k, p, similarity)
+                _same_up_to_near_ties(got, ref, scores, tol)
             # bf16 inputs: products of the rounded inputs, float32 sums
             rounded = feats.bfloat16()
             ref16, scores16 = _reference_selection(rounded.float(), k, p, similarity)
             got16 = kernels_conv2d.select_2d(rounded.contiguous(memory_format=torch.channels_last),
                                               k, p, similarity)
             _same_up_to_near_ties(got16, ref16, scores16, 1e-5)
+    # a card without bf16 (a T4) runs the launch configuration with IEEE float32 products
+    original = kernels_conv2d.card_arch
+    kernels_conv2d.card_arch = lambda device: 75
+    try:
+        assert kernels_conv2d.select_2d_config(torch.float32, 8, 8, "cosine", 75)["DOT"] == "ieee"
+        x = torch.randn(2, 8, 5, 5)
+        assert torch.equal(kernels_conv2d.select_2d(x, 8, 1), _reference_selection(x, 8, 1,
+                                                                                  "cosine")[0])
+    finally:
+        kernels_conv2d.card_arch = original
     print("SELECT OK")
 
 

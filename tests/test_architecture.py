@@ -363,3 +363,21 @@ def test_the_papers_layers_take_at_most_three_arguments():
     with pytest.raises(TypeError, match="seed"):
         ConvNN2d(16, 32, seed=1)  # a rarely changed option is not a keyword
     assert ConvNNAttentionOptions().changes() == {}
+
+
+def test_no_backslash_line_continuations_in_the_package():
+    # brackets instead (PEP 8): code-structure tools follow a statement across them
+    import io
+    import tokenize
+
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        source = path.read_text(encoding="utf-8")
+        in_strings = set()  # lines inside a multi-line string, before its last line
+        for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+            if tok.type == tokenize.STRING:
+                in_strings.update(range(tok.start[0], tok.end[0]))
+        for number, line in enumerate(source.splitlines(), 1):
+            if line.rstrip().endswith("\\") and number not in in_strings:
+                found.append(f"{path.relative_to(PACKAGE.parent)}:{number}")
+    assert not found, f"backslash continuations: {found}"

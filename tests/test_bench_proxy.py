@@ -69,9 +69,22 @@ def test_cli_proxy_writes_json(tmp_path, capsys, monkeypatch):
     estimate = {"target": "t", "case": "c", "gpu": "h100", "est_seconds": 1.0,
                 "est_ratio_vs_baseline": 0.5}
     monkeypatch.setattr(proxy, "kernel_estimates", lambda gpu: [estimate])
+    calibrated = {"gpu": "h100", "parameters": {"e_stream": 0.5}, "max_abs_error": 0.1,
+                  "max_abs_loo_error": None,
+                  "rows": [{"source": "f.json", "row": "r", "quantity": "seconds",
+                            "measured": 1.0, "model": 1.1, "error": 0.1, "loo_model": None,
+                            "loo_error": None, "unexplained": None}]}
+    monkeypatch.setattr(proxy, "calibration", lambda gpu: calibrated)
+    target = {"target": "t", "case": "c", "est_ratio_vs_baseline": 1.1, "est_low": 0.5,
+              "est_high": 1.2, "calibration_rms": 0.2}
+    monkeypatch.setattr(proxy, "target_estimates", lambda gpu, cal: [target])
     assert main(["bench", "--proxy", "--gpu", "h100", "--json", str(tmp_path / "p.json")]) == 0
-    assert json.loads((tmp_path / "p.json").read_text())["proxy"][0]["case"] == "Conv2d"
-    assert "h100" in capsys.readouterr().out
+    written = json.loads((tmp_path / "p.json").read_text())
+    assert written["proxy"][0]["case"] == "Conv2d"
+    assert written["calibration"] == calibrated and written["target_estimates"] == [target]
+    out = capsys.readouterr().out
+    assert "h100" in out and "1 of 1 modelled rows within ±30 %" in out
+    assert "0.50-1.20x" in out
 
 
 def test_loop_rows_and_bad_model():
@@ -141,3 +154,127 @@ def test_kernel_estimates_order_the_fused_paths_sensibly():
     assert 8 < proxy.merge_passes(256, 8) < proxy.merge_passes(1156, 8) < 8 * math.ceil(1156 / 64)
     with pytest.raises(ValueError, match="targets"):
         proxy.kernel_estimates(targets=("mlp",))
+
+
+# --- calibration on the committed H200 rows, compile report, target estimates ---------------
+
+def test_measured_rows_read_every_committed_h200_file():
+    rows = proxy.measured_rows()
+    sources = {r.source.split("/")[0] for r in rows}
+    assert {"2026-11-26-h200-6578612.json", "2026-11-26-h200-db2265e.json",
+            "2026-11-28-h200-abe79e6", "2026-11-26-h200-profile-vit-tiny.txt"} <= sources
+    ratio = [r for r in rows if r.quantity == "speed vs baseline" and r.unexplained is None]
+    assert len(ratio) >= 20 and all(0 < r.measured < 3 for r in ratio)
+    # the rows the traced code cannot stand for say why, and are not fitted
+    triton = [r for r in rows if "Triton" in r.label]
+    assert triton and all(r.unexplained and r.ours is None for r in triton)
+    # 16-bit ranking before the commit that moved it to float32
+    assert {r.ours.ranking for r in rows if r.ours is not None
+            and r.source.startswith("2026-11-26")} == {"autocast"}
+
+
+def test_parse_profile_reads_the_committed_profile():
+    from convnn.package_data import results_root
+
+    text = (results_root() / "bench" / "2026-11-26-h200-profile-vit-tiny.txt").read_text()
+    sections = proxy.parse_profile(text)
+    assert [s["case"] for s in sections] == ["attention (SDPA)", "ConvNN attention all k=9"]
+    sdpa = sections[0]
+    assert sdpa["steps"] == 3 and sdpa["batch"] == 256
+    assert sdpa["total_seconds"] == pytest.approx(88.415e-3)
+    assert sdpa["ops"]["mm"] == (pytest.approx(10.780e-3), 582)
+    assert "linear" not in sdpa["ops"]  # no CUDA time of its own
+
+
+def test_fit_reproduces_rows_generated_by_the_model():
+    # rows made by the model itself from known parameters: the fit must reproduce them
+    trace = proxy.StepTrace()
+    trace.add("mm", "matmul", 4e12, 2e9, True)
+    trace.add("mul", "elementwise", 0.0, 8e9, True)
+    trace.add("topk", "topk", 0.0, 5e8, False)
+    trace.add("layer_norm", "norm", 0.0, 1e9, False)
+    other = proxy.StepTrace()
+    other.add("mm", "matmul", 1e12, 1e9, True)
+    other.add("mul", "elementwise", 0.0, 3e9, True)
+    specs = [proxy.TraceSpec("train", f"synthetic-{i}") for i in range(2)]
+    proxy._TRACES.update(dict(zip(specs, (trace, other))))
+    truth = {**proxy._START, "e_matmul": 0.4, "e_stream": 0.7, "e_topk": 0.05,
+             "e_reduce": 0.2}
+    try:
+        rows = [proxy.MeasuredRow("x", "a", proxy.model_seconds(specs[0], truth), specs[0]),
+                proxy.MeasuredRow("x", "b", proxy.model_seconds(specs[1], truth), specs[1]),
+                proxy.MeasuredRow("x", "a vs b", proxy.model_seconds(specs[1], truth)
+                                  / proxy.model_seconds(specs[0], truth), specs[0], specs[1])]
+        fitted = proxy.fit_parameters(rows)
+        for row in rows:
+            assert proxy._row_model(row, fitted, "h200") == pytest.approx(row.measured,
+                                                                          rel=0.02)
+        assert all(0 < fitted[n] <= 1 for n in proxy.PARAMETERS if n.startswith("e_"))
+        with pytest.raises(ValueError, match="rows"):
+            proxy.fit_parameters([proxy.MeasuredRow("x", "y", 1.0, None, unexplained="no")])
+    finally:
+        for spec in specs:
+            proxy._TRACES.pop(spec)
+
+
+def _compile_row(**kw):
+    row = {"kernel": "_attention_forward_kernel", "variant": "attention forward all k=9",
+           "card": "sm_90", "arch": 90, "compiled": True, "error": None, "registers": 128,
+           "spill_bytes": 0, "shared_bytes": 65536, "mma": ["wgmma"], "blocks_per_sm": 2,
+           "num_warps": 4, "hot": True}
+    return {**row, **kw}
+
+
+def test_compile_report_reader_and_kernel_factor(tmp_path):
+    rows = [_compile_row(),
+            _compile_row(variant="attention forward random r=32 k=9", mma=["mma.sync"],
+                         blocks_per_sm=1, spill_bytes=1700),
+            _compile_row(card="sm_80", arch=80, mma=["mma.sync"]),
+            _compile_row(kernel="_select_2d_kernel", compiled=False, error="loop-carried",
+                         registers=None, spill_bytes=None, shared_bytes=None, mma=[],
+                         blocks_per_sm=None, num_warps=None)]
+    (tmp_path / "compile.json").write_text(json.dumps(rows))
+    read = proxy.read_compile_report(tmp_path)
+    assert read == rows
+    good = proxy.kernel_factor(rows[0])
+    assert good == {"factor": 1.0, "occupancy": 8 / 64, "warps_per_sm": 8, "mma": "wgmma",
+                    "spills": False}
+    # mma.sync halves it, 4 of 8 warps halve it, spills halve it
+    assert proxy.kernel_factor(rows[1])["factor"] == pytest.approx(0.125)
+    assert proxy.kernel_factor(rows[3])["factor"] == 0.0
+    worst = proxy.attention_kernel_factor(read, "sm_90")
+    assert worst["variant"].startswith("attention forward random") and worst["spills"]
+    assert proxy.attention_kernel_factor(read, "sm_75") is None
+    bad = tmp_path / "bad" / "compile.json"
+    bad.parent.mkdir()
+    bad.write_text(json.dumps([{"kernel": "x"}]))
+    with pytest.raises(ValueError, match="lacks variant"):
+        proxy.read_compile_report(bad)
+    with pytest.raises(ValueError, match="no file"):
+        proxy.read_compile_report(tmp_path / "missing")
+
+
+@pytest.mark.slow
+def test_calibration_reproduces_the_committed_rows_and_estimates_the_targets(capsys):
+    cal = proxy.calibration(leave_one_out=False)
+    print(proxy.format_calibration(cal))
+    modelled = [e for e in cal["rows"] if e["unexplained"] is None]
+    errors = sorted(abs(e["error"]) for e in modelled)
+    assert errors[len(errors) // 2] < 0.15  # median
+    assert sum(e <= 0.3 for e in errors) >= 0.8 * len(errors)
+    # the benchmark's own ratio rows (layers, training steps) within ±40 %
+    for e in modelled:
+        if e["quantity"] == "speed vs baseline" and "loop" not in e["row"]:
+            assert abs(e["error"]) < 0.4, e["row"]
+    report = [_compile_row(), _compile_row(variant="attention forward random r=32 k=9")]
+    rows = proxy.target_estimates(calibrated=cal, compile_report=report)
+    by = {(r["target"].split()[0], r["case"]): r for r in rows}
+    for target in ("attention", "ViT-Tiny"):
+        for cand in ("all", "random r=32"):
+            new = by[(target, f"ConvNN {cand}, redesigned core")]
+            old = by[(target, f"ConvNN {cand}, today's PyTorch path")]
+            assert new["estimate"] and new["est_low"] <= new["est_ratio_vs_baseline"] \
+                <= new["est_high"]
+            assert new["est_ratio_vs_baseline"] > old["est_ratio_vs_baseline"]
+            assert new["kernel_source"].startswith("compile report")
+    print(proxy.format_target_estimates(rows))

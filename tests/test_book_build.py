@@ -209,7 +209,7 @@ def test_install_cell_installs_the_clone_it_sits_in(tmp_path, monkeypatch, insid
     monkeypatch.chdir(ROOT / "book" if inside_clone else tmp_path)
     calls = _run_install_cell(monkeypatch)
     expected = str(ROOT) if inside_clone else f"convnn @ git+{cfg['url']}@{cfg['branch']}"
-    assert calls == [[sys.executable, "-m", "pip", "install", "-q", expected]]
+    assert calls == [[sys.executable, "-m", "pip", "install", "-q", "--no-color", expected]]
 
 
 def test_a_failed_install_fails_the_install_cell(tmp_path, monkeypatch) -> None:
@@ -217,13 +217,17 @@ def test_a_failed_install_fails_the_install_cell(tmp_path, monkeypatch) -> None:
     lines and the command to retry, instead of a ModuleNotFoundError one cell later."""
     monkeypatch.chdir(tmp_path)
     noise = "\n".join(f"line {i}" for i in range(40))
-    output = f"{noise}\nERROR: Could not find a version that satisfies the requirement"
+    block = "error: subprocess-exited-with-error\n  git clone did not run successfully"
+    output = f"{noise}\n{block}\nnote: the first copy\n{block}"  # pip prints its block twice
     with pytest.raises(RuntimeError) as info:
         _run_install_cell(monkeypatch, returncode=1, output=output)
     message = str(info.value)
     assert "installing convnn failed (pip exit code 1)" in message
-    assert "Could not find a version that satisfies" in message
-    assert "line 0\n" not in message  # the last lines, not all of them
+    assert message.count("git clone did not run successfully") == 1  # one block, the last
+    assert "line 39" not in message and "note: the first copy" not in message
+    with pytest.raises(RuntimeError) as info:  # no error block: pip's last lines
+        _run_install_cell(monkeypatch, returncode=1, output=noise)
+    assert "line 39" in str(info.value) and "line 0\n" not in str(info.value)
     cfg = book_config()["repository"]
     assert f'%pip install "convnn @ git+{cfg["url"]}@{cfg["branch"]}"' in message
 

@@ -76,6 +76,10 @@ def test_the_build_resolves_every_citation(built_book: BookBuild) -> None:
     for symptom in ("could not find bibtex key", "citation not found", "bibtex"):
         lines = [line for line in log.splitlines() if symptom in line and "warning" in line]
         assert not lines, "\n".join(lines)
+    # the bibliography's labels read like the author-year citations, not "[KF25]"
+    page = (built_book.html / "book" / "references.html").read_text(encoding="utf-8")
+    labels = re.findall(r'fn-bracket">\[</span>(.*?)<span class="fn-bracket">', page)
+    assert labels and all(re.search(r", (\d{4}|n\.d\.)$", label) for label in labels), labels
 
 
 def _python_object_exists(source: str, dotted: str) -> bool:
@@ -293,3 +297,169 @@ def test_using_the_package_documents_backend_not_path() -> None:
 @pytest.mark.parametrize("name", ["trained_convnn", "results", "performance", "related_work"])
 def test_my_chapters_have_a_derivation_and_an_implementation_exercise(name: str) -> None:
     test_chapter_has_a_derivation_and_an_implementation_exercise(name)
+
+
+# ---------------------------------------------------------------- what a careful reader checks
+
+HEADER = re.compile(
+    r"\A```\{admonition\} In this chapter\n:class: chapter-header\n"
+    r"- \*\*You will\*\* [^\n]+\.\n- \*\*You need\*\* [^\n]+\.\n"
+    r"- \*\*Notation:\*\* \{doc\}`notation` [^\n]+\n```\Z")
+NO_HEADER = {"book/intro", "book/notation", "book/references"}
+
+
+def _outputs_text(cell: dict) -> str:
+    parts = []
+    for out in cell.get("outputs", []):
+        parts.append("".join(out.get("text", "")))
+        for kind in ("text/plain", "text/markdown", "text/html"):
+            parts.append("".join(out.get("data", {}).get(kind, "")))
+    return "\n".join(parts)
+
+
+def _tags(cell: dict) -> set[str]:
+    return set(cell.get("metadata", {}).get("tags", []))
+
+
+def test_every_chapter_opens_with_objectives_prerequisites_and_notation() -> None:
+    """The same header on every chapter: right after the title cell of a notebook (or the
+    first paragraph of a Markdown page), two to four lines in one form, linking the notation."""
+    assert "book/notation" in toc_files()
+    for name in toc_files():
+        if name in NO_HEADER:
+            continue
+        path = resolve_source(name)
+        if path.suffix == ".ipynb":
+            cells = _notebook(path.stem)
+            assert "".join(cells[0]["source"]).startswith("# "), name
+            header = "".join(cells[1]["source"]) if cells[1]["cell_type"] == "markdown" else ""
+        else:
+            blocks = re.findall(r"```\{admonition\} In this chapter\n.*?\n```",
+                                path.read_text(encoding="utf-8"), re.DOTALL)
+            header = blocks[0] if blocks else ""
+        assert HEADER.match(header.strip()), f"{name}: no chapter header of the common form"
+
+
+MATH = re.compile(r"\$\$(.+?)\$\$|\$([^$\n]+?)\$", re.DOTALL)
+BARE_R = re.compile(r"(?<![\\\w{])r(?![\w}])")
+
+
+def test_r_is_not_a_symbol_anywhere() -> None:
+    """One notation (book/notation.md): m counts candidates, s is a grid side; r survives only
+    inside preset names and package identifiers, never in the text's math or in a preset
+    description."""
+    from convnn.experiments import PRESETS
+
+    for name in toc_files():
+        path = resolve_source(name)
+        for block in markdown_blocks(path):
+            for display, inline in MATH.findall(block):
+                formula = display or inline
+                assert not BARE_R.search(formula), f"{name}: r as a symbol in ${formula}$"
+    for preset in PRESETS.values():
+        assert not re.search(r"\br = \d|\(r x r\)", preset.description), preset.name
+
+
+TRAINING_LOG = re.compile(r"epoch \d+/\d+ +train loss")
+
+
+@pytest.mark.parametrize("name", ["vgg_cifar", "vit_cifar"])
+def test_a_smoke_run_is_a_folded_mechanics_check(name: str) -> None:
+    """A training chapter never shows its smoke run as a result: every stored training log of
+    the page is folded (or in a folded exercise solution), and the page says what it is."""
+    cells = _notebook(name)
+    logs = [c for c in cells if c["cell_type"] == "code" and TRAINING_LOG.search(_outputs_text(c))]
+    assert logs, f"{name}: no stored training log (was the notebook executed?)"
+    for cell in logs:
+        assert _tags(cell) & {"hide-output", "hide-cell", "remove-output", "remove-cell"}, (
+            f"{name}: a training log is visible: {''.join(cell['source'])[:80]!r}")
+    assert "mechanics check" in "\n".join(markdown_blocks(ROOT / "book" / f"{name}.ipynb"))
+
+
+PLACEHOLDERS = re.compile(r"<CONVNN_DATA_DIR>|<output folder>|\bOUT_DIR\b|; then python|"
+                          r"provenance: folder / file|`\s*;\s*date:")
+
+
+def test_stored_outputs_carry_no_placeholders_or_split_commands() -> None:
+    """Provenance reads as provenance: whole cells of the README's table, no placeholder."""
+    for path in sorted((ROOT / "book").glob("*.ipynb")):
+        for cell in json.loads(path.read_text(encoding="utf-8"))["cells"]:
+            found = PLACEHOLDERS.search(_outputs_text(cell))
+            assert not found, f"{path.name}: {found.group(0)!r} in a stored output"
+
+
+def test_reruns_are_named_with_both_accuracies() -> None:
+    cells = _notebook("trained_convnn")
+    text = "\n".join(_outputs_text(c) for c in cells)
+    assert "study run: final top-1 (%)" in text and "rerun: final top-1 (%)" in text
+    prose = "\n".join(markdown_blocks(ROOT / "book" / "trained_convnn.ipynb"))
+    assert "are reruns" in prose and "trained again with the same\npresets and seeds, and" \
+        not in prose
+
+
+def test_statistics_say_only_what_they_can() -> None:
+    """Overlap is inconclusive; the paired test is named with why it cannot be computed; the
+    pooled numbers are quoted; distinct runs are defined; a short run's mean is labelled."""
+    pages = {n: "\n".join(markdown_blocks(ROOT / "book" / f"{n}.ipynb"))
+             for n in ("results", "results_tables", "trained_convnn", "vit_cifar")}
+    for name, text in pages.items():
+        for phrase in ("cannot be told apart", "cannot tell apart", "most robust finding",
+                       "two to\n  four times"):
+            assert phrase not in text, f"{name}: {phrase!r}"
+    results_text = pages["results"]
+    assert "McNemar" in results_text and "cannot be computed from what was\nlogged" in results_text
+    assert "2.18" in results_text and "4.56" in results_text
+    assert "same best and the same last-5 mean" in results_text
+    ours = next(line for c in _notebook("results") for line in _outputs_text(c).splitlines()
+                if line.startswith("| session folder | preset |"))  # every run of ours
+    assert "mean of the last min(5, E)" in ours and "last-5 mean" not in ours
+    trained = "\n".join(_outputs_text(c) for c in _notebook("trained_convnn"))
+    assert "inconclusive (includes 0)" in trained and "cannot tell apart" not in trained
+
+
+def test_map_sizes_in_the_text_match_the_figure() -> None:
+    """trained_convnn: the layers and map sizes the text names are those the panels show."""
+    from convnn.experiments import get_preset
+    from convnn.models import build_model
+
+    cells = _notebook("trained_convnn")
+    code = next("".join(c["source"]) for c in cells if "def draw_selection" in "".join(c["source"]))
+    shown = ast.literal_eval(re.search(r"^shown = (\(.*?\))", code, re.MULTILINE).group(1))
+    text = next(b for b in markdown_blocks(ROOT / "book" / "trained_convnn.ipynb")
+                if "the panels show layers" in b)
+    named = re.search(r"the panels show layers ([\d, and]+), on\s+(.*?)\s+maps", text, re.DOTALL)
+    assert [int(x) for x in re.findall(r"\d+", named.group(1))] == list(shown)
+    sizes = [tuple(map(int, m)) for m in re.findall(r"\$(\d+) \\times (\d+)\$", named.group(2))]
+    model = build_model(get_preset("laptop-vgg-c10-convnn").model_config(), device="meta")
+    assert sizes == [tuple(model.layer_plan[j]["map_size"]) for j in shown]
+
+
+def test_results_tell_a_story_with_an_appendix() -> None:
+    """results is the short narrative; the per-table sections are an appendix page."""
+    files = toc_files()
+    assert files.index("book/results_tables") == files.index("book/results") + 1
+    story = "\n".join(markdown_blocks(ROOT / "book" / "results.ipynb"))
+    assert "### Table 6." not in story and "{doc}`results_tables`" in story
+    appendix = "\n".join(markdown_blocks(ROOT / "book" / "results_tables.ipynb"))
+    assert len(re.findall(r"^### Table ", appendix, re.MULTILINE)) == 11
+
+
+def test_how_selection_learns_does_not_contradict_its_tables() -> None:
+    """With rho = 1 the scores get no gradient (the first table), so no layer learns to select;
+    dL/dW_j is an outer product; one head cannot subtract, output projection or not."""
+    text = "\n".join(markdown_blocks(ROOT / "book" / "knn_aggregation.ipynb"))
+    assert "`ConvNN2d`: only the layers below it" not in text
+    assert "**no layer learns to select**" in text and "outer products" in text
+    assert "one head without an output\nprojection" not in text
+
+
+def test_the_intro_figure_reads_at_400px() -> None:
+    """Fig. 1 is drawn about 800 px wide (shown at half size or more on a phone), without a
+    formula strip; its formula is in the caption, where it reflows."""
+    import struct
+
+    png = (ROOT / "book" / "figures" / "select_then_aggregate.png").read_bytes()
+    width = struct.unpack(">I", png[16:20])[0]
+    assert width <= 800, width
+    script = (ROOT / "scripts" / "make_intro_figure.py").read_text(encoding="utf-8")
+    assert "fig.text(" not in script and "\\rho(s_{ij})" not in script

@@ -68,6 +68,7 @@ class Page:
     figure: bool = True  # an <img> from _images/
     math: bool = True  # MathJax output
     widget: bool = False  # a rendered ipywidget
+    live: int = 0  # live figures (viz.live_html) whose controls must redraw them
 
     def __str__(self) -> str:
         return self.path
@@ -80,14 +81,17 @@ PAGES = [
     Page("book/knn_aggregation.html", title="k-NN aggregation from scratch"),
     Page("book/convolution_as_knn.html", title="Convolution is spatial k-NN"),
     Page("book/attention_as_knn.html", title="Attention is feature k-NN"),
-    Page("book/spectrum.html", title="The spectrum between them", widget=True),
+    Page("book/spectrum.html", title="The spectrum between them", live=2),
     Page("book/training_loop.html", title="A training loop on the page"),
     Page("book/trained_convnn.html", title="What a trained ConvNN layer learns"),
     Page("book/vgg_cifar.html", title="ConvNN in VGG-11 on CIFAR"),
     Page("book/vit_cifar.html", title="ConvNN attention in ViT-Tiny on CIFAR"),
     Page("book/results.html", title="Results"),
+    Page("book/results_tables.html", title="Appendix: the paper’s tables, one by one"),
     Page("book/performance.html", title="Performance"),
+    Page("book/costs.html", title="Costs side by side", figure=False),
     Page("book/related_work.html", title="Related work", figure=False, math=True),
+    Page("book/notation.html", title="Notation", figure=False),
     Page("book/using_the_package.html", title="Using the package", figure=False),
 ]
 
@@ -103,9 +107,13 @@ def chromium(url: str, *args: str) -> subprocess.CompletedProcess[str]:
         )
 
 
-def render(html_dir: Path, page: str, screenshot: Path) -> tuple[str, list[tuple[str, int]]]:
-    """(rendered DOM, request log) of ``page``; also writes a PNG screenshot (one Chromium
-    run does both)."""
+def render(html_dir: Path, page: str, screenshot: Path,
+           probe: str = "") -> tuple[str, list[tuple[str, int]]]:
+    """(rendered DOM, request log) of ``page`` at full width, with :data:`LAYOUT_PROBE`'s
+    report in the DOM (:func:`layout_report`) and that of ``probe``, a further script, when
+    given; also writes a PNG screenshot (one Chromium run does all)."""
+    html_dir = probed_copy(html_dir, page, screenshot.parent / f"site-{screenshot.stem}",
+                           LAYOUT_PROBE + probe)
     with serve(html_dir) as (base, requests):
         dom = chromium(f"{base}/{page}", "--dump-dom", f"--screenshot={screenshot}")
         assert dom.returncode == 0, dom.stderr[-3000:]
@@ -150,9 +158,10 @@ def browsed(built_book: BookBuild, tmp_path_factory: pytest.TempPathFactory) -> 
         for page in PAGES:
             stem = Path(page.path).stem
             futures[("wide", page.path)] = pool.submit(render, html, page.path,
-                                                       root / f"{stem}.png")
+                                                       root / f"{stem}.png",
+                                                       LIVE_PROBE if page.live else "")
             futures[("narrow", page.path)] = pool.submit(narrow_layout, html, page.path,
-                                                         root / f"narrow-{stem}")
+                                                         root / f"narrow-{stem}", page.live)
         wait(futures.values())
     return futures
 
@@ -246,6 +255,15 @@ window.addEventListener("load", () => {
                               a = a.parentElement; } return up.join(" < "); })()});
       }
     });
+    // tables wider than the column they sit in (they would scroll sideways inside it)
+    report.tables = [];
+    document.querySelectorAll("main table").forEach((t) => {
+      const wrap = t.parentElement, main = t.closest("main") || document.body;
+      if (wrap.scrollWidth > wrap.clientWidth + 1 || box(t).right > box(main).right + 1) {
+        report.tables.push({width: Math.round(t.scrollWidth), room: Math.round(wrap.clientWidth),
+                            head: (t.querySelector("th, td") || t).textContent.trim().slice(0, 40)});
+      }
+    });
     const pre = document.createElement("pre");
     pre.id = "layout-report";
     pre.textContent = JSON.stringify(report);
@@ -257,10 +275,12 @@ window.addEventListener("load", () => {
 """
 
 
-def probed_copy(html_dir: Path, page: str, dest: Path) -> Path:
+def probed_copy(html_dir: Path, page: str, dest: Path, probe: str = "") -> Path:
     """A folder that serves ``html_dir`` (through symbolic links) with ``page`` replaced by a
-    copy that carries :data:`LAYOUT_PROBE`, and ``narrow-<page>`` beside it: the page in an
-    iframe ``NARROW`` pixels wide (headless Chromium does not make windows below 500 px)."""
+    copy that carries ``probe`` (default :data:`LAYOUT_PROBE`), and ``narrow-<page>`` beside
+    it: the page in an iframe ``NARROW`` pixels wide (headless Chromium does not make windows
+    below 500 px)."""
+    probe = probe or LAYOUT_PROBE
     dest.mkdir(parents=True, exist_ok=True)
     parts = Path(page).parts
     src, out = html_dir, dest
@@ -271,7 +291,7 @@ def probed_copy(html_dir: Path, page: str, dest: Path) -> Path:
         if depth == len(parts) - 1:
             text = (src / name).read_text(encoding="utf-8")
             assert "</body>" in text, f"{page}: no </body>"
-            (out / name).write_text(text.replace("</body>", LAYOUT_PROBE + "</body>"),
+            (out / name).write_text(text.replace("</body>", probe + "</body>"),
                                     encoding="utf-8")
             (out / f"narrow-{name}").write_text(
                 '<!DOCTYPE html><html><head><meta charset="utf-8"></head>'
@@ -284,19 +304,32 @@ def probed_copy(html_dir: Path, page: str, dest: Path) -> Path:
     return dest
 
 
-def narrow_layout(html_dir: Path, page: str, tmp: Path) -> dict:
-    """The layout report of ``page`` rendered in a ``NARROW``-pixel wide window."""
-    import json
-
-    root = probed_copy(html_dir, page, tmp / "site")
+def narrow_layout(html_dir: Path, page: str, tmp: Path, live: int = 0) -> dict:
+    """The layout report of ``page`` rendered in a ``NARROW``-pixel wide window; with
+    ``live``, the live-figure report (:data:`LIVE_PROBE`) under the key ``"live"``."""
+    root = probed_copy(html_dir, page, tmp / "site",
+                       LAYOUT_PROBE + (LIVE_PROBE if live else ""))
     with serve(root) as (base, _):
         narrow = str(Path(page).with_name(f"narrow-{Path(page).name}"))
         dom = chromium(f"{base}/{narrow}", "--dump-dom")
     assert dom.returncode == 0, dom.stderr[-3000:]
-    found = re.search(r'<pre id="layout-report">(.*?)</pre>', dom.stdout, re.DOTALL)
-    assert found, "the layout probe did not run (no #layout-report in the DOM)"
-    import html as html_lib
+    report = read_report(dom.stdout, "layout-report")
+    if live:
+        report["live"] = read_report(dom.stdout, "live-report")
+    return report
 
+
+def layout_report(dom: str) -> dict:
+    """The report :data:`LAYOUT_PROBE` left in a dumped DOM."""
+    return read_report(dom, "layout-report")
+
+
+def read_report(dom: str, name: str):
+    import html as html_lib
+    import json
+
+    found = re.search(f'<pre id="{name}"[^>]*>(.*?)</pre>', dom, re.DOTALL)
+    assert found, f"the probe did not run (no #{name} in the DOM)"
     return json.loads(html_lib.unescape(found.group(1)))
 
 
@@ -312,3 +345,70 @@ def test_page_reads_at_400px(page: Page, browsed: dict) -> None:
     assert not report["equations"], f"display equations cut at {NARROW} px: {report['equations']}"
     assert not report["overlaps"], f"equation labels over their formula: {report['overlaps']}"
     assert not report["figures"], f"figures wider than the window: {report['figures']}"
+
+
+# --------------------------------------------------------------------------- live figures
+# Moves every control of every live figure (viz.live_html) in turn, as a reader would, and
+# records whether the figure changed: its canvases' pixels and the state it names. Also
+# measures the layout: the controls above or beside the figure, no label cut.
+LIVE_PROBE = """
+<script>
+window.addEventListener("load", () => setTimeout(() => {
+  const report = [];
+  document.querySelectorAll(".convnn-live").forEach((root) => {
+    const canvases = () => [...root.querySelectorAll("canvas")].map((c) => c.toDataURL()).join();
+    const controls = root.querySelector(".convnn-live-controls");
+    const panels = root.querySelector(".convnn-live-panels");
+    const c = controls.getBoundingClientRect(), p = panels.getBoundingClientRect();
+    const fig = {canvases: root.querySelectorAll("canvas").length, moves: [],
+                 controlsAbove: c.bottom <= p.top + 1, controlsBeside: c.right <= p.left + 1,
+                 width: Math.round(root.getBoundingClientRect().width),
+                 cutLabels: [...controls.querySelectorAll("label")]
+                   .filter((l) => l.scrollWidth > l.clientWidth + 1).map((l) => l.textContent)};
+    controls.querySelectorAll("input, select").forEach((input) => {
+      const before = [root.getAttribute("data-state"), canvases()];
+      const last = input.tagName === "SELECT" ? input.options.length - 1 : +input.max;
+      input.value = String(+input.value === last ? 0 : last);
+      input.dispatchEvent(new Event("input"));
+      const after = [root.getAttribute("data-state"), canvases()];
+      fig.moves.push({control: input.name, to: input.value, state: after[0],
+                      stateChanged: before[0] !== after[0], pixelsChanged: before[1] !== after[1]});
+    });
+    report.push(fig);
+  });
+  const pre = document.createElement("pre");
+  pre.id = "live-report";
+  pre.textContent = JSON.stringify(report);
+  (window.parent === window ? document : window.parent.document).body.appendChild(pre);
+}, 500));
+</script>
+"""
+
+
+def check_live(report: list, expected: int, narrow: bool) -> None:
+    assert len(report) == expected, f"{len(report)} live figures on the page, not {expected}"
+    for fig in report:
+        assert fig["canvases"] >= 1 and fig["moves"], fig
+        for move in fig["moves"]:  # every control, moved in turn, redraws the figure
+            assert move["stateChanged"] and move["pixelsChanged"], move
+        assert not fig["cutLabels"], f"labels cut: {fig['cutLabels']}"
+        if narrow:
+            assert fig["controlsAbove"], f"at {NARROW} px the controls are not above: {fig}"
+            assert fig["width"] <= NARROW, fig
+
+
+@pytest.mark.parametrize("page", [p for p in PAGES if p.live], ids=str)
+def test_live_figures_respond_to_their_controls(page: Page, browsed: dict) -> None:
+    """On the static page, with no kernel, moving each control of each live figure changes
+    the pixels drawn and the state shown, at full width and at 400 px (controls on top)."""
+    dom, _ = browsed[("wide", page.path)].result()
+    check_live(read_report(dom, "live-report"), page.live, narrow=False)
+    check_live(browsed[("narrow", page.path)].result()["live"], page.live, narrow=True)
+
+
+@pytest.mark.parametrize("page", PAGES, ids=str)
+def test_tables_fit_at_1280px(page: Page, browsed: dict) -> None:
+    """At full width (1,280 px) no table is wider than the column it sits in."""
+    dom, _ = browsed[("wide", page.path)].result()
+    report = layout_report(dom)
+    assert not report["tables"], f"tables wider than their column at 1280 px: {report['tables']}"

@@ -389,3 +389,50 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys):
     assert err.count("\n") == 1 and "does not exist" in err
     assert main(["campaign", "--list"]) == 0
     assert "vgg11-c10-conv2d-vs-branching" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- foreign files
+def test_a_campaign_log_link_is_refused_and_its_target_never_packed(tmp_path):
+    """The issue's repro: a ``campaign.log`` link was appended to and packed."""
+    victim = tmp_path / "victim"
+    victim.write_text("secret\n")
+    out = tmp_path / "camp"
+    out.mkdir()
+    (out / "campaign.log").symlink_to(victim)
+    world = FakeWorld({"vit-tiny-c10-attention": 10.0})
+    with pytest.raises(ValueError, match=r"campaign.log is a symbolic link"):
+        world.run(60, out, queue=[SOLO], full_epochs=2)
+    assert victim.read_text() == "secret\n" and not world.calls
+    with pytest.raises(ValueError, match="symbolic link"):
+        C.pack_logs(out)
+    assert not list(out.glob("campaign-logs-*.tar.gz"))
+
+
+def test_a_second_campaign_on_one_folder_is_refused_in_one_line(tmp_path):
+    from convnn._io import folder_lock
+
+    world = FakeWorld({"vit-tiny-c10-attention": 10.0})
+    with folder_lock(tmp_path, C.LOCK_FILE), \
+            pytest.raises(C.CampaignError, match="another campaign command is running") as err:
+        world.run(60, tmp_path, queue=[SOLO], full_epochs=2)
+    assert "\n" not in str(err.value) and not world.calls
+    assert not (tmp_path / "campaign.json").exists()
+    assert world.run(60, tmp_path, queue=[SOLO], full_epochs=2)["stopped"] == "queue done"
+
+
+def test_a_run_busy_in_another_process_is_not_a_failure(tmp_path):
+    from convnn.run_folder import RunFolderBusyError
+
+    world = FakeWorld({"vit-tiny-c10-attention": 10.0})
+    real = world.trainer
+
+    def busy(preset, run_dir, epochs, callback, log):
+        raise RunFolderBusyError(f"{run_dir} is in use by another process (PID 1 on h)")
+
+    world.trainer = busy
+    for _ in range(C.MAX_ATTEMPTS + 1):  # more collisions than failures allowed
+        result = world.run(60, tmp_path, queue=[SOLO], full_epochs=2)
+        assert result["failed"] == {} and "busy elsewhere" in result["stopped"]
+    world.trainer = real
+    assert world.run(60, tmp_path, queue=[SOLO], full_epochs=2)["runs"] == {
+        "vit-tiny-c10-attention": 2}

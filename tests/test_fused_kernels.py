@@ -45,6 +45,8 @@ CHECKS = {
         ("fused_attention_falls_back()", "ATTENTION FALLBACK OK 6"),
     "test_bf16_vit_step_takes_the_fused_attention_core":
         ("bf16_vit_step_takes_the_fused_core()", "BF16 VIT OK"),
+    "test_fused_attention_is_a_custom_op_torch_compile_takes":
+        ("fused_attention_custom_op()", "CUSTOM OP OK"),
     "test_gather_aggregate_gradcheck_float64": ("gradcheck_float64()", "GRADCHECK OK"),
     "test_gather_aggregate_gradients_are_bitwise_deterministic":
         ("gradients_are_bitwise_deterministic()", "DETERMINISTIC OK"),
@@ -139,6 +141,10 @@ def test_bf16_vit_step_takes_the_fused_attention_core(check_output):
     _check(check_output, "test_bf16_vit_step_takes_the_fused_attention_core")
 
 
+def test_fused_attention_is_a_custom_op_torch_compile_takes(check_output):
+    _check(check_output, "test_fused_attention_is_a_custom_op_torch_compile_takes")
+
+
 def test_gather_aggregate_gradcheck_float64(check_output):
     _check(check_output, "test_gather_aggregate_gradcheck_float64")
 
@@ -184,6 +190,42 @@ def test_fused_attention_core_paper_shapes_t197(check_output):
 def test_every_check_has_its_test():
     names = {name for name in globals() if name.startswith("test_")}
     assert set(CHECKS) <= names, set(CHECKS) - names
+
+
+# ------------------------------------------------------------------ compile variants, no compile
+@pytest.mark.parametrize("arch", [75, 80, 89, 90])
+def test_attention_compile_variants_are_the_launchers_configurations(arch):
+    """compile_variants lists the forward (hot) and both backward kernels at the paper's
+    shapes, in the card's dtypes (no bf16 on sm_75), with the launchers' own constexprs, and
+    every runtime argument typed."""
+    from types import SimpleNamespace
+
+    card = SimpleNamespace(arch=arch, bf16=arch >= 80)
+    variants = kernels_attention.compile_variants(card)
+    names = [v.name for v in variants]
+    assert len(names) == len(set(names))
+    assert {v.kernel for v in variants} == {
+        kernels_attention._attention_forward_kernel,
+        kernels_attention._attention_query_backward_kernel,
+        kernels_attention._attention_candidate_backward_kernel}
+    assert all(v.hot == (v.kernel is kernels_attention._attention_forward_kernel)
+               for v in variants)
+    assert any("bf16" in name for name in names) == card.bf16
+    assert all("bf16" not in str(v.signature) for v in variants) or card.bf16
+    for v in variants:
+        params = set(v.kernel.arg_names)
+        assert set(v.signature) | set(v.constexprs) == params, v.name
+        assert not set(v.signature) & set(v.constexprs), v.name
+    forward = next(v for v in variants if v.name.startswith("attention_forward all fp32")
+                   and "d=192" in v.name)
+    launch = kernels_attention._forward_launch(197, None, 192, 9, q_dtype=torch.float32,
+                                               key_dtype=torch.float32, self_first=False,
+                                               constant_self=False, drop=False,
+                                               interpreted=False)
+    assert forward.constexprs == launch.constexprs
+    # 64-row query tiles (sm_90's wgmma), T = 197 in 64-key tiles, columns in 8 bits
+    assert forward.constexprs["BLOCK_Q"] >= 64 and not forward.constexprs["ONE_TILE"]
+    assert forward.constexprs["BLOCK_N"] == 64 and forward.constexprs["COL_BITS"] == 8
 
 
 # ------------------------------------------------------------------ dispatch, no kernel launch

@@ -8,6 +8,7 @@ import gzip
 import io
 import json
 import os
+import re
 import tarfile
 from pathlib import Path
 
@@ -350,3 +351,35 @@ def test_a_readme_that_is_a_link_is_not_written_through(tmp_path, dest, capsys):
     refused(capsys, [str(source), "--dest", str(dest)], "symbolic link")
     assert outside.read_text() == "keep\n"
     assert os.listdir(dest) == ["README.md"]
+
+
+def test_no_raw_html_or_markdown_from_a_log_reaches_the_readme(tmp_path, dest):
+    """The issue's repro: ``<img onerror>`` and ``<script>`` in a log's device, torch and amp
+    fields went into data/results/README.md as raw HTML."""
+    source = tmp_path / "src"
+    evil = '<img src=x onerror="alert(1)"><script>alert(2)</script>[x](http://e) **b**'
+    run = write_run(source, records=[record(1, device=evil), record(2, device=evil)])
+    config = json.loads((run / "config.json").read_text())
+    config["run"].update(torch=evil, amp_active=evil)
+    (run / "config.json").write_text(json.dumps(config))
+    write_state(source, f"python -m convnn campaign {evil}")
+    C.import_runs(source, dest=dest, name="html")
+    readme = (dest / "README.md").read_text()
+    outside_code = re.sub(r"(`+).*?\1", "", readme)  # code spans show HTML as text
+    assert "<" not in outside_code and ">" not in outside_code
+    assert not re.search(r"(?<!\\)\]\(", outside_code)  # no link
+    assert "**" not in outside_code.replace("\\*", "")  # no emphasis
+    assert "&lt;script&gt;" in readme and f"`python -m convnn campaign {evil}`" in readme
+
+
+def test_the_same_run_with_other_whitespace_is_filed_once(tmp_path, dest, capsys):
+    """The issue's repro: one extra trailing space filed the same run twice."""
+    write_run(tmp_path / "a")
+    write_state(tmp_path / "a")
+    C.import_runs(tmp_path / "a", dest=dest, name="first")
+    text = "".join(json.dumps(r, indent=None, separators=(", ", ":")) + "  \n"
+                   for r in [record(1), record(2)])
+    write_run(tmp_path / "b", metrics_text=text)
+    write_state(tmp_path / "b")
+    refused(capsys, [str(tmp_path / "b"), "--dest", str(dest), "--name", "second"],
+            "already filed in")

@@ -174,6 +174,10 @@ def test_overlay_and_gap_plots_draw_every_comparable_run():
         assert len(paper) == len(curves)
         named = [ln.get_label() for ln in ax.get_lines() if ln.get_label().startswith("paper test")]
         assert named == ["paper test" + (f" ({len(curves)} runs)" if len(curves) > 1 else "")]
+        # the box gives the authors' side as the comparison table does: their mean
+        row = next(r for r in R.comparable_summary([run]) if r["preset"] == run.preset)
+        box = "\n".join(t.get_text() for t in ax.texts)
+        assert f"/ {row['authors_last5_at']:.2f}" in box, box
     gap = R.plot_gap(runs)
     lines = [ln for ln in gap.axes[0].get_lines() if ln.get_label().split(" ")[0] in
              {r.preset for r in runs}]

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from convnn import ConvNN2d, ConvNNAttention, ops
+from convnn import ConvNN2d, ConvNNAttention, kernels_attention, ops
 
 
 def _stable_lists(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -128,3 +128,64 @@ def test_bound_covers_the_contract_score_error():
     x = torch.randn(3, 9, 192, generator=gen)
     hi, lo = ops.split_bf16(x)
     assert bool(((x - hi.float() - lo.float()).abs() <= 2.0 ** -16 * x.abs()).all())
+
+
+def _packed(scores: torch.Tensor, column_bits: int) -> torch.Tensor:
+    """The ranking keys of the attention kernel, as floats: the order-preserving int32 of
+    each score with its low ``column_bits`` bits cleared (ties then go to the lower column,
+    as in a stable sort)."""
+    bits = scores.float().contiguous().view(torch.int32)
+    ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)
+    ordered = ordered & ~((1 << column_bits) - 1)
+    back = ordered ^ ((ordered >> 31) & 0x7FFFFFFF)
+    return back.view(torch.float32)
+
+
+@pytest.mark.parametrize("post_relu", [False, True], ids=["random", "post_relu"])
+def test_packed_ranking_keys_stay_within_the_widened_bound(post_relu):
+    """bf16×3 scores ranked by packed int32 keys (8 column bits, T = 197): every differing
+    list is a near-tie within 2 (τ + δ), δ = 2^-15 |score| (ops docstring)."""
+    q, key, scale = _attention_features(1, post_relu)
+    bits = kernels_attention.column_bits(256)
+    with torch.no_grad():
+        ref_scores = torch.matmul(q, key.transpose(-1, -2)) * scale
+        got = _stable_lists(_packed(ops.contract_scores(q, key, scale), bits), 9)
+        ref = _stable_lists(ref_scores, 9)
+        tau = ops.selection_score_bound(q, key, scale).amax(-1, keepdim=True)
+        delta = 2.0 ** (bits - 23) * ref_scores.abs().amax(-1, keepdim=True)
+        gap = (ref_scores.gather(-1, got) - ref_scores.gather(-1, ref)).abs()
+        assert bool((gap <= 2 * (tau + delta)).all())
+    differs = float((got != ref).any(-1).float().mean())
+    print(f"\npacked keys, bf16x3, 1x192 {'post-ReLU' if post_relu else 'random'}: lists "
+          f"differing from float32: {differs:.2e}")
+    assert bits == 8 and differs <= 1e-3
+    # the packing preserves the order: sorted scores give non-increasing keys
+    ranked = torch.sort(torch.randn(1000) * 10, descending=True).values
+    assert bool((_packed(ranked, bits).diff() <= 0).all())
+
+
+@pytest.mark.parametrize("post_relu", [False, True], ids=["random", "post_relu"])
+def test_rank_then_rescore_gap_check_rates(post_relu):
+    """The alternative the ops docstring weighs: rank on one bf16 product, rescore the best
+    16 or 32 in float32, gap check with the norm bound τ_bf16 = 2^-7·scale·‖q‖·max‖k‖ (plus
+    accumulation). Prints the rows and 64-query tiles whose check fails (those would need the
+    bf16×3 pass too); at 32 kept, none fail on these features."""
+    q, key, scale = _attention_features(1, post_relu, batch=8)
+    dim = q.shape[-1]
+    with torch.no_grad():
+        exact = torch.matmul(q, key.transpose(-1, -2)) * scale
+        rough = torch.matmul(q.bfloat16().float(), key.bfloat16().float().transpose(-1, -2))
+        rough = rough * scale
+        unit = 2.0 ** -7 + 2.0 ** -16 + 2 * dim * 2.0 ** -24
+        tau = unit * scale * q.norm(dim=-1) * key.norm(dim=-1).amax(-1, keepdim=True)
+        assert bool(((rough - exact).abs() <= tau[..., None]).all())  # the bound holds
+        rates = {}
+        for kept in (16, 32):
+            top = rough.topk(kept, dim=-1)
+            kth = exact.gather(-1, top.indices).topk(9, dim=-1).values[..., -1]
+            fail = kth <= top.values[..., -1] + tau
+            tiles = fail[:, :192].reshape(fail.shape[0], 3, 64).any(-1)
+            rates[kept] = (float(fail.float().mean()), float(tiles.float().mean()))
+    print(f"\nrank bf16 + rescore, 1x192 {'post-ReLU' if post_relu else 'random'}: "
+          + ", ".join(f"k+m={m}: rows {r:.1%} tiles {t:.0%}" for m, (r, t) in rates.items()))
+    assert rates[16][0] > 0.0 and rates[32] == (0.0, 0.0)

@@ -168,7 +168,7 @@ def test_resume_of_a_run_stopped_before_its_first_epoch_restarts_it(tmp_path, ds
 def test_a_second_writer_fails_at_once(tmp_path, ds):
     out = tmp_path / "r"
     with folder_lock(out) as lock:  # a live process (this one) trains in the folder
-        assert lock.read_text().split()[0] == str(os.getpid())
+        assert lock.path.read_text().split()[0] == str(os.getpid())
         with pytest.raises(RunFolderError, match=f"in use by another process \\(PID {os.getpid()}"):
             run(out, ds)
         with pytest.raises(RunFolderError, match="in use"):
@@ -513,19 +513,37 @@ def test_damaged_decoded_cache_is_rebuilt_with_a_note(tmp_path, monkeypatch, cap
     from convnn import data
 
     calls = []
+    decoded = {"train_images": np.arange(2 * 4 * 3, dtype=np.uint8).reshape(2, 2, 2, 3),
+               "train_labels": np.array([0, 1]), "test_images": np.zeros((1, 2, 2, 3), np.uint8),
+               "test_labels": np.array([1]), "classes": np.array(["a", "b"])}
     monkeypatch.setattr(data, "_read_tree", lambda path: [])
     monkeypatch.setattr(data, "_decode_items",
-                        lambda items, path, name, progress: calls.append(1) or
-                        {"train_x": np.arange(6, dtype=np.uint8)})
+                        lambda items, path, name, progress: calls.append(1) or dict(decoded))
     (tmp_path / "tree").mkdir()
-    first = data._load_decoded("cifar10", "tree", tmp_path / "tree", tmp_path / "cache", False)
+
+    def load():
+        return data._load_decoded("cifar10", "tree", tmp_path / "tree", tmp_path / "cache",
+                                  False)
+
+    first = load()
     (cache,) = (tmp_path / "cache" / "decoded").iterdir()
     cache.write_bytes(cache.read_bytes()[:40])  # truncated: a BadZipFile
-    again = data._load_decoded("cifar10", "tree", tmp_path / "tree", tmp_path / "cache", False)
-    assert np.array_equal(first["train_x"], again["train_x"]) and len(calls) == 2
+    again = load()
+    assert np.array_equal(first["train_images"], again["train_images"]) and len(calls) == 2
     assert "is damaged" in capsys.readouterr().err
-    data._load_decoded("cifar10", "tree", tmp_path / "tree", tmp_path / "cache", False)
+    load()
     assert len(calls) == 2  # repaired: read from the cache again
+    # a valid but altered cache (one pixel), and one missing a key: rebuilt, never used
+    with np.load(cache) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["train_images"][1, 0, 0, 0] ^= 1
+    np.savez(cache, **arrays)
+    assert np.array_equal(load()["train_images"], decoded["train_images"]) and len(calls) == 3
+    assert "train_images does not match the digest" in capsys.readouterr().err
+    del arrays["test_labels"]
+    np.savez(cache, **arrays)
+    assert np.array_equal(load()["test_labels"], decoded["test_labels"]) and len(calls) == 4
+    assert "it lacks test_labels" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- 14. presets

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -128,6 +129,24 @@ def test_find_runs_recursive_with_provenance(tmp_path):
     assert R.find_runs(tmp_path / "missing") == []
 
 
+def test_provenance_rows_keep_each_cell_whole(tmp_path):
+    """A command holding "; " is not split into fragments, and the command (with its
+    machine-specific placeholders) stays in the README, out of the book's provenance."""
+    root = tmp_path / "results"
+    write_run(root / "s1" / "a")
+    write_run(root / "s1" / "b")
+    (root / "README.md").write_text(
+        "| folder / file | device | commit | command | date |\n|---|---|---|---|---|\n"
+        "| `s1/` (a, b) | NVIDIA H200 (torch 2.11) | `abe79e6` | `x.py OUT_DIR --a ; then "
+        "x.py <output folder> --b` | 2026-11-28 |\n")
+    rows = R.provenance_rows(R.find_runs(root))
+    assert rows == [{"session folder": "`s1/`", "device": "NVIDIA H200 (torch 2.11)",
+                     "commit": "`abe79e6`", "date": "2026-11-28"}]
+    for row in R.provenance_rows(R.find_runs()):  # the committed logs
+        text = " ".join(row.values())
+        assert row["commit"] and row["device"] and not re.search(r"<[^>]*>|OUT_DIR", text), row
+
+
 def test_find_runs_skips_broken_config(tmp_path):
     write_run(tmp_path / "good")
     bad = write_run(tmp_path / "bad")
@@ -209,9 +228,9 @@ def test_headline_claims_are_method_md_numbers():
     expect = {
         ("VGG-11: branching λ=0.5 vs Conv2d", "CIFAR-10"): (82.79, 80.80),
         ("VGG-11: branching λ=0.625 vs Conv2d", "CIFAR-100"): (50.21, 45.71),
-        ("ViT-Tiny: ConvNN-Attn random r=32 vs attention", "CIFAR-10"):
+        ("ViT-Tiny: ConvNN-Attn random m=32 vs attention", "CIFAR-10"):
             (80.27, 77.64),
-        ("ViT-Tiny: ConvNN-Attn random r=32 vs attention", "CIFAR-100"):
+        ("ViT-Tiny: ConvNN-Attn random m=32 vs attention", "CIFAR-100"):
             (54.05, 50.19),
         ("ViT-Tiny: ConvNN-Attn all (dense) vs attention", "CIFAR-10"):
             (74.39, 77.64),
@@ -340,7 +359,7 @@ def test_pooled_headline_pools_the_authors_repeats():
                                                         abs=0.01)
     assert vgg["pooled_best_gain"] == pytest.approx(1.21, abs=0.01)  # not the table's 1.99
     assert "df" in vgg["pooled_best_interval"]
-    vit = rows[("ViT-Tiny: ConvNN-Attn random r=32 vs attention", "CIFAR-10")]
+    vit = rows[("ViT-Tiny: ConvNN-Attn random m=32 vs attention", "CIFAR-10")]
     assert "no interval" in vit["pooled_best_interval"]  # attention ran once
 
 
@@ -353,7 +372,7 @@ def test_comparison_of_every_table_runs():
 
 def test_imagenet_comparison_shows_top1_and_exact_parameter_counts():
     text = R.comparison_markdown(R.IMAGENET_TABLE, [])
-    assert "| ResNet-50 | Branching, random r=32 | 78.98 | 26.474 |" in text
+    assert "| ResNet-50 | Branching, random m=32 | 78.98 | 26.474 |" in text
     assert "| ViT-Base | Attention | 80.94 | 86.379 |" in text
     assert "our own training protocol" in text
     assert all(r["source"] == R.PAPER_LABEL for r in R.paper_table("10"))

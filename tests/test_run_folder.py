@@ -256,14 +256,16 @@ def _raise_at(epoch, error):
 # --------------------------------------------------------------------------- kill and resume
 def _kill_in_save(monkeypatch, nth: int, where: str):
     """Make the ``nth`` checkpoint write of this process die at ``where``: "torch.save"
-    (half a file in the temporary), "replace" (the new file in place, the sidecar listing
-    both hashes), or "summary" (the checkpoint complete, the summary not yet written)."""
+    (half a file in the temporary), "rename" (the sidecar written, the complete new file
+    still in its temporary), "replace" (the new file in place, the sidecar listing both
+    hashes), or "summary" (the checkpoint complete, the summary not yet written)."""
     calls = {"save": 0}
     real_save, real_text = torch.save, _io.atomic_write_text
     real_summary = RunFolder.save_summary
 
     def save(obj, f, *a, **k):
         calls["save"] += 1
+        calls["sidecar"] = 0
         if where == "torch.save" and calls["save"] == nth:
             buf = io.BytesIO()
             real_save(obj, buf)
@@ -278,6 +280,13 @@ def _kill_in_save(monkeypatch, nth: int, where: str):
 
     def text(path, content):
         real_text(path, content)
+        if str(path).endswith(".sha256"):
+            calls["sidecar"] = calls.get("sidecar", 0) + 1
+        if where == "rename" and calls["save"] == nth and calls["sidecar"] == 1:
+            # the sidecar lists the new file, which is complete in its temporary file
+            live = next(Path(path).parent.glob(".checkpoint.pt.*.tmp"))
+            live.with_name(".checkpoint.pt.killed.tmp").write_bytes(live.read_bytes())
+            raise Killed
         if where == "replace" and str(path).endswith(".sha256") and calls["save"] == nth \
                 and content.count("\n") == 2:
             raise Killed
@@ -303,12 +312,13 @@ def _kill_in_metrics(monkeypatch, epoch: int):
     monkeypatch.setattr(RF, "append_jsonl_atomic", append)
 
 
-# (cadence, how the process dies): ten kills at different moments of a 4-epoch run
+# (cadence, how the process dies): eleven kills (and SIGTERM below) at different moments of a 4-epoch run
 KILLS = [
     ("every", ("torch.save", 4)),  # during the final checkpoint write (the issue's repro)
     ("every", ("replace", 4)),  # the final checkpoint in place, its sidecar not final
     ("every", ("summary", 4)),  # the final checkpoint complete, the summary not
     ("every", ("torch.save", 1)),
+    ("every", ("rename", 1)),  # the first checkpoint complete in its temporary file
     ("every", ("torch.save", 2)),
     ("every", ("replace", 3)),
     ("every", ("metrics", 4)),
@@ -350,6 +360,43 @@ def test_a_kill_at_any_moment_resumes_bit_identically(tmp_path, ds, straight, mo
     assert all(torch.equal(a[k], b[k]) for k in b)
     assert RunFolder.read(out, checkpoint="verify").finished
     assert not list(out.glob(".*.tmp")) and not (out / ".lock").exists()
+
+
+def test_sigterm_saves_at_the_next_step_boundary_and_resumes_bit_identically(tmp_path, ds,
+                                                                             straight):
+    """The twelfth kill: SIGTERM (Colab recycling a runtime) after epoch 2 of a run whose
+    cadence saves epochs 1 and 4 only; the stop saves epoch 2 and resume ends bit-identical."""
+    import signal
+
+    from convnn.train import Terminated
+
+    out = tmp_path / "run"
+
+    def term(record):
+        if record["epoch"] == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(Terminated, match="SIGTERM during epoch 3.*checkpoint of epoch 2"):
+        run(out, ds, cfg(), callback=term)
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handler is put back
+    assert load_run_checkpoint(out)[1]["epoch"] == 2  # saved though the cadence would not
+    fit(tiny, ds, cfg(), out, resume=True, device="cpu", progress=False, log=None)
+    assert stable(RunFolder.read(out).records) == stable(RunFolder.read(straight).records)
+    a, b = weights(out), weights(straight)
+    assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+def test_cli_sigterm_is_one_line_and_exit_143(monkeypatch, capsys):
+    from convnn import __main__ as cli
+    from convnn.train import Terminated
+
+    def stopped(args):
+        raise Terminated("stopped by SIGTERM during epoch 3")
+
+    monkeypatch.setattr(cli, "_presets", stopped)
+    assert cli.main(["presets"]) == 143
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "SIGTERM" in err and "Traceback" not in err
 
 
 def test_the_runner_does_not_take_a_killed_final_write_for_a_finished_run(tmp_path,
@@ -577,7 +624,7 @@ def test_a_lock_of_another_host_with_an_old_heartbeat_is_taken_over(tmp_path):
     now = lock.stat().st_mtime
     notes = []
     with folder_lock(tmp_path, clock=lambda: now + 301, stale_after=300, log=notes.append):
-        assert lock.read_text().split() == [str(os.getpid()), _io.hostname()]
+        assert lock.read_text().split()[:2] == [str(os.getpid()), _io.hostname()]
     assert notes and "took over the lock of PID 123 on host otherhost" in notes[0]
     assert "301 s old" in notes[0] and not lock.exists()
 
@@ -645,3 +692,267 @@ def test_study_weights_go_through_the_verified_reader(tmp_path, ds):
     with pytest.raises(CheckpointError, match="not a readable checkpoint"):
         RF.save_weights(out, tmp_path / "x.pt")
     assert not (tmp_path / "x.pt").exists()
+
+
+# --------------------------------------------------------------------------- foreign files
+@pytest.fixture(scope="module")
+def finished_one(tmp_path_factory, ds):
+    out = tmp_path_factory.mktemp("one") / "run"
+    run(out, ds, cfg(epochs=1))
+    return out
+
+
+@pytest.mark.parametrize("name", [".lock", "metrics.jsonl", "config.json", "checkpoint.pt",
+                                  "checkpoint.pt.sha256", "summary.json"])
+def test_a_link_in_a_run_folder_is_refused_and_its_target_untouched(tmp_path, ds,
+                                                                     finished_one, name):
+    """The issue's repro: ``ln -s ~/victim R/.lock`` then a resume truncated the victim."""
+    out = tmp_path / "R"
+    shutil.copytree(finished_one, out)
+    victim = tmp_path / "victim"
+    victim.write_bytes((out / name).read_bytes() if (out / name).exists() else b"precious\n")
+    before = victim.read_bytes()
+    (out / name).unlink(missing_ok=True)
+    (out / name).symlink_to(victim)
+    with pytest.raises(ValueError, match=rf"{name}.*is a symbolic link.*Remove the link"):
+        run(out, ds, cfg(epochs=2), resume=True)
+    with pytest.raises(ValueError, match="symbolic link"):
+        RunFolder.read(out, checkpoint="verify")
+    assert victim.read_bytes() == before and (out / name).is_symlink()
+
+
+def test_folder_lock_refuses_a_link_even_a_dangling_one(tmp_path):
+    (tmp_path / ".lock").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(_io.LinkRefusedError, match="symbolic link"), folder_lock(tmp_path):
+        pass
+    assert not (tmp_path / "nowhere").exists()
+
+
+@pytest.mark.parametrize("how", [{"resume": True}, {}, {"overwrite": True}])
+def test_another_programs_config_json_is_never_replaced(tmp_path, ds, how):
+    """The issue's repro: ``--resume`` replaced ``{"app": 1}`` and exited 0; without it, the
+    refusal suggested resuming."""
+    out = tmp_path / "P"
+    out.mkdir()
+    (out / "config.json").write_text('{"app":1}\n')
+    with pytest.raises(RunFolderError, match="not a convnn run config") as err:
+        run(out, ds, cfg(epochs=1), **how)
+    assert "resume" not in str(err.value)
+    assert (out / "config.json").read_text() == '{"app":1}\n'
+    assert sorted(p.name for p in out.iterdir()) == ["config.json"]
+    with pytest.raises(RunFolderError, match="not a convnn run config"):
+        RunFolder.read(out)
+
+
+def test_a_first_checkpoint_killed_before_its_rename_is_recovered_or_redone(tmp_path, ds,
+                                                                           monkeypatch):
+    """The issue's repro: killed between the sidecar and the rename of the first checkpoint,
+    resume said "Restore checkpoint.pt" forever; the complete file sat in the temporary."""
+    for complete in (True, False):
+        out = tmp_path / f"run-{complete}"
+        with monkeypatch.context() as m:
+            _kill_in_save(m, 1, "rename")
+            with pytest.raises(Killed):
+                run(out, ds, cfg(epochs=2, checkpoint_minutes=0))
+        assert not (out / "checkpoint.pt").exists() and (out / "checkpoint.pt.sha256").exists()
+        if not complete:  # the temporary file does not match the sidecar: nothing to recover
+            (out / ".checkpoint.pt.killed.tmp").write_bytes(b"half")
+        notes = []
+        summary = fit(tiny, ds, cfg(epochs=2, checkpoint_minutes=0), out, resume=True,
+                      device="cpu", progress=False, log=notes.append)
+        assert summary["epochs_completed"] == 2
+        said = " ".join(notes)
+        assert ("recovered checkpoint.pt (epoch 1)" in said) == complete
+        assert ("nothing could be recovered" in said) != complete
+        assert not list(out.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("key", ["test_images", "classes", "content"])
+def test_a_key_deleted_from_the_dataset_section_is_detected(tmp_path, finished_one, key):
+    """The issue's repro: with ``test_per_class`` deleted, eval scored the full test set."""
+    out = tmp_path / "R"
+    shutil.copytree(finished_one, out)
+    config = json.loads((out / "config.json").read_text())
+    del config["dataset"][key]
+    (out / "config.json").write_text(json.dumps(config))
+    with pytest.raises(RunFolderError, match=rf"differs in dataset\.{key}: .* now '<absent>'"):
+        RunFolder.read(out, checkpoint="verify")
+
+
+def test_resume_refuses_data_with_one_image_outside_the_old_sample_replaced(tmp_path):
+    """The issue's repro: the fingerprint sampled 64 images a split, so resume accepted 436
+    of 500 training images replaced; now every image and label is hashed."""
+    data = synthetic_dataset(n_train=130, n_test=130, num_classes=4, image_size=8)
+    out = tmp_path / "r"
+    with pytest.raises(Killed):
+        run(out, data, cfg(epochs=2), callback=_raise_at(1, Killed()))
+    for split, index in (("train", 1), ("test", 1)):  # neither in the 64-image sample
+        images = getattr(data, f"{split}_images").clone()
+        images[index] = images[0]
+        altered = dataclasses.replace(data, **{f"{split}_images": images})
+        assert dataset_fingerprint(altered) == dataset_fingerprint(data)  # the old sample
+        with pytest.raises(RunFolderError, match=r"dataset\.content_sha256"):
+            run(out, altered, cfg(epochs=2), resume=True)
+    assert run(out, data, cfg(epochs=2), resume=True)["epochs_completed"] == 2
+
+
+# --------------------------------------------------------------------------- across hosts
+def _no_shared_flock(monkeypatch):
+    """A network or Drive mount: every host's flock succeeds."""
+    monkeypatch.setattr(_io, "_try_lock", lambda fd: True)
+
+
+def test_a_holder_taken_over_by_another_host_notices_and_stops(tmp_path, monkeypatch):
+    _no_shared_flock(monkeypatch)
+    notes = []
+    with folder_lock(tmp_path, host="hostA", heartbeat=None, log=notes.append) as a:
+        a.check()
+        now = (tmp_path / ".lock").stat().st_mtime
+        with folder_lock(tmp_path, host="hostB", heartbeat=None, clock=lambda: now + 400,
+                         log=notes.append) as b:  # A's heartbeat looks 400 s old to B
+            with pytest.raises(_io.LockLostError, match=r"taken over by PID \d+ on host hostB"):
+                a.check()  # before its next write
+            with pytest.raises(_io.LockLostError):
+                a.check()  # and from then on
+            b.check()
+    assert any("took over the lock" in n for n in notes)
+    assert any("stopped without writing anything more" in n for n in notes)
+    assert not list(tmp_path.iterdir())  # B released cleanly; A removed nothing of B's
+
+
+def test_the_heartbeat_notices_a_takeover(tmp_path, monkeypatch):
+    _no_shared_flock(monkeypatch)
+    notes = []
+    with folder_lock(tmp_path, host="hostA", heartbeat=0.01, log=notes.append) as a:
+        (tmp_path / ".lock").write_text("1 hostB othertoken\n")  # B took it over
+        for _ in range(3000):
+            if a.lost:
+                break
+            time.sleep(0.01)
+        assert a.lost and "taken over by PID 1 on host hostB" in a.lost
+    assert notes and "stopped without writing" in notes[0]
+    assert (tmp_path / ".lock").read_text() == "1 hostB othertoken\n"  # B's lock kept
+
+
+def test_fit_stops_before_its_next_write_when_taken_over(tmp_path, ds):
+    """The issue's repro in one process: a holder taken over kept writing (19 lines for 10
+    epochs, and the folder read as finished)."""
+    out = tmp_path / "r"
+
+    def taken_over(record):
+        if record["epoch"] == 1:
+            (out / ".lock").write_text("1 hostB othertoken\n")
+
+    with pytest.raises(_io.LockLostError, match="taken over by PID 1 on host hostB"):
+        run(out, ds, cfg(epochs=3), callback=taken_over)
+    assert [r["epoch"] for r in RunFolder.read(out).records] == [1]
+    assert not RunFolder.read(out, checkpoint="verify").finished
+
+
+def _frozen_holder(folder, ready, result):
+    """A holder on "hostA" appending a line at a time, checking its lock before each."""
+    import convnn._io as io_
+
+    io_._try_lock = lambda fd: True  # this child's own copy: no shared flock
+    log = folder / "log.txt"
+    try:
+        with folder_lock(folder, host="hostA", heartbeat=0.02, log=lambda _: None) as held:
+            ready.set()
+            for _ in range(100_000):
+                held.check()
+                with open(log, "a") as f:
+                    f.write("A\n")
+                time.sleep(0.005)
+    except _io.LockLostError as err:
+        result.put(str(err))
+
+
+def test_sigstop_takeover_sigcont_the_old_holder_stops(tmp_path, monkeypatch):
+    """Freeze holder A, let B take over once A's heartbeat is old, wake A: A stops."""
+    import signal
+
+    ctx = multiprocessing.get_context("fork")
+    ready, result = ctx.Event(), ctx.Queue()
+    a = ctx.Process(target=_frozen_holder, args=(tmp_path, ready, result))
+    a.start()
+    assert ready.wait(120)
+    while not (tmp_path / "log.txt").exists():
+        time.sleep(0.01)
+    os.kill(a.pid, signal.SIGSTOP)
+    _no_shared_flock(monkeypatch)
+    now = time.time()
+    notes = []
+    with folder_lock(tmp_path, host="hostB", heartbeat=None, clock=lambda: now + 400,
+                     log=notes.append) as b:
+        before = (tmp_path / "log.txt").read_text().count("A")
+        os.kill(a.pid, signal.SIGCONT)
+        message = result.get(timeout=120)
+        a.join(120)
+        after = (tmp_path / "log.txt").read_text().count("A")
+        b.check()  # B still holds it
+    assert "taken over by" in message and "hostB" in message
+    assert after - before <= 1  # at most the line that was being written when A froze
+    assert any("took over the lock" in n and "hostA" in n for n in notes)
+
+
+def _start_race(folder, late_position: int) -> tuple[int, int]:
+    """Three hosts start on ``folder``: two at the same moment (the fake settle clock lets
+    both write their claims before either looks) and one once the winner holds the lock.
+    Returns (the most holders at once, how many held it)."""
+    import threading
+
+    both_claimed = threading.Barrier(2)
+    release, won_once, count = threading.Event(), threading.Event(), threading.Lock()
+    inside, holders = [0, 0], []
+
+    def contender(host, sleep, late=False):
+        if late and not won_once.wait(120):
+            return
+        try:
+            with folder_lock(folder, host=host, heartbeat=None, settle=1.0, sleep=sleep) as held:
+                with count:
+                    inside[0] += 1
+                    inside[1] = max(inside)
+                holders.append(host)
+                won_once.set()
+                held.check()
+                release.wait(120)
+                with count:
+                    inside[0] -= 1
+        except FolderLockedError:
+            pass
+
+    def at_once():
+        first = [True]
+
+        def sleep(_):  # the first claim waits for the other's; a retry does not
+            if first.pop() if first else False:
+                both_claimed.wait(120)
+        return sleep
+
+    threads = [threading.Thread(target=contender, args=(h, at_once())) for h in ("h1", "h2")]
+    late = threading.Thread(target=contender, args=("h3", lambda _: None, True))
+    threads.insert(late_position, late)
+    for th in threads:
+        th.start()
+    late.join(240)
+    release.set()
+    for th in threads:
+        th.join(240)
+    return inside[1], len(holders)
+
+
+def test_simultaneous_starts_without_shared_flock_never_both_win(tmp_path, monkeypatch):
+    """200 trials of three hosts starting at once on a mount without shared flock: never two
+    holders at once. (The timeouts only bound a hang: a slow machine fails no trial.)"""
+    _no_shared_flock(monkeypatch)
+    trials, doubles, none_won = 200, 0, 0
+    for t in range(trials):
+        folder = tmp_path / f"t{t}"
+        folder.mkdir()
+        most, held = _start_race(folder, t % 3)
+        doubles += most > 1
+        none_won += held == 0
+        assert not list(folder.glob(".lock.*"))  # claims and markers released or removed
+    assert doubles == 0, f"two holders at once in {doubles} of {trials} trials"
+    assert none_won == 0

@@ -240,7 +240,7 @@ def test_bad_arguments_raise(image: torch.Tensor, call, match: str) -> None:
 def test_explorer_builds_and_redraws_without_a_display(image: torch.Tensor) -> None:
     import ipywidgets as widgets
 
-    ui = viz.explorer(image, pixel=(3, 4), k=9, mix=0.5)
+    ui = viz.explorer(image, pixel=(3, 4), k=9, mix=0.5, live=False)
     assert isinstance(ui, widgets.interactive)
     assert set(ui.controls) == {"k", "mix", "sampling", "candidates", "row", "col"}
     assert bytes(ui.image.value).startswith(PNG)
@@ -255,6 +255,64 @@ def test_explorer_builds_and_redraws_without_a_display(image: torch.Tensor) -> N
     assert len(ui.state["selection"]) == 9
     sliders = [w for w in ui.controls.values() if isinstance(w, widgets.IntSlider)]
     assert all(not s.continuous_update for s in sliders)
+
+
+def _live_ranking(data: dict, key: str) -> list[int]:
+    import base64
+
+    import numpy as np
+
+    code = data["rankings"][data["states"][key]["rank"]]
+    return np.frombuffer(base64.b64decode(code), dtype="<u2").tolist()
+
+
+def test_live_explorer_states_are_what_the_layers_select(image: torch.Tensor) -> None:
+    """Each state of the static explorer, cut at any k of its slider, is what the layer with
+    that k selects (top-k is a prefix of top-max(k)); sampled states carry their candidates."""
+    pixels = [(3, 4), (10, 12)]
+    data = viz.explorer_states(image, pixels, ks=(1, 4, 9, 30), mixes=(0.0, 0.5, 1.0),
+                               sides=(3, 5))
+    mixes, samplings, sides = (c["values"] for c in data["controls"][1:4])
+    assert len(data["states"]) == len(mixes) * len(samplings) * len(sides) * len(pixels)
+    checked = 0
+    for (m, a, s, p) in [(0, 0, 0, 1), (1, 0, 1, 0), (2, 1, 0, 1), (1, 2, 1, 0), (2, 2, 0, 0)]:
+        ranking = _live_ranking(data, f"{m},{a},{s},{p}")
+        for k in (1, 4, 9, 30):
+            if samplings[a] != "all" and k > sides[s] ** 2:
+                continue
+            layer = viz.make_layer(k=k, mix=mixes[m], sampling=samplings[a],
+                                   candidates=sides[s])
+            chosen = viz.selected_pixels(layer, image, pixels[p])
+            assert sorted(r * 16 + c for r, c in chosen) == sorted(ranking[:k]), (m, a, s, p, k)
+            assert ranking[0] == pixels[p][0] * 16 + pixels[p][1]
+            checked += 1
+        state = data["states"][f"{m},{a},{s},{p}"]
+        assert (state["cand"] >= 0) == (samplings[a] != "all")
+    assert checked >= 15
+    html = viz.live_html(data)
+    assert html.count("<script") == 2 and "http" not in html  # nothing fetched
+
+
+def test_explorer_carries_its_live_twin(image: torch.Tensor,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    states = viz.explorer_states  # a small grid: the full one is checked above
+    monkeypatch.setattr(viz, "explorer_states", lambda *args, **kw: states(
+        *args, ks=(1, 9), mixes=(0.5,), sides=(3,), **kw))
+    ui = viz.explorer(image, pixel=(3, 4), k=9, live_pixels=[(3, 4)])
+    bundle = ui._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+    assert bundle["text/html"] == ui.live_html and 'class="convnn-live"' in ui.live_html
+    assert viz.explorer(image, live=False)._repr_mimebundle_().get("text/html") is None
+
+
+def test_k_sweep_meets_at_attention(image: torch.Tensor) -> None:
+    data = viz.k_sweep_states(image, [(5, 5)])
+    assert data["controls"][0]["values"][-1] == 256
+    by_position, by_colour = (_live_ranking(data, f"{m},0") for m in (0, 1))
+    assert sorted(by_position) == sorted(by_colour) == list(range(256))  # k = n: all
+    window = {(r, c) for r in (4, 5, 6) for c in (4, 5, 6)}
+    assert {divmod(i, 16) for i in by_position[:9]} == window  # k = 9: a 3x3 window
+    assert "convnn-live" in viz.k_sweep(image, [(5, 5)])._repr_html_()
 
 
 def test_explorer_rejects_bad_settings(image: torch.Tensor) -> None:
@@ -303,3 +361,31 @@ def test_point_and_image_figures(image: torch.Tensor) -> None:
     assert "= window" in titles[0] and "= window" in titles[1] and "≠ window" in titles[2]
     fig = viz.image_panels({"rgb": image, "gray": image[0]}, caption="test")
     assert fig._repr_png_().startswith(PNG)
+
+
+# --------------------------------------------------------------------------- mechanism drawings
+def test_mechanism_drawings_build_and_sit_next_to_their_text() -> None:
+    """The five drawings build (each from the package's own selection and candidate draws),
+    and each notebook that teaches a mechanism has the cell that draws it."""
+    import json
+
+    from matplotlib.figure import Figure
+
+    where = {"gather_conv1d_drawing": "knn_aggregation", "branching_drawing": "spectrum",
+             "blocked_topk_drawing": "performance", "vit_block_drawing": "vit_cifar",
+             "candidates_drawing": "spectrum"}
+    book = Path(__file__).resolve().parents[1] / "book"
+    for name, chapter in where.items():
+        fig = getattr(viz, name)()
+        assert isinstance(fig, Figure) and fig.axes
+        assert fig.axes[0].texts or fig.axes[0].get_title(), name
+        cells = json.loads((book / f"{chapter}.ipynb").read_text(encoding="utf-8"))["cells"]
+        drawn = [c for c in cells if f"viz.{name}()" in "".join(c["source"])]
+        assert len(drawn) == 1, f"{chapter} has no cell drawing viz.{name}"
+        assert any("image/png" in o.get("data", {}) for o in drawn[0]["outputs"]), name
+    # The evaluation panel of the candidates drawing shows the layer's own fixed draw.
+    fig = viz.candidates_drawing(size=12, side=4, seed=0)
+    dots = fig.axes[3].collections[0].get_offsets()
+    drawn = sorted(int(r) * 12 + int(c) for c, r in dots)
+    layer = viz.make_layer(sampling="random", candidates=4, seed=0)
+    assert drawn == sorted(layer.candidate_positions(12, 12).tolist())

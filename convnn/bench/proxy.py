@@ -16,15 +16,27 @@ cuDNN kernels run it; on meta tensors it would decompose into matmuls. Clipping 
 AdamW update are added analytically (bytes per parameter, a few fused kernels).
 
 Each op's time on the target GPU is ``max(FLOPs / (peak · e_flop), bytes / (bandwidth ·
-e_mem)) + launch``, with per-class efficiencies ``e`` calibrated against the committed H200
-measurements (see :data:`EFFICIENCY`). The proxy reports each model's estimated step time as
-a throughput ratio against the family's baseline (SDPA ViT, Conv2d VGG / ResNet), the
-number every speed change is judged by on a machine without a GPU.
+e_mem)) + launch``, with per-class efficiencies ``e`` (hand-set in :data:`EFFICIENCY` for
+:func:`proxy_benchmarks` and :func:`kernel_estimates`). The proxy reports each model's
+estimated step time as a throughput ratio against the family's baseline (SDPA ViT, Conv2d
+VGG / ResNet), the number every speed change is judged by on a machine without a GPU.
+
+**Calibration** (:func:`calibration`): the same roofline with 11 parameters
+(:data:`PARAMETERS`), fitted by least squares on the log errors of every committed H200 row
+under ``data/results/bench/`` (:func:`measured_rows`: the layer and training benchmarks'
+ratios and baseline times, the profiler's step totals and per-op times), with the row-by-row
+error and a leave-one-case-out error; rows the traced code cannot stand for say why. Each
+row is traced as its commit ran it (16-bit ranking before 2026-11-28, float32 layers without
+TF32). **Target estimates** (:func:`target_estimates`): the issue's targets with the
+redesigned attention core, its tensor-core efficiency read from the compile report
+(``python -m convnn bench --compile``), labelled as estimates with the calibration's error.
+``python -m convnn bench --proxy`` prints both.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -45,7 +57,8 @@ GPUS = {
 }
 
 #: Fraction of peak FLOP/s and of peak bandwidth each op class reaches, and the launch cost
-#: per kernel (s). Calibrated on the committed H200 files (``data/results/bench/``):
+#: per kernel (s), set by hand from the committed H200 files (``data/results/bench/``); the
+#: fitted model is :func:`calibration`'s:
 #: - ``2026-11-26-h200-profile-vit-tiny.txt`` (3 steps of ViT-Tiny, batch 256, bf16): 194
 #:   ``mm`` per step take 3.6 ms for ~0.9 TFLOP (e_flop ≈ 0.27); layer-norm forward runs at
 #:   ~0.2 of bandwidth and its backward (the gamma/beta reduction) at ~0.1; ``gather`` /
@@ -64,6 +77,7 @@ EFFICIENCY = {
     #          e_flop  e_mem
     "matmul": (0.27, 0.6),
     "conv": (0.12, 0.6),
+    "conv1d": (0.12, 0.6),
     "attention": (0.25, 0.6),
     "norm": (1.0, 0.12),
     "reduce": (1.0, 0.3),
@@ -207,8 +221,15 @@ class _Tracer(TorchDispatchMode):
         bf16 = any(t.dtype in (torch.bfloat16, torch.float16) for t in ins)
         op_class = _CLASS_OF.get(name.rstrip("_") if name not in _CLASS_OF else name,
                                  "elementwise")
+        if op_class == "conv" and _is_conv1d(name, args):  # the reference path's Conv1d
+            op_class, name = "conv1d", name + "_1d"
         self.trace.add(name, op_class, flops, nbytes, bf16)
         return out
+
+
+def _is_conv1d(name: str, args) -> bool:
+    weight = args[2] if name == "convolution_backward" else args[1]
+    return isinstance(weight, torch.Tensor) and weight.dim() == 3
 
 
 class _FusedAttention(torch.autograd.Function):
@@ -258,6 +279,20 @@ def _fused_sdpa(trace: StepTrace, bf16: bool):
         F.scaled_dot_product_attention = original
 
 
+@contextlib.contextmanager
+def _gpu_blocks():
+    """The blocked selection takes a GPU's block size: the traced tensors stand for CUDA ones
+    (:data:`convnn.ops.GPU_BLOCK_ELEMENTS`), not the CPU's smaller blocks."""
+    from .. import ops
+
+    old = ops.CPU_BLOCK_ELEMENTS
+    ops.CPU_BLOCK_ELEMENTS = ops.GPU_BLOCK_ELEMENTS
+    try:
+        yield
+    finally:
+        ops.CPU_BLOCK_ELEMENTS = old
+
+
 def trace_step(model_config, batch: int, image_size: int, amp: str = "bf16") -> StepTrace:
     """Trace forward + loss + backward of one training step of the model a
     :class:`~convnn.models.ModelConfig` describes, at full size, without real tensors."""
@@ -276,7 +311,7 @@ def trace_step(model_config, batch: int, image_size: int, amp: str = "bf16") -> 
         x = torch.randn(batch, 3, image_size, image_size)
         y = torch.randint(0, 10, (batch,))
         model.train()
-        with _fused_sdpa(trace, amp == "bf16"), _Tracer(trace):
+        with _fused_sdpa(trace, amp == "bf16"), _gpu_blocks(), _Tracer(trace):
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp == "bf16"):
                 logits = model(x)
             loss = F.cross_entropy(logits.float(), y)
@@ -294,7 +329,7 @@ def estimate_seconds(trace: StepTrace, gpu: str = "h200",
     by_class: dict[str, float] = defaultdict(float)
     for rec in trace.ops.values():
         e_flop, e_mem = EFFICIENCY[rec.op_class]
-        if rec.op_class == "conv" and calibration == "committed":
+        if rec.op_class in ("conv", "conv1d") and calibration == "committed":
             e_flop, e_mem = COMMITTED_CONV
         rate = spec["bf16_flops"] * (1.0 if rec.bf16 else 0.5)  # fp32 matmuls run as TF32
         compute = rec.flops / (rate * e_flop) if rec.flops else 0.0
@@ -327,8 +362,8 @@ def proxy_benchmarks(gpu: str = "h200", amp: str = "bf16",
         base_seconds = None
         for label, options in cases:
             variants = [(label, options)]
-            if options.get("mixer", "").startswith("convnn") or \
-                    options.get("layer") in ("branching", "convnn"):
+            if (options.get("mixer", "").startswith("convnn")
+                    or options.get("layer") in ("branching", "convnn")):
                 variants.append((f"{label} [reference]", with_reference(options)))
             for case, opts in variants:
                 extra = {"image_size": size} if name == "resnet50" else {}
@@ -431,8 +466,9 @@ class _Fused2d(torch.autograd.Function):
         m = batch * height * width
         bf16 = x.dtype in (torch.bfloat16, torch.float16)
         passes = merge_passes(positions, k - 1)
-        merge = m * (3.0 * positions + passes * (3.0 * FUSED_BLOCK_N + 4.0 * 16)) \
-            + m * (k - 1) * 16 * 2.0  # scale, mask, compare per score; passes; final sort
+        # scale, mask, compare per score; passes; final sort
+        merge = (m * (3.0 * positions + passes * (3.0 * FUSED_BLOCK_N + 4.0 * 16))
+                 + m * (k - 1) * 16 * 2.0)
         _fused_add(trace, "select_2d", 2.0 * m * positions * channels, merge,
                    x.numel() * esize * 2 + m * k * 8, bf16)
         _fused_add(trace, "gather_gemm", 2.0 * m * k * channels * out_channels, 0.0,
@@ -545,7 +581,8 @@ def _estimate(trace: StepTrace, gpu: str, calibration: str = "tuned") -> float:
     return seconds
 
 
-def _trace(build, make_input, batch: int, amp: str, fused: bool, loss: bool) -> StepTrace:
+def _trace(build, make_input, batch: int, amp: str, fused: bool, loss: bool,
+           stand_in=None) -> StepTrace:
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     trace = StepTrace()
@@ -557,8 +594,9 @@ def _trace(build, make_input, batch: int, amp: str, fused: bool, loss: bool) -> 
         trace.parameter_tensors = len(params)
         x = make_input(batch)
         module.train()
-        stand_in = _fused_layers(trace) if fused else contextlib.nullcontext()
-        with stand_in, _fused_sdpa(trace, amp == "bf16"), _Tracer(trace):
+        stand_in = (stand_in(trace) if stand_in is not None else
+                    _fused_layers(trace) if fused else contextlib.nullcontext())
+        with stand_in, _fused_sdpa(trace, amp == "bf16"), _gpu_blocks(), _Tracer(trace):
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp == "bf16"):
                 out = module(x)
             if loss:
@@ -661,4 +699,868 @@ def format_kernel_estimates(rows: list[dict]) -> str:
                  if "est_epoch_seconds" in r else "")
         lines.append(f"{r['target']:<62} {r['case']:<50} "
                      f"{r['est_ratio_vs_baseline']:>10.2f}x{epoch}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Calibration: the model fitted on, and checked against, every committed H200 measurement
+# --------------------------------------------------------------------------------------------
+
+#: The model's fitted parameters. Each op's time is ``max(FLOPs / (rate · e_compute),
+#: bytes / (bandwidth · e_memory)) + kernels · launch``: ``e_matmul`` / ``e_attention`` /
+#: ``e_conv_*`` are the compute efficiencies of cuBLAS matmuls, the fused SDPA kernels and the
+#: cuDNN convolutions (``conv_bf16``: bf16 NCHW without autotuning, as the committed training
+#: rows ran; ``conv_tf32``: float32 convolutions with cuDNN's default TF32); ``e_stream`` is
+#: the bandwidth efficiency of streaming kernels (elementwise, norms, reductions, the
+#: optimizer and the memory side of the compute classes), ``e_gather`` that of
+#: gather / index / scatter kernels, ``e_topk`` that of ``topk`` / ``sort``; ``launch_us``
+#: is the cost of one kernel launch including the host's dispatch (µs).
+PARAMETERS = ("e_matmul", "e_attention", "e_attention_fp32", "e_conv_bf16", "e_conv_tf32",
+              "e_conv1d", "e_stream", "e_reduce", "e_gather", "e_topk", "launch_us")
+#: Where the fit starts (the hand-set values above); the fit moves every one of them.
+_START = {"e_matmul": 0.27, "e_attention": 0.25, "e_attention_fp32": 0.25,
+          "e_conv_bf16": 0.0086, "e_conv_tf32": 0.12,
+          "e_conv1d": 0.12,
+          "e_stream": 0.5, "e_reduce": 0.2, "e_gather": 0.15, "e_topk": 0.02,
+          "launch_us": 5.0}
+_MEMORY_PARAMETER = {"norm": "e_reduce", "reduce": "e_reduce", "elementwise": "e_stream",
+                     "optimizer": "e_stream", "index": "e_gather", "scatter": "e_gather",
+                     "topk": "e_topk"}
+_COMPUTE_PARAMETER = {"matmul": "e_matmul", "attention": "e_attention"}
+#: Float32 rate of the CUDA cores where no TF32 runs (float32 matmuls with TF32 off, float32
+#: SDPA: the memory-efficient kernel), FLOP/s, vendor figures.
+FP32_FLOPS = CUDA_CORE_FLOPS
+#: The bandwidth efficiency of the memory side of cuBLAS / cuDNN / SDPA kernels: an
+#: assumption (tuned library kernels stream near peak), not fitted; their compute side is.
+LIBRARY_BANDWIDTH = 0.8
+
+
+@dataclass(frozen=True)
+class TraceSpec:
+    """What one measured row ran, to be traced: a training step (``kind="train"``) or a
+    layer's forward + ``.float().sum()`` + backward (``kind="layer"``)."""
+
+    kind: str  # "train" | "layer"
+    name: str  # ModelConfig name, or "convnn_attention" / "sdpa" / "convnn2d" / "conv2d"
+    options: tuple = ()  # sorted (key, value) pairs; nested dicts as sorted tuples
+    batch: int = 1
+    amp: str = "bf16"  # "bf16" autocast, or "off" (float32)
+    tf32: bool = False  # float32 matmuls on TF32 tensor cores (else CUDA cores)
+    ranking: str = "float32"  # "float32": today's ranking precision; "autocast": 16-bit
+
+    def option_dict(self) -> dict:
+        return {k: dict(v) if isinstance(v, tuple) else v for k, v in self.options}
+
+
+def _freeze(options: dict) -> tuple:
+    return tuple(sorted((k, _freeze(v) if isinstance(v, dict) else v)
+                        for k, v in options.items()))
+
+
+_TRACES: dict[TraceSpec, StepTrace] = {}
+
+
+def traced(spec: TraceSpec) -> StepTrace:
+    """The trace of ``spec`` (cached for the process: traces are deterministic)."""
+    if spec in _TRACES:
+        return _TRACES[spec]
+    opts = spec.option_dict()
+    with _ranking(spec.ranking):
+        trace = _trace_spec(spec, opts)
+    _TRACES[spec] = trace
+    return trace
+
+
+#: Until this date the selection's projections and scores ran in 16 bits under autocast
+#: (commit 68167eb moved them to float32): committed rows measured before it are traced so.
+AUTOCAST_RANKING_BEFORE = "2026-11-28"
+
+
+@contextlib.contextmanager
+def _ranking(precision: str):
+    from .. import ops
+
+    check_choice("ranking", precision, ("float32", "autocast"))
+    old = ops.ranking_precision
+    if precision == "autocast":
+        ops.ranking_precision = lambda device: contextlib.nullcontext()
+    try:
+        yield
+    finally:
+        ops.ranking_precision = old
+
+
+def _trace_spec(spec: TraceSpec, opts: dict) -> StepTrace:
+    from ..attention import MultiHeadSelfAttention
+    from ..layers import ConvNN2d, ConvNNAttention
+    from ..models import ModelConfig
+
+    if spec.kind == "train":
+        size = 224 if spec.name in ("vit_tiny", "resnet50") else 32
+        trace = trace_step(ModelConfig(name=spec.name, **opts), spec.batch, size, spec.amp)
+    else:
+        if spec.name in ("convnn_attention", "sdpa"):
+            def make(batch):
+                return torch.randn(batch, 197, 192, requires_grad=True)
+            build = ((lambda: ConvNNAttention(192, 1, k=9, **opts)) if spec.name != "sdpa"
+                     else (lambda: MultiHeadSelfAttention(192, 1)))
+        else:
+            def make(batch):
+                return torch.randn(batch, 64, 32, 32, requires_grad=True)
+            build = ((lambda: ConvNN2d(64, 64, k=9, **opts)) if spec.name == "convnn2d"
+                     else (lambda: torch.nn.Conv2d(64, 64, 3, padding=1)))
+        trace = _trace(build, make, spec.batch, spec.amp, False, False)
+        trace.parameters = trace.parameter_tensors = 0  # a layer step has no optimizer
+    return trace
+
+
+def _record_terms(trace: StepTrace, spec: TraceSpec, gpu: str) -> list[tuple]:
+    """``(op name, compute seconds at e = 1, compute parameter, memory seconds at e = 1,
+    memory parameter, kernels)`` of each op record, and the optimizer's."""
+    hw = GPUS[gpu]
+    terms = []
+    for rec in trace.ops.values():
+        if rec.op_class not in EFFICIENCY:
+            raise ValueError(f"the calibrated model has no term for {rec.op_class!r} ops")
+        memory = rec.bytes / hw["bandwidth"]
+        if rec.op_class in ("conv", "conv1d"):
+            param = ("e_conv1d" if rec.op_class == "conv1d"
+                     else "e_conv_bf16" if rec.bf16 else "e_conv_tf32")
+            rate = hw["bf16_flops"] * (1.0 if rec.bf16 else 0.5)
+            terms.append((rec.name, rec.flops / rate, param, memory / LIBRARY_BANDWIDTH, None,
+                          rec.count))
+        elif rec.op_class in _COMPUTE_PARAMETER:
+            param = _COMPUTE_PARAMETER[rec.op_class]
+            if rec.bf16:
+                rate = hw["bf16_flops"]
+            elif rec.op_class == "matmul" and spec.tf32:
+                rate = hw["bf16_flops"] * 0.5
+            else:  # float32 on the CUDA cores; float32 SDPA is the memory-efficient kernel
+                rate = FP32_FLOPS[gpu]
+                param = "e_attention_fp32" if rec.op_class == "attention" else param
+            terms.append((rec.name, rec.flops / rate, param, memory / LIBRARY_BANDWIDTH, None,
+                          rec.count))
+        else:
+            terms.append((rec.name, 0.0, None, memory, _MEMORY_PARAMETER[rec.op_class],
+                          rec.count))
+    if trace.parameters:
+        terms.append(("optimizer", 0.0, None, _optimizer_bytes(trace) / hw["bandwidth"],
+                      "e_stream", _optimizer_kernels(trace)))
+    return terms
+
+
+def _terms_seconds(terms, params: dict, ops: tuple | None = None) -> float:
+    total = 0.0
+    for name, compute, cp, memory, mp, kernels in terms:
+        if ops is not None and name not in ops:
+            continue
+        t = memory / params[mp] if mp is not None else memory
+        if cp is not None:
+            t = max(t, compute / params[cp])
+        total += t + kernels * params["launch_us"] * 1e-6
+    return total
+
+
+def model_seconds(spec: TraceSpec, params: dict, gpu: str = "h200",
+                  ops: tuple | None = None) -> float:
+    """The calibrated model's time for ``spec`` with ``params`` (see :data:`PARAMETERS`),
+    or for its aten ops named in ``ops`` only."""
+    return _terms_seconds(_record_terms(traced(spec), spec, gpu), params, ops)
+
+
+@dataclass
+class MeasuredRow:
+    """One committed H200 measurement: a speed ratio (``baseline`` time / ``ours`` time) or
+    an absolute time (``baseline is None``: the seconds of ``ours``)."""
+
+    source: str
+    label: str
+    measured: float
+    ours: TraceSpec | None
+    baseline: TraceSpec | None = None
+    group: str = ""  # rows of one case in several files; left out together
+    unexplained: str | None = None  # why the model does not try this row
+    ops: tuple | None = None  # a profiler row: the time of these aten ops only
+    is_ratio: bool | None = None  # default: a ratio when there is a baseline
+    calls_per_step: float | None = None  # a profiler row: how often the ops ran
+
+    @property
+    def quantity(self) -> str:
+        ratio = self.baseline is not None if self.is_ratio is None else self.is_ratio
+        return "speed vs baseline" if ratio else "seconds"
+
+
+def _vit(opts: dict, tf32=False, amp="bf16") -> TraceSpec:
+    return TraceSpec("train", "vit_tiny", _freeze(opts), 256, amp, tf32)
+
+
+def measured_rows(root=None) -> list[MeasuredRow]:
+    """Every committed H200 benchmark row under ``root`` (default: ``data/results/bench/``),
+    with what the proxy traces to reproduce it, or the reason it does not."""
+    from pathlib import Path
+
+    from ..package_data import results_root
+    from .train import VGG_CASES, VIT_CASES
+
+    base_dir = Path(root) if root is not None else results_root() / "bench"
+    rows: list[MeasuredRow] = []
+    cases = {}
+    for model, name, batch, family in (("ViT-Tiny", "vit_tiny", 256, VIT_CASES),
+                                       ("VGG-11", "vgg11", 128, VGG_CASES)):
+        for label, opts in family:
+            cases[(model, label)] = (name, batch, opts)
+            cases[(model, f"{label} [reference]")] = (name, batch, with_reference(opts))
+
+    def spec_of(model, case, source):
+        name, batch, opts = cases[(model, case)]
+        return TraceSpec("train", name, _freeze(opts), batch, "bf16", False, ranking_of(source))
+
+    def ranking_of(source: str) -> str:
+        return "autocast" if source[:10] < AUTOCAST_RANKING_BEFORE else "float32"
+
+    def layer_specs(case: str, source: str):
+        opts = {} if "all" in case else {"sampling": "random", "candidates": 32}
+        rank = ranking_of(source)
+        if case.startswith("ConvNN2d"):
+            return (TraceSpec("layer", "convnn2d", (), 64, "off", ranking=rank),
+                    TraceSpec("layer", "convnn2d", _freeze({"backend": "reference"}), 64, "off",
+                              ranking=rank),
+                    TraceSpec("layer", "conv2d", (), 64, "off", ranking=rank))
+        return (TraceSpec("layer", "convnn_attention", _freeze(opts), 128, "off", ranking=rank),
+                TraceSpec("layer", "convnn_attention",
+                          _freeze({**opts, "backend": "reference"}), 128, "off", ranking=rank),
+                TraceSpec("layer", "sdpa", (), 128, "off", ranking=rank))
+
+    for path, report in _bench_reports(base_dir):
+        source = str(Path(path).relative_to(base_dir))
+        env = report.get("environment", {})
+        if "H200" not in env.get("device_name", ""):
+            continue
+        dtype = report.get("dtype", "float32")
+        for r in report.get("layers", []) or []:
+            case = r["case"]
+            what = f"layer {case}, {r['shape']}, {dtype}"
+            if dtype != "float32":
+                continue
+            if "[Triton]" in case:
+                rows.append(MeasuredRow(source, f"{what}: Triton vs {r['baseline']['name']}",
+                                        r["baseline"]["seconds"] / r["ours"]["seconds"], None,
+                                        group=case, is_ratio=True, unexplained=(
+                                            "measured the Triton kernels of that commit (row "
+                                            "top-k + gather-aggregate), which the package no "
+                                            "longer has; the proxy traces today's code")))
+                continue
+            ours, ref, base = layer_specs(case, source)
+            bname = r["baseline"]["name"]
+            rows.append(MeasuredRow(source, f"{what}: fast path vs {bname}",
+                                    r["baseline"]["seconds"] / r["ours"]["seconds"], ours, base,
+                                    group=case))
+            rows.append(MeasuredRow(source, f"{what}: reference vs {bname}",
+                                    r["baseline"]["seconds"] / r["reference"]["seconds"], ref,
+                                    base, group=case + " [reference]"))
+            rows.append(MeasuredRow(source, f"{what}: {bname}, seconds",
+                                    r["baseline"]["seconds"], base, group=bname))
+        training = report.get("training", []) or []
+        for r in training:
+            if (r["model"], r["case"]) not in cases:
+                continue
+            base_case = "attention (SDPA)" if r["model"] == "ViT-Tiny" else "Conv2d"
+            what = f"{r['model']} training step, batch {r['batch']}, bf16 autocast"
+            if r["case"] == base_case:
+                rows.append(MeasuredRow(source, f"{what}: {base_case}, seconds",
+                                        r["batch"] / r["images_per_second"],
+                                        spec_of(r["model"], base_case, source),
+                                        group=f"{r['model']} {base_case}"))
+                continue
+            rows.append(MeasuredRow(source, f"{what}: {r['case']} vs {base_case}",
+                                    r["throughput_vs_baseline"],
+                                    spec_of(r["model"], r["case"], source),
+                                    spec_of(r["model"], base_case, source),
+                                    group=f"{r['model']} {r['case']}"))
+        for r in report.get("loop", []) or []:
+            label = f"{r['model']} {r['case']} vs plain loop, fp32/TF32 (images/s)"
+            if r["case"] == "plain loop, fp32/TF32":
+                continue
+            if r["model"] == "vit_tiny" and r["runner"] == "plain":
+                rows.append(MeasuredRow(source, label, r["throughput_vs_plain_fp32"],
+                                        _vit({"mixer": "attention"}, amp=r["amp"], tf32=True),
+                                        _vit({"mixer": "attention"}, amp="off", tf32=True),
+                                        group=label))
+            else:
+                rows.append(MeasuredRow(source, label, r["throughput_vs_plain_fp32"], None,
+                                        group=label, is_ratio=True, unexplained=(
+                                            "the trainer's host-side work (data pipeline, "
+                                            "syncs) and cuDNN's algorithm choice for VGG-11 in "
+                                            "each precision are not in a traced step")))
+    for path in sorted(base_dir.rglob("*profile*.txt")):
+        rows.extend(_profile_rows(path, str(path.relative_to(base_dir)), cases, spec_of))
+    return rows
+
+
+#: Profiler rows (``aten::NAME``) and the traced ops that launch the same kernels.
+_PROFILE_OPS = {"copy_": ("_to_copy", "copy_"), "_cudnn_attention_backward": ("sdpa_backward",),
+                "_efficient_attention_backward": ("sdpa_backward",),
+                "_flash_attention_backward": ("sdpa_backward",)}
+
+
+def _parse_seconds(text: str) -> float:
+    for unit, scale in (("ms", 1e-3), ("us", 1e-6), ("s", 1.0)):
+        if text.endswith(unit):
+            return float(text[:-len(unit)]) * scale
+    raise ValueError(f"not a profiler time: {text!r}")
+
+
+def parse_profile(text: str) -> list[dict]:
+    """The sections of a committed profile (``bench --suite``'s ``profile.txt``): each
+    ``{"case", "steps", "batch", "total_seconds", "ops": {aten name: (self CUDA seconds,
+    calls)}}`` over the profiled steps."""
+    import re
+
+    sections: list[dict] = []
+    for line in text.splitlines():
+        head = re.match(r"== (.+): (\d+) training steps, batch (\d+)", line)
+        if head:
+            sections.append({"case": head.group(1), "steps": int(head.group(2)),
+                             "batch": int(head.group(3)), "total_seconds": None, "ops": {}})
+            continue
+        if not sections:
+            continue
+        total = re.match(r"Self CUDA time total: (\S+)", line)
+        if total:
+            sections[-1]["total_seconds"] = _parse_seconds(total.group(1))
+            continue
+        cells = re.split(r"\s{2,}", line.strip())
+        if len(cells) == 11 and cells[0].startswith("aten::"):
+            self_cuda, calls = _parse_seconds(cells[6]), int(cells[10])
+            if self_cuda > 0:
+                sections[-1]["ops"][cells[0][len("aten::"):]] = (self_cuda, calls)
+    return sections
+
+
+def _normal(text: str) -> str:
+    return "".join(ch for ch in text.lower() if ch.isalnum())
+
+
+def _profile_rows(path, source: str, cases: dict, spec_of) -> list[MeasuredRow]:
+    """A committed profile's step total and its aten ops whose call count per step matches
+    the traced code's (the same kernels), as absolute rows."""
+    rows = []
+    for section in parse_profile(path.read_text(encoding="utf-8")):
+        model = "VGG-11" if section["case"].startswith("VGG-11") else "ViT-Tiny"
+        case = section["case"].removeprefix("VGG-11 ")
+        found = [c for (m, c) in cases if m == model and _normal(c) == _normal(case)]
+        if not found or section["total_seconds"] is None:
+            continue
+        spec, steps = spec_of(model, found[0], source), section["steps"]
+        what = f"profile {model} {found[0]}, batch {section['batch']}"
+        rows.append(MeasuredRow(source, f"{what}: GPU seconds per step",
+                                section["total_seconds"] / steps, spec,
+                                group=f"profile {model} {found[0]}"))
+        for name, (seconds, calls) in section["ops"].items():
+            label = f"{what}: aten::{name} per step ({calls / steps:.0f} calls)"
+            rows.append(MeasuredRow(source, label, seconds / steps, spec, group=label,
+                                    ops=_PROFILE_OPS.get(name, (name,)),
+                                    calls_per_step=calls / steps))
+    return rows
+
+
+def _same_kernels(rows: list[MeasuredRow]) -> list[MeasuredRow]:
+    """``rows`` with each profiler op row the traced code does not run as often as the
+    profiled commit did (more than 10 % apart) marked unexplained: other kernels ran."""
+    out = []
+    for row in rows:
+        if row.ops is not None and row.unexplained is None:
+            traced_calls = sum(r.count for r in traced(row.ours).ops.values()
+                               if r.name in row.ops)
+            if not traced_calls or abs(traced_calls / row.calls_per_step - 1) > 0.1:
+                row = dataclasses.replace(row, ours=None, unexplained=(
+                    f"today's code runs it {traced_calls} times a step, the profiled commit "
+                    f"{row.calls_per_step:.0f} times: not the same kernels"))
+        out.append(row)
+    return out
+
+
+def _bench_reports(base_dir) -> list:
+    """``(path, report)`` of the benchmark reports under ``base_dir``: each ``bench --json``
+    file, and each ``bench --suite`` folder (``suite.json`` with its stages' rows)."""
+    import json
+
+    out = []
+    for path in sorted(base_dir.rglob("*.json")):
+        if path.name == "suite.json":
+            report = json.loads(path.read_text(encoding="utf-8"))
+            for stage in ("loop", "training", "layers"):
+                if (path.parent / f"{stage}.json").is_file():
+                    report[stage] = json.loads((path.parent / f"{stage}.json").read_text(
+                        encoding="utf-8"))
+            out.append((path.parent, report))
+        elif path.parent.joinpath("suite.json").is_file():
+            continue  # a stage of a suite
+        else:
+            report = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(report, dict) and ("layers" in report or "training" in report):
+                out.append((path, report))
+    return out
+
+
+def _row_model(row: MeasuredRow, params: dict, gpu: str) -> float:
+    ours = model_seconds(row.ours, params, gpu, row.ops)
+    return ours if row.baseline is None else model_seconds(row.baseline, params, gpu) / ours
+
+
+def _nelder_mead(f, x0: list[float], step: float = 0.5, iterations: int = 2000,
+                 tol: float = 1e-10) -> list[float]:
+    """Minimise ``f`` from ``x0`` (the classic simplex method; no SciPy dependency)."""
+    n = len(x0)
+    simplex = [list(x0)] + [[x + (step if i == j else 0.0) for j, x in enumerate(x0)]
+                            for i in range(n)]
+    values = [f(x) for x in simplex]
+    for _ in range(iterations):
+        order = sorted(range(n + 1), key=values.__getitem__)
+        simplex, values = [simplex[i] for i in order], [values[i] for i in order]
+        if values[-1] - values[0] < tol:
+            break
+        centroid = [sum(p[j] for p in simplex[:-1]) / n for j in range(n)]
+
+        def towards(coef, c=centroid, worst=simplex[-1]):
+            return [c[j] + coef * (worst[j] - c[j]) for j in range(n)]
+
+        reflected = towards(-1.0)
+        fr = f(reflected)
+        if fr < values[0]:
+            expanded = towards(-2.0)
+            fe = f(expanded)
+            simplex[-1], values[-1] = (expanded, fe) if fe < fr else (reflected, fr)
+        elif fr < values[-2]:
+            simplex[-1], values[-1] = reflected, fr
+        else:
+            contracted = towards(0.5)
+            fc = f(contracted)
+            if fc < values[-1]:
+                simplex[-1], values[-1] = contracted, fc
+            else:  # shrink towards the best
+                simplex = [simplex[0]] + [[simplex[0][j] + 0.5 * (p[j] - simplex[0][j])
+                                           for j in range(n)] for p in simplex[1:]]
+                values = [values[0]] + [f(p) for p in simplex[1:]]
+    return simplex[min(range(n + 1), key=values.__getitem__)]
+
+
+def _compiled_rows(rows: list[MeasuredRow], gpu: str):
+    """Each modelled row as ``(measured, [(sign, terms)])``: the log of the model's value is
+    ``Σ sign · log(seconds(terms))``, cheap to evaluate for many parameter sets."""
+    out = []
+    for row in rows:
+        terms = _record_terms(traced(row.ours), row.ours, gpu)
+        if row.ops is not None:
+            terms = [t for t in terms if t[0] in row.ops]
+        parts = [(1.0, terms)]
+        if row.baseline is not None:
+            parts = [(-1.0, terms),
+                     (1.0, _record_terms(traced(row.baseline), row.baseline, gpu))]
+        out.append((row.measured, parts))
+    return out
+
+
+def _log_model(parts, params: dict) -> float:
+    return sum(sign * math.log(_terms_seconds(terms, params)) for sign, terms in parts)
+
+
+def fit_parameters(rows: list[MeasuredRow], gpu: str = "h200",
+                   start: dict | None = None) -> dict:
+    """The :data:`PARAMETERS` that minimise the squared log error over ``rows`` (those the
+    model explains), each efficiency kept in (0, 1]."""
+    data = _compiled_rows([r for r in rows if r.unexplained is None], gpu)
+    if not data:
+        raise ValueError("rows: no measured row the model explains")
+    start = start or _START
+
+    def params_of(x):
+        p = {name: math.exp(v) for name, v in zip(PARAMETERS, x)}
+        return p
+
+    def loss(x):
+        p = params_of(x)
+        penalty = sum(max(0.0, math.log(p[n])) ** 2 * 100 for n in PARAMETERS
+                      if n.startswith("e_"))
+        return sum((_log_model(parts, p) - math.log(m)) ** 2 for m, parts in data) + penalty
+
+    x = [math.log(start[n]) for n in PARAMETERS]
+    for _ in range(3):  # restarts: the simplex collapses on kinks of the max()
+        x = _nelder_mead(loss, x, step=0.3)
+    return {n: min(v, 1.0) if n.startswith("e_") else v for n, v in params_of(x).items()}
+
+
+def calibration(gpu: str = "h200", leave_one_out: bool = True, root=None) -> dict:
+    """Fit the model on every committed H200 row it explains and report, row by row, the
+    measured value, the model's, the error, and (``leave_one_out``) the error when the row's
+    case (in every file) was left out of the fit. Rows it does not explain say why."""
+    check_choice("gpu", gpu, GPUS)
+    rows = _same_kernels(measured_rows(root))
+    params = fit_parameters(rows, gpu)
+    table = []
+    for row in rows:
+        entry = {"source": row.source, "row": row.label, "quantity": row.quantity,
+                 "measured": row.measured}
+        if row.unexplained is not None:
+            table.append({**entry, "model": None, "error": None, "loo_model": None,
+                          "loo_error": None, "unexplained": row.unexplained})
+            continue
+        value = _row_model(row, params, gpu)
+        entry.update(model=value, error=value / row.measured - 1.0, loo_model=None,
+                     loo_error=None, unexplained=None)
+        table.append(entry)
+    if leave_one_out:
+        groups = sorted({r.group for r in rows if r.unexplained is None})
+        for group in groups:
+            kept = [r for r in rows if r.group != group]
+            p = fit_parameters(kept, gpu, start=params)
+            for entry, row in zip(table, rows):
+                if row.group == group and row.unexplained is None:
+                    entry["loo_model"] = _row_model(row, p, gpu)
+                    entry["loo_error"] = entry["loo_model"] / row.measured - 1.0
+    explained = [e for e in table if e["unexplained"] is None]
+    return {"gpu": gpu, "parameters": params, "rows": table,
+            "max_abs_error": max(abs(e["error"]) for e in explained),
+            "max_abs_loo_error": (max(abs(e["loo_error"]) for e in explained)
+                                  if leave_one_out else None)}
+
+
+# --------------------------------------------------------------------------------------------
+# The compile report: what the kernel-efficiency terms read
+# --------------------------------------------------------------------------------------------
+
+COMPILE_FIELDS = ("kernel", "variant", "card", "arch", "compiled", "error", "registers",
+                  "spill_bytes", "shared_bytes", "mma", "blocks_per_sm", "num_warps", "hot")
+#: ASSUMPTIONS of the kernel-efficiency factor (no fused kernel of the new design has run on
+#: a GPU): ``mma.sync`` reaches half of ``wgmma``'s tensor-core rate on sm_90 and a kernel
+#: with no matrix instruction runs its dots on the CUDA cores (1/16 of the bf16 rate); a
+#: kernel needs ``SATURATING_WARPS`` resident warps per SM to hide memory latency (fewer scale
+#: it down in proportion); spilled registers halve it.
+MMA_FACTOR = {"wgmma": 1.0, "mma.sync": 0.5, None: 1.0 / 16}
+SATURATING_WARPS = 8
+SPILL_FACTOR = 0.5
+
+
+def read_compile_report(path=None) -> list[dict]:
+    """The rows of a compile report (``python -m convnn bench --compile OUT`` writes
+    ``OUT/compile.json``): ``path`` is the file or a folder holding it; default the newest
+    ``compile.json`` under ``data/results/compile/``. ``[]`` when there is none."""
+    import json
+    from pathlib import Path
+
+    from ..package_data import results_root
+
+    if path is None:
+        found = sorted((results_root() / "compile").rglob("compile.json"))
+        if not found:
+            return []
+        path = found[-1]
+    path = Path(path)
+    if path.is_dir():
+        path = path / "compile.json"
+    if not path.is_file():
+        raise ValueError(f"compile report: no file {path}")
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"compile report {path} is not JSON: {err}") from None
+    if isinstance(rows, dict):
+        rows = rows.get("rows", [])
+    if not isinstance(rows, list):
+        raise ValueError(f"compile report {path}: expected a list of rows")
+    for i, row in enumerate(rows):
+        missing = ([f for f in COMPILE_FIELDS if f not in row] if isinstance(row, dict)
+                   else list(COMPILE_FIELDS))
+        if missing:
+            raise ValueError(f"compile report {path}: row {i} lacks {', '.join(missing)}")
+    return rows
+
+
+def kernel_factor(row: dict) -> dict:
+    """The kernel-efficiency factor of one compile-report row (see :data:`MMA_FACTOR`):
+    ``{"factor", "occupancy", "warps_per_sm", "mma", "spills"}``; factor 0 when it does
+    not compile."""
+    if not row["compiled"]:
+        return {"factor": 0.0, "occupancy": 0.0, "warps_per_sm": 0, "mma": None,
+                "spills": False}
+    warps = (row["blocks_per_sm"] or 0) * (row["num_warps"] or 0)
+    mma = next((m for m in ("wgmma", "mma.sync") if m in (row["mma"] or [])), None)
+    spills = (row["spill_bytes"] or 0) > 0
+    factor = (MMA_FACTOR[mma] * min(1.0, warps / SATURATING_WARPS)
+              * (SPILL_FACTOR if spills else 1.0))
+    from .compile import card
+
+    return {"factor": factor, "occupancy": warps / card(row["card"]).max_warps_per_sm,
+            "warps_per_sm": warps, "mma": mma, "spills": spills}
+
+
+def attention_kernel_factor(rows: list[dict], card: str = "sm_90",
+                            kernel_contains: str = "attention_forward",
+                            variant_contains: str = "",
+                            prefer: str = "q/k bf16") -> dict | None:
+    """The worst :func:`kernel_factor` among the report's attention-core rows for ``card``
+    whose variant names ``variant_contains`` (``None`` when the report has none): the
+    forward kernel bounds the core's speed. Rows naming ``prefer`` (the design's bf16
+    ranking) are taken when there are any."""
+    picked = [r for r in rows if r["card"] == card and kernel_contains in r["kernel"]
+              and variant_contains in (r["variant"] or "")]
+    preferred = [r for r in picked if prefer in (r["variant"] or "")]
+    picked = preferred or picked
+    if not picked:
+        return None
+    worst = min(picked, key=lambda r: kernel_factor(r)["factor"])
+    return {**kernel_factor(worst), "kernel": worst["kernel"], "variant": worst["variant"]}
+
+
+# --------------------------------------------------------------------------------------------
+# The redesigned attention core (issue 31), estimated with the calibrated model
+# --------------------------------------------------------------------------------------------
+
+#: ASSUMPTIONS of the redesigned core's CUDA-core work (selection, rescoring, aggregation,
+#: backward), as a fraction of the CUDA cores' float32 rate: central, low, high. No kernel of
+#: this design has run on a GPU, so this is a range, not a fit.
+CUDA_CORE_EFFICIENCY = (0.25, 0.1, 0.5)
+#: The kernel-efficiency factor (:func:`kernel_factor`) assumed where no compile report
+#: covers the new kernel: the design's own budget (``wgmma``, >= 8 warps per SM, no spills),
+#: and the pessimistic end of the range: the forward kernel of today's core as the issue's
+#: ahead-of-time compile found it (``mma.sync``, one 4-warp block per SM, spills).
+DESIGN_FACTOR = 1.0
+LOW_FACTOR = MMA_FACTOR["mma.sync"] * 4 / SATURATING_WARPS * SPILL_FACTOR
+RESCORED_EXTRA = 8  # m: the rescoring takes the top k + m of the bf16 ranking
+SELECTION_OPS = 16  # per padded candidate: pack (score | column), one bitonic top-k pass
+
+
+class _RedesignedCore(torch.autograd.Function):
+    """Stands for the redesigned attention core: one forward kernel (bf16 scores on tensor
+    cores in 64-row query tiles, one-pass top-k, float32 rescoring of the top k + m, softmax,
+    depthwise aggregation; a (batch, head) row's keys and values stay on chip) and an
+    O(T·k·d) backward (query side and candidate side, with an inverse index)."""
+
+    @staticmethod
+    def forward(ctx, q, key, v, k, candidates, trace):
+        rows, tokens, dim = v.shape
+        width = tokens if candidates is None else candidates + 1
+        lanes = 1 << max(4, math.ceil(math.log2(width)))
+        rescored = min(width, k + RESCORED_EXTRA)
+        trace.add("redesign_forward:dot", "kernel_dot", 2.0 * rows * tokens * width * dim,
+                  0.0, True)
+        trace.add("redesign_forward:cuda", "kernel_cuda",
+                  rows * tokens * (SELECTION_OPS * lanes + 2.0 * rescored * dim
+                                   + 2.0 * k * dim + 10.0 * k), 0.0, False)
+        io = (q.numel() * q.element_size() + key.numel() * key.element_size()
+              + 2 * v.numel() * v.element_size() + rows * tokens * k * 8)
+        trace.add("redesign_forward:io", "kernel_io", 0.0, io, True)
+        ctx.shape, ctx.trace, ctx.like, ctx.io = (rows, tokens, dim, k), trace, (q, key, v), io
+        return v.new_empty(v.shape)
+
+    @staticmethod
+    def backward(ctx, grad):
+        rows, tokens, dim, k = ctx.shape
+        q, key, v = ctx.like
+        # dρ, dw, dV, dK (through the selected scores) and dq: four k·d products per row
+        ctx.trace.add("redesign_backward:cuda", "kernel_cuda", 8.0 * rows * tokens * k * dim,
+                      0.0, False)
+        # reads q, k, v, dO, indices and ρ; writes dq, dk, dv; the inverse index (count,
+        # prefix sum, fill) over the rows·T·k selections
+        io = ctx.io + grad.numel() * grad.element_size() + (
+            q.numel() * q.element_size() + key.numel() * key.element_size()
+            + v.numel() * v.element_size()) + rows * tokens * k * 4 * 4
+        ctx.trace.add("redesign_backward:io", "kernel_io", 0.0, io, True)
+        ctx.trace.ops["redesign_backward:io:bf16"].count += 2  # query, candidate, index
+        return (torch.empty_like(q), torch.empty_like(key), torch.empty_like(v), None, None,
+                None)
+
+
+@contextlib.contextmanager
+def _redesigned_core(trace: StepTrace):
+    """ConvNNAttention's core runs as the redesigned kernels would, and its selection
+    features (q, k) are projected in bf16 under autocast (the design's precision policy:
+    rank in bf16, rescore the top k + m in float32)."""
+    from ..layers import ConvNNAttention, candidate_count
+
+    core = ConvNNAttention._core
+
+    def redesigned(self, q, key, v, candidates, weight_dropout):
+        count = None
+        if self.sampling != "all":
+            count = candidate_count(self.candidates, getattr(self, "candidate_layout",
+                                                             "count"))
+        return _RedesignedCore.apply(q, key, v, self.k, count, trace)
+
+    ConvNNAttention._core = redesigned
+    try:
+        with _ranking("autocast"):
+            yield
+    finally:
+        ConvNNAttention._core = core
+
+
+def _kernel_terms(rec: OpRecord, hw: dict, gpu: str) -> tuple:
+    if rec.op_class == "kernel_dot":
+        return (rec.name, rec.flops / hw["bf16_flops"], "e_kernel_dot", 0.0, None, rec.count)
+    if rec.op_class == "kernel_cuda":
+        return (rec.name, rec.flops / FP32_FLOPS[gpu], "e_kernel_cuda", 0.0, None, rec.count)
+    return (rec.name, 0.0, None, rec.bytes / hw["bandwidth"], "e_stream", rec.count)
+
+
+TARGET_CASES = (("all", {}), ("random r=32", {"sampling": "random", "candidates": 32}))
+
+
+def _target_traces(heads: int = 1, dim: int = 192, batch: int = 256) -> dict:
+    """The traces of the issue's targets: the attention layer (fwd + bwd, bf16 autocast,
+    B = 256, T = 197, k = 9) against bf16 SDPA, and the ViT-Tiny training step (batch 256)
+    against the SDPA ViT-Tiny; today's code and the redesigned core."""
+    from ..attention import MultiHeadSelfAttention
+    from ..layers import ConvNNAttention
+    from ..models import ModelConfig, build_model
+
+    def tokens(n):
+        return torch.randn(n, 197, dim, requires_grad=True)
+
+    def images(n):
+        return torch.randn(n, 3, 224, 224)
+
+    out = {("layer", "SDPA"): _trace(lambda: MultiHeadSelfAttention(dim, heads), tokens, batch,
+                                     "bf16", False, False),
+           ("vit", "SDPA"): _trace(lambda: build_model(ModelConfig(name="vit_tiny",
+                                                                   mixer="attention")),
+                                   images, batch, "bf16", False, True)}
+    out[("layer", "SDPA")].parameters = 0
+    for cand, opts in TARGET_CASES:
+        for core, stand_in in (("today", None), ("redesign", _redesigned_core)):
+            layer = _trace(lambda o=opts: ConvNNAttention(dim, heads, k=9, **o), tokens, batch,
+                           "bf16", False, False, stand_in=stand_in)
+            layer.parameters = 0  # a layer step has no optimizer
+            out[("layer", cand, core)] = layer
+            cfg = ModelConfig(name="vit_tiny", mixer="convnn_attention",
+                              layer_options={"k": 9, **opts})
+            out[("vit", cand, core)] = _trace(lambda c=cfg: build_model(c), images, batch,
+                                              "bf16", False, True, stand_in=stand_in)
+    return out
+
+
+def _estimate_trace(trace: StepTrace, params: dict, gpu: str) -> float:
+    hw = GPUS[gpu]
+    spec = TraceSpec("layer", "", amp="bf16")
+    plain = StepTrace(ops={key: rec for key, rec in trace.ops.items()
+                           if not rec.op_class.startswith("kernel_")},
+                      parameters=trace.parameters, parameter_tensors=trace.parameter_tensors)
+    terms = _record_terms(plain, spec, gpu)
+    terms += [_kernel_terms(rec, hw, gpu) for rec in trace.ops.values()
+              if rec.op_class.startswith("kernel_")]
+    return _terms_seconds(terms, params)
+
+
+def target_estimates(device: str = "h200", calibrated: dict | None = None,
+                     compile_report=None, heads: int = 1, dim: int = 192) -> list[dict]:
+    """ESTIMATES (not measurements) of the issue's targets on ``device``: the attention
+    layer (``heads`` × ``dim // heads``, B = 256, T = 197, k = 9, fwd + bwd, bf16 autocast)
+    against bf16 SDPA, and the ViT-Tiny training step against the SDPA ViT-Tiny, for all
+    candidates and r = 32, with today's code and the redesigned core.
+
+    The model is the calibrated one (``calibrated``: :func:`calibration`'s result; fitted
+    here when not given). The redesigned core's tensor-core dots run at the calibrated bf16
+    SDPA efficiency times the kernel factor read from the compile report (``compile_report``:
+    a path, rows, or ``None`` for the committed one under ``data/results/compile/``; without
+    an attention-forward row for the card, :data:`DESIGN_FACTOR`). ``est_low`` / ``est_high``
+    span :data:`LOW_FACTOR` … the factor and :data:`CUDA_CORE_EFFICIENCY`; ``calibration_rms``
+    / ``calibration_max`` are the calibrated model's relative errors on the committed ratio
+    rows: read each estimate as ``est × (1 ± calibration_rms)`` at best."""
+    check_choice("device", device, GPUS)
+    if calibrated is None:
+        calibrated = calibration(device, leave_one_out=False)
+    params = calibrated["parameters"]
+    ratio_rows = [e for e in calibrated["rows"]
+                  if e["unexplained"] is None and e["quantity"] == "speed vs baseline"]
+    errors = [math.log(e["model"] / e["measured"]) for e in ratio_rows]
+    rms = math.exp(math.sqrt(sum(x * x for x in errors) / len(errors))) - 1.0
+    worst = max(abs(e["error"]) for e in ratio_rows)
+    rows = (compile_report if isinstance(compile_report, list)
+            else read_compile_report(compile_report))
+    card = {"h200": "sm_90", "h100": "sm_90", "a100": "sm_80"}[device]
+    traces = _target_traces(heads, dim)
+
+    def kernel(cand: str):
+        """The kernel factor of case ``cand``, its mma-free part, and where it comes from."""
+        found = attention_kernel_factor(rows, card, variant_contains=cand) if rows else None
+        if found is None:
+            return (DESIGN_FACTOR, DESIGN_FACTOR / MMA_FACTOR["wgmma"],
+                    ("no compile report row for the attention forward kernel: the design's "
+                    "budget (wgmma, >= 8 warps/SM, no spills)"))
+        return (found["factor"], found["factor"] / MMA_FACTOR[found["mma"]],
+                (f"compile report: {found['kernel']} ({found['variant']}), {found['mma']}, "
+                f"{found['warps_per_sm']} warps/SM, "
+                f"{'spills' if found['spills'] else 'no spills'}"))
+
+    def seconds(trace, f, e_cuda, occ):
+        if f <= 0 or occ <= 0:  # the kernel does not compile for the card
+            return math.inf
+        return _estimate_trace(trace, {**params, "e_kernel_dot": params["e_attention"] * f,
+                                       "e_kernel_cuda": e_cuda * occ}, device)
+
+    central_e, low_e, high_e = CUDA_CORE_EFFICIENCY
+    out = []
+    for target, label in (("layer", (f"attention layer {heads}x{dim // heads}, B=256, T=197, "
+                                     "k=9, fwd+bwd, bf16 vs bf16 SDPA")),
+                          ("vit", "ViT-Tiny training step, batch 256, bf16 vs SDPA ViT-Tiny")):
+        base = seconds(traces[(target, "SDPA")], 1.0, central_e, 1.0)
+        for cand, _ in TARGET_CASES:
+            factor, occupancy_only, source = kernel(cand)
+            for core in ("today", "redesign"):
+                trace = traces[(target, cand, core)]
+                est = seconds(trace, factor, central_e, occupancy_only)
+                row = {"target": label, "case": f"ConvNN {cand}, "
+                       + ("today's PyTorch path" if core == "today" else "redesigned core"),
+                       "device": device, "estimate": True, "est_seconds": est,
+                       "baseline_est_seconds": base, "est_ratio_vs_baseline": base / est,
+                       "calibration_rms": rms, "calibration_max": worst}
+                if core == "redesign":
+                    slow = seconds(trace, LOW_FACTOR, low_e, min(occupancy_only, LOW_FACTOR
+                                                                 / MMA_FACTOR["mma.sync"]))
+                    fast = seconds(trace, max(factor, DESIGN_FACTOR), high_e, 1.0)
+                    row.update(est_low=base / slow, est_high=base / fast,
+                               kernel_factor=factor, kernel_source=source)
+                out.append(row)
+    return out
+
+
+def format_target_estimates(rows: list[dict]) -> str:
+    """A plain-text table of :func:`target_estimates` (all estimates)."""
+    lines = [f"{'target':<66} {'case':<36} {'est.':>6} {'range':>13} {'calib. rms':>10}"]
+    lines.append("-" * len(lines[0]))
+    for r in rows:
+        rng = (f"{r['est_low']:.2f}-{r['est_high']:.2f}x" if "est_low" in r else "")
+        lines.append(f"{r['target']:<66} {r['case']:<36} {r['est_ratio_vs_baseline']:>5.2f}x "
+                     f"{rng:>13} {r['calibration_rms'] * 100:>9.0f}%")
+    return "\n".join(lines)
+
+
+def format_calibration(result: dict) -> str:
+    """The calibration table: every committed row, measured, modelled, the error and the
+    leave-one-out error, then the fitted parameters."""
+    lines = [(f"{'source':<30} {'row':<112} {'measured':>10} {'model':>10} {'error':>7} "
+             f"{'LOO':>7}")]
+    lines.append("-" * len(lines[0]))
+
+    def num(x, seconds):
+        return f"{x * 1e3:.3f}ms" if seconds else f"{x:.3f}x"
+
+    for e in result["rows"]:
+        sec = e["quantity"] == "seconds"
+        if e["unexplained"] is not None:
+            lines.append(f"{e['source']:<30} {e['row']:<112} {num(e['measured'], sec):>10} "
+                         f"  not modelled: {e['unexplained']}")
+            continue
+        loo = "" if e["loo_error"] is None else f"{e['loo_error'] * 100:+.0f}%"
+        lines.append(f"{e['source']:<30} {e['row']:<112} {num(e['measured'], sec):>10} "
+                     f"{num(e['model'], sec):>10} {e['error'] * 100:>+6.0f}% {loo:>7}")
+    explained = [e for e in result["rows"] if e["unexplained"] is None]
+    inside = sum(abs(e["error"]) <= 0.3 for e in explained)
+    lines.append(f"{inside} of {len(explained)} modelled rows within ±30 %; max |error| "
+                 f"{result['max_abs_error'] * 100:.0f} %"
+                 + (f", max |leave-one-out error| {result['max_abs_loo_error'] * 100:.0f} %"
+                    if result["max_abs_loo_error"] is not None else ""))
+    lines.append("fitted: " + ", ".join(f"{k} = {v:.3g}" for k, v in
+                                        result["parameters"].items())
+                 + "  (an efficiency at 1.0 sits at its bound: the data do not pin it)")
     return "\n".join(lines)

@@ -489,8 +489,8 @@ def target_rows(out: Path) -> list[dict]:
 
     def estimate(target_words, case_words, field="est_ratio_vs_baseline"):
         for r in estimates:
-            if all(w in r["target"] for w in target_words) and \
-                    all(w in r["case"] for w in case_words):
+            if (all(w in r["target"] for w in target_words)
+                    and all(w in r["case"] for w in case_words)):
                 return r.get(field)
         return None
 

@@ -131,8 +131,9 @@ def sdpa_backends(step: Callable[[], None]) -> list[str]:
     called none."""
     from torch.profiler import ProfilerActivity, profile
 
-    with contextlib.redirect_stderr(io.StringIO()), \
-            profile(activities=[ProfilerActivity.CPU]) as prof:
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(contextlib.redirect_stderr(io.StringIO()))
+        prof = stack.enter_context(profile(activities=[ProfilerActivity.CPU]))
         step()
     found = set()
     for event in prof.events():
@@ -149,26 +150,6 @@ def environment(device: torch.device) -> dict:
             "threads": torch.get_num_threads(), "commit": git_commit(),
             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
-
-
-class FastBackends:
-    """cuDNN autotuning and TF32 matmuls/convolutions for the duration (CUDA only)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.cuda = device.type == "cuda"
-
-    def __enter__(self):
-        if self.cuda:
-            self.old = (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32,
-                        torch.backends.cudnn.allow_tf32)
-            torch.backends.cudnn.benchmark = True
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.cuda:
-            (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32,
-             torch.backends.cudnn.allow_tf32) = self.old
 
 
 class TrainerBackends:
@@ -193,3 +174,11 @@ class TrainerBackends:
         if self.cuda:
             (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32,
              torch.backends.cudnn.allow_tf32) = self.old
+
+
+class FastBackends(TrainerBackends):
+    """cuDNN autotuning and TF32 matmuls/convolutions for the duration (CUDA only): the
+    fastest float32 settings of a baseline, whatever the trainer would use."""
+
+    def __init__(self, device: torch.device) -> None:
+        super().__init__(device, "tf32")
