@@ -1422,7 +1422,6 @@ __all__ = [
     "WEIGHTINGS",
     "Backend",
     "KernelStep",
-    "SelectionProblem",
     "Similarity",
     "aggregate",
     "aggregate_reference",
