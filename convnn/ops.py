@@ -89,10 +89,12 @@ The softmax, the aggregation and all gradients accumulate in float32.
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -717,24 +719,116 @@ def weighting_scores(scores: Tensor, similarity: str) -> Tensor:
 
 
 # --------------------------------------------------------------------------- selection
-def _check_selection_args(k, num_positions, num_queries, candidate_positions, self_first,
-                          query_positions):
-    check_int("k", k, minimum=1)
-    for name, index in (("query_positions", query_positions),
-                        ("candidate_positions", candidate_positions)):
-        if index is not None:
-            check_index(name, index, num_positions, "N, the number of keys")
-    if query_positions is not None and query_positions.shape[0] != num_queries:
-        raise ValueError(
-            f"query_positions must have one index per query ({num_queries}), "
-            f"got shape {tuple(query_positions.shape)}")
-    if candidate_positions is not None and not self_first:
-        raise ValueError("sampled candidates always put the position itself first; "
-                         "self_first must be True when candidates are given")
-    available = num_positions if candidate_positions is None else candidate_positions.shape[0]
-    if k > available:
-        what = "positions" if candidate_positions is None else "candidates"
-        raise ValueError(f"k={k} must be <= the number of {what} ({available})")
+@dataclass(frozen=True, eq=False)
+class SelectionProblem:
+    """One top-k selection: the parameters both selectors take, with their checks and set-up.
+
+    :func:`select_neighbours` and :func:`select_neighbours_reference` are called with these
+    parameters, ``(query, keys, k, similarity, *, query_positions=None, ...)``, then each
+    selector's own keyword options; they receive them as one checked ``SelectionProblem``.
+
+    Args:
+        query: ``[B, n, D]`` selection features of the query positions.
+        keys: ``[B, N, D]`` selection features of all positions.
+        k: neighbours per query, including the position itself when ``self_first``.
+        similarity: a name in :data:`SIMILARITIES` (``"dot"``, ``"cosine"``, ``"euclidean"``).
+        query_positions: ``[n]`` index in ``0..N-1`` of each query (default ``arange(N)``,
+            filled in here: never ``None`` after construction).
+        candidate_positions: ``[m]`` positions to search, the sampled candidates (default: all
+            ``N``). Sampled candidates always put the position itself first and exclude it
+            from the other ``k - 1``.
+        self_first: make each position its own first neighbour (the paper's CNN layer).
+        sort_by_position: order the k neighbours by raster index (the convolution limit).
+        scale: dot-product scale (default ``1/√D``).
+        with_scores: also return the ``[B, n, k]`` weighting scores (with autograd).
+        stable: break ties by the lower position (a stable sort instead of top-k; used for
+            coordinate selection, where equal distances are the rule). Euclidean distances
+            are then computed pair by pair in float64, so that ties are the same in every
+            path, block size and candidate order.
+        self_score: weighting score of the position itself when it comes first:
+            ``"similarity"`` (its real score) or ``"constant"`` (the logit
+            :data:`PAPER_SELF_LOGIT`, the authors' sampled ConvNN attention).
+    """
+
+    query: Tensor
+    keys: Tensor
+    k: int
+    similarity: str
+    _: KW_ONLY
+    query_positions: Tensor | None = None
+    candidate_positions: Tensor | None = None
+    self_first: bool = False
+    sort_by_position: bool = False
+    scale: float | None = None
+    with_scores: bool = True
+    stable: bool = False
+    self_score: str = "similarity"
+
+    def __post_init__(self) -> None:
+        check_choice("self_score", self.self_score, SELF_SCORES)
+        check_int("k", self.k, minimum=1)
+        n, num_positions = self.query.shape[1], self.keys.shape[1]
+        for name in ("query_positions", "candidate_positions"):
+            index = getattr(self, name)
+            if index is not None:
+                check_index(name, index, num_positions, "N, the number of keys")
+        if self.query_positions is not None and self.query_positions.shape[0] != n:
+            raise ValueError(
+                f"query_positions must have one index per query ({n}), "
+                f"got shape {tuple(self.query_positions.shape)}")
+        if self.candidate_positions is not None and not self.self_first:
+            raise ValueError("sampled candidates always put the position itself first; "
+                             "self_first must be True when candidates are given")
+        sampled = self.candidate_positions is not None
+        available = self.candidate_positions.shape[0] if sampled else num_positions
+        if self.k > available:
+            raise ValueError(f"k={self.k} must be <= the number of "
+                             f"{'candidates' if sampled else 'positions'} ({available})")
+        if self.query_positions is None:
+            if n != num_positions:
+                raise ValueError(f"query has {n} positions but keys have {num_positions}; "
+                                 "pass query_positions")
+            object.__setattr__(self, "query_positions",
+                               torch.arange(n, device=self.query.device))
+
+    @property
+    def k_search(self) -> int:
+        """Neighbours to search for: ``k``, less the position itself when it comes first."""
+        return self.k - 1 if self.self_first else self.k
+
+    @property
+    def exact(self) -> bool:
+        """Rank by squared distances computed pair by pair in float64 (stable Euclidean)."""
+        return self.stable and get_similarity(self.similarity).exact_squared_distance
+
+
+def _selector(select: Callable) -> Callable:
+    """Make ``select(problem, *, <own options>)`` a selector called with the parameters of
+    :class:`SelectionProblem`, then its own keyword options: the shared parameter list is
+    written once, on ``SelectionProblem``, and ``inspect.signature`` shows the whole list.
+    (No ``Signature.bind`` per call: it would break the graph under ``torch.compile``.)"""
+    own = list(inspect.signature(select).parameters.values())[1:]  # after `problem`
+    shared = list(inspect.signature(SelectionProblem).parameters.values())
+    signature = inspect.Signature(shared + own, return_annotation=select.__annotations__.get(
+        "return", inspect.Signature.empty))
+    positional = [p.name for p in shared if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+    keywords = [p.name for p in signature.parameters.values() if p.name not in positional]
+    own_names = [parameter.name for parameter in own]
+
+    @functools.wraps(select)
+    def selector(*args, **kwargs):
+        if len(args) > len(positional):
+            raise TypeError(f"{select.__name__}() takes {len(positional)} positional arguments "
+                            f"({', '.join(positional)}), got {len(args)}")
+        for name in kwargs:
+            if name not in signature.parameters:
+                raise TypeError(f"{select.__name__}() got an unexpected keyword argument "
+                                f"{name!r}; its keyword options: {', '.join(keywords)}")
+        own_options = {name: kwargs.pop(name) for name in own_names if name in kwargs}
+        return select(SelectionProblem(*args, **kwargs), **own_options)
+
+    selector.__signature__ = signature
+    return selector
 
 
 def _top(scores: Tensor, k: int, stable: bool, fused: bool = False) -> tuple[Tensor, Tensor]:
@@ -753,19 +847,6 @@ def _top(scores: Tensor, k: int, stable: bool, fused: bool = False) -> tuple[Ten
         return torch.topk(scores, k, dim=-1)
     values, order = torch.sort(scores, dim=-1, descending=True, stable=True)
     return values[..., :k], order[..., :k]
-
-
-def _selection_setup(query, keys, k, candidate_positions, self_first,
-                     query_positions) -> Tensor:
-    """Validate a selection's arguments; return the query positions (default ``arange(N)``)."""
-    n, num_positions = query.shape[1], keys.shape[1]
-    _check_selection_args(k, num_positions, n, candidate_positions, self_first, query_positions)
-    if query_positions is not None:
-        return query_positions
-    if n != num_positions:
-        raise ValueError(f"query has {n} positions but keys have {num_positions}; "
-                         "pass query_positions")
-    return torch.arange(n, device=query.device)
 
 
 def _self_mask(query_positions: Tensor, candidate_positions: Tensor) -> Tensor:
@@ -823,24 +904,16 @@ def _fused_selection(query, keys, extra, k_search, similarity, scale, query_posi
     return top, scores.view(batch, n, k_search)
 
 
+@_selector
 def select_neighbours(
-    query: Tensor,
-    keys: Tensor,
-    k: int,
-    similarity: str,
+    problem: SelectionProblem,
     *,
-    query_positions: Tensor | None = None,
-    candidate_positions: Tensor | None = None,
-    self_first: bool = False,
-    sort_by_position: bool = False,
-    scale: float | None = None,
-    with_scores: bool = True,
-    stable: bool = False,
-    self_score: str = "similarity",
     block_elements: int | None = None,
     backend: str | None = None,
 ) -> tuple[Tensor, Tensor | None]:
-    """Top-k neighbours of every query (fast path).
+    """Top-k neighbours of every query (fast path):
+    ``select_neighbours(query, keys, k, similarity, *, query_positions=None, ...,
+    block_elements=None, backend=None)``.
 
     The score matrix is built in blocks of query rows so that at most ``block_elements``
     scores exist at once (a 32×32 map has ``n = 1024`` and ``n² = 1M`` scores per image), and
@@ -852,25 +925,9 @@ def select_neighbours(
     non-finite features still make its own output non-finite where it is its own neighbour.
 
     Args:
-        query: ``[B, n, D]`` selection features of the query positions.
-        keys: ``[B, N, D]`` selection features of all positions.
-        k: neighbours per query, including the position itself when ``self_first``.
-        similarity: a name in :data:`SIMILARITIES` (``"dot"``, ``"cosine"``, ``"euclidean"``).
-        query_positions: ``[n]`` index in ``0..N-1`` of each query (default ``arange(N)``).
-        candidate_positions: ``[m]`` positions to search, the sampled candidates (default: all
-            ``N``). Sampled candidates always put the position itself first and exclude it
-            from the other ``k - 1``.
-        self_first: make each position its own first neighbour (the paper's CNN layer).
-        sort_by_position: order the k neighbours by raster index (the convolution limit).
-        scale: dot-product scale (default ``1/√D``).
-        with_scores: also return the ``[B, n, k]`` weighting scores (with autograd).
-        stable: break ties by the lower position (a stable sort instead of top-k; used for
-            coordinate selection, where equal distances are the rule). Euclidean distances
-            are then computed pair by pair in float64, so that ties are the same in every
-            path, block size and candidate order.
-        self_score: weighting score of the position itself when it comes first:
-            ``"similarity"`` (its real score) or ``"constant"`` (the logit
-            :data:`PAPER_SELF_LOGIT`, the authors' sampled ConvNN attention).
+        query, keys, k, similarity, and the keyword options query_positions,
+            candidate_positions, self_first, sort_by_position, scale, with_scores, stable,
+            self_score: see :class:`SelectionProblem`, which checks them.
         block_elements: most scores held at once (default: 2^20 on a CPU, 2^24 on a GPU).
         backend: see :func:`choose_backend`; ``"reference"`` runs
             :func:`select_neighbours_reference`; ``"triton"`` the fused Triton selection
@@ -883,22 +940,16 @@ def select_neighbours(
         for 16-bit inputs.
     """
     if requested_backend(backend) == REFERENCE:
-        return select_neighbours_reference(
-            query, keys, k, similarity, query_positions=query_positions,
-            candidate_positions=candidate_positions,
-            self_first=self_first, sort_by_position=sort_by_position, scale=scale,
-            with_scores=with_scores, stable=stable, self_score=self_score)
-    check_choice("self_score", self_score, SELF_SCORES)
+        return _reference_selection(problem)
+    query, keys, similarity, scale = problem.query, problem.keys, problem.similarity, problem.scale
+    query_positions, candidate_positions = problem.query_positions, problem.candidate_positions
+    self_first, with_scores, k_search = problem.self_first, problem.with_scores, problem.k_search
     batch, n, _ = query.shape
-    if block_elements is None:
-        block_elements = CPU_BLOCK_ELEMENTS if query.device.type == "cpu" else GPU_BLOCK_ELEMENTS
     device = query.device
-    query_positions = _selection_setup(query, keys, k, candidate_positions, self_first,
-                                       query_positions)
-    exact = stable and get_similarity(similarity).exact_squared_distance
-    if stable and candidate_positions is not None:  # ties go to the lower position, not column
+    if block_elements is None:
+        block_elements = CPU_BLOCK_ELEMENTS if device.type == "cpu" else GPU_BLOCK_ELEMENTS
+    if problem.stable and candidate_positions is not None:  # ties go to the lower position
         candidate_positions = candidate_positions.sort().values
-    k_search = k - 1 if self_first else k
 
     grad = with_scores and torch.is_grad_enabled()
     block_indices, block_scores = [], []
@@ -929,7 +980,8 @@ def select_neighbours(
             for start in range(0, n, rows_per_block):
                 stop = min(n, start + rows_per_block)
                 scores = _block_scores(prepared_query[:, start:stop], prepared_keys, key_norms,
-                                       similarity, scale, query.dtype, exact)  # (B, nb, m)
+                                       similarity, scale, query.dtype,
+                                       problem.exact)  # (B, nb, m)
                 if self_first and candidate_positions is None:  # the position's own column
                     own = query_positions[start:stop].view(1, -1, 1).expand(batch, -1, 1)
                     scores = scores.scatter(-1, own, float("-inf"))
@@ -937,7 +989,8 @@ def select_neighbours(
                     mask = _self_mask(query_positions[start:stop], candidate_positions)  # (nb, m)
                     scores = scores.masked_fill(mask, float("-inf"))
                 if k_search > 0:
-                    top_scores, top = _top(scores, k_search, stable, fused=fused)  # (B, nb, k')
+                    top_scores, top = _top(scores, k_search, problem.stable,
+                                           fused=fused)  # (B, nb, k')
                 else:
                     top_scores = scores[..., :0]
                     top = torch.zeros(batch, stop - start, 0, dtype=torch.long, device=device)
@@ -953,62 +1006,55 @@ def select_neighbours(
             self_index = query_positions.view(1, n, 1).expand(batch, n, 1)
             if with_scores:
                 real = None
-                if self_score == "similarity":
+                if problem.self_score == "similarity":
                     own = keys[:, query_positions]  # (B, n, D)
                     real = _row_scores(query, own, similarity, scale).unsqueeze(-1)
-                self_value = _self_weighting_score(real, scores, self_score, similarity)
-        return _finish_selection(scores, indices, self_index, self_value, sort_by_position)
+                self_value = _self_weighting_score(real, scores, problem.self_score, similarity)
+        return _finish_selection(scores, indices, self_index, self_value,
+                                 problem.sort_by_position)
 
 
-def select_neighbours_reference(
-    query: Tensor,
-    keys: Tensor,
-    k: int,
-    similarity: str,
-    *,
-    query_positions: Tensor | None = None,
-    candidate_positions: Tensor | None = None,
-    self_first: bool = False,
-    sort_by_position: bool = False,
-    scale: float | None = None,
-    with_scores: bool = True,
-    stable: bool = False,
-    self_score: str = "similarity",
-) -> tuple[Tensor, Tensor | None]:
+@_selector
+def select_neighbours_reference(problem: SelectionProblem) -> tuple[Tensor, Tensor | None]:
     """Top-k neighbours, written to be read: the full ``[B, n, N]`` matrix, then top-k.
 
-    Same arguments and results as :func:`select_neighbours`. Candidates outside the sampled
-    set and the position itself (when it comes first) are masked with ``-inf``.
+    Same parameters (``query, keys, k, similarity, *, query_positions=None, ...``: see
+    :class:`SelectionProblem`) and results as :func:`select_neighbours`. Candidates outside
+    the sampled set and the position itself (when it comes first) are masked with ``-inf``.
     """
-    check_choice("self_score", self_score, SELF_SCORES)
+    return _reference_selection(problem)
+
+
+def _reference_selection(problem: SelectionProblem) -> tuple[Tensor, Tensor | None]:
+    """The body of :func:`select_neighbours_reference`, on a checked problem."""
+    query, keys, similarity = problem.query, problem.keys, problem.similarity
+    query_positions, candidate_positions = problem.query_positions, problem.candidate_positions
     batch, n, _ = query.shape
     num_positions = keys.shape[1]
-    query_positions = _selection_setup(query, keys, k, candidate_positions, self_first,
-                                       query_positions)
     with ranking_precision(query.device):
         query, keys = _upcast(query), _upcast(keys)
-        if stable and get_similarity(similarity).exact_squared_distance:
+        if problem.exact:
             scores = -_exact_squared_distances(query, keys)  # (B, n, N), float64
         else:
-            scores = pairwise_scores(query, keys, similarity, scale)  # (B, n, N)
+            scores = pairwise_scores(query, keys, similarity, problem.scale)  # (B, n, N)
         allowed = torch.ones(n, num_positions, dtype=torch.bool, device=query.device)
         if candidate_positions is not None:
             allowed = torch.zeros_like(allowed)
             allowed[:, candidate_positions] = True
         self_scores = scores.gather(-1, query_positions.view(1, n, 1).expand(batch, n, 1))
-        if self_first:
+        if problem.self_first:
             allowed[torch.arange(n, device=query.device), query_positions] = False
         scores = scores.masked_fill(~allowed, float("-inf"))
-        top_scores, indices = _top(scores, k - 1 if self_first else k, stable)
+        top_scores, indices = _top(scores, problem.k_search, problem.stable)
         top_scores = weighting_scores(top_scores.to(query.dtype), similarity)
         self_index = self_value = None
-        if self_first:
+        if problem.self_first:
             self_index = query_positions.view(1, n, 1).expand(batch, n, 1)
             self_value = _self_weighting_score(self_scores.to(query.dtype), top_scores,
-                                               self_score, similarity)
+                                               problem.self_score, similarity)
         indices, top_scores = _finish_selection(top_scores, indices, self_index, self_value,
-                                                sort_by_position)
-    return indices, (top_scores if with_scores else None)
+                                                problem.sort_by_position)
+    return indices, (top_scores if problem.with_scores else None)
 
 
 # --------------------------------------------------------------------------- weighting ρ

@@ -1,5 +1,6 @@
 """The operator's steps and layers: paths agree, locality, sampling, finiteness, bad input."""
 
+import inspect
 import itertools
 from pathlib import Path
 
@@ -270,6 +271,24 @@ def test_bad_arguments_raise_value_errors(build, match):
 def test_bad_inputs_raise_value_errors(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_both_selectors_take_the_one_parameter_list_of_selection_problem():
+    shared = list(inspect.signature(ops.SelectionProblem).parameters.values())
+    assert list(inspect.signature(ops.select_neighbours_reference).parameters.values()) == shared
+    fast = list(inspect.signature(ops.select_neighbours).parameters)
+    assert fast == [p.name for p in shared] + ["block_elements", "backend"]
+    q = torch.randn(1, 4, 2)
+    for select in (ops.select_neighbours, ops.select_neighbours_reference):
+        name = select.__name__
+        with pytest.raises(TypeError, match=rf"{name}\(\) got an unexpected keyword argument 'kk'"):
+            select(q, q, 2, "dot", kk=1)
+        with pytest.raises(TypeError, match=rf"{name}\(\) takes 4 positional arguments"):
+            select(q, q, 2, "dot", None)
+        with pytest.raises(ValueError, match="self_first must be True"):
+            select(q, q, 2, "dot", candidate_positions=torch.tensor([0, 1]))
+    with pytest.raises(TypeError, match="'block_elements'"):
+        ops.select_neighbours_reference(q, q, 2, "dot", block_elements=4)
 
 
 # ----------------------------------------------------------------------------- gradcheck
