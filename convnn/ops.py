@@ -804,7 +804,7 @@ class SelectionProblem:
 
 def _selector(select: Callable) -> Callable:
     """Make ``select(problem, *, <own options>)`` a selector called with the parameters of
-    :class:`SelectionProblem`, then its own keyword options: the shared parameter list is
+    ``SelectionProblem``, then its own keyword options: the shared parameter list is
     written once, on ``SelectionProblem``, and ``inspect.signature`` shows the whole list.
     (No ``Signature.bind`` per call: it would break the graph under ``torch.compile``.)"""
     own = list(inspect.signature(select).parameters.values())[1:]  # after `problem`
@@ -925,9 +925,9 @@ def select_neighbours(
     non-finite features still make its own output non-finite where it is its own neighbour.
 
     Args:
-        query, keys, k, similarity, and the keyword options query_positions,
-            candidate_positions, self_first, sort_by_position, scale, with_scores, stable,
-            self_score: see :class:`SelectionProblem`, which checks them.
+        query, keys, k, similarity: the problem, with the keyword options query_positions,
+            candidate_positions, self_first, sort_by_position, scale, with_scores, stable
+            and self_score: see ``SelectionProblem``, which checks them.
         block_elements: most scores held at once (default: 2^20 on a CPU, 2^24 on a GPU).
         backend: see :func:`choose_backend`; ``"reference"`` runs
             :func:`select_neighbours_reference`; ``"triton"`` the fused Triton selection
@@ -1019,7 +1019,7 @@ def select_neighbours_reference(problem: SelectionProblem) -> tuple[Tensor, Tens
     """Top-k neighbours, written to be read: the full ``[B, n, N]`` matrix, then top-k.
 
     Same parameters (``query, keys, k, similarity, *, query_positions=None, ...``: see
-    :class:`SelectionProblem`) and results as :func:`select_neighbours`. Candidates outside
+    ``SelectionProblem``) and results as :func:`select_neighbours`. Candidates outside
     the sampled set and the position itself (when it comes first) are masked with ``-inf``.
     """
     return _reference_selection(problem)
