@@ -13,16 +13,15 @@ import pytest
 pytest.register_assert_rewrite("conftest_book")  # before the import below
 from conftest_book import ROOT, BookBuild
 
+sys.path.insert(0, str(ROOT / "scripts"))  # the generator and the linker are scripts
+
 pytest_plugins = ["conftest_book"]
 
 
 def _generator():
-    spec = importlib.util.spec_from_file_location("make_api_page",
-                                                  ROOT / "scripts" / "make_api_page.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("make_api_page", module)
-    spec.loader.exec_module(module)
-    return module
+    import make_api_page
+
+    return make_api_page
 
 
 def test_every_public_function_and_class_has_a_docstring() -> None:
@@ -60,10 +59,8 @@ def re_ids(html: str) -> list[str]:
 def test_chapters_link_the_first_mention_of_each_name() -> None:
     """scripts/link_api_names.py --check: in each linked chapter the first mention of every
     public name is a link to its entry (later mentions stay plain)."""
-    spec = importlib.util.spec_from_file_location("link_api_names",
-                                                  ROOT / "scripts" / "link_api_names.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    import link_api_names as module
+
     assert module.main(["--check"]) == 0, "run python scripts/link_api_names.py"
     text, linked = module.link_text("See `ConvNN2d` and `ConvNN2d`.\n", set(),
                                     module.spellings())
