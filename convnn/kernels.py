@@ -540,7 +540,7 @@ def fused_topk(query: Tensor, keys: Tensor, k: int, scale: float = 1.0, *,
     reads the queries once and the keys once per query tile (each batch row's 151 KB of keys stays in L2), about
     7 × 19 MB from L2 and 19 MB + 19 MB from memory, and writes the 1.8 MB of indices; the
     unfused path writes the ``[B·h, T, T]`` float32 scores (20 MB) and reads them back at least
-    once. Unmeasured on a GPU: only checked under ``TRITON_INTERPRET=1``.
+    once. Unmeasured on a GPU: checked under ``TRITON_INTERPRET=1`` and compiled by the gate.
     """
     if (query.dim() != 3 or keys.dim() != 3 or query.shape[0] != keys.shape[0]
             or query.shape[2] != keys.shape[2]):

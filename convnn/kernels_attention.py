@@ -588,7 +588,8 @@ def fused_attention(q: Tensor, key: Tensor, v: Tensor, w: Tensor, k: int, scale:
     (int64). Needs ``1 <= k <= min(candidates, MAX_FUSED_ATTENTION_K)``.
     Differentiable in ``q``, ``key``, ``v`` and ``w``, without atomics; no host
     synchronisation; the custom op ``convnn::fused_attention`` (``torch.compile`` takes it).
-    Unmeasured on a GPU: only checked under ``TRITON_INTERPRET=1``.
+    Unmeasured on a GPU: checked under ``TRITON_INTERPRET=1`` and compiled for every card by
+    the compile gate (``python -m convnn bench --compile``).
     """
     if q.dim() != 3 or key.shape != q.shape or v.shape != q.shape:
         raise ValueError("q, key and v must all be [R, T, d], got "
