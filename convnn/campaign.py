@@ -65,8 +65,8 @@ from ._io import (
 from .experiments import PRESETS, get_preset, paper_records, preset_for_record
 from .run_folder import (
     CONFIG,
-    LOG_FILES,
     METRICS,
+    RETURNED_FILES,
     RunFolder,
     RunFolderBusyError,
     expect_type,
@@ -668,7 +668,7 @@ def _device_name(device) -> str:
 
 
 # --------------------------------------------------------------------------- log packs
-_RUN_LOGS = LOG_FILES
+_RUN_LOGS = RETURNED_FILES  # the logs and the test predictions
 
 
 def pack_logs(out: str | os.PathLike, logs_dir: str | os.PathLike | None = None, *,

@@ -2,7 +2,8 @@
 
 A run folder holds ``config.json`` (what the run is: training settings, model, dataset),
 ``metrics.jsonl`` (one line per finished epoch), ``checkpoint.pt`` with its SHA-256 sidecar,
-and ``summary.json``. The file names appear in this module only; everything else reads a
+``summary.json`` and ``test_predictions.npz`` (the predicted class of every test image at the
+final epoch, for paired tests between runs scored on the same images). The file names appear in this module only; everything else reads a
 folder through :meth:`RunFolder.read` and writes it through :class:`RunFolder`.
 
 **The checkpoint is the authority.** A run has finished when its checkpoint, verified
@@ -22,12 +23,14 @@ from __future__ import annotations
 import contextlib
 import datetime
 import hashlib
+import io
 import json
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from torch import nn
 
 from ._io import (
@@ -39,6 +42,7 @@ from ._io import (
     _read_checksums,
     _sha256,
     append_jsonl_atomic,
+    atomic_target,
     atomic_write_json,
     atomic_write_text,
     folder_lock,
@@ -59,10 +63,13 @@ __all__ = [
     "LOCK",
     "LOG_FILES",
     "METRICS",
+    "PREDICTIONS",
     "RESUMABLE_CHANGES",
     "RESUMABLE_EXTRA",
+    "RETURNED_FILES",
     "RUN_FILES",
     "SUMMARY",
+    "ImagePredictions",
     "RunFolder",
     "RunFolderBusyError",
     "RunFolderError",
@@ -76,9 +83,11 @@ __all__ = [
     "load_weights",
     "parse_logs",
     "read_log_bytes",
+    "read_predictions",
     "read_weights",
     "run_fingerprint",
     "run_lock",
+    "save_predictions",
     "save_weights",
     "strict_json",
 ]
@@ -87,11 +96,17 @@ CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 CHECKPOINT = "checkpoint.pt"
 SUMMARY = "summary.json"
+#: The final epoch's predicted class of every test image, in the test set's order (written by
+#: :meth:`RunFolder.save_predictions`; older run folders have none).
+PREDICTIONS = "test_predictions.npz"
 LOCK = ".lock"
 #: The files of a run folder.
-RUN_FILES = (CONFIG, METRICS, CHECKPOINT, CHECKPOINT + CHECKSUM_SUFFIX, SUMMARY)
+RUN_FILES = (CONFIG, METRICS, CHECKPOINT, CHECKPOINT + CHECKSUM_SUFFIX, SUMMARY, PREDICTIONS)
 #: The files that are logs (committed and packed; checkpoints are not).
 LOG_FILES = (CONFIG, METRICS, SUMMARY)
+#: What a campaign packs and ``import-runs`` files of a run: its logs and its test predictions
+#: (a few KB; binary).
+RETURNED_FILES = (*LOG_FILES, PREDICTIONS)
 #: TrainConfig fields that may change when a run is resumed.
 RESUMABLE_CHANGES = ("epochs", "log_every", "compile", "eval_batch_size", "deterministic",
                      "checkpoint_every", "checkpoint_minutes")
@@ -469,6 +484,94 @@ def _checked_log(path: Path, checkpoint: dict) -> list[dict]:
             "the log was edited or damaged). Restore it, or start again with "
             "overwrite=True (--overwrite)")
     return records
+
+
+# --------------------------------------------------------------------------- test predictions
+@dataclass(frozen=True)
+class ImagePredictions:
+    """The predicted class of every test image of one model, in the test set's order.
+
+    Attributes:
+        predicted: ``[N]`` integer array, the arg-max class of each test image.
+        labels: ``[N]`` integer array, each image's label (the order the predictions follow).
+        epoch: the epoch of the run they were made at (``None``: not from a run, e.g. a
+            committed weights file).
+    """
+
+    predicted: np.ndarray
+    labels: np.ndarray
+    epoch: int | None = None
+
+    @property
+    def correct(self) -> np.ndarray:
+        """``[N]`` bool: which images the model classified correctly."""
+        return self.predicted == self.labels
+
+    @property
+    def top1(self) -> float:
+        """Top-1 accuracy in %."""
+        return 100.0 * float(self.correct.mean())
+
+
+def _prediction_dtype(classes: int):
+    return np.uint8 if classes <= 256 else np.int16
+
+
+def save_predictions(path: str | os.PathLike, predicted, labels, *,
+                     epoch: int | None = None) -> int:
+    """Write ``predicted`` and ``labels`` (integer sequences or tensors of one length) to
+    ``path`` as a compressed ``.npz`` (uint8 where the classes fit, else int16), atomically;
+    returns the file's size. A run folder's file is written by :meth:`RunFolder.save_predictions`."""
+    predicted = np.asarray(predicted.cpu() if hasattr(predicted, "cpu") else predicted)
+    labels = np.asarray(labels.cpu() if hasattr(labels, "cpu") else labels)
+    if predicted.ndim != 1 or predicted.shape != labels.shape or predicted.size == 0:
+        raise ValueError(f"predicted and labels must be 1-D of one non-zero length, got shapes "
+                         f"{predicted.shape} and {labels.shape}")
+    dtype = _prediction_dtype(int(max(predicted.max(), labels.max())) + 1)
+    arrays = {"predicted": predicted.astype(dtype), "labels": labels.astype(dtype)}
+    if epoch is not None:
+        arrays["epoch"] = np.int64(epoch)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    with atomic_target(path) as tmp:
+        tmp.write_bytes(buffer.getvalue())
+    return Path(path).stat().st_size
+
+
+def read_predictions(path: str | os.PathLike) -> ImagePredictions | None:
+    """The test predictions of a run folder (its :data:`PREDICTIONS`) or of a predictions
+    file of :func:`save_predictions`; ``None`` for a run folder without them (older runs, or
+    a run that has not finished). A run folder's predictions whose epoch is not the last one
+    of its metrics log (a resumed run that has not finished again) are ``None`` too.
+
+    Raises:
+        ValueError: the file is not a predictions file (one line, naming it).
+    """
+    path = Path(path)
+    folder = path.is_dir()
+    file = path / PREDICTIONS if folder else path
+    refuse_link(file)
+    if folder and not file.is_file():
+        return None
+    try:
+        with np.load(io.BytesIO(read_bytes(file)), allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (ValueError, OSError, EOFError) as err:
+        raise ValueError(f"{file} is not a predictions file ({' '.join(str(err).split())[:120]})"
+                         ) from None
+    predicted, labels = arrays.get("predicted"), arrays.get("labels")
+    if (predicted is None or labels is None or predicted.ndim != 1
+            or predicted.shape != labels.shape or predicted.dtype.kind not in "iu"
+            or labels.dtype.kind not in "iu"):
+        raise ValueError(f"{file} is not a predictions file (it needs 1-D integer arrays "
+                         "'predicted' and 'labels' of one length)")
+    epoch = int(arrays["epoch"]) if "epoch" in arrays else None
+    out = ImagePredictions(predicted.astype(np.int64), labels.astype(np.int64), epoch)
+    if folder:
+        records, _ = _parse_records(path / METRICS, strict=False)
+        if not records or records[-1]["epoch"] != epoch:
+            return None
+    return out
 
 
 # --------------------------------------------------------------------------- the reader
@@ -906,6 +1009,12 @@ class RunFolder:
                                "log": log_summary(records)}, self.checkpoint_path)
         self.saved_checkpoint = {"epoch": epoch, "sha256": sha,
                                  "fingerprint": fingerprint_digest(checkpoint["fingerprint"])}
+
+    def save_predictions(self, epoch: int, predicted, labels) -> None:
+        """The final epoch's test predictions (:data:`PREDICTIONS`), written before that
+        epoch's checkpoint: a kill in between redoes the epoch and writes them again."""
+        self._check_lock()
+        save_predictions(self.out / PREDICTIONS, predicted, labels, epoch=epoch)
 
     def save_summary(self, summary: dict) -> dict:
         """``summary.json``, recording the checkpoint on disk (its epoch and SHA-256): written

@@ -30,8 +30,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from statistics import NormalDist
 
-__all__ = ["Difference", "Interval", "mean_interval", "pooled", "sampling_interval",
-           "t_quantile", "welch"]
+__all__ = ["Difference", "Interval", "McNemar", "mcnemar", "mean_interval", "pooled",
+           "sampling_interval", "t_quantile", "welch"]
 
 
 def _betacf(a: float, b: float, x: float) -> float:
@@ -230,3 +230,52 @@ def pooled(values: Iterable[float], confidence: float = 0.95) -> Interval:
     """A pooled baseline: the mean and interval over repeated runs of one setting (e.g. the
     authors' several Conv2d VGG-11 CIFAR-10 runs), instead of picking one of them."""
     return mean_interval(values, confidence)
+
+
+@dataclass(frozen=True)
+class McNemar:
+    """McNemar's exact test of two classifiers scored on the same images: ``only_a`` images
+    only ``a`` classifies correctly, ``only_b`` only ``b`` (the discordant pairs), out of
+    ``images``; ``p`` is the two-sided exact binomial p-value of the discordant counts."""
+
+    only_a: int
+    only_b: int
+    images: int
+    p: float
+
+    @property
+    def diff(self) -> float:
+        """Accuracy of ``a`` minus that of ``b``, in points."""
+        return 100.0 * (self.only_a - self.only_b) / self.images
+
+    def __str__(self) -> str:
+        return (f"{self.diff:+.1f} points; {self.only_a} vs {self.only_b} discordant of "
+                f"{self.images} images, McNemar exact p = {self.p:.2g}")
+
+
+def mcnemar(correct_a: Iterable, correct_b: Iterable) -> McNemar:
+    """McNemar's exact test, paired over the images both models were scored on.
+
+    Args:
+        correct_a, correct_b: per image, whether model ``a`` (``b``) classified it correctly
+            (bools or 0/1), in the same image order.
+
+    The images both classify alike carry no information on which is better. Under the null
+    hypothesis of equal accuracy each of the ``n = only_a + only_b`` discordant images is
+    ``a``'s with probability 1/2, so ``p = min(1, 2 · P[X ≤ min(only_a, only_b)])`` for
+    ``X ~ Binomial(n, 1/2)`` (``p = 1`` when ``n = 0``).
+
+    Example:
+        >>> t = mcnemar([1, 1, 1, 1, 1, 0], [0, 0, 0, 0, 0, 0])
+        >>> t.only_a, t.only_b, t.p
+        (5, 0, 0.0625)
+    """
+    a, b = [bool(x) for x in correct_a], [bool(x) for x in correct_b]
+    if len(a) != len(b) or not a:
+        raise ValueError(f"correct_a and correct_b must score the same non-empty set of images,"
+                         f" got {len(a)} and {len(b)} values")
+    only_a = sum(x and not y for x, y in zip(a, b))
+    only_b = sum(y and not x for x, y in zip(a, b))
+    n, low = only_a + only_b, min(only_a, only_b)
+    tail = sum(math.comb(n, i) for i in range(low + 1)) / 2.0**n if n else 1.0
+    return McNemar(only_a, only_b, len(a), min(1.0, 2.0 * tail))

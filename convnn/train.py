@@ -624,7 +624,10 @@ def _finish(sums: torch.Tensor) -> dict:
 
 
 @torch.no_grad()
-def _eval_sums(model: nn.Module, loader, device: torch.device, amp: str) -> torch.Tensor:
+def _eval_sums(model: nn.Module, loader, device: torch.device, amp: str,
+               predictions: list | None = None) -> torch.Tensor:
+    """The summed test metrics of one pass; with a list ``predictions``, each batch's
+    ``(predicted class, label)`` is appended to it (on the device)."""
     dtype = _sum_dtype(device)
     sums = torch.zeros(4, dtype=dtype, device=device)
     for x, y in loader:
@@ -632,7 +635,14 @@ def _eval_sums(model: nn.Module, loader, device: torch.device, amp: str) -> torc
             logits = model(x)
         loss = F.cross_entropy(logits.float(), y, reduction="sum")
         sums += _batch_sums(logits, y, loss, dtype)
+        if predictions is not None:
+            predictions.append((logits.argmax(-1), y))
     return sums
+
+
+def _joined(pairs: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(predicted, labels)`` on the CPU from :func:`_eval_sums`' list of batch pairs."""
+    return (torch.cat([p for p, _ in pairs]).cpu(), torch.cat([y for _, y in pairs]).cpu())
 
 
 def has_random_candidates(model: nn.Module) -> bool:
@@ -1066,17 +1076,33 @@ def _train_epoch(s: _Session, epoch: int) -> dict:
     return _finish(_all_reduce(sums, s.ctx))
 
 
-def _test_epoch(s: _Session, epoch: int) -> tuple[dict, dict | None]:
+def _test_epoch(s: _Session, epoch: int, keep_predictions: bool = False
+                ) -> tuple[dict, dict | None, tuple | None]:
     """The test metrics (the plain module: no DDP collectives, rank 0 has an extra loader),
-    and those with random candidates redrawn, where that applies."""
+    those with random candidates redrawn, where that applies, and with ``keep_predictions``
+    rank 0's ``(predicted, labels)`` of every test image in the test set's order (each rank
+    holds a contiguous slice; rank 0's extra loader holds the remainder)."""
     s.compiled.eval()
+    pairs: list[list] = [[] for _ in s.test_loaders]
     with torch.no_grad():
-        sums = sum(_eval_sums(s.compiled, ld, s.device, s.amp) for ld in s.test_loaders)
+        sums = sum(_eval_sums(s.compiled, ld, s.device, s.amp,
+                              pairs[i] if keep_predictions else None)
+                   for i, ld in enumerate(s.test_loaders))
     test = _finish(_all_reduce(sums, s.ctx))
+    predictions = None
+    if keep_predictions:
+        slices = [_joined(pairs[0])]
+        if s.ctx.enabled:
+            import torch.distributed as dist
+
+            slices = [None] * s.ctx.world_size
+            dist.all_gather_object(slices, _joined(pairs[0]))
+        slices += [_joined(p) for p in pairs[1:]]
+        predictions = (torch.cat([p for p, _ in slices]), torch.cat([y for _, y in slices]))
     redrawn = _resampled_test(s.compiled, s.test_loaders, s.device, s.amp, s.ctx, s.config,
                               epoch)
     _sync(s.device)
-    return test, redrawn
+    return test, redrawn, predictions
 
 
 def _epoch_record(epoch: int, lr: float, tr: dict, te: dict, redrawn: dict | None,
@@ -1231,7 +1257,8 @@ def _fit(model_factory, ds, config, out, resume, overwrite, device, ctx, show, e
                 f"epoch {len(records)} (the epoch in progress is trained again): continue "
                 "with resume=True (--resume)") from None
         train_seconds = time.perf_counter() - t0
-        te, redrawn = _test_epoch(s, epoch)
+        final = epoch + 1 == config.epochs
+        te, redrawn, predictions = _test_epoch(s, epoch, keep_predictions=final)
         epoch_seconds = time.perf_counter() - t0
         _check_finite(tr, te, epoch, lr, folder)
 
@@ -1240,6 +1267,8 @@ def _fit(model_factory, ds, config, out, resume, overwrite, device, ctx, show, e
         records.append(record)
         if main:
             folder.save_epoch(records)
+            if predictions is not None:  # before the final checkpoint (see save_predictions)
+                folder.save_predictions(epoch + 1, *predictions)
         saved = _checkpoint_due(config, epoch, start_epoch, saved_epoch, last_save, ctx, device)
         if saved:
             _save_checkpoint(s, folder, records, fingerprint)

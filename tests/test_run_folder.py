@@ -335,6 +335,23 @@ def straight(tmp_path_factory, ds):
     return out
 
 
+def test_the_final_epoch_writes_its_test_predictions_and_old_folders_still_read(
+        tmp_path, ds, straight):
+    found = RF.read_predictions(straight)
+    last = RunFolder.read(straight, checkpoint="none").records[-1]
+    assert found.epoch == 4 and found.predicted.shape == (ds.num_test,)
+    assert (found.labels == ds.test_labels.numpy()).all()
+    assert found.top1 == pytest.approx(last["test_top1"])  # the same pass as the log's number
+    assert (straight / RF.PREDICTIONS).stat().st_size < 2_000
+    old = tmp_path / "old"
+    shutil.copytree(straight, old)
+    (old / RF.PREDICTIONS).unlink()  # a run folder of an older convnn
+    assert RF.read_predictions(old) is None and RunFolder.read(old).finished
+    (old / RF.PREDICTIONS).write_bytes(b"not an npz")
+    with pytest.raises(ValueError, match="is not a predictions file"):
+        RF.read_predictions(old)
+
+
 @pytest.mark.parametrize(("cadence", "kill"), KILLS, ids=[f"{c}-{k[0]}-{k[1]}"
                                                           for c, k in KILLS])
 def test_a_kill_at_any_moment_resumes_bit_identically(tmp_path, ds, straight, monkeypatch,
@@ -359,6 +376,8 @@ def test_a_kill_at_any_moment_resumes_bit_identically(tmp_path, ds, straight, mo
     a, b = weights(out), weights(straight)
     assert all(torch.equal(a[k], b[k]) for k in b)
     assert RunFolder.read(out, checkpoint="verify").finished
+    mine, theirs = RF.read_predictions(out), RF.read_predictions(straight)
+    assert (mine.predicted == theirs.predicted).all() and mine.epoch == theirs.epoch == 4
     assert not list(out.glob(".*.tmp")) and not (out / ".lock").exists()
 
 

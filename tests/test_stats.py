@@ -91,3 +91,17 @@ def test_sampling_interval_is_wilsons_and_covers_about_95_percent() -> None:
 def test_bad_input_is_a_clear_error(call, message) -> None:
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_mcnemar_exact_matches_a_hand_computed_case() -> None:
+    # 10 discordant images, 8 against 2: P[X <= 2] = (1 + 10 + 45) / 1024, doubled
+    a = [1] * 8 + [0] * 2 + [1] * 30 + [0] * 60
+    b = [0] * 8 + [1] * 2 + [1] * 30 + [0] * 60
+    t = stats.mcnemar(a, b)
+    assert (t.only_a, t.only_b, t.images) == (8, 2, 100)
+    assert t.p == pytest.approx(112 / 1024) and t.diff == pytest.approx(6.0)
+    assert stats.mcnemar(b, a).p == t.p  # two-sided
+    assert stats.mcnemar([1, 0], [1, 0]).p == 1.0  # no discordant image
+    assert stats.mcnemar([1] * 5 + [0] * 5, [0] * 5 + [1] * 5).p == 1.0  # capped at 1
+    with pytest.raises(ValueError, match="the same non-empty set of images"):
+        stats.mcnemar([1, 0], [1])
