@@ -39,10 +39,12 @@ from .experiments import LAPTOP_PRESETS, get_preset
 from .models import build_model
 from .package_data import results_root
 from .run_folder import (
+    ImagePredictions,
     RunFolder,
     copy_logs,
     is_run_folder,
     load_weights,
+    read_predictions,
     read_weights,
     save_weights,
 )
@@ -67,6 +69,7 @@ __all__ = [
     "interventions_dir",
     "layer_inputs",
     "load_data",
+    "predictions",
     "rank_update_norms",
     "rank_weights",
     "read_interventions",
@@ -359,6 +362,18 @@ def trained_model(name: str, seed: int = WEIGHTS_SEED,
     model = build(name)
     load_weights(model, read_weights(path), path)  # weights_only, SHA-256 checked
     return model.eval()
+
+
+def predictions(name: str, seed: int = WEIGHTS_SEED,
+                root: str | os.PathLike | None = None) -> ImagePredictions:
+    """The committed per-image test predictions of the trained model of ``name`` and ``seed``
+    (``predictions/<weights stem>.npz`` beside its ``weights/`` folder, written by
+    ``scripts/laptop_predictions.py``): for paired tests between models on the same images."""
+    weights = weights_file(name, seed, root)
+    path = weights.parent.parent / "predictions" / f"{weights.stem}.npz"
+    if not path.is_file():
+        raise FileNotFoundError(f"no committed predictions for {name} seed {seed} ({path.name})")
+    return read_predictions(path)
 
 
 def initial_model(name: str, seed: int) -> torch.nn.Module:

@@ -31,6 +31,7 @@ import functools
 import io
 import math
 import os
+import textwrap
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
@@ -89,6 +90,16 @@ _DIM = 0.68  # how much unselected positions are darkened
 _MAX_OUTLINES = 64  # outline each selected pixel up to this many; above, the shading says it
 _IMAGE_SOURCES = ("auto", "cifar10", "matplotlib")
 _PAGE_WIDTH = 8.2  # inches: wider figures are scaled down on a book page (small text)
+#: The size of a figure's footer (its source line), in points: that of the panel titles, so
+#: that at any display width (a figure is scaled as a whole) it reads as well as they do.
+FOOTER_PT = 9.0
+
+
+def _footer(fig: Figure, text: str) -> None:
+    """Write ``text`` under ``fig`` at :data:`FOOTER_PT`, wrapped to the figure's width (a
+    footer wider than its figure would widen the image, and shrink all its text on a page)."""
+    per_line = max(24, int(fig.get_figwidth() * 72 / (0.6 * FOOTER_PT)))  # ~0.6 em a glyph
+    fig.supxlabel(textwrap.fill(text, per_line), fontsize=FOOTER_PT)
 
 
 class BookFigure(Figure):
@@ -464,7 +475,7 @@ def neighbour_map(
     ax.set_yticks([])
     ax.set_title(title if title is not None else _describe(layer), fontsize=9)
     if fig is not None and caption and source:
-        fig.supxlabel(f"Image: {source}", fontsize=7.5)
+        _footer(fig, f"Image: {source}")
     return fig if fig is not None else ax.figure
 
 
@@ -517,8 +528,7 @@ def neighbour_panels(
         fig.suptitle(suptitle, fontsize=10.5)
     if source:
         where = f"pixel {pixels[0]}" if len(set(pixels)) == 1 else "pixel"
-        fig.supxlabel(f"★ = inspected {where}; orange/undimmed = selected. "
-                      f"Image: {source}", fontsize=8)
+        _footer(fig, f"★ = inspected {where}; orange/undimmed = selected. Image: {source}")
     return fig
 
 
@@ -554,7 +564,7 @@ def neighbour_grid(
     fig.suptitle("Neighbours of ★: k grows to the right, α moves selection\n"
                  "from position (top) to colour (bottom)", fontsize=10)
     if source:
-        fig.supxlabel(f"Image: {source}", fontsize=8)
+        _footer(fig, f"Image: {source}")
     return fig
 
 
@@ -879,7 +889,7 @@ def image_panels(
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
     if caption:
-        fig.supxlabel(caption, fontsize=8)
+        _footer(fig, caption)
     return fig
 
 
@@ -971,8 +981,8 @@ def token_panels(
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
     if source:
-        fig.supxlabel(f"{rows}×{cols} tokens of {patch}×{patch} pixels; red dashed = query "
-                      f"token. Image: {source}", fontsize=8)
+        _footer(fig, f"{rows}×{cols} tokens of {patch}×{patch} pixels; red dashed = query "
+                     f"token. Image: {source}")
     return fig
 
 
@@ -1586,6 +1596,6 @@ def candidates_drawing(size: int = 12, side: int = 4, seed: int = 0) -> Figure:
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_title(title, fontsize=8)
-    fig.supxlabel(f"m = s² = {side * side} candidates per query instead of n = {size * size}: "
-                  "every query searches the same m", fontsize=8)
+    _footer(fig, f"m = s² = {side * side} candidates per query instead of n = {size * size}: "
+                 "every query searches the same m")
     return fig

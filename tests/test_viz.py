@@ -389,3 +389,46 @@ def test_mechanism_drawings_build_and_sit_next_to_their_text() -> None:
     drawn = sorted(int(r) * 12 + int(c) for c, r in dots)
     layer = viz.make_layer(sampling="random", candidates=4, seed=0)
     assert drawn == sorted(layer.candidate_positions(12, 12).tolist())
+
+
+# --------------------------------------------------------------------------- legibility
+#: The width a figure is shown at in a 400 px window (the column, less its margins; an
+#: assumption: the browser test measures the page, not the figure's text).
+SHOWN_AT_400PX = 360
+
+
+def _effective_pt(size_pt: float, png_width: int, dpi: float) -> float:
+    """A text's size as read at 400 px: its size, scaled as the whole image is, to the width
+    the image is shown at (never enlarged)."""
+    return size_pt * min(png_width, SHOWN_AT_400PX) / png_width * (dpi / 72) / (96 / 72)
+
+
+def test_figure_footers_read_as_well_as_the_axis_labels_at_400px() -> None:
+    import struct
+
+    sample = viz.sample_image(source="matplotlib", size=16)
+    figures = {
+        "neighbour_map": viz.neighbour_map(sample, viz.make_layer(k=4), (8, 8)),
+        "neighbour_panels": viz.neighbour_panels(sample, {"a": viz.make_layer(k=4),
+                                                          "b": viz.make_layer(k=9)}),
+        "neighbour_grid": viz.neighbour_grid(sample, (8, 8), ks=(4, 9), mixes=(0.0, 1.0)),
+        "image_panels": viz.image_panels({"a": sample.image, "b": sample.image[0]},
+                                         caption="a caption as long as a source line " * 3),
+        "token_panels": viz.token_panels(sample, 4, 5, {"dense": torch.ones(16) / 16}),
+        "candidates_drawing": viz.candidates_drawing(size=12, side=4, seed=0),
+    }
+    for name, fig in figures.items():
+        footer = fig._supxlabel
+        assert footer is not None and footer.get_text(), f"{name}: no footer"
+        png = fig._repr_png_()
+        width = struct.unpack(">I", png[16:20])[0]
+        labels = [t for ax in fig.axes if ax.get_visible()
+                  for t in (ax.title, ax.xaxis.label, ax.yaxis.label) if t.get_text()]
+        assert labels, name
+        smallest = min(t.get_fontsize() for t in labels)
+        shown = _effective_pt(footer.get_fontsize(), width, fig.dpi)
+        assert shown >= _effective_pt(smallest, width, fig.dpi), (
+            f"{name}: its footer reads at {shown:.1f} pt at 400 px, smaller than its axis "
+            f"labels ({_effective_pt(smallest, width, fig.dpi):.1f} pt)")
+        assert footer.get_window_extent().width <= fig.bbox.width + 1, (
+            f"{name}: the footer is wider than the figure (it widens the image)")
