@@ -196,3 +196,23 @@ def test_collect_copies_logs_and_the_weights_of_every_seed(tmp_path):
         for key, value in model.state_dict().items():  # float16 copies of the final weights
             assert torch.equal(value, final[key].half().float()), key
     assert study.weights_file(name, 1, tmp_path / "all").name == f"{name}-seed1.pt"
+
+
+def test_every_committed_model_has_its_per_image_predictions():
+    """scripts/laptop_predictions.py: one predictions file per committed weights file, over
+    the study's 1,000 test images in order (100 per class), scoring within 0.5 points of the
+    accuracy its run logged (float16 weights; ConvNN2d selection moves with float rounding)."""
+    root = Path(__file__).resolve().parents[1] / "data" / "results"
+    found = 0
+    for name in study.PRESETS:
+        for seed in study.SEEDS:
+            folder = root / (study.STUDY_DIR if seed == study.WEIGHTS_SEED
+                             else study.INTERVENTIONS_DIR)
+            if not study.weights_file(name, seed, folder).is_file():
+                continue
+            p = study.predictions(name, seed, folder)
+            assert p.labels.tolist() == [c for c in range(10) for _ in range(100)], name
+            logged = load_run(folder / f"{name}-seed{seed}").records[-1]["test_top1"]
+            assert abs(p.top1 - logged) <= 0.5, (name, seed, p.top1, logged)
+            found += 1
+    assert found == 14
