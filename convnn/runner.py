@@ -186,7 +186,14 @@ def run_preset(name: str, *, epochs: int | None = None, smoke: bool | None = Non
              "command": " ".join(sys.argv), "paper_rows": [
                  {k: r.get(k) for k in ("table", "best", "avg5")} for r in preset.paper_rows()]}
     log(textwrap.fill(f"{preset.name}: {preset.description}", 96, subsequent_indent="    "))
-    if smoke:
+    if smoke and train_overrides:
+        given = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
+                          for k, v in sorted(train_overrides.items()))
+        log(textwrap.fill(f"smoke run: a reduced model trained briefly ({train_cfg.epochs} "
+                          f"epochs on {dataset.num_train} images) with the training settings "
+                          f"given ({given}): a check on a subset, not the paper's protocol "
+                          "(the full run is the experiment)", 96, subsequent_indent="    "))
+    elif smoke:
         log(textwrap.fill(f"smoke run: a reduced model trained briefly ({train_cfg.epochs} "
                           f"epochs on {dataset.num_train} images) to check the mechanics: data, "
                           "model, training, run folder. It is not expected to learn; a test "
