@@ -363,17 +363,26 @@ def test_r_is_not_a_symbol_anywhere() -> None:
 TRAINING_LOG = re.compile(r"epoch \d+/\d+ +train loss")
 
 
+FINAL_EPOCH = re.compile(r"epoch (\d+)/(\d+) +train loss .*? test loss [\d.]+ top1 ([\d.]+)%")
+
+
 @pytest.mark.parametrize("name", ["vgg_cifar", "vit_cifar"])
-def test_a_smoke_run_is_a_folded_mechanics_check(name: str) -> None:
+def test_a_smoke_run_is_folded_learns_and_says_what_it_shows(name: str) -> None:
     """A training chapter never shows its smoke run as a result: every stored training log of
-    the page is folded (or in a folded exercise solution), and the page says what it is."""
+    the page is folded (or in a folded exercise solution); the page's own smoke run learns
+    (its last epoch well above chance, 10 %), and the page says what it shows and what not."""
     cells = _notebook(name)
     logs = [c for c in cells if c["cell_type"] == "code" and TRAINING_LOG.search(_outputs_text(c))]
     assert logs, f"{name}: no stored training log (was the notebook executed?)"
     for cell in logs:
         assert _tags(cell) & {"hide-output", "hide-cell", "remove-output", "remove-cell"}, (
             f"{name}: a training log is visible: {''.join(cell['source'])[:80]!r}")
-    assert "mechanics check" in "\n".join(markdown_blocks(ROOT / "book" / f"{name}.ipynb"))
+    (page_run,) = [c for c in logs if "SMOKE_TRAINING" in "".join(c["source"])]
+    epochs = FINAL_EPOCH.findall(_outputs_text(page_run))
+    done, planned, top1 = epochs[-1]
+    assert done == planned and float(top1) >= 20, f"{name}: the smoke run ends at {top1} %"
+    text = "\n".join(markdown_blocks(ROOT / "book" / f"{name}.ipynb"))
+    assert "smoke run" in text and "It does not show the paper's accuracy" in text
 
 
 PLACEHOLDERS = re.compile(r"<CONVNN_DATA_DIR>|<output folder>|\bOUT_DIR\b|; then python|"
@@ -407,7 +416,9 @@ def test_statistics_say_only_what_they_can() -> None:
                        "two to\n  four times"):
             assert phrase not in text, f"{name}: {phrase!r}"
     results_text = pages["results"]
-    assert "McNemar" in results_text and "cannot be computed from what was\nlogged" in results_text
+    assert "McNemar" in results_text and "cannot be\ncomputed from what was logged" in results_text
+    assert "**Which test each comparison rests on.**" in results_text  # one row per comparison
+    assert "test_predictions.npz" in results_text  # where the next runs' predictions come from
     assert "2.18" in results_text and "4.56" in results_text
     assert "same best and the same last-5 mean" in results_text
     ours = next(line for c in _notebook("results") for line in _outputs_text(c).splitlines()

@@ -478,6 +478,15 @@ def test_ddp_two_cpu_processes(tmp_path, data):
     assert all(r["world_size"] == 2 for r in records)
     assert records[0]["train_images"] == 128 and records[0]["test_images"] == 33  # all counted
     assert proc.stdout.count("epoch 1/2  train loss") == 1  # only rank 0 logs
+    # the final test predictions: every rank's slice and rank 0's remainder, in order
+    from convnn.run_folder import read_predictions
+
+    found = read_predictions(tmp_path / "run")
+    assert found.epoch == 2 and found.predicted.shape == (33,)
+    assert found.top1 == pytest.approx(records[-1]["test_top1"])
+    if data == "memory":
+        labels = synthetic_dataset(n_train=128, n_test=33, num_classes=4, image_size=8).test_labels
+        assert found.labels.tolist() == labels.tolist()
 
 
 # --------------------------------------------------------------------------- CUDA
