@@ -71,7 +71,8 @@ class Killed(BaseException):
 
 
 # --------------------------------------------------------------------------- one owner
-RUN_FILE_NAMES = ("config.json", "metrics.jsonl", "summary.json", "checkpoint.pt")
+RUN_FILE_NAMES = ("config.json", "metrics.jsonl", "summary.json", "checkpoint.pt",
+                  "test_predictions.npz")
 
 
 def _code_strings(path: Path):
@@ -99,8 +100,8 @@ _FILE_CALLS = {"open", "read_text", "read_bytes", "write_text", "write_bytes", "
                "atomic_write_json", "atomic_write_text", "append_jsonl_atomic", "glob", "rglob",
                "unlink", "load_checkpoint", "save_checkpoint", "load", "save", "verify_checksum"}
 #: What names a run file in code: run_folder's constants and paths.
-_RUN_FILE_REFERENCES = {"CONFIG", "METRICS", "SUMMARY", "CHECKPOINT", "RUN_FILES", "LOG_FILES",
-                        "checkpoint_path", "paths"}
+_RUN_FILE_REFERENCES = {"CONFIG", "METRICS", "SUMMARY", "CHECKPOINT", "PREDICTIONS", "RUN_FILES",
+                        "LOG_FILES", "RETURNED_FILES", "checkpoint_path", "paths"}
 
 
 def _run_file_accesses(path: Path):
