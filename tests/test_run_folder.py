@@ -723,7 +723,7 @@ def finished_one(tmp_path_factory, ds):
 
 
 @pytest.mark.parametrize("name", [".lock", "metrics.jsonl", "config.json", "checkpoint.pt",
-                                  "checkpoint.pt.sha256", "summary.json"])
+                                  "checkpoint.pt.sha256", "summary.json", "test_predictions.npz"])
 def test_a_link_in_a_run_folder_is_refused_and_its_target_untouched(tmp_path, ds,
                                                                      finished_one, name):
     """The issue's repro: ``ln -s ~/victim R/.lock`` then a resume truncated the victim."""

@@ -253,7 +253,8 @@ def test_run_folder_contents(tmp_path, ds):
     out = tmp_path / "run"
     summary = quiet(out, ds, config=small_config(epochs=2), extra={"model": {"name": "tiny"}})
     assert sorted(os.listdir(out)) == ["checkpoint.pt", "checkpoint.pt.sha256", "config.json",
-                                       "metrics.jsonl", "summary.json"]  # fmt: skip
+                                       "metrics.jsonl", "summary.json",
+                                       "test_predictions.npz"]  # fmt: skip
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["train"] == small_config(epochs=2).to_dict()
     assert cfg["extra"] == {"model": {"name": "tiny"}}
