@@ -78,6 +78,7 @@ EFFICIENCY = {
     "matmul": (0.27, 0.6),
     "conv": (0.12, 0.6),
     "conv1d": (0.12, 0.6),
+    "conv1d_depthwise": (0.12, 0.6),
     "attention": (0.25, 0.6),
     "norm": (1.0, 0.12),
     "reduce": (1.0, 0.3),
@@ -223,6 +224,8 @@ class _Tracer(TorchDispatchMode):
                                  "elementwise")
         if op_class == "conv" and _is_conv1d(name, args):  # the reference path's Conv1d
             op_class, name = "conv1d", name + "_1d"
+            if _is_depthwise(name, args):  # one filter per channel: no tensor cores
+                op_class, name = "conv1d_depthwise", name + "_depthwise"
         self.trace.add(name, op_class, flops, nbytes, bf16)
         return out
 
@@ -230,6 +233,12 @@ class _Tracer(TorchDispatchMode):
 def _is_conv1d(name: str, args) -> bool:
     weight = args[2] if name == "convolution_backward" else args[1]
     return isinstance(weight, torch.Tensor) and weight.dim() == 3
+
+
+def _is_depthwise(name: str, args) -> bool:
+    weight = args[2] if name.startswith("convolution_backward") else args[1]
+    groups = args[9] if name.startswith("convolution_backward") else args[8]
+    return isinstance(groups, int) and groups > 1 and weight.shape[1] == 1
 
 
 class _FusedAttention(torch.autograd.Function):
@@ -329,7 +338,7 @@ def estimate_seconds(trace: StepTrace, gpu: str = "h200",
     by_class: dict[str, float] = defaultdict(float)
     for rec in trace.ops.values():
         e_flop, e_mem = EFFICIENCY[rec.op_class]
-        if rec.op_class in ("conv", "conv1d") and calibration == "committed":
+        if rec.op_class.startswith("conv") and calibration == "committed":
             e_flop, e_mem = COMMITTED_CONV
         rate = spec["bf16_flops"] * (1.0 if rec.bf16 else 0.5)  # fp32 matmuls run as TF32
         compute = rec.flops / (rate * e_flop) if rec.flops else 0.0
@@ -710,17 +719,21 @@ def format_kernel_estimates(rows: list[dict]) -> str:
 #: bytes / (bandwidth · e_memory)) + kernels · launch``: ``e_matmul`` / ``e_attention`` /
 #: ``e_conv_*`` are the compute efficiencies of cuBLAS matmuls, the fused SDPA kernels and the
 #: cuDNN convolutions (``conv_bf16``: bf16 NCHW without autotuning, as the committed training
-#: rows ran; ``conv_tf32``: float32 convolutions with cuDNN's default TF32); ``e_stream`` is
+#: rows ran; ``conv_tf32``: float32 convolutions with cuDNN's default TF32; ``conv1d``: the
+#: reference path's dense 1-D aggregation; ``conv1d_depthwise``: its depthwise one, one filter
+#: per channel, which has no tensor-core kernel, so it is rated at the CUDA cores' float32
+#: rate in either precision); ``e_stream`` is
 #: the bandwidth efficiency of streaming kernels (elementwise, norms, reductions, the
 #: optimizer and the memory side of the compute classes), ``e_gather`` that of
 #: gather / index / scatter kernels, ``e_topk`` that of ``topk`` / ``sort``; ``launch_us``
 #: is the cost of one kernel launch including the host's dispatch (µs).
 PARAMETERS = ("e_matmul", "e_attention", "e_attention_fp32", "e_conv_bf16", "e_conv_tf32",
-              "e_conv1d", "e_stream", "e_reduce", "e_gather", "e_topk", "launch_us")
+              "e_conv1d", "e_conv1d_depthwise", "e_stream", "e_reduce", "e_gather", "e_topk",
+              "launch_us")
 #: Where the fit starts (the hand-set values above); the fit moves every one of them.
 _START = {"e_matmul": 0.27, "e_attention": 0.25, "e_attention_fp32": 0.25,
           "e_conv_bf16": 0.0086, "e_conv_tf32": 0.12,
-          "e_conv1d": 0.12,
+          "e_conv1d": 0.12, "e_conv1d_depthwise": 0.1,
           "e_stream": 0.5, "e_reduce": 0.2, "e_gather": 0.15, "e_topk": 0.02,
           "launch_us": 5.0}
 _MEMORY_PARAMETER = {"norm": "e_reduce", "reduce": "e_reduce", "elementwise": "e_stream",
@@ -823,7 +836,10 @@ def _record_terms(trace: StepTrace, spec: TraceSpec, gpu: str) -> list[tuple]:
         if rec.op_class not in EFFICIENCY:
             raise ValueError(f"the calibrated model has no term for {rec.op_class!r} ops")
         memory = rec.bytes / hw["bandwidth"]
-        if rec.op_class in ("conv", "conv1d"):
+        if rec.op_class == "conv1d_depthwise":  # CUDA cores in either precision
+            terms.append((rec.name, rec.flops / FP32_FLOPS[gpu], "e_conv1d_depthwise",
+                          memory / LIBRARY_BANDWIDTH, None, rec.count))
+        elif rec.op_class in ("conv", "conv1d"):
             param = ("e_conv1d" if rec.op_class == "conv1d"
                      else "e_conv_bf16" if rec.bf16 else "e_conv_tf32")
             rate = hw["bf16_flops"] * (1.0 if rec.bf16 else 0.5)
