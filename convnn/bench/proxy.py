@@ -1389,14 +1389,28 @@ class _RedesignedCore(torch.autograd.Function):
 
 
 @contextlib.contextmanager
-def _redesigned_core(trace: StepTrace):
-    """ConvNNAttention's core runs as the built kernels would on a bf16 card, and its
-    selection features are projected as there: :func:`convnn.ops.contract_linear`, one bf16
-    GEMM over ``3C`` inputs with a float32 result."""
+def _on_a_bf16_card(trace: StepTrace):
+    """ConvNNAttention's selection features are projected as on a card with bf16 tensor
+    cores under autocast: :func:`convnn.ops.contract_linear`, one bf16 GEMM over ``3C``
+    inputs with a float32 result (on the CPU's fake tensors the layer would take float32)."""
     from .. import ops
+
+    applies, bf16_mm = ops.contract_projection_applies, ops._bf16_mm
+    ops.contract_projection_applies = lambda device: True
+    ops._bf16_mm = lambda a, b: torch.mm(a, b, out_dtype=torch.float32)
+    try:
+        yield
+    finally:
+        ops.contract_projection_applies, ops._bf16_mm = applies, bf16_mm
+
+
+@contextlib.contextmanager
+def _redesigned_core(trace: StepTrace):
+    """ConvNNAttention's core runs as the built kernels would on a bf16 card, its selection
+    features projected as there (:func:`_on_a_bf16_card`)."""
     from ..layers import ConvNNAttention, candidate_count
 
-    core, applies, bf16_mm = ConvNNAttention._core, ops.contract_projection_applies, ops._bf16_mm
+    core = ConvNNAttention._core
 
     def redesigned(self, q, key, v, candidates, weight_dropout):
         count = None
@@ -1406,13 +1420,11 @@ def _redesigned_core(trace: StepTrace):
         return _RedesignedCore.apply(q, key, v, self.k, count, trace)
 
     ConvNNAttention._core = redesigned
-    ops.contract_projection_applies = lambda device: True
-    ops._bf16_mm = lambda a, b: torch.mm(a, b, out_dtype=torch.float32)
     try:
-        yield
+        with _on_a_bf16_card(trace):
+            yield
     finally:
         ConvNNAttention._core = core
-        ops.contract_projection_applies, ops._bf16_mm = applies, bf16_mm
 
 
 def _kernel_terms(rec: OpRecord, hw: dict, gpu: str) -> tuple:
@@ -1447,7 +1459,7 @@ def _target_traces(heads: int = 1, dim: int = 192, batch: int = 256) -> dict:
                                    images, batch, "bf16", False, True)}
     out[("layer", "SDPA")].parameters = 0
     for cand, opts in TARGET_CASES:
-        for core, stand_in in (("today", None), ("redesign", _redesigned_core)):
+        for core, stand_in in (("today", _on_a_bf16_card), ("redesign", _redesigned_core)):
             layer = _trace(lambda o=opts: ConvNNAttention(dim, heads, k=9, **o), tokens, batch,
                            "bf16", False, False, stand_in=stand_in)
             layer.parameters = 0  # a layer step has no optimizer
