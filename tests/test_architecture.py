@@ -6,7 +6,7 @@
 - ``import convnn`` and its layers import neither matplotlib nor ipywidgets.
 - Demonstrations: a new token mixer with its preset, a new dataset and a new model family,
   each added in one place, reach the model and the trainer (a new similarity: ``test_ops.py``; a change of the
-  checkpoint format: ``test_train.py``/``test_reliability.py``).
+  checkpoint format: ``test_run_folder.py``).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ LAYERS = {
                "convnn.paper_vocabulary"),
     "core": ("convnn.kernels", "convnn.kernels_attention", "convnn.kernels_conv2d", "convnn.ops", "convnn.attention", "convnn.layers",
              "convnn.models"),
-    "training": ("convnn.dataset_base", "convnn.data", "convnn.imagenet", "convnn.run_folder", "convnn.train",
+    "training": ("convnn.dataset_base", "convnn.data", "convnn.imagenet", "convnn.checkpoint", "convnn.run_folder", "convnn.train",
                  "convnn.experiments", "convnn.runner"),
     "tooling": ("convnn.stats", "convnn.viz", "convnn.results", "convnn.demo", "convnn.study",
                 "convnn.campaign", "convnn.bench", "convnn.__main__"),
