@@ -70,13 +70,16 @@ __all__ = [
     "RESUMABLE_CHANGES",
     "RESUMABLE_EXTRA",
     "RUN_FILES",
+    "STUDY_WEIGHTS",
     "SUMMARY",
+    "TRAIN_LOG",
     "RunFolder",
     "RunFolderBusyError",
     "RunFolderError",
     "RunRecord",
     "config_fingerprint",
     "copy_logs",
+    "copy_study_log",
     "expect_type",
     "find_run_folders",
     "is_run_folder",
@@ -88,6 +91,11 @@ __all__ = [
     "run_lock",
     "save_weights",
     "strict_json",
+    "study_log_path",
+    "study_run_folders",
+    "study_run_name",
+    "study_run_seed",
+    "study_weights_path",
 ]
 
 CONFIG = "config.json"
@@ -562,6 +570,59 @@ def copy_logs(run_dir: str | os.PathLike, dest: str | os.PathLike, *,
             continue
         atomic_write_text(dest / name, rewrite(text) if rewrite else text)
     return dest
+
+
+# --------------------------------------------------------------------------- a study's folder
+#: The final weights of a study's runs (:mod:`convnn.study`): ``weights/<preset>.pt`` (the
+#: study's weights seed) or ``weights/<preset>-seed<seed>.pt`` (:func:`study_weights_path`).
+STUDY_WEIGHTS = "weights"
+#: The training log of a study's run, in its committed run folder.
+TRAIN_LOG = "train.log"
+
+
+def study_run_name(preset: str, seed: int) -> str:
+    """The run folder's name of ``preset`` trained with ``seed`` in a study folder."""
+    return f"{preset}-seed{seed}"
+
+
+def study_run_folders(root: str | os.PathLike, preset: str) -> list[Path]:
+    """The run folders of ``preset`` (one per seed) in study folder ``root``, sorted."""
+    return sorted(p for p in Path(root).glob(f"{preset}-seed*") if is_run_folder(p))
+
+
+def study_run_seed(run_dir: str | os.PathLike) -> int:
+    """The seed of a study's run folder, from its name (:func:`study_run_name`)."""
+    return int(Path(run_dir).name.rsplit("-seed", 1)[1])
+
+
+def study_log_path(root: str | os.PathLike, preset: str, seed: int) -> Path:
+    """Where a study's run writes its training log while it trains: beside its run folder
+    (``<preset>-seed<seed>.log``); :func:`copy_study_log` files it as :data:`TRAIN_LOG`."""
+    return _log_beside(root, study_run_name(preset, seed))
+
+
+def _log_beside(root: str | os.PathLike, run_name: str) -> Path:
+    return Path(root) / f"{run_name}.log"
+
+
+def copy_study_log(root: str | os.PathLike, run_dir: str | os.PathLike,
+                   dest: str | os.PathLike, rewrite=None) -> bool:
+    """Copy the training log of the study run ``run_dir`` (in study folder ``root``) into
+    the run folder ``dest`` as :data:`TRAIN_LOG`, ``rewrite(text)`` applied; ``False`` when
+    the run left no log."""
+    log = _log_beside(root, Path(run_dir).name)
+    if not log.is_file():
+        return False
+    text = read_bytes(log).decode("utf-8")
+    atomic_write_text(Path(dest) / TRAIN_LOG, rewrite(text) if rewrite else text)
+    return True
+
+
+def study_weights_path(root: str | os.PathLike, preset: str, seed: int | None = None) -> Path:
+    """The weights file of ``preset`` in study folder ``root``: ``weights/<preset>.pt``
+    (``seed=None``: the study's weights seed) or ``weights/<preset>-seed<seed>.pt``."""
+    name = preset if seed is None else study_run_name(preset, seed)
+    return Path(root) / STUDY_WEIGHTS / f"{name}.pt"
 
 
 def load_run_checkpoint(run_dir: str | os.PathLike) -> tuple[dict, dict]:
