@@ -411,6 +411,13 @@ def test_the_papers_layers_take_at_most_three_arguments():
     with pytest.raises(TypeError, match="seed"):
         ConvNN2d(16, 32, seed=1)  # a rarely changed option is not a keyword
     assert ConvNNAttentionOptions().changes() == {}
+    # both layers keep their options as one frozen value, resolved, not copied into attributes
+    sampled = ConvNNAttention(48, 3, sampling="random", candidates=16, options=PAPER_ATTENTION)
+    assert sampled.options == dataclasses.replace(PAPER_ATTENTION, self_first=True)
+    sampled.seed = 5  # an option set on the layer replaces the field
+    assert sampled.options.seed == 5 and "seed" not in vars(sampled)
+    with pytest.raises(ValueError, match="self_score"):
+        ConvNNAttentionOptions(self_score="bad")
 
 
 def test_no_backslash_line_continuations_in_the_package():
