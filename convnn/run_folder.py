@@ -92,6 +92,7 @@ __all__ = [
     "save_weights",
     "strict_json",
     "study_log_path",
+    "study_run_folder",
     "study_run_folders",
     "study_run_name",
     "study_run_seed",
@@ -585,9 +586,16 @@ def study_run_name(preset: str, seed: int) -> str:
     return f"{preset}-seed{seed}"
 
 
+def study_run_folder(root: str | os.PathLike, preset: str, seed: int) -> Path:
+    """The run folder of ``preset`` trained with ``seed`` in study folder ``root``."""
+    return Path(root) / study_run_name(preset, seed)
+
+
 def study_run_folders(root: str | os.PathLike, preset: str) -> list[Path]:
-    """The run folders of ``preset`` (one per seed) in study folder ``root``, sorted."""
-    return sorted(p for p in Path(root).glob(f"{preset}-seed*") if is_run_folder(p))
+    """The run folders of ``preset`` (one per seed: ``<preset>-seed<n>``) in study folder
+    ``root``, sorted."""
+    return sorted(p for p in Path(root).glob(f"{preset}-seed*")
+                  if p.name[len(preset) + len("-seed"):].isdigit() and is_run_folder(p))
 
 
 def study_run_seed(run_dir: str | os.PathLike) -> int:

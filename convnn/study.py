@@ -46,8 +46,8 @@ from .run_folder import (
     load_weights,
     save_weights,
     study_log_path,
+    study_run_folder,
     study_run_folders,
-    study_run_name,
     study_run_seed,
     study_weights_path,
 )
@@ -143,7 +143,7 @@ def run_one(name: str, seed: int, out_root: str | os.PathLike, *, data=None, dat
     overrides = {"seed": seed, **({"epochs": epochs} if epochs else {})}
     train_cfg = preset.train_config(**overrides)
     data = data if data is not None else load_data(data_dir)
-    out = Path(out_root) / study_run_name(name, seed)
+    out = study_run_folder(out_root, name, seed)
     data.train_per_class, data.test_per_class = TRAIN_PER_CLASS, TEST_PER_CLASS
     extra = {"preset": name, "study": STUDY_DIR, "smoke": False, "threads": threads,
              "command": " ".join(sys.argv)}
@@ -169,10 +169,10 @@ def collect(runs: str | os.PathLike, dest: str | os.PathLike, *,
             config = run.config
             argv = config.get("extra", {}).get("command", "").split()
             config["extra"]["command"] = " ".join(["python -m convnn.study", *argv[1:]])
-            out = copy_logs(folder, dest / folder.name, config=config,
+            seed = study_run_seed(folder)
+            out = copy_logs(folder, study_run_folder(dest, name, seed), config=config,
                             rewrite=lambda text: _short(text, runs))
             copy_study_log(runs, folder, out, rewrite=lambda text: _short(text, runs))
-            seed = study_run_seed(folder)
             if seed == WEIGHTS_SEED or every_seed:
                 save_weights(folder, weights_file(name, seed, dest))
             copied.append(out)
