@@ -241,7 +241,8 @@ def run_fingerprint(config, ds, extra: dict, net: nn.Module,
     fp = {"train": {k: v for k, v in config.to_dict().items() if k not in RESUMABLE_CHANGES},
           "dataset": _dataset_info(ds), "extra": _without(extra, RESUMABLE_EXTRA),
           "model": _model_info(net, model_config)}
-    return upgrade_fingerprint(json.loads(json.dumps(fp)))  # tuples as lists, as they come from disk
+    # tuples as lists, as they come from disk
+    return upgrade_fingerprint(json.loads(json.dumps(fp)))
 
 
 def config_fingerprint(cfg_json: dict) -> dict:
@@ -296,7 +297,8 @@ def _check_resumable(saved: dict, current: dict, path: Path) -> None:
 
 def fingerprint_digest(fp: dict) -> str:
     """A SHA-256 of a fingerprint (what ``summary.json`` records of the checkpoint's)."""
-    return hashlib.sha256(json.dumps(upgrade_fingerprint(fp), sort_keys=True).encode()).hexdigest()
+    text = json.dumps(upgrade_fingerprint(fp), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _check_config_matches(cfg_json: dict, checkpoint: dict, run_dir: Path) -> None:

@@ -29,8 +29,8 @@ LAYERS = {
                "convnn.paper_vocabulary"),
     "core": ("convnn.kernels", "convnn.kernels_attention", "convnn.kernels_conv2d", "convnn.ops", "convnn.attention", "convnn.layers",
              "convnn.models"),
-    "training": ("convnn.dataset_base", "convnn.data", "convnn.imagenet", "convnn.checkpoint", "convnn.run_folder", "convnn.train",
-                 "convnn.experiments", "convnn.runner"),
+    "training": ("convnn.dataset_base", "convnn.data", "convnn.imagenet", "convnn.checkpoint",
+                 "convnn.run_folder", "convnn.train", "convnn.experiments", "convnn.runner"),
     "tooling": ("convnn.stats", "convnn.viz", "convnn.results", "convnn.demo", "convnn.study",
                 "convnn.campaign", "convnn.bench", "convnn.__main__"),
 }
