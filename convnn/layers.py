@@ -627,6 +627,15 @@ class ConvNN2d(_SampledCandidates):
         return out.transpose(1, 2).reshape(batch, self.out_channels, height, width)
 
 
+def _cat_biases(*linears: nn.Linear) -> Tensor | None:
+    """The biases of ``linears`` end to end (zeros for one without), or ``None`` when none has
+    one: the bias of their outputs computed as one stacked linear."""
+    if all(linear.bias is None for linear in linears):
+        return None
+    return torch.cat([linear.weight.new_zeros(linear.out_features) if linear.bias is None
+                      else linear.bias for linear in linears])
+
+
 class ConvNNAttention(_HeadProjections, _SampledCandidates):
     """ConvNN attention: a drop-in for multi-head self-attention on ``[B, T, D]``.
 
@@ -769,8 +778,11 @@ class ConvNNAttention(_HeadProjections, _SampledCandidates):
         return self._random_draw(tokens, self.candidates, device)
 
     def _selection_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Queries and keys per head, ``[B·h, T, d(+1)]``. They are projected in float32 or
-        better even under autocast: they decide the ranking, which bf16 rounding changes."""
+        """Queries and keys per head, ``[B·h, T, d(+1)]``, float32. They decide the ranking,
+        which bf16 rounding changes, so under bf16 autocast on a card with bf16 tensor cores
+        they are projected under the precision contract (:func:`convnn.ops.contract_linear`:
+        three bf16 products in one GEMM), and in float32 elsewhere."""
+        contract = ops.contract_projection_applies(x.device)
         with ops.ranking_precision(x.device):
             work = ops._upcast(x)
 
@@ -778,7 +790,13 @@ class ConvNNAttention(_HeadProjections, _SampledCandidates):
                 bias = None if linear.bias is None else linear.bias.to(work.dtype)
                 return self._split(F.linear(work, linear.weight.to(work.dtype), bias))
 
-            q, key = project(self.q_proj), project(self.k_proj)
+            if contract:  # q and k from one split of x and one GEMM
+                both = ops.contract_linear(x, torch.cat((self.q_proj.weight,
+                                                         self.k_proj.weight)),
+                                           _cat_biases(self.q_proj, self.k_proj))
+                q, key = (self._split(part) for part in both.chunk(2, dim=-1))
+            else:
+                q, key = project(self.q_proj), project(self.k_proj)
             if self.selection != "features":
                 tokens = x.shape[1]
                 pos = ops.sequence_coordinates(tokens, device=x.device, dtype=q.dtype)

@@ -1297,11 +1297,11 @@ def kernel_factor(row: dict) -> dict:
 def attention_kernel_factor(rows: list[dict], card: str = "sm_90",
                             kernel_contains: str = "attention_forward",
                             variant_contains: str = "",
-                            prefer: str = "q/k bf16") -> dict | None:
+                            prefer: str = "autocast-bf16") -> dict | None:
     """The worst :func:`kernel_factor` among the report's attention-core rows for ``card``
     whose variant names ``variant_contains`` (``None`` when the report has none): the
-    forward kernel bounds the core's speed. Rows naming ``prefer`` (the design's bf16
-    ranking) are taken when there are any."""
+    forward kernel bounds the core's speed. Rows naming ``prefer`` (what bf16 training runs:
+    float32 q/k, bf16 values) are taken when there are any."""
     picked = [r for r in rows if r["card"] == card and kernel_contains in r["kernel"]
               and variant_contains in (r["variant"] or "")]
     preferred = [r for r in picked if prefer in (r["variant"] or "")]
@@ -1326,27 +1326,28 @@ CUDA_CORE_EFFICIENCY = (0.25, 0.1, 0.5)
 #: ahead-of-time compile found it (``mma.sync``, one 4-warp block per SM, spills).
 DESIGN_FACTOR = 1.0
 LOW_FACTOR = MMA_FACTOR["mma.sync"] * 4 / SATURATING_WARPS * SPILL_FACTOR
-RESCORED_EXTRA = 8  # m: the rescoring takes the top k + m of the bf16 ranking
 SELECTION_OPS = 16  # per padded candidate: pack (score | column), one bitonic top-k pass
 
 
 class _RedesignedCore(torch.autograd.Function):
-    """Stands for the redesigned attention core: one forward kernel (bf16 scores on tensor
-    cores in 64-row query tiles, one-pass top-k, float32 rescoring of the top k + m, softmax,
-    depthwise aggregation; a (batch, head) row's keys and values stay on chip) and an
-    O(T·k·d) backward (query side and candidate side, with an inverse index)."""
+    """Stands for the attention core as :mod:`convnn.kernels_attention` builds it: one forward
+    kernel (the float32 q/k split into bf16 hi/lo, three tensor-core products per score tile
+    in 64-row query tiles, one-pass top-k on packed keys, float32 softmax of the k selected
+    logits, depthwise aggregation) and an O(T·k·d) backward (query side, and candidate side
+    through an inverse index)."""
 
     @staticmethod
     def forward(ctx, q, key, v, k, candidates, trace):
         rows, tokens, dim = v.shape
         width = tokens if candidates is None else candidates + 1
         lanes = 1 << max(4, math.ceil(math.log2(width)))
-        rescored = min(width, k + RESCORED_EXTRA)
-        trace.add("redesign_forward:dot", "kernel_dot", 2.0 * rows * tokens * width * dim,
-                  0.0, True)
+        products = 3 if q.dtype == torch.float32 else 1  # bf16×3 for float32 features
+        trace.add("redesign_forward:dot", "kernel_dot",
+                  products * 2.0 * rows * tokens * width * dim, 0.0, True)
         trace.add("redesign_forward:cuda", "kernel_cuda",
-                  rows * tokens * (SELECTION_OPS * lanes + 2.0 * rescored * dim
-                                   + 2.0 * k * dim + 10.0 * k), 0.0, False)
+                  # selection, the k selected logits recomputed in float32, the aggregation
+                  rows * tokens * (SELECTION_OPS * lanes + 4.0 * k * dim + 10.0 * k), 0.0,
+                  False)
         io = (q.numel() * q.element_size() + key.numel() * key.element_size()
               + 2 * v.numel() * v.element_size() + rows * tokens * k * 8)
         trace.add("redesign_forward:io", "kernel_io", 0.0, io, True)
@@ -1373,12 +1374,13 @@ class _RedesignedCore(torch.autograd.Function):
 
 @contextlib.contextmanager
 def _redesigned_core(trace: StepTrace):
-    """ConvNNAttention's core runs as the redesigned kernels would, and its selection
-    features (q, k) are projected in bf16 under autocast (the design's precision policy:
-    rank in bf16, rescore the top k + m in float32)."""
+    """ConvNNAttention's core runs as the built kernels would on a bf16 card, and its
+    selection features are projected as there: :func:`convnn.ops.contract_linear`, one bf16
+    GEMM over ``3C`` inputs with a float32 result."""
+    from .. import ops
     from ..layers import ConvNNAttention, candidate_count
 
-    core = ConvNNAttention._core
+    core, applies, bf16_mm = ConvNNAttention._core, ops.contract_projection_applies, ops._bf16_mm
 
     def redesigned(self, q, key, v, candidates, weight_dropout):
         count = None
@@ -1388,11 +1390,13 @@ def _redesigned_core(trace: StepTrace):
         return _RedesignedCore.apply(q, key, v, self.k, count, trace)
 
     ConvNNAttention._core = redesigned
+    ops.contract_projection_applies = lambda device: True
+    ops._bf16_mm = lambda a, b: torch.mm(a, b, out_dtype=torch.float32)
     try:
-        with _ranking("autocast"):
-            yield
+        yield
     finally:
         ConvNNAttention._core = core
+        ops.contract_projection_applies, ops._bf16_mm = applies, bf16_mm
 
 
 def _kernel_terms(rec: OpRecord, hw: dict, gpu: str) -> tuple:
@@ -1482,7 +1486,8 @@ def target_estimates(device: str = "h200", calibrated: dict | None = None,
 
     def kernel(cand: str):
         """The kernel factor of case ``cand``, its mma-free part, and where it comes from."""
-        found = attention_kernel_factor(rows, card, variant_contains=cand) if rows else None
+        found = (attention_kernel_factor(rows, card, variant_contains=cand.split()[-1])
+                 if rows else None)
         if found is None:
             return (DESIGN_FACTOR, DESIGN_FACTOR / MMA_FACTOR["wgmma"],
                     ("no compile report row for the attention forward kernel: the design's "
