@@ -139,6 +139,14 @@ class ConvNNAttentionOptions(_Options):
     eval_sampling: str = "fixed"
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        check_choice("self_score", self.self_score, ops.SELF_SCORES)
+        check_choice("attn_dropout_on", self.attn_dropout_on, DROPOUT_TARGETS)
+        check_choice("spatial_rounding", self.spatial_rounding, ops.SPATIAL_ROUNDINGS)
+        check_choice("eval_sampling", self.eval_sampling, EVAL_SAMPLINGS)
+        check_layer_options(seed=self.seed, bools={"self_first": self.self_first},
+                            floats={"coord_scale": self.coord_scale})
+
 
 PAPER_CONVNN2D = ConvNN2dOptions(coord_grid="padded", random_region="padded",
                                  spatial_rounding="truncate")
@@ -667,6 +675,11 @@ class ConvNNAttention(_HeadProjections, _SampledCandidates):
         torch.Size([2, 197, 192])
     """
 
+    coord_scale, self_first, self_score = (_option("coord_scale"), _option("self_first"),
+                                           _option("self_score"))
+    attn_dropout_on, spatial_rounding = _option("attn_dropout_on"), _option("spatial_rounding")
+    eval_sampling, seed = _option("eval_sampling"), _option("seed")
+
     def __init__(
         self,
         dim: int,
@@ -686,11 +699,7 @@ class ConvNNAttention(_HeadProjections, _SampledCandidates):
         device=None,
         dtype=None,
     ) -> None:
-        options = _check_options(options, ConvNNAttentionOptions, "PAPER_ATTENTION")
-        coord_scale, self_first, self_score = (options.coord_scale, options.self_first,
-                                               options.self_score)
-        attn_dropout_on, spatial_rounding = options.attn_dropout_on, options.spatial_rounding
-        eval_sampling, seed = options.eval_sampling, options.seed
+        o = _check_options(options, ConvNNAttentionOptions, "PAPER_ATTENTION")
         super().__init__()
         head_dim = _check_heads(dim, num_heads)
         check_k(k)
@@ -700,23 +709,18 @@ class ConvNNAttention(_HeadProjections, _SampledCandidates):
         check_choice("aggregation", aggregation, ops.AGGREGATIONS)
         ops.requested_backend(backend)  # checks the name
         check_fraction("attn_dropout", attn_dropout)
-        check_choice("self_score", self_score, ops.SELF_SCORES)
-        check_choice("attn_dropout_on", attn_dropout_on, DROPOUT_TARGETS)
-        check_choice("spatial_rounding", spatial_rounding, ops.SPATIAL_ROUNDINGS)
-        check_layer_options(seed=seed, bools={"self_first": self_first, "bias": bias},
-                            floats={"coord_scale": coord_scale})
-        _check_sampling(sampling, candidates, eval_sampling)
+        check_layer_options(bools={"bias": bias})  # the options checked themselves
+        _check_sampling(sampling, candidates, o.eval_sampling)
         if sampling != "all" and candidates is not None and k > candidates:
             raise ValueError(f"k={k} must be <= candidates={candidates}")
         self.k = k
         self.sampling, self.candidates = sampling, candidates
         self.similarity, self.weighting, self.aggregation = similarity, weighting, aggregation
-        self.selection, self.coord_scale = selection, float(coord_scale)
-        self.self_first = True if sampling != "all" else bool(self_first)
-        self.self_score, self.attn_dropout_on = self_score, attn_dropout_on
-        self.spatial_rounding = spatial_rounding
-        self.attn_dropout, self.eval_sampling, self.seed, self.backend = (
-            attn_dropout, eval_sampling, seed, backend)
+        self.selection, self.attn_dropout, self.backend = selection, attn_dropout, backend
+        # the options kept as one value; sampled candidates always put each token first
+        self.options = dataclasses.replace(
+            o, coord_scale=float(o.coord_scale),
+            self_first=True if sampling != "all" else bool(o.self_first))
         factory = {"device": device, "dtype": dtype}
         self._init_projections(dim, num_heads, head_dim, bias, device, dtype)
         d = self.head_dim
