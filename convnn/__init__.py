@@ -19,7 +19,7 @@ before it (``tests/test_architecture.py`` enforces it, with no import cycles):
 1. the operator core: ``kernels``, ``kernels_attention``, ``kernels_conv2d`` (Triton) → ``ops`` → ``attention`` → ``layers`` →
    ``models``; needs only torch;
 2. the training stack: ``dataset_base`` (the dataset table) → ``imagenet`` → ``data`` →
-   ``run_folder`` → ``train`` →
+   ``checkpoint`` (what a checkpoint holds) → ``run_folder`` → ``train`` →
    ``experiments`` → ``runner``;
 3. the project and book tooling: ``stats``, ``viz``, ``results``, ``demo``, ``study``,
    ``campaign``, ``bench`` (with the speed proxy), the command line (``__main__``); only this layer may import
@@ -45,7 +45,7 @@ _LAZY = {"build_model": "models", "ModelConfig": "models", "TrainConfig": "train
          "fit": "train", "get_preset": "experiments", "run_preset": "runner"}
 
 
-_SUBMODULES = ("attention", "campaign", "data", "dataset_base", "experiments", "imagenet",
+_SUBMODULES = ("attention", "campaign", "checkpoint", "data", "dataset_base", "experiments", "imagenet",
                "models", "results", "run_folder", "runner", "stats", "study", "train")
 
 

@@ -63,6 +63,7 @@ from .dataset_base import (
     default_cache_dir,
     epoch_seed,
     register_dataset,
+    unregister_dataset,
 )
 from .imagenet import IMAGENET
 
@@ -85,6 +86,7 @@ __all__ = [
     "register_dataset",
     "subset_per_class",
     "synthetic_dataset",
+    "unregister_dataset",
 ]
 
 

@@ -103,6 +103,13 @@ def register_dataset(info: DatasetInfo, *, replace: bool = False) -> DatasetInfo
     return info
 
 
+def unregister_dataset(name: str) -> None:
+    """Remove a dataset registered with :func:`register_dataset` (presets made for it stay
+    until they are unregistered too: :func:`convnn.experiments.unregister_preset`)."""
+    dataset_info(name)  # a ValueError naming the known datasets
+    del DATASETS[name]
+
+
 def dataset_info(name: str) -> DatasetInfo:
     """The :class:`DatasetInfo` of ``name``; a ValueError naming the known datasets otherwise."""
     if name not in DATASETS:
@@ -272,4 +279,5 @@ __all__ = [
     "default_cache_dir",
     "epoch_seed",
     "register_dataset",
+    "unregister_dataset",
 ]

@@ -546,6 +546,15 @@ def register_preset(preset: Preset) -> Preset:
     return preset
 
 
+def unregister_preset(name: str) -> None:
+    """Remove a preset added with :func:`register_preset` (a paper row's cannot be removed)."""
+    preset = get_preset(name)
+    if preset.rows:
+        raise ValueError(f"preset {name!r} reproduces paper rows; only presets added with "
+                         "register_preset can be removed")
+    del PRESETS[preset.name]
+
+
 for _preset in (*NON_PAPER_PRESETS, *LAPTOP_PRESETS):
     register_preset(_preset)
 del _preset
@@ -626,4 +635,5 @@ __all__ = [
     "preset_for_record",
     "reduced",
     "register_preset",
+    "unregister_preset",
 ]

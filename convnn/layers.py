@@ -139,6 +139,14 @@ class ConvNNAttentionOptions(_Options):
     eval_sampling: str = "fixed"
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        check_choice("self_score", self.self_score, ops.SELF_SCORES)
+        check_choice("attn_dropout_on", self.attn_dropout_on, DROPOUT_TARGETS)
+        check_choice("spatial_rounding", self.spatial_rounding, ops.SPATIAL_ROUNDINGS)
+        check_choice("eval_sampling", self.eval_sampling, EVAL_SAMPLINGS)
+        check_layer_options(seed=self.seed, bools={"self_first": self.self_first},
+                            floats={"coord_scale": self.coord_scale})
+
 
 PAPER_CONVNN2D = ConvNN2dOptions(coord_grid="padded", random_region="padded",
                                  spatial_rounding="truncate")
@@ -619,6 +627,15 @@ class ConvNN2d(_SampledCandidates):
         return out.transpose(1, 2).reshape(batch, self.out_channels, height, width)
 
 
+def _cat_biases(*linears: nn.Linear) -> Tensor | None:
+    """The biases of ``linears`` end to end (zeros for one without), or ``None`` when none has
+    one: the bias of their outputs computed as one stacked linear."""
+    if all(linear.bias is None for linear in linears):
+        return None
+    return torch.cat([linear.weight.new_zeros(linear.out_features) if linear.bias is None
+                      else linear.bias for linear in linears])
+
+
 class ConvNNAttention(_HeadProjections, _SampledCandidates):
     """ConvNN attention: a drop-in for multi-head self-attention on ``[B, T, D]``.
 
@@ -658,6 +675,11 @@ class ConvNNAttention(_HeadProjections, _SampledCandidates):
         torch.Size([2, 197, 192])
     """
 
+    coord_scale, self_first, self_score = (_option("coord_scale"), _option("self_first"),
+                                           _option("self_score"))
+    attn_dropout_on, spatial_rounding = _option("attn_dropout_on"), _option("spatial_rounding")
+    eval_sampling, seed = _option("eval_sampling"), _option("seed")
+
     def __init__(
         self,
         dim: int,
@@ -677,11 +699,7 @@ class ConvNNAttention(_HeadProjections, _SampledCandidates):
         device=None,
         dtype=None,
     ) -> None:
-        options = _check_options(options, ConvNNAttentionOptions, "PAPER_ATTENTION")
-        coord_scale, self_first, self_score = (options.coord_scale, options.self_first,
-                                               options.self_score)
-        attn_dropout_on, spatial_rounding = options.attn_dropout_on, options.spatial_rounding
-        eval_sampling, seed = options.eval_sampling, options.seed
+        o = _check_options(options, ConvNNAttentionOptions, "PAPER_ATTENTION")
         super().__init__()
         head_dim = _check_heads(dim, num_heads)
         check_k(k)
@@ -691,23 +709,18 @@ class ConvNNAttention(_HeadProjections, _SampledCandidates):
         check_choice("aggregation", aggregation, ops.AGGREGATIONS)
         ops.requested_backend(backend)  # checks the name
         check_fraction("attn_dropout", attn_dropout)
-        check_choice("self_score", self_score, ops.SELF_SCORES)
-        check_choice("attn_dropout_on", attn_dropout_on, DROPOUT_TARGETS)
-        check_choice("spatial_rounding", spatial_rounding, ops.SPATIAL_ROUNDINGS)
-        check_layer_options(seed=seed, bools={"self_first": self_first, "bias": bias},
-                            floats={"coord_scale": coord_scale})
-        _check_sampling(sampling, candidates, eval_sampling)
+        check_layer_options(bools={"bias": bias})  # the options checked themselves
+        _check_sampling(sampling, candidates, o.eval_sampling)
         if sampling != "all" and candidates is not None and k > candidates:
             raise ValueError(f"k={k} must be <= candidates={candidates}")
         self.k = k
         self.sampling, self.candidates = sampling, candidates
         self.similarity, self.weighting, self.aggregation = similarity, weighting, aggregation
-        self.selection, self.coord_scale = selection, float(coord_scale)
-        self.self_first = True if sampling != "all" else bool(self_first)
-        self.self_score, self.attn_dropout_on = self_score, attn_dropout_on
-        self.spatial_rounding = spatial_rounding
-        self.attn_dropout, self.eval_sampling, self.seed, self.backend = (
-            attn_dropout, eval_sampling, seed, backend)
+        self.selection, self.attn_dropout, self.backend = selection, attn_dropout, backend
+        # the options kept as one value; sampled candidates always put each token first
+        self.options = dataclasses.replace(
+            o, coord_scale=float(o.coord_scale),
+            self_first=True if sampling != "all" else bool(o.self_first))
         factory = {"device": device, "dtype": dtype}
         self._init_projections(dim, num_heads, head_dim, bias, device, dtype)
         d = self.head_dim
@@ -765,8 +778,11 @@ class ConvNNAttention(_HeadProjections, _SampledCandidates):
         return self._random_draw(tokens, self.candidates, device)
 
     def _selection_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Queries and keys per head, ``[B·h, T, d(+1)]``. They are projected in float32 or
-        better even under autocast: they decide the ranking, which bf16 rounding changes."""
+        """Queries and keys per head, ``[B·h, T, d(+1)]``, float32. They decide the ranking,
+        which bf16 rounding changes, so under bf16 autocast on a card with bf16 tensor cores
+        they are projected under the precision contract (:func:`convnn.ops.contract_linear`:
+        three bf16 products in one GEMM), and in float32 elsewhere."""
+        contract = ops.contract_projection_applies(x.device)
         with ops.ranking_precision(x.device):
             work = ops._upcast(x)
 
@@ -774,7 +790,13 @@ class ConvNNAttention(_HeadProjections, _SampledCandidates):
                 bias = None if linear.bias is None else linear.bias.to(work.dtype)
                 return self._split(F.linear(work, linear.weight.to(work.dtype), bias))
 
-            q, key = project(self.q_proj), project(self.k_proj)
+            if contract:  # q and k from one split of x and one GEMM
+                both = ops.contract_linear(x, torch.cat((self.q_proj.weight,
+                                                         self.k_proj.weight)),
+                                           _cat_biases(self.q_proj, self.k_proj))
+                q, key = (self._split(part) for part in both.chunk(2, dim=-1))
+            else:
+                q, key = project(self.q_proj), project(self.k_proj)
             if self.selection != "features":
                 tokens = x.shape[1]
                 pos = ops.sequence_coordinates(tokens, device=x.device, dtype=q.dtype)

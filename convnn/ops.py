@@ -83,6 +83,18 @@ Why this design: the scores are the only O(T²·d) work of selection; "bf16×3" 
 tensor cores at three bf16 products (cheaper than 3×TF32, which costs three TF32 products
 at half the bf16 rate) with float32 lists up to near-ties; one bf16 or TF32 product would
 change too many lists, and rank-then-rescore costs as much (above).
+
+**The selection's q/k projections in training.** Under bf16 autocast on a card with bf16
+tensor cores (:func:`contract_projection_applies`), :class:`~convnn.layers.ConvNNAttention`
+projects its selection features with :func:`contract_linear`: the same bf16×3 split of ``x``
+and ``W`` (q and k weights stacked), one bf16 GEMM over ``3C`` inputs with a float32 result.
+Each feature is within ``(2^-14 + 4 C 2^-24) · Σ_c |x_c| |W_oc|`` of the float32 projection
+(:func:`projection_bound`), which moves a score by at most
+``scale · Σ_i (ε_q,i |k_i| + (|q_i| + ε_q,i) ε_k,i)``. Measured on the same 788 lists (1×192,
+T = 197, k = 9, random and post-ReLU, CPU emulation): contract projections then bf16×3
+scores change 0 lists; bf16 projections (plain autocast) change 20 %. Elsewhere (CPU,
+float32 training, float16 cards) the features are projected in float32. Its backward is a
+bf16 linear's: the gradients decide no list.
 The softmax, the aggregation and all gradients accumulate in float32.
 """
 
@@ -384,6 +396,86 @@ def selection_score_bound(query: Tensor, keys: Tensor, scale: float = 1.0) -> Te
         mass = torch.matmul(query.detach().abs().double(),
                             keys.detach().abs().double().transpose(-1, -2))
     return (unit * abs(scale) * mass).float()
+
+
+#: Whether this torch has ``torch.mm(..., out_dtype=torch.float32)`` for bf16 inputs (the
+#: contract projection's one GEMM); without it the selection features stay float32.
+_MM_TO_FLOAT32 = hasattr(torch.ops.aten.mm, "dtype")
+
+
+def contract_projection_applies(device: torch.device | str | None) -> bool:
+    """Whether :func:`contract_linear` projects the selection features on ``device`` now:
+    on a CUDA card with bf16 tensor cores (compute capability 8.0 or newer), under bf16
+    autocast, where the trainer runs. Elsewhere they are projected in float32 (CPU, float32
+    training, float16 cards), which needs no tensor cores to be exact."""
+    if device is None or torch.device(device).type != "cuda" or not _MM_TO_FLOAT32:
+        return False
+    if not (torch.is_autocast_enabled("cuda")
+            and torch.get_autocast_dtype("cuda") == torch.bfloat16):
+        return False
+    capability = kernels.device_capability(device)
+    return capability is not None and capability >= kernels.BF16_CAPABILITY
+
+
+def _bf16_mm(a: Tensor, b: Tensor) -> Tensor:
+    """``a @ b`` of bf16 matrices, float32 accumulation and a float32 result: one tensor-core
+    GEMM on CUDA; elsewhere emulated in float32 (a product of two bf16 values is exact)."""
+    if a.device.type == "cuda":
+        return torch.mm(a, b, out_dtype=torch.float32)
+    return torch.mm(a.float(), b.float())
+
+
+class _ContractLinear(torch.autograd.Function):
+    """``x Wᵀ + b`` with bf16×3 products (the precision contract) in one GEMM over ``3C``
+    inputs: ``[x_hi | x_hi | x_lo] · [W_hi | W_lo | W_hi]ᵀ``. The backward is that of a bf16
+    linear under autocast (bf16 products, float32 accumulation): the gradients decide no
+    list, so they need no split."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            flat = x.detach().reshape(-1, x.shape[-1])
+            x_hi = flat.to(torch.bfloat16)
+            x_lo = torch.sub(flat, x_hi).to(torch.bfloat16)  # one kernel: x - hi in float32
+            w_hi, w_lo = split_bf16(weight)
+            out = _bf16_mm(torch.cat((x_hi, x_hi, x_lo), dim=1),
+                           torch.cat((w_hi, w_lo, w_hi), dim=1).t())
+            if bias is not None:
+                out = out + bias.float()
+        ctx.save_for_backward(x_hi, w_hi)
+        ctx.x_dtype, ctx.has_bias = x.dtype, bias is not None
+        return out.reshape(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        flat, w_hi = ctx.saved_tensors
+        with torch.autocast(grad.device.type, enabled=False):
+            g = grad.reshape(-1, grad.shape[-1])
+            g16 = g.to(torch.bfloat16)
+            grad_x = _bf16_mm(g16, w_hi).to(ctx.x_dtype).reshape(*grad.shape[:-1], -1)
+            grad_w = _bf16_mm(g16.t(), flat)
+            grad_b = g.float().sum(0) if ctx.has_bias else None
+        return grad_x, grad_w, grad_b
+
+
+def contract_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``F.linear(x, weight, bias)`` under the precision contract of selection (bf16×3
+    products, float32 accumulation, float32 result; module docstring): the selection's q/k
+    projection on bf16 tensor cores, three bf16 products in one GEMM instead of a float32
+    GEMM on the CUDA cores. Each output is within
+    ``(2^-14 + 4 C 2^-24) · Σ_c |x_c| |W_oc|`` of the float32 one
+    (:func:`projection_bound`). The backward is a bf16 linear's."""
+    return _ContractLinear.apply(x, weight, bias)
+
+
+def projection_bound(x: Tensor, weight: Tensor) -> Tensor:
+    """``[..., O]``: the most a :func:`contract_linear` output may differ from the float32
+    ``x Wᵀ``, ``(2^-14 + 4 C 2^-24) · Σ_c |x_c| |W_oc|`` (the score bound's derivation with
+    ``C`` inputs in place of ``D``)."""
+    unit = 2.0 ** -14 + 4 * x.shape[-1] * 2.0 ** -24
+    with torch.no_grad(), ranking_precision(x.device):
+        return (unit * torch.matmul(x.detach().abs().double(),
+                                    weight.detach().abs().double().t())).float()
 
 
 def _exact_squared_distances(query: Tensor, keys: Tensor) -> Tensor:
@@ -1427,6 +1519,8 @@ __all__ = [
     "aggregate_reference",
     "backend_decision",
     "choose_backend",
+    "contract_linear",
+    "contract_projection_applies",
     "contract_scores",
     "convnn",
     "default_backend",
@@ -1440,6 +1534,7 @@ __all__ = [
     "kernel_refusal",
     "neighbour_weights",
     "pairwise_scores",
+    "projection_bound",
     "random_candidates",
     "ranking_precision",
     "register_similarity",

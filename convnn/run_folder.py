@@ -16,6 +16,7 @@ the checkpoint on disk is not trusted.
 
 The checkpoint carries the run's fingerprint (training settings, model config, dataset
 content), so an edited ``config.json`` is detected when the run is evaluated or resumed.
+What the checkpoint holds, and how older formats are read, is :mod:`convnn.checkpoint`'s.
 """
 
 from __future__ import annotations
@@ -46,19 +47,26 @@ from ._io import (
     atomic_write_json,
     atomic_write_text,
     folder_lock,
-    load_checkpoint,
     read_bytes,
     read_json,
     refuse_link,
     remove_leftovers,
-    save_checkpoint,
     verify_checksum,
 )
 from ._version import __version__
+from .checkpoint import (
+    DATA_LOCATION,
+    log_digest,
+    log_summary,
+    model_weights,
+    read_checkpoint,
+    upgrade_fingerprint,
+    write_checkpoint,
+    write_weights,
+)
 
 __all__ = [
     "CHECKPOINT",
-    "CHECKPOINT_FORMAT",
     "CONFIG",
     "LOCK",
     "LOG_FILES",
@@ -68,7 +76,10 @@ __all__ = [
     "RESUMABLE_EXTRA",
     "RETURNED_FILES",
     "RUN_FILES",
+    "STUDY_PREDICTIONS",
+    "STUDY_WEIGHTS",
     "SUMMARY",
+    "TRAIN_LOG",
     "ImagePredictions",
     "RunFolder",
     "RunFolderBusyError",
@@ -76,6 +87,7 @@ __all__ = [
     "RunRecord",
     "config_fingerprint",
     "copy_logs",
+    "copy_study_log",
     "expect_type",
     "find_run_folders",
     "is_run_folder",
@@ -84,12 +96,18 @@ __all__ = [
     "parse_logs",
     "read_log_bytes",
     "read_predictions",
-    "read_weights",
     "run_fingerprint",
     "run_lock",
     "save_predictions",
     "save_weights",
     "strict_json",
+    "study_log_path",
+    "study_predictions_path",
+    "study_run_folder",
+    "study_run_folders",
+    "study_run_name",
+    "study_run_seed",
+    "study_weights_path",
 ]
 
 CONFIG = "config.json"
@@ -112,11 +130,6 @@ RESUMABLE_CHANGES = ("epochs", "log_every", "compile", "eval_batch_size", "deter
                      "checkpoint_every", "checkpoint_minutes")
 #: Keys of ``extra`` that may change on resume (the command line, the data's location).
 RESUMABLE_EXTRA = ("command", "dataset.root", "dataset.source")
-#: Keys of the dataset section that say where the data is, not what it is.
-DATA_LOCATION = ("source", "root")
-#: 3: the fingerprint holds the model config and the dataset's content hash (formats 1 and 2
-#: are read: see :func:`_upgrade_checkpoint`). 2: the fingerprint and a digest of the log.
-CHECKPOINT_FORMAT = 3
 
 
 class RunFolderError(ValueError):
@@ -165,38 +178,6 @@ def is_run_folder(path: str | os.PathLike) -> bool:
 
 
 # --------------------------------------------------------------------------- the checkpoint
-CHECKPOINT_KEYS = {"epoch": int, "model": dict, "optimizer": dict, "rng": list, "config": dict}
-
-
-def _upgrade_checkpoint(checkpoint: dict, path: Path) -> dict:
-    """A checkpoint of an older format in today's layout (format 1: no fingerprint, which
-    the reader then takes from ``config.json``; format 2: a fingerprint with the model config
-    and the dataset under ``extra``). A newer format than this code knows is refused."""
-    fmt = checkpoint.get("format", 1)
-    if not isinstance(fmt, int) or isinstance(fmt, bool) or fmt > CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} has checkpoint format {fmt!r}; this convnn reads formats "
-                              f"1 to {CHECKPOINT_FORMAT}: update convnn to read it")
-    if fmt == 2 and isinstance(checkpoint.get("fingerprint"), dict):
-        checkpoint = {**checkpoint, "fingerprint": _canonical(checkpoint["fingerprint"])}
-    return checkpoint
-
-
-def _load_training_checkpoint(path: Path) -> dict:
-    """Load and verify a checkpoint written by :func:`train` (checksum, keys, types)."""
-    checkpoint = load_checkpoint(path)
-    for key, kind in CHECKPOINT_KEYS.items():
-        if not isinstance(checkpoint.get(key), kind) or isinstance(checkpoint.get(key), bool):
-            raise CheckpointError(f"{path} is not a convnn training checkpoint ({key!r} is "
-                                  "missing or has the wrong type)")
-    if checkpoint["epoch"] < 1:
-        raise CheckpointError(f"{path} has epoch {checkpoint['epoch']}; it must be >= 1")
-    sidecar = path.with_name(path.name + CHECKSUM_SUFFIX)
-    if checkpoint.get("format", 1) >= 2 and not sidecar.is_file():
-        raise CheckpointError(f"{sidecar} is missing, so {path} cannot be verified; restore "
-                              "it or start the run again")
-    return _upgrade_checkpoint(checkpoint, path)
-
-
 def load_weights(model: nn.Module, state: dict, path: Path) -> None:
     """``model.load_state_dict(state)``, with a one-line error naming the checkpoint: the one
     place weights are put into a model (a run's checkpoint, or a weights file of
@@ -212,22 +193,13 @@ def load_weights(model: nn.Module, state: dict, path: Path) -> None:
 
 def save_weights(run_dir: str | os.PathLike, dest: str | os.PathLike) -> int:
     """Write a run's final model weights to ``dest`` (a float16 ``state_dict`` with a SHA-256
-    sidecar, small enough to commit), read through :meth:`RunFolder.read` (checksum
-    verified, ``weights_only=True``); returns the file's size."""
-    state = RunFolder.read(run_dir).checkpoint
-    if state is None:
+    sidecar, small enough to commit: :func:`convnn.checkpoint.write_weights`), read through
+    :meth:`RunFolder.read` (checksum verified, ``weights_only=True``); returns the file's
+    size. :func:`convnn.checkpoint.read_weights` reads it back."""
+    checkpoint = RunFolder.read(run_dir).checkpoint
+    if checkpoint is None:
         raise FileNotFoundError(f"{run_dir} has no checkpoint to take weights from")
-    state = {k: v.half() if v.is_floating_point() else v for k, v in state["model"].items()}
-    save_checkpoint(state, dest)
-    return Path(dest).stat().st_size
-
-
-def read_weights(path: str | os.PathLike) -> dict:
-    """The float32 ``state_dict`` of a weights file of :func:`save_weights` (its SHA-256
-    sidecar required, loaded with ``weights_only=True``); put it into a model with
-    :func:`load_weights`."""
-    state = load_checkpoint(path, require_checksum=True)
-    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    return write_weights(checkpoint, dest)
 
 
 # --------------------------------------------------------------------------- fingerprints
@@ -278,31 +250,6 @@ def _without(d: dict, dotted: tuple[str, ...]) -> dict:
     return out
 
 
-def _canonical(fp: dict) -> dict:
-    """A fingerprint in today's layout: the model config under ``model.config`` (with
-    today's field names) and every dataset fact under ``dataset``, without the data's
-    location. Older run folders recorded both under ``extra``."""
-    from .models import upgrade_model_dict
-
-    fp = {k: (dict(v) if isinstance(v, dict) else v) for k, v in fp.items()}
-    extra = fp.get("extra")
-    if isinstance(extra, dict):
-        if isinstance(extra.get("model"), dict):
-            fp.setdefault("model", {})
-            if isinstance(fp["model"], dict):
-                fp["model"] = {**fp["model"], "config": extra["model"]}
-            extra.pop("model")
-        if isinstance(extra.get("dataset"), dict):
-            data = fp.get("dataset") if isinstance(fp.get("dataset"), dict) else {}
-            fp["dataset"] = {**extra.pop("dataset"), **data}
-    if isinstance(fp.get("dataset"), dict):
-        fp["dataset"] = {k: v for k, v in fp["dataset"].items() if k not in DATA_LOCATION}
-    model = fp.get("model")
-    if isinstance(model, dict) and isinstance(model.get("config"), dict):
-        fp["model"] = {**model, "config": upgrade_model_dict(model["config"])}
-    return fp
-
-
 def run_fingerprint(config, ds, extra: dict, net: nn.Module,
                     model_config: dict | None = None) -> dict:
     """Everything that defines a run, except what may change on resume: the training
@@ -311,7 +258,8 @@ def run_fingerprint(config, ds, extra: dict, net: nn.Module,
     fp = {"train": {k: v for k, v in config.to_dict().items() if k not in RESUMABLE_CHANGES},
           "dataset": _dataset_info(ds), "extra": _without(extra, RESUMABLE_EXTRA),
           "model": _model_info(net, model_config)}
-    return _canonical(json.loads(json.dumps(fp)))  # tuples as lists, as they come from disk
+    # tuples as lists, as they come from disk
+    return upgrade_fingerprint(json.loads(json.dumps(fp)))
 
 
 def config_fingerprint(cfg_json: dict) -> dict:
@@ -326,7 +274,7 @@ def config_fingerprint(cfg_json: dict) -> dict:
     if isinstance(cfg_json.get("model"), dict):
         fp["model"] = {k: v for k, v in cfg_json["model"].items()
                        if k in ("class", "parameters", "config")}
-    return _canonical(fp)
+    return upgrade_fingerprint(fp)
 
 
 _MISSING = "<absent>"
@@ -366,12 +314,13 @@ def _check_resumable(saved: dict, current: dict, path: Path) -> None:
 
 def fingerprint_digest(fp: dict) -> str:
     """A SHA-256 of a fingerprint (what ``summary.json`` records of the checkpoint's)."""
-    return hashlib.sha256(json.dumps(_canonical(fp), sort_keys=True).encode()).hexdigest()
+    text = json.dumps(upgrade_fingerprint(fp), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _check_config_matches(cfg_json: dict, checkpoint: dict, run_dir: Path) -> None:
     """Refuse a ``config.json`` that no longer describes the run its checkpoint holds."""
-    saved = checkpoint.get("fingerprint")
+    saved = checkpoint["fingerprint"]
     if not isinstance(saved, dict):
         return  # format 1: the checkpoint recorded nothing to compare with
     detail = _changes(saved, config_fingerprint(cfg_json))
@@ -403,18 +352,6 @@ def _recover_checkpoint(out: Path) -> str | None:
 
 
 # --------------------------------------------------------------------------- the metrics log
-def _log_digest(records: list[dict]) -> str:
-    text = json.dumps(records, sort_keys=True, allow_nan=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def log_summary(records: list[dict]) -> dict:
-    """What a checkpoint records of the metrics log, to check the log against on resume."""
-    best = max(records, key=lambda r: r["test_top1"])
-    return {"epochs": len(records), "best_epoch": best["epoch"],
-            "best_test_top1": best["test_top1"], "sha256": _log_digest(records)}
-
-
 def _parse_records(path: Path, strict: bool) -> tuple[list[dict], int]:
     """The epoch records of a metrics log and how many lines were skipped.
 
@@ -474,8 +411,8 @@ def _checked_log(path: Path, checkpoint: dict) -> list[dict]:
             f"cannot resume: {path} has {len(records)} epoch(s) but {CHECKPOINT} is at epoch "
             f"{epoch}; the log was edited or damaged. Restore it, or start again with "
             "overwrite=True (--overwrite)")
-    kept, saved = records[:epoch], checkpoint.get("log")
-    if isinstance(saved, dict) and _log_digest(kept) != saved.get("sha256"):
+    kept, saved = records[:epoch], checkpoint["log"]
+    if isinstance(saved, dict) and log_digest(kept) != saved.get("sha256"):
         found = log_summary(kept)
         raise RunFolderError(
             f"cannot resume: {path} does not match {CHECKPOINT} (the log's best test_top1 is "
@@ -743,6 +680,79 @@ def copy_logs(run_dir: str | os.PathLike, dest: str | os.PathLike, *,
     return dest
 
 
+# --------------------------------------------------------------------------- a study's folder
+#: The final weights of a study's runs (:mod:`convnn.study`): ``weights/<preset>.pt`` (the
+#: study's weights seed) or ``weights/<preset>-seed<seed>.pt`` (:func:`study_weights_path`).
+STUDY_WEIGHTS = "weights"
+#: The training log of a study's run, in its committed run folder.
+TRAIN_LOG = "train.log"
+
+
+def study_run_name(preset: str, seed: int) -> str:
+    """The run folder's name of ``preset`` trained with ``seed`` in a study folder."""
+    return f"{preset}-seed{seed}"
+
+
+def study_run_folder(root: str | os.PathLike, preset: str, seed: int) -> Path:
+    """The run folder of ``preset`` trained with ``seed`` in study folder ``root``."""
+    return Path(root) / study_run_name(preset, seed)
+
+
+def study_run_folders(root: str | os.PathLike, preset: str) -> list[Path]:
+    """The run folders of ``preset`` (one per seed: ``<preset>-seed<n>``) in study folder
+    ``root``, sorted."""
+    return sorted(p for p in Path(root).glob(f"{preset}-seed*")
+                  if p.name[len(preset) + len("-seed"):].isdigit() and is_run_folder(p))
+
+
+def study_run_seed(run_dir: str | os.PathLike) -> int:
+    """The seed of a study's run folder, from its name (:func:`study_run_name`)."""
+    return int(Path(run_dir).name.rsplit("-seed", 1)[1])
+
+
+def study_log_path(root: str | os.PathLike, preset: str, seed: int) -> Path:
+    """Where a study's run writes its training log while it trains: beside its run folder
+    (``<preset>-seed<seed>.log``); :func:`copy_study_log` files it as :data:`TRAIN_LOG`."""
+    return _log_beside(root, study_run_name(preset, seed))
+
+
+def _log_beside(root: str | os.PathLike, run_name: str) -> Path:
+    return Path(root) / f"{run_name}.log"
+
+
+def copy_study_log(root: str | os.PathLike, run_dir: str | os.PathLike,
+                   dest: str | os.PathLike, rewrite=None) -> bool:
+    """Copy the training log of the study run ``run_dir`` (in study folder ``root``) into
+    the run folder ``dest`` as :data:`TRAIN_LOG`, ``rewrite(text)`` applied; ``False`` when
+    the run left no log."""
+    log = _log_beside(root, Path(run_dir).name)
+    if not log.is_file():
+        return False
+    text = read_bytes(log).decode("utf-8")
+    atomic_write_text(Path(dest) / TRAIN_LOG, rewrite(text) if rewrite else text)
+    return True
+
+
+def study_weights_path(root: str | os.PathLike, preset: str, seed: int | None = None) -> Path:
+    """The weights file of ``preset`` in study folder ``root``: ``weights/<preset>.pt``
+    (``seed=None``: the study's weights seed) or ``weights/<preset>-seed<seed>.pt``."""
+    name = preset if seed is None else study_run_name(preset, seed)
+    return Path(root) / STUDY_WEIGHTS / f"{name}.pt"
+
+
+#: The per-image test predictions of a study's committed weights (:func:`save_predictions`):
+#: ``predictions/<weights file's stem>.npz`` (:func:`study_predictions_path`).
+STUDY_PREDICTIONS = "predictions"
+
+
+def study_predictions_path(root: str | os.PathLike, preset: str,
+                           seed: int | None = None) -> Path:
+    """The predictions file of the weights :func:`study_weights_path` names, in study folder
+    ``root``: ``predictions/<preset>.npz`` or ``predictions/<preset>-seed<seed>.npz``."""
+    stem = study_weights_path(root, preset, seed).stem
+    return Path(root) / STUDY_PREDICTIONS / f"{stem}.npz"
+
+
 def load_run_checkpoint(run_dir: str | os.PathLike) -> tuple[dict, dict]:
     """``(config, checkpoint)`` of a run folder: :meth:`RunFolder.read` with the checkpoint
     loaded (verified, ``weights_only=True``, on the CPU) and checked against ``config.json``.
@@ -869,7 +879,7 @@ class RunFolder:
                         "fingerprint") == fingerprint_digest(config_fingerprint(config))):
                 run.checkpoint_epoch, run.checkpoint_sha256 = recorded["epoch"], sha
                 return run
-        loaded = _load_training_checkpoint(ckpt_path)
+        loaded = read_checkpoint(ckpt_path)
         _check_config_matches(config, loaded, path)
         run.checkpoint_epoch = int(loaded["epoch"])
         run.checkpoint_sha256 = verify_checksum(ckpt_path)
@@ -895,7 +905,7 @@ class RunFolder:
         if resume and not paths[CHECKPOINT].is_file() and sidecar.is_file():
             folder.recovered = _recover_checkpoint(out)
         if resume and paths[CHECKPOINT].is_file():
-            checkpoint = _load_training_checkpoint(paths[CHECKPOINT])
+            checkpoint = read_checkpoint(paths[CHECKPOINT])
             if not paths[CONFIG].is_file():
                 raise RunFolderError(f"cannot resume {out}: {CONFIG} is missing; restore it, "
                                      "or start again with overwrite=True (--overwrite)")
@@ -905,7 +915,7 @@ class RunFolder:
                 _check_config_matches(folder.config_json, checkpoint, out)
             except RunFolderError as err:
                 raise RunFolderError(f"cannot resume: {err}") from None
-            folder.saved_fingerprint = checkpoint.get("fingerprint") or config_fingerprint(
+            folder.saved_fingerprint = checkpoint["fingerprint"] or config_fingerprint(
                 {**folder.config_json, "train": checkpoint["config"]})
             folder.saved_checkpoint = {"epoch": int(checkpoint["epoch"]),
                                        "sha256": verify_checksum(paths[CHECKPOINT]),
@@ -942,7 +952,7 @@ class RunFolder:
                 f"{self.start_epoch} epochs; ask for at least {self.start_epoch} (nothing was "
                 "changed)")
         if self.checkpoint is not None:
-            load_weights(model, self.checkpoint["model"], self.checkpoint_path)
+            load_weights(model, model_weights(self.checkpoint), self.checkpoint_path)
 
     def prepare(self, log) -> None:
         """After every check has passed (rank 0): clear leftovers and what a fresh run
@@ -1000,14 +1010,12 @@ class RunFolder:
         self._check_lock()
         append_jsonl_atomic(self.paths[METRICS], records[-1])
 
-    def save_checkpoint(self, records: list[dict], checkpoint: dict) -> None:
-        """The checkpoint after the last of ``records`` (format :data:`CHECKPOINT_FORMAT`,
-        with a digest of the log)."""
+    def save_checkpoint(self, checkpoint: dict) -> None:
+        """Write a checkpoint of :func:`convnn.checkpoint.build_checkpoint` (the summary that
+        follows records its epoch and SHA-256)."""
         self._check_lock()
-        epoch = records[-1]["epoch"]
-        sha = save_checkpoint({"format": CHECKPOINT_FORMAT, "epoch": epoch, **checkpoint,
-                               "log": log_summary(records)}, self.checkpoint_path)
-        self.saved_checkpoint = {"epoch": epoch, "sha256": sha,
+        sha = write_checkpoint(checkpoint, self.checkpoint_path)
+        self.saved_checkpoint = {"epoch": checkpoint["epoch"], "sha256": sha,
                                  "fingerprint": fingerprint_digest(checkpoint["fingerprint"])}
 
     def save_predictions(self, epoch: int, predicted, labels) -> None:

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from .checkpoint import read_weights
 from .experiments import LAPTOP_PRESETS, get_preset
 from .models import build_model
 from .package_data import results_root
@@ -42,11 +43,16 @@ from .run_folder import (
     ImagePredictions,
     RunFolder,
     copy_logs,
-    is_run_folder,
+    copy_study_log,
     load_weights,
     read_predictions,
-    read_weights,
     save_weights,
+    study_log_path,
+    study_predictions_path,
+    study_run_folder,
+    study_run_folders,
+    study_run_seed,
+    study_weights_path,
 )
 
 __all__ = [
@@ -112,11 +118,8 @@ def study_dir() -> Path:
 
 def study_runs(root: str | os.PathLike | None = None) -> dict[str, list[Path]]:
     """Run folders of the study by preset: ``{preset: [run folder of each seed]}``."""
-    root = Path(root) if root is not None else study_dir()
-    out: dict[str, list[Path]] = {}
-    for name in PRESETS:
-        out[name] = sorted(p for p in root.glob(f"{name}-seed*") if is_run_folder(p))
-    return out
+    root = root if root is not None else study_dir()
+    return {name: study_run_folders(root, name) for name in PRESETS}
 
 
 def load_data(data_dir=None, *, train_per_class: int = TRAIN_PER_CLASS,
@@ -144,7 +147,7 @@ def run_one(name: str, seed: int, out_root: str | os.PathLike, *, data=None, dat
     overrides = {"seed": seed, **({"epochs": epochs} if epochs else {})}
     train_cfg = preset.train_config(**overrides)
     data = data if data is not None else load_data(data_dir)
-    out = Path(out_root) / f"{name}-seed{seed}"
+    out = study_run_folder(out_root, name, seed)
     data.train_per_class, data.test_per_class = TRAIN_PER_CLASS, TEST_PER_CLASS
     extra = {"preset": name, "study": STUDY_DIR, "smoke": False, "threads": threads,
              "command": " ".join(sys.argv)}
@@ -170,15 +173,11 @@ def collect(runs: str | os.PathLike, dest: str | os.PathLike, *,
             config = run.config
             argv = config.get("extra", {}).get("command", "").split()
             config["extra"]["command"] = " ".join(["python -m convnn.study", *argv[1:]])
-            out = copy_logs(folder, dest / folder.name, config=config,
+            seed = study_run_seed(folder)
+            out = copy_logs(folder, study_run_folder(dest, name, seed), config=config,
                             rewrite=lambda text: _short(text, runs))
-            log = runs / f"{folder.name}.log"
-            if log.is_file():
-                (out / "train.log").write_text(_short(log.read_text(), runs))
-            if folder.name == f"{name}-seed{WEIGHTS_SEED}":
-                save_weights(folder, dest / "weights" / f"{name}.pt")
-            elif every_seed:
-                seed = int(folder.name.rsplit("-seed", 1)[1])
+            copy_study_log(runs, folder, out, rewrite=lambda text: _short(text, runs))
+            if seed == WEIGHTS_SEED or every_seed:
                 save_weights(folder, weights_file(name, seed, dest))
             copied.append(out)
     return copied
@@ -343,9 +342,8 @@ def weights_file(name: str, seed: int, root: str | os.PathLike | None = None) ->
     ``weights/<preset>-seed<seed>.pt`` of :func:`interventions_dir` for the others (or of
     ``root``, if given)."""
     if seed == WEIGHTS_SEED:
-        return (Path(root) if root is not None else study_dir()) / "weights" / f"{name}.pt"
-    root = Path(root) if root is not None else interventions_dir()
-    return root / "weights" / f"{name}-seed{seed}.pt"
+        return study_weights_path(root if root is not None else study_dir(), name)
+    return study_weights_path(root if root is not None else interventions_dir(), name, seed)
 
 
 def weight_seeds(name: str) -> list[int]:
@@ -369,8 +367,11 @@ def predictions(name: str, seed: int = WEIGHTS_SEED,
     """The committed per-image test predictions of the trained model of ``name`` and ``seed``
     (``predictions/<weights stem>.npz`` beside its ``weights/`` folder, written by
     ``scripts/laptop_predictions.py``): for paired tests between models on the same images."""
-    weights = weights_file(name, seed, root)
-    path = weights.parent.parent / "predictions" / f"{weights.stem}.npz"
+    if seed == WEIGHTS_SEED:
+        path = study_predictions_path(root if root is not None else study_dir(), name)
+    else:
+        path = study_predictions_path(root if root is not None else interventions_dir(), name,
+                                      seed)
     if not path.is_file():
         raise FileNotFoundError(f"no committed predictions for {name} seed {seed} ({path.name})")
     return read_predictions(path)
@@ -602,7 +603,7 @@ def main(argv=None) -> int:
             cmd += ["--epochs", str(args.epochs)] if args.epochs else []
             cmd += ["--data-dir", args.data_dir] if args.data_dir else []
             env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-            with open(out / f"{name}-seed{seed}.log", "w") as log:
+            with open(study_log_path(out, name, seed), "w") as log:
                 running.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                                 env=env))
             print(f"started {name} seed {seed}", flush=True)

@@ -68,6 +68,13 @@ from ._checks import (
     resolve_device,
 )
 from ._io import git_commit
+from .checkpoint import (
+    build_checkpoint,
+    model_weights,
+    restore_rng,
+    restore_training_state,
+    rng_state,
+)
 from .data import ImageDataset
 from .ops import EVAL_SAMPLINGS
 from .run_folder import (
@@ -556,35 +563,9 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # CPU and every CUDA device
 
 
-def _rng_state(device: torch.device) -> dict:
-    """This process's RNG states, as tensors and plain containers (``weights_only``-loadable)."""
-    version, mt, gauss = random.getstate()
-    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
-    state = {
-        "torch_cpu": torch.get_rng_state(),
-        "python": [version, torch.tensor(mt, dtype=torch.int64), gauss],
-        "numpy": [np_name, torch.from_numpy(np_keys.astype(np.int64)), np_pos, np_has_gauss,
-                  np_gauss],
-    }
-    if device.type == "cuda":
-        state["torch_cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _restore_rng(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["torch_cpu"])
-    version, mt, gauss = state["python"]
-    random.setstate((version, tuple(mt.tolist()), gauss))
-    np_name, np_keys, np_pos, np_has_gauss, np_gauss = state["numpy"]
-    np.random.set_state((np_name, np_keys.numpy().astype(np.uint32), np_pos, np_has_gauss,
-                         np_gauss))
-    if device.type == "cuda" and "torch_cuda" in state:
-        torch.cuda.set_rng_state(state["torch_cuda"], device)
-
-
 def _gather_rng(ctx: _Dist, device: torch.device) -> list[dict]:
     """Every rank's RNG state, indexed by rank (a collective call under DDP)."""
-    mine = _rng_state(device)
+    mine = rng_state(device)
     if not ctx.enabled:
         return [mine]
     import torch.distributed as dist
@@ -801,18 +782,17 @@ def evaluate_run(
     if run.checkpoint is None:
         raise FileNotFoundError(f"{RunFolder(Path(run_dir)).checkpoint_path} does not exist: "
                                 "not a (started) run folder")
-    config, checkpoint = run.config, run.checkpoint
-    tc = TrainConfig.from_dict(config["train"])
+    tc = TrainConfig.from_dict(run.config["train"])
     device = _resolve_device(device)
     model, _ = _build(model_factory)
-    load_weights(model, checkpoint["model"], RunFolder(Path(run_dir)).checkpoint_path)
+    load_weights(model, model_weights(run.checkpoint), RunFolder(Path(run_dir)).checkpoint_path)
     model.to(device)
     set_eval_sampling(model, tc.eval_sampling)
     _check_dataset(dataset, tc)
     loader = dataset.test_loader(batch_size or tc.eval_batch_size or tc.batch_size, device,
                                  **({} if tc.resize is None else {"resize": tc.resize}))
     result = evaluate(model, loader, device, amp=tc.amp)
-    result["epoch"] = int(checkpoint["epoch"])
+    result["epoch"] = run.checkpoint_epoch
     return result
 
 
@@ -989,9 +969,7 @@ def _open_session(model_factory, ds, config, folder: RunFolder, device, ctx, sho
                                                       fused_options(params, device))
     scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
     if checkpoint is not None:
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        if checkpoint.get("scaler"):
-            scaler.load_state_dict(checkpoint["scaler"])
+        restore_training_state(checkpoint, optimizer, scaler)
 
     compiled = torch.compile(net) if config.compile else net
     model = compiled
@@ -1026,12 +1004,10 @@ def _open_session(model_factory, ds, config, folder: RunFolder, device, ctx, sho
 
     # restore the random streams last: nothing above may consume them after this
     if checkpoint is not None:
-        states, start = checkpoint["rng"], folder.start_epoch
-        if len(states) == ws:
-            _restore_rng(states[ctx.rank], device)
-        else:
-            log(f"note: the checkpoint has RNG states of {len(states)} processes, this run "
-                f"has {ws}; reseeding, so the resumed run is not bit-identical")
+        start = folder.start_epoch
+        if not restore_rng(checkpoint, ctx.rank, ws, device):
+            log(f"note: the checkpoint has the RNG states of another number of processes, "
+                f"this run has {ws}; reseeding, so the resumed run is not bit-identical")
             _seed_everything(config.seed + 1_000_003 * start + ctx.rank)
         log(f"resuming {folder.out} after epoch {start}/{config.epochs}")
     session = _Session(config, device, ctx, amp, net, compiled, model, params, optimizer,
@@ -1185,16 +1161,10 @@ def _save_checkpoint(s: _Session, folder: RunFolder, records: list[dict],
     rng = _gather_rng(s.ctx, s.device)
     if s.ctx.rank == 0:
         epoch = records[-1]["epoch"]  # 1-based: the next epoch's 0-based index
-        folder.save_checkpoint(records, {
-            "model": s.net.state_dict(),
-            "optimizer": s.optimizer.state_dict(),
-            "scaler": s.scaler.state_dict(),  # {} when disabled
-            "schedule": {"name": s.config.schedule, "next_lr": lr_at(s.config, epoch)},
-            "rng": rng,
-            "world_size": s.ctx.world_size,
-            "config": s.config.to_dict(),
-            "fingerprint": fingerprint,
-        })
+        folder.save_checkpoint(build_checkpoint(
+            records=records, model=s.net, optimizer=s.optimizer, scaler=s.scaler, rng=rng,
+            config=s.config.to_dict(), next_lr=lr_at(s.config, epoch),
+            fingerprint=fingerprint))
 
 
 def _log_expected_time(remaining: int, epoch_seconds: float, log) -> None:

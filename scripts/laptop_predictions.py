@@ -30,7 +30,12 @@ import torch
 from convnn import study
 from convnn._io import atomic_write_text, git_commit
 from convnn.results import load_run
-from convnn.run_folder import read_predictions, save_predictions
+from convnn.run_folder import (
+    read_predictions,
+    save_predictions,
+    study_predictions_path,
+    study_run_folder,
+)
 
 #: This checkout's committed results (not those of an installed convnn).
 RESULTS = Path(__file__).resolve().parents[1] / "data" / "results"
@@ -52,9 +57,9 @@ def _models() -> list[tuple[str, int, Path]]:
     return found
 
 
-def _logged_top1(name: str, seed: int, weights: Path) -> float:
+def _logged_top1(name: str, seed: int) -> float:
     """The final test top-1 the run of these weights logged (its folder beside ``weights/``)."""
-    return load_run(weights.parent.parent / f"{name}-seed{seed}").records[-1]["test_top1"]
+    return load_run(study_run_folder(_root(seed), name, seed)).records[-1]["test_top1"]
 
 
 def _predict(model, data, batch_size: int, scale: float = 1.0):
@@ -80,14 +85,15 @@ def main(argv=None) -> int:
     for name, seed, weights in _models():
         model = study.trained_model(name, seed, _root(seed))
         predicted, labels = _predict(model, data, args.batch_size)
-        dest = weights.parent.parent / "predictions" / f"{weights.stem}.npz"
+        dest = study_predictions_path(_root(seed), name,
+                                      None if seed == study.WEIGHTS_SEED else seed)
         save_predictions(dest, predicted, labels)
         found = read_predictions(dest)
-        logged = _logged_top1(name, seed, weights)
+        logged = _logged_top1(name, seed)
         # how much float rounding moves the predictions: another batch size, a scaled input
         other_batch = int((_predict(model, data, 100)[0] != predicted).sum())
         scaled = int((_predict(model, data, args.batch_size, 1 + 1e-6)[0] != predicted).sum())
-        rows.append((weights.parent.parent, name, seed, found.top1, logged, other_batch, scaled))
+        rows.append((_root(seed), name, seed, found.top1, logged, other_batch, scaled))
         print(f"{name} seed {seed}: {found.top1:.1f} % evaluated, {logged:.1f} % logged; "
               f"{other_batch} and {scaled} predictions change -> {dest}", flush=True)
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)

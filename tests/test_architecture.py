@@ -6,7 +6,7 @@
 - ``import convnn`` and its layers import neither matplotlib nor ipywidgets.
 - Demonstrations: a new token mixer with its preset, a new dataset and a new model family,
   each added in one place, reach the model and the trainer (a new similarity: ``test_ops.py``; a change of the
-  checkpoint format: ``test_train.py``/``test_reliability.py``).
+  checkpoint format: ``test_run_folder.py``).
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ LAYERS = {
                "convnn.paper_vocabulary"),
     "core": ("convnn.kernels", "convnn.kernels_attention", "convnn.kernels_conv2d", "convnn.ops", "convnn.attention", "convnn.layers",
              "convnn.models"),
-    "training": ("convnn.dataset_base", "convnn.data", "convnn.imagenet", "convnn.run_folder", "convnn.train",
-                 "convnn.experiments", "convnn.runner"),
+    "training": ("convnn.dataset_base", "convnn.data", "convnn.imagenet", "convnn.checkpoint",
+                 "convnn.run_folder", "convnn.train", "convnn.experiments", "convnn.runner"),
     "tooling": ("convnn.stats", "convnn.viz", "convnn.results", "convnn.demo", "convnn.study",
                 "convnn.campaign", "convnn.bench", "convnn.__main__"),
 }
@@ -193,37 +193,84 @@ def test_a_new_mixer_registered_in_one_place_gets_a_preset_with_its_options():
 
 
 # ------------------------------------------------------------------------------ a new dataset
-def test_a_new_dataset_added_in_one_place_trains_through_run_preset(tmp_path, monkeypatch):
-    from convnn import data, experiments, runner
-    from convnn.data import DATASETS, DatasetInfo, synthetic_dataset
+TOY_DATASET = '''
+"""A toy dataset, added in this one file: four classes of 8x8 images (a bright quadrant each),
+48 in memory, trained under the paper's CIFAR protocol; and a preset of a small ViT on it."""
+import torch
+
+from convnn.data import DatasetInfo, ImageDataset, register_dataset
+from convnn.experiments import make_preset, register_preset
+
+
+def quadrants(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 4
+    images = torch.randint(0, 64, (n, 8, 8, 3), generator=g, dtype=torch.uint8)
+    for i, c in enumerate(labels.tolist()):
+        images[i, 4 * (c // 2):4 * (c // 2) + 4, 4 * (c % 2):4 * (c % 2) + 4] += 160
+    return images, labels
+
+
+def load(*, data_dir=None, download=True, train_per_class=None, test_per_class=None, **_):
+    (train_x, train_y), (test_x, test_y) = quadrants(32, 0), quadrants(16, 1)
+    return ImageDataset("quad4", train_x, train_y, test_x, test_y,
+                        ("top left", "top right", "bottom left", "bottom right"),
+                        mean=(0.3, 0.3, 0.3), std=(0.3, 0.3, 0.3), source="quadrants (toy)")
+
+
+register_dataset(DatasetInfo(name="quad4", title="Quadrants-4", short="q4", num_classes=4,
+                             loader=load, mean=(0.3, 0.3, 0.3), std=(0.3, 0.3, 0.3),
+                             downloadable=False, test_images=16, protocol="paper"))
+PRESET = register_preset(make_preset(
+    "vit", "quad4", {"model": "vit_tiny_cifar", "mixer": "attention"}, name="vit-q4-toy",
+    model_overrides={"image_size": 8, "patch_size": 4, "dim": 16, "depth": 1, "mlp_dim": 32,
+                     "num_heads": 2},
+    train_overrides={"resize": None, "batch_size": 16}))
+'''
+
+
+def test_a_new_dataset_added_in_one_file_trains_through_the_command_line(tmp_path, monkeypatch,
+                                                                         capsys):
+    """The contributor task "add a dataset": one file registers it (with its protocol) and a
+    preset on it; ``python -m convnn train`` trains it; unregistering removes it again."""
+    from convnn import experiments
+    from convnn.__main__ import main
+    from convnn.data import DATASETS, dataset_info, register_dataset, unregister_dataset
     from convnn.run_folder import RunFolder
 
-    def load(*, data_dir=None, download=True, train_per_class=None, test_per_class=None,
-             **_):
-        ds = synthetic_dataset(n_train=6 * (train_per_class or 20),
-                               n_test=6 * (test_per_class or 10), num_classes=6,
-                               image_size=32, seed=3)
-        ds.name = "stripes6"
-        return ds
+    (tmp_path / "toy_dataset.py").write_text(TOY_DATASET, encoding="utf-8")
+    monkeypatch.setenv("CONVNN_SMOKE", "0")  # the preset itself (tiny), not its smoke version
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "toy_dataset", raising=False)
+    try:
+        import toy_dataset
 
-    info = DatasetInfo(name="stripes6", title="Stripes-6", short="s6", num_classes=6,
-                       mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), smoke_train_per_class=8,
-                       smoke_test_per_class=4, smoke_lr=None, loader=load, protocol="paper")
-    monkeypatch.setitem(DATASETS, "stripes6", info)  # = data.register_dataset(info)
-    # a dataset must say how its presets train
-    with pytest.raises(ValueError, match="protocol='paper'.*protocol='family'"):
-        data.register_dataset(dataclasses.replace(info, name="stripes6b", protocol=None))
-    preset = experiments.make_preset("vgg", "stripes6", {"layer": "conv2d"})
-    assert preset.name.startswith("vgg11-s6-") and "Stripes-6" in preset.description
-    assert preset.model.num_classes == 6
-    monkeypatch.setitem(experiments.PRESETS, preset.name, preset)  # = register_preset
-    summary = runner.run_preset(preset.name, smoke=True, epochs=1, out_dir=tmp_path / "run",
-                                progress=False, log=lambda *_: None, device="cpu")
-    assert summary["epochs_completed"] == 1
-    recorded = RunFolder.read(tmp_path / "run", checkpoint="verify").dataset
-    assert recorded["name"] == "stripes6" and recorded["classes"] == 6
-    assert recorded["train_images"] == 6 * 8
-    assert data.dataset_info("stripes6") is info
+        info = dataset_info("quad4")
+        # a dataset must say how its presets train; this one trains as the paper's CIFAR runs
+        with pytest.raises(ValueError, match="protocol='paper'.*protocol='family'"):
+            register_dataset(dataclasses.replace(info, name="quad4b", protocol=None))
+        train = toy_dataset.PRESET.train
+        assert (train.optimizer, train.lr, train.weight_decay, train.grad_clip) == (
+            "adamw", 1e-4, 0.01, 1.0)
+        assert "Quadrants-4" in toy_dataset.PRESET.description
+        rc = main(["train", "--preset", "vit-q4-toy", "--epochs", "1", "--out",
+                   str(tmp_path / "run"), "--device", "cpu"])
+        assert rc == 0 and "best test top-1" in capsys.readouterr().out
+        record = RunFolder.read(tmp_path / "run", checkpoint="verify")
+        assert record.finished and len(record.records) == 1
+        assert record.dataset["name"] == "quad4" and record.dataset["classes"] == 4
+        assert (record.dataset["train_images"], record.dataset["test_images"]) == (32, 16)
+        assert record.model_config["image_size"] == 8
+    finally:
+        if "vit-q4-toy" in experiments.PRESETS:
+            experiments.unregister_preset("vit-q4-toy")
+        if "quad4" in DATASETS:
+            unregister_dataset("quad4")
+    assert "quad4" not in DATASETS and "vit-q4-toy" not in experiments.PRESETS
+    with pytest.raises(ValueError, match="unknown dataset 'quad4'; known datasets"):
+        unregister_dataset("quad4")
+    with pytest.raises(ValueError, match="reproduces paper rows"):
+        experiments.unregister_preset("vgg11-c10-conv2d")
 
 
 # -------------------------------------------------------------------------- a new model family
@@ -272,7 +319,6 @@ def test_a_new_model_family_added_in_one_file_trains_through_the_command_line(
 
     (tmp_path / "toy_family.py").write_text(TOY_FAMILY, encoding="utf-8")
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(experiments, "PRESETS", dict(experiments.PRESETS))
     monkeypatch.delitem(sys.modules, "toy_family", raising=False)
     import toy_family
 
@@ -290,6 +336,8 @@ def test_a_new_model_family_added_in_one_file_trains_through_the_command_line(
         # the smoke run trained the family's reduced model
         assert record.model_config["layer_options"] == {"scale": 0.5}
     finally:
+        if "pixel-linear-c10" in experiments.PRESETS:
+            experiments.unregister_preset("pixel-linear-c10")
         unregister_model_family("pixel")
     with pytest.raises(ValueError, match="pixel_linear"):
         build_model({"name": "pixel_linear"})
@@ -363,6 +411,13 @@ def test_the_papers_layers_take_at_most_three_arguments():
     with pytest.raises(TypeError, match="seed"):
         ConvNN2d(16, 32, seed=1)  # a rarely changed option is not a keyword
     assert ConvNNAttentionOptions().changes() == {}
+    # both layers keep their options as one frozen value, resolved, not copied into attributes
+    sampled = ConvNNAttention(48, 3, sampling="random", candidates=16, options=PAPER_ATTENTION)
+    assert sampled.options == dataclasses.replace(PAPER_ATTENTION, self_first=True)
+    sampled.seed = 5  # an option set on the layer replaces the field
+    assert sampled.options.seed == 5 and "seed" not in vars(sampled)
+    with pytest.raises(ValueError, match="self_score"):
+        ConvNNAttentionOptions(self_score="bad")
 
 
 def test_no_backslash_line_continuations_in_the_package():

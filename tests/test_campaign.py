@@ -12,6 +12,7 @@ import pytest
 from convnn import campaign as C
 from convnn import results as R
 from convnn.__main__ import main
+from convnn.checkpoint import CHECKPOINT_FORMAT, log_summary
 from convnn.experiments import get_preset
 from convnn.run_folder import RunFolder, config_fingerprint
 
@@ -60,8 +61,10 @@ def fake_checkpoint(run_dir: Path, epoch: int, epochs: int) -> None:
     (run_dir / "config.json").write_text(json.dumps(config))
     records = RunFolder.read(run_dir, checkpoint="none").records[:epoch]
     folder = RunFolder(run_dir)
-    folder.save_checkpoint(records, {"model": {}, "optimizer": {}, "rng": [], "config": {},
-                                     "fingerprint": config_fingerprint(config)})
+    folder.save_checkpoint({"format": CHECKPOINT_FORMAT, "epoch": epoch, "model": {},
+                            "optimizer": {}, "rng": [], "config": {},
+                            "fingerprint": config_fingerprint(config),
+                            "log": log_summary(records)})
     folder.save_summary({"epochs_completed": epoch})
 
 

@@ -208,6 +208,33 @@ def test_fused_attention_layer_cuda_bf16_autocast_takes_the_kernel(options):
         assert float((a - b).abs().mean() / b.abs().mean()) < 2e-2
 
 
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 0),
+                    reason="needs a card with bf16 tensor cores")
+def test_contract_projection_on_cuda_equals_its_cpu_emulation_within_the_bound():
+    """Under bf16 autocast on a bf16 card the selection's q/k come from
+    ``ops.contract_linear`` (one bf16 GEMM over 3C inputs, float32 out): within the projection
+    bound of the float32 projection, and the layer's lists are the float32 lists."""
+    from convnn import ops
+
+    torch.manual_seed(4)
+    layer = ConvNNAttention(192, 1, k=9).cuda()
+    x = torch.randn(4, 197, 192, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        assert ops.contract_projection_applies(x.device)
+        q, _ = layer._selection_features(x)
+        idx = layer.neighbours(x)
+    assert q.dtype == torch.float32
+    exact = torch.nn.functional.linear(x.double(), layer.q_proj.weight.double())
+    bound = ops.projection_bound(x, layer.q_proj.weight).double()
+    assert bool(((q.double() - exact).abs() <= bound).all())
+    emulated = ops.contract_linear(x.cpu(), layer.q_proj.weight.detach().cpu())
+    torch.testing.assert_close(q.cpu(), emulated, rtol=0, atol=float(bound.max()))
+    with torch.no_grad():
+        reference = layer.neighbours(x)  # float32 projections and ranking
+    mismatch = float((idx != reference).any(-1).float().mean())
+    assert mismatch <= 2e-3, mismatch
+
+
 def _run_autocast(layer, x):
     layer.zero_grad()
     x = x.clone().requires_grad_(True)

@@ -189,3 +189,116 @@ def test_rank_then_rescore_gap_check_rates(post_relu):
     print(f"\nrank bf16 + rescore, 1x192 {'post-ReLU' if post_relu else 'random'}: "
           + ", ".join(f"k+m={m}: rows {r:.1%} tiles {t:.0%}" for m, (r, t) in rates.items()))
     assert rates[16][0] > 0.0 and rates[32] == (0.0, 0.0)
+
+
+def test_contract_projection_error_and_gradients():
+    """:func:`ops.contract_linear` (the selection's q/k projection on bf16 tensor cores) stays
+    within :func:`ops.projection_bound` of the exact projection, and its gradients are a bf16
+    linear's: bf16 operands, float32 accumulation."""
+    gen = torch.Generator().manual_seed(5)
+    for magnitude in (1.0, 1e-3, 1e3):
+        x = (torch.randn(2, 30, 192, generator=gen) * magnitude).requires_grad_()
+        weight = (torch.randn(64, 192, generator=gen) / 14).requires_grad_()
+        bias = torch.randn(64, generator=gen).requires_grad_()
+        out = ops.contract_linear(x, weight, bias)
+        assert out.dtype == torch.float32 and out.shape == (2, 30, 64)
+        exact = F.linear(x.double(), weight.double(), bias.double())
+        err = (out.double() - exact).abs()
+        assert bool((err <= ops.projection_bound(x, weight).double()).all())
+        assert float(err.detach().max()) > 0.0  # the split is not exact: the bound is what holds
+        grad = torch.randn(2, 30, 64, generator=gen)
+        out.backward(grad)
+        g16, w16 = grad.bfloat16().float(), weight.detach().bfloat16().float()
+        torch.testing.assert_close(x.grad, g16 @ w16, rtol=1e-5, atol=1e-5 * magnitude)
+        torch.testing.assert_close(
+            weight.grad, g16.reshape(-1, 64).t() @ x.detach().bfloat16().float().reshape(-1, 192),
+            rtol=1e-5, atol=1e-4 * magnitude)
+        torch.testing.assert_close(bias.grad, grad.sum((0, 1)))
+
+
+@pytest.mark.parametrize("post_relu", [False, True], ids=["random", "post_relu"])
+def test_training_precision_lists_equal_float32_except_near_ties(post_relu):
+    """What a bf16 training step ranks on a card: q/k projected by :func:`ops.contract_linear`,
+    scored under the contract. Its lists equal the float32 lists (float32 projections and
+    scores) except on near-ties within the projection's and the scores' bounds; bf16
+    projections (plain autocast) change many."""
+    torch.manual_seed(0)
+    layer = ConvNNAttention(192, 1, k=9)
+    x = torch.randn(4, 197, 192)
+    if post_relu:
+        x = F.relu(x)
+    scale = 1.0 / math.sqrt(layer.head_dim)
+    with torch.no_grad():
+        wq, wk = layer.q_proj, layer.k_proj
+        q, key = F.linear(x, wq.weight, wq.bias), F.linear(x, wk.weight, wk.bias)
+        q_c = ops.contract_linear(x, wq.weight, wq.bias)
+        k_c = ops.contract_linear(x, wk.weight, wk.bias)
+        eq, ek = ops.projection_bound(x, wq.weight), ops.projection_bound(x, wk.weight)
+        ref = _stable_lists(torch.matmul(q, key.transpose(-1, -2)) * scale, 9)
+        got = _stable_lists(ops.contract_scores(q_c, k_c, scale), 9)
+        # how far a pair's contract score may be from its float32 score: the score contract
+        # on the projected features, plus what the projection error moves the product by
+        tau = ops.selection_score_bound(q_c, k_c, scale) + scale * (
+            torch.matmul(eq, key.abs().transpose(-1, -2)) + torch.matmul(q.abs() + eq, ek.transpose(-1, -2)))
+        ref_scores = torch.matmul(q, key.transpose(-1, -2)) * scale
+        differs = (ref != got).any(-1)
+        gap = (ref_scores.gather(-1, got) - ref_scores.gather(-1, ref)).abs()
+        assert bool((gap <= 2 * tau.amax(-1, keepdim=True)).all())
+        assert wq.bias is None and wk.bias is None
+        q16 = F.linear(x.bfloat16(), wq.weight.bfloat16()).float()
+        k16 = F.linear(x.bfloat16(), wk.weight.bfloat16()).float()
+        bf16 = (_stable_lists(torch.matmul(q16, k16.transpose(-1, -2)) * scale, 9) != ref).any(-1)
+    rate, bf16_rate = float(differs.float().mean()), float(bf16.float().mean())
+    print(f"\nConvNNAttention 1x192 T=197 k=9 {'post-ReLU' if post_relu else 'random'}, training "
+          f"precision: lists differing from float32: contract projections + bf16x3 scores "
+          f"{rate:.2e}, bf16 projections {bf16_rate:.2e}")
+    assert rate <= 2e-3
+    assert bf16_rate > 10 * max(rate, 1e-3)
+
+
+def test_contract_projection_applies_only_under_bf16_autocast_on_a_bf16_card(monkeypatch):
+    from convnn import kernels
+
+    assert not ops.contract_projection_applies("cpu")
+    assert not ops.contract_projection_applies(None)
+    monkeypatch.setattr(torch, "is_autocast_enabled", lambda device_type=None: True)
+    monkeypatch.setattr(torch, "get_autocast_dtype", lambda device_type: torch.bfloat16)
+    for capability, expected in (((9, 0), True), ((8, 0), True), ((7, 5), False), (None, False)):
+        monkeypatch.setattr(kernels, "device_capability", lambda device, c=capability: c)
+        assert ops.contract_projection_applies("cuda:0") is expected, capability
+    monkeypatch.setattr(torch, "get_autocast_dtype", lambda device_type: torch.float16)
+    assert not ops.contract_projection_applies("cuda:0")
+    monkeypatch.setattr(torch, "is_autocast_enabled", lambda device_type=None: False)
+    monkeypatch.setattr(torch, "get_autocast_dtype", lambda device_type: torch.bfloat16)
+    assert not ops.contract_projection_applies("cuda:0")
+
+
+def test_layer_takes_the_contract_projection_where_it_applies(monkeypatch):
+    """Where the contract projection applies, the layer's q/k come from one
+    :func:`ops.contract_linear` of both weights: within the bound of the float32 projection,
+    the same lists here, and the step's gradients are finite and close to float32's."""
+    torch.manual_seed(1)
+    layer = ConvNNAttention(96, 2, k=5)
+    x = torch.randn(2, 40, 96, requires_grad=True)
+    q32, k32 = layer._selection_features(x)
+    lists32 = layer.neighbours(x)
+    grad32 = torch.autograd.grad(layer(x).square().sum(), [x, layer.q_proj.weight])
+    calls = []
+    original = ops.contract_linear
+
+    def counted(*args):
+        calls.append(tuple(args[1].shape))
+        return original(*args)
+
+    monkeypatch.setattr(ops, "contract_projection_applies", lambda device: True)
+    monkeypatch.setattr(ops, "contract_linear", counted)
+    q, key = layer._selection_features(x)
+    assert calls == [(192, 96)]  # q and k weights stacked: one split of x, one GEMM
+    bound = ops.projection_bound(x, torch.cat((layer.q_proj.weight, layer.k_proj.weight)))
+    for got, ref in ((q, q32), (key, k32)):
+        assert 0.0 < float((got - ref).abs().max()) <= float(bound.max())
+    assert torch.equal(layer.neighbours(x), lists32)
+    grad = torch.autograd.grad(layer(x).square().sum(), [x, layer.q_proj.weight])
+    for g, g32 in zip(grad, grad32):
+        assert torch.isfinite(g).all()
+        assert float((g - g32).norm() / g32.norm()) < 2e-2

@@ -27,6 +27,7 @@ from torch import nn
 
 import convnn
 from convnn import _io
+from convnn import checkpoint as CK
 from convnn import run_folder as RF
 from convnn._io import CheckpointError, FolderLockedError, folder_lock, save_checkpoint
 from convnn.data import dataset_fingerprint, load_dataset, synthetic_dataset
@@ -71,8 +72,9 @@ class Killed(BaseException):
 
 
 # --------------------------------------------------------------------------- one owner
+#: A run folder's files, and a study's training logs.
 RUN_FILE_NAMES = ("config.json", "metrics.jsonl", "summary.json", "checkpoint.pt",
-                  "test_predictions.npz")
+                  "test_predictions.npz", "train.log")
 
 
 def _code_strings(path: Path):
@@ -91,32 +93,51 @@ def test_run_folder_file_names_appear_in_run_folder_py_only():
     found = [f"{p.relative_to(REPO)}:{line}: {text!r}"
              for p in sorted(PACKAGE.rglob("*.py")) if p.name != "run_folder.py"
              for line, text in _code_strings(p)
-             if any(name in text for name in RUN_FILE_NAMES)]
+             if any(name in text for name in RUN_FILE_NAMES)
+             or text.rstrip("*").endswith("-seed")]  # a study's run names: <preset>-seed<n>
     assert found == []
 
 
 #: Calls that open, write, list or remove a file, by the name called.
 _FILE_CALLS = {"open", "read_text", "read_bytes", "write_text", "write_bytes", "read_json",
                "atomic_write_json", "atomic_write_text", "append_jsonl_atomic", "glob", "rglob",
-               "unlink", "load_checkpoint", "save_checkpoint", "load", "save", "verify_checksum"}
+               "unlink", "load", "save", "verify_checksum"}
 #: What names a run file in code: run_folder's constants and paths.
 _RUN_FILE_REFERENCES = {"CONFIG", "METRICS", "SUMMARY", "CHECKPOINT", "PREDICTIONS", "RUN_FILES",
                         "LOG_FILES", "RETURNED_FILES", "checkpoint_path", "paths"}
+#: Who loads and saves a checkpoint, by the call (``receiver.name`` as written, ``None``: a bare
+#: name) and the one module allowed to make it: torch only in _io's verified helpers, those
+#: only in checkpoint.py (what a checkpoint holds), and the run's checkpoint file only in
+#: run_folder.py (where it lies and when it is read).
+_CHECKPOINT_CALLS = {("torch", "load"): "_io.py", ("torch", "save"): "_io.py",
+                     (None, "load_checkpoint"): "checkpoint.py",
+                     ("_io", "load_checkpoint"): "checkpoint.py",
+                     (None, "save_checkpoint"): "checkpoint.py",
+                     ("_io", "save_checkpoint"): "checkpoint.py",
+                     (None, "read_checkpoint"): "run_folder.py",
+                     ("checkpoint", "read_checkpoint"): "run_folder.py",
+                     (None, "write_checkpoint"): "run_folder.py",
+                     ("checkpoint", "write_checkpoint"): "run_folder.py"}
 
 
 def _run_file_accesses(path: Path):
-    """``(line, call)`` of every call in ``path`` that opens, writes or lists a run file: a
-    file call whose receiver or arguments name one of run_folder's run-file constants, and
-    every checkpoint load or save."""
+    """``(line, call, owner module)`` of every call in ``path`` that opens, writes or lists a
+    run file (a file call whose receiver or arguments name one of run_folder's run-file
+    constants: owned by run_folder.py), and of every checkpoint load or save (owned as
+    :data:`_CHECKPOINT_CALLS` says)."""
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if not isinstance(node, ast.Call):
             continue
         func = node.func
         name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
-        owner = func.value.id if isinstance(func, ast.Attribute) and isinstance(
+        receiver = func.value.id if isinstance(func, ast.Attribute) and isinstance(
             func.value, ast.Name) else None
-        if name in ("load_checkpoint", "save_checkpoint") and owner in (None, "_io"):
-            yield node.lineno, name  # not RunFolder.save_checkpoint, the owner's method
+        if not isinstance(func, (ast.Attribute, ast.Name)):
+            continue
+        if isinstance(func, ast.Attribute) and receiver is None:
+            receiver = "?"  # e.g. self.folder.save_checkpoint: a method, not the helper
+        if (receiver, name) in _CHECKPOINT_CALLS:
+            yield node.lineno, name, _CHECKPOINT_CALLS[receiver, name]
             continue
         if name not in _FILE_CALLS:
             continue
@@ -125,23 +146,27 @@ def _run_file_accesses(path: Path):
         named = {n.id if isinstance(n, ast.Name) else n.attr for part in parts
                  for n in ast.walk(part) if isinstance(n, (ast.Name, ast.Attribute))}
         if named & _RUN_FILE_REFERENCES:
-            yield node.lineno, name
+            yield node.lineno, name, "run_folder.py"
 
 
 def test_only_the_run_folder_opens_the_run_files(tmp_path):
-    """config.json, metrics.jsonl, summary.json and the checkpoint are opened, written,
-    listed and removed by run_folder.py only (_io.py holds the byte-level helpers it calls):
-    the campaign, the results tables, the study and the trainer read and write through it."""
-    found = [f"{p.relative_to(REPO)}:{line}: {call}"
-             for p in sorted(PACKAGE.rglob("*.py")) if p.name not in ("run_folder.py", "_io.py")
-             for line, call in _run_file_accesses(p)]
+    """config.json, metrics.jsonl, summary.json and the checkpoint file are opened, written,
+    listed and removed by run_folder.py only (_io.py holds the byte-level helpers it calls);
+    a checkpoint is loaded and saved by checkpoint.py only, which alone knows what it holds:
+    the campaign, the results tables, the study and the trainer go through these two."""
+    found = [f"{p.relative_to(REPO)}:{line}: {call} (only in {owner})"
+             for p in sorted(PACKAGE.rglob("*.py"))
+             for line, call, owner in _run_file_accesses(p)
+             if p.name != owner and not (p.name == "_io.py" and owner == "run_folder.py")]
     assert found == []
-    # the check sees both kinds of access
+    # the check sees every kind of access
     probe = tmp_path / "probe.py"
     probe.write_text("from convnn.run_folder import METRICS\n"
-                     "def f(d, folder):\n    folder.save_checkpoint([], {})\n"
+                     "def f(d, folder):\n    folder.save_checkpoint({})\n"
+                     "    torch.save({}, d)\n    read_checkpoint(d)\n"
                      "    return (d / METRICS).read_text(), _io.load_checkpoint(d)\n")
-    assert sorted(c for _, c in _run_file_accesses(probe)) == ["load_checkpoint", "read_text"]
+    assert sorted(c for _, c, _ in _run_file_accesses(probe)) == [
+        "load_checkpoint", "read_checkpoint", "read_text", "save"]
 
 
 def test_every_checkpoint_load_is_weights_only_and_verified():
@@ -221,7 +246,7 @@ def _as_format_2(out: Path) -> None:
 
 def test_a_change_of_the_checkpoint_format_still_reads_the_old_one(tmp_path):
     """The contributor task "change the checkpoint format": bump CHECKPOINT_FORMAT and teach
-    ``_upgrade_checkpoint`` the old layout, in run_folder.py. Format 2 kept the model config
+    ``upgrade_checkpoint`` the old layout, in checkpoint.py. Format 2 kept the model config
     and the dataset under ``extra``; such a run still evaluates and resumes."""
     from convnn.models import ModelConfig
 
@@ -240,11 +265,58 @@ def test_a_change_of_the_checkpoint_format_still_reads_the_old_one(tmp_path):
     summary = fit(model_cfg, data, cfg(epochs=2, batch_size=20), out, device="cpu",
                     progress=False, log=None, resume=True)
     assert summary["epochs_completed"] == 2
-    assert _io.load_checkpoint(out / "checkpoint.pt")["format"] == RF.CHECKPOINT_FORMAT
-    newer = _io.load_checkpoint(out / "checkpoint.pt") | {"format": RF.CHECKPOINT_FORMAT + 1}
+    assert _io.load_checkpoint(out / "checkpoint.pt")["format"] == CK.CHECKPOINT_FORMAT
+    newer = _io.load_checkpoint(out / "checkpoint.pt") | {"format": CK.CHECKPOINT_FORMAT + 1}
     save_checkpoint(newer, out / "checkpoint.pt")
     with pytest.raises(CheckpointError, match="update convnn"):
         RunFolder.read(out)
+
+
+def _as_format_1(out: Path) -> None:
+    """Rewrite a run folder's checkpoint as convnn wrote it with format 1 (commit 88e76df):
+    these entries only, no fingerprint, no log digest, no SHA-256 sidecar; a summary without
+    the checkpoint's record."""
+    ckpt = _io.load_checkpoint(out / "checkpoint.pt")
+    old = {"format": 1, **{k: ckpt[k] for k in ("epoch", "model", "optimizer", "scaler",
+                                                "schedule", "rng", "world_size", "config")}}
+    buf = io.BytesIO()
+    torch.save(old, buf)
+    (out / "checkpoint.pt").write_bytes(buf.getvalue())
+    (out / "checkpoint.pt.sha256").unlink()
+    summary = json.loads((out / "summary.json").read_text())
+    summary.pop("checkpoint")
+    (out / "summary.json").write_text(json.dumps(summary))
+
+
+def test_a_format_1_checkpoint_evaluates_and_resumes_exactly(tmp_path, ds, straight):
+    """The oldest format: no fingerprint (the run's is taken from config.json) and no
+    sidecar. It loads through ``upgrade_checkpoint`` and the run continues bit-identically
+    to one never interrupted (its RNG states, optimizer and weights are all there)."""
+    out = tmp_path / "r"
+    config = cfg(checkpoint_minutes=0)
+    with pytest.raises(Killed):
+        run(out, ds, config, callback=_raise_at(2, Killed()))
+    _as_format_1(out)
+    loaded = CK.read_checkpoint(out / "checkpoint.pt")
+    assert loaded["upgraded_from"] == 1 and loaded["format"] == CK.CHECKPOINT_FORMAT
+    assert loaded["fingerprint"] is None and loaded["log"] is None
+    assert RunFolder.read(out).checkpoint_epoch == 2
+    assert evaluate_run(out, tiny, ds, device="cpu")["epoch"] == 2
+    assert run(out, ds, config, resume=True)["epochs_completed"] == 4
+    a, b = weights(out), weights(straight)
+    assert all(torch.equal(a[k], b[k]) for k in b)
+    assert _io.load_checkpoint(out / "checkpoint.pt")["format"] == CK.CHECKPOINT_FORMAT
+
+
+def test_upgrade_checkpoint_refuses_what_no_format_wrote():
+    good = {"format": 3, "epoch": 1, "model": {}, "optimizer": {}, "rng": [{}], "config": {},
+            "fingerprint": {}, "log": {}}
+    assert CK.upgrade_checkpoint(good)["upgraded_from"] == 3
+    for bad, message in [({"format": "3"}, "format '3'"), ({"format": True}, "format True"),
+                         ({"epoch": 0}, "epoch 0"), ({"model": None}, "'model' is missing"),
+                         ({"rng": {}}, "'rng' is missing")]:
+        with pytest.raises(CheckpointError, match=message):
+            CK.upgrade_checkpoint(good | bad, "x.pt")
 
 
 def _raise_at(epoch, error):

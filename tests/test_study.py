@@ -71,7 +71,8 @@ def test_committed_text_names_no_machine_paths():
 
 @pytest.mark.parametrize("name", study.PRESETS)
 def test_weights_load_into_the_study_models(name):
-    path = study.study_dir() / "weights" / f"{name}.pt"
+    path = study.weights_file(name, study.WEIGHTS_SEED)
+    assert path == study.study_dir() / "weights" / f"{name}.pt"  # the committed layout
     assert path.stat().st_size <= 2 * 1024 * 1024
     model = study.trained_model(name)
     with torch.no_grad():
@@ -166,8 +167,9 @@ def test_committed_interventions_are_complete_and_consistent():
     for (preset, seed), row in trained.items():
         # the trained model scores what its run logged at its last epoch: the study's run for
         # seed 0, the rerun committed with the interventions for the other seeds
-        run = (study.study_dir() if seed == study.WEIGHTS_SEED else study.interventions_dir()) \
-            / f"{preset}-seed{seed}"
+        root = study.study_dir() if seed == study.WEIGHTS_SEED else study.interventions_dir()
+        run = root / f"{preset}-seed{seed}"
+        assert run in study.study_runs(root)[preset]
         last = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()][-1]
         # float16 weights: a few of the 1,000 images may flip
         assert row["top1"] == pytest.approx(last["test_top1"], abs=0.5)
@@ -182,8 +184,12 @@ def test_collect_copies_logs_and_the_weights_of_every_seed(tmp_path):
     for seed in (0, 1):
         data = synthetic_dataset(n_train=20, n_test=10, image_size=32)
         study.run_one(name, seed, runs, data=data, epochs=1, log=lambda *a, **k: None)
+    # the log a worker of study.main writes beside its run folder
+    (runs / f"{name}-seed0.log").write_text(f"DONE in {runs.resolve()}/{name}-seed0\n")
     only_seed0 = study.collect(runs, tmp_path / "seed0")
     assert sorted(p.name for p in only_seed0) == [f"{name}-seed0", f"{name}-seed1"]
+    assert (only_seed0[0] / "train.log").read_text() == f"DONE in runs/{name}-seed0\n"
+    assert not (only_seed0[1] / "train.log").exists()
     assert [p.name for p in (tmp_path / "seed0" / "weights").glob("*.pt")] == [f"{name}.pt"]
     assert not list((tmp_path / "seed0").rglob("checkpoint*"))
     study.collect(runs, tmp_path / "all", every_seed=True)

@@ -78,6 +78,7 @@ EFFICIENCY = {
     "matmul": (0.27, 0.6),
     "conv": (0.12, 0.6),
     "conv1d": (0.12, 0.6),
+    "conv1d_depthwise": (0.12, 0.6),
     "attention": (0.25, 0.6),
     "norm": (1.0, 0.12),
     "reduce": (1.0, 0.3),
@@ -223,6 +224,8 @@ class _Tracer(TorchDispatchMode):
                                  "elementwise")
         if op_class == "conv" and _is_conv1d(name, args):  # the reference path's Conv1d
             op_class, name = "conv1d", name + "_1d"
+            if _is_depthwise(name, args):  # one filter per channel: no tensor cores
+                op_class, name = "conv1d_depthwise", name + "_depthwise"
         self.trace.add(name, op_class, flops, nbytes, bf16)
         return out
 
@@ -230,6 +233,12 @@ class _Tracer(TorchDispatchMode):
 def _is_conv1d(name: str, args) -> bool:
     weight = args[2] if name == "convolution_backward" else args[1]
     return isinstance(weight, torch.Tensor) and weight.dim() == 3
+
+
+def _is_depthwise(name: str, args) -> bool:
+    weight = args[2] if name.startswith("convolution_backward") else args[1]
+    groups = args[9] if name.startswith("convolution_backward") else args[8]
+    return isinstance(groups, int) and groups > 1 and weight.shape[1] == 1
 
 
 class _FusedAttention(torch.autograd.Function):
@@ -329,7 +338,7 @@ def estimate_seconds(trace: StepTrace, gpu: str = "h200",
     by_class: dict[str, float] = defaultdict(float)
     for rec in trace.ops.values():
         e_flop, e_mem = EFFICIENCY[rec.op_class]
-        if rec.op_class in ("conv", "conv1d") and calibration == "committed":
+        if rec.op_class.startswith("conv") and calibration == "committed":
             e_flop, e_mem = COMMITTED_CONV
         rate = spec["bf16_flops"] * (1.0 if rec.bf16 else 0.5)  # fp32 matmuls run as TF32
         compute = rec.flops / (rate * e_flop) if rec.flops else 0.0
@@ -710,17 +719,21 @@ def format_kernel_estimates(rows: list[dict]) -> str:
 #: bytes / (bandwidth · e_memory)) + kernels · launch``: ``e_matmul`` / ``e_attention`` /
 #: ``e_conv_*`` are the compute efficiencies of cuBLAS matmuls, the fused SDPA kernels and the
 #: cuDNN convolutions (``conv_bf16``: bf16 NCHW without autotuning, as the committed training
-#: rows ran; ``conv_tf32``: float32 convolutions with cuDNN's default TF32); ``e_stream`` is
+#: rows ran; ``conv_tf32``: float32 convolutions with cuDNN's default TF32; ``conv1d``: the
+#: reference path's dense 1-D aggregation; ``conv1d_depthwise``: its depthwise one, one filter
+#: per channel, which has no tensor-core kernel, so it is rated at the CUDA cores' float32
+#: rate in either precision); ``e_stream`` is
 #: the bandwidth efficiency of streaming kernels (elementwise, norms, reductions, the
 #: optimizer and the memory side of the compute classes), ``e_gather`` that of
 #: gather / index / scatter kernels, ``e_topk`` that of ``topk`` / ``sort``; ``launch_us``
 #: is the cost of one kernel launch including the host's dispatch (µs).
 PARAMETERS = ("e_matmul", "e_attention", "e_attention_fp32", "e_conv_bf16", "e_conv_tf32",
-              "e_conv1d", "e_stream", "e_reduce", "e_gather", "e_topk", "launch_us")
+              "e_conv1d", "e_conv1d_depthwise", "e_stream", "e_reduce", "e_gather", "e_topk",
+              "launch_us")
 #: Where the fit starts (the hand-set values above); the fit moves every one of them.
 _START = {"e_matmul": 0.27, "e_attention": 0.25, "e_attention_fp32": 0.25,
           "e_conv_bf16": 0.0086, "e_conv_tf32": 0.12,
-          "e_conv1d": 0.12,
+          "e_conv1d": 0.12, "e_conv1d_depthwise": 0.1,
           "e_stream": 0.5, "e_reduce": 0.2, "e_gather": 0.15, "e_topk": 0.02,
           "launch_us": 5.0}
 _MEMORY_PARAMETER = {"norm": "e_reduce", "reduce": "e_reduce", "elementwise": "e_stream",
@@ -823,7 +836,10 @@ def _record_terms(trace: StepTrace, spec: TraceSpec, gpu: str) -> list[tuple]:
         if rec.op_class not in EFFICIENCY:
             raise ValueError(f"the calibrated model has no term for {rec.op_class!r} ops")
         memory = rec.bytes / hw["bandwidth"]
-        if rec.op_class in ("conv", "conv1d"):
+        if rec.op_class == "conv1d_depthwise":  # CUDA cores in either precision
+            terms.append((rec.name, rec.flops / FP32_FLOPS[gpu], "e_conv1d_depthwise",
+                          memory / LIBRARY_BANDWIDTH, None, rec.count))
+        elif rec.op_class in ("conv", "conv1d"):
             param = ("e_conv1d" if rec.op_class == "conv1d"
                      else "e_conv_bf16" if rec.bf16 else "e_conv_tf32")
             rate = hw["bf16_flops"] * (1.0 if rec.bf16 else 0.5)
@@ -1297,11 +1313,11 @@ def kernel_factor(row: dict) -> dict:
 def attention_kernel_factor(rows: list[dict], card: str = "sm_90",
                             kernel_contains: str = "attention_forward",
                             variant_contains: str = "",
-                            prefer: str = "q/k bf16") -> dict | None:
+                            prefer: str = "autocast-bf16") -> dict | None:
     """The worst :func:`kernel_factor` among the report's attention-core rows for ``card``
     whose variant names ``variant_contains`` (``None`` when the report has none): the
-    forward kernel bounds the core's speed. Rows naming ``prefer`` (the design's bf16
-    ranking) are taken when there are any."""
+    forward kernel bounds the core's speed. Rows naming ``prefer`` (what bf16 training runs:
+    float32 q/k, bf16 values) are taken when there are any."""
     picked = [r for r in rows if r["card"] == card and kernel_contains in r["kernel"]
               and variant_contains in (r["variant"] or "")]
     preferred = [r for r in picked if prefer in (r["variant"] or "")]
@@ -1326,27 +1342,28 @@ CUDA_CORE_EFFICIENCY = (0.25, 0.1, 0.5)
 #: ahead-of-time compile found it (``mma.sync``, one 4-warp block per SM, spills).
 DESIGN_FACTOR = 1.0
 LOW_FACTOR = MMA_FACTOR["mma.sync"] * 4 / SATURATING_WARPS * SPILL_FACTOR
-RESCORED_EXTRA = 8  # m: the rescoring takes the top k + m of the bf16 ranking
 SELECTION_OPS = 16  # per padded candidate: pack (score | column), one bitonic top-k pass
 
 
 class _RedesignedCore(torch.autograd.Function):
-    """Stands for the redesigned attention core: one forward kernel (bf16 scores on tensor
-    cores in 64-row query tiles, one-pass top-k, float32 rescoring of the top k + m, softmax,
-    depthwise aggregation; a (batch, head) row's keys and values stay on chip) and an
-    O(T·k·d) backward (query side and candidate side, with an inverse index)."""
+    """Stands for the attention core as :mod:`convnn.kernels_attention` builds it: one forward
+    kernel (the float32 q/k split into bf16 hi/lo, three tensor-core products per score tile
+    in 64-row query tiles, one-pass top-k on packed keys, float32 softmax of the k selected
+    logits, depthwise aggregation) and an O(T·k·d) backward (query side, and candidate side
+    through an inverse index)."""
 
     @staticmethod
     def forward(ctx, q, key, v, k, candidates, trace):
         rows, tokens, dim = v.shape
         width = tokens if candidates is None else candidates + 1
         lanes = 1 << max(4, math.ceil(math.log2(width)))
-        rescored = min(width, k + RESCORED_EXTRA)
-        trace.add("redesign_forward:dot", "kernel_dot", 2.0 * rows * tokens * width * dim,
-                  0.0, True)
+        products = 3 if q.dtype == torch.float32 else 1  # bf16×3 for float32 features
+        trace.add("redesign_forward:dot", "kernel_dot",
+                  products * 2.0 * rows * tokens * width * dim, 0.0, True)
         trace.add("redesign_forward:cuda", "kernel_cuda",
-                  rows * tokens * (SELECTION_OPS * lanes + 2.0 * rescored * dim
-                                   + 2.0 * k * dim + 10.0 * k), 0.0, False)
+                  # selection, the k selected logits recomputed in float32, the aggregation
+                  rows * tokens * (SELECTION_OPS * lanes + 4.0 * k * dim + 10.0 * k), 0.0,
+                  False)
         io = (q.numel() * q.element_size() + key.numel() * key.element_size()
               + 2 * v.numel() * v.element_size() + rows * tokens * k * 8)
         trace.add("redesign_forward:io", "kernel_io", 0.0, io, True)
@@ -1372,10 +1389,25 @@ class _RedesignedCore(torch.autograd.Function):
 
 
 @contextlib.contextmanager
+def _on_a_bf16_card(trace: StepTrace):
+    """ConvNNAttention's selection features are projected as on a card with bf16 tensor
+    cores under autocast: :func:`convnn.ops.contract_linear`, one bf16 GEMM over ``3C``
+    inputs with a float32 result (on the CPU's fake tensors the layer would take float32)."""
+    from .. import ops
+
+    applies, bf16_mm = ops.contract_projection_applies, ops._bf16_mm
+    ops.contract_projection_applies = lambda device: True
+    ops._bf16_mm = lambda a, b: torch.mm(a, b, out_dtype=torch.float32)
+    try:
+        yield
+    finally:
+        ops.contract_projection_applies, ops._bf16_mm = applies, bf16_mm
+
+
+@contextlib.contextmanager
 def _redesigned_core(trace: StepTrace):
-    """ConvNNAttention's core runs as the redesigned kernels would, and its selection
-    features (q, k) are projected in bf16 under autocast (the design's precision policy:
-    rank in bf16, rescore the top k + m in float32)."""
+    """ConvNNAttention's core runs as the built kernels would on a bf16 card, its selection
+    features projected as there (:func:`_on_a_bf16_card`)."""
     from ..layers import ConvNNAttention, candidate_count
 
     core = ConvNNAttention._core
@@ -1389,7 +1421,7 @@ def _redesigned_core(trace: StepTrace):
 
     ConvNNAttention._core = redesigned
     try:
-        with _ranking("autocast"):
+        with _on_a_bf16_card(trace):
             yield
     finally:
         ConvNNAttention._core = core
@@ -1427,7 +1459,7 @@ def _target_traces(heads: int = 1, dim: int = 192, batch: int = 256) -> dict:
                                    images, batch, "bf16", False, True)}
     out[("layer", "SDPA")].parameters = 0
     for cand, opts in TARGET_CASES:
-        for core, stand_in in (("today", None), ("redesign", _redesigned_core)):
+        for core, stand_in in (("today", _on_a_bf16_card), ("redesign", _redesigned_core)):
             layer = _trace(lambda o=opts: ConvNNAttention(dim, heads, k=9, **o), tokens, batch,
                            "bf16", False, False, stand_in=stand_in)
             layer.parameters = 0  # a layer step has no optimizer
@@ -1482,7 +1514,8 @@ def target_estimates(device: str = "h200", calibrated: dict | None = None,
 
     def kernel(cand: str):
         """The kernel factor of case ``cand``, its mma-free part, and where it comes from."""
-        found = attention_kernel_factor(rows, card, variant_contains=cand) if rows else None
+        found = (attention_kernel_factor(rows, card, variant_contains=cand.split()[-1])
+                 if rows else None)
         if found is None:
             return (DESIGN_FACTOR, DESIGN_FACTOR / MMA_FACTOR["wgmma"],
                     ("no compile report row for the attention forward kernel: the design's "
