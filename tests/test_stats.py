@@ -105,3 +105,8 @@ def test_mcnemar_exact_matches_a_hand_computed_case() -> None:
     assert stats.mcnemar([1] * 5 + [0] * 5, [0] * 5 + [1] * 5).p == 1.0  # capped at 1
     with pytest.raises(ValueError, match="the same non-empty set of images"):
         stats.mcnemar([1, 0], [1])
+    # a full test set: thousands of discordant images (2.0 ** n would overflow past 1,023)
+    even = stats.mcnemar([1] * 1500 + [0] * 1500, [0] * 1500 + [1] * 1500)
+    assert even.p == 1.0
+    lopsided = stats.mcnemar([1] * 1700 + [0] * 1300, [0] * 1700 + [1] * 1300)
+    assert 0.0 < lopsided.p < 1e-10  # 1700 vs 1300: z ≈ 7.3
