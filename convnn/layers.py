@@ -627,15 +627,6 @@ class ConvNN2d(_SampledCandidates):
         return out.transpose(1, 2).reshape(batch, self.out_channels, height, width)
 
 
-def _cat_biases(*linears: nn.Linear) -> Tensor | None:
-    """The biases of ``linears`` end to end (zeros for one without), or ``None`` when none has
-    one: the bias of their outputs computed as one stacked linear."""
-    if all(linear.bias is None for linear in linears):
-        return None
-    return torch.cat([linear.weight.new_zeros(linear.out_features) if linear.bias is None
-                      else linear.bias for linear in linears])
-
-
 class ConvNNAttention(_HeadProjections, _SampledCandidates):
     """ConvNN attention: a drop-in for multi-head self-attention on ``[B, T, D]``.
 
@@ -791,9 +782,10 @@ class ConvNNAttention(_HeadProjections, _SampledCandidates):
                 return self._split(F.linear(work, linear.weight.to(work.dtype), bias))
 
             if contract:  # q and k from one split of x and one GEMM
-                both = ops.contract_linear(x, torch.cat((self.q_proj.weight,
-                                                         self.k_proj.weight)),
-                                           _cat_biases(self.q_proj, self.k_proj))
+                qk = (self.q_proj, self.k_proj)  # one bias flag for both
+                both = ops.contract_linear(
+                    x, torch.cat([p.weight for p in qk]),
+                    None if self.q_proj.bias is None else torch.cat([p.bias for p in qk]))
                 q, key = (self._split(part) for part in both.chunk(2, dim=-1))
             else:
                 q, key = project(self.q_proj), project(self.k_proj)

@@ -89,7 +89,7 @@ tensor cores (:func:`contract_projection_applies`), :class:`~convnn.layers.ConvN
 projects its selection features with :func:`contract_linear`: the same bf16×3 split of ``x``
 and ``W`` (q and k weights stacked), one bf16 GEMM over ``3C`` inputs with a float32 result.
 Each feature is within ``(2^-14 + 4 C 2^-24) · Σ_c |x_c| |W_oc|`` of the float32 projection
-(:func:`projection_bound`), which moves a score by at most
+(:func:`selection_score_bound` of ``x`` and ``W``), which moves a score by at most
 ``scale · Σ_i (ε_q,i |k_i| + (|q_i| + ε_q,i) ε_k,i)``. Measured on the same 788 lists (1×192,
 T = 197, k = 9, random and post-ReLU, CPU emulation): contract projections then bf16×3
 scores change 0 lists; bf16 projections (plain autocast) change 20 %. Elsewhere (CPU,
@@ -368,7 +368,7 @@ def split_bf16(x: Tensor) -> tuple[Tensor, Tensor]:
     """``x`` as ``hi + lo`` of two bf16 tensors (``hi = bf16(x)``, ``lo = bf16(x - hi)``;
     ``lo = 0`` for bf16 ``x``): the operands of the precision contract (module docstring)."""
     hi = x.detach().to(torch.bfloat16)
-    lo = (x.detach().float() - hi.float()).to(torch.bfloat16)
+    lo = torch.sub(x.detach().float(), hi).to(torch.bfloat16)  # one kernel: x - hi in float32
     return hi, lo
 
 
@@ -389,7 +389,9 @@ def contract_scores(query: Tensor, keys: Tensor, scale: float = 1.0) -> Tensor:
 
 def selection_score_bound(query: Tensor, keys: Tensor, scale: float = 1.0) -> Tensor:
     """``τ [B, n, m]``: the most a contract score may differ from the float32 score of the
-    same pair, ``(2^-14 + 4 D 2^-24) · |scale| · Σ_i |q_i| |k_i|`` (module docstring)."""
+    same pair, ``(2^-14 + 4 D 2^-24) · |scale| · Σ_i |q_i| |k_i|`` (module docstring). With
+    ``x [..., C]`` and a weight ``[O, C]`` in place of query and keys, the bound of
+    :func:`contract_linear`'s outputs ``[..., O]``."""
     dim = query.shape[-1]
     unit = 2.0 ** -14 + 4 * dim * 2.0 ** -24
     with torch.no_grad(), ranking_precision(query.device):
@@ -434,9 +436,7 @@ class _ContractLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         with torch.autocast(x.device.type, enabled=False):
-            flat = x.detach().reshape(-1, x.shape[-1])
-            x_hi = flat.to(torch.bfloat16)
-            x_lo = torch.sub(flat, x_hi).to(torch.bfloat16)  # one kernel: x - hi in float32
+            x_hi, x_lo = (part.reshape(-1, x.shape[-1]) for part in split_bf16(x))
             w_hi, w_lo = split_bf16(weight)
             out = _bf16_mm(torch.cat((x_hi, x_hi, x_lo), dim=1),
                            torch.cat((w_hi, w_lo, w_hi), dim=1).t())
@@ -464,18 +464,9 @@ def contract_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Te
     projection on bf16 tensor cores, three bf16 products in one GEMM instead of a float32
     GEMM on the CUDA cores. Each output is within
     ``(2^-14 + 4 C 2^-24) · Σ_c |x_c| |W_oc|`` of the float32 one
-    (:func:`projection_bound`). The backward is a bf16 linear's."""
+    (:func:`selection_score_bound` of ``x`` and ``weight``: the same products). The backward
+    is a bf16 linear's."""
     return _ContractLinear.apply(x, weight, bias)
-
-
-def projection_bound(x: Tensor, weight: Tensor) -> Tensor:
-    """``[..., O]``: the most a :func:`contract_linear` output may differ from the float32
-    ``x Wᵀ``, ``(2^-14 + 4 C 2^-24) · Σ_c |x_c| |W_oc|`` (the score bound's derivation with
-    ``C`` inputs in place of ``D``)."""
-    unit = 2.0 ** -14 + 4 * x.shape[-1] * 2.0 ** -24
-    with torch.no_grad(), ranking_precision(x.device):
-        return (unit * torch.matmul(x.detach().abs().double(),
-                                    weight.detach().abs().double().t())).float()
 
 
 def _exact_squared_distances(query: Tensor, keys: Tensor) -> Tensor:
@@ -1534,7 +1525,6 @@ __all__ = [
     "kernel_refusal",
     "neighbour_weights",
     "pairwise_scores",
-    "projection_bound",
     "random_candidates",
     "ranking_precision",
     "register_similarity",

@@ -225,7 +225,7 @@ def test_contract_projection_on_cuda_equals_its_cpu_emulation_within_the_bound()
         idx = layer.neighbours(x)
     assert q.dtype == torch.float32
     exact = torch.nn.functional.linear(x.double(), layer.q_proj.weight.double())
-    bound = ops.projection_bound(x, layer.q_proj.weight).double()
+    bound = ops.selection_score_bound(x, layer.q_proj.weight).double()
     assert bool(((q.double() - exact).abs() <= bound).all())
     emulated = ops.contract_linear(x.cpu(), layer.q_proj.weight.detach().cpu())
     torch.testing.assert_close(q.cpu(), emulated, rtol=0, atol=float(bound.max()))

@@ -193,7 +193,7 @@ def test_rank_then_rescore_gap_check_rates(post_relu):
 
 def test_contract_projection_error_and_gradients():
     """:func:`ops.contract_linear` (the selection's q/k projection on bf16 tensor cores) stays
-    within :func:`ops.projection_bound` of the exact projection, and its gradients are a bf16
+    within :func:`ops.selection_score_bound` (of x and the weight) of the exact projection, and its gradients are a bf16
     linear's: bf16 operands, float32 accumulation."""
     gen = torch.Generator().manual_seed(5)
     for magnitude in (1.0, 1e-3, 1e3):
@@ -204,7 +204,7 @@ def test_contract_projection_error_and_gradients():
         assert out.dtype == torch.float32 and out.shape == (2, 30, 64)
         exact = F.linear(x.double(), weight.double(), bias.double())
         err = (out.double() - exact).abs()
-        assert bool((err <= ops.projection_bound(x, weight).double()).all())
+        assert bool((err <= ops.selection_score_bound(x, weight).double()).all())
         assert float(err.detach().max()) > 0.0  # the split is not exact: the bound is what holds
         grad = torch.randn(2, 30, 64, generator=gen)
         out.backward(grad)
@@ -233,7 +233,7 @@ def test_training_precision_lists_equal_float32_except_near_ties(post_relu):
         q, key = F.linear(x, wq.weight, wq.bias), F.linear(x, wk.weight, wk.bias)
         q_c = ops.contract_linear(x, wq.weight, wq.bias)
         k_c = ops.contract_linear(x, wk.weight, wk.bias)
-        eq, ek = ops.projection_bound(x, wq.weight), ops.projection_bound(x, wk.weight)
+        eq, ek = ops.selection_score_bound(x, wq.weight), ops.selection_score_bound(x, wk.weight)
         ref = _stable_lists(torch.matmul(q, key.transpose(-1, -2)) * scale, 9)
         got = _stable_lists(ops.contract_scores(q_c, k_c, scale), 9)
         # how far a pair's contract score may be from its float32 score: the score contract
@@ -294,7 +294,7 @@ def test_layer_takes_the_contract_projection_where_it_applies(monkeypatch):
     monkeypatch.setattr(ops, "contract_linear", counted)
     q, key = layer._selection_features(x)
     assert calls == [(192, 96)]  # q and k weights stacked: one split of x, one GEMM
-    bound = ops.projection_bound(x, torch.cat((layer.q_proj.weight, layer.k_proj.weight)))
+    bound = ops.selection_score_bound(x, torch.cat((layer.q_proj.weight, layer.k_proj.weight)))
     for got, ref in ((q, q32), (key, k32)):
         assert 0.0 < float((got - ref).abs().max()) <= float(bound.max())
     assert torch.equal(layer.neighbours(x), lists32)

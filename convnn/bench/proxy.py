@@ -537,6 +537,12 @@ class _FusedAttentionCore(torch.autograd.Function):
                 None)
 
 
+def _sampled_count(layer) -> int | None:
+    """The candidates a :class:`~convnn.layers.ConvNNAttention` layer ranks per query
+    (``None``: all tokens); its ``candidates`` is a count."""
+    return None if layer.sampling == "all" else layer.candidates
+
+
 @contextlib.contextmanager
 def _fused_layers(trace: StepTrace):
     """ConvNN2d (the paper's option set) and the ConvNN attention core run as the fused
@@ -553,13 +559,7 @@ def _fused_layers(trace: StepTrace):
         return out if self.bias is None else out + self.bias.view(1, -1, 1, 1).to(out.dtype)
 
     def fused_core(self, q, key, v, candidates, weight_dropout):
-        count = None
-        if self.sampling != "all":
-            count = candidate_count(self.candidates, getattr(self, "candidate_layout",
-                                                             "count"))
-        return _FusedAttentionCore.apply(q, key, v, self.k, count, trace)
-
-    from ..layers import candidate_count
+        return _FusedAttentionCore.apply(q, key, v, self.k, _sampled_count(self), trace)
 
     assert FUSED_2D_OPTIONS  # the option set the stand-in follows
     ConvNN2d.forward, ConvNNAttention._core = fused_2d, fused_core
@@ -1408,16 +1408,12 @@ def _on_a_bf16_card(trace: StepTrace):
 def _redesigned_core(trace: StepTrace):
     """ConvNNAttention's core runs as the built kernels would on a bf16 card, its selection
     features projected as there (:func:`_on_a_bf16_card`)."""
-    from ..layers import ConvNNAttention, candidate_count
+    from ..layers import ConvNNAttention
 
     core = ConvNNAttention._core
 
     def redesigned(self, q, key, v, candidates, weight_dropout):
-        count = None
-        if self.sampling != "all":
-            count = candidate_count(self.candidates, getattr(self, "candidate_layout",
-                                                             "count"))
-        return _RedesignedCore.apply(q, key, v, self.k, count, trace)
+        return _RedesignedCore.apply(q, key, v, self.k, _sampled_count(self), trace)
 
     ConvNNAttention._core = redesigned
     try:
