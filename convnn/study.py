@@ -75,6 +75,7 @@ __all__ = [
     "interventions_dir",
     "layer_inputs",
     "load_data",
+    "predict",
     "predictions",
     "rank_update_norms",
     "rank_weights",
@@ -384,15 +385,26 @@ def initial_model(name: str, seed: int) -> torch.nn.Module:
     return build(name).eval()
 
 
+def predict(model: torch.nn.Module, data, batch_size: int = 250, *, limit: int | None = None,
+            input_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(predicted class, label)`` per test image of ``data``, in order, with ``model`` in
+    evaluation mode (the first ``limit`` images only, if given; inputs times
+    ``input_scale``, to see how rounding moves the predictions)."""
+    model.eval()
+    predicted, labels = [], []
+    with torch.no_grad():
+        for x, y in data.test_loader(batch_size if limit is None else min(batch_size, limit)):
+            predicted.append(model(x * input_scale if input_scale != 1.0 else x).argmax(-1))
+            labels.append(y)
+            if limit is not None and sum(len(t) for t in labels) >= limit:
+                break
+    return torch.cat(predicted)[:limit], torch.cat(labels)[:limit]
+
+
 def evaluate(model: torch.nn.Module, data, batch_size: int = 250) -> float:
     """Top-1 accuracy (%) of ``model`` on ``data``'s test split, in evaluation mode."""
-    model.eval()
-    correct = total = 0
-    with torch.no_grad():
-        for x, y in data.test_loader(batch_size):
-            correct += int((model(x).argmax(-1) == y).sum())
-            total += len(y)
-    return 100.0 * correct / total
+    predicted, labels = predict(model, data, batch_size)
+    return 100.0 * int((predicted == labels).sum()) / len(labels)
 
 
 def rank_update_norms(trained: torch.nn.Module, initial: torch.nn.Module
@@ -507,14 +519,8 @@ def correct_per_image(model: torch.nn.Module, data, batch_size: int = 250,
                       limit: int | None = None) -> list[int]:
     """1 where ``model`` classifies a test image of ``data`` correctly, else 0 (in order;
     the first ``limit`` images only, if given)."""
-    model.eval()
-    out: list[int] = []
-    with torch.no_grad():
-        for x, y in data.test_loader(batch_size if limit is None else min(batch_size, limit)):
-            out += (model(x).argmax(-1) == y).int().tolist()
-            if limit is not None and len(out) >= limit:
-                return out[:limit]
-    return out
+    predicted, labels = predict(model, data, batch_size, limit=limit)
+    return (predicted == labels).int().tolist()
 
 
 def write_interventions(dest: str | os.PathLike, names=None, seeds=None, data=None,

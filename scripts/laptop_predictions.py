@@ -62,16 +62,6 @@ def _logged_top1(name: str, seed: int) -> float:
     return load_run(study_run_folder(_root(seed), name, seed)).records[-1]["test_top1"]
 
 
-def _predict(model, data, batch_size: int, scale: float = 1.0):
-    """``(predicted, labels)`` of ``model`` on ``data``'s test images (inputs times ``scale``)."""
-    predicted, labels = [], []
-    with torch.no_grad():
-        for x, y in data.test_loader(batch_size):
-            predicted.append(model(x * scale).argmax(-1))
-            labels.append(y)
-    return torch.cat(predicted), torch.cat(labels)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", default=None, help="CIFAR-10 (default: CONVNN_DATA_DIR)")
@@ -84,15 +74,15 @@ def main(argv=None) -> int:
     rows = []
     for name, seed, weights in _models():
         model = study.trained_model(name, seed, _root(seed))
-        predicted, labels = _predict(model, data, args.batch_size)
+        predicted, labels = study.predict(model, data, args.batch_size)
         dest = study_predictions_path(_root(seed), name,
                                       None if seed == study.WEIGHTS_SEED else seed)
         save_predictions(dest, predicted, labels)
         found = read_predictions(dest)
         logged = _logged_top1(name, seed)
         # how much float rounding moves the predictions: another batch size, a scaled input
-        other_batch = int((_predict(model, data, 100)[0] != predicted).sum())
-        scaled = int((_predict(model, data, args.batch_size, 1 + 1e-6)[0] != predicted).sum())
+        other_batch = int((study.predict(model, data, 100)[0] != predicted).sum())
+        scaled = int((study.predict(model, data, args.batch_size, input_scale=1 + 1e-6)[0] != predicted).sum())
         rows.append((_root(seed), name, seed, found.top1, logged, other_batch, scaled))
         print(f"{name} seed {seed}: {found.top1:.1f} % evaluated, {logged:.1f} % logged; "
               f"{other_batch} and {scaled} predictions change -> {dest}", flush=True)
