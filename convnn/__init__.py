@@ -16,7 +16,8 @@ before it (``tests/test_architecture.py`` enforces it, with no import cycles):
 
 0. shared leaves: ``_checks`` (argument checks), ``_io`` (atomic files), ``_version``,
    ``package_data`` (files shipped with the package), ``paper_vocabulary`` (the paper's words);
-1. the operator core: ``kernels``, ``kernels_attention``, ``kernels_conv2d`` (Triton) → ``ops`` → ``attention`` → ``layers`` →
+1. the operator core: ``kernels``, ``kernels_attention``, ``kernels_conv2d``,
+   ``kernels_projection`` (Triton) → ``ops`` → ``attention`` → ``layers`` →
    ``models``; needs only torch;
 2. the training stack: ``dataset_base`` (the dataset table) → ``imagenet`` → ``data`` →
    ``checkpoint`` (what a checkpoint holds) → ``run_folder`` → ``train`` →

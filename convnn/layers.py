@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import kernels_attention, kernels_conv2d, ops
+from . import kernels_attention, kernels_conv2d, kernels_projection, ops
 from ._checks import (
     check_bool,
     check_choice,
@@ -782,11 +782,7 @@ class ConvNNAttention(_HeadProjections, _SampledCandidates):
                 return self._split(F.linear(work, linear.weight.to(work.dtype), bias))
 
             if contract:  # q and k from one split of x and one GEMM
-                qk = (self.q_proj, self.k_proj)  # one bias flag for both
-                both = ops.contract_linear(
-                    x, torch.cat([p.weight for p in qk]),
-                    None if self.q_proj.bias is None else torch.cat([p.bias for p in qk]))
-                q, key = (self._split(part) for part in both.chunk(2, dim=-1))
+                q, key = self._contract_projection(x)
             else:
                 q, key = project(self.q_proj), project(self.k_proj)
             if self.selection != "features":
@@ -797,6 +793,30 @@ class ConvNNAttention(_HeadProjections, _SampledCandidates):
                     return pos, pos
                 q, key = torch.cat((q, pos), dim=-1), torch.cat((key, pos), dim=-1)
         return q, key
+
+    def _contract_projection(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """q and k per head under the precision contract, from one GEMM over ``[W_q; W_k]``:
+        the Triton kernel (:func:`convnn.kernels_projection.contract_projection`, opt-in:
+        ``backend="triton"``) or :func:`convnn.ops.contract_linear`."""
+        qk = (self.q_proj, self.k_proj)  # one bias flag for both
+        weight = torch.cat([p.weight for p in qk])
+        bias = None if self.q_proj.bias is None else torch.cat([p.bias for p in qk])
+        if self.projection_backend(x)[0] == ops.TRITON:
+            return kernels_projection.contract_projection(x, weight, bias, self.num_heads)
+        both = ops.contract_linear(x, weight, bias)
+        return self._split(both[..., :self.inner_dim]), self._split(both[..., self.inner_dim:])
+
+    def projection_backend(self, x: Tensor) -> tuple[str, str]:
+        """What projects the selection features of ``x`` under the precision contract (where
+        :func:`convnn.ops.contract_projection_applies`), with the reason: ``("triton", ...)``
+        for :func:`convnn.kernels_projection.contract_projection` (opt-in: only under
+        ``backend="triton"``), else ``("torch" | "reference", why)`` for
+        :func:`convnn.ops.contract_linear`."""
+        weights = (self.q_proj.weight.dtype,) + (
+            () if self.q_proj.bias is None else (self.q_proj.bias.dtype,))
+        return ops.backend_decision(self.backend, x.device, step="contract_projection",
+                                    width=self.inner_dim, heads=self.num_heads, dtype=x.dtype,
+                                    weight_dtypes=weights)
 
     def _check_input(self, x: Tensor) -> None:
         check_layer_input("input", x, 3, "[B, T, D]", self.weight)

@@ -112,7 +112,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import kernels, kernels_attention, kernels_conv2d
+from . import kernels, kernels_attention, kernels_conv2d, kernels_projection
 from ._checks import check_choice, check_index, check_int
 
 WEIGHTINGS = ("ones", "softmax", "similarity")
@@ -157,14 +157,18 @@ KERNEL_STEPS = {
                                   "fused attention core", opt_in=True),
     "conv2d_fused": KernelStep(kernels_conv2d.can_run_conv2d_fused, "fused 2-D kernels",
                                opt_in=True),
+    "contract_projection": KernelStep(kernels_projection.can_run_contract_projection,
+                                      "contract projection kernel", opt_in=True),
 }
 """The steps with a Triton kernel, each with its module's predicate: ``"topk"`` (row top-k of
 a score matrix), ``"gather_aggregate"`` (depthwise/separable aggregation), ``"fused_topk"``
 (selection that never writes the score matrix), ``"fused_attention"`` (the whole ConvNN
 attention core of :class:`convnn.layers.ConvNNAttention`, all or sampled candidates, float32
 or 16-bit, in one kernel: selection under the precision contract, softmax, depthwise
-aggregation) and ``"conv2d_fused"`` (the paper's :class:`convnn.layers.ConvNN2d`: selection
-and gather-GEMM read the image in place). The fused steps are opt-in: only
+aggregation) ``"conv2d_fused"`` (the paper's :class:`convnn.layers.ConvNN2d`: selection
+and gather-GEMM read the image in place) and ``"contract_projection"`` (the attention layer's
+q/k projection under the precision contract, in one GEMM that writes q and k per head:
+:func:`convnn.kernels_projection.contract_projection`). The fused steps are opt-in: only
 ``backend="triton"`` takes them, not auto. A new kernel step is its module's ``can_run_*``
 and one entry here."""
 BACKEND_ENV = "CONVNN_BACKEND"
@@ -333,7 +337,9 @@ def choose_backend(backend: str | None, device, *, step: str | None = None,
             ``similarity`` and ``options`` (the layer's ``sampling``, ``selection``,
             ``weighting``, ``attn_dropout`` on the weights and ``dtypes`` of queries, keys,
             values, weights); ``"conv2d_fused"`` ``k``, ``similarity``, ``options`` and
-            ``dtype`` (see :func:`convnn.kernels_conv2d.can_run_conv2d_fused`).
+            ``dtype`` (see :func:`convnn.kernels_conv2d.can_run_conv2d_fused`);
+            ``"contract_projection"`` ``width`` (``h·d``), ``heads``, ``dtype`` (of ``x``) and
+            ``weight_dtypes``.
 
     Raises:
         RuntimeError: ``"triton"`` is forced for a supported step on a device where Triton

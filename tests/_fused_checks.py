@@ -9,7 +9,7 @@ import traceback
 import torch
 import torch.nn.functional as F
 
-from convnn import ConvNN2d, ConvNNAttention, kernels, kernels_attention, ops
+from convnn import ConvNN2d, ConvNNAttention, kernels, kernels_attention, kernels_projection, ops
 
 BEGIN, END = "=== CHECK BEGIN ", "=== CHECK END "
 
@@ -108,7 +108,8 @@ class _CountFused:
     def __init__(self, name="fused_topk"):
         self.calls = 0
         self.name = name
-        self.module = kernels_attention if name == "fused_attention" else kernels
+        self.module = {"fused_attention": kernels_attention,
+                       "contract_projection": kernels_projection}.get(name, kernels)
         self.original = getattr(self.module, name)
 
     def __enter__(self):
@@ -705,3 +706,101 @@ def fused_attention_custom_op():
     for a, b in zip(runs[0], runs[2]):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     print("CUSTOM OP OK")
+
+
+def _per_head(out, heads):
+    batch, tokens, width = out.shape
+    return (out.view(batch, tokens, heads, width // heads).transpose(1, 2)
+            .reshape(batch * heads, tokens, width // heads))
+
+
+def contract_projection_matches(rows_per_split=64):
+    """The q/k projection kernel (:func:`convnn.kernels_projection.contract_projection`):
+    q and k per head within :func:`ops.selection_score_bound` of the exact projection (as
+    :func:`ops.contract_linear`); gradients a bf16 linear's (every element within two bf16
+    roundings of the operands: the interpreter truncates to bf16, a card rounds to nearest),
+    bitwise equal over two backward passes; 1 and 3 heads, bias or not, row blocks and dW
+    slices crossed (``rows_per_split`` lowered); a custom op that ``torch.compile`` takes; and
+    the layer under ``backend="triton"`` takes it where the contract projection applies."""
+    kernels_projection.ROWS_PER_SPLIT = rows_per_split
+    gen = torch.Generator().manual_seed(3)
+    cases = 0
+    for heads, head_dim, channels, batch, tokens, bias, scale in (
+            (1, 32, 24, 2, 70, True, 1.0), (3, 16, 40, 3, 7, False, 1e3),
+            (2, 32, 16, 1, 133, True, 1e-3)):
+        width = heads * head_dim
+        x = (torch.randn(batch, tokens, channels, generator=gen) * scale).requires_grad_()
+        w = (torch.randn(2 * width, channels, generator=gen) / 4).requires_grad_()
+        b = torch.randn(2 * width, generator=gen).requires_grad_() if bias else None
+        q, key = kernels_projection.contract_projection(x, w, b, heads)
+        assert q.dtype == key.dtype == torch.float32
+        assert q.shape == key.shape == (batch * heads, tokens, head_dim)
+        exact = F.linear(x.double(), w.double(), None if b is None else b.double()).detach()
+        # the contract's bound, plus the rounding of the float32 result (with the bias)
+        full_bound = ops.selection_score_bound(x, w).double() + 2.0 ** -24 * exact.abs()
+        for got, part in ((q, exact[..., :width]), (key, exact[..., width:])):
+            half = full_bound[..., :width] if got is q else full_bound[..., width:]
+            err = (got.double() - _per_head(part, heads)).abs()
+            assert bool((err <= _per_head(half, heads)).all()), (heads, float(err.detach().max()))
+        gq, gk = (torch.randn(q.shape, generator=gen) for _ in range(2))
+        params = [x, w] + ([b] if bias else [])
+        grads = torch.autograd.grad((q * gq).sum() + (key * gk).sum(), params, retain_graph=True)
+        again = torch.autograd.grad((q * gq).sum() + (key * gk).sum(), params)
+        assert all(torch.equal(u, v) for u, v in zip(grads, again))  # no atomics
+        g = torch.cat([gq.view(batch, heads, tokens, head_dim).transpose(1, 2)
+                       .reshape(batch, tokens, width) for gq in (gq, gk)], -1).double()
+        two_roundings = 2.0 ** -7
+        exact_dx = g @ w.double()
+        slack_dx = two_roundings * (g.abs() @ w.double().abs())
+        assert bool(((grads[0].double() - exact_dx).abs() <= slack_dx + 1e-30).all())
+        gf, xf = g.reshape(-1, 2 * width), x.detach().double().reshape(-1, channels)
+        exact_dw = gf.t() @ xf
+        slack_dw = two_roundings * (gf.abs().t() @ xf.abs())
+        assert bool(((grads[1].double() - exact_dw).abs() <= slack_dw + 1e-30).all())
+        if bias:
+            torch.testing.assert_close(grads[2].double(), gf.sum(0), rtol=1e-5, atol=1e-5)
+        cases += 1
+    # a custom op: opcheck (schema, fake, autograd) and torch.compile without a graph break
+    x = torch.randn(2, 9, 16, generator=gen, requires_grad=True)
+    w = torch.randn(64, 16, generator=gen, requires_grad=True)
+    b = torch.randn(64, generator=gen, requires_grad=True)
+    torch.library.opcheck(kernels_projection._contract_projection_op, (x, w, b, 2))
+    compiled = torch.compile(lambda x, w, b: kernels_projection.contract_projection(x, w, b, 2),
+                             fullgraph=True, backend="aot_eager")
+    for a, c in zip(kernels_projection.contract_projection(x, w, b, 2), compiled(x, w, b)):
+        assert torch.equal(a, c)
+    # the layer: backend="triton" takes the kernel where the contract projection applies
+    # (faked here), with the lists of ops.contract_linear and gradients as close as theirs
+    original = ops.contract_projection_applies
+    ops.contract_projection_applies = lambda device: True
+    try:
+        for heads in (3,):
+            layer = ConvNNAttention(48, heads, k=5, bias=True)
+            x = torch.randn(2, 24, 48, requires_grad=True)
+            runs = {}
+            for backend in ("triton", "torch"):
+                layer.backend = backend
+                with _CountFused("contract_projection") as proj:
+                    lists = layer.neighbours(x)
+                    grads = torch.autograd.grad(layer(x).square().sum(),
+                                                [x, layer.k_proj.weight, layer.q_proj.bias])
+                assert proj.calls == (2 if backend == "triton" else 0), (backend, proj.calls)
+                assert layer.projection_backend(x)[0] == backend
+                runs[backend] = (lists, grads)
+            assert torch.equal(runs["triton"][0], runs["torch"][0])
+            for a, c in zip(runs["triton"][1], runs["torch"][1]):
+                assert float((a - c).norm() / c.norm()) < 2e-2, (heads, [float((u - v).norm() / v.norm()) for u, v in zip(runs["triton"][1], runs["torch"][1])])
+            cases += 1
+    finally:
+        ops.contract_projection_applies = original
+    # what it refuses, with the reason, and auto leaves it off
+    layer = ConvNNAttention(24, 2, k=3, backend="triton")  # h·d = 24: no 16-column tile
+    decision = layer.projection_backend(torch.zeros(1, 5, 24))
+    assert decision[0] == "torch" and "multiple of 16" in decision[1], decision
+    decision = ConvNNAttention(32, 2, k=3, backend="triton").projection_backend(
+        torch.zeros(1, 5, 32, dtype=torch.bfloat16))
+    assert decision[0] == "torch" and "bfloat16 input" in decision[1], decision
+    with ops.default_backend(None):
+        decision = ConvNNAttention(32, 2, k=3).projection_backend(torch.zeros(1, 5, 32))
+    assert decision[0] == "torch" and "off until it is measured" in decision[1], decision
+    print("CONTRACT PROJECTION OK", cases)

@@ -27,7 +27,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "convnn"
 LAYERS = {
     "shared": ("convnn._checks", "convnn._io", "convnn._version", "convnn.package_data",
                "convnn.paper_vocabulary"),
-    "core": ("convnn.kernels", "convnn.kernels_attention", "convnn.kernels_conv2d", "convnn.ops", "convnn.attention", "convnn.layers",
+    "core": ("convnn.kernels", "convnn.kernels_attention", "convnn.kernels_conv2d",
+             "convnn.kernels_projection", "convnn.ops", "convnn.attention", "convnn.layers",
              "convnn.models"),
     "training": ("convnn.dataset_base", "convnn.data", "convnn.imagenet", "convnn.checkpoint",
                  "convnn.run_folder", "convnn.train", "convnn.experiments", "convnn.runner"),

@@ -303,3 +303,30 @@ def test_depthwise_1d_aggregation_is_its_own_term():
     terms = proxy._record_terms(trace, spec, "h200")
     assert {t[2] for t in terms} == {"e_conv1d_depthwise"}
     assert terms[0][1] == terms[1][1]  # the same rate in bf16 and float32
+
+
+def test_redesigned_layer_projects_with_the_projection_kernel():
+    """In the redesigned trace the selection features come from the projection kernel's
+    stand-in (one forward GEMM of three bf16 products, two backward GEMMs and the sums),
+    not from :func:`convnn.ops.contract_linear`'s split, concatenation and GEMM."""
+    from convnn import ConvNNAttention, ops
+
+    def trace(stand_in):
+        return proxy._trace(lambda: ConvNNAttention(32, 2, k=3), lambda n: torch.randn(
+            n, 20, 32, requires_grad=True), 2, "bf16", False, False, stand_in=stand_in)
+
+    calls = []
+    original = ops.contract_linear
+    ops.contract_linear = lambda *args: calls.append(args) or original(*args)
+    try:
+        redesign, today = trace(proxy._redesigned_core), trace(proxy._on_a_bf16_card)
+    finally:
+        ops.contract_linear = original
+    assert len(calls) == 1  # today's trace only
+    kernel = {key: rec for key, rec in redesign.ops.items() if key.startswith("projection")}
+    forward = kernel["projection_kernel_forward:bf16"]
+    assert forward.op_class == "kernel_gemm" and forward.flops == 3 * 2.0 * 40 * 32 * 64
+    assert {"projection_kernel_dx:bf16", "projection_kernel_dw:bf16"} <= set(kernel)
+    assert kernel["projection_kernel_sum:bf16"].count == 2
+    assert "sub" in {rec.name for rec in today.ops.values()}  # split_bf16 of x
+    assert "sub" not in {rec.name for rec in redesign.ops.values()}

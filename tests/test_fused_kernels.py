@@ -47,6 +47,9 @@ CHECKS = {
         ("bf16_vit_step_takes_the_fused_core()", "BF16 VIT OK"),
     "test_fused_attention_is_a_custom_op_torch_compile_takes":
         ("fused_attention_custom_op()", "CUSTOM OP OK"),
+    "test_contract_projection_kernel_matches_the_contract":
+        # 1 and 3 heads, bias or not, row blocks and dW slices crossed; custom op; the layer
+        ("contract_projection_matches()", "CONTRACT PROJECTION OK 4"),
     "test_gather_aggregate_gradcheck_float64": ("gradcheck_float64()", "GRADCHECK OK"),
     "test_gather_aggregate_gradients_are_bitwise_deterministic":
         ("gradients_are_bitwise_deterministic()", "DETERMINISTIC OK"),
@@ -103,6 +106,10 @@ def _check(check_output: dict[str, str], name: str) -> None:
     call, marker = CHECKS[name]
     assert call in check_output, check_output["<process>"]
     assert marker in check_output[call], check_output[call]
+
+
+def test_contract_projection_kernel_matches_the_contract(check_output):
+    _check(check_output, "test_contract_projection_kernel_matches_the_contract")
 
 
 def test_row_topk_equals_a_stable_sort_with_ties_and_masks(check_output):

@@ -235,6 +235,35 @@ def test_contract_projection_on_cuda_equals_its_cpu_emulation_within_the_bound()
     assert mismatch <= 2e-3, mismatch
 
 
+def test_projection_kernel_on_cuda_equals_the_contract_linear_path():
+    """The Triton q/k projection (``backend="triton"``) on the card: q and k equal
+    ``ops.contract_linear``'s within the contract's bound (both bf16×3 products; only the
+    summation order differs), and its gradients equal the bf16 linear's within float32
+    summation error (the same bf16 operands, rounded to nearest on the card)."""
+    from convnn import kernels_projection, ops
+
+    torch.manual_seed(6)
+    for heads in (1, 3):
+        x = torch.randn(8, 197, 192, device="cuda", requires_grad=True)
+        weight = (torch.randn(384, 192, device="cuda") / 14).requires_grad_()
+        bias = torch.randn(384, device="cuda", requires_grad=True)
+        q, key = kernels_projection.contract_projection(x, weight, bias, heads)
+        both = ops.contract_linear(x, weight, bias)
+
+        def per_head(part, heads=heads):
+            return part.view(8, 197, heads, -1).transpose(1, 2).reshape(8 * heads, 197, -1)
+
+        bound = float(ops.selection_score_bound(x, weight).max()) + 1e-6
+        for got, ref in ((q, per_head(both[..., :192])), (key, per_head(both[..., 192:]))):
+            torch.testing.assert_close(got, ref, rtol=0, atol=2 * bound)
+        gq, gk = torch.randn_like(q), torch.randn_like(key)
+        got = torch.autograd.grad((q * gq).sum() + (key * gk).sum(), (x, weight, bias))
+        ref = torch.autograd.grad((per_head(both[..., :192]) * gq).sum()
+                                  + (per_head(both[..., 192:]) * gk).sum(), (x, weight, bias))
+        for a, b in zip(got, ref):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-3)
+
+
 def _run_autocast(layer, x):
     layer.zero_grad()
     x = x.clone().requires_grad_(True)

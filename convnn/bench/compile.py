@@ -65,7 +65,8 @@ CARDS = (
 """The cards the gate compiles for (NVIDIA's tables of compute capabilities)."""
 SPILL_GATED = ("sm_80", "sm_90")
 """Cards where a hot forward kernel must not spill."""
-KERNEL_MODULES = ("convnn.kernels", "convnn.kernels_conv2d", "convnn.kernels_attention")
+KERNEL_MODULES = ("convnn.kernels", "convnn.kernels_conv2d", "convnn.kernels_attention",
+                  "convnn.kernels_projection")
 """The modules whose ``compile_variants(card)`` list what the package can launch."""
 
 

@@ -1404,26 +1404,71 @@ def _on_a_bf16_card(trace: StepTrace):
         ops.contract_projection_applies, ops._bf16_mm = applies, bf16_mm
 
 
+class _ProjectionKernel(torch.autograd.Function):
+    """Stands for :func:`convnn.kernels_projection.contract_projection` as built: the forward
+    kernel (x and W read in float32 and split in registers, three bf16 products, q and k
+    written per head in float32), and a backward of two kernels (dx = dq W_q + dk W_k, and
+    split-K dW / db into float32 partial sums) and the two sums of the partials."""
+
+    @staticmethod
+    def forward(ctx, x, weight, heads, trace):
+        batch, tokens, channels = x.shape
+        rows, width = batch * tokens, weight.shape[0]  # width: 2·h·d (q and k)
+        trace.add("projection_kernel_forward", "kernel_gemm",
+                  3 * 2.0 * rows * channels * width,
+                  4.0 * (rows * channels + width * channels + rows * width), True)
+        ctx.shape, ctx.trace, ctx.like = (rows, channels, width), trace, (x, weight)
+        q = x.new_empty(batch * heads, tokens, width // 2 // heads, dtype=torch.float32)
+        return q, torch.empty_like(q)
+
+    @staticmethod
+    def backward(ctx, grad_q, grad_key):
+        from ..kernels_projection import ROWS_PER_SPLIT
+
+        rows, channels, width = ctx.shape
+        trace = ctx.trace
+        trace.add("projection_kernel_dx", "kernel_gemm", 2.0 * rows * width * channels,
+                  4.0 * (rows * width + width * channels + rows * channels), True)
+        partial = 4.0 * -(-rows // ROWS_PER_SPLIT) * width * (channels + 1)
+        trace.add("projection_kernel_dw", "kernel_gemm", 2.0 * rows * width * channels,
+                  4.0 * (rows * width + rows * channels) + partial, True)
+        trace.add("projection_kernel_sum", "kernel_io", 0.0, partial, True)
+        trace.ops["projection_kernel_sum:bf16"].count += 1  # dW and db
+        x, weight = ctx.like
+        return torch.empty_like(x), torch.empty_like(weight), None, None
+
+
 @contextlib.contextmanager
 def _redesigned_core(trace: StepTrace):
     """ConvNNAttention's core runs as the built kernels would on a bf16 card, its selection
-    features projected as there (:func:`_on_a_bf16_card`)."""
+    features projected as there (:func:`_on_a_bf16_card`) by the projection kernel
+    (``backend="triton"``: :class:`_ProjectionKernel`)."""
+    from .. import kernels_projection
     from ..layers import ConvNNAttention
 
-    core = ConvNNAttention._core
+    core, decide = ConvNNAttention._core, ConvNNAttention.projection_backend
+    project = kernels_projection.contract_projection
 
     def redesigned(self, q, key, v, candidates, weight_dropout):
         return _RedesignedCore.apply(q, key, v, self.k, _sampled_count(self), trace)
 
     ConvNNAttention._core = redesigned
+    ConvNNAttention.projection_backend = lambda self, x: ("triton", "the built kernel")
+    kernels_projection.contract_projection = (
+        lambda x, weight, bias, heads: _ProjectionKernel.apply(x, weight, heads, trace))
     try:
         with _on_a_bf16_card(trace):
             yield
     finally:
-        ConvNNAttention._core = core
+        ConvNNAttention._core, ConvNNAttention.projection_backend = core, decide
+        kernels_projection.contract_projection = project
 
 
 def _kernel_terms(rec: OpRecord, hw: dict, gpu: str) -> tuple:
+    if rec.op_class == "kernel_gemm":  # software-pipelined: loads overlap the products, as
+        # the model has it for cuBLAS (the roofline: the larger of compute and memory)
+        return (rec.name, rec.flops / hw["bf16_flops"], "e_kernel_gemm",
+                rec.bytes / hw["bandwidth"] / LIBRARY_BANDWIDTH, None, rec.count)
     if rec.op_class == "kernel_dot":
         return (rec.name, rec.flops / hw["bf16_flops"], "e_kernel_dot", 0.0, None, rec.count)
     if rec.op_class == "kernel_cuda":
@@ -1490,8 +1535,11 @@ def target_estimates(device: str = "h200", calibrated: dict | None = None,
     here when not given). The redesigned core's tensor-core dots run at the calibrated bf16
     SDPA efficiency times the kernel factor read from the compile report (``compile_report``:
     a path, rows, or ``None`` for the committed one under ``data/results/compile/``; without
-    an attention-forward row for the card, :data:`DESIGN_FACTOR`). ``est_low`` / ``est_high``
-    span :data:`LOW_FACTOR` … the factor and :data:`CUDA_CORE_EFFICIENCY`; ``calibration_rms``
+    an attention-forward row for the card, :data:`DESIGN_FACTOR`). The q/k projection
+    kernels (:class:`_ProjectionKernel`, software-pipelined GEMMs) run at the calibrated
+    cuBLAS efficiency times the worst of their rows' factors, the larger of compute and
+    memory as for cuBLAS. ``est_low`` / ``est_high`` span :data:`LOW_FACTOR` … the factors
+    and :data:`CUDA_CORE_EFFICIENCY`; ``calibration_rms``
     / ``calibration_max`` are the calibrated model's relative errors on the committed ratio
     rows: read each estimate as ``est × (1 ± calibration_rms)`` at best."""
     check_choice("device", device, GPUS)
@@ -1521,11 +1569,16 @@ def target_estimates(device: str = "h200", calibrated: dict | None = None,
                 f"{found['warps_per_sm']} warps/SM, "
                 f"{'spills' if found['spills'] else 'no spills'}"))
 
-    def seconds(trace, f, e_cuda, occ):
-        if f <= 0 or occ <= 0:  # the kernel does not compile for the card
+    projection = (attention_kernel_factor(rows, card, kernel_contains="_projection_",
+                                          prefer="") if rows else None)
+    gemm_factor = DESIGN_FACTOR if projection is None else projection["factor"]
+
+    def seconds(trace, f, e_cuda, occ, gemm=gemm_factor):
+        if f <= 0 or occ <= 0 or gemm <= 0:  # a kernel does not compile for the card
             return math.inf
         return _estimate_trace(trace, {**params, "e_kernel_dot": params["e_attention"] * f,
-                                       "e_kernel_cuda": e_cuda * occ}, device)
+                                       "e_kernel_cuda": e_cuda * occ,
+                                       "e_kernel_gemm": params["e_matmul"] * gemm}, device)
 
     central_e, low_e, high_e = CUDA_CORE_EFFICIENCY
     out = []
@@ -1545,10 +1598,19 @@ def target_estimates(device: str = "h200", calibrated: dict | None = None,
                        "calibration_rms": rms, "calibration_max": worst}
                 if core == "redesign":
                     slow = seconds(trace, LOW_FACTOR, low_e, min(occupancy_only, LOW_FACTOR
-                                                                 / MMA_FACTOR["mma.sync"]))
-                    fast = seconds(trace, max(factor, DESIGN_FACTOR), high_e, 1.0)
+                                                                 / MMA_FACTOR["mma.sync"]),
+                                   gemm=LOW_FACTOR)
+                    fast = seconds(trace, max(factor, DESIGN_FACTOR), high_e, 1.0,
+                                   gemm=max(gemm_factor, DESIGN_FACTOR))
                     row.update(est_low=base / slow, est_high=base / fast,
-                               kernel_factor=factor, kernel_source=source)
+                               kernel_factor=factor, kernel_source=source,
+                               projection_factor=gemm_factor,
+                               projection_source=(
+                                   "no compile report row for the projection kernels: the "
+                                   "design's budget" if projection is None else
+                                   f"compile report: {projection['kernel']} "
+                                   f"({projection['variant']}), {projection['mma']}, "
+                                   f"{projection['warps_per_sm']} warps/SM"))
                 out.append(row)
     return out
 

@@ -1,0 +1,415 @@
+"""The selection's q/k projection of :class:`convnn.layers.ConvNNAttention` in Triton, under
+the precision contract of :mod:`convnn.ops`: one GEMM that reads ``x`` once and writes q and
+k per head.
+
+Under bf16 autocast on a card with bf16 tensor cores the layer projects its selection features
+with the arithmetic of :func:`convnn.ops.contract_linear`: ``x Wᵀ + b`` with bf16×3 products
+(``x_hi·W_hi + x_hi·W_lo + x_lo·W_hi``, ``hi = bf16(v)``, ``lo = bf16(v - hi)``), float32
+accumulation and a float32 result. That function builds it from PyTorch ops: it splits ``x``
+(two passes over it), concatenates ``[x_hi | x_hi | x_lo]`` (a third), runs one bf16 GEMM over
+``3C`` inputs, and the layer then copies q and k into heads. :func:`contract_projection` does
+the same products in one kernel per pass:
+
+- **Forward** (grid ``[⌈M / BLOCK_M⌉, 2N / BLOCK_N]``, ``M = B·T`` rows, ``N = h·d``): a
+  program computes a ``BLOCK_M × BLOCK_N`` tile of q or k. ``x`` is loaded in its own dtype
+  and split into bf16 hi / lo in registers, and so is ``W`` (``[2N, C]``, a parameter: tiny,
+  read from L2). Three ``tl.dot`` a channel slice (``wgmma`` on sm_90), software-
+  pipelined over :data:`NUM_STAGES` stages. The tile is written, with the bias, straight into
+  q or k in the per-head layout ``[B·h, T, d]`` that the attention core reads.
+- **Backward**, bf16 products with float32 accumulation, as a bf16 linear under autocast (the
+  gradients decide no list, so they need no split; :func:`convnn.ops.contract_linear` does
+  the same): ``dx = dq W_q + dk W_k`` in one kernel that rounds the float32 gradients to bf16
+  as it loads them; ``dW`` and ``db`` in a split-K kernel (one partial sum per slice of
+  :data:`ROWS_PER_SPLIT` rows, summed after: deterministic, no atomics). With the two sums,
+  four launches a backward, one a forward: nothing is cast or split outside the kernels.
+
+Each output is within :func:`convnn.ops.selection_score_bound` of ``x`` and ``W`` of the
+float32 projection, as :func:`convnn.ops.contract_linear`'s (the same products, summed in
+another order). Unmeasured on a GPU: checked under ``TRITON_INTERPRET=1`` and compiled for
+sm_80/89/90 by the compile gate (bf16 products: no sm_75 variant, and the backend decision
+refuses a card below compute capability 8.0); opt-in (``backend="triton"``).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import Tensor
+
+from .kernels import KernelVariant, _require, card_refusal, pointer_type, triton
+
+if triton is not None:
+    import triton.language as tl
+
+BLOCK_M = 128
+"""Rows (``B·T`` positions) per forward / dx program: a ``wgmma`` row tile for each of two
+warpgroups (:data:`NUM_WARPS`)."""
+BLOCK_N = 64
+"""Output columns per forward / dx program (at most: the largest power of two <= 64 that
+divides ``N``, so a tile lies in q or in k)."""
+BLOCK_K = 32
+"""Reduction slice per ``tl.dot`` (channels in the forward, projected features in dx)."""
+BLOCK_W = 64
+"""Rows and columns of a dW tile; its reduction slice is :data:`BLOCK_W` positions."""
+ROWS_PER_SPLIT = 2048
+"""Positions per partial sum of the dW kernel (B = 256, T = 197: 25 slices, so 9 tiles × 25
+programs a launch for the 132 SMs of an H100)."""
+NUM_WARPS = 8
+"""Two warpgroups: with one, the forward takes 255 registers a thread and spills on sm_80
+(the compile gate)."""
+NUM_STAGES = 3
+"""Software-pipelining stages of the reduction loops (loads of the next slices in flight
+while the tensor cores multiply this one)."""
+DTYPES = (torch.float32,)
+"""The dtypes of ``x``, ``W`` and the bias it takes: float32, what autocast gives the layer
+(its LayerNorm runs in float32; parameters stay float32). A model cast to bf16 keeps
+:func:`convnn.ops.contract_linear`."""
+
+if triton is not None:
+
+    @triton.jit
+    def _bf16_dot(a, b, acc, AS_F32: tl.constexpr):
+        # acc + a @ b of bf16 tiles, float32 accumulation. AS_F32 (the interpreter, whose bf16
+        # tl.dot is wrong in Triton 3.8): the same bf16 values multiplied exactly in float32.
+        if AS_F32:
+            return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+        return tl.dot(a, b, acc)
+
+    @triton.jit
+    def _head_offsets(m, n, T, HEADS: tl.constexpr, HD: tl.constexpr):
+        # Offsets of element (m = b·T + t, n = head·HD + e) of a [B, T, HEADS·HD] projection
+        # in the per-head layout [B·HEADS, T, HD]: a row part (of m) and a column part (of n).
+        m = m.to(tl.int64)
+        b = m // T
+        row = b * (HEADS * HD) * T + (m - b * T) * HD
+        head = n // HD
+        col = head * T * HD + (n - head * HD)
+        return row, col
+
+    @triton.jit
+    def _projection_forward_kernel(
+            x_ptr, w_ptr, bias_ptr, q_ptr, k_ptr, M, T, C,
+            HAS_BIAS: tl.constexpr, HEADS: tl.constexpr, HD: tl.constexpr,
+            AS_F32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+            BLOCK_K: tl.constexpr):
+        N: tl.constexpr = HEADS * HD
+        rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        first = tl.program_id(1) * BLOCK_N  # of the 2N stacked q/k columns; BLOCK_N | N
+        cols = first + tl.arange(0, BLOCK_N)
+        row_ok = rows < M
+        x_rows = x_ptr + rows.to(tl.int64)[:, None] * C
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for c0 in range(0, C, BLOCK_K):
+            ks = c0 + tl.arange(0, BLOCK_K)
+            k_ok = ks < C
+            x = tl.load(x_rows + ks[None, :], mask=row_ok[:, None] & k_ok[None, :],
+                        other=0.0).to(tl.float32)
+            x_hi = x.to(tl.bfloat16)
+            x_lo = (x - x_hi.to(tl.float32)).to(tl.bfloat16)
+            w = tl.load(w_ptr + cols[None, :] * C + ks[:, None], mask=k_ok[:, None],
+                        other=0.0).to(tl.float32)  # [BLOCK_K, BLOCK_N] of W [2N, C]
+            w_hi = w.to(tl.bfloat16)
+            w_lo = (w - w_hi.to(tl.float32)).to(tl.bfloat16)
+            acc = _bf16_dot(x_hi, w_hi, acc, AS_F32)
+            acc = _bf16_dot(x_hi, w_lo, acc, AS_F32)
+            acc = _bf16_dot(x_lo, w_hi, acc, AS_F32)
+        if HAS_BIAS:
+            acc += tl.load(bias_ptr + cols).to(tl.float32)[None, :]
+        if first < N:  # a tile of q
+            row, col = _head_offsets(rows, cols, T, HEADS, HD)
+            tl.store(q_ptr + row[:, None] + col[None, :], acc, mask=row_ok[:, None])
+        else:  # a tile of k
+            row, col = _head_offsets(rows, cols - N, T, HEADS, HD)
+            tl.store(k_ptr + row[:, None] + col[None, :], acc, mask=row_ok[:, None])
+
+    @triton.jit
+    def _accumulate_dx(g_ptr, w_ptr, acc, rows, row_ok, cs, c_ok, T, C,
+                       HEADS: tl.constexpr, HD: tl.constexpr, AS_F32: tl.constexpr,
+                       BLOCK_K: tl.constexpr):
+        # acc + g @ W of one of q / k: g [M, N] in the per-head layout, W [N, C]; bf16
+        # products of both (rounded as they are loaded), float32 accumulation
+        N: tl.constexpr = HEADS * HD
+        for n0 in range(0, N, BLOCK_K):
+            n = n0 + tl.arange(0, BLOCK_K)
+            n_ok = n < N
+            row, col = _head_offsets(rows, n, T, HEADS, HD)
+            g = tl.load(g_ptr + row[:, None] + col[None, :],
+                        mask=row_ok[:, None] & n_ok[None, :], other=0.0)
+            w = tl.load(w_ptr + n[:, None] * C + cs[None, :], mask=n_ok[:, None] & c_ok[None, :],
+                        other=0.0)
+            acc = _bf16_dot(g.to(tl.bfloat16), w.to(tl.bfloat16), acc, AS_F32)
+        return acc
+
+    @triton.jit
+    def _projection_dx_kernel(
+            dq_ptr, dk_ptr, w_ptr, dx_ptr, M, T, C, HEADS: tl.constexpr,
+            HD: tl.constexpr, AS_F32: tl.constexpr, BLOCK_M: tl.constexpr,
+            BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        # dx = dq W_q + dk W_k, W = [W_q; W_k] [2N, C]
+        rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        cs = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        row_ok = rows < M
+        c_ok = cs < C
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        acc = _accumulate_dx(dq_ptr, w_ptr, acc, rows, row_ok, cs, c_ok, T, C, HEADS, HD,
+                             AS_F32, BLOCK_K)
+        acc = _accumulate_dx(dk_ptr, w_ptr + HEADS * HD * C, acc, rows, row_ok, cs, c_ok, T, C,
+                             HEADS, HD, AS_F32, BLOCK_K)
+        tl.store(dx_ptr + rows.to(tl.int64)[:, None] * C + cs[None, :],
+                 acc.to(dx_ptr.dtype.element_ty), mask=row_ok[:, None] & c_ok[None, :])
+
+    @triton.jit
+    def _projection_dw_kernel(
+            dq_ptr, dk_ptr, x_ptr, dw_part_ptr, db_part_ptr, M, T, C, ROWS_PER_SPLIT,
+            HEADS: tl.constexpr, HD: tl.constexpr, AS_F32: tl.constexpr,
+            BLOCK_W: tl.constexpr):
+        # This slice's dW[r, c] = Σ_m bf16(g[m, n]) bf16(x[m, c]) and db[r] = Σ_m g[m, n]
+        # (float32) for the rows r of [W_q; W_k]: g = dq (r = n < N) or dk (r = N + n), in the
+        # per-head layout. BLOCK_W divides N, so a tile's rows are all of q or all of k.
+        N: tl.constexpr = HEADS * HD
+        first = tl.program_id(0) * BLOCK_W
+        r = first + tl.arange(0, BLOCK_W)
+        cs = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
+        split = tl.program_id(2)
+        c_ok = cs < C
+        if first < N:
+            g_ptr = dq_ptr
+            n = r
+        else:
+            g_ptr = dk_ptr
+            n = r - N
+        start = split * ROWS_PER_SPLIT
+        stop = tl.minimum(start + ROWS_PER_SPLIT, M)
+        acc = tl.zeros((BLOCK_W, BLOCK_W), dtype=tl.float32)
+        bias = tl.zeros((BLOCK_W,), dtype=tl.float32)
+        for m0 in range(start, stop, BLOCK_W):
+            m = m0 + tl.arange(0, BLOCK_W)
+            m_ok = m < stop
+            row, col = _head_offsets(m, n, T, HEADS, HD)
+            g_t = tl.load(g_ptr + col[:, None] + row[None, :], mask=m_ok[None, :],
+                          other=0.0).to(tl.float32)
+            x = tl.load(x_ptr + m.to(tl.int64)[:, None] * C + cs[None, :],
+                        mask=m_ok[:, None] & c_ok[None, :], other=0.0)
+            acc = _bf16_dot(g_t.to(tl.bfloat16), x.to(tl.bfloat16), acc, AS_F32)
+            bias += tl.sum(g_t, axis=1)
+        out = split.to(tl.int64) * 2 * N + r
+        tl.store(dw_part_ptr + out[:, None] * C + cs[None, :], acc, mask=c_ok[None, :])
+        tl.store(db_part_ptr + out, bias, mask=(r >= 0) & (tl.program_id(1) == 0))
+
+
+def _interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def column_block(width: int) -> int | None:
+    """Output columns per program for ``width = h·d`` features: the largest of 64, 32, 16
+    that divides it (a tile lies in q or in k), ``None`` where none does."""
+    return next((b for b in (BLOCK_N, 32, 16) if b <= BLOCK_N and width % b == 0), None)
+
+
+def _forward_constexprs(width: int, heads: int, has_bias: bool, interpreted: bool) -> dict:
+    return {"HAS_BIAS": bool(has_bias), "HEADS": heads, "HD": width // heads,
+            "AS_F32": bool(interpreted), "BLOCK_M": BLOCK_M, "BLOCK_N": column_block(width),
+            "BLOCK_K": BLOCK_K}
+
+
+def _dx_constexprs(width: int, heads: int, interpreted: bool) -> dict:
+    return {"HEADS": heads, "HD": width // heads, "AS_F32": bool(interpreted),
+            "BLOCK_M": BLOCK_M, "BLOCK_N": BLOCK_N, "BLOCK_K": BLOCK_K}
+
+
+def _dw_constexprs(width: int, heads: int, interpreted: bool) -> dict:
+    return {"HEADS": heads, "HD": width // heads, "AS_F32": bool(interpreted),
+            "BLOCK_W": column_block(width)}
+
+
+def _forward_impl(x: Tensor, weight: Tensor, bias: Tensor | None,
+                  heads: int) -> tuple[Tensor, Tensor]:
+    batch, tokens, channels = x.shape
+    width = weight.shape[0] // 2
+    x, weight = x.contiguous(), weight.contiguous()
+    q = torch.empty(batch * heads, tokens, width // heads, dtype=torch.float32,
+                    device=x.device)
+    key = torch.empty_like(q)
+    rows = batch * tokens
+    if rows:
+        config = _forward_constexprs(width, heads, bias is not None, _interpreted())
+        grid = (triton.cdiv(rows, BLOCK_M), 2 * width // config["BLOCK_N"])
+        _projection_forward_kernel[grid](
+            x, weight, weight if bias is None else bias.contiguous(), q, key, rows, tokens,
+            channels, **config, num_warps=NUM_WARPS, num_stages=NUM_STAGES)
+    return q, key
+
+
+def _backward_impl(grad_q: Tensor, grad_key: Tensor, x: Tensor, weight: Tensor,
+                   heads: int) -> tuple[Tensor, Tensor, Tensor]:
+    batch, tokens, channels = x.shape
+    width = weight.shape[0] // 2
+    rows = batch * tokens
+    x, weight = x.contiguous(), weight.contiguous()
+    grad_q, grad_key = grad_q.contiguous(), grad_key.contiguous()
+    grad_x = torch.empty_like(x)
+    splits = max(1, triton.cdiv(rows, ROWS_PER_SPLIT))
+    # every element written by one program (float32 partial sums, summed below)
+    dw_part = torch.empty(splits, 2 * width, channels, dtype=torch.float32, device=x.device)
+    db_part = torch.empty(splits, 2 * width, dtype=torch.float32, device=x.device)
+    if not rows:
+        return grad_x, torch.zeros_like(weight), db_part.new_zeros(2 * width)
+    interpreted = _interpreted()
+    _projection_dx_kernel[(triton.cdiv(rows, BLOCK_M), triton.cdiv(channels, BLOCK_N))](
+        grad_q, grad_key, weight, grad_x, rows, tokens, channels,
+        **_dx_constexprs(width, heads, interpreted), num_warps=NUM_WARPS,
+        num_stages=NUM_STAGES)
+    config = _dw_constexprs(width, heads, interpreted)
+    _projection_dw_kernel[(2 * width // config["BLOCK_W"], triton.cdiv(channels, config["BLOCK_W"]),
+                           splits)](
+        grad_q, grad_key, x, dw_part, db_part, rows, tokens, channels, ROWS_PER_SPLIT,
+        **config, num_warps=NUM_WARPS, num_stages=NUM_STAGES)
+    return grad_x, dw_part.sum(0).to(weight.dtype), db_part.sum(0)
+
+
+@torch.library.custom_op("convnn::contract_projection", mutates_args=())
+def _contract_projection_op(x: Tensor, weight: Tensor, bias: Tensor | None,
+                            heads: int) -> tuple[Tensor, Tensor]:
+    """``(q, key)``, each ``[B·h, T, d]`` float32."""
+    return _forward_impl(x, weight, bias, heads)
+
+
+@_contract_projection_op.register_fake
+def _contract_projection_fake(x, weight, bias, heads):
+    batch, tokens, _ = x.shape
+    width = weight.shape[0] // 2
+    q = x.new_empty(batch * heads, tokens, width // heads, dtype=torch.float32)
+    return q, torch.empty_like(q)
+
+
+@torch.library.custom_op("convnn::contract_projection_backward", mutates_args=())
+def _contract_projection_backward_op(grad_q: Tensor, grad_key: Tensor, x: Tensor,
+                                     weight: Tensor, heads: int
+                                     ) -> tuple[Tensor, Tensor, Tensor]:
+    """``(dx, dW, db)``: in the dtypes of ``x`` and ``W``, ``db`` float32."""
+    return _backward_impl(grad_q, grad_key, x, weight, heads)
+
+
+@_contract_projection_backward_op.register_fake
+def _contract_projection_backward_fake(grad_q, grad_key, x, weight, heads):
+    return (torch.empty_like(x), torch.empty_like(weight),
+            weight.new_empty(weight.shape[0], dtype=torch.float32))
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, heads = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.heads, ctx.bias_dtype = heads, None if bias is None else bias.dtype
+
+
+def _backward(ctx, grad_q, grad_key):
+    x, weight = ctx.saved_tensors
+    if grad_q is None:
+        grad_q = torch.zeros_like(grad_key)
+    if grad_key is None:
+        grad_key = torch.zeros_like(grad_q)
+    grad_x, grad_w, grad_b = _contract_projection_backward_op(grad_q, grad_key, x, weight,
+                                                              ctx.heads)
+    return (grad_x, grad_w, None if ctx.bias_dtype is None else grad_b.to(ctx.bias_dtype),
+            None)
+
+
+_contract_projection_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def contract_projection(x: Tensor, weight: Tensor, bias: Tensor | None,
+                        heads: int) -> tuple[Tensor, Tensor]:
+    """The q/k projection of a ConvNN attention layer under the precision contract, in one
+    Triton kernel: ``x [B, T, C]``, ``weight [2·h·d, C]`` (``W_q`` stacked over ``W_k``),
+    ``bias [2·h·d]`` or ``None`` -> ``q, key``, each ``[B·h, T, d]`` float32 (the heads split,
+    as the attention core reads them). The products are those of
+    :func:`convnn.ops.contract_linear` (bf16×3, float32 accumulation); the backward is a bf16
+    linear's. Differentiable in ``x``, ``weight`` and ``bias``, without atomics; the custom op
+    ``convnn::contract_projection`` (``torch.compile`` takes it). Needs ``h·d`` a multiple of
+    16 (:func:`can_run_contract_projection`)."""
+    from ._checks import check_int
+
+    check_int("heads", heads, minimum=1)
+    if x.dim() != 3:
+        raise ValueError(f"x must be [B, T, C], got shape {tuple(x.shape)}")
+    if weight.dim() != 2 or weight.shape[1] != x.shape[2] or weight.shape[0] % 2:
+        raise ValueError(f"weight must be [2·h·d, C] with C={x.shape[2]} (W_q over W_k), "
+                         f"got shape {tuple(weight.shape)}")
+    width = weight.shape[0] // 2
+    reason = can_run_contract_projection(
+        width=width, heads=heads, dtype=x.dtype,
+        weight_dtypes=(weight.dtype,) + (() if bias is None else (bias.dtype,)))
+    if reason is not None:
+        raise ValueError(f"contract_projection cannot take this problem: {reason}")
+    if bias is not None and bias.shape != (2 * width,):
+        raise ValueError(f"bias must be [2·h·d] = [{2 * width}], got {tuple(bias.shape)}")
+    _require(x.device)
+    return _contract_projection_op(x, weight, bias, int(heads))
+
+
+# ------------------------------------------------------------------ the compile gate
+PAPER_TOKENS = 197
+PAPER_WIDTH = 192
+"""ViT-Tiny's embedding: C = h·d = 192."""
+PAPER_HEADS = (1, 3)
+"""1×192 (the paper's final runs) and 3×64."""
+
+
+def compile_variants(card) -> list[KernelVariant]:
+    """Every launch configuration of the projection kernels at the paper's shapes (C = 192,
+    1×192 and 3×64 heads, with and without bias) on a card with bf16 tensor cores (none on
+    sm_75: the backend decision refuses it there), float32 ``x`` (autocast). The forward
+    kernel is hot."""
+    if not card.bf16:
+        return []
+    variants = []
+    i32, f32p = "i32", pointer_type(torch.float32)
+    for heads in PAPER_HEADS:
+        shape = f"{heads}x{PAPER_WIDTH // heads} C={PAPER_WIDTH}"
+        for has_bias in (True, False):
+            variants.append(KernelVariant(
+                _projection_forward_kernel,
+                f"projection_forward {shape}{'' if has_bias else ' no-bias'}",
+                {"x_ptr": f32p, "w_ptr": f32p, "bias_ptr": f32p, "q_ptr": f32p,
+                 "k_ptr": f32p, "M": i32, "T": i32, "C": i32},
+                _forward_constexprs(PAPER_WIDTH, heads, has_bias, False), NUM_WARPS,
+                NUM_STAGES, hot=True))
+        variants.append(KernelVariant(
+            _projection_dx_kernel, f"projection_dx {shape}",
+            {"dq_ptr": f32p, "dk_ptr": f32p, "w_ptr": f32p, "dx_ptr": f32p, "M": i32,
+             "T": i32, "C": i32}, _dx_constexprs(PAPER_WIDTH, heads, False), NUM_WARPS,
+            NUM_STAGES))
+        variants.append(KernelVariant(
+            _projection_dw_kernel, f"projection_dw {shape}",
+            {"dq_ptr": f32p, "dk_ptr": f32p, "x_ptr": f32p, "dw_part_ptr": f32p,
+             "db_part_ptr": f32p, "M": i32, "T": i32, "C": i32, "ROWS_PER_SPLIT": i32},
+            _dw_constexprs(PAPER_WIDTH, heads, False), NUM_WARPS, NUM_STAGES))
+    return variants
+
+
+# --- What the projection kernel can run: the predicate of convnn.ops.choose_backend ----------
+
+def can_run_contract_projection(*, width: int | None = None, heads: int | None = None,
+                                dtype: torch.dtype | None = None, weight_dtypes=(),
+                                device: torch.device | str | None = None) -> str | None:
+    """Step ``"contract_projection"`` (:func:`contract_projection`): the q/k projection of a
+    ConvNN attention layer of ``width = h·d`` features in ``heads`` heads, from ``x`` of
+    ``dtype`` with weights (and bias) of ``weight_dtypes``. Its products are bf16: no card
+    below compute capability 8.0."""
+    from ._checks import check_int
+
+    check_int("width", width, minimum=1)
+    check_int("heads", heads, minimum=1)
+    if width % heads:
+        raise ValueError(f"width={width} must be a multiple of heads={heads}")
+    if column_block(width) is None:
+        return (f"width={width} features (the projection kernel's column tiles need a "
+                "multiple of 16)")
+    for what, dtypes in (("input", (dtype,)), ("weight", tuple(weight_dtypes))):
+        odd = sorted({str(d) for d in dtypes if d is not None and d not in DTYPES})
+        if odd:
+            return (f"{', '.join(odd)} {what} (the projection kernel takes "
+                    f"{' and '.join(str(d) for d in DTYPES)})")
+    return card_refusal(device, (torch.bfloat16,))
