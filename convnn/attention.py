@@ -338,9 +338,14 @@ class _ProjectedAttention(_HeadProjections, nn.Module):
         _check_tokens(x, self.dim)
 
     def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        q = self._split_heads(self.q_proj(x))  # (B, h, T, d)
-        k = self._split_heads(self.k_proj(x))  # (B, h, T, d)
-        v = self._split_heads(self.v_proj(x))  # (B, h, T, d)
+        """Queries, keys and values, ``(B, h, T, d)`` each, from one GEMM over the stacked
+        q/k/v weights (timm's fused qkv projection; the parameters stay three ``nn.Linear``,
+        so weights copy across the layers)."""
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        weight = torch.cat([p.weight for p in projections])
+        bias = None if self.q_proj.bias is None else torch.cat([p.bias for p in projections])
+        qkv = F.linear(x, weight, bias)
+        q, k, v = (self._split_heads(part) for part in qkv.split(self.inner_dim, dim=-1))
         return q, k, v
 
     @property

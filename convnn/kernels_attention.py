@@ -37,21 +37,23 @@ flight together; the loops over channel slices and key tiles are not pipelined
   indices (int32) and ρ ``[R, T, k]`` only: no score matrix.
   Non-finite scores rank last (as ``-inf``), as in :func:`convnn.ops.select_neighbours`.
 
-**Backward**, O(T·k·d) work, no atomics, no one-hot products; two kernels and a sort:
+**Backward**, O(T·k·d) work, no atomics, no one-hot products; three kernels:
 
 - query side (grid ``[⌈T / 64⌉, R]``): dρ (reduced on chip, never written) and this tile's
   partial sums of dw from the k gathered value rows, dscore through the softmax (zero for the
   constant self logit), ``dq = Σ_j dscore_j · scale · key[I_j]`` written in q's dtype;
-- candidate side: an inverse index (CSR) of ``I``, built by a stable sort of the
-  ``R·T·k`` target rows and a binary search (:func:`convnn.kernels.inverse_index`, as the
-  depthwise gather-aggregate uses), then one program per token row sums its entries:
+- candidate side: an inverse index (CSR) of ``I``, built per batch·head row by a stable
+  counting sort in one kernel (one program a row: a histogram of its ``T·k`` targets, their
+  prefix sum, then each entry's place; rows of more than :data:`MAX_INDEX_TOKENS` tokens
+  take a stable sort and a binary search, :func:`convnn.kernels.inverse_index`), then one
+  program per token row sums its entries:
   ``dV[s] = Σ ρ · w_j ⊙ g[t]`` and ``dkey[s] = Σ dscore · q[t]`` over the ``(t, j)`` with
   ``I[t, j] = s`` (the self slot included), written in v's and key's dtypes.
 
   Why segmented sums and not float32 atomics: the gradients are bitwise reproducible (the
-  project's other Triton backward is too), and the sort is cheap next to the sums
-  (``R·T·k`` int32 keys, 1.8 MB at B = 256, T = 197, k = 9, where the sums read 2·T·k·d
-  gathered elements); atomics would save the sort but make every step's gradients depend on
+  project's other Triton backward is too), and the index is cheap next to the sums
+  (``R·T·k`` int32 entries, 1.8 MB at B = 256, T = 197, k = 9, where the sums read 2·T·k·d
+  gathered elements); atomics would save the index but make every step's gradients depend on
   the order in which programs finish, and 16-bit gradients would need float32 buffers and a
   cast anyway.
 
@@ -367,7 +369,7 @@ if triton is not None:
             for e0 in range(start, stop, BLOCK_E):
                 e = e0 + tl.arange(0, BLOCK_E)
                 e_ok = e < stop
-                flat = tl.load(order_ptr + e, mask=e_ok, other=0)  # (r·T + t)·K + j
+                flat = tl.load(order_ptr + e, mask=e_ok, other=0).to(tl.int64)  # (r·T + t)·K + j
                 t = flat // K
                 j = flat - t * K
                 ok = e_ok[:, None] & d_ok[None, :]
@@ -386,6 +388,41 @@ if triton is not None:
                      mask=d_ok)
             tl.store(dk_ptr + row * D + dims, tl.sum(acc_k, axis=0).to(dk_ptr.dtype.element_ty),
                      mask=d_ok)
+
+
+    @triton.jit
+    def _attention_inverse_index_kernel(idx_ptr, order_ptr, rowptr_ptr, T,
+                                        K: tl.constexpr, BLOCK_T: tl.constexpr,
+                                        BLOCK_E: tl.constexpr):
+        # The inverse (CSR) of I for one batch·head row r: its T·K entries e = t·K + j
+        # (globally r·T·K + e) in the order of their target s = I[t, j], ascending e within a
+        # target (a stable counting sort), and rowptr[r·T + s] = r·T·K + (entries of targets
+        # below s). Two passes over I: a histogram, then each entry's place (gathered from
+        # the running count of its target, plus the entries before it in this block).
+        r = tl.program_id(0).to(tl.int64)
+        n = T * K
+        base = r * n
+        bins = tl.arange(0, BLOCK_T)
+        counts = tl.zeros((BLOCK_T,), dtype=tl.int32)
+        for e0 in range(0, n, BLOCK_E):
+            e = e0 + tl.arange(0, BLOCK_E)
+            ok = e < n
+            s = tl.load(idx_ptr + base + e, mask=ok, other=0)
+            counts += tl.histogram(s, BLOCK_T, mask=ok)
+        start = tl.cumsum(counts, axis=0) - counts
+        tl.store(rowptr_ptr + r * T + bins, (base + start).to(tl.int32), mask=bins < T)
+        # the next row's start, which that row's program writes too (the same value)
+        tl.store(rowptr_ptr + (r + 1) * T + bins, (base + n).to(tl.int32), mask=bins == 0)
+        earlier = tl.arange(0, BLOCK_E)[None, :] < tl.arange(0, BLOCK_E)[:, None]
+        placed = start  # per target: where its next entry goes
+        for e0 in range(0, n, BLOCK_E):
+            e = e0 + tl.arange(0, BLOCK_E)
+            ok = e < n
+            s = tl.load(idx_ptr + base + e, mask=ok, other=0)
+            ahead = tl.sum(((s[:, None] == s[None, :]) & earlier).to(tl.int32), axis=1)
+            at = tl.gather(placed, s, 0) + ahead
+            tl.store(order_ptr + base + at, (base + e).to(tl.int32), mask=ok)
+            placed += tl.histogram(s, BLOCK_T, mask=ok)
 
 
 def _interpreted() -> bool:
@@ -447,6 +484,16 @@ def _query_backward_launch(dim: int, k: int, *, constant_self: bool, drop: bool)
                     "BLOCK_G": _block_g(dim)}, NUM_WARPS, 1)
 
 
+MAX_INDEX_TOKENS = 256
+"""Most tokens a row's inverse index is built for in one program (its histogram lives in
+registers); longer rows take :func:`convnn.kernels.inverse_index` (a stable sort)."""
+
+
+def _inverse_index_launch(tokens: int, k: int) -> _Launch:
+    return _Launch({"K": k, "BLOCK_T": max(16, triton.next_power_of_2(tokens)),
+                    "BLOCK_E": 32}, 4, 1)
+
+
 def _candidate_backward_launch(dim: int, k: int, *, drop: bool) -> _Launch:
     return _Launch({"K": k, "D": dim, "DROP": bool(drop), "BLOCK_E": BLOCK_E, "BLOCK_D": _block_d(dim)}, 2, 1)
 
@@ -462,10 +509,10 @@ def _forward_impl(q: Tensor, key: Tensor, v: Tensor, w: Tensor, cand: Tensor | N
     q, key, v, w = q.contiguous(), key.contiguous(), v.contiguous(), w.contiguous()
     rows, tokens, dim = q.shape
     every = cand is None
-    cpos = (torch.zeros(1, dtype=torch.int32, device=q.device) if every
-            else cand.to(device=q.device, dtype=torch.int32).contiguous())
     out = torch.empty_like(v)
     idx = torch.empty(rows, tokens, k, dtype=torch.int32, device=q.device)
+    # all candidates: the kernel reads no position (idx stands in for the pointer)
+    cpos = idx if every else cand.to(device=q.device, dtype=torch.int32).contiguous()
     p = torch.empty(rows, tokens, k, dtype=torch.float32, device=q.device)
     if rows and tokens:
         launch = _forward_launch(tokens, None if every else cand.shape[0], dim, k,
@@ -496,8 +543,18 @@ def _backward_impl(grad_out: Tensor, q: Tensor, key: Tensor, v: Tensor, w: Tenso
             _query_backward_launch(dim, k, constant_self=constant_self, drop=drop is not None),
             q, key, v, w, g, idx, p, drop_arg, grad_q, dscore, partial_w, tokens, float(scale))
     # the inverse index of I over the R·T token rows: entry (r·T + t)·k + j -> r·T + I[t, j]
-    offset = torch.arange(rows, device=q.device, dtype=torch.int32).mul_(tokens).view(rows, 1, 1)
-    order, rowptr = inverse_index((idx + offset).view(rows * tokens, k), rows * tokens)
+    narrow = rows * tokens * k < 2 ** 31  # int32 entries
+    if tokens <= MAX_INDEX_TOKENS and narrow:
+        order = torch.empty(rows * tokens * k, dtype=torch.int32, device=q.device)
+        rowptr = torch.empty(rows * tokens + 1, dtype=torch.int32, device=q.device)
+        _launch(_attention_inverse_index_kernel, (rows,), _inverse_index_launch(tokens, k),
+                idx, order, rowptr, tokens)
+    else:
+        offset = torch.arange(rows, device=q.device, dtype=torch.int32).mul_(tokens)
+        order, rowptr = inverse_index((idx + offset.view(rows, 1, 1)).view(rows * tokens, k),
+                                      rows * tokens)
+        if narrow:
+            order, rowptr = order.int(), rowptr.int()
     _launch(_attention_candidate_backward_kernel, (rows * tokens,),
             _candidate_backward_launch(dim, k, drop=drop is not None),
             q, w, g, p, drop_arg, dscore, order, rowptr, grad_v, grad_key)
@@ -699,12 +756,17 @@ def compile_variants(card) -> list[KernelVariant]:
         dim = PAPER_HEAD_DIMS[0]
         launch = _candidate_backward_launch(dim, PAPER_K, drop=False)
         signature = {"q_ptr": qk_p, "w_ptr": w_p, "g_ptr": v_p, "p_ptr": f32p,
-                     "drop_ptr": f32p, "ds_ptr": f32p, "order_ptr": pointer_type(torch.int64),
-                     "rowptr_ptr": pointer_type(torch.int64), "dv_ptr": v_p, "dk_ptr": qk_p}
+                     "drop_ptr": f32p, "ds_ptr": f32p, "order_ptr": i32p,
+                     "rowptr_ptr": i32p, "dv_ptr": v_p, "dk_ptr": qk_p}
         variants.append(KernelVariant(
             _attention_candidate_backward_kernel,
             f"attention_candidate_backward {mix} T={PAPER_TOKENS} d={dim} k={PAPER_K}",
             signature, launch.constexprs, launch.num_warps, launch.num_stages))
+    launch = _inverse_index_launch(PAPER_TOKENS, PAPER_K)
+    variants.append(KernelVariant(
+        _attention_inverse_index_kernel, f"attention_inverse_index T={PAPER_TOKENS} k={PAPER_K}",
+        {"idx_ptr": i32p, "order_ptr": i32p, "rowptr_ptr": i32p, "T": i32},
+        launch.constexprs, launch.num_warps, launch.num_stages))
     return variants
 
 

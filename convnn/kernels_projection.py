@@ -20,8 +20,9 @@ the same products in one kernel per pass:
   gradients decide no list, so they need no split; :func:`convnn.ops.contract_linear` does
   the same): ``dx = dq W_q + dk W_k`` in one kernel that rounds the float32 gradients to bf16
   as it loads them; ``dW`` and ``db`` in a split-K kernel (one partial sum per slice of
-  :data:`ROWS_PER_SPLIT` rows, summed after: deterministic, no atomics). With the two sums,
-  four launches a backward, one a forward: nothing is cast or split outside the kernels.
+  :data:`ROWS_PER_SPLIT` rows, dW and db together, summed after: deterministic, no
+  atomics). Three launches a backward, one a forward: nothing is cast or split outside the
+  kernels.
 
 Each output is within :func:`convnn.ops.selection_score_bound` of ``x`` and ``W`` of the
 float32 projection, as :func:`convnn.ops.contract_linear`'s (the same products, summed in
@@ -61,6 +62,8 @@ NUM_WARPS = 8
 NUM_STAGES = 3
 """Software-pipelining stages of the reduction loops (loads of the next slices in flight
 while the tensor cores multiply this one)."""
+VALUE_DTYPE = torch.bfloat16
+"""The dtype of the values it writes (what bf16 autocast makes of ``v_proj(x)``)."""
 DTYPES = (torch.float32,)
 """The dtypes of ``x``, ``W`` and the bias it takes: float32, what autocast gives the layer
 (its LayerNorm runs in float32; parameters stay float32). A model cast to bf16 keeps
@@ -89,45 +92,65 @@ if triton is not None:
 
     @triton.jit
     def _projection_forward_kernel(
-            x_ptr, w_ptr, bias_ptr, q_ptr, k_ptr, M, T, C,
-            HAS_BIAS: tl.constexpr, HEADS: tl.constexpr, HD: tl.constexpr,
-            AS_F32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-            BLOCK_K: tl.constexpr):
+            x_ptr, w_ptr, bias_ptr, q_ptr, k_ptr, v_ptr, M, T, C,
+            HAS_BIAS: tl.constexpr, WITH_V: tl.constexpr, HEADS: tl.constexpr,
+            HD: tl.constexpr, AS_F32: tl.constexpr, BLOCK_M: tl.constexpr,
+            BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        # A tile of the stacked q | k (| v) columns of x Wᵀ + b; BLOCK_N divides N, so a tile
+        # lies in one of them. q and k: bf16×3 products, float32 out; v: a bf16 linear's one
+        # product (bf16(x)·bf16(W)), written in v's dtype.
         N: tl.constexpr = HEADS * HD
         rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-        first = tl.program_id(1) * BLOCK_N  # of the 2N stacked q/k columns; BLOCK_N | N
+        first = tl.program_id(1) * BLOCK_N
         cols = first + tl.arange(0, BLOCK_N)
         row_ok = rows < M
         x_rows = x_ptr + rows.to(tl.int64)[:, None] * C
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for c0 in range(0, C, BLOCK_K):
-            ks = c0 + tl.arange(0, BLOCK_K)
-            k_ok = ks < C
-            x = tl.load(x_rows + ks[None, :], mask=row_ok[:, None] & k_ok[None, :],
-                        other=0.0).to(tl.float32)
-            x_hi = x.to(tl.bfloat16)
-            x_lo = (x - x_hi.to(tl.float32)).to(tl.bfloat16)
-            w = tl.load(w_ptr + cols[None, :] * C + ks[:, None], mask=k_ok[:, None],
-                        other=0.0).to(tl.float32)  # [BLOCK_K, BLOCK_N] of W [2N, C]
-            w_hi = w.to(tl.bfloat16)
-            w_lo = (w - w_hi.to(tl.float32)).to(tl.bfloat16)
-            acc = _bf16_dot(x_hi, w_hi, acc, AS_F32)
-            acc = _bf16_dot(x_hi, w_lo, acc, AS_F32)
-            acc = _bf16_dot(x_lo, w_hi, acc, AS_F32)
+        values = False
+        if WITH_V:
+            values = first >= 2 * N
+        if values:
+            for c0 in range(0, C, BLOCK_K):
+                ks = c0 + tl.arange(0, BLOCK_K)
+                k_ok = ks < C
+                x = tl.load(x_rows + ks[None, :], mask=row_ok[:, None] & k_ok[None, :],
+                            other=0.0)
+                w = tl.load(w_ptr + cols[None, :] * C + ks[:, None], mask=k_ok[:, None],
+                            other=0.0)
+                acc = _bf16_dot(x.to(tl.bfloat16), w.to(tl.bfloat16), acc, AS_F32)
+        else:
+            for c0 in range(0, C, BLOCK_K):
+                ks = c0 + tl.arange(0, BLOCK_K)
+                k_ok = ks < C
+                x = tl.load(x_rows + ks[None, :], mask=row_ok[:, None] & k_ok[None, :],
+                            other=0.0).to(tl.float32)
+                x_hi = x.to(tl.bfloat16)
+                x_lo = (x - x_hi.to(tl.float32)).to(tl.bfloat16)
+                w = tl.load(w_ptr + cols[None, :] * C + ks[:, None], mask=k_ok[:, None],
+                            other=0.0).to(tl.float32)  # [BLOCK_K, BLOCK_N] of W [2N | 3N, C]
+                w_hi = w.to(tl.bfloat16)
+                w_lo = (w - w_hi.to(tl.float32)).to(tl.bfloat16)
+                acc = _bf16_dot(x_hi, w_hi, acc, AS_F32)
+                acc = _bf16_dot(x_hi, w_lo, acc, AS_F32)
+                acc = _bf16_dot(x_lo, w_hi, acc, AS_F32)
         if HAS_BIAS:
             acc += tl.load(bias_ptr + cols).to(tl.float32)[None, :]
         if first < N:  # a tile of q
             row, col = _head_offsets(rows, cols, T, HEADS, HD)
             tl.store(q_ptr + row[:, None] + col[None, :], acc, mask=row_ok[:, None])
-        else:  # a tile of k
+        elif first < 2 * N:  # a tile of k
             row, col = _head_offsets(rows, cols - N, T, HEADS, HD)
             tl.store(k_ptr + row[:, None] + col[None, :], acc, mask=row_ok[:, None])
+        else:  # a tile of v
+            row, col = _head_offsets(rows, cols - 2 * N, T, HEADS, HD)
+            tl.store(v_ptr + row[:, None] + col[None, :], acc.to(v_ptr.dtype.element_ty),
+                     mask=row_ok[:, None])
 
     @triton.jit
     def _accumulate_dx(g_ptr, w_ptr, acc, rows, row_ok, cs, c_ok, T, C,
                        HEADS: tl.constexpr, HD: tl.constexpr, AS_F32: tl.constexpr,
                        BLOCK_K: tl.constexpr):
-        # acc + g @ W of one of q / k: g [M, N] in the per-head layout, W [N, C]; bf16
+        # acc + g @ W of one of q / k / v: g [M, N] in the per-head layout, W [N, C]; bf16
         # products of both (rounded as they are loaded), float32 accumulation
         N: tl.constexpr = HEADS * HD
         for n0 in range(0, N, BLOCK_K):
@@ -143,10 +166,11 @@ if triton is not None:
 
     @triton.jit
     def _projection_dx_kernel(
-            dq_ptr, dk_ptr, w_ptr, dx_ptr, M, T, C, HEADS: tl.constexpr,
-            HD: tl.constexpr, AS_F32: tl.constexpr, BLOCK_M: tl.constexpr,
-            BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-        # dx = dq W_q + dk W_k, W = [W_q; W_k] [2N, C]
+            dq_ptr, dk_ptr, dv_ptr, w_ptr, dx_ptr, M, T, C, WITH_V: tl.constexpr,
+            HEADS: tl.constexpr, HD: tl.constexpr, AS_F32: tl.constexpr,
+            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        # dx = dq W_q + dk W_k (+ dv W_v), W = [W_q; W_k (; W_v)]
+        N: tl.constexpr = HEADS * HD
         rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
         cs = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
         row_ok = rows < M
@@ -154,33 +178,18 @@ if triton is not None:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         acc = _accumulate_dx(dq_ptr, w_ptr, acc, rows, row_ok, cs, c_ok, T, C, HEADS, HD,
                              AS_F32, BLOCK_K)
-        acc = _accumulate_dx(dk_ptr, w_ptr + HEADS * HD * C, acc, rows, row_ok, cs, c_ok, T, C,
+        acc = _accumulate_dx(dk_ptr, w_ptr + N * C, acc, rows, row_ok, cs, c_ok, T, C,
                              HEADS, HD, AS_F32, BLOCK_K)
+        if WITH_V:
+            acc = _accumulate_dx(dv_ptr, w_ptr + 2 * N * C, acc, rows, row_ok, cs, c_ok, T, C,
+                                 HEADS, HD, AS_F32, BLOCK_K)
         tl.store(dx_ptr + rows.to(tl.int64)[:, None] * C + cs[None, :],
                  acc.to(dx_ptr.dtype.element_ty), mask=row_ok[:, None] & c_ok[None, :])
 
     @triton.jit
-    def _projection_dw_kernel(
-            dq_ptr, dk_ptr, x_ptr, dw_part_ptr, db_part_ptr, M, T, C, ROWS_PER_SPLIT,
-            HEADS: tl.constexpr, HD: tl.constexpr, AS_F32: tl.constexpr,
-            BLOCK_W: tl.constexpr):
-        # This slice's dW[r, c] = Σ_m bf16(g[m, n]) bf16(x[m, c]) and db[r] = Σ_m g[m, n]
-        # (float32) for the rows r of [W_q; W_k]: g = dq (r = n < N) or dk (r = N + n), in the
-        # per-head layout. BLOCK_W divides N, so a tile's rows are all of q or all of k.
-        N: tl.constexpr = HEADS * HD
-        first = tl.program_id(0) * BLOCK_W
-        r = first + tl.arange(0, BLOCK_W)
-        cs = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
-        split = tl.program_id(2)
-        c_ok = cs < C
-        if first < N:
-            g_ptr = dq_ptr
-            n = r
-        else:
-            g_ptr = dk_ptr
-            n = r - N
-        start = split * ROWS_PER_SPLIT
-        stop = tl.minimum(start + ROWS_PER_SPLIT, M)
+    def _dw_slice(g_ptr, x_ptr, n, cs, c_ok, start, stop, T, C, HEADS: tl.constexpr,
+                  HD: tl.constexpr, AS_F32: tl.constexpr, BLOCK_W: tl.constexpr):
+        # Σ over positions m in [start, stop) of bf16(g[m, n]) bf16(x[m, c]), and of g[m, n]
         acc = tl.zeros((BLOCK_W, BLOCK_W), dtype=tl.float32)
         bias = tl.zeros((BLOCK_W,), dtype=tl.float32)
         for m0 in range(start, stop, BLOCK_W):
@@ -193,9 +202,44 @@ if triton is not None:
                         mask=m_ok[:, None] & c_ok[None, :], other=0.0)
             acc = _bf16_dot(g_t.to(tl.bfloat16), x.to(tl.bfloat16), acc, AS_F32)
             bias += tl.sum(g_t, axis=1)
-        out = split.to(tl.int64) * 2 * N + r
-        tl.store(dw_part_ptr + out[:, None] * C + cs[None, :], acc, mask=c_ok[None, :])
-        tl.store(db_part_ptr + out, bias, mask=(r >= 0) & (tl.program_id(1) == 0))
+        return acc, bias
+
+    @triton.jit
+    def _projection_dw_kernel(
+            dq_ptr, dk_ptr, dv_ptr, x_ptr, part_ptr, M, T, C, ROWS_PER_SPLIT,
+            WITH_V: tl.constexpr, HEADS: tl.constexpr, HD: tl.constexpr,
+            AS_F32: tl.constexpr, BLOCK_W: tl.constexpr):
+        # This slice's dW[r, c] = Σ_m bf16(g[m, n]) bf16(x[m, c]) and db[r] = Σ_m g[m, n]
+        # (float32) for the rows r of the stacked W: g = dq (r = n), dk (r = N + n) or dv
+        # (r = 2N + n), in the per-head layout. BLOCK_W divides N, so a tile's rows come from
+        # one of them. The partials of a slice: ROWS·C of dW, then ROWS of db (one sum).
+        N: tl.constexpr = HEADS * HD
+        ROWS: tl.constexpr = (3 if WITH_V else 2) * N
+        first = tl.program_id(0) * BLOCK_W
+        r = first + tl.arange(0, BLOCK_W)
+        cs = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
+        split = tl.program_id(2)
+        c_ok = cs < C
+        start = split * ROWS_PER_SPLIT
+        stop = tl.minimum(start + ROWS_PER_SPLIT, M)
+        values = False
+        if WITH_V:
+            values = first >= 2 * N
+        if values:  # dv: its own dtype
+            acc, bias = _dw_slice(dv_ptr, x_ptr, r - 2 * N, cs, c_ok, start, stop, T, C, HEADS,
+                                  HD, AS_F32, BLOCK_W)
+        else:
+            if first < N:
+                g_ptr = dq_ptr
+                n = r
+            else:
+                g_ptr = dk_ptr
+                n = r - N
+            acc, bias = _dw_slice(g_ptr, x_ptr, n, cs, c_ok, start, stop, T, C, HEADS, HD,
+                                  AS_F32, BLOCK_W)
+        part = part_ptr + split.to(tl.int64) * ROWS * (C + 1)
+        tl.store(part + r[:, None] * C + cs[None, :], acc, mask=c_ok[None, :])
+        tl.store(part + ROWS * C + r, bias, mask=(r >= 0) & (tl.program_id(1) == 0))
 
 
 def _interpreted() -> bool:
@@ -208,145 +252,173 @@ def column_block(width: int) -> int | None:
     return next((b for b in (BLOCK_N, 32, 16) if b <= BLOCK_N and width % b == 0), None)
 
 
-def _forward_constexprs(width: int, heads: int, has_bias: bool, interpreted: bool) -> dict:
-    return {"HAS_BIAS": bool(has_bias), "HEADS": heads, "HD": width // heads,
-            "AS_F32": bool(interpreted), "BLOCK_M": BLOCK_M, "BLOCK_N": column_block(width),
+def _forward_constexprs(width: int, heads: int, has_bias: bool, values: bool,
+                        interpreted: bool) -> dict:
+    return {"HAS_BIAS": bool(has_bias), "WITH_V": bool(values), "HEADS": heads,
+            "HD": width // heads, "AS_F32": bool(interpreted), "BLOCK_M": BLOCK_M,
+            "BLOCK_N": column_block(width), "BLOCK_K": BLOCK_K}
+
+
+def _dx_constexprs(width: int, heads: int, values: bool, interpreted: bool) -> dict:
+    return {"WITH_V": bool(values), "HEADS": heads, "HD": width // heads,
+            "AS_F32": bool(interpreted), "BLOCK_M": BLOCK_M, "BLOCK_N": BLOCK_N,
             "BLOCK_K": BLOCK_K}
 
 
-def _dx_constexprs(width: int, heads: int, interpreted: bool) -> dict:
-    return {"HEADS": heads, "HD": width // heads, "AS_F32": bool(interpreted),
-            "BLOCK_M": BLOCK_M, "BLOCK_N": BLOCK_N, "BLOCK_K": BLOCK_K}
+def _dw_constexprs(width: int, heads: int, values: bool, interpreted: bool) -> dict:
+    return {"WITH_V": bool(values), "HEADS": heads, "HD": width // heads,
+            "AS_F32": bool(interpreted), "BLOCK_W": column_block(width)}
 
 
-def _dw_constexprs(width: int, heads: int, interpreted: bool) -> dict:
-    return {"HEADS": heads, "HD": width // heads, "AS_F32": bool(interpreted),
-            "BLOCK_W": column_block(width)}
-
-
-def _forward_impl(x: Tensor, weight: Tensor, bias: Tensor | None,
-                  heads: int) -> tuple[Tensor, Tensor]:
+def _forward_impl(x: Tensor, weight: Tensor, bias: Tensor | None, heads: int,
+                  values: bool) -> tuple[Tensor, Tensor, Tensor]:
     batch, tokens, channels = x.shape
-    width = weight.shape[0] // 2
+    parts = 3 if values else 2
+    width = weight.shape[0] // parts
     x, weight = x.contiguous(), weight.contiguous()
     q = torch.empty(batch * heads, tokens, width // heads, dtype=torch.float32,
                     device=x.device)
     key = torch.empty_like(q)
+    v = torch.empty(q.shape if values else (0,), dtype=VALUE_DTYPE, device=x.device)
     rows = batch * tokens
     if rows:
-        config = _forward_constexprs(width, heads, bias is not None, _interpreted())
-        grid = (triton.cdiv(rows, BLOCK_M), 2 * width // config["BLOCK_N"])
+        config = _forward_constexprs(width, heads, bias is not None, values, _interpreted())
+        grid = (triton.cdiv(rows, BLOCK_M), parts * width // config["BLOCK_N"])
         _projection_forward_kernel[grid](
-            x, weight, weight if bias is None else bias.contiguous(), q, key, rows, tokens,
-            channels, **config, num_warps=NUM_WARPS, num_stages=NUM_STAGES)
-    return q, key
+            x, weight, weight if bias is None else bias.contiguous(), q, key, v if values else q,
+            rows, tokens, channels, **config, num_warps=NUM_WARPS, num_stages=NUM_STAGES)
+    return q, key, v
 
 
-def _backward_impl(grad_q: Tensor, grad_key: Tensor, x: Tensor, weight: Tensor,
-                   heads: int) -> tuple[Tensor, Tensor, Tensor]:
+def _backward_impl(grad_q: Tensor, grad_key: Tensor, grad_v: Tensor | None, x: Tensor,
+                   weight: Tensor, heads: int) -> tuple[Tensor, Tensor]:
     batch, tokens, channels = x.shape
-    width = weight.shape[0] // 2
+    values = grad_v is not None
+    parts = 3 if values else 2
+    width = weight.shape[0] // parts
     rows = batch * tokens
     x, weight = x.contiguous(), weight.contiguous()
     grad_q, grad_key = grad_q.contiguous(), grad_key.contiguous()
+    grad_v = grad_v.contiguous() if values else grad_q
     grad_x = torch.empty_like(x)
-    splits = max(1, triton.cdiv(rows, ROWS_PER_SPLIT))
-    # every element written by one program (float32 partial sums, summed below)
-    dw_part = torch.empty(splits, 2 * width, channels, dtype=torch.float32, device=x.device)
-    db_part = torch.empty(splits, 2 * width, dtype=torch.float32, device=x.device)
     if not rows:
-        return grad_x, torch.zeros_like(weight), db_part.new_zeros(2 * width)
+        return grad_x.zero_(), weight.new_zeros(weight.shape[0] * (channels + 1),
+                                                dtype=torch.float32)
+    splits = max(1, triton.cdiv(rows, ROWS_PER_SPLIT))
+    # each slice's dW then db, every element written by one program; summed below
+    part = torch.empty(splits, parts * width * (channels + 1), dtype=torch.float32,
+                       device=x.device)
     interpreted = _interpreted()
     _projection_dx_kernel[(triton.cdiv(rows, BLOCK_M), triton.cdiv(channels, BLOCK_N))](
-        grad_q, grad_key, weight, grad_x, rows, tokens, channels,
-        **_dx_constexprs(width, heads, interpreted), num_warps=NUM_WARPS,
+        grad_q, grad_key, grad_v, weight, grad_x, rows, tokens, channels,
+        **_dx_constexprs(width, heads, values, interpreted), num_warps=NUM_WARPS,
         num_stages=NUM_STAGES)
-    config = _dw_constexprs(width, heads, interpreted)
-    _projection_dw_kernel[(2 * width // config["BLOCK_W"], triton.cdiv(channels, config["BLOCK_W"]),
-                           splits)](
-        grad_q, grad_key, x, dw_part, db_part, rows, tokens, channels, ROWS_PER_SPLIT,
-        **config, num_warps=NUM_WARPS, num_stages=NUM_STAGES)
-    return grad_x, dw_part.sum(0).to(weight.dtype), db_part.sum(0)
+    config = _dw_constexprs(width, heads, values, interpreted)
+    _projection_dw_kernel[(parts * width // config["BLOCK_W"],
+                           triton.cdiv(channels, config["BLOCK_W"]), splits)](
+        grad_q, grad_key, grad_v, x, part, rows, tokens, channels, ROWS_PER_SPLIT, **config,
+        num_warps=NUM_WARPS, num_stages=NUM_STAGES)
+    return grad_x, part.sum(0)
 
 
 @torch.library.custom_op("convnn::contract_projection", mutates_args=())
-def _contract_projection_op(x: Tensor, weight: Tensor, bias: Tensor | None,
-                            heads: int) -> tuple[Tensor, Tensor]:
-    """``(q, key)``, each ``[B·h, T, d]`` float32."""
-    return _forward_impl(x, weight, bias, heads)
+def _contract_projection_op(x: Tensor, weight: Tensor, bias: Tensor | None, heads: int,
+                            values: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """``(q, key, v)``: q and key ``[B·h, T, d]`` float32, v ``[B·h, T, d]`` bf16 (or
+    empty without ``values``)."""
+    return _forward_impl(x, weight, bias, heads, values)
 
 
 @_contract_projection_op.register_fake
-def _contract_projection_fake(x, weight, bias, heads):
+def _contract_projection_fake(x, weight, bias, heads, values):
     batch, tokens, _ = x.shape
-    width = weight.shape[0] // 2
+    width = weight.shape[0] // (3 if values else 2)
     q = x.new_empty(batch * heads, tokens, width // heads, dtype=torch.float32)
-    return q, torch.empty_like(q)
+    return q, torch.empty_like(q), x.new_empty(q.shape if values else (0,), dtype=VALUE_DTYPE)
 
 
 @torch.library.custom_op("convnn::contract_projection_backward", mutates_args=())
-def _contract_projection_backward_op(grad_q: Tensor, grad_key: Tensor, x: Tensor,
-                                     weight: Tensor, heads: int
-                                     ) -> tuple[Tensor, Tensor, Tensor]:
-    """``(dx, dW, db)``: in the dtypes of ``x`` and ``W``, ``db`` float32."""
-    return _backward_impl(grad_q, grad_key, x, weight, heads)
+def _contract_projection_backward_op(grad_q: Tensor, grad_key: Tensor, grad_v: Tensor | None,
+                                     x: Tensor, weight: Tensor, heads: int
+                                     ) -> tuple[Tensor, Tensor]:
+    """``(dx, dW | db)``: ``dx`` in ``x``'s dtype; ``dW`` (``[rows, C]``) then ``db``
+    (``[rows]``), flat, float32: one sum of the slices' partials, split by the caller."""
+    return _backward_impl(grad_q, grad_key, grad_v, x, weight, heads)
 
 
 @_contract_projection_backward_op.register_fake
-def _contract_projection_backward_fake(grad_q, grad_key, x, weight, heads):
-    return (torch.empty_like(x), torch.empty_like(weight),
-            weight.new_empty(weight.shape[0], dtype=torch.float32))
+def _contract_projection_backward_fake(grad_q, grad_key, grad_v, x, weight, heads):
+    return (torch.empty_like(x),
+            weight.new_empty(weight.shape[0] * (weight.shape[1] + 1), dtype=torch.float32))
 
 
 def _setup_context(ctx, inputs, output):
-    x, weight, bias, heads = inputs
+    x, weight, bias, heads, values = inputs
     ctx.save_for_backward(x, weight)
-    ctx.heads, ctx.bias_dtype = heads, None if bias is None else bias.dtype
+    ctx.heads, ctx.values = heads, values
+    ctx.bias_dtype = None if bias is None else bias.dtype
 
 
-def _backward(ctx, grad_q, grad_key):
+def _backward(ctx, grad_q, grad_key, grad_v):
     x, weight = ctx.saved_tensors
-    if grad_q is None:
-        grad_q = torch.zeros_like(grad_key)
-    if grad_key is None:
-        grad_key = torch.zeros_like(grad_q)
-    grad_x, grad_w, grad_b = _contract_projection_backward_op(grad_q, grad_key, x, weight,
-                                                              ctx.heads)
-    return (grad_x, grad_w, None if ctx.bias_dtype is None else grad_b.to(ctx.bias_dtype),
-            None)
+    like = grad_q if grad_q is not None else grad_key
+    if like is None:
+        like = x.new_zeros(x.shape[0] * ctx.heads, x.shape[1],
+                           weight.shape[0] // (3 if ctx.values else 2) // ctx.heads)
+    grad_q = torch.zeros_like(like) if grad_q is None else grad_q
+    grad_key = torch.zeros_like(like) if grad_key is None else grad_key
+    if ctx.values:
+        grad_v = like.new_zeros(like.shape, dtype=VALUE_DTYPE) if grad_v is None else grad_v
+    else:
+        grad_v = None
+    grad_x, flat = _contract_projection_backward_op(grad_q, grad_key, grad_v, x, weight,
+                                                    ctx.heads)
+    rows, channels = weight.shape
+    grad_w = flat[:rows * channels].view(rows, channels).to(weight.dtype)
+    grad_b = None if ctx.bias_dtype is None else flat[rows * channels:].to(ctx.bias_dtype)
+    return grad_x, grad_w, grad_b, None, None
 
 
 _contract_projection_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def contract_projection(x: Tensor, weight: Tensor, bias: Tensor | None,
-                        heads: int) -> tuple[Tensor, Tensor]:
-    """The q/k projection of a ConvNN attention layer under the precision contract, in one
-    Triton kernel: ``x [B, T, C]``, ``weight [2·h·d, C]`` (``W_q`` stacked over ``W_k``),
-    ``bias [2·h·d]`` or ``None`` -> ``q, key``, each ``[B·h, T, d]`` float32 (the heads split,
-    as the attention core reads them). The products are those of
-    :func:`convnn.ops.contract_linear` (bf16×3, float32 accumulation); the backward is a bf16
-    linear's. Differentiable in ``x``, ``weight`` and ``bias``, without atomics; the custom op
-    ``convnn::contract_projection`` (``torch.compile`` takes it). Needs ``h·d`` a multiple of
-    16 (:func:`can_run_contract_projection`)."""
+def contract_projection(x: Tensor, weight: Tensor, bias: Tensor | None, heads: int, *,
+                        values: bool = False) -> tuple[Tensor, ...]:
+    """The projections of a ConvNN attention layer in one Triton kernel: ``x [B, T, C]``,
+    ``weight [2·h·d, C]`` (``W_q`` stacked over ``W_k``; with ``values``, ``[3·h·d, C]``:
+    ``W_v`` under them), ``bias`` stacked alike or ``None`` -> ``q, key`` (``, v``), each
+    ``[B·h, T, d]`` (the heads split, as the attention core reads them). ``q`` and ``key`` are
+    float32 under the precision contract: the products of :func:`convnn.ops.contract_linear`
+    (bf16×3, float32 accumulation). ``v`` is what bf16 autocast makes of ``v_proj(x)``: one
+    bf16 product, float32 accumulation, rounded to bf16. The backward is a bf16 linear's,
+    ``dx`` summed over q, k and v in float32. Differentiable in ``x``, ``weight`` and ``bias``,
+    without atomics; the custom op ``convnn::contract_projection`` (``torch.compile`` takes
+    it). Needs ``h·d`` a multiple of 16 and float32 tensors
+    (:func:`can_run_contract_projection`)."""
     from ._checks import check_int
 
     check_int("heads", heads, minimum=1)
+    if not isinstance(values, bool):
+        raise TypeError(f"values must be a bool, got {values!r}")
+    parts = 3 if values else 2
+    stacked = "W_q, W_k, W_v" if values else "W_q, W_k"
     if x.dim() != 3:
         raise ValueError(f"x must be [B, T, C], got shape {tuple(x.shape)}")
-    if weight.dim() != 2 or weight.shape[1] != x.shape[2] or weight.shape[0] % 2:
-        raise ValueError(f"weight must be [2·h·d, C] with C={x.shape[2]} (W_q over W_k), "
-                         f"got shape {tuple(weight.shape)}")
-    width = weight.shape[0] // 2
+    if weight.dim() != 2 or weight.shape[1] != x.shape[2] or weight.shape[0] % parts:
+        raise ValueError(f"weight must be [{parts}·h·d, C] with C={x.shape[2]} ({stacked} "
+                         f"stacked), got shape {tuple(weight.shape)}")
+    width = weight.shape[0] // parts
     reason = can_run_contract_projection(
         width=width, heads=heads, dtype=x.dtype,
         weight_dtypes=(weight.dtype,) + (() if bias is None else (bias.dtype,)))
     if reason is not None:
         raise ValueError(f"contract_projection cannot take this problem: {reason}")
-    if bias is not None and bias.shape != (2 * width,):
-        raise ValueError(f"bias must be [2·h·d] = [{2 * width}], got {tuple(bias.shape)}")
+    if bias is not None and bias.shape != (parts * width,):
+        raise ValueError(f"bias must be [{parts}·h·d] = [{parts * width}], got "
+                         f"{tuple(bias.shape)}")
     _require(x.device)
-    return _contract_projection_op(x, weight, bias, int(heads))
+    q, key, v = _contract_projection_op(x, weight, bias, int(heads), values)
+    return (q, key, v) if values else (q, key)
 
 
 # ------------------------------------------------------------------ the compile gate
@@ -359,33 +431,38 @@ PAPER_HEADS = (1, 3)
 
 def compile_variants(card) -> list[KernelVariant]:
     """Every launch configuration of the projection kernels at the paper's shapes (C = 192,
-    1×192 and 3×64 heads, with and without bias) on a card with bf16 tensor cores (none on
-    sm_75: the backend decision refuses it there), float32 ``x`` (autocast). The forward
-    kernel is hot."""
+    1×192 and 3×64 heads; q/k/v (training) and q/k (``neighbours``); with and without bias)
+    on a card with bf16 tensor cores (none on sm_75: the backend decision refuses it there),
+    float32 ``x`` (autocast). The forward kernel is hot."""
     if not card.bf16:
         return []
     variants = []
     i32, f32p = "i32", pointer_type(torch.float32)
+    vp = pointer_type(VALUE_DTYPE)
     for heads in PAPER_HEADS:
         shape = f"{heads}x{PAPER_WIDTH // heads} C={PAPER_WIDTH}"
-        for has_bias in (True, False):
+        for values in (True, False):
+            what = "q/k/v" if values else "q/k"
+            for has_bias in (True, False):
+                variants.append(KernelVariant(
+                    _projection_forward_kernel,
+                    f"projection_forward {what} {shape}{'' if has_bias else ' no-bias'}",
+                    {"x_ptr": f32p, "w_ptr": f32p, "bias_ptr": f32p, "q_ptr": f32p,
+                     "k_ptr": f32p, "v_ptr": vp if values else f32p, "M": i32, "T": i32,
+                     "C": i32},
+                    _forward_constexprs(PAPER_WIDTH, heads, has_bias, values, False),
+                    NUM_WARPS, NUM_STAGES, hot=True))
             variants.append(KernelVariant(
-                _projection_forward_kernel,
-                f"projection_forward {shape}{'' if has_bias else ' no-bias'}",
-                {"x_ptr": f32p, "w_ptr": f32p, "bias_ptr": f32p, "q_ptr": f32p,
-                 "k_ptr": f32p, "M": i32, "T": i32, "C": i32},
-                _forward_constexprs(PAPER_WIDTH, heads, has_bias, False), NUM_WARPS,
-                NUM_STAGES, hot=True))
-        variants.append(KernelVariant(
-            _projection_dx_kernel, f"projection_dx {shape}",
-            {"dq_ptr": f32p, "dk_ptr": f32p, "w_ptr": f32p, "dx_ptr": f32p, "M": i32,
-             "T": i32, "C": i32}, _dx_constexprs(PAPER_WIDTH, heads, False), NUM_WARPS,
-            NUM_STAGES))
-        variants.append(KernelVariant(
-            _projection_dw_kernel, f"projection_dw {shape}",
-            {"dq_ptr": f32p, "dk_ptr": f32p, "x_ptr": f32p, "dw_part_ptr": f32p,
-             "db_part_ptr": f32p, "M": i32, "T": i32, "C": i32, "ROWS_PER_SPLIT": i32},
-            _dw_constexprs(PAPER_WIDTH, heads, False), NUM_WARPS, NUM_STAGES))
+                _projection_dx_kernel, f"projection_dx {what} {shape}",
+                {"dq_ptr": f32p, "dk_ptr": f32p, "dv_ptr": vp if values else f32p,
+                 "w_ptr": f32p, "dx_ptr": f32p, "M": i32, "T": i32, "C": i32},
+                _dx_constexprs(PAPER_WIDTH, heads, values, False), NUM_WARPS, NUM_STAGES))
+            variants.append(KernelVariant(
+                _projection_dw_kernel, f"projection_dw {what} {shape}",
+                {"dq_ptr": f32p, "dk_ptr": f32p, "dv_ptr": vp if values else f32p,
+                 "x_ptr": f32p, "part_ptr": f32p, "M": i32, "T": i32, "C": i32,
+                 "ROWS_PER_SPLIT": i32},
+                _dw_constexprs(PAPER_WIDTH, heads, values, False), NUM_WARPS, NUM_STAGES))
     return variants
 
 

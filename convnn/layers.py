@@ -798,13 +798,29 @@ class ConvNNAttention(_HeadProjections, _SampledCandidates):
         """q and k per head under the precision contract, from one GEMM over ``[W_q; W_k]``:
         the Triton kernel (:func:`convnn.kernels_projection.contract_projection`, opt-in:
         ``backend="triton"``) or :func:`convnn.ops.contract_linear`."""
-        qk = (self.q_proj, self.k_proj)  # one bias flag for both
-        weight = torch.cat([p.weight for p in qk])
-        bias = None if self.q_proj.bias is None else torch.cat([p.bias for p in qk])
+        weight, bias = self._stacked(self.q_proj, self.k_proj)
         if self.projection_backend(x)[0] == ops.TRITON:
             return kernels_projection.contract_projection(x, weight, bias, self.num_heads)
         both = ops.contract_linear(x, weight, bias)
         return self._split(both[..., :self.inner_dim]), self._split(both[..., self.inner_dim:])
+
+    def _stacked(self, *projections: nn.Linear) -> tuple[Tensor, Tensor | None]:
+        weight = torch.cat([p.weight for p in projections])
+        bias = None if self.q_proj.bias is None else torch.cat([p.bias for p in projections])
+        return weight, bias  # one bias flag for all four projections
+
+    def _features(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Queries, keys and values per head, ``[B·h, T, d]``. Where the contract projection
+        applies and the projection kernel runs (``backend="triton"``), all three come from
+        its one kernel (q and k under the contract, v as bf16 autocast makes it); elsewhere
+        :meth:`_selection_features` and ``v_proj``."""
+        if (ops.contract_projection_applies(x.device) and self.selection == "features"
+                and self.projection_backend(x)[0] == ops.TRITON):
+            weight, bias = self._stacked(self.q_proj, self.k_proj, self.v_proj)
+            return kernels_projection.contract_projection(x, weight, bias, self.num_heads,
+                                                          values=True)
+        q, key = self._selection_features(x)
+        return q, key, self._split(self.v_proj(x))
 
     def projection_backend(self, x: Tensor) -> tuple[str, str]:
         """What projects the selection features of ``x`` under the precision contract (where
@@ -845,8 +861,7 @@ class ConvNNAttention(_HeadProjections, _SampledCandidates):
         batch, tokens, _ = x.shape
         if batch == 0:  # as attention: an empty batch gives an empty output
             return _empty_output(x, (0, tokens, self.dim), self)
-        q, key = self._selection_features(x)
-        v = self._split(self.v_proj(x))
+        q, key, v = self._features(x)
         dropout = self.attn_dropout if self.training else 0.0
         weight_dropout = dropout if self.attn_dropout_on == "weights" else 0.0
         candidates = self._candidates(tokens, x.device)
@@ -857,7 +872,7 @@ class ConvNNAttention(_HeadProjections, _SampledCandidates):
                                  weight_dropout, training=True)
             # the whole core in one Triton kernel (opt-in; see ops.KERNEL_STEPS)
             out = kernels_attention.fused_attention(
-                q, key, v, self.weight[:, 0, :].t(), self.k, 1.0 / math.sqrt(self.head_dim),
+                q, key, v, self._rank_major_weight(), self.k, 1.0 / math.sqrt(self.head_dim),
                 self_first=self.self_first,
                 self_logit=ops.PAPER_SELF_LOGIT if self.self_score == "constant" else None,
                 candidate_positions=candidates, weight_dropout=drop)
@@ -869,6 +884,11 @@ class ConvNNAttention(_HeadProjections, _SampledCandidates):
         if self.attn_dropout_on == "output":
             out = F.dropout(out, dropout, training=dropout > 0.0)
         return self.out_proj(out)
+
+    def _rank_major_weight(self) -> Tensor:
+        """The depthwise weights as the fused core reads them, ``[k, d]`` contiguous: one
+        copy a step, which the kernel's forward and backward share."""
+        return self.weight[:, 0, :].t().contiguous()
 
     def backend_decision(self, x: Tensor, dtypes: tuple | None = None,
                       weight_dropout: float | None = None) -> tuple[str, str]:

@@ -306,9 +306,9 @@ def test_depthwise_1d_aggregation_is_its_own_term():
 
 
 def test_redesigned_layer_projects_with_the_projection_kernel():
-    """In the redesigned trace the selection features come from the projection kernel's
-    stand-in (one forward GEMM of three bf16 products, two backward GEMMs and the sums),
-    not from :func:`convnn.ops.contract_linear`'s split, concatenation and GEMM."""
+    """In the redesigned trace q, k and v come from the projection kernel's stand-in (one
+    forward GEMM, the backward GEMMs and one sum), not from
+    :func:`convnn.ops.contract_linear`'s split, concatenation and GEMM and ``v_proj``."""
     from convnn import ConvNNAttention, ops
 
     def trace(stand_in):
@@ -325,8 +325,13 @@ def test_redesigned_layer_projects_with_the_projection_kernel():
     assert len(calls) == 1  # today's trace only
     kernel = {key: rec for key, rec in redesign.ops.items() if key.startswith("projection")}
     forward = kernel["projection_kernel_forward:bf16"]
-    assert forward.op_class == "kernel_gemm" and forward.flops == 3 * 2.0 * 40 * 32 * 64
-    assert {"projection_kernel_dx:bf16", "projection_kernel_dw:bf16"} <= set(kernel)
-    assert kernel["projection_kernel_sum:bf16"].count == 2
+    # q and k: three bf16 products; v: one (40 positions, C = 32, h·d = 32)
+    assert forward.op_class == "kernel_gemm"
+    assert forward.flops == 3 * 2.0 * 40 * 32 * 64 + 2.0 * 40 * 32 * 32
+    assert kernel["projection_kernel_dx:bf16"].count == 1
+    assert kernel["projection_kernel_dw:bf16"].count == 1
+    assert kernel["projection_kernel_sum:bf16"].count == 1
     assert "sub" in {rec.name for rec in today.ops.values()}  # split_bf16 of x
     assert "sub" not in {rec.name for rec in redesign.ops.values()}
+    matmuls = sum(rec.count for rec in redesign.ops.values() if rec.name == "mm")
+    assert matmuls == 3  # only the output projection (forward, dx, dW): no v_proj

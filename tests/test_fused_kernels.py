@@ -47,9 +47,12 @@ CHECKS = {
         ("bf16_vit_step_takes_the_fused_core()", "BF16 VIT OK"),
     "test_fused_attention_is_a_custom_op_torch_compile_takes":
         ("fused_attention_custom_op()", "CUSTOM OP OK"),
+    "test_attention_inverse_index_kernel_equals_a_stable_sort":
+        ("attention_inverse_index_matches()", "INVERSE INDEX OK 4"),
     "test_contract_projection_kernel_matches_the_contract":
-        # 1 and 3 heads, bias or not, row blocks and dW slices crossed; custom op; the layer
-        ("contract_projection_matches()", "CONTRACT PROJECTION OK 4"),
+        # 1-3 heads, q/k and q/k/v, bias or not, row blocks and dW slices crossed; custom op;
+        # the layer under autocast
+        ("contract_projection_matches()", "CONTRACT PROJECTION OK 5"),
     "test_gather_aggregate_gradcheck_float64": ("gradcheck_float64()", "GRADCHECK OK"),
     "test_gather_aggregate_gradients_are_bitwise_deterministic":
         ("gradients_are_bitwise_deterministic()", "DETERMINISTIC OK"),
@@ -106,6 +109,10 @@ def _check(check_output: dict[str, str], name: str) -> None:
     call, marker = CHECKS[name]
     assert call in check_output, check_output["<process>"]
     assert marker in check_output[call], check_output[call]
+
+
+def test_attention_inverse_index_kernel_equals_a_stable_sort(check_output):
+    _check(check_output, "test_attention_inverse_index_kernel_equals_a_stable_sort")
 
 
 def test_contract_projection_kernel_matches_the_contract(check_output):
@@ -202,9 +209,9 @@ def test_every_check_has_its_test():
 # ------------------------------------------------------------------ compile variants, no compile
 @pytest.mark.parametrize("arch", [75, 80, 89, 90])
 def test_attention_compile_variants_are_the_launchers_configurations(arch):
-    """compile_variants lists the forward (hot) and both backward kernels at the paper's
-    shapes, in the card's dtypes (no bf16 on sm_75), with the launchers' own constexprs, and
-    every runtime argument typed."""
+    """compile_variants lists the forward (hot), both backward kernels and the inverse index
+    at the paper's shapes, in the card's dtypes (no bf16 on sm_75), with the launchers' own
+    constexprs, and every runtime argument typed."""
     from types import SimpleNamespace
 
     card = SimpleNamespace(arch=arch, bf16=arch >= 80)
@@ -214,7 +221,8 @@ def test_attention_compile_variants_are_the_launchers_configurations(arch):
     assert {v.kernel for v in variants} == {
         kernels_attention._attention_forward_kernel,
         kernels_attention._attention_query_backward_kernel,
-        kernels_attention._attention_candidate_backward_kernel}
+        kernels_attention._attention_candidate_backward_kernel,
+        kernels_attention._attention_inverse_index_kernel}
     assert all(v.hot == (v.kernel is kernels_attention._attention_forward_kernel)
                for v in variants)
     assert any("bf16" in name for name in names) == card.bf16

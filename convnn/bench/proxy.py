@@ -27,7 +27,7 @@ under ``data/results/bench/`` (:func:`measured_rows`: the layer and training ben
 ratios and baseline times, the profiler's step totals and per-op times), with the row-by-row
 error and a leave-one-case-out error; rows the traced code cannot stand for say why. Each
 row is traced as its commit ran it (16-bit ranking before 2026-11-28, float32 layers without
-TF32). **Target estimates** (:func:`target_estimates`): the issue's targets with the
+TF32, the attention baselines' q/k/v in three GEMMs before 2026-12-08). **Target estimates** (:func:`target_estimates`): the issue's targets with the
 redesigned attention core, its tensor-core efficiency read from the compile report
 (``python -m convnn bench --compile``), labelled as estimates with the calibration's error.
 ``python -m convnn bench --proxy`` prints both.
@@ -139,12 +139,13 @@ class StepTrace:
     parameters: int = 0
     parameter_tensors: int = 0
 
-    def add(self, name: str, op_class: str, flops: float, nbytes: float, bf16: bool) -> None:
+    def add(self, name: str, op_class: str, flops: float, nbytes: float, bf16: bool,
+            launches: int = 1) -> None:
         key = f"{name}:{'bf16' if bf16 else 'fp32'}"
         rec = self.ops.setdefault(key, OpRecord(name, op_class, bf16=bf16))
         rec.flops += flops
         rec.bytes += nbytes
-        rec.count += 1
+        rec.count += launches
 
     @property
     def kernels(self) -> int:
@@ -760,6 +761,7 @@ class TraceSpec:
     amp: str = "bf16"  # "bf16" autocast, or "off" (float32)
     tf32: bool = False  # float32 matmuls on TF32 tensor cores (else CUDA cores)
     ranking: str = "float32"  # "float32": today's ranking precision; "autocast": 16-bit
+    qkv: str = "fused"  # the attention baselines' q/k/v: one GEMM, or "separate" (three)
 
     def option_dict(self) -> dict:
         return {k: dict(v) if isinstance(v, tuple) else v for k, v in self.options}
@@ -778,7 +780,7 @@ def traced(spec: TraceSpec) -> StepTrace:
     if spec in _TRACES:
         return _TRACES[spec]
     opts = spec.option_dict()
-    with _ranking(spec.ranking):
+    with _ranking(spec.ranking), _qkv_projections(spec.qkv):
         trace = _trace_spec(spec, opts)
     _TRACES[spec] = trace
     return trace
@@ -787,6 +789,30 @@ def traced(spec: TraceSpec) -> StepTrace:
 #: Until this date the selection's projections and scores ran in 16 bits under autocast
 #: (commit 68167eb moved them to float32): committed rows measured before it are traced so.
 AUTOCAST_RANKING_BEFORE = "2026-11-28"
+
+
+#: From this date the attention baselines project q, k and v in one GEMM
+#: (``convnn.attention._ProjectedAttention._qkv``); committed rows measured before it are
+#: traced with three.
+FUSED_QKV_FROM = "2026-12-08"
+
+
+@contextlib.contextmanager
+def _qkv_projections(kind: str):
+    from ..attention import _ProjectedAttention
+
+    check_choice("qkv", kind, ("fused", "separate"))
+    fused = _ProjectedAttention._qkv
+
+    def separate(self, x):
+        return tuple(self._split_heads(p(x)) for p in (self.q_proj, self.k_proj, self.v_proj))
+
+    if kind == "separate":
+        _ProjectedAttention._qkv = separate
+    try:
+        yield
+    finally:
+        _ProjectedAttention._qkv = fused
 
 
 @contextlib.contextmanager
@@ -1010,6 +1036,11 @@ def measured_rows(root=None) -> list[MeasuredRow]:
                                             "each precision are not in a traced step")))
     for path in sorted(base_dir.rglob("*profile*.txt")):
         rows.extend(_profile_rows(path, str(path.relative_to(base_dir)), cases, spec_of))
+    for row in rows:  # the attention baselines as their commit ran them
+        if row.source[:10] < FUSED_QKV_FROM:
+            row.ours, row.baseline = (
+                None if spec is None else dataclasses.replace(spec, qkv="separate")
+                for spec in (row.ours, row.baseline))
     return rows
 
 
@@ -1342,50 +1373,129 @@ CUDA_CORE_EFFICIENCY = (0.25, 0.1, 0.5)
 #: ahead-of-time compile found it (``mma.sync``, one 4-warp block per SM, spills).
 DESIGN_FACTOR = 1.0
 LOW_FACTOR = MMA_FACTOR["mma.sync"] * 4 / SATURATING_WARPS * SPILL_FACTOR
-SELECTION_OPS = 16  # per padded candidate: pack (score | column), one bitonic top-k pass
+PACK_OPS = 10
+"""CUDA-core operations per score of a tile to make its ranking key (scale, the non-finite
+and self masks, the order-preserving bits, the column): :func:`_selection_ops`."""
+
+
+def _selection_ops(config: dict) -> float:
+    """CUDA-core operations per query row of the forward kernel's selection as built
+    (``config``: its constexprs): per tile of ``BLOCK_N`` candidates, the keys made and one
+    max-reduction, compare and select over the tile per searched rank (``KS`` passes), and
+    from the second tile on a merge of two ``KP``-slot lists per rank."""
+    ks = config["K"] - (1 if config["SELF_FIRST"] else 0)
+    block, kp = config["BLOCK_N"], config["KP"]
+    tiles = 1 if config["ONE_TILE"] else -(-config["_candidates"] // block)
+    per_tile = PACK_OPS * block + ks * (3 * block + 2 * kp)
+    return tiles * per_tile + (tiles - 1) * ks * 6 * kp
+
+
+def _nbytes_of(*tensors) -> float:
+    return float(sum(t.numel() * t.element_size() for t in tensors if t is not None))
+
+
+def _attention_kernel_records(name: str, launch, args) -> list[tuple]:
+    """``(record, op class, flops, bytes, bf16)`` of one launch of a kernel of
+    :mod:`convnn.kernels_attention` as built, from its arguments and constexprs: tensor-core
+    products, CUDA-core work and the bytes it reads and writes once (gathered rows count
+    once: the k gathers of a row hit L2)."""
+    c = launch.constexprs
+    if name == "_attention_forward_kernel":
+        q, key, v, _w, _cpos, drop, out, idx, p, tokens, width = args[:11]
+        rows, dim, k = q.shape[0], c["D"], c["K"]
+        products = 1 + int(c["SPLIT_Q"]) + int(c["SPLIT_K"])
+        selection = _selection_ops({**c, "_candidates": width})
+        return [("redesign_forward:dot", "kernel_dot",
+                 products * 2.0 * rows * tokens * width * dim, 0.0, True),
+                # the selection, the k logits recomputed in float32, the aggregation
+                ("redesign_forward:cuda", "kernel_cuda",
+                 rows * tokens * (selection + 4.0 * k * dim + 10.0 * k), 0.0, False),
+                ("redesign_forward:io", "kernel_io", 0.0,
+                 _nbytes_of(q, key, v, out, idx, p) + (_nbytes_of(drop) if c["DROP"] else 0.0),
+                 True)]
+    if name == "_attention_query_backward_kernel":
+        q, key, v, _w, g, idx, p, drop, grad_q, dscore, partial_w = args[:11]
+        rows, tokens, dim = q.shape
+        k = c["K"]
+        # per (t, j, c): g·v, dρ, the dw partial, dq: seven operations
+        return [("redesign_backward:cuda", "kernel_cuda", 7.0 * rows * tokens * k * dim, 0.0,
+                 False),
+                ("redesign_backward:io", "kernel_io", 0.0,
+                 _nbytes_of(key, v, g, idx, p, grad_q, dscore, partial_w)
+                 + (_nbytes_of(drop) if c["DROP"] else 0.0), True)]
+    if name == "_attention_candidate_backward_kernel":
+        q, _w, g, p, drop, dscore, order, rowptr, grad_v, grad_key = args[:10]
+        rows_tokens, dim = g.shape[0] * g.shape[1], c["D"]
+        k = c["K"]
+        # per (entry, c): dV and dkey sums, five operations
+        return [("redesign_backward:cuda", "kernel_cuda", 5.0 * rows_tokens * k * dim, 0.0,
+                 False),
+                ("redesign_backward:io", "kernel_io", 0.0,
+                 _nbytes_of(q, g, p, dscore, order, rowptr, grad_v, grad_key)
+                 + (_nbytes_of(drop) if c["DROP"] else 0.0), True)]
+    if name == "_attention_inverse_index_kernel":
+        idx, order, rowptr = args[:3]
+        # per entry: its rank among the block's entries of the same target, the gathered
+        # running count, and the two histograms (a ballot per 32 bins)
+        ops_per_entry = 2 * c["BLOCK_E"] + c["BLOCK_T"] / 8 + 10
+        return [("redesign_backward:cuda", "kernel_cuda", ops_per_entry * idx.numel(), 0.0,
+                 False),
+                ("redesign_backward:io", "kernel_io", 0.0, _nbytes_of(idx, idx, order, rowptr),
+                 True)]
+    raise ValueError(f"the proxy has no cost for the kernel {name!r}")
+
+
+@contextlib.contextmanager
+def _recorded_launches(trace: StepTrace):
+    """The attention core's launcher (:func:`convnn.kernels_attention._launch`) records each
+    kernel in ``trace`` (one launch, :func:`_attention_kernel_records`) instead of running it,
+    so the launchers' own PyTorch glue (allocations, the inverse index, the sums) is traced
+    as it runs."""
+    from .. import kernels_attention
+
+    launch_kernel = kernels_attention._launch
+
+    def record(kernel, grid, launch, *args):
+        name = getattr(kernel, "fn", kernel).__name__
+        for i, (label, cls, flops, nbytes, bf16) in enumerate(
+                _attention_kernel_records(name, launch, args)):
+            trace.add(label, cls, flops, nbytes, bf16, launches=int(i == 0))
+
+    kernels_attention._launch = record
+    try:
+        yield
+    finally:
+        kernels_attention._launch = launch_kernel
 
 
 class _RedesignedCore(torch.autograd.Function):
-    """Stands for the attention core as :mod:`convnn.kernels_attention` builds it: one forward
-    kernel (the float32 q/k split into bf16 hi/lo, three tensor-core products per score tile
-    in 64-row query tiles, one-pass top-k on packed keys, float32 softmax of the k selected
-    logits, depthwise aggregation) and an O(T·k·d) backward (query side, and candidate side
-    through an inverse index)."""
+    """Runs :func:`convnn.kernels_attention.fused_attention`'s forward and backward launchers
+    as built, their PyTorch glue traced and each Triton kernel recorded
+    (:func:`_recorded_launches`): the forward kernel (bf16×3 products for float32 q/k in
+    64-row query tiles, the top-k by packed keys, float32 softmax of the k selected logits,
+    depthwise aggregation) and the O(T·k·d) backward (query side; candidate side through an
+    inverse index)."""
 
     @staticmethod
-    def forward(ctx, q, key, v, k, candidates, trace):
-        rows, tokens, dim = v.shape
-        width = tokens if candidates is None else candidates + 1
-        lanes = 1 << max(4, math.ceil(math.log2(width)))
-        products = 3 if q.dtype == torch.float32 else 1  # bf16×3 for float32 features
-        trace.add("redesign_forward:dot", "kernel_dot",
-                  products * 2.0 * rows * tokens * width * dim, 0.0, True)
-        trace.add("redesign_forward:cuda", "kernel_cuda",
-                  # selection, the k selected logits recomputed in float32, the aggregation
-                  rows * tokens * (SELECTION_OPS * lanes + 4.0 * k * dim + 10.0 * k), 0.0,
-                  False)
-        io = (q.numel() * q.element_size() + key.numel() * key.element_size()
-              + 2 * v.numel() * v.element_size() + rows * tokens * k * 8)
-        trace.add("redesign_forward:io", "kernel_io", 0.0, io, True)
-        ctx.shape, ctx.trace, ctx.like, ctx.io = (rows, tokens, dim, k), trace, (q, key, v), io
-        return v.new_empty(v.shape)
+    def forward(ctx, q, key, v, w, cand, drop, k, scale, self_first, self_logit, trace):
+        from .. import kernels_attention
+
+        with _recorded_launches(trace):
+            out, idx, p = kernels_attention._forward_impl(q, key, v, w, cand, drop, k, scale,
+                                                          self_first, self_logit)
+        ctx.save_for_backward(q, key, v, w, idx, p, drop)
+        ctx.scale, ctx.constant_self, ctx.trace = scale, self_logit is not None, trace
+        return out
 
     @staticmethod
     def backward(ctx, grad):
-        rows, tokens, dim, k = ctx.shape
-        q, key, v = ctx.like
-        # dρ, dw, dV, dK (through the selected scores) and dq: four k·d products per row
-        ctx.trace.add("redesign_backward:cuda", "kernel_cuda", 8.0 * rows * tokens * k * dim,
-                      0.0, False)
-        # reads q, k, v, dO, indices and ρ; writes dq, dk, dv; the inverse index (count,
-        # prefix sum, fill) over the rows·T·k selections
-        io = ctx.io + grad.numel() * grad.element_size() + (
-            q.numel() * q.element_size() + key.numel() * key.element_size()
-            + v.numel() * v.element_size()) + rows * tokens * k * 4 * 4
-        ctx.trace.add("redesign_backward:io", "kernel_io", 0.0, io, True)
-        ctx.trace.ops["redesign_backward:io:bf16"].count += 2  # query, candidate, index
-        return (torch.empty_like(q), torch.empty_like(key), torch.empty_like(v), None, None,
-                None)
+        from .. import kernels_attention
+
+        q, key, v, w, idx, p, drop = ctx.saved_tensors
+        with _recorded_launches(ctx.trace):
+            grads = kernels_attention._backward_impl(grad, q, key, v, w, idx, p, drop,
+                                                     ctx.scale, ctx.constant_self)
+        return (*grads, None, None, None, None, None, None, None)
 
 
 @contextlib.contextmanager
@@ -1406,62 +1516,74 @@ def _on_a_bf16_card(trace: StepTrace):
 
 class _ProjectionKernel(torch.autograd.Function):
     """Stands for :func:`convnn.kernels_projection.contract_projection` as built: the forward
-    kernel (x and W read in float32 and split in registers, three bf16 products, q and k
-    written per head in float32), and a backward of two kernels (dx = dq W_q + dk W_k, and
-    split-K dW / db into float32 partial sums) and the two sums of the partials."""
+    kernel (x and W read in float32 and split in registers; three bf16 products for q and k,
+    written per head in float32; with ``values``, one for v, written in bf16), and a backward
+    of a dx kernel, the split-K dW / db kernel and the sum of its partials."""
 
     @staticmethod
-    def forward(ctx, x, weight, heads, trace):
+    def forward(ctx, x, weight, heads, values, trace):
+        from ..kernels_projection import ROWS_PER_SPLIT
+
         batch, tokens, channels = x.shape
-        rows, width = batch * tokens, weight.shape[0]  # width: 2·h·d (q and k)
+        rows, parts = batch * tokens, 3 if values else 2
+        width = weight.shape[0] // parts  # h·d
+        out = 4.0 * rows * 2 * width + (2.0 * rows * width if values else 0.0)
         trace.add("projection_kernel_forward", "kernel_gemm",
-                  3 * 2.0 * rows * channels * width,
-                  4.0 * (rows * channels + width * channels + rows * width), True)
-        ctx.shape, ctx.trace, ctx.like = (rows, channels, width), trace, (x, weight)
-        q = x.new_empty(batch * heads, tokens, width // 2 // heads, dtype=torch.float32)
+                  2.0 * rows * channels * width * (6 + (1 if values else 0)),
+                  4.0 * (rows * channels + weight.numel()) + out, True)
+        ctx.trace, ctx.like, ctx.out = trace, (x, weight), out
+        ctx.shape = (rows, channels, parts * width, -(-rows // ROWS_PER_SPLIT))
+        q = x.new_empty(batch * heads, tokens, width // heads, dtype=torch.float32)
+        if values:
+            return q, torch.empty_like(q), torch.empty_like(q, dtype=torch.bfloat16)
         return q, torch.empty_like(q)
 
     @staticmethod
-    def backward(ctx, grad_q, grad_key):
-        from ..kernels_projection import ROWS_PER_SPLIT
-
-        rows, channels, width = ctx.shape
-        trace = ctx.trace
-        trace.add("projection_kernel_dx", "kernel_gemm", 2.0 * rows * width * channels,
-                  4.0 * (rows * width + width * channels + rows * channels), True)
-        partial = 4.0 * -(-rows // ROWS_PER_SPLIT) * width * (channels + 1)
-        trace.add("projection_kernel_dw", "kernel_gemm", 2.0 * rows * width * channels,
-                  4.0 * (rows * width + rows * channels) + partial, True)
+    def backward(ctx, *grads):
+        rows, channels, stacked, splits = ctx.shape
+        trace, gradients = ctx.trace, ctx.out  # the gradients' bytes are the outputs'
+        flops = 2.0 * rows * stacked * channels
+        trace.add("projection_kernel_dx", "kernel_gemm", flops,
+                  gradients + 4.0 * (stacked * channels + rows * channels), True)
+        partial = 4.0 * splits * stacked * (channels + 1)
+        trace.add("projection_kernel_dw", "kernel_gemm", flops,
+                  gradients + 4.0 * rows * channels + partial, True)
         trace.add("projection_kernel_sum", "kernel_io", 0.0, partial, True)
-        trace.ops["projection_kernel_sum:bf16"].count += 1  # dW and db
         x, weight = ctx.like
-        return torch.empty_like(x), torch.empty_like(weight), None, None
+        return torch.empty_like(x), torch.empty_like(weight), None, None, None
 
 
 @contextlib.contextmanager
 def _redesigned_core(trace: StepTrace):
-    """ConvNNAttention's core runs as the built kernels would on a bf16 card, its selection
-    features projected as there (:func:`_on_a_bf16_card`) by the projection kernel
-    (``backend="triton"``: :class:`_ProjectionKernel`)."""
-    from .. import kernels_projection
+    """ConvNNAttention runs as ``backend="triton"`` on a bf16 card: its core through the
+    fused core's launchers (:class:`_RedesignedCore`), its q, k and v from the projection
+    kernel (:class:`_ProjectionKernel`)."""
+    from .. import kernels_attention, kernels_projection
     from ..layers import ConvNNAttention
 
-    core, decide = ConvNNAttention._core, ConvNNAttention.projection_backend
-    project = kernels_projection.contract_projection
+    decide, decide_projection = (ConvNNAttention.backend_decision,
+                                 ConvNNAttention.projection_backend)
+    core, project = kernels_attention.fused_attention, kernels_projection.contract_projection
 
-    def redesigned(self, q, key, v, candidates, weight_dropout):
-        return _RedesignedCore.apply(q, key, v, self.k, _sampled_count(self), trace)
+    def fused_attention(q, key, v, w, k, scale, *, self_first=False, self_logit=None,
+                        candidate_positions=None, weight_dropout=None):
+        drop = None if weight_dropout is None else weight_dropout.detach().float().contiguous()
+        return _RedesignedCore.apply(q, key, v, w, candidate_positions, drop, k, float(scale),
+                                     bool(self_first), self_logit, trace)
 
-    ConvNNAttention._core = redesigned
+    ConvNNAttention.backend_decision = lambda self, *args: ("triton", "the built kernels")
     ConvNNAttention.projection_backend = lambda self, x: ("triton", "the built kernel")
+    kernels_attention.fused_attention = fused_attention
     kernels_projection.contract_projection = (
-        lambda x, weight, bias, heads: _ProjectionKernel.apply(x, weight, heads, trace))
+        lambda x, weight, bias, heads, values=False: _ProjectionKernel.apply(
+            x, weight, heads, values, trace))
     try:
         with _on_a_bf16_card(trace):
             yield
     finally:
-        ConvNNAttention._core, ConvNNAttention.projection_backend = core, decide
-        kernels_projection.contract_projection = project
+        ConvNNAttention.backend_decision = decide
+        ConvNNAttention.projection_backend = decide_projection
+        kernels_attention.fused_attention, kernels_projection.contract_projection = core, project
 
 
 def _kernel_terms(rec: OpRecord, hw: dict, gpu: str) -> tuple:
