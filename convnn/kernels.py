@@ -38,8 +38,8 @@ D = 192), the keys again per tile of 32 queries mostly from L2, and writes 3.6 M
 
 **Fused attention core** (:func:`fused_attention`, in :mod:`convnn.kernels_attention`): the
 per-head core of ConvNN attention (all or sampled candidates, dot similarity, softmax ρ,
-depthwise weights) in one forward kernel on tensor cores and two backward kernels in
-O(T·k·d), no atomics (an inverse index by :func:`inverse_index`). Step
+depthwise weights) in one forward kernel on tensor cores and three backward kernels in
+O(T·k·d), no atomics (an inverse index by a stable counting sort in one kernel). Step
 ``"fused_attention"``: :class:`convnn.layers.ConvNNAttention` under ``backend="triton"`` only; auto leaves it off, unmeasured on a GPU.
 
 The kernels run on CUDA tensors, or anywhere under ``TRITON_INTERPRET=1`` (how the tests check

@@ -94,7 +94,9 @@ Each feature is within ``(2^-14 + 4 C 2^-24) · Σ_c |x_c| |W_oc|`` of the float
 T = 197, k = 9, random and post-ReLU, CPU emulation): contract projections then bf16×3
 scores change 0 lists; bf16 projections (plain autocast) change 20 %. Elsewhere (CPU,
 float32 training, float16 cards) the features are projected in float32. Its backward is a
-bf16 linear's: the gradients decide no list.
+bf16 linear's: the gradients decide no list. With ``backend="triton"`` the same products run
+in one Triton kernel that reads ``x`` once and writes q, k (and v, as autocast makes it) per
+head (:func:`convnn.kernels_projection.contract_projection`).
 The softmax, the aggregation and all gradients accumulate in float32.
 """
 
