@@ -106,8 +106,8 @@ def test_the_targets_table_puts_measured_next_to_the_estimate(tmp_path):
                         "candidates": "all", "backend": "triton", "precision": "tf32",
                         "epoch_seconds_from_steps": 2.5}])
     write("estimates", {"rows": [
-        {"target": "attention layer 1x192, B=256, T=197, k=9 vs bf16 SDPA",
-         "case": "ConvNN all, fused kernel", "est_ratio_vs_baseline": 0.5},
+        {"target": "attention layer 1x192, B=256, T=197, k=9, fwd+bwd, bf16 vs bf16 SDPA",
+         "case": "ConvNN all, redesigned core", "est_ratio_vs_baseline": 0.5},
         {"target": "VGG-11 branching λ=0.5 epoch vs Conv2d VGG-11 (channels-last)",
          "case": "fused 2-D selection + gather-GEMM, channels-last",
          "est_ratio_vs_baseline": 0.9, "est_epoch_seconds": 2.0}]})

@@ -25,8 +25,9 @@ code, seconds and cap.
 4. ``sweep``: random-candidate ConvNN attention (r = 32) against bf16 SDPA from T = 65 to
    4,097 tokens at a fixed token count per batch; the crossover T is stated;
 5. ``profile``: the top kernels of the slowest ConvNN training row;
-6. ``estimates``: the proxy's estimates of the same targets
-   (:func:`convnn.bench.proxy.kernel_estimates`; CPU only, so it runs alongside the others).
+6. ``estimates``: the proxy's estimates of the same targets (the calibrated
+   :func:`convnn.bench.proxy.target_estimates` of the built kernels, the VGG epoch by
+   :func:`convnn.bench.proxy.kernel_estimates`; CPU only, so it runs alongside the others).
 
 It ends with one table of the targets (``DIR/targets.json``, ``DIR/targets.md``): measured,
 the proxy's estimate, and the gap between them.
@@ -343,15 +344,23 @@ def check_rows(device: torch.device, tiny: bool) -> dict:
 
 
 def estimate_rows(device: torch.device, tiny: bool) -> dict:
-    """The proxy's estimates of the targets (stage 6; estimates, not measurements)."""
-    from .proxy import kernel_estimates
+    """The proxy's estimates of the targets (stage 6; estimates, not measurements): the
+    attention layers and the ViT-Tiny step by the calibrated model of the built kernels
+    (:func:`convnn.bench.proxy.target_estimates`, as ``bench --proxy`` prints them), the
+    VGG-11 epoch by :func:`convnn.bench.proxy.kernel_estimates`. The tiny CPU check runs
+    the latter at a toy attention shape only (the calibration's fit takes minutes)."""
+    from .proxy import calibration, kernel_estimates, target_estimates
 
     name = torch.cuda.get_device_name(device).lower() if device.type == "cuda" else ""
     gpu = "h100" if "h100" in name else "a100" if "a100" in name else "h200"
-    if tiny:  # the script's check: the tiny attention shape only
+    if tiny:
         rows = kernel_estimates(gpu, targets=("attention",), head_shapes=((1, 16),))
     else:
-        rows = kernel_estimates(gpu, head_shapes=((1, 192), (3, 192)))
+        calibrated = calibration(gpu, leave_one_out=False)
+        rows = [row for heads in (1, 3)
+                for row in target_estimates(gpu, calibrated, heads=heads, dim=192)
+                if heads == 1 or row["target"].startswith("attention")]
+        rows += kernel_estimates(gpu, targets=("vgg",))
     return {"gpu": gpu, "rows": rows}
 
 
@@ -511,7 +520,7 @@ def target_rows(out: Path) -> list[dict]:
                                                and r["heads"] == heads), None),
                          "estimate": estimate([f"{heads}x{head_dim},"],
                                               [f"ConvNN {'all' if cand == 'all' else 'random'}",
-                                               "fused kernel"])})
+                                               "redesigned core"])})
     for cand in ("all", "random"):
         got = next((r for r in training if r["model"] == "ViT-Tiny" and r["candidates"] == cand
                     and r["backend"] == ops.TRITON), None)
@@ -520,7 +529,7 @@ def target_rows(out: Path) -> list[dict]:
                      "higher_is_better": True,
                      "measured": got and got.get("throughput_vs_baseline"),
                      "precision": got and got.get("precision"),
-                     "estimate": estimate(["ViT-Tiny"], [f"ConvNN {cand}", "fused kernel"])})
+                     "estimate": estimate(["ViT-Tiny"], [f"ConvNN {cand}", "redesigned core"])})
     got = next((r for r in training if r["model"] == "VGG-11" and r["backend"] == ops.TRITON),
                None)
     rows.append({"target": "VGG-11 branching λ=0.5 epoch (training steps), seconds",
