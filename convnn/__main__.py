@@ -172,8 +172,9 @@ def _bench(args: argparse.Namespace) -> int:
               "convolution speed (NCHW, no autotuning), to compare with their measurements")
         print(format_proxy_rows(rows))
         kernel_rows = kernel_estimates(gpu=args.gpu)
-        print("\nestimated with the fused kernels (uncalibrated: no fused kernel has run on a "
-              "GPU yet; ratios against each target's baseline)")
+        print("\nestimated with the fused 2-D kernels (uncalibrated: no fused kernel has run "
+              "on a GPU yet; ratios against the Conv2d baseline; the attention targets are "
+              "estimated below, with the calibrated model and the kernels as built)")
         print(format_kernel_estimates(kernel_rows))
         calibrated = calibration(gpu=args.gpu)
         print("\ncalibration: the model against every committed H200 row (error = model / "

@@ -138,11 +138,8 @@ def test_a_failing_suite_stage_is_recorded_and_the_others_run(tmp_path, monkeypa
 
 
 def test_kernel_estimates_order_the_fused_paths_sensibly():
-    rows = proxy.kernel_estimates(targets=("attention", "vgg"), head_shapes=((1, 192),))
+    rows = proxy.kernel_estimates()
     ratio = {(r["target"].split()[0], r["case"]): r["est_ratio_vs_baseline"] for r in rows}
-    for cand in ("all", "random r=32"):  # the fused core beats today's path
-        fused = ratio[("attention", f"ConvNN {cand}, fused kernel")]
-        assert fused > ratio[("attention", f"ConvNN {cand}, PyTorch path")] > 0
     today = ratio[("VGG-11", "PyTorch path, NCHW (today)")]
     nhwc = ratio[("VGG-11", "PyTorch path, channels-last")]
     fused = ratio[("VGG-11", "fused 2-D selection + gather-GEMM, channels-last")]

@@ -514,7 +514,9 @@ def test_one_ordered_list_decides_and_each_kernel_module_says_what_it_runs():
     import convnn
 
     assert [b.name for b in ops.BACKEND_ORDER] == ["triton", "torch", "reference"]
-    kernel_modules = {"convnn.kernels", "convnn.kernels_conv2d", "convnn.kernels_attention"}
+    from convnn.bench.compile import KERNEL_MODULES  # the modules the compile gate compiles
+
+    kernel_modules = set(KERNEL_MODULES)
     for step, kernel in ops.KERNEL_STEPS.items():
         assert kernel.can_run.__module__ in kernel_modules, step
         assert kernel.can_run.__name__ == f"can_run_{step}", step
@@ -566,6 +568,10 @@ def test_no_bf16_kernel_variant_on_a_card_without_bf16(capability, monkeypatch):
                     assert "bfloat16" in reason and f"{capability[0]}.{capability[1]}" in reason
                 else:
                     assert backend == "triton", (step, dtype, reason)
+        # the projection kernel's products are bf16 whatever its float32 input: not on a T4
+        backend, reason = ops.backend_decision(None, "cuda", step="contract_projection",
+                                               width=192, heads=3, dtype=torch.float32)
+        assert backend == ("triton" if bf16_runs else "torch"), reason
         # the layer's own problem (ConvNN2d.backend_decision asks the same decider)
         problem = ConvNN2d(4, 4, k=5)._fused_problem(torch.zeros(1, 4, 5, 5, dtype=torch.bfloat16))
         assert ops.choose_backend(None, "cuda", step="conv2d_fused", **problem) == (

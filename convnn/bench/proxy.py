@@ -504,54 +504,15 @@ class _Fused2d(torch.autograd.Function):
         return torch.empty_like(x), torch.empty_like(weight), None, None, None
 
 
-class _FusedAttentionCore(torch.autograd.Function):
-    """Stands for the fused ConvNN attention core (all candidates, or ``r`` sampled ones):
-    scores on tensor cores, top-k in registers, softmax and depthwise aggregation; a
-    backward without sort or atomics."""
-
-    @staticmethod
-    def forward(ctx, q, key, v, k, candidates, trace):
-        rows, tokens, dim = v.shape
-        esize = v.element_size()
-        bf16 = v.dtype in (torch.bfloat16, torch.float16)
-        width = tokens if candidates is None else candidates + 1
-        lanes = 1 << max(4, math.ceil(math.log2(width)))  # the padded tile
-        passes = k if width <= 256 else merge_passes(width, k)
-        name = "fused_attention" if candidates is None else "sampled_attention"
-        io = (q.numel() * q.element_size() + key.numel() * key.element_size()
-              + 2 * v.numel() * esize + rows * tokens * k * 8)
-        _fused_add(trace, name, 2.0 * rows * tokens * width * dim,
-                   rows * tokens * (3.0 * lanes + passes * 2.0 * lanes + 6.0 * k * dim), io,
-                   bf16)
-        ctx.trace, ctx.shape = trace, (rows, tokens, dim, k, io, bf16, name)
-        ctx.like = (q, key, v)
-        return v.new_empty(v.shape)
-
-    @staticmethod
-    def backward(ctx, grad):
-        rows, tokens, dim, k, io, bf16, name = ctx.shape
-        # dρ, dw, dq, dK, dV from the saved indices: gathers and register tiles, ~3x the reads
-        _fused_add(ctx.trace, f"{name}_backward", 0.0, rows * tokens * k * dim * 8.0, 3 * io,
-                   bf16)
-        q, key, v = ctx.like
-        return (torch.empty_like(q), torch.empty_like(key), torch.empty_like(v), None, None,
-                None)
-
-
-def _sampled_count(layer) -> int | None:
-    """The candidates a :class:`~convnn.layers.ConvNNAttention` layer ranks per query
-    (``None``: all tokens); its ``candidates`` is a count."""
-    return None if layer.sampling == "all" else layer.candidates
-
-
 @contextlib.contextmanager
 def _fused_layers(trace: StepTrace):
-    """ConvNN2d (the paper's option set) and the ConvNN attention core run as the fused
-    kernels would: one stand-in op each, with the estimated FLOPs, merge work and bytes."""
+    """ConvNN2d (the paper's option set) runs as the fused 2-D kernels would: one stand-in
+    op, with the estimated FLOPs, merge work and bytes. (The attention core's estimates are
+    :func:`target_estimates`', with the kernels as built.)"""
     from ..kernels_conv2d import FUSED_2D_OPTIONS
-    from ..layers import ConvNN2d, ConvNNAttention
+    from ..layers import ConvNN2d
 
-    forward_2d, core = ConvNN2d.forward, ConvNNAttention._core
+    forward_2d = ConvNN2d.forward
 
     def fused_2d(self, x):
         if self._fused_unsupported(x) is not None:
@@ -559,15 +520,12 @@ def _fused_layers(trace: StepTrace):
         out = _Fused2d.apply(x, self.weight, self.k, self.padding, trace)
         return out if self.bias is None else out + self.bias.view(1, -1, 1, 1).to(out.dtype)
 
-    def fused_core(self, q, key, v, candidates, weight_dropout):
-        return _FusedAttentionCore.apply(q, key, v, self.k, _sampled_count(self), trace)
-
     assert FUSED_2D_OPTIONS  # the option set the stand-in follows
-    ConvNN2d.forward, ConvNNAttention._core = fused_2d, fused_core
+    ConvNN2d.forward = fused_2d
     try:
         yield
     finally:
-        ConvNN2d.forward, ConvNNAttention._core = forward_2d, core
+        ConvNN2d.forward = forward_2d
 
 
 def _estimate(trace: StepTrace, gpu: str, calibration: str = "tuned") -> float:
@@ -617,87 +575,48 @@ def _trace(build, make_input, batch: int, amp: str, fused: bool, loss: bool,
     return trace
 
 
-KERNEL_TARGETS = ("attention", "vit", "vgg")
+KERNEL_TARGETS = ("vgg",)
 
 
-def kernel_estimates(gpu: str = "h200", targets: tuple[str, ...] = KERNEL_TARGETS,
-                     head_shapes: tuple[tuple[int, int], ...] = ((1, 192), (3, 192))
+def kernel_estimates(gpu: str = "h200", targets: tuple[str, ...] = KERNEL_TARGETS
                      ) -> list[dict]:
-    """The proxy's estimates of the tensor-core targets with the fused kernels (ESTIMATES,
-    not measurements; see :data:`FUSED_EFFICIENCY`): each row a throughput ratio against its
-    baseline on ``gpu``, bf16 autocast, next to today's PyTorch path (est.).
-
-    ``targets``: ``"attention"`` (the layer, fwd + bwd, B = 256, T = 197, k = 9, against bf16
-    SDPA, at each ``(heads, width)`` of ``head_shapes``), ``"vit"`` (the ViT-Tiny training
-    step against the SDPA ViT-Tiny), ``"vgg"`` (the VGG-11 branching λ = 0.5 CIFAR-10 epoch
-    against the channels-last Conv2d VGG-11: today's NCHW path, channels-last, fused 2-D)."""
+    """The proxy's estimates of the VGG-11 target with the fused 2-D kernels (ESTIMATES, not
+    measurements; uncalibrated for the fused kernels, see :data:`FUSED_EFFICIENCY`): the
+    VGG-11 branching λ = 0.5 CIFAR-10 epoch against the channels-last Conv2d VGG-11, today's
+    NCHW path, channels-last and fused 2-D, each row a throughput ratio on ``gpu`` (bf16
+    autocast) and the epoch's seconds. The attention layer and ViT-Tiny targets are
+    :func:`target_estimates` (calibrated, the kernels as built)."""
     check_known("targets", targets, KERNEL_TARGETS)
-    from ..attention import MultiHeadSelfAttention
-    from ..layers import ConvNNAttention
     from ..models import ModelConfig, build_model
 
     check_choice("gpu", gpu, GPUS)
     rows: list[dict] = []
-
-    def add(target, case, trace, base_seconds, calibration="tuned", extra=None):
-        seconds = _estimate(trace, gpu, calibration)
-        rows.append({"target": target, "case": case, "gpu": gpu,
-                     "est_seconds": seconds, "est_ratio_vs_baseline": base_seconds / seconds,
-                     **(extra or {})})
-
-    # 1. the attention layer, fwd + bwd, B = 256, T = 197, k = 9, against bf16 SDPA
-    for heads, dim in head_shapes if "attention" in targets else ():
-        def tokens(batch, dim=dim):
-            return torch.randn(batch, 197, dim, requires_grad=True)
-
-        target = f"attention layer {heads}x{dim // heads}, B=256, T=197, k=9 vs bf16 SDPA"
-        base = _estimate(_trace(lambda h=heads, d=dim: MultiHeadSelfAttention(d, h), tokens,
-                                256, "bf16", False, False), gpu)
-        for cand, opts in (("all", {}), ("random r=32", {"sampling": "random",
-                                                          "candidates": 32})):
-            def build(h=heads, d=dim, o=opts):
-                return ConvNNAttention(d, h, k=9, **o)
-
-            for fused, what in ((False, "PyTorch path"), (True, "fused kernel")):
-                add(target, f"ConvNN {cand}, {what}",
-                    _trace(build, tokens, 256, "bf16", fused, False), base)
-
-    # 2. ViT-Tiny training step, batch 256, against the SDPA ViT-Tiny
-    def images(size):
-        return lambda batch: torch.randn(batch, 3, size, size)
-
-    vit = 0.0 if "vit" not in targets else _estimate(_trace(
-        lambda: build_model(ModelConfig(name="vit_tiny", mixer="attention")), images(224), 256,
-        "bf16", False, True), gpu)
-    for cand, opts in () if "vit" not in targets else (("all", {"k": 9}), ("random r=32", {"k": 9, "sampling": "random",
-                                                           "candidates": 32})):
-        cfg = ModelConfig(name="vit_tiny", mixer="convnn_attention", layer_options=opts)
-        for fused, what in ((False, "PyTorch path"), (True, "fused kernel")):
-            add("ViT-Tiny training step vs SDPA ViT-Tiny", f"ConvNN {cand}, {what}",
-                _trace(lambda c=cfg: build_model(c), images(224), 256, "bf16", fused, True),
-                vit)
-
-    # 3. VGG-11 branching λ=0.5, CIFAR-10 epoch (196 steps of 256), against the strong
-    #    Conv2d VGG-11 (channels-last, autotuned: the "tuned" calibration)
     if "vgg" not in targets:
         return rows
+
+    def images(batch):
+        return torch.randn(batch, 3, 32, 32)
+
+    # the VGG-11 branching λ=0.5 CIFAR-10 epoch (196 steps of 256), against the strong
+    # Conv2d VGG-11 (channels-last, autotuned: the "tuned" calibration)
     steps = math.ceil(50000 / 256)
-    conv_trace = _trace(lambda: build_model(ModelConfig(name="vgg11")), images(32), 256,
-                        "bf16", False, True)
-    conv = _estimate(conv_trace, gpu)
+    conv = _estimate(_trace(lambda: build_model(ModelConfig(name="vgg11")), images, 256,
+                            "bf16", False, True), gpu)
     branching = ModelConfig(name="vgg11", layer="branching", ratio=0.5,
                             layer_options={"k": 9})
     target = "VGG-11 branching λ=0.5 epoch vs Conv2d VGG-11 (channels-last)"
-    plain = _trace(lambda: build_model(branching), images(32), 256, "bf16", False, True)
+    plain = _trace(lambda: build_model(branching), images, 256, "bf16", False, True)
     for case, trace, calibration in (
             ("PyTorch path, NCHW (today)", plain, "committed"),
             ("PyTorch path, channels-last", plain, "tuned"),
             ("fused 2-D selection + gather-GEMM, channels-last",
-             _trace(lambda: build_model(branching), images(32), 256, "bf16", True, True),
+             _trace(lambda: build_model(branching), images, 256, "bf16", True, True),
              "tuned")):
         seconds = _estimate(trace, gpu, calibration)
-        add(target, case, trace, conv, calibration,
-            {"est_epoch_seconds": seconds * steps, "baseline_epoch_seconds": conv * steps})
+        rows.append({"target": target, "case": case, "gpu": gpu, "est_seconds": seconds,
+                     "est_ratio_vs_baseline": conv / seconds,
+                     "est_epoch_seconds": seconds * steps,
+                     "baseline_epoch_seconds": conv * steps})
     return rows
 
 

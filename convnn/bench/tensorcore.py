@@ -348,13 +348,13 @@ def estimate_rows(device: torch.device, tiny: bool) -> dict:
     attention layers and the ViT-Tiny step by the calibrated model of the built kernels
     (:func:`convnn.bench.proxy.target_estimates`, as ``bench --proxy`` prints them), the
     VGG-11 epoch by :func:`convnn.bench.proxy.kernel_estimates`. The tiny CPU check runs
-    the latter at a toy attention shape only (the calibration's fit takes minutes)."""
+    the latter only (the calibration's fit takes minutes)."""
     from .proxy import calibration, kernel_estimates, target_estimates
 
     name = torch.cuda.get_device_name(device).lower() if device.type == "cuda" else ""
     gpu = "h100" if "h100" in name else "a100" if "a100" in name else "h200"
     if tiny:
-        rows = kernel_estimates(gpu, targets=("attention",), head_shapes=((1, 16),))
+        rows = kernel_estimates(gpu)
     else:
         calibrated = calibration(gpu, leave_one_out=False)
         rows = [row for heads in (1, 3)
