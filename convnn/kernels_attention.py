@@ -102,14 +102,9 @@ _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 if triton is not None:
 
-    @triton.jit
-    def _bf16_dot(a, b, acc, AS_F32: tl.constexpr):
-        # acc + a @ b of bf16 tiles with float32 accumulation. AS_F32 (under the interpreter,
-        # whose bf16 tl.dot is wrong in Triton 3.8): the same bf16 values multiplied as
-        # float32, which is exact (a product of two bf16 values fits a float32).
-        if AS_F32:
-            return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
-        return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), acc)
+    # acc + a @ b of bf16 tiles, float32 accumulation (exact float32 products under the
+    # interpreter, whose 16-bit tl.dot is wrong)
+    from .kernels import _product as _bf16_dot
 
     @triton.jit
     def _contract_dot(a, b, acc, SPLIT_A: tl.constexpr, SPLIT_B: tl.constexpr,

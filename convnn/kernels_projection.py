@@ -70,14 +70,9 @@ DTYPES = (torch.float32,)
 :func:`convnn.ops.contract_linear`."""
 
 if triton is not None:
-
-    @triton.jit
-    def _bf16_dot(a, b, acc, AS_F32: tl.constexpr):
-        # acc + a @ b of bf16 tiles, float32 accumulation. AS_F32 (the interpreter, whose bf16
-        # tl.dot is wrong in Triton 3.8): the same bf16 values multiplied exactly in float32.
-        if AS_F32:
-            return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
-        return tl.dot(a, b, acc)
+    # acc + a @ b of bf16 tiles, float32 accumulation (exact float32 products under the
+    # interpreter, whose 16-bit tl.dot is wrong)
+    from .kernels import _product as _bf16_dot
 
     @triton.jit
     def _head_offsets(m, n, T, HEADS: tl.constexpr, HD: tl.constexpr):
