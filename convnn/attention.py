@@ -298,6 +298,14 @@ class _HeadProjections:
         self.v_proj = nn.Linear(dim, self.inner_dim, bias=bias, **factory)
         self.out_proj = nn.Linear(self.inner_dim, dim, bias=bias, **factory)
 
+    def _stacked_projections(self, *projections: nn.Linear
+                             ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The weights (and biases) of ``projections`` stacked, for one GEMM over them all
+        (the four projections share one bias flag)."""
+        weight = torch.cat([p.weight for p in projections])
+        bias = None if self.q_proj.bias is None else torch.cat([p.bias for p in projections])
+        return weight, bias
+
     def _split_heads(self, t: torch.Tensor) -> torch.Tensor:
         B, T, _ = t.shape
         return t.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, h, T, d)
@@ -341,10 +349,7 @@ class _ProjectedAttention(_HeadProjections, nn.Module):
         """Queries, keys and values, ``(B, h, T, d)`` each, from one GEMM over the stacked
         q/k/v weights (timm's fused qkv projection; the parameters stay three ``nn.Linear``,
         so weights copy across the layers)."""
-        projections = (self.q_proj, self.k_proj, self.v_proj)
-        weight = torch.cat([p.weight for p in projections])
-        bias = None if self.q_proj.bias is None else torch.cat([p.bias for p in projections])
-        qkv = F.linear(x, weight, bias)
+        qkv = F.linear(x, *self._stacked_projections(self.q_proj, self.k_proj, self.v_proj))
         q, k, v = (self._split_heads(part) for part in qkv.split(self.inner_dim, dim=-1))
         return q, k, v
 

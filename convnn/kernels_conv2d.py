@@ -41,7 +41,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .kernels import KernelVariant, VariantSet, available, card_arch, pointer_type
+from .kernels import KernelVariant, VariantSet, available, card_arch, inverse_index, pointer_type
 
 try:  # Triton ships with CUDA builds of PyTorch; CPU-only installs may lack it.
     import triton
@@ -321,17 +321,6 @@ def select_2d(x: Tensor, k: int, padding: int, similarity: str = "cosine",
     _select_2d_kernel[grid](x, inv, out, height, width, padding, channels, k, scale, *x.stride(),
                             AS_F32=_interpreted(), **config)
     return out
-
-
-def inverse_index(index: Tensor, num_keys: int) -> tuple[Tensor, Tensor]:
-    """CSR of ``index [M, k]`` (flat keys in ``0..num_keys-1``): ``order`` lists the flat
-    entries ``m·k + j`` sorted by key (stable: ascending within a key), ``rowptr
-    [num_keys + 1]`` delimits each key's entries."""
-    flat = index.reshape(-1)
-    sorted_keys, order = torch.sort(flat, stable=True)
-    rowptr = torch.searchsorted(sorted_keys, torch.arange(num_keys + 1, device=flat.device,
-                                                          dtype=flat.dtype))
-    return order, rowptr
 
 
 class GatherGemm(torch.autograd.Function):

@@ -244,7 +244,7 @@ def _interpreted() -> bool:
 def column_block(width: int) -> int | None:
     """Output columns per program for ``width = h·d`` features: the largest of 64, 32, 16
     that divides it (a tile lies in q or in k), ``None`` where none does."""
-    return next((b for b in (BLOCK_N, 32, 16) if b <= BLOCK_N and width % b == 0), None)
+    return next((b for b in (BLOCK_N, BLOCK_N // 2, BLOCK_N // 4) if width % b == 0), None)
 
 
 def _forward_constexprs(width: int, heads: int, has_bias: bool, values: bool,
@@ -355,19 +355,10 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad_q, grad_key, grad_v):
+    # autograd hands zeros for an output that took no gradient (v is empty without values)
     x, weight = ctx.saved_tensors
-    like = grad_q if grad_q is not None else grad_key
-    if like is None:
-        like = x.new_zeros(x.shape[0] * ctx.heads, x.shape[1],
-                           weight.shape[0] // (3 if ctx.values else 2) // ctx.heads)
-    grad_q = torch.zeros_like(like) if grad_q is None else grad_q
-    grad_key = torch.zeros_like(like) if grad_key is None else grad_key
-    if ctx.values:
-        grad_v = like.new_zeros(like.shape, dtype=VALUE_DTYPE) if grad_v is None else grad_v
-    else:
-        grad_v = None
-    grad_x, flat = _contract_projection_backward_op(grad_q, grad_key, grad_v, x, weight,
-                                                    ctx.heads)
+    grad_x, flat = _contract_projection_backward_op(
+        grad_q, grad_key, grad_v if ctx.values else None, x, weight, ctx.heads)
     rows, channels = weight.shape
     grad_w = flat[:rows * channels].view(rows, channels).to(weight.dtype)
     grad_b = None if ctx.bias_dtype is None else flat[rows * channels:].to(ctx.bias_dtype)

@@ -798,16 +798,11 @@ class ConvNNAttention(_HeadProjections, _SampledCandidates):
         """q and k per head under the precision contract, from one GEMM over ``[W_q; W_k]``:
         the Triton kernel (:func:`convnn.kernels_projection.contract_projection`, opt-in:
         ``backend="triton"``) or :func:`convnn.ops.contract_linear`."""
-        weight, bias = self._stacked(self.q_proj, self.k_proj)
+        weight, bias = self._stacked_projections(self.q_proj, self.k_proj)
         if self.projection_backend(x)[0] == ops.TRITON:
             return kernels_projection.contract_projection(x, weight, bias, self.num_heads)
         both = ops.contract_linear(x, weight, bias)
         return self._split(both[..., :self.inner_dim]), self._split(both[..., self.inner_dim:])
-
-    def _stacked(self, *projections: nn.Linear) -> tuple[Tensor, Tensor | None]:
-        weight = torch.cat([p.weight for p in projections])
-        bias = None if self.q_proj.bias is None else torch.cat([p.bias for p in projections])
-        return weight, bias  # one bias flag for all four projections
 
     def _features(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Queries, keys and values per head, ``[B·h, T, d]``. Where the contract projection
@@ -816,7 +811,7 @@ class ConvNNAttention(_HeadProjections, _SampledCandidates):
         :meth:`_selection_features` and ``v_proj``."""
         if (ops.contract_projection_applies(x.device) and self.selection == "features"
                 and self.projection_backend(x)[0] == ops.TRITON):
-            weight, bias = self._stacked(self.q_proj, self.k_proj, self.v_proj)
+            weight, bias = self._stacked_projections(self.q_proj, self.k_proj, self.v_proj)
             return kernels_projection.contract_projection(x, weight, bias, self.num_heads,
                                                           values=True)
         q, key = self._selection_features(x)

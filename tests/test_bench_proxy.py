@@ -239,9 +239,9 @@ def test_compile_report_reader_and_kernel_factor(tmp_path):
     # mma.sync halves it, 4 of 8 warps halve it, spills halve it
     assert proxy.kernel_factor(rows[1])["factor"] == pytest.approx(0.125)
     assert proxy.kernel_factor(rows[3])["factor"] == 0.0
-    worst = proxy.attention_kernel_factor(read, "sm_90")
+    worst = proxy.worst_kernel_factor(read, "sm_90")
     assert worst["variant"].startswith("attention forward random") and worst["spills"]
-    assert proxy.attention_kernel_factor(read, "sm_75") is None
+    assert proxy.worst_kernel_factor(read, "sm_75") is None
     bad = tmp_path / "bad" / "compile.json"
     bad.parent.mkdir()
     bad.write_text(json.dumps([{"kernel": "x"}]))

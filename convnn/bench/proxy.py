@@ -1260,14 +1260,15 @@ def kernel_factor(row: dict) -> dict:
             "warps_per_sm": warps, "mma": mma, "spills": spills}
 
 
-def attention_kernel_factor(rows: list[dict], card: str = "sm_90",
-                            kernel_contains: str = "attention_forward",
-                            variant_contains: str = "",
-                            prefer: str = "autocast-bf16") -> dict | None:
-    """The worst :func:`kernel_factor` among the report's attention-core rows for ``card``
-    whose variant names ``variant_contains`` (``None`` when the report has none): the
-    forward kernel bounds the core's speed. Rows naming ``prefer`` (what bf16 training runs:
-    float32 q/k, bf16 values) are taken when there are any."""
+def worst_kernel_factor(rows: list[dict], card: str = "sm_90",
+                        kernel_contains: str = "attention_forward",
+                        variant_contains: str = "",
+                        prefer: str = "autocast-bf16") -> dict | None:
+    """The worst :func:`kernel_factor` among the report's rows for ``card`` whose kernel
+    names ``kernel_contains`` (default: the attention core's forward kernel, which bounds the
+    core's speed) and whose variant names ``variant_contains`` (``None`` when the report has
+    none). Rows naming ``prefer`` (default: what bf16 training runs, float32 q/k and bf16
+    values) are taken when there are any."""
     picked = [r for r in rows if r["card"] == card and kernel_contains in r["kernel"]
               and variant_contains in (r["variant"] or "")]
     preferred = [r for r in picked if prefer in (r["variant"] or "")]
@@ -1599,7 +1600,7 @@ def target_estimates(device: str = "h200", calibrated: dict | None = None,
 
     def kernel(cand: str):
         """The kernel factor of case ``cand``, its mma-free part, and where it comes from."""
-        found = (attention_kernel_factor(rows, card, variant_contains=cand.split()[-1])
+        found = (worst_kernel_factor(rows, card, variant_contains=cand.split()[-1])
                  if rows else None)
         if found is None:
             return (DESIGN_FACTOR, DESIGN_FACTOR / MMA_FACTOR["wgmma"],
@@ -1610,8 +1611,8 @@ def target_estimates(device: str = "h200", calibrated: dict | None = None,
                 f"{found['warps_per_sm']} warps/SM, "
                 f"{'spills' if found['spills'] else 'no spills'}"))
 
-    projection = (attention_kernel_factor(rows, card, kernel_contains="_projection_",
-                                          prefer="") if rows else None)
+    projection = (worst_kernel_factor(rows, card, kernel_contains="_projection_", prefer="")
+                  if rows else None)
     gemm_factor = DESIGN_FACTOR if projection is None else projection["factor"]
 
     def seconds(trace, f, e_cuda, occ, gemm=gemm_factor):
